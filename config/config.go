@@ -1,0 +1,151 @@
+// Package config defines ctxgate's YAML configuration: the types, a strict
+// loader (unknown keys are errors, ${ENV} references are expanded in values),
+// the defaults (applied once, by Load) and a pure Validate that reports every
+// problem with its field path and the fix.
+//
+// Config imports nothing else of ctxgate; every other package reads it.
+package config
+
+import (
+	"time"
+)
+
+// Config is the whole gateway configuration. The zero value is not usable:
+// obtain one from Load or Parse, which apply the defaults.
+type Config struct {
+	Server    Server     `yaml:"server"`
+	Admin     Admin      `yaml:"admin"`
+	Sessions  Sessions   `yaml:"sessions"`
+	Auth      Auth       `yaml:"auth"`
+	Log       Log        `yaml:"log"`
+	Upstreams []Upstream `yaml:"upstreams"`
+}
+
+// Server is the public MCP listener.
+type Server struct {
+	// Listen is the host:port the MCP routes are served on.
+	Listen string `yaml:"listen"`
+	// PublicURL is the gateway's canonical URL as clients reach it. Its host
+	// is always an accepted Host header and its origin an accepted Origin.
+	PublicURL string `yaml:"public_url"`
+	// AllowedOrigins lists further browser origins (scheme://host[:port])
+	// that may call the gateway. A request with any other Origin is 403.
+	AllowedOrigins []string `yaml:"allowed_origins"`
+	// AllowedHosts lists further Host header values (host or host:port) that
+	// are accepted, for gateways reached under several names.
+	AllowedHosts []string `yaml:"allowed_hosts"`
+	// MaxBodyBytes bounds a POST body; larger bodies are answered 413.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// MaxHeaderBytes bounds the request line and headers.
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	// ReadHeaderTimeout bounds how long a client may take to send headers.
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
+	// IdleTimeout closes keep-alive connections idle for this long.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// ShutdownTimeout is the drain deadline: on SIGTERM in-flight requests
+	// get this long to finish before the process exits regardless.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+}
+
+// Admin is the operator listener (/healthz, /readyz).
+type Admin struct {
+	// Listen is the admin host:port. Keep it on loopback or a private
+	// network: it has no authentication yet.
+	Listen string `yaml:"listen"`
+}
+
+// Sessions configures the sealed, stateless session ids the gateway mints.
+type Sessions struct {
+	// Keys are secrets from which session keys are derived. The first seals
+	// new sessions; every key opens. Empty entries are ignored, so an
+	// optional old key can be written as "${CTXGATE_SESSION_KEY_OLD:-}".
+	// With no key at all the gateway uses a random key and warns: sessions
+	// then do not survive a restart and are not shared between replicas.
+	Keys []string `yaml:"keys"`
+	// TTL is how long a session id stays valid after initialize.
+	TTL time.Duration `yaml:"ttl"`
+}
+
+// Auth configures how tools authenticate to the gateway.
+type Auth struct {
+	// Anonymous lets requests without any credential in as the anonymous
+	// principal. For local development and conformance runs only. A request
+	// that presents a credential is still checked, never downgraded.
+	Anonymous bool `yaml:"anonymous"`
+	// APIKeyHeader is where API keys are read from: "authorization"
+	// (Authorization: Bearer <key>) or "x-api-key".
+	APIKeyHeader string `yaml:"api_key_header"`
+	// APIKeys are the accepted keys, stored as SHA-256 hashes.
+	APIKeys []APIKey `yaml:"api_keys"`
+}
+
+// APIKey is one named API key. The name becomes the principal id.
+type APIKey struct {
+	Name string `yaml:"name"`
+	// SHA256 is the hex SHA-256 of the key, as `ctxgate hash-key` prints it.
+	SHA256 string `yaml:"sha256"`
+}
+
+// Log configures the structured (JSON) logs on stderr.
+type Log struct {
+	// Level is one of debug, info, warn, error.
+	Level string `yaml:"level"`
+}
+
+// Upstream is one MCP server behind the gateway, served at /mcp/<name>.
+type Upstream struct {
+	// Name identifies the upstream in routes, logs and sessions.
+	Name string `yaml:"name"`
+	// URL is the upstream's Streamable HTTP endpoint.
+	URL string `yaml:"url"`
+	// MaxIdleConns bounds the idle keep-alive connections kept to this
+	// upstream (Go's default of 2 per host starves a proxy).
+	MaxIdleConns int `yaml:"max_idle_conns"`
+}
+
+// Defaults. Exported so documentation and tests can refer to them.
+const (
+	DefaultListen            = "127.0.0.1:8080"
+	DefaultAdminListen       = "127.0.0.1:9090"
+	DefaultMaxBodyBytes      = 4 << 20
+	DefaultMaxHeaderBytes    = 64 << 10
+	DefaultReadHeaderTimeout = 10 * time.Second
+	DefaultIdleTimeout       = 2 * time.Minute
+	DefaultShutdownTimeout   = 15 * time.Second
+	DefaultSessionTTL        = 24 * time.Hour
+	DefaultAPIKeyHeader      = "authorization"
+	DefaultLogLevel          = "info"
+	DefaultMaxIdleConns      = 256
+)
+
+// applyDefaults fills every unset field. Load calls it exactly once.
+func (c *Config) applyDefaults() {
+	s := &c.Server
+	setDefault(&s.Listen, DefaultListen)
+	setDefault(&s.PublicURL, "http://"+s.Listen)
+	setDefault(&s.MaxBodyBytes, DefaultMaxBodyBytes)
+	setDefault(&s.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	setDefault(&s.ReadHeaderTimeout, DefaultReadHeaderTimeout)
+	setDefault(&s.IdleTimeout, DefaultIdleTimeout)
+	setDefault(&s.ShutdownTimeout, DefaultShutdownTimeout)
+	setDefault(&c.Sessions.TTL, DefaultSessionTTL)
+	setDefault(&c.Auth.APIKeyHeader, DefaultAPIKeyHeader)
+	setDefault(&c.Log.Level, DefaultLogLevel)
+	for i := range c.Upstreams {
+		setDefault(&c.Upstreams[i].MaxIdleConns, DefaultMaxIdleConns)
+	}
+	keys := c.Sessions.Keys[:0]
+	for _, k := range c.Sessions.Keys {
+		if k != "" {
+			keys = append(keys, k)
+		}
+	}
+	c.Sessions.Keys = keys
+}
+
+func setDefault[T comparable](field *T, value T) {
+	var zero T
+	if *field == zero {
+		*field = value
+	}
+}

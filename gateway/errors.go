@@ -1,0 +1,100 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+)
+
+// JSON-RPC error codes the gateway answers with. The standard ones keep
+// their JSON-RPC meaning; the gateway's own live in -31999..-31000, outside
+// the ranges JSON-RPC (-32768..-32000) reserves, so a client can tell "the
+// gateway said no" from "the upstream said no".
+const (
+	CodeParseError     = jsonrpc.CodeParseError     // -32700: body is not valid JSON
+	CodeInvalidRequest = jsonrpc.CodeInvalidRequest // -32600: not a valid MCP message or request
+	CodeMethodNotFound = jsonrpc.CodeMethodNotFound // -32601
+	CodeInternalError  = jsonrpc.CodeInternalError  // -32603: a gateway bug; details in the log
+
+	CodeUnauthenticated     = -31001 // 401: no valid credential
+	CodeForbidden           = -31002 // 403: Origin or Host not allowed
+	CodeSessionNotFound     = -31003 // 404: unknown, expired or foreign session
+	CodePayloadTooLarge     = -31004 // 413: body over server.max_body_bytes
+	CodeUpstreamUnavailable = -31010 // 502: upstream unreachable or broken answer
+	CodeUpstreamTimeout     = -31011 // 504: upstream did not answer in time
+	CodeUnavailable         = -31012 // 503: the gateway is shutting down
+)
+
+// Error is a failure bound for a client: the HTTP status, the JSON-RPC
+// error, and the internal cause that only the log sees.
+type Error struct {
+	Status  int
+	Code    int64
+	Message string      // public: safe to show the client
+	Header  http.Header // extra response headers, e.g. WWW-Authenticate, Allow
+	Err     error       // internal: logged with the request id, never sent
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return e.Message + ": " + e.Err.Error()
+	}
+	return e.Message
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+func newError(status int, code int64, message string, cause error) *Error {
+	return &Error{Status: status, Code: code, Message: message, Err: cause}
+}
+
+func badRequest(message string, cause error) *Error {
+	return newError(http.StatusBadRequest, CodeInvalidRequest, message, cause)
+}
+
+// errorResponse is the JSON-RPC 2.0 error response body. The id is null when
+// the request's id is unknown (the body was never decoded).
+type errorResponse struct {
+	JSONRPC string        `json:"jsonrpc"`
+	ID      any           `json:"id"`
+	Error   jsonrpc.Error `json:"error"`
+}
+
+// writeError is the one place a failure becomes an HTTP response: status,
+// headers and a JSON-RPC error carrying the request's id. The internal cause
+// goes to the request's access-log record, never to the client.
+func writeError(w http.ResponseWriter, r *http.Request, err error) {
+	var gwErr *Error
+	if !errors.As(err, &gwErr) {
+		gwErr = newError(http.StatusInternalServerError, CodeInternalError, "internal gateway error", err)
+	}
+	st := stateOf(r.Context())
+	var id any
+	if st != nil {
+		st.err = gwErr
+		if st.msg != nil {
+			id = st.msg.ID().Raw()
+		}
+	}
+	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+		return // the client went away; there is no one to answer
+	}
+	for k, vs := range gwErr.Header {
+		w.Header()[k] = vs
+	}
+	body, _ := json.Marshal(errorResponse{
+		JSONRPC: "2.0",
+		ID:      id,
+		Error:   jsonrpc.Error{Code: gwErr.Code, Message: gwErr.Message},
+	})
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(gwErr.Status)
+	_, _ = w.Write(body)
+}

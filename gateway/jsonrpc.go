@@ -1,0 +1,204 @@
+package gateway
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"strings"
+
+	"github.com/go-json-experiment/json/jsontext"
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+)
+
+// maxJSONDepth bounds nesting. MCP messages are shallow; deep nesting only
+// serves to exhaust a parser somewhere behind us.
+const maxJSONDepth = 64
+
+// envelopeKeys are the members a JSON-RPC 2.0 message object may have.
+var envelopeKeys = map[string]bool{"jsonrpc": true, "id": true, "method": true, "params": true, "result": true, "error": true}
+
+// Message is one client message, decoded once and strictly. Raw is exactly
+// the bytes that were checked, and exactly what is forwarded.
+type Message struct {
+	Raw []byte
+	// Msg is the SDK's typed view: *jsonrpc.Request or *jsonrpc.Response.
+	Msg jsonrpc.Message
+}
+
+// Request returns the message as a request or notification, or nil.
+func (m *Message) Request() *jsonrpc.Request {
+	r, _ := m.Msg.(*jsonrpc.Request)
+	return r
+}
+
+// ID is the message's JSON-RPC id (invalid for notifications).
+func (m *Message) ID() jsonrpc.ID {
+	switch msg := m.Msg.(type) {
+	case *jsonrpc.Request:
+		return msg.ID
+	case *jsonrpc.Response:
+		return msg.ID
+	}
+	return jsonrpc.ID{}
+}
+
+// Method is the request method, or "" for a response.
+func (m *Message) Method() string {
+	if r := m.Request(); r != nil {
+		return r.Method
+	}
+	return ""
+}
+
+// IsCall reports whether the message is a request that expects a response.
+func (m *Message) IsCall() bool {
+	r := m.Request()
+	return r != nil && r.ID.IsValid()
+}
+
+var (
+	errBatch = errors.New("body is a JSON array (a JSON-RPC batch)")
+	// errMalformed marks bytes that are not JSON at all (JSON-RPC's parse
+	// error), as opposed to JSON that is not an acceptable message.
+	errMalformed = errors.New("malformed JSON")
+)
+
+// decodeMessage strictly decodes one JSON-RPC message. It rejects, before
+// anything else sees the bytes:
+//   - invalid JSON and invalid UTF-8 (jsontext's defaults);
+//   - duplicate member names at any depth: Go's encoding/json keeps the last
+//     duplicate, other parsers the first, so the gateway and the upstream
+//     could read different messages;
+//   - names that differ only in case within one object ("name" and "NAME"):
+//     encoding/json matches fields case-insensitively (CVE-2026-27896 class);
+//   - envelope members other than the six JSON-RPC 2.0 defines, in any case;
+//   - ids that are not a string or an integer (the SDK would truncate 1.5 to 1).
+//
+// A JSON array is reported as errBatch so the caller can answer by protocol
+// version.
+func decodeMessage(data []byte) (*Message, error) {
+	trimmed := bytes.TrimLeft(data, " \t\r\n")
+	if len(trimmed) == 0 {
+		return nil, fmt.Errorf("%w: empty body", errMalformed)
+	}
+	if len(trimmed) > 0 && trimmed[0] == '[' {
+		if err := checkStrict(data); err != nil {
+			return nil, err
+		}
+		return nil, errBatch
+	}
+	if err := checkStrict(data); err != nil {
+		return nil, err
+	}
+	if trimmed[0] != '{' {
+		return nil, errors.New("body must be a JSON-RPC message object")
+	}
+	if err := checkEnvelope(data); err != nil {
+		return nil, err
+	}
+	msg, err := jsonrpc.DecodeMessage(data)
+	if err != nil {
+		return nil, err
+	}
+	if r, ok := msg.(*jsonrpc.Request); ok && r.Method == "" {
+		return nil, errors.New("method must not be empty")
+	}
+	return &Message{Raw: data, Msg: msg}, nil
+}
+
+// checkStrict walks every token once, rejecting duplicate and case-variant
+// member names and excessive depth.
+func checkStrict(data []byte) error {
+	dec := jsontext.NewDecoder(bytes.NewReader(data))
+	// One set of folded names per open object; nil entries for arrays.
+	var names []map[string]struct{}
+	for {
+		tok, err := dec.ReadToken()
+		if err == io.EOF {
+			return nil
+		}
+		if errors.Is(err, jsontext.ErrDuplicateName) {
+			return fmt.Errorf("duplicate member name: %w", err)
+		}
+		if err != nil {
+			return fmt.Errorf("%w: %w", errMalformed, err)
+		}
+		switch tok.Kind() {
+		case '{', '[':
+			if dec.StackDepth() > maxJSONDepth {
+				return fmt.Errorf("JSON nested deeper than %d levels", maxJSONDepth)
+			}
+			var set map[string]struct{}
+			if tok.Kind() == '{' {
+				set = map[string]struct{}{}
+			}
+			names = append(names, set)
+		case '}', ']':
+			names = names[:len(names)-1]
+		case '"':
+			kind, length := dec.StackIndex(dec.StackDepth())
+			// In an object, every odd token is a member name.
+			if kind == '{' && length%2 == 1 {
+				folded := strings.ToLower(tok.String())
+				set := names[len(names)-1]
+				if _, dup := set[folded]; dup {
+					return fmt.Errorf("duplicate or case-variant member name %q", tok.String())
+				}
+				set[folded] = struct{}{}
+			}
+		}
+	}
+}
+
+// checkEnvelope validates the top-level members, which the SDK decoder would
+// otherwise match case-insensitively or coerce.
+func checkEnvelope(data []byte) error {
+	dec := jsontext.NewDecoder(bytes.NewReader(data))
+	if _, err := dec.ReadToken(); err != nil {
+		return err
+	}
+	for dec.PeekKind() != '}' {
+		name, err := dec.ReadToken()
+		if err != nil {
+			return err
+		}
+		key := name.String()
+		if !envelopeKeys[key] {
+			return fmt.Errorf("unknown JSON-RPC member %q", key)
+		}
+		value, err := dec.ReadValue()
+		if err != nil {
+			return err
+		}
+		if key == "id" {
+			if err := checkID(value); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func checkID(v jsontext.Value) error {
+	switch v.Kind() {
+	case '"':
+		return nil
+	case 'n':
+		// JSON-RPC allows a null id only on an error response the server
+		// could not attribute; MCP forbids it on requests.
+		return errors.New("id must not be null")
+	case '0':
+		tok, err := jsontext.NewDecoder(bytes.NewReader(v)).ReadToken()
+		if err != nil {
+			return err
+		}
+		f, err := tok.Float()
+		if err != nil || f != math.Trunc(f) || math.Abs(f) > 1<<53 {
+			return errors.New("id must be a string or an integer")
+		}
+		return nil
+	}
+	return errors.New("id must be a string or an integer")
+}

@@ -1,0 +1,194 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/go-json-experiment/json/jsontext"
+
+	"github.com/ctxgate/ctxgate/upstream"
+)
+
+// route is one MCP endpoint of the gateway and the upstream behind it.
+type route struct {
+	path     string
+	upstream *upstream.Upstream
+	proxy    http.Handler
+}
+
+// forward is everything the reverse proxy needs to send one request on,
+// decided by the route handler before anything leaves the gateway.
+type forward struct {
+	route           *route
+	principal       *Principal
+	body            []byte // the checked bytes; nil for GET and DELETE
+	upstreamSession string
+	initialize      bool
+	stream          bool // a long-lived GET stream: ends when shutdown begins
+}
+
+type forwardKey struct{}
+
+func forwardOf(ctx context.Context) *forward {
+	f, _ := ctx.Value(forwardKey{}).(*forward)
+	return f
+}
+
+// serveRoute handles the Streamable HTTP endpoint of one route.
+func (s *Server) serveRoute(rt *route) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		st := stateOf(r.Context())
+		st.upstream = rt.upstream.Name
+		principal, err := principalOf(r.Context())
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		fwd := &forward{route: rt, principal: principal}
+		switch r.Method {
+		case http.MethodPost:
+			err = s.preparePost(r, fwd, st)
+		case http.MethodGet:
+			fwd.stream = true
+			if err = checkAccept(r, "text/event-stream"); err == nil {
+				err = s.prepareSession(r, fwd, st)
+			}
+		case http.MethodDelete:
+			err = s.prepareSession(r, fwd, st)
+		default:
+			err = newError(http.StatusMethodNotAllowed, CodeInvalidRequest, "method not allowed; use POST, GET or DELETE", nil)
+			err.(*Error).Header = http.Header{"Allow": {"GET, POST, DELETE"}}
+		}
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		rt.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), forwardKey{}, fwd)))
+	}
+}
+
+// preparePost reads and strictly decodes the body, then resolves the
+// session (initialize starts one) and the protocol version.
+func (s *Server) preparePost(r *http.Request, fwd *forward, st *requestState) error {
+	if err := checkContentType(r); err != nil {
+		return err
+	}
+	if err := checkAccept(r, "application/json", "text/event-stream"); err != nil {
+		return err
+	}
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return newError(http.StatusRequestEntityTooLarge, CodePayloadTooLarge, "request body too large", err)
+		}
+		return badRequest("could not read request body", err)
+	}
+	fwd.body = body
+	msg, err := decodeMessage(body)
+	switch {
+	case errors.Is(err, errBatch):
+		return s.prepareBatch(r, fwd, st)
+	case errors.Is(err, errMalformed):
+		return newError(http.StatusBadRequest, CodeParseError, "parse error: "+err.Error(), err)
+	case err != nil:
+		return badRequest("invalid JSON-RPC message: "+err.Error(), err)
+	}
+	st.msg = msg
+	if msg.Method() == "initialize" {
+		if !msg.IsCall() {
+			return badRequest("initialize must be a request with an id", nil)
+		}
+		// A new session starts here; a session header sent along is not
+		// forwarded (the upstream session is created fresh).
+		fwd.initialize = true
+		st.version, err = requestVersion(r, nil)
+		return err
+	}
+	return s.prepareSession(r, fwd, st)
+}
+
+// prepareBatch accepts a JSON-RPC batch only where the session's protocol
+// revision allows one, and only if every element passes the same strict
+// decode as a single message.
+func (s *Server) prepareBatch(r *http.Request, fwd *forward, st *requestState) error {
+	if err := s.prepareSession(r, fwd, st); err != nil {
+		return err
+	}
+	if !allowsBatch(st.version) {
+		return badRequest("JSON-RPC batches are not supported in protocol version "+st.version, nil)
+	}
+	dec := jsontext.NewDecoder(bytes.NewReader(fwd.body))
+	if _, err := dec.ReadToken(); err != nil {
+		return badRequest("invalid batch", err)
+	}
+	n := 0
+	for dec.PeekKind() != ']' {
+		v, err := dec.ReadValue()
+		if err != nil {
+			return badRequest("invalid batch", err)
+		}
+		msg, err := decodeMessage(v)
+		if err != nil {
+			return badRequest("invalid message in batch: "+err.Error(), err)
+		}
+		if msg.Method() == "initialize" {
+			return badRequest("initialize must not be part of a batch", nil)
+		}
+		n++
+	}
+	if n == 0 {
+		return badRequest("empty batch", nil)
+	}
+	return nil
+}
+
+// prepareSession opens the request's sealed session. Missing is 400; an
+// invalid, expired, foreign-principal or foreign-route session is 404, the
+// answer the spec gives for an unknown session, so a client learns nothing
+// about whose session it replayed.
+func (s *Server) prepareSession(r *http.Request, fwd *forward, st *requestState) error {
+	ids := r.Header.Values("Mcp-Session-Id")
+	switch len(ids) {
+	case 0:
+		return badRequest("Mcp-Session-Id header is required; send initialize first", nil)
+	case 1:
+	default:
+		return badRequest("more than one Mcp-Session-Id header", nil)
+	}
+	claims, err := s.sessions.open(ids[0])
+	switch {
+	case err != nil:
+	case claims.Route != fwd.route.path:
+		err = errors.New("session belongs to route " + claims.Route)
+	case claims.Principal != fwd.principal.ID:
+		// Bound to the verified principal id, never to anything the client
+		// merely asserts.
+		err = errors.New("session belongs to another principal")
+	}
+	if err != nil {
+		return newError(http.StatusNotFound, CodeSessionNotFound, "session not found; initialize a new session", err)
+	}
+	st.session = true
+	fwd.upstreamSession = claims.Upstream
+	st.version, err = requestVersion(r, &claims)
+	return err
+}
+
+// writeJSON writes a small JSON document (admin answers).
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	body, _ := json.Marshal(v)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(body, '\n'))
+}
+
+// isEventStream reports whether a response is a text/event-stream.
+func isEventStream(h http.Header) bool {
+	ct, _, _ := strings.Cut(h.Get("Content-Type"), ";")
+	return strings.EqualFold(strings.TrimSpace(ct), "text/event-stream")
+}

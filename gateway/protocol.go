@@ -1,0 +1,83 @@
+package gateway
+
+import (
+	"mime"
+	"net/http"
+	"slices"
+	"strings"
+)
+
+// Legacy-era MCP protocol revisions the gateway relays, oldest first.
+var supportedVersions = []string{"2025-03-26", "2025-06-18", "2025-11-25"}
+
+// defaultVersion is what the Streamable HTTP spec tells a server to assume
+// when a request has neither an MCP-Protocol-Version header nor a session
+// that says otherwise.
+const defaultVersion = "2025-03-26"
+
+func isSupportedVersion(v string) bool { return slices.Contains(supportedVersions, v) }
+
+// allowsBatch reports whether a revision accepts JSON-RPC batches; they
+// were removed in 2025-06-18.
+func allowsBatch(version string) bool { return version == "2025-03-26" }
+
+// requestVersion picks the protocol version in effect for a request: the
+// header if present (and supported), else the session's negotiated one,
+// else the spec's default.
+func requestVersion(r *http.Request, session *sessionClaims) (string, error) {
+	values := r.Header.Values("Mcp-Protocol-Version")
+	switch {
+	case len(values) > 1:
+		return "", badRequest("more than one MCP-Protocol-Version header", nil)
+	case len(values) == 1:
+		if !isSupportedVersion(values[0]) {
+			return "", badRequest("unsupported MCP-Protocol-Version "+quote(values[0])+"; supported: "+strings.Join(supportedVersions, ", "), nil)
+		}
+		return values[0], nil
+	case session != nil && session.Version != "":
+		return session.Version, nil
+	}
+	return defaultVersion, nil
+}
+
+func quote(s string) string {
+	if len(s) > 64 {
+		s = s[:64] + "..."
+	}
+	return `"` + strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || r == '"' {
+			return '?'
+		}
+		return r
+	}, s) + `"`
+}
+
+// checkContentType requires a JSON body, as Streamable HTTP does.
+func checkContentType(r *http.Request) error {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != "application/json" {
+		return newError(http.StatusUnsupportedMediaType, CodeInvalidRequest, "Content-Type must be application/json", err)
+	}
+	return nil
+}
+
+// checkAccept requires the client to accept every listed media type, as the
+// Streamable HTTP transport demands of POST (JSON and SSE) and GET (SSE).
+func checkAccept(r *http.Request, want ...string) error {
+	accepted := map[string]bool{}
+	for _, v := range r.Header.Values("Accept") {
+		for part := range strings.SplitSeq(v, ",") {
+			mt, _, err := mime.ParseMediaType(strings.TrimSpace(part))
+			if err == nil {
+				accepted[mt] = true
+			}
+		}
+	}
+	for _, w := range want {
+		major, _, _ := strings.Cut(w, "/")
+		if !accepted[w] && !accepted[major+"/*"] && !accepted["*/*"] {
+			return newError(http.StatusNotAcceptable, CodeInvalidRequest, "Accept must include "+strings.Join(want, " and "), nil)
+		}
+	}
+	return nil
+}

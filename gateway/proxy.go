@@ -1,0 +1,217 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// maxInitializeResponseBytes bounds the initialize answer the gateway reads
+// whole to learn the negotiated protocol version.
+const maxInitializeResponseBytes = 1 << 20
+
+// forwardedHeaders are the only client request headers sent upstream. An
+// allow-list, not a deny-list: the client's Authorization, Cookie, identity
+// claims (X-Forwarded-User and friends), Idempotency-Key (which would let
+// Go's Transport silently re-send a POST) and anything else unknown stay at
+// the gateway. Hop-by-hop headers were already removed by ReverseProxy.
+var forwardedHeaders = []string{
+	"Accept",
+	"Content-Type",
+	"Last-Event-Id",
+	"Mcp-Protocol-Version",
+	"Mcp-Method",
+	"Mcp-Name",
+	"Traceparent",
+	"Tracestate",
+	"User-Agent",
+}
+
+// forwardedHeaderPrefixes extend the allow-list to header families.
+var forwardedHeaderPrefixes = []string{"Mcp-Param-"}
+
+func (s *Server) newProxy(rt *route) *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
+		Rewrite:   s.rewrite,
+		Transport: rt.upstream.Transport,
+		// Text/event-stream responses are flushed after every write
+		// (ReverseProxy does so for that content type); the SSE relay makes
+		// each write one event.
+		BufferPool:     s.buffers,
+		ModifyResponse: s.modifyResponse,
+		ErrorHandler:   s.proxyError,
+		ErrorLog:       nil,
+	}
+}
+
+// rewrite builds the upstream request from what the route handler decided.
+// It uses Rewrite, not Director: headers set here cannot be stripped by a
+// client's Connection header (golang/go#50580).
+func (s *Server) rewrite(pr *httputil.ProxyRequest) {
+	fwd := forwardOf(pr.In.Context())
+	out := pr.Out
+	// Exactly the configured endpoint: the client's path and query are not
+	// appended to it.
+	u := *fwd.route.upstream.URL
+	out.URL = &u
+	out.Host = ""
+	out.Header = forwardHeaders(pr.In.Header)
+	if fwd.upstreamSession != "" {
+		out.Header.Set("Mcp-Session-Id", fwd.upstreamSession)
+	}
+	if fwd.body != nil {
+		// What is forwarded is exactly what was decoded and checked.
+		out.Body = io.NopCloser(bytes.NewReader(fwd.body))
+		out.ContentLength = int64(len(fwd.body))
+		out.GetBody = nil
+	} else {
+		out.Body, out.ContentLength = nil, 0
+	}
+}
+
+func forwardHeaders(in http.Header) http.Header {
+	out := make(http.Header, len(forwardedHeaders)+2)
+	for _, name := range forwardedHeaders {
+		if vs, ok := in[name]; ok {
+			out[name] = vs
+		}
+	}
+	for name, vs := range in {
+		for _, prefix := range forwardedHeaderPrefixes {
+			if strings.HasPrefix(name, prefix) {
+				out[name] = vs
+			}
+		}
+	}
+	if _, ok := out["User-Agent"]; !ok {
+		out["User-Agent"] = []string{""} // no Go default User-Agent
+	}
+	return out
+}
+
+// modifyResponse rewrites what comes back before the client sees any of it.
+func (s *Server) modifyResponse(resp *http.Response) error {
+	fwd := forwardOf(resp.Request.Context())
+	h := resp.Header
+	upstreamSession := h.Get("Mcp-Session-Id")
+	// The upstream's session id never reaches the client: the client holds
+	// only the gateway's sealed id, bound to its principal.
+	h.Del("Mcp-Session-Id")
+	// Upstream cookies would be shared by every principal of this gateway.
+	h.Del("Set-Cookie")
+	if fwd.initialize && resp.StatusCode == http.StatusOK {
+		if err := s.mintSession(resp, fwd, upstreamSession); err != nil {
+			return err
+		}
+	}
+	if isEventStream(h) {
+		// Tell buffering proxies in front of us to pass events through.
+		h.Set("X-Accel-Buffering", "no")
+		h.Del("Content-Length")
+		resp.ContentLength = -1
+		stop := context.Background()
+		if fwd.stream {
+			stop = s.streams
+		}
+		resp.Body = newSSERelay(resp.Body, stop)
+	}
+	return nil
+}
+
+// mintSession reads the initialize answer, learns the negotiated version,
+// and hands the client a sealed session id in place of the upstream's.
+func (s *Server) mintSession(resp *http.Response, fwd *forward, upstreamSession string) error {
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxInitializeResponseBytes+1))
+	_ = resp.Body.Close()
+	if err != nil {
+		return fmt.Errorf("read initialize response: %w", err)
+	}
+	if len(body) > maxInitializeResponseBytes {
+		return fmt.Errorf("initialize response larger than %d bytes", maxInitializeResponseBytes)
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	resp.ContentLength = int64(len(body))
+	resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
+	version, ok := negotiatedVersion(body, isEventStream(resp.Header))
+	if !ok {
+		return nil // an error answer: no session to mint
+	}
+	if !isSupportedVersion(version) {
+		return fmt.Errorf("upstream negotiated protocol version %q, which the gateway does not relay", version)
+	}
+	id, err := s.sessions.seal(sessionClaims{
+		Route:     fwd.route.path,
+		Principal: fwd.principal.ID,
+		Upstream:  upstreamSession,
+		Version:   version,
+	})
+	if err != nil {
+		return fmt.Errorf("seal session: %w", err)
+	}
+	resp.Header.Set("Mcp-Session-Id", id)
+	return nil
+}
+
+// negotiatedVersion finds result.protocolVersion in an initialize answer,
+// sent as JSON or as SSE events.
+func negotiatedVersion(body []byte, sse bool) (string, bool) {
+	payloads := [][]byte{body}
+	if sse {
+		payloads = nil
+		events := newSSEReader(bytes.NewReader(body))
+		for {
+			ev, err := events.next()
+			if err != nil {
+				break
+			}
+			if ev.HasData {
+				payloads = append(payloads, ev.Data)
+			}
+		}
+	}
+	for _, p := range payloads {
+		var msg struct {
+			Result *struct {
+				ProtocolVersion string `json:"protocolVersion"`
+			} `json:"result"`
+		}
+		if json.Unmarshal(p, &msg) == nil && msg.Result != nil && msg.Result.ProtocolVersion != "" {
+			return msg.Result.ProtocolVersion, true
+		}
+	}
+	return "", false
+}
+
+// proxyError answers a request the upstream could not serve.
+func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	var netErr net.Error
+	switch {
+	case r.Context().Err() != nil:
+		err = fmt.Errorf("client went away: %w", context.Canceled)
+	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr) && netErr.Timeout():
+		err = newError(http.StatusGatewayTimeout, CodeUpstreamTimeout, "upstream timed out", err)
+	default:
+		err = newError(http.StatusBadGateway, CodeUpstreamUnavailable, "upstream unavailable", err)
+	}
+	writeError(w, r, err)
+}
+
+// bufferPool lends ReverseProxy its copy buffers; without one it allocates
+// 32 KiB per response.
+type bufferPool struct{ pool sync.Pool }
+
+func newBufferPool() *bufferPool {
+	return &bufferPool{pool: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+}
+
+func (p *bufferPool) Get() []byte  { return *p.pool.Get().(*[]byte) }
+func (p *bufferPool) Put(b []byte) { p.pool.Put(&b) }

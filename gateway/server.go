@@ -1,0 +1,225 @@
+// Package gateway is ctxgate's HTTP front: listeners, the middleware chain,
+// authentication, MCP Streamable HTTP handling, sealed sessions, the SSE
+// relay, the one error writer and the admin endpoints.
+//
+// A POST to a route goes through, in this order (see chain):
+//
+//	recover -> request id + access log -> Host/Origin check -> body limit
+//	  -> authenticate (Principal) -> route:
+//	     Content-Type/Accept -> strict JSON-RPC decode (once) -> session open
+//	     (sealed, bound to principal and route) -> protocol version
+//	     -> reverse proxy: exactly the checked bytes, client credentials
+//	        stripped, upstream session id swapped in
+//	     <- response: upstream session id swapped out (a sealed one minted on
+//	        initialize), SSE relayed event by event with a flush each
+//
+// GET (server stream) and DELETE (session end) take the same path without a
+// body. Every failure on the way is answered by writeError.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/upstream"
+)
+
+// Options are the gateway's injectable dependencies. Nil fields mean the
+// default.
+type Options struct {
+	// Logger receives structured logs; nil discards them.
+	Logger *slog.Logger
+	// Now is the clock for session issue and expiry; nil is time.Now.
+	Now func() time.Time
+}
+
+// Server is one gateway: its routes, its admin endpoints and its lifecycle.
+type Server struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	pool     *upstream.Pool
+	auth     *authenticator
+	sessions *sealer
+	origins  *originGuard
+	buffers  httputil.BufferPool
+	handler  http.Handler
+
+	ready    atomic.Bool // listeners are up
+	draining atomic.Bool // shutdown began: not ready, streams closing
+	// streams is cancelled at shutdown; long-lived GET streams watch it and
+	// end at an event boundary.
+	streams     context.Context
+	stopStreams context.CancelFunc
+}
+
+// New builds a gateway for a validated configuration.
+func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error) {
+	s := &Server{cfg: cfg, pool: pool, log: opts.Logger, origins: newOriginGuard(cfg.Server), buffers: newBufferPool()}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	var err error
+	if s.auth, err = newAuthenticator(cfg.Auth); err != nil {
+		return nil, err
+	}
+	secrets := make([][]byte, 0, len(cfg.Sessions.Keys))
+	for _, k := range cfg.Sessions.Keys {
+		secrets = append(secrets, []byte(k))
+	}
+	if len(secrets) == 0 {
+		s.log.Warn("no sessions.keys configured: using a random session key; sessions will not survive a restart or work across replicas")
+		secrets = [][]byte{randomSessionSecret()}
+	}
+	if s.sessions, err = newSealer(secrets, cfg.Sessions.TTL, now); err != nil {
+		return nil, fmt.Errorf("sessions: %w", err)
+	}
+	s.streams, s.stopStreams = context.WithCancel(context.Background())
+	s.handler = s.chain()
+	return s, nil
+}
+
+// Handler is the public MCP handler with the whole middleware chain.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// chain builds the public handler. This is the only place the order of the
+// pipeline is decided; each step's position has a reason.
+func (s *Server) chain() http.Handler {
+	r := chi.NewRouter()
+	// 1. Outermost: a panic anywhere below becomes a logged 500, never a
+	//    crashed process.
+	r.Use(s.recoverer)
+	// 2. Request id and access log wrap everything else, so every line and
+	//    every rejection below carries the id.
+	r.Use(s.requestLog)
+	// 3. Host and Origin before authentication: a DNS-rebinding page must
+	//    learn nothing, not even whether a credential is needed.
+	r.Use(s.checkHostOrigin)
+	// 4. Body size bound before anything reads the body.
+	r.Use(s.limitBody)
+	// 5. Authentication: every route handler runs with a verified Principal.
+	r.Use(s.authenticate)
+	for _, up := range s.pool.All() {
+		rt := &route{path: "/mcp/" + up.Name, upstream: up}
+		rt.proxy = s.newProxy(rt)
+		r.Handle(rt.path, s.serveRoute(rt))
+	}
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, newError(http.StatusNotFound, CodeInvalidRequest, "no MCP route at this path; routes are /mcp/<upstream>", nil))
+	})
+	return r
+}
+
+func (s *Server) recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			v := recover()
+			if v == nil {
+				return
+			}
+			if v == http.ErrAbortHandler {
+				panic(v) // net/http's way to abort a response mid-stream
+			}
+			writeError(w, r, fmt.Errorf("panic: %v\n%s", v, debug.Stack()))
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) limitBody(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.Server.MaxBodyBytes)
+		next.ServeHTTP(w, r)
+	})
+}
+
+// Serve runs the public and admin listeners until ctx is done, then shuts
+// down gracefully: readiness fails at once, long-lived GET streams end at an
+// event boundary, in-flight requests may finish until the drain deadline
+// (server.shutdown_timeout), and whatever remains is closed.
+func (s *Server) Serve(ctx context.Context, public, admin net.Listener) error {
+	pub := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: s.cfg.Server.ReadHeaderTimeout,
+		IdleTimeout:       s.cfg.Server.IdleTimeout,
+		MaxHeaderBytes:    s.cfg.Server.MaxHeaderBytes,
+		// No WriteTimeout: it would cut every long SSE stream.
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	adm := &http.Server{
+		Handler:           s.AdminHandler(),
+		ReadHeaderTimeout: s.cfg.Server.ReadHeaderTimeout,
+		ErrorLog:          pub.ErrorLog,
+	}
+	errc := make(chan error, 2)
+	var wg sync.WaitGroup
+	for _, p := range []struct {
+		srv *http.Server
+		ln  net.Listener
+	}{{pub, public}, {adm, admin}} {
+		wg.Go(func() {
+			if err := p.srv.Serve(p.ln); !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		})
+	}
+	s.ready.Store(true)
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	s.shutdown(pub, adm)
+	wg.Wait()
+	return serveErr
+}
+
+func (s *Server) shutdown(pub, adm *http.Server) {
+	s.draining.Store(true)
+	s.stopStreams()
+	s.log.Info("shutting down: draining in-flight requests", "deadline", s.cfg.Server.ShutdownTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Server.ShutdownTimeout)
+	defer cancel()
+	if err := pub.Shutdown(ctx); err != nil {
+		s.log.Warn("drain deadline passed: closing the remaining connections", "error", err)
+		_ = pub.Close()
+	}
+	_ = adm.Close()
+	s.pool.CloseIdleConnections()
+	s.log.Info("shutdown complete")
+}
+
+// AdminHandler serves the operator endpoints: /healthz (the process is
+// alive) and /readyz (listeners up and not shutting down).
+func (s *Server) AdminHandler() http.Handler {
+	r := chi.NewRouter()
+	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	r.Get("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		switch {
+		case s.draining.Load():
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
+		case !s.ready.Load():
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting"})
+		default:
+			writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		}
+	})
+	return r
+}

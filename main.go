@@ -1,0 +1,246 @@
+// Command ctxgate is a hardened reverse proxy for the Model Context Protocol.
+//
+//	ctxgate serve --config FILE     run the gateway
+//	ctxgate check --config FILE     validate a configuration and exit
+//	ctxgate demo                    gateway + built-in sample server, no files needed
+//	ctxgate hash-key                print the SHA-256 of an API key read from stdin
+//	ctxgate version                 print the version
+//
+// main only wires the packages together; the behaviour lives in them.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	_ "embed"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+
+	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/gateway"
+	"github.com/ctxgate/ctxgate/upstream"
+	"github.com/ctxgate/ctxgate/upstream/upstreamtest"
+)
+
+// version is set at build time with -ldflags "-X main.version=v1.2.3".
+var version = ""
+
+//go:embed demo.yaml
+var demoConfig []byte
+
+const usage = `usage: ctxgate <command> [flags]
+
+commands:
+  serve --config FILE   run the gateway
+  check --config FILE   validate a configuration; exit 1 listing every problem
+  demo [--listen ADDR] [--dir DIR]
+                        run the gateway in front of a built-in sample MCP server
+  hash-key              read an API key on stdin, print its SHA-256 for auth.api_keys
+  version               print the version
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	switch args[0] {
+	case "serve":
+		err = cmdServe(ctx, args[1:], stderr)
+	case "check":
+		return cmdCheck(args[1:], stdout, stderr)
+	case "demo":
+		err = cmdDemo(ctx, args[1:], stdout, stderr)
+	case "hash-key":
+		err = cmdHashKey(stdin, stdout)
+	case "version":
+		fmt.Fprintln(stdout, "ctxgate", buildVersion())
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		fmt.Fprintf(stderr, "ctxgate: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "ctxgate:", err)
+		return 1
+	}
+	return 0
+}
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+func configFlag(name string, args []string, stderr io.Writer) (string, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "configuration file (YAML)")
+	if err := fs.Parse(args); err != nil {
+		return "", err
+	}
+	if *path == "" {
+		return "", errors.New(name + ": --config FILE is required")
+	}
+	return *path, nil
+}
+
+// loadValid passes a loaded configuration through Validate; the error lists
+// every problem, one per line, with its field path.
+func loadValid(cfg *config.Config, err error) (*config.Config, error) {
+	if err != nil {
+		return nil, err
+	}
+	if problems := cfg.Validate(); len(problems) > 0 {
+		var b strings.Builder
+		fmt.Fprintf(&b, "configuration has %d problem(s):", len(problems))
+		for _, p := range problems {
+			b.WriteString("\n  " + p.Error())
+		}
+		return nil, errors.New(b.String())
+	}
+	return cfg, nil
+}
+
+func cmdCheck(args []string, stdout, stderr io.Writer) int {
+	path, err := configFlag("check", args, stderr)
+	if err == nil {
+		_, err = loadValid(config.Load(path))
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "ctxgate:", err)
+		return 1
+	}
+	fmt.Fprintln(stdout, path+": configuration is valid")
+	return 0
+}
+
+func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
+	path, err := configFlag("serve", args, stderr)
+	if err != nil {
+		return err
+	}
+	cfg, err := loadValid(config.Load(path))
+	if err != nil {
+		return err
+	}
+	return serve(ctx, cfg, stderr, nil)
+}
+
+// serve runs the gateway for cfg until ctx is done. ready, if set, is called
+// with the bound addresses once both listeners are up.
+func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, ready func(public, admin net.Addr)) error {
+	log := newLogger(cfg.Log.Level, logOut)
+	pool, err := upstream.NewPool(cfg.Upstreams)
+	if err != nil {
+		return err
+	}
+	gw, err := gateway.New(cfg, pool, gateway.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	public, err := net.Listen("tcp", cfg.Server.Listen)
+	if err != nil {
+		return fmt.Errorf("server.listen: %w", err)
+	}
+	admin, err := net.Listen("tcp", cfg.Admin.Listen)
+	if err != nil {
+		public.Close()
+		return fmt.Errorf("admin.listen: %w", err)
+	}
+	log.Info("ctxgate listening", "version", buildVersion(), "public", public.Addr().String(), "admin", admin.Addr().String(), "upstreams", len(cfg.Upstreams))
+	if ready != nil {
+		ready(public.Addr(), admin.Addr())
+	}
+	return gw.Serve(ctx, public, admin)
+}
+
+func newLogger(level string, out io.Writer) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewJSONHandler(out, &slog.HandlerOptions{Level: l}))
+}
+
+func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "127.0.0.1:8080", "gateway address (port 0 picks a free one)")
+	dir := fs.String("dir", ".", "directory the sample context server describes")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	project, err := upstreamtest.NewProject(*dir)
+	if err != nil {
+		return err
+	}
+	defer project.Close()
+	// The sample server is a real MCP server on its own loopback port, so
+	// the gateway proxies it exactly as it would a remote one.
+	upLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	upSrv := &http.Server{Handler: project.Handler(), ReadHeaderTimeout: config.DefaultReadHeaderTimeout}
+	go func() { _ = upSrv.Serve(upLn) }()
+	defer upSrv.Close()
+
+	env := map[string]string{"DEMO_LISTEN": *listen, "DEMO_UPSTREAM_URL": "http://" + upLn.Addr().String() + "/"}
+	cfg, err := loadValid(config.Parse(demoConfig, func(k string) (string, bool) { v, ok := env[k]; return v, ok }))
+	if err != nil {
+		return fmt.Errorf("demo configuration: %w", err)
+	}
+	return serve(ctx, cfg, stderr, func(public, admin net.Addr) {
+		url := "http://" + public.String() + "/mcp/project"
+		fmt.Fprintf(stdout, `ctxgate demo is running.
+
+  MCP endpoint (gateway):  %s
+  sample context server:   http://%s/  (describes %s)
+  health:                  http://%s/readyz
+
+List the tools through the gateway with the MCP Inspector CLI:
+
+  npx -y @modelcontextprotocol/inspector@0.21.2 --cli %s --transport http --method tools/list
+
+Press Ctrl-C to stop.
+`, url, upLn.Addr(), *dir, admin, url)
+	})
+}
+
+func cmdHashKey(stdin io.Reader, stdout io.Writer) error {
+	line, err := bufio.NewReader(stdin).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	key := strings.TrimRight(line, "\r\n")
+	if key == "" {
+		return errors.New("hash-key: write the API key on standard input, e.g.: printf %s \"$KEY\" | ctxgate hash-key")
+	}
+	sum := sha256.Sum256([]byte(key))
+	fmt.Fprintln(stdout, hex.EncodeToString(sum[:]))
+	return nil
+}

@@ -1,0 +1,88 @@
+// Package upstream holds the named MCP servers behind the gateway and the
+// HTTP transport used to reach each of them.
+//
+// The transport is tuned for a proxy: many idle connections per host (Go's
+// default of 2 makes a busy proxy dial for nearly every request), HTTP/2
+// when a TLS upstream offers it, no transparent compression (it would
+// buffer event streams), no environment proxy, and no redirects (the
+// reverse proxy never follows them, so a 3xx cannot become an SSRF).
+package upstream
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/ctxgate/ctxgate/config"
+)
+
+// Upstream is one configured MCP server.
+type Upstream struct {
+	// Name is the configured name; the route is /mcp/<Name>.
+	Name string
+	// URL is the upstream's Streamable HTTP endpoint.
+	URL *url.URL
+	// Transport carries every request to this upstream.
+	Transport http.RoundTripper
+}
+
+// Pool is the set of upstreams, by name.
+type Pool struct {
+	list   []*Upstream
+	byName map[string]*Upstream
+}
+
+// NewPool builds one Upstream per config entry. The config must have been
+// validated; NewPool still returns an error rather than panic on a bad URL.
+func NewPool(cfgs []config.Upstream) (*Pool, error) {
+	p := &Pool{byName: make(map[string]*Upstream, len(cfgs))}
+	for i, c := range cfgs {
+		u, err := url.Parse(c.URL)
+		if err != nil {
+			return nil, fmt.Errorf("upstreams[%d].url: %w", i, err)
+		}
+		up := &Upstream{Name: c.Name, URL: u, Transport: newTransport(c)}
+		p.list = append(p.list, up)
+		p.byName[c.Name] = up
+	}
+	return p, nil
+}
+
+// All returns the upstreams in configuration order.
+func (p *Pool) All() []*Upstream { return p.list }
+
+// Get returns the named upstream, or nil.
+func (p *Pool) Get(name string) *Upstream { return p.byName[name] }
+
+// CloseIdleConnections closes every upstream's idle connections; call it
+// at shutdown.
+func (p *Pool) CloseIdleConnections() {
+	for _, up := range p.list {
+		if t, ok := up.Transport.(interface{ CloseIdleConnections() }); ok {
+			t.CloseIdleConnections()
+		}
+	}
+}
+
+func newTransport(c config.Upstream) *http.Transport {
+	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		// No Proxy: an upstream is reached where configured, never through
+		// whatever HTTP_PROXY the process environment happens to hold.
+		Proxy:               nil,
+		DialContext:         dialer.DialContext,
+		ForceAttemptHTTP2:   true,
+		MaxIdleConns:        0, // no global cap; the per-host cap below bounds it
+		MaxIdleConnsPerHost: c.MaxIdleConns,
+		IdleConnTimeout:     90 * time.Second,
+		TLSHandshakeTimeout: 10 * time.Second,
+		// Transparent gzip would hold back SSE events until a gzip block
+		// fills; the gateway relays identity-encoded bodies only.
+		DisableCompression: true,
+		// No ResponseHeaderTimeout: a tools/call answered as JSON sends its
+		// headers only when the tool finishes. Timeouts are per upstream
+		// policy, not a transport constant.
+	}
+}

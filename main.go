@@ -224,7 +224,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 List the tools through the gateway with the MCP Inspector CLI:
 
-  npx -y @modelcontextprotocol/inspector@0.21.2 --cli %s --transport http --method tools/list
+  npx -y @modelcontextprotocol/inspector@2.12.0 --cli %s --transport http --method tools/list
 
 Press Ctrl-C to stop.
 `, url, upLn.Addr(), *dir, admin, url)

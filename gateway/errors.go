@@ -78,6 +78,8 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 		st.err = gwErr
 		if st.msg != nil {
 			id = st.msg.ID().Raw()
+		} else {
+			id = st.rejectedID
 		}
 	}
 	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {

@@ -2,10 +2,12 @@ package gateway
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math"
+	"strconv"
 	"strings"
 
 	"github.com/go-json-experiment/json/jsontext"
@@ -201,4 +203,49 @@ func checkID(v jsontext.Value) error {
 		return nil
 	}
 	return errors.New("id must be a string or an integer")
+}
+
+// peekID reads the top-level id of a message that failed strict decoding,
+// for the error response. It returns nil unless there is exactly one
+// top-level "id" member holding a string or an integer.
+func peekID(data []byte) any {
+	dec := jsontext.NewDecoder(bytes.NewReader(data), jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true))
+	if tok, err := dec.ReadToken(); err != nil || tok.Kind() != '{' {
+		return nil
+	}
+	var id any
+	seen := 0
+	for dec.PeekKind() != '}' {
+		tok, err := dec.ReadToken()
+		if err != nil {
+			return nil
+		}
+		name := tok.String() // read before the next call voids tok
+		value, err := dec.ReadValue()
+		if err != nil {
+			return nil
+		}
+		if name != "id" {
+			continue
+		}
+		seen++
+		switch value.Kind() {
+		case '"':
+			var s string
+			if json.Unmarshal(value, &s) != nil {
+				return nil
+			}
+			id = s
+		case '0':
+			n, err := strconv.ParseInt(string(value), 10, 64)
+			if err != nil {
+				return nil
+			}
+			id = n
+		}
+	}
+	if seen != 1 {
+		return nil
+	}
+	return id
 }

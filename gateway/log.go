@@ -18,10 +18,13 @@ type requestState struct {
 	log       *slog.Logger
 	principal *Principal
 	msg       *Message
-	upstream  string
-	session   bool   // the request carried a valid gateway session
-	version   string // MCP protocol version in effect
-	err       *Error // what writeError answered, with its internal cause
+	// rejectedID is the id of a message that failed strict decoding, when
+	// it could still be read unambiguously, so the error can carry it.
+	rejectedID any
+	upstream   string
+	session    bool   // the request carried a valid gateway session
+	version    string // MCP protocol version in effect
+	err        *Error // what writeError answered, with its internal cause
 }
 
 type stateKey struct{}

@@ -94,9 +94,10 @@ func (s *Server) preparePost(r *http.Request, fwd *forward, st *requestState) er
 	case errors.Is(err, errBatch):
 		return s.prepareBatch(r, fwd, st)
 	case errors.Is(err, errMalformed):
-		return newError(http.StatusBadRequest, CodeParseError, "parse error: "+err.Error(), err)
+		return newError(http.StatusBadRequest, CodeParseError, "parse error: "+err.Error(), nil)
 	case err != nil:
-		return badRequest("invalid JSON-RPC message: "+err.Error(), err)
+		st.rejectedID = peekID(body)
+		return badRequest("invalid JSON-RPC message: "+err.Error(), nil)
 	}
 	st.msg = msg
 	if msg.Method() == "initialize" {

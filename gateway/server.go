@@ -4,7 +4,7 @@
 //
 // A POST to a route goes through, in this order (see chain):
 //
-//	recover -> request id + access log -> Host/Origin check -> body limit
+//	request id + access log -> recover -> Host/Origin check -> body limit
 //	  -> authenticate (Principal) -> route:
 //	     Content-Type/Accept -> strict JSON-RPC decode (once) -> session open
 //	     (sealed, bound to principal and route) -> protocol version
@@ -101,12 +101,12 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // pipeline is decided; each step's position has a reason.
 func (s *Server) chain() http.Handler {
 	r := chi.NewRouter()
-	// 1. Outermost: a panic anywhere below becomes a logged 500, never a
-	//    crashed process.
-	r.Use(s.recoverer)
-	// 2. Request id and access log wrap everything else, so every line and
+	// 1. Request id and access log wrap everything else, so every line and
 	//    every rejection below carries the id.
 	r.Use(s.requestLog)
+	// 2. A panic anywhere below becomes a 500 through the error writer, and
+	//    so a logged access record with its stack, never a crashed process.
+	r.Use(s.recoverer)
 	// 3. Host and Origin before authentication: a DNS-rebinding page must
 	//    learn nothing, not even whether a credential is needed.
 	r.Use(s.checkHostOrigin)

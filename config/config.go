@@ -128,6 +128,7 @@ func (c *Config) applyDefaults() {
 	setDefault(&s.ReadHeaderTimeout, DefaultReadHeaderTimeout)
 	setDefault(&s.IdleTimeout, DefaultIdleTimeout)
 	setDefault(&s.ShutdownTimeout, DefaultShutdownTimeout)
+	setDefault(&c.Admin.Listen, DefaultAdminListen)
 	setDefault(&c.Sessions.TTL, DefaultSessionTTL)
 	setDefault(&c.Auth.APIKeyHeader, DefaultAPIKeyHeader)
 	setDefault(&c.Log.Level, DefaultLogLevel)

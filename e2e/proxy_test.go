@@ -226,6 +226,12 @@ upstreams:
 	if resp := alice.post(t, `{"jsonrpc":"2.0","id":10,"method":"ping"}`); resp.StatusCode != http.StatusOK {
 		t.Errorf("owner's ping after the attacks: %s", resp.Status)
 	}
+	// The client's API key authenticated it to the gateway and went no further.
+	for _, r := range rec.requests() {
+		if r.header.Get("Authorization") != "" || r.header.Get("X-Api-Key") != "" {
+			t.Errorf("upstream received the client's credential: %v", r.header)
+		}
+	}
 }
 
 // TestUpstreamSessionHidden: the client only ever holds the gateway's sealed
@@ -266,5 +272,55 @@ func TestUpstreamSessionHidden(t *testing.T) {
 	}
 	if resp := c.post(t, `{"jsonrpc":"2.0","id":2,"method":"ping"}`); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("request on a deleted session: %s, want 404", resp.Status)
+	}
+}
+
+// TestBatch: JSON-RPC batches pass in revision 2025-03-26, where they exist,
+// and only if every element passes the strict decode.
+func TestBatch(t *testing.T) {
+	upstream := startEverything(t)
+	rec := startRecorder(t, upstream)
+	gw := startGateway(t, anonymousConfig(rec.URL))
+	c := &rpc{url: gw.URL + "/mcp/everything"}
+	resp := c.post(t, strings.Replace(initializeBody, "2025-11-25", "2025-03-26", 1))
+	c.session = resp.Header.Get("Mcp-Session-Id")
+	if resp.StatusCode != http.StatusOK || c.session == "" {
+		t.Fatalf("initialize 2025-03-26: %s", resp.Status)
+	}
+	// No MCP-Protocol-Version header: the session's negotiated version applies.
+	send := func(body string) *http.Response {
+		req, _ := http.NewRequestWithContext(ctx(t), http.MethodPost, c.url, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		req.Header.Set("Mcp-Session-Id", c.session)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { resp.Body.Close() })
+		return resp
+	}
+	if resp := send(`{"jsonrpc":"2.0","method":"notifications/initialized"}`); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("initialized: %s", resp.Status)
+	}
+
+	resp = send(`[{"jsonrpc":"2.0","id":"b1","method":"ping"},{"jsonrpc":"2.0","id":"b2","method":"ping"}]`)
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"id":"b1"`) || !strings.Contains(string(body), `"id":"b2"`) {
+		t.Errorf("batch in 2025-03-26: %s %s", resp.Status, body)
+	}
+
+	for name, batch := range map[string]string{
+		"duplicate key in one element": `[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"ping","method":"tools/list"}]`,
+		"initialize inside a batch":    `[` + initializeBody + `]`,
+		"empty batch":                  `[]`,
+	} {
+		before := rec.count()
+		if resp := send(batch); resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("%s: %s, want 400", name, resp.Status)
+		}
+		if rec.count() != before {
+			t.Errorf("%s: forwarded upstream", name)
+		}
 	}
 }

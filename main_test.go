@@ -1,0 +1,118 @@
+package main
+
+import (
+	"bytes"
+	"debug/elf"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestCommands(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("good.yaml", "auth: {anonymous: true}\nupstreams: [{name: docs, url: http://127.0.0.1:3001/mcp}]\n")
+	bad := write("bad.yaml", "server: {listne: x}\nupstreams: [{name: Docs, url: ftp://x}]\n")
+	invalid := write("invalid.yaml", "upstreams: [{name: Docs, url: ftp://x}]\n")
+
+	tests := []struct {
+		name       string
+		args       []string
+		stdin      string
+		wantCode   int
+		wantStdout string
+		wantStderr []string // substrings
+	}{
+		{name: "no command", args: nil, wantCode: 2, wantStderr: []string{"usage: ctxgate"}},
+		{name: "unknown command", args: []string{"frobnicate"}, wantCode: 2, wantStderr: []string{`unknown command "frobnicate"`}},
+		{name: "check valid", args: []string{"check", "--config", good}, wantCode: 0, wantStdout: good + ": configuration is valid\n"},
+		{name: "check unknown key", args: []string{"check", "--config", bad}, wantCode: 1, wantStderr: []string{"server.listne: line 1: unknown key"}},
+		{name: "check reports every problem", args: []string{"check", "--config", invalid}, wantCode: 1, wantStderr: []string{
+			"configuration has 3 problem(s)",
+			"auth: no authentication method is configured",
+			"upstreams[0].name: must be 1-63 characters",
+			"upstreams[0].url: scheme must be http or https",
+		}},
+		{name: "check missing file", args: []string{"check", "--config", filepath.Join(dir, "nope.yaml")}, wantCode: 1, wantStderr: []string{"nope.yaml"}},
+		{name: "check without --config", args: []string{"check"}, wantCode: 1, wantStderr: []string{"--config FILE is required"}},
+		{name: "hash-key", args: []string{"hash-key"}, stdin: "test\n", wantCode: 0, wantStdout: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\n"},
+		{name: "hash-key empty", args: []string{"hash-key"}, stdin: "", wantCode: 1, wantStderr: []string{"write the API key on standard input"}},
+		{name: "version", args: []string{"version"}, wantCode: 0, wantStdout: "ctxgate dev\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := run(tt.args, strings.NewReader(tt.stdin), &stdout, &stderr)
+			if code != tt.wantCode {
+				t.Errorf("exit code %d, want %d; stderr:\n%s", code, tt.wantCode, stderr.String())
+			}
+			if tt.wantStdout != "" || code == 0 {
+				if diff := cmp.Diff(tt.wantStdout, stdout.String()); diff != "" {
+					t.Errorf("stdout (-want +got):\n%s", diff)
+				}
+			}
+			for _, want := range tt.wantStderr {
+				if !strings.Contains(stderr.String(), want) {
+					t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
+				}
+			}
+		})
+	}
+}
+
+// TestDockerfileBuild runs the Dockerfile's own build command (no Docker
+// engine is needed for that) and checks what the image relies on: the
+// binary is where COPY takes it from, and it is static, since the
+// distroless/static base has no libc.
+func TestDockerfileBuild(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	dockerfile, err := os.ReadFile("Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := regexp.MustCompile(`(?m)^RUN (CGO_ENABLED=0 go build .* -o (\S+) \.)$`).FindSubmatch(dockerfile)
+	if run == nil {
+		t.Fatal("Dockerfile has no `RUN CGO_ENABLED=0 go build ... -o OUT .` line")
+	}
+	out := string(run[2])
+	if !bytes.Contains(dockerfile, []byte("COPY --from=build "+out+" ")) {
+		t.Errorf("the final stage does not COPY the built binary %s", out)
+	}
+	if !regexp.MustCompile(`(?m)^USER nonroot`).Match(dockerfile) {
+		t.Error("the image does not run as non-root")
+	}
+	bin := filepath.Join(t.TempDir(), "ctxgate")
+	cmdline := strings.Replace(string(run[1]), out, bin, 1)
+	cmdline = strings.ReplaceAll(cmdline, "${VERSION}", "test")
+	cmd := exec.Command("sh", "-c", cmdline)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", cmdline, err, b)
+	}
+	f, err := elf.Open(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			t.Errorf("%s is dynamically linked; the distroless/static image cannot run it", bin)
+		}
+	}
+	version, err := exec.Command(bin, "version").Output()
+	if err != nil || string(version) != "ctxgate test\n" {
+		t.Errorf("built binary `version` = %q, %v", version, err)
+	}
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs every ctxgate test on a fresh machine: installs what the tests need
+# (Go modules; the MCP conformance suite, the MCP Inspector and Node 22,
+# pinned in e2e/node/package-lock.json), checks formatting and vet, runs the
+# unit and end-to-end tests, and gives every fuzz target a short run.
+#
+#   ./test.sh                  everything
+#   FUZZTIME=1m ./test.sh      longer fuzz runs
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need() {
+	command -v "$1" >/dev/null || { echo "test.sh: $1 is required: $2" >&2; exit 1; }
+}
+need go "install Go 1.26 or newer (https://go.dev/dl)"
+need npm "install Node.js with npm (it fetches the pinned MCP test tools)"
+
+echo "== installing dependencies"
+go mod download
+npm ci --prefix e2e/node --no-audit --no-fund --loglevel=error
+
+echo "== gofmt, go vet"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './e2e/node/*'))
+if [ -n "$unformatted" ]; then
+	echo "gofmt would change: $unformatted" >&2
+	exit 1
+fi
+go vet ./...
+
+echo "== fuzz targets (${FUZZTIME:-10s} each)"
+for pkg in $(go list ./...); do
+	for target in $(go test -list '^Fuzz' "$pkg" | grep '^Fuzz' || true); do
+		go test -run '^$' -fuzz "^${target}\$" -fuzztime "${FUZZTIME:-10s}" "$pkg"
+	done
+done
+
+echo "== tests"
+go test -count=1 ./...

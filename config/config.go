@@ -7,6 +7,8 @@
 package config
 
 import (
+	"net"
+	"strings"
 	"time"
 )
 
@@ -122,7 +124,11 @@ const (
 func (c *Config) applyDefaults() {
 	s := &c.Server
 	setDefault(&s.Listen, DefaultListen)
-	setDefault(&s.PublicURL, "http://"+s.Listen)
+	// Only a loopback listener has an obvious public URL; elsewhere the
+	// operator must say how clients reach the gateway (Validate asks).
+	if host, _, err := net.SplitHostPort(s.Listen); err == nil && isLoopback(host) {
+		setDefault(&s.PublicURL, "http://"+s.Listen)
+	}
 	setDefault(&s.MaxBodyBytes, DefaultMaxBodyBytes)
 	setDefault(&s.MaxHeaderBytes, DefaultMaxHeaderBytes)
 	setDefault(&s.ReadHeaderTimeout, DefaultReadHeaderTimeout)
@@ -149,4 +155,13 @@ func setDefault[T comparable](field *T, value T) {
 	if *field == zero {
 		*field = value
 	}
+}
+
+// isLoopback reports whether a listen host is a loopback name or address.
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

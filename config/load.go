@@ -124,13 +124,20 @@ func expandEnv(node *yaml.Node, path string, lookupEnv func(string) (string, boo
 		}
 		node.Value = envRef.ReplaceAllStringFunc(node.Value, func(ref string) string {
 			m := envRef.FindStringSubmatch(ref)
-			if v, ok := lookupEnv(m[1]); ok {
+			v, ok := lookupEnv(m[1])
+			switch {
+			case ok && v != "":
 				return v
-			}
-			if m[2] != "" {
+			case m[2] != "":
+				// As in the shell and Compose, ":-" also replaces a variable
+				// that is set but empty.
 				return strings.TrimPrefix(m[2], ":-")
+			case ok:
+				// An exported-but-empty secret or URL is a mistake, not a value.
+				*problems = append(*problems, fmt.Errorf("%s: line %d: environment variable %s is set but empty; give it a value or write ${%s:-} to allow empty", path, node.Line, m[1], m[1]))
+			default:
+				*problems = append(*problems, fmt.Errorf("%s: line %d: environment variable %s is not set; set it or write ${%s:-default}", path, node.Line, m[1], m[1]))
 			}
-			*problems = append(*problems, fmt.Errorf("%s: line %d: environment variable %s is not set; set it or write ${%s:-default}", path, node.Line, m[1], m[1]))
 			return ""
 		})
 		// Let YAML resolve the expanded text as if it had been written there,

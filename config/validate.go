@@ -50,7 +50,9 @@ func (v *validator) add(path, format string, args ...any) {
 
 func (v *validator) server(s *Server) {
 	v.listen("server.listen", s.Listen)
-	if u, err := url.Parse(s.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	if s.PublicURL == "" {
+		v.add("server.public_url", "required when server.listen is not a loopback address: set the URL clients use, e.g. https://mcp.example.com")
+	} else if u, err := url.Parse(s.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		v.add("server.public_url", "must be an absolute http or https URL such as https://mcp.example.com")
 	} else if u.RawQuery != "" || u.Fragment != "" {
 		v.add("server.public_url", "must not have a query or fragment")

@@ -1,0 +1,162 @@
+package config_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/ctxgate/ctxgate/config"
+)
+
+// defaults is the configuration an empty file yields, spelled out from the
+// documented defaults rather than computed by the code under test.
+func defaults() config.Config {
+	return config.Config{
+		Server: config.Server{
+			Listen:            config.DefaultListen,
+			PublicURL:         "http://" + config.DefaultListen,
+			MaxBodyBytes:      config.DefaultMaxBodyBytes,
+			MaxHeaderBytes:    config.DefaultMaxHeaderBytes,
+			ReadHeaderTimeout: config.DefaultReadHeaderTimeout,
+			IdleTimeout:       config.DefaultIdleTimeout,
+			ShutdownTimeout:   config.DefaultShutdownTimeout,
+		},
+		Admin:    config.Admin{Listen: config.DefaultAdminListen},
+		Sessions: config.Sessions{TTL: config.DefaultSessionTTL},
+		Auth:     config.Auth{APIKeyHeader: config.DefaultAPIKeyHeader},
+		Log:      config.Log{Level: config.DefaultLogLevel},
+	}
+}
+
+func TestParseDefaults(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want func(c *config.Config) // changes from defaults()
+	}{
+		{
+			name: "empty file gets every default",
+			yaml: "",
+			want: func(c *config.Config) {},
+		},
+		{
+			name: "comment-only file gets every default",
+			yaml: "# nothing here\n",
+			want: func(c *config.Config) {},
+		},
+		{
+			name: "explicit values are kept",
+			yaml: `
+server:
+  listen: "0.0.0.0:8443"
+  public_url: "https://mcp.example.com"
+  max_body_bytes: 1024
+  max_header_bytes: 2048
+  read_header_timeout: 1s
+  idle_timeout: 2s
+  shutdown_timeout: 3s
+admin: {listen: "127.0.0.1:9191"}
+sessions: {ttl: 1h}
+auth: {api_key_header: x-api-key}
+log: {level: error}
+upstreams: [{name: docs, url: "http://127.0.0.1:3001/mcp", max_idle_conns: 7}]
+`,
+			want: func(c *config.Config) {
+				c.Server = config.Server{
+					Listen:            "0.0.0.0:8443",
+					PublicURL:         "https://mcp.example.com",
+					MaxBodyBytes:      1024,
+					MaxHeaderBytes:    2048,
+					ReadHeaderTimeout: time.Second,
+					IdleTimeout:       2 * time.Second,
+					ShutdownTimeout:   3 * time.Second,
+				}
+				c.Admin.Listen = "127.0.0.1:9191"
+				c.Sessions.TTL = time.Hour
+				c.Auth.APIKeyHeader = "x-api-key"
+				c.Log.Level = "error"
+				c.Upstreams = []config.Upstream{{Name: "docs", URL: "http://127.0.0.1:3001/mcp", MaxIdleConns: 7}}
+			},
+		},
+		{
+			name: "explicit zero values get the default",
+			yaml: `
+server: {max_body_bytes: 0, max_header_bytes: 0, read_header_timeout: 0s, idle_timeout: 0s, shutdown_timeout: 0s}
+sessions: {ttl: 0s}
+auth: {api_key_header: ""}
+log: {level: ""}
+upstreams: [{name: docs, url: "http://127.0.0.1:3001/mcp", max_idle_conns: 0}]
+`,
+			want: func(c *config.Config) {
+				c.Upstreams = []config.Upstream{{Name: "docs", URL: "http://127.0.0.1:3001/mcp", MaxIdleConns: config.DefaultMaxIdleConns}}
+			},
+		},
+		{
+			name: "public_url defaults to the configured listen address, not the default one",
+			yaml: `server: {listen: "127.0.0.1:0"}`,
+			want: func(c *config.Config) {
+				c.Server.Listen = "127.0.0.1:0"
+				c.Server.PublicURL = "http://127.0.0.1:0"
+			},
+		},
+		{
+			name: "every upstream gets its own max_idle_conns default",
+			yaml: `
+upstreams:
+  - {name: a, url: "http://127.0.0.1:1/mcp"}
+  - {name: b, url: "http://127.0.0.1:2/mcp", max_idle_conns: 3}
+  - {name: c, url: "http://127.0.0.1:3/mcp"}
+`,
+			want: func(c *config.Config) {
+				c.Upstreams = []config.Upstream{
+					{Name: "a", URL: "http://127.0.0.1:1/mcp", MaxIdleConns: config.DefaultMaxIdleConns},
+					{Name: "b", URL: "http://127.0.0.1:2/mcp", MaxIdleConns: 3},
+					{Name: "c", URL: "http://127.0.0.1:3/mcp", MaxIdleConns: config.DefaultMaxIdleConns},
+				}
+			},
+		},
+		{
+			name: "empty session keys are dropped, order kept",
+			yaml: `
+sessions:
+  keys: ["", "first-key-0123456789abcdefghijklmnop", "", "second-key-0123456789abcdefghijklmno", ""]
+`,
+			want: func(c *config.Config) {
+				c.Sessions.Keys = []string{"first-key-0123456789abcdefghijklmnop", "second-key-0123456789abcdefghijklmno"}
+			},
+		},
+		{
+			name: "an optional old key that is unset is dropped",
+			yaml: `
+sessions:
+  keys:
+    - "${CTXGATE_TEST_SESSION_KEY}"
+    - "${CTXGATE_TEST_UNSET_OLD_KEY:-}"
+`,
+			want: func(c *config.Config) {
+				c.Sessions.Keys = []string{testEnv["CTXGATE_TEST_SESSION_KEY"]}
+			},
+		},
+		{
+			name: "only empty session keys leave none",
+			yaml: `sessions: {keys: ["", ""]}`,
+			want: func(c *config.Config) {},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := config.Parse([]byte(tt.yaml), lookup(testEnv))
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			want := defaults()
+			tt.want(&want)
+			// Nil and empty slices are the same configuration.
+			if diff := cmp.Diff(&want, got, cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("config (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

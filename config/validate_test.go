@@ -1,0 +1,154 @@
+package config_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/ctxgate/ctxgate/config"
+)
+
+// valid returns a configuration Validate accepts, for cases to break.
+func valid() *config.Config {
+	c := defaults()
+	c.Auth.Anonymous = true
+	c.Upstreams = []config.Upstream{{Name: "docs", URL: "http://127.0.0.1:3001/mcp", MaxIdleConns: 1}}
+	return &c
+}
+
+// TestValidate covers the edges of each rule on configurations built in Go;
+// testdata/invalid covers the messages for whole files.
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(c *config.Config)
+		want   []string // Problem.Error() of each problem, in order
+	}{
+		{name: "valid", change: func(c *config.Config) {}},
+		{
+			name:   "zero value reports every required setting",
+			change: func(c *config.Config) { *c = config.Config{} },
+			want: []string{
+				"server.listen: must be host:port, e.g. 127.0.0.1:8080 (port 0 picks a free port)",
+				"server.public_url: required when server.listen is not a loopback address: set the URL clients use, e.g. https://mcp.example.com",
+				"server.max_body_bytes: must be positive",
+				"server.max_header_bytes: must be positive",
+				"server.read_header_timeout: must be positive",
+				"server.idle_timeout: must be positive",
+				"server.shutdown_timeout: must be positive",
+				"admin.listen: must be host:port, e.g. 127.0.0.1:8080 (port 0 picks a free port)",
+				"admin.listen: must differ from server.listen; pick another port", // both are ""
+				"sessions.ttl: must be positive, e.g. 24h",
+				"auth: no authentication method is configured; add auth.api_keys, or set auth.anonymous: true for local development only",
+				"auth.api_key_header: must be authorization or x-api-key",
+				"log.level: must be one of debug, info, warn, error",
+				"upstreams: at least one upstream is required, e.g. {name: docs, url: http://127.0.0.1:3001/mcp}",
+			},
+		},
+		{
+			name:   "a 32-byte session key is long enough",
+			change: func(c *config.Config) { c.Sessions.Keys = []string{strings.Repeat("k", config.MinSessionKeyBytes)} },
+		},
+		{
+			name:   "a session key is measured in bytes",
+			change: func(c *config.Config) { c.Sessions.Keys = []string{strings.Repeat("é", config.MinSessionKeyBytes/2)} },
+		},
+		{
+			name:   "a 31-byte session key is too short",
+			change: func(c *config.Config) { c.Sessions.Keys = []string{strings.Repeat("k", config.MinSessionKeyBytes-1)} },
+			want:   []string{"sessions.keys[0]: must be at least 32 bytes; generate one with: openssl rand -base64 32"},
+		},
+		{
+			name:   "a 63-character upstream name is accepted",
+			change: func(c *config.Config) { c.Upstreams[0].Name = strings.Repeat("a", 63) },
+		},
+		{
+			name:   "upstream names may use digits, _ and -",
+			change: func(c *config.Config) { c.Upstreams[0].Name = "0docs_v2-eu" },
+		},
+		{
+			name:   "an https upstream with query is accepted",
+			change: func(c *config.Config) { c.Upstreams[0].URL = "https://docs.example.com/mcp?tenant=acme" },
+		},
+		{
+			name: "api keys alone authenticate",
+			change: func(c *config.Config) {
+				c.Auth.Anonymous = false
+				c.Auth.APIKeys = []config.APIKey{{Name: "ci", SHA256: strings.Repeat("ab", 32)}}
+			},
+		},
+		{
+			name:   "x-api-key is an accepted header",
+			change: func(c *config.Config) { c.Auth.APIKeyHeader = "x-api-key" },
+		},
+		{
+			name:   "api_key_header is case sensitive",
+			change: func(c *config.Config) { c.Auth.APIKeyHeader = "Authorization" },
+			want:   []string{"auth.api_key_header: must be authorization or x-api-key"},
+		},
+		{
+			name: "admin and server may both use port 0",
+			change: func(c *config.Config) {
+				c.Server.Listen, c.Admin.Listen = "127.0.0.1:0", "127.0.0.1:0"
+			},
+		},
+		{
+			name: "admin and server may not share a fixed port",
+			change: func(c *config.Config) {
+				c.Server.Listen, c.Admin.Listen = "127.0.0.1:8080", "127.0.0.1:8080"
+			},
+			want: []string{"admin.listen: must differ from server.listen; pick another port"},
+		},
+		{
+			name:   "IPv6 listen address",
+			change: func(c *config.Config) { c.Server.Listen = "[::1]:8080" },
+		},
+		{
+			name:   "every log level is accepted",
+			change: func(c *config.Config) { c.Log.Level = "warn" },
+		},
+		{
+			name:   "public_url with a fragment",
+			change: func(c *config.Config) { c.Server.PublicURL = "https://mcp.example.com/#top" },
+			want:   []string{"server.public_url: must not have a query or fragment"},
+		},
+		{
+			name: "origins with a port and IPv6 host are accepted",
+			change: func(c *config.Config) {
+				c.Server.AllowedOrigins = []string{"http://localhost:5173", "https://[::1]:8443"}
+				c.Server.AllowedHosts = []string{"[::1]:8443", "mcp.internal"}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := valid()
+			tt.change(c)
+			var got []string
+			for _, p := range c.Validate() {
+				got = append(got, p.Error())
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("problems (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestValidateIsPure checks that Validate changes nothing it is given, so it
+// can be called on a configuration that is in use.
+func TestValidateIsPure(t *testing.T) {
+	c := valid()
+	c.Server.Listen = "nonsense"
+	c.Sessions.Keys = []string{"", "short"}
+	before := *c
+	before.Sessions.Keys = append([]string(nil), c.Sessions.Keys...)
+	before.Upstreams = append([]config.Upstream(nil), c.Upstreams...)
+	if len(c.Validate()) == 0 {
+		t.Fatal("Validate found no problem in an invalid config")
+	}
+	if diff := cmp.Diff(&before, c); diff != "" {
+		t.Errorf("Validate changed the config (-before +after):\n%s", diff)
+	}
+}

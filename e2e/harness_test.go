@@ -320,6 +320,9 @@ func (c *rpc) post(t *testing.T, body string) *http.Response {
 	for k, vs := range c.header {
 		req.Header[k] = vs
 	}
+	if host := c.header.Get("Host"); host != "" {
+		req.Host = host // net/http sends req.Host, not a Host header
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

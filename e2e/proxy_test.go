@@ -180,6 +180,7 @@ upstreams:
 		{name: "not JSON", body: `{"jsonrpc":`, wantCode: 400, wantRPC: -32700},
 		{name: "batch in 2025-11-25", body: `[{"jsonrpc":"2.0","id":1,"method":"ping"}]`, wantCode: 400, wantRPC: -32600},
 		{name: "foreign Origin", header: http.Header{"Authorization": {"Bearer alice-key"}, "Origin": {"http://evil.example.com"}}, body: `{"jsonrpc":"2.0","id":2,"method":"ping"}`, wantCode: 403, wantRPC: -31002},
+		{name: "foreign Host (DNS rebinding)", header: http.Header{"Authorization": {"Bearer alice-key"}, "Host": {"evil.example.com"}}, body: `{"jsonrpc":"2.0","id":2,"method":"ping"}`, wantCode: 403, wantRPC: -31002},
 		{name: "session replayed by another principal", header: http.Header{"Authorization": {"Bearer bob-key"}}, body: `{"jsonrpc":"2.0","id":3,"method":"ping"}`, wantCode: 404, wantRPC: -31003, wantID: float64(3)},
 		{name: "session replayed on another route", url: gw.URL + "/mcp/b", body: `{"jsonrpc":"2.0","id":4,"method":"ping"}`, wantCode: 404, wantRPC: -31003, wantID: float64(4)},
 		{name: "forged session", session: "AAAA" + alice.session[4:], body: `{"jsonrpc":"2.0","id":5,"method":"ping"}`, wantCode: 404, wantRPC: -31003, wantID: float64(5)},

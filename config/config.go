@@ -47,6 +47,8 @@ type Server struct {
 	// ShutdownTimeout is the drain deadline: on SIGTERM in-flight requests
 	// get this long to finish before the process exits regardless.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// TLS, when set, serves the MCP routes over TLS (and enables mTLS).
+	TLS *TLS `yaml:"tls"`
 }
 
 // Admin is the operator listener (/healthz, /readyz).
@@ -79,6 +81,11 @@ type Auth struct {
 	APIKeyHeader string `yaml:"api_key_header"`
 	// APIKeys are the accepted keys, stored as SHA-256 hashes.
 	APIKeys []APIKey `yaml:"api_keys"`
+	// OIDC lists the token issuers whose JWT access tokens are accepted.
+	OIDC []OIDCIssuer `yaml:"oidc"`
+	// MTLS maps verified client certificates to principals; it needs
+	// server.tls with a client_ca_file.
+	MTLS *MTLS `yaml:"mtls"`
 }
 
 // APIKey is one named API key. The name becomes the principal id.
@@ -103,6 +110,16 @@ type Upstream struct {
 	// MaxIdleConns bounds the idle keep-alive connections kept to this
 	// upstream (Go's default of 2 per host starves a proxy).
 	MaxIdleConns int `yaml:"max_idle_conns"`
+	// RequiredScopes must all be granted to a bearer token for its holder to
+	// use this route; a token lacking one gets 403 insufficient_scope.
+	RequiredScopes []string `yaml:"required_scopes"`
+	// Credentials is how the gateway authenticates itself to the upstream.
+	// The client's own credentials are never forwarded.
+	Credentials *Credentials `yaml:"credentials"`
+	// IdentityHeaders, when true, tells the upstream who the verified
+	// principal is (X-Ctxgate-Principal, X-Ctxgate-Principal-Kind); any
+	// such header a client sends is always dropped.
+	IdentityHeaders bool `yaml:"identity_headers"`
 }
 
 // Defaults. Exported so documentation and tests can refer to them.
@@ -137,6 +154,10 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.Admin.Listen, DefaultAdminListen)
 	setDefault(&c.Sessions.TTL, DefaultSessionTTL)
 	setDefault(&c.Auth.APIKeyHeader, DefaultAPIKeyHeader)
+	c.Auth.applyDefaults(s.PublicURL)
+	if s.TLS != nil {
+		setDefault(&s.TLS.ClientAuth, "none")
+	}
 	setDefault(&c.Log.Level, DefaultLogLevel)
 	for i := range c.Upstreams {
 		setDefault(&c.Upstreams[i].MaxIdleConns, DefaultMaxIdleConns)

@@ -33,12 +33,15 @@ func (c *Config) Validate() []Problem {
 	}
 	v.sessions(&c.Sessions)
 	v.auth(&c.Auth)
+	v.tls(c.Server.TLS, c.Auth.MTLS)
+	v.mtls(c.Auth.MTLS)
+	v.oidc(c.Auth.OIDC)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
 		v.add("log.level", "must be one of debug, info, warn, error")
 	}
-	v.upstreams(c.Upstreams)
+	v.upstreams(c.Upstreams, len(c.Auth.OIDC) > 0)
 	return v.problems
 }
 
@@ -108,8 +111,8 @@ func (v *validator) sessions(s *Sessions) {
 }
 
 func (v *validator) auth(a *Auth) {
-	if !a.Anonymous && len(a.APIKeys) == 0 {
-		v.add("auth", "no authentication method is configured; add auth.api_keys, or set auth.anonymous: true for local development only")
+	if !a.Anonymous && len(a.APIKeys) == 0 && len(a.OIDC) == 0 && a.MTLS == nil {
+		v.add("auth", "no authentication method is configured; add auth.oidc, auth.mtls or auth.api_keys, or set auth.anonymous: true for local development only")
 	}
 	switch a.APIKeyHeader {
 	case "authorization", "x-api-key":
@@ -135,7 +138,7 @@ func (v *validator) auth(a *Auth) {
 	}
 }
 
-func (v *validator) upstreams(ups []Upstream) {
+func (v *validator) upstreams(ups []Upstream, hasOIDC bool) {
 	if len(ups) == 0 {
 		v.add("upstreams", "at least one upstream is required, e.g. {name: docs, url: http://127.0.0.1:3001/mcp}")
 	}
@@ -162,5 +165,6 @@ func (v *validator) upstreams(ups []Upstream) {
 		if up.MaxIdleConns < 0 {
 			v.add(path+".max_idle_conns", "must be positive")
 		}
+		v.routeAuth(path, up, hasOIDC)
 	}
 }

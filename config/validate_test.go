@@ -40,7 +40,7 @@ func TestValidate(t *testing.T) {
 				"admin.listen: must be host:port, e.g. 127.0.0.1:8080 (port 0 picks a free port)",
 				"admin.listen: must differ from server.listen; pick another port", // both are ""
 				"sessions.ttl: must be positive, e.g. 24h",
-				"auth: no authentication method is configured; add auth.api_keys, or set auth.anonymous: true for local development only",
+				"auth: no authentication method is configured; add auth.oidc, auth.mtls or auth.api_keys, or set auth.anonymous: true for local development only",
 				"auth.api_key_header: must be authorization or x-api-key",
 				"log.level: must be one of debug, info, warn, error",
 				"upstreams: at least one upstream is required, e.g. {name: docs, url: http://127.0.0.1:3001/mcp}",

@@ -4,10 +4,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/ctxgate/ctxgate/config"
 )
@@ -16,26 +19,64 @@ import (
 // logs (and later policy and cache) use it; nothing uses client-supplied
 // identity headers.
 type Principal struct {
-	// ID is stable across credential refreshes: "anonymous" or
-	// "api_key:<name>". Sessions are bound to it.
+	// ID is stable across credential refreshes, so a refreshed token keeps
+	// its session: "oidc:<issuer>#<subject>", "mtls:spiffe://...",
+	// "mtls:dns:<name>", "mtls:cn:<name>", "api_key:<name>" or "anonymous".
 	ID string
-	// Kind is "anonymous" or "api_key".
+	// Kind is "oidc", "mtls", "api_key" or "anonymous".
 	Kind string
-	// Name is the API key's configured name; empty for anonymous.
+	// Issuer and Subject of a verified token (oidc).
+	Issuer, Subject string
+	// Name is the API key's configured name (api_key).
 	Name string
+	// Scopes granted by the token (oidc); nil for other kinds.
+	Scopes []string
+	// Groups (or roles) claimed by the token (oidc).
+	Groups []string
+	// Claims is the token's whole verified claim set (oidc).
+	Claims map[string]any
+	// Audience is the token's aud (oidc).
+	Audience []string
+	// Expiry of the token (oidc); zero for other kinds.
+	Expiry time.Time
+	// Cert describes the verified client certificate (mtls).
+	Cert *CertInfo
+}
+
+// CertInfo is what the policy and logs may know of a client certificate.
+type CertInfo struct {
+	Subject  string
+	URIs     []string
+	DNSNames []string
+	SHA256   string // hex digest of the DER certificate
 }
 
 var anonymous = &Principal{ID: "anonymous", Kind: "anonymous"}
 
-// maxCredentialBytes bounds a presented credential before it is hashed or
-// compared: no legitimate key is this long.
-const maxCredentialBytes = 4096
+// maxCredentialBytes bounds a presented credential before it is parsed,
+// hashed or compared; real JWTs and keys are far smaller, and a huge one
+// must cost nothing.
+const maxCredentialBytes = 16 << 10
+
+// tokenVerifier verifies a bearer JWT for a route whose canonical URL is
+// resource. It returns the principal, or an error for the log (the client
+// only learns the token was not accepted).
+type tokenVerifier interface {
+	verify(ctx context.Context, token, resource string) (*Principal, error)
+}
+
+// certIdentifier names the principal of a verified client certificate.
+type certIdentifier interface {
+	identify(chain []*x509.Certificate) (*Principal, error)
+}
 
 // authenticator decides who is calling. It never decides what they may do.
 type authenticator struct {
 	anonymous bool
-	header    string // "authorization" or "x-api-key"
+	header    string // where API keys are read: "authorization" or "x-api-key"
 	keys      []apiKey
+	tokens    tokenVerifier  // nil without auth.oidc
+	certs     certIdentifier // nil without auth.mtls
 }
 
 type apiKey struct {
@@ -57,44 +98,93 @@ func newAuthenticator(cfg config.Auth) (*authenticator, error) {
 	return a, nil
 }
 
-// authenticate returns the verified principal. A request that presents a
-// credential is judged on it: a bad credential is 401 even when anonymous
-// access is on, never a silent downgrade to anonymous.
-func (a *authenticator) authenticate(r *http.Request) (*Principal, error) {
+// authFailure is why a request was not authenticated. invalidToken marks a
+// presented bearer credential that was refused (RFC 6750 invalid_token).
+type authFailure struct {
+	message      string
+	invalidToken bool
+	cause        error
+}
+
+func (f *authFailure) Error() string {
+	if f.cause != nil {
+		return f.message + ": " + f.cause.Error()
+	}
+	return f.message
+}
+
+func (f *authFailure) Unwrap() error { return f.cause }
+
+// authenticate returns the verified principal for a request to the route
+// whose canonical URL is resource. A request that presents a credential is
+// judged on it: a bad one is refused even when anonymous access is on,
+// never silently downgraded. A bearer token, when present, names the
+// principal; otherwise a verified client certificate; otherwise anonymous.
+func (a *authenticator) authenticate(r *http.Request, resource string) (*Principal, error) {
 	authz := r.Header.Values("Authorization")
 	xkey := r.Header.Values("X-Api-Key")
 	if len(authz) > 1 || len(xkey) > 1 {
 		// Two credentials: which one a later hop reads is undefined.
 		return nil, badRequest("more than one Authorization or X-API-Key header", nil)
 	}
-	var credential, presentedIn string
-	switch {
-	case len(authz) == 1:
-		presentedIn = "authorization"
-		scheme, token, ok := strings.Cut(authz[0], " ")
-		if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
-			return nil, unauthenticated("Authorization must be: Bearer <credential>", nil)
+	if len(authz) == 1 {
+		scheme, credential, ok := strings.Cut(authz[0], " ")
+		credential = strings.TrimSpace(credential)
+		if !ok || !strings.EqualFold(scheme, "Bearer") || credential == "" {
+			return nil, &authFailure{message: "Authorization must be: Bearer <credential>", invalidToken: true}
 		}
-		credential = strings.TrimSpace(token)
-	case len(xkey) == 1:
-		presentedIn = "x-api-key"
-		credential = xkey[0]
-	default:
-		if a.anonymous {
-			return anonymous, nil
+		return a.bearer(r.Context(), credential, resource)
+	}
+	if len(xkey) == 1 {
+		if a.header != "x-api-key" {
+			return nil, &authFailure{message: "credential not accepted", cause: errors.New("X-API-Key presented, API keys are read from Authorization")}
 		}
-		return nil, unauthenticated("authentication required", nil)
+		return a.apiKey(xkey[0])
 	}
-	if presentedIn != a.header || len(a.keys) == 0 {
-		return nil, unauthenticated("credential not accepted", errors.New("credential presented in "+presentedIn+", API keys are read from "+a.header))
+	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && a.certs != nil {
+		p, err := a.certs.identify(r.TLS.VerifiedChains[0])
+		if err != nil {
+			return nil, &authFailure{message: "client certificate not accepted", cause: err}
+		}
+		return p, nil
 	}
+	if a.anonymous {
+		return anonymous, nil
+	}
+	return nil, &authFailure{message: "authentication required"}
+}
+
+// bearer tells a JWT (three base64url segments) from an API key and checks
+// it with the matching method.
+func (a *authenticator) bearer(ctx context.Context, credential, resource string) (*Principal, error) {
 	if len(credential) > maxCredentialBytes {
-		return nil, unauthenticated("credential not accepted", errors.New("credential too long"))
+		return nil, &authFailure{message: "credential not accepted", invalidToken: true, cause: errors.New("credential too long")}
 	}
-	if name, ok := a.lookupKey(credential); ok {
+	if strings.Count(credential, ".") == 2 && a.tokens != nil {
+		p, err := a.tokens.verify(ctx, credential, resource)
+		if err != nil {
+			return nil, &authFailure{message: "token not accepted", invalidToken: true, cause: err}
+		}
+		return p, nil
+	}
+	if a.header != "authorization" || len(a.keys) == 0 {
+		return nil, &authFailure{message: "credential not accepted", invalidToken: true, cause: errors.New("no verifier accepts this bearer credential")}
+	}
+	p, err := a.apiKey(credential)
+	if f, ok := errors.AsType[*authFailure](err); ok {
+		f.invalidToken = true
+	}
+	return p, err
+}
+
+func (a *authenticator) apiKey(key string) (*Principal, error) {
+	if len(key) > maxCredentialBytes {
+		return nil, &authFailure{message: "credential not accepted", cause: errors.New("credential too long")}
+	}
+	if name, ok := a.lookupKey(key); ok {
 		return &Principal{ID: "api_key:" + name, Kind: "api_key", Name: name}, nil
 	}
-	return nil, unauthenticated("credential not accepted", errors.New("unknown API key"))
+	return nil, &authFailure{message: "credential not accepted", cause: errors.New("unknown API key")}
 }
 
 // lookupKey compares the key's hash with every configured hash in constant
@@ -114,25 +204,70 @@ func (a *authenticator) lookupKey(key string) (string, bool) {
 	return a.keys[found].name, true
 }
 
-func unauthenticated(message string, cause error) *Error {
-	e := newError(http.StatusUnauthorized, CodeUnauthenticated, message, cause)
-	e.Header = http.Header{"Www-Authenticate": {`Bearer realm="ctxgate"`}}
+// authenticate is the per-route middleware: it puts the verified principal
+// in the request state, or answers 401 (no or bad credential) or 403
+// (a token without the route's required scopes) with an RFC 6750/9728
+// challenge that tells an MCP client where to get a token.
+func (s *Server) authenticate(rt *route) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			p, err := s.auth.authenticate(r, rt.resource)
+			if f, ok := errors.AsType[*authFailure](err); ok {
+				e := newError(http.StatusUnauthorized, CodeUnauthenticated, f.message, f.cause)
+				e.Header = http.Header{"Www-Authenticate": {s.challenge(rt, f.invalidToken, "")}}
+				err = e
+			} else if err == nil {
+				err = s.checkScopes(rt, p)
+			}
+			if err != nil {
+				writeError(w, r, err)
+				return
+			}
+			stateOf(r.Context()).principal = p
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// checkScopes requires every scope the route demands. A principal that
+// cannot carry scopes at all is sent to get a token (401); a token that
+// lacks one is a step-up (403 insufficient_scope).
+func (s *Server) checkScopes(rt *route, p *Principal) error {
+	var missing []string
+	for _, want := range rt.requiredScopes {
+		if !slices.Contains(p.Scopes, want) {
+			missing = append(missing, want)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	if p.Kind != "oidc" {
+		e := newError(http.StatusUnauthorized, CodeUnauthenticated, "this route requires a bearer token with scopes "+strings.Join(rt.requiredScopes, " "), nil)
+		e.Header = http.Header{"Www-Authenticate": {s.challenge(rt, false, "")}}
+		return e
+	}
+	e := newError(http.StatusForbidden, CodeInsufficientScope, "insufficient scope: the token lacks "+strings.Join(missing, " "), nil)
+	e.Header = http.Header{"Www-Authenticate": {s.challenge(rt, false, "insufficient_scope")}}
 	return e
 }
 
-// authenticate is the middleware: it puts the principal in the request state.
-func (s *Server) authenticate(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, err := s.auth.authenticate(r)
-		if err != nil {
-			writeError(w, r, err)
-			return
-		}
-		if st := stateOf(r.Context()); st != nil {
-			st.principal = p
-		}
-		next.ServeHTTP(w, r)
-	})
+// challenge builds the WWW-Authenticate value (RFC 6750 section 3, RFC
+// 9728 section 5.1): where the route's protected-resource metadata is, the
+// scopes to ask for, and the error when there is one.
+func (s *Server) challenge(rt *route, invalidToken bool, errorCode string) string {
+	var b strings.Builder
+	b.WriteString(`Bearer resource_metadata="` + rt.metadataURL + `"`)
+	if len(rt.requiredScopes) > 0 {
+		b.WriteString(`, scope="` + strings.Join(rt.requiredScopes, " ") + `"`)
+	}
+	if invalidToken {
+		errorCode = "invalid_token"
+	}
+	if errorCode != "" {
+		b.WriteString(`, error="` + errorCode + `"`)
+	}
+	return b.String()
 }
 
 // principalOf returns the request's verified principal. Every route sits

@@ -23,6 +23,7 @@ const (
 	CodeUnauthenticated     = -31001 // 401: no valid credential
 	CodeForbidden           = -31002 // 403: Origin or Host not allowed
 	CodeSessionNotFound     = -31003 // 404: unknown, expired or foreign session
+	CodeInsufficientScope   = -31005 // 403: the token lacks a scope the route requires
 	CodePayloadTooLarge     = -31004 // 413: body over server.max_body_bytes
 	CodeUpstreamUnavailable = -31010 // 502: upstream unreachable or broken answer
 	CodeUpstreamTimeout     = -31011 // 504: upstream did not answer in time

@@ -19,6 +19,14 @@ type route struct {
 	path     string
 	upstream *upstream.Upstream
 	proxy    http.Handler
+	// resource is the route's canonical URL (public_url + path): the RFC
+	// 8707 resource a client asks a token for.
+	resource string
+	// metadataURL is where the route's RFC 9728 metadata is served.
+	metadataURL    string
+	requiredScopes []string
+	// identityHeaders tells the upstream who the principal is.
+	identityHeaders bool
 }
 
 // forward is everything the reverse proxy needs to send one request on,

@@ -68,6 +68,12 @@ func (s *Server) rewrite(pr *httputil.ProxyRequest) {
 	if fwd.upstreamSession != "" {
 		out.Header.Set("Mcp-Session-Id", fwd.upstreamSession)
 	}
+	if fwd.route.identityHeaders {
+		// Only ever the verified principal; the client's own copies of these
+		// headers were dropped with everything else not allow-listed.
+		out.Header.Set("X-Ctxgate-Principal", fwd.principal.ID)
+		out.Header.Set("X-Ctxgate-Principal-Kind", fwd.principal.Kind)
+	}
 	if fwd.body != nil {
 		// What is forwarded is exactly what was decoded and checked.
 		out.Body = io.NopCloser(bytes.NewReader(fwd.body))
@@ -108,6 +114,13 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 	h.Del("Mcp-Session-Id")
 	// Upstream cookies would be shared by every principal of this gateway.
 	h.Del("Set-Cookie")
+	// The upstream authenticates the gateway, not the client: its challenge
+	// would send the client to the wrong authorization server.
+	h.Del("Www-Authenticate")
+	if resp.StatusCode == http.StatusUnauthorized {
+		_ = resp.Body.Close()
+		return errUpstreamUnauthorized
+	}
 	if fwd.initialize && resp.StatusCode == http.StatusOK {
 		if err := s.mintSession(resp, fwd, upstreamSession); err != nil {
 			return err
@@ -190,6 +203,8 @@ func negotiatedVersion(body []byte, sse bool) (string, bool) {
 	}
 	return "", false
 }
+
+var errUpstreamUnauthorized = errors.New("upstream answered 401: the gateway's credential for it was refused")
 
 // proxyError answers a request the upstream could not serve.
 func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {

@@ -26,6 +26,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -112,17 +113,43 @@ func (s *Server) chain() http.Handler {
 	r.Use(s.checkHostOrigin)
 	// 4. Body size bound before anything reads the body.
 	r.Use(s.limitBody)
-	// 5. Authentication: every route handler runs with a verified Principal.
-	r.Use(s.authenticate)
-	for _, up := range s.pool.All() {
-		rt := &route{path: "/mcp/" + up.Name, upstream: up}
-		rt.proxy = s.newProxy(rt)
-		r.Handle(rt.path, s.serveRoute(rt))
+	// Protected-resource metadata is public: clients read it to learn where
+	// to get a token.
+	r.Get(wellKnownPRM, s.protectedResource(nil))
+	for _, rt := range s.routes() {
+		r.Get(wellKnownPRM+rt.path, s.protectedResource(rt))
+		// 5. Authentication, per route so a challenge can name the route's
+		//    metadata: every route handler runs with a verified Principal.
+		r.With(s.authenticate(rt)).Handle(rt.path, s.serveRoute(rt))
 	}
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, newError(http.StatusNotFound, CodeInvalidRequest, "no MCP route at this path; routes are /mcp/<upstream>", nil))
 	})
 	return r
+}
+
+// routes builds one route per upstream, at /mcp/<name>.
+func (s *Server) routes() []*route {
+	base := strings.TrimSuffix(s.cfg.Server.PublicURL, "/")
+	byName := map[string]config.Upstream{}
+	for _, c := range s.cfg.Upstreams {
+		byName[c.Name] = c
+	}
+	var out []*route
+	for _, up := range s.pool.All() {
+		c := byName[up.Name]
+		rt := &route{
+			path:            "/mcp/" + up.Name,
+			upstream:        up,
+			requiredScopes:  c.RequiredScopes,
+			identityHeaders: c.IdentityHeaders,
+		}
+		rt.resource = base + rt.path
+		rt.metadataURL = base + wellKnownPRM + rt.path
+		rt.proxy = s.newProxy(rt)
+		out = append(out, rt)
+	}
+	return out
 }
 
 func (s *Server) recoverer(next http.Handler) http.Handler {

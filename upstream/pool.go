@@ -15,6 +15,8 @@ import (
 	"net/url"
 	"time"
 
+	"golang.org/x/oauth2"
+
 	"github.com/ctxgate/ctxgate/config"
 )
 
@@ -43,7 +45,11 @@ func NewPool(cfgs []config.Upstream) (*Pool, error) {
 		if err != nil {
 			return nil, fmt.Errorf("upstreams[%d].url: %w", i, err)
 		}
-		up := &Upstream{Name: c.Name, URL: u, Transport: newTransport(c)}
+		transport, err := withCredentials(newTransport(c), c.Credentials)
+		if err != nil {
+			return nil, fmt.Errorf("upstreams[%d].%w", i, err)
+		}
+		up := &Upstream{Name: c.Name, URL: u, Transport: transport}
 		p.list = append(p.list, up)
 		p.byName[c.Name] = up
 	}
@@ -60,8 +66,13 @@ func (p *Pool) Get(name string) *Upstream { return p.byName[name] }
 // at shutdown.
 func (p *Pool) CloseIdleConnections() {
 	for _, up := range p.list {
-		if t, ok := up.Transport.(interface{ CloseIdleConnections() }); ok {
+		switch t := up.Transport.(type) {
+		case interface{ CloseIdleConnections() }:
 			t.CloseIdleConnections()
+		case *oauth2.Transport:
+			if c, ok := t.Base.(interface{ CloseIdleConnections() }); ok {
+				c.CloseIdleConnections()
+			}
 		}
 	}
 }

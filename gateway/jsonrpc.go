@@ -6,9 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/go-json-experiment/json/jsontext"
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
@@ -143,7 +144,7 @@ func checkStrict(data []byte) error {
 			kind, length := dec.StackIndex(dec.StackDepth())
 			// In an object, every odd token is a member name.
 			if kind == '{' && length%2 == 1 {
-				folded := strings.ToLower(tok.String())
+				folded := foldName(tok.String())
 				set := names[len(names)-1]
 				if _, dup := set[folded]; dup {
 					return fmt.Errorf("duplicate or case-variant member name %q", tok.String())
@@ -151,7 +152,44 @@ func checkStrict(data []byte) error {
 				set[folded] = struct{}{}
 			}
 		}
+		if dec.StackDepth() == 0 {
+			// One value per body. jsontext reads a stream of values, and the
+			// SDK decoder would see only the first: the gateway would check
+			// one message and forward two.
+			if _, err := dec.ReadToken(); err != io.EOF {
+				return fmt.Errorf("%w: data after the JSON-RPC message", errMalformed)
+			}
+			return nil
+		}
 	}
+}
+
+// foldName maps a member name to a key shared by every name that
+// encoding/json would match to it: each rune becomes the smallest rune of
+// its Unicode simple-fold orbit, so "NAME", "name" and "nAme" collide, and
+// so do "arguments" and "argumentſ" (U+017F folds to s) or "k" and the
+// Kelvin sign. strings.ToLower alone misses those.
+func foldName(name string) string {
+	ascii := true
+	for i := 0; i < len(name); i++ {
+		if name[i] >= utf8.RuneSelf {
+			ascii = false
+			break
+		}
+	}
+	if ascii {
+		// Fast path: for ASCII the fold below is exactly ToLower.
+		return strings.ToLower(name)
+	}
+	var b strings.Builder
+	for _, r := range name {
+		lowest := r
+		for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+			lowest = min(lowest, f)
+		}
+		b.WriteRune(unicode.ToLower(lowest))
+	}
+	return b.String()
 }
 
 // checkEnvelope validates the top-level members, which the SDK decoder would
@@ -192,13 +230,12 @@ func checkID(v jsontext.Value) error {
 		// could not attribute; MCP forbids it on requests.
 		return errors.New("id must not be null")
 	case '0':
-		tok, err := jsontext.NewDecoder(bytes.NewReader(v)).ReadToken()
-		if err != nil {
-			return err
-		}
-		f, err := tok.Float()
-		if err != nil || f != math.Trunc(f) || math.Abs(f) > 1<<53 {
-			return errors.New("id must be a string or an integer")
+		// A plain integer that a float64 holds exactly: the SDK decodes ids
+		// through float64, so a larger one would reach the upstream as one
+		// number and come back in the gateway's errors as another.
+		n, err := strconv.ParseInt(string(v), 10, 64)
+		if err != nil || n > 1<<53 || n < -(1<<53) {
+			return errors.New("id must be a string or an integer of at most 2^53")
 		}
 		return nil
 	}

@@ -113,7 +113,9 @@ func (s *sealer) open(id string) (sessionClaims, error) {
 	if len(id) > maxSessionIDLen {
 		return c, fmt.Errorf("%w: too long", errSessionInvalid)
 	}
-	raw, err := base64.RawURLEncoding.DecodeString(id)
+	// Strict: one spelling per id, so nothing keyed on the id string can be
+	// sidestepped with an equivalent encoding.
+	raw, err := base64.RawURLEncoding.Strict().DecodeString(id)
 	if err != nil {
 		return c, fmt.Errorf("%w: not base64url", errSessionInvalid)
 	}
@@ -135,10 +137,10 @@ func (s *sealer) open(id string) (sessionClaims, error) {
 			return c, fmt.Errorf("%w: authentication failed", errSessionInvalid)
 		}
 		if err := json.Unmarshal(plain, &c); err != nil {
-			return c, fmt.Errorf("%w: payload: %v", errSessionInvalid, err)
+			return sessionClaims{}, fmt.Errorf("%w: payload: %v", errSessionInvalid, err)
 		}
 		if age := s.now().Sub(time.Unix(c.IssuedAt, 0)); age > s.ttl {
-			return c, fmt.Errorf("%w: expired %s ago", errSessionInvalid, (age - s.ttl).Round(time.Second))
+			return sessionClaims{}, fmt.Errorf("%w: expired %s ago", errSessionInvalid, (age - s.ttl).Round(time.Second))
 		}
 		return c, nil
 	}

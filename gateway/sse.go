@@ -35,6 +35,10 @@ type sseEvent struct {
 // leading space; unknown fields are ignored.
 type sseReader struct {
 	r *bufio.Reader
+	// skipLF: the last line ended in \r, so a \n right after it belongs to
+	// that line ending. Remembered rather than peeked at, so an event ended
+	// by a lone \r is delivered at once, not when the next byte arrives.
+	skipLF bool
 }
 
 func newSSEReader(r io.Reader) *sseReader {
@@ -100,13 +104,17 @@ func (s *sseReader) readLine(limit int) ([]byte, error) {
 			}
 			return nil, err
 		}
+		if s.skipLF {
+			s.skipLF = false
+			if b == '\n' {
+				continue
+			}
+		}
 		switch b {
 		case '\n':
 			return line, nil
 		case '\r':
-			if next, err := s.r.Peek(1); err == nil && next[0] == '\n' {
-				_, _ = s.r.ReadByte()
-			}
+			s.skipLF = true
 			return line, nil
 		}
 		if len(line) >= limit {

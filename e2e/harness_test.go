@@ -39,7 +39,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	for _, p := range []*string{&nodeBin, &conformanceJS, &inspectorCLIJS} {
+	for _, p := range []*string{&nodeBin, &conformanceJS, &inspectorCLIJS, &oidcProviderJS} {
 		*p, _ = filepath.Abs(*p)
 	}
 	bins.ctxgate = filepath.Join(dir, "ctxgate")
@@ -91,6 +91,14 @@ type proc struct {
 func startProc(t *testing.T, name, path string, args ...string) *proc {
 	t.Helper()
 	p := &proc{name: name, cmd: exec.Command(path, args...), stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	startCmd(t, p)
+	return p
+}
+
+// startCmd starts a prepared proc and arranges its cleanup.
+func startCmd(t *testing.T, p *proc) {
+	t.Helper()
+	name := p.name
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
@@ -107,7 +115,6 @@ func startProc(t *testing.T, name, path string, args ...string) *proc {
 			t.Logf("--- %s stderr ---\n%s", name, p.stderr.String())
 		}
 	})
-	return p
 }
 
 func (p *proc) signal(sig syscall.Signal) {

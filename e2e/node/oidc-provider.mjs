@@ -1,0 +1,314 @@
+// oidc-provider.mjs: a real OAuth 2.0 / OpenID Connect authorization server
+// for the ctxgate e2e tests. It is built on panva's certified `oidc-provider`
+// package, pinned in package.json, and is for tests only.
+//
+// Run:   OIDC_CONFIG='<json>' node oidc-provider.mjs
+//
+// OIDC_CONFIG (JSON object):
+//   {
+//     "clients": [                               // required, at least one
+//       { "client_id": "tool",                   // required, string
+//         "client_secret": "tool-secret",        // required, string
+//         "scopes": ["docs.read", "docs.write"]  // optional, the scopes this client may get
+//       }, ...
+//     ],
+//     "resources": {                             // optional (absent = wildcard mode)
+//       "http://127.0.0.1:PORT/mcp/docs": {      // an allowed resource indicator (RFC 8707)
+//         "scopes": ["docs.read", "docs.write"], // optional; absent = every client scope
+//         "alg": "ES256",                        // optional, signing alg for this audience
+//         "ttl": 60                              // optional, token lifetime for this audience
+//       },
+//       "*": { "scopes": [...] }                 // optional wildcard entry, see below
+//     },
+//     "ttl": 300,                                // optional, access token lifetime in s (default 300)
+//     "alg": "RS256"                             // optional, "RS256" (default) or "ES256"
+//   }
+//
+// Resource handling, in this order:
+//   1. The `resource` parameter matches a key of "resources" exactly, or after
+//      URL normalisation (e.g. a trailing "/" on a bare origin). That entry is used.
+//   2. Otherwise, if "resources" is absent or has a "*" key, any absolute
+//      http(s) URL is accepted (wildcard mode), using the "*" entry's settings
+//      if it has one.
+//   3. Otherwise the request fails with 400 {"error":"invalid_target",...}.
+//   In every case `aud` is the `resource` value exactly as the client sent it.
+//   The scopes a token can carry are those the client has AND the resource
+//   allows. A requested scope that some configured client or resource knows,
+//   but this client does not have, fails with 400 invalid_scope. A requested
+//   scope that nothing in the config knows is left out without an error, as
+//   oidc-provider does. If no `scope` parameter is sent, the token has no
+//   `scope` claim.
+//   The `resource` parameter is REQUIRED. Without it the request fails with
+//   invalid_target, because oidc-provider would otherwise issue an opaque
+//   token with no audience.
+//
+// stdout: once listening, exactly one line, then nothing else:
+//   {"issuer":"http://127.0.0.1:<port>","token_endpoint":"http://127.0.0.1:<port>/token","jwks_uri":"http://127.0.0.1:<port>/jwks"}
+// Every log line goes to stderr; console.log/info/debug are sent to stderr too.
+//
+// Endpoints (all on 127.0.0.1:<port>; the issuer is exactly http://127.0.0.1:<port>):
+//   GET  /.well-known/openid-configuration   discovery
+//   GET  /jwks                               an RS256 key and an ES256 key (public JWKs)
+//   POST /token                              grant_type=client_credentials&resource=<url>[&scope=a b]
+//        Client authentication: client_secret_basic OR client_secret_post, both work for every client.
+//        The response's access_token is a JWT (RFC 9068):
+//          header  {"alg":"RS256"|"ES256","typ":"at+jwt","kid":...}
+//          payload {"jti","sub":<client_id>,"iat","exp","scope","client_id","iss","aud":<resource>}
+//
+//   TEST-ONLY route, not part of any OAuth/OIDC spec:
+//   GET  /test/id-token?aud=<url>&sub=<s>[&alg=RS256|ES256][&scope=a b][&ttl=<s>]
+//        Returns {"id_token":"<jwt>"}: a JWT shaped like an ID token, signed with the
+//        same keys (same kid) and the same issuer, but with header typ "JWT" (not
+//        "at+jwt"). Payload {"iss","sub","aud","azp":<sub>,"iat","exp","auth_time"}
+//        plus "scope" if given. A resource server that follows RFC 9068 must
+//        reject it as an access token.
+//
+// Keys are generated in memory at start-up (node:crypto) and never written to disk.
+// SIGTERM/SIGINT close the server and exit with status 0.
+
+import * as crypto from 'node:crypto';
+import * as http from 'node:http';
+
+// Keep stdout for the one JSON line. oidc-provider writes its NOTICE messages
+// with console.info, which would otherwise reach stdout.
+for (const m of ['log', 'info', 'debug']) {
+  // eslint-disable-next-line no-console
+  console[m] = (...args) => console.error(...args);
+}
+
+function fail(msg) {
+  process.stderr.write(`oidc-provider.mjs: ${msg}\n`);
+  process.exit(1);
+}
+
+// ---- configuration -------------------------------------------------------
+
+let cfg;
+try {
+  cfg = JSON.parse(process.env.OIDC_CONFIG ?? '');
+} catch (err) {
+  fail(`OIDC_CONFIG must hold a JSON object: ${err.message}`);
+}
+if (cfg === null || typeof cfg !== 'object' || Array.isArray(cfg)) fail('OIDC_CONFIG must be a JSON object');
+if (!Array.isArray(cfg.clients) || cfg.clients.length === 0) fail('OIDC_CONFIG.clients must be a non-empty array');
+
+const SUPPORTED_ALGS = new Set(['RS256', 'ES256']);
+const defaultAlg = cfg.alg ?? 'RS256';
+if (!SUPPORTED_ALGS.has(defaultAlg)) fail(`OIDC_CONFIG.alg must be RS256 or ES256, got ${JSON.stringify(cfg.alg)}`);
+const defaultTTL = cfg.ttl ?? 300;
+if (!Number.isSafeInteger(defaultTTL) || defaultTTL <= 0) fail('OIDC_CONFIG.ttl must be a positive integer (seconds)');
+
+const isScopeList = (v) => Array.isArray(v) && v.every((s) => typeof s === 'string' && /^[\x21\x23-\x5B\x5D-\x7E]+$/.test(s));
+
+const clientScopes = new Map(); // client_id -> Set of scopes
+const clients = cfg.clients.map((c, i) => {
+  if (!c || typeof c.client_id !== 'string' || !c.client_id) fail(`clients[${i}].client_id must be a non-empty string`);
+  if (typeof c.client_secret !== 'string' || !c.client_secret) fail(`clients[${i}].client_secret must be a non-empty string`);
+  if (c.scopes !== undefined && !isScopeList(c.scopes)) fail(`clients[${i}].scopes must be an array of scope tokens`);
+  if (clientScopes.has(c.client_id)) fail(`duplicate client_id ${c.client_id}`);
+  clientScopes.set(c.client_id, new Set(c.scopes ?? []));
+  return {
+    client_id: c.client_id,
+    client_secret: c.client_secret,
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    // Only the registered value; oidc-provider accepts client_secret_basic and
+    // client_secret_post interchangeably for a client registered with either.
+    token_endpoint_auth_method: 'client_secret_basic',
+    scope: (c.scopes ?? []).join(' '),
+  };
+});
+
+const resources = new Map(); // normalised URL (or "*") -> { scopes?: Set, alg, ttl }
+let wildcard = cfg.resources === undefined;
+if (cfg.resources !== undefined) {
+  if (cfg.resources === null || typeof cfg.resources !== 'object' || Array.isArray(cfg.resources)) {
+    fail('OIDC_CONFIG.resources must be an object keyed by resource URL');
+  }
+  for (const [key, r] of Object.entries(cfg.resources)) {
+    const entry = r ?? {};
+    if (typeof entry !== 'object' || Array.isArray(entry)) fail(`resources[${key}] must be an object`);
+    if (entry.scopes !== undefined && !isScopeList(entry.scopes)) fail(`resources[${key}].scopes must be an array of scope tokens`);
+    if (entry.alg !== undefined && !SUPPORTED_ALGS.has(entry.alg)) fail(`resources[${key}].alg must be RS256 or ES256`);
+    if (entry.ttl !== undefined && (!Number.isSafeInteger(entry.ttl) || entry.ttl <= 0)) fail(`resources[${key}].ttl must be a positive integer`);
+    const value = {
+      scopes: entry.scopes ? new Set(entry.scopes) : undefined,
+      alg: entry.alg ?? defaultAlg,
+      ttl: entry.ttl ?? defaultTTL,
+    };
+    if (key === '*') {
+      wildcard = true;
+      resources.set('*', value);
+      continue;
+    }
+    const u = URL.parse(key);
+    if (!u || !/^https?:$/.test(u.protocol)) fail(`resources key ${JSON.stringify(key)} must be an absolute http(s) URL or "*"`);
+    resources.set(key, value);
+    resources.set(u.href, value);
+  }
+}
+
+// Every scope the configuration mentions. oidc-provider rejects (invalid_scope)
+// a requested scope from this set that the client is not allowed to have.
+const knownScopes = new Set(['openid']);
+for (const s of clientScopes.values()) for (const x of s) knownScopes.add(x);
+for (const r of resources.values()) for (const x of r.scopes ?? []) knownScopes.add(x);
+
+// ---- keys ----------------------------------------------------------------
+
+function makeKey(alg) {
+  const { privateKey } = alg === 'RS256'
+    ? crypto.generateKeyPairSync('rsa', { modulusLength: 2048 })
+    : crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const jwk = privateKey.export({ format: 'jwk' });
+  const kid = `${alg.toLowerCase()}-${crypto.randomBytes(8).toString('hex')}`;
+  return { alg, kid, privateKey, jwk: { ...jwk, kid, alg, use: 'sig' } };
+}
+const keys = { RS256: makeKey('RS256'), ES256: makeKey('ES256') };
+
+// ---- server --------------------------------------------------------------
+
+const { default: Provider, errors } = await import('oidc-provider');
+
+const b64url = (v) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('base64url');
+
+// Sign a compact JWS with node:crypto. ES256 needs the raw r||s (IEEE P1363) form.
+function signJWT(header, payload, key) {
+  const input = `${b64url(header)}.${b64url(payload)}`;
+  const sig = crypto.sign('sha256', Buffer.from(input), {
+    key: key.privateKey,
+    dsaEncoding: key.alg === 'ES256' ? 'ieee-p1363' : undefined,
+  });
+  return `${input}.${sig.toString('base64url')}`;
+}
+
+let providerHandler; // provider.callback(), set once the provider exists
+let issuer;
+
+function sendJSON(res, status, body) {
+  const data = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' });
+  res.end(data);
+}
+
+// TEST-ONLY: an ID-token-shaped JWT (typ "JWT"), see the header comment.
+function testIdToken(req, res, url) {
+  if (req.method !== 'GET') return sendJSON(res, 405, { error: 'invalid_request', error_description: 'GET only' });
+  const aud = url.searchParams.get('aud');
+  const sub = url.searchParams.get('sub');
+  const alg = url.searchParams.get('alg') ?? defaultAlg;
+  const scope = url.searchParams.get('scope');
+  const ttl = Number(url.searchParams.get('ttl') ?? defaultTTL);
+  if (!aud || !sub) return sendJSON(res, 400, { error: 'invalid_request', error_description: 'aud and sub are required' });
+  if (!SUPPORTED_ALGS.has(alg)) return sendJSON(res, 400, { error: 'invalid_request', error_description: 'alg must be RS256 or ES256' });
+  if (!Number.isSafeInteger(ttl)) return sendJSON(res, 400, { error: 'invalid_request', error_description: 'ttl must be an integer' });
+  const now = Math.floor(Date.now() / 1000);
+  const key = keys[alg];
+  const payload = {
+    iss: issuer, sub, aud, azp: sub, iat: now, exp: now + ttl, auth_time: now,
+    ...(scope ? { scope } : undefined),
+  };
+  const token = signJWT({ alg, typ: 'JWT', kid: key.kid }, payload, key);
+  return sendJSON(res, 200, { id_token: token });
+}
+
+const server = http.createServer((req, res) => {
+  const url = new URL(req.url, issuer);
+  if (url.pathname === '/test/id-token') return testIdToken(req, res, url);
+  return providerHandler(req, res);
+});
+
+await new Promise((resolve, reject) => {
+  server.once('error', reject);
+  server.listen(0, '127.0.0.1', resolve);
+});
+issuer = `http://127.0.0.1:${server.address().port}`;
+
+function lookupResource(identifier) {
+  const exact = resources.get(identifier);
+  if (exact) return exact;
+  const u = URL.parse(identifier);
+  if (u && resources.has(u.href)) return resources.get(u.href);
+  if (wildcard && u && /^https?:$/.test(u.protocol)) {
+    return resources.get('*') ?? { scopes: undefined, alg: defaultAlg, ttl: defaultTTL };
+  }
+  return undefined;
+}
+
+const provider = new Provider(issuer, {
+  clients,
+  jwks: { keys: [keys[defaultAlg].jwk, keys[defaultAlg === 'RS256' ? 'ES256' : 'RS256'].jwk] },
+  clientAuthMethods: ['client_secret_basic', 'client_secret_post'],
+  // Only client_credentials is used; with these, discovery advertises only it
+  // (no 'offline_access' scope, so no refresh_token grant either).
+  responseTypes: ['none'],
+  scopes: [...knownScopes],
+  cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
+  enabledJWA: { idTokenSigningAlgValues: ['RS256', 'ES256'] },
+  clientDefaults: {
+    grant_types: ['client_credentials'],
+    response_types: [],
+    token_endpoint_auth_method: 'client_secret_basic',
+    id_token_signed_response_alg: defaultAlg,
+  },
+  features: {
+    devInteractions: { enabled: false },
+    clientCredentials: { enabled: true },
+    introspection: { enabled: false },
+    revocation: { enabled: false },
+    resourceIndicators: {
+      enabled: true,
+      // No resource parameter: refuse rather than issue an opaque, audience-less token.
+      defaultResource: async () => {
+        throw new errors.InvalidTarget('the resource parameter is required');
+      },
+      getResourceServerInfo: async (ctx, identifier, client) => {
+        const r = lookupResource(identifier);
+        if (!r) throw new errors.InvalidTarget(`resource ${identifier} is not allowed`);
+        const mine = clientScopes.get(client.clientId) ?? new Set();
+        const scope = [...mine].filter((s) => !r.scopes || r.scopes.has(s)).join(' ');
+        return {
+          scope, // what this client may get for this audience
+          audience: identifier,
+          accessTokenTTL: r.ttl,
+          accessTokenFormat: 'jwt',
+          jwt: { sign: { alg: r.alg } },
+        };
+      },
+    },
+  },
+  ttl: {
+    ClientCredentials: (ctx, token) => token.resourceServer?.accessTokenTTL ?? defaultTTL,
+    AccessToken: (ctx, token) => token.resourceServer?.accessTokenTTL ?? defaultTTL,
+  },
+  // Not used (no user logins), set so the default does not log a warning.
+  findAccount: async (ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
+  renderError: async (ctx, out) => {
+    ctx.type = 'json';
+    ctx.body = out;
+  },
+});
+
+providerHandler = provider.callback();
+
+provider.on('server_error', (ctx, err) => process.stderr.write(`oidc-provider server_error: ${err.stack}\n`));
+provider.on('grant.error', (ctx, err) => process.stderr.write(`oidc-provider grant.error: ${err.message}${err.error_description ? ` (${err.error_description})` : ''}\n`));
+
+process.stdout.write(`${JSON.stringify({
+  issuer,
+  token_endpoint: `${issuer}/token`,
+  jwks_uri: `${issuer}/jwks`,
+})}\n`);
+
+let stopping = false;
+function shutdown(signal) {
+  if (stopping) return;
+  stopping = true;
+  process.stderr.write(`oidc-provider.mjs: ${signal}, shutting down\n`);
+  server.close(() => process.exit(0));
+  server.closeAllConnections();
+  setTimeout(() => process.exit(0), 2000).unref();
+}
+process.on('SIGTERM', () => shutdown('SIGTERM'));
+process.on('SIGINT', () => shutdown('SIGINT'));

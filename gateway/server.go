@@ -19,6 +19,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -56,6 +57,8 @@ type Server struct {
 	origins  *originGuard
 	buffers  httputil.BufferPool
 	handler  http.Handler
+	// tls is the public listener's TLS configuration; nil serves plain HTTP.
+	tls *tls.Config
 
 	ready    atomic.Bool // listeners are up
 	draining atomic.Bool // shutdown began: not ready, streams closing
@@ -78,6 +81,14 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 	var err error
 	if s.auth, err = newAuthenticator(cfg.Auth); err != nil {
 		return nil, err
+	}
+	if cfg.Server.TLS != nil {
+		if s.tls, err = newTLSConfig(cfg.Server.TLS, s.log, now); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Auth.MTLS != nil {
+		s.auth.certs = newCertIdentity(cfg.Auth.MTLS)
 	}
 	secrets := make([][]byte, 0, len(cfg.Sessions.Keys))
 	for _, k := range cfg.Sessions.Keys {
@@ -192,6 +203,11 @@ func (s *Server) Serve(ctx context.Context, public, admin net.Listener) error {
 		Handler:           s.AdminHandler(),
 		ReadHeaderTimeout: s.cfg.Server.ReadHeaderTimeout,
 		ErrorLog:          pub.ErrorLog,
+	}
+	if s.tls != nil {
+		// Through tls.NewListener with http.Server.TLSConfig left nil, so
+		// net/http still negotiates HTTP/2 from the config's NextProtos.
+		public = tls.NewListener(public, s.tls)
 	}
 	errc := make(chan error, 2)
 	var wg sync.WaitGroup

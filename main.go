@@ -160,10 +160,6 @@ func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, ready func
 	if err != nil {
 		return err
 	}
-	gw, err := gateway.New(cfg, pool, gateway.Options{Logger: log})
-	if err != nil {
-		return err
-	}
 	public, err := net.Listen("tcp", cfg.Server.Listen)
 	if err != nil {
 		return fmt.Errorf("server.listen: %w", err)
@@ -173,7 +169,16 @@ func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, ready func
 		public.Close()
 		return fmt.Errorf("admin.listen: %w", err)
 	}
-	log.Info("ctxgate listening", "version", buildVersion(), "public", public.Addr().String(), "admin", admin.Addr().String(), "upstreams", len(cfg.Upstreams))
+	// With port 0, a defaulted public URL (the token audience and the
+	// metadata URL clients are sent to) must name the port actually bound.
+	cfg.Bound(public.Addr().String())
+	gw, err := gateway.New(cfg, pool, gateway.Options{Logger: log})
+	if err != nil {
+		public.Close()
+		admin.Close()
+		return err
+	}
+	log.Info("ctxgate listening", "version", buildVersion(), "public", public.Addr().String(), "admin", admin.Addr().String(), "public_url", cfg.Server.PublicURL, "upstreams", len(cfg.Upstreams))
 	if ready != nil {
 		ready(public.Addr(), admin.Addr())
 	}

@@ -144,7 +144,7 @@ func (c *Config) applyDefaults() {
 	// Only a loopback listener has an obvious public URL; elsewhere the
 	// operator must say how clients reach the gateway (Validate asks).
 	if host, _, err := net.SplitHostPort(s.Listen); err == nil && isLoopback(host) {
-		setDefault(&s.PublicURL, "http://"+s.Listen)
+		setDefault(&s.PublicURL, DefaultPublicURL(s.Listen, s.TLS != nil))
 	}
 	setDefault(&s.MaxBodyBytes, DefaultMaxBodyBytes)
 	setDefault(&s.MaxHeaderBytes, DefaultMaxHeaderBytes)
@@ -185,4 +185,35 @@ func isLoopback(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// DefaultPublicURL is the public URL a loopback listener gets when none is
+// configured. With port 0 the real port is only known once the listener is
+// bound; whoever binds it re-derives the URL from the bound address.
+func DefaultPublicURL(listen string, tls bool) string {
+	if tls {
+		return "https://" + listen
+	}
+	return "http://" + listen
+}
+
+// Bound records the address the public listener was bound to. When the
+// public URL was defaulted for port 0, it, and every OIDC audience that was
+// defaulted from it, now name the port actually bound. Call it once,
+// before the configuration is used.
+func (c *Config) Bound(addr string) {
+	tls := c.Server.TLS != nil
+	_, port, err := net.SplitHostPort(c.Server.Listen)
+	if err != nil || port != "0" || c.Server.PublicURL != DefaultPublicURL(c.Server.Listen, tls) {
+		return
+	}
+	old := c.Server.PublicURL
+	c.Server.PublicURL = DefaultPublicURL(addr, tls)
+	for i := range c.Auth.OIDC {
+		for j, a := range c.Auth.OIDC[i].Audiences {
+			if a == old {
+				c.Auth.OIDC[i].Audiences[j] = c.Server.PublicURL
+			}
+		}
+	}
 }

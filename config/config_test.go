@@ -160,3 +160,50 @@ sessions:
 		})
 	}
 }
+
+func TestBound(t *testing.T) {
+	tests := []struct {
+		name, yaml, addr      string
+		wantURL, wantAudience string
+	}{
+		{
+			name:    "port 0 with defaulted URL takes the bound port",
+			yaml:    "server: {listen: \"127.0.0.1:0\"}\nauth: {oidc: [{issuer: \"http://127.0.0.1:9000\"}]}\nupstreams: [{name: a, url: \"http://127.0.0.1:1/\"}]\n",
+			addr:    "127.0.0.1:43210",
+			wantURL: "http://127.0.0.1:43210", wantAudience: "http://127.0.0.1:43210",
+		},
+		{
+			name:    "TLS makes it https",
+			yaml:    "server: {listen: \"127.0.0.1:0\", tls: {cert_file: c, key_file: k}}\nauth: {anonymous: true}\nupstreams: [{name: a, url: \"http://127.0.0.1:1/\"}]\n",
+			addr:    "127.0.0.1:443",
+			wantURL: "https://127.0.0.1:443",
+		},
+		{
+			name:    "an explicit public URL is kept",
+			yaml:    "server: {listen: \"127.0.0.1:0\", public_url: \"https://mcp.example.com\"}\nauth: {oidc: [{issuer: \"http://127.0.0.1:9000\"}]}\nupstreams: [{name: a, url: \"http://127.0.0.1:1/\"}]\n",
+			addr:    "127.0.0.1:43210",
+			wantURL: "https://mcp.example.com", wantAudience: "https://mcp.example.com",
+		},
+		{
+			name:    "a fixed port is kept",
+			yaml:    "server: {listen: \"127.0.0.1:8080\"}\nauth: {anonymous: true}\nupstreams: [{name: a, url: \"http://127.0.0.1:1/\"}]\n",
+			addr:    "127.0.0.1:8080",
+			wantURL: "http://127.0.0.1:8080",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := config.Parse([]byte(tt.yaml), func(string) (string, bool) { return "", false })
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.Bound(tt.addr)
+			if cfg.Server.PublicURL != tt.wantURL {
+				t.Errorf("public_url = %q, want %q", cfg.Server.PublicURL, tt.wantURL)
+			}
+			if tt.wantAudience != "" && cfg.Auth.OIDC[0].Audiences[0] != tt.wantAudience {
+				t.Errorf("audiences = %q, want [%q]", cfg.Auth.OIDC[0].Audiences, tt.wantAudience)
+			}
+		})
+	}
+}

@@ -59,6 +59,8 @@ type Server struct {
 	handler  http.Handler
 	// tls is the public listener's TLS configuration; nil serves plain HTTP.
 	tls *tls.Config
+	// oidc verifies bearer JWTs; nil without auth.oidc.
+	oidc *oidcVerifier
 
 	ready    atomic.Bool // listeners are up
 	draining atomic.Bool // shutdown began: not ready, streams closing
@@ -89,6 +91,14 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 	}
 	if cfg.Auth.MTLS != nil {
 		s.auth.certs = newCertIdentity(cfg.Auth.MTLS)
+	}
+	if len(cfg.Auth.OIDC) > 0 {
+		// Discovery and key fetches start now, in the background; until an
+		// issuer's keys arrive its tokens are refused (fail closed).
+		if s.oidc, err = newOIDCVerifier(cfg.Auth.OIDC, oidcOptions{Now: now, Log: s.log}); err != nil {
+			return nil, fmt.Errorf("auth.oidc: %w", err)
+		}
+		s.auth.tokens = s.oidc
 	}
 	secrets := make([][]byte, 0, len(cfg.Sessions.Keys))
 	for _, k := range cfg.Sessions.Keys {
@@ -244,6 +254,9 @@ func (s *Server) shutdown(pub, adm *http.Server) {
 	}
 	_ = adm.Close()
 	s.pool.CloseIdleConnections()
+	if s.oidc != nil {
+		s.oidc.Close()
+	}
 	s.log.Info("shutdown complete")
 }
 
@@ -261,7 +274,13 @@ func (s *Server) AdminHandler() http.Handler {
 		case !s.ready.Load():
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting"})
 		default:
-			writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+			// Ready even while an issuer's keys are missing: other methods
+			// still work, and its tokens are refused, not accepted.
+			detail := map[string]any{"status": "ready"}
+			if s.oidc != nil {
+				detail["oidc_keys_loaded"] = s.oidc.ready()
+			}
+			writeJSON(w, http.StatusOK, detail)
 		}
 	})
 	return r

@@ -199,6 +199,16 @@ upstreams:
 		}
 	})
 
+	t.Run("a refreshed token keeps the session", func(t *testing.T) {
+		c := &rpc{url: route, header: http.Header{"Authorization": {"Bearer " + good}}}
+		c.initialize(t)
+		// A new token for the same client: same principal, same session.
+		c.header.Set("Authorization", "Bearer "+provider.token(t, "tool", "tool-secret", route, "docs.read docs.write"))
+		if resp := c.post(t, `{"jsonrpc":"2.0","id":2,"method":"ping"}`); resp.StatusCode != http.StatusOK {
+			t.Errorf("ping with a refreshed token on the same session: %s", resp.Status)
+		}
+	})
+
 	metadata := gw.URL + "/.well-known/oauth-protected-resource/mcp/docs"
 	tests := []struct {
 		name       string

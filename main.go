@@ -11,14 +11,17 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
-	_ "embed"
+	"embed"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -30,6 +33,7 @@ import (
 
 	"github.com/ctxgate/ctxgate/config"
 	"github.com/ctxgate/ctxgate/gateway"
+	"github.com/ctxgate/ctxgate/policy"
 	"github.com/ctxgate/ctxgate/upstream"
 	"github.com/ctxgate/ctxgate/upstream/upstreamtest"
 )
@@ -40,6 +44,12 @@ var version = ""
 //go:embed demo.yaml
 var demoConfig []byte
 
+// shippedPolicy is the default policy (policies/authz.rego), embedded so the
+// demo needs no files.
+//
+//go:embed policies/authz.rego
+var shippedPolicy embed.FS
+
 const usage = `usage: ctxgate <command> [flags]
 
 commands:
@@ -48,6 +58,10 @@ commands:
   demo [--listen ADDR] [--dir DIR]
                         run the gateway in front of a built-in sample MCP server
   hash-key              read an API key on stdin, print its SHA-256 for auth.api_keys
+  policy test [-v] [DIR]
+                        run the Rego tests (*_test.rego) of a policy directory (default: policies)
+  policy eval --config FILE --input FILE
+                        what-if: decide one input document and explain which rules decided
   version               print the version
 `
 
@@ -72,6 +86,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = cmdDemo(ctx, args[1:], stdout, stderr)
 	case "hash-key":
 		err = cmdHashKey(stdin, stdout)
+	case "policy":
+		return cmdPolicy(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "ctxgate", buildVersion())
 	case "help", "-h", "--help":
@@ -149,17 +165,24 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return serve(ctx, cfg, stderr, nil)
+	return serve(ctx, cfg, stderr, nil, nil)
 }
 
-// serve runs the gateway for cfg until ctx is done. ready, if set, is called
+// serve runs the gateway for cfg until ctx is done. policyFS, if set,
+// replaces policy.dir (the demo's embedded policy). ready, if set, is called
 // with the bound addresses once both listeners are up.
-func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, ready func(public, admin net.Addr)) error {
+func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, policyFS fs.FS, ready func(public, admin net.Addr)) error {
 	log := newLogger(cfg.Log.Level, logOut)
 	pool, err := upstream.NewPool(cfg.Upstreams)
 	if err != nil {
 		return err
 	}
+	engine, closeLog, err := newPolicyEngine(cfg.Policy, policyFS, log)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	defer engine.Close()
 	public, err := net.Listen("tcp", cfg.Server.Listen)
 	if err != nil {
 		return fmt.Errorf("server.listen: %w", err)
@@ -172,17 +195,50 @@ func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, ready func
 	// With port 0, a defaulted public URL (the token audience and the
 	// metadata URL clients are sent to) must name the port actually bound.
 	cfg.Bound(public.Addr().String())
-	gw, err := gateway.New(cfg, pool, gateway.Options{Logger: log})
+	gw, err := gateway.New(cfg, pool, gateway.Options{Logger: log, Policy: engine})
 	if err != nil {
 		public.Close()
 		admin.Close()
 		return err
 	}
-	log.Info("ctxgate listening", "version", buildVersion(), "public", public.Addr().String(), "admin", admin.Addr().String(), "public_url", cfg.Server.PublicURL, "upstreams", len(cfg.Upstreams))
+	log.Info("ctxgate listening", "version", buildVersion(), "public", public.Addr().String(), "admin", admin.Addr().String(), "public_url", cfg.Server.PublicURL, "upstreams", len(cfg.Upstreams), "policy_revision", engine.Revision())
 	if ready != nil {
 		ready(public.Addr(), admin.Addr())
 	}
 	return gw.Serve(ctx, public, admin)
+}
+
+// newPolicyEngine loads the policy (compiled and prepared once; a broken
+// policy fails start-up) with its decision log.
+func newPolicyEngine(cfg config.Policy, policyFS fs.FS, log *slog.Logger) (*policy.Engine, func(), error) {
+	var decisions io.Writer
+	closeLog := func() {}
+	switch cfg.DecisionLog {
+	case "off":
+	case "stdout":
+		decisions = os.Stdout
+	case "stderr":
+		decisions = os.Stderr
+	default:
+		f, err := os.OpenFile(cfg.DecisionLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		if err != nil {
+			return nil, nil, fmt.Errorf("policy.decision_log: %w", err)
+		}
+		decisions, closeLog = f, func() { f.Close() }
+	}
+	opts := policy.Options{
+		Dir: cfg.Dir, Package: cfg.Package, Timeout: cfg.Timeout, ReloadInterval: cfg.ReloadInterval,
+		DecisionLog: decisions, Mask: cfg.Mask, Logger: log,
+	}
+	if policyFS != nil {
+		opts.Dir, opts.FS = "", policyFS
+	}
+	engine, err := policy.New(opts)
+	if err != nil {
+		closeLog()
+		return nil, nil, fmt.Errorf("policy: %w", err)
+	}
+	return engine, closeLog, nil
 }
 
 func newLogger(level string, out io.Writer) *slog.Logger {
@@ -192,11 +248,11 @@ func newLogger(level string, out io.Writer) *slog.Logger {
 }
 
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	listen := fs.String("listen", "127.0.0.1:8080", "gateway address (port 0 picks a free one)")
-	dir := fs.String("dir", ".", "directory the sample context server describes")
-	if err := fs.Parse(args); err != nil {
+	flags := flag.NewFlagSet("demo", flag.ContinueOnError)
+	flags.SetOutput(stderr)
+	listen := flags.String("listen", "127.0.0.1:8080", "gateway address (port 0 picks a free one)")
+	dir := flags.String("dir", ".", "directory the sample context server describes")
+	if err := flags.Parse(args); err != nil {
 		return err
 	}
 	project, err := upstreamtest.NewProject(*dir)
@@ -219,7 +275,11 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return fmt.Errorf("demo configuration: %w", err)
 	}
-	return serve(ctx, cfg, stderr, func(public, admin net.Addr) {
+	policyFS, err := fs.Sub(shippedPolicy, "policies")
+	if err != nil {
+		return err
+	}
+	return serve(ctx, cfg, stderr, policyFS, func(public, admin net.Addr) {
 		url := "http://" + public.String() + "/mcp/project"
 		fmt.Fprintf(stdout, `ctxgate demo is running.
 
@@ -247,5 +307,87 @@ func cmdHashKey(stdin io.Reader, stdout io.Writer) error {
 	}
 	sum := sha256.Sum256([]byte(key))
 	fmt.Fprintln(stdout, hex.EncodeToString(sum[:]))
+	return nil
+}
+
+func cmdPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, "usage: ctxgate policy test [-v] [DIR] | ctxgate policy eval --config FILE --input FILE\n")
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "test":
+		fs := flag.NewFlagSet("policy test", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		verbose := fs.Bool("v", false, "report every test")
+		if err := fs.Parse(args[1:]); err != nil {
+			return 2
+		}
+		dir := "policies"
+		if fs.NArg() > 0 {
+			dir = fs.Arg(0)
+		}
+		var failed int
+		_, failed, err = policy.RunTests(ctx, dir, stdout, *verbose)
+		if err == nil && failed > 0 {
+			return 1
+		}
+	case "eval":
+		err = cmdPolicyEval(ctx, args[1:], stdout, stderr)
+	default:
+		fmt.Fprintf(stderr, "ctxgate policy: unknown command %q (test, eval)\n", args[0])
+		return 2
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "ctxgate policy:", err)
+		return 1
+	}
+	return 0
+}
+
+// cmdPolicyEval decides one input document with the configured policy and
+// prints the decision and the rules that made it.
+func cmdPolicyEval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("policy eval", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "configuration file (its policy block is used)")
+	inputPath := fs.String("input", "", "input document (JSON), as in policies/README.md")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *configPath == "" || *inputPath == "" {
+		return errors.New("eval: --config FILE and --input FILE are required")
+	}
+	cfg, err := loadValid(config.Load(*configPath))
+	if err != nil {
+		return err
+	}
+	data, err := os.ReadFile(*inputPath)
+	if err != nil {
+		return err
+	}
+	var in policy.Input
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&in); err != nil {
+		return fmt.Errorf("input %s: %w", *inputPath, err)
+	}
+	cfg.Policy.DecisionLog, cfg.Policy.ReloadInterval = "off", 0
+	engine, closeLog, err := newPolicyEngine(cfg.Policy, nil, newLogger("error", stderr))
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	defer engine.Close()
+	d, explanation, err := engine.Explain(ctx, &in)
+	if err != nil {
+		return err
+	}
+	out, _ := json.MarshalIndent(d, "", "  ")
+	fmt.Fprintf(stdout, "decision:\n%s\n\nexplanation:\n", out)
+	for _, line := range explanation {
+		fmt.Fprintln(stdout, "  "+line)
+	}
 	return nil
 }

@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"debug/elf"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -22,7 +24,7 @@ func TestCommands(t *testing.T) {
 		}
 		return p
 	}
-	good := write("good.yaml", "auth: {anonymous: true}\nupstreams: [{name: docs, url: http://127.0.0.1:3001/mcp}]\n")
+	good := write("good.yaml", "auth: {anonymous: true}\npolicy: {dir: policies}\nupstreams: [{name: docs, url: http://127.0.0.1:3001/mcp}]\n")
 	bad := write("bad.yaml", "server: {listne: x}\nupstreams: [{name: Docs, url: ftp://x}]\n")
 	invalid := write("invalid.yaml", "upstreams: [{name: Docs, url: ftp://x}]\n")
 
@@ -39,7 +41,8 @@ func TestCommands(t *testing.T) {
 		{name: "check valid", args: []string{"check", "--config", good}, wantCode: 0, wantStdout: good + ": configuration is valid\n"},
 		{name: "check unknown key", args: []string{"check", "--config", bad}, wantCode: 1, wantStderr: []string{"server.listne: line 1: unknown key"}},
 		{name: "check reports every problem", args: []string{"check", "--config", invalid}, wantCode: 1, wantStderr: []string{
-			"configuration has 3 problem(s)",
+			"configuration has 4 problem(s)",
+			"policy.dir: is required",
 			"auth: no authentication method is configured",
 			"upstreams[0].name: must be 1-63 characters",
 			"upstreams[0].url: scheme must be http or https",
@@ -49,6 +52,8 @@ func TestCommands(t *testing.T) {
 		{name: "hash-key", args: []string{"hash-key"}, stdin: "test\n", wantCode: 0, wantStdout: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\n"},
 		{name: "hash-key empty", args: []string{"hash-key"}, stdin: "", wantCode: 1, wantStderr: []string{"write the API key on standard input"}},
 		{name: "version", args: []string{"version"}, wantCode: 0, wantStdout: "ctxgate dev\n"},
+		{name: "policy without subcommand", args: []string{"policy"}, wantCode: 2, wantStderr: []string{"usage: ctxgate policy"}},
+		{name: "policy eval without files", args: []string{"policy", "eval"}, wantCode: 1, wantStderr: []string{"--config FILE and --input FILE are required"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -114,5 +119,51 @@ func TestDockerfileBuild(t *testing.T) {
 	version, err := exec.Command(bin, "version").Output()
 	if err != nil || string(version) != "ctxgate test\n" {
 		t.Errorf("built binary `version` = %q, %v", version, err)
+	}
+}
+
+// TestShippedPolicyTests runs the shipped policy's Rego tests the way a
+// policy author does: ctxgate policy test policies/.
+func TestShippedPolicyTests(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"policy", "test", "policies"}, strings.NewReader(""), &stdout, &stderr)
+	if code != 0 || !regexp.MustCompile(`(?m)^PASS: (\d+)/(\d+)$`).MatchString(stdout.String()) {
+		t.Fatalf("ctxgate policy test policies: exit %d\n%s%s", code, stdout.String(), stderr.String())
+	}
+	t.Log(strings.TrimSpace(stdout.String()))
+}
+
+// TestPolicyEval: the what-if command decides an input with the
+// configured policy and says which rules decided.
+func TestPolicyEval(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "ctxgate.yaml")
+	input := filepath.Join(dir, "input.json")
+	abs, _ := filepath.Abs("policies")
+	if err := os.WriteFile(cfg, []byte("auth: {anonymous: true}\npolicy: {dir: "+strconv.Quote(abs)+"}\nupstreams: [{name: docs, url: http://127.0.0.1:3001/mcp}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		input     string
+		wantAllow bool
+	}{
+		{name: "anonymous calls a read-only tool", input: `{"principal":{"id":"anonymous","kind":"anonymous","scopes":[],"groups":[]},"route":"docs","upstream":"docs","method":"tools/call","phase":"request","tool":{"name":"search","annotations":{"readOnlyHint":true}},"protocol":{"version":"2025-11-25","era":"legacy"},"source":{"ip":"127.0.0.1"}}`, wantAllow: true},
+		{name: "anonymous calls a destructive tool", input: `{"principal":{"id":"anonymous","kind":"anonymous","scopes":[],"groups":[]},"route":"docs","upstream":"docs","method":"tools/call","phase":"request","tool":{"name":"delete_file","annotations":{"destructiveHint":true}},"protocol":{"version":"2025-11-25","era":"legacy"},"source":{"ip":"127.0.0.1"}}`, wantAllow: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := os.WriteFile(input, []byte(tt.input), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			var stdout, stderr bytes.Buffer
+			code := run([]string{"policy", "eval", "--config", cfg, "--input", input}, strings.NewReader(""), &stdout, &stderr)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, stderr.String())
+			}
+			if want := fmt.Sprintf(`"allow": %v`, tt.wantAllow); !strings.Contains(stdout.String(), want) || !strings.Contains(stdout.String(), "explanation:") {
+				t.Errorf("output lacks %s and an explanation:\n%s", want, stdout.String())
+			}
+		})
 	}
 }

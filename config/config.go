@@ -19,6 +19,7 @@ type Config struct {
 	Admin     Admin      `yaml:"admin"`
 	Sessions  Sessions   `yaml:"sessions"`
 	Auth      Auth       `yaml:"auth"`
+	Policy    Policy     `yaml:"policy"`
 	Log       Log        `yaml:"log"`
 	Upstreams []Upstream `yaml:"upstreams"`
 }
@@ -159,6 +160,7 @@ func (c *Config) applyDefaults() {
 		setDefault(&s.TLS.ClientAuth, "none")
 	}
 	setDefault(&c.Log.Level, DefaultLogLevel)
+	c.Policy.applyDefaults()
 	for i := range c.Upstreams {
 		setDefault(&c.Upstreams[i].MaxIdleConns, DefaultMaxIdleConns)
 	}

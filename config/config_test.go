@@ -26,7 +26,13 @@ func defaults() config.Config {
 		Admin:    config.Admin{Listen: config.DefaultAdminListen},
 		Sessions: config.Sessions{TTL: config.DefaultSessionTTL},
 		Auth:     config.Auth{APIKeyHeader: config.DefaultAPIKeyHeader},
-		Log:      config.Log{Level: config.DefaultLogLevel},
+		Policy: config.Policy{
+			Package:        config.DefaultPolicyPackage,
+			DecisionLog:    config.DefaultDecisionLog,
+			Timeout:        config.DefaultPolicyTimeout,
+			ReloadInterval: config.DefaultReloadInterval,
+		},
+		Log: config.Log{Level: config.DefaultLogLevel},
 	}
 }
 

@@ -179,7 +179,7 @@ func TestLoad(t *testing.T) {
 		},
 		{
 			name:    "valid file",
-			content: "auth: {anonymous: true}\nupstreams: [{name: docs, url: \"http://127.0.0.1:3001/mcp\"}]\n",
+			content: "auth: {anonymous: true}\npolicy: {dir: policies}\nupstreams: [{name: docs, url: \"http://127.0.0.1:3001/mcp\"}]\n",
 		},
 	}
 	for _, tt := range tests {

@@ -41,6 +41,7 @@ func (c *Config) Validate() []Problem {
 	default:
 		v.add("log.level", "must be one of debug, info, warn, error")
 	}
+	v.policy(&c.Policy)
 	v.upstreams(c.Upstreams, len(c.Auth.OIDC) > 0)
 	return v.problems
 }

@@ -13,6 +13,7 @@ import (
 func valid() *config.Config {
 	c := defaults()
 	c.Auth.Anonymous = true
+	c.Policy.Dir = "policies"
 	c.Upstreams = []config.Upstream{{Name: "docs", URL: "http://127.0.0.1:3001/mcp", MaxIdleConns: 1}}
 	return &c
 }
@@ -43,6 +44,11 @@ func TestValidate(t *testing.T) {
 				"auth: no authentication method is configured; add auth.oidc, auth.mtls or auth.api_keys, or set auth.anonymous: true for local development only",
 				"auth.api_key_header: must be authorization or x-api-key",
 				"log.level: must be one of debug, info, warn, error",
+				"policy.dir: is required: the directory of .rego files every request is decided by (see policies/ for the shipped default)",
+				"policy.package: must be a Rego package name such as ctxgate.authz",
+				"policy.decision_log: must be stdout, stderr, off or a file path",
+				"policy.timeout: must be between 1ms and 10s",
+				"policy.reload_interval: must be at least 100ms",
 				"upstreams: at least one upstream is required, e.g. {name: docs, url: http://127.0.0.1:3001/mcp}",
 			},
 		},

@@ -133,7 +133,7 @@ func TestOIDC(t *testing.T) {
 	gw := startGateway(t, fmt.Sprintf(`
 server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0"}
-auth:
+`+policyConfig()+`auth:
   oidc:
     - issuer: %q
       token_type: at+jwt

@@ -31,6 +31,15 @@ var bins struct {
 	ctxgate, everything string
 }
 
+// allowAllPolicy is the policy of tests that are about the proxy, not the
+// policy: `policy: {dir: ...}` is required in every configuration.
+var allowAllPolicy = filepath.Join("testdata", "allow-all")
+
+// policyConfig is the policy block for such tests.
+func policyConfig() string {
+	return fmt.Sprintf("policy: {dir: %q, decision_log: off}\n", allowAllPolicy)
+}
+
 const readyDeadline = 20 * time.Second
 
 func TestMain(m *testing.M) {
@@ -39,7 +48,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	for _, p := range []*string{&nodeBin, &conformanceJS, &inspectorCLIJS, &oidcProviderJS} {
+	for _, p := range []*string{&nodeBin, &conformanceJS, &inspectorCLIJS, &oidcProviderJS, &allowAllPolicy} {
 		*p, _ = filepath.Abs(*p)
 	}
 	bins.ctxgate = filepath.Join(dir, "ctxgate")

@@ -113,7 +113,7 @@ server:
   listen: "127.0.0.1:0"
   tls: {cert_file: %q, key_file: %q, client_ca_file: %q, client_auth: require}
 admin: {listen: "127.0.0.1:0"}
-auth:
+`+policyConfig()+`auth:
   mtls: {identity: [spiffe, dns, cn]}
 upstreams:
   - {name: everything, url: %q, identity_headers: true}

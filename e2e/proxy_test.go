@@ -20,7 +20,7 @@ func anonymousConfig(upstreamURL string) string {
 	return fmt.Sprintf(`
 server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0"}
-auth: {anonymous: true}
+`+policyConfig()+`auth: {anonymous: true}
 upstreams:
   - {name: everything, url: %q}
 `, upstreamURL)
@@ -152,7 +152,7 @@ func TestRejections(t *testing.T) {
 	gw := startGateway(t, fmt.Sprintf(`
 server: {listen: "127.0.0.1:0", max_body_bytes: 8192}
 admin: {listen: "127.0.0.1:0"}
-auth:
+`+policyConfig()+`auth:
   api_keys:
     - {name: alice, sha256: %q}
     - {name: bob, sha256: %q}

@@ -41,7 +41,7 @@ func TestGracefulShutdown(t *testing.T) {
 	gw := startGateway(t, fmt.Sprintf(`
 server: {listen: "127.0.0.1:0", shutdown_timeout: 60s}
 admin: {listen: "127.0.0.1:0"}
-auth: {anonymous: true}
+`+policyConfig()+`auth: {anonymous: true}
 upstreams:
   - {name: blocking, url: %q}
 `, upstream))

@@ -70,6 +70,7 @@ func newGateway(t *testing.T, upstreamURL string) *httptest.Server {
 server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0"}
 auth: {anonymous: true}
+policy: {dir: unused-the-test-passes-no-engine}
 upstreams: [{name: up, url: %q}]
 `, upstreamURL), func(string) (string, bool) { return "", false })
 	if err != nil {

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5/middleware"
+
+	"github.com/ctxgate/ctxgate/policy"
 )
 
 // requestState is what the pipeline learns about one request, in the order
@@ -61,7 +63,9 @@ func (s *Server) requestLog(next http.Handler) http.Handler {
 		defer func() {
 			s.accessRecord(r, st, ww.Status(), ww.BytesWritten(), time.Since(start))
 		}()
-		next.ServeHTTP(ww, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)))
+		// The decision log carries the same request id as the access log.
+		ctx := policy.WithRequestID(context.WithValue(r.Context(), stateKey{}, st), st.id)
+		next.ServeHTTP(ww, r.WithContext(ctx))
 	})
 }
 

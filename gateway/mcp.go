@@ -10,7 +10,9 @@ import (
 	"strings"
 
 	"github.com/go-json-experiment/json/jsontext"
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 
+	"github.com/ctxgate/ctxgate/policy"
 	"github.com/ctxgate/ctxgate/upstream"
 )
 
@@ -34,10 +36,16 @@ type route struct {
 type forward struct {
 	route           *route
 	principal       *Principal
-	body            []byte // the checked bytes; nil for GET and DELETE
+	body            []byte            // the checked bytes; nil for GET and DELETE
+	messages        []jsonrpc.Message // body decoded: one message, or a batch's
 	upstreamSession string
 	initialize      bool
 	stream          bool // a long-lived GET stream: ends when shutdown begins
+	// base is the policy input every decision about this exchange starts
+	// from (principal, route, protocol, source); exchanges are the client
+	// requests awaiting responses, by id.
+	base      *policy.Input
+	exchanges map[string]*exchange
 }
 
 type forwardKey struct{}
@@ -71,6 +79,17 @@ func (s *Server) serveRoute(rt *route) http.HandlerFunc {
 		default:
 			err = newError(http.StatusMethodNotAllowed, CodeInvalidRequest, "method not allowed; use POST, GET or DELETE", nil)
 			err.(*Error).Header = http.Header{"Allow": {"GET, POST, DELETE"}}
+		}
+		if err == nil {
+			fwd.base = &policy.Input{
+				Principal: policyPrincipal(principal),
+				Route:     rt.upstream.Name,
+				Upstream:  rt.upstream.Name,
+				Phase:     policy.PhaseRequest,
+				Protocol:  policy.Protocol{Version: st.version, Era: "legacy"},
+				Source:    policy.Source{IP: remoteIP(r), UserAgent: r.UserAgent()},
+			}
+			err = s.authorize(r, fwd, st)
 		}
 		if err != nil {
 			writeError(w, r, err)
@@ -108,6 +127,7 @@ func (s *Server) preparePost(r *http.Request, fwd *forward, st *requestState) er
 		return badRequest("invalid JSON-RPC message: "+err.Error(), nil)
 	}
 	st.msg = msg
+	fwd.messages = []jsonrpc.Message{msg.Msg}
 	if msg.Method() == "initialize" {
 		if !msg.IsCall() {
 			return badRequest("initialize must be a request with an id", nil)
@@ -148,6 +168,7 @@ func (s *Server) prepareBatch(r *http.Request, fwd *forward, st *requestState) e
 		if msg.Method() == "initialize" {
 			return badRequest("initialize must not be part of a batch", nil)
 		}
+		fwd.messages = append(fwd.messages, msg.Msg)
 		n++
 	}
 	if n == 0 {

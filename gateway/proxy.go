@@ -19,6 +19,11 @@ import (
 // whole to learn the negotiated protocol version.
 const maxInitializeResponseBytes = 1 << 20
 
+// maxFilteredResponseBytes bounds a JSON answer the gateway reads whole to
+// apply the policy to it; larger answers are refused, never relayed
+// unfiltered. (SSE answers are filtered event by event.)
+const maxFilteredResponseBytes = 32 << 20
+
 // forwardedHeaders are the only client request headers sent upstream. An
 // allow-list, not a deny-list: the client's Authorization, Cookie, identity
 // claims (X-Forwarded-User and friends), Idempotency-Key (which would let
@@ -126,7 +131,9 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 			return err
 		}
 	}
-	if isEventStream(h) {
+	ctx := resp.Request.Context()
+	switch {
+	case isEventStream(h):
 		// Tell buffering proxies in front of us to pass events through.
 		h.Set("X-Accel-Buffering", "no")
 		h.Del("Content-Length")
@@ -135,8 +142,32 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 		if fwd.stream {
 			stop = s.streams
 		}
-		resp.Body = newSSERelay(resp.Body, stop)
+		relay := newSSERelay(resp.Body, stop)
+		if s.policy != nil {
+			relay.transform = func(data []byte) ([]byte, bool) { return s.transformMessage(ctx, fwd, data) }
+		}
+		resp.Body = relay
+	case s.policy != nil && isJSON(h) && resp.StatusCode == http.StatusOK:
+		return s.transformJSONBody(ctx, resp, fwd)
 	}
+	return nil
+}
+
+// transformJSONBody reads a JSON answer whole (bounded), lets the policy
+// filter it, and replaces the body.
+func (s *Server) transformJSONBody(ctx context.Context, resp *http.Response, fwd *forward) error {
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxFilteredResponseBytes+1))
+	_ = resp.Body.Close()
+	if err != nil {
+		return fmt.Errorf("read upstream response: %w", err)
+	}
+	if len(body) > maxFilteredResponseBytes {
+		return fmt.Errorf("upstream JSON response larger than %d bytes", maxFilteredResponseBytes)
+	}
+	body = s.transformJSON(ctx, fwd, body)
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	resp.ContentLength = int64(len(body))
+	resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
 	return nil
 }
 

@@ -35,6 +35,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/policy"
 	"github.com/ctxgate/ctxgate/upstream"
 )
 
@@ -45,6 +46,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock for session issue and expiry; nil is time.Now.
 	Now func() time.Time
+	// Policy decides every request; nil forwards everything the other
+	// checks let through (tests only: ctxgate serve always sets it).
+	Policy *policy.Engine
 }
 
 // Server is one gateway: its routes, its admin endpoints and its lifecycle.
@@ -61,6 +65,10 @@ type Server struct {
 	tls *tls.Config
 	// oidc verifies bearer JWTs; nil without auth.oidc.
 	oidc *oidcVerifier
+	// policy decides requests, list items and responses; nil allows all.
+	policy decider
+	// catalog remembers upstream tool annotations for decisions.
+	catalog *catalog
 
 	ready    atomic.Bool // listeners are up
 	draining atomic.Bool // shutdown began: not ready, streams closing
@@ -72,7 +80,10 @@ type Server struct {
 
 // New builds a gateway for a validated configuration.
 func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error) {
-	s := &Server{cfg: cfg, pool: pool, log: opts.Logger, origins: newOriginGuard(cfg.Server), buffers: newBufferPool()}
+	s := &Server{cfg: cfg, pool: pool, log: opts.Logger, origins: newOriginGuard(cfg.Server), buffers: newBufferPool(), catalog: newCatalog()}
+	if opts.Policy != nil {
+		s.policy = opts.Policy
+	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -279,6 +290,15 @@ func (s *Server) AdminHandler() http.Handler {
 			detail := map[string]any{"status": "ready"}
 			if s.oidc != nil {
 				detail["oidc_keys_loaded"] = s.oidc.ready()
+			}
+			if s.policy != nil {
+				// The policy in force, and a reload that failed (the last
+				// good policy is still deciding).
+				st := s.policy.Status()
+				detail["policy_revision"] = st.Revision
+				if st.LastReloadError != "" {
+					detail["policy_reload_error"] = st.LastReloadError
+				}
 			}
 			writeJSON(w, http.StatusOK, detail)
 		}

@@ -158,6 +158,10 @@ type sseRelay struct {
 	pending  []byte
 	stopped  atomic.Bool
 	cancel   func() bool
+	// transform, if set, rewrites each event's data (one JSON-RPC message)
+	// or drops it. A dropped event keeps its id and retry, so resumption
+	// still works, but carries no data and so dispatches nothing.
+	transform func(data []byte) ([]byte, bool)
 }
 
 func newSSERelay(upstream io.ReadCloser, stop context.Context) *sseRelay {
@@ -183,6 +187,17 @@ func (s *sseRelay) Read(p []byte) (int, error) {
 				return 0, io.EOF
 			}
 			return 0, err
+		}
+		if s.transform != nil && ev.HasData && len(ev.Data) > 0 {
+			data, drop := s.transform(ev.Data)
+			if drop {
+				if !ev.HasID && ev.Retry == "" {
+					continue
+				}
+				ev.Data, ev.HasData, ev.Event = nil, false, ""
+			} else {
+				ev.Data = data
+			}
 		}
 		s.pending = ev.appendTo(s.pending[:0])
 	}

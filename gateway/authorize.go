@@ -1,0 +1,131 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+
+	"github.com/ctxgate/ctxgate/policy"
+)
+
+// Policy denials are answered the way an upstream answers an unknown tool
+// or resource (MCP: -32602 for an unknown tool, -32002 for a resource not
+// found), so a client cannot tell a hidden tool from one that does not
+// exist. Other methods get the gateway's own codes.
+const (
+	CodePolicyDenied    = -31020 // the policy denied this request
+	CodePolicyUndecided = -31021 // the policy could not decide (undefined, error, timeout): denied
+	codeUnknownTool     = jsonrpc.CodeInvalidParams
+	codeUnknownResource = -32002
+)
+
+// decider is the policy engine as the gateway uses it.
+type decider interface {
+	Decide(ctx context.Context, in *policy.Input) policy.Decision
+	Visible(ctx context.Context, in *policy.Input) bool
+	FilterList(ctx context.Context, base *policy.Input, result []byte) ([]byte, int, error)
+	Revision() string
+	Status() policy.Status
+}
+
+// policyInput builds the decision input for one client message. Only what
+// the gateway verified or decoded strictly goes in: the principal from
+// authentication, the method and params from the strict decode.
+func (s *Server) policyInput(r *http.Request, fwd *forward, st *requestState, msg *jsonrpc.Request) *policy.Input {
+	in := &policy.Input{
+		Principal: policyPrincipal(fwd.principal),
+		Route:     fwd.route.upstream.Name,
+		Upstream:  fwd.route.upstream.Name,
+		Method:    msg.Method,
+		Phase:     policy.PhaseRequest,
+		Protocol:  policy.Protocol{Version: st.version, Era: "legacy"},
+		Source:    policy.Source{IP: remoteIP(r), UserAgent: r.UserAgent()},
+	}
+	s.describeParams(in, fwd.route.upstream.Name, msg.Params)
+	return in
+}
+
+// describeParams fills the typed part of the input (tool, resource,
+// prompt) from the params, and Params with the rest, without _meta.
+func (s *Server) describeParams(in *policy.Input, upstreamName string, raw json.RawMessage) {
+	var params map[string]any
+	if len(raw) > 0 && json.Unmarshal(raw, &params) != nil {
+		params = nil
+	}
+	delete(params, "_meta")
+	str := func(k string) string { v, _ := params[k].(string); return v }
+	obj := func(k string) map[string]any { v, _ := params[k].(map[string]any); return v }
+	switch in.Method {
+	case "tools/call":
+		name := str("name")
+		in.Tool = &policy.Tool{Name: name, Arguments: obj("arguments")}
+		// Annotations come from the upstream's own tools/list, never from
+		// the client; unknown annotations are absent (and a policy must
+		// treat the tool as not read-only).
+		if meta, ok := s.catalog.tool(upstreamName, name); ok {
+			in.Tool.Annotations, in.Tool.Description = meta.Annotations, meta.Description
+		}
+	case "resources/read", "resources/subscribe", "resources/unsubscribe":
+		in.Resource = &policy.Resource{URI: str("uri")}
+	case "prompts/get":
+		in.Prompt = &policy.Prompt{Name: str("name"), Arguments: obj("arguments")}
+	default:
+		in.Params = params
+	}
+}
+
+func policyPrincipal(p *Principal) policy.Principal {
+	out := policy.Principal{
+		ID: p.ID, Kind: p.Kind, Issuer: p.Issuer, Subject: p.Subject, Name: p.Name,
+		Scopes: p.Scopes, Groups: p.Groups, Claims: p.Claims,
+	}
+	if out.Scopes == nil {
+		out.Scopes = []string{}
+	}
+	if out.Groups == nil {
+		out.Groups = []string{}
+	}
+	if p.Cert != nil {
+		out.Cert = &policy.Cert{Subject: p.Cert.Subject, URIs: p.Cert.URIs, DNSNames: p.Cert.DNSNames, SHA256: p.Cert.SHA256}
+	}
+	return out
+}
+
+func remoteIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// denial turns a deny into the client's answer: HTTP 200 with a JSON-RPC
+// error, as an upstream answers a refused call, so MCP clients surface it
+// as the call's error rather than a transport failure.
+func denial(method string, d policy.Decision) *Error {
+	code := int64(CodePolicyDenied)
+	message := d.Reason
+	switch {
+	case d.Failure != "":
+		code, message = CodePolicyUndecided, "request denied: the policy could not decide"
+	case method == "tools/call":
+		code = codeUnknownTool
+	case method == "resources/read" || method == "resources/subscribe":
+		code = codeUnknownResource
+	}
+	if message == "" {
+		message = "request denied by policy"
+	}
+	e := newError(http.StatusOK, code, message, nil)
+	if d.Failure != "" {
+		e.Err = errPolicyFailure(d.Failure)
+	}
+	return e
+}
+
+type errPolicyFailure string
+
+func (e errPolicyFailure) Error() string { return "policy failure: " + string(e) }

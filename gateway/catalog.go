@@ -1,0 +1,59 @@
+package gateway
+
+import (
+	"encoding/json"
+	"sync"
+)
+
+// maxCatalogTools bounds how many tools are remembered per upstream.
+const maxCatalogTools = 10000
+
+// toolMeta is what the gateway learned about a tool from its upstream.
+type toolMeta struct {
+	Annotations map[string]any
+	Description string
+}
+
+// catalog remembers each upstream's tools as its own tools/list results
+// described them (before any filtering), so a tools/call can be decided on
+// the tool's annotations. The client never supplies them.
+type catalog struct {
+	mu    sync.RWMutex
+	tools map[string]map[string]toolMeta // upstream -> tool name -> meta
+}
+
+func newCatalog() *catalog { return &catalog{tools: map[string]map[string]toolMeta{}} }
+
+func (c *catalog) tool(upstreamName, name string) (toolMeta, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	m, ok := c.tools[upstreamName][name]
+	return m, ok
+}
+
+// learnTools records the tools of one tools/list result page.
+func (c *catalog) learnTools(upstreamName string, result []byte) {
+	var page struct {
+		Tools []struct {
+			Name        string         `json:"name"`
+			Description string         `json:"description"`
+			Annotations map[string]any `json:"annotations"`
+		} `json:"tools"`
+	}
+	if json.Unmarshal(result, &page) != nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	known := c.tools[upstreamName]
+	if known == nil {
+		known = map[string]toolMeta{}
+		c.tools[upstreamName] = known
+	}
+	for _, t := range page.Tools {
+		if _, ok := known[t.Name]; !ok && len(known) >= maxCatalogTools {
+			continue
+		}
+		known[t.Name] = toolMeta{Annotations: t.Annotations, Description: t.Description}
+	}
+}

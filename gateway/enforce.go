@@ -1,0 +1,223 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-json-experiment/json/jsontext"
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+
+	"github.com/ctxgate/ctxgate/policy"
+)
+
+// listMethods are the results whose items the policy filters.
+var listMethods = map[string]bool{"tools/list": true, "prompts/list": true, "resources/list": true, "resources/templates/list": true}
+
+// exchange is one client request awaiting its response: what the response
+// needs from the request's decision.
+type exchange struct {
+	input  *policy.Input
+	redact []policy.Redaction
+}
+
+// idKey makes a JSON-RPC id usable as a map key ("s:x" or "n:1").
+func idKey(id jsonrpc.ID) string {
+	switch v := id.Raw().(type) {
+	case string:
+		return "s:" + v
+	case int64:
+		return fmt.Sprintf("n:%d", v)
+	}
+	return ""
+}
+
+// authorize decides every client request and notification of the body
+// before anything is forwarded. One decision per message; the first deny
+// answers the whole body.
+func (s *Server) authorize(r *http.Request, fwd *forward, st *requestState) error {
+	if s.policy == nil || fwd.body == nil {
+		return nil
+	}
+	for _, msg := range fwd.messages {
+		req, ok := msg.(*jsonrpc.Request)
+		if !ok {
+			continue // a client's answer to a server request decided earlier
+		}
+		in := s.policyInput(r, fwd, st, req)
+		d := s.policy.Decide(r.Context(), in)
+		if !d.Allow {
+			e := denial(req.Method, d)
+			if !req.ID.IsValid() {
+				e.Status = http.StatusForbidden // a notification has no response to carry the error
+			}
+			return e
+		}
+		if req.ID.IsValid() {
+			if fwd.exchanges == nil {
+				fwd.exchanges = map[string]*exchange{}
+			}
+			fwd.exchanges[idKey(req.ID)] = &exchange{input: in, redact: d.Redact}
+		}
+	}
+	return nil
+}
+
+// transformJSON applies transformMessage to a JSON response body, a single
+// message or (2025-03-26) a batch.
+func (s *Server) transformJSON(ctx context.Context, fwd *forward, body []byte) []byte {
+	trimmed := bytes.TrimLeft(body, " \t\r\n")
+	if len(trimmed) == 0 || trimmed[0] != '[' {
+		out, _ := s.transformMessage(ctx, fwd, body)
+		return out
+	}
+	dec := jsontext.NewDecoder(bytes.NewReader(body))
+	if _, err := dec.ReadToken(); err != nil {
+		return body
+	}
+	out := []byte{'['}
+	for dec.PeekKind() != ']' {
+		v, err := dec.ReadValue()
+		if err != nil {
+			return body
+		}
+		m, drop := s.transformMessage(ctx, fwd, v)
+		if drop {
+			continue
+		}
+		if len(out) > 1 {
+			out = append(out, ',')
+		}
+		out = append(out, m...)
+	}
+	return append(out, ']')
+}
+
+// transformMessage is the policy's last word on one upstream message before
+// the client sees it. It returns the message to relay, or drop.
+//   - the response to a client request: list items the principal may not
+//     see are removed (the raw page first teaches the catalog), then the
+//     request decision's redactions are applied; anything that cannot be
+//     filtered is replaced by an error, never relayed unfiltered;
+//   - a server-to-client request (sampling, elicitation, roots): decided;
+//     if denied it is dropped and the upstream gets the refusal;
+//   - notifications/resources/updated for a resource the principal may not
+//     see: dropped.
+func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte) ([]byte, bool) {
+	if s.policy == nil {
+		return data, false
+	}
+	msg, err := jsonrpc.DecodeMessage(data)
+	if err != nil {
+		return data, false
+	}
+	switch m := msg.(type) {
+	case *jsonrpc.Response:
+		return s.filterResponse(ctx, fwd, m, data), false
+	case *jsonrpc.Request:
+		if m.ID.IsValid() {
+			return data, !s.allowServerRequest(ctx, fwd, m)
+		}
+		if m.Method == "notifications/resources/updated" {
+			var p struct {
+				URI string `json:"uri"`
+			}
+			_ = json.Unmarshal(m.Params, &p)
+			in := s.baseInput(fwd, "resources/read")
+			in.Phase, in.Resource = policy.PhaseListItem, &policy.Resource{URI: p.URI}
+			return data, !s.policy.Visible(ctx, in)
+		}
+	}
+	return data, false
+}
+
+func (s *Server) filterResponse(ctx context.Context, fwd *forward, m *jsonrpc.Response, data []byte) []byte {
+	ex := fwd.exchanges[idKey(m.ID)]
+	if ex == nil || m.Error != nil || len(m.Result) == 0 {
+		return data
+	}
+	result := []byte(m.Result)
+	method := ex.input.Method
+	if method == "tools/list" {
+		s.catalog.learnTools(fwd.route.upstream.Name, result)
+	}
+	var err error
+	if listMethods[method] {
+		result, _, err = s.policy.FilterList(ctx, ex.input, result)
+	}
+	if err == nil && len(ex.redact) > 0 {
+		result, err = policy.Redact(result, ex.redact)
+	}
+	if err != nil {
+		loggerOf(ctx, s.log).Error("policy could not filter a result; answering with an error instead", "rpc_method", method, "error", err)
+		out, _ := json.Marshal(errorResponse{JSONRPC: "2.0", ID: m.ID.Raw(), Error: jsonrpc.Error{Code: CodePolicyUndecided, Message: "result withheld: the policy could not filter it"}})
+		return out
+	}
+	if bytes.Equal(result, m.Result) {
+		return data
+	}
+	out, err := jsonrpc.EncodeMessage(&jsonrpc.Response{ID: m.ID, Result: result})
+	if err != nil {
+		return data
+	}
+	return out
+}
+
+// allowServerRequest decides a request the upstream sends the client. A
+// denied one never reaches the client; the upstream is told, so it does not
+// wait for an answer that cannot come.
+func (s *Server) allowServerRequest(ctx context.Context, fwd *forward, m *jsonrpc.Request) bool {
+	in := s.baseInput(fwd, m.Method)
+	in.Phase = policy.PhaseResponse // it travels in the upstream's answer stream
+	s.describeParams(in, fwd.route.upstream.Name, m.Params)
+	d := s.policy.Decide(ctx, in)
+	if d.Allow {
+		return true
+	}
+	e := denial(m.Method, d)
+	body, _ := json.Marshal(errorResponse{JSONRPC: "2.0", ID: m.ID.Raw(), Error: jsonrpc.Error{Code: e.Code, Message: e.Message}})
+	go s.answerUpstream(fwd, body)
+	return false
+}
+
+func (s *Server) baseInput(fwd *forward, method string) *policy.Input {
+	in := *fwd.base
+	in.Method = method
+	in.Tool, in.Resource, in.Prompt, in.Params = nil, nil, nil, nil
+	return &in
+}
+
+// answerUpstream posts a message to the upstream session on the client's
+// behalf (the refusal of a denied server-to-client request).
+func (s *Server) answerUpstream(fwd *forward, body []byte) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, fwd.route.upstream.URL.String(), bytes.NewReader(body))
+	if err != nil {
+		return
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	if fwd.upstreamSession != "" {
+		req.Header.Set("Mcp-Session-Id", fwd.upstreamSession)
+	}
+	if fwd.base != nil && fwd.base.Protocol.Version != "" {
+		req.Header.Set("Mcp-Protocol-Version", fwd.base.Protocol.Version)
+	}
+	resp, err := fwd.route.upstream.Transport.RoundTrip(req)
+	if err != nil {
+		s.log.Warn("could not tell the upstream a server request was denied", "upstream", fwd.route.upstream.Name, "error", err)
+		return
+	}
+	resp.Body.Close()
+}
+
+// isJSON reports whether a response is application/json.
+func isJSON(h http.Header) bool {
+	ct, _, _ := strings.Cut(h.Get("Content-Type"), ";")
+	return strings.EqualFold(strings.TrimSpace(ct), "application/json")
+}

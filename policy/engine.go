@@ -1,0 +1,304 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/metrics"
+	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/open-policy-agent/opa/v1/topdown"
+
+	"github.com/ctxgate/ctxgate/config"
+)
+
+// Failures: why a Decision denies without the policy having said so.
+const (
+	// FailureUndefined: the policy defines no value for allow for this
+	// input. (An undefined visible is not a failure: the item is hidden.)
+	FailureUndefined = "undefined"
+	// FailureError: evaluation failed (a conflict between rule values, a
+	// strict builtin error, a result of the wrong type, a malformed redact
+	// instruction).
+	FailureError = "error"
+	// FailureTimeout: evaluation exceeded Options.Timeout or the caller's
+	// deadline.
+	FailureTimeout = "timeout"
+)
+
+// Options configure an Engine. The zero value of every field but one of Dir
+// and FS means its default.
+type Options struct {
+	// Dir is the directory of .rego and data files (.json, .yaml, .yml),
+	// loaded recursively as `opa eval -d Dir` would: a data file's content
+	// is placed at the path of its directory relative to Dir. Hidden files
+	// and directories (names starting with ".") and *_test.rego files are
+	// skipped; RunTests loads the tests.
+	Dir string
+	// FS replaces Dir (e.g. an embedded policy for `ctxgate demo`). Set
+	// exactly one of Dir and FS. An FS is never reloaded.
+	FS fs.FS
+	// Package is the Rego package whose rules decide. Empty means
+	// config.DefaultPolicyPackage ("ctxgate.authz").
+	Package string
+	// Timeout bounds one evaluation; exceeding it denies with
+	// FailureTimeout. Zero means config.DefaultPolicyTimeout.
+	Timeout time.Duration
+	// ReloadInterval is how often Dir is checked for changes. Zero (or
+	// less) disables the reload loop; Reload may still be called.
+	ReloadInterval time.Duration
+	// DecisionLog receives one JSON line per decision. Nil disables the
+	// decision log.
+	DecisionLog io.Writer
+	// Mask lists dotted input paths (e.g. "tool.arguments.password")
+	// whose values the decision log replaces with "***".
+	Mask []string
+	// Logger receives reload events and evaluation failures. Nil
+	// discards them.
+	Logger *slog.Logger
+	// Now is the clock for timestamps and the visibility cache. Nil
+	// means time.Now.
+	Now func() time.Time
+}
+
+// Engine decides requests with a compiled, prepared policy set that it
+// reloads when Dir changes. It is safe for concurrent use.
+type Engine struct {
+	src     source
+	pkg     ast.Ref // data.<package>
+	timeout time.Duration
+	log     *decisionLog // nil: no decision log
+	logger  *slog.Logger
+	now     func() time.Time
+
+	set atomic.Pointer[policySet]
+
+	reloadMu sync.Mutex // serialises Reload and guards the fields below
+	srcHash  string
+	status   Status
+
+	stop context.CancelFunc // ends the reload loop
+	done chan struct{}      // closed when the reload loop has ended
+}
+
+// Status describes the loaded policy set and the reload history.
+type Status struct {
+	// Revision identifies the policy set deciding now.
+	Revision string `json:"revision"`
+	// LoadedAt is when that set was loaded.
+	LoadedAt time.Time `json:"loaded_at"`
+	// LastReloadError is why the last changed set was rejected; empty
+	// when the last reload succeeded or none failed yet.
+	LastReloadError string `json:"last_reload_error,omitempty"`
+	// LastReloadAt is when a changed set was last loaded (or rejected);
+	// zero when the policy never changed.
+	LastReloadAt time.Time `json:"last_reload_at,omitzero"`
+	// Reloads counts successful reloads, ReloadFailures rejected ones.
+	Reloads        int `json:"reloads"`
+	ReloadFailures int `json:"reload_failures"`
+}
+
+// New loads, compiles and prepares the policy set once and, when
+// ReloadInterval > 0 and Dir is set, starts the reload loop (stopped by
+// Close). A set that does not load or compile, that holds no .rego file,
+// or whose package defines no allow rule is an error: the gateway never
+// runs without a policy.
+func New(opts Options) (*Engine, error) {
+	e, err := newEngine(opts)
+	if err != nil {
+		return nil, err
+	}
+	hash, err := e.src.fingerprint()
+	if err != nil {
+		return nil, err
+	}
+	set, err := loadSet(context.Background(), e.src, e.pkg, e.now())
+	if err != nil {
+		return nil, err
+	}
+	e.srcHash = hash
+	e.set.Store(set)
+	e.status = Status{Revision: set.revision, LoadedAt: set.loadedAt}
+	ctx, stop := context.WithCancel(context.Background())
+	e.stop = stop
+	if opts.ReloadInterval > 0 && opts.Dir != "" {
+		go e.reloadLoop(ctx, opts.ReloadInterval)
+	} else {
+		close(e.done)
+	}
+	return e, nil
+}
+
+func newEngine(opts Options) (*Engine, error) {
+	src, err := newSource(opts.Dir, opts.FS)
+	if err != nil {
+		return nil, err
+	}
+	pkg, err := packageRef(cmpOr(opts.Package, config.DefaultPolicyPackage))
+	if err != nil {
+		return nil, err
+	}
+	e := &Engine{
+		src:     src,
+		pkg:     pkg,
+		timeout: cmpOr(opts.Timeout, config.DefaultPolicyTimeout),
+		logger:  opts.Logger,
+		now:     opts.Now,
+		done:    make(chan struct{}),
+	}
+	if e.logger == nil {
+		e.logger = slog.New(slog.DiscardHandler)
+	}
+	if e.now == nil {
+		e.now = time.Now
+	}
+	if opts.DecisionLog != nil {
+		e.log = newDecisionLog(opts.DecisionLog, opts.Mask, pkg, e.logger)
+	}
+	return e, nil
+}
+
+func cmpOr[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+// packageRef turns "ctxgate.authz" into data.ctxgate.authz.
+func packageRef(pkg string) (ast.Ref, error) {
+	ref, err := ast.ParseRef("data." + pkg)
+	if err != nil {
+		return nil, fmt.Errorf("policy package %q: %w", pkg, err)
+	}
+	for _, t := range ref[1:] {
+		if _, ok := t.Value.(ast.String); !ok {
+			return nil, fmt.Errorf("policy package %q: must be a dotted name such as ctxgate.authz", pkg)
+		}
+	}
+	return ref, nil
+}
+
+// Close stops the reload loop and waits for it. Decisions keep working
+// with the last loaded set. Close may be called more than once.
+func (e *Engine) Close() {
+	e.stop()
+	<-e.done
+}
+
+// Revision identifies the policy set deciding now: the short hex SHA-256
+// of its modules' paths and sources and of its data.
+func (e *Engine) Revision() string { return e.set.Load().revision }
+
+// Status reports the loaded set and the reload history.
+func (e *Engine) Status() Status {
+	e.reloadMu.Lock()
+	defer e.reloadMu.Unlock()
+	return e.status
+}
+
+// Decide evaluates allow, reason and redact for a request or a response in
+// one prepared query and writes one decision log record. An undefined
+// allow, an evaluation error or a timeout denies (fail closed) with
+// Decision.Failure set and a warning in the log. A nil in denies with
+// FailureError.
+func (e *Engine) Decide(ctx context.Context, in *Input) Decision {
+	set := e.set.Load()
+	start := e.now()
+	d := Decision{Revision: set.revision, ID: newDecisionID()}
+	val, err := inputValue(in)
+	failure := FailureError
+	if err == nil {
+		failure, err = e.decide(ctx, set, val, &d)
+	}
+	if err != nil {
+		d.Allow, d.Reason, d.Redact, d.Failure = false, "", nil, failure
+		e.logger.WarnContext(ctx, "policy decision failed closed", "failure", failure,
+			"error", err.Error(), "decision_id", d.ID, "request_id", RequestID(ctx), "revision", set.revision)
+	}
+	if e.log != nil {
+		e.log.decision(ctx, &d, in, val, err, start, e.now())
+	}
+	return d
+}
+
+// decide evaluates the decide query and fills d from its result.
+func (e *Engine) decide(ctx context.Context, set *policySet, val ast.Value, d *Decision) (string, error) {
+	b, failure, err := e.eval(ctx, set.decide, val)
+	if err != nil {
+		return failure, err
+	}
+	return d.fill(b)
+}
+
+// Visible evaluates visible for one list item (Phase PhaseListItem) and
+// writes one decision log record. Undefined, an error or a timeout hides
+// the item; errors and timeouts are logged as warnings.
+func (e *Engine) Visible(ctx context.Context, in *Input) bool {
+	set := e.set.Load()
+	start := e.now()
+	id := newDecisionID()
+	val, err := inputValue(in)
+	visible, failure := false, FailureError
+	if err == nil {
+		visible, failure, err = e.visible(ctx, set, val)
+	}
+	if err != nil {
+		e.logger.WarnContext(ctx, "policy visibility failed closed", "failure", failure,
+			"error", err.Error(), "decision_id", id, "request_id", RequestID(ctx), "revision", set.revision)
+	}
+	if e.log != nil {
+		e.log.visible(ctx, id, set.revision, in, val, visible, failure, err, start, e.now())
+	}
+	return visible
+}
+
+// visible evaluates the visible query for one input value. Undefined is
+// neither an error nor a failure: the item is hidden.
+func (e *Engine) visible(ctx context.Context, set *policySet, val ast.Value) (bool, string, error) {
+	b, failure, err := e.eval(ctx, set.visible, val)
+	if err != nil {
+		return false, failure, err
+	}
+	vs, _ := b["visible"].([]any)
+	if len(vs) == 0 {
+		// No default: hidden is the policy's answer, not a failure.
+		return false, "", nil
+	}
+	v, ok := vs[0].(bool)
+	if !ok {
+		return false, FailureError, fmt.Errorf("visible is %T, want boolean", vs[0])
+	}
+	return v, "", nil
+}
+
+// eval runs a prepared query under the engine's timeout and returns the
+// bindings of its single result, or the failure and its cause.
+func (e *Engine) eval(ctx context.Context, pq *rego.PreparedEvalQuery, val ast.Value) (rego.Vars, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, e.timeout)
+	defer cancel()
+	// Cancel evaluation when ctx ends, without the goroutine per query
+	// that rego starts otherwise.
+	c := topdown.NewCancel()
+	defer context.AfterFunc(ctx, c.Cancel)()
+	rs, err := pq.Eval(ctx, rego.EvalParsedInput(val), rego.EvalExternalCancel(c), rego.EvalMetrics(metrics.NoOp()))
+	switch {
+	case err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return nil, FailureTimeout, fmt.Errorf("policy evaluation exceeded its deadline (timeout %v): %w", e.timeout, err)
+	case err != nil:
+		return nil, FailureError, err
+	case len(rs) != 1:
+		// The query's comprehensions are always defined: anything else is
+		// a bug, and fails closed.
+		return nil, FailureError, fmt.Errorf("policy query returned %d results, want 1", len(rs))
+	}
+	return rs[0].Bindings, "", nil
+}

@@ -1,0 +1,321 @@
+package policy
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
+	"github.com/open-policy-agent/opa/v1/ast"
+)
+
+// listMember names the array of each list result.
+var listMember = map[string]string{
+	"tools/list":               "tools",
+	"prompts/list":             "prompts",
+	"resources/list":           "resources",
+	"resources/templates/list": "resourceTemplates",
+}
+
+// listItem holds the fields of a list item the policy sees.
+type listItem struct {
+	Name        string         `json:"name"`
+	Description string         `json:"description"`
+	Annotations map[string]any `json:"annotations"`
+	URI         string         `json:"uri"`
+	URITemplate string         `json:"uriTemplate"`
+	MIMEType    string         `json:"mimeType"`
+}
+
+// span is one item of the list array: result[start:end].
+type span struct{ start, end int64 }
+
+// FilterList removes from a list result (the raw JSON of the result of
+// base.Method: tools/list, prompts/list, resources/list or
+// resources/templates/list) the items the policy does not make visible to
+// base's principal, evaluating visible with Phase PhaseListItem and the
+// item as input.tool, input.prompt or input.resource. It returns the new
+// result and the number of items removed, and writes one decision log
+// record for the list.
+//
+// Everything but the removed items is kept byte for byte: other members,
+// nextCursor, _meta, unknown fields of kept items, their order (only the
+// whitespace between the items goes when one is removed). Another
+// method, or a result without that array, is returned unchanged. A result
+// that is not valid JSON, or has duplicate member names, is an error.
+// An item that is not an object, or whose visibility fails to evaluate, is
+// removed (fail closed). A nil base is an error.
+func (e *Engine) FilterList(ctx context.Context, base *Input, result []byte) ([]byte, int, error) {
+	if base == nil {
+		return nil, 0, errNilInput
+	}
+	member, ok := listMember[base.Method]
+	if !ok {
+		return result, 0, nil
+	}
+	open, close, items, err := scanList(result, member)
+	if err != nil {
+		return nil, 0, err
+	}
+	if items == nil {
+		return result, 0, nil
+	}
+	start := e.now()
+	set := e.set.Load()
+	listBase := *base
+	listBase.Phase = PhaseListItem
+	baseItems, err := inputItems(&listBase)
+	if err != nil {
+		return nil, 0, err
+	}
+	entries, failures, firstErr := e.visibleItems(ctx, set, &listBase, baseItems, result, items)
+	if failures > 0 {
+		e.logger.WarnContext(ctx, "policy visibility failed closed: items hidden", "method", base.Method,
+			"failures", failures, "error", firstErr.Error(), "request_id", RequestID(ctx), "revision", set.revision)
+	}
+	out, removed := splice(result, open, close, items, entries)
+	if e.log != nil {
+		res := listResult{Total: len(items), Removed: []string{}, Failures: failures}
+		for _, en := range entries {
+			if !en.visible {
+				res.Removed = append(res.Removed, en.name)
+			}
+		}
+		e.log.list(ctx, set.revision, &listBase, ast.NewObject(baseItems...), res, start, e.now())
+	}
+	return out, removed, nil
+}
+
+// visibleItems decides every item, from the visibility cache where it
+// can, and returns the answers, the number of failed evaluations and the
+// first failure's error.
+func (e *Engine) visibleItems(ctx context.Context, set *policySet, base *Input, baseItems [][2]*ast.Term, result []byte, items []span) ([]visibilityEntry, int, error) {
+	keys := make([]visibilityKey, len(items))
+	digest := baseDigest(set.revision, base)
+	for i, it := range items {
+		keys[i] = itemKey(digest, result[it.start:it.end])
+	}
+	entries, hit := set.vis.getAll(keys, e.now())
+	var miss []int
+	for i := range items {
+		if !hit[i] {
+			miss = append(miss, i)
+		}
+	}
+	errs := make([]error, len(items))
+	forEach(miss, func(i int) {
+		entries[i], errs[i] = e.visibleItem(ctx, set, base.Method, baseItems, result[items[i].start:items[i].end])
+	})
+	var fresh []int
+	failures, firstErr := 0, error(nil)
+	for _, i := range miss {
+		if errs[i] != nil {
+			// Never cache a failure: the next list evaluates again.
+			failures++
+			firstErr = cmpOr(firstErr, errs[i])
+			continue
+		}
+		fresh = append(fresh, i)
+	}
+	set.vis.putAll(keys, entries, fresh, e.now())
+	return entries, failures, firstErr
+}
+
+// parallelMin is the number of evaluations worth a goroutine: a cold
+// 1,000-tool list is 1,000 evaluations, spread over GOMAXPROCS.
+const parallelMin = 32
+
+// forEach calls f for every index, in parallel when there are many.
+func forEach(idx []int, f func(int)) {
+	workers := min(runtime.GOMAXPROCS(0), len(idx)/parallelMin)
+	if workers <= 1 {
+		for _, i := range idx {
+			f(i)
+		}
+		return
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for n := next.Add(1) - 1; n < int64(len(idx)); n = next.Add(1) - 1 {
+				f(idx[n])
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// visibleItem evaluates visible for one raw item. An item that does not
+// decode as an object is hidden without evaluation (and cached so).
+func (e *Engine) visibleItem(ctx context.Context, set *policySet, method string, baseItems [][2]*ast.Term, raw []byte) (visibilityEntry, error) {
+	var it listItem
+	if raw[0] != '{' || jsonv2.Unmarshal(raw, &it) != nil {
+		return visibilityEntry{name: "(invalid item)"}, nil
+	}
+	var b builder
+	var member [2]*ast.Term
+	en := visibilityEntry{name: it.Name}
+	switch method {
+	case "tools/list":
+		member = ast.Item(kTool, b.tool(&Tool{Name: it.Name, Annotations: it.Annotations, Description: it.Description}))
+	case "prompts/list":
+		member = ast.Item(kPrompt, b.prompt(&Prompt{Name: it.Name}))
+	default:
+		en.name = cmpOr(it.URI, it.URITemplate)
+		member = ast.Item(kResource, resourceTerm(&Resource{URI: it.URI, URITemplate: it.URITemplate, Name: it.Name, MIMEType: it.MIMEType}))
+	}
+	if b.err != nil {
+		return en, b.err
+	}
+	all := make([][2]*ast.Term, len(baseItems), len(baseItems)+1)
+	copy(all, baseItems)
+	var err error
+	en.visible, _, err = e.visible(ctx, set, ast.NewObject(append(all, member)...))
+	return en, err
+}
+
+// scanList finds the array member of a JSON object and the span of each
+// of its elements. open is the offset just after '[', close the offset of
+// ']'. items is nil when there is no such array.
+func scanList(result []byte, member string) (open, close int64, items []span, err error) {
+	dec := jsontext.NewDecoder(bytes.NewReader(result))
+	if dec.PeekKind() != '{' {
+		// Not an object: no list to filter, unless it is not JSON at all.
+		if _, err := dec.ReadValue(); err != nil {
+			return 0, 0, nil, listError(err)
+		}
+		return 0, 0, nil, atEOF(dec)
+	}
+	if _, err := dec.ReadToken(); err != nil {
+		return 0, 0, nil, listError(err)
+	}
+	seen := false
+	for dec.PeekKind() != '}' {
+		// The unescaped name: "\u0074ools" is "tools" to every client.
+		// Case-insensitive decoders (Go's encoding/json) also take
+		// "Tools" for "tools", so a case variant is the list too, and two
+		// of them are an error rather than a way to smuggle items past.
+		name, err := dec.ReadToken()
+		if err != nil {
+			return 0, 0, nil, listError(err)
+		}
+		if !strings.EqualFold(name.String(), member) {
+			if err := dec.SkipValue(); err != nil {
+				return 0, 0, nil, listError(err)
+			}
+			continue
+		}
+		if seen {
+			return 0, 0, nil, listError(fmt.Errorf("member %q appears twice (as case variants)", member))
+		}
+		seen = true
+		if dec.PeekKind() != '[' {
+			if err := dec.SkipValue(); err != nil {
+				return 0, 0, nil, listError(err)
+			}
+			continue
+		}
+		if open, close, items, err = scanArray(dec); err != nil {
+			return 0, 0, nil, listError(err)
+		}
+	}
+	if _, err := dec.ReadToken(); err != nil {
+		return 0, 0, nil, listError(err)
+	}
+	if err := atEOF(dec); err != nil {
+		return 0, 0, nil, err
+	}
+	return open, close, items, nil
+}
+
+// atEOF checks that nothing follows the value.
+func atEOF(dec *jsontext.Decoder) error {
+	if _, err := dec.ReadToken(); err != io.EOF {
+		return listError(cmpOr(err, errors.New("data after the result")))
+	}
+	return nil
+}
+
+func scanArray(dec *jsontext.Decoder) (open, close int64, items []span, err error) {
+	if _, err := dec.ReadToken(); err != nil {
+		return 0, 0, nil, err
+	}
+	open = dec.InputOffset()
+	items = []span{}
+	for dec.PeekKind() != ']' {
+		v, err := dec.ReadValue()
+		if err != nil {
+			return 0, 0, nil, err
+		}
+		end := dec.InputOffset()
+		items = append(items, span{end - int64(len(v)), end})
+	}
+	if _, err := dec.ReadToken(); err != nil {
+		return 0, 0, nil, err
+	}
+	return open, dec.InputOffset() - 1, items, nil
+}
+
+func listError(err error) error {
+	if err == nil {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("filter list result: %w", err)
+}
+
+// splice returns result without the items not kept, and how many were
+// removed; result itself when none was.
+func splice(result []byte, open, close int64, items []span, entries []visibilityEntry) ([]byte, int) {
+	removed := 0
+	for _, en := range entries {
+		if !en.visible {
+			removed++
+		}
+	}
+	if removed == 0 {
+		return result, 0
+	}
+	out := make([]byte, 0, len(result))
+	out = append(out, result[:open]...)
+	first := true
+	for i, it := range items {
+		if !entries[i].visible {
+			continue
+		}
+		if !first {
+			out = append(out, ',')
+		}
+		first = false
+		out = append(out, result[it.start:it.end]...)
+	}
+	return append(out, result[close:]...), removed
+}
+
+// baseDigest identifies everything but the item that a visibility answer
+// depends on: the policy revision and the whole base input (principal
+// with its claims, route, upstream, method, protocol, source, params) —
+// stricter than the principal id alone, so that a principal whose claims
+// changed is never answered from the old claims.
+func baseDigest(revision string, base *Input) [32]byte {
+	h := sha256.New()
+	writeField(h, []byte(revision))
+	b, err := json.Marshal(base)
+	if err != nil {
+		// Unencodable input cannot be keyed: a random key is a miss.
+		b = []byte(newDecisionID())
+	}
+	writeField(h, b)
+	var d [32]byte
+	h.Sum(d[:0])
+	return d
+}

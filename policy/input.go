@@ -1,0 +1,144 @@
+// Package policy is ctxgate's Rego engine: it loads and compiles the
+// policies once, prepares their queries once, keeps them behind an atomic
+// pointer, reloads them when the directory changes (keeping the last good
+// set), decides requests, list items and responses, and writes the decision
+// log. It knows nothing of HTTP: the gateway builds an Input and enforces
+// the Decision.
+//
+// The input and decision documents are a public API, documented in
+// policies/README.md.
+package policy
+
+// Phases of a decision.
+const (
+	// PhaseRequest decides a client request before anything is forwarded.
+	PhaseRequest = "request"
+	// PhaseListItem decides whether one item of a list result is visible.
+	PhaseListItem = "list_item"
+	// PhaseResponse decides a response (its redactions) before it leaves,
+	// and server-to-client requests (sampling, elicitation, roots).
+	PhaseResponse = "response"
+)
+
+// Input is the document a policy decides on: `input` in Rego. Fields that
+// do not apply to a method are omitted (absent in Rego, not null).
+type Input struct {
+	Principal Principal `json:"principal"`
+	// Route is the gateway route's name (the upstream's name for a
+	// single-upstream route); Upstream the upstream serving the item.
+	Route    string `json:"route"`
+	Upstream string `json:"upstream"`
+	// Method is the JSON-RPC method, e.g. "tools/call", "tools/list",
+	// "resources/read", "sampling/createMessage".
+	Method string `json:"method"`
+	// Phase is PhaseRequest, PhaseListItem or PhaseResponse.
+	Phase string `json:"phase"`
+	// Tool is set for tools/call (with arguments) and tools/list items.
+	Tool *Tool `json:"tool,omitempty"`
+	// Resource is set for resources/read, resources/subscribe,
+	// resources/unsubscribe and resources/list and templates/list items.
+	Resource *Resource `json:"resource,omitempty"`
+	// Prompt is set for prompts/get (with arguments) and prompts/list items.
+	Prompt *Prompt `json:"prompt,omitempty"`
+	// Params are the request's params without _meta, for methods that have
+	// no typed field above (completion/complete, logging/setLevel,
+	// sampling/createMessage, elicitation/create, ...).
+	Params map[string]any `json:"params,omitempty"`
+	// Result is the result being returned, in PhaseResponse.
+	Result   map[string]any `json:"result,omitempty"`
+	Protocol Protocol       `json:"protocol"`
+	Source   Source         `json:"source"`
+}
+
+// Principal is the verified caller.
+type Principal struct {
+	// ID is stable: "oidc:<issuer>#<sub>", "mtls:spiffe://...",
+	// "api_key:<name>" or "anonymous".
+	ID string `json:"id"`
+	// Kind is "oidc", "mtls", "api_key" or "anonymous".
+	Kind    string         `json:"kind"`
+	Issuer  string         `json:"issuer,omitempty"`
+	Subject string         `json:"subject,omitempty"`
+	Name    string         `json:"name,omitempty"` // API key name
+	Scopes  []string       `json:"scopes"`
+	Groups  []string       `json:"groups"`
+	Claims  map[string]any `json:"claims,omitempty"`
+	Cert    *Cert          `json:"cert,omitempty"`
+}
+
+// Cert is the verified client certificate.
+type Cert struct {
+	Subject  string   `json:"subject"`
+	URIs     []string `json:"uris"`
+	DNSNames []string `json:"dns_names"`
+	SHA256   string   `json:"sha256"`
+}
+
+// Tool is a tool being called or listed.
+type Tool struct {
+	Name        string         `json:"name"`
+	Arguments   map[string]any `json:"arguments,omitempty"`
+	Annotations map[string]any `json:"annotations,omitempty"`
+	Description string         `json:"description,omitempty"`
+}
+
+// Resource is a resource (or resource template) being read or listed.
+type Resource struct {
+	URI         string `json:"uri,omitempty"`
+	URITemplate string `json:"uriTemplate,omitempty"`
+	Name        string `json:"name,omitempty"`
+	MIMEType    string `json:"mimeType,omitempty"`
+}
+
+// Prompt is a prompt being fetched or listed.
+type Prompt struct {
+	Name      string         `json:"name"`
+	Arguments map[string]any `json:"arguments,omitempty"`
+}
+
+// Protocol is the MCP protocol in use.
+type Protocol struct {
+	Version string `json:"version"`
+	// Era is "legacy" (sessions, 2025-xx revisions) or "modern".
+	Era string `json:"era"`
+}
+
+// Source is where the request came from, as the gateway saw it.
+type Source struct {
+	IP        string `json:"ip"`
+	UserAgent string `json:"user_agent,omitempty"`
+}
+
+// Decision is what the policy answered. The zero Decision denies.
+type Decision struct {
+	// Allow is data.<package>.allow; undefined, an error or a timeout is
+	// false (fail closed).
+	Allow bool `json:"allow"`
+	// Reason is data.<package>.reason, shown to the client on a deny.
+	Reason string `json:"reason,omitempty"`
+	// Redact is data.<package>.redact: what to remove from a result.
+	Redact []Redaction `json:"redact,omitempty"`
+	// Revision identifies the policy set that decided.
+	Revision string `json:"revision"`
+	// ID is the decision id written to the decision log.
+	ID string `json:"decision_id"`
+	// Failure says why a deny was not the policy's own answer: "" normally,
+	// FailureUndefined, FailureError or FailureTimeout. The gateway maps a
+	// failure to its own JSON-RPC error code.
+	Failure string `json:"failure,omitempty"`
+}
+
+// Redaction is one instruction to remove data from a result before it
+// leaves the gateway. Exactly one of Path or Pattern is set.
+type Redaction struct {
+	// Path is a dotted path into the result, with [*] for every element of
+	// an array, e.g. "structuredContent.ssn" or "content[*].annotations".
+	// The value there is replaced by Replacement.
+	Path string `json:"path,omitempty"`
+	// Pattern is an RE2 regular expression applied to every text string
+	// of the result (content text, structuredContent strings, resource
+	// contents text); matches become Replacement.
+	Pattern string `json:"pattern,omitempty"`
+	// Replacement defaults to "[REDACTED]".
+	Replacement string `json:"replacement,omitempty"`
+}

@@ -1,0 +1,211 @@
+package policy
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io/fs"
+	"os"
+	"path"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/loader"
+	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/open-policy-agent/opa/v1/storage"
+	"github.com/open-policy-agent/opa/v1/storage/inmem"
+	"github.com/open-policy-agent/opa/v1/util"
+)
+
+// policySet is one loaded, compiled and prepared set of policies. It is
+// immutable once built; a reload builds a new one and swaps the pointer.
+type policySet struct {
+	revision string
+	loadedAt time.Time
+	pkg      ast.Ref
+	modules  map[string]*ast.Module // as parsed, for Explain
+	store    storage.Store
+	decide   *rego.PreparedEvalQuery
+	visible  *rego.PreparedEvalQuery
+	// vis caches visibility answers of this set only: a new revision
+	// starts with an empty cache.
+	vis *visibilityCache
+}
+
+// source is where policies come from: a directory, or an fs.FS.
+type source struct {
+	name string // for errors: the directory, or "embedded policy"
+	fsys fs.FS
+}
+
+func newSource(dir string, fsys fs.FS) (source, error) {
+	switch {
+	case dir != "" && fsys != nil:
+		return source{}, errors.New("policy: set Dir or FS, not both")
+	case dir != "":
+		// os.DirFS makes module names relative to Dir ("authz.rego"),
+		// which keeps revisions and trace locations independent of where
+		// the directory is mounted. Its Stat follows symlinks, as the
+		// files of a Kubernetes ConfigMap volume need.
+		return source{name: dir, fsys: os.DirFS(dir)}, nil
+	case fsys != nil:
+		return source{name: "embedded policy", fsys: fsys}, nil
+	default:
+		return source{}, errors.New("policy: Dir or FS is required")
+	}
+}
+
+// isPolicyFile reports whether the loader reads a file of this name.
+func isPolicyFile(name string) bool {
+	switch path.Ext(name) {
+	case ".rego", ".json", ".yaml", ".yml":
+		return true
+	}
+	return false
+}
+
+// engineFilter is the loader filter of the engine: policies and data,
+// without tests (only RunTests loads *_test.rego) and without hidden files
+// and directories (editor swap files, .git, a ConfigMap's ..data link).
+// Other files (README.md) are ignored rather than parsed.
+func engineFilter(_ string, info fs.FileInfo, depth int) bool {
+	name := info.Name()
+	if depth > 0 && strings.HasPrefix(name, ".") {
+		return true
+	}
+	if info.IsDir() {
+		return false
+	}
+	return !isPolicyFile(name) || strings.HasSuffix(name, "_test.rego")
+}
+
+// testFilter is engineFilter with the tests.
+func testFilter(_ string, info fs.FileInfo, depth int) bool {
+	name := info.Name()
+	if depth > 0 && strings.HasPrefix(name, ".") {
+		return true
+	}
+	return !info.IsDir() && !isPolicyFile(name)
+}
+
+// fingerprint hashes the names and contents of the files the engine
+// loads. Policy directories are small, so reading them every reload tick
+// is cheap, and unlike sizes and mtimes a content hash misses no edit.
+func (s source) fingerprint() (string, error) {
+	paths, err := loader.FilteredPathsFS(s.fsys, []string{"."}, engineFilter)
+	if err != nil {
+		return "", fmt.Errorf("list policy files in %s: %w", s.name, err)
+	}
+	slices.Sort(paths)
+	h := sha256.New()
+	for _, p := range paths {
+		b, err := fs.ReadFile(s.fsys, p)
+		if err != nil {
+			return "", fmt.Errorf("read policy file %s: %w", p, err)
+		}
+		writeField(h, []byte(p))
+		writeField(h, b)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// writeField writes a length-prefixed field, so that no two different
+// sequences of fields hash the same.
+func writeField(h hash.Hash, b []byte) {
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], uint64(len(b)))
+	h.Write(n[:])
+	h.Write(b)
+}
+
+// loadSet loads, compiles and prepares the policy set of src. Everything
+// that can fail fails here, never during a decision.
+func loadSet(ctx context.Context, src source, pkg ast.Ref, now time.Time) (*policySet, error) {
+	res, err := loader.NewFileLoader().
+		WithFS(src.fsys).
+		WithRegoVersion(ast.RegoV1).
+		WithProcessAnnotation(true).
+		Filtered([]string{"."}, engineFilter)
+	if err != nil {
+		return nil, fmt.Errorf("load policy %s: %w", src.name, err)
+	}
+	if len(res.Modules) == 0 {
+		return nil, fmt.Errorf("load policy %s: no .rego files", src.name)
+	}
+	set := &policySet{
+		revision: revision(res),
+		loadedAt: now,
+		pkg:      pkg,
+		modules:  res.ParsedModules(),
+		// Data is converted to AST values once, at load, not on every read.
+		store: inmem.NewFromObjectWithOpts(res.Documents, inmem.OptReturnASTValuesOnRead(true)),
+		vis:   newVisibilityCache(),
+	}
+	compiler, err := compile(ctx, set.store, set.modules, false)
+	if err != nil {
+		return nil, fmt.Errorf("compile policy %s: %w", src.name, err)
+	}
+	if len(compiler.GetRulesExact(rule(pkg, "allow"))) == 0 {
+		return nil, fmt.Errorf("compile policy %s: package %s defines no allow rule", src.name, pkg[1:])
+	}
+	if set.decide, err = prepare(ctx, compiler, set.store, decideQuery(pkg)); err != nil {
+		return nil, fmt.Errorf("prepare policy %s: %w", src.name, err)
+	}
+	if set.visible, err = prepare(ctx, compiler, set.store, visibleQuery(pkg)); err != nil {
+		return nil, fmt.Errorf("prepare policy %s: %w", src.name, err)
+	}
+	return set, nil
+}
+
+// compile compiles modules against store. print() calls are erased unless
+// prints is set (Explain): the hot path never formats output no one reads.
+func compile(ctx context.Context, store storage.Store, modules map[string]*ast.Module, prints bool) (*ast.Compiler, error) {
+	txn, err := store.NewTransaction(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer store.Abort(ctx, txn)
+	c := ast.NewCompiler().
+		WithEnablePrintStatements(prints).
+		// A rule defined where a data file already put a value would be
+		// shadowed at run time; opa reports it at compile time, so do we.
+		WithPathConflictsCheck(storage.NonEmpty(ctx, store, txn))
+	c.Compile(modules)
+	if c.Failed() {
+		return nil, c.Errors
+	}
+	return c, nil
+}
+
+func prepare(ctx context.Context, c *ast.Compiler, store storage.Store, query string) (*rego.PreparedEvalQuery, error) {
+	pq, err := rego.New(rego.Query(query), rego.Compiler(c), rego.Store(store)).PrepareForEval(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &pq, nil
+}
+
+// revision hashes what was compiled: every module's path and source and
+// the merged data document in canonical JSON (sorted keys), so that a
+// reformatted data file that means the same is the same revision.
+func revision(res *loader.Result) string {
+	h := sha256.New()
+	mods := make([]*loader.RegoFile, 0, len(res.Modules))
+	for _, m := range res.Modules {
+		mods = append(mods, m)
+	}
+	slices.SortFunc(mods, func(a, b *loader.RegoFile) int { return cmp.Compare(a.Name, b.Name) })
+	for _, m := range mods {
+		writeField(h, []byte(m.Name))
+		writeField(h, m.Raw)
+	}
+	writeField(h, util.MustMarshalJSON(res.Documents))
+	return hex.EncodeToString(h.Sum(nil))[:12]
+}

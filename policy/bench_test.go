@@ -151,3 +151,23 @@ func BenchmarkInputJSONRoundTrip(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkDecideShippedPolicy is one tools/call decision with the policy a
+// new install starts with (policies/authz.rego), decision log on.
+func BenchmarkDecideShippedPolicy(b *testing.B) {
+	e, err := New(Options{Dir: "../policies", DecisionLog: io.Discard})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(e.Close)
+	in := benchInput()
+	in.Tool.Annotations = map[string]any{"readOnlyHint": true}
+	ctx := WithRequestID(context.Background(), "req-1")
+	if d := e.Decide(ctx, in); !d.Allow {
+		b.Fatalf("Decide = %+v, want allow", d)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		e.Decide(ctx, in)
+	}
+}

@@ -13,8 +13,9 @@ import (
 )
 
 // decideQuery evaluates allow, reason and redact of the package in one
-// query. Each rule is wrapped in an array comprehension so that one
-// undefined rule does not make the others undefined: [] means undefined.
+// query (Explain; decisions evaluate the rules one by one). Each rule is
+// wrapped in an array comprehension so that one undefined rule does not
+// make the others undefined: [] means undefined.
 func decideQuery(pkg ast.Ref) string {
 	return fmt.Sprintf("allow := [x | x := %s]; reason := [x | x := %s]; redact := [x | x := %s]",
 		rule(pkg, "allow"), rule(pkg, "reason"), rule(pkg, "redact"))

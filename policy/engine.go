@@ -66,7 +66,15 @@ type Options struct {
 	// Now is the clock for timestamps and the visibility cache. Nil
 	// means time.Now.
 	Now func() time.Time
+	// PartialEvalBudget bounds the partial evaluation of each rule when a
+	// set is loaded; a rule that takes longer is evaluated in full at
+	// each decision instead (slower, same answers) and a warning is
+	// logged. Zero means DefaultPartialEvalBudget.
+	PartialEvalBudget time.Duration
 }
+
+// DefaultPartialEvalBudget is the default Options.PartialEvalBudget.
+const DefaultPartialEvalBudget = 2 * time.Second
 
 // Engine decides requests with a compiled, prepared policy set that it
 // reloads when Dir changes. It is safe for concurrent use.
@@ -74,7 +82,8 @@ type Engine struct {
 	src     source
 	pkg     ast.Ref // data.<package>
 	timeout time.Duration
-	log     *decisionLog // nil: no decision log
+	budget  time.Duration // partial evaluation, per rule, at load
+	log     *decisionLog  // nil: no decision log
 	logger  *slog.Logger
 	now     func() time.Time
 
@@ -119,7 +128,7 @@ func New(opts Options) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	set, err := loadSet(context.Background(), e.src, e.pkg, e.now())
+	set, err := e.load(context.Background())
 	if err != nil {
 		return nil, err
 	}
@@ -149,6 +158,7 @@ func newEngine(opts Options) (*Engine, error) {
 		src:     src,
 		pkg:     pkg,
 		timeout: cmpOr(opts.Timeout, config.DefaultPolicyTimeout),
+		budget:  cmpOr(opts.PartialEvalBudget, DefaultPartialEvalBudget),
 		logger:  opts.Logger,
 		now:     opts.Now,
 		done:    make(chan struct{}),
@@ -185,6 +195,17 @@ func packageRef(pkg string) (ast.Ref, error) {
 		}
 	}
 	return ref, nil
+}
+
+// load loads a set from the engine's source and warns about rules that
+// could not be optimized.
+func (e *Engine) load(ctx context.Context) (*policySet, error) {
+	set, err := loadSet(ctx, e.src, e.pkg, e.now(), e.budget)
+	if err == nil && len(set.unoptimized) > 0 {
+		e.logger.Warn("policy rules not optimized: their input-independent part takes longer than the partial evaluation budget to fold in, so they are evaluated in full at every decision (same answers, slower)",
+			"rules", set.unoptimized, "budget", e.budget, "revision", set.revision)
+	}
+	return set, err
 }
 
 // Close stops the reload loop and waits for it. Decisions keep working
@@ -230,10 +251,23 @@ func (e *Engine) Decide(ctx context.Context, in *Input) Decision {
 	return d
 }
 
-// decide evaluates the decide query and fills d from its result.
+// decide evaluates allow and then, as the answer needs, redact (allowed:
+// the instructions for the result) or reason (denied: the message), under
+// one deadline, and fills d. Reason is not read for an allowed request nor
+// redact for a denied one: neither would be used.
 func (e *Engine) decide(ctx context.Context, set *policySet, val ast.Value, d *Decision) (string, error) {
-	b, failure, err := e.eval(ctx, set.decide, val)
+	ctx, cancel := context.WithTimeout(ctx, e.timeout)
+	defer cancel()
+	allow, failure, err := e.eval(ctx, set.allow, val)
 	if err != nil {
+		return failure, err
+	}
+	b := rego.Vars{"allow": allow}
+	next, name := set.reason, "reason"
+	if len(allow) == 1 && allow[0] == true {
+		next, name = set.redact, "redact"
+	}
+	if b[name], failure, err = e.eval(ctx, next, val); err != nil {
 		return failure, err
 	}
 	return d.fill(b)
@@ -264,11 +298,12 @@ func (e *Engine) Visible(ctx context.Context, in *Input) bool {
 // visible evaluates the visible query for one input value. Undefined is
 // neither an error nor a failure: the item is hidden.
 func (e *Engine) visible(ctx context.Context, set *policySet, val ast.Value) (bool, string, error) {
-	b, failure, err := e.eval(ctx, set.visible, val)
+	ctx, cancel := context.WithTimeout(ctx, e.timeout)
+	defer cancel()
+	vs, failure, err := e.eval(ctx, set.visible, val)
 	if err != nil {
 		return false, failure, err
 	}
-	vs, _ := b["visible"].([]any)
 	if len(vs) == 0 {
 		// No default: hidden is the policy's answer, not a failure.
 		return false, "", nil
@@ -280,11 +315,10 @@ func (e *Engine) visible(ctx context.Context, set *policySet, val ast.Value) (bo
 	return v, "", nil
 }
 
-// eval runs a prepared query under the engine's timeout and returns the
-// bindings of its single result, or the failure and its cause.
-func (e *Engine) eval(ctx context.Context, pq *rego.PreparedEvalQuery, val ast.Value) (rego.Vars, string, error) {
-	ctx, cancel := context.WithTimeout(ctx, e.timeout)
-	defer cancel()
+// eval runs one rule's prepared query with ctx's deadline and returns its
+// value as a list: empty when the rule is undefined, else the one value.
+// On failure it returns the failure kind and its cause.
+func (e *Engine) eval(ctx context.Context, pq *rego.PreparedEvalQuery, val ast.Value) ([]any, string, error) {
 	// Cancel evaluation when ctx ends, without the goroutine per query
 	// that rego starts otherwise.
 	c := topdown.NewCancel()
@@ -295,10 +329,12 @@ func (e *Engine) eval(ctx context.Context, pq *rego.PreparedEvalQuery, val ast.V
 		return nil, FailureTimeout, fmt.Errorf("policy evaluation exceeded its deadline (timeout %v): %w", e.timeout, err)
 	case err != nil:
 		return nil, FailureError, err
-	case len(rs) != 1:
-		// The query's comprehensions are always defined: anything else is
-		// a bug, and fails closed.
+	case len(rs) == 0:
+		return []any{}, "", nil // undefined
+	case len(rs) != 1 || len(rs[0].Expressions) != 1:
+		// A single rule reference has at most one value: anything else
+		// is a bug, and fails closed.
 		return nil, FailureError, fmt.Errorf("policy query returned %d results, want 1", len(rs))
 	}
-	return rs[0].Bindings, "", nil
+	return []any{rs[0].Expressions[0].Value}, "", nil
 }

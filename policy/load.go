@@ -32,8 +32,14 @@ type policySet struct {
 	pkg      ast.Ref
 	modules  map[string]*ast.Module // as parsed, for Explain
 	store    storage.Store
-	decide   *rego.PreparedEvalQuery
-	visible  *rego.PreparedEvalQuery
+	// One prepared query per rule the gateway reads, each partially
+	// evaluated at load (rego.WithPartialEval): everything that does not
+	// depend on input (data, configuration checks, constant helpers) is
+	// computed once per set instead of once per decision.
+	allow, reason, redact, visible *rego.PreparedEvalQuery
+	// unoptimized names the rules whose partial evaluation did not finish
+	// within its budget; they are evaluated in full at each decision.
+	unoptimized []string
 	// vis caches visibility answers of this set only: a new revision
 	// starts with an empty cache.
 	vis *visibilityCache
@@ -127,7 +133,7 @@ func writeField(h hash.Hash, b []byte) {
 
 // loadSet loads, compiles and prepares the policy set of src. Everything
 // that can fail fails here, never during a decision.
-func loadSet(ctx context.Context, src source, pkg ast.Ref, now time.Time) (*policySet, error) {
+func loadSet(ctx context.Context, src source, pkg ast.Ref, now time.Time, peBudget time.Duration) (*policySet, error) {
 	res, err := loader.NewFileLoader().
 		WithFS(src.fsys).
 		WithRegoVersion(ast.RegoV1).
@@ -155,11 +161,17 @@ func loadSet(ctx context.Context, src source, pkg ast.Ref, now time.Time) (*poli
 	if len(compiler.GetRulesExact(rule(pkg, "allow"))) == 0 {
 		return nil, fmt.Errorf("compile policy %s: package %s defines no allow rule", src.name, pkg[1:])
 	}
-	if set.decide, err = prepare(ctx, compiler, set.store, decideQuery(pkg)); err != nil {
-		return nil, fmt.Errorf("prepare policy %s: %w", src.name, err)
-	}
-	if set.visible, err = prepare(ctx, compiler, set.store, visibleQuery(pkg)); err != nil {
-		return nil, fmt.Errorf("prepare policy %s: %w", src.name, err)
+	for _, q := range []struct {
+		name string
+		pq   **rego.PreparedEvalQuery
+	}{{"allow", &set.allow}, {"reason", &set.reason}, {"redact", &set.redact}, {"visible", &set.visible}} {
+		optimized := false
+		if *q.pq, optimized, err = prepare(ctx, compiler, set.store, q.name, rule(pkg, q.name).String(), peBudget); err != nil {
+			return nil, fmt.Errorf("prepare policy %s: rule %s: %w", src.name, q.name, err)
+		}
+		if !optimized {
+			set.unoptimized = append(set.unoptimized, q.name)
+		}
 	}
 	return set, nil
 }
@@ -184,12 +196,36 @@ func compile(ctx context.Context, store storage.Store, modules map[string]*ast.M
 	return c, nil
 }
 
-func prepare(ctx context.Context, c *ast.Compiler, store storage.Store, query string) (*rego.PreparedEvalQuery, error) {
-	pq, err := rego.New(rego.Query(query), rego.Compiler(c), rego.Store(store)).PrepareForEval(ctx)
-	if err != nil {
-		return nil, err
+// prepare prepares one query, partially evaluated when that finishes within
+// budget. Partial evaluation folds in everything that does not depend on
+// input (data, configuration checks) once per set; it keeps
+// non-deterministic builtins (time.now_ns, http.send) for evaluation time.
+// A policy whose input-independent part is too costly to fold (an
+// expensive constant computation) is prepared as it is instead, and
+// evaluated in full at each decision: the same answers, only slower, so
+// start-up and reloads stay bounded.
+func prepare(ctx context.Context, c *ast.Compiler, store storage.Store, name, query string, budget time.Duration) (*rego.PreparedEvalQuery, bool, error) {
+	r := func(opts ...func(*rego.Rego)) *rego.Rego {
+		return rego.New(append(opts, rego.Query(query), rego.Compiler(c), rego.Store(store))...)
 	}
-	return &pq, nil
+	// Partial evaluation adds its result to the shared compiler under its
+	// namespace: one namespace per rule, or the rules overwrite each other.
+	ns := rego.PartialNamespace("__ctxgate_partial_" + name)
+	peCtx, cancel := context.WithTimeout(ctx, budget)
+	pq, err := r(ns).PrepareForEval(peCtx, rego.WithPartialEval())
+	cancel()
+	if err == nil {
+		return &pq, true, nil
+	}
+	if ctx.Err() != nil {
+		return nil, false, ctx.Err()
+	}
+	// Over budget, or a policy partial evaluation cannot help (recursive
+	// references): prepare it as written. A policy that is wrong fails here.
+	if pq, err = r().PrepareForEval(ctx); err != nil {
+		return nil, false, err
+	}
+	return &pq, false, nil
 }
 
 // revision hashes what was compiled: every module's path and source and

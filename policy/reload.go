@@ -25,7 +25,7 @@ func (e *Engine) Reload(ctx context.Context) (bool, error) {
 		return false, nil
 	}
 	e.srcHash = hash
-	set, err := loadSet(ctx, e.src, e.pkg, e.now())
+	set, err := e.load(ctx)
 	if err != nil {
 		e.reloadFailed(err)
 		return false, err

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -49,8 +51,9 @@ func (s *Server) authorize(r *http.Request, fwd *forward, st *requestState) erro
 			continue // a client's answer to a server request decided earlier
 		}
 		in := s.policyInput(r, fwd, st, req)
-		d := s.policy.Decide(r.Context(), in)
+		d := s.decide(r.Context(), policy.PhaseRequest, in)
 		if !d.Allow {
+			st.decision = decisionDeny
 			e := denial(req.Method, d)
 			if !req.ID.IsValid() {
 				e.Status = http.StatusForbidden // a notification has no response to carry the error
@@ -63,6 +66,7 @@ func (s *Server) authorize(r *http.Request, fwd *forward, st *requestState) erro
 			}
 			fwd.exchanges[idKey(req.ID)] = &exchange{input: in, redact: d.Redact}
 		}
+		st.decision = decisionAllow
 	}
 	return nil
 }
@@ -136,6 +140,11 @@ func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte
 }
 
 func (s *Server) filterResponse(ctx context.Context, fwd *forward, m *jsonrpc.Response, data []byte) []byte {
+	if we, ok := errors.AsType[*jsonrpc.Error](m.Error); ok {
+		if st := stateOf(ctx); st != nil {
+			st.rpcError = strconv.FormatInt(we.Code, 10)
+		}
+	}
 	ex := fwd.exchanges[idKey(m.ID)]
 	if ex == nil || m.Error != nil || len(m.Result) == 0 {
 		return data
@@ -174,7 +183,7 @@ func (s *Server) allowServerRequest(ctx context.Context, fwd *forward, m *jsonrp
 	in := s.baseInput(fwd, m.Method)
 	in.Phase = policy.PhaseResponse // it travels in the upstream's answer stream
 	s.describeParams(in, fwd.route.upstream.Name, m.Params)
-	d := s.policy.Decide(ctx, in)
+	d := s.decide(ctx, policy.PhaseResponse, in)
 	if d.Allow {
 		return true
 	}

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -20,8 +21,8 @@ import (
 // attemptTransport is a route's way upstream. Every HTTP request to the
 // upstream is one attempt and gets: a client span whose context goes
 // upstream as traceparent (the gateway's span, never the client's raw
-// header), the attempt's metrics, and the upstream's status for
-// /admin/upstreams. It ends when the answer's body is closed, so a
+// header) and, for a JSON-RPC request, in params._meta; the attempt's
+// metrics; and the upstream's status for /admin/upstreams. It ends when the answer's body is closed, so a
 // streamed answer is measured to its end.
 type attemptTransport struct {
 	s     *Server
@@ -42,6 +43,13 @@ func (t *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	req.Header.Del("Traceparent")
 	req.Header.Del("Tracestate")
 	traceContext.Inject(ctx, propagation.HeaderCarrier(req.Header))
+	if fwd, st := forwardOf(ctx), stateOf(ctx); fwd != nil && st != nil && st.msg != nil && st.msg.IsCall() {
+		// The same context inside the message, for requests only: a
+		// client's answer or notification is relayed as it was checked.
+		if body, ok := withTraceMeta(ctx, fwd.body); ok {
+			req.Body, req.ContentLength, req.GetBody = io.NopCloser(bytes.NewReader(body)), int64(len(body)), nil
+		}
+	}
 	start := time.Now()
 	resp, err := t.next.RoundTrip(req)
 	if err != nil {

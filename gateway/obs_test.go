@@ -59,11 +59,14 @@ default visible := true
 type obsUpstream struct {
 	mu      sync.Mutex
 	headers []http.Header
+	bodies  [][]byte
 }
 
 func (u *obsUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
 	u.mu.Lock()
 	u.headers = append(u.headers, r.Header.Clone())
+	u.bodies = append(u.bodies, body)
 	u.mu.Unlock()
 	var msg struct {
 		ID     json.RawMessage `json:"id"`
@@ -72,7 +75,6 @@ func (u *obsUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			Name string `json:"name"`
 		} `json:"params"`
 	}
-	body, _ := io.ReadAll(r.Body)
 	_ = json.Unmarshal(body, &msg)
 	reply := func(result string) {
 		w.Header().Set("Content-Type", "application/json")
@@ -105,6 +107,13 @@ func (u *obsUpstream) lastHeader() http.Header {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return u.headers[len(u.headers)-1]
+}
+
+// lastBody is the body of the last request the upstream received.
+func (u *obsUpstream) lastBody() string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return string(u.bodies[len(u.bodies)-1])
 }
 
 // obsGateway is a gateway serving on real listeners (port 0), in front of

@@ -109,6 +109,11 @@ func TestTracing(t *testing.T) {
 		if got := sent.Get("Tracestate"); got != "vendor=opaque" {
 			t.Errorf("upstream tracestate = %q, want the caller's vendor=opaque", got)
 		}
+		// The same context inside the message, the rest of it unchanged.
+		wantBody := `{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","_meta":{"traceparent":"` + want + `","tracestate":"vendor=opaque"}}}`
+		if diff := cmp.Diff(wantBody, g.up.lastBody()); diff != "" {
+			t.Errorf("upstream body (-want +got):\n%s", diff)
+		}
 	})
 
 	t.Run("without a traceparent a new trace starts", func(t *testing.T) {
@@ -155,11 +160,16 @@ func TestTracingOff(t *testing.T) {
 			if tt.traceparent != "" {
 				c.header.Set("Traceparent", tt.traceparent)
 			}
-			if resp, body := c.post(t, `{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo"}}`); resp.StatusCode != http.StatusOK {
+			const call = `{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo"}}`
+			if resp, body := c.post(t, call); resp.StatusCode != http.StatusOK {
 				t.Fatalf("tools/call: %s %s", resp.Status, body)
 			}
 			if got := g.up.lastHeader().Get("Traceparent"); got != tt.want {
 				t.Errorf("upstream traceparent = %q, want %q", got, tt.want)
+			}
+			// Without a trace context the checked bytes go upstream as they are.
+			if got := g.up.lastBody(); tt.want == "" && got != call {
+				t.Errorf("upstream body = %s, want the client's bytes %s", got, call)
 			}
 		})
 	}

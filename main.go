@@ -61,6 +61,7 @@ commands:
   demo [--listen ADDR] [--dir DIR]
                         run the gateway in front of a built-in sample MCP server
   hash-key              read an API key on stdin, print its SHA-256 for auth.api_keys
+                        (or an admin token, for admin.token_sha256)
   policy test [-v] [DIR]
                         run the Rego tests (*_test.rego) of a policy directory (default: policies)
   policy eval --config FILE --input FILE

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -102,5 +104,64 @@ upstreams:
 	probe := `mcp_server_operation_duration_seconds_count{error_type="-32600",gen_ai_tool_name="",mcp_method_name="server/discover",mcp_protocol_version="",route="everything"} 1`
 	if !strings.Contains(body, `ctxgate_requests_total{outcome="error",route="everything"} 1`+"\n") || !strings.Contains(body, "\n"+probe+"\n") {
 		t.Errorf("/metrics: want exactly one error request, the server/discover probe")
+	}
+}
+
+// TestMetricsPolicyReload checks the reload series of the real binary: a
+// changed policy is counted ok and moves the revision gauge, a broken one
+// is counted failed and leaves it.
+func TestMetricsPolicyReload(t *testing.T) {
+	dir := t.TempDir()
+	policyFile := filepath.Join(dir, "authz.rego")
+	rego, err := os.ReadFile(filepath.Join(allowAllPolicy, "authz.rego"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(content string) {
+		if err := os.WriteFile(policyFile, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(string(rego))
+	gw := startGateway(t, fmt.Sprintf(`
+server: {listen: "127.0.0.1:0"}
+admin: {listen: "127.0.0.1:0"}
+policy: {dir: %q, decision_log: off, reload_interval: 100ms}
+auth: {anonymous: true}
+upstreams:
+  - {name: everything, url: "http://127.0.0.1:1/"}
+`, dir))
+	metrics := func() string {
+		resp, err := http.Get(gw.Admin + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return string(body)
+	}
+	revision := regexp.MustCompile(`\nctxgate_policy_revision_info\{revision="([0-9a-f]+)"\} 1\n`)
+	first := revision.FindStringSubmatch(metrics())
+	if first == nil {
+		t.Fatalf("no revision gauge in /metrics")
+	}
+
+	write(string(rego) + "\n# changed\n")
+	var body string
+	waitFor(t, "the reload to be counted", readyDeadline, func() bool {
+		body = metrics()
+		return strings.Contains(body, "\nctxgate_policy_reloads_total{result=\"ok\"} 1\n")
+	})
+	if m := revision.FindAllStringSubmatch(body, -1); len(m) != 1 || m[0][1] == first[1] {
+		t.Errorf("revision gauge after the reload: %v, want one series, not %s", m, first[1])
+	}
+
+	write("package ctxgate.authz\n\nallow if {\n")
+	waitFor(t, "the failed reload to be counted", readyDeadline, func() bool {
+		body = metrics()
+		return strings.Contains(body, "\nctxgate_policy_reloads_total{result=\"failed\"} 1\n")
+	})
+	if !strings.Contains(body, "\nctxgate_policy_reloads_total{result=\"ok\"} 1\n") {
+		t.Errorf("a rejected reload changed the ok count")
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -140,12 +139,8 @@ func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte
 }
 
 func (s *Server) filterResponse(ctx context.Context, fwd *forward, m *jsonrpc.Response, data []byte) []byte {
-	if we, ok := errors.AsType[*jsonrpc.Error](m.Error); ok {
-		if st := stateOf(ctx); st != nil {
-			st.rpcError = strconv.FormatInt(we.Code, 10)
-		}
-	}
 	ex := fwd.exchanges[idKey(m.ID)]
+	noteResultError(ctx, ex, m)
 	if ex == nil || m.Error != nil || len(m.Result) == 0 {
 		return data
 	}
@@ -174,6 +169,30 @@ func (s *Server) filterResponse(ctx context.Context, fwd *forward, m *jsonrpc.Re
 		return data
 	}
 	return out
+}
+
+// noteResultError records, for metrics and spans, that the upstream's
+// answer is an error: its JSON-RPC code, or "tool_error" for a tools/call
+// result with isError (the MCP semantic conventions' error.type).
+func noteResultError(ctx context.Context, ex *exchange, m *jsonrpc.Response) {
+	st := stateOf(ctx)
+	if st == nil {
+		return
+	}
+	if we, ok := errors.AsType[*jsonrpc.Error](m.Error); ok {
+		st.rpcError = rpcErrorType(we.Code)
+		return
+	}
+	// The cheap test first: most results are not errors, and some are large.
+	if ex == nil || ex.input.Method != "tools/call" || !bytes.Contains(m.Result, []byte(`"isError"`)) {
+		return
+	}
+	var r struct {
+		IsError bool `json:"isError"`
+	}
+	if json.Unmarshal(m.Result, &r) == nil && r.IsError {
+		st.rpcError = "tool_error"
+	}
 }
 
 // allowServerRequest decides a request the upstream sends the client. A

@@ -199,7 +199,7 @@ func (st *requestState) errorType(status int) string {
 	case st.err != nil:
 		return strconv.FormatInt(st.err.Code, 10)
 	case st.rpcError != "":
-		return st.rpcError
+		return st.rpcError // bounded by rpcErrorType
 	case status >= 400:
 		return strconv.Itoa(status)
 	}
@@ -236,6 +236,16 @@ func (s *Server) toolLabel(upstreamName string, t target) string {
 	}
 	if _, ok := s.catalog.tool(upstreamName, t.name); ok {
 		return t.name
+	}
+	return labelOther
+}
+
+// rpcErrorType is an upstream's JSON-RPC error code as an error.type value.
+// Codes outside the ranges JSON-RPC, MCP and the gateway use are "other":
+// an upstream must not be able to mint series either.
+func rpcErrorType(code int64) string {
+	if code >= -32768 && code <= -31000 {
+		return strconv.FormatInt(code, 10)
 	}
 	return labelOther
 }

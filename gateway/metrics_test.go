@@ -22,6 +22,7 @@ func TestMetrics(t *testing.T) {
 		// A name the upstream never listed must not become a label value.
 		`{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"made-up-tool-8d2f"}}`,
 		`{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"forbidden"}}`,
+		`{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"fails"}}`,
 	}
 	for _, body := range calls {
 		if resp, answer := c.post(t, body); resp.StatusCode != http.StatusOK {
@@ -64,9 +65,9 @@ func TestMetrics(t *testing.T) {
 		t.Fatalf("DELETE: %s", resp.Status)
 	}
 
-	// initialize, notifications/initialized, tools/list, 3 calls, GET,
+	// initialize, notifications/initialized, tools/list, 4 calls, GET,
 	// DELETE on up; 2 refused; 1 on down.
-	const requests = 11
+	const requests = 12
 	var got map[string]float64
 	waitUntil(t, "every request to be counted", func() bool {
 		got = g.scrape(t)
@@ -88,7 +89,7 @@ func TestMetrics(t *testing.T) {
 		clientOp = "mcp_client_operation_duration_seconds_count"
 	)
 	want := map[string]float64{
-		`ctxgate_requests_total{outcome="allowed",route="up"}`:                                                                                7,
+		`ctxgate_requests_total{outcome="allowed",route="up"}`:                                                                                8,
 		`ctxgate_requests_total{outcome="denied",route="up"}`:                                                                                 1,
 		`ctxgate_requests_total{outcome="unauthenticated",route="up"}`:                                                                        2,
 		`ctxgate_requests_total{outcome="error",route="down"}`:                                                                                1,
@@ -100,18 +101,19 @@ func TestMetrics(t *testing.T) {
 		serverOp + `{error_type="-32602",gen_ai_tool_name="other",mcp_method_name="tools/call",mcp_protocol_version="2025-11-25",route="up"}`: 1,
 		// Denied, and answered as an unknown tool would be.
 		serverOp + `{error_type="-32602",gen_ai_tool_name="forbidden",mcp_method_name="tools/call",mcp_protocol_version="2025-11-25",route="up"}`: 1,
+		serverOp + `{error_type="tool_error",gen_ai_tool_name="fails",mcp_method_name="tools/call",mcp_protocol_version="2025-11-25",route="up"}`: 1,
 		serverOp + `{error_type="-31010",gen_ai_tool_name="",mcp_method_name="initialize",mcp_protocol_version="2025-03-26",route="down"}`:        1,
 		clientOp + `{error_type="",gen_ai_tool_name="echo",mcp_method_name="tools/call",mcp_protocol_version="2025-11-25",upstream="up"}`:         1,
 		clientOp + `{error_type="",gen_ai_tool_name="other",mcp_method_name="tools/call",mcp_protocol_version="2025-11-25",upstream="up"}`:        1,
 		// The denied call never left the gateway.
 		clientOp + `{error_type="",gen_ai_tool_name="forbidden",mcp_method_name="tools/call",mcp_protocol_version="2025-11-25",upstream="up"}`:         0,
 		clientOp + `{error_type="transport_error",gen_ai_tool_name="",mcp_method_name="initialize",mcp_protocol_version="2025-03-26",upstream="down"}`: 1,
-		`ctxgate_upstream_attempts_total{result="ok",upstream="up"}`:                                                                                   7,
+		`ctxgate_upstream_attempts_total{result="ok",upstream="up"}`:                                                                                   8,
 		`ctxgate_upstream_attempts_total{result="transport_error",upstream="down"}`:                                                                    1,
 		`ctxgate_sessions_started_total{route="up"}`:                                                                                                   1,
 		`ctxgate_sessions_ended_total{route="up"}`:                                                                                                     1,
 		`ctxgate_open_streams{kind="get",route="up"}`:                                                                                                  0,
-		`ctxgate_policy_decision_duration_seconds_count{phase="request",result="allow"}`:                                                               6, // 5 on up, 1 on down
+		`ctxgate_policy_decision_duration_seconds_count{phase="request",result="allow"}`:                                                               7, // 6 on up, 1 on down
 		`ctxgate_policy_decision_duration_seconds_count{phase="request",result="deny"}`:                                                                1,
 		`ctxgate_policy_reloads_total{result="ok"}`:                                                                                                    0,
 		`ctxgate_policy_reloads_total{result="failed"}`:                                                                                                0,

@@ -53,8 +53,9 @@ default visible := true
 `
 
 // obsUpstream is an MCP upstream scripted for the observability tests: it
-// lists the tools echo and forbidden, answers a call to echo, answers any
-// other tool with the JSON-RPC error for an unknown tool, holds GET streams
+// lists the tools echo, fails and forbidden, answers a call to echo, a call
+// to fails with an isError result, any other tool with the JSON-RPC error
+// for an unknown tool, holds GET streams
 // open until the client leaves, and records every request's headers.
 type obsUpstream struct {
 	mu      sync.Mutex
@@ -94,9 +95,11 @@ func (u *obsUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case msg.ID == nil:
 		w.WriteHeader(http.StatusAccepted)
 	case msg.Method == "tools/list":
-		reply(`"result":{"tools":[{"name":"echo","inputSchema":{"type":"object"}},{"name":"forbidden","inputSchema":{"type":"object"}}]}`)
+		reply(`"result":{"tools":[{"name":"echo","inputSchema":{"type":"object"}},{"name":"fails","inputSchema":{"type":"object"}},{"name":"forbidden","inputSchema":{"type":"object"}}]}`)
 	case msg.Method == "tools/call" && msg.Params.Name == "echo":
 		reply(`"result":{"content":[{"type":"text","text":"echo"}]}`)
+	case msg.Method == "tools/call" && msg.Params.Name == "fails":
+		reply(`"result":{"content":[{"type":"text","text":"it failed"}],"isError":true}`)
 	default:
 		reply(`"error":{"code":-32602,"message":"unknown tool"}`)
 	}

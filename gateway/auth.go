@@ -254,9 +254,9 @@ func (s *Server) authenticate(rt *route) func(http.Handler) http.Handler {
 // authenticateTraced authenticates r for rt inside an "authenticate" span
 // and counts a refusal by reason. The error is the client's answer.
 func (s *Server) authenticateTraced(r *http.Request, rt *route) (*Principal, error) {
-	_, span := s.tracer.Start(r.Context(), "authenticate")
+	ctx, span := s.tracer.Start(r.Context(), "authenticate")
 	defer span.End()
-	p, err := s.auth.authenticate(r, rt.resource)
+	p, err := s.auth.authenticate(r.WithContext(ctx), rt.resource)
 	reason := ""
 	if f, ok := errors.AsType[*authFailure](err); ok {
 		e := newError(http.StatusUnauthorized, CodeUnauthenticated, f.message, f.cause)

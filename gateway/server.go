@@ -21,9 +21,9 @@
 // the access record and the metrics from one requestState; authentication
 // and each policy decision are child spans; every HTTP request to an
 // upstream is an attempt (attemptTransport) with its own client span, whose
-// context is the traceparent the upstream receives (in the headers and in a
-// request's params._meta). AdminHandler serves
-// the metrics and status on the admin listener.
+// context is the traceparent the upstream receives (in the headers and in
+// a request's params._meta). AdminHandler serves the metrics and status on
+// the admin listener.
 package gateway
 
 import (

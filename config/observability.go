@@ -21,8 +21,8 @@ type Tracing struct {
 	// that arrives with a sampled traceparent is always recorded (the
 	// caller already decided). Nil means DefaultSampleRatio.
 	SampleRatio *float64 `yaml:"sample_ratio"`
-	// Insecure allows an http:// Endpoint, which sends spans (route names,
-	// tool names, principals' request ids) unencrypted.
+	// Insecure allows an http:// Endpoint, which sends spans (route and
+	// tool names, resource URIs, request ids) unencrypted.
 	Insecure bool `yaml:"insecure"`
 }
 

@@ -30,6 +30,9 @@ import (
 	"runtime/debug"
 	"strings"
 	"syscall"
+	"time"
+
+	"go.opentelemetry.io/otel"
 
 	"github.com/ctxgate/ctxgate/config"
 	"github.com/ctxgate/ctxgate/gateway"
@@ -58,6 +61,7 @@ commands:
   demo [--listen ADDR] [--dir DIR]
                         run the gateway in front of a built-in sample MCP server
   hash-key              read an API key on stdin, print its SHA-256 for auth.api_keys
+                        (or an admin token, for admin.token_sha256)
   policy test [-v] [DIR]
                         run the Rego tests (*_test.rego) of a policy directory (default: policies)
   policy eval --config FILE --input FILE
@@ -177,12 +181,31 @@ func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, policyFS f
 	if err != nil {
 		return err
 	}
-	engine, closeLog, err := newPolicyEngine(cfg.Policy, policyFS, log)
+	// One registry for every series, served on the admin listener.
+	metrics := gateway.NewMetrics()
+	engine, closeLog, err := newPolicyEngine(cfg.Policy, policyFS, log, metrics.PolicyReloaded)
 	if err != nil {
 		return err
 	}
 	defer closeLog()
 	defer engine.Close()
+	tracerProvider, err := gateway.NewTracerProvider(cfg.Tracing, buildVersion())
+	if err != nil {
+		return err
+	}
+	opts := gateway.Options{Logger: log, Policy: engine, Metrics: metrics}
+	if tracerProvider != nil {
+		// Export failures are logged like everything else, not through
+		// OpenTelemetry's default stderr logger.
+		otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { log.Warn("tracing export", "error", err.Error()) }))
+		opts.TracerProvider = tracerProvider
+		defer func() {
+			// After the gateway stopped: flush the last spans, bounded.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = tracerProvider.Shutdown(ctx)
+		}()
+	}
 	public, err := net.Listen("tcp", cfg.Server.Listen)
 	if err != nil {
 		return fmt.Errorf("server.listen: %w", err)
@@ -195,7 +218,7 @@ func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, policyFS f
 	// With port 0, a defaulted public URL (the token audience and the
 	// metadata URL clients are sent to) must name the port actually bound.
 	cfg.Bound(public.Addr().String())
-	gw, err := gateway.New(cfg, pool, gateway.Options{Logger: log, Policy: engine})
+	gw, err := gateway.New(cfg, pool, opts)
 	if err != nil {
 		public.Close()
 		admin.Close()
@@ -210,7 +233,7 @@ func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, policyFS f
 
 // newPolicyEngine loads the policy (compiled and prepared once; a broken
 // policy fails start-up) with its decision log.
-func newPolicyEngine(cfg config.Policy, policyFS fs.FS, log *slog.Logger) (*policy.Engine, func(), error) {
+func newPolicyEngine(cfg config.Policy, policyFS fs.FS, log *slog.Logger, onReload func(string, error)) (*policy.Engine, func(), error) {
 	var decisions io.Writer
 	closeLog := func() {}
 	switch cfg.DecisionLog {
@@ -228,7 +251,7 @@ func newPolicyEngine(cfg config.Policy, policyFS fs.FS, log *slog.Logger) (*poli
 	}
 	opts := policy.Options{
 		Dir: cfg.Dir, Package: cfg.Package, Timeout: cfg.Timeout, ReloadInterval: cfg.ReloadInterval,
-		DecisionLog: decisions, Mask: cfg.Mask, Logger: log,
+		DecisionLog: decisions, Mask: cfg.Mask, Logger: log, OnReload: onReload,
 	}
 	if policyFS != nil {
 		opts.Dir, opts.FS = "", policyFS
@@ -374,7 +397,7 @@ func cmdPolicyEval(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return fmt.Errorf("input %s: %w", *inputPath, err)
 	}
 	cfg.Policy.DecisionLog, cfg.Policy.ReloadInterval = "off", 0
-	engine, closeLog, err := newPolicyEngine(cfg.Policy, nil, newLogger("error", stderr))
+	engine, closeLog, err := newPolicyEngine(cfg.Policy, nil, newLogger("error", stderr), nil)
 	if err != nil {
 		return err
 	}

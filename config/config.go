@@ -21,6 +21,7 @@ type Config struct {
 	Auth      Auth       `yaml:"auth"`
 	Policy    Policy     `yaml:"policy"`
 	Log       Log        `yaml:"log"`
+	Tracing   Tracing    `yaml:"tracing"`
 	Upstreams []Upstream `yaml:"upstreams"`
 }
 
@@ -52,11 +53,17 @@ type Server struct {
 	TLS *TLS `yaml:"tls"`
 }
 
-// Admin is the operator listener (/healthz, /readyz).
+// Admin is the operator listener: health, readiness, metrics, status.
 type Admin struct {
-	// Listen is the admin host:port. Keep it on loopback or a private
-	// network: it has no authentication yet.
+	// Listen is the admin host:port. Beyond loopback it requires
+	// TokenSHA256: metrics and status describe the whole deployment.
 	Listen string `yaml:"listen"`
+	// TokenSHA256 is the hex SHA-256 of the bearer token the admin
+	// endpoints require (all but /healthz, and /readyz's detail). Empty
+	// means no token, which Validate allows on loopback only.
+	TokenSHA256 string `yaml:"token_sha256"`
+	// PProf serves Go's profiler at /debug/pprof/ on the admin listener.
+	PProf bool `yaml:"pprof"`
 }
 
 // Sessions configures the sealed, stateless session ids the gateway mints.
@@ -161,6 +168,7 @@ func (c *Config) applyDefaults() {
 	}
 	setDefault(&c.Log.Level, DefaultLogLevel)
 	c.Policy.applyDefaults()
+	c.Tracing.applyDefaults()
 	for i := range c.Upstreams {
 		setDefault(&c.Upstreams[i].MaxIdleConns, DefaultMaxIdleConns)
 	}

@@ -32,9 +32,12 @@ func defaults() config.Config {
 			Timeout:        config.DefaultPolicyTimeout,
 			ReloadInterval: config.DefaultReloadInterval,
 		},
-		Log: config.Log{Level: config.DefaultLogLevel},
+		Log:     config.Log{Level: config.DefaultLogLevel},
+		Tracing: config.Tracing{SampleRatio: ptr(config.DefaultSampleRatio)},
 	}
 }
+
+func ptr[T any](v T) *T { return &v }
 
 func TestParseDefaults(t *testing.T) {
 	tests := []struct {

@@ -27,10 +27,7 @@ var upstreamName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 func (c *Config) Validate() []Problem {
 	v := &validator{}
 	v.server(&c.Server)
-	v.listen("admin.listen", c.Admin.Listen)
-	if c.Admin.Listen == c.Server.Listen && !strings.HasSuffix(c.Admin.Listen, ":0") {
-		v.add("admin.listen", "must differ from server.listen; pick another port")
-	}
+	v.admin(&c.Admin, c.Server.Listen)
 	v.sessions(&c.Sessions)
 	v.auth(&c.Auth)
 	v.tls(c.Server.TLS, c.Auth.MTLS)
@@ -42,6 +39,7 @@ func (c *Config) Validate() []Problem {
 		v.add("log.level", "must be one of debug, info, warn, error")
 	}
 	v.policy(&c.Policy)
+	v.tracing(&c.Tracing)
 	v.upstreams(c.Upstreams, len(c.Auth.OIDC) > 0)
 	return v.problems
 }

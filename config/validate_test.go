@@ -126,6 +126,58 @@ func TestValidate(t *testing.T) {
 				c.Server.AllowedHosts = []string{"[::1]:8443", "mcp.internal"}
 			},
 		},
+		{
+			name:   "admin on a loopback name needs no token",
+			change: func(c *config.Config) { c.Admin.Listen = "localhost:9090" },
+		},
+		{
+			name:   "admin on IPv6 loopback needs no token",
+			change: func(c *config.Config) { c.Admin.Listen = "[::1]:9090" },
+		},
+		{
+			name:   "admin on every interface (empty host) needs a token",
+			change: func(c *config.Config) { c.Admin.Listen = ":9090" },
+			want:   []string{`admin.token_sha256: required when admin.listen is not a loopback address: set the hex SHA-256 of an admin bearer token (printf %s "$TOKEN" | ctxgate hash-key), or listen on 127.0.0.1`},
+		},
+		{
+			name: "admin beyond loopback with a token",
+			change: func(c *config.Config) {
+				c.Admin.Listen, c.Admin.TokenSHA256 = "0.0.0.0:9090", strings.Repeat("AB", 32)
+			},
+		},
+		{
+			name:   "a token on loopback is checked too",
+			change: func(c *config.Config) { c.Admin.TokenSHA256 = strings.Repeat("ab", 31) },
+			want:   []string{`admin.token_sha256: must be 64 hex digits; compute it with: printf %s "$TOKEN" | ctxgate hash-key`},
+		},
+		{
+			name:   "tracing off needs no endpoint",
+			change: func(c *config.Config) { c.Tracing.Enabled = false },
+		},
+		{
+			name: "sample ratios 0 and 1 are the bounds",
+			change: func(c *config.Config) {
+				c.Tracing = config.Tracing{Enabled: true, Endpoint: "https://otel:4318/v1/traces", SampleRatio: ptr(0.0)}
+			},
+		},
+		{
+			name: "an http collector is accepted with insecure",
+			change: func(c *config.Config) {
+				c.Tracing = config.Tracing{Enabled: true, Endpoint: "http://127.0.0.1:4318/v1/traces", Insecure: true, SampleRatio: ptr(1.0)}
+			},
+		},
+		{
+			name: "a collector URL with credentials",
+			change: func(c *config.Config) {
+				c.Tracing = config.Tracing{Enabled: true, Endpoint: "https://user:pw@otel:4318/v1/traces"}
+			},
+			want: []string{"tracing.endpoint: must not carry credentials"},
+		},
+		{
+			name:   "a collector that is not a URL",
+			change: func(c *config.Config) { c.Tracing = config.Tracing{Endpoint: "otel:4318"} },
+			want:   []string{"tracing.endpoint: must be an absolute http or https URL, e.g. https://otel-collector:4318/v1/traces"},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

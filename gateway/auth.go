@@ -12,6 +12,9 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+
 	"github.com/ctxgate/ctxgate/config"
 )
 
@@ -104,7 +107,23 @@ type authFailure struct {
 	message      string
 	invalidToken bool
 	cause        error
+	// reason is a fixed word for metrics and traces (never the cause,
+	// which may quote what the client sent).
+	reason string
 }
+
+// Reasons for an authentication failure (ctxgate_authentication_failures_total).
+const (
+	reasonMissing           = "missing"            // no credential, anonymous access off
+	reasonMalformed         = "malformed"          // Authorization is not "Bearer <credential>"
+	reasonDuplicate         = "duplicate"          // two Authorization or X-API-Key headers
+	reasonWrongHeader       = "wrong_header"       // X-API-Key sent where keys are read from Authorization
+	reasonTooLong           = "too_long"           // over maxCredentialBytes
+	reasonInvalidToken      = "invalid_token"      // a JWT that did not verify
+	reasonUnknownKey        = "unknown_key"        // a bearer credential or API key nobody issued
+	reasonCertificate       = "certificate"        // a verified certificate that names no principal
+	reasonInsufficientScope = "insufficient_scope" // the route's required scopes are missing
+)
 
 func (f *authFailure) Error() string {
 	if f.cause != nil {
@@ -131,34 +150,34 @@ func (a *authenticator) authenticate(r *http.Request, resource string) (*Princip
 		scheme, credential, ok := strings.Cut(authz[0], " ")
 		credential = strings.TrimSpace(credential)
 		if !ok || !strings.EqualFold(scheme, "Bearer") || credential == "" {
-			return nil, &authFailure{message: "Authorization must be: Bearer <credential>", invalidToken: true}
+			return nil, &authFailure{message: "Authorization must be: Bearer <credential>", invalidToken: true, reason: reasonMalformed}
 		}
 		return a.bearer(r.Context(), credential, resource)
 	}
 	if len(xkey) == 1 {
 		if a.header != "x-api-key" {
-			return nil, &authFailure{message: "credential not accepted", cause: errors.New("X-API-Key presented, API keys are read from Authorization")}
+			return nil, &authFailure{message: "credential not accepted", cause: errors.New("X-API-Key presented, API keys are read from Authorization"), reason: reasonWrongHeader}
 		}
 		return a.apiKey(xkey[0])
 	}
 	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && a.certs != nil {
 		p, err := a.certs.identify(r.TLS.VerifiedChains[0])
 		if err != nil {
-			return nil, &authFailure{message: "client certificate not accepted", cause: err}
+			return nil, &authFailure{message: "client certificate not accepted", cause: err, reason: reasonCertificate}
 		}
 		return p, nil
 	}
 	if a.anonymous {
 		return anonymous, nil
 	}
-	return nil, &authFailure{message: "authentication required"}
+	return nil, &authFailure{message: "authentication required", reason: reasonMissing}
 }
 
 // bearer tells a JWT (three base64url segments) from an API key and checks
 // it with the matching method.
 func (a *authenticator) bearer(ctx context.Context, credential, resource string) (*Principal, error) {
 	if len(credential) > maxCredentialBytes {
-		return nil, &authFailure{message: "credential not accepted", invalidToken: true, cause: errors.New("credential too long")}
+		return nil, &authFailure{message: "credential not accepted", invalidToken: true, cause: errors.New("credential too long"), reason: reasonTooLong}
 	}
 	if strings.Count(credential, ".") == 2 && a.tokens != nil {
 		p, err := a.tokens.verify(ctx, credential, resource)
@@ -172,10 +191,10 @@ func (a *authenticator) bearer(ctx context.Context, credential, resource string)
 				return &Principal{ID: "api_key:" + name, Kind: "api_key", Name: name}, nil
 			}
 		}
-		return nil, &authFailure{message: "token not accepted", invalidToken: true, cause: err}
+		return nil, &authFailure{message: "token not accepted", invalidToken: true, cause: err, reason: reasonInvalidToken}
 	}
 	if a.header != "authorization" || len(a.keys) == 0 {
-		return nil, &authFailure{message: "credential not accepted", invalidToken: true, cause: errors.New("no verifier accepts this bearer credential")}
+		return nil, &authFailure{message: "credential not accepted", invalidToken: true, cause: errors.New("no verifier accepts this bearer credential"), reason: reasonUnknownKey}
 	}
 	p, err := a.apiKey(credential)
 	if f, ok := errors.AsType[*authFailure](err); ok {
@@ -186,12 +205,12 @@ func (a *authenticator) bearer(ctx context.Context, credential, resource string)
 
 func (a *authenticator) apiKey(key string) (*Principal, error) {
 	if len(key) > maxCredentialBytes {
-		return nil, &authFailure{message: "credential not accepted", cause: errors.New("credential too long")}
+		return nil, &authFailure{message: "credential not accepted", cause: errors.New("credential too long"), reason: reasonTooLong}
 	}
 	if name, ok := a.lookupKey(key); ok {
 		return &Principal{ID: "api_key:" + name, Kind: "api_key", Name: name}, nil
 	}
-	return nil, &authFailure{message: "credential not accepted", cause: errors.New("unknown API key")}
+	return nil, &authFailure{message: "credential not accepted", cause: errors.New("unknown API key"), reason: reasonUnknownKey}
 }
 
 // lookupKey compares the key's hash with every configured hash in constant
@@ -218,22 +237,44 @@ func (a *authenticator) lookupKey(key string) (string, bool) {
 func (s *Server) authenticate(rt *route) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			p, err := s.auth.authenticate(r, rt.resource)
-			if f, ok := errors.AsType[*authFailure](err); ok {
-				e := newError(http.StatusUnauthorized, CodeUnauthenticated, f.message, f.cause)
-				e.Header = http.Header{"Www-Authenticate": {s.challenge(rt, f.invalidToken, "")}}
-				err = e
-			} else if err == nil {
-				err = s.checkScopes(rt, p)
-			}
+			st := stateOf(r.Context())
+			// Known from here on, so refusals below count for the route.
+			st.upstream, st.route = rt.upstream.Name, rt.path
+			p, err := s.authenticateTraced(r, rt)
 			if err != nil {
 				writeError(w, r, err)
 				return
 			}
-			stateOf(r.Context()).principal = p
+			st.principal = p
 			next.ServeHTTP(w, r)
 		})
 	}
+}
+
+// authenticateTraced authenticates r for rt inside an "authenticate" span
+// and counts a refusal by reason. The error is the client's answer.
+func (s *Server) authenticateTraced(r *http.Request, rt *route) (*Principal, error) {
+	ctx, span := s.tracer.Start(r.Context(), "authenticate")
+	defer span.End()
+	p, err := s.auth.authenticate(r.WithContext(ctx), rt.resource)
+	reason := ""
+	if f, ok := errors.AsType[*authFailure](err); ok {
+		e := newError(http.StatusUnauthorized, CodeUnauthenticated, f.message, f.cause)
+		e.Header = http.Header{"Www-Authenticate": {s.challenge(rt, f.invalidToken, "")}}
+		err, reason = e, f.reason
+	} else if err != nil {
+		reason = reasonDuplicate // the only other refusal: two credential headers
+	} else if err = s.checkScopes(rt, p); err != nil {
+		reason = reasonInsufficientScope
+	}
+	if reason != "" {
+		s.metrics.authFailures.WithLabelValues(rt.upstream.Name, reason).Inc()
+		span.SetAttributes(attribute.String("ctxgate.auth.failure", reason))
+		span.SetStatus(codes.Error, reason)
+		return nil, err
+	}
+	span.SetAttributes(attribute.String("ctxgate.auth.kind", p.Kind))
+	return p, nil
 }
 
 // checkScopes requires every scope the route demands. A principal that

@@ -14,8 +14,10 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/upstream"
 )
 
 const (
@@ -227,8 +229,9 @@ func TestAuthenticateMiddleware(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.tokens = &fakeTokens{token: "aaa.bbb.ccc", p: &Principal{ID: "oidc:i#u", Kind: "oidc", Scopes: []string{"mcp:read"}}}
-	s := &Server{auth: a}
+	s := &Server{auth: a, metrics: NewMetrics(), tracer: noop.NewTracerProvider().Tracer("")}
 	rt := &route{
+		upstream:    &upstream.Upstream{Name: "a"},
 		path:        "/mcp/a",
 		resource:    testResource,
 		metadataURL: "https://mcp.example.com/.well-known/oauth-protected-resource/mcp/a",
@@ -246,6 +249,7 @@ func TestAuthenticateMiddleware(t *testing.T) {
 		wantCode      int64
 		wantChallenge string
 		wantNext      *Principal // the principal next sees; nil: next not called
+		wantReason    string     // the failure counted; "" for none
 	}{
 		{
 			name: "valid key reaches next with its principal", rt: rt, authz: "Bearer " + testKeyCI,
@@ -253,23 +257,31 @@ func TestAuthenticateMiddleware(t *testing.T) {
 		},
 		{
 			name: "no credential: challenge without an error", rt: rt,
-			wantStatus: http.StatusUnauthorized, wantCode: CodeUnauthenticated, wantChallenge: meta,
+			wantStatus: http.StatusUnauthorized, wantCode: CodeUnauthenticated, wantChallenge: meta, wantReason: reasonMissing,
 		},
 		{
 			name: "bad key: invalid_token", rt: rt, authz: "Bearer nope",
-			wantStatus: http.StatusUnauthorized, wantCode: CodeUnauthenticated, wantChallenge: meta + `, error="invalid_token"`,
+			wantStatus: http.StatusUnauthorized, wantCode: CodeUnauthenticated, wantChallenge: meta + `, error="invalid_token"`, wantReason: reasonUnknownKey,
 		},
 		{
 			name: "scoped route, no credential: the challenge names the scopes", rt: &scoped,
 			wantStatus: http.StatusUnauthorized, wantCode: CodeUnauthenticated, wantChallenge: meta + `, scope="mcp:read mcp:write"`,
+			wantReason: reasonMissing,
 		},
 		{
 			name: "scoped route, API key cannot carry scopes", rt: &scoped, authz: "Bearer " + testKeyCI,
 			wantStatus: http.StatusUnauthorized, wantCode: CodeUnauthenticated, wantChallenge: meta + `, scope="mcp:read mcp:write"`,
+			wantReason: reasonInsufficientScope,
 		},
 		{
 			name: "scoped route, token lacking a scope: step-up", rt: &scoped, authz: "Bearer aaa.bbb.ccc",
 			wantStatus: http.StatusForbidden, wantCode: CodeInsufficientScope, wantChallenge: meta + `, scope="mcp:read mcp:write", error="insufficient_scope"`,
+			wantReason: reasonInsufficientScope,
+		},
+		{
+			name: "malformed Authorization", rt: rt, authz: "Basic dXNlcjpwdw==",
+			wantStatus: http.StatusUnauthorized, wantCode: CodeUnauthenticated, wantChallenge: meta + `, error="invalid_token"`,
+			wantReason: reasonMalformed,
 		},
 		{
 			name: "scoped route, token with every scope", rt: &readOnly, authz: "Bearer aaa.bbb.ccc",
@@ -294,7 +306,15 @@ func TestAuthenticateMiddleware(t *testing.T) {
 				r.Header.Set("Authorization", tt.authz)
 			}
 			w := httptest.NewRecorder()
+			s.metrics.authFailures.Reset()
 			s.authenticate(tt.rt)(next).ServeHTTP(w, r)
+			var reasons []string
+			if tt.wantReason != "" {
+				reasons = []string{tt.wantReason}
+			}
+			if diff := cmp.Diff(reasons, failureReasons(t, s.metrics)); diff != "" {
+				t.Errorf("authentication failures counted (-want +got):\n%s", diff)
+			}
 			if w.Code != tt.wantStatus {
 				t.Errorf("status = %d, want %d; body %s", w.Code, tt.wantStatus, w.Body)
 			}
@@ -322,4 +342,28 @@ func TestPrincipalOfFailsClosed(t *testing.T) {
 	if p, err := principalOf(ctx); err == nil {
 		t.Errorf("principalOf(state without principal) = %+v, want an error", p)
 	}
+}
+
+// failureReasons lists the reasons counted in
+// ctxgate_authentication_failures_total, one entry per count.
+func failureReasons(t *testing.T, m *Metrics) []string {
+	t.Helper()
+	families, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, f := range families {
+		if f.GetName() != "ctxgate_authentication_failures_total" {
+			continue
+		}
+		for _, metric := range f.GetMetric() {
+			for _, l := range metric.GetLabel() {
+				for i := 0; l.GetName() == "reason" && i < int(metric.GetCounter().GetValue()); i++ {
+					out = append(out, l.GetValue())
+				}
+			}
+		}
+	}
+	return out
 }

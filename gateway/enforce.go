@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -49,8 +50,9 @@ func (s *Server) authorize(r *http.Request, fwd *forward, st *requestState) erro
 			continue // a client's answer to a server request decided earlier
 		}
 		in := s.policyInput(r, fwd, st, req)
-		d := s.policy.Decide(r.Context(), in)
+		d := s.decide(r.Context(), policy.PhaseRequest, in)
 		if !d.Allow {
+			st.decision = decisionDeny
 			e := denial(req.Method, d)
 			if !req.ID.IsValid() {
 				e.Status = http.StatusForbidden // a notification has no response to carry the error
@@ -63,6 +65,7 @@ func (s *Server) authorize(r *http.Request, fwd *forward, st *requestState) erro
 			}
 			fwd.exchanges[idKey(req.ID)] = &exchange{input: in, redact: d.Redact}
 		}
+		st.decision = decisionAllow
 	}
 	return nil
 }
@@ -137,6 +140,7 @@ func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte
 
 func (s *Server) filterResponse(ctx context.Context, fwd *forward, m *jsonrpc.Response, data []byte) []byte {
 	ex := fwd.exchanges[idKey(m.ID)]
+	noteResultError(ctx, ex, m)
 	if ex == nil || m.Error != nil || len(m.Result) == 0 {
 		return data
 	}
@@ -167,6 +171,30 @@ func (s *Server) filterResponse(ctx context.Context, fwd *forward, m *jsonrpc.Re
 	return out
 }
 
+// noteResultError records, for metrics and spans, that the upstream's
+// answer is an error: its JSON-RPC code, or "tool_error" for a tools/call
+// result with isError (the MCP semantic conventions' error.type).
+func noteResultError(ctx context.Context, ex *exchange, m *jsonrpc.Response) {
+	st := stateOf(ctx)
+	if st == nil {
+		return
+	}
+	if we, ok := errors.AsType[*jsonrpc.Error](m.Error); ok {
+		st.rpcError = rpcErrorType(we.Code)
+		return
+	}
+	// The cheap test first: most results are not errors, and some are large.
+	if ex == nil || ex.input.Method != "tools/call" || !bytes.Contains(m.Result, []byte(`"isError"`)) {
+		return
+	}
+	var r struct {
+		IsError bool `json:"isError"`
+	}
+	if json.Unmarshal(m.Result, &r) == nil && r.IsError {
+		st.rpcError = "tool_error"
+	}
+}
+
 // allowServerRequest decides a request the upstream sends the client. A
 // denied one never reaches the client; the upstream is told, so it does not
 // wait for an answer that cannot come.
@@ -174,7 +202,7 @@ func (s *Server) allowServerRequest(ctx context.Context, fwd *forward, m *jsonrp
 	in := s.baseInput(fwd, m.Method)
 	in.Phase = policy.PhaseResponse // it travels in the upstream's answer stream
 	s.describeParams(in, fwd.route.upstream.Name, m.Params)
-	d := s.policy.Decide(ctx, in)
+	d := s.decide(ctx, policy.PhaseResponse, in)
 	if d.Allow {
 		return true
 	}

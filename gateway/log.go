@@ -4,11 +4,14 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"log/slog"
 	"net/http"
 	"time"
 
 	"github.com/go-chi/chi/v5/middleware"
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/ctxgate/ctxgate/policy"
 )
@@ -24,9 +27,53 @@ type requestState struct {
 	// it could still be read unambiguously, so the error can carry it.
 	rejectedID any
 	upstream   string
+	route      string // the route's path, e.g. /mcp/docs
 	session    bool   // the request carried a valid gateway session
 	version    string // MCP protocol version in effect
 	err        *Error // what writeError answered, with its internal cause
+	// target is the tool, prompt or resource a single message names, and
+	// toolLabel its bounded form for metrics (see Server.toolLabel).
+	target    target
+	toolLabel string
+	// decision is the policy's verdict on the request: decisionAllow,
+	// decisionDeny, or "" when none was asked.
+	decision string
+	// rpcError is the JSON-RPC error code of the upstream's answer, when
+	// the gateway read it.
+	rpcError string
+}
+
+// Policy verdicts in requestState.decision and the access log.
+const (
+	decisionAllow = "allow"
+	decisionDeny  = "deny"
+)
+
+// target is what one MCP message names: kind "tool", "prompt" or
+// "resource" with its name (or URI); zero for other methods.
+type target struct{ kind, name string }
+
+// targetOf reads the target of a strictly decoded request.
+func targetOf(req *jsonrpc.Request) target {
+	var p struct {
+		Name string `json:"name"`
+		URI  string `json:"uri"`
+	}
+	kind := ""
+	switch req.Method {
+	case "tools/call":
+		kind = "tool"
+	case "prompts/get":
+		kind = "prompt"
+	case "resources/read", "resources/subscribe", "resources/unsubscribe":
+		kind = "resource"
+	default:
+		return target{}
+	}
+	if json.Unmarshal(req.Params, &p) != nil {
+		return target{}
+	}
+	return target{kind: kind, name: p.Name + p.URI}
 }
 
 type stateKey struct{}
@@ -53,23 +100,37 @@ func newRequestID() string {
 // requestLog gives every request an id (echoed as X-Request-Id), a logger
 // that carries it on every line, and one access record when it ends. The id
 // is always the gateway's own: a client-chosen id could forge log lines.
+//
+// It also starts the request's span (continuing an incoming trace) and, when
+// the request ends, records its metrics from the same state.
 func (s *Server) requestLog(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		ctx, span := s.startRequestSpan(r)
 		st := &requestState{id: newRequestID()}
 		st.log = s.log.With("request_id", st.id)
+		if sc := span.SpanContext(); sc.IsValid() {
+			// Every line about the request can be found from its trace.
+			st.log = st.log.With("trace_id", sc.TraceID().String())
+		}
 		w.Header().Set("X-Request-Id", st.id)
 		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
 		defer func() {
-			s.accessRecord(r, st, ww.Status(), ww.BytesWritten(), time.Since(start))
+			status, d := ww.Status(), time.Since(start)
+			s.metrics.observeRequest(st, status, d)
+			s.endRequestSpan(span, st, status)
+			s.accessRecord(r, st, span.SpanContext(), status, ww.BytesWritten(), d)
 		}()
 		// The decision log carries the same request id as the access log.
-		ctx := policy.WithRequestID(context.WithValue(r.Context(), stateKey{}, st), st.id)
+		ctx = policy.WithRequestID(context.WithValue(ctx, stateKey{}, st), st.id)
 		next.ServeHTTP(ww, r.WithContext(ctx))
 	})
 }
 
-func (s *Server) accessRecord(r *http.Request, st *requestState, status, bytes int, d time.Duration) {
+// accessRecord writes the one record of a finished request. Only what the
+// gateway decided or verified is written, and never a credential: no
+// request header is logged at all.
+func (s *Server) accessRecord(r *http.Request, st *requestState, sc trace.SpanContext, status, bytes int, d time.Duration) {
 	attrs := []slog.Attr{
 		slog.String("http_method", r.Method),
 		slog.String("path", r.URL.Path),
@@ -77,6 +138,9 @@ func (s *Server) accessRecord(r *http.Request, st *requestState, status, bytes i
 		slog.Int("bytes", bytes),
 		slog.Duration("duration", d),
 		slog.String("remote", r.RemoteAddr),
+	}
+	if sc.IsValid() {
+		attrs = append(attrs, slog.String("span_id", sc.SpanID().String()))
 	}
 	if st.principal != nil {
 		attrs = append(attrs, slog.String("principal", st.principal.ID))
@@ -86,8 +150,17 @@ func (s *Server) accessRecord(r *http.Request, st *requestState, status, bytes i
 			attrs = append(attrs, slog.String("rpc_method", m))
 		}
 	}
+	if st.target.kind != "" {
+		attrs = append(attrs, slog.String(st.target.kind, clip(st.target.name, 256)))
+	}
+	if st.route != "" {
+		attrs = append(attrs, slog.String("route", st.route))
+	}
 	if st.upstream != "" {
 		attrs = append(attrs, slog.String("upstream", st.upstream))
+	}
+	if st.decision != "" {
+		attrs = append(attrs, slog.String("decision", st.decision))
 	}
 	if st.version != "" {
 		attrs = append(attrs, slog.String("protocol_version", st.version))

@@ -80,6 +80,10 @@ func (s *Server) serveRoute(rt *route) http.HandlerFunc {
 			err = newError(http.StatusMethodNotAllowed, CodeInvalidRequest, "method not allowed; use POST, GET or DELETE", nil)
 			err.(*Error).Header = http.Header{"Allow": {"GET, POST, DELETE"}}
 		}
+		if st.msg != nil && st.msg.Request() != nil {
+			st.target = targetOf(st.msg.Request())
+			st.toolLabel = s.toolLabel(rt.upstream.Name, st.target)
+		}
 		if err == nil {
 			fwd.base = &policy.Input{
 				Principal: policyPrincipal(principal),

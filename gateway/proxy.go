@@ -29,6 +29,8 @@ const maxFilteredResponseBytes = 32 << 20
 // claims (X-Forwarded-User and friends), Idempotency-Key (which would let
 // Go's Transport silently re-send a POST) and anything else unknown stay at
 // the gateway. Hop-by-hop headers were already removed by ReverseProxy.
+// traceparent and tracestate are not copied: the upstream attempt sets its
+// own (attemptTransport), so the upstream's parent is the gateway's span.
 var forwardedHeaders = []string{
 	"Accept",
 	"Content-Type",
@@ -36,18 +38,16 @@ var forwardedHeaders = []string{
 	"Mcp-Protocol-Version",
 	"Mcp-Method",
 	"Mcp-Name",
-	"Traceparent",
-	"Tracestate",
 	"User-Agent",
 }
 
 // forwardedHeaderPrefixes extend the allow-list to header families.
 var forwardedHeaderPrefixes = []string{"Mcp-Param-"}
 
-func (s *Server) newProxy(rt *route) *httputil.ReverseProxy {
+func (s *Server) newProxy(rt *route, transport http.RoundTripper) *httputil.ReverseProxy {
 	return &httputil.ReverseProxy{
 		Rewrite:   s.rewrite,
-		Transport: rt.upstream.Transport,
+		Transport: transport,
 		// Text/event-stream responses are flushed after every write
 		// (ReverseProxy does so for that content type); the SSE relay makes
 		// each write one event.
@@ -70,6 +70,11 @@ func (s *Server) rewrite(pr *httputil.ProxyRequest) {
 	out.URL = &u
 	out.Host = ""
 	out.Header = forwardHeaders(pr.In.Header)
+	if st := stateOf(pr.In.Context()); st != nil {
+		// The gateway's own id, so the upstream's logs can be correlated
+		// with the gateway's; a client's X-Request-Id is not forwarded.
+		out.Header.Set("X-Request-Id", st.id)
+	}
 	if fwd.upstreamSession != "" {
 		out.Header.Set("Mcp-Session-Id", fwd.upstreamSession)
 	}
@@ -131,6 +136,9 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 			return err
 		}
 	}
+	if resp.Request.Method == http.MethodDelete && resp.StatusCode < 300 {
+		s.metrics.sessionsEnded.WithLabelValues(fwd.route.upstream.Name).Inc()
+	}
 	ctx := resp.Request.Context()
 	switch {
 	case isEventStream(h):
@@ -143,6 +151,13 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 			stop = s.streams
 		}
 		relay := newSSERelay(resp.Body, stop)
+		kind := "post"
+		if fwd.stream {
+			kind = "get"
+		}
+		open := s.metrics.openStreams.WithLabelValues(fwd.route.upstream.Name, kind)
+		open.Inc()
+		relay.onClose = open.Dec
 		if s.policy != nil {
 			relay.transform = func(data []byte) ([]byte, bool) { return s.transformMessage(ctx, fwd, data) }
 		}
@@ -202,6 +217,7 @@ func (s *Server) mintSession(resp *http.Response, fwd *forward, upstreamSession 
 		return fmt.Errorf("seal session: %w", err)
 	}
 	resp.Header.Set("Mcp-Session-Id", id)
+	s.metrics.sessionsStarted.WithLabelValues(fwd.route.upstream.Name).Inc()
 	return nil
 }
 

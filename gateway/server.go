@@ -15,6 +15,15 @@
 //
 // GET (server stream) and DELETE (session end) take the same path without a
 // body. Every failure on the way is answered by writeError.
+//
+// Observability follows the same request: the first step starts its span
+// (continuing an incoming traceparent) and, when the request ends, writes
+// the access record and the metrics from one requestState; authentication
+// and each policy decision are child spans; every HTTP request to an
+// upstream is an attempt (attemptTransport) with its own client span, whose
+// context is the traceparent the upstream receives (in the headers and in
+// a request's params._meta). AdminHandler serves the metrics and status on
+// the admin listener.
 package gateway
 
 import (
@@ -33,6 +42,8 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/ctxgate/ctxgate/config"
 	"github.com/ctxgate/ctxgate/policy"
@@ -49,6 +60,12 @@ type Options struct {
 	// Policy decides every request; nil forwards everything the other
 	// checks let through (tests only: ctxgate serve always sets it).
 	Policy *policy.Engine
+	// Metrics receives the gateway's series and is served at /metrics;
+	// nil means a registry of the gateway's own.
+	Metrics *Metrics
+	// TracerProvider records spans; nil means none are recorded (a valid
+	// incoming trace context is still passed upstream).
+	TracerProvider trace.TracerProvider
 }
 
 // Server is one gateway: its routes, its admin endpoints and its lifecycle.
@@ -69,6 +86,12 @@ type Server struct {
 	policy decider
 	// catalog remembers upstream tool annotations for decisions.
 	catalog *catalog
+	metrics *Metrics
+	tracer  trace.Tracer
+	// adminToken is the SHA-256 of the admin bearer token; nil: none.
+	adminToken []byte
+	// upstreamStats feed /admin/upstreams, by upstream name.
+	upstreamStats map[string]*upstreamStats
 
 	ready    atomic.Bool // listeners are up
 	draining atomic.Bool // shutdown began: not ready, streams closing
@@ -87,11 +110,23 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	s.metrics = opts.Metrics
+	if s.metrics == nil {
+		s.metrics = NewMetrics()
+	}
+	var tp trace.TracerProvider = noop.NewTracerProvider()
+	if opts.TracerProvider != nil {
+		tp = opts.TracerProvider
+	}
+	s.tracer = tp.Tracer(tracerName)
 	now := opts.Now
 	if now == nil {
 		now = time.Now
 	}
 	var err error
+	if s.adminToken, err = adminTokenHash(cfg.Admin.TokenSHA256); err != nil {
+		return nil, err
+	}
 	if s.auth, err = newAuthenticator(cfg.Auth); err != nil {
 		return nil, err
 	}
@@ -123,6 +158,16 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 		return nil, fmt.Errorf("sessions: %w", err)
 	}
 	s.streams, s.stopStreams = context.WithCancel(context.Background())
+	s.upstreamStats = map[string]*upstreamStats{}
+	var names []string
+	for _, up := range pool.All() {
+		s.upstreamStats[up.Name] = &upstreamStats{}
+		names = append(names, up.Name)
+	}
+	s.metrics.initRoutes(names)
+	if s.policy != nil {
+		s.metrics.setPolicyRevision(s.policy.Revision())
+	}
 	s.handler = s.chain()
 	return s, nil
 }
@@ -178,7 +223,7 @@ func (s *Server) routes() []*route {
 		}
 		rt.resource = base + rt.path
 		rt.metadataURL = base + wellKnownPRM + rt.path
-		rt.proxy = s.newProxy(rt)
+		rt.proxy = s.newProxy(rt, &attemptTransport{s: s, name: up.Name, next: up.Transport, stats: s.upstreamStats[up.Name]})
 		out = append(out, rt)
 	}
 	return out
@@ -269,39 +314,4 @@ func (s *Server) shutdown(pub, adm *http.Server) {
 		s.oidc.Close()
 	}
 	s.log.Info("shutdown complete")
-}
-
-// AdminHandler serves the operator endpoints: /healthz (the process is
-// alive) and /readyz (listeners up and not shutting down).
-func (s *Server) AdminHandler() http.Handler {
-	r := chi.NewRouter()
-	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
-	r.Get("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		switch {
-		case s.draining.Load():
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
-		case !s.ready.Load():
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting"})
-		default:
-			// Ready even while an issuer's keys are missing: other methods
-			// still work, and its tokens are refused, not accepted.
-			detail := map[string]any{"status": "ready"}
-			if s.oidc != nil {
-				detail["oidc_keys_loaded"] = s.oidc.ready()
-			}
-			if s.policy != nil {
-				// The policy in force, and a reload that failed (the last
-				// good policy is still deciding).
-				st := s.policy.Status()
-				detail["policy_revision"] = st.Revision
-				if st.LastReloadError != "" {
-					detail["policy_reload_error"] = st.LastReloadError
-				}
-			}
-			writeJSON(w, http.StatusOK, detail)
-		}
-	})
-	return r
 }

@@ -162,6 +162,10 @@ type sseRelay struct {
 	// or drops it. A dropped event keeps its id and retry, so resumption
 	// still works, but carries no data and so dispatches nothing.
 	transform func(data []byte) ([]byte, bool)
+	// onClose, if set, is called once, on the first Close (the open
+	// streams gauge).
+	onClose func()
+	closed  atomic.Bool
 }
 
 func newSSERelay(upstream io.ReadCloser, stop context.Context) *sseRelay {
@@ -208,5 +212,8 @@ func (s *sseRelay) Read(p []byte) (int, error) {
 
 func (s *sseRelay) Close() error {
 	s.cancel()
+	if s.onClose != nil && s.closed.CompareAndSwap(false, true) {
+		s.onClose()
+	}
 	return s.upstream.Close()
 }

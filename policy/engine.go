@@ -71,6 +71,13 @@ type Options struct {
 	// each decision instead (slower, same answers) and a warning is
 	// logged. Zero means DefaultPartialEvalBudget.
 	PartialEvalBudget time.Duration
+	// OnReload, if set, is told of every reload that changed the policy
+	// (err nil, revision the new one) or was rejected (err set, revision
+	// the one still deciding), after Status reflects it. It runs on the
+	// reloading goroutine, outside the engine's locks, so it may call
+	// Status; it should return quickly. It keeps this package free of
+	// metrics libraries: the gateway counts reloads through it.
+	OnReload func(revision string, err error)
 }
 
 // DefaultPartialEvalBudget is the default Options.PartialEvalBudget.
@@ -86,6 +93,8 @@ type Engine struct {
 	log     *decisionLog  // nil: no decision log
 	logger  *slog.Logger
 	now     func() time.Time
+	// onReload is Options.OnReload; nil when unset.
+	onReload func(revision string, err error)
 
 	set atomic.Pointer[policySet]
 
@@ -155,13 +164,14 @@ func newEngine(opts Options) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{
-		src:     src,
-		pkg:     pkg,
-		timeout: cmpOr(opts.Timeout, config.DefaultPolicyTimeout),
-		budget:  cmpOr(opts.PartialEvalBudget, DefaultPartialEvalBudget),
-		logger:  opts.Logger,
-		now:     opts.Now,
-		done:    make(chan struct{}),
+		src:      src,
+		pkg:      pkg,
+		timeout:  cmpOr(opts.Timeout, config.DefaultPolicyTimeout),
+		budget:   cmpOr(opts.PartialEvalBudget, DefaultPartialEvalBudget),
+		logger:   opts.Logger,
+		now:      opts.Now,
+		onReload: opts.OnReload,
+		done:     make(chan struct{}),
 	}
 	if e.logger == nil {
 		e.logger = slog.New(slog.DiscardHandler)

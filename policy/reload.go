@@ -14,6 +14,16 @@ import (
 // ReloadInterval; it is safe to call at any time (an admin endpoint, a
 // SIGHUP handler, a test).
 func (e *Engine) Reload(ctx context.Context) (bool, error) {
+	changed, err := e.reload(ctx)
+	if e.onReload != nil && (changed || err != nil) {
+		// Outside reloadMu, so the hook may read Status.
+		e.onReload(e.Revision(), err)
+	}
+	return changed, err
+}
+
+// reload is Reload under reloadMu.
+func (e *Engine) reload(ctx context.Context) (bool, error) {
 	e.reloadMu.Lock()
 	defer e.reloadMu.Unlock()
 	hash, err := e.src.fingerprint()

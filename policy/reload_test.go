@@ -2,11 +2,14 @@ package policy
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 func policyAllowing(tool string) string {
@@ -117,4 +120,39 @@ func TestReloadLoop(t *testing.T) {
 	}
 	e.Close()
 	e.Close() // idempotent
+}
+
+// TestReloadHook checks OnReload hears of every applied and every rejected
+// reload, not of unchanged ones, and may read Status (no deadlock).
+func TestReloadHook(t *testing.T) {
+	type call struct {
+		Revision string
+		Failed   bool
+		Status   Status
+	}
+	var calls []call
+	var e *Engine
+	dir := writeDir(t, map[string]string{"authz.rego": policyAllowing("a")})
+	e = mustNew(t, Options{Dir: dir, OnReload: func(revision string, err error) {
+		calls = append(calls, call{Revision: revision, Failed: err != nil, Status: e.Status()})
+	}})
+	ctx := context.Background()
+	rev1 := e.Revision()
+	_, _ = e.Reload(ctx) // unchanged: not reported
+	writeFiles(t, dir, map[string]string{"authz.rego": policyAllowing("b")})
+	_, _ = e.Reload(ctx)
+	rev2 := e.Revision()
+	writeFiles(t, dir, map[string]string{"authz.rego": "package ctxgate.authz\n\nallow if {\n"})
+	_, _ = e.Reload(ctx)
+	if rev1 == rev2 {
+		t.Fatal("the valid change did not change the revision")
+	}
+	got := make([]string, 0, len(calls))
+	for _, c := range calls {
+		got = append(got, fmt.Sprintf("%s failed=%t reloads=%d failures=%d", c.Revision, c.Failed, c.Status.Reloads, c.Status.ReloadFailures))
+	}
+	want := []string{rev2 + " failed=false reloads=1 failures=0", rev2 + " failed=true reloads=1 failures=1"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("OnReload calls (-want +got):\n%s", diff)
+	}
 }

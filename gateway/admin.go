@@ -1,0 +1,159 @@
+package gateway
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+)
+
+// AdminHandler serves the operator endpoints, one line each below:
+//
+//	/healthz           the process is alive (never needs the token)
+//	/readyz            listeners up and not shutting down; the detail
+//	                   (policy revision, upstreams) only with the token
+//	/metrics           Prometheus
+//	/admin/upstreams   each upstream: url, requests, errors, last error
+//	/admin/policy      the policy's revision and reload history
+//	/debug/pprof/      Go's profiler, with admin.pprof only
+//
+// With admin.token_sha256 set, every endpoint but /healthz and /readyz
+// requires Authorization: Bearer <token>.
+func (s *Server) AdminHandler() http.Handler {
+	r := chi.NewRouter()
+	r.Get("/healthz", s.healthz)
+	r.Get("/readyz", s.readyz)
+	r.Group(func(r chi.Router) {
+		r.Use(s.requireAdmin)
+		r.Handle("/metrics", s.metrics.Handler())
+		r.Get("/admin/upstreams", s.adminUpstreams)
+		r.Get("/admin/policy", s.adminPolicy)
+		if s.cfg.Admin.PProf {
+			r.Mount("/debug", middleware.Profiler())
+		}
+	})
+	return r
+}
+
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case s.draining.Load():
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
+		return
+	case !s.ready.Load():
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting"})
+		return
+	}
+	// Ready even while an issuer's keys are missing: other methods still
+	// work, and its tokens are refused, not accepted.
+	detail := map[string]any{"status": "ready"}
+	if !s.adminAuthorized(r) {
+		// Probes need no credential; what is deployed is not theirs to see.
+		writeJSON(w, http.StatusOK, detail)
+		return
+	}
+	if s.oidc != nil {
+		detail["oidc_keys_loaded"] = s.oidc.ready()
+	}
+	if s.policy != nil {
+		// The policy in force, and a reload that failed (the last good
+		// policy is still deciding).
+		st := s.policy.Status()
+		detail["policy_revision"] = st.Revision
+		if st.LastReloadError != "" {
+			detail["policy_reload_error"] = st.LastReloadError
+		}
+	}
+	names := []string{}
+	for _, up := range s.pool.All() {
+		names = append(names, up.Name)
+	}
+	detail["upstreams"] = names
+	writeJSON(w, http.StatusOK, detail)
+}
+
+// upstreamStatus is one entry of /admin/upstreams.
+type upstreamStatus struct {
+	Name string `json:"name"`
+	// URL is the configured endpoint without its query, which may hold a
+	// tenant key.
+	URL         string    `json:"url"`
+	Requests    int64     `json:"requests"`
+	Errors      int64     `json:"errors"`
+	LastError   string    `json:"last_error,omitempty"`
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+}
+
+func (s *Server) adminUpstreams(w http.ResponseWriter, _ *http.Request) {
+	out := []upstreamStatus{}
+	for _, up := range s.pool.All() {
+		u := *up.URL
+		u.RawQuery, u.ForceQuery, u.User = "", false, nil
+		st := s.upstreamStats[up.Name]
+		st.mu.Lock()
+		e := upstreamStatus{Name: up.Name, URL: u.String(), LastError: st.lastError, LastErrorAt: st.lastErrorAt}
+		st.mu.Unlock()
+		e.Requests, e.Errors = st.requests.Load(), st.errors.Load()
+		out = append(out, e)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"upstreams": out})
+}
+
+func (s *Server) adminPolicy(w http.ResponseWriter, _ *http.Request) {
+	if s.policy == nil {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no policy engine"})
+		return
+	}
+	writeJSON(w, http.StatusOK, s.policy.Status())
+}
+
+// requireAdmin refuses a request without the admin token, when one is
+// configured.
+func (s *Server) requireAdmin(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.adminAuthorized(r) {
+			w.Header().Set("Www-Authenticate", `Bearer realm="ctxgate-admin"`)
+			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "admin token required: Authorization: Bearer <token>"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// adminAuthorized reports whether r may see admin detail: there is no
+// admin token, or r presents it. The presented token's hash is compared in
+// constant time, so timing reveals nothing of the configured one.
+func (s *Server) adminAuthorized(r *http.Request) bool {
+	if s.adminToken == nil {
+		return true
+	}
+	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || len(token) > maxCredentialBytes {
+		return false
+	}
+	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
+	return subtle.ConstantTimeCompare(sum[:], s.adminToken) == 1
+}
+
+// adminTokenHash decodes admin.token_sha256; nil when unset. A malformed
+// one is an error, never "no token": that would open the admin plane.
+func adminTokenHash(hexSum string) ([]byte, error) {
+	if hexSum == "" {
+		return nil, nil
+	}
+	b, err := hex.DecodeString(hexSum)
+	if err != nil || len(b) != sha256.Size {
+		return nil, errors.New("admin.token_sha256: must be 64 hex digits")
+	}
+	return b, nil
+}

@@ -1,0 +1,112 @@
+// Command bench measures what ctxgate costs, against the physical floor, in
+// one run on one machine:
+//
+//	go run ./e2e/bench                         # every target, 3 rounds of 5s
+//	go run ./e2e/bench -rounds 5 -duration 10s -rate 1000 -service-time 2ms
+//	go run ./e2e/bench -targets direct,go-proxy,ctxgate
+//
+// It starts an upstream MCP fixture (the official Go SDK server with fixed
+// tools), puts each target in front of it (none, a bare Go reverse proxy,
+// nginx, ctxgate pass-through, ctxgate with JWTs and the shipped policy),
+// and drives the same MCP workload through each on established sessions
+// (tools/call, and every fifth request tools/list), in interleaved rounds.
+// Each round of a target has two phases:
+//
+//   - closed loop: -conns requests in flight until -duration is over;
+//     throughput, and the CPU time per request of the system under test
+//     and of the upstream, read from /proc/<pid>/stat before and after;
+//   - open loop: -rate requests per second on a fixed schedule, each
+//     latency measured from its intended send time (coordinated-omission
+//     safe); p50, p90, p99, max.
+//
+// The system under test runs on CPU 0 with GOMAXPROCS=1 (nginx: one
+// worker), the upstream and the load generator on CPU 1. Every piece the
+// harness runs is this binary re-executed in a role (see roleEnv), so its
+// CPU is its own. Output is a markdown table; see README.md, "Benchmarks".
+//
+// Not measured yet: ctxgate served from its response cache (being built on
+// another branch), and the stateless 2026-07-28 protocol era, which the
+// gateway does not implement yet.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"time"
+)
+
+// options are the harness's flags.
+type options struct {
+	targets     []string
+	rounds      int
+	duration    time.Duration
+	warmup      time.Duration
+	rate        float64
+	conns       int
+	sessions    int
+	maxInflight int
+	serviceTime time.Duration
+	ctxgate     string // a built ctxgate binary; "" builds one
+	pin         bool
+	out         string
+}
+
+func main() {
+	if ran, err := runRole(); ran {
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	o, err := parseFlags(os.Args[1:])
+	if err != nil {
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	rep, err := run(ctx, o, os.Stderr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+	table := rep.markdown()
+	fmt.Print(table)
+	if o.out != "" {
+		if err := os.WriteFile(o.out, []byte(table), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+	}
+}
+
+func parseFlags(args []string) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	targets := fs.String("targets", strings.Join(allTargets, ","), "comma-separated targets, of: "+strings.Join(allTargets, ", "))
+	fs.IntVar(&o.rounds, "rounds", 3, "interleaved rounds (A B C A B C ...)")
+	fs.DurationVar(&o.duration, "duration", 5*time.Second, "length of each phase (closed loop, open loop) of a round")
+	fs.DurationVar(&o.warmup, "warmup", time.Second, "closed-loop warm-up before each round's measurement")
+	fs.Float64Var(&o.rate, "rate", 500, "open-loop rate, requests per second")
+	fs.IntVar(&o.conns, "conns", 16, "closed-loop requests in flight")
+	fs.IntVar(&o.sessions, "sessions", 16, "MCP sessions (each with its own token on the JWT targets)")
+	fs.IntVar(&o.maxInflight, "max-inflight", 256, "open-loop limit of requests in flight (late ones still count from their due time)")
+	fs.DurationVar(&o.serviceTime, "service-time", 0, "time the upstream takes for every tools/call")
+	fs.StringVar(&o.ctxgate, "ctxgate", "", "ctxgate binary to measure (default: build this checkout)")
+	fs.BoolVar(&o.pin, "pin", true, "pin the system under test to CPU 0, upstream and load generator to CPU 1 (taskset)")
+	fs.StringVar(&o.out, "out", "", "also write the table to this file")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	o.targets = strings.Split(*targets, ",")
+	if o.rounds < 1 || o.duration <= 0 || o.rate <= 0 || o.conns < 1 || o.sessions < 1 || o.maxInflight < 1 {
+		err := fmt.Errorf("-rounds, -duration, -rate, -conns, -sessions and -max-inflight must be positive")
+		fmt.Fprintln(fs.Output(), err)
+		return o, err
+	}
+	return o, nil
+}

@@ -1,0 +1,254 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// sample is one round of one target.
+type sample struct {
+	Closed, Open     loadResult
+	SUTCPU, Upstream time.Duration // CPU time used during the closed phase
+}
+
+// result is one target's samples, or why it was not measured.
+type result struct {
+	name    string
+	skipped string
+	samples []sample
+}
+
+// report is a whole run.
+type report struct {
+	opts    options
+	started time.Time
+	machine string
+	pinned  bool
+	results []*result
+}
+
+// run starts the fixture and the targets and measures them in interleaved
+// rounds. Progress goes to log.
+func run(ctx context.Context, o options, log io.Writer) (*report, error) {
+	for _, t := range o.targets {
+		if !slices.Contains(allTargets, t) {
+			return nil, fmt.Errorf("unknown target %q (targets: %s)", t, strings.Join(allTargets, ", "))
+		}
+	}
+	dir, err := os.MkdirTemp("", "ctxgate-bench-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	e := &env{dir: dir, sessions: o.sessions, sut: placement{cpu: -1, env: []string{"GOMAXPROCS=1"}}}
+	rep := &report{opts: o, started: time.Now().UTC(), machine: machine()}
+	side := placement{cpu: -1}
+	if o.pin {
+		if _, err := exec.LookPath("taskset"); err == nil && runtime.NumCPU() >= 2 {
+			e.sut.cpu, side.cpu, rep.pinned = 0, 1, true
+		} else {
+			fmt.Fprintln(log, "bench: not pinning: needs taskset and 2 CPUs")
+		}
+	}
+	if e.root, err = repoRoot(); err != nil {
+		return nil, err
+	}
+	if e.ctxgate, err = ctxgateBinary(o, dir, e.root, log); err != nil {
+		return nil, err
+	}
+	up, err := startRole(dir, "upstream", "upstream", side, "-service-time", o.serviceTime.String())
+	if err != nil {
+		return nil, err
+	}
+	defer up.stop()
+	addr, err := up.announced()
+	if err != nil {
+		return nil, err
+	}
+	e.upstream = "http://" + addr + "/"
+	if e.issuer, err = startIssuer(); err != nil {
+		return nil, err
+	}
+	defer e.issuer.Close()
+
+	var targets []*target
+	defer func() {
+		for _, t := range targets {
+			t.stop()
+		}
+	}()
+	for _, name := range o.targets {
+		r := &result{name: name}
+		rep.results = append(rep.results, r)
+		t, err := e.start(ctx, name)
+		if errors.Is(err, errNoNginx) {
+			r.skipped = err.Error()
+			fmt.Fprintln(log, "bench: skipping", name+":", err)
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("start %s: %w", name, err)
+		}
+		targets = append(targets, t)
+	}
+	for round := 1; round <= o.rounds; round++ {
+		for _, t := range targets {
+			fmt.Fprintf(log, "bench: round %d/%d: %s\n", round, o.rounds, t.name)
+			s, err := measure(ctx, o, dir, side, t, up.pid())
+			if err != nil {
+				return nil, fmt.Errorf("round %d, %s: %w", round, t.name, err)
+			}
+			r := rep.result(t.name)
+			r.samples = append(r.samples, s)
+		}
+	}
+	return rep, nil
+}
+
+func (r *report) result(name string) *result {
+	for _, res := range r.results {
+		if res.name == name {
+			return res
+		}
+	}
+	return nil
+}
+
+// measure runs one round against one target: a load generator process is
+// started and warmed up, then the closed phase runs between two readings of
+// the CPU time of the system under test and of the upstream, then the open
+// phase.
+func measure(ctx context.Context, o options, dir string, p placement, t *target, upstreamPID int) (sample, error) {
+	args := []string{"-url", t.url, "-tokens", t.tokens, "-sessions", strconv.Itoa(o.sessions),
+		"-conns", strconv.Itoa(o.conns), "-warmup", o.warmup.String(), "-duration", o.duration.String(),
+		"-rate", strconv.FormatFloat(o.rate, 'f', -1, 64), "-max-inflight", strconv.Itoa(o.maxInflight)}
+	load, err := startRole(dir, "load-"+t.name, "load", p, args...)
+	if err != nil {
+		return sample{}, err
+	}
+	defer load.stop()
+	phaseTimeout := 2*o.duration + time.Minute
+	if line, err := load.next(o.warmup + time.Minute); err != nil || line != "ready" {
+		return sample{}, fmt.Errorf("load generator not ready (%q): %v", line, err)
+	}
+	pids := []int{t.pid, upstreamPID}
+	before, err := cpuTimes(pids)
+	if err != nil {
+		return sample{}, err
+	}
+	var s sample
+	if err := phase(load, "closed", phaseTimeout, &s.Closed); err != nil {
+		return s, err
+	}
+	after, err := cpuTimes(pids)
+	if err != nil {
+		return s, err
+	}
+	s.SUTCPU, s.Upstream = after[0]-before[0], after[1]-before[1]
+	if err := phase(load, "open", phaseTimeout, &s.Open); err != nil {
+		return s, err
+	}
+	return s, ctx.Err()
+}
+
+// phase asks the load generator to run one phase and reads its result.
+func phase(load *child, name string, timeout time.Duration, r *loadResult) error {
+	if _, err := fmt.Fprintln(load.stdin, name); err != nil {
+		return err
+	}
+	line, err := load.next(timeout)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal([]byte(line), r); err != nil {
+		return fmt.Errorf("%s phase: %w: %q", name, err, line)
+	}
+	return nil
+}
+
+// cpuTimes reads the CPU time of each pid; pid 0 reads as 0.
+func cpuTimes(pids []int) ([]time.Duration, error) {
+	out := make([]time.Duration, len(pids))
+	for i, pid := range pids {
+		if pid == 0 {
+			continue
+		}
+		var err error
+		if out[i], err = cpuTime(pid); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// ctxgateBinary builds this checkout's ctxgate unless -ctxgate names one.
+func ctxgateBinary(o options, dir, root string, log io.Writer) (string, error) {
+	if o.ctxgate != "" {
+		return o.ctxgate, nil
+	}
+	if !slices.ContainsFunc(o.targets, func(t string) bool { return strings.HasPrefix(t, "ctxgate") }) {
+		return "", nil
+	}
+	bin := filepath.Join(dir, "ctxgate")
+	fmt.Fprintln(log, "bench: building ctxgate")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Dir, cmd.Stdout, cmd.Stderr = root, log, log
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("build ctxgate: %w", err)
+	}
+	return bin, nil
+}
+
+// repoRoot finds the ctxgate checkout from the working directory.
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && strings.HasPrefix(string(b), "module github.com/ctxgate/ctxgate\n") {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("run the harness inside the ctxgate repository (go run ./e2e/bench)")
+		}
+		dir = parent
+	}
+}
+
+// machine describes the CPU and load, for the report.
+func machine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	load, _ := os.ReadFile("/proc/loadavg")
+	return fmt.Sprintf("%s, %d CPUs, %s, %s/%s; load average at start: %s", model, runtime.NumCPU(),
+		runtime.Version(), runtime.GOOS, runtime.GOARCH, strings.Join(strings.Fields(string(load))[:min(3, len(strings.Fields(string(load))))], " "))
+}
+
+// perRequest is CPU microseconds per request, NaN when nothing ran.
+func perRequest(cpu time.Duration, requests int64) float64 {
+	if requests == 0 {
+		return math.NaN()
+	}
+	return float64(cpu.Microseconds()) / float64(requests)
+}

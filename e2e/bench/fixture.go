@@ -4,8 +4,12 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -51,6 +55,38 @@ func newFixture(serviceTime time.Duration) http.Handler {
 		&mcp.StreamableHTTPOptions{JSONResponse: true})
 }
 
+// countingPath is where the fixture tells how many MCP requests it has
+// served, so the harness can see whether a proxy sends more upstream
+// requests than it receives.
+const countingPath = "/bench/requests"
+
+// counted serves h, counting its requests, and the count at countingPath.
+func counted(h http.Handler) http.Handler {
+	var n atomic.Int64
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == countingPath {
+			fmt.Fprintln(w, n.Load())
+			return
+		}
+		n.Add(1)
+		h.ServeHTTP(w, r)
+	})
+}
+
+// upstreamRequests reads the fixture's request count.
+func upstreamRequests(upstream string) (int64, error) {
+	resp, err := http.Get(strings.TrimSuffix(upstream, "/") + countingPath)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+}
+
 // runUpstream is the "upstream" role: it serves the fixture on a loopback
 // port and prints "listening <addr>".
 func runUpstream(args []string) error {
@@ -59,7 +95,7 @@ func runUpstream(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	return serveAndAnnounce(newFixture(*serviceTime))
+	return serveAndAnnounce(counted(newFixture(*serviceTime)))
 }
 
 // serveAndAnnounce serves h on a free loopback port, announcing the address

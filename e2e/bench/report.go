@@ -9,16 +9,16 @@ import (
 
 // figures are one target's medians and ranges over the rounds.
 type figures struct {
-	rps, sut, upstream    spread // closed loop
-	p50, p90, p99, maxLat spread // open loop, milliseconds
-	errors, sent          int64
+	rps, sut, upstream, fan spread // closed loop
+	p50, p90, p99, maxLat   spread // open loop, milliseconds
+	errors, sent            int64
 }
 
 // figures summarizes a target's rounds. For direct, the system under test
 // is the upstream itself.
 func (r *result) figures() figures {
 	var f figures
-	var rps, sut, up, p50, p90, p99, mx []float64
+	var rps, sut, up, fan, p50, p90, p99, mx []float64
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	for _, s := range r.samples {
 		rps = append(rps, float64(s.Closed.Requests)/s.Closed.Seconds)
@@ -28,12 +28,13 @@ func (r *result) figures() figures {
 		}
 		sut = append(sut, perRequest(cpu, s.Closed.Requests))
 		up = append(up, perRequest(s.Upstream, s.Closed.Requests))
+		fan = append(fan, float64(s.UpstreamRequests)/float64(max(s.Closed.Requests, 1)))
 		p50, p90, p99 = append(p50, ms(s.Open.Latency.P50)), append(p90, ms(s.Open.Latency.P90)), append(p99, ms(s.Open.Latency.P99))
 		mx = append(mx, ms(s.Open.Latency.Max))
 		f.errors += s.Closed.Errors + s.Open.Errors
 		f.sent += s.Closed.Requests + s.Open.Requests
 	}
-	f.rps, f.sut, f.upstream = spreadOf(rps), spreadOf(sut), spreadOf(up)
+	f.rps, f.sut, f.upstream, f.fan = spreadOf(rps), spreadOf(sut), spreadOf(up), spreadOf(fan)
 	f.p50, f.p90, f.p99, f.maxLat = spreadOf(p50), spreadOf(p90), spreadOf(p99), spreadOf(mx)
 	return f
 }
@@ -53,8 +54,8 @@ func (r *report) markdown() string {
 	fmt.Fprintf(&b, "- workload: MCP 2025-11-25 on %d established sessions, 4 tools/call : 1 tools/list; upstream service time %s\n", o.sessions, o.serviceTime)
 	fmt.Fprintf(&b, "- %d interleaved rounds; per round and target: closed loop, %d in flight, %s (after %s warm-up); then open loop at %.0f req/s for %s\n\n",
 		o.rounds, o.conns, o.duration, o.warmup, o.rate, o.duration)
-	b.WriteString("| target | req/s (closed loop) | × direct | SUT CPU µs/req | × direct | × go-proxy | upstream CPU µs/req | p50 ms | p90 ms | p99 ms | max ms | errors |\n")
-	b.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	b.WriteString("| target | req/s (closed loop) | × direct | SUT CPU µs/req | × direct | × go-proxy | upstream CPU µs/req | upstream req/req | p50 ms | p90 ms | p99 ms | max ms | errors |\n")
+	b.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	base := map[string]figures{}
 	for _, res := range r.results {
 		if res.skipped == "" && len(res.samples) > 0 {
@@ -63,18 +64,18 @@ func (r *report) markdown() string {
 	}
 	for _, res := range r.results {
 		if res.skipped != "" {
-			fmt.Fprintf(&b, "| %s | not run: %s | | | | | | | | | | |\n", res.name, res.skipped)
+			fmt.Fprintf(&b, "| %s | not run: %s | | | | | | | | | | | |\n", res.name, res.skipped)
 			continue
 		}
 		f := base[res.name]
 		direct, hasDirect := base[targetDirect]
 		proxy, hasProxy := base[targetGoProxy]
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d of %d |\n", res.name,
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d of %d |\n", res.name,
 			fmtSpread(f.rps, 0), ratio(f.rps, direct.rps, hasDirect), fmtSpread(f.sut, 1),
-			ratio(f.sut, direct.sut, hasDirect), ratio(f.sut, proxy.sut, hasProxy), fmtSpread(f.upstream, 1),
+			ratio(f.sut, direct.sut, hasDirect), ratio(f.sut, proxy.sut, hasProxy), fmtSpread(f.upstream, 1), fmtSpread(f.fan, 3),
 			fmtSpread(f.p50, 2), fmtSpread(f.p90, 2), fmtSpread(f.p99, 2), fmtNum(f.maxLat.Max, 2), f.errors, f.sent)
 	}
-	b.WriteString("| ctxgate-cached | not run: the response cache is being built on another branch; this row will measure a cache hit when it lands | | | | | | | | | | |\n\n")
+	b.WriteString("| ctxgate-cached | not run: the response cache is being built on another branch; this row will measure a cache hit when it lands | | | | | | | | | | | |\n\n")
 	b.WriteString(legend)
 	for _, res := range r.results {
 		fmt.Fprintf(&b, "- `%s`: %s\n", res.name, descriptions[res.name])
@@ -86,7 +87,8 @@ func (r *report) markdown() string {
 const legend = `Medians over the rounds, with the range (min–max) in parentheses. SUT CPU is the user+system CPU
 time of the system under test's process during the closed-loop phase (/proc/<pid>/stat), divided by
 the requests answered; for direct it is the upstream's. "× direct" divides by direct's figure (for
-CPU: the upstream's own cost of a request), "× go-proxy" by the bare Go proxy's. Latencies are from
+CPU: the upstream's own cost of a request), "× go-proxy" by the bare Go proxy's. upstream req/req is
+the requests the upstream served per request answered (1.000: the proxy adds no upstream traffic). Latencies are from
 the open-loop phase, measured from each request's intended send time; max is the largest of any
 round. errors counts failed or wrong answers of all phases, of all requests sent.
 

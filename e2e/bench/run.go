@@ -21,6 +21,7 @@ import (
 type sample struct {
 	Closed, Open     loadResult
 	SUTCPU, Upstream time.Duration // CPU time used during the closed phase
+	UpstreamRequests int64         // requests the upstream served then
 }
 
 // result is one target's samples, or why it was not measured.
@@ -106,7 +107,7 @@ func run(ctx context.Context, o options, log io.Writer) (*report, error) {
 	for round := 1; round <= o.rounds; round++ {
 		for _, t := range targets {
 			fmt.Fprintf(log, "bench: round %d/%d: %s\n", round, o.rounds, t.name)
-			s, err := measure(ctx, o, dir, side, t, up.pid())
+			s, err := measure(ctx, o, dir, side, t, up.pid(), e.upstream)
 			if err != nil {
 				return nil, fmt.Errorf("round %d, %s: %w", round, t.name, err)
 			}
@@ -130,7 +131,7 @@ func (r *report) result(name string) *result {
 // started and warmed up, then the closed phase runs between two readings of
 // the CPU time of the system under test and of the upstream, then the open
 // phase.
-func measure(ctx context.Context, o options, dir string, p placement, t *target, upstreamPID int) (sample, error) {
+func measure(ctx context.Context, o options, dir string, p placement, t *target, upstreamPID int, upstream string) (sample, error) {
 	args := []string{"-url", t.url, "-tokens", t.tokens, "-sessions", strconv.Itoa(o.sessions),
 		"-conns", strconv.Itoa(o.conns), "-warmup", o.warmup.String(), "-duration", o.duration.String(),
 		"-rate", strconv.FormatFloat(o.rate, 'f', -1, 64), "-max-inflight", strconv.Itoa(o.maxInflight)}
@@ -148,6 +149,10 @@ func measure(ctx context.Context, o options, dir string, p placement, t *target,
 	if err != nil {
 		return sample{}, err
 	}
+	upBefore, err := upstreamRequests(upstream)
+	if err != nil {
+		return sample{}, err
+	}
 	var s sample
 	if err := phase(load, "closed", phaseTimeout, &s.Closed); err != nil {
 		return s, err
@@ -156,7 +161,11 @@ func measure(ctx context.Context, o options, dir string, p placement, t *target,
 	if err != nil {
 		return s, err
 	}
-	s.SUTCPU, s.Upstream = after[0]-before[0], after[1]-before[1]
+	upAfter, err := upstreamRequests(upstream)
+	if err != nil {
+		return s, err
+	}
+	s.SUTCPU, s.Upstream, s.UpstreamRequests = after[0]-before[0], after[1]-before[1], upAfter-upBefore
 	if err := phase(load, "open", phaseTimeout, &s.Open); err != nil {
 		return s, err
 	}

@@ -50,7 +50,8 @@ type options struct {
 	sessions    int
 	maxInflight int
 	serviceTime time.Duration
-	ctxgate     string // a built ctxgate binary; "" builds one
+	policyTime  time.Duration // ctxgate's policy.timeout; 0: its default
+	ctxgate     string        // a built ctxgate binary; "" builds one
 	pin         bool
 	out         string
 }
@@ -91,11 +92,12 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.rounds, "rounds", 3, "interleaved rounds (A B C A B C ...)")
 	fs.DurationVar(&o.duration, "duration", 5*time.Second, "length of each phase (closed loop, open loop) of a round")
 	fs.DurationVar(&o.warmup, "warmup", time.Second, "closed-loop warm-up before each round's measurement")
-	fs.Float64Var(&o.rate, "rate", 500, "open-loop rate, requests per second")
+	fs.Float64Var(&o.rate, "rate", 200, "open-loop rate, requests per second (keep it below the slowest target's closed-loop req/s)")
 	fs.IntVar(&o.conns, "conns", 16, "closed-loop requests in flight")
 	fs.IntVar(&o.sessions, "sessions", 16, "MCP sessions (each with its own token on the JWT targets)")
 	fs.IntVar(&o.maxInflight, "max-inflight", 256, "open-loop limit of requests in flight (late ones still count from their due time)")
 	fs.DurationVar(&o.serviceTime, "service-time", 0, "time the upstream takes for every tools/call")
+	fs.DurationVar(&o.policyTime, "policy-timeout", 0, "ctxgate's policy.timeout (default: the gateway's, 100ms); a slower decision is a deny, which an overloaded CPU shows as errors")
 	fs.StringVar(&o.ctxgate, "ctxgate", "", "ctxgate binary to measure (default: build this checkout)")
 	fs.BoolVar(&o.pin, "pin", true, "pin the system under test to CPU 0, upstream and load generator to CPU 1 (taskset)")
 	fs.StringVar(&o.out, "out", "", "also write the table to this file")

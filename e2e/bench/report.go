@@ -51,7 +51,12 @@ func (r *report) markdown() string {
 		pin = "system under test on CPU 0 (GOMAXPROCS=1, nginx 1 worker); upstream and load generator on CPU 1"
 	}
 	fmt.Fprintf(&b, "- placement: %s\n", pin)
-	fmt.Fprintf(&b, "- workload: MCP 2025-11-25 on %d established sessions, 4 tools/call : 1 tools/list; upstream service time %s\n", o.sessions, o.serviceTime)
+	policyTimeout := "the default (100ms)"
+	if o.policyTime > 0 {
+		policyTimeout = o.policyTime.String()
+	}
+	fmt.Fprintf(&b, "- workload: MCP 2025-11-25 on %d established sessions, 4 tools/call : 1 tools/list; upstream service time %s; ctxgate policy.timeout %s\n",
+		o.sessions, o.serviceTime, policyTimeout)
 	fmt.Fprintf(&b, "- %d interleaved rounds; per round and target: closed loop, %d in flight, %s (after %s warm-up); then open loop at %.0f req/s for %s\n\n",
 		o.rounds, o.conns, o.duration, o.warmup, o.rate, o.duration)
 	b.WriteString("| target | req/s (closed loop) | × direct | SUT CPU µs/req | × direct | × go-proxy | upstream CPU µs/req | upstream req/req | p50 ms | p90 ms | p99 ms | max ms | errors |\n")
@@ -80,17 +85,23 @@ func (r *report) markdown() string {
 	for _, res := range r.results {
 		fmt.Fprintf(&b, "- `%s`: %s\n", res.name, descriptions[res.name])
 	}
+	for _, res := range r.results {
+		for _, f := range res.failures {
+			fmt.Fprintf(&b, "\nFailed requests, %s, %s\n", res.name, f)
+		}
+	}
 	b.WriteString("\nNot measured: the stateless 2026-07-28 protocol era (the gateway does not implement it yet).\n")
 	return b.String()
 }
 
-const legend = `Medians over the rounds, with the range (min–max) in parentheses. SUT CPU is the user+system CPU
-time of the system under test's process during the closed-loop phase (/proc/<pid>/stat), divided by
-the requests answered; for direct it is the upstream's. "× direct" divides by direct's figure (for
-CPU: the upstream's own cost of a request), "× go-proxy" by the bare Go proxy's. upstream req/req is
-the requests the upstream served per request answered (1.000: the proxy adds no upstream traffic). Latencies are from
-the open-loop phase, measured from each request's intended send time; max is the largest of any
-round. errors counts failed or wrong answers of all phases, of all requests sent.
+const legend = `Medians over the rounds, with the range (min–max) in parentheses. SUT CPU is the user+system
+CPU time of the system under test's process during the closed-loop phase (/proc/<pid>/stat), divided
+by the requests answered; for direct it is the upstream's. "× direct" divides by direct's figure
+(for CPU: the upstream's own cost of a request), "× go-proxy" by the bare Go proxy's. upstream
+req/req is the requests the upstream served per request answered (1.000: the proxy adds no upstream
+traffic). Latencies are from the open-loop phase, measured from each request's intended send time;
+max is the largest of any round. errors counts failed or wrong answers of both phases, of all
+requests sent.
 
 `
 
@@ -99,7 +110,7 @@ func fmtSpread(s spread, decimals int) string {
 	if math.IsNaN(s.Median) {
 		return "–"
 	}
-	if s.Min == s.Max {
+	if fmtNum(s.Min, decimals) == fmtNum(s.Max, decimals) {
 		return fmtNum(s.Median, decimals)
 	}
 	return fmt.Sprintf("%s (%s–%s)", fmtNum(s.Median, decimals), fmtNum(s.Min, decimals), fmtNum(s.Max, decimals))

@@ -26,9 +26,10 @@ type sample struct {
 
 // result is one target's samples, or why it was not measured.
 type result struct {
-	name    string
-	skipped string
-	samples []sample
+	name     string
+	skipped  string
+	samples  []sample
+	failures []string // what failed requests answered, per round and phase
 }
 
 // report is a whole run.
@@ -53,7 +54,7 @@ func run(ctx context.Context, o options, log io.Writer) (*report, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	e := &env{dir: dir, sessions: o.sessions, sut: placement{cpu: -1, env: []string{"GOMAXPROCS=1"}}}
+	e := &env{dir: dir, sessions: o.sessions, timeout: o.policyTime, sut: placement{cpu: -1, env: []string{"GOMAXPROCS=1"}}}
 	rep := &report{opts: o, started: time.Now().UTC(), machine: machine()}
 	side := placement{cpu: -1}
 	if o.pin {
@@ -113,6 +114,13 @@ func run(ctx context.Context, o options, log io.Writer) (*report, error) {
 			}
 			r := rep.result(t.name)
 			r.samples = append(r.samples, s)
+			for ph, lr := range map[string]loadResult{"closed": s.Closed, "open": s.Open} {
+				if lr.Errors > 0 {
+					msg := fmt.Sprintf("round %d, %s loop: %d failed, the first: %s", round, ph, lr.Errors, lr.FirstError)
+					r.failures = append(r.failures, msg)
+					fmt.Fprintf(log, "bench: %s: %s\n", t.name, msg)
+				}
+			}
 		}
 	}
 	return rep, nil

@@ -58,6 +58,7 @@ type env struct {
 	issuer   *issuer
 	sut      placement
 	sessions int
+	timeout  time.Duration // policy.timeout of the ctxgate targets
 }
 
 func (e *env) start(ctx context.Context, name string) (*target, error) {
@@ -105,6 +106,7 @@ type ctxgateOptions struct {
 	decisionLog string // off, or a path
 	issuer      string // OIDC issuer; "" for anonymous access
 	sessionKey  string
+	timeout     time.Duration // policy.timeout; 0: the gateway's default
 }
 
 // ctxgateConfig writes the configuration of a ctxgate target.
@@ -113,13 +115,17 @@ func ctxgateConfig(o ctxgateOptions) string {
 	if o.issuer != "" {
 		auth = fmt.Sprintf("auth:\n  oidc:\n    - {issuer: %q, audiences: [%q], token_type: at+jwt}\n", o.issuer, benchAudience)
 	}
+	timeout := ""
+	if o.timeout > 0 {
+		timeout = ", timeout: " + o.timeout.String()
+	}
 	return fmt.Sprintf(`server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0"}
 sessions: {keys: [%q]}
-%spolicy: {dir: %q, decision_log: %q}
+%spolicy: {dir: %q, decision_log: %q%s}
 upstreams:
   - {name: fixture, url: %q}
-`, o.sessionKey, auth, o.policyDir, o.decisionLog, o.upstream)
+`, o.sessionKey, auth, o.policyDir, o.decisionLog, timeout, o.upstream)
 }
 
 // startCtxgate runs `ctxgate serve`: pass-through when issuer is "", else
@@ -128,7 +134,7 @@ func (e *env) startCtxgate(ctx context.Context, name, issuerURL, tokens string) 
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
 	o := ctxgateOptions{upstream: e.upstream, policyDir: filepath.Join(e.root, "e2e", "testdata", "allow-all"),
-		decisionLog: "off", issuer: issuerURL, sessionKey: base64.StdEncoding.EncodeToString(key)}
+		decisionLog: "off", issuer: issuerURL, sessionKey: base64.StdEncoding.EncodeToString(key), timeout: e.timeout}
 	if issuerURL != "" {
 		// The decision log is written, as in production, but to nowhere:
 		// its cost is encoding and a write per decision, not disk.

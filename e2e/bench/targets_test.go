@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ctxgate/ctxgate/config"
 )
@@ -30,9 +31,9 @@ func TestCtxgateConfig(t *testing.T) {
 		},
 		{
 			name: "full pipeline",
-			opts: ctxgateOptions{upstream: "http://127.0.0.1:1234/", policyDir: filepath.Join(root, "policies"), decisionLog: os.DevNull, issuer: "http://127.0.0.1:5678", sessionKey: key},
+			opts: ctxgateOptions{upstream: "http://127.0.0.1:1234/", policyDir: filepath.Join(root, "policies"), decisionLog: os.DevNull, issuer: "http://127.0.0.1:5678", sessionKey: key, timeout: 10 * time.Second},
 			want: func(c *config.Config) bool {
-				return !c.Auth.Anonymous && len(c.Auth.OIDC) == 1 && c.Auth.OIDC[0].Issuer == "http://127.0.0.1:5678" &&
+				return c.Policy.Timeout == 10*time.Second && !c.Auth.Anonymous && len(c.Auth.OIDC) == 1 && c.Auth.OIDC[0].Issuer == "http://127.0.0.1:5678" &&
 					c.Auth.OIDC[0].TokenType == "at+jwt" && c.Policy.DecisionLog == os.DevNull
 			},
 		},

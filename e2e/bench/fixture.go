@@ -87,15 +87,36 @@ func upstreamRequests(upstream string) (int64, error) {
 	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
 }
 
+// The fixtures -fixture chooses from.
+const (
+	fixtureSDK = "sdk"
+	fixtureRaw = "raw"
+)
+
+func fixtureHandler(kind string, serviceTime time.Duration) (http.Handler, error) {
+	switch kind {
+	case fixtureSDK:
+		return newFixture(serviceTime), nil
+	case fixtureRaw:
+		return newRawFixture(serviceTime), nil
+	}
+	return nil, fmt.Errorf("-fixture %q: want %s or %s", kind, fixtureSDK, fixtureRaw)
+}
+
 // runUpstream is the "upstream" role: it serves the fixture on a loopback
 // port and prints "listening <addr>".
 func runUpstream(args []string) error {
 	fs := flag.NewFlagSet("upstream", flag.ContinueOnError)
 	serviceTime := fs.Duration("service-time", 0, "time every tools/call takes")
+	kind := fs.String("fixture", fixtureSDK, "sdk (the official Go SDK server) or raw (a minimal handler)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	return serveAndAnnounce(counted(newFixture(*serviceTime)))
+	h, err := fixtureHandler(*kind, *serviceTime)
+	if err != nil {
+		return err
+	}
+	return serveAndAnnounce(counted(h))
 }
 
 // serveAndAnnounce serves h on a free loopback port, announcing the address

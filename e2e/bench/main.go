@@ -50,6 +50,7 @@ type options struct {
 	sessions    int
 	maxInflight int
 	serviceTime time.Duration
+	fixture     string        // sdk or raw
 	policyTime  time.Duration // ctxgate's policy.timeout; 0: its default
 	ctxgate     string        // a built ctxgate binary; "" builds one
 	pin         bool
@@ -97,6 +98,7 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.sessions, "sessions", 16, "MCP sessions (each with its own token on the JWT targets)")
 	fs.IntVar(&o.maxInflight, "max-inflight", 256, "open-loop limit of requests in flight (late ones still count from their due time)")
 	fs.DurationVar(&o.serviceTime, "service-time", 0, "time the upstream takes for every tools/call")
+	fs.StringVar(&o.fixture, "fixture", fixtureSDK, "upstream: sdk (the official Go SDK server) or raw (a minimal Streamable HTTP handler, much cheaper)")
 	fs.DurationVar(&o.policyTime, "policy-timeout", 0, "ctxgate's policy.timeout (default: the gateway's, 100ms); a slower decision is a deny, which an overloaded CPU shows as errors")
 	fs.StringVar(&o.ctxgate, "ctxgate", "", "ctxgate binary to measure (default: build this checkout)")
 	fs.BoolVar(&o.pin, "pin", true, "pin the system under test to CPU 0, upstream and load generator to CPU 1 (taskset)")
@@ -105,6 +107,10 @@ func parseFlags(args []string) (options, error) {
 		return o, err
 	}
 	o.targets = strings.Split(*targets, ",")
+	if _, err := fixtureHandler(o.fixture, 0); err != nil {
+		fmt.Fprintln(fs.Output(), err)
+		return o, err
+	}
 	if o.rounds < 1 || o.duration <= 0 || o.rate <= 0 || o.conns < 1 || o.sessions < 1 || o.maxInflight < 1 {
 		err := fmt.Errorf("-rounds, -duration, -rate, -conns, -sessions and -max-inflight must be positive")
 		fmt.Fprintln(fs.Output(), err)

@@ -70,7 +70,7 @@ func run(ctx context.Context, o options, log io.Writer) (*report, error) {
 	if e.ctxgate, err = ctxgateBinary(o, dir, e.root, log); err != nil {
 		return nil, err
 	}
-	up, err := startRole(dir, "upstream", "upstream", side, "-service-time", o.serviceTime.String())
+	up, err := startRole(dir, "upstream", "upstream", side, "-service-time", o.serviceTime.String(), "-fixture", o.fixture)
 	if err != nil {
 		return nil, err
 	}

@@ -248,6 +248,12 @@ func openLoop(ctx context.Context, plan schedule, workers int, do func(i int) er
 		Seconds: time.Since(plan.start).Seconds()}
 }
 
+// The closed-loop generators.
+const (
+	engineGo  = "go"
+	engineWrk = "wrk"
+)
+
 // loadOptions are the load role's flags.
 type loadOptions struct {
 	url       string
@@ -258,6 +264,7 @@ type loadOptions struct {
 	duration  time.Duration
 	rate      float64
 	maxFlight int
+	engine    string // closed loop: go or wrk
 }
 
 // runLoad is the "load" role. It opens the sessions, warms up, prints
@@ -275,6 +282,7 @@ func runLoad(args []string) error {
 	fs.DurationVar(&o.duration, "duration", 5*time.Second, "length of each phase")
 	fs.Float64Var(&o.rate, "rate", 500, "open-loop requests per second")
 	fs.IntVar(&o.maxFlight, "max-inflight", 256, "open-loop concurrency limit")
+	fs.StringVar(&o.engine, "engine", engineGo, "closed-loop generator: go or wrk")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -293,6 +301,12 @@ func runLoad(args []string) error {
 		var r loadResult
 		switch in.Text() {
 		case "closed":
+			if o.engine == engineWrk {
+				if r, err = wrkClosedLoop(ctx, os.TempDir(), sessions, o.conns, o.duration); err != nil {
+					return err
+				}
+				break
+			}
 			r = closedLoop(ctx, sessions, o.conns, o.duration)
 		case "open":
 			var n atomic.Uint64

@@ -31,9 +31,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"strings"
 	"time"
@@ -51,6 +53,7 @@ type options struct {
 	maxInflight int
 	serviceTime time.Duration
 	fixture     string        // sdk or raw
+	engine      string        // closed-loop generator: go or wrk
 	policyTime  time.Duration // ctxgate's policy.timeout; 0: its default
 	ctxgate     string        // a built ctxgate binary; "" builds one
 	pin         bool
@@ -99,6 +102,7 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.maxInflight, "max-inflight", 256, "open-loop limit of requests in flight (late ones still count from their due time)")
 	fs.DurationVar(&o.serviceTime, "service-time", 0, "time the upstream takes for every tools/call")
 	fs.StringVar(&o.fixture, "fixture", fixtureSDK, "upstream: sdk (the official Go SDK server) or raw (a minimal Streamable HTTP handler, much cheaper)")
+	fs.StringVar(&o.engine, "closed", engineGo, "closed-loop generator: go (the harness's, in its own process) or wrk (needs wrk installed)")
 	fs.DurationVar(&o.policyTime, "policy-timeout", 0, "ctxgate's policy.timeout (default: the gateway's, 100ms); a slower decision is a deny, which an overloaded CPU shows as errors")
 	fs.StringVar(&o.ctxgate, "ctxgate", "", "ctxgate binary to measure (default: build this checkout)")
 	fs.BoolVar(&o.pin, "pin", true, "pin the system under test to CPU 0, upstream and load generator to CPU 1 (taskset)")
@@ -111,10 +115,28 @@ func parseFlags(args []string) (options, error) {
 		fmt.Fprintln(fs.Output(), err)
 		return o, err
 	}
+	if err := checkEngine(o.engine); err != nil {
+		fmt.Fprintln(fs.Output(), err)
+		return o, err
+	}
 	if o.rounds < 1 || o.duration <= 0 || o.rate <= 0 || o.conns < 1 || o.sessions < 1 || o.maxInflight < 1 {
 		err := fmt.Errorf("-rounds, -duration, -rate, -conns, -sessions and -max-inflight must be positive")
 		fmt.Fprintln(fs.Output(), err)
 		return o, err
 	}
 	return o, nil
+}
+
+// checkEngine accepts a closed-loop generator that can run here.
+func checkEngine(engine string) error {
+	switch engine {
+	case engineGo:
+		return nil
+	case engineWrk:
+		if _, err := exec.LookPath("wrk"); err != nil {
+			return errors.New("-closed wrk: wrk is not installed (apt-get install -y wrk)")
+		}
+		return nil
+	}
+	return fmt.Errorf("-closed %q: want %s or %s", engine, engineGo, engineWrk)
 }

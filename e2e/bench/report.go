@@ -57,8 +57,8 @@ func (r *report) markdown() string {
 	}
 	fmt.Fprintf(&b, "- workload: MCP 2025-11-25 on %d established sessions, 4 tools/call : 1 tools/list; upstream: the %s fixture, service time %s; ctxgate policy.timeout %s\n",
 		o.sessions, o.fixture, o.serviceTime, policyTimeout)
-	fmt.Fprintf(&b, "- %d interleaved rounds; per round and target: closed loop, %d in flight, %s (after %s warm-up); then open loop at %.0f req/s for %s\n\n",
-		o.rounds, o.conns, o.duration, o.warmup, o.rate, o.duration)
+	fmt.Fprintf(&b, "- %d interleaved rounds; per round and target: closed loop (%s generator), %d in flight, %s (after %s warm-up); then open loop at %.0f req/s for %s\n\n",
+		o.rounds, o.engine, o.conns, o.duration, o.warmup, o.rate, o.duration)
 	b.WriteString("| target | req/s (closed loop) | × direct | SUT CPU µs/req | × direct | × go-proxy | upstream CPU µs/req | upstream req/req | p50 ms | p90 ms | p99 ms | max ms | errors |\n")
 	b.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	base := map[string]figures{}

@@ -142,7 +142,7 @@ func (r *report) result(name string) *result {
 func measure(ctx context.Context, o options, dir string, p placement, t *target, upstreamPID int, upstream string) (sample, error) {
 	args := []string{"-url", t.url, "-tokens", t.tokens, "-sessions", strconv.Itoa(o.sessions),
 		"-conns", strconv.Itoa(o.conns), "-warmup", o.warmup.String(), "-duration", o.duration.String(),
-		"-rate", strconv.FormatFloat(o.rate, 'f', -1, 64), "-max-inflight", strconv.Itoa(o.maxInflight)}
+		"-rate", strconv.FormatFloat(o.rate, 'f', -1, 64), "-max-inflight", strconv.Itoa(o.maxInflight), "-engine", o.engine}
 	load, err := startRole(dir, "load-"+t.name, "load", p, args...)
 	if err != nil {
 		return sample{}, err

@@ -36,7 +36,7 @@ func TestSmoke(t *testing.T) {
 	} else {
 		t.Log("nginx not installed: its row is left out (optional; apt-get install -y nginx)")
 	}
-	o := options{targets: targets, fixture: fixtureSDK, rounds: 1, duration: time.Second, warmup: 200 * time.Millisecond,
+	o := options{targets: targets, fixture: fixtureSDK, engine: engineGo, rounds: 1, duration: time.Second, warmup: 200 * time.Millisecond,
 		rate: 100, conns: 4, sessions: 4, maxInflight: 32,
 		// A busy CI machine can stall a decision past the default 100ms,
 		// which the gateway rightly denies; this test is about the harness.

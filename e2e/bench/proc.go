@@ -7,8 +7,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -47,8 +49,9 @@ type child struct {
 // placement says where a child runs: on which CPU (-1: anywhere) and with
 // which extra environment.
 type placement struct {
-	cpu int
-	env []string
+	cpu   int
+	env   []string
+	talks bool // the child speaks the harness's line protocol on stdout
 }
 
 // startChild starts path with args, pinned with taskset when p.cpu >= 0.
@@ -61,15 +64,23 @@ func startChild(dir, name string, p placement, path string, args ...string) (*ch
 	c := &child{name: name, cmd: exec.Command(path, args...), lines: make(chan string, 16),
 		log: filepath.Join(dir, name+".log"), done: make(chan struct{})}
 	c.cmd.Env = append(os.Environ(), p.env...)
+	// A child must not outlive a harness that is killed outright.
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	logFile, err := os.Create(c.log)
 	if err != nil {
 		return nil, err
 	}
 	defer logFile.Close()
 	c.cmd.Stderr = logFile
-	stdout, err := c.cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
+	// Only the harness's own roles talk on stdout; anything else's output
+	// goes to the log, where it cannot fill a pipe nobody reads.
+	stdout := io.Reader(strings.NewReader(""))
+	if p.talks {
+		if stdout, err = c.cmd.StdoutPipe(); err != nil {
+			return nil, err
+		}
+	} else {
+		c.cmd.Stdout = logFile
 	}
 	if c.stdin, err = c.cmd.StdinPipe(); err != nil {
 		return nil, err
@@ -94,7 +105,7 @@ func startRole(dir, name, role string, p placement, args ...string) (*child, err
 	if err != nil {
 		return nil, err
 	}
-	p.env = append(p.env, roleEnv+"="+role)
+	p.env, p.talks = append(slices.Clip(p.env), roleEnv+"="+role), true
 	return startChild(dir, name, p, exe, args...)
 }
 

@@ -257,9 +257,10 @@ func machine() string {
 			}
 		}
 	}
-	load, _ := os.ReadFile("/proc/loadavg")
+	b, _ := os.ReadFile("/proc/loadavg")
+	load := strings.Fields(string(b))
 	return fmt.Sprintf("%s, %d CPUs, %s, %s/%s; load average at start: %s", model, runtime.NumCPU(),
-		runtime.Version(), runtime.GOOS, runtime.GOARCH, strings.Join(strings.Fields(string(load))[:min(3, len(strings.Fields(string(load))))], " "))
+		runtime.Version(), runtime.GOOS, runtime.GOARCH, strings.Join(load[:min(3, len(load))], " "))
 }
 
 // perRequest is CPU microseconds per request, NaN when nothing ran.

@@ -2,18 +2,18 @@
 // one run on one machine:
 //
 //	go run ./e2e/bench                         # every target, 3 rounds of 5s
-//	go run ./e2e/bench -rounds 5 -duration 10s -rate 1000 -service-time 2ms
-//	go run ./e2e/bench -targets direct,go-proxy,ctxgate
+//	go run ./e2e/bench -rounds 5 -duration 10s -rate 300 -service-time 2ms
+//	go run ./e2e/bench -targets direct,go-proxy,ctxgate -fixture raw -closed wrk
 //
 // It starts an upstream MCP fixture (the official Go SDK server with fixed
-// tools), puts each target in front of it (none, a bare Go reverse proxy,
+// tools, or with -fixture raw a minimal handler with the same answers), puts each target in front of it (none, a bare Go reverse proxy,
 // nginx, ctxgate pass-through, ctxgate with JWTs and the shipped policy),
 // and drives the same MCP workload through each on established sessions
 // (tools/call, and every fifth request tools/list), in interleaved rounds.
 // Each round of a target has two phases:
 //
-//   - closed loop: -conns requests in flight until -duration is over;
-//     throughput, and the CPU time per request of the system under test
+//   - closed loop: -conns requests in flight until -duration is over (the
+//     harness's Go generator, or wrk with -closed wrk); throughput, and the CPU time per request of the system under test
 //     and of the upstream, read from /proc/<pid>/stat before and after;
 //   - open loop: -rate requests per second on a fixed schedule, each
 //     latency measured from its intended send time (coordinated-omission
@@ -21,8 +21,8 @@
 //
 // The system under test runs on CPU 0 with GOMAXPROCS=1 (nginx: one
 // worker), the upstream and the load generator on CPU 1. Every piece the
-// harness runs is this binary re-executed in a role (see roleEnv), so its
-// CPU is its own. Output is a markdown table; see README.md, "Benchmarks".
+// harness runs is its own process (this binary re-executed in a role, see
+// roleEnv; nginx; ctxgate built from the checkout), so its CPU is its own. Output is a markdown table; see README.md, "Benchmarks".
 //
 // Not measured yet: ctxgate served from its response cache (being built on
 // another branch), and the stateless 2026-07-28 protocol era, which the

@@ -26,6 +26,28 @@ type session struct {
 	url   string
 	token string // bearer token, or "" for anonymous
 	id    string // Mcp-Session-Id
+	// fresh, when set, gives a new token for every request after
+	// initialization (-fresh): the gateway then verifies a signature per
+	// request instead of answering from its verified-token cache.
+	fresh *tokenCycler
+}
+
+// tokenCycler hands out tokens in turn, starting over when all are used.
+type tokenCycler struct {
+	tokens []string
+	next   atomic.Int64
+}
+
+func (c *tokenCycler) token() string {
+	return c.tokens[(c.next.Add(1)-1)%int64(len(c.tokens))]
+}
+
+// reused is how many tokens were handed out a second time or more.
+func (c *tokenCycler) reused() int64 {
+	if c == nil {
+		return 0
+	}
+	return max(0, c.next.Load()-int64(len(c.tokens)))
 }
 
 // post sends one JSON-RPC message and returns the status and body.
@@ -40,7 +62,10 @@ func (s *session) post(ctx context.Context, body []byte) (int, http.Header, []by
 		req.Header.Set("Mcp-Session-Id", s.id)
 		req.Header.Set("Mcp-Protocol-Version", protocolVersion)
 	}
-	if s.token != "" {
+	switch {
+	case s.fresh != nil:
+		req.Header.Set("Authorization", "Bearer "+s.fresh.token())
+	case s.token != "":
 		req.Header.Set("Authorization", "Bearer "+s.token)
 	}
 	resp, err := s.hc.Do(req)
@@ -161,6 +186,9 @@ type loadResult struct {
 	FirstError string    `json:"first_error,omitempty"`
 	Seconds    float64   `json:"seconds"`
 	Latency    latencies `json:"latency"`
+	// ReusedTokens counts, with -fresh, requests so far that had to reuse
+	// a token because the file had too few.
+	ReusedTokens int64 `json:"reused_tokens,omitempty"`
 }
 
 // errCount counts failed requests and keeps the first error.
@@ -265,6 +293,7 @@ type loadOptions struct {
 	rate      float64
 	maxFlight int
 	engine    string // closed loop: go or wrk
+	fresh     bool   // a new token from the file for every request
 }
 
 // runLoad is the "load" role. It opens the sessions, warms up, prints
@@ -283,6 +312,7 @@ func runLoad(args []string) error {
 	fs.Float64Var(&o.rate, "rate", 500, "open-loop requests per second")
 	fs.IntVar(&o.maxFlight, "max-inflight", 256, "open-loop concurrency limit")
 	fs.StringVar(&o.engine, "engine", engineGo, "closed-loop generator: go or wrk")
+	fs.BoolVar(&o.fresh, "fresh", false, "a new token from -tokens for every request after the sessions are open")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -320,6 +350,7 @@ func runLoad(args []string) error {
 		default:
 			return fmt.Errorf("unknown phase %q", in.Text())
 		}
+		r.ReusedTokens = sessions[0].fresh.reused()
 		if err := out.Encode(r); err != nil {
 			return err
 		}
@@ -353,6 +384,13 @@ func openSessions(ctx context.Context, o loadOptions) ([]*session, error) {
 			return nil, fmt.Errorf("session %d: %w", i, err)
 		}
 		sessions[i] = s
+	}
+	if o.fresh && len(tokens) > 0 {
+		c := &tokenCycler{tokens: tokens}
+		c.next.Store(int64(len(sessions))) // the ones initialization used
+		for _, s := range sessions {
+			s.fresh = c
+		}
 	}
 	return sessions, nil
 }

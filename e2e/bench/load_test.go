@@ -96,3 +96,21 @@ func TestCheckAnswer(t *testing.T) {
 		})
 	}
 }
+
+func TestTokenCycler(t *testing.T) {
+	c := &tokenCycler{tokens: []string{"a", "b", "c"}}
+	c.next.Store(1) // one used to open a session
+	var got []string
+	for range 4 {
+		got = append(got, c.token())
+	}
+	if strings.Join(got, "") != "bcab" {
+		t.Errorf("tokens handed out: %q, want b c a b", got)
+	}
+	if n := c.reused(); n != 2 {
+		t.Errorf("reused = %d, want 2 (a and b a second time)", n)
+	}
+	if n := (*tokenCycler)(nil).reused(); n != 0 {
+		t.Errorf("nil cycler reused = %d", n)
+	}
+}

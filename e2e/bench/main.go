@@ -57,6 +57,7 @@ type options struct {
 	policyTime  time.Duration // ctxgate's policy.timeout; 0: its default
 	ctxgate     string        // a built ctxgate binary; "" builds one
 	pin         bool
+	freshTokens int // tokens signed per round for a new token every request; 0: reuse
 	out         string
 }
 
@@ -105,6 +106,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.engine, "closed", engineGo, "closed-loop generator: go (the harness's, in its own process) or wrk (needs wrk installed)")
 	fs.DurationVar(&o.policyTime, "policy-timeout", 0, "ctxgate's policy.timeout (default: the gateway's, 100ms); a slower decision is a deny, which an overloaded CPU shows as errors")
 	fs.StringVar(&o.ctxgate, "ctxgate", "", "ctxgate binary to measure (default: build this checkout)")
+	fs.IntVar(&o.freshTokens, "fresh-tokens", 0, "JWT targets: sign this many tokens per round and send a new one with every request, so each signature is verified (0: each session reuses its token, as clients do, and the gateway's token cache answers)")
 	fs.BoolVar(&o.pin, "pin", true, "pin the system under test to CPU 0, upstream and load generator to CPU 1 (taskset)")
 	fs.StringVar(&o.out, "out", "", "also write the table to this file")
 	if err := fs.Parse(args); err != nil {
@@ -112,6 +114,11 @@ func parseFlags(args []string) (options, error) {
 	}
 	o.targets = strings.Split(*targets, ",")
 	if _, err := fixtureHandler(o.fixture, 0); err != nil {
+		fmt.Fprintln(fs.Output(), err)
+		return o, err
+	}
+	if o.freshTokens > 0 && o.engine == engineWrk {
+		err := errors.New("-fresh-tokens needs -closed go: the wrk script reuses each session's token")
 		fmt.Fprintln(fs.Output(), err)
 		return o, err
 	}

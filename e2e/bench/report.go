@@ -57,6 +57,9 @@ func (r *report) markdown() string {
 	}
 	fmt.Fprintf(&b, "- workload: MCP 2025-11-25 on %d established sessions, 4 tools/call : 1 tools/list; upstream: the %s fixture, service time %s; ctxgate policy.timeout %s\n",
 		o.sessions, o.fixture, o.serviceTime, policyTimeout)
+	if o.freshTokens > 0 {
+		fmt.Fprintf(&b, "- JWT targets: a new token for every request (%d signed per round), so every request's signature is verified\n", o.freshTokens)
+	}
 	fmt.Fprintf(&b, "- %d interleaved rounds; per round and target: closed loop (%s generator), %d in flight, %s (after %s warm-up); then open loop at %.0f req/s for %s\n\n",
 		o.rounds, o.engine, o.conns, o.duration, o.warmup, o.rate, o.duration)
 	b.WriteString("| target | req/s (closed loop) | × direct | SUT CPU µs/req | × direct | × go-proxy | upstream CPU µs/req | upstream req/req | p50 ms | p90 ms | p99 ms | max ms | errors |\n")
@@ -86,6 +89,9 @@ func (r *report) markdown() string {
 		fmt.Fprintf(&b, "- `%s`: %s\n", res.name, descriptions[res.name])
 	}
 	for _, res := range r.results {
+		if n := res.reusedTokens(); n > 0 {
+			fmt.Fprintf(&b, "\n%s: %d requests reused a token (raise -fresh-tokens); those were answered from the token cache\n", res.name, n)
+		}
 		for _, f := range res.failures {
 			fmt.Fprintf(&b, "\nFailed requests, %s, %s\n", res.name, f)
 		}
@@ -129,4 +135,13 @@ func ratio(a, b spread, ok bool) string {
 		return "–"
 	}
 	return fmt.Sprintf("%.2f", a.Median/b.Median)
+}
+
+// reusedTokens is how many requests of the rounds reused a fresh token.
+func (r *result) reusedTokens() int64 {
+	var n int64
+	for _, s := range r.samples {
+		n += s.Open.ReusedTokens // the count after both phases
+	}
+	return n
 }

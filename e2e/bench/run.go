@@ -108,7 +108,7 @@ func run(ctx context.Context, o options, log io.Writer) (*report, error) {
 	for round := 1; round <= o.rounds; round++ {
 		for _, t := range targets {
 			fmt.Fprintf(log, "bench: round %d/%d: %s\n", round, o.rounds, t.name)
-			s, err := measure(ctx, o, dir, side, t, up.pid(), e.upstream)
+			s, err := measure(ctx, o, e, side, t, up.pid(), round)
 			if err != nil {
 				return nil, fmt.Errorf("round %d, %s: %w", round, t.name, err)
 			}
@@ -139,10 +139,23 @@ func (r *report) result(name string) *result {
 // started and warmed up, then the closed phase runs between two readings of
 // the CPU time of the system under test and of the upstream, then the open
 // phase.
-func measure(ctx context.Context, o options, dir string, p placement, t *target, upstreamPID int, upstream string) (sample, error) {
-	args := []string{"-url", t.url, "-tokens", t.tokens, "-sessions", strconv.Itoa(o.sessions),
+func measure(ctx context.Context, o options, e *env, p placement, t *target, upstreamPID, round int) (sample, error) {
+	dir, upstream, tokens := e.dir, e.upstream, t.tokens
+	var fresh []string
+	if o.freshTokens > 0 && t.alg != "" {
+		// Fresh tokens all name one subject, so that any of them may be
+		// used on any session (sessions are bound to the principal).
+		tokens = filepath.Join(dir, fmt.Sprintf("%s-round%d.tokens", t.name, round))
+		if err := e.writeTokens(tokens, t.alg, o.freshTokens, func(int) string { return "bench-fresh" }); err != nil {
+			return sample{}, err
+		}
+		defer os.Remove(tokens)
+		fresh = []string{"-fresh"}
+	}
+	args := []string{"-url", t.url, "-tokens", tokens, "-sessions", strconv.Itoa(o.sessions),
 		"-conns", strconv.Itoa(o.conns), "-warmup", o.warmup.String(), "-duration", o.duration.String(),
 		"-rate", strconv.FormatFloat(o.rate, 'f', -1, 64), "-max-inflight", strconv.Itoa(o.maxInflight), "-engine", o.engine}
+	args = append(args, fresh...)
 	load, err := startRole(dir, "load-"+t.name, "load", p, args...)
 	if err != nil {
 		return sample{}, err

@@ -12,7 +12,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
@@ -43,9 +46,10 @@ var descriptions = map[string]string{
 // target is a running system under test.
 type target struct {
 	name   string
-	url    string // the MCP endpoint the load goes to
-	pid    int    // the system under test's process; 0 for direct
-	tokens string // file of bearer tokens, or ""
+	url    string                  // the MCP endpoint the load goes to
+	pid    int                     // the system under test's process; 0 for direct
+	tokens string                  // file of bearer tokens, or ""
+	alg    jose.SignatureAlgorithm // the JWT targets' token algorithm
 	stop   func()
 }
 
@@ -82,21 +86,41 @@ func (e *env) start(ctx context.Context, name string) (*target, error) {
 		return e.startCtxgate(ctx, name, "", "")
 	case targetES256, targetRS256:
 		alg := map[string]jose.SignatureAlgorithm{targetES256: jose.ES256, targetRS256: jose.RS256}[name]
+		// One client per session, each with its own token, reused as a
+		// client reuses its access token until it expires.
 		tokens := filepath.Join(e.dir, name+".tokens")
-		var b strings.Builder
-		for i := range max(e.sessions, 1) {
-			tok, err := e.issuer.token(alg, fmt.Sprintf("bench-client-%d", i), 24*time.Hour)
-			if err != nil {
-				return nil, err
-			}
-			b.WriteString(tok + "\n")
-		}
-		if err := os.WriteFile(tokens, []byte(b.String()), 0o600); err != nil {
+		if err := e.writeTokens(tokens, alg, max(e.sessions, 1), func(i int) string { return fmt.Sprintf("bench-client-%d", i) }); err != nil {
 			return nil, err
 		}
-		return e.startCtxgate(ctx, name, e.issuer.URL, tokens)
+		t, err := e.startCtxgate(ctx, name, e.issuer.URL, tokens)
+		if t != nil {
+			t.alg = alg
+		}
+		return t, err
 	}
 	return nil, fmt.Errorf("unknown target %q (targets: %s)", name, strings.Join(allTargets, ", "))
+}
+
+// writeTokens signs n tokens, token i for subject sub(i), and writes them
+// to path, one per line. RS256 signing is slow, so the work is spread over
+// the CPUs; nothing is being measured while it runs.
+func (e *env) writeTokens(path string, alg jose.SignatureAlgorithm, n int, sub func(int) string) error {
+	tokens := make([]string, n)
+	errs := make([]error, n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range runtime.NumCPU() {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				tokens[i], errs[i] = e.issuer.token(alg, sub(i), 24*time.Hour)
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return os.WriteFile(path, []byte(strings.Join(tokens, "\n")+"\n"), 0o600)
 }
 
 // ctxgateOptions are the parts of a generated ctxgate configuration.

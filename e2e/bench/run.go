@@ -54,16 +54,8 @@ func run(ctx context.Context, o options, log io.Writer) (*report, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	e := &env{dir: dir, sessions: o.sessions, timeout: o.policyTime, sut: placement{cpu: -1, env: []string{"GOMAXPROCS=1"}}}
 	rep := &report{opts: o, started: time.Now().UTC(), machine: machine()}
-	side := placement{cpu: -1}
-	if o.pin {
-		if _, err := exec.LookPath("taskset"); err == nil && runtime.NumCPU() >= 2 {
-			e.sut.cpu, side.cpu, rep.pinned = 0, 1, true
-		} else {
-			fmt.Fprintln(log, "bench: not pinning: needs taskset and 2 CPUs")
-		}
-	}
+	e, side := newEnv(o, dir, rep, log)
 	if e.root, err = repoRoot(); err != nil {
 		return nil, err
 	}
@@ -84,14 +76,50 @@ func run(ctx context.Context, o options, log io.Writer) (*report, error) {
 		return nil, err
 	}
 	defer e.issuer.Close()
-
-	var targets []*target
+	targets, err := startTargets(ctx, e, rep, log)
 	defer func() {
 		for _, t := range targets {
 			t.stop()
 		}
 	}()
-	for _, name := range o.targets {
+	if err != nil {
+		return nil, err
+	}
+	for round := 1; round <= o.rounds; round++ {
+		for _, t := range targets {
+			fmt.Fprintf(log, "bench: round %d/%d: %s\n", round, o.rounds, t.name)
+			s, err := measure(ctx, o, e, side, t, up.pid(), round)
+			if err != nil {
+				return nil, fmt.Errorf("round %d, %s: %w", round, t.name, err)
+			}
+			rep.result(t.name).add(round, s, log)
+		}
+	}
+	return rep, nil
+}
+
+// newEnv places the system under test on CPU 0 with GOMAXPROCS=1, and
+// returns the placement of everything else: CPU 1. Without taskset or a
+// second CPU nothing is pinned, and the report says so.
+func newEnv(o options, dir string, rep *report, log io.Writer) (*env, placement) {
+	e := &env{dir: dir, sessions: o.sessions, timeout: o.policyTime, sut: placement{cpu: -1, env: []string{"GOMAXPROCS=1"}}}
+	side := placement{cpu: -1}
+	if !o.pin {
+		return e, side
+	}
+	if _, err := exec.LookPath("taskset"); err != nil || runtime.NumCPU() < 2 {
+		fmt.Fprintln(log, "bench: not pinning: needs taskset and 2 CPUs")
+		return e, side
+	}
+	e.sut.cpu, side.cpu, rep.pinned = 0, 1, true
+	return e, side
+}
+
+// startTargets starts every target of the run; nginx, when it is not
+// installed, is recorded as skipped.
+func startTargets(ctx context.Context, e *env, rep *report, log io.Writer) ([]*target, error) {
+	var targets []*target
+	for _, name := range rep.opts.targets {
 		r := &result{name: name}
 		rep.results = append(rep.results, r)
 		t, err := e.start(ctx, name)
@@ -101,29 +129,26 @@ func run(ctx context.Context, o options, log io.Writer) (*report, error) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("start %s: %w", name, err)
+			return targets, fmt.Errorf("start %s: %w", name, err)
 		}
 		targets = append(targets, t)
 	}
-	for round := 1; round <= o.rounds; round++ {
-		for _, t := range targets {
-			fmt.Fprintf(log, "bench: round %d/%d: %s\n", round, o.rounds, t.name)
-			s, err := measure(ctx, o, e, side, t, up.pid(), round)
-			if err != nil {
-				return nil, fmt.Errorf("round %d, %s: %w", round, t.name, err)
-			}
-			r := rep.result(t.name)
-			r.samples = append(r.samples, s)
-			for ph, lr := range map[string]loadResult{"closed": s.Closed, "open": s.Open} {
-				if lr.Errors > 0 {
-					msg := fmt.Sprintf("round %d, %s loop: %d failed, the first: %s", round, ph, lr.Errors, lr.FirstError)
-					r.failures = append(r.failures, msg)
-					fmt.Fprintf(log, "bench: %s: %s\n", t.name, msg)
-				}
-			}
+	return targets, nil
+}
+
+// add records one round's sample and what its failed requests answered.
+func (r *result) add(round int, s sample, log io.Writer) {
+	r.samples = append(r.samples, s)
+	for _, ph := range []struct {
+		name string
+		res  loadResult
+	}{{"closed", s.Closed}, {"open", s.Open}} {
+		if ph.res.Errors > 0 {
+			msg := fmt.Sprintf("round %d, %s loop: %d failed, the first: %s", round, ph.name, ph.res.Errors, ph.res.FirstError)
+			r.failures = append(r.failures, msg)
+			fmt.Fprintf(log, "bench: %s: %s\n", r.name, msg)
 		}
 	}
-	return rep, nil
 }
 
 func (r *report) result(name string) *result {
@@ -140,41 +165,29 @@ func (r *report) result(name string) *result {
 // the CPU time of the system under test and of the upstream, then the open
 // phase.
 func measure(ctx context.Context, o options, e *env, p placement, t *target, upstreamPID, round int) (sample, error) {
-	dir, upstream, tokens := e.dir, e.upstream, t.tokens
-	var fresh []string
-	if o.freshTokens > 0 && t.alg != "" {
-		// Fresh tokens all name one subject, so that any of them may be
-		// used on any session (sessions are bound to the principal).
-		tokens = filepath.Join(dir, fmt.Sprintf("%s-round%d.tokens", t.name, round))
-		if err := e.writeTokens(tokens, t.alg, o.freshTokens, func(int) string { return "bench-fresh" }); err != nil {
-			return sample{}, err
-		}
-		defer os.Remove(tokens)
-		fresh = []string{"-fresh"}
+	args, err := loadArgs(o, e, t, round)
+	if err != nil {
+		return sample{}, err
 	}
-	args := []string{"-url", t.url, "-tokens", tokens, "-sessions", strconv.Itoa(o.sessions),
-		"-conns", strconv.Itoa(o.conns), "-warmup", o.warmup.String(), "-duration", o.duration.String(),
-		"-rate", strconv.FormatFloat(o.rate, 'f', -1, 64), "-max-inflight", strconv.Itoa(o.maxInflight), "-engine", o.engine}
-	args = append(args, fresh...)
-	load, err := startRole(dir, "load-"+t.name, "load", p, args...)
+	load, err := startRole(e.dir, "load-"+t.name, "load", p, args...)
 	if err != nil {
 		return sample{}, err
 	}
 	defer load.stop()
-	phaseTimeout := 2*o.duration + time.Minute
 	if line, err := load.next(o.warmup + time.Minute); err != nil || line != "ready" {
 		return sample{}, fmt.Errorf("load generator not ready (%q): %v", line, err)
 	}
+	phaseTimeout := 2*o.duration + time.Minute
+	var s sample
 	pids := []int{t.pid, upstreamPID}
 	before, err := cpuTimes(pids)
 	if err != nil {
-		return sample{}, err
+		return s, err
 	}
-	upBefore, err := upstreamRequests(upstream)
+	upBefore, err := upstreamRequests(e.upstream)
 	if err != nil {
-		return sample{}, err
+		return s, err
 	}
-	var s sample
 	if err := phase(load, "closed", phaseTimeout, &s.Closed); err != nil {
 		return s, err
 	}
@@ -182,7 +195,7 @@ func measure(ctx context.Context, o options, e *env, p placement, t *target, ups
 	if err != nil {
 		return s, err
 	}
-	upAfter, err := upstreamRequests(upstream)
+	upAfter, err := upstreamRequests(e.upstream)
 	if err != nil {
 		return s, err
 	}
@@ -191,6 +204,25 @@ func measure(ctx context.Context, o options, e *env, p placement, t *target, ups
 		return s, err
 	}
 	return s, ctx.Err()
+}
+
+// loadArgs are the load generator's flags for one round of one target.
+// With -fresh-tokens, a JWT target gets a new file of tokens each round.
+func loadArgs(o options, e *env, t *target, round int) ([]string, error) {
+	args := []string{"-url", t.url, "-sessions", strconv.Itoa(o.sessions),
+		"-conns", strconv.Itoa(o.conns), "-warmup", o.warmup.String(), "-duration", o.duration.String(),
+		"-rate", strconv.FormatFloat(o.rate, 'f', -1, 64), "-max-inflight", strconv.Itoa(o.maxInflight), "-engine", o.engine}
+	if o.freshTokens == 0 || t.alg == "" {
+		return append(args, "-tokens", t.tokens), nil
+	}
+	// Fresh tokens all name one subject, so that any of them may be used
+	// on any session (sessions are bound to the principal). They are left
+	// for the run directory's removal: a file of a few MB per round.
+	tokens := filepath.Join(e.dir, fmt.Sprintf("%s-round%d.tokens", t.name, round))
+	if err := e.writeTokens(tokens, t.alg, o.freshTokens, func(int) string { return "bench-fresh" }); err != nil {
+		return nil, err
+	}
+	return append(args, "-tokens", tokens, "-fresh"), nil
 }
 
 // phase asks the load generator to run one phase and reads its result.

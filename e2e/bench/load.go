@@ -309,7 +309,7 @@ func runLoad(args []string) error {
 	fs.IntVar(&o.conns, "conns", 16, "closed-loop concurrency")
 	fs.DurationVar(&o.warmup, "warmup", time.Second, "closed-loop warm-up before ready")
 	fs.DurationVar(&o.duration, "duration", 5*time.Second, "length of each phase")
-	fs.Float64Var(&o.rate, "rate", 500, "open-loop requests per second")
+	fs.Float64Var(&o.rate, "rate", 200, "open-loop requests per second")
 	fs.IntVar(&o.maxFlight, "max-inflight", 256, "open-loop concurrency limit")
 	fs.StringVar(&o.engine, "engine", engineGo, "closed-loop generator: go or wrk")
 	fs.BoolVar(&o.fresh, "fresh", false, "a new token from -tokens for every request after the sessions are open")
@@ -328,27 +328,9 @@ func runLoad(args []string) error {
 	in := bufio.NewScanner(os.Stdin)
 	out := json.NewEncoder(os.Stdout)
 	for in.Scan() {
-		var r loadResult
-		switch in.Text() {
-		case "closed":
-			if o.engine == engineWrk {
-				if r, err = wrkClosedLoop(ctx, os.TempDir(), sessions, o.conns, o.duration); err != nil {
-					return err
-				}
-				break
-			}
-			r = closedLoop(ctx, sessions, o.conns, o.duration)
-		case "open":
-			var n atomic.Uint64
-			n.Store(1 << 40)
-			plan := schedule{start: time.Now(), rate: o.rate, n: int(o.rate * o.duration.Seconds())}
-			var lat []time.Duration
-			lat, r = openLoop(ctx, plan, o.maxFlight, func(i int) error {
-				return sessions[i%len(sessions)].call(ctx, n.Add(1))
-			})
-			r.Latency = summarize(lat)
-		default:
-			return fmt.Errorf("unknown phase %q", in.Text())
+		r, err := runPhase(ctx, o, sessions, in.Text())
+		if err != nil {
+			return err
 		}
 		r.ReusedTokens = sessions[0].fresh.reused()
 		if err := out.Encode(r); err != nil {
@@ -356,6 +338,27 @@ func runLoad(args []string) error {
 		}
 	}
 	return in.Err()
+}
+
+// runPhase runs the closed or the open loop once.
+func runPhase(ctx context.Context, o loadOptions, sessions []*session, name string) (loadResult, error) {
+	switch name {
+	case "closed":
+		if o.engine == engineWrk {
+			return wrkClosedLoop(ctx, os.TempDir(), sessions, o.conns, o.duration)
+		}
+		return closedLoop(ctx, sessions, o.conns, o.duration), nil
+	case "open":
+		var n atomic.Uint64
+		n.Store(1 << 40) // ids apart from the closed loop's
+		plan := schedule{start: time.Now(), rate: o.rate, n: int(o.rate * o.duration.Seconds())}
+		lat, r := openLoop(ctx, plan, o.maxFlight, func(i int) error {
+			return sessions[i%len(sessions)].call(ctx, n.Add(1))
+		})
+		r.Latency = summarize(lat)
+		return r, nil
+	}
+	return loadResult{}, fmt.Errorf("unknown phase %q", name)
 }
 
 func openSessions(ctx context.Context, o loadOptions) ([]*session, error) {

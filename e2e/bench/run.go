@@ -179,27 +179,18 @@ func measure(ctx context.Context, o options, e *env, p placement, t *target, ups
 	}
 	phaseTimeout := 2*o.duration + time.Minute
 	var s sample
-	pids := []int{t.pid, upstreamPID}
-	before, err := cpuTimes(pids)
-	if err != nil {
-		return s, err
-	}
-	upBefore, err := upstreamRequests(e.upstream)
+	before, err := readCounters(t.pid, upstreamPID, e.upstream)
 	if err != nil {
 		return s, err
 	}
 	if err := phase(load, "closed", phaseTimeout, &s.Closed); err != nil {
 		return s, err
 	}
-	after, err := cpuTimes(pids)
+	after, err := readCounters(t.pid, upstreamPID, e.upstream)
 	if err != nil {
 		return s, err
 	}
-	upAfter, err := upstreamRequests(e.upstream)
-	if err != nil {
-		return s, err
-	}
-	s.SUTCPU, s.Upstream, s.UpstreamRequests = after[0]-before[0], after[1]-before[1], upAfter-upBefore
+	s.SUTCPU, s.Upstream, s.UpstreamRequests = after.sut-before.sut, after.upstream-before.upstream, after.served-before.served
 	if err := phase(load, "open", phaseTimeout, &s.Open); err != nil {
 		return s, err
 	}
@@ -240,19 +231,27 @@ func phase(load *child, name string, timeout time.Duration, r *loadResult) error
 	return nil
 }
 
-// cpuTimes reads the CPU time of each pid; pid 0 reads as 0.
-func cpuTimes(pids []int) ([]time.Duration, error) {
-	out := make([]time.Duration, len(pids))
-	for i, pid := range pids {
-		if pid == 0 {
-			continue
-		}
-		var err error
-		if out[i], err = cpuTime(pid); err != nil {
-			return nil, err
+// counters are what is read before and after a closed phase.
+type counters struct {
+	sut, upstream time.Duration // CPU time; sut is 0 for direct
+	served        int64         // requests the fixture has served
+}
+
+// readCounters reads the CPU time of the system under test (pid 0: none)
+// and of the upstream, and the fixture's request count.
+func readCounters(sutPID, upstreamPID int, upstream string) (counters, error) {
+	var c counters
+	var err error
+	if sutPID != 0 {
+		if c.sut, err = cpuTime(sutPID); err != nil {
+			return c, err
 		}
 	}
-	return out, nil
+	if c.upstream, err = cpuTime(upstreamPID); err != nil {
+		return c, err
+	}
+	c.served, err = upstreamRequests(upstream)
+	return c, err
 }
 
 // ctxgateBinary builds this checkout's ctxgate unless -ctxgate names one.

@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// The fixture's fixed answers, which the load generator checks.
+const (
+	fixtureTool = "lookup"
+	fixtureText = "ctxgate bench fixture: a fixed answer of a realistic size for a small lookup tool, " +
+		"long enough that relaying it is not free and short enough that the proxies, not the bytes, dominate."
+)
+
+// fixtureTools are the tools the fixture lists; every one is annotated
+// read-only, so the shipped policy lets any principal see and call them.
+var fixtureTools = []string{fixtureTool, "search_docs", "get_ticket", "list_projects"}
+
+type lookupArgs struct {
+	Key string `json:"key" jsonschema:"what to look up"`
+}
+
+// newFixture is the upstream MCP server: the official Go SDK's Streamable
+// HTTP handler (stateful sessions, JSON answers rather than SSE) with fixed
+// tools. serviceTime is slept in every tools/call to model a slower service.
+func newFixture(serviceTime time.Duration) http.Handler {
+	s := mcp.NewServer(&mcp.Implementation{Name: "ctxgate-bench-fixture", Version: "1.0.0"}, nil)
+	for _, name := range fixtureTools {
+		mcp.AddTool(s, &mcp.Tool{
+			Name:        name,
+			Description: "Fixture tool " + name + ": answers every call with the same text.",
+			Annotations: &mcp.ToolAnnotations{ReadOnlyHint: true},
+		}, func(ctx context.Context, _ *mcp.CallToolRequest, _ lookupArgs) (*mcp.CallToolResult, any, error) {
+			if serviceTime > 0 {
+				select {
+				case <-time.After(serviceTime):
+				case <-ctx.Done():
+					return nil, nil, ctx.Err()
+				}
+			}
+			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: fixtureText}}}, nil, nil
+		})
+	}
+	return mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s },
+		&mcp.StreamableHTTPOptions{JSONResponse: true})
+}
+
+// countingPath is where the fixture tells how many MCP requests it has
+// served, so the harness can see whether a proxy sends more upstream
+// requests than it receives.
+const countingPath = "/bench/requests"
+
+// counted serves h, counting its requests, and the count at countingPath.
+func counted(h http.Handler) http.Handler {
+	var n atomic.Int64
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == countingPath {
+			fmt.Fprintln(w, n.Load())
+			return
+		}
+		n.Add(1)
+		h.ServeHTTP(w, r)
+	})
+}
+
+// upstreamRequests reads the fixture's request count.
+func upstreamRequests(upstream string) (int64, error) {
+	resp, err := http.Get(strings.TrimSuffix(upstream, "/") + countingPath)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+}
+
+// The fixtures -fixture chooses from.
+const (
+	fixtureSDK = "sdk"
+	fixtureRaw = "raw"
+)
+
+func fixtureHandler(kind string, serviceTime time.Duration) (http.Handler, error) {
+	switch kind {
+	case fixtureSDK:
+		return newFixture(serviceTime), nil
+	case fixtureRaw:
+		return newRawFixture(serviceTime), nil
+	}
+	return nil, fmt.Errorf("-fixture %q: want %s or %s", kind, fixtureSDK, fixtureRaw)
+}
+
+// runUpstream is the "upstream" role: it serves the fixture on a loopback
+// port and prints "listening <addr>".
+func runUpstream(args []string) error {
+	fs := flag.NewFlagSet("upstream", flag.ContinueOnError)
+	serviceTime := fs.Duration("service-time", 0, "time every tools/call takes")
+	kind := fs.String("fixture", fixtureSDK, "sdk (the official Go SDK server) or raw (a minimal handler)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	h, err := fixtureHandler(*kind, *serviceTime)
+	if err != nil {
+		return err
+	}
+	return serveAndAnnounce(counted(h))
+}
+
+// serveAndAnnounce serves h on a free loopback port, announcing the address
+// on stdout, until the process is killed.
+func serveAndAnnounce(h http.Handler) error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	fmt.Printf("listening %s\n", ln.Addr())
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	return srv.Serve(ln)
+}

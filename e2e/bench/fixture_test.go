@@ -1,0 +1,42 @@
+package main
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"testing"
+)
+
+// TestFixtures: both upstream fixtures answer the workload as the load
+// generator expects, refuse unknown sessions, and count what they served.
+func TestFixtures(t *testing.T) {
+	for _, kind := range []string{fixtureSDK, fixtureRaw} {
+		t.Run(kind, func(t *testing.T) {
+			h, err := fixtureHandler(kind, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := httptest.NewServer(counted(h))
+			defer srv.Close()
+			s, err := openSession(t.Context(), srv.Client(), srv.URL+"/", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for n := uint64(2); n < 2+2*listEvery; n++ { // calls and lists
+				if err := s.call(t.Context(), n); err != nil {
+					t.Errorf("request %d: %v", n, err)
+				}
+			}
+			// initialize, initialized, the first list, and 10 more.
+			if got, err := upstreamRequests(srv.URL + "/"); err != nil || got != 3+2*listEvery {
+				t.Errorf("upstream count = %d, %v; want %d", got, err, 3+2*listEvery)
+			}
+			forged := &session{hc: srv.Client(), url: srv.URL + "/", id: "forged"}
+			if status, _, body, err := forged.post(t.Context(), []byte(`{"jsonrpc":"2.0","id":1,"method":"tools/list"}`)); err != nil || status != http.StatusNotFound {
+				t.Errorf("unknown session: HTTP %d, %v: %s", status, err, body)
+			}
+		})
+	}
+	if _, err := fixtureHandler("fast", 0); err == nil {
+		t.Error("an unknown fixture kind was accepted")
+	}
+}

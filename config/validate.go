@@ -43,6 +43,7 @@ func (c *Config) Validate() []Problem {
 	}
 	v.policy(&c.Policy)
 	v.upstreams(c.Upstreams, len(c.Auth.OIDC) > 0)
+	v.cache(c)
 	return v.problems
 }
 

@@ -167,11 +167,12 @@ type Hints struct {
 	Public bool
 }
 
-// Storable applies the answer-side rules to a JSON-RPC response's result
-// and error members, returning the result's caching hints.
-func Storable(result, rpcError json.RawMessage) (Hints, error) {
+// Storable applies the answer-side rules to a JSON-RPC response: its result
+// member, or rpcError when it is an error response. It returns the result's
+// caching hints.
+func Storable(result json.RawMessage, rpcError bool) (Hints, error) {
 	var h Hints
-	if len(rpcError) > 0 && !isNull(rpcError) {
+	if rpcError {
 		return h, ErrError
 	}
 	var r struct {
@@ -197,4 +198,17 @@ func Storable(result, rpcError json.RawMessage) (Hints, error) {
 	}
 	h.Public = r.CacheScope == "public"
 	return h, nil
+}
+
+// CapabilityDigest names a set of client capabilities (the capabilities
+// object of initialize, or of a modern request's _meta): equal sets, in any
+// member order or spacing, have equal digests. Absent capabilities digest
+// like {}.
+func CapabilityDigest(capabilities json.RawMessage) string {
+	canon, err := canonicalParams(capabilities)
+	if err != nil {
+		canon = capabilities // not an object: still one digest per spelling
+	}
+	sum := sha256.Sum256(append([]byte("ctxgate capabilities v1\x00"), canon...))
+	return hex.EncodeToString(sum[:16])
 }

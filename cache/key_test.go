@@ -48,17 +48,18 @@ func TestCacheable(t *testing.T) {
 func TestStorable(t *testing.T) {
 	ttl := int64(5000)
 	tests := []struct {
-		name          string
-		result, error string
-		want          error
-		wantHints     Hints
+		name      string
+		result    string
+		rpcError  bool
+		want      error
+		wantHints Hints
 	}{
 		{name: "list", result: `{"tools":[]}`},
 		{name: "ttl and public", result: `{"tools":[],"ttlMs":5000,"cacheScope":"public"}`, wantHints: Hints{TTLMs: &ttl, Public: true}},
 		{name: "private scope", result: `{"tools":[],"cacheScope":"private"}`},
 		{name: "unknown scope is private", result: `{"tools":[],"cacheScope":"PUBLIC"}`},
 		{name: "negative ttl ignored", result: `{"ttlMs":-1}`},
-		{name: "error", error: `{"code":-32602,"message":"x"}`, want: ErrError},
+		{name: "error", rpcError: true, want: ErrError},
 		{name: "isError", result: `{"content":[],"isError":true}`, want: ErrToolError},
 		{name: "input_required", result: `{"resultType":"input_required","inputRequests":{}}`, want: ErrMultiRoundTrip},
 		{name: "requestState", result: `{"requestState":"abc"}`, want: ErrMultiRoundTrip},
@@ -68,7 +69,7 @@ func TestStorable(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h, err := Storable(json.RawMessage(tt.result), json.RawMessage(tt.error))
+			h, err := Storable(json.RawMessage(tt.result), tt.rpcError)
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("Storable = %v, want %v", err, tt.want)
 			}
@@ -173,4 +174,17 @@ func FuzzKey(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestCapabilityDigest(t *testing.T) {
+	d := func(s string) string { return CapabilityDigest(json.RawMessage(s)) }
+	if d(`{"roots":{"listChanged":true},"sampling":{}}`) != d(` {"sampling":{},"roots":{"listChanged":true}}`) {
+		t.Error("member order changed the digest")
+	}
+	if d(``) != d(`{}`) {
+		t.Error("absent capabilities differ from {}")
+	}
+	if d(`{"roots":{}}`) == d(`{}`) || d(`{"elicitation":{}}`) == d(`{"sampling":{}}`) {
+		t.Error("different capabilities share a digest")
+	}
 }

@@ -184,6 +184,18 @@ func (s *Store) Lookup(keys ...string) (*Entry, State, string) {
 	return nil, Miss, ""
 }
 
+// Fresh returns the first fresh entry among keys without counting a hit
+// or a miss: the second look a fetch takes after joining a single flight,
+// for an answer stored since the first.
+func (s *Store) Fresh(keys ...string) (*Entry, string) {
+	for _, key := range keys {
+		if e, st := s.get(key); st == Fresh {
+			return e, key
+		}
+	}
+	return nil, ""
+}
+
 func (s *Store) get(key string) (*Entry, State) {
 	raw, err := s.bc.Get(key)
 	if err != nil {

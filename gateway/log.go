@@ -27,6 +27,12 @@ type requestState struct {
 	session    bool   // the request carried a valid gateway session
 	version    string // MCP protocol version in effect
 	err        *Error // what writeError answered, with its internal cause
+	// cache is where the answer came from (hit, miss, stale, bypass) for
+	// a request the cache handled; cacheKey its entry, cacheAgeMs a stale
+	// answer's age.
+	cache      string
+	cacheKey   string
+	cacheAgeMs int64
 }
 
 type stateKey struct{}
@@ -91,6 +97,12 @@ func (s *Server) accessRecord(r *http.Request, st *requestState, status, bytes i
 	}
 	if st.version != "" {
 		attrs = append(attrs, slog.String("protocol_version", st.version))
+	}
+	if st.cache != "" {
+		attrs = append(attrs, slog.String("cache", st.cache), slog.String("cache_key", st.cacheKey))
+		if st.cache == "stale" {
+			attrs = append(attrs, slog.Int64("cache_age_ms", st.cacheAgeMs))
+		}
 	}
 	level := slog.LevelInfo
 	if st.err != nil {

@@ -143,6 +143,7 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 			stop = s.streams
 		}
 		relay := newSSERelay(resp.Body, stop)
+		relay.observe = func(data []byte) { s.observeUpstream(fwd.route.upstream.Name, data) }
 		if s.policy != nil {
 			relay.transform = func(data []byte) ([]byte, bool) { return s.transformMessage(ctx, fwd, data) }
 		}
@@ -197,6 +198,7 @@ func (s *Server) mintSession(resp *http.Response, fwd *forward, upstreamSession 
 		Principal: fwd.principal.ID,
 		Upstream:  upstreamSession,
 		Version:   version,
+		Caps:      fwd.caps,
 	})
 	if err != nil {
 		return fmt.Errorf("seal session: %w", err)

@@ -34,6 +34,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/ctxgate/ctxgate/cache"
 	"github.com/ctxgate/ctxgate/config"
 	"github.com/ctxgate/ctxgate/policy"
 	"github.com/ctxgate/ctxgate/upstream"
@@ -49,6 +50,9 @@ type Options struct {
 	// Policy decides every request; nil forwards everything the other
 	// checks let through (tests only: ctxgate serve always sets it).
 	Policy *policy.Engine
+	// Cache is the response cache; nil builds one from the configuration
+	// when an upstream has a cache block (on the Now clock).
+	Cache *cache.Store
 }
 
 // Server is one gateway: its routes, its admin endpoints and its lifecycle.
@@ -69,6 +73,8 @@ type Server struct {
 	policy decider
 	// catalog remembers upstream tool annotations for decisions.
 	catalog *catalog
+	// cache holds raw upstream answers (cache.go); nil caches nothing.
+	cache *cache.Store
 
 	ready    atomic.Bool // listeners are up
 	draining atomic.Bool // shutdown began: not ready, streams closing
@@ -121,6 +127,9 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 	}
 	if s.sessions, err = newSealer(secrets, cfg.Sessions.TTL, now); err != nil {
 		return nil, fmt.Errorf("sessions: %w", err)
+	}
+	if s.cache, err = newCache(cfg, opts.Cache, now); err != nil {
+		return nil, err
 	}
 	s.streams, s.stopStreams = context.WithCancel(context.Background())
 	s.handler = s.chain()
@@ -175,6 +184,7 @@ func (s *Server) routes() []*route {
 			upstream:        up,
 			requiredScopes:  c.RequiredScopes,
 			identityHeaders: c.IdentityHeaders,
+			cache:           c.Cache,
 		}
 		rt.resource = base + rt.path
 		rt.metadataURL = base + wellKnownPRM + rt.path
@@ -278,6 +288,7 @@ func (s *Server) AdminHandler() http.Handler {
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
+	r.Handle("/admin/cache", s.cacheAdmin())
 	r.Get("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		switch {
 		case s.draining.Load():

@@ -65,7 +65,10 @@ type Request struct {
 //
 // The key is private (Principal set) unless the upstream marked the result
 // cacheScope "public" and identity is not forwarded to it: an absent scope
-// is private, so every legacy-era entry is per principal.
+// is private. ttlMs and cacheScope are honoured only on modern-era
+// (2026-07-28) exchanges, where they are protocol; a legacy-era answer's
+// fields of those names are not (SDKs send defaults), so every legacy-era
+// entry is per principal and lives for the configured ttl.
 
 // Reasons a request or answer is not cached (for logs and tests).
 var (

@@ -46,6 +46,12 @@ const staleMetaKey = "io.ctxgate/stale"
 
 // cacheLookup is one request's view of the cache.
 type cacheLookup struct {
+	// hints: the exchange with the upstream is modern-era, where ttlMs
+	// and cacheScope are defined. A legacy-era answer's fields of those
+	// names are not protocol (the Go SDK sends ttlMs 0 and cacheScope
+	// public by default on every revision): trusting them would share
+	// every legacy answer between principals and cache none.
+	hints    bool
 	upstream string
 	req      *jsonrpc.Request
 	cfg      *config.UpstreamCache
@@ -128,14 +134,16 @@ func (s *Server) cacheLookupFor(fwd *forward, st *requestState) (*cacheLookup, b
 	cr := cache.Request{
 		Upstream: fwd.route.upstream.Name, Method: req.Method, Params: req.Params,
 		// The gateway relays legacy-era revisions only; the modern era
-		// would key on its own era, version and _meta capabilities.
+		// would key on its own era, version and _meta capabilities, and
+		// set lk.hints.
 		Era: "legacy", Version: st.version, Capabilities: fwd.caps,
 	}
 	lk := &cacheLookup{upstream: fwd.route.upstream.Name, req: req, cfg: cfg}
 	var err error
-	if !fwd.route.identityHeaders {
-		// With identity forwarded, the upstream may answer per principal
-		// whatever scope it claims: no entry is shared.
+	if lk.hints && !fwd.route.identityHeaders {
+		// Only a modern-era cacheScope "public" makes an entry shared, and
+		// with identity forwarded the upstream may answer per principal
+		// whatever scope it claims: then no entry is shared.
 		if lk.shared, err = cache.Key(cr); err != nil {
 			return nil, false
 		}
@@ -176,6 +184,7 @@ func (s *Server) fetchCacheable(w http.ResponseWriter, r *http.Request, fwd *for
 	ctx := context.WithoutCancel(r.Context())
 	out := r.Clone(ctx)
 	out.RequestURI = "" // a client request, as ReverseProxy makes it
+	out.Close = false
 	s.rewrite(&httputil.ProxyRequest{In: r, Out: out})
 	resp, err := fwd.route.upstream.Transport.RoundTrip(out)
 	if err != nil {
@@ -273,7 +282,10 @@ func storableResult(data []byte, id jsonrpc.ID) json.RawMessage {
 // with its lifetime: the upstream's ttlMs (capped by max_ttl), else the
 // configured ttl. No lifetime means not cached: nil.
 func (s *Server) storeAnswer(lk *cacheLookup, result json.RawMessage, token uint64) *fetched {
-	hints, _ := cache.Storable(result, false)
+	var hints cache.Hints
+	if lk.hints {
+		hints, _ = cache.Storable(result, false)
+	}
 	ttl, ok := lk.cfg.TTL[lk.req.Method]
 	if hints.TTLMs != nil {
 		ttl, ok = min(time.Duration(*hints.TTLMs)*time.Millisecond, lk.cfg.MaxTTL), true

@@ -29,7 +29,8 @@ import (
 //   - tools/list: the tools, plus "roots_tool" for sessions that declared
 //     the roots capability (a list shaped by capabilities), and the number
 //     of the request, so two answers can be told apart;
-//   - prompts/list: cacheScope "public" with ttlMs;
+//   - prompts/list and resources/list: cacheScope "public" with a ttlMs,
+//     fields the legacy era does not define (the Go SDK sends them anyway);
 //   - resources/read: over SSE, a progress notification first;
 //   - tools/call "search": a result; "broken": isError; "notify": an SSE
 //     answer carrying the notification named in its arguments.
@@ -102,7 +103,7 @@ func (u *countingUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "prompts/list":
 		reply(fmt.Sprintf(`{"prompts":[{"name":"p"}],"ttlMs":60000,"cacheScope":"public","_meta":{"n":%d}}`, n))
 	case "resources/list":
-		reply(`{"resources":[{"uri":"file:///a","name":"a"}]}`)
+		reply(`{"resources":[{"uri":"file:///a","name":"a"}],"ttlMs":0,"cacheScope":"public"}`)
 	case "resources/read":
 		w.Header().Set("Content-Type", "text/event-stream")
 		fmt.Fprint(w, "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progress\":1}}\n\n")
@@ -163,7 +164,7 @@ upstreams:
   - name: up
     url: %q
     cache:
-      ttl: {tools/list: 1m, resources/list: 1m, resources/read: 1m, tools/call: 1m}
+      ttl: {tools/list: 1m, prompts/list: 1m, resources/list: 1m, resources/read: 1m, tools/call: 1m}
       stale_if_error: 1h
       tools: [search, broken]
 %s`, hash("alice-key"), hash("bob-key"), upstreamURL, upstreamExtra), func(string) (string, bool) { return "", false })
@@ -304,8 +305,8 @@ func TestCacheHitMiss(t *testing.T) {
 		{name: "isError again", method: "tools/call", params: `{"name":"broken"}`, wantCache: "bypass", wantCount: 4},
 		{name: "unlisted tool is not cached", method: "tools/call", params: `{"name":"other"}`, wantCache: "", wantCount: 5},
 		{name: "unlisted tool again", method: "tools/call", params: `{"name":"other"}`, wantCache: "", wantCount: 6},
-		{name: "prompts/list has no ttl here but a ttlMs", method: "prompts/list", params: `{}`, wantCache: "miss", wantCount: 1},
-		{name: "prompts/list from ttlMs", method: "prompts/list", params: `{}`, wantCache: "hit", wantCount: 1},
+		{name: "legacy ttlMs 0 is not protocol", method: "resources/list", params: `{}`, wantCache: "miss", wantCount: 1},
+		{name: "the configured ttl applies", method: "resources/list", params: `{}`, wantCache: "hit", wantCount: 1},
 	}
 	for _, st := range steps {
 		a := alice.call(t, st.method, st.params)
@@ -328,7 +329,8 @@ func TestCacheHitMiss(t *testing.T) {
 	})
 }
 
-// Two principals never share a private entry; a public one is shared.
+// Two principals never share a private entry; in the legacy era every
+// entry is private, whatever cacheScope the upstream writes.
 func TestCachePrincipals(t *testing.T) {
 	up := newCountingUpstream()
 	upSrv := httptest.NewServer(up)
@@ -344,21 +346,9 @@ func TestCachePrincipals(t *testing.T) {
 		t.Errorf("alice's second list: %q, n %v, want her own entry", a2.cache, metaN(a2))
 	}
 	pa, pb := alice.call(t, "prompts/list", `{}`), bob.call(t, "prompts/list", `{}`)
-	if pa.cache != "miss" || pb.cache != "hit" || metaN(pa) != metaN(pb) || up.count("prompts/list") != 1 {
-		t.Errorf("public prompts/list: alice %q, bob %q, %d upstream requests; want one shared entry", pa.cache, pb.cache, up.count("prompts/list"))
+	if pb.cache != "miss" || metaN(pa) == metaN(pb) || up.count("prompts/list") != 2 {
+		t.Errorf("a legacy upstream's cacheScope public shared alice's prompts/list with bob: %q, %d upstream requests", pb.cache, up.count("prompts/list"))
 	}
-
-	t.Run("identity forwarded: nothing shared", func(t *testing.T) {
-		up := newCountingUpstream()
-		upSrv := httptest.NewServer(up)
-		t.Cleanup(upSrv.Close)
-		g := newCachingGateway(t, upSrv.URL, "    identity_headers: true\n")
-		alice, bob := g.connect(t, "alice-key", `{}`), g.connect(t, "bob-key", `{}`)
-		alice.call(t, "prompts/list", `{}`)
-		if b := bob.call(t, "prompts/list", `{}`); b.cache != "miss" || up.count("prompts/list") != 2 {
-			t.Errorf("with identity_headers, bob got alice's public entry: %q", b.cache)
-		}
-	})
 }
 
 // The client-capability digest sealed in the session separates lists a

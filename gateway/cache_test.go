@@ -138,7 +138,7 @@ func (c *testClock) Add(d time.Duration) {
 }
 
 // cachingGateway is a gateway with a response cache on an injected clock,
-// the policy in dir, and API keys "alice" and "bob".
+// the policy in dir, API keys "alice" and "bob", and anonymous access.
 type cachingGateway struct {
 	URL    string
 	admin  string
@@ -146,17 +146,20 @@ type cachingGateway struct {
 	store  *cache.Store
 	policy *policy.Engine
 	dir    string
+	// handler is the public handler, for benchmarks that skip the network.
+	handler http.Handler
 }
 
 const allowAllRego = "package ctxgate.authz\n\ndefault allow := true\n\ndefault visible := true\n"
 
-func newCachingGateway(t *testing.T, upstreamURL, upstreamExtra string) *cachingGateway {
+func newCachingGateway(t testing.TB, upstreamURL, upstreamExtra string) *cachingGateway {
 	t.Helper()
 	hash := func(k string) string { s := sha256.Sum256([]byte(k)); return hex.EncodeToString(s[:]) }
 	cfg, err := config.Parse(fmt.Appendf(nil, `
 server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0"}
 auth:
+  anonymous: true
   api_keys: [{name: alice, sha256: %s}, {name: bob, sha256: %s}]
 policy: {dir: unused}
 cache: {max_mb: 4}
@@ -192,7 +195,8 @@ upstreams:
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(gw.Handler())
+	g.handler = gw.Handler()
+	srv := httptest.NewServer(g.handler)
 	t.Cleanup(srv.Close)
 	adm := httptest.NewServer(gw.AdminHandler())
 	t.Cleanup(adm.Close)
@@ -200,7 +204,7 @@ upstreams:
 	return g
 }
 
-func (g *cachingGateway) writePolicy(t *testing.T, rego string) {
+func (g *cachingGateway) writePolicy(t testing.TB, rego string) {
 	t.Helper()
 	if err := os.WriteFile(filepath.Join(g.dir, "authz.rego"), []byte(rego), 0o600); err != nil {
 		t.Fatal(err)

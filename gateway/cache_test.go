@@ -31,7 +31,8 @@ import (
 //     of the request, so two answers can be told apart;
 //   - prompts/list and resources/list: cacheScope "public" with a ttlMs,
 //     fields the legacy era does not define (the Go SDK sends them anyway);
-//   - resources/read: over SSE, a progress notification first;
+//   - resources/read: over SSE, a progress notification first; for
+//     file:///ask a server-to-client request before that; file:///gone 404;
 //   - tools/call "search": a result; "broken": isError; "notify": an SSE
 //     answer carrying the notification named in its arguments.
 //
@@ -105,7 +106,15 @@ func (u *countingUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "resources/list":
 		reply(`{"resources":[{"uri":"file:///a","name":"a"}],"ttlMs":0,"cacheScope":"public"}`)
 	case "resources/read":
+		if msg.Params.URI == "file:///gone" {
+			http.Error(w, "session gone", http.StatusNotFound)
+			return
+		}
 		w.Header().Set("Content-Type", "text/event-stream")
+		if msg.Params.URI == "file:///ask" {
+			// The upstream asks the client something before it answers.
+			fmt.Fprint(w, "id: e1\ndata: {\"jsonrpc\":\"2.0\",\"id\":\"srv-1\",\"method\":\"roots/list\"}\n\n")
+		}
 		fmt.Fprint(w, "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progress\":1}}\n\n")
 		fmt.Fprintf(w, "data: {\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":{\"contents\":[{\"uri\":%q,\"text\":\"v%d\"}]}}\n\n", msg.ID, msg.Params.URI, n)
 	case "tools/call":
@@ -575,4 +584,32 @@ func TestCacheAdmin(t *testing.T) {
 	if _, doc := admin(http.MethodGet, ""); doc["hits"] == nil || doc["max_bytes"] != float64(4<<20) {
 		t.Errorf("stats document %v", doc)
 	}
+}
+
+// Answers the cache cannot store are relayed exactly as without it.
+func TestCacheRelaysWhatItCannotStore(t *testing.T) {
+	up := newCountingUpstream()
+	upSrv := httptest.NewServer(up)
+	t.Cleanup(upSrv.Close)
+	g := newCachingGateway(t, upSrv.URL, "")
+	alice := g.connect(t, "alice-key", `{}`)
+	t.Run("server request mid-stream", func(t *testing.T) {
+		for i := 1; i <= 2; i++ {
+			resp := alice.post(t, `{"jsonrpc":"2.0","id":5,"method":"resources/read","params":{"uri":"file:///ask"}}`)
+			body, _ := io.ReadAll(resp.Body)
+			if resp.Header.Get("Ctxgate-Cache") != "bypass" || !strings.Contains(string(body), "id: e1\ndata: {\"jsonrpc\":\"2.0\",\"id\":\"srv-1\",\"method\":\"roots/list\"}\n\n") ||
+				!strings.Contains(string(body), `"text":"v`) {
+				t.Errorf("read %d: Ctxgate-Cache %q, body %q; want the stream relayed whole", i, resp.Header.Get("Ctxgate-Cache"), body)
+			}
+		}
+		if c := up.count("resources/read"); c != 2 {
+			t.Errorf("%d upstream reads, want 2 (never cached)", c)
+		}
+	})
+	t.Run("non-200", func(t *testing.T) {
+		resp := alice.post(t, `{"jsonrpc":"2.0","id":6,"method":"resources/read","params":{"uri":"file:///gone"}}`)
+		if resp.StatusCode != http.StatusNotFound || resp.Header.Get("Ctxgate-Cache") != "bypass" {
+			t.Errorf("status %s, Ctxgate-Cache %q; want the upstream's 404 relayed", resp.Status, resp.Header.Get("Ctxgate-Cache"))
+		}
+	})
 }

@@ -133,18 +133,15 @@ func (u *countingUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// testClock is the injected clock of the cache.
+// testClock is the injected clock of the cache: a fixed start plus what
+// the test added.
 type testClock struct {
-	mu  sync.Mutex
-	now time.Time
+	start  time.Time
+	offset atomic.Int64
 }
 
-func (c *testClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *testClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
+func (c *testClock) Now() time.Time      { return c.start.Add(time.Duration(c.offset.Load())) }
+func (c *testClock) Add(d time.Duration) { c.offset.Add(int64(d)) }
 
 // cachingGateway is a gateway with a response cache on an injected clock,
 // the policy in dir, API keys "alice" and "bob", and anonymous access.
@@ -186,7 +183,7 @@ upstreams:
 	if problems := cfg.Validate(); len(problems) > 0 {
 		t.Fatal(problems)
 	}
-	g := &cachingGateway{clock: &testClock{now: time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)}, dir: t.TempDir()}
+	g := &cachingGateway{clock: &testClock{start: time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)}, dir: t.TempDir()}
 	g.writePolicy(t, allowAllRego)
 	if g.policy, err = policy.New(policy.Options{Dir: g.dir}); err != nil {
 		t.Fatal(err)
@@ -211,6 +208,16 @@ upstreams:
 	t.Cleanup(adm.Close)
 	g.URL, g.admin = srv.URL+"/mcp/up", adm.URL
 	return g
+}
+
+// startCaching starts a counting upstream and a caching gateway in front
+// of it.
+func startCaching(t *testing.T) (*countingUpstream, *cachingGateway) {
+	t.Helper()
+	up := newCountingUpstream()
+	upSrv := httptest.NewServer(up)
+	t.Cleanup(upSrv.Close)
+	return up, newCachingGateway(t, upSrv.URL, "")
 }
 
 func (g *cachingGateway) writePolicy(t testing.TB, rego string) {
@@ -291,10 +298,7 @@ func metaN(a answer) any {
 }
 
 func TestCacheHitMiss(t *testing.T) {
-	up := newCountingUpstream()
-	upSrv := httptest.NewServer(up)
-	t.Cleanup(upSrv.Close)
-	g := newCachingGateway(t, upSrv.URL, "")
+	up, g := startCaching(t)
 	alice := g.connect(t, "alice-key", `{}`)
 
 	steps := []struct {
@@ -345,10 +349,7 @@ func TestCacheHitMiss(t *testing.T) {
 // Two principals never share a private entry; in the legacy era every
 // entry is private, whatever cacheScope the upstream writes.
 func TestCachePrincipals(t *testing.T) {
-	up := newCountingUpstream()
-	upSrv := httptest.NewServer(up)
-	t.Cleanup(upSrv.Close)
-	g := newCachingGateway(t, upSrv.URL, "")
+	up, g := startCaching(t)
 	alice, bob := g.connect(t, "alice-key", `{}`), g.connect(t, "bob-key", `{}`)
 
 	a1, b1 := alice.call(t, "tools/list", `{}`), bob.call(t, "tools/list", `{}`)
@@ -367,10 +368,7 @@ func TestCachePrincipals(t *testing.T) {
 // The client-capability digest sealed in the session separates lists a
 // legacy server shapes by capabilities.
 func TestCacheCapabilities(t *testing.T) {
-	up := newCountingUpstream()
-	upSrv := httptest.NewServer(up)
-	t.Cleanup(upSrv.Close)
-	g := newCachingGateway(t, upSrv.URL, "")
+	up, g := startCaching(t)
 	plain := g.connect(t, "alice-key", `{}`)
 	roots := g.connect(t, "alice-key", `{"roots":{"listChanged":true}}`)
 	p, r := plain.call(t, "tools/list", `{}`), roots.call(t, "tools/list", `{}`)
@@ -378,8 +376,8 @@ func TestCacheCapabilities(t *testing.T) {
 		t.Errorf("with roots declared: %q %v; without: %v", r.cache, toolNames(r), toolNames(p))
 	}
 	other := g.connect(t, "alice-key", `{ "roots": {"listChanged": true} }`)
-	if a := other.call(t, "tools/list", `{}`); a.cache != "hit" || len(toolNames(a)) != 3 {
-		t.Errorf("same capabilities, another session: %q %v", a.cache, toolNames(a))
+	if a := other.call(t, "tools/list", `{}`); a.cache != "hit" || len(toolNames(a)) != 3 || up.count("tools/list") != 2 {
+		t.Errorf("same capabilities, another session: %q %v, %d upstream lists", a.cache, toolNames(a), up.count("tools/list"))
 	}
 }
 
@@ -441,10 +439,7 @@ func TestCacheInvalidation(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			up := newCountingUpstream()
-			upSrv := httptest.NewServer(up)
-			t.Cleanup(upSrv.Close)
-			g := newCachingGateway(t, upSrv.URL, "")
+			_, g := startCaching(t)
 			alice := g.connect(t, "alice-key", `{}`)
 			all := append(append([]string{}, tt.dropped...), tt.kept...)
 			for _, c := range all {
@@ -469,10 +464,7 @@ func TestCacheInvalidation(t *testing.T) {
 // A policy change applies to cached answers at once: the cache holds the
 // raw result, the policy filters every hit.
 func TestCachePolicyChange(t *testing.T) {
-	up := newCountingUpstream()
-	upSrv := httptest.NewServer(up)
-	t.Cleanup(upSrv.Close)
-	g := newCachingGateway(t, upSrv.URL, "")
+	up, g := startCaching(t)
 	alice := g.connect(t, "alice-key", `{}`)
 	if a := alice.call(t, "tools/list", `{}`); strings.Join(toolNames(a), ",") != "public_tool,secret_tool" {
 		t.Fatalf("before: %v", toolNames(a))
@@ -482,7 +474,7 @@ func TestCachePolicyChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := alice.call(t, "tools/list", `{}`)
-	if a.cache != "hit" || strings.Join(toolNames(a), ",") != "public_tool" {
+	if a.cache != "hit" || strings.Join(toolNames(a), ",") != "public_tool" || up.count("tools/list") != 1 {
 		t.Errorf("after the policy change: %q %v; want a hit without secret_tool", a.cache, toolNames(a))
 	}
 }
@@ -490,10 +482,7 @@ func TestCachePolicyChange(t *testing.T) {
 // With the upstream failing, a stale entry within stale_if_error is served
 // marked; past it, the upstream error. tools/call is never served stale.
 func TestCacheStaleOnError(t *testing.T) {
-	up := newCountingUpstream()
-	upSrv := httptest.NewServer(up)
-	t.Cleanup(upSrv.Close)
-	g := newCachingGateway(t, upSrv.URL, "")
+	up, g := startCaching(t)
 	alice := g.connect(t, "alice-key", `{}`)
 	alice.call(t, "tools/list", `{}`)
 	alice.call(t, "tools/call", `{"name":"search"}`)
@@ -532,10 +521,7 @@ func TestCacheStaleOnError(t *testing.T) {
 }
 
 func TestCacheAdmin(t *testing.T) {
-	up := newCountingUpstream()
-	upSrv := httptest.NewServer(up)
-	t.Cleanup(upSrv.Close)
-	g := newCachingGateway(t, upSrv.URL, "")
+	_, g := startCaching(t)
 	alice := g.connect(t, "alice-key", `{}`)
 	admin := func(method, query string) (int, map[string]any) {
 		t.Helper()
@@ -588,10 +574,7 @@ func TestCacheAdmin(t *testing.T) {
 
 // Answers the cache cannot store are relayed exactly as without it.
 func TestCacheRelaysWhatItCannotStore(t *testing.T) {
-	up := newCountingUpstream()
-	upSrv := httptest.NewServer(up)
-	t.Cleanup(upSrv.Close)
-	g := newCachingGateway(t, upSrv.URL, "")
+	up, g := startCaching(t)
 	alice := g.connect(t, "alice-key", `{}`)
 	t.Run("server request mid-stream", func(t *testing.T) {
 		for i := 1; i <= 2; i++ {

@@ -309,6 +309,9 @@ func (s *Server) storeAnswer(lk *cacheLookup, result json.RawMessage, token uint
 	if err := s.cache.Set(key, e, token); err != nil {
 		s.log.Debug("answer not cached", "error", err)
 	}
+	if l, ok := s.listeners.Load(lk.upstream); ok && lk.uri != "" {
+		go l.(*changeListener).subscribeTo(s.streams, lk.uri)
+	}
 	// Served even when it could not be stored (larger than a shard).
 	return &fetched{entry: e, key: key}
 }
@@ -437,4 +440,14 @@ func capabilityDigest(params json.RawMessage) string {
 	}
 	_ = json.Unmarshal(params, &p)
 	return cache.CapabilityDigest(p.Capabilities)
+}
+
+// cacheConfig is the cache block of the named upstream, or nil.
+func (s *Server) cacheConfig(upstreamName string) *config.UpstreamCache {
+	for _, up := range s.cfg.Upstreams {
+		if up.Name == upstreamName {
+			return up.Cache
+		}
+	}
+	return nil
 }

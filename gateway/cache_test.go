@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -45,10 +46,13 @@ type countingUpstream struct {
 	down   atomic.Bool
 	// hold, if set, blocks tools/list until closed.
 	hold chan struct{}
+	// streams receives the notifications channel of each GET stream
+	// opened; what is sent on it is written to that stream.
+	streams chan chan string
 }
 
 func newCountingUpstream() *countingUpstream {
-	return &countingUpstream{counts: map[string]int{}, caps: map[string]bool{}}
+	return &countingUpstream{counts: map[string]int{}, caps: map[string]bool{}, streams: make(chan chan string, 4)}
 }
 
 func (u *countingUpstream) count(method string) int {
@@ -60,6 +64,10 @@ func (u *countingUpstream) count(method string) int {
 func (u *countingUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if u.down.Load() {
 		http.Error(w, "down", http.StatusServiceUnavailable)
+		return
+	}
+	if r.Method == http.MethodGet {
+		u.serveStream(w, r)
 		return
 	}
 	var msg struct {
@@ -91,7 +99,7 @@ func (u *countingUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		u.caps[session] = strings.Contains(string(msg.Params.Capabilities), "roots")
 		u.mu.Unlock()
 		w.Header().Set("Mcp-Session-Id", session)
-		reply(`{"protocolVersion":"2025-11-25","capabilities":{"tools":{"listChanged":true}},"serverInfo":{"name":"counting","version":"1"}}`)
+		reply(`{"protocolVersion":"2025-11-25","capabilities":{"tools":{"listChanged":true},"resources":{"subscribe":true}},"serverInfo":{"name":"counting","version":"1"}}`)
 	case "tools/list":
 		if u.hold != nil {
 			<-u.hold
@@ -133,6 +141,29 @@ func (u *countingUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// serveStream is a session's GET stream: the test writes notifications to
+// it through the channel it gets from u.streams.
+func (u *countingUpstream) serveStream(w http.ResponseWriter, r *http.Request) {
+	notes := make(chan string)
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.WriteHeader(http.StatusOK)
+	w.(http.Flusher).Flush()
+	select {
+	case u.streams <- notes:
+	case <-r.Context().Done():
+		return
+	}
+	for {
+		select {
+		case n := <-notes:
+			fmt.Fprintf(w, "data: %s\n\n", n)
+			w.(http.Flusher).Flush()
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
 // testClock is the injected clock of the cache: a fixed start plus what
 // the test added.
 type testClock struct {
@@ -154,6 +185,7 @@ type cachingGateway struct {
 	dir    string
 	// handler is the public handler, for benchmarks that skip the network.
 	handler http.Handler
+	gw      *gateway.Server
 }
 
 const allowAllRego = "package ctxgate.authz\n\ndefault allow := true\n\ndefault visible := true\n"
@@ -201,7 +233,7 @@ upstreams:
 	if err != nil {
 		t.Fatal(err)
 	}
-	g.handler = gw.Handler()
+	g.gw, g.handler = gw, gw.Handler()
 	srv := httptest.NewServer(g.handler)
 	t.Cleanup(srv.Close)
 	adm := httptest.NewServer(gw.AdminHandler())
@@ -595,4 +627,64 @@ func TestCacheRelaysWhatItCannotStore(t *testing.T) {
 			t.Errorf("status %s, Ctxgate-Cache %q; want the upstream's 404 relayed", resp.Status, resp.Header.Get("Ctxgate-Cache"))
 		}
 	})
+}
+
+// The gateway's own listening session drops entries on the upstream's
+// notifications with no client stream open, and subscribes to cached
+// resources.
+func TestCacheChangeListener(t *testing.T) {
+	up, g := startCaching(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	public, admin := listen(t), listen(t)
+	go func() { served <- g.gw.Serve(ctx, public, admin) }()
+	t.Cleanup(func() { cancel(); <-served })
+	var stream chan string
+	select {
+	case stream = <-up.streams:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the gateway's listener opened no stream")
+	}
+	alice := g.connect(t, "alice-key", `{}`)
+	alice.call(t, "tools/list", `{}`)
+	alice.call(t, "resources/read", `{"uri":"file:///a"}`)
+	tests := []struct {
+		name, notification, method, params string
+	}{
+		{name: "list changed", notification: `{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}`, method: "tools/list", params: `{}`},
+		{name: "resource updated", notification: `{"jsonrpc":"2.0","method":"notifications/resources/updated","params":{"uri":"file:///a"}}`, method: "resources/read", params: `{"uri":"file:///a"}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if a := alice.call(t, tt.method, tt.params); a.cache != "hit" {
+				t.Fatalf("before the notification: %q", a.cache)
+			}
+			stream <- tt.notification
+			// The notification is handled asynchronously: poll with a
+			// deadline until the entry is gone.
+			deadline := time.Now().Add(20 * time.Second)
+			for alice.call(t, tt.method, tt.params).cache == "hit" {
+				if time.Now().After(deadline) {
+					t.Fatalf("%s never dropped the cached %s", tt.notification, tt.method)
+				}
+			}
+		})
+	}
+	// Subscribing is asynchronous too; once done, it is done once.
+	deadline := time.Now().Add(20 * time.Second)
+	for up.count("resources/subscribe") == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if n := up.count("resources/subscribe"); n != 1 {
+		t.Errorf("%d resources/subscribe requests, want 1 for the one cached resource", n)
+	}
+}
+
+func listen(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
 }

@@ -75,6 +75,9 @@ type Server struct {
 	catalog *catalog
 	// cache holds raw upstream answers (cache.go); nil caches nothing.
 	cache *cache.Store
+	// listeners are the cache's change listeners by upstream name
+	// (cachelisten.go), started by Serve.
+	listeners sync.Map
 
 	ready    atomic.Bool // listeners are up
 	draining atomic.Bool // shutdown began: not ready, streams closing
@@ -252,6 +255,7 @@ func (s *Server) Serve(ctx context.Context, public, admin net.Listener) error {
 			}
 		})
 	}
+	s.startChangeListeners(s.streams)
 	s.ready.Store(true)
 	var serveErr error
 	select {

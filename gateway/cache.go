@@ -78,22 +78,7 @@ func (s *Server) serveCached(w http.ResponseWriter, r *http.Request, fwd *forwar
 		s.writeCached(w, r, fwd, lk, e, "hit")
 		return true
 	}
-	token := s.cache.Begin()
-	// Keyed by the private key: a fetch is shared only by requests of one
-	// principal, since whether the answer may be shared is only known
-	// once it arrives.
-	v, err, ran := s.cache.Do(lk.private, func() (any, error) {
-		// A flight that ended between this request's lookup and now has
-		// stored its answer: use it rather than ask again.
-		if e, key := s.cache.Fresh(keys...); e != nil {
-			return &fetched{entry: e, key: key}, nil
-		}
-		return s.fetchCacheable(w, r, fwd, lk, token)
-	})
-	var got *fetched
-	if err == nil {
-		got = v.(*fetched)
-	}
+	got, ran, err := s.fetchOnce(w, r, fwd, lk, keys)
 	switch {
 	case err == nil && got.entry != nil:
 		st.cache, st.cacheKey = "miss", got.key
@@ -118,6 +103,28 @@ func (s *Server) serveCached(w http.ResponseWriter, r *http.Request, fwd *forwar
 		s.proxyError(w, r, err)
 	}
 	return true
+}
+
+// fetchOnce fetches the answer for lk, once for all concurrent requests of
+// the same key. ran reports whether this request's fetch ran (and so may
+// have relayed an uncacheable answer to w itself).
+func (s *Server) fetchOnce(w http.ResponseWriter, r *http.Request, fwd *forward, lk *cacheLookup, keys []string) (*fetched, bool, error) {
+	token := s.cache.Begin()
+	// Keyed by the private key: a fetch is shared only by requests of one
+	// principal, since whether the answer may be shared is only known
+	// once it arrives.
+	v, err, ran := s.cache.Do(lk.private, func() (any, error) {
+		// A flight that ended between this request's lookup and now has
+		// stored its answer: use it rather than ask again.
+		if e, key := s.cache.Fresh(keys...); e != nil {
+			return &fetched{entry: e, key: key}, nil
+		}
+		return s.fetchCacheable(w, r, fwd, lk, token)
+	})
+	if err != nil {
+		return nil, ran, err
+	}
+	return v.(*fetched), ran, nil
 }
 
 // cacheLookupFor decides whether the cache handles this request and
@@ -197,6 +204,7 @@ func (s *Server) fetchCacheable(w http.ResponseWriter, r *http.Request, fwd *for
 	}
 	captured, result, err := s.captureAnswer(resp, fwd.route.upstream.Name, lk.req.ID)
 	if err != nil {
+		_ = resp.Body.Close()
 		return nil, err
 	}
 	if result != nil {
@@ -233,32 +241,42 @@ func (s *Server) captureAnswer(resp *http.Response, upstreamName string, id json
 		}
 		return captured, storableResult(data, id), nil
 	case isEventStream(resp.Header):
-		events := newSSEReader(body)
-		for {
-			ev, err := events.next()
-			if err != nil {
-				if captured.Len() >= maxFilteredResponseBytes {
-					return captured, nil, nil // too large to cache: relay it
-				}
-				return nil, nil, fmt.Errorf("%w: %w", errNoAnswer, err)
-			}
-			if !ev.HasData || len(ev.Data) == 0 {
-				continue
-			}
-			msg, err := jsonrpc.DecodeMessage(ev.Data)
-			if err != nil {
-				return captured, nil, nil
-			}
-			if req, ok := msg.(*jsonrpc.Request); ok && !req.ID.IsValid() {
-				s.observeUpstream(upstreamName, ev.Data)
-				continue
-			}
-			// The response, or a server-to-client request: never cached,
-			// and the latter must reach the client, so relay.
-			return captured, storableResult(ev.Data, id), nil
+		result, err := s.captureEvents(body, captured, upstreamName, id)
+		if err != nil {
+			return nil, nil, err
 		}
+		return captured, result, nil
 	}
 	return captured, nil, nil
+}
+
+// captureEvents reads an event stream until the message that is not a
+// notification: the response (its result returned if storable) or a
+// server-to-client request (nil: relay). Notifications before it are
+// observed for invalidation.
+func (s *Server) captureEvents(body io.Reader, captured *bytes.Buffer, upstreamName string, id jsonrpc.ID) (json.RawMessage, error) {
+	events := newSSEReader(body)
+	for {
+		ev, err := events.next()
+		if err != nil {
+			if captured.Len() >= maxFilteredResponseBytes {
+				return nil, nil // too large to cache: relay it
+			}
+			return nil, fmt.Errorf("%w: %w", errNoAnswer, err)
+		}
+		if !ev.HasData || len(ev.Data) == 0 {
+			continue
+		}
+		msg, err := jsonrpc.DecodeMessage(ev.Data)
+		if err != nil {
+			return nil, nil
+		}
+		if req, ok := msg.(*jsonrpc.Request); ok && !req.ID.IsValid() {
+			s.observeUpstream(upstreamName, ev.Data)
+			continue
+		}
+		return storableResult(ev.Data, id), nil
+	}
 }
 
 // storableResult returns the result of a response to id that the rules of

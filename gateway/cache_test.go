@@ -34,6 +34,7 @@ import (
 //     fields the legacy era does not define (the Go SDK sends them anyway);
 //   - resources/read: over SSE, a progress notification first; for
 //     file:///ask a server-to-client request before that; file:///gone 404;
+//     file:///cut ends the stream before the answer;
 //   - tools/call "search": a result; "broken": isError; "notify": an SSE
 //     answer carrying the notification named in its arguments.
 //
@@ -124,6 +125,9 @@ func (u *countingUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprint(w, "id: e1\ndata: {\"jsonrpc\":\"2.0\",\"id\":\"srv-1\",\"method\":\"roots/list\"}\n\n")
 		}
 		fmt.Fprint(w, "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progress\":1}}\n\n")
+		if msg.Params.URI == "file:///cut" {
+			return // the stream ends before the answer
+		}
 		fmt.Fprintf(w, "data: {\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":{\"contents\":[{\"uri\":%q,\"text\":\"v%d\"}]}}\n\n", msg.ID, msg.Params.URI, n)
 	case "tools/call":
 		switch msg.Params.Name {
@@ -619,6 +623,12 @@ func TestCacheRelaysWhatItCannotStore(t *testing.T) {
 		}
 		if c := up.count("resources/read"); c != 2 {
 			t.Errorf("%d upstream reads, want 2 (never cached)", c)
+		}
+	})
+	t.Run("stream ends without an answer", func(t *testing.T) {
+		a := alice.call(t, "resources/read", `{"uri":"file:///cut"}`)
+		if a.status != http.StatusBadGateway || a.error["code"] != float64(gateway.CodeUpstreamUnavailable) {
+			t.Errorf("status %d error %v; want 502 -31010", a.status, a.error)
 		}
 	})
 	t.Run("non-200", func(t *testing.T) {

@@ -8,6 +8,8 @@
 //	  -> authenticate (Principal) -> route:
 //	     Content-Type/Accept -> strict JSON-RPC decode (once) -> session open
 //	     (sealed, bound to principal and route) -> protocol version
+//	     -> policy decision -> response cache for cacheable methods (cache.go:
+//	        hits, single-flight misses, stale answers on upstream failure)
 //	     -> reverse proxy: exactly the checked bytes, client credentials
 //	        stripped, upstream session id swapped in
 //	     <- response: upstream session id swapped out (a sealed one minted on

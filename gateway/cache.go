@@ -469,3 +469,7 @@ func (s *Server) cacheConfig(upstreamName string) *config.UpstreamCache {
 	}
 	return nil
 }
+
+// Cache is the gateway's response cache, nil when no upstream has a cache
+// block; its Stats feed the metrics.
+func (s *Server) Cache() *cache.Store { return s.cache }

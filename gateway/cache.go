@@ -146,6 +146,11 @@ func (s *Server) cacheLookupFor(fwd *forward, st *requestState) (*cacheLookup, b
 		Era: "legacy", Version: st.version, Capabilities: fwd.caps,
 	}
 	lk := &cacheLookup{upstream: fwd.route.upstream.Name, req: req, cfg: cfg}
+	if _, ok := cfg.TTL[req.Method]; !ok && !lk.hints {
+		// No ttl and no ttlMs to come: it could never be stored, so it is
+		// proxied as if there were no cache (streamed, not read whole).
+		return nil, false
+	}
 	var err error
 	if lk.hints && !fwd.route.identityHeaders {
 		// Only a modern-era cacheScope "public" makes an entry shared, and

@@ -114,6 +114,8 @@ func (u *countingUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		reply(fmt.Sprintf(`{"prompts":[{"name":"p"}],"ttlMs":60000,"cacheScope":"public","_meta":{"n":%d}}`, n))
 	case "resources/list":
 		reply(`{"resources":[{"uri":"file:///a","name":"a"}],"ttlMs":0,"cacheScope":"public"}`)
+	case "resources/templates/list":
+		reply(`{"resourceTemplates":[]}`)
 	case "resources/read":
 		if msg.Params.URI == "file:///gone" {
 			http.Error(w, "session gone", http.StatusNotFound)
@@ -358,6 +360,8 @@ func TestCacheHitMiss(t *testing.T) {
 		{name: "isError again", method: "tools/call", params: `{"name":"broken"}`, wantCache: "bypass", wantCount: 4},
 		{name: "unlisted tool is not cached", method: "tools/call", params: `{"name":"other"}`, wantCache: "", wantCount: 5},
 		{name: "unlisted tool again", method: "tools/call", params: `{"name":"other"}`, wantCache: "", wantCount: 6},
+		{name: "no ttl for the method: proxied as without a cache", method: "resources/templates/list", params: `{}`, wantCache: "", wantCount: 1},
+		{name: "and again", method: "resources/templates/list", params: `{}`, wantCache: "", wantCount: 2},
 		{name: "legacy ttlMs 0 is not protocol", method: "resources/list", params: `{}`, wantCache: "miss", wantCount: 1},
 		{name: "the configured ttl applies", method: "resources/list", params: `{}`, wantCache: "hit", wantCount: 1},
 	}

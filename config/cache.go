@@ -19,10 +19,13 @@ type Cache struct {
 // default) caches nothing of it.
 type UpstreamCache struct {
 	// TTL is how long a result stays fresh, per method, when the upstream
-	// gives no ttlMs of its own. A method without a TTL here is cached only
-	// if the upstream sends ttlMs. Keys are the methods in CacheMethods.
+	// gives no ttlMs of its own (ttlMs is protocol only in the 2026-07-28
+	// era; legacy-era answers always use this). A method without a TTL
+	// here is not cached in the legacy era. Keys are the methods in
+	// CacheMethods.
 	TTL map[string]time.Duration `yaml:"ttl"`
-	// MaxTTL caps an upstream-supplied ttlMs. Default: 1h.
+	// MaxTTL caps an upstream-supplied ttlMs and bounds every TTL.
+	// Default: 1h.
 	MaxTTL time.Duration `yaml:"max_ttl"`
 	// StaleIfError is how long after it stops being fresh an entry may
 	// still be served, marked stale, when the upstream fails (connection

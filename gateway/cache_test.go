@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -560,58 +559,6 @@ func TestCacheStaleOnError(t *testing.T) {
 	})
 }
 
-func TestCacheAdmin(t *testing.T) {
-	_, g := startCaching(t)
-	alice := g.connect(t, "alice-key", `{}`)
-	admin := func(method, query string) (int, map[string]any) {
-		t.Helper()
-		req, _ := http.NewRequestWithContext(t.Context(), method, g.admin+"/admin/cache"+query, nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var doc map[string]any
-		_ = json.NewDecoder(resp.Body).Decode(&doc)
-		return resp.StatusCode, doc
-	}
-	tests := []struct {
-		name, method, query string
-		wantStatus          int
-		wantMiss            []string
-	}{
-		{name: "stats", method: http.MethodGet, wantStatus: 200},
-		{name: "unknown upstream", method: http.MethodDelete, query: "?upstream=nope", wantStatus: 400},
-		{name: "unknown method", method: http.MethodDelete, query: "?method=tools/lsit", wantStatus: 400},
-		{name: "one method", method: http.MethodPost, query: "?upstream=up&method=tools/list", wantStatus: 200, wantMiss: []string{"tools/list"}},
-		{name: "one upstream", method: http.MethodDelete, query: "?upstream=up", wantStatus: 200, wantMiss: []string{"tools/list", "resources/list"}},
-		{name: "everything", method: http.MethodDelete, wantStatus: 200, wantMiss: []string{"tools/list", "resources/list"}},
-		{name: "PUT", method: http.MethodPut, wantStatus: 405},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			alice.call(t, "tools/list", `{}`)
-			alice.call(t, "resources/list", `{}`)
-			status, doc := admin(tt.method, tt.query)
-			if status != tt.wantStatus {
-				t.Fatalf("status %d %v, want %d", status, doc, tt.wantStatus)
-			}
-			for _, m := range []string{"tools/list", "resources/list"} {
-				want := "hit"
-				if strings.Contains(strings.Join(tt.wantMiss, " "), m) {
-					want = "miss"
-				}
-				if a := alice.call(t, m, `{}`); a.cache != want {
-					t.Errorf("%s after purge: %q, want %q", m, a.cache, want)
-				}
-			}
-		})
-	}
-	if _, doc := admin(http.MethodGet, ""); doc["hits"] == nil || doc["max_bytes"] != float64(4<<20) {
-		t.Errorf("stats document %v", doc)
-	}
-}
-
 // Answers the cache cannot store are relayed exactly as without it.
 func TestCacheRelaysWhatItCannotStore(t *testing.T) {
 	up, g := startCaching(t)
@@ -641,64 +588,4 @@ func TestCacheRelaysWhatItCannotStore(t *testing.T) {
 			t.Errorf("status %s, Ctxgate-Cache %q; want the upstream's 404 relayed", resp.Status, resp.Header.Get("Ctxgate-Cache"))
 		}
 	})
-}
-
-// The gateway's own listening session drops entries on the upstream's
-// notifications with no client stream open, and subscribes to cached
-// resources.
-func TestCacheChangeListener(t *testing.T) {
-	up, g := startCaching(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	public, admin := listen(t), listen(t)
-	go func() { served <- g.gw.Serve(ctx, public, admin) }()
-	t.Cleanup(func() { cancel(); <-served })
-	var stream chan string
-	select {
-	case stream = <-up.streams:
-	case <-time.After(20 * time.Second):
-		t.Fatal("the gateway's listener opened no stream")
-	}
-	alice := g.connect(t, "alice-key", `{}`)
-	alice.call(t, "tools/list", `{}`)
-	alice.call(t, "resources/read", `{"uri":"file:///a"}`)
-	tests := []struct {
-		name, notification, method, params string
-	}{
-		{name: "list changed", notification: `{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}`, method: "tools/list", params: `{}`},
-		{name: "resource updated", notification: `{"jsonrpc":"2.0","method":"notifications/resources/updated","params":{"uri":"file:///a"}}`, method: "resources/read", params: `{"uri":"file:///a"}`},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if a := alice.call(t, tt.method, tt.params); a.cache != "hit" {
-				t.Fatalf("before the notification: %q", a.cache)
-			}
-			stream <- tt.notification
-			// The notification is handled asynchronously: poll with a
-			// deadline until the entry is gone.
-			deadline := time.Now().Add(20 * time.Second)
-			for alice.call(t, tt.method, tt.params).cache == "hit" {
-				if time.Now().After(deadline) {
-					t.Fatalf("%s never dropped the cached %s", tt.notification, tt.method)
-				}
-			}
-		})
-	}
-	// Subscribing is asynchronous too; once done, it is done once.
-	deadline := time.Now().Add(20 * time.Second)
-	for up.count("resources/subscribe") == 0 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
-	if n := up.count("resources/subscribe"); n != 1 {
-		t.Errorf("%d resources/subscribe requests, want 1 for the one cached resource", n)
-	}
-}
-
-func listen(t *testing.T) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ln
 }

@@ -233,14 +233,21 @@ func (s *Store) valid(e *Entry) bool {
 }
 
 // Do runs fetch once for all concurrent callers with the same key; the
-// others wait and share its result. shared reports whether the result was
-// shared with other callers; ran, whether this caller's fetch ran.
-func (s *Store) Do(key string, fetch func() (any, error)) (v any, err error, ran bool) {
-	v, err, _ = s.flight.Do(key, func() (any, error) {
-		ran = true
+// others wait and share its result. ran reports whether it was this
+// caller's fetch that ran. A caller whose ctx ends stops waiting (with
+// ctx's error); the fetch goes on for the others.
+func (s *Store) Do(ctx context.Context, key string, fetch func() (any, error)) (v any, ran bool, err error) {
+	var leader atomic.Bool
+	ch := s.flight.DoChan(key, func() (any, error) {
+		leader.Store(true)
 		return fetch()
 	})
-	return v, err, ran
+	select {
+	case res := <-ch:
+		return res.Val, leader.Load(), res.Err
+	case <-ctx.Done():
+		return nil, false, ctx.Err()
+	}
 }
 
 // Invalidate drops every entry carrying any of tags, at once: the next

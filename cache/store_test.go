@@ -201,7 +201,7 @@ func TestSingleFlight(t *testing.T) {
 		results := make([]any, 200)
 		for i := range results {
 			wg.Go(func() {
-				results[i], _, _ = s.Do("k", func() (any, error) {
+				results[i], _, _ = s.Do(t.Context(), "k", func() (any, error) {
 					fetches.Add(1)
 					<-release
 					return "answer", nil

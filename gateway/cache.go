@@ -78,19 +78,23 @@ func (s *Server) serveCached(w http.ResponseWriter, r *http.Request, fwd *forwar
 		s.writeCached(w, r, fwd, lk, e, "hit")
 		return true
 	}
-	got, ran, err := s.fetchOnce(w, r, fwd, lk, keys)
+	got, ran, err := s.fetchOnce(r, fwd, lk, keys)
 	switch {
 	case err == nil && got.entry != nil:
 		st.cache, st.cacheKey = "miss", got.key
 		s.writeCached(w, r, fwd, lk, got.entry, "miss")
 	case err == nil && ran:
-		st.cache = "bypass" // relayed by fetchCacheable itself
+		st.cache = "bypass"
+		w.Header().Set(cacheHeader, "bypass")
+		s.relayCaptured(w, r, fwd, got.relay, got.captured)
 	case err == nil:
 		// The shared fetch's answer was not cacheable and was relayed to
 		// its own client only: this request goes upstream on its own.
 		st.cache = "bypass"
 		w.Header().Set(cacheHeader, "bypass")
 		fwd.route.proxy.ServeHTTP(w, r)
+	case r.Context().Err() != nil:
+		s.proxyError(w, r, err) // the client went away: no one to answer
 	case state == cache.Stale && lk.req.Method != "tools/call":
 		// tools/call is never served stale: a call's answer stands for an
 		// action taken now.
@@ -106,25 +110,32 @@ func (s *Server) serveCached(w http.ResponseWriter, r *http.Request, fwd *forwar
 }
 
 // fetchOnce fetches the answer for lk, once for all concurrent requests of
-// the same key. ran reports whether this request's fetch ran (and so may
-// have relayed an uncacheable answer to w itself).
-func (s *Server) fetchOnce(w http.ResponseWriter, r *http.Request, fwd *forward, lk *cacheLookup, keys []string) (*fetched, bool, error) {
-	token := s.cache.Begin()
-	// Keyed by the private key: a fetch is shared only by requests of one
-	// principal, since whether the answer may be shared is only known
-	// once it arrives.
-	v, err, ran := s.cache.Do(lk.private, func() (any, error) {
-		// A flight that ended between this request's lookup and now has
-		// stored its answer: use it rather than ask again.
-		if e, key := s.cache.Fresh(keys...); e != nil {
-			return &fetched{entry: e, key: key}, nil
+// the same key. ran reports whether it was this request's fetch (the one
+// to relay an answer that cannot be stored).
+func (s *Server) fetchOnce(r *http.Request, fwd *forward, lk *cacheLookup, keys []string) (*fetched, bool, error) {
+	for attempt := 1; ; attempt++ {
+		token := s.cache.Begin()
+		// Keyed by the private key: a fetch is shared only by requests of
+		// one principal, since whether the answer may be shared is only
+		// known once it arrives.
+		v, ran, err := s.cache.Do(r.Context(), lk.private, func() (any, error) {
+			// A flight that ended between this request's lookup and now
+			// has stored its answer: use it rather than ask again.
+			if e, key := s.cache.Fresh(keys...); e != nil {
+				return &fetched{entry: e, key: key}, nil
+			}
+			return s.fetchCacheable(r, fwd, lk, token)
+		})
+		if err == nil {
+			return v.(*fetched), ran, nil
 		}
-		return s.fetchCacheable(w, r, fwd, lk, token)
-	})
-	if err != nil {
+		// The fetch runs on the context of the request that started it;
+		// if that client went away while this one is still here, ask again.
+		if !ran && errors.Is(err, context.Canceled) && r.Context().Err() == nil && attempt < 3 {
+			continue
+		}
 		return nil, ran, err
 	}
-	return v.(*fetched), ran, nil
 }
 
 // cacheLookupFor decides whether the cache handles this request and
@@ -175,11 +186,14 @@ func (s *Server) cacheLookupFor(fwd *forward, st *requestState) (*cacheLookup, b
 }
 
 // fetched is the outcome of one upstream fetch for the cache: a storable
-// answer (entry, stored under key), or nil entry when the answer was
-// relayed to the fetching client as it came.
+// answer (entry, stored under key), or an answer to relay as it came
+// (relay, with the bytes of it already read in captured), which only the
+// request whose fetch it was relays.
 type fetched struct {
-	entry *cache.Entry
-	key   string
+	entry    *cache.Entry
+	key      string
+	relay    *http.Response
+	captured *bytes.Buffer
 }
 
 // errUpstreamStatus is an upstream 5xx: a failure the stale window covers.
@@ -189,12 +203,12 @@ func (e errUpstreamStatus) Error() string { return "upstream answered HTTP " + s
 
 // fetchCacheable sends the request upstream, exactly as the proxy would,
 // and reads the answer whole. A transport error or 5xx is returned as an
-// error; an answer that cannot be stored is relayed to w through the proxy.
-func (s *Server) fetchCacheable(w http.ResponseWriter, r *http.Request, fwd *forward, lk *cacheLookup, token uint64) (*fetched, error) {
-	// The fetch outlives the client that started it: the others waiting on
-	// it still want the answer.
-	ctx := context.WithoutCancel(r.Context())
-	out := r.Clone(ctx)
+// error; an answer that cannot be stored is returned to be relayed.
+func (s *Server) fetchCacheable(r *http.Request, fwd *forward, lk *cacheLookup, token uint64) (*fetched, error) {
+	// On the starting client's context, as a forwarded request is: if that
+	// client goes away the upstream request is cancelled, and the others
+	// waiting on it ask again.
+	out := r.Clone(r.Context())
 	out.RequestURI = "" // a client request, as ReverseProxy makes it
 	out.Close = false
 	s.rewrite(&httputil.ProxyRequest{In: r, Out: out})
@@ -219,9 +233,7 @@ func (s *Server) fetchCacheable(w http.ResponseWriter, r *http.Request, fwd *for
 		}
 	}
 	s.cache.CountBypass()
-	w.Header().Set(cacheHeader, "bypass")
-	s.relayCaptured(w, r, fwd, resp, captured)
-	return &fetched{}, nil
+	return &fetched{relay: resp, captured: captured}, nil
 }
 
 // errNoAnswer: an event stream ended before the response to the request.

@@ -422,37 +422,23 @@ func TestCacheCapabilities(t *testing.T) {
 
 // 200 concurrent misses for one key make one upstream request.
 func TestCacheSingleFlight(t *testing.T) {
-	up := newCountingUpstream()
-	up.hold = make(chan struct{})
-	upSrv := httptest.NewServer(up)
-	t.Cleanup(upSrv.Close)
-	g := newCachingGateway(t, upSrv.URL, "")
+	up, g := startCaching(t)
+	release := up.holdLists(t)
 	alice := g.connect(t, "alice-key", `{}`)
 	const n = 200
 	var wg sync.WaitGroup
 	results := make([]int, n)
 	for i := range n {
 		wg.Go(func() {
-			body := fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/list"}`, i+1)
-			req, _ := http.NewRequestWithContext(context.Background(), http.MethodPost, g.URL, strings.NewReader(body))
-			req.Header = http.Header{"Content-Type": {"application/json"}, "Accept": {"application/json, text/event-stream"},
-				"Authorization": {"Bearer alice-key"}, "Mcp-Session-Id": {alice.session}}
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				return
+			if resp, err := alice.list(context.Background(), i+1); err == nil {
+				results[i] = resp.StatusCode
 			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			results[i] = resp.StatusCode
 		})
 	}
 	// Every request has looked the key up (and missed) before the upstream
-	// answers; polling with a deadline, not sleeping as synchronisation.
-	deadline := time.Now().Add(20 * time.Second)
-	for g.store.Stats().Misses < n && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
-	close(up.hold)
+	// answers.
+	pollUntil(t, "every request to miss", func() bool { return g.store.Stats().Misses >= n })
+	release()
 	wg.Wait()
 	if c := up.count("tools/list"); c != 1 {
 		t.Errorf("%d upstream tools/list requests for %d concurrent misses, want 1", c, n)
@@ -588,4 +574,78 @@ func TestCacheRelaysWhatItCannotStore(t *testing.T) {
 			t.Errorf("status %s, Ctxgate-Cache %q; want the upstream's 404 relayed", resp.Status, resp.Header.Get("Ctxgate-Cache"))
 		}
 	})
+}
+
+// A fetch runs on the context of the client that started it; when that
+// client goes away, the request waiting on the same fetch asks again and
+// still gets its answer.
+func TestCacheLeaderGoesAway(t *testing.T) {
+	up, g := startCaching(t)
+	release := up.holdLists(t)
+	alice := g.connect(t, "alice-key", `{}`)
+	leaderCtx, leave := context.WithCancel(t.Context())
+	leaderDone := make(chan struct{})
+	go func() {
+		defer close(leaderDone)
+		_, _ = alice.list(leaderCtx, 1)
+	}()
+	pollUntil(t, "the leader's fetch to reach the upstream", func() bool { return up.count("tools/list") == 1 })
+	type result struct {
+		status int
+		cache  string
+	}
+	follower := make(chan result, 1)
+	go func() {
+		resp, err := alice.list(t.Context(), 2)
+		if err != nil {
+			follower <- result{}
+			return
+		}
+		follower <- result{resp.StatusCode, resp.Header.Get("Ctxgate-Cache")}
+	}()
+	pollUntil(t, "the follower to miss", func() bool { return g.store.Stats().Misses == 2 })
+	leave()
+	<-leaderDone
+	pollUntil(t, "the follower to ask again", func() bool { return up.count("tools/list") == 2 })
+	release()
+	if got := <-follower; got.status != http.StatusOK || got.cache != "miss" {
+		t.Errorf("follower: %d %q; want 200 miss", got.status, got.cache)
+	}
+}
+
+// list sends tools/list with its own context and reads the answer away.
+func (c *client) list(ctx context.Context, id int) (*http.Response, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, c.g.URL, strings.NewReader(fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/list"}`, id)))
+	req.Header = http.Header{"Content-Type": {"application/json"}, "Accept": {"application/json, text/event-stream"},
+		"Authorization": {"Bearer " + c.key}, "Mcp-Session-Id": {c.session}, "Mcp-Protocol-Version": {"2025-11-25"}}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp, nil
+}
+
+// holdLists makes tools/list wait until release is called (at the latest
+// when the test ends, so a failed test never leaves the upstream blocked).
+func (u *countingUpstream) holdLists(t *testing.T) (release func()) {
+	u.hold = make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(u.hold) }) }
+	t.Cleanup(release)
+	return release
+}
+
+// pollUntil polls cond until it holds, failing the test after a deadline:
+// readiness polling, not sleeping as synchronisation.
+func pollUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }

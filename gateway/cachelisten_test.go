@@ -38,21 +38,14 @@ func TestCacheChangeListener(t *testing.T) {
 				t.Fatalf("before the notification: %q", a.cache)
 			}
 			stream <- tt.notification
-			// The notification is handled asynchronously: poll with a
-			// deadline until the entry is gone.
-			deadline := time.Now().Add(20 * time.Second)
-			for alice.call(t, tt.method, tt.params).cache == "hit" {
-				if time.Now().After(deadline) {
-					t.Fatalf("%s never dropped the cached %s", tt.notification, tt.method)
-				}
-			}
+			// The notification is handled asynchronously.
+			pollUntil(t, tt.notification+" to drop the cached "+tt.method, func() bool {
+				return alice.call(t, tt.method, tt.params).cache != "hit"
+			})
 		})
 	}
 	// Subscribing is asynchronous too; once done, it is done once.
-	deadline := time.Now().Add(20 * time.Second)
-	for up.count("resources/subscribe") == 0 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	pollUntil(t, "the subscription", func() bool { return up.count("resources/subscribe") > 0 })
 	if n := up.count("resources/subscribe"); n != 1 {
 		t.Errorf("%d resources/subscribe requests, want 1 for the one cached resource", n)
 	}

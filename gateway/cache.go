@@ -227,8 +227,8 @@ func (s *Server) fetchCacheable(r *http.Request, fwd *forward, lk *cacheLookup, 
 		return nil, err
 	}
 	if result != nil {
-		_ = resp.Body.Close()
 		if f := s.storeAnswer(lk, result, token); f != nil {
+			_ = resp.Body.Close()
 			return f, nil
 		}
 	}

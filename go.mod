@@ -3,6 +3,7 @@ module github.com/ctxgate/ctxgate
 go 1.26.8
 
 require (
+	github.com/allegro/bigcache/v3 v3.1.0
 	github.com/coreos/go-oidc/v3 v3.21.0
 	github.com/go-chi/chi/v5 v5.5.0
 	github.com/go-jose/go-jose/v4 v4.1.9

@@ -22,6 +22,7 @@ type Config struct {
 	Policy    Policy     `yaml:"policy"`
 	Log       Log        `yaml:"log"`
 	Tracing   Tracing    `yaml:"tracing"`
+	Cache     Cache      `yaml:"cache"`
 	Upstreams []Upstream `yaml:"upstreams"`
 }
 
@@ -128,6 +129,9 @@ type Upstream struct {
 	// principal is (X-Ctxgate-Principal, X-Ctxgate-Principal-Kind); any
 	// such header a client sends is always dropped.
 	IdentityHeaders bool `yaml:"identity_headers"`
+	// Cache says which of this upstream's results the gateway caches and
+	// for how long; nil caches nothing.
+	Cache *UpstreamCache `yaml:"cache"`
 }
 
 // Defaults. Exported so documentation and tests can refer to them.
@@ -169,6 +173,7 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.Log.Level, DefaultLogLevel)
 	c.Policy.applyDefaults()
 	c.Tracing.applyDefaults()
+	c.applyCacheDefaults()
 	for i := range c.Upstreams {
 		setDefault(&c.Upstreams[i].MaxIdleConns, DefaultMaxIdleConns)
 	}

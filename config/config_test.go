@@ -34,6 +34,7 @@ func defaults() config.Config {
 		},
 		Log:     config.Log{Level: config.DefaultLogLevel},
 		Tracing: config.Tracing{SampleRatio: ptr(config.DefaultSampleRatio)},
+		Cache:   config.Cache{MaxMB: config.DefaultCacheMaxMB},
 	}
 }
 
@@ -123,6 +124,22 @@ upstreams:
 					{Name: "a", URL: "http://127.0.0.1:1/mcp", MaxIdleConns: config.DefaultMaxIdleConns},
 					{Name: "b", URL: "http://127.0.0.1:2/mcp", MaxIdleConns: 3},
 					{Name: "c", URL: "http://127.0.0.1:3/mcp", MaxIdleConns: config.DefaultMaxIdleConns},
+				}
+			},
+		},
+		{
+			name: "an upstream cache block gets max_ttl; no block caches nothing",
+			yaml: `
+upstreams:
+  - {name: a, url: "http://127.0.0.1:1/mcp", cache: {ttl: {tools/list: 5m}}}
+  - {name: b, url: "http://127.0.0.1:2/mcp"}
+`,
+			want: func(c *config.Config) {
+				c.Upstreams = []config.Upstream{
+					{Name: "a", URL: "http://127.0.0.1:1/mcp", MaxIdleConns: config.DefaultMaxIdleConns, Cache: &config.UpstreamCache{
+						TTL: map[string]time.Duration{"tools/list": 5 * time.Minute}, MaxTTL: config.DefaultCacheMaxTTL,
+					}},
+					{Name: "b", URL: "http://127.0.0.1:2/mcp", MaxIdleConns: config.DefaultMaxIdleConns},
 				}
 			},
 		},

@@ -41,6 +41,7 @@ func (c *Config) Validate() []Problem {
 	v.policy(&c.Policy)
 	v.tracing(&c.Tracing)
 	v.upstreams(c.Upstreams, len(c.Auth.OIDC) > 0)
+	v.cache(c)
 	return v.problems
 }
 

@@ -50,6 +50,7 @@ func TestValidate(t *testing.T) {
 				"policy.timeout: must be between 1ms and 10s",
 				"policy.reload_interval: must be at least 100ms",
 				"upstreams: at least one upstream is required, e.g. {name: docs, url: http://127.0.0.1:3001/mcp}",
+				"cache.max_mb: must be between 1 and 65536 (megabytes), e.g. 256",
 			},
 		},
 		{

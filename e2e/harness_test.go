@@ -228,6 +228,14 @@ func logRecords(logs string) []map[string]any {
 // port first, the server exits and a new port is tried.
 func startEverything(t *testing.T) string {
 	t.Helper()
+	_, url := startEverythingProc(t)
+	return url
+}
+
+// startEverythingProc is startEverything for tests that also stop the
+// server (to see the gateway answer without its upstream).
+func startEverythingProc(t *testing.T) (*proc, string) {
+	t.Helper()
 	for attempt := 0; attempt < 5; attempt++ {
 		addr := reservePort(t)
 		p := startProc(t, "everything-server", bins.everything, "-http="+addr, "-stateless=false")
@@ -244,11 +252,11 @@ func startEverything(t *testing.T) string {
 			return up
 		})
 		if up {
-			return "http://" + addr + "/"
+			return p, "http://" + addr + "/"
 		}
 	}
 	t.Fatal("everything-server did not start")
-	return ""
+	return nil, ""
 }
 
 func reservePort(t *testing.T) string {

@@ -34,6 +34,7 @@ func (s *Server) AdminHandler() http.Handler {
 		r.Handle("/metrics", s.metrics.Handler())
 		r.Get("/admin/upstreams", s.adminUpstreams)
 		r.Get("/admin/policy", s.adminPolicy)
+		r.Handle("/admin/cache", s.cacheAdmin())
 		if s.cfg.Admin.PProf {
 			r.Mount("/debug", middleware.Profiler())
 		}

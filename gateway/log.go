@@ -41,6 +41,12 @@ type requestState struct {
 	// rpcError is the JSON-RPC error code of the upstream's answer, when
 	// the gateway read it.
 	rpcError string
+	// cache is where the answer came from (hit, miss, stale, bypass) for
+	// a request the cache handled; cacheKey its entry, cacheAgeMs the age
+	// of a hit or stale answer.
+	cache      string
+	cacheKey   string
+	cacheAgeMs int64
 }
 
 // Policy verdicts in requestState.decision and the access log.
@@ -164,6 +170,12 @@ func (s *Server) accessRecord(r *http.Request, st *requestState, sc trace.SpanCo
 	}
 	if st.version != "" {
 		attrs = append(attrs, slog.String("protocol_version", st.version))
+	}
+	if st.cache != "" {
+		attrs = append(attrs, slog.String("cache", st.cache), slog.String("cache_key", st.cacheKey))
+		if st.cache == "hit" || st.cache == "stale" {
+			attrs = append(attrs, slog.Int64("cache_age_ms", st.cacheAgeMs))
+		}
 	}
 	level := slog.LevelInfo
 	if st.err != nil {

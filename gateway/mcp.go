@@ -12,6 +12,7 @@ import (
 	"github.com/go-json-experiment/json/jsontext"
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 
+	"github.com/ctxgate/ctxgate/config"
 	"github.com/ctxgate/ctxgate/policy"
 	"github.com/ctxgate/ctxgate/upstream"
 )
@@ -29,6 +30,8 @@ type route struct {
 	requiredScopes []string
 	// identityHeaders tells the upstream who the principal is.
 	identityHeaders bool
+	// cache is what is cached of the upstream; nil caches nothing.
+	cache *config.UpstreamCache
 }
 
 // forward is everything the reverse proxy needs to send one request on,
@@ -40,7 +43,8 @@ type forward struct {
 	messages        []jsonrpc.Message // body decoded: one message, or a batch's
 	upstreamSession string
 	initialize      bool
-	stream          bool // a long-lived GET stream: ends when shutdown begins
+	caps            string // digest of the client capabilities declared at initialize
+	stream          bool   // a long-lived GET stream: ends when shutdown begins
 	// base is the policy input every decision about this exchange starts
 	// from (principal, route, protocol, source); exchanges are the client
 	// requests awaiting responses, by id.
@@ -99,7 +103,11 @@ func (s *Server) serveRoute(rt *route) http.HandlerFunc {
 			writeError(w, r, err)
 			return
 		}
-		rt.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), forwardKey{}, fwd)))
+		r = r.WithContext(context.WithValue(r.Context(), forwardKey{}, fwd))
+		if s.serveCached(w, r, fwd, st) {
+			return
+		}
+		rt.proxy.ServeHTTP(w, r)
 	}
 }
 
@@ -139,6 +147,7 @@ func (s *Server) preparePost(r *http.Request, fwd *forward, st *requestState) er
 		// A new session starts here; a session header sent along is not
 		// forwarded (the upstream session is created fresh).
 		fwd.initialize = true
+		fwd.caps = capabilityDigest(msg.Request().Params)
 		st.version, err = requestVersion(r, nil)
 		return err
 	}
@@ -209,6 +218,7 @@ func (s *Server) prepareSession(r *http.Request, fwd *forward, st *requestState)
 	}
 	st.session = true
 	fwd.upstreamSession = claims.Upstream
+	fwd.caps = claims.Caps
 	st.version, err = requestVersion(r, &claims)
 	return err
 }

@@ -50,6 +50,7 @@ type Metrics struct {
 	sessionsStarted  *prometheus.CounterVec
 	sessionsEnded    *prometheus.CounterVec
 	openStreams      *prometheus.GaugeVec
+	cache            *cacheMetrics
 }
 
 // NewMetrics creates the gateway's series on a new registry, with the Go
@@ -88,6 +89,7 @@ func NewMetrics() *Metrics {
 			"Sessions ended by the client (a DELETE the upstream accepted).", "route"),
 		openStreams: f.gauge("ctxgate_open_streams",
 			"Open SSE streams relayed to clients: kind get (server streams) or post (streamed answers).", "route", "kind"),
+		cache: newCacheMetrics(f),
 	}
 }
 
@@ -158,6 +160,7 @@ func (m *Metrics) initRoutes(routes []string) {
 func (m *Metrics) observeRequest(st *requestState, status int, d time.Duration) {
 	route := cmp.Or(st.upstream, labelNone)
 	m.requests.WithLabelValues(route, st.outcome()).Inc()
+	m.observeCache(st)
 	if st.msg == nil || st.msg.Request() == nil {
 		return // no single MCP operation: a GET stream, a DELETE, a batch, a client's answer, a rejection before decoding
 	}

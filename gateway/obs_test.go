@@ -230,7 +230,7 @@ func listen(t *testing.T) net.Listener {
 // record, metrics, the request span) lands just after the client is done.
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
@@ -297,6 +297,13 @@ func (g *obsGateway) scrape(t *testing.T) map[string]float64 {
 	if status != http.StatusOK {
 		t.Fatalf("/metrics: %d %s", status, body)
 	}
+	return parseMetrics(t, body)
+}
+
+// parseMetrics reads the Prometheus text format into series -> value,
+// the series written as in the exposition (name{labels}).
+func parseMetrics(t *testing.T, body string) map[string]float64 {
+	t.Helper()
 	series := map[string]float64{}
 	sc := bufio.NewScanner(strings.NewReader(body))
 	for sc.Scan() {

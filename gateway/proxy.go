@@ -158,6 +158,7 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 		open := s.metrics.openStreams.WithLabelValues(fwd.route.upstream.Name, kind)
 		open.Inc()
 		relay.onClose = open.Dec
+		relay.observe = func(data []byte) { s.observeUpstream(fwd.route.upstream.Name, data) }
 		if s.policy != nil {
 			relay.transform = func(data []byte) ([]byte, bool) { return s.transformMessage(ctx, fwd, data) }
 		}
@@ -212,6 +213,7 @@ func (s *Server) mintSession(resp *http.Response, fwd *forward, upstreamSession 
 		Principal: fwd.principal.ID,
 		Upstream:  upstreamSession,
 		Version:   version,
+		Caps:      fwd.caps,
 	})
 	if err != nil {
 		return fmt.Errorf("seal session: %w", err)
@@ -224,21 +226,7 @@ func (s *Server) mintSession(resp *http.Response, fwd *forward, upstreamSession 
 // negotiatedVersion finds result.protocolVersion in an initialize answer,
 // sent as JSON or as SSE events.
 func negotiatedVersion(body []byte, sse bool) (string, bool) {
-	payloads := [][]byte{body}
-	if sse {
-		payloads = nil
-		events := newSSEReader(bytes.NewReader(body))
-		for {
-			ev, err := events.next()
-			if err != nil {
-				break
-			}
-			if ev.HasData {
-				payloads = append(payloads, ev.Data)
-			}
-		}
-	}
-	for _, p := range payloads {
+	for _, p := range messagePayloads(body, sse) {
 		var msg struct {
 			Result *struct {
 				ProtocolVersion string `json:"protocolVersion"`
@@ -249,6 +237,25 @@ func negotiatedVersion(body []byte, sse bool) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// messagePayloads returns the messages of a whole answer: the body itself,
+// or the data of each of its events.
+func messagePayloads(body []byte, sse bool) [][]byte {
+	if !sse {
+		return [][]byte{body}
+	}
+	var payloads [][]byte
+	events := newSSEReader(bytes.NewReader(body))
+	for {
+		ev, err := events.next()
+		if err != nil {
+			return payloads
+		}
+		if ev.HasData {
+			payloads = append(payloads, ev.Data)
+		}
+	}
 }
 
 var errUpstreamUnauthorized = errors.New("upstream answered 401: the gateway's credential for it was refused")

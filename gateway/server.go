@@ -8,6 +8,8 @@
 //	  -> authenticate (Principal) -> route:
 //	     Content-Type/Accept -> strict JSON-RPC decode (once) -> session open
 //	     (sealed, bound to principal and route) -> protocol version
+//	     -> policy decision -> response cache for cacheable methods (cache.go:
+//	        hits, single-flight misses, stale answers on upstream failure)
 //	     -> reverse proxy: exactly the checked bytes, client credentials
 //	        stripped, upstream session id swapped in
 //	     <- response: upstream session id swapped out (a sealed one minted on
@@ -45,6 +47,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
+	"github.com/ctxgate/ctxgate/cache"
 	"github.com/ctxgate/ctxgate/config"
 	"github.com/ctxgate/ctxgate/policy"
 	"github.com/ctxgate/ctxgate/upstream"
@@ -66,6 +69,9 @@ type Options struct {
 	// TracerProvider records spans; nil means none are recorded (a valid
 	// incoming trace context is still passed upstream).
 	TracerProvider trace.TracerProvider
+	// Cache is the response cache; nil builds one from the configuration
+	// when an upstream has a cache block (on the Now clock).
+	Cache *cache.Store
 }
 
 // Server is one gateway: its routes, its admin endpoints and its lifecycle.
@@ -92,6 +98,11 @@ type Server struct {
 	adminToken []byte
 	// upstreamStats feed /admin/upstreams, by upstream name.
 	upstreamStats map[string]*upstreamStats
+	// cache holds raw upstream answers (cache.go); nil caches nothing.
+	cache *cache.Store
+	// listeners are the cache's change listeners by upstream name
+	// (cachelisten.go), started by Serve.
+	listeners sync.Map
 
 	ready    atomic.Bool // listeners are up
 	draining atomic.Bool // shutdown began: not ready, streams closing
@@ -157,6 +168,9 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 	if s.sessions, err = newSealer(secrets, cfg.Sessions.TTL, now); err != nil {
 		return nil, fmt.Errorf("sessions: %w", err)
 	}
+	if s.cache, err = newCache(cfg, opts.Cache, now); err != nil {
+		return nil, err
+	}
 	s.streams, s.stopStreams = context.WithCancel(context.Background())
 	s.upstreamStats = map[string]*upstreamStats{}
 	var names []string
@@ -165,6 +179,9 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 		names = append(names, up.Name)
 	}
 	s.metrics.initRoutes(names)
+	if s.cache != nil {
+		s.metrics.registerStore(s.cache)
+	}
 	if s.policy != nil {
 		s.metrics.setPolicyRevision(s.policy.Revision())
 	}
@@ -220,6 +237,7 @@ func (s *Server) routes() []*route {
 			upstream:        up,
 			requiredScopes:  c.RequiredScopes,
 			identityHeaders: c.IdentityHeaders,
+			cache:           c.Cache,
 		}
 		rt.resource = base + rt.path
 		rt.metadataURL = base + wellKnownPRM + rt.path
@@ -287,6 +305,7 @@ func (s *Server) Serve(ctx context.Context, public, admin net.Listener) error {
 			}
 		})
 	}
+	s.startChangeListeners(s.streams)
 	s.ready.Store(true)
 	var serveErr error
 	select {

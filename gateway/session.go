@@ -35,6 +35,7 @@ type sessionClaims struct {
 	Principal string `json:"p"`
 	Upstream  string `json:"u,omitempty"` // the upstream's own session id; never shown to clients
 	Version   string `json:"v,omitempty"` // negotiated MCP protocol version
+	Caps      string `json:"c,omitempty"` // digest of the client's declared capabilities (cache key)
 	IssuedAt  int64  `json:"iat"`         // unix seconds
 }
 

@@ -166,6 +166,9 @@ type sseRelay struct {
 	// streams gauge).
 	onClose func()
 	closed  atomic.Bool
+	// observe, if set, sees each event's data before transform (cache
+	// invalidation on the upstream's change notifications).
+	observe func(data []byte)
 }
 
 func newSSERelay(upstream io.ReadCloser, stop context.Context) *sseRelay {
@@ -191,6 +194,9 @@ func (s *sseRelay) Read(p []byte) (int, error) {
 				return 0, io.EOF
 			}
 			return 0, err
+		}
+		if s.observe != nil && ev.HasData {
+			s.observe(ev.Data)
 		}
 		if s.transform != nil && ev.HasData && len(ev.Data) > 0 {
 			data, drop := s.transform(ev.Data)

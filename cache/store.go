@@ -1,0 +1,392 @@
+// Package cache is ctxgate's response cache: raw upstream results in a
+// size-bounded bigcache, keyed by a hash of the request (key.go, where the
+// "never cache" rules are), each entry carrying when it was stored, until
+// when it is fresh, until when it may still be served stale, and the tags
+// it is invalidated by. Concurrent misses for one key share one fetch.
+//
+// The cache stores what the upstream said, before any policy: the gateway
+// filters and redacts every answer it serves from here with the policy in
+// force at that moment.
+//
+// It knows nothing of HTTP, the gateway or the policy.
+package cache
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/bits"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/allegro/bigcache/v3"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/ctxgate/ctxgate/config"
+)
+
+// maxTagGenerations bounds the invalidation bookkeeping: past it the whole
+// cache is dropped rather than the bookkeeping grown (an upstream
+// announcing updates to ever new resource URIs cannot exhaust memory).
+const maxTagGenerations = 100_000
+
+// Options are the store's injectable dependencies; nil means the default.
+type Options struct {
+	// Now is the clock entries are dated and judged by; nil is time.Now.
+	Now func() time.Time
+}
+
+// Entry is one cached upstream result.
+type Entry struct {
+	// Value is the raw upstream result (the JSON-RPC "result" member).
+	Value []byte
+	// StoredAt is when the answer arrived.
+	StoredAt time.Time
+	// FreshUntil is when it stops being served as a hit.
+	FreshUntil time.Time
+	// StaleUntil is when it stops being served even when the upstream
+	// fails; equal to FreshUntil when stale serving is off.
+	StaleUntil time.Time
+	// Tags name what invalidates the entry (see UpstreamTag, MethodTag,
+	// ResourceTag).
+	Tags []string
+	// seq is the invalidation sequence number when its fetch began.
+	seq uint64
+}
+
+// State is what a lookup found.
+type State int
+
+// Lookup states.
+const (
+	// Miss: nothing usable.
+	Miss State = iota
+	// Fresh: serve it.
+	Fresh
+	// Stale: past its TTL but within its stale-if-error window: serve it
+	// only if the upstream fails.
+	Stale
+)
+
+// Store is the response cache. Its methods are safe for concurrent use.
+type Store struct {
+	bc     *bigcache.BigCache
+	now    func() time.Time
+	flight singleflight.Group
+	maxMB  int
+
+	mu sync.Mutex
+	// seq counts invalidations; gen holds, per tag, the seq of its last
+	// invalidation; floor is the seq of the last full purge. An entry
+	// whose fetch began before any of these is invalid.
+	seq   uint64
+	gen   map[string]uint64
+	floor uint64
+
+	hits, misses, stale, bypass atomic.Uint64
+}
+
+// New builds the store for a validated configuration: bounded by
+// cache.max_mb, entries kept at most as long as the longest TTL plus
+// stale_if_error any upstream allows.
+func New(cfg *config.Config, opts Options) (*Store, error) {
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	mb := max(cfg.Cache.MaxMB, 1)
+	bc, err := bigcache.New(context.Background(), bigcache.Config{
+		Shards:             shardCount(mb),
+		LifeWindow:         lifeWindow(cfg),
+		CleanWindow:        time.Minute,
+		MaxEntriesInWindow: shardCount(mb) * 16,
+		MaxEntrySize:       4 << 10,
+		HardMaxCacheSize:   mb,
+		Logger:             bigcache.DefaultLogger(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cache: %w", err)
+	}
+	return &Store{bc: bc, now: now, maxMB: mb, gen: map[string]uint64{}}, nil
+}
+
+// shardCount keeps shards at least 128 KiB each (an entry larger than a
+// shard cannot be stored) and at most 256 of them.
+func shardCount(mb int) int {
+	n := 1 << (bits.Len(uint(mb*8)) - 1) // largest power of two <= mb*8
+	return min(max(n, 1), 256)
+}
+
+// lifeWindow is bigcache's own expiry, by wall time: a backstop past which
+// no entry can be useful. Freshness is judged by the store's clock.
+func lifeWindow(cfg *config.Config) time.Duration {
+	longest := time.Minute
+	for _, up := range cfg.Upstreams {
+		if up.Cache == nil {
+			continue
+		}
+		ttl := up.Cache.MaxTTL
+		for _, t := range up.Cache.TTL {
+			ttl = max(ttl, t)
+		}
+		longest = max(longest, ttl+up.Cache.StaleIfError)
+	}
+	return longest + time.Minute
+}
+
+// Close stops the store's background cleanup.
+func (s *Store) Close() error { return s.bc.Close() }
+
+// Now is the store's clock.
+func (s *Store) Now() time.Time { return s.now() }
+
+// Begin returns the token to Set an answer with: take it before asking the
+// upstream, so an invalidation that arrives while the answer is on its way
+// also invalidates that answer.
+func (s *Store) Begin() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.seq
+}
+
+// Set stores e under key. token is Begin's, taken before the fetch. An
+// entry larger than a cache shard is not stored (the error says so).
+func (s *Store) Set(key string, e *Entry, token uint64) error {
+	e.seq = token
+	if err := s.bc.Set(key, encode(e)); err != nil {
+		return fmt.Errorf("cache set: %w", err)
+	}
+	return nil
+}
+
+// Lookup returns the first usable entry among keys, in order, and counts a
+// hit (fresh) or a miss (stale or nothing). Expired and invalidated
+// entries are deleted on the way.
+func (s *Store) Lookup(keys ...string) (*Entry, State, string) {
+	var found *Entry
+	var foundKey string
+	for _, key := range keys {
+		e, st := s.get(key)
+		if st == Fresh {
+			s.hits.Add(1)
+			return e, Fresh, key
+		}
+		if st == Stale && found == nil {
+			found, foundKey = e, key
+		}
+	}
+	s.misses.Add(1)
+	if found != nil {
+		return found, Stale, foundKey
+	}
+	return nil, Miss, ""
+}
+
+// Fresh returns the first fresh entry among keys without counting a hit
+// or a miss: the second look a fetch takes after joining a single flight,
+// for an answer stored since the first.
+func (s *Store) Fresh(keys ...string) (*Entry, string) {
+	for _, key := range keys {
+		if e, st := s.get(key); st == Fresh {
+			return e, key
+		}
+	}
+	return nil, ""
+}
+
+func (s *Store) get(key string) (*Entry, State) {
+	raw, err := s.bc.Get(key)
+	if err != nil {
+		return nil, Miss
+	}
+	e, err := decode(raw)
+	if err != nil || !s.valid(e) {
+		_ = s.bc.Delete(key)
+		return nil, Miss
+	}
+	now := s.now()
+	switch {
+	case now.Before(e.FreshUntil):
+		return e, Fresh
+	case now.Before(e.StaleUntil):
+		return e, Stale
+	}
+	_ = s.bc.Delete(key)
+	return nil, Miss
+}
+
+// valid reports whether no invalidation happened since e's fetch began.
+func (s *Store) valid(e *Entry) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e.seq < s.floor {
+		return false
+	}
+	for _, t := range e.Tags {
+		if s.gen[t] > e.seq {
+			return false
+		}
+	}
+	return true
+}
+
+// Do runs fetch once for all concurrent callers with the same key; the
+// others wait and share its result. ran reports whether it was this
+// caller's fetch that ran. A caller whose ctx ends stops waiting (with
+// ctx's error); the fetch goes on for the others.
+func (s *Store) Do(ctx context.Context, key string, fetch func() (any, error)) (v any, ran bool, err error) {
+	var leader atomic.Bool
+	ch := s.flight.DoChan(key, func() (any, error) {
+		leader.Store(true)
+		return fetch()
+	})
+	select {
+	case res := <-ch:
+		return res.Val, leader.Load(), res.Err
+	case <-ctx.Done():
+		return nil, false, ctx.Err()
+	}
+}
+
+// Invalidate drops every entry carrying any of tags, at once: the next
+// lookup of each is a miss.
+func (s *Store) Invalidate(tags ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.gen)+len(tags) > maxTagGenerations {
+		s.purgeLocked()
+		return
+	}
+	s.seq++
+	for _, t := range tags {
+		s.gen[t] = s.seq
+	}
+}
+
+// Delete drops the entry under key.
+func (s *Store) Delete(key string) {
+	_ = s.bc.Delete(key)
+}
+
+// Purge drops every entry.
+func (s *Store) Purge() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.purgeLocked()
+}
+
+func (s *Store) purgeLocked() {
+	s.seq++
+	s.floor = s.seq
+	clear(s.gen)
+	_ = s.bc.Reset()
+}
+
+// CountStale counts an answer served stale.
+func (s *Store) CountStale() { s.stale.Add(1) }
+
+// CountBypass counts a cacheable request whose answer could not be cached
+// (an error, an interim result, a stream the gateway relayed as it came).
+func (s *Store) CountBypass() { s.bypass.Add(1) }
+
+// Stats are the store's counters since start-up.
+type Stats struct {
+	Hits        uint64 `json:"hits"`
+	Misses      uint64 `json:"misses"`
+	StaleServed uint64 `json:"stale_served"`
+	Bypass      uint64 `json:"bypass"`
+	// Entries counts stored entries, including invalidated ones not yet
+	// removed.
+	Entries int `json:"entries"`
+	// Bytes is the memory allocated to entries; it never exceeds MaxBytes.
+	Bytes    int `json:"bytes"`
+	MaxBytes int `json:"max_bytes"`
+}
+
+// Stats returns the counters.
+func (s *Store) Stats() Stats {
+	return Stats{
+		Hits: s.hits.Load(), Misses: s.misses.Load(), StaleServed: s.stale.Load(), Bypass: s.bypass.Load(),
+		Entries: s.bc.Len(), Bytes: s.bc.Capacity(), MaxBytes: s.maxMB << 20,
+	}
+}
+
+// Tags for invalidation. Every entry carries its upstream's tag and its
+// method's; a resources/read entry also its URI's.
+
+// UpstreamTag invalidates everything cached of an upstream.
+func UpstreamTag(upstream string) string { return "u\x00" + upstream }
+
+// MethodTag invalidates one method's entries of an upstream.
+func MethodTag(upstream, method string) string { return "m\x00" + upstream + "\x00" + method }
+
+// ResourceTag invalidates the cached reads of one resource.
+func ResourceTag(upstream, uri string) string { return "r\x00" + upstream + "\x00" + uri }
+
+// TagsFor lists the tags of an entry for a request.
+func TagsFor(upstream, method, uri string) []string {
+	tags := []string{UpstreamTag(upstream), MethodTag(upstream, method)}
+	if method == "resources/read" {
+		tags = append(tags, ResourceTag(upstream, uri))
+	}
+	return tags
+}
+
+// Entry encoding: format byte, three unix-nanosecond times, seq, tag count
+// and tags (each uvarint length + bytes), then the value.
+const entryFormat = 1
+
+var errCorrupt = errors.New("cache entry corrupt")
+
+func encode(e *Entry) []byte {
+	b := make([]byte, 0, 1+4*binary.MaxVarintLen64+len(e.Value)+64)
+	b = append(b, entryFormat)
+	for _, t := range []time.Time{e.StoredAt, e.FreshUntil, e.StaleUntil} {
+		b = binary.AppendVarint(b, t.UnixNano())
+	}
+	b = binary.AppendUvarint(b, e.seq)
+	b = binary.AppendUvarint(b, uint64(len(e.Tags)))
+	for _, t := range e.Tags {
+		b = binary.AppendUvarint(b, uint64(len(t)))
+		b = append(b, t...)
+	}
+	return append(b, e.Value...)
+}
+
+func decode(b []byte) (*Entry, error) {
+	if len(b) == 0 || b[0] != entryFormat {
+		return nil, errCorrupt
+	}
+	b = b[1:]
+	e := &Entry{}
+	for _, t := range []*time.Time{&e.StoredAt, &e.FreshUntil, &e.StaleUntil} {
+		v, n := binary.Varint(b)
+		if n <= 0 {
+			return nil, errCorrupt
+		}
+		*t, b = time.Unix(0, v), b[n:]
+	}
+	var n int
+	if e.seq, n = binary.Uvarint(b); n <= 0 {
+		return nil, errCorrupt
+	}
+	b = b[n:]
+	count, n := binary.Uvarint(b)
+	if n <= 0 || count > uint64(len(b)) {
+		return nil, errCorrupt
+	}
+	b = b[n:]
+	for range count {
+		l, n := binary.Uvarint(b)
+		if n <= 0 || l > uint64(len(b)-n) {
+			return nil, errCorrupt
+		}
+		e.Tags = append(e.Tags, string(b[n:n+int(l)]))
+		b = b[n+int(l):]
+	}
+	// bigcache returns a copy, so the value may alias it.
+	e.Value = b
+	return e, nil
+}

@@ -1,0 +1,240 @@
+package cache
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/ctxgate/ctxgate/config"
+)
+
+// clock is an injected clock tests move by hand.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+func newStore(t *testing.T, maxMB int) (*Store, *clock) {
+	t.Helper()
+	c := &clock{now: time.Date(2026, 7, 28, 12, 0, 0, 0, time.UTC)}
+	s, err := New(&config.Config{Cache: config.Cache{MaxMB: maxMB}}, Options{Now: c.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, c
+}
+
+func put(t *testing.T, s *Store, key string, value string, fresh, stale time.Duration, tags ...string) {
+	t.Helper()
+	now := s.Now()
+	if err := s.Set(key, &Entry{Value: []byte(value), StoredAt: now, FreshUntil: now.Add(fresh), StaleUntil: now.Add(fresh + stale), Tags: tags}, s.Begin()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLifetime(t *testing.T) {
+	s, c := newStore(t, 1)
+	put(t, s, "k", `{"tools":[]}`, time.Minute, time.Hour)
+	steps := []struct {
+		name    string
+		advance time.Duration
+		want    State
+	}{
+		{name: "fresh", advance: 0, want: Fresh},
+		{name: "just before the TTL", advance: time.Minute - time.Nanosecond, want: Fresh},
+		{name: "at the TTL: stale", advance: time.Nanosecond, want: Stale},
+		{name: "inside the window", advance: 59 * time.Minute, want: Stale},
+		{name: "past the window", advance: time.Minute, want: Miss},
+		{name: "gone for good", advance: -time.Hour, want: Miss},
+	}
+	for _, st := range steps {
+		c.Add(st.advance)
+		e, got, _ := s.Lookup("k")
+		if got != st.want {
+			t.Fatalf("%s: state %d, want %d", st.name, got, st.want)
+		}
+		if got != Miss && string(e.Value) != `{"tools":[]}` {
+			t.Fatalf("%s: value %q", st.name, e.Value)
+		}
+	}
+	if st := s.Stats(); st.Hits != 2 || st.Misses != 4 {
+		t.Errorf("stats %+v, want 2 hits and 4 misses", st)
+	}
+}
+
+func TestLookupOrder(t *testing.T) {
+	s, _ := newStore(t, 1)
+	put(t, s, "private", "p", time.Minute, 0)
+	e, st, key := s.Lookup("shared", "private")
+	if st != Fresh || key != "private" || string(e.Value) != "p" {
+		t.Errorf("Lookup(shared, private) = %v %q; want the private entry", st, key)
+	}
+	put(t, s, "shared", "s", time.Minute, 0)
+	if _, _, key := s.Lookup("shared", "private"); key != "shared" {
+		t.Errorf("found %q first, want shared", key)
+	}
+}
+
+func TestInvalidate(t *testing.T) {
+	tests := []struct {
+		name    string
+		tags    []string
+		dropped []string
+	}{
+		{name: "method", tags: []string{MethodTag("docs", "tools/list")}, dropped: []string{"tools"}},
+		{name: "upstream", tags: []string{UpstreamTag("docs")}, dropped: []string{"tools", "prompts", "readA", "readB"}},
+		{name: "resource", tags: []string{ResourceTag("docs", "file:///a")}, dropped: []string{"readA"}},
+		{name: "other upstream", tags: []string{UpstreamTag("git")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, _ := newStore(t, 1)
+			entries := map[string][]string{
+				"tools":   TagsFor("docs", "tools/list", ""),
+				"prompts": TagsFor("docs", "prompts/list", ""),
+				"readA":   TagsFor("docs", "resources/read", "file:///a"),
+				"readB":   TagsFor("docs", "resources/read", "file:///b"),
+			}
+			for k, tags := range entries {
+				put(t, s, k, "v", time.Minute, time.Hour, tags...)
+			}
+			s.Invalidate(tt.tags...)
+			for k := range entries {
+				_, st, _ := s.Lookup(k)
+				dropped := st == Miss
+				want := strings.Contains(" "+strings.Join(tt.dropped, " ")+" ", " "+k+" ")
+				if dropped != want {
+					t.Errorf("%s: dropped=%v, want %v", k, dropped, want)
+				}
+			}
+		})
+	}
+}
+
+// An invalidation that arrives while an answer is being fetched also
+// invalidates that answer.
+func TestInvalidateDuringFetch(t *testing.T) {
+	s, _ := newStore(t, 1)
+	token := s.Begin()
+	s.Invalidate(MethodTag("docs", "tools/list"))
+	now := s.Now()
+	if err := s.Set("k", &Entry{Value: []byte("old"), FreshUntil: now.Add(time.Minute), StaleUntil: now.Add(time.Minute), Tags: TagsFor("docs", "tools/list", "")}, token); err != nil {
+		t.Fatal(err)
+	}
+	if _, st, _ := s.Lookup("k"); st != Miss {
+		t.Errorf("an answer fetched across an invalidation was served (state %d)", st)
+	}
+	put(t, s, "k", "new", time.Minute, 0, TagsFor("docs", "tools/list", "")...)
+	if _, st, _ := s.Lookup("k"); st != Fresh {
+		t.Errorf("an answer fetched after the invalidation is not served (state %d)", st)
+	}
+}
+
+func TestPurge(t *testing.T) {
+	s, _ := newStore(t, 1)
+	put(t, s, "a", "1", time.Minute, 0)
+	put(t, s, "b", "2", time.Minute, 0)
+	token := s.Begin()
+	s.Delete("a")
+	if _, st, _ := s.Lookup("a"); st != Miss {
+		t.Error("deleted key still served")
+	}
+	s.Purge()
+	if _, st, _ := s.Lookup("b"); st != Miss {
+		t.Error("purged key still served")
+	}
+	now := s.Now()
+	_ = s.Set("c", &Entry{Value: []byte("3"), FreshUntil: now.Add(time.Minute)}, token)
+	if _, st, _ := s.Lookup("c"); st != Miss {
+		t.Error("an answer fetched before a purge was served after it")
+	}
+}
+
+// Filling the store far past its bound evicts the oldest entries; the
+// memory it holds never grows past max_mb.
+func TestBoundedMemory(t *testing.T) {
+	s, _ := newStore(t, 1)
+	value := strings.Repeat("x", 2<<10)
+	const n = 4000 // ~8 MiB into a 1 MiB store
+	for i := range n {
+		put(t, s, fmt.Sprint("k", i), value, time.Hour, 0)
+		if st := s.Stats(); st.Bytes > st.MaxBytes {
+			t.Fatalf("after %d entries the store holds %d bytes, over its bound %d", i+1, st.Bytes, st.MaxBytes)
+		}
+	}
+	st := s.Stats()
+	if st.Entries >= n/2 || st.Entries == 0 {
+		t.Errorf("%d entries kept of %d written into 1 MiB; want eviction", st.Entries, n)
+	}
+	if _, got, _ := s.Lookup("k0"); got != Miss {
+		t.Error("the oldest entry survived")
+	}
+	if _, got, _ := s.Lookup(fmt.Sprint("k", n-1)); got != Fresh {
+		t.Error("the newest entry was evicted")
+	}
+	// An entry larger than a shard is refused, not stored.
+	if err := s.Set("huge", &Entry{Value: make([]byte, 2<<20)}, s.Begin()); err == nil {
+		t.Error("a 2 MiB entry was accepted into a 1 MiB store")
+	}
+}
+
+// 200 concurrent misses for one key make one fetch; every caller gets its
+// result. synctest.Wait holds the fetch until all 200 are waiting on it.
+func TestSingleFlight(t *testing.T) {
+	s, _ := newStore(t, 1)
+	synctest.Test(t, func(t *testing.T) {
+		var fetches atomic.Int64
+		release := make(chan struct{})
+		var wg sync.WaitGroup
+		results := make([]any, 200)
+		for i := range results {
+			wg.Go(func() {
+				results[i], _, _ = s.Do(t.Context(), "k", func() (any, error) {
+					fetches.Add(1)
+					<-release
+					return "answer", nil
+				})
+			})
+		}
+		synctest.Wait()
+		close(release)
+		wg.Wait()
+		if n := fetches.Load(); n != 1 {
+			t.Errorf("%d fetches for 200 concurrent misses, want 1", n)
+		}
+		for i, r := range results {
+			if r != "answer" {
+				t.Fatalf("caller %d got %v", i, r)
+			}
+		}
+	})
+}
+
+func TestEntryEncoding(t *testing.T) {
+	now := time.Unix(1700000000, 123)
+	e := &Entry{Value: []byte(`{"a":1}`), StoredAt: now, FreshUntil: now.Add(time.Second), StaleUntil: now.Add(time.Hour), Tags: []string{"a", "", "b\x00c"}, seq: 42}
+	got, err := decode(encode(e))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got.Value) != string(e.Value) || !got.StoredAt.Equal(e.StoredAt) || !got.StaleUntil.Equal(e.StaleUntil) || got.seq != 42 || len(got.Tags) != 3 || got.Tags[2] != "b\x00c" {
+		t.Errorf("round trip: %+v", got)
+	}
+	for _, b := range [][]byte{nil, {2}, {entryFormat}, encode(e)[:5]} {
+		if _, err := decode(b); err == nil {
+			t.Errorf("decode(%v) accepted a corrupt entry", b)
+		}
+	}
+}

@@ -1,0 +1,111 @@
+package config
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Cache configures the gateway's response cache as a whole. What is cached
+// and for how long is set per upstream (Upstream.Cache).
+type Cache struct {
+	// MaxMB bounds the memory the cache's entries may use, in megabytes;
+	// when full, the oldest entries are evicted. Default: 256.
+	MaxMB int `yaml:"max_mb"`
+}
+
+// UpstreamCache is what the gateway caches of one upstream. Nil (the
+// default) caches nothing of it.
+type UpstreamCache struct {
+	// TTL is how long a result stays fresh, per method, when the upstream
+	// gives no ttlMs of its own (ttlMs is protocol only in the 2026-07-28
+	// era; legacy-era answers always use this). A method without a TTL
+	// here is not cached in the legacy era. Keys are the methods in
+	// CacheMethods.
+	TTL map[string]time.Duration `yaml:"ttl"`
+	// MaxTTL caps an upstream-supplied ttlMs and bounds every TTL.
+	// Default: 1h.
+	MaxTTL time.Duration `yaml:"max_ttl"`
+	// StaleIfError is how long after it stops being fresh an entry may
+	// still be served, marked stale, when the upstream fails (connection
+	// refused, timeout, 5xx). Zero (the default) never serves stale.
+	StaleIfError time.Duration `yaml:"stale_if_error"`
+	// Tools lists the tools whose tools/call results may be cached (with
+	// ttl["tools/call"]); no other call is ever cached.
+	Tools []string `yaml:"tools"`
+}
+
+// CacheMethods are the MCP methods whose results the cache may hold: the
+// only keys accepted under upstreams[].cache.ttl. The rest of the "never
+// cache" rules are in package cache, beside the key function.
+var CacheMethods = []string{
+	"tools/list", "prompts/list", "resources/list", "resources/templates/list",
+	"resources/read", "server/discover", "tools/call",
+}
+
+// Cache defaults.
+const (
+	DefaultCacheMaxMB  = 256
+	DefaultCacheMaxTTL = time.Hour
+	// maxCacheMB keeps a typo (a byte count written as megabytes) from
+	// asking for terabytes.
+	maxCacheMB = 1 << 16
+)
+
+func (c *Config) applyCacheDefaults() {
+	setDefault(&c.Cache.MaxMB, DefaultCacheMaxMB)
+	for i := range c.Upstreams {
+		if uc := c.Upstreams[i].Cache; uc != nil {
+			setDefault(&uc.MaxTTL, DefaultCacheMaxTTL)
+		}
+	}
+}
+
+func (v *validator) cache(c *Config) {
+	if c.Cache.MaxMB <= 0 || c.Cache.MaxMB > maxCacheMB {
+		v.add("cache.max_mb", "must be between 1 and %d (megabytes), e.g. 256", maxCacheMB)
+	}
+	for i, up := range c.Upstreams {
+		if up.Cache != nil {
+			v.upstreamCache(fmt.Sprintf("upstreams[%d].cache", i), up.Cache)
+		}
+	}
+}
+
+func (v *validator) upstreamCache(path string, uc *UpstreamCache) {
+	methods := make([]string, 0, len(uc.TTL))
+	for m := range uc.TTL {
+		methods = append(methods, m)
+	}
+	slices.Sort(methods) // map order is random; problems are reported in a stable order
+	for _, m := range methods {
+		ttl := uc.TTL[m]
+		switch {
+		case !slices.Contains(CacheMethods, m):
+			v.add(path+".ttl."+m, "unknown method; cacheable methods are %s", strings.Join(CacheMethods, ", "))
+		case ttl <= 0:
+			v.add(path+".ttl."+m, "must be a positive duration such as 5m; leave the method out to not cache it")
+		case ttl > uc.MaxTTL:
+			v.add(path+".ttl."+m, "%s is longer than max_ttl (%s); shorten it or raise max_ttl", ttl, uc.MaxTTL)
+		}
+	}
+	if uc.MaxTTL <= 0 {
+		v.add(path+".max_ttl", "must be positive, e.g. 1h")
+	}
+	if uc.StaleIfError < 0 {
+		v.add(path+".stale_if_error", "must not be negative; 0 never serves stale answers")
+	}
+	for i, name := range uc.Tools {
+		if name == "" {
+			v.add(fmt.Sprintf("%s.tools[%d]", path, i), "must be a tool name")
+		}
+	}
+	_, callTTL := uc.TTL["tools/call"]
+	switch {
+	case len(uc.Tools) > 0 && !callTTL:
+		v.add(path+".tools", "listed tools are cached only with a TTL for them: add ttl: {tools/call: 1m}")
+	case len(uc.Tools) == 0 && callTTL:
+		v.add(path+".ttl.tools/call", "caches nothing without tools: list the tools whose calls may be cached under tools")
+	}
+}

@@ -285,7 +285,7 @@ func (s *Server) captureEvents(body io.Reader, captured *bytes.Buffer, upstreamN
 		if !ev.HasData || len(ev.Data) == 0 {
 			continue
 		}
-		msg, err := jsonrpc.DecodeMessage(ev.Data)
+		msg, err := decodeRPC(ev.Data)
 		if err != nil {
 			return nil, nil
 		}
@@ -300,7 +300,7 @@ func (s *Server) captureEvents(body io.Reader, captured *bytes.Buffer, upstreamN
 // storableResult returns the result of a response to id that the rules of
 // cache.Storable allow to be stored, else nil.
 func storableResult(data []byte, id jsonrpc.ID) json.RawMessage {
-	msg, err := jsonrpc.DecodeMessage(data)
+	msg, err := decodeRPC(data)
 	if err != nil {
 		return nil
 	}
@@ -387,7 +387,10 @@ func (s *Server) writeCached(w http.ResponseWriter, r *http.Request, fwd *forwar
 		writeError(w, r, fmt.Errorf("encode cached answer: %w", err))
 		return
 	}
-	body = s.transformJSON(r.Context(), fwd, body)
+	if body, err = s.transformJSON(r.Context(), fwd, body); err != nil {
+		writeError(w, r, fmt.Errorf("filter cached answer: %w", err))
+		return
+	}
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", strconv.Itoa(len(body)))

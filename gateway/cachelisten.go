@@ -200,7 +200,7 @@ func (l *changeListener) setHeaders(h http.Header, accept string) {
 // gets its empty result, anything else "method not found" (the listener
 // declared no capabilities), so the upstream never waits on it.
 func (l *changeListener) answerServerRequest(ctx context.Context, data []byte) {
-	msg, err := jsonrpc.DecodeMessage(data)
+	msg, err := decodeRPC(data)
 	req, ok := msg.(*jsonrpc.Request)
 	if err != nil || !ok || !req.ID.IsValid() {
 		return

@@ -70,23 +70,32 @@ func (s *Server) authorize(r *http.Request, fwd *forward, st *requestState) erro
 	return nil
 }
 
+// errUnreadableAnswer is an upstream JSON answer the policy could not read,
+// and so could not filter: it is withheld (502), never relayed as it came.
+var errUnreadableAnswer = errors.New("upstream answer is not a JSON-RPC message the policy can read")
+
 // transformJSON applies transformMessage to a JSON response body, a single
 // message or (2025-03-26) a batch.
-func (s *Server) transformJSON(ctx context.Context, fwd *forward, body []byte) []byte {
+func (s *Server) transformJSON(ctx context.Context, fwd *forward, body []byte) ([]byte, error) {
 	trimmed := bytes.TrimLeft(body, " \t\r\n")
 	if len(trimmed) == 0 || trimmed[0] != '[' {
-		out, _ := s.transformMessage(ctx, fwd, body)
-		return out
+		out, drop := s.transformMessage(ctx, fwd, body)
+		if drop {
+			// The one message of a JSON answer is the response to the
+			// request: there is nothing to relay in its place.
+			return nil, errUnreadableAnswer
+		}
+		return out, nil
 	}
 	dec := jsontext.NewDecoder(bytes.NewReader(body))
 	if _, err := dec.ReadToken(); err != nil {
-		return body
+		return nil, errUnreadableAnswer
 	}
 	out := []byte{'['}
 	for dec.PeekKind() != ']' {
 		v, err := dec.ReadValue()
 		if err != nil {
-			return body
+			return nil, errUnreadableAnswer
 		}
 		m, drop := s.transformMessage(ctx, fwd, v)
 		if drop {
@@ -97,7 +106,7 @@ func (s *Server) transformJSON(ctx context.Context, fwd *forward, body []byte) [
 		}
 		out = append(out, m...)
 	}
-	return append(out, ']')
+	return append(out, ']'), nil
 }
 
 // transformMessage is the policy's last word on one upstream message before
@@ -114,9 +123,13 @@ func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte
 	if s.policy == nil {
 		return data, false
 	}
-	msg, err := jsonrpc.DecodeMessage(data)
+	msg, err := decodeRPC(data)
 	if err != nil {
-		return data, false
+		// What the gateway cannot read it cannot filter or redact: withheld,
+		// never relayed unfiltered (a duplicate "result" member, say, could
+		// be read one way here and another way by the client).
+		loggerOf(ctx, s.log).Warn("upstream message withheld: not a JSON-RPC message the policy can read", "error", err)
+		return nil, true
 	}
 	switch m := msg.(type) {
 	case *jsonrpc.Response:

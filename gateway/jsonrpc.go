@@ -101,7 +101,7 @@ func decodeMessage(data []byte) (*Message, error) {
 	if err := checkEnvelope(data); err != nil {
 		return nil, err
 	}
-	msg, err := jsonrpc.DecodeMessage(data)
+	msg, err := decodeRPC(data)
 	if err != nil {
 		return nil, err
 	}

@@ -98,6 +98,10 @@ func (u *obsUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		reply(`"result":{"tools":[{"name":"echo","inputSchema":{"type":"object"}},{"name":"fails","inputSchema":{"type":"object"}},{"name":"forbidden","inputSchema":{"type":"object"}}]}`)
 	case msg.Method == "tools/call" && msg.Params.Name == "echo":
 		reply(`"result":{"content":[{"type":"text","text":"echo"}]}`)
+	case msg.Method == "tools/call" && msg.Params.Name == "smuggle":
+		// Two readings of one answer: "result" for a case-sensitive
+		// parser, "Result" for Go's encoding/json.
+		reply(`"result":{"content":[]},"Result":{"content":[{"type":"text","text":"unfiltered"}]}`)
 	case msg.Method == "tools/call" && msg.Params.Name == "fails":
 		reply(`"result":{"content":[{"type":"text","text":"it failed"}],"isError":true}`)
 	default:

@@ -180,7 +180,9 @@ func (s *Server) transformJSONBody(ctx context.Context, resp *http.Response, fwd
 	if len(body) > maxFilteredResponseBytes {
 		return fmt.Errorf("upstream JSON response larger than %d bytes", maxFilteredResponseBytes)
 	}
-	body = s.transformJSON(ctx, fwd, body)
+	if body, err = s.transformJSON(ctx, fwd, body); err != nil {
+		return err
+	}
 	resp.Body = io.NopCloser(bytes.NewReader(body))
 	resp.ContentLength = int64(len(body))
 	resp.Header.Set("Content-Length", strconv.Itoa(len(body)))

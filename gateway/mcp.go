@@ -29,6 +29,8 @@ type route struct {
 	requiredScopes []string
 	// identityHeaders tells the upstream who the principal is.
 	identityHeaders bool
+	// res is what the route adds around the upstream's executor.
+	res routeResilience
 }
 
 // forward is everything the reverse proxy needs to send one request on,
@@ -99,7 +101,7 @@ func (s *Server) serveRoute(rt *route) http.HandlerFunc {
 			writeError(w, r, err)
 			return
 		}
-		rt.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), forwardKey{}, fwd)))
+		s.forwardUpstream(w, r, rt, fwd, st)
 	}
 }
 

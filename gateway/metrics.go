@@ -50,6 +50,7 @@ type Metrics struct {
 	sessionsStarted  *prometheus.CounterVec
 	sessionsEnded    *prometheus.CounterVec
 	openStreams      *prometheus.GaugeVec
+	rateLimited      *prometheus.CounterVec
 }
 
 // NewMetrics creates the gateway's series on a new registry, with the Go
@@ -88,6 +89,8 @@ func NewMetrics() *Metrics {
 			"Sessions ended by the client (a DELETE the upstream accepted).", "route"),
 		openStreams: f.gauge("ctxgate_open_streams",
 			"Open SSE streams relayed to clients: kind get (server streams) or post (streamed answers).", "route", "kind"),
+		rateLimited: f.counter("ctxgate_rate_limited_total",
+			"Requests refused with 429 by a per-principal or per-tool rate limit.", "upstream"),
 	}
 }
 
@@ -146,6 +149,7 @@ func (m *Metrics) initRoutes(routes []string) {
 	for _, r := range routes {
 		m.sessionsStarted.WithLabelValues(r)
 		m.sessionsEnded.WithLabelValues(r)
+		m.rateLimited.WithLabelValues(r)
 		for _, kind := range []string{"get", "post"} {
 			m.openStreams.WithLabelValues(r, kind)
 		}

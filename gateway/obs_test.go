@@ -297,6 +297,13 @@ func (g *obsGateway) scrape(t *testing.T) map[string]float64 {
 	if status != http.StatusOK {
 		t.Fatalf("/metrics: %d %s", status, body)
 	}
+	return parseSeries(t, body)
+}
+
+// parseSeries reads the Prometheus text format into a map from series
+// (name and labels exactly as exposed) to value.
+func parseSeries(t *testing.T, body string) map[string]float64 {
+	t.Helper()
 	series := map[string]float64{}
 	sc := bufio.NewScanner(strings.NewReader(body))
 	for sc.Scan() {

@@ -90,6 +90,8 @@ type Server struct {
 	tracer  trace.Tracer
 	// adminToken is the SHA-256 of the admin bearer token; nil: none.
 	adminToken []byte
+	// now is the clock of sessions, rate limits and idempotency windows.
+	now func() time.Time
 	// upstreamStats feed /admin/upstreams, by upstream name.
 	upstreamStats map[string]*upstreamStats
 
@@ -123,6 +125,7 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 	if now == nil {
 		now = time.Now
 	}
+	s.now = now
 	var err error
 	if s.adminToken, err = adminTokenHash(cfg.Admin.TokenSHA256); err != nil {
 		return nil, err
@@ -165,6 +168,9 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 		names = append(names, up.Name)
 	}
 	s.metrics.initRoutes(names)
+	if err := s.metrics.registry.Register(resilienceCollector{pool}); err != nil {
+		return nil, fmt.Errorf("register resilience metrics: %w", err)
+	}
 	if s.policy != nil {
 		s.metrics.setPolicyRevision(s.policy.Revision())
 	}
@@ -220,10 +226,13 @@ func (s *Server) routes() []*route {
 			upstream:        up,
 			requiredScopes:  c.RequiredScopes,
 			identityHeaders: c.IdentityHeaders,
+			res:             newRouteResilience(c, s.now),
 		}
 		rt.resource = base + rt.path
 		rt.metadataURL = base + wellKnownPRM + rt.path
-		rt.proxy = s.newProxy(rt, &attemptTransport{s: s, name: up.Name, next: up.Transport, stats: s.upstreamStats[up.Name]})
+		// Each attempt the executor makes is one attemptTransport round trip.
+		attempts := &attemptTransport{s: s, name: up.Name, next: up.Transport, stats: s.upstreamStats[up.Name]}
+		rt.proxy = s.newProxy(rt, up.Resilience.RoundTripper(attempts))
 		out = append(out, rt)
 	}
 	return out

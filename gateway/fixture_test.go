@@ -194,6 +194,7 @@ default visible := true
 // upstream configured by extra (YAML keys of upstreams[0]).
 type resGateway struct {
 	URL       string
+	pool      *upstream.Pool
 	metrics   *gateway.Metrics
 	decisions *lockedBuffer
 }
@@ -254,6 +255,7 @@ upstreams:
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.CloseIdleConnections)
+	g.pool = pool
 	gw, err := gateway.New(cfg, pool, gateway.Options{Policy: engine, Metrics: g.metrics})
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,16 +8,16 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"github.com/ctxgate/ctxgate/config"
 	"github.com/ctxgate/ctxgate/gateway"
-	"github.com/ctxgate/ctxgate/policy"
 	"github.com/ctxgate/ctxgate/upstream"
 )
 
@@ -175,45 +174,14 @@ const (
 	bobKey   = "bob-test-api-key-9876543210ab"
 )
 
-// resPolicy allows everything but calling the tool "forbidden".
-const resPolicy = `package ctxgate.authz
-
-default allow := false
-
-allow if input.method != "tools/call"
-
-allow if {
-	input.method == "tools/call"
-	input.tool.name != "forbidden"
-}
-
-default visible := true
-`
-
-// resGateway is a gateway with the resilience policy in front of one
-// upstream configured by extra (YAML keys of upstreams[0]).
+// resGateway is a gateway with obsPolicy (everything but the tool
+// "forbidden") in front of one upstream configured by extra (YAML keys of
+// upstreams[0]).
 type resGateway struct {
 	URL       string
 	pool      *upstream.Pool
 	metrics   *gateway.Metrics
-	decisions *lockedBuffer
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	decisions string // the decision log's path
 }
 
 func startResGateway(t *testing.T, upstreamURL, extra string) *resGateway {
@@ -242,14 +210,13 @@ upstreams:
 	if problems := cfg.Validate(); len(problems) > 0 {
 		t.Fatal(problems)
 	}
-	g := &resGateway{metrics: gateway.NewMetrics(), decisions: &lockedBuffer{}}
-	engine, err := policy.New(policy.Options{
-		FS: fstest.MapFS{"authz.rego": {Data: []byte(resPolicy)}}, DecisionLog: g.decisions, Logger: slog.New(slog.DiscardHandler),
-	})
+	g := &resGateway{metrics: gateway.NewMetrics(), decisions: filepath.Join(t.TempDir(), "decisions.log")}
+	decisions, err := os.Create(g.decisions)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(engine.Close)
+	t.Cleanup(func() { decisions.Close() })
+	engine := newObsEngine(t, slog.New(slog.DiscardHandler), decisions)
 	pool, err := upstream.NewPool(cfg.Upstreams)
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"runtime"
 	"sort"
 	"strings"
@@ -74,7 +75,7 @@ circuit_breaker: {failure_threshold: 5, failure_window: 1s, delay: 150ms, succes
 	workers.Wait()
 	scheduler.Wait()
 
-	figures := reconcile(t, calls, up.ledgerCopy(), allowedNonces(t, g.decisions.String()))
+	figures := reconcile(t, calls, up.ledgerCopy(), allowedNonces(t, readFile(t, g.decisions)))
 	s := g.series(t)
 	figures["upstream retries"] = int(s[`ctxgate_upstream_retries_total{upstream="up"}`])
 	figures["bulkhead rejections"] = int(s[`ctxgate_bulkhead_rejections_total{upstream="up"}`])
@@ -100,6 +101,15 @@ circuit_breaker: {failure_threshold: 5, failure_window: 1s, delay: 150ms, succes
 		}
 		time.Sleep(10 * time.Millisecond) // polling with a deadline
 	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 // scheduleFaults changes the upstream's behaviour every 50ms until ctx ends.

@@ -100,6 +100,8 @@ func TestAdminUpstreams(t *testing.T) {
 		Errors      int    `json:"errors"`
 		LastError   string `json:"last_error"`
 		LastErrorAt string `json:"last_error_at"`
+		Breaker     string `json:"circuit_breaker"`
+		Retries     int    `json:"retries"`
 	}
 	var got struct{ Upstreams []entry }
 	waitUntil(t, "the attempts to be counted", func() bool {
@@ -119,7 +121,7 @@ func TestAdminUpstreams(t *testing.T) {
 	if !strings.Contains(got.Upstreams[1].LastError, "connection refused") || got.Upstreams[1].LastErrorAt == "" {
 		t.Errorf("down: last error %q at %q, want connection refused with a time", got.Upstreams[1].LastError, got.Upstreams[1].LastErrorAt)
 	}
-	want := []entry{{Name: "up", Requests: 3}, {Name: "down", Requests: 3, Errors: 3}}
+	want := []entry{{Name: "up", Requests: 3, Breaker: "closed"}, {Name: "down", Requests: 3, Errors: 3, Breaker: "closed", Retries: 2}}
 	if diff := cmp.Diff(want, got.Upstreams, cmpopts.IgnoreFields(entry{}, "URL", "LastError", "LastErrorAt")); diff != "" {
 		t.Errorf("/admin/upstreams (-want +got):\n%s", diff)
 	}

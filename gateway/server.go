@@ -8,10 +8,19 @@
 //	  -> authenticate (Principal) -> route:
 //	     Content-Type/Accept -> strict JSON-RPC decode (once) -> session open
 //	     (sealed, bound to principal and route) -> protocol version
+//	     -> policy decision -> rate limits (per principal, per tool)
+//	     -> idempotency key (a tools/call runs once per principal and key)
 //	     -> reverse proxy: exactly the checked bytes, client credentials
 //	        stripped, upstream session id swapped in
+//	     -> upstream executor (the proxy's transport): deadline, bulkhead,
+//	        retries (by request class), circuit breaker, per-attempt
+//	        timeout; each attempt one attemptTransport round trip
 //	     <- response: upstream session id swapped out (a sealed one minted on
-//	        initialize), SSE relayed event by event with a flush each
+//	        initialize), SSE relayed event by event with a flush each,
+//	        ended at an event boundary when idle or too long
+//
+// A failure of the executor is answered by kind (breaker open, bulkhead
+// full, timeout, transport, outcome unknown): see upstreamError.
 //
 // GET (server stream) and DELETE (session end) take the same path without a
 // body. Every failure on the way is answered by writeError.

@@ -197,7 +197,7 @@ func retrySafe(resp *http.Response, err error) bool {
 // upstream.
 func retryUnsent(_ *http.Response, err error) bool {
 	var ns *notSent
-	return errors.As(err, &ns)
+	return errors.As(err, &ns) && !errors.Is(err, context.Canceled)
 }
 
 // notSent marks an attempt's error when no connection was ever obtained.

@@ -171,6 +171,7 @@ func (r *Resilience) retryPolicy(c config.Retry, b budget.Budget, retryable func
 // breakerFailure is what the breaker counts: transport errors, timeouts,
 // 5xx (and 429 when configured). A caller that went away is not the
 // upstream's failure, and 4xx (including a session 404) is an answer.
+// failsafe-go records anything that is not a failure as a success.
 func breakerFailure(count429 bool) func(*http.Response, error) bool {
 	return func(resp *http.Response, err error) bool {
 		if err != nil {

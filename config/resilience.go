@@ -58,10 +58,15 @@ type Retry struct {
 // client that went away.
 type CircuitBreaker struct {
 	// FailureThreshold failures within FailureWindow open the breaker
-	// (and at least as many attempts in the window).
+	// (and at least as many attempts in the window), or, with
+	// FailureExecutions, among the last FailureExecutions attempts.
 	FailureThreshold int `yaml:"failure_threshold"`
-	// FailureWindow is the period failures are counted over.
+	// FailureWindow is the period failures are counted over. It defaults
+	// only when FailureExecutions is not set.
 	FailureWindow time.Duration `yaml:"failure_window"`
+	// FailureExecutions, instead of a time window, counts failures among
+	// this many most recent attempts.
+	FailureExecutions int `yaml:"failure_executions"`
 	// Delay is how long the breaker stays open before it lets probes
 	// through (half-open).
 	Delay time.Duration `yaml:"delay"`
@@ -122,7 +127,9 @@ func (u *Upstream) applyResilienceDefaults() {
 	setDefault(&u.Retry.BudgetMin, DefaultRetryBudgetMin)
 	cb := &u.CircuitBreaker
 	setDefault(&cb.FailureThreshold, DefaultBreakerThreshold)
-	setDefault(&cb.FailureWindow, DefaultBreakerWindow)
+	if cb.FailureExecutions == 0 {
+		setDefault(&cb.FailureWindow, DefaultBreakerWindow)
+	}
 	setDefault(&cb.Delay, DefaultBreakerDelay)
 	setDefault(&cb.SuccessThreshold, DefaultBreakerSuccesses)
 	setDefault(&u.MaxConcurrent, DefaultMaxConcurrent)
@@ -147,7 +154,6 @@ func (v *validator) resilience(path string, up *Upstream) {
 		{".retry.backoff", up.Retry.Backoff > 0, "100ms"},
 		{".retry.max_backoff", up.Retry.MaxBackoff > 0, "2s"},
 		{".circuit_breaker.failure_threshold", up.CircuitBreaker.FailureThreshold > 0, "5"},
-		{".circuit_breaker.failure_window", up.CircuitBreaker.FailureWindow > 0, "30s"},
 		{".circuit_breaker.delay", up.CircuitBreaker.Delay > 0, "30s"},
 		{".circuit_breaker.success_threshold", up.CircuitBreaker.SuccessThreshold > 0, "2"},
 		{".max_concurrent", up.MaxConcurrent > 0, "100"},
@@ -165,6 +171,7 @@ func (v *validator) resilience(path string, up *Upstream) {
 	if up.Deadline > 0 && up.Deadline < up.Timeout {
 		v.add(path+".deadline", "must be at least timeout (%s): the deadline bounds all attempts together", up.Timeout)
 	}
+	v.breakerWindow(path+".circuit_breaker", up.CircuitBreaker)
 	r := up.Retry
 	if r.MaxAttempts < 1 || r.MaxAttempts > maxRetryAttempts {
 		v.add(path+".retry.max_attempts", "must be 1 (no retries) to %d", maxRetryAttempts)
@@ -197,6 +204,21 @@ func (v *validator) resilience(path string, up *Upstream) {
 			v.add(path+".rate_limit.per_tool", "tool names must not be empty")
 		}
 		v.rate(path+".rate_limit.per_tool."+name, up.RateLimit.PerTool[name])
+	}
+}
+
+// breakerWindow checks that failures are counted over exactly one window:
+// a period or a number of attempts.
+func (v *validator) breakerWindow(path string, cb CircuitBreaker) {
+	switch {
+	case cb.FailureExecutions < 0:
+		v.add(path+".failure_executions", "must be positive, e.g. 20")
+	case cb.FailureExecutions > 0 && cb.FailureWindow != 0:
+		v.add(path, "set failure_window (a period) or failure_executions (a number of attempts), not both")
+	case cb.FailureExecutions > 0 && cb.FailureExecutions < cb.FailureThreshold:
+		v.add(path+".failure_executions", "must be at least failure_threshold (%d)", cb.FailureThreshold)
+	case cb.FailureExecutions == 0 && cb.FailureWindow <= 0:
+		v.add(path+".failure_window", "must be positive, e.g. 30s")
 	}
 }
 

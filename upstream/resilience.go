@@ -126,12 +126,16 @@ type Resilience struct {
 func newResilience(c config.Upstream) *Resilience {
 	r := &Resilience{name: c.Name}
 	cb := c.CircuitBreaker
-	r.breaker = circuitbreaker.NewBuilder[*http.Response]().
+	breaker := circuitbreaker.NewBuilder[*http.Response]().
 		HandleIf(breakerFailure(cb.Count429)).
-		WithFailureThresholdPeriod(uint(cb.FailureThreshold), cb.FailureWindow).
 		WithDelay(cb.Delay).
-		WithSuccessThreshold(uint(cb.SuccessThreshold)).
-		Build()
+		WithSuccessThreshold(uint(cb.SuccessThreshold))
+	if cb.FailureExecutions > 0 {
+		breaker.WithFailureThresholdRatio(uint(cb.FailureThreshold), uint(cb.FailureExecutions))
+	} else {
+		breaker.WithFailureThresholdPeriod(uint(cb.FailureThreshold), cb.FailureWindow)
+	}
+	r.breaker = breaker.Build()
 	// No wait: a full upstream is answered at once, never queued without
 	// bound behind it.
 	bh := bulkhead.NewBuilder[*http.Response](uint(c.MaxConcurrent)).

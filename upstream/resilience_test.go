@@ -261,3 +261,21 @@ func TestBulkheadFull(t *testing.T) {
 		t.Errorf("stats (-want +got):\n%s", diff)
 	}
 }
+
+// TestBreakerByCount: with failure_executions the breaker counts failures
+// among the last attempts, not over a period.
+func TestBreakerByCount(t *testing.T) {
+	fx := newFixture(t, answerOK)
+	up := pool(t, fx.srv.URL, func(c *config.Upstream) {
+		c.CircuitBreaker = config.CircuitBreaker{FailureThreshold: 2, FailureExecutions: 4, Delay: time.Minute, SuccessThreshold: 1}
+	})
+	for _, f := range []fault{answerOK, answerOK, answer500, answerOK, answer500} {
+		fx.set(f)
+		if _, err := post(t.Context(), up, upstream.RetryUnsent); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := up.Resilience.Stats().Breaker; got != "open" {
+		t.Errorf("2 failures among the last 4 attempts: breaker %s, want open", got)
+	}
+}

@@ -200,3 +200,44 @@ func TestUpstreamError(t *testing.T) {
 		})
 	}
 }
+
+// TestRetryClass: only what is safe to repeat is retried after it may have
+// been received; a client's answer to the server never is.
+func TestRetryClass(t *testing.T) {
+	rt := &route{res: routeResilience{idempotentTools: map[string]bool{"search": true}}}
+	tests := []struct {
+		name   string
+		body   string // "" for a GET stream
+		stream bool
+		want   upstream.Retry
+	}{
+		{name: "tools/list", body: `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`, want: upstream.RetrySafe},
+		{name: "resources/read", body: `{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"x"}}`, want: upstream.RetrySafe},
+		{name: "ping", body: `{"jsonrpc":"2.0","id":1,"method":"ping"}`, want: upstream.RetrySafe},
+		{name: "tools/call", body: `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete"}}`, want: upstream.RetryUnsent},
+		{name: "tools/call of an idempotent tool", body: `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search"}}`, want: upstream.RetrySafe},
+		{name: "initialize", body: `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}`, want: upstream.RetryUnsent},
+		{name: "notification", body: `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{}}`, want: upstream.RetryUnsent},
+		{name: "sampling answer", body: `{"jsonrpc":"2.0","id":"s1","result":{"content":{"type":"text","text":"y"}}}`, want: upstream.RetryNever},
+		{name: "GET stream", stream: true, want: upstream.RetrySafe},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fwd := &forward{stream: tt.stream}
+			st := &requestState{}
+			if tt.body != "" {
+				msg, err := decodeMessage([]byte(tt.body))
+				if err != nil {
+					t.Fatal(err)
+				}
+				fwd.body, st.msg = msg.Raw, msg
+				if req := msg.Request(); req != nil {
+					st.target = targetOf(req)
+				}
+			}
+			if got := rt.retryClass(fwd, st); got != tt.want {
+				t.Errorf("retryClass = %d, want %d", got, tt.want)
+			}
+		})
+	}
+}

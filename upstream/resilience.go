@@ -58,6 +58,7 @@ type Failure struct {
 	Err error
 }
 
+// Error names the upstream, the kind and the cause (for logs only).
 func (f *Failure) Error() string {
 	return fmt.Sprintf("upstream %s: %v: %v", f.Upstream, f.Kind, f.Err)
 }
@@ -209,6 +210,8 @@ func retryUnsent(_ *http.Response, err error) bool {
 type notSent struct{ err error }
 
 func (e *notSent) Error() string { return e.err.Error() }
+
+// Unwrap exposes the attempt's own error.
 func (e *notSent) Unwrap() error { return e.err }
 
 // RoundTripper sends each request through the executor to next, which
@@ -229,6 +232,7 @@ func (r *Resilience) Stats() Stats {
 	return Stats{Breaker: state, Retries: r.retries.Load(), BulkheadRejections: r.rejected.Load()}
 }
 
+// resilientTransport is Resilience.RoundTripper's result.
 type resilientTransport struct {
 	r    *Resilience
 	next http.RoundTripper
@@ -273,6 +277,8 @@ func (r *Resilience) failure(err error, sent bool) *Failure {
 	return f
 }
 
+// roundTripperFunc is a function as an http.RoundTripper.
 type roundTripperFunc func(*http.Request) (*http.Response, error)
 
+// RoundTrip calls f.
 func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

@@ -43,6 +43,9 @@ type faultUpstream struct {
 	mu       sync.Mutex
 	ledger   map[string]int // nonce -> executions
 	receipts atomic.Int64   // every request read whole
+	// idempotencyHeader: a request arrived with Idempotency-Key or
+	// X-Idempotency-Key, which would let Go's HTTP client re-send it.
+	idempotencyHeader atomic.Bool
 }
 
 func newFaultUpstream(t *testing.T) *faultUpstream {
@@ -90,6 +93,9 @@ type faultRequest struct {
 func (u *faultUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
 	u.receipts.Add(1)
+	if r.Header.Get("Idempotency-Key") != "" || r.Header.Get("X-Idempotency-Key") != "" {
+		u.idempotencyHeader.Store(true)
+	}
 	if r.Method == http.MethodGet {
 		u.stream(w, r)
 		return

@@ -212,7 +212,8 @@ func TestIdempotencyKey(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			answers[i], errs[i] = alice.post(t.Context(), callBody(100+i, "slow", "n-once"), http.Header{"Idempotency-Key": {"key-1"}})
+			h := http.Header{"Idempotency-Key": {"key-1"}, "X-Idempotency-Key": {"key-1"}}
+			answers[i], errs[i] = alice.post(t.Context(), callBody(100+i, "slow", "n-once"), h)
 		})
 	}
 	waitUntil(t, "the first call to arrive", func() bool { return up.executions("n-once") == 1 })
@@ -225,6 +226,9 @@ func TestIdempotencyKey(t *testing.T) {
 	}
 	if got := up.executions("n-once"); got != 1 {
 		t.Errorf("%d concurrent duplicates executed %d times, want once", n, got)
+	}
+	if up.idempotencyHeader.Load() {
+		t.Error("an idempotency header reached the upstream: Go's HTTP client could re-send the call")
 	}
 
 	// The same key in _meta is the same call; with other arguments it is

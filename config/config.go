@@ -132,6 +132,28 @@ type Upstream struct {
 	// Cache says which of this upstream's results the gateway caches and
 	// for how long; nil caches nothing.
 	Cache *UpstreamCache `yaml:"cache"`
+
+	// Timeout bounds one attempt, from sending to the answer's headers (a
+	// JSON answer is complete then; an SSE answer is bounded by Streams).
+	Timeout time.Duration `yaml:"timeout"`
+	// Deadline bounds all attempts of one request together, retries and
+	// backoff included.
+	Deadline time.Duration `yaml:"deadline"`
+	// Retry is when and how failed attempts are repeated.
+	Retry Retry `yaml:"retry"`
+	// CircuitBreaker stops sending to an upstream that keeps failing.
+	CircuitBreaker CircuitBreaker `yaml:"circuit_breaker"`
+	// MaxConcurrent bounds the requests in flight to this upstream; one
+	// more is answered 503 at once (no queue).
+	MaxConcurrent int `yaml:"max_concurrent"`
+	// IdempotentTools are tools whose calls may be retried like reads.
+	IdempotentTools []string `yaml:"idempotent_tools"`
+	// RateLimit bounds requests per principal and per tool.
+	RateLimit RateLimit `yaml:"rate_limit"`
+	// Idempotency is the replay window of tools/call idempotency keys.
+	Idempotency Idempotency `yaml:"idempotency"`
+	// Streams bounds relayed SSE streams.
+	Streams Streams `yaml:"streams"`
 }
 
 // Defaults. Exported so documentation and tests can refer to them.
@@ -176,6 +198,7 @@ func (c *Config) applyDefaults() {
 	c.applyCacheDefaults()
 	for i := range c.Upstreams {
 		setDefault(&c.Upstreams[i].MaxIdleConns, DefaultMaxIdleConns)
+		c.Upstreams[i].applyResilienceDefaults()
 	}
 	keys := c.Sessions.Keys[:0]
 	for _, k := range c.Sessions.Keys {

@@ -40,6 +40,29 @@ func defaults() config.Config {
 
 func ptr[T any](v T) *T { return &v }
 
+// upstream is an upstream as Parse leaves it: the given fields plus the
+// documented resilience defaults, spelled out.
+func upstream(name, url string, maxIdleConns int) config.Upstream {
+	return config.Upstream{
+		Name: name, URL: url, MaxIdleConns: maxIdleConns,
+		Timeout:  config.DefaultUpstreamTimeout,
+		Deadline: config.DefaultUpstreamDeadline,
+		Retry: config.Retry{
+			MaxAttempts: config.DefaultRetryMaxAttempts, Backoff: config.DefaultRetryBackoff, MaxBackoff: config.DefaultRetryMaxBackoff,
+			BudgetPercent: config.DefaultRetryBudgetPercent, BudgetMin: config.DefaultRetryBudgetMin,
+		},
+		CircuitBreaker: config.CircuitBreaker{
+			FailureThreshold: config.DefaultBreakerThreshold, FailureWindow: config.DefaultBreakerWindow,
+			Delay: config.DefaultBreakerDelay, SuccessThreshold: config.DefaultBreakerSuccesses,
+		},
+		MaxConcurrent: config.DefaultMaxConcurrent,
+		Idempotency:   config.Idempotency{Window: config.DefaultIdempotencyWindow, MaxKeys: config.DefaultIdempotencyMaxKeys},
+		Streams: config.Streams{
+			IdleTimeout: config.DefaultStreamIdleTimeout, MaxDuration: config.DefaultStreamMaxDuration, Keepalive: config.DefaultStreamKeepalive,
+		},
+	}
+}
+
 func TestParseDefaults(t *testing.T) {
 	tests := []struct {
 		name string
@@ -87,7 +110,7 @@ upstreams: [{name: docs, url: "http://127.0.0.1:3001/mcp", max_idle_conns: 7}]
 				c.Sessions.TTL = time.Hour
 				c.Auth.APIKeyHeader = "x-api-key"
 				c.Log.Level = "error"
-				c.Upstreams = []config.Upstream{{Name: "docs", URL: "http://127.0.0.1:3001/mcp", MaxIdleConns: 7}}
+				c.Upstreams = []config.Upstream{upstream("docs", "http://127.0.0.1:3001/mcp", 7)}
 			},
 		},
 		{
@@ -100,7 +123,7 @@ log: {level: ""}
 upstreams: [{name: docs, url: "http://127.0.0.1:3001/mcp", max_idle_conns: 0}]
 `,
 			want: func(c *config.Config) {
-				c.Upstreams = []config.Upstream{{Name: "docs", URL: "http://127.0.0.1:3001/mcp", MaxIdleConns: config.DefaultMaxIdleConns}}
+				c.Upstreams = []config.Upstream{upstream("docs", "http://127.0.0.1:3001/mcp", config.DefaultMaxIdleConns)}
 			},
 		},
 		{
@@ -121,9 +144,9 @@ upstreams:
 `,
 			want: func(c *config.Config) {
 				c.Upstreams = []config.Upstream{
-					{Name: "a", URL: "http://127.0.0.1:1/mcp", MaxIdleConns: config.DefaultMaxIdleConns},
-					{Name: "b", URL: "http://127.0.0.1:2/mcp", MaxIdleConns: 3},
-					{Name: "c", URL: "http://127.0.0.1:3/mcp", MaxIdleConns: config.DefaultMaxIdleConns},
+					upstream("a", "http://127.0.0.1:1/mcp", config.DefaultMaxIdleConns),
+					upstream("b", "http://127.0.0.1:2/mcp", 3),
+					upstream("c", "http://127.0.0.1:3/mcp", config.DefaultMaxIdleConns),
 				}
 			},
 		},
@@ -135,12 +158,9 @@ upstreams:
   - {name: b, url: "http://127.0.0.1:2/mcp"}
 `,
 			want: func(c *config.Config) {
-				c.Upstreams = []config.Upstream{
-					{Name: "a", URL: "http://127.0.0.1:1/mcp", MaxIdleConns: config.DefaultMaxIdleConns, Cache: &config.UpstreamCache{
-						TTL: map[string]time.Duration{"tools/list": 5 * time.Minute}, MaxTTL: config.DefaultCacheMaxTTL,
-					}},
-					{Name: "b", URL: "http://127.0.0.1:2/mcp", MaxIdleConns: config.DefaultMaxIdleConns},
-				}
+				a := upstream("a", "http://127.0.0.1:1/mcp", config.DefaultMaxIdleConns)
+				a.Cache = &config.UpstreamCache{TTL: map[string]time.Duration{"tools/list": 5 * time.Minute}, MaxTTL: config.DefaultCacheMaxTTL}
+				c.Upstreams = []config.Upstream{a, upstream("b", "http://127.0.0.1:2/mcp", config.DefaultMaxIdleConns)}
 			},
 		},
 		{

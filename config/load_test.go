@@ -60,7 +60,7 @@ func TestParseEnvCannotInjectStructure(t *testing.T) {
 			yaml:    "upstreams:\n  - name: docs\n    url: ${CTXGATE_TEST_PAYLOAD}\n",
 			payload: "http://127.0.0.1:3001/mcp\n  - name: evil\n    url: http://evil.example.com/mcp",
 			want: func(c *config.Config, p string) {
-				c.Upstreams = []config.Upstream{{Name: "docs", URL: p, MaxIdleConns: config.DefaultMaxIdleConns}}
+				c.Upstreams = []config.Upstream{upstream("docs", p, config.DefaultMaxIdleConns)}
 			},
 		},
 		{

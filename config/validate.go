@@ -166,5 +166,6 @@ func (v *validator) upstreams(ups []Upstream, hasOIDC bool) {
 			v.add(path+".max_idle_conns", "must be positive")
 		}
 		v.routeAuth(path, up, hasOIDC)
+		v.resilience(path, &up)
 	}
 }

@@ -143,6 +143,10 @@ func (v *validator) headerCredential(path string, h *HeaderCredential) {
 		v.add(path+".name", "must be a header name such as Authorization or X-API-Key")
 	case name == "Host" || name == "Content-Length" || name == "Connection" || name == "Transfer-Encoding" || name == "Mcp-Session-Id":
 		v.add(path+".name", "%s is set by the gateway itself", name)
+	case name == "Idempotency-Key" || name == "X-Idempotency-Key":
+		// Go's HTTP client silently re-sends a POST carrying either header
+		// when a reused connection fails: a tools/call could run twice.
+		v.add(path+".name", "%s would let the HTTP client re-send a tools/call; use another header name", name)
 	}
 	if (h.Value == "") == (h.ValueFile == "") {
 		v.add(path, "set exactly one of value_file or value")

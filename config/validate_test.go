@@ -14,7 +14,7 @@ func valid() *config.Config {
 	c := defaults()
 	c.Auth.Anonymous = true
 	c.Policy.Dir = "policies"
-	c.Upstreams = []config.Upstream{{Name: "docs", URL: "http://127.0.0.1:3001/mcp", MaxIdleConns: 1}}
+	c.Upstreams = []config.Upstream{upstream("docs", "http://127.0.0.1:3001/mcp", 1)}
 	return &c
 }
 

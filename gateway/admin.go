@@ -19,7 +19,8 @@ import (
 //	/readyz            listeners up and not shutting down; the detail
 //	                   (policy revision, upstreams) only with the token
 //	/metrics           Prometheus
-//	/admin/upstreams   each upstream: url, requests, errors, last error
+//	/admin/upstreams   each upstream: url, requests, errors, last error,
+//	                   circuit breaker state, retries, bulkhead rejections
 //	/admin/policy      the policy's revision and reload history
 //	/debug/pprof/      Go's profiler, with admin.pprof only
 //
@@ -93,6 +94,10 @@ type upstreamStatus struct {
 	Errors      int64     `json:"errors"`
 	LastError   string    `json:"last_error,omitempty"`
 	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+	// CircuitBreaker is closed, open or half_open.
+	CircuitBreaker     string `json:"circuit_breaker"`
+	Retries            uint64 `json:"retries"`
+	BulkheadRejections uint64 `json:"bulkhead_rejections"`
 }
 
 func (s *Server) adminUpstreams(w http.ResponseWriter, _ *http.Request) {
@@ -105,6 +110,8 @@ func (s *Server) adminUpstreams(w http.ResponseWriter, _ *http.Request) {
 		e := upstreamStatus{Name: up.Name, URL: u.String(), LastError: st.lastError, LastErrorAt: st.lastErrorAt}
 		st.mu.Unlock()
 		e.Requests, e.Errors = st.requests.Load(), st.errors.Load()
+		res := up.Resilience.Stats()
+		e.CircuitBreaker, e.Retries, e.BulkheadRejections = res.Breaker, res.Retries, res.BulkheadRejections
 		out = append(out, e)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"upstreams": out})

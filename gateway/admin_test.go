@@ -100,6 +100,8 @@ func TestAdminUpstreams(t *testing.T) {
 		Errors      int    `json:"errors"`
 		LastError   string `json:"last_error"`
 		LastErrorAt string `json:"last_error_at"`
+		Breaker     string `json:"circuit_breaker"`
+		Retries     int    `json:"retries"`
 	}
 	var got struct{ Upstreams []entry }
 	waitUntil(t, "the attempts to be counted", func() bool {
@@ -107,7 +109,9 @@ func TestAdminUpstreams(t *testing.T) {
 		if err := json.Unmarshal([]byte(body), &got); err != nil {
 			t.Fatalf("/admin/upstreams: %v: %s", err, body)
 		}
-		return len(got.Upstreams) == 2 && got.Upstreams[0].Requests == 3 && got.Upstreams[1].Requests == 1
+		// A refused connection provably never reached the upstream, so
+		// the initialize was tried retry.max_attempts (3) times.
+		return len(got.Upstreams) == 2 && got.Upstreams[0].Requests == 3 && got.Upstreams[1].Requests == 3
 	})
 	for _, e := range got.Upstreams {
 		if !strings.HasPrefix(e.URL, "http://127.0.0.1:") {
@@ -117,7 +121,7 @@ func TestAdminUpstreams(t *testing.T) {
 	if !strings.Contains(got.Upstreams[1].LastError, "connection refused") || got.Upstreams[1].LastErrorAt == "" {
 		t.Errorf("down: last error %q at %q, want connection refused with a time", got.Upstreams[1].LastError, got.Upstreams[1].LastErrorAt)
 	}
-	want := []entry{{Name: "up", Requests: 3}, {Name: "down", Requests: 1, Errors: 1}}
+	want := []entry{{Name: "up", Requests: 3, Breaker: "closed"}, {Name: "down", Requests: 3, Errors: 3, Breaker: "closed", Retries: 2}}
 	if diff := cmp.Diff(want, got.Upstreams, cmpopts.IgnoreFields(entry{}, "URL", "LastError", "LastErrorAt")); diff != "" {
 		t.Errorf("/admin/upstreams (-want +got):\n%s", diff)
 	}

@@ -213,7 +213,9 @@ func (s *Server) fetchCacheable(r *http.Request, fwd *forward, lk *cacheLookup, 
 	out.RequestURI = "" // a client request, as ReverseProxy makes it
 	out.Close = false
 	s.rewrite(&httputil.ProxyRequest{In: r, Out: out})
-	resp, err := fwd.route.upstream.Transport.RoundTrip(out)
+	// Through the upstream's executor, as the proxy sends: timeouts,
+	// retries of these safe methods, the breaker, the bulkhead.
+	resp, err := fwd.route.transport.RoundTrip(out)
 	if err != nil {
 		return nil, err
 	}

@@ -520,15 +520,35 @@ func TestCacheStaleOnError(t *testing.T) {
 	if a.status != http.StatusOK || a.cache != "stale; age=120" || stale["ageMs"] != float64(120000) || meta["n"] == nil || len(toolNames(a)) != 2 {
 		t.Errorf("within the window: %d %q _meta %v tools %v", a.status, a.cache, meta, toolNames(a))
 	}
-	if c := alice.call(t, "tools/call", `{"name":"search"}`); c.status != http.StatusBadGateway || c.result != nil {
-		t.Errorf("tools/call with the upstream down: %d %q %v; want 502, never stale", c.status, c.cache, c.result)
+	// Failures open the breaker; stale answers keep coming while it is
+	// open, without a request upstream.
+	for i := range 8 {
+		if a := alice.call(t, "tools/list", `{}`); a.cache != "stale; age=120" {
+			t.Fatalf("stale answer %d with the upstream down: %d %q %v", i, a.status, a.cache, a.error)
+		}
+	}
+	if resp, err := http.Get(g.admin + "/admin/upstreams"); err != nil {
+		t.Fatal(err)
+	} else {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(body), `"circuit_breaker":"open"`) {
+			t.Errorf("breaker not open after repeated failures: %s", body)
+		}
+	}
+	if c := alice.call(t, "tools/call", `{"name":"search"}`); c.status != http.StatusServiceUnavailable || c.error["code"] != float64(gateway.CodeBreakerOpen) || c.result != nil {
+		t.Errorf("tools/call with the breaker open: %d %q %v %v; want 503 -31013, never stale", c.status, c.cache, c.error, c.result)
 	}
 	g.clock.Add(time.Hour)
-	if a := alice.call(t, "tools/list", `{}`); a.status != http.StatusBadGateway || a.error["code"] != float64(gateway.CodeUpstreamUnavailable) {
-		t.Errorf("past the window: %d %v; want 502 -31010", a.status, a.error)
+	// By now the failures have opened the upstream's circuit breaker: the
+	// answer is its fast failure (or, had it not opened, the upstream's).
+	a = alice.call(t, "tools/list", `{}`)
+	if code := a.error["code"]; a.result != nil || !(a.status == http.StatusBadGateway && code == float64(gateway.CodeUpstreamUnavailable) ||
+		a.status == http.StatusServiceUnavailable && code == float64(gateway.CodeBreakerOpen)) {
+		t.Errorf("past the window: %d %v %v; want the upstream error (502 -31010 or, breaker open, 503 -31013)", a.status, a.error, a.result)
 	}
-	if st := g.store.Stats(); st.StaleServed != 1 {
-		t.Errorf("stale served %d, want 1", st.StaleServed)
+	if st := g.store.Stats(); st.StaleServed != 9 {
+		t.Errorf("stale served %d, want 9", st.StaleServed)
 	}
 
 	t.Run("connection refused", func(t *testing.T) {

@@ -28,6 +28,14 @@ const (
 	CodeUpstreamUnavailable = -31010 // 502: upstream unreachable or broken answer
 	CodeUpstreamTimeout     = -31011 // 504: upstream did not answer in time
 	CodeUnavailable         = -31012 // 503: the gateway is shutting down
+
+	// Resilience: the client can tell each from the others, and from an
+	// upstream's own errors.
+	CodeBreakerOpen         = -31013 // 503 + Retry-After: the upstream's circuit breaker is open; nothing was sent
+	CodeOverloaded          = -31014 // 503 + Retry-After: max_concurrent requests in flight (bulkhead); nothing was sent
+	CodeRateLimited         = -31015 // 429 + Retry-After: the principal's (or tool's) rate limit
+	CodeOutcomeUnknown      = -31016 // 502/504: the call was sent, then the exchange failed: it may or may not have run; not retried
+	CodeIdempotencyMismatch = -31017 // 422: an idempotency key reused for a different call
 )
 
 // Error is a failure bound for a client: the HTTP status, the JSON-RPC

@@ -32,6 +32,11 @@ type route struct {
 	identityHeaders bool
 	// cache is what is cached of the upstream; nil caches nothing.
 	cache *config.UpstreamCache
+	// res is what the route adds around the upstream's executor.
+	res routeResilience
+	// transport is the upstream's executor around attemptTransport: what
+	// the proxy and the cache's fetches send through.
+	transport http.RoundTripper
 }
 
 // forward is everything the reverse proxy needs to send one request on,
@@ -103,11 +108,7 @@ func (s *Server) serveRoute(rt *route) http.HandlerFunc {
 			writeError(w, r, err)
 			return
 		}
-		r = r.WithContext(context.WithValue(r.Context(), forwardKey{}, fwd))
-		if s.serveCached(w, r, fwd, st) {
-			return
-		}
-		rt.proxy.ServeHTTP(w, r)
+		s.forwardUpstream(w, r, rt, fwd, st)
 	}
 }
 

@@ -51,6 +51,7 @@ type Metrics struct {
 	sessionsEnded    *prometheus.CounterVec
 	openStreams      *prometheus.GaugeVec
 	cache            *cacheMetrics
+	rateLimited      *prometheus.CounterVec
 }
 
 // NewMetrics creates the gateway's series on a new registry, with the Go
@@ -90,6 +91,8 @@ func NewMetrics() *Metrics {
 		openStreams: f.gauge("ctxgate_open_streams",
 			"Open SSE streams relayed to clients: kind get (server streams) or post (streamed answers).", "route", "kind"),
 		cache: newCacheMetrics(f),
+		rateLimited: f.counter("ctxgate_rate_limited_total",
+			"Requests refused with 429 by a per-principal or per-tool rate limit.", "upstream"),
 	}
 }
 
@@ -148,6 +151,7 @@ func (m *Metrics) initRoutes(routes []string) {
 	for _, r := range routes {
 		m.sessionsStarted.WithLabelValues(r)
 		m.sessionsEnded.WithLabelValues(r)
+		m.rateLimited.WithLabelValues(r)
 		for _, kind := range []string{"get", "post"} {
 			m.openStreams.WithLabelValues(r, kind)
 		}

@@ -106,10 +106,11 @@ func TestMetrics(t *testing.T) {
 		clientOp + `{error_type="",gen_ai_tool_name="echo",mcp_method_name="tools/call",mcp_protocol_version="2025-11-25",upstream="up"}`:         1,
 		clientOp + `{error_type="",gen_ai_tool_name="other",mcp_method_name="tools/call",mcp_protocol_version="2025-11-25",upstream="up"}`:        1,
 		// The denied call never left the gateway.
-		clientOp + `{error_type="",gen_ai_tool_name="forbidden",mcp_method_name="tools/call",mcp_protocol_version="2025-11-25",upstream="up"}`:         0,
-		clientOp + `{error_type="transport_error",gen_ai_tool_name="",mcp_method_name="initialize",mcp_protocol_version="2025-03-26",upstream="down"}`: 1,
+		clientOp + `{error_type="",gen_ai_tool_name="forbidden",mcp_method_name="tools/call",mcp_protocol_version="2025-11-25",upstream="up"}`: 0,
+		// Connection refused: never sent, so retried up to max_attempts (3).
+		clientOp + `{error_type="transport_error",gen_ai_tool_name="",mcp_method_name="initialize",mcp_protocol_version="2025-03-26",upstream="down"}`: 3,
 		`ctxgate_upstream_attempts_total{result="ok",upstream="up"}`:                                                                                   8,
-		`ctxgate_upstream_attempts_total{result="transport_error",upstream="down"}`:                                                                    1,
+		`ctxgate_upstream_attempts_total{result="transport_error",upstream="down"}`:                                                                    3,
 		`ctxgate_sessions_started_total{route="up"}`:                                                                                                   1,
 		`ctxgate_sessions_ended_total{route="up"}`:                                                                                                     1,
 		`ctxgate_open_streams{kind="get",route="up"}`:                                                                                                  0,

@@ -180,11 +180,7 @@ upstreams: [{name: up, url: %q}, {name: down, url: %q}]
 	}
 	t.Cleanup(func() { logFile.Close() })
 	log := slog.New(slog.NewJSONHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	engine, err := policy.New(policy.Options{FS: fstest.MapFS{"authz.rego": {Data: []byte(obsPolicy)}}, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(engine.Close)
+	engine := newObsEngine(t, log, nil)
 	pool, err := upstream.NewPool(cfg.Upstreams)
 	if err != nil {
 		t.Fatal(err)
@@ -217,6 +213,18 @@ upstreams: [{name: up, url: %q}, {name: down, url: %q}]
 		return resp.StatusCode == http.StatusOK
 	})
 	return g
+}
+
+// newObsEngine runs obsPolicy, writing decision records to decisions (nil:
+// none).
+func newObsEngine(t *testing.T, log *slog.Logger, decisions io.Writer) *policy.Engine {
+	t.Helper()
+	engine, err := policy.New(policy.Options{FS: fstest.MapFS{"authz.rego": {Data: []byte(obsPolicy)}}, DecisionLog: decisions, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(engine.Close)
+	return engine
 }
 
 func listen(t *testing.T) net.Listener {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"strconv"
@@ -150,7 +149,11 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 		if fwd.stream {
 			stop = s.streams
 		}
-		relay := newSSERelay(resp.Body, stop)
+		limits := streamLimits{idle: fwd.route.res.streams.IdleTimeout, max: fwd.route.res.streams.MaxDuration}
+		if fwd.stream {
+			limits.keepalive = fwd.route.res.streams.Keepalive // only a GET stream can be quiet for long
+		}
+		relay := newSSERelay(resp.Body, stop, limits)
 		kind := "post"
 		if fwd.stream {
 			kind = "get"
@@ -264,14 +267,10 @@ var errUpstreamUnauthorized = errors.New("upstream answered 401: the gateway's c
 
 // proxyError answers a request the upstream could not serve.
 func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	var netErr net.Error
-	switch {
-	case r.Context().Err() != nil:
+	if r.Context().Err() != nil {
 		err = fmt.Errorf("client went away: %w", context.Canceled)
-	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr) && netErr.Timeout():
-		err = newError(http.StatusGatewayTimeout, CodeUpstreamTimeout, "upstream timed out", err)
-	default:
-		err = newError(http.StatusBadGateway, CodeUpstreamUnavailable, "upstream unavailable", err)
+	} else {
+		err = upstreamError(r.Context(), err)
 	}
 	writeError(w, r, err)
 }

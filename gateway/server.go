@@ -8,12 +8,21 @@
 //	  -> authenticate (Principal) -> route:
 //	     Content-Type/Accept -> strict JSON-RPC decode (once) -> session open
 //	     (sealed, bound to principal and route) -> protocol version
-//	     -> policy decision -> response cache for cacheable methods (cache.go:
-//	        hits, single-flight misses, stale answers on upstream failure)
+//	     -> policy decision -> rate limits (per principal, per tool)
+//	     -> response cache for cacheable methods (cache.go: hits,
+//	        single-flight misses, stale answers on upstream failure)
+//	     -> idempotency key (a tools/call runs once per principal and key)
 //	     -> reverse proxy: exactly the checked bytes, client credentials
 //	        stripped, upstream session id swapped in
+//	     -> upstream executor (the proxy's transport): deadline, bulkhead,
+//	        retries (by request class), circuit breaker, per-attempt
+//	        timeout; each attempt one attemptTransport round trip
 //	     <- response: upstream session id swapped out (a sealed one minted on
-//	        initialize), SSE relayed event by event with a flush each
+//	        initialize), SSE relayed event by event with a flush each,
+//	        ended at an event boundary when idle or too long
+//
+// A failure of the executor is answered by kind (breaker open, bulkhead
+// full, timeout, transport, outcome unknown): see upstreamError.
 //
 // GET (server stream) and DELETE (session end) take the same path without a
 // body. Every failure on the way is answered by writeError.
@@ -96,6 +105,8 @@ type Server struct {
 	tracer  trace.Tracer
 	// adminToken is the SHA-256 of the admin bearer token; nil: none.
 	adminToken []byte
+	// now is the clock of sessions, rate limits and idempotency windows.
+	now func() time.Time
 	// upstreamStats feed /admin/upstreams, by upstream name.
 	upstreamStats map[string]*upstreamStats
 	// cache holds raw upstream answers (cache.go); nil caches nothing.
@@ -134,6 +145,7 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 	if now == nil {
 		now = time.Now
 	}
+	s.now = now
 	var err error
 	if s.adminToken, err = adminTokenHash(cfg.Admin.TokenSHA256); err != nil {
 		return nil, err
@@ -179,6 +191,9 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 		names = append(names, up.Name)
 	}
 	s.metrics.initRoutes(names)
+	if err := s.metrics.registry.Register(resilienceCollector{pool}); err != nil {
+		return nil, fmt.Errorf("register resilience metrics: %w", err)
+	}
 	if s.cache != nil {
 		s.metrics.registerStore(s.cache)
 	}
@@ -238,10 +253,14 @@ func (s *Server) routes() []*route {
 			requiredScopes:  c.RequiredScopes,
 			identityHeaders: c.IdentityHeaders,
 			cache:           c.Cache,
+			res:             newRouteResilience(c, s.now),
 		}
 		rt.resource = base + rt.path
 		rt.metadataURL = base + wellKnownPRM + rt.path
-		rt.proxy = s.newProxy(rt, &attemptTransport{s: s, name: up.Name, next: up.Transport, stats: s.upstreamStats[up.Name]})
+		// Each attempt the executor makes is one attemptTransport round trip.
+		attempts := &attemptTransport{s: s, name: up.Name, next: up.Transport, stats: s.upstreamStats[up.Name]}
+		rt.transport = up.Resilience.RoundTripper(attempts)
+		rt.proxy = s.newProxy(rt, rt.transport)
 		out = append(out, rt)
 	}
 	return out

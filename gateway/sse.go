@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // maxSSEEventBytes bounds one server-sent event from an upstream. An
@@ -147,17 +149,43 @@ func (ev *sseEvent) appendTo(b []byte) []byte {
 	return append(b, '\n')
 }
 
+// streamLimits bound one relayed stream; a zero field is no bound.
+type streamLimits struct {
+	// idle ends the stream when the upstream sends nothing this long.
+	idle time.Duration
+	// max ends the stream this long after it started.
+	max time.Duration
+	// keepalive sends an SSE comment when nothing was relayed this long
+	// (GET streams), so proxies in between keep the connection.
+	keepalive time.Duration
+}
+
+// keepaliveEvent is the comment sent on a quiet stream; clients ignore it.
+var keepaliveEvent = []byte(": keepalive\n\n")
+
 // sseRelay is an upstream event stream as an io.ReadCloser that yields whole
 // events, one per Read (or several Reads for a large one), so the reverse
 // proxy flushes each event to the client as it arrives. When stop is done
-// (shutdown) the stream ends at an event boundary with io.EOF, which ends
+// (shutdown), the upstream stays silent for limits.idle, or the stream
+// reaches limits.max, it ends at an event boundary with io.EOF, which ends
 // the client's response cleanly instead of cutting it mid-event.
+//
+// One goroutine parses the upstream and hands over one event at a time on
+// an unbuffered channel: it holds at most the event being handed over, so
+// a client that does not read stops the relay reading the upstream
+// (backpressure) instead of growing memory. Close ends the goroutine.
 type sseRelay struct {
 	upstream io.ReadCloser
-	events   *sseReader
+	events   chan sseResult
+	quit     chan struct{} // closed once, by Close or stop: the parser ends
+	quitOnce sync.Once
 	pending  []byte
 	stopped  atomic.Bool
 	cancel   func() bool
+	limits   streamLimits
+	idle     *time.Timer // nil without limits.idle
+	deadline *time.Timer // nil without limits.max
+	quiet    *time.Timer // nil without limits.keepalive
 	// transform, if set, rewrites each event's data (one JSON-RPC message)
 	// or drops it. A dropped event keeps its id and retry, so resumption
 	// still works, but carries no data and so dispatches nothing.
@@ -171,13 +199,66 @@ type sseRelay struct {
 	observe func(data []byte)
 }
 
-func newSSERelay(upstream io.ReadCloser, stop context.Context) *sseRelay {
-	s := &sseRelay{upstream: upstream, events: newSSEReader(upstream)}
+// sseResult is what the parser hands over: an event or the error that
+// ended the upstream stream.
+type sseResult struct {
+	ev  *sseEvent
+	err error
+}
+
+func newSSERelay(upstream io.ReadCloser, stop context.Context, limits streamLimits) *sseRelay {
+	s := &sseRelay{upstream: upstream, events: make(chan sseResult), quit: make(chan struct{}), limits: limits}
 	s.cancel = context.AfterFunc(stop, func() {
 		s.stopped.Store(true)
-		_ = upstream.Close() // unblocks a Read waiting on the upstream
+		s.end()
 	})
+	s.idle = newTimer(limits.idle)
+	s.deadline = newTimer(limits.max)
+	s.quiet = newTimer(limits.keepalive)
+	go s.parse(newSSEReader(upstream))
 	return s
+}
+
+// newTimer is a running timer, or nil for d == 0 (its channel never fires).
+func newTimer(d time.Duration) *time.Timer {
+	if d <= 0 {
+		return nil
+	}
+	return time.NewTimer(d)
+}
+
+func timerC(t *time.Timer) <-chan time.Time {
+	if t == nil {
+		return nil
+	}
+	return t.C
+}
+
+func resetTimer(t *time.Timer, d time.Duration) {
+	if t != nil {
+		t.Reset(d)
+	}
+}
+
+// parse reads upstream events until the stream ends or the relay quits.
+func (s *sseRelay) parse(events *sseReader) {
+	for {
+		ev, err := events.next()
+		select {
+		case s.events <- sseResult{ev, err}:
+		case <-s.quit:
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// end stops the parser and unblocks a Read waiting on the upstream.
+func (s *sseRelay) end() {
+	s.quitOnce.Do(func() { close(s.quit) })
+	_ = s.upstream.Close()
 }
 
 func (s *sseRelay) Read(p []byte) (int, error) {
@@ -185,41 +266,67 @@ func (s *sseRelay) Read(p []byte) (int, error) {
 		if s.stopped.Load() {
 			return 0, io.EOF
 		}
-		ev, err := s.events.next()
-		if err != nil {
-			if s.stopped.Load() {
-				return 0, io.EOF
+		select {
+		case r := <-s.events:
+			if err := s.take(r); err != nil {
+				return 0, err
 			}
-			if errors.Is(err, io.EOF) {
-				return 0, io.EOF
-			}
-			return 0, err
+		case <-timerC(s.quiet):
+			s.pending = append(s.pending[:0], keepaliveEvent...)
+		case <-timerC(s.idle):
+			s.end() // a stalled upstream: end cleanly, the client may resume
+			return 0, io.EOF
+		case <-timerC(s.deadline):
+			s.end()
+			return 0, io.EOF
+		case <-s.quit:
+			return 0, io.EOF
 		}
-		if s.observe != nil && ev.HasData {
-			s.observe(ev.Data)
-		}
-		if s.transform != nil && ev.HasData && len(ev.Data) > 0 {
-			data, drop := s.transform(ev.Data)
-			if drop {
-				if !ev.HasID && ev.Retry == "" {
-					continue
-				}
-				ev.Data, ev.HasData, ev.Event = nil, false, ""
-			} else {
-				ev.Data = data
-			}
-		}
-		s.pending = ev.appendTo(s.pending[:0])
 	}
+	resetTimer(s.quiet, s.limits.keepalive)
 	n := copy(p, s.pending)
 	s.pending = s.pending[n:]
 	return n, nil
+}
+
+// take turns one parsed event into pending bytes (possibly none).
+func (s *sseRelay) take(r sseResult) error {
+	if r.err != nil {
+		if s.stopped.Load() || errors.Is(r.err, io.EOF) {
+			return io.EOF
+		}
+		return r.err
+	}
+	resetTimer(s.idle, s.limits.idle)
+	ev := r.ev
+	if s.observe != nil && ev.HasData {
+		s.observe(ev.Data)
+	}
+	if s.transform != nil && ev.HasData && len(ev.Data) > 0 {
+		data, drop := s.transform(ev.Data)
+		if drop {
+			if !ev.HasID && ev.Retry == "" {
+				return nil
+			}
+			ev.Data, ev.HasData, ev.Event = nil, false, ""
+		} else {
+			ev.Data = data
+		}
+	}
+	s.pending = ev.appendTo(s.pending[:0])
+	return nil
 }
 
 func (s *sseRelay) Close() error {
 	s.cancel()
 	if s.onClose != nil && s.closed.CompareAndSwap(false, true) {
 		s.onClose()
+	}
+	s.quitOnce.Do(func() { close(s.quit) })
+	for _, t := range []*time.Timer{s.idle, s.deadline, s.quiet} {
+		if t != nil {
+			t.Stop()
+		}
 	}
 	return s.upstream.Close()
 }

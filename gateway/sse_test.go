@@ -335,7 +335,7 @@ func (c *closeRecorder) Close() error {
 func TestSSERelayYieldsOneEventPerRead(t *testing.T) {
 	upstream := &closeRecorder{Reader: strings.NewReader(
 		": keep-alive\r\n\r\nid: 1\r\nevent: message\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\n\n\nfoo: ignored\nretry: 10\rdata: last\r\r")}
-	relay := newSSERelay(upstream, context.Background())
+	relay := newSSERelay(upstream, context.Background(), streamLimits{})
 	var got []string
 	buf := make([]byte, 64<<10)
 	for {
@@ -371,7 +371,7 @@ func TestSSERelayYieldsOneEventPerRead(t *testing.T) {
 
 func TestSSERelaySmallReads(t *testing.T) {
 	in := "id: 1\ndata: " + strings.Repeat("x", 1000) + "\n\ndata: 2\n\n"
-	relay := newSSERelay(io.NopCloser(strings.NewReader(in)), context.Background())
+	relay := newSSERelay(io.NopCloser(strings.NewReader(in)), context.Background(), streamLimits{})
 	var got []byte
 	buf := make([]byte, 7)
 	for {
@@ -400,7 +400,7 @@ func TestSSERelayUpstreamErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			relay := newSSERelay(io.NopCloser(strings.NewReader(tt.in)), context.Background())
+			relay := newSSERelay(io.NopCloser(strings.NewReader(tt.in)), context.Background(), streamLimits{})
 			got, err := io.ReadAll(relay)
 			if !errors.Is(err, tt.wantErr) {
 				t.Errorf("ReadAll = %q, %v; want %v", got, err, tt.wantErr)
@@ -414,7 +414,7 @@ func TestSSERelayUpstreamErrors(t *testing.T) {
 
 func TestSSERelayEventTooLarge(t *testing.T) {
 	upstream := io.NopCloser(io.MultiReader(strings.NewReader("data: ok\n\n"), bigLine(maxSSEEventBytes, "\n\n")))
-	relay := newSSERelay(upstream, context.Background())
+	relay := newSSERelay(upstream, context.Background(), streamLimits{})
 	got, err := io.ReadAll(relay)
 	if !errors.Is(err, errSSEEventTooLarge) {
 		t.Errorf("ReadAll error = %v, want errSSEEventTooLarge", err)
@@ -437,7 +437,7 @@ func TestSSERelayStop(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				pr, pw := io.Pipe()
 				stop, cancel := context.WithCancel(context.Background())
-				relay := newSSERelay(pr, stop)
+				relay := newSSERelay(pr, stop, streamLimits{})
 				go func() {
 					_, _ = pw.Write([]byte("data: one\n\n" + tt.pending))
 				}()
@@ -482,7 +482,7 @@ func TestSSERelayStop(t *testing.T) {
 func TestSSERelayStopFinishesThePendingEvent(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		stop, cancel := context.WithCancel(context.Background())
-		relay := newSSERelay(io.NopCloser(strings.NewReader("data: first\n\ndata: second\n\n")), stop)
+		relay := newSSERelay(io.NopCloser(strings.NewReader("data: first\n\ndata: second\n\n")), stop, streamLimits{})
 		buf := make([]byte, 1)
 		if n, err := relay.Read(buf); n != 1 || err != nil {
 			t.Fatalf("Read = %d, %v", n, err)
@@ -510,7 +510,7 @@ func TestSSERelayClose(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		upstream := &closeRecorder{Reader: strings.NewReader("data: x\n\n")}
 		stop, cancel := context.WithCancel(context.Background())
-		relay := newSSERelay(upstream, stop)
+		relay := newSSERelay(upstream, stop, streamLimits{})
 		if err := relay.Close(); err != nil {
 			t.Errorf("Close: %v", err)
 		}

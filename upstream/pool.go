@@ -1,5 +1,8 @@
-// Package upstream holds the named MCP servers behind the gateway and the
-// HTTP transport used to reach each of them.
+// Package upstream holds the named MCP servers behind the gateway, the
+// HTTP transport used to reach each of them, and each one's failsafe-go
+// executor (Resilience): per-attempt timeout and overall deadline, retries
+// with jittered backoff and a budget, a circuit breaker and a bulkhead.
+// Failures come back as *Failure, classified for errors.Is.
 //
 // The transport is tuned for a proxy: many idle connections per host (Go's
 // default of 2 makes a busy proxy dial for nearly every request), HTTP/2
@@ -26,8 +29,11 @@ type Upstream struct {
 	Name string
 	// URL is the upstream's Streamable HTTP endpoint.
 	URL *url.URL
-	// Transport carries every request to this upstream.
+	// Transport carries every request to this upstream: one attempt each.
 	Transport http.RoundTripper
+	// Resilience is the upstream's executor (timeouts, retries, circuit
+	// breaker, bulkhead); wrap the attempt transport with its RoundTripper.
+	Resilience *Resilience
 }
 
 // Pool is the set of upstreams, by name.
@@ -49,7 +55,7 @@ func NewPool(cfgs []config.Upstream) (*Pool, error) {
 		if err != nil {
 			return nil, fmt.Errorf("upstreams[%d].%w", i, err)
 		}
-		up := &Upstream{Name: c.Name, URL: u, Transport: transport}
+		up := &Upstream{Name: c.Name, URL: u, Transport: transport, Resilience: newResilience(c)}
 		p.list = append(p.list, up)
 		p.byName[c.Name] = up
 	}

@@ -1,0 +1,339 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/upstream"
+)
+
+// routeResilience is what a route adds around its upstream's executor:
+// which calls may be retried, stream bounds, rate limits and the
+// idempotency store.
+type routeResilience struct {
+	idempotentTools map[string]bool
+	streams         config.Streams
+	limiter         *rateLimiter // nil: no rate limits
+	idem            *idempotencyStore
+}
+
+func newRouteResilience(c config.Upstream, now func() time.Time) routeResilience {
+	tools := map[string]bool{}
+	for _, t := range c.IdempotentTools {
+		tools[t] = true
+	}
+	return routeResilience{
+		idempotentTools: tools,
+		streams:         c.Streams,
+		limiter:         newRateLimiter(c.RateLimit, now),
+		idem:            newIdempotencyStore(c.Idempotency.Window, c.Idempotency.MaxKeys, now),
+	}
+}
+
+// safeMethods are requests that change nothing upstream, so repeating one
+// after a failed attempt is harmless.
+var safeMethods = map[string]bool{
+	"tools/list": true, "prompts/list": true, "resources/list": true, "resources/templates/list": true,
+	"resources/read": true, "prompts/get": true, "server/discover": true, "ping": true,
+}
+
+// retryClass says how the request may be retried. tools/call is retried
+// after it may have been received only for tools the operator marked
+// idempotent; a client's answer to a server request (sampling, elicitation)
+// never, since the server may already have acted on it.
+func (rt *route) retryClass(fwd *forward, st *requestState) upstream.Retry {
+	switch {
+	case fwd.stream:
+		return upstream.RetrySafe // opening a GET stream runs nothing
+	case fwd.body == nil || st.msg == nil:
+		return upstream.RetryUnsent // DELETE, batches
+	case st.msg.Request() == nil:
+		return upstream.RetryNever
+	case safeMethods[st.msg.Method()]:
+		return upstream.RetrySafe
+	case st.msg.Method() == "tools/call" && rt.res.idempotentTools[st.target.name]:
+		return upstream.RetrySafe
+	}
+	return upstream.RetryUnsent
+}
+
+// forwardUpstream sends an authorized request on: rate limits first, then,
+// for a tools/call with an idempotency key, at most once per principal and
+// key; everything else straight through the route's proxy.
+func (s *Server) forwardUpstream(w http.ResponseWriter, r *http.Request, rt *route, fwd *forward, st *requestState) {
+	ctx := context.WithValue(r.Context(), forwardKey{}, fwd)
+	r = r.WithContext(upstream.WithRetry(ctx, rt.retryClass(fwd, st)))
+	if err := s.rateLimit(rt, fwd, st); err != nil {
+		writeError(w, r, err)
+		return
+	}
+	// After the rate limit: a cache hit is still a request the principal
+	// made.
+	if s.serveCached(w, r, fwd, st) {
+		return
+	}
+	if st.msg != nil && st.msg.IsCall() && st.msg.Method() == "tools/call" {
+		key, err := idempotencyKey(r, st.msg.Request())
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		if key != "" {
+			// Per principal: another principal's key is another key.
+			s.forwardOnce(w, r, rt, fwd.principal.ID+"\x00"+key, st)
+			return
+		}
+	}
+	rt.proxy.ServeHTTP(w, r)
+}
+
+// rateLimit takes the request's tokens: per principal for every request
+// (not a client's answers to the server), per tool for tools/call.
+func (s *Server) rateLimit(rt *route, fwd *forward, st *requestState) error {
+	l := rt.res.limiter
+	if l == nil || fwd.body == nil || (st.msg != nil && st.msg.Request() == nil) {
+		return nil
+	}
+	tool := ""
+	if st.msg != nil && st.msg.Method() == "tools/call" {
+		tool = st.target.name
+	}
+	ok, wait := l.allow(fwd.principal.ID, tool)
+	if ok {
+		return nil
+	}
+	s.metrics.rateLimited.WithLabelValues(rt.upstream.Name).Inc()
+	e := newError(http.StatusTooManyRequests, CodeRateLimited, "rate limit exceeded; retry later", nil)
+	setRetryAfter(e, wait)
+	return e
+}
+
+// forwardOnce runs the first call with a key and records its answer, or
+// waits for it and replays it.
+func (s *Server) forwardOnce(w http.ResponseWriter, r *http.Request, rt *route, key string, st *requestState) {
+	e, first, gwErr := rt.res.idem.begin(key, callDigest(st.msg.Request()))
+	if gwErr != nil {
+		writeError(w, r, gwErr)
+		return
+	}
+	if !first {
+		select {
+		case <-e.done:
+			s.replay(w, r, e, st)
+		case <-r.Context().Done():
+			writeError(w, r, fmt.Errorf("client went away: %w", context.Canceled))
+		}
+		return
+	}
+	rec := &answerRecorder{ResponseWriter: w}
+	ran := true
+	defer func() {
+		// Deferred, so duplicates are woken even if the proxy panics.
+		if e.gwErr == nil && e.body == nil {
+			e.gwErr = outcomeUnknown(http.StatusBadGateway, errors.New("the first call's answer was not recorded"))
+		}
+		rt.res.idem.finish(e, ran)
+	}()
+	rt.proxy.ServeHTTP(rec, r)
+	switch {
+	case r.Context().Err() != nil:
+		// The client went away mid-call: the call may have run.
+		e.gwErr = outcomeUnknown(http.StatusBadGateway, context.Canceled)
+	case st.err != nil:
+		e.gwErr, ran = st.err, sent(st.err)
+	case rec.status >= 400 && rec.status < 500:
+		// Refused by the upstream (an ended session, a bad request): it
+		// did not run, so the client may retry with the same key.
+		e.status, e.contentType, e.body, ran = rec.status, rec.Header().Get("Content-Type"), rec.buf.Bytes(), false
+	default:
+		e.status, e.contentType, e.body = rec.status, "application/json", rec.answer()
+		if e.status == 0 {
+			e.status = http.StatusOK
+		}
+	}
+}
+
+// replay answers a duplicate with the first call's answer, under the
+// duplicate's own id.
+func (s *Server) replay(w http.ResponseWriter, r *http.Request, e *idemEntry, st *requestState) {
+	if e.gwErr != nil {
+		writeError(w, r, e.gwErr)
+		return
+	}
+	body := e.body
+	if b, err := withID(e.body, st.msg.ID()); err == nil {
+		body = b
+	}
+	h := w.Header()
+	if e.contentType != "" {
+		h.Set("Content-Type", e.contentType)
+	}
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	h.Set("Idempotent-Replayed", "true")
+	w.WriteHeader(e.status)
+	_, _ = w.Write(body)
+}
+
+// sent reports whether a failed request may have reached the upstream.
+func sent(err error) bool {
+	var f *upstream.Failure
+	if errors.As(err, &f) {
+		return f.Sent
+	}
+	return true // unsure is sent: the key must not let the call run twice
+}
+
+// answerRecorder passes a response through and keeps a copy (bounded) to
+// find the final JSON-RPC response in it.
+type answerRecorder struct {
+	http.ResponseWriter
+	status int
+	buf    bytes.Buffer
+	over   bool
+}
+
+func (a *answerRecorder) WriteHeader(code int) {
+	if a.status == 0 {
+		a.status = code
+	}
+	a.ResponseWriter.WriteHeader(code)
+}
+
+func (a *answerRecorder) Write(p []byte) (int, error) {
+	if a.status == 0 {
+		a.status = http.StatusOK
+	}
+	if !a.over {
+		if a.buf.Len()+len(p) > maxFilteredResponseBytes {
+			a.over = true
+			a.buf = bytes.Buffer{}
+		} else {
+			a.buf.Write(p)
+		}
+	}
+	return a.ResponseWriter.Write(p)
+}
+
+// Unwrap lets http.ResponseController reach Flush on the real writer.
+func (a *answerRecorder) Unwrap() http.ResponseWriter { return a.ResponseWriter }
+
+// answer is the final JSON-RPC response the client got: the JSON body, or
+// the last response among the SSE events; nil if there was none.
+func (a *answerRecorder) answer() []byte {
+	if a.over || a.buf.Len() == 0 {
+		return nil
+	}
+	body := bytes.Clone(a.buf.Bytes())
+	if !isEventStream(a.Header()) {
+		return body
+	}
+	var last []byte
+	events := newSSEReader(bytes.NewReader(body))
+	for {
+		ev, err := events.next()
+		if err != nil {
+			return last
+		}
+		if msg, err := jsonrpc.DecodeMessage(ev.Data); err == nil {
+			if _, ok := msg.(*jsonrpc.Response); ok {
+				last = ev.Data
+			}
+		}
+	}
+}
+
+// upstreamError is what the client is told when the upstream could not
+// answer: each failure its own status and code (README "Resilience").
+func upstreamError(ctx context.Context, err error) *Error {
+	var f *upstream.Failure
+	if !errors.As(err, &f) {
+		// Failures after the executor: an unusable answer, a refused
+		// credential.
+		var netErr net.Error
+		if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr) && netErr.Timeout() {
+			return newError(http.StatusGatewayTimeout, CodeUpstreamTimeout, "upstream timed out", err)
+		}
+		return newError(http.StatusBadGateway, CodeUpstreamUnavailable, "upstream unavailable", err)
+	}
+	timedOut := errors.Is(err, upstream.ErrTimeout)
+	fwd := forwardOf(ctx)
+	switch {
+	case errors.Is(err, upstream.ErrBreakerOpen):
+		e := newError(http.StatusServiceUnavailable, CodeBreakerOpen, "upstream unavailable: circuit breaker open; nothing was sent, retry later", err)
+		setRetryAfter(e, f.RetryAfter)
+		return e
+	case errors.Is(err, upstream.ErrBulkheadFull):
+		e := newError(http.StatusServiceUnavailable, CodeOverloaded, "upstream busy: too many requests in flight; nothing was sent, retry later", err)
+		setRetryAfter(e, f.RetryAfter)
+		return e
+	case errors.Is(err, upstream.ErrOutcomeUnknown) && fwd != nil && fwd.body != nil && upstream.RetryOf(ctx) != upstream.RetrySafe:
+		// Never retried silently: the client decides, knowing it may have run.
+		status := http.StatusBadGateway
+		if timedOut {
+			status = http.StatusGatewayTimeout
+		}
+		return outcomeUnknown(status, err)
+	case timedOut:
+		return newError(http.StatusGatewayTimeout, CodeUpstreamTimeout, "upstream timed out", err)
+	}
+	return newError(http.StatusBadGateway, CodeUpstreamUnavailable, "upstream unavailable", err)
+}
+
+func outcomeUnknown(status int, cause error) *Error {
+	return newError(status, CodeOutcomeUnknown, "upstream failed after the request was sent: it may or may not have been executed; it was not retried", cause)
+}
+
+// setRetryAfter adds Retry-After in whole seconds, at least 1.
+func setRetryAfter(e *Error, d time.Duration) {
+	secs := max(1, int(math.Ceil(d.Seconds())))
+	if e.Header == nil {
+		e.Header = http.Header{}
+	}
+	e.Header.Set("Retry-After", strconv.Itoa(secs))
+}
+
+// resilienceCollector reads every upstream's breaker state and counters at
+// scrape time, so the upstream package stays free of Prometheus.
+type resilienceCollector struct{ pool *upstream.Pool }
+
+var (
+	breakerStateDesc = prometheus.NewDesc("ctxgate_circuit_breaker_state",
+		"Circuit breaker state per upstream: 1 for the current state (closed, open, half_open), 0 for the others.",
+		[]string{"upstream", "state"}, nil)
+	retriesDesc = prometheus.NewDesc("ctxgate_upstream_retries_total",
+		"Attempts that repeated a failed upstream attempt.", []string{"upstream"}, nil)
+	bulkheadDesc = prometheus.NewDesc("ctxgate_bulkhead_rejections_total",
+		"Requests refused at once because max_concurrent requests were in flight to the upstream.", []string{"upstream"}, nil)
+)
+
+func (c resilienceCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- breakerStateDesc
+	ch <- retriesDesc
+	ch <- bulkheadDesc
+}
+
+func (c resilienceCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, up := range c.pool.All() {
+		st := up.Resilience.Stats()
+		for _, state := range upstream.BreakerStates {
+			v := 0.0
+			if state == st.Breaker {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(breakerStateDesc, prometheus.GaugeValue, v, up.Name, state)
+		}
+		ch <- prometheus.MustNewConstMetric(retriesDesc, prometheus.CounterValue, float64(st.Retries), up.Name)
+		ch <- prometheus.MustNewConstMetric(bulkheadDesc, prometheus.CounterValue, float64(st.BulkheadRejections), up.Name)
+	}
+}

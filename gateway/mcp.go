@@ -29,6 +29,9 @@ type route struct {
 	requiredScopes []string
 	// identityHeaders tells the upstream who the principal is.
 	identityHeaders bool
+	// era is what the gateway learned of the upstream's revisions; nil
+	// means unknown (the gateway's whole list is assumed).
+	era *upstreamEra
 }
 
 // forward is everything the reverse proxy needs to send one request on,
@@ -41,6 +44,10 @@ type forward struct {
 	upstreamSession string
 	initialize      bool
 	stream          bool // a long-lived GET stream: ends when shutdown begins
+	// era is the request's protocol era, eraLegacy or eraModern; listen
+	// marks a modern subscriptions/listen stream.
+	era    string
+	listen bool
 	// base is the policy input every decision about this exchange starts
 	// from (principal, route, protocol, source); exchanges are the client
 	// requests awaiting responses, by id.
@@ -65,17 +72,21 @@ func (s *Server) serveRoute(rt *route) http.HandlerFunc {
 			writeError(w, r, err)
 			return
 		}
-		fwd := &forward{route: rt, principal: principal}
+		fwd := &forward{route: rt, principal: principal, era: eraLegacy}
 		switch r.Method {
 		case http.MethodPost:
 			err = s.preparePost(r, fwd, st)
 		case http.MethodGet:
 			fwd.stream = true
-			if err = checkAccept(r, "text/event-stream"); err == nil {
-				err = s.prepareSession(r, fwd, st)
+			if err = modernStreamless(r); err == nil {
+				if err = checkAccept(r, "text/event-stream"); err == nil {
+					err = s.prepareSession(r, fwd, st)
+				}
 			}
 		case http.MethodDelete:
-			err = s.prepareSession(r, fwd, st)
+			if err = modernStreamless(r); err == nil {
+				err = s.prepareSession(r, fwd, st)
+			}
 		default:
 			err = newError(http.StatusMethodNotAllowed, CodeInvalidRequest, "method not allowed; use POST, GET or DELETE", nil)
 			err.(*Error).Header = http.Header{"Allow": {"GET, POST, DELETE"}}
@@ -90,7 +101,7 @@ func (s *Server) serveRoute(rt *route) http.HandlerFunc {
 				Route:     rt.upstream.Name,
 				Upstream:  rt.upstream.Name,
 				Phase:     policy.PhaseRequest,
-				Protocol:  policy.Protocol{Version: st.version, Era: "legacy"},
+				Protocol:  policy.Protocol{Version: st.version, Era: fwd.era},
 				Source:    policy.Source{IP: remoteIP(r), UserAgent: r.UserAgent()},
 			}
 			err = s.authorize(r, fwd, st)
@@ -132,6 +143,9 @@ func (s *Server) preparePost(r *http.Request, fwd *forward, st *requestState) er
 	}
 	st.msg = msg
 	fwd.messages = []jsonrpc.Message{msg.Msg}
+	if isModernRequest(r, msg.Request()) {
+		return s.prepareModern(r, fwd, st, msg.Request())
+	}
 	if msg.Method() == "initialize" {
 		if !msg.IsCall() {
 			return badRequest("initialize must be a request with an id", nil)

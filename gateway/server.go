@@ -220,6 +220,7 @@ func (s *Server) routes() []*route {
 			upstream:        up,
 			requiredScopes:  c.RequiredScopes,
 			identityHeaders: c.IdentityHeaders,
+			era:             &upstreamEra{},
 		}
 		rt.resource = base + rt.path
 		rt.metadataURL = base + wellKnownPRM + rt.path

@@ -153,6 +153,12 @@ func (s *Server) filterResponse(ctx context.Context, fwd *forward, m *jsonrpc.Re
 	if listMethods[method] {
 		result, _, err = s.policy.FilterList(ctx, ex.input, result)
 	}
+	if err == nil && fwd.era == eraModern {
+		var denied *Error
+		if result, denied = s.filterModern(ctx, fwd, method, result); denied != nil {
+			return errorMessage(m.ID, denied)
+		}
+	}
 	if err == nil && len(ex.redact) > 0 {
 		result, err = policy.Redact(result, ex.redact)
 	}
@@ -199,16 +205,11 @@ func noteResultError(ctx context.Context, ex *exchange, m *jsonrpc.Response) {
 // denied one never reaches the client; the upstream is told, so it does not
 // wait for an answer that cannot come.
 func (s *Server) allowServerRequest(ctx context.Context, fwd *forward, m *jsonrpc.Request) bool {
-	in := s.baseInput(fwd, m.Method)
-	in.Phase = policy.PhaseResponse // it travels in the upstream's answer stream
-	s.describeParams(in, fwd.route.upstream.Name, m.Params)
-	d := s.decide(ctx, policy.PhaseResponse, in)
+	d := s.decideServerRequest(ctx, fwd, m.Method, m.Params)
 	if d.Allow {
 		return true
 	}
-	e := denial(m.Method, d)
-	body, _ := json.Marshal(errorResponse{JSONRPC: "2.0", ID: m.ID.Raw(), Error: jsonrpc.Error{Code: e.Code, Message: e.Message}})
-	go s.answerUpstream(fwd, body)
+	go s.answerUpstream(fwd, errorMessage(m.ID, denial(m.Method, d)))
 	return false
 }
 

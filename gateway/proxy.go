@@ -152,7 +152,10 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 		}
 		relay := newSSERelay(resp.Body, stop)
 		kind := "post"
-		if fwd.stream {
+		switch {
+		case fwd.listen:
+			kind = "listen"
+		case fwd.stream:
 			kind = "get"
 		}
 		open := s.metrics.openStreams.WithLabelValues(fwd.route.upstream.Name, kind)
@@ -162,6 +165,9 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 			relay.transform = func(data []byte) ([]byte, bool) { return s.transformMessage(ctx, fwd, data) }
 		}
 		resp.Body = relay
+		if fwd.listen {
+			resp.Body = newKeepAlive(relay, listenKeepAlive)
+		}
 	case s.policy != nil && isJSON(h) && resp.StatusCode == http.StatusOK:
 		return s.transformJSONBody(ctx, resp, fwd)
 	}

@@ -66,6 +66,11 @@ func (u *scripted) last() *http.Request {
 
 func newGateway(t *testing.T, upstreamURL string) *httptest.Server {
 	t.Helper()
+	return newGatewayOpts(t, upstreamURL, gateway.Options{})
+}
+
+func newGatewayOpts(t *testing.T, upstreamURL string, opts gateway.Options) *httptest.Server {
+	t.Helper()
 	cfg, err := config.Parse(fmt.Appendf(nil, `
 server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0"}
@@ -83,7 +88,7 @@ upstreams: [{name: up, url: %q}]
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw, err := gateway.New(cfg, pool, gateway.Options{})
+	gw, err := gateway.New(cfg, pool, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

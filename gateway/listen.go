@@ -72,6 +72,8 @@ func (k *keepAlive) Read(p []byte) (int, error) {
 		select {
 		case c := <-k.chunks:
 			k.pending, k.err, k.boundary, k.active = c.data, c.err, c.boundary, true
+		case <-k.done:
+			return 0, io.ErrClosedPipe
 		case <-k.ticker.C:
 			if !k.active && k.boundary {
 				k.pending = keepAliveComment

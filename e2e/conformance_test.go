@@ -41,10 +41,21 @@ func TestConformance(t *testing.T) {
 	requireNodeTool(t, conformanceJS)
 	upstream := startEverything(t)
 	gw := startGateway(t, anonymousConfig(upstream))
+	direct, via := compareConformance(t, "2025-11-25", upstream, gw.URL+"/mcp/everything")
+	for _, must := range []string{"dns-rebinding-protection/localhost-host-rebinding-rejected", "dns-rebinding-protection/localhost-host-valid-accepted"} {
+		if via[must] != "SUCCESS" {
+			t.Errorf("%s through the gateway: %q, want SUCCESS", must, via[must])
+		}
+	}
+	t.Logf("conformance --requirements 2025-11-25: %d checks pass directly, %d through ctxgate", countPassed(direct), countPassed(via))
+}
 
-	direct := runConformance(t, upstream)
-	via := runConformance(t, gw.URL+"/mcp/everything")
-
+// compareConformance runs the suite for one revision directly and through
+// the gateway and fails for every check that passes directly but not
+// through the gateway.
+func compareConformance(t *testing.T, requirements, directURL, gatewayURL string) (direct, via map[string]string) {
+	t.Helper()
+	direct, via = runConformance(t, directURL, requirements), runConformance(t, gatewayURL, requirements)
 	passedDirect := 0
 	var lost []string
 	for id, status := range direct {
@@ -63,12 +74,7 @@ func TestConformance(t *testing.T) {
 	if len(lost) > 0 {
 		t.Errorf("%d of %d checks that pass directly fail through the gateway:\n  %s", len(lost), passedDirect, strings.Join(lost, "\n  "))
 	}
-	for _, must := range []string{"dns-rebinding-protection/localhost-host-rebinding-rejected", "dns-rebinding-protection/localhost-host-valid-accepted"} {
-		if via[must] != "SUCCESS" {
-			t.Errorf("%s through the gateway: %q, want SUCCESS", must, via[must])
-		}
-	}
-	t.Logf("conformance --requirements 2025-11-25: %d checks pass directly, %d through ctxgate", passedDirect, countPassed(via))
+	return direct, via
 }
 
 func countPassed(results map[string]string) int {
@@ -85,10 +91,10 @@ var resultDirTimestamp = regexp.MustCompile(`-\d{4}-\d{2}-\d{2}T[\d-]+Z$`)
 
 // runConformance runs the suite against url and returns the status of every
 // check, keyed "scenario/check-id".
-func runConformance(t *testing.T, url string) map[string]string {
+func runConformance(t *testing.T, url, requirements string) map[string]string {
 	t.Helper()
 	out := t.TempDir()
-	cmd := exec.CommandContext(ctx(t), nodeBin, conformanceJS, "server", "--url", url, "--requirements", "2025-11-25", "-o", out)
+	cmd := exec.CommandContext(ctx(t), nodeBin, conformanceJS, "server", "--url", url, "--requirements", requirements, "-o", out)
 	cmd.Dir = t.TempDir()
 	logs, err := cmd.CombinedOutput()
 	if err != nil {

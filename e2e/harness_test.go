@@ -228,9 +228,16 @@ func logRecords(logs string) []map[string]any {
 // port first, the server exits and a new port is tried.
 func startEverything(t *testing.T) string {
 	t.Helper()
+	return startEverythingMode(t, false)
+}
+
+// startEverythingMode runs the everything-server stateful (legacy sessions)
+// or stateless (the only mode in which it serves 2026-07-28).
+func startEverythingMode(t *testing.T, stateless bool) string {
+	t.Helper()
 	for attempt := 0; attempt < 5; attempt++ {
 		addr := reservePort(t)
-		p := startProc(t, "everything-server", bins.everything, "-http="+addr, "-stateless=false")
+		p := startProc(t, "everything-server", bins.everything, "-http="+addr, fmt.Sprintf("-stateless=%t", stateless))
 		up := false
 		waitFor(t, "everything-server to listen", readyDeadline, func() bool {
 			if p.exited() {

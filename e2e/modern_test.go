@@ -105,15 +105,7 @@ func TestGoSDKModernClient(t *testing.T) {
 	t.Run("modern upstream", func(t *testing.T) {
 		upstream := startEverythingMode(t, true)
 		rec := startRecorder(t, upstream)
-		gw := startGateway(t, anonymousConfig(rec.URL))
-		direct := runModernClient(t, upstream)
-		via := runModernClient(t, gw.URL+"/mcp/everything")
-		if via.Version != "2026-07-28" {
-			t.Errorf("negotiated %q through the gateway, want 2026-07-28", via.Version)
-		}
-		if diff := cmp.Diff(asJSON(t, direct), asJSON(t, via)); diff != "" {
-			t.Errorf("results through the gateway differ from direct (-direct +gateway):\n%s", diff)
-		}
+		compareModernClient(t, upstream, rec.URL, "2026-07-28")
 		var calls int
 		for _, r := range rec.requests() {
 			if r.method == http.MethodPost && r.header.Get("Mcp-Method") == "tools/call" {
@@ -132,14 +124,22 @@ func TestGoSDKModernClient(t *testing.T) {
 	})
 	t.Run("legacy-only upstream", func(t *testing.T) {
 		upstream := startEverything(t)
-		gw := startGateway(t, anonymousConfig(upstream))
-		direct := runModernClient(t, upstream)
-		via := runModernClient(t, gw.URL+"/mcp/everything")
-		if via.Version != "2025-11-25" {
-			t.Errorf("negotiated %q through the gateway, want the legacy 2025-11-25", via.Version)
-		}
-		if diff := cmp.Diff(asJSON(t, direct), asJSON(t, via)); diff != "" {
-			t.Errorf("results through the gateway differ from direct (-direct +gateway):\n%s", diff)
-		}
+		compareModernClient(t, upstream, upstream, "2025-11-25")
 	})
+}
+
+// compareModernClient runs the modern client directly against upstream and
+// through a gateway in front of gatewayUpstream (upstream itself, or a
+// recorder before it), and wants the same results and the given version.
+func compareModernClient(t *testing.T, upstream, gatewayUpstream, wantVersion string) {
+	t.Helper()
+	gw := startGateway(t, anonymousConfig(gatewayUpstream))
+	direct := runModernClient(t, upstream)
+	via := runModernClient(t, gw.URL+"/mcp/everything")
+	if via.Version != wantVersion {
+		t.Errorf("negotiated %q through the gateway, want %s", via.Version, wantVersion)
+	}
+	if diff := cmp.Diff(asJSON(t, direct), asJSON(t, via)); diff != "" {
+		t.Errorf("results through the gateway differ from direct (-direct +gateway):\n%s", diff)
+	}
 }

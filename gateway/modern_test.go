@@ -56,6 +56,26 @@ func (u *modernUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprint(w, `{"jsonrpc":"2.0","id":7,"result":{"content":[],"x-unknown":1}}`)
 }
 
+// startModern starts a modernUpstream and a gateway in front of it.
+func startModern(t *testing.T, legacy bool) (*modernUpstream, *httptest.Server) {
+	t.Helper()
+	up := &modernUpstream{legacy: legacy}
+	srv := httptest.NewServer(up)
+	t.Cleanup(srv.Close)
+	return up, newGateway(t, srv.URL)
+}
+
+// answerProbe answers the gateway's server/discover probe as a server that
+// serves only 2026-07-28.
+func answerProbe(w http.ResponseWriter, body []byte) bool {
+	if !strings.Contains(string(body), `"ctxgate-discover"`) {
+		return false
+	}
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprint(w, `{"jsonrpc":"2.0","id":"ctxgate-discover","result":{"supportedVersions":["2026-07-28"],"capabilities":{}}}`)
+	return true
+}
+
 func (u *modernUpstream) requests() []recordedRequest {
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -144,10 +164,7 @@ func TestModernRejections(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			up := &modernUpstream{}
-			srv := httptest.NewServer(up)
-			defer srv.Close()
-			gw := newGateway(t, srv.URL)
+			up, gw := startModern(t, false)
 			method := tt.httpMethod
 			if method == "" {
 				method = http.MethodPost
@@ -200,10 +217,7 @@ func TestModernForward(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			up := &modernUpstream{}
-			srv := httptest.NewServer(up)
-			defer srv.Close()
-			gw := newGateway(t, srv.URL)
+			up, gw := startModern(t, false)
 			resp := send(t, http.MethodPost, gw.URL+"/mcp/up", "", tt.body, tt.header)
 			body, _ := io.ReadAll(resp.Body)
 			if resp.StatusCode != http.StatusOK || resp.Header.Get("Mcp-Session-Id") != "" {
@@ -250,10 +264,7 @@ func TestModernDiscover(t *testing.T) {
 // refuses it, listing the legacy revisions, so a client falls back to
 // initialize; nothing is forwarded.
 func TestModernLegacyUpstream(t *testing.T) {
-	up := &modernUpstream{legacy: true}
-	srv := httptest.NewServer(up)
-	defer srv.Close()
-	gw := newGateway(t, srv.URL)
+	up, gw := startModern(t, true)
 	resp := send(t, http.MethodPost, gw.URL+"/mcp/up", "", modernCall("tools/list", ""),
 		modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "tools/list"))
 	body, _ := io.ReadAll(resp.Body)
@@ -314,8 +325,7 @@ func TestModernInputRequired(t *testing.T) {
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				body, _ := io.ReadAll(r.Body)
 				w.Header().Set("Content-Type", "application/json")
-				if strings.Contains(string(body), `"ctxgate-discover"`) {
-					fmt.Fprint(w, `{"jsonrpc":"2.0","id":"ctxgate-discover","result":{"supportedVersions":["2026-07-28"],"capabilities":{}}}`)
+				if answerProbe(w, body) {
 					return
 				}
 				fmt.Fprintf(w, `{"jsonrpc":"2.0","id":7,"result":%s}`, tt.result)
@@ -339,9 +349,7 @@ func TestModernListenCancel(t *testing.T) {
 	upstreamDone := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		if strings.Contains(string(body), `"ctxgate-discover"`) {
-			w.Header().Set("Content-Type", "application/json")
-			fmt.Fprint(w, `{"jsonrpc":"2.0","id":"ctxgate-discover","result":{"supportedVersions":["2026-07-28"],"capabilities":{}}}`)
+		if answerProbe(w, body) {
 			return
 		}
 		w.Header().Set("Content-Type", "text/event-stream")

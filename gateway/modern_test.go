@@ -278,13 +278,16 @@ func TestModernLegacyUpstream(t *testing.T) {
 	}
 }
 
-// modernPolicy allows every client request and every input request but
-// elicitation.
+// modernPolicy allows every modern-era client request (so a request the
+// policy saw as legacy is denied) and every input request but elicitation.
 const modernPolicy = `package ctxgate.authz
 
 default allow := false
 
-allow if input.phase == "request"
+allow if {
+	input.phase == "request"
+	input.protocol == {"era": "modern", "version": "2026-07-28"}
+}
 
 allow if {
 	input.phase == "response"
@@ -306,7 +309,7 @@ func newGatewayWithPolicy(t *testing.T, upstreamURL string) *httptest.Server {
 
 // TestModernInputRequired: an input_required result is relayed intact when
 // the policy allows its input requests, and replaced by the denial when it
-// does not; the policy sees era "modern".
+// does not. The policy allows only requests it sees as era "modern".
 func TestModernInputRequired(t *testing.T) {
 	tests := []struct {
 		name   string

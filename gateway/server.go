@@ -7,7 +7,9 @@
 //	request id + access log -> recover -> Host/Origin check -> body limit
 //	  -> authenticate (Principal) -> route:
 //	     Content-Type/Accept -> strict JSON-RPC decode (once) -> session open
-//	     (sealed, bound to principal and route) -> protocol version
+//	     (sealed, bound to principal and route) -> protocol version; or, for
+//	     a modern-era (2026-07-28) request, no session: MCP-Protocol-Version,
+//	     Mcp-Method and Mcp-Name checked against the body (modern.go)
 //	     -> reverse proxy: exactly the checked bytes, client credentials
 //	        stripped, upstream session id swapped in
 //	     <- response: upstream session id swapped out (a sealed one minted on

@@ -128,6 +128,11 @@ type Upstream struct {
 	// principal is (X-Ctxgate-Principal, X-Ctxgate-Principal-Kind); any
 	// such header a client sends is always dropped.
 	IdentityHeaders bool `yaml:"identity_headers"`
+	// Bridge, when true, serves modern-era (2026-07-28) clients over a
+	// legacy session the gateway keeps per principal, when the upstream
+	// speaks only the legacy era. False: such clients are told the route
+	// is legacy only (-32022) and fall back to initialize.
+	Bridge bool `yaml:"bridge"`
 }
 
 // Defaults. Exported so documentation and tests can refer to them.

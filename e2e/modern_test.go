@@ -105,7 +105,7 @@ func TestGoSDKModernClient(t *testing.T) {
 	t.Run("modern upstream", func(t *testing.T) {
 		upstream := startEverythingMode(t, true)
 		rec := startRecorder(t, upstream)
-		compareModernClient(t, upstream, rec.URL, "2026-07-28")
+		compareModernClient(t, upstream, anonymousConfig(rec.URL), "2026-07-28")
 		var calls int
 		for _, r := range rec.requests() {
 			if r.method == http.MethodPost && r.header.Get("Mcp-Method") == "tools/call" {
@@ -124,21 +124,40 @@ func TestGoSDKModernClient(t *testing.T) {
 	})
 	t.Run("legacy-only upstream", func(t *testing.T) {
 		upstream := startEverything(t)
-		compareModernClient(t, upstream, upstream, "2025-11-25")
+		compareModernClient(t, upstream, anonymousConfig(upstream), "2025-11-25")
+	})
+	t.Run("legacy-only upstream, bridged", func(t *testing.T) {
+		upstream := startEverything(t)
+		rec := startRecorder(t, upstream)
+		cfg := strings.TrimSuffix(anonymousConfig(rec.URL), "}\n") + ", bridge: true}\n" // the upstream's line is last
+		compareModernClient(t, upstream, cfg, "2026-07-28")
+		var initializes int
+		for _, r := range rec.requests() {
+			if strings.Contains(string(r.body), `"method":"initialize"`) {
+				initializes++
+			}
+			if v := r.header.Get("Mcp-Protocol-Version"); r.method == http.MethodPost && v != "" && v != "2025-11-25" && r.header.Get("Mcp-Method") != "server/discover" {
+				t.Errorf("bridged request to the legacy upstream with MCP-Protocol-Version %q", v)
+			}
+		}
+		if initializes != 1 {
+			t.Errorf("upstream saw %d initialize requests, want 1 (one legacy session for the principal)", initializes)
+		}
 	})
 }
 
 // compareModernClient runs the modern client directly against upstream and
-// through a gateway in front of gatewayUpstream (upstream itself, or a
-// recorder before it), and wants the same results and the given version.
-func compareModernClient(t *testing.T, upstream, gatewayUpstream, wantVersion string) {
+// through a gateway started with cfg, and wants the same results and the
+// given version through the gateway.
+func compareModernClient(t *testing.T, upstream, cfg, wantVersion string) {
 	t.Helper()
-	gw := startGateway(t, anonymousConfig(gatewayUpstream))
+	gw := startGateway(t, cfg)
 	direct := runModernClient(t, upstream)
 	via := runModernClient(t, gw.URL+"/mcp/everything")
 	if via.Version != wantVersion {
 		t.Errorf("negotiated %q through the gateway, want %s", via.Version, wantVersion)
 	}
+	direct.Version = via.Version // a bridged client speaks another era than the upstream does directly
 	if diff := cmp.Diff(asJSON(t, direct), asJSON(t, via)); diff != "" {
 		t.Errorf("results through the gateway differ from direct (-direct +gateway):\n%s", diff)
 	}

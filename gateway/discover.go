@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -79,27 +80,37 @@ func (s *Server) probeUpstream(ctx context.Context, rt *route) ([]string, error)
 	body := `{"jsonrpc":"2.0","id":"ctxgate-discover","method":"server/discover","params":{"_meta":{` +
 		`"` + metaProtocolVersion + `":"` + modernVersions[0] + `","` + metaClientCapabilities + `":{},` +
 		`"io.modelcontextprotocol/clientInfo":{"name":"ctxgate","version":"probe"}}}}`
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, rt.upstream.URL.String(), bytes.NewReader([]byte(body)))
+	h := http.Header{"Mcp-Protocol-Version": {modernVersions[0]}, "Mcp-Method": {"server/discover"}}
+	resp, raw, err := s.postUpstream(ctx, rt, h, body)
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json, text/event-stream")
-	req.Header.Set("Mcp-Protocol-Version", modernVersions[0])
-	req.Header.Set("Mcp-Method", "server/discover")
-	resp, err := rt.upstream.Transport.RoundTrip(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
 	if resp.StatusCode >= 500 || resp.StatusCode == http.StatusUnauthorized {
 		return nil, errUpstreamProbe(resp.Status)
 	}
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, upstreamProbeLimit))
-	if err != nil {
-		return nil, err
-	}
 	return discoveredVersions(raw, isEventStream(resp.Header)), nil
+}
+
+// postUpstream sends one of the gateway's own messages to a route's
+// upstream, with the gateway's credential (the upstream's transport adds
+// it) and the given headers, and reads the answer, bounded.
+func (s *Server) postUpstream(ctx context.Context, rt *route, h http.Header, body string) (*http.Response, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, rt.upstream.URL.String(), strings.NewReader(body))
+	if err != nil {
+		return nil, nil, err
+	}
+	for k, vs := range h {
+		req.Header[k] = vs
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	resp, err := rt.upstream.Transport.RoundTrip(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, upstreamProbeLimit))
+	return resp, raw, err
 }
 
 type errUpstreamProbe string

@@ -122,6 +122,12 @@ func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte
 	case *jsonrpc.Response:
 		return s.filterResponse(ctx, fwd, m, data), false
 	case *jsonrpc.Request:
+		if m.ID.IsValid() && fwd.bridge != nil {
+			// A bridged modern client cannot be asked (the bridge's session
+			// declared no client capabilities): refused to the upstream.
+			go s.answerUpstream(fwd, errorMessage(m.ID, newError(0, CodeMethodNotFound, m.Method+" is not available: the client is bridged from the modern protocol era", nil)))
+			return data, true
+		}
 		if m.ID.IsValid() {
 			return data, !s.allowServerRequest(ctx, fwd, m)
 		}
@@ -234,7 +240,10 @@ func (s *Server) answerUpstream(fwd *forward, body []byte) {
 	if fwd.upstreamSession != "" {
 		req.Header.Set("Mcp-Session-Id", fwd.upstreamSession)
 	}
-	if fwd.base != nil && fwd.base.Protocol.Version != "" {
+	switch {
+	case fwd.bridge != nil:
+		req.Header.Set("Mcp-Protocol-Version", fwd.bridge.version)
+	case fwd.base != nil && fwd.base.Protocol.Version != "":
 		req.Header.Set("Mcp-Protocol-Version", fwd.base.Protocol.Version)
 	}
 	resp, err := fwd.route.upstream.Transport.RoundTrip(req)

@@ -32,6 +32,9 @@ type route struct {
 	// era is what the gateway learned of the upstream's revisions; nil
 	// means unknown (the gateway's whole list is assumed).
 	era *upstreamEra
+	// bridge holds the legacy sessions that serve modern clients when the
+	// upstream speaks only the legacy era; nil: no bridging.
+	bridge *bridgeSessions
 }
 
 // forward is everything the reverse proxy needs to send one request on,
@@ -48,6 +51,14 @@ type forward struct {
 	// marks a modern subscriptions/listen stream.
 	era    string
 	listen bool
+	// servedVersions are the revisions the route serves this request;
+	// bridging marks a modern request for a legacy-only upstream that the
+	// gateway bridges, on the legacy session bridge; answer is the
+	// gateway's own answer (server/discover on a bridged route).
+	servedVersions []string
+	bridging       bool
+	bridge         *bridgeSession
+	answer         []byte
 	// base is the policy input every decision about this exchange starts
 	// from (principal, route, protocol, source); exchanges are the client
 	// requests awaiting responses, by id.
@@ -106,8 +117,15 @@ func (s *Server) serveRoute(rt *route) http.HandlerFunc {
 			}
 			err = s.authorize(r, fwd, st)
 		}
+		if err == nil && fwd.bridging {
+			err = s.prepareBridge(r, fwd, st.msg.Request())
+		}
 		if err != nil {
 			writeError(w, r, err)
+			return
+		}
+		if fwd.answer != nil {
+			writeAnswer(w, fwd.answer)
 			return
 		}
 		rt.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), forwardKey{}, fwd)))

@@ -150,8 +150,9 @@ func (s *Server) modernVersion(r *http.Request, fwd *forward, req *jsonrpc.Reque
 	case strings.TrimSpace(headers[0]) != meta.version:
 		return "", newError(http.StatusBadRequest, CodeHeaderMismatch, "MCP-Protocol-Version header "+quote(headers[0])+" does not match _meta "+quote(meta.version), nil)
 	}
-	if supported := s.routeVersions(r, fwd.route); !slices.Contains(supported, meta.version) || !slices.Contains(modernVersions, meta.version) {
-		return "", unsupportedVersion(meta.version, supported)
+	fwd.servedVersions, fwd.bridging = bridgeVersions(fwd.route, s.routeVersions(r, fwd.route))
+	if !slices.Contains(fwd.servedVersions, meta.version) || !slices.Contains(modernVersions, meta.version) {
+		return "", unsupportedVersion(meta.version, fwd.servedVersions)
 	}
 	if !meta.hasCapabilities {
 		return "", newError(http.StatusBadRequest, jsonrpc.CodeInvalidParams, "missing or invalid _meta field "+metaClientCapabilities, nil)

@@ -304,7 +304,7 @@ func newGatewayWithPolicy(t *testing.T, upstreamURL string) *httptest.Server {
 		t.Fatal(err)
 	}
 	t.Cleanup(engine.Close)
-	return newGatewayOpts(t, upstreamURL, gateway.Options{Policy: engine})
+	return newGatewayOpts(t, upstreamURL, gateway.Options{Policy: engine}, "")
 }
 
 // TestModernInputRequired: an input_required result is relayed intact when

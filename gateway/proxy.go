@@ -78,6 +78,9 @@ func (s *Server) rewrite(pr *httputil.ProxyRequest) {
 	if fwd.upstreamSession != "" {
 		out.Header.Set("Mcp-Session-Id", fwd.upstreamSession)
 	}
+	if fwd.bridge != nil {
+		out.Header.Set("Mcp-Protocol-Version", fwd.bridge.version)
+	}
 	if fwd.route.identityHeaders {
 		// Only ever the verified principal; the client's own copies of these
 		// headers were dropped with everything else not allow-listed.
@@ -130,6 +133,13 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 	if resp.StatusCode == http.StatusUnauthorized {
 		_ = resp.Body.Close()
 		return errUpstreamUnauthorized
+	}
+	if fwd.bridge != nil && resp.StatusCode == http.StatusNotFound {
+		// The upstream ended the bridged session; the next request opens a
+		// new one.
+		fwd.route.bridge.drop(fwd.principal.ID, fwd.bridge)
+		_ = resp.Body.Close()
+		return errBridgeSessionEnded
 	}
 	if fwd.initialize && resp.StatusCode == http.StatusOK {
 		if err := s.mintSession(resp, fwd, upstreamSession); err != nil {
@@ -257,7 +267,10 @@ func negotiatedVersion(body []byte, sse bool) (string, bool) {
 	return "", false
 }
 
-var errUpstreamUnauthorized = errors.New("upstream answered 401: the gateway's credential for it was refused")
+var (
+	errUpstreamUnauthorized = errors.New("upstream answered 401: the gateway's credential for it was refused")
+	errBridgeSessionEnded   = errors.New("upstream answered 404: it ended the bridged session")
+)
 
 // proxyError answers a request the upstream could not serve.
 func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {

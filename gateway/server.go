@@ -224,6 +224,9 @@ func (s *Server) routes() []*route {
 			identityHeaders: c.IdentityHeaders,
 			era:             &upstreamEra{},
 		}
+		if c.Bridge {
+			rt.bridge = newBridgeSessions(s.cfg.Sessions.TTL)
+		}
 		rt.resource = base + rt.path
 		rt.metadataURL = base + wellKnownPRM + rt.path
 		rt.proxy = s.newProxy(rt, &attemptTransport{s: s, name: up.Name, next: up.Transport, stats: s.upstreamStats[up.Name]})

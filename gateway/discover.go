@@ -22,10 +22,11 @@ import (
 // negotiates. The answer is kept for upstreamEraTTL, so an upstream that is
 // upgraded is noticed; a probe that could not reach the upstream is not kept.
 //
-// Bridging is not done: a modern request for a legacy-only upstream gets
-// UnsupportedProtocolVersionError listing the legacy revisions the route
-// serves, exactly what a legacy-only server answers, so a modern client
-// falls back to initialize and the gateway's legacy session.
+// Unless the upstream is configured to be bridged (bridge.go), a modern
+// request for a legacy-only upstream gets UnsupportedProtocolVersionError
+// listing the legacy revisions the route serves, exactly what a legacy-only
+// server answers, so a modern client falls back to initialize and the
+// gateway's legacy session.
 
 const (
 	upstreamEraTTL     = 5 * time.Minute

@@ -28,7 +28,7 @@ import (
 
 // Built binaries, set by TestMain.
 var bins struct {
-	ctxgate, everything string
+	ctxgate, everything, everythingClient string
 }
 
 // allowAllPolicy is the policy of tests that are about the proxy, not the
@@ -53,9 +53,11 @@ func TestMain(m *testing.M) {
 	}
 	bins.ctxgate = filepath.Join(dir, "ctxgate")
 	bins.everything = filepath.Join(dir, "everything-server")
+	bins.everythingClient = filepath.Join(dir, "everything-client")
 	for _, b := range []struct{ out, pkg string }{
 		{bins.ctxgate, "github.com/ctxgate/ctxgate"},
 		{bins.everything, "github.com/modelcontextprotocol/go-sdk/conformance/everything-server"},
+		{bins.everythingClient, "github.com/modelcontextprotocol/go-sdk/conformance/everything-client"},
 	} {
 		cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr

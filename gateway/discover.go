@@ -20,7 +20,9 @@ import (
 // refusal, is what the upstream serves; any other answer (a legacy server's
 // 400 or 404, say) means legacy only, the revisions that initialize
 // negotiates. The answer is kept for upstreamEraTTL, so an upstream that is
-// upgraded is noticed; a probe that could not reach the upstream is not kept.
+// upgraded is noticed; a probe that could not reach the upstream is not kept,
+// and is retried after upstreamProbeRetry (meanwhile the gateway's whole list
+// is assumed and requests are forwarded for the upstream to answer).
 //
 // Unless the upstream is configured to be bridged (bridge.go), a modern
 // request for a legacy-only upstream gets UnsupportedProtocolVersionError
@@ -30,6 +32,7 @@ import (
 
 const (
 	upstreamEraTTL     = 5 * time.Minute
+	upstreamProbeRetry = 5 * time.Second // after a failed probe, requests do not wait for another
 	upstreamProbeLimit = 1 << 20
 	probeTimeout       = 10 * time.Second
 )
@@ -39,6 +42,7 @@ type upstreamEra struct {
 	mu       sync.Mutex
 	versions []string // the revisions the upstream serves that the gateway relays
 	learned  time.Time
+	failed   time.Time // the last probe that could not reach the upstream
 }
 
 // routeVersions returns the revisions a route serves: the gateway's own
@@ -54,8 +58,12 @@ func (s *Server) routeVersions(r *http.Request, rt *route) []string {
 	if e.versions != nil && time.Since(e.learned) < upstreamEraTTL {
 		return e.versions
 	}
+	if time.Since(e.failed) < upstreamProbeRetry {
+		return gatewayVersions()
+	}
 	upstreamVersions, err := s.probeUpstream(r.Context(), rt)
 	if err != nil {
+		e.failed = time.Now()
 		loggerOf(r.Context(), s.log).Warn("could not learn the upstream's protocol revisions", "upstream", rt.upstream.Name, "error", err)
 		return gatewayVersions()
 	}

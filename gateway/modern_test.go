@@ -383,3 +383,38 @@ func TestModernListenCancel(t *testing.T) {
 		t.Fatal("the upstream's listen stream was still open 5s after the client closed its own")
 	}
 }
+
+// TestModernProbeFailure: when the upstream cannot say which revisions it
+// serves, modern requests are forwarded for it to answer, and the probe is
+// not repeated on every request.
+func TestModernProbeFailure(t *testing.T) {
+	var mu sync.Mutex
+	probes, forwarded := 0, 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		defer mu.Unlock()
+		if strings.Contains(string(body), `"ctxgate-discover"`) {
+			probes++
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		forwarded++
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"jsonrpc":"2.0","id":7,"result":{"tools":[]}}`)
+	}))
+	defer srv.Close()
+	gw := newGateway(t, srv.URL)
+	for range 3 {
+		resp := send(t, http.MethodPost, gw.URL+"/mcp/up", "", modernCall("tools/list", ""),
+			modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "tools/list"))
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("tools/list: %s, want 200 from the upstream", resp.Status)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if probes != 1 || forwarded != 3 {
+		t.Errorf("%d probes and %d forwarded requests, want 1 and 3", probes, forwarded)
+	}
+}

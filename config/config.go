@@ -154,6 +154,11 @@ type Upstream struct {
 	Idempotency Idempotency `yaml:"idempotency"`
 	// Streams bounds relayed SSE streams.
 	Streams Streams `yaml:"streams"`
+	// Bridge, when true, serves modern-era (2026-07-28) clients over a
+	// legacy session the gateway keeps per principal, when the upstream
+	// speaks only the legacy era. False: such clients are told the route
+	// is legacy only (-32022) and fall back to initialize.
+	Bridge bool `yaml:"bridge"`
 }
 
 // Defaults. Exported so documentation and tests can refer to them.

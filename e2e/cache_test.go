@@ -14,7 +14,7 @@ import (
 // everything-server, a second tools/list is served from the cache, and
 // once the upstream is killed the cached list is served stale, marked.
 func TestResponseCache(t *testing.T) {
-	everything, upstreamURL := startEverythingProc(t)
+	everything, upstreamURL := startEverythingProc(t, false)
 	gw := startGateway(t, fmt.Sprintf(`
 server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0"}

@@ -28,7 +28,7 @@ import (
 
 // Built binaries, set by TestMain.
 var bins struct {
-	ctxgate, everything string
+	ctxgate, everything, everythingClient string
 }
 
 // allowAllPolicy is the policy of tests that are about the proxy, not the
@@ -53,9 +53,11 @@ func TestMain(m *testing.M) {
 	}
 	bins.ctxgate = filepath.Join(dir, "ctxgate")
 	bins.everything = filepath.Join(dir, "everything-server")
+	bins.everythingClient = filepath.Join(dir, "everything-client")
 	for _, b := range []struct{ out, pkg string }{
 		{bins.ctxgate, "github.com/ctxgate/ctxgate"},
 		{bins.everything, "github.com/modelcontextprotocol/go-sdk/conformance/everything-server"},
+		{bins.everythingClient, "github.com/modelcontextprotocol/go-sdk/conformance/everything-client"},
 	} {
 		cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
@@ -228,17 +230,25 @@ func logRecords(logs string) []map[string]any {
 // port first, the server exits and a new port is tried.
 func startEverything(t *testing.T) string {
 	t.Helper()
-	_, url := startEverythingProc(t)
+	_, url := startEverythingProc(t, false)
 	return url
 }
 
-// startEverythingProc is startEverything for tests that also stop the
+// startEverythingMode runs the everything-server stateful (legacy sessions)
+// or stateless (the only mode in which it serves 2026-07-28).
+func startEverythingMode(t *testing.T, stateless bool) string {
+	t.Helper()
+	_, url := startEverythingProc(t, stateless)
+	return url
+}
+
+// startEverythingProc is startEverythingMode for tests that also stop the
 // server (to see the gateway answer without its upstream).
-func startEverythingProc(t *testing.T) (*proc, string) {
+func startEverythingProc(t *testing.T, stateless bool) (*proc, string) {
 	t.Helper()
 	for attempt := 0; attempt < 5; attempt++ {
 		addr := reservePort(t)
-		p := startProc(t, "everything-server", bins.everything, "-http="+addr, "-stateless=false")
+		p := startProc(t, "everything-server", bins.everything, "-http="+addr, fmt.Sprintf("-stateless=%t", stateless))
 		up := false
 		waitFor(t, "everything-server to listen", readyDeadline, func() bool {
 			if p.exited() {

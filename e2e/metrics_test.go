@@ -99,9 +99,10 @@ upstreams:
 			t.Errorf("/metrics counts %s requests; the session had none", outcome)
 		}
 	}
-	// The one error: the SDK client first probes for the 2026 protocol era
-	// (server/discover without a session), which the gateway refuses.
-	probe := `mcp_server_operation_duration_seconds_count{error_type="-32600",gen_ai_tool_name="",mcp_method_name="server/discover",mcp_protocol_version="",route="everything"} 1`
+	// The one error: the SDK client first tries the 2026 protocol era
+	// (server/discover), which the gateway refuses with -32022 because this
+	// upstream is stateful (legacy only); the client then initializes.
+	probe := `mcp_server_operation_duration_seconds_count{error_type="-32022",gen_ai_tool_name="",mcp_method_name="server/discover",mcp_protocol_version="2026-07-28",route="everything"} 1`
 	if !strings.Contains(body, `ctxgate_requests_total{outcome="error",route="everything"} 1`+"\n") || !strings.Contains(body, "\n"+probe+"\n") {
 		t.Errorf("/metrics: want exactly one error request, the server/discover probe")
 	}

@@ -41,7 +41,7 @@ func (s *Server) policyInput(r *http.Request, fwd *forward, st *requestState, ms
 		Upstream:  fwd.route.upstream.Name,
 		Method:    msg.Method,
 		Phase:     policy.PhaseRequest,
-		Protocol:  policy.Protocol{Version: st.version, Era: "legacy"},
+		Protocol:  policy.Protocol{Version: st.version, Era: fwd.era},
 		Source:    policy.Source{IP: remoteIP(r), UserAgent: r.UserAgent()},
 	}
 	s.describeParams(in, fwd.route.upstream.Name, msg.Params)

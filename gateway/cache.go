@@ -152,12 +152,18 @@ func (s *Server) cacheLookupFor(fwd *forward, st *requestState) (*cacheLookup, b
 	}
 	cr := cache.Request{
 		Upstream: fwd.route.upstream.Name, Method: req.Method, Params: req.Params,
-		// The gateway relays legacy-era revisions only; the modern era
-		// would key on its own era, version and _meta capabilities, and
-		// set lk.hints.
 		Era: "legacy", Version: st.version, Capabilities: fwd.caps,
 	}
 	lk := &cacheLookup{upstream: fwd.route.upstream.Name, req: req, cfg: cfg}
+	if fwd.era == eraModern {
+		// A modern request carries its client capabilities in _meta (the
+		// key leaves _meta out, so they are keyed here). Its upstream's
+		// ttlMs and cacheScope are protocol only when the exchange with
+		// the upstream is modern too, not when the gateway bridges it to
+		// a legacy session.
+		cr.Era, cr.Capabilities = eraModern, modernCapabilityDigest(req.Params)
+		lk.hints = !fwd.bridging
+	}
 	if _, ok := cfg.TTL[req.Method]; !ok && !lk.hints {
 		// No ttl and no ttlMs to come: it could never be stored, so it is
 		// proxied as if there were no cache (streamed, not read whole).
@@ -481,6 +487,16 @@ func capabilityDigest(params json.RawMessage) string {
 	}
 	_ = json.Unmarshal(params, &p)
 	return cache.CapabilityDigest(p.Capabilities)
+}
+
+// modernCapabilityDigest digests the client capabilities a modern request
+// declares in params._meta.
+func modernCapabilityDigest(params json.RawMessage) string {
+	var p struct {
+		Meta map[string]json.RawMessage `json:"_meta"`
+	}
+	_ = json.Unmarshal(params, &p)
+	return cache.CapabilityDigest(p.Meta[metaClientCapabilities])
 }
 
 // cacheConfig is the cache block of the named upstream, or nil.

@@ -135,6 +135,12 @@ func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte
 	case *jsonrpc.Response:
 		return s.filterResponse(ctx, fwd, m, data), false
 	case *jsonrpc.Request:
+		if m.ID.IsValid() && fwd.bridge != nil {
+			// A bridged modern client cannot be asked (the bridge's session
+			// declared no client capabilities): refused to the upstream.
+			go s.answerUpstream(fwd, errorMessage(m.ID, newError(0, CodeMethodNotFound, m.Method+" is not available: the client is bridged from the modern protocol era", nil)))
+			return data, true
+		}
 		if m.ID.IsValid() {
 			return data, !s.allowServerRequest(ctx, fwd, m)
 		}
@@ -165,6 +171,12 @@ func (s *Server) filterResponse(ctx context.Context, fwd *forward, m *jsonrpc.Re
 	var err error
 	if listMethods[method] {
 		result, _, err = s.policy.FilterList(ctx, ex.input, result)
+	}
+	if err == nil && fwd.era == eraModern {
+		var denied *Error
+		if result, denied = s.filterModern(ctx, fwd, method, result); denied != nil {
+			return errorMessage(m.ID, denied)
+		}
 	}
 	if err == nil && len(ex.redact) > 0 {
 		result, err = policy.Redact(result, ex.redact)
@@ -212,16 +224,11 @@ func noteResultError(ctx context.Context, ex *exchange, m *jsonrpc.Response) {
 // denied one never reaches the client; the upstream is told, so it does not
 // wait for an answer that cannot come.
 func (s *Server) allowServerRequest(ctx context.Context, fwd *forward, m *jsonrpc.Request) bool {
-	in := s.baseInput(fwd, m.Method)
-	in.Phase = policy.PhaseResponse // it travels in the upstream's answer stream
-	s.describeParams(in, fwd.route.upstream.Name, m.Params)
-	d := s.decide(ctx, policy.PhaseResponse, in)
+	d := s.decideServerRequest(ctx, fwd, m.Method, m.Params)
 	if d.Allow {
 		return true
 	}
-	e := denial(m.Method, d)
-	body, _ := json.Marshal(errorResponse{JSONRPC: "2.0", ID: m.ID.Raw(), Error: jsonrpc.Error{Code: e.Code, Message: e.Message}})
-	go s.answerUpstream(fwd, body)
+	go s.answerUpstream(fwd, errorMessage(m.ID, denial(m.Method, d)))
 	return false
 }
 
@@ -246,7 +253,10 @@ func (s *Server) answerUpstream(fwd *forward, body []byte) {
 	if fwd.upstreamSession != "" {
 		req.Header.Set("Mcp-Session-Id", fwd.upstreamSession)
 	}
-	if fwd.base != nil && fwd.base.Protocol.Version != "" {
+	switch {
+	case fwd.bridge != nil:
+		req.Header.Set("Mcp-Protocol-Version", fwd.bridge.version)
+	case fwd.base != nil && fwd.base.Protocol.Version != "":
 		req.Header.Set("Mcp-Protocol-Version", fwd.base.Protocol.Version)
 	}
 	resp, err := fwd.route.upstream.Transport.RoundTrip(req)

@@ -43,9 +43,10 @@ const (
 type Error struct {
 	Status  int
 	Code    int64
-	Message string      // public: safe to show the client
-	Header  http.Header // extra response headers, e.g. WWW-Authenticate, Allow
-	Err     error       // internal: logged with the request id, never sent
+	Message string          // public: safe to show the client
+	Header  http.Header     // extra response headers, e.g. WWW-Authenticate, Allow
+	Data    json.RawMessage // the JSON-RPC error's data, when the spec defines one (-32022)
+	Err     error           // internal: logged with the request id, never sent
 }
 
 func (e *Error) Error() string {
@@ -100,7 +101,7 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	body, _ := json.Marshal(errorResponse{
 		JSONRPC: "2.0",
 		ID:      id,
-		Error:   jsonrpc.Error{Code: gwErr.Code, Message: gwErr.Message},
+		Error:   jsonrpc.Error{Code: gwErr.Code, Message: gwErr.Message, Data: gwErr.Data},
 	})
 	h := w.Header()
 	h.Set("Content-Type", "application/json")

@@ -66,13 +66,20 @@ func (u *scripted) last() *http.Request {
 
 func newGateway(t *testing.T, upstreamURL string) *httptest.Server {
 	t.Helper()
+	return newGatewayOpts(t, upstreamURL, gateway.Options{}, "")
+}
+
+// newGatewayOpts is newGateway with options and further keys of the
+// upstream's configuration (", bridge: true").
+func newGatewayOpts(t *testing.T, upstreamURL string, opts gateway.Options, upstreamKeys string) *httptest.Server {
+	t.Helper()
 	cfg, err := config.Parse(fmt.Appendf(nil, `
 server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0"}
 auth: {anonymous: true}
 policy: {dir: unused-the-test-passes-no-engine}
-upstreams: [{name: up, url: %q}]
-`, upstreamURL), func(string) (string, bool) { return "", false })
+upstreams: [{name: up, url: %q%s}]
+`, upstreamURL, upstreamKeys), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +90,7 @@ upstreams: [{name: up, url: %q}]
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw, err := gateway.New(cfg, pool, gateway.Options{})
+	gw, err := gateway.New(cfg, pool, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

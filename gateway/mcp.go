@@ -37,6 +37,12 @@ type route struct {
 	// transport is the upstream's executor around attemptTransport: what
 	// the proxy and the cache's fetches send through.
 	transport http.RoundTripper
+	// era is what the gateway learned of the upstream's revisions; nil
+	// means unknown (the gateway's whole list is assumed).
+	era *upstreamEra
+	// bridge holds the legacy sessions that serve modern clients when the
+	// upstream speaks only the legacy era; nil: no bridging.
+	bridge *bridgeSessions
 }
 
 // forward is everything the reverse proxy needs to send one request on,
@@ -50,6 +56,18 @@ type forward struct {
 	initialize      bool
 	caps            string // digest of the client capabilities declared at initialize
 	stream          bool   // a long-lived GET stream: ends when shutdown begins
+	// era is the request's protocol era, eraLegacy or eraModern; listen
+	// marks a modern subscriptions/listen stream.
+	era    string
+	listen bool
+	// servedVersions are the revisions the route serves this request;
+	// bridging marks a modern request for a legacy-only upstream that the
+	// gateway bridges, on the legacy session bridge; answer is the
+	// gateway's own answer (server/discover on a bridged route).
+	servedVersions []string
+	bridging       bool
+	bridge         *bridgeSession
+	answer         []byte
 	// base is the policy input every decision about this exchange starts
 	// from (principal, route, protocol, source); exchanges are the client
 	// requests awaiting responses, by id.
@@ -74,17 +92,21 @@ func (s *Server) serveRoute(rt *route) http.HandlerFunc {
 			writeError(w, r, err)
 			return
 		}
-		fwd := &forward{route: rt, principal: principal}
+		fwd := &forward{route: rt, principal: principal, era: eraLegacy}
 		switch r.Method {
 		case http.MethodPost:
 			err = s.preparePost(r, fwd, st)
 		case http.MethodGet:
 			fwd.stream = true
-			if err = checkAccept(r, "text/event-stream"); err == nil {
-				err = s.prepareSession(r, fwd, st)
+			if err = modernStreamless(r); err == nil {
+				if err = checkAccept(r, "text/event-stream"); err == nil {
+					err = s.prepareSession(r, fwd, st)
+				}
 			}
 		case http.MethodDelete:
-			err = s.prepareSession(r, fwd, st)
+			if err = modernStreamless(r); err == nil {
+				err = s.prepareSession(r, fwd, st)
+			}
 		default:
 			err = newError(http.StatusMethodNotAllowed, CodeInvalidRequest, "method not allowed; use POST, GET or DELETE", nil)
 			err.(*Error).Header = http.Header{"Allow": {"GET, POST, DELETE"}}
@@ -99,13 +121,20 @@ func (s *Server) serveRoute(rt *route) http.HandlerFunc {
 				Route:     rt.upstream.Name,
 				Upstream:  rt.upstream.Name,
 				Phase:     policy.PhaseRequest,
-				Protocol:  policy.Protocol{Version: st.version, Era: "legacy"},
+				Protocol:  policy.Protocol{Version: st.version, Era: fwd.era},
 				Source:    policy.Source{IP: remoteIP(r), UserAgent: r.UserAgent()},
 			}
 			err = s.authorize(r, fwd, st)
 		}
+		if err == nil && fwd.bridging {
+			err = s.prepareBridge(r, fwd, st.msg.Request())
+		}
 		if err != nil {
 			writeError(w, r, err)
+			return
+		}
+		if fwd.answer != nil {
+			writeAnswer(w, fwd.answer)
 			return
 		}
 		s.forwardUpstream(w, r, rt, fwd, st)
@@ -141,6 +170,9 @@ func (s *Server) preparePost(r *http.Request, fwd *forward, st *requestState) er
 	}
 	st.msg = msg
 	fwd.messages = []jsonrpc.Message{msg.Msg}
+	if isModernRequest(r, msg.Request()) {
+		return s.prepareModern(r, fwd, st, msg.Request())
+	}
 	if msg.Method() == "initialize" {
 		if !msg.IsCall() {
 			return badRequest("initialize must be a request with an id", nil)

@@ -77,6 +77,9 @@ func (s *Server) rewrite(pr *httputil.ProxyRequest) {
 	if fwd.upstreamSession != "" {
 		out.Header.Set("Mcp-Session-Id", fwd.upstreamSession)
 	}
+	if fwd.bridge != nil {
+		out.Header.Set("Mcp-Protocol-Version", fwd.bridge.version)
+	}
 	if fwd.route.identityHeaders {
 		// Only ever the verified principal; the client's own copies of these
 		// headers were dropped with everything else not allow-listed.
@@ -130,6 +133,13 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 		_ = resp.Body.Close()
 		return errUpstreamUnauthorized
 	}
+	if fwd.bridge != nil && resp.StatusCode == http.StatusNotFound {
+		// The upstream ended the bridged session; the next request opens a
+		// new one.
+		fwd.route.bridge.drop(fwd.principal.ID, fwd.bridge)
+		_ = resp.Body.Close()
+		return errBridgeSessionEnded
+	}
 	if fwd.initialize && resp.StatusCode == http.StatusOK {
 		if err := s.mintSession(resp, fwd, upstreamSession); err != nil {
 			return err
@@ -146,16 +156,22 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 		h.Del("Content-Length")
 		resp.ContentLength = -1
 		stop := context.Background()
-		if fwd.stream {
-			stop = s.streams
-		}
 		limits := streamLimits{idle: fwd.route.res.streams.IdleTimeout, max: fwd.route.res.streams.MaxDuration}
-		if fwd.stream {
-			limits.keepalive = fwd.route.res.streams.Keepalive // only a GET stream can be quiet for long
+		if fwd.stream || fwd.listen {
+			// Long-lived: they end at an event boundary when shutdown
+			// begins, and only they can be quiet for long, so only they
+			// get keep-alive comments (proxies in between would otherwise
+			// close them as dead). Closing a modern listen stream is how a
+			// client cancels it: the relay's Close closes the upstream's.
+			stop = s.streams
+			limits.keepalive = fwd.route.res.streams.Keepalive
 		}
 		relay := newSSERelay(resp.Body, stop, limits)
 		kind := "post"
-		if fwd.stream {
+		switch {
+		case fwd.listen:
+			kind = "listen"
+		case fwd.stream:
 			kind = "get"
 		}
 		open := s.metrics.openStreams.WithLabelValues(fwd.route.upstream.Name, kind)
@@ -263,7 +279,10 @@ func messagePayloads(body []byte, sse bool) [][]byte {
 	}
 }
 
-var errUpstreamUnauthorized = errors.New("upstream answered 401: the gateway's credential for it was refused")
+var (
+	errUpstreamUnauthorized = errors.New("upstream answered 401: the gateway's credential for it was refused")
+	errBridgeSessionEnded   = errors.New("upstream answered 404: it ended the bridged session")
+)
 
 // proxyError answers a request the upstream could not serve.
 func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {

@@ -7,7 +7,9 @@
 //	request id + access log -> recover -> Host/Origin check -> body limit
 //	  -> authenticate (Principal) -> route:
 //	     Content-Type/Accept -> strict JSON-RPC decode (once) -> session open
-//	     (sealed, bound to principal and route) -> protocol version
+//	     (sealed, bound to principal and route) -> protocol version; or, for
+//	     a modern-era (2026-07-28) request, no session: MCP-Protocol-Version,
+//	     Mcp-Method and Mcp-Name checked against the body (modern.go)
 //	     -> policy decision -> rate limits (per principal, per tool)
 //	     -> response cache for cacheable methods (cache.go: hits,
 //	        single-flight misses, stale answers on upstream failure)
@@ -254,6 +256,10 @@ func (s *Server) routes() []*route {
 			identityHeaders: c.IdentityHeaders,
 			cache:           c.Cache,
 			res:             newRouteResilience(c, s.now),
+			era:             &upstreamEra{},
+		}
+		if c.Bridge {
+			rt.bridge = newBridgeSessions(s.cfg.Sessions.TTL)
 		}
 		rt.resource = base + rt.path
 		rt.metadataURL = base + wellKnownPRM + rt.path

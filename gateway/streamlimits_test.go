@@ -9,18 +9,18 @@ import (
 	"time"
 )
 
-// readResult is one Read of a relay, run in a goroutine.
-type readResult struct {
+// relayRead is one Read of a relay, run in a goroutine.
+type relayRead struct {
 	data string
 	err  error
 }
 
-func readAsync(relay *sseRelay) <-chan readResult {
-	out := make(chan readResult, 1)
+func readAsync(relay *sseRelay) <-chan relayRead {
+	out := make(chan relayRead, 1)
 	go func() {
 		buf := make([]byte, 1024)
 		n, err := relay.Read(buf)
-		out <- readResult{string(buf[:n]), err}
+		out <- relayRead{string(buf[:n]), err}
 	}()
 	return out
 }

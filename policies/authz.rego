@@ -269,6 +269,9 @@ plumbing_methods := {
 	"resources/templates/list",
 	"logging/setLevel",
 	"server/discover",
+	# 2026-07-28: the notification stream; what it carries is filtered like
+	# any other notification (hidden resources' updates are dropped).
+	"subscriptions/listen",
 }
 
 resource_methods := {"resources/read", "resources/subscribe", "resources/unsubscribe"}

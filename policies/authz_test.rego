@@ -435,7 +435,7 @@ test_plumbing_allowed_for_everyone if {
 	methods := [
 		"initialize", "ping", "tools/list", "prompts/list", "resources/list",
 		"resources/templates/list", "completion/complete", "logging/setLevel",
-		"server/discover", "notifications/initialized", "notifications/cancelled",
+		"server/discover", "subscriptions/listen", "notifications/initialized", "notifications/cancelled",
 		"notifications/roots/list_changed",
 	]
 	every p in everyone {

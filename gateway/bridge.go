@@ -1,0 +1,300 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+)
+
+// Bridging serves modern-era (2026-07-28) clients from an upstream that
+// speaks only the legacy era, when the upstream is configured with bridge:
+// true. The rules:
+//
+//   - The gateway keeps one legacy session with the upstream per principal
+//     and route, opened with initialize on the principal's first bridged
+//     request (after the policy allowed it), with the highest legacy
+//     revision both sides know and empty client capabilities. Sessions live
+//     in the memory of each gateway process (each replica opens its own;
+//     the client never sees one) for at most sessions.ttl; an upstream 404
+//     ends one, and the next request opens a new one.
+//   - server/discover is answered by the gateway from the session's
+//     initialize result: the route's revisions (2026-07-28 and the legacy
+//     ones), the upstream's capabilities without what cannot be bridged
+//     (listChanged, subscribe, logging), its instructions, and its
+//     serverInfo in _meta.
+//   - Every other request is forwarded on the session, with the modern
+//     _meta keys (io.modelcontextprotocol/*) removed from params._meta and
+//     the legacy revision in MCP-Protocol-Version; every other byte is the
+//     client's. The answer is relayed as it comes (a legacy result has no
+//     resultType, which reads as complete).
+//
+// Limits: no server-to-client requests (the session declares no client
+// capabilities; one sent anyway is refused to the upstream and never
+// reaches the client), no subscriptions/listen (404, -32601), no per-request
+// client capabilities or log level, and no bridging the other way (a legacy
+// client in front of a modern-only upstream).
+
+const (
+	// maxBridgeSessions bounds the principals a route keeps sessions for.
+	maxBridgeSessions = 10000
+	modernMetaPrefix  = "io.modelcontextprotocol/"
+)
+
+// bridgeSession is the gateway's legacy session with an upstream on behalf
+// of one principal.
+type bridgeSession struct {
+	id      string // the upstream's Mcp-Session-Id; "" if it assigned none
+	version string // the negotiated legacy revision
+	opened  time.Time
+	// From the initialize result, for server/discover.
+	capabilities map[string]any
+	serverInfo   json.RawMessage
+	instructions string
+}
+
+// bridgeSessions are one route's bridged sessions, by principal id.
+type bridgeSessions struct {
+	ttl time.Duration
+	mu  sync.Mutex
+	m   map[string]*bridgeEntry
+}
+
+type bridgeEntry struct {
+	mu   sync.Mutex // held while the session is opened: one initialize per principal
+	sess *bridgeSession
+}
+
+func newBridgeSessions(ttl time.Duration) *bridgeSessions {
+	return &bridgeSessions{ttl: ttl, m: map[string]*bridgeEntry{}}
+}
+
+// get returns the principal's session, opening one with open if there is
+// none or it is too old.
+func (b *bridgeSessions) get(principal string, open func() (*bridgeSession, error)) (*bridgeSession, error) {
+	b.mu.Lock()
+	e := b.m[principal]
+	if e == nil {
+		if len(b.m) >= maxBridgeSessions {
+			for k := range b.m { // any one: map order is random
+				delete(b.m, k)
+				break
+			}
+		}
+		e = &bridgeEntry{}
+		b.m[principal] = e
+	}
+	b.mu.Unlock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.sess != nil && time.Since(e.sess.opened) < b.ttl {
+		return e.sess, nil
+	}
+	sess, err := open()
+	if err != nil {
+		return nil, err
+	}
+	e.sess = sess
+	return sess, nil
+}
+
+// drop forgets sess, if it is still the principal's session.
+func (b *bridgeSessions) drop(principal string, sess *bridgeSession) {
+	b.mu.Lock()
+	e := b.m[principal]
+	b.mu.Unlock()
+	if e == nil {
+		return
+	}
+	e.mu.Lock()
+	if e.sess == sess {
+		e.sess = nil
+	}
+	e.mu.Unlock()
+}
+
+// bridgeVersions is what a bridged route serves: the modern revisions on
+// top of the upstream's legacy ones. ok is false when the route does not
+// bridge or its upstream speaks the modern era itself.
+func bridgeVersions(rt *route, upstreamVersions []string) ([]string, bool) {
+	if rt.bridge == nil || len(upstreamVersions) == 0 || slices.ContainsFunc(upstreamVersions, func(v string) bool { return slices.Contains(modernVersions, v) }) {
+		return upstreamVersions, false
+	}
+	return append(slices.Clone(modernVersions), upstreamVersions...), true
+}
+
+// prepareBridge runs after the policy allowed a bridged request: it finds
+// or opens the principal's legacy session and translates the request, or
+// prepares the gateway's own answer to server/discover.
+func (s *Server) prepareBridge(r *http.Request, fwd *forward, req *jsonrpc.Request) error {
+	if req.Method == "subscriptions/listen" {
+		return newError(http.StatusNotFound, CodeMethodNotFound, "subscriptions/listen is not available on this route: its upstream speaks only the legacy protocol era", nil)
+	}
+	sess, err := fwd.route.bridge.get(fwd.principal.ID, func() (*bridgeSession, error) { return s.openBridge(r.Context(), fwd) })
+	if err != nil {
+		return newError(http.StatusBadGateway, CodeUpstreamUnavailable, "could not open a session with the upstream", err)
+	}
+	fwd.bridge, fwd.upstreamSession = sess, sess.id
+	if req.Method == "server/discover" {
+		fwd.answer, err = discoverAnswer(req.ID, sess, fwd.servedVersions)
+		return err
+	}
+	body, err := withoutModernMeta(fwd.body)
+	if err != nil {
+		return badRequest("request cannot be bridged to the legacy protocol era", err)
+	}
+	fwd.body = body
+	return nil
+}
+
+// openBridge initializes a legacy session with the upstream on behalf of
+// fwd's principal.
+func (s *Server) openBridge(ctx context.Context, fwd *forward) (*bridgeSession, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), probeTimeout)
+	defer cancel()
+	version := ""
+	for _, v := range fwd.servedVersions {
+		if isSupportedVersion(v) && v > version {
+			version = v
+		}
+	}
+	body := fmt.Sprintf(`{"jsonrpc":"2.0","id":"ctxgate-bridge","method":"initialize","params":{"protocolVersion":%q,"capabilities":{},"clientInfo":{"name":"ctxgate-bridge","version":"1"}}}`, version)
+	resp, raw, err := s.postUpstream(ctx, fwd.route, s.bridgeHeader(fwd, "", version), body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("upstream answered initialize with %s", resp.Status)
+	}
+	var init struct {
+		ProtocolVersion string          `json:"protocolVersion"`
+		Capabilities    map[string]any  `json:"capabilities"`
+		ServerInfo      json.RawMessage `json:"serverInfo"`
+		Instructions    string          `json:"instructions"`
+	}
+	if !readResult(raw, isEventStream(resp.Header), &init) || !isSupportedVersion(init.ProtocolVersion) {
+		return nil, fmt.Errorf("upstream initialize result unusable (version %q)", init.ProtocolVersion)
+	}
+	sess := &bridgeSession{id: resp.Header.Get("Mcp-Session-Id"), version: init.ProtocolVersion, opened: time.Now(),
+		capabilities: init.Capabilities, serverInfo: init.ServerInfo, instructions: init.Instructions}
+	resp, _, err = s.postUpstream(ctx, fwd.route, s.bridgeHeader(fwd, sess.id, sess.version), `{"jsonrpc":"2.0","method":"notifications/initialized"}`)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode >= 300 {
+		return nil, fmt.Errorf("upstream answered notifications/initialized with %s", resp.Status)
+	}
+	return sess, nil
+}
+
+// bridgeHeader is what the gateway's own requests on a bridged session
+// carry: the session, the revision and, if configured, who it acts for.
+func (s *Server) bridgeHeader(fwd *forward, session, version string) http.Header {
+	h := http.Header{"Mcp-Protocol-Version": {version}}
+	if session != "" {
+		h.Set("Mcp-Session-Id", session)
+	}
+	if fwd.route.identityHeaders {
+		h.Set("X-Ctxgate-Principal", fwd.principal.ID)
+		h.Set("X-Ctxgate-Principal-Kind", fwd.principal.Kind)
+	}
+	return h
+}
+
+// readResult decodes the result of the one response in an answer.
+func readResult(body []byte, sse bool, v any) bool {
+	for _, p := range responsePayloads(body, sse) {
+		var msg struct {
+			Result json.RawMessage `json:"result"`
+		}
+		if json.Unmarshal(p, &msg) == nil && len(msg.Result) > 0 {
+			return json.Unmarshal(msg.Result, v) == nil
+		}
+	}
+	return false
+}
+
+// discoverAnswer is the gateway's server/discover result for a bridged
+// route, built from the legacy session's initialize result.
+func discoverAnswer(id jsonrpc.ID, sess *bridgeSession, versions []string) ([]byte, error) {
+	caps := map[string]any{}
+	for k, v := range sess.capabilities {
+		if k == "logging" {
+			continue // no log level can be bridged
+		}
+		if m, ok := v.(map[string]any); ok {
+			m = maps.Clone(m)
+			delete(m, "listChanged") // no subscriptions/listen through the bridge
+			delete(m, "subscribe")
+			v = m
+		}
+		caps[k] = v
+	}
+	result := map[string]any{"resultType": "complete", "supportedVersions": versions, "capabilities": caps}
+	if sess.instructions != "" {
+		result["instructions"] = sess.instructions
+	}
+	if len(sess.serverInfo) > 0 {
+		result["_meta"] = map[string]any{modernMetaPrefix + "serverInfo": sess.serverInfo}
+	}
+	raw, err := json.Marshal(result)
+	if err != nil {
+		return nil, err
+	}
+	return jsonrpc.EncodeMessage(&jsonrpc.Response{ID: id, Result: raw})
+}
+
+// writeAnswer writes a JSON-RPC answer the gateway gives itself.
+func writeAnswer(w http.ResponseWriter, body []byte) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(body)
+}
+
+var errParamsNotObject = errors.New("params is not an object")
+
+// withoutModernMeta removes the modern era's own _meta keys from a
+// request's params (a legacy server would read a protocol version there as
+// a modern request); every other member keeps its exact bytes.
+func withoutModernMeta(body []byte) ([]byte, error) {
+	top, err := members(body)
+	if err != nil {
+		return nil, err
+	}
+	for i, m := range top {
+		if m.name != "params" {
+			continue
+		}
+		params, err := members(m.value)
+		if err != nil {
+			return nil, errParamsNotObject
+		}
+		for j, p := range params {
+			if foldName(p.name) != "_meta" {
+				continue
+			}
+			meta, err := members(p.value)
+			if err != nil {
+				return nil, err
+			}
+			meta = slices.DeleteFunc(meta, func(k member) bool { return strings.HasPrefix(foldName(k.name), modernMetaPrefix) })
+			params[j].value = encodeObject(meta)
+		}
+		top[i].value = encodeObject(params)
+	}
+	out := encodeObject(top)
+	if _, err := decodeMessage(out); err != nil {
+		return nil, err // never forward what the gateway itself would refuse
+	}
+	return out, nil
+}

@@ -1,0 +1,248 @@
+package gateway
+
+import (
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strings"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+)
+
+// The modern era of MCP (protocol revision 2026-07-28, SEP-2575) is
+// stateless: no initialize, no sessions; every request carries its protocol
+// version and the client's capabilities in params._meta, and mirrors its
+// method and name in the Mcp-Method and Mcp-Name headers (SEP-2243), which
+// must match the body. The gateway checks all of that itself, before the
+// policy runs and before anything reaches the upstream: a header the gateway
+// did not check could otherwise route or be logged differently from the body
+// the policy decided.
+
+// Protocol eras, as the policy input names them.
+const (
+	eraLegacy = "legacy"
+	eraModern = "modern"
+)
+
+// modernVersions are the modern-era revisions the gateway relays.
+var modernVersions = []string{"2026-07-28"}
+
+// Keys of params._meta that carry a modern request's context.
+const (
+	metaProtocolVersion    = "io.modelcontextprotocol/protocolVersion"
+	metaClientCapabilities = "io.modelcontextprotocol/clientCapabilities"
+)
+
+// Error codes the MCP specification itself defines for the modern era; they
+// are the spec's, not the gateway's, so clients act on them as on a server's.
+const (
+	CodeHeaderMismatch             = -32020 // SEP-2243: Mcp-* or MCP-Protocol-Version header disagrees with the body
+	CodeUnsupportedProtocolVersion = -32022 // SEP-2575: requested revision not served; data lists the supported ones
+)
+
+// removedMethods no longer exist in the modern era; a modern request for one
+// is answered 404 + -32601 without reaching the upstream, as the spec
+// requires of a server.
+var removedMethods = map[string]bool{
+	"initialize":            true,
+	"ping":                  true,
+	"logging/setLevel":      true,
+	"resources/subscribe":   true,
+	"resources/unsubscribe": true,
+}
+
+// namedMethods are the methods whose Mcp-Name header mirrors a body member.
+var namedMethods = map[string]string{"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+
+// isModernHeaderVersion reports whether an MCP-Protocol-Version value asks
+// for the modern era: anything that is not a legacy revision and sorts at or
+// after the first modern one (as the Go SDK compares revisions), so an
+// unknown future version is answered with the modern era's -32022.
+func isModernHeaderVersion(v string) bool {
+	return v != "" && !isSupportedVersion(v) && v >= modernVersions[0]
+}
+
+// requestMeta is the part of a modern request's params._meta the gateway
+// reads: the version and whether the client capabilities are present.
+type requestMeta struct {
+	version         string
+	hasCapabilities bool
+}
+
+// readRequestMeta decodes params._meta of a strictly decoded request. A
+// missing or malformed _meta reads as empty.
+func readRequestMeta(params json.RawMessage) requestMeta {
+	var p struct {
+		Meta map[string]json.RawMessage `json:"_meta"`
+	}
+	if len(params) == 0 || json.Unmarshal(params, &p) != nil {
+		return requestMeta{}
+	}
+	var m requestMeta
+	_ = json.Unmarshal(p.Meta[metaProtocolVersion], &m.version)
+	caps := strings.TrimSpace(string(p.Meta[metaClientCapabilities]))
+	m.hasCapabilities = strings.HasPrefix(caps, "{")
+	return m
+}
+
+// isModernRequest tells the era of one decoded message: modern when the
+// request carries _meta's protocol version or its MCP-Protocol-Version
+// header names a modern revision; legacy otherwise (initialize, sessions).
+func isModernRequest(r *http.Request, req *jsonrpc.Request) bool {
+	if req == nil {
+		return false
+	}
+	if readRequestMeta(req.Params).version != "" {
+		return true
+	}
+	vs := r.Header.Values("Mcp-Protocol-Version")
+	return len(vs) == 1 && isModernHeaderVersion(strings.TrimSpace(vs[0]))
+}
+
+// prepareModern checks a modern-era request and prepares it to be forwarded
+// without a session. The order follows the Go SDK's server, so a client sees
+// the same answer through the gateway as directly: removed method, version
+// header against _meta, supported version, client capabilities, then the
+// Mcp-Method and Mcp-Name headers.
+func (s *Server) prepareModern(r *http.Request, fwd *forward, st *requestState, req *jsonrpc.Request) error {
+	fwd.era = eraModern
+	st.version = modernVersions[0]
+	if req.IsCall() && removedMethods[req.Method] {
+		return newError(http.StatusNotFound, CodeMethodNotFound, quote(req.Method)+" is not supported in protocol version "+modernVersions[0], nil)
+	}
+	version, err := s.modernVersion(r, fwd, req)
+	if err != nil {
+		return err
+	}
+	st.version = version
+	if err := checkMcpHeaders(r.Header, req); err != nil {
+		return err
+	}
+	if req.Method == "subscriptions/listen" {
+		// Long-lived like a legacy GET stream: it ends at an event boundary
+		// when shutdown begins.
+		fwd.stream, fwd.listen = true, true
+	}
+	return nil
+}
+
+// modernVersion validates MCP-Protocol-Version against _meta and against
+// what this route serves, and returns the version in effect.
+func (s *Server) modernVersion(r *http.Request, fwd *forward, req *jsonrpc.Request) (string, error) {
+	headers := r.Header.Values("Mcp-Protocol-Version")
+	if len(headers) > 1 {
+		return "", badRequest("more than one MCP-Protocol-Version header", nil)
+	}
+	meta := readRequestMeta(req.Params)
+	if !req.IsCall() {
+		// The _meta triple is defined for requests only; a notification
+		// is checked by its header alone.
+		if len(headers) == 0 {
+			return modernVersions[0], nil
+		}
+		meta.version, meta.hasCapabilities = strings.TrimSpace(headers[0]), true
+	}
+	switch {
+	case len(headers) == 0:
+		return "", newError(http.StatusBadRequest, CodeHeaderMismatch, "MCP-Protocol-Version header is required for requests carrying "+metaProtocolVersion, nil)
+	case meta.version == "":
+		return "", newError(http.StatusBadRequest, jsonrpc.CodeInvalidParams, "missing or invalid _meta field "+metaProtocolVersion, nil)
+	case strings.TrimSpace(headers[0]) != meta.version:
+		return "", newError(http.StatusBadRequest, CodeHeaderMismatch, "MCP-Protocol-Version header "+quote(headers[0])+" does not match _meta "+quote(meta.version), nil)
+	}
+	fwd.servedVersions, fwd.bridging = bridgeVersions(fwd.route, s.routeVersions(r, fwd.route))
+	if !slices.Contains(fwd.servedVersions, meta.version) || !slices.Contains(modernVersions, meta.version) {
+		return "", unsupportedVersion(meta.version, fwd.servedVersions)
+	}
+	if !meta.hasCapabilities {
+		return "", newError(http.StatusBadRequest, jsonrpc.CodeInvalidParams, "missing or invalid _meta field "+metaClientCapabilities, nil)
+	}
+	return meta.version, nil
+}
+
+// unsupportedVersion is SEP-2575's UnsupportedProtocolVersionError: 400,
+// -32022, and the versions the route does serve, so a client can pick one
+// (a legacy one means: use initialize).
+func unsupportedVersion(requested string, supported []string) *Error {
+	data, _ := json.Marshal(struct {
+		Supported []string `json:"supported"`
+		Requested string   `json:"requested"`
+	}{supported, requested})
+	e := newError(http.StatusBadRequest, CodeUnsupportedProtocolVersion, "protocol version "+quote(requested)+" is not supported", nil)
+	e.Data = data
+	return e
+}
+
+// checkMcpHeaders enforces SEP-2243 on a modern request: Mcp-Method must be
+// present and equal the body's method; for tools/call, prompts/get and
+// resources/read, Mcp-Name must be present and equal params.name (or uri).
+// Header names are case-insensitive (net/http canonicalizes them), values
+// are compared case-sensitively after the surrounding whitespace HTTP
+// ignores; a =?base64?...?= value is decoded first. Mcp-Param-* headers are
+// not checked here: they are forwarded as sent and the upstream, which owns
+// the tool's x-mcp-header declarations, validates them.
+func checkMcpHeaders(h http.Header, req *jsonrpc.Request) error {
+	method, err := singleHeader(h, "Mcp-Method")
+	switch {
+	case err != nil:
+		return err
+	case method == "":
+		return headerMismatch("missing required Mcp-Method header")
+	case method != req.Method:
+		return headerMismatch("Mcp-Method header " + quote(method) + " does not match the body's method " + quote(req.Method))
+	}
+	member, named := namedMethods[req.Method]
+	if !named {
+		return nil
+	}
+	name, err := singleHeader(h, "Mcp-Name")
+	if err != nil {
+		return err
+	}
+	if name == "" {
+		return headerMismatch("missing required Mcp-Name header for " + quote(req.Method))
+	}
+	var params map[string]json.RawMessage
+	var body string
+	if json.Unmarshal(req.Params, &params) != nil || json.Unmarshal(params[member], &body) != nil {
+		return headerMismatch("Mcp-Name header present but params." + member + " is not a string")
+	}
+	decoded, ok := decodeHeaderValue(name)
+	if !ok {
+		return headerMismatch("Mcp-Name header has invalid base64 encoding")
+	}
+	if decoded != body {
+		return headerMismatch("Mcp-Name header " + quote(name) + " does not match params." + member)
+	}
+	return nil
+}
+
+// singleHeader returns a header's one value without surrounding whitespace;
+// "" when absent. Two values are refused: they could be read differently by
+// the gateway and by the upstream.
+func singleHeader(h http.Header, name string) (string, error) {
+	vs := h.Values(name)
+	switch len(vs) {
+	case 0:
+		return "", nil
+	case 1:
+		return strings.TrimSpace(vs[0]), nil
+	}
+	return "", headerMismatch("more than one " + name + " header")
+}
+
+func headerMismatch(message string) *Error {
+	return newError(http.StatusBadRequest, CodeHeaderMismatch, message, nil)
+}
+
+// modernStreamless answers GET and DELETE in the modern era: there is no
+// server stream and no session to end (SEP-2575), so 405 with Allow: POST.
+func modernStreamless(r *http.Request) error {
+	vs := r.Header.Values("Mcp-Protocol-Version")
+	if len(vs) != 1 || !isModernHeaderVersion(strings.TrimSpace(vs[0])) {
+		return nil
+	}
+	e := newError(http.StatusMethodNotAllowed, CodeInvalidRequest, "protocol version "+quote(vs[0])+" has no GET stream or DELETE; use POST", nil)
+	e.Header = http.Header{"Allow": {"POST"}}
+	return e
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -30,9 +31,15 @@ type lookupArgs struct {
 	Key string `json:"key" jsonschema:"what to look up"`
 }
 
+// servicedMethods are the methods that take -service-time: every method of
+// the workload, so that the cached target's hits are compared with a
+// forward to the same slow upstream.
+var servicedMethods = []string{"tools/list", "tools/call"}
+
 // newFixture is the upstream MCP server: the official Go SDK's Streamable
 // HTTP handler (stateful sessions, JSON answers rather than SSE) with fixed
-// tools. serviceTime is slept in every tools/call to model a slower service.
+// tools. serviceTime is slept in every request of a servicedMethods method
+// to model a slower service.
 func newFixture(serviceTime time.Duration) http.Handler {
 	s := mcp.NewServer(&mcp.Implementation{Name: "ctxgate-bench-fixture", Version: "1.0.0"}, nil)
 	for _, name := range fixtureTools {
@@ -40,15 +47,22 @@ func newFixture(serviceTime time.Duration) http.Handler {
 			Name:        name,
 			Description: "Fixture tool " + name + ": answers every call with the same text.",
 			Annotations: &mcp.ToolAnnotations{ReadOnlyHint: true},
-		}, func(ctx context.Context, _ *mcp.CallToolRequest, _ lookupArgs) (*mcp.CallToolResult, any, error) {
-			if serviceTime > 0 {
-				select {
-				case <-time.After(serviceTime):
-				case <-ctx.Done():
-					return nil, nil, ctx.Err()
-				}
-			}
+		}, func(context.Context, *mcp.CallToolRequest, lookupArgs) (*mcp.CallToolResult, any, error) {
 			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: fixtureText}}}, nil, nil
+		})
+	}
+	if serviceTime > 0 {
+		s.AddReceivingMiddleware(func(next mcp.MethodHandler) mcp.MethodHandler {
+			return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
+				if slices.Contains(servicedMethods, method) {
+					select {
+					case <-time.After(serviceTime):
+					case <-ctx.Done():
+						return nil, ctx.Err()
+					}
+				}
+				return next(ctx, method, req)
+			}
 		})
 	}
 	return mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s },
@@ -107,7 +121,7 @@ func fixtureHandler(kind string, serviceTime time.Duration) (http.Handler, error
 // port and prints "listening <addr>".
 func runUpstream(args []string) error {
 	fs := flag.NewFlagSet("upstream", flag.ContinueOnError)
-	serviceTime := fs.Duration("service-time", 0, "time every tools/call takes")
+	serviceTime := fs.Duration("service-time", 0, "time every tools/list and tools/call takes")
 	kind := fs.String("fixture", fixtureSDK, "sdk (the official Go SDK server) or raw (a minimal handler)")
 	if err := fs.Parse(args); err != nil {
 		return err

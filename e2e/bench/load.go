@@ -30,6 +30,34 @@ type session struct {
 	// initialization (-fresh): the gateway then verifies a signature per
 	// request instead of answering from its verified-token cache.
 	fresh *tokenCycler
+	// tally counts the Ctxgate-Cache headers of the answers; the sessions
+	// of a load generator share one.
+	tally *cacheTally
+}
+
+// cacheTally counts where ctxgate says answers came from (the
+// Ctxgate-Cache header): a hit, a miss, or anything else (stale, bypass).
+// Answers without the header (every target but the cached one) are not
+// counted.
+type cacheTally struct {
+	hits, misses, other atomic.Int64
+}
+
+func (c *cacheTally) count(header string) {
+	switch {
+	case c == nil || header == "":
+	case header == "hit":
+		c.hits.Add(1)
+	case header == "miss":
+		c.misses.Add(1)
+	default:
+		c.other.Add(1)
+	}
+}
+
+// take returns the counts so far and starts again from zero.
+func (c *cacheTally) take() (hits, misses, other int64) {
+	return c.hits.Swap(0), c.misses.Swap(0), c.other.Swap(0)
 }
 
 // tokenCycler hands out tokens in turn, starting over when all are used.
@@ -104,6 +132,11 @@ func openSession(ctx context.Context, hc *http.Client, url, token string) (*sess
 // tools/call. Agents call tools far more often than they list them.
 const listEvery = 5
 
+// callKeys is how many different arguments the tools/call requests cycle
+// through (key k0 to k15), as an agent repeats its lookups: a cache keyed
+// by the arguments then holds every answer after warm-up.
+const callKeys = 16
+
 // call sends request number n of the workload and checks the answer.
 func (s *session) call(ctx context.Context, n uint64) error {
 	list := n%listEvery == 1
@@ -111,7 +144,7 @@ func (s *session) call(ctx context.Context, n uint64) error {
 	if list {
 		body = fmt.Appendf(nil, `{"jsonrpc":"2.0","id":%d,"method":"tools/list"}`, n)
 	} else {
-		body = fmt.Appendf(nil, `{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":%q,"arguments":{"key":"k%d"}}}`, n, fixtureTool, n)
+		body = fmt.Appendf(nil, `{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":%q,"arguments":{"key":"k%d"}}}`, n, fixtureTool, n%callKeys)
 	}
 	status, h, resp, err := s.post(ctx, body)
 	if err != nil {
@@ -120,6 +153,7 @@ func (s *session) call(ctx context.Context, n uint64) error {
 	if status != http.StatusOK {
 		return fmt.Errorf("HTTP %d: %.300s", status, resp)
 	}
+	s.tally.count(h.Get(cacheHeader))
 	return checkAnswer(h.Get("Content-Type"), resp, n, list)
 }
 
@@ -189,7 +223,16 @@ type loadResult struct {
 	// ReusedTokens counts, with -fresh, requests so far that had to reuse
 	// a token because the file had too few.
 	ReusedTokens int64 `json:"reused_tokens,omitempty"`
+	// The phase's answers by their Ctxgate-Cache header: hit, miss, and
+	// anything else (stale, bypass); answers without it are not counted.
+	CacheHits   int64 `json:"cache_hits,omitempty"`
+	CacheMisses int64 `json:"cache_misses,omitempty"`
+	CacheOther  int64 `json:"cache_other,omitempty"`
 }
+
+// cacheHeader is ctxgate's answer header saying whether its response
+// cache answered.
+const cacheHeader = "Ctxgate-Cache"
 
 // errCount counts failed requests and keeps the first error.
 type errCount struct {
@@ -324,6 +367,7 @@ func runLoad(args []string) error {
 	if r := closedLoop(ctx, sessions, o.conns, o.warmup); r.Errors > 0 {
 		return fmt.Errorf("warm-up: %d of %d requests failed, first: %s", r.Errors, r.Requests, r.FirstError)
 	}
+	sessions[0].tally.take() // the warm-up's answers are not a phase's
 	fmt.Println("ready")
 	in := bufio.NewScanner(os.Stdin)
 	out := json.NewEncoder(os.Stdout)
@@ -333,6 +377,9 @@ func runLoad(args []string) error {
 			return err
 		}
 		r.ReusedTokens = sessions[0].fresh.reused()
+		if o.engine != engineWrk || in.Text() != "closed" {
+			r.CacheHits, r.CacheMisses, r.CacheOther = sessions[0].tally.take()
+		}
 		if err := out.Encode(r); err != nil {
 			return err
 		}
@@ -377,6 +424,7 @@ func openSessions(ctx context.Context, o loadOptions) ([]*session, error) {
 		DisableCompression:  true,
 	}, Timeout: 30 * time.Second}
 	sessions := make([]*session, max(o.sessions, 1))
+	tally := &cacheTally{}
 	for i := range sessions {
 		token := ""
 		if len(tokens) > 0 {
@@ -386,6 +434,7 @@ func openSessions(ctx context.Context, o loadOptions) ([]*session, error) {
 		if err != nil {
 			return nil, fmt.Errorf("session %d: %w", i, err)
 		}
+		s.tally = tally
 		sessions[i] = s
 	}
 	if o.fresh && len(tokens) > 0 {

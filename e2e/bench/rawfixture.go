@@ -17,7 +17,7 @@ import (
 // upstream's own cost (about 200µs of CPU a request for the SDK server)
 // out of the way when the proxies, not the upstream, are the question.
 type rawFixture struct {
-	serviceTime time.Duration
+	serviceTime time.Duration   // slept in every tools/list and tools/call
 	list, call  json.RawMessage // the fixed results
 	mu          sync.Mutex
 	sessions    map[string]bool
@@ -82,11 +82,10 @@ func (f *rawFixture) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case m.ID == nil: // a notification
 		w.WriteHeader(http.StatusAccepted)
 	case m.Method == "tools/list":
+		time.Sleep(f.serviceTime)
 		writeRPC(w, m.ID, f.list, "")
 	case m.Method == "tools/call" && slices.Contains(fixtureTools, m.Params.Name):
-		if f.serviceTime > 0 {
-			time.Sleep(f.serviceTime)
-		}
+		time.Sleep(f.serviceTime)
 		writeRPC(w, m.ID, f.call, "")
 	case m.Method == "tools/call":
 		writeRPC(w, m.ID, nil, `{"code":-32602,"message":"unknown tool"}`)

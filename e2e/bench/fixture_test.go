@@ -22,14 +22,14 @@ func TestFixtures(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for n := uint64(2); n < 2+2*listEvery; n++ { // calls and lists
+			for n := uint64(2); n < 2+2*mixEvery; n++ { // calls, lists and reads
 				if err := s.call(t.Context(), n); err != nil {
 					t.Errorf("request %d: %v", n, err)
 				}
 			}
 			// initialize, initialized, the first list, and 10 more.
-			if got, err := upstreamRequests(srv.URL + "/"); err != nil || got != 3+2*listEvery {
-				t.Errorf("upstream count = %d, %v; want %d", got, err, 3+2*listEvery)
+			if got, err := upstreamRequests(srv.URL + "/"); err != nil || got != 3+2*mixEvery {
+				t.Errorf("upstream count = %d, %v; want %d", got, err, 3+2*mixEvery)
 			}
 			forged := &session{hc: srv.Client(), url: srv.URL + "/", id: "forged"}
 			if status, _, body, err := forged.post(t.Context(), []byte(`{"jsonrpc":"2.0","id":1,"method":"tools/list"}`)); err != nil || status != http.StatusNotFound {
@@ -43,7 +43,7 @@ func TestFixtures(t *testing.T) {
 }
 
 // TestFixtureServiceTime: -service-time applies to every method of the
-// workload, tools/list as well as tools/call, so that a cached answer is
+// workload, tools/list and resources/read as well as tools/call, so that a cached answer is
 // compared with a forward to the same slow upstream. Only the lower bound
 // is checked: a sleep is never shorter.
 func TestFixtureServiceTime(t *testing.T) {
@@ -60,7 +60,7 @@ func TestFixtureServiceTime(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for n := uint64(1); n <= 2; n++ { // a tools/list, then a tools/call
+			for n := uint64(1); n <= readAt; n++ { // a tools/list, a tools/call, a resources/read
 				start := time.Now()
 				if err := s.call(t.Context(), n); err != nil {
 					t.Fatalf("request %d: %v", n, err)

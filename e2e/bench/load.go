@@ -128,9 +128,26 @@ func openSession(ctx context.Context, hc *http.Client, url, token string) (*sess
 	return s, nil
 }
 
-// listEvery makes every listEvery-th request a tools/list; the others are
-// tools/call. Agents call tools far more often than they list them.
-const listEvery = 5
+// The workload's mix, by request number n: n%mixEvery == listAt is a
+// tools/list, n%mixEvery == readAt a resources/read of the fixture's
+// resource, the others tools/call (3 : 1 : 1). Agents call tools more often
+// than they list them or read a resource.
+const (
+	mixEvery = 5
+	listAt   = 1
+	readAt   = 3
+)
+
+// requestMethod is the method of request number n of the workload.
+func requestMethod(n uint64) string {
+	switch n % mixEvery {
+	case listAt:
+		return "tools/list"
+	case readAt:
+		return "resources/read"
+	}
+	return "tools/call"
+}
 
 // callKeys is how many different arguments the tools/call requests cycle
 // through (key k0 to k15), as an agent repeats its lookups: a cache keyed
@@ -139,11 +156,14 @@ const callKeys = 16
 
 // call sends request number n of the workload and checks the answer.
 func (s *session) call(ctx context.Context, n uint64) error {
-	list := n%listEvery == 1
+	method := requestMethod(n)
 	var body []byte
-	if list {
+	switch method {
+	case "tools/list":
 		body = fmt.Appendf(nil, `{"jsonrpc":"2.0","id":%d,"method":"tools/list"}`, n)
-	} else {
+	case "resources/read":
+		body = fmt.Appendf(nil, `{"jsonrpc":"2.0","id":%d,"method":"resources/read","params":{"uri":%q}}`, n, fixtureResource)
+	default:
 		body = fmt.Appendf(nil, `{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":%q,"arguments":{"key":"k%d"}}}`, n, fixtureTool, n%callKeys)
 	}
 	status, h, resp, err := s.post(ctx, body)
@@ -154,7 +174,7 @@ func (s *session) call(ctx context.Context, n uint64) error {
 		return fmt.Errorf("HTTP %d: %.300s", status, resp)
 	}
 	s.tally.count(h.Get(cacheHeader))
-	return checkAnswer(h.Get("Content-Type"), resp, n, list)
+	return checkAnswer(h.Get("Content-Type"), resp, n, method)
 }
 
 // answer is the part of a JSON-RPC response the check reads.
@@ -162,16 +182,18 @@ type answer struct {
 	ID     json.RawMessage `json:"id"`
 	Error  json.RawMessage `json:"error"`
 	Result *struct {
-		Tools   []struct{ Name string } `json:"tools"`
-		Content []struct{ Text string } `json:"content"`
-		IsError bool                    `json:"isError"`
+		Tools    []struct{ Name string }      `json:"tools"`
+		Content  []struct{ Text string }      `json:"content"`
+		IsError  bool                         `json:"isError"`
+		Contents []struct{ URI, Text string } `json:"contents"`
 	} `json:"result"`
 }
 
-// checkAnswer checks that body is the fixture's answer to request n: the
-// right id, a result, and the fixture's fixed tools or text. A JSON answer
-// or an event stream carrying one message are both accepted.
-func checkAnswer(contentType string, body []byte, n uint64, list bool) error {
+// checkAnswer checks that body is the fixture's answer to request n of
+// method: the right id, a result, and the fixture's fixed tools, resource
+// or text. A JSON answer or an event stream carrying one message are both
+// accepted.
+func checkAnswer(contentType string, body []byte, n uint64, method string) error {
 	if strings.HasPrefix(contentType, "text/event-stream") {
 		var err error
 		if body, err = firstEventData(body); err != nil {
@@ -187,10 +209,21 @@ func checkAnswer(contentType string, body []byte, n uint64, list bool) error {
 		return fmt.Errorf("answer id %s to request %d", a.ID, n)
 	case a.Error != nil || a.Result == nil:
 		return fmt.Errorf("error answer: %.300s", body)
-	case list && len(a.Result.Tools) != len(fixtureTools):
-		return fmt.Errorf("tools/list: %d tools, want %d: %.300s", len(a.Result.Tools), len(fixtureTools), body)
-	case !list && (a.Result.IsError || len(a.Result.Content) != 1 || a.Result.Content[0].Text != fixtureText):
-		return fmt.Errorf("tools/call: not the fixture's answer: %.300s", body)
+	}
+	r := a.Result
+	switch method {
+	case "tools/list":
+		if len(r.Tools) != len(fixtureTools) {
+			return fmt.Errorf("tools/list: %d tools, want %d: %.300s", len(r.Tools), len(fixtureTools), body)
+		}
+	case "resources/read":
+		if len(r.Contents) != 1 || r.Contents[0].URI != fixtureResource || r.Contents[0].Text != fixtureText {
+			return fmt.Errorf("resources/read: not the fixture's resource: %.300s", body)
+		}
+	default:
+		if r.IsError || len(r.Content) != 1 || r.Content[0].Text != fixtureText {
+			return fmt.Errorf("tools/call: not the fixture's answer: %.300s", body)
+		}
 	}
 	return nil
 }

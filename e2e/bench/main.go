@@ -10,8 +10,8 @@
 // nginx, ctxgate pass-through, ctxgate with JWTs and the shipped policy,
 // the same with the response cache on), and drives the same MCP workload
 // through each on established sessions (tools/call with arguments cycling
-// through callKeys keys, and every fifth request tools/list), in
-// interleaved rounds. The load generator counts the Ctxgate-Cache header
+// through callKeys keys, and of every five requests one tools/list and one
+// resources/read), in interleaved rounds. The load generator counts the Ctxgate-Cache header
 // of every answer, so the cached target's hit ratio is reported.
 // Each round of a target has two phases:
 //
@@ -27,9 +27,8 @@
 // harness runs is its own process (this binary re-executed in a role, see
 // roleEnv; nginx; ctxgate built from the checkout), so its CPU is its own. Output is a markdown table; see README.md, "Benchmarks".
 //
-// Not measured yet: resources/read (the fixture has no resources), and the
-// stateless 2026-07-28 protocol era, which the gateway does not implement
-// yet.
+// Not measured yet: the stateless 2026-07-28 protocol era, which the
+// gateway does not implement yet.
 package main
 
 import (
@@ -104,7 +103,7 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.conns, "conns", 16, "closed-loop requests in flight")
 	fs.IntVar(&o.sessions, "sessions", 16, "MCP sessions (each with its own token on the JWT targets)")
 	fs.IntVar(&o.maxInflight, "max-inflight", 256, "open-loop limit of requests in flight (late ones still count from their due time)")
-	fs.DurationVar(&o.serviceTime, "service-time", 0, "time the upstream takes for every tools/list and tools/call")
+	fs.DurationVar(&o.serviceTime, "service-time", 0, "time the upstream takes for every tools/list, tools/call and resources/read")
 	fs.StringVar(&o.fixture, "fixture", fixtureSDK, "upstream: sdk (the official Go SDK server) or raw (a minimal Streamable HTTP handler, much cheaper)")
 	fs.StringVar(&o.engine, "closed", engineGo, "closed-loop generator: go (the harness's, in its own process) or wrk (needs wrk installed)")
 	fs.DurationVar(&o.policyTime, "policy-timeout", 0, "ctxgate's policy.timeout (default: the gateway's, 100ms); a slower decision is a deny, which an overloaded CPU shows as errors")

@@ -64,7 +64,7 @@ func (r *report) markdown() string {
 	if o.policyTime > 0 {
 		policyTimeout = o.policyTime.String()
 	}
-	fmt.Fprintf(&b, "- workload: MCP 2025-11-25 on %d established sessions, 4 tools/call (arguments cycling through %d keys) : 1 tools/list; upstream: the %s fixture, service time %s (every tools/list and tools/call); ctxgate policy.timeout %s\n",
+	fmt.Fprintf(&b, "- workload: MCP 2025-11-25 on %d established sessions, 3 tools/call (arguments cycling through %d keys) : 1 tools/list : 1 resources/read; upstream: the %s fixture, service time %s (each of those requests); ctxgate policy.timeout %s\n",
 		o.sessions, callKeys, o.fixture, o.serviceTime, policyTimeout)
 	if o.freshTokens > 0 {
 		fmt.Fprintf(&b, "- JWT targets: a new token for every request (%d signed per round), so every request's signature is verified\n", o.freshTokens)
@@ -110,7 +110,7 @@ func (r *report) markdown() string {
 			fmt.Fprintf(&b, "\nFailed requests, %s, %s\n", res.name, f)
 		}
 	}
-	b.WriteString("\nNot measured: resources/read (the fixture has no resources), and the stateless 2026-07-28 protocol era (the gateway does not implement it yet).\n")
+	b.WriteString("\nNot measured: the stateless 2026-07-28 protocol era (the gateway does not implement it yet).\n")
 	return b.String()
 }
 

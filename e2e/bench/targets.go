@@ -42,7 +42,7 @@ var descriptions = map[string]string{
 	targetPass:    "ctxgate serve, anonymous, allow-all policy (`e2e/testdata/allow-all`): pass-through",
 	targetES256:   "ctxgate serve, OIDC JWT (ES256) + the shipped Rego policy (`policies/`) + decision log + forward",
 	targetRS256:   "as above with RS256 tokens",
-	targetCached:  "ctxgate-full-es256 with the upstream's response cache on for tools/list and tools/call of the fixture's tools (TTL " + cacheTTL.String() + "): after warm-up every answer is a hit, served without the upstream",
+	targetCached:  "ctxgate-full-es256 with the upstream's response cache on for tools/list, resources/read and tools/call of the fixture's tools (TTL " + cacheTTL.String() + "): after warm-up every answer is a hit, served without the upstream",
 }
 
 // cacheTTL is the cached target's TTL: longer than any run, so that the
@@ -137,7 +137,7 @@ type ctxgateOptions struct {
 	issuer      string // OIDC issuer; "" for anonymous access
 	sessionKey  string
 	timeout     time.Duration // policy.timeout; 0: the gateway's default
-	cached      bool          // cache tools/list and the fixture's tools/call for cacheTTL
+	cached      bool          // cache tools/list, resources/read and the fixture's tools/call for cacheTTL
 }
 
 // ctxgateConfig writes the configuration of a ctxgate target.
@@ -153,7 +153,7 @@ func ctxgateConfig(o ctxgateOptions) string {
 	cache := ""
 	if o.cached {
 		tools, _ := json.Marshal(fixtureTools)
-		cache = fmt.Sprintf(", cache: {ttl: {tools/list: %[1]s, tools/call: %[1]s}, max_ttl: %[1]s, tools: %[2]s}", cacheTTL, tools)
+		cache = fmt.Sprintf(", cache: {ttl: {tools/list: %[1]s, tools/call: %[1]s, resources/read: %[1]s}, max_ttl: %[1]s, tools: %[2]s}", cacheTTL, tools)
 	}
 	return fmt.Sprintf(`server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0"}

@@ -46,7 +46,7 @@ func TestCtxgateConfig(t *testing.T) {
 			want: func(c *config.Config) bool {
 				uc := c.Upstreams[0].Cache
 				return !c.Auth.Anonymous && uc != nil && uc.TTL["tools/list"] == cacheTTL && uc.TTL["tools/call"] == cacheTTL &&
-					slices.Equal(uc.Tools, fixtureTools) && len(uc.TTL) == 2
+					uc.TTL["resources/read"] == cacheTTL && slices.Equal(uc.Tools, fixtureTools) && len(uc.TTL) == 3
 			},
 		},
 	}

@@ -23,8 +23,8 @@ func wrkScript(sessions []*session) string {
 	for _, s := range sessions {
 		fmt.Fprintf(&b, "  {id = %s, token = %s},\n", luaString(s.id), luaString(s.token))
 	}
-	fmt.Fprintf(&b, "}\nlocal list_every = %d\nlocal call_keys = %d\nlocal tool = %s\nlocal version = %s\nlocal cache_header = %s\n",
-		listEvery, callKeys, luaString(fixtureTool), luaString(protocolVersion), luaString(cacheHeader))
+	fmt.Fprintf(&b, "}\nlocal mix_every, list_at, read_at = %d, %d, %d\nlocal call_keys = %d\nlocal tool = %s\nlocal resource = %s\nlocal version = %s\nlocal cache_header = %s\n",
+		mixEvery, listAt, readAt, callKeys, luaString(fixtureTool), luaString(fixtureResource), luaString(protocolVersion), luaString(cacheHeader))
 	b.WriteString(wrkLua)
 	return b.String()
 }
@@ -68,8 +68,10 @@ function request()
     ["Mcp-Session-Id"] = s.id, ["Mcp-Protocol-Version"] = version}
   if s.token ~= "" then headers["Authorization"] = "Bearer " .. s.token end
   local body
-  if n % list_every == 1 then
+  if n % mix_every == list_at then
     body = string.format('{"jsonrpc":"2.0","id":%d,"method":"tools/list"}', n)
+  elseif n % mix_every == read_at then
+    body = string.format('{"jsonrpc":"2.0","id":%d,"method":"resources/read","params":{"uri":"%s"}}', n, resource)
   else
     body = string.format('{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"%s","arguments":{"key":"k%d"}}}', n, tool, n % call_keys)
   end

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -22,6 +23,11 @@ const (
 		"long enough that relaying it is not free and short enough that the proxies, not the bytes, dominate."
 )
 
+// fixtureResource is the URI of the fixture's one resource, whose text is
+// fixtureText. The shipped policy lets anyone read it (it is not under a
+// restricted prefix such as secret://).
+const fixtureResource = "bench://fixture/readme"
+
 // fixtureTools are the tools the fixture lists; every one is annotated
 // read-only, so the shipped policy lets any principal see and call them.
 var fixtureTools = []string{fixtureTool, "search_docs", "get_ticket", "list_projects"}
@@ -30,9 +36,15 @@ type lookupArgs struct {
 	Key string `json:"key" jsonschema:"what to look up"`
 }
 
+// servicedMethods are the methods that take -service-time: every method of
+// the workload, so that the cached target's hits are compared with a
+// forward to the same slow upstream.
+var servicedMethods = []string{"tools/list", "tools/call", "resources/read"}
+
 // newFixture is the upstream MCP server: the official Go SDK's Streamable
 // HTTP handler (stateful sessions, JSON answers rather than SSE) with fixed
-// tools. serviceTime is slept in every tools/call to model a slower service.
+// tools and one fixed resource. serviceTime is slept in every request of a servicedMethods method
+// to model a slower service.
 func newFixture(serviceTime time.Duration) http.Handler {
 	s := mcp.NewServer(&mcp.Implementation{Name: "ctxgate-bench-fixture", Version: "1.0.0"}, nil)
 	for _, name := range fixtureTools {
@@ -40,15 +52,26 @@ func newFixture(serviceTime time.Duration) http.Handler {
 			Name:        name,
 			Description: "Fixture tool " + name + ": answers every call with the same text.",
 			Annotations: &mcp.ToolAnnotations{ReadOnlyHint: true},
-		}, func(ctx context.Context, _ *mcp.CallToolRequest, _ lookupArgs) (*mcp.CallToolResult, any, error) {
-			if serviceTime > 0 {
-				select {
-				case <-time.After(serviceTime):
-				case <-ctx.Done():
-					return nil, nil, ctx.Err()
-				}
-			}
+		}, func(context.Context, *mcp.CallToolRequest, lookupArgs) (*mcp.CallToolResult, any, error) {
 			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: fixtureText}}}, nil, nil
+		})
+	}
+	s.AddResource(&mcp.Resource{URI: fixtureResource, Name: "readme", MIMEType: "text/plain"},
+		func(context.Context, *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
+			return &mcp.ReadResourceResult{Contents: []*mcp.ResourceContents{{URI: fixtureResource, MIMEType: "text/plain", Text: fixtureText}}}, nil
+		})
+	if serviceTime > 0 {
+		s.AddReceivingMiddleware(func(next mcp.MethodHandler) mcp.MethodHandler {
+			return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
+				if slices.Contains(servicedMethods, method) {
+					select {
+					case <-time.After(serviceTime):
+					case <-ctx.Done():
+						return nil, ctx.Err()
+					}
+				}
+				return next(ctx, method, req)
+			}
 		})
 	}
 	return mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s },
@@ -107,7 +130,7 @@ func fixtureHandler(kind string, serviceTime time.Duration) (http.Handler, error
 // port and prints "listening <addr>".
 func runUpstream(args []string) error {
 	fs := flag.NewFlagSet("upstream", flag.ContinueOnError)
-	serviceTime := fs.Duration("service-time", 0, "time every tools/call takes")
+	serviceTime := fs.Duration("service-time", 0, "time every tools/list, tools/call and resources/read takes")
 	kind := fs.String("fixture", fixtureSDK, "sdk (the official Go SDK server) or raw (a minimal handler)")
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 )
 
 // TestFixtures: both upstream fixtures answer the workload as the load
@@ -21,14 +22,14 @@ func TestFixtures(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for n := uint64(2); n < 2+2*listEvery; n++ { // calls and lists
+			for n := uint64(2); n < 2+2*mixEvery; n++ { // calls, lists and reads
 				if err := s.call(t.Context(), n); err != nil {
 					t.Errorf("request %d: %v", n, err)
 				}
 			}
 			// initialize, initialized, the first list, and 10 more.
-			if got, err := upstreamRequests(srv.URL + "/"); err != nil || got != 3+2*listEvery {
-				t.Errorf("upstream count = %d, %v; want %d", got, err, 3+2*listEvery)
+			if got, err := upstreamRequests(srv.URL + "/"); err != nil || got != 3+2*mixEvery {
+				t.Errorf("upstream count = %d, %v; want %d", got, err, 3+2*mixEvery)
 			}
 			forged := &session{hc: srv.Client(), url: srv.URL + "/", id: "forged"}
 			if status, _, body, err := forged.post(t.Context(), []byte(`{"jsonrpc":"2.0","id":1,"method":"tools/list"}`)); err != nil || status != http.StatusNotFound {
@@ -38,5 +39,36 @@ func TestFixtures(t *testing.T) {
 	}
 	if _, err := fixtureHandler("fast", 0); err == nil {
 		t.Error("an unknown fixture kind was accepted")
+	}
+}
+
+// TestFixtureServiceTime: -service-time applies to every method of the
+// workload, tools/list and resources/read as well as tools/call, so that a cached answer is
+// compared with a forward to the same slow upstream. Only the lower bound
+// is checked: a sleep is never shorter.
+func TestFixtureServiceTime(t *testing.T) {
+	const serviceTime = 20 * time.Millisecond
+	for _, kind := range []string{fixtureSDK, fixtureRaw} {
+		t.Run(kind, func(t *testing.T) {
+			h, err := fixtureHandler(kind, serviceTime)
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := httptest.NewServer(h)
+			defer srv.Close()
+			s, err := openSession(t.Context(), srv.Client(), srv.URL+"/", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for n := uint64(1); n <= readAt; n++ { // a tools/list, a tools/call, a resources/read
+				start := time.Now()
+				if err := s.call(t.Context(), n); err != nil {
+					t.Fatalf("request %d: %v", n, err)
+				}
+				if took := time.Since(start); took < serviceTime {
+					t.Errorf("request %d took %v, less than the service time %v", n, took, serviceTime)
+				}
+			}
+		})
 	}
 }

@@ -30,6 +30,34 @@ type session struct {
 	// initialization (-fresh): the gateway then verifies a signature per
 	// request instead of answering from its verified-token cache.
 	fresh *tokenCycler
+	// tally counts the Ctxgate-Cache headers of the answers; the sessions
+	// of a load generator share one.
+	tally *cacheTally
+}
+
+// cacheTally counts where ctxgate says answers came from (the
+// Ctxgate-Cache header): a hit, a miss, or anything else (stale, bypass).
+// Answers without the header (every target but the cached one) are not
+// counted.
+type cacheTally struct {
+	hits, misses, other atomic.Int64
+}
+
+func (c *cacheTally) count(header string) {
+	switch {
+	case c == nil || header == "":
+	case header == "hit":
+		c.hits.Add(1)
+	case header == "miss":
+		c.misses.Add(1)
+	default:
+		c.other.Add(1)
+	}
+}
+
+// take returns the counts so far and starts again from zero.
+func (c *cacheTally) take() (hits, misses, other int64) {
+	return c.hits.Swap(0), c.misses.Swap(0), c.other.Swap(0)
 }
 
 // tokenCycler hands out tokens in turn, starting over when all are used.
@@ -100,18 +128,43 @@ func openSession(ctx context.Context, hc *http.Client, url, token string) (*sess
 	return s, nil
 }
 
-// listEvery makes every listEvery-th request a tools/list; the others are
-// tools/call. Agents call tools far more often than they list them.
-const listEvery = 5
+// The workload's mix, by request number n: n%mixEvery == listAt is a
+// tools/list, n%mixEvery == readAt a resources/read of the fixture's
+// resource, the others tools/call (3 : 1 : 1). Agents call tools more often
+// than they list them or read a resource.
+const (
+	mixEvery = 5
+	listAt   = 1
+	readAt   = 3
+)
+
+// requestMethod is the method of request number n of the workload.
+func requestMethod(n uint64) string {
+	switch n % mixEvery {
+	case listAt:
+		return "tools/list"
+	case readAt:
+		return "resources/read"
+	}
+	return "tools/call"
+}
+
+// callKeys is how many different arguments the tools/call requests cycle
+// through (key k0 to k15), as an agent repeats its lookups: a cache keyed
+// by the arguments then holds every answer after warm-up.
+const callKeys = 16
 
 // call sends request number n of the workload and checks the answer.
 func (s *session) call(ctx context.Context, n uint64) error {
-	list := n%listEvery == 1
+	method := requestMethod(n)
 	var body []byte
-	if list {
+	switch method {
+	case "tools/list":
 		body = fmt.Appendf(nil, `{"jsonrpc":"2.0","id":%d,"method":"tools/list"}`, n)
-	} else {
-		body = fmt.Appendf(nil, `{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":%q,"arguments":{"key":"k%d"}}}`, n, fixtureTool, n)
+	case "resources/read":
+		body = fmt.Appendf(nil, `{"jsonrpc":"2.0","id":%d,"method":"resources/read","params":{"uri":%q}}`, n, fixtureResource)
+	default:
+		body = fmt.Appendf(nil, `{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":%q,"arguments":{"key":"k%d"}}}`, n, fixtureTool, n%callKeys)
 	}
 	status, h, resp, err := s.post(ctx, body)
 	if err != nil {
@@ -120,7 +173,8 @@ func (s *session) call(ctx context.Context, n uint64) error {
 	if status != http.StatusOK {
 		return fmt.Errorf("HTTP %d: %.300s", status, resp)
 	}
-	return checkAnswer(h.Get("Content-Type"), resp, n, list)
+	s.tally.count(h.Get(cacheHeader))
+	return checkAnswer(h.Get("Content-Type"), resp, n, method)
 }
 
 // answer is the part of a JSON-RPC response the check reads.
@@ -128,16 +182,18 @@ type answer struct {
 	ID     json.RawMessage `json:"id"`
 	Error  json.RawMessage `json:"error"`
 	Result *struct {
-		Tools   []struct{ Name string } `json:"tools"`
-		Content []struct{ Text string } `json:"content"`
-		IsError bool                    `json:"isError"`
+		Tools    []struct{ Name string }      `json:"tools"`
+		Content  []struct{ Text string }      `json:"content"`
+		IsError  bool                         `json:"isError"`
+		Contents []struct{ URI, Text string } `json:"contents"`
 	} `json:"result"`
 }
 
-// checkAnswer checks that body is the fixture's answer to request n: the
-// right id, a result, and the fixture's fixed tools or text. A JSON answer
-// or an event stream carrying one message are both accepted.
-func checkAnswer(contentType string, body []byte, n uint64, list bool) error {
+// checkAnswer checks that body is the fixture's answer to request n of
+// method: the right id, a result, and the fixture's fixed tools, resource
+// or text. A JSON answer or an event stream carrying one message are both
+// accepted.
+func checkAnswer(contentType string, body []byte, n uint64, method string) error {
 	if strings.HasPrefix(contentType, "text/event-stream") {
 		var err error
 		if body, err = firstEventData(body); err != nil {
@@ -153,10 +209,21 @@ func checkAnswer(contentType string, body []byte, n uint64, list bool) error {
 		return fmt.Errorf("answer id %s to request %d", a.ID, n)
 	case a.Error != nil || a.Result == nil:
 		return fmt.Errorf("error answer: %.300s", body)
-	case list && len(a.Result.Tools) != len(fixtureTools):
-		return fmt.Errorf("tools/list: %d tools, want %d: %.300s", len(a.Result.Tools), len(fixtureTools), body)
-	case !list && (a.Result.IsError || len(a.Result.Content) != 1 || a.Result.Content[0].Text != fixtureText):
-		return fmt.Errorf("tools/call: not the fixture's answer: %.300s", body)
+	}
+	r := a.Result
+	switch method {
+	case "tools/list":
+		if len(r.Tools) != len(fixtureTools) {
+			return fmt.Errorf("tools/list: %d tools, want %d: %.300s", len(r.Tools), len(fixtureTools), body)
+		}
+	case "resources/read":
+		if len(r.Contents) != 1 || r.Contents[0].URI != fixtureResource || r.Contents[0].Text != fixtureText {
+			return fmt.Errorf("resources/read: not the fixture's resource: %.300s", body)
+		}
+	default:
+		if r.IsError || len(r.Content) != 1 || r.Content[0].Text != fixtureText {
+			return fmt.Errorf("tools/call: not the fixture's answer: %.300s", body)
+		}
 	}
 	return nil
 }
@@ -189,7 +256,16 @@ type loadResult struct {
 	// ReusedTokens counts, with -fresh, requests so far that had to reuse
 	// a token because the file had too few.
 	ReusedTokens int64 `json:"reused_tokens,omitempty"`
+	// The phase's answers by their Ctxgate-Cache header: hit, miss, and
+	// anything else (stale, bypass); answers without it are not counted.
+	CacheHits   int64 `json:"cache_hits,omitempty"`
+	CacheMisses int64 `json:"cache_misses,omitempty"`
+	CacheOther  int64 `json:"cache_other,omitempty"`
 }
+
+// cacheHeader is ctxgate's answer header saying whether its response
+// cache answered.
+const cacheHeader = "Ctxgate-Cache"
 
 // errCount counts failed requests and keeps the first error.
 type errCount struct {
@@ -324,6 +400,7 @@ func runLoad(args []string) error {
 	if r := closedLoop(ctx, sessions, o.conns, o.warmup); r.Errors > 0 {
 		return fmt.Errorf("warm-up: %d of %d requests failed, first: %s", r.Errors, r.Requests, r.FirstError)
 	}
+	sessions[0].tally.take() // the warm-up's answers are not a phase's
 	fmt.Println("ready")
 	in := bufio.NewScanner(os.Stdin)
 	out := json.NewEncoder(os.Stdout)
@@ -333,6 +410,9 @@ func runLoad(args []string) error {
 			return err
 		}
 		r.ReusedTokens = sessions[0].fresh.reused()
+		if o.engine != engineWrk || in.Text() != "closed" {
+			r.CacheHits, r.CacheMisses, r.CacheOther = sessions[0].tally.take()
+		}
 		if err := out.Encode(r); err != nil {
 			return err
 		}
@@ -377,6 +457,7 @@ func openSessions(ctx context.Context, o loadOptions) ([]*session, error) {
 		DisableCompression:  true,
 	}, Timeout: 30 * time.Second}
 	sessions := make([]*session, max(o.sessions, 1))
+	tally := &cacheTally{}
 	for i := range sessions {
 		token := ""
 		if len(tokens) > 0 {
@@ -386,6 +467,7 @@ func openSessions(ctx context.Context, o loadOptions) ([]*session, error) {
 		if err != nil {
 			return nil, fmt.Errorf("session %d: %w", i, err)
 		}
+		s.tally = tally
 		sessions[i] = s
 	}
 	if o.fresh && len(tokens) > 0 {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -70,26 +71,30 @@ func TestCheckAnswer(t *testing.T) {
 	text, _ := json.Marshal(fixtureText)
 	call := `{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":` + string(text) + `}]}}`
 	list := `{"jsonrpc":"2.0","id":6,"result":{"tools":[{"name":"a"},{"name":"b"},{"name":"c"},{"name":"d"}]}}`
+	read := `{"jsonrpc":"2.0","id":8,"result":{"contents":[{"uri":"` + fixtureResource + `","text":` + string(text) + `}]}}`
 	tests := []struct {
 		name, contentType, body string
 		n                       uint64
-		list                    bool
+		method                  string // "": tools/call
 		wantErr                 string
 	}{
 		{name: "call", contentType: "application/json", body: call, n: 7},
 		{name: "call as an event", contentType: "text/event-stream", body: "id: 1\nevent: message\ndata: " + call + "\n\n", n: 7},
-		{name: "list", contentType: "application/json", body: list, n: 6, list: true},
+		{name: "list", contentType: "application/json", body: list, n: 6, method: "tools/list"},
+		{name: "read", contentType: "application/json", body: read, n: 8, method: "resources/read"},
+		{name: "read of another resource", contentType: "application/json", body: strings.Replace(read, "readme", "other", 1), n: 8, method: "resources/read", wantErr: "not the fixture's resource"},
+		{name: "a call answer to a read", contentType: "application/json", body: strings.Replace(call, `"id":7`, `"id":8`, 1), n: 8, method: "resources/read", wantErr: "not the fixture's resource"},
 		{name: "wrong id", contentType: "application/json", body: call, n: 8, wantErr: "answer id 7 to request 8"},
 		{name: "error", contentType: "application/json", body: `{"jsonrpc":"2.0","id":7,"error":{"code":-32602,"message":"x"}}`, n: 7, wantErr: "error answer"},
 		{name: "redacted text", contentType: "application/json", body: strings.Replace(call, "fixed", "[REDACTED]", 1), n: 7, wantErr: "not the fixture's answer"},
 		{name: "tool error", contentType: "application/json", body: strings.Replace(call, `"content"`, `"isError":true,"content"`, 1), n: 7, wantErr: "not the fixture's answer"},
-		{name: "filtered list", contentType: "application/json", body: `{"jsonrpc":"2.0","id":6,"result":{"tools":[{"name":"a"}]}}`, n: 6, list: true, wantErr: "1 tools, want 4"},
+		{name: "filtered list", contentType: "application/json", body: `{"jsonrpc":"2.0","id":6,"result":{"tools":[{"name":"a"}]}}`, n: 6, method: "tools/list", wantErr: "1 tools, want 4"},
 		{name: "not JSON", contentType: "application/json", body: "<html>", n: 7, wantErr: "not JSON"},
 		{name: "empty stream", contentType: "text/event-stream", body: ": ping\n\n", n: 7, wantErr: "without data"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := checkAnswer(tt.contentType, []byte(tt.body), tt.n, tt.list)
+			err := checkAnswer(tt.contentType, []byte(tt.body), tt.n, cmp.Or(tt.method, "tools/call"))
 			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
 				t.Errorf("checkAnswer = %v, want error containing %q", err, tt.wantErr)
 			}

@@ -7,9 +7,12 @@
 //
 // It starts an upstream MCP fixture (the official Go SDK server with fixed
 // tools, or with -fixture raw a minimal handler with the same answers), puts each target in front of it (none, a bare Go reverse proxy,
-// nginx, ctxgate pass-through, ctxgate with JWTs and the shipped policy),
-// and drives the same MCP workload through each on established sessions
-// (tools/call, and every fifth request tools/list), in interleaved rounds.
+// nginx, ctxgate pass-through, ctxgate with JWTs and the shipped policy,
+// the same with the response cache on), and drives the same MCP workload
+// through each on established sessions (tools/call with arguments cycling
+// through callKeys keys, and of every five requests one tools/list and one
+// resources/read), in interleaved rounds. The load generator counts the Ctxgate-Cache header
+// of every answer, so the cached target's hit ratio is reported.
 // Each round of a target has two phases:
 //
 //   - closed loop: -conns requests in flight until -duration is over (the
@@ -24,8 +27,7 @@
 // harness runs is its own process (this binary re-executed in a role, see
 // roleEnv; nginx; ctxgate built from the checkout), so its CPU is its own. Output is a markdown table; see README.md, "Benchmarks".
 //
-// Not measured yet: ctxgate served from its response cache (being built on
-// another branch), and the stateless 2026-07-28 protocol era, which the
+// Not measured yet: the stateless 2026-07-28 protocol era, which the
 // gateway does not implement yet.
 package main
 
@@ -101,7 +103,7 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.conns, "conns", 16, "closed-loop requests in flight")
 	fs.IntVar(&o.sessions, "sessions", 16, "MCP sessions (each with its own token on the JWT targets)")
 	fs.IntVar(&o.maxInflight, "max-inflight", 256, "open-loop limit of requests in flight (late ones still count from their due time)")
-	fs.DurationVar(&o.serviceTime, "service-time", 0, "time the upstream takes for every tools/call")
+	fs.DurationVar(&o.serviceTime, "service-time", 0, "time the upstream takes for every tools/list, tools/call and resources/read")
 	fs.StringVar(&o.fixture, "fixture", fixtureSDK, "upstream: sdk (the official Go SDK server) or raw (a minimal Streamable HTTP handler, much cheaper)")
 	fs.StringVar(&o.engine, "closed", engineGo, "closed-loop generator: go (the harness's, in its own process) or wrk (needs wrk installed)")
 	fs.DurationVar(&o.policyTime, "policy-timeout", 0, "ctxgate's policy.timeout (default: the gateway's, 100ms); a slower decision is a deny, which an overloaded CPU shows as errors")

@@ -12,15 +12,15 @@ import (
 )
 
 // rawFixture is the fast alternative to the SDK fixture (-fixture raw): a
-// minimal Streamable HTTP server with the same tools and answers, JSON
+// minimal Streamable HTTP server with the same tools, resource and answers, JSON
 // responses only, no server-to-client stream. It exists to take the
 // upstream's own cost (about 200µs of CPU a request for the SDK server)
 // out of the way when the proxies, not the upstream, are the question.
 type rawFixture struct {
-	serviceTime time.Duration
-	list, call  json.RawMessage // the fixed results
-	mu          sync.Mutex
-	sessions    map[string]bool
+	serviceTime      time.Duration   // slept in every request of servicedMethods
+	list, call, read json.RawMessage // the fixed results
+	mu               sync.Mutex
+	sessions         map[string]bool
 }
 
 func newRawFixture(serviceTime time.Duration) *rawFixture {
@@ -38,7 +38,8 @@ func newRawFixture(serviceTime time.Duration) *rawFixture {
 	}
 	list, _ := json.Marshal(map[string]any{"tools": tools})
 	call, _ := json.Marshal(map[string]any{"content": []map[string]any{{"type": "text", "text": fixtureText}}})
-	return &rawFixture{serviceTime: serviceTime, list: list, call: call, sessions: map[string]bool{}}
+	read, _ := json.Marshal(map[string]any{"contents": []map[string]any{{"uri": fixtureResource, "mimeType": "text/plain", "text": fixtureText}}})
+	return &rawFixture{serviceTime: serviceTime, list: list, call: call, read: read, sessions: map[string]bool{}}
 }
 
 type rawMessage struct {
@@ -46,6 +47,7 @@ type rawMessage struct {
 	Method string          `json:"method"`
 	Params struct {
 		Name            string `json:"name"`
+		URI             string `json:"uri"`
 		ProtocolVersion string `json:"protocolVersion"`
 	} `json:"params"`
 }
@@ -82,14 +84,18 @@ func (f *rawFixture) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case m.ID == nil: // a notification
 		w.WriteHeader(http.StatusAccepted)
 	case m.Method == "tools/list":
+		time.Sleep(f.serviceTime)
 		writeRPC(w, m.ID, f.list, "")
 	case m.Method == "tools/call" && slices.Contains(fixtureTools, m.Params.Name):
-		if f.serviceTime > 0 {
-			time.Sleep(f.serviceTime)
-		}
+		time.Sleep(f.serviceTime)
 		writeRPC(w, m.ID, f.call, "")
 	case m.Method == "tools/call":
 		writeRPC(w, m.ID, nil, `{"code":-32602,"message":"unknown tool"}`)
+	case m.Method == "resources/read" && m.Params.URI == fixtureResource:
+		time.Sleep(f.serviceTime)
+		writeRPC(w, m.ID, f.read, "")
+	case m.Method == "resources/read":
+		writeRPC(w, m.ID, nil, `{"code":-32002,"message":"resource not found"}`)
 	case m.Method == "ping":
 		writeRPC(w, m.ID, json.RawMessage(`{}`), "")
 	default:
@@ -108,7 +114,7 @@ func (f *rawFixture) initialize(w http.ResponseWriter, m rawMessage) {
 	if version == "" {
 		version = protocolVersion
 	}
-	result, _ := json.Marshal(map[string]any{"protocolVersion": version, "capabilities": map[string]any{"tools": map[string]any{}},
+	result, _ := json.Marshal(map[string]any{"protocolVersion": version, "capabilities": map[string]any{"tools": map[string]any{}, "resources": map[string]any{}},
 		"serverInfo": map[string]any{"name": "ctxgate-bench-raw-fixture", "version": "1.0.0"}})
 	w.Header().Set("Mcp-Session-Id", sid)
 	writeRPC(w, m.ID, result, "")

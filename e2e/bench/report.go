@@ -12,7 +12,13 @@ type figures struct {
 	rps, sut, upstream, fan spread // closed loop
 	p50, p90, p99, maxLat   spread // open loop, milliseconds
 	errors, sent            int64
+	cache                   cacheCounts // both phases
 }
+
+// cacheCounts are answers by their Ctxgate-Cache header.
+type cacheCounts struct{ hits, misses, other int64 }
+
+func (c cacheCounts) total() int64 { return c.hits + c.misses + c.other }
 
 // figures summarizes a target's rounds. For direct, the system under test
 // is the upstream itself.
@@ -33,6 +39,9 @@ func (r *result) figures() figures {
 		mx = append(mx, ms(s.Open.Latency.Max))
 		f.errors += s.Closed.Errors + s.Open.Errors
 		f.sent += s.Closed.Requests + s.Open.Requests
+		for _, ph := range []loadResult{s.Closed, s.Open} {
+			f.cache.hits, f.cache.misses, f.cache.other = f.cache.hits+ph.CacheHits, f.cache.misses+ph.CacheMisses, f.cache.other+ph.CacheOther
+		}
 	}
 	f.rps, f.sut, f.upstream, f.fan = spreadOf(rps), spreadOf(sut), spreadOf(up), spreadOf(fan)
 	f.p50, f.p90, f.p99, f.maxLat = spreadOf(p50), spreadOf(p90), spreadOf(p99), spreadOf(mx)
@@ -55,8 +64,8 @@ func (r *report) markdown() string {
 	if o.policyTime > 0 {
 		policyTimeout = o.policyTime.String()
 	}
-	fmt.Fprintf(&b, "- workload: MCP 2025-11-25 on %d established sessions, 4 tools/call : 1 tools/list; upstream: the %s fixture, service time %s; ctxgate policy.timeout %s\n",
-		o.sessions, o.fixture, o.serviceTime, policyTimeout)
+	fmt.Fprintf(&b, "- workload: MCP 2025-11-25 on %d established sessions, 3 tools/call (arguments cycling through %d keys) : 1 tools/list : 1 resources/read; upstream: the %s fixture, service time %s (each of those requests); ctxgate policy.timeout %s\n",
+		o.sessions, callKeys, o.fixture, o.serviceTime, policyTimeout)
 	if o.freshTokens > 0 {
 		fmt.Fprintf(&b, "- JWT targets: a new token for every request (%d signed per round), so every request's signature is verified\n", o.freshTokens)
 	}
@@ -83,10 +92,15 @@ func (r *report) markdown() string {
 			ratio(f.sut, direct.sut, hasDirect), ratio(f.sut, proxy.sut, hasProxy), fmtSpread(f.upstream, 1), fmtSpread(f.fan, 3),
 			fmtSpread(f.p50, 2), fmtSpread(f.p90, 2), fmtSpread(f.p99, 2), fmtNum(f.maxLat.Max, 2), f.errors, f.sent)
 	}
-	b.WriteString("| ctxgate-cached | not run: the response cache is being built on another branch; this row will measure a cache hit when it lands | | | | | | | | | | | |\n\n")
+	b.WriteString("\n")
 	b.WriteString(legend)
 	for _, res := range r.results {
 		fmt.Fprintf(&b, "- `%s`: %s\n", res.name, descriptions[res.name])
+	}
+	for _, res := range r.results {
+		if c := base[res.name].cache; c.total() > 0 {
+			fmt.Fprintf(&b, "\n%s: %s\n", res.name, c)
+		}
 	}
 	for _, res := range r.results {
 		if n := res.reusedTokens(); n > 0 {
@@ -100,12 +114,18 @@ func (r *report) markdown() string {
 	return b.String()
 }
 
+// String says how many answers the cache served, for the report.
+func (c cacheCounts) String() string {
+	return fmt.Sprintf("Ctxgate-Cache of the %d answers after warm-up: %d hit (%.2f%%), %d miss, %d other (stale or bypass)",
+		c.total(), c.hits, 100*float64(c.hits)/float64(max(c.total(), 1)), c.misses, c.other)
+}
+
 const legend = `Medians over the rounds, with the range (min–max) in parentheses. SUT CPU is the user+system
 CPU time of the system under test's process during the closed-loop phase (/proc/<pid>/stat), divided
 by the requests answered; for direct it is the upstream's. "× direct" divides by direct's figure
 (for CPU: the upstream's own cost of a request), "× go-proxy" by the bare Go proxy's. upstream
 req/req is the requests the upstream served per request answered (1.000: the proxy adds no upstream
-traffic). Latencies are from the open-loop phase, measured from each request's intended send time;
+traffic; near 0 for a target answering from its cache). Latencies are from the open-loop phase, measured from each request's intended send time;
 max is the largest of any round. errors counts failed or wrong answers of both phases, of all
 requests sent.
 

@@ -24,13 +24,15 @@ func TestMain(m *testing.M) {
 
 // TestSmoke runs every target briefly and asserts only that each answered
 // every request of both phases correctly: the load generator checks each
-// answer's id and content. Timings are never asserted. nginx is optional
+// answer's id and content. The cached target must also have answered from
+// its cache after warm-up (Ctxgate-Cache: hit), and no other target may
+// carry the header. Timings are never asserted. nginx is optional
 // (the full benchmark's extra row): it runs here only when installed.
 func TestSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts the gateway and the fixture as processes")
 	}
-	targets := []string{targetDirect, targetGoProxy, targetPass, targetES256, targetRS256}
+	targets := []string{targetDirect, targetGoProxy, targetPass, targetES256, targetRS256, targetCached}
 	if optionalTool(t, "nginx") {
 		targets = append(targets, targetNginx)
 	}
@@ -55,6 +57,16 @@ func TestSmoke(t *testing.T) {
 		}
 		if want := int64(o.rate * o.duration.Seconds()); s.Open.Requests != want || s.Open.Errors != 0 {
 			t.Errorf("%s open loop: %d of %d requests, %d errors, first: %s", name, s.Open.Requests, want, s.Open.Errors, s.Open.FirstError)
+		}
+		c := res.figures().cache
+		switch {
+		case name == targetCached && (c.hits == 0 || c.other != 0):
+			// Misses may remain after a short warm-up on a slow machine
+			// (each principal's keys are fetched once); stale or bypass
+			// answers mean the fixture's answers were not cached.
+			t.Errorf("%s: %s; want hits, and no stale or bypass answers", name, c)
+		case name != targetCached && c.total() != 0:
+			t.Errorf("%s: %s; want no Ctxgate-Cache header", name, c)
 		}
 	}
 	if t.Failed() {

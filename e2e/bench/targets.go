@@ -29,9 +29,10 @@ const (
 	targetPass    = "ctxgate"
 	targetES256   = "ctxgate-full-es256"
 	targetRS256   = "ctxgate-full-rs256"
+	targetCached  = "ctxgate-cached"
 )
 
-var allTargets = []string{targetDirect, targetGoProxy, targetNginx, targetPass, targetES256, targetRS256}
+var allTargets = []string{targetDirect, targetGoProxy, targetNginx, targetPass, targetES256, targetRS256, targetCached}
 
 // descriptions say what each target is, under the table.
 var descriptions = map[string]string{
@@ -41,7 +42,12 @@ var descriptions = map[string]string{
 	targetPass:    "ctxgate serve, anonymous, allow-all policy (`e2e/testdata/allow-all`): pass-through",
 	targetES256:   "ctxgate serve, OIDC JWT (ES256) + the shipped Rego policy (`policies/`) + decision log + forward",
 	targetRS256:   "as above with RS256 tokens",
+	targetCached:  "ctxgate-full-es256 with the upstream's response cache on for tools/list, resources/read and tools/call of the fixture's tools (TTL " + cacheTTL.String() + "): after warm-up every answer is a hit, served without the upstream",
 }
+
+// cacheTTL is the cached target's TTL: longer than any run, so that the
+// steady state is hits only.
+const cacheTTL = time.Hour
 
 // target is a running system under test.
 type target struct {
@@ -83,16 +89,16 @@ func (e *env) start(ctx context.Context, name string) (*target, error) {
 	case targetNginx:
 		return e.startNginx()
 	case targetPass:
-		return e.startCtxgate(ctx, name, "", "")
-	case targetES256, targetRS256:
-		alg := map[string]jose.SignatureAlgorithm{targetES256: jose.ES256, targetRS256: jose.RS256}[name]
+		return e.startCtxgate(ctx, name, "", "", false)
+	case targetES256, targetRS256, targetCached:
+		alg := map[string]jose.SignatureAlgorithm{targetES256: jose.ES256, targetRS256: jose.RS256, targetCached: jose.ES256}[name]
 		// One client per session, each with its own token, reused as a
 		// client reuses its access token until it expires.
 		tokens := filepath.Join(e.dir, name+".tokens")
 		if err := e.writeTokens(tokens, alg, max(e.sessions, 1), func(i int) string { return fmt.Sprintf("bench-client-%d", i) }); err != nil {
 			return nil, err
 		}
-		t, err := e.startCtxgate(ctx, name, e.issuer.URL, tokens)
+		t, err := e.startCtxgate(ctx, name, e.issuer.URL, tokens, name == targetCached)
 		if t != nil {
 			t.alg = alg
 		}
@@ -131,6 +137,7 @@ type ctxgateOptions struct {
 	issuer      string // OIDC issuer; "" for anonymous access
 	sessionKey  string
 	timeout     time.Duration // policy.timeout; 0: the gateway's default
+	cached      bool          // cache tools/list, resources/read and the fixture's tools/call for cacheTTL
 }
 
 // ctxgateConfig writes the configuration of a ctxgate target.
@@ -143,22 +150,28 @@ func ctxgateConfig(o ctxgateOptions) string {
 	if o.timeout > 0 {
 		timeout = ", timeout: " + o.timeout.String()
 	}
+	cache := ""
+	if o.cached {
+		tools, _ := json.Marshal(fixtureTools)
+		cache = fmt.Sprintf(", cache: {ttl: {tools/list: %[1]s, tools/call: %[1]s, resources/read: %[1]s}, max_ttl: %[1]s, tools: %[2]s}", cacheTTL, tools)
+	}
 	return fmt.Sprintf(`server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0"}
 sessions: {keys: [%q]}
 %spolicy: {dir: %q, decision_log: %q%s}
 upstreams:
-  - {name: fixture, url: %q}
-`, o.sessionKey, auth, o.policyDir, o.decisionLog, timeout, o.upstream)
+  - {name: fixture, url: %q%s}
+`, o.sessionKey, auth, o.policyDir, o.decisionLog, timeout, o.upstream, cache)
 }
 
 // startCtxgate runs `ctxgate serve`: pass-through when issuer is "", else
-// the full pipeline with the shipped policy.
-func (e *env) startCtxgate(ctx context.Context, name, issuerURL, tokens string) (*target, error) {
+// the full pipeline with the shipped policy, with the response cache on
+// when cached.
+func (e *env) startCtxgate(ctx context.Context, name, issuerURL, tokens string, cached bool) (*target, error) {
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
 	o := ctxgateOptions{upstream: e.upstream, policyDir: filepath.Join(e.root, "e2e", "testdata", "allow-all"),
-		decisionLog: "off", issuer: issuerURL, sessionKey: base64.StdEncoding.EncodeToString(key), timeout: e.timeout}
+		decisionLog: "off", issuer: issuerURL, sessionKey: base64.StdEncoding.EncodeToString(key), timeout: e.timeout, cached: cached}
 	if issuerURL != "" {
 		// The decision log is written, as in production, but to nowhere:
 		// its cost is encoding and a write per decision, not disk.

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -27,7 +28,9 @@ func TestCtxgateConfig(t *testing.T) {
 		{
 			name: "pass-through",
 			opts: ctxgateOptions{upstream: "http://127.0.0.1:1234/", policyDir: filepath.Join(root, "e2e", "testdata", "allow-all"), decisionLog: "off", sessionKey: key},
-			want: func(c *config.Config) bool { return c.Auth.Anonymous && len(c.Auth.OIDC) == 0 },
+			want: func(c *config.Config) bool {
+				return c.Auth.Anonymous && len(c.Auth.OIDC) == 0 && c.Upstreams[0].Cache == nil
+			},
 		},
 		{
 			name: "full pipeline",
@@ -35,6 +38,15 @@ func TestCtxgateConfig(t *testing.T) {
 			want: func(c *config.Config) bool {
 				return c.Policy.Timeout == 10*time.Second && !c.Auth.Anonymous && len(c.Auth.OIDC) == 1 && c.Auth.OIDC[0].Issuer == "http://127.0.0.1:5678" &&
 					c.Auth.OIDC[0].TokenType == "at+jwt" && c.Policy.DecisionLog == os.DevNull
+			},
+		},
+		{
+			name: "cached full pipeline",
+			opts: ctxgateOptions{upstream: "http://127.0.0.1:1234/", policyDir: filepath.Join(root, "policies"), decisionLog: os.DevNull, issuer: "http://127.0.0.1:5678", sessionKey: key, cached: true},
+			want: func(c *config.Config) bool {
+				uc := c.Upstreams[0].Cache
+				return !c.Auth.Anonymous && uc != nil && uc.TTL["tools/list"] == cacheTTL && uc.TTL["tools/call"] == cacheTTL &&
+					uc.TTL["resources/read"] == cacheTTL && slices.Equal(uc.Tools, fixtureTools) && len(uc.TTL) == 3
 			},
 		},
 	}
@@ -51,7 +63,7 @@ func TestCtxgateConfig(t *testing.T) {
 				t.Errorf("upstreams %+v, policy %+v", cfg.Upstreams, cfg.Policy)
 			}
 			if !tt.want(cfg) {
-				t.Errorf("config %+v is not the %s target's", cfg.Auth, tt.name)
+				t.Errorf("config %+v, upstream %+v is not the %s target's", cfg.Auth, cfg.Upstreams[0], tt.name)
 			}
 		})
 	}

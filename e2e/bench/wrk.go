@@ -23,7 +23,8 @@ func wrkScript(sessions []*session) string {
 	for _, s := range sessions {
 		fmt.Fprintf(&b, "  {id = %s, token = %s},\n", luaString(s.id), luaString(s.token))
 	}
-	fmt.Fprintf(&b, "}\nlocal list_every = %d\nlocal tool = %s\nlocal version = %s\n", listEvery, luaString(fixtureTool), luaString(protocolVersion))
+	fmt.Fprintf(&b, "}\nlocal mix_every, list_at, read_at = %d, %d, %d\nlocal call_keys = %d\nlocal tool = %s\nlocal resource = %s\nlocal version = %s\nlocal cache_header = %s\n",
+		mixEvery, listAt, readAt, callKeys, luaString(fixtureTool), luaString(fixtureResource), luaString(protocolVersion), luaString(cacheHeader))
 	b.WriteString(wrkLua)
 	return b.String()
 }
@@ -57,6 +58,7 @@ function init(args)
   n = base
   failed = 0
   first = ""
+  hits, misses, other = 0, 0, 0
 end
 
 function request()
@@ -66,15 +68,21 @@ function request()
     ["Mcp-Session-Id"] = s.id, ["Mcp-Protocol-Version"] = version}
   if s.token ~= "" then headers["Authorization"] = "Bearer " .. s.token end
   local body
-  if n % list_every == 1 then
+  if n % mix_every == list_at then
     body = string.format('{"jsonrpc":"2.0","id":%d,"method":"tools/list"}', n)
+  elseif n % mix_every == read_at then
+    body = string.format('{"jsonrpc":"2.0","id":%d,"method":"resources/read","params":{"uri":"%s"}}', n, resource)
   else
-    body = string.format('{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"%s","arguments":{"key":"k%d"}}}', n, tool, n)
+    body = string.format('{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"%s","arguments":{"key":"k%d"}}}', n, tool, n % call_keys)
   end
   return wrk.format("POST", nil, headers, body)
 end
 
 function response(status, headers, body)
+  local cached = headers[cache_header]
+  if cached == "hit" then hits = hits + 1
+  elseif cached == "miss" then misses = misses + 1
+  elseif cached ~= nil then other = other + 1 end
   if status ~= 200 or not body:find('"result":', 1, true) or body:find('"error":', 1, true) then
     failed = failed + 1
     if first == "" then
@@ -84,16 +92,17 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-  local failed, first = 0, ""
+  local failed, first, hits, misses, other = 0, "", 0, 0, 0
   for _, t in ipairs(threads) do
     failed = failed + t:get("failed")
+    hits, misses, other = hits + t:get("hits"), misses + t:get("misses"), other + t:get("other")
     if first == "" then first = t:get("first") end
   end
   local e = summary.errors
   local sock = e.connect + e.read + e.write + e.timeout
   if first == "" and sock > 0 then first = "socket errors" end
-  io.write(string.format('{"requests":%d,"errors":%d,"seconds":%.6f,"first_error":"%s"}\n',
-    summary.requests, failed + sock, summary.duration / 1e6, first))
+  io.write(string.format('{"requests":%d,"errors":%d,"seconds":%.6f,"first_error":"%s","cache_hits":%d,"cache_misses":%d,"cache_other":%d}\n',
+    summary.requests, failed + sock, summary.duration / 1e6, first, hits, misses, other))
 end
 `
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -54,6 +55,17 @@ func TestWrkClosedLoop(t *testing.T) {
 	r, err := wrkClosedLoop(t.Context(), t.TempDir(), []*session{s}, 2, time.Second)
 	if err != nil || r.Requests == 0 || r.Errors != 0 {
 		t.Errorf("wrk on a good session: %+v, %v", r, err)
+	}
+	// Answers are tallied by their Ctxgate-Cache header.
+	hits := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(cacheHeader, "hit")
+		srv.Config.Handler.ServeHTTP(w, r)
+	}))
+	defer hits.Close()
+	s.url = hits.URL + "/"
+	r, err = wrkClosedLoop(t.Context(), t.TempDir(), []*session{s}, 2, time.Second)
+	if err != nil || r.Requests == 0 || r.Errors != 0 || r.CacheHits == 0 || r.CacheMisses != 0 || r.CacheOther != 0 {
+		t.Errorf("wrk through a cache that hits: %+v, %v; want only hits", r, err)
 	}
 	forged := &session{hc: srv.Client(), url: srv.URL + "/", id: "forged"}
 	r, err = wrkClosedLoop(t.Context(), t.TempDir(), []*session{forged}, 2, time.Second)

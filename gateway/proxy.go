@@ -148,7 +148,12 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 	if resp.Request.Method == http.MethodDelete && resp.StatusCode < 300 {
 		s.metrics.sessionsEnded.WithLabelValues(fwd.route.upstream.Name).Inc()
 	}
-	ctx := resp.Request.Context()
+	// The attempt's context ends when its body is closed (failsafe-go
+	// cancels it then), which for a JSON answer is before the policy reads
+	// it: decisions run on its values without its cancellation. Each is
+	// still bounded by policy.timeout, and a relay stops deciding when the
+	// client goes (the proxy closes it).
+	ctx := context.WithoutCancel(resp.Request.Context())
 	switch {
 	case isEventStream(h):
 		// Tell buffering proxies in front of us to pass events through.

@@ -49,6 +49,9 @@ func (s *Server) authorize(r *http.Request, fwd *forward, st *requestState) erro
 		if !ok {
 			continue // a client's answer to a server request decided earlier
 		}
+		if err := checkClientMethod(req); err != nil {
+			return err
+		}
 		in := s.policyInput(r, fwd, st, req)
 		d := s.decide(r.Context(), policy.PhaseRequest, in)
 		if !d.Allow {

@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -67,7 +69,7 @@ func startAttackEnv(t *testing.T) *attackEnv {
 	rec := startRecorder(t, startEverything(t))
 	recM := startRecorder(t, startEverythingMode(t, true))
 	gw := startGateway(t, fmt.Sprintf(`
-server: {listen: "127.0.0.1:0", max_body_bytes: %d, max_header_bytes: 16384, read_header_timeout: 2s}
+server: {listen: "127.0.0.1:0", max_body_bytes: %d, max_header_bytes: 16384, read_header_timeout: 2s, read_body_timeout: 2s}
 admin: {listen: "127.0.0.1:0"}
 policy: {dir: %q, decision_log: stderr}
 auth:
@@ -179,6 +181,80 @@ func TestAttackCorpus(t *testing.T) {
 			resp, body := env.send(t, env.rawRequest(t, sections["request"]))
 			env.check(t, env.substitute(string(sections["want"])), resp, body, before)
 		})
+	}
+	t.Run("slow/headers", env.testSlowHeaders)
+	t.Run("slow/body", env.testSlowBody)
+}
+
+// stalled opens n connections that each send raw and then nothing more.
+func (env *attackEnv) stalled(t *testing.T, n int, raw string) []net.Conn {
+	t.Helper()
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		c, err := net.DialTimeout("tcp", env.host, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if _, err := io.WriteString(c, raw); err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c
+	}
+	return conns
+}
+
+// responsive checks that a well-behaved client is served meanwhile.
+func (env *attackEnv) responsive(t *testing.T) {
+	t.Helper()
+	c := &rpc{url: env.gw.URL + "/mcp/everything", session: env.vars["{{SESSION_A}}"], header: http.Header{"Authorization": {"Bearer " + attackKeyA}}}
+	if resp := c.post(t, `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`); resp.StatusCode != http.StatusOK {
+		t.Errorf("a normal request beside the slow clients: %s", resp.Status)
+	}
+}
+
+// testSlowHeaders: slowloris. Connections that never finish their headers
+// are closed after server.read_header_timeout (2s here) without an answer,
+// and the gateway serves other clients meanwhile.
+func (env *attackEnv) testSlowHeaders(t *testing.T) {
+	before := env.forwarded()
+	conns := env.stalled(t, 50, "POST /mcp/everything HTTP/1.1\r\nHost: "+env.host+"\r\nX-Slow: a")
+	env.responsive(t)
+	for _, c := range conns {
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, err := c.Read(make([]byte, 512))
+		if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("a connection stalled in its headers was not closed: read %d bytes, %v", n, err)
+		}
+	}
+	if got := env.forwarded() - before; got != 1 {
+		t.Errorf("the upstream received %d requests, want 1 (the normal one)", got)
+	}
+}
+
+// testSlowBody: headers in time, then a body that stops coming. The
+// request is answered 408 after server.read_body_timeout (2s here) and
+// nothing is forwarded.
+func (env *attackEnv) testSlowBody(t *testing.T) {
+	before := env.forwarded()
+	head := "POST /mcp/everything HTTP/1.1\r\nHost: " + env.host + "\r\nAuthorization: Bearer " + attackKeyA +
+		"\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: " +
+		env.vars["{{SESSION_A}}"] + "\r\nContent-Length: 100\r\n\r\n{\"jsonrpc\":"
+	conns := env.stalled(t, 20, head)
+	env.responsive(t)
+	for _, c := range conns {
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("a stalled body got no answer: %v", err)
+		}
+		e := decodeError(t, resp)
+		if resp.StatusCode != http.StatusRequestTimeout || e.Error.Code != -31006 {
+			t.Errorf("stalled body: %s %d, want 408 -31006", resp.Status, e.Error.Code)
+		}
+	}
+	if got := env.forwarded() - before; got != 1 {
+		t.Errorf("the upstream received %d requests, want 1 (the normal one)", got)
 	}
 }
 

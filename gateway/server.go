@@ -290,6 +290,7 @@ func (s *Server) recoverer(next http.Handler) http.Handler {
 
 func (s *Server) limitBody(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		bodyDeadline(w, r, s.cfg.Server.ReadBodyTimeout)
 		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.Server.MaxBodyBytes)
 		next.ServeHTTP(w, r)
 	})

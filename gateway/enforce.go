@@ -24,6 +24,9 @@ var listMethods = map[string]bool{"tools/list": true, "prompts/list": true, "res
 type exchange struct {
 	input  *policy.Input
 	redact []policy.Redaction
+	// answered: the upstream's response to it has been relayed; another
+	// with the same id is dropped (claimResponse).
+	answered bool
 }
 
 // idKey makes a JSON-RPC id usable as a map key ("s:x" or "n:1").
@@ -136,6 +139,10 @@ func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte
 	}
 	switch m := msg.(type) {
 	case *jsonrpc.Response:
+		if !fwd.claimResponse(m.ID) {
+			s.dropStrayResponse(ctx, fwd, m.ID)
+			return nil, true
+		}
 		return s.filterResponse(ctx, fwd, m, data), false
 	case *jsonrpc.Request:
 		if m.ID.IsValid() && fwd.bridge != nil {
@@ -170,6 +177,7 @@ func (s *Server) filterResponse(ctx context.Context, fwd *forward, m *jsonrpc.Re
 	method := ex.input.Method
 	if method == "tools/list" {
 		s.catalog.learnTools(fwd.route.upstream.Name, result)
+		result = s.neutraliseToolText(ctx, fwd, result)
 	}
 	var err error
 	if listMethods[method] {

@@ -73,7 +73,8 @@ func (u *obsUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ID     json.RawMessage `json:"id"`
 		Method string          `json:"method"`
 		Params struct {
-			Name string `json:"name"`
+			Name   string `json:"name"`
+			Cursor string `json:"cursor"`
 		} `json:"params"`
 	}
 	_ = json.Unmarshal(body, &msg)
@@ -94,6 +95,7 @@ func (u *obsUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		reply(`"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},"serverInfo":{"name":"obs","version":"1"}}`)
 	case msg.ID == nil:
 		w.WriteHeader(http.StatusAccepted)
+	case untrustedAnswer(w, msg.Method, msg.Params.Name+msg.Params.Cursor, msg.ID):
 	case msg.Method == "tools/list":
 		reply(`"result":{"tools":[{"name":"echo","inputSchema":{"type":"object"}},{"name":"fails","inputSchema":{"type":"object"}},{"name":"forbidden","inputSchema":{"type":"object"}}]}`)
 	case msg.Method == "tools/call" && msg.Params.Name == "echo":

@@ -163,6 +163,13 @@ type Upstream struct {
 	// speaks only the legacy era. False: such clients are told the route
 	// is legacy only (-32022) and fall back to initialize.
 	Bridge bool `yaml:"bridge"`
+	// PinTools, when set, pins this upstream's tool definitions and
+	// quarantines changed ones. Nil: no pinning.
+	PinTools *PinTools `yaml:"pin_tools"`
+	// ValidateArguments, when true, checks tools/call arguments against the
+	// tool's inputSchema (from the upstream's tools/list) before forwarding;
+	// invalid ones are answered -32602 and never sent.
+	ValidateArguments bool `yaml:"validate_arguments"`
 }
 
 // Defaults. Exported so documentation and tests can refer to them.

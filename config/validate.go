@@ -168,5 +168,6 @@ func (v *validator) upstreams(ups []Upstream, hasOIDC bool) {
 		}
 		v.routeAuth(path, up, hasOIDC)
 		v.resilience(path, &up)
+		v.pinTools(path, up.PinTools)
 	}
 }

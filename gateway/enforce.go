@@ -65,6 +65,11 @@ func (s *Server) authorize(r *http.Request, fwd *forward, st *requestState) erro
 			}
 			return e
 		}
+		if in.Tool != nil {
+			if err := s.checkPinnedCall(fwd, req, in.Tool.Pin); err != nil {
+				return err
+			}
+		}
 		if req.ID.IsValid() {
 			if fwd.exchanges == nil {
 				fwd.exchanges = map[string]*exchange{}
@@ -175,11 +180,14 @@ func (s *Server) filterResponse(ctx context.Context, fwd *forward, m *jsonrpc.Re
 	}
 	result := []byte(m.Result)
 	method := ex.input.Method
+	var err error
 	if method == "tools/list" {
 		s.catalog.learnTools(fwd.route.upstream.Name, result)
-		result = s.neutraliseToolText(ctx, fwd, result)
+		// Pins are digests of what the upstream sent, before any rewriting.
+		if result, err = s.screenTools(ctx, fwd, result); err == nil {
+			result = s.neutraliseToolText(ctx, fwd, result)
+		}
 	}
-	var err error
 	if listMethods[method] {
 		result, _, err = s.policy.FilterList(ctx, ex.input, result)
 	}

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/fstest"
 	"time"
@@ -58,6 +59,8 @@ default visible := true
 // for an unknown tool, holds GET streams
 // open until the client leaves, and records every request's headers.
 type obsUpstream struct {
+	// tools, when set, is the tools array tools/list answers with.
+	tools   atomic.Pointer[string]
 	mu      sync.Mutex
 	headers []http.Header
 	bodies  [][]byte
@@ -96,6 +99,8 @@ func (u *obsUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case msg.ID == nil:
 		w.WriteHeader(http.StatusAccepted)
 	case untrustedAnswer(w, msg.Method, msg.Params.Name+msg.Params.Cursor, msg.ID):
+	case msg.Method == "tools/list" && u.tools.Load() != nil:
+		reply(`"result":{"tools":` + *u.tools.Load() + `}`)
 	case msg.Method == "tools/list":
 		reply(`"result":{"tools":[{"name":"echo","inputSchema":{"type":"object"}},{"name":"fails","inputSchema":{"type":"object"}},{"name":"forbidden","inputSchema":{"type":"object"}}]}`)
 	case msg.Method == "tools/call" && msg.Params.Name == "echo":
@@ -148,6 +153,8 @@ func (g *obsGateway) logs(t *testing.T) string {
 type obsOptions struct {
 	pprof          bool
 	tracerProvider trace.TracerProvider
+	// upstreamConfig is added to the "up" upstream's config (", key: value").
+	upstreamConfig string
 }
 
 func hexSHA256(s string) string {
@@ -157,7 +164,12 @@ func hexSHA256(s string) string {
 
 func startObsGateway(t *testing.T, o obsOptions) *obsGateway {
 	t.Helper()
-	up := &obsUpstream{}
+	return startObsGatewayWith(t, o, &obsUpstream{})
+}
+
+// startObsGatewayWith is startObsGateway in front of a prepared upstream.
+func startObsGatewayWith(t *testing.T, o obsOptions, up *obsUpstream) *obsGateway {
+	t.Helper()
 	upSrv := httptest.NewServer(up)
 	t.Cleanup(upSrv.Close)
 	dead := httptest.NewServer(http.NotFoundHandler())
@@ -167,8 +179,8 @@ server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0", token_sha256: %q, pprof: %t}
 auth: {api_keys: [{name: ci, sha256: %q}]}
 policy: {dir: unused-the-test-passes-an-engine}
-upstreams: [{name: up, url: %q}, {name: down, url: %q}]
-`, hexSHA256(obsAdminToken), o.pprof, hexSHA256(obsAPIKey), upSrv.URL, dead.URL), func(string) (string, bool) { return "", false })
+upstreams: [{name: up, url: %q%s}, {name: down, url: %q}]
+`, hexSHA256(obsAdminToken), o.pprof, hexSHA256(obsAPIKey), upSrv.URL, o.upstreamConfig, dead.URL), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,6 +301,14 @@ func (c *obsClient) initialize(t *testing.T) {
 	if resp, body := c.post(t, `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`); resp.StatusCode != http.StatusOK {
 		t.Fatalf("tools/list: %s %s", resp.Status, body)
 	}
+}
+
+// adminPost posts to an admin endpoint with the admin token.
+func (g *obsGateway) adminPost(t *testing.T, path string) (int, string) {
+	t.Helper()
+	resp := send(t, http.MethodPost, g.Admin+path, "", "", http.Header{"Authorization": {"Bearer " + obsAdminToken}})
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
 
 // adminGet fetches an admin endpoint, with the admin token if withToken.

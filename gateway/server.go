@@ -103,6 +103,8 @@ type Server struct {
 	policy decider
 	// catalog remembers upstream tool annotations for decisions.
 	catalog *catalog
+	// pins holds the tool pins of upstreams with pin_tools (pinning.go).
+	pins    *pinStore
 	metrics *Metrics
 	tracer  trace.Tracer
 	// adminToken is the SHA-256 of the admin bearer token; nil: none.
@@ -153,6 +155,9 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 		return nil, err
 	}
 	if s.auth, err = newAuthenticator(cfg.Auth); err != nil {
+		return nil, err
+	}
+	if s.pins, err = newPinStore(cfg.Upstreams); err != nil {
 		return nil, err
 	}
 	if cfg.Server.TLS != nil {

@@ -69,6 +69,9 @@ func (s *Server) authorize(r *http.Request, fwd *forward, st *requestState) erro
 			if err := s.checkPinnedCall(fwd, req, in.Tool.Pin); err != nil {
 				return err
 			}
+			if err := s.checkArguments(r.Context(), fwd, req); err != nil {
+				return err
+			}
 		}
 		if req.ID.IsValid() {
 			if fwd.exchanges == nil {
@@ -183,6 +186,7 @@ func (s *Server) filterResponse(ctx context.Context, fwd *forward, m *jsonrpc.Re
 	var err error
 	if method == "tools/list" {
 		s.catalog.learnTools(fwd.route.upstream.Name, result)
+		s.learnSchemas(fwd, result)
 		// Pins are digests of what the upstream sent, before any rewriting.
 		if result, err = s.screenTools(ctx, fwd, result); err == nil {
 			result = s.neutraliseToolText(ctx, fwd, result)

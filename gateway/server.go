@@ -104,7 +104,9 @@ type Server struct {
 	// catalog remembers upstream tool annotations for decisions.
 	catalog *catalog
 	// pins holds the tool pins of upstreams with pin_tools (pinning.go).
-	pins    *pinStore
+	pins *pinStore
+	// schemas holds tool input schemas for argument validation (argschema.go).
+	schemas *schemaStore
 	metrics *Metrics
 	tracer  trace.Tracer
 	// adminToken is the SHA-256 of the admin bearer token; nil: none.
@@ -129,7 +131,7 @@ type Server struct {
 
 // New builds a gateway for a validated configuration.
 func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error) {
-	s := &Server{cfg: cfg, pool: pool, log: opts.Logger, origins: newOriginGuard(cfg.Server), buffers: newBufferPool(), catalog: newCatalog()}
+	s := &Server{cfg: cfg, pool: pool, log: opts.Logger, origins: newOriginGuard(cfg.Server), buffers: newBufferPool(), catalog: newCatalog(), schemas: newSchemaStore()}
 	if opts.Policy != nil {
 		s.policy = opts.Policy
 	}

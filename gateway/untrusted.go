@@ -72,13 +72,12 @@ func (s *Server) neutraliseToolText(ctx context.Context, fwd *forward, result []
 	return out
 }
 
-// toolTextKeys are the members of a tool whose string values a client shows
-// to people or models.
-var toolTextKeys = []string{"title", "description"}
-
-// toolSchemaKeys are the members of a tool holding nested objects whose
-// "title" and "description" strings are shown too.
-var toolSchemaKeys = []string{"inputSchema", "outputSchema", "annotations"}
+// isTextKey reports the members whose string values a client shows to
+// people or models. Case-insensitively: Go's encoding/json would read
+// "Description" as the description (the CVE-2026-27896 class).
+func isTextKey(k string) bool {
+	return strings.EqualFold(k, "title") || strings.EqualFold(k, "description")
+}
 
 // neutraliseTools returns a tools/list result with the text of every tool
 // neutralised (see neutralise), and the names of the tools that changed.
@@ -115,24 +114,20 @@ func neutraliseTools(result []byte) ([]byte, []string) {
 	return out, changed
 }
 
-// neutraliseTool rewrites one tool's text members in place.
+// neutraliseTool rewrites one tool's text members in place, at any depth
+// (the schemas and annotations hold titles and descriptions too).
 func neutraliseTool(tool map[string]json.RawMessage) bool {
 	changed := false
-	for _, k := range toolTextKeys {
+	for k, raw := range tool {
 		var s string
-		if json.Unmarshal(tool[k], &s) != nil {
+		if isTextKey(k) && json.Unmarshal(raw, &s) == nil {
+			if clean := neutralise(s); clean != s {
+				tool[k], _ = marshalPlain(clean)
+				changed = true
+			}
 			continue
 		}
-		if clean := neutralise(s); clean != s {
-			tool[k], _ = marshalPlain(clean)
-			changed = true
-		}
-	}
-	for _, k := range toolSchemaKeys {
-		if tool[k] == nil {
-			continue
-		}
-		dec := json.NewDecoder(bytes.NewReader(tool[k]))
+		dec := json.NewDecoder(bytes.NewReader(raw))
 		dec.UseNumber() // numbers keep their exact text
 		var v any
 		if dec.Decode(&v) != nil || !neutraliseTree(v) {
@@ -147,13 +142,13 @@ func neutraliseTool(tool map[string]json.RawMessage) bool {
 }
 
 // neutraliseTree neutralises, at any depth, the string value of every
-// "title" and "description" member.
+// title and description member.
 func neutraliseTree(v any) bool {
 	changed := false
 	switch v := v.(type) {
 	case map[string]any:
 		for k, child := range v {
-			if s, ok := child.(string); ok && (k == "title" || k == "description") {
+			if s, ok := child.(string); ok && isTextKey(k) {
 				if clean := neutralise(s); clean != s {
 					v[k] = clean
 					changed = true

@@ -24,11 +24,13 @@ var clientMethods = map[string]bool{
 // define for clients: the server-only requests (sampling/createMessage,
 // elicitation/create, roots/list), which a confused upstream might act on
 // as if its own peer had asked, and unknown methods, about which no policy
-// can reason. Nothing is forwarded. Notifications are not checked: they
-// get no answer, and the policy still decides each one.
+// can reason. Nothing is forwarded. The answer is 404 with -32601, as the
+// 2026-07-28 revision requires of a server (SEP-2575), in both eras.
+// Notifications are not checked: they get no answer, and the policy still
+// decides each one.
 func checkClientMethod(req *jsonrpc.Request) error {
 	if !req.ID.IsValid() || clientMethods[req.Method] {
 		return nil
 	}
-	return newError(http.StatusOK, CodeMethodNotFound, "method not found: "+quote(clip(req.Method, 128)), nil)
+	return newError(http.StatusNotFound, CodeMethodNotFound, "method not found: "+quote(clip(req.Method, 128)), nil)
 }

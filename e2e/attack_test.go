@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -184,6 +185,43 @@ func TestAttackCorpus(t *testing.T) {
 	}
 	t.Run("slow/headers", env.testSlowHeaders)
 	t.Run("slow/body", env.testSlowBody)
+	t.Run("mcp/id-collision", env.testIDCollision)
+}
+
+// testIDCollision: two principals use the same JSON-RPC id at the same
+// time on one upstream; each gets the answer to its own request, never the
+// other's (text content for Alice's tool, image content for Bob's).
+func (env *attackEnv) testIDCollision(t *testing.T) {
+	const body = `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":%q,"arguments":{},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}`
+	var wg sync.WaitGroup
+	errs := make(chan string, 40)
+	for i := range 40 {
+		key, tool, want := attackKeyA, "test_simple_text", `"type":"text"`
+		if i%2 == 1 {
+			key, tool, want = attackKeyB, "test_image_content", `"type":"image"`
+		}
+		wg.Go(func() {
+			req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, env.gw.URL+"/mcp/modern", strings.NewReader(fmt.Sprintf(body, tool)))
+			req.Header = http.Header{"Authorization": {"Bearer " + key}, "Content-Type": {"application/json"},
+				"Accept": {"application/json, text/event-stream"}, "Mcp-Protocol-Version": {"2026-07-28"},
+				"Mcp-Method": {"tools/call"}, "Mcp-Name": {tool}}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				errs <- err.Error()
+				return
+			}
+			defer resp.Body.Close()
+			got, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != http.StatusOK || !strings.Contains(string(got), want) || !strings.Contains(string(got), `"id":1`) {
+				errs <- fmt.Sprintf("%s called %s: %s %.200s", key, tool, resp.Status, got)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
 }
 
 // stalled opens n connections that each send raw and then nothing more.

@@ -41,6 +41,9 @@ import (
 //	                                          (found by X-Request-Id); "log: none"
 //	                                          means net/http refused the request
 //	                                          before the gateway saw it
+//	                decision: k=v k=v         fields (dotted paths) of the request's
+//	                                          decision-log record; "decision: none"
+//	                                          means the policy was never asked
 //	                forwarded: 1              requests the upstream saw (default 0)
 //	                upstream-header: N: v     a header of the last forwarded request
 //	                upstream-noheader: N      a header it must not have
@@ -327,6 +330,8 @@ func (env *attackEnv) check(t *testing.T, want string, resp *http.Response, body
 			}
 		case "log":
 			env.checkLog(t, resp, val)
+		case "decision":
+			env.checkDecision(t, resp, val)
 		case "forwarded":
 			forwarded, _ = strconv.Atoi(val)
 		case "upstream-header", "upstream-noheader":
@@ -367,6 +372,42 @@ func (env *attackEnv) checkLog(t *testing.T, resp *http.Response, want string) {
 		k, v, _ := strings.Cut(kv, "=")
 		if got := fmt.Sprint(rec[k]); got != v {
 			t.Errorf("access record %s = %q, want %q (record %v)", k, got, v, rec)
+		}
+	}
+}
+
+// checkDecision finds the request's decision-log record (by request id,
+// once its access record is written; the request-phase one, the first) and
+// compares fields.
+func (env *attackEnv) checkDecision(t *testing.T, resp *http.Response, want string) {
+	t.Helper()
+	id := resp.Header.Get("X-Request-Id")
+	env.checkLog(t, resp, "request_id="+id) // the access record comes after any decision
+	var rec map[string]any
+	for _, r := range logRecords(env.gw.stderr.String()) {
+		if r["request_id"] == id && r["decision_id"] != nil {
+			rec = r
+			break
+		}
+	}
+	if want == "none" {
+		if rec != nil {
+			t.Errorf("the policy was asked: %v", rec)
+		}
+		return
+	}
+	if rec == nil {
+		t.Fatalf("no decision record for request %s", id)
+	}
+	for _, kv := range strings.Fields(want) {
+		k, v, _ := strings.Cut(kv, "=")
+		var got any = rec
+		for _, part := range strings.Split(k, ".") {
+			m, _ := got.(map[string]any)
+			got = m[part]
+		}
+		if fmt.Sprint(got) != v {
+			t.Errorf("decision record %s = %q, want %q", k, fmt.Sprint(got), v)
 		}
 	}
 }

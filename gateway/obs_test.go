@@ -155,6 +155,8 @@ type obsOptions struct {
 	tracerProvider trace.TracerProvider
 	// upstreamConfig is added to the "up" upstream's config (", key: value").
 	upstreamConfig string
+	// policy replaces obsPolicy.
+	policy string
 }
 
 func hexSHA256(s string) string {
@@ -194,7 +196,15 @@ upstreams: [{name: up, url: %q%s}, {name: down, url: %q}]
 	}
 	t.Cleanup(func() { logFile.Close() })
 	log := slog.New(slog.NewJSONHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	engine := newObsEngine(t, log, nil)
+	rego := obsPolicy
+	if o.policy != "" {
+		rego = o.policy
+	}
+	engine, err := policy.New(policy.Options{FS: fstest.MapFS{"authz.rego": {Data: []byte(rego)}}, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(engine.Close)
 	pool, err := upstream.NewPool(cfg.Upstreams)
 	if err != nil {
 		t.Fatal(err)

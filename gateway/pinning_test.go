@@ -119,3 +119,31 @@ func TestToolPinningFile(t *testing.T) {
 		t.Errorf("GET /admin/pins: %d %s; want echo new", status, body)
 	}
 }
+
+// TestToolPinInPolicyInput: the policy sees input.tool.pin, and can refuse
+// calls to tools the gateway never saw listed.
+func TestToolPinInPolicyInput(t *testing.T) {
+	const onlyPinned = `package ctxgate.authz
+
+default allow := false
+
+allow if input.method != "tools/call"
+
+allow if input.tool.pin == "pinned"
+
+default visible := true
+`
+	up := &obsUpstream{}
+	v1 := echoV1
+	up.tools.Store(&v1)
+	g := startObsGatewayWith(t, obsOptions{upstreamConfig: ", pin_tools: {mode: record}", policy: onlyPinned}, up)
+	c := &obsClient{g: g}
+	c.initialize(t)
+	if code := callCode(t, c); code != 0 {
+		t.Errorf("call of the pinned tool: code %d, want allowed", code)
+	}
+	_, body := c.post(t, `{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"never_listed","arguments":{}}}`)
+	if !strings.Contains(body, `"code":-32602`) {
+		t.Errorf("call of a tool never listed (pin new): %s; want the policy's refusal (-32602, as an unknown tool)", body)
+	}
+}

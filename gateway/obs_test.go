@@ -200,11 +200,7 @@ upstreams: [{name: up, url: %q%s}, {name: down, url: %q}]
 	if o.policy != "" {
 		rego = o.policy
 	}
-	engine, err := policy.New(policy.Options{FS: fstest.MapFS{"authz.rego": {Data: []byte(rego)}}, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(engine.Close)
+	engine := newEngine(t, rego, log, nil)
 	pool, err := upstream.NewPool(cfg.Upstreams)
 	if err != nil {
 		t.Fatal(err)
@@ -243,7 +239,13 @@ upstreams: [{name: up, url: %q%s}, {name: down, url: %q}]
 // none).
 func newObsEngine(t *testing.T, log *slog.Logger, decisions io.Writer) *policy.Engine {
 	t.Helper()
-	engine, err := policy.New(policy.Options{FS: fstest.MapFS{"authz.rego": {Data: []byte(obsPolicy)}}, DecisionLog: decisions, Logger: log})
+	return newEngine(t, obsPolicy, log, decisions)
+}
+
+// newEngine runs the policy rego.
+func newEngine(t *testing.T, rego string, log *slog.Logger, decisions io.Writer) *policy.Engine {
+	t.Helper()
+	engine, err := policy.New(policy.Options{FS: fstest.MapFS{"authz.rego": {Data: []byte(rego)}}, DecisionLog: decisions, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,8 @@ type PinTools struct {
 	// File holds the pins as JSON, for an operator to review. Required with
 	// mode file (it must exist); optional with mode record, where pins are
 	// loaded from it if it exists and written to it as tools are recorded
-	// or approved. Without it, record-mode pins live in memory only.
+	// or approved. Without it, record-mode pins live in memory only. The
+	// file is read again when it changes (checked at each tools/list).
 	File string `yaml:"file"`
 }
 

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/go-json-experiment/json/jsontext"
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
@@ -55,6 +56,7 @@ type pinSet struct {
 	mu         sync.Mutex
 	pins       map[string]pinEntry
 	seen       map[string]pinEntry
+	loaded     time.Time // the pin file's modification time when last read or written
 }
 
 // pinStore holds the pin sets of the upstreams that pin. A nil store (or
@@ -70,25 +72,55 @@ func newPinStore(ups []config.Upstream) (*pinStore, error) {
 			continue
 		}
 		set := &pinSet{mode: up.PinTools.Mode, file: up.PinTools.File, pins: map[string]pinEntry{}, seen: map[string]pinEntry{}}
-		if set.file != "" {
-			b, err := os.ReadFile(set.file)
-			switch {
-			case errors.Is(err, os.ErrNotExist) && set.mode == config.PinRecord:
-			case err != nil:
-				return nil, fmt.Errorf("upstreams[%d].pin_tools.file: %w", i, err)
-			default:
-				var f pinFile
-				if err := json.Unmarshal(b, &f); err != nil {
-					return nil, fmt.Errorf("upstreams[%d].pin_tools.file %s: %w", i, set.file, err)
-				}
-				for name, e := range f.Tools {
-					set.pins[name] = e
-				}
-			}
+		if err := set.load(); err != nil {
+			return nil, fmt.Errorf("upstreams[%d].pin_tools.file: %w", i, err)
 		}
 		st.sets[up.Name] = set
 	}
 	return st, nil
+}
+
+// load reads the pin file, if there is one; in mode record it may not
+// exist yet.
+func (p *pinSet) load() error {
+	if p.file == "" {
+		return nil
+	}
+	info, err := os.Stat(p.file)
+	if errors.Is(err, os.ErrNotExist) && p.mode == config.PinRecord {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile(p.file)
+	if err != nil {
+		return err
+	}
+	var f pinFile
+	if err := json.Unmarshal(b, &f); err != nil {
+		return fmt.Errorf("%s: %w", p.file, err)
+	}
+	p.pins = map[string]pinEntry{}
+	for name, e := range f.Tools {
+		p.pins[name] = e
+	}
+	p.loaded = info.ModTime()
+	return nil
+}
+
+// reloadLocked reads the pin file again when an operator changed it (an
+// approval by editing the file). A file that cannot be read keeps the
+// pins in force: it fails closed for changed tools either way.
+func (p *pinSet) reloadLocked() error {
+	if p.file == "" {
+		return nil
+	}
+	info, err := os.Stat(p.file)
+	if err != nil || info.ModTime().Equal(p.loaded) {
+		return nil
+	}
+	return p.load()
 }
 
 func (st *pinStore) set(upstreamName string) *pinSet {
@@ -159,6 +191,9 @@ func (p *pinSet) screen(result []byte) ([]byte, []string, error) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if err := p.reloadLocked(); err != nil {
+		return nil, nil, fmt.Errorf("reload pin file: %w", err)
+	}
 	kept, hidden, recorded := tools[:0], []string(nil), false
 	for _, tool := range tools {
 		var name string
@@ -232,7 +267,13 @@ func (p *pinSet) saveLocked() error {
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("write pin file: %w", err)
 	}
-	return os.Rename(tmp.Name(), p.file)
+	if err := os.Rename(tmp.Name(), p.file); err != nil {
+		return fmt.Errorf("write pin file: %w", err)
+	}
+	if info, err := os.Stat(p.file); err == nil {
+		p.loaded = info.ModTime() // our own write is not an operator's edit
+	}
+	return nil
 }
 
 // screenTools applies the upstream's pins to a tools/list result. A

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ctxgate/ctxgate/gateway"
 )
@@ -115,8 +116,26 @@ func TestToolPinningFile(t *testing.T) {
 	if got := listedTools(t, c); len(got) != 0 || callCode(t, c) != gateway.CodeToolQuarantined {
 		t.Errorf("unpinned tool in mode file: tools %v; want it hidden and refused", got)
 	}
-	if status, body := g.adminGet(t, "/admin/pins", true); !strings.Contains(body, `"status":"new"`) {
-		t.Errorf("GET /admin/pins: %d %s; want echo new", status, body)
+	status, body := g.adminGet(t, "/admin/pins", true)
+	var pins struct {
+		Upstreams map[string][]struct{ Tool, Status, Seen string }
+	}
+	if err := json.Unmarshal([]byte(body), &pins); err != nil || len(pins.Upstreams["up"]) != 1 || pins.Upstreams["up"][0].Status != "new" {
+		t.Fatalf("GET /admin/pins: %d %s; want echo new", status, body)
+	}
+
+	// The operator approves by writing the pin file: it is read again at
+	// the next tools/list.
+	approved := fmt.Sprintf(`{"tools":{"echo":{"digest":%q}}}`, pins.Upstreams["up"][0].Seen)
+	if err := os.WriteFile(file, []byte(approved), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	later := time.Now().Add(time.Minute) // a modification time that differs, whatever the clock's grain
+	if err := os.Chtimes(file, later, later); err != nil {
+		t.Fatal(err)
+	}
+	if got := listedTools(t, c); strings.Join(got, ",") != "echo" || callCode(t, c) != 0 {
+		t.Errorf("after approval in the pin file: tools %v; want echo listed and callable", got)
 	}
 }
 

@@ -151,7 +151,12 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 	if resp.Request.Method == http.MethodDelete && resp.StatusCode < 300 {
 		s.metrics.sessionsEnded.WithLabelValues(fwd.route.upstream.Name).Inc()
 	}
-	ctx := resp.Request.Context()
+	// The policy filters the answer under the request's values but not its
+	// cancellation: resp.Request carries the executor's attempt context,
+	// which failsafe-go may cancel once the attempt has returned, while the
+	// body is still being read and filtered (items then hid, failed closed).
+	// The policy bounds each evaluation with its own timeout.
+	ctx := context.WithoutCancel(resp.Request.Context())
 	switch {
 	case isEventStream(h):
 		// Tell buffering proxies in front of us to pass events through.

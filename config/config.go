@@ -45,6 +45,10 @@ type Server struct {
 	MaxHeaderBytes int `yaml:"max_header_bytes"`
 	// ReadHeaderTimeout bounds how long a client may take to send headers.
 	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
+	// ReadBodyTimeout bounds how long a client may take to send a request
+	// body once its headers are in (slow-body attacks); the clock stops when
+	// the body has been read, so responses (event streams) are not bound.
+	ReadBodyTimeout time.Duration `yaml:"read_body_timeout"`
 	// IdleTimeout closes keep-alive connections idle for this long.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
 	// ShutdownTimeout is the drain deadline: on SIGTERM in-flight requests
@@ -159,6 +163,13 @@ type Upstream struct {
 	// speaks only the legacy era. False: such clients are told the route
 	// is legacy only (-32022) and fall back to initialize.
 	Bridge bool `yaml:"bridge"`
+	// PinTools, when set, pins this upstream's tool definitions and
+	// quarantines changed ones. Nil: no pinning.
+	PinTools *PinTools `yaml:"pin_tools"`
+	// ValidateArguments, when true, checks tools/call arguments against the
+	// tool's inputSchema (from the upstream's tools/list) before forwarding;
+	// invalid ones are answered -32602 and never sent.
+	ValidateArguments bool `yaml:"validate_arguments"`
 }
 
 // Defaults. Exported so documentation and tests can refer to them.
@@ -168,6 +179,7 @@ const (
 	DefaultMaxBodyBytes      = 4 << 20
 	DefaultMaxHeaderBytes    = 64 << 10
 	DefaultReadHeaderTimeout = 10 * time.Second
+	DefaultReadBodyTimeout   = 30 * time.Second
 	DefaultIdleTimeout       = 2 * time.Minute
 	DefaultShutdownTimeout   = 15 * time.Second
 	DefaultSessionTTL        = 24 * time.Hour
@@ -188,6 +200,7 @@ func (c *Config) applyDefaults() {
 	setDefault(&s.MaxBodyBytes, DefaultMaxBodyBytes)
 	setDefault(&s.MaxHeaderBytes, DefaultMaxHeaderBytes)
 	setDefault(&s.ReadHeaderTimeout, DefaultReadHeaderTimeout)
+	setDefault(&s.ReadBodyTimeout, DefaultReadBodyTimeout)
 	setDefault(&s.IdleTimeout, DefaultIdleTimeout)
 	setDefault(&s.ShutdownTimeout, DefaultShutdownTimeout)
 	setDefault(&c.Admin.Listen, DefaultAdminListen)

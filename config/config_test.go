@@ -20,6 +20,7 @@ func defaults() config.Config {
 			MaxBodyBytes:      config.DefaultMaxBodyBytes,
 			MaxHeaderBytes:    config.DefaultMaxHeaderBytes,
 			ReadHeaderTimeout: config.DefaultReadHeaderTimeout,
+			ReadBodyTimeout:   config.DefaultReadBodyTimeout,
 			IdleTimeout:       config.DefaultIdleTimeout,
 			ShutdownTimeout:   config.DefaultShutdownTimeout,
 		},
@@ -88,6 +89,7 @@ server:
   max_body_bytes: 1024
   max_header_bytes: 2048
   read_header_timeout: 1s
+  read_body_timeout: 4s
   idle_timeout: 2s
   shutdown_timeout: 3s
 admin: {listen: "127.0.0.1:9191"}
@@ -103,6 +105,7 @@ upstreams: [{name: docs, url: "http://127.0.0.1:3001/mcp", max_idle_conns: 7}]
 					MaxBodyBytes:      1024,
 					MaxHeaderBytes:    2048,
 					ReadHeaderTimeout: time.Second,
+					ReadBodyTimeout:   4 * time.Second,
 					IdleTimeout:       2 * time.Second,
 					ShutdownTimeout:   3 * time.Second,
 				}

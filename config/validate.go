@@ -77,6 +77,7 @@ func (v *validator) server(s *Server) {
 		{"server.max_body_bytes", s.MaxBodyBytes > 0},
 		{"server.max_header_bytes", s.MaxHeaderBytes > 0},
 		{"server.read_header_timeout", s.ReadHeaderTimeout > 0},
+		{"server.read_body_timeout", s.ReadBodyTimeout > 0},
 		{"server.idle_timeout", s.IdleTimeout > 0},
 		{"server.shutdown_timeout", s.ShutdownTimeout > 0},
 	}
@@ -167,5 +168,6 @@ func (v *validator) upstreams(ups []Upstream, hasOIDC bool) {
 		}
 		v.routeAuth(path, up, hasOIDC)
 		v.resilience(path, &up)
+		v.pinTools(path, up.PinTools)
 	}
 }

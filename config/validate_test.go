@@ -36,6 +36,7 @@ func TestValidate(t *testing.T) {
 				"server.max_body_bytes: must be positive",
 				"server.max_header_bytes: must be positive",
 				"server.read_header_timeout: must be positive",
+				"server.read_body_timeout: must be positive",
 				"server.idle_timeout: must be positive",
 				"server.shutdown_timeout: must be positive",
 				"admin.listen: must be host:port, e.g. 127.0.0.1:8080 (port 0 picks a free port)",

@@ -22,6 +22,8 @@ import (
 //	/admin/upstreams   each upstream: url, requests, errors, last error,
 //	                   circuit breaker state, retries, bulkhead rejections
 //	/admin/policy      the policy's revision and reload history
+//	/admin/pins        tool pins and their status; POST /admin/pins/approve
+//	                   ?upstream=&tool= approves a changed or new tool
 //	/debug/pprof/      Go's profiler, with admin.pprof only
 //
 // With admin.token_sha256 set, every endpoint but /healthz and /readyz
@@ -36,6 +38,8 @@ func (s *Server) AdminHandler() http.Handler {
 		r.Get("/admin/upstreams", s.adminUpstreams)
 		r.Get("/admin/policy", s.adminPolicy)
 		r.Handle("/admin/cache", s.cacheAdmin())
+		r.Get("/admin/pins", s.adminPins)
+		r.Post("/admin/pins/approve", s.adminApprovePin)
 		if s.cfg.Admin.PProf {
 			r.Mount("/debug", middleware.Profiler())
 		}

@@ -61,7 +61,7 @@ func (s *Server) describeParams(in *policy.Input, upstreamName string, raw json.
 	switch in.Method {
 	case "tools/call":
 		name := str("name")
-		in.Tool = &policy.Tool{Name: name, Arguments: obj("arguments")}
+		in.Tool = &policy.Tool{Name: name, Arguments: obj("arguments"), Pin: s.pins.set(upstreamName).status(name)}
 		// Annotations come from the upstream's own tools/list, never from
 		// the client; unknown annotations are absent (and a policy must
 		// treat the tool as not read-only).

@@ -24,6 +24,9 @@ var listMethods = map[string]bool{"tools/list": true, "prompts/list": true, "res
 type exchange struct {
 	input  *policy.Input
 	redact []policy.Redaction
+	// answered: the upstream's response to it has been relayed; another
+	// with the same id is dropped (claimResponse).
+	answered bool
 }
 
 // idKey makes a JSON-RPC id usable as a map key ("s:x" or "n:1").
@@ -49,6 +52,9 @@ func (s *Server) authorize(r *http.Request, fwd *forward, st *requestState) erro
 		if !ok {
 			continue // a client's answer to a server request decided earlier
 		}
+		if err := checkClientMethod(req, fwd.era); err != nil {
+			return err
+		}
 		in := s.policyInput(r, fwd, st, req)
 		d := s.decide(r.Context(), policy.PhaseRequest, in)
 		if !d.Allow {
@@ -58,6 +64,14 @@ func (s *Server) authorize(r *http.Request, fwd *forward, st *requestState) erro
 				e.Status = http.StatusForbidden // a notification has no response to carry the error
 			}
 			return e
+		}
+		if in.Tool != nil {
+			if err := s.checkPinnedCall(fwd, req, in.Tool.Pin); err != nil {
+				return err
+			}
+			if err := s.checkArguments(r.Context(), fwd, req); err != nil {
+				return err
+			}
 		}
 		if req.ID.IsValid() {
 			if fwd.exchanges == nil {
@@ -133,6 +147,10 @@ func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte
 	}
 	switch m := msg.(type) {
 	case *jsonrpc.Response:
+		if !fwd.claimResponse(m.ID) {
+			s.dropStrayResponse(ctx, fwd, m.ID)
+			return nil, true
+		}
 		return s.filterResponse(ctx, fwd, m, data), false
 	case *jsonrpc.Request:
 		if m.ID.IsValid() && fwd.bridge != nil {
@@ -165,10 +183,15 @@ func (s *Server) filterResponse(ctx context.Context, fwd *forward, m *jsonrpc.Re
 	}
 	result := []byte(m.Result)
 	method := ex.input.Method
+	var err error
 	if method == "tools/list" {
 		s.catalog.learnTools(fwd.route.upstream.Name, result)
+		s.learnSchemas(fwd, result)
+		// Pins are digests of what the upstream sent, before any rewriting.
+		if result, err = s.screenTools(ctx, fwd, result); err == nil {
+			result = s.neutraliseToolText(ctx, fwd, result)
+		}
 	}
-	var err error
 	if listMethods[method] {
 		result, _, err = s.policy.FilterList(ctx, ex.input, result)
 	}

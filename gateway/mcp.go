@@ -152,10 +152,7 @@ func (s *Server) preparePost(r *http.Request, fwd *forward, st *requestState) er
 	}
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
-		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return newError(http.StatusRequestEntityTooLarge, CodePayloadTooLarge, "request body too large", err)
-		}
-		return badRequest("could not read request body", err)
+		return bodyReadError(err)
 	}
 	fwd.body = body
 	msg, err := decodeMessage(body)

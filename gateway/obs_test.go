@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/fstest"
 	"time"
@@ -58,6 +59,8 @@ default visible := true
 // for an unknown tool, holds GET streams
 // open until the client leaves, and records every request's headers.
 type obsUpstream struct {
+	// tools, when set, is the tools array tools/list answers with.
+	tools   atomic.Pointer[string]
 	mu      sync.Mutex
 	headers []http.Header
 	bodies  [][]byte
@@ -73,7 +76,8 @@ func (u *obsUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ID     json.RawMessage `json:"id"`
 		Method string          `json:"method"`
 		Params struct {
-			Name string `json:"name"`
+			Name   string `json:"name"`
+			Cursor string `json:"cursor"`
 		} `json:"params"`
 	}
 	_ = json.Unmarshal(body, &msg)
@@ -94,6 +98,9 @@ func (u *obsUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		reply(`"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},"serverInfo":{"name":"obs","version":"1"}}`)
 	case msg.ID == nil:
 		w.WriteHeader(http.StatusAccepted)
+	case untrustedAnswer(w, msg.Method, msg.Params.Name+msg.Params.Cursor, msg.ID):
+	case msg.Method == "tools/list" && u.tools.Load() != nil:
+		reply(`"result":{"tools":` + *u.tools.Load() + `}`)
 	case msg.Method == "tools/list":
 		reply(`"result":{"tools":[{"name":"echo","inputSchema":{"type":"object"}},{"name":"fails","inputSchema":{"type":"object"}},{"name":"forbidden","inputSchema":{"type":"object"}}]}`)
 	case msg.Method == "tools/call" && msg.Params.Name == "echo":
@@ -146,6 +153,10 @@ func (g *obsGateway) logs(t *testing.T) string {
 type obsOptions struct {
 	pprof          bool
 	tracerProvider trace.TracerProvider
+	// upstreamConfig is added to the "up" upstream's config (", key: value").
+	upstreamConfig string
+	// policy replaces obsPolicy.
+	policy string
 }
 
 func hexSHA256(s string) string {
@@ -155,7 +166,12 @@ func hexSHA256(s string) string {
 
 func startObsGateway(t *testing.T, o obsOptions) *obsGateway {
 	t.Helper()
-	up := &obsUpstream{}
+	return startObsGatewayWith(t, o, &obsUpstream{})
+}
+
+// startObsGatewayWith is startObsGateway in front of a prepared upstream.
+func startObsGatewayWith(t *testing.T, o obsOptions, up *obsUpstream) *obsGateway {
+	t.Helper()
 	upSrv := httptest.NewServer(up)
 	t.Cleanup(upSrv.Close)
 	dead := httptest.NewServer(http.NotFoundHandler())
@@ -165,8 +181,8 @@ server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0", token_sha256: %q, pprof: %t}
 auth: {api_keys: [{name: ci, sha256: %q}]}
 policy: {dir: unused-the-test-passes-an-engine}
-upstreams: [{name: up, url: %q}, {name: down, url: %q}]
-`, hexSHA256(obsAdminToken), o.pprof, hexSHA256(obsAPIKey), upSrv.URL, dead.URL), func(string) (string, bool) { return "", false })
+upstreams: [{name: up, url: %q%s}, {name: down, url: %q}]
+`, hexSHA256(obsAdminToken), o.pprof, hexSHA256(obsAPIKey), upSrv.URL, o.upstreamConfig, dead.URL), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +196,11 @@ upstreams: [{name: up, url: %q}, {name: down, url: %q}]
 	}
 	t.Cleanup(func() { logFile.Close() })
 	log := slog.New(slog.NewJSONHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	engine := newObsEngine(t, log, nil)
+	rego := obsPolicy
+	if o.policy != "" {
+		rego = o.policy
+	}
+	engine := newEngine(t, rego, log, nil)
 	pool, err := upstream.NewPool(cfg.Upstreams)
 	if err != nil {
 		t.Fatal(err)
@@ -219,7 +239,13 @@ upstreams: [{name: up, url: %q}, {name: down, url: %q}]
 // none).
 func newObsEngine(t *testing.T, log *slog.Logger, decisions io.Writer) *policy.Engine {
 	t.Helper()
-	engine, err := policy.New(policy.Options{FS: fstest.MapFS{"authz.rego": {Data: []byte(obsPolicy)}}, DecisionLog: decisions, Logger: log})
+	return newEngine(t, obsPolicy, log, decisions)
+}
+
+// newEngine runs the policy rego.
+func newEngine(t *testing.T, rego string, log *slog.Logger, decisions io.Writer) *policy.Engine {
+	t.Helper()
+	engine, err := policy.New(policy.Options{FS: fstest.MapFS{"authz.rego": {Data: []byte(rego)}}, DecisionLog: decisions, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,6 +313,14 @@ func (c *obsClient) initialize(t *testing.T) {
 	if resp, body := c.post(t, `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`); resp.StatusCode != http.StatusOK {
 		t.Fatalf("tools/list: %s %s", resp.Status, body)
 	}
+}
+
+// adminPost posts to an admin endpoint with the admin token.
+func (g *obsGateway) adminPost(t *testing.T, path string) (int, string) {
+	t.Helper()
+	resp := send(t, http.MethodPost, g.Admin+path, "", "", http.Header{"Authorization": {"Bearer " + obsAdminToken}})
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
 
 // adminGet fetches an admin endpoint, with the admin token if withToken.

@@ -129,6 +129,9 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 	// The upstream authenticates the gateway, not the client: its challenge
 	// would send the client to the wrong authorization server.
 	h.Del("Www-Authenticate")
+	if err := refuseRedirect(resp); err != nil {
+		return err
+	}
 	if resp.StatusCode == http.StatusUnauthorized {
 		_ = resp.Body.Close()
 		return errUpstreamUnauthorized

@@ -5,12 +5,14 @@
 // A POST to a route goes through, in this order (see chain):
 //
 //	request id + access log -> recover -> Host/Origin check -> body limit
-//	  -> authenticate (Principal) -> route:
+//	  and body read deadline -> authenticate (Principal) -> route:
 //	     Content-Type/Accept -> strict JSON-RPC decode (once) -> session open
 //	     (sealed, bound to principal and route) -> protocol version; or, for
 //	     a modern-era (2026-07-28) request, no session: MCP-Protocol-Version,
 //	     Mcp-Method and Mcp-Name checked against the body (modern.go)
-//	     -> policy decision -> rate limits (per principal, per tool)
+//	     -> client method check (methods.go) -> policy decision -> tool pin
+//	        and argument checks (pinning.go, argschema.go)
+//	     -> rate limits (per principal, per tool)
 //	     -> response cache for cacheable methods (cache.go: hits,
 //	        single-flight misses, stale answers on upstream failure)
 //	     -> idempotency key (a tools/call runs once per principal and key)
@@ -19,9 +21,12 @@
 //	     -> upstream executor (the proxy's transport): deadline, bulkhead,
 //	        retries (by request class), circuit breaker, per-attempt
 //	        timeout; each attempt one attemptTransport round trip
-//	     <- response: upstream session id swapped out (a sealed one minted on
-//	        initialize), SSE relayed event by event with a flush each,
-//	        ended at an event boundary when idle or too long
+//	     <- response: a 3xx refused, upstream session id swapped out (a
+//	        sealed one minted on initialize), SSE relayed event by event
+//	        with a flush each, ended at an event boundary when idle or too
+//	        long; each message matched to a request (strays dropped),
+//	        tools/list screened by pins and its text neutralised
+//	        (untrusted.go), then filtered and redacted by the policy
 //
 // A failure of the executor is answered by kind (breaker open, bulkhead
 // full, timeout, transport, outcome unknown): see upstreamError.
@@ -103,6 +108,10 @@ type Server struct {
 	policy decider
 	// catalog remembers upstream tool annotations for decisions.
 	catalog *catalog
+	// pins holds the tool pins of upstreams with pin_tools (pinning.go).
+	pins *pinStore
+	// schemas holds tool input schemas for argument validation (argschema.go).
+	schemas *schemaStore
 	metrics *Metrics
 	tracer  trace.Tracer
 	// adminToken is the SHA-256 of the admin bearer token; nil: none.
@@ -127,7 +136,7 @@ type Server struct {
 
 // New builds a gateway for a validated configuration.
 func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error) {
-	s := &Server{cfg: cfg, pool: pool, log: opts.Logger, origins: newOriginGuard(cfg.Server), buffers: newBufferPool(), catalog: newCatalog()}
+	s := &Server{cfg: cfg, pool: pool, log: opts.Logger, origins: newOriginGuard(cfg.Server), buffers: newBufferPool(), catalog: newCatalog(), schemas: newSchemaStore()}
 	if opts.Policy != nil {
 		s.policy = opts.Policy
 	}
@@ -153,6 +162,9 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 		return nil, err
 	}
 	if s.auth, err = newAuthenticator(cfg.Auth); err != nil {
+		return nil, err
+	}
+	if s.pins, err = newPinStore(cfg.Upstreams); err != nil {
 		return nil, err
 	}
 	if cfg.Server.TLS != nil {
@@ -290,6 +302,7 @@ func (s *Server) recoverer(next http.Handler) http.Handler {
 
 func (s *Server) limitBody(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		bodyDeadline(w, r, s.cfg.Server.ReadBodyTimeout)
 		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.Server.MaxBodyBytes)
 		next.ServeHTTP(w, r)
 	})

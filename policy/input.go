@@ -80,6 +80,10 @@ type Tool struct {
 	Arguments   map[string]any `json:"arguments,omitempty"`
 	Annotations map[string]any `json:"annotations,omitempty"`
 	Description string         `json:"description,omitempty"`
+	// Pin is the tool's pin status when its upstream pins tools
+	// (upstreams[].pin_tools): "pinned", "changed" (quarantined) or "new"
+	// (quarantined in mode file); absent otherwise.
+	Pin string `json:"pin,omitempty"`
 }
 
 // Resource is a resource (or resource template) being read or listed.

@@ -16,6 +16,7 @@ var (
 	kMethod      = ast.StringTerm("method")
 	kPhase       = ast.StringTerm("phase")
 	kTool        = ast.StringTerm("tool")
+	kPin         = ast.StringTerm("pin")
 	kResource    = ast.StringTerm("resource")
 	kPrompt      = ast.StringTerm("prompt")
 	kParams      = ast.StringTerm("params")
@@ -141,7 +142,7 @@ func (b *builder) principal(p *Principal) *ast.Term {
 }
 
 func (b *builder) tool(t *Tool) *ast.Term {
-	items := make([][2]*ast.Term, 0, 4)
+	items := make([][2]*ast.Term, 0, 5)
 	items = append(items, ast.Item(kName, ast.StringTerm(t.Name)))
 	if len(t.Arguments) > 0 {
 		items = append(items, ast.Item(kArguments, b.anyMap(t.Arguments)))
@@ -150,6 +151,7 @@ func (b *builder) tool(t *Tool) *ast.Term {
 		items = append(items, ast.Item(kAnnotations, b.anyMap(t.Annotations)))
 	}
 	items = appendString(items, kDescription, t.Description)
+	items = appendString(items, kPin, t.Pin)
 	return ast.ObjectTerm(items...)
 }
 

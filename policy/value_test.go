@@ -21,7 +21,7 @@ func fullInput() *Input {
 			Cert:   &Cert{Subject: "CN=alice", URIs: []string{"spiffe://x/alice"}, DNSNames: []string{}, SHA256: "ab"},
 		},
 		Route: "r", Upstream: "u", Method: "tools/call", Phase: PhaseRequest,
-		Tool:     &Tool{Name: "t", Arguments: map[string]any{"a": "b"}, Annotations: map[string]any{"readOnlyHint": true}, Description: "d"},
+		Tool:     &Tool{Name: "t", Arguments: map[string]any{"a": "b"}, Annotations: map[string]any{"readOnlyHint": true}, Description: "d", Pin: "pinned"},
 		Resource: &Resource{URI: "file:///x", URITemplate: "file:///{x}", Name: "x", MIMEType: "text/plain"},
 		Prompt:   &Prompt{Name: "p", Arguments: map[string]any{"k": "v"}},
 		Params:   map[string]any{"level": "info"},

@@ -1,0 +1,348 @@
+package gateway
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/go-json-experiment/json/jsontext"
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+
+	"github.com/ctxgate/ctxgate/config"
+)
+
+// Tool pinning (rug-pull protection, upstreams[].pin_tools). An upstream
+// can change what a tool says it does after a person has reviewed it: a
+// harmless "add" grows a description telling the model to read ~/.ssh.
+// The gateway keeps a digest of each tool's definition (name, description,
+// inputSchema, annotations); a tool whose definition no longer matches its
+// pin is quarantined: left out of tools/list and refused on tools/call
+// (-31030), until an operator approves the new definition through the
+// admin API or the pin file. The policy sees the status as input.tool.pin.
+
+// CodeToolQuarantined refuses a call to a quarantined tool.
+const CodeToolQuarantined = -31030
+
+// Pin statuses, as the policy sees them (input.tool.pin).
+const (
+	PinPinned  = "pinned"  // the definition last seen matches the pin (or none was seen yet)
+	PinChanged = "changed" // the definition last seen differs from the pin: quarantined
+	PinNew     = "new"     // no pin; quarantined in mode file
+)
+
+// pinEntry is one tool's pin, as stored in the pin file.
+type pinEntry struct {
+	Digest     string          `json:"digest"`
+	Definition json.RawMessage `json:"definition,omitempty"` // canonical JSON, for review
+}
+
+// pinFile is the pin file's content.
+type pinFile struct {
+	Tools map[string]pinEntry `json:"tools"`
+}
+
+// pinSet is one upstream's pins and what its tools/list last said.
+type pinSet struct {
+	mode, file string
+	mu         sync.Mutex
+	pins       map[string]pinEntry
+	seen       map[string]pinEntry
+	loaded     time.Time // the pin file's modification time when last read or written
+}
+
+// pinStore holds the pin sets of the upstreams that pin. A nil store (or
+// an upstream without a set) pins nothing.
+type pinStore struct{ sets map[string]*pinSet }
+
+// newPinStore loads every pin file; a missing file is an error in mode
+// file (nothing would be trusted), and empty pins in mode record.
+func newPinStore(ups []config.Upstream) (*pinStore, error) {
+	st := &pinStore{sets: map[string]*pinSet{}}
+	for i, up := range ups {
+		if up.PinTools == nil {
+			continue
+		}
+		set := &pinSet{mode: up.PinTools.Mode, file: up.PinTools.File, pins: map[string]pinEntry{}, seen: map[string]pinEntry{}}
+		if err := set.load(); err != nil {
+			return nil, fmt.Errorf("upstreams[%d].pin_tools.file: %w", i, err)
+		}
+		st.sets[up.Name] = set
+	}
+	return st, nil
+}
+
+// load reads the pin file, if there is one; in mode record it may not
+// exist yet.
+func (p *pinSet) load() error {
+	if p.file == "" {
+		return nil
+	}
+	info, err := os.Stat(p.file)
+	if errors.Is(err, os.ErrNotExist) && p.mode == config.PinRecord {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile(p.file)
+	if err != nil {
+		return err
+	}
+	var f pinFile
+	if err := json.Unmarshal(b, &f); err != nil {
+		return fmt.Errorf("%s: %w", p.file, err)
+	}
+	p.pins = map[string]pinEntry{}
+	for name, e := range f.Tools {
+		p.pins[name] = e
+	}
+	p.loaded = info.ModTime()
+	return nil
+}
+
+// reloadLocked reads the pin file again when an operator changed it (an
+// approval by editing the file). A file that cannot be read keeps the
+// pins in force: it fails closed for changed tools either way.
+func (p *pinSet) reloadLocked() error {
+	if p.file == "" {
+		return nil
+	}
+	info, err := os.Stat(p.file)
+	if err != nil || info.ModTime().Equal(p.loaded) {
+		return nil
+	}
+	return p.load()
+}
+
+func (st *pinStore) set(upstreamName string) *pinSet {
+	if st == nil {
+		return nil
+	}
+	return st.sets[upstreamName]
+}
+
+// toolDefinition is the pinned part of a tool, canonical (RFC 8785) so
+// that member order and spacing do not count as a change.
+func toolDefinition(tool map[string]json.RawMessage) (pinEntry, error) {
+	def := map[string]json.RawMessage{}
+	for _, k := range []string{"name", "description", "inputSchema", "annotations"} {
+		if v, ok := tool[k]; ok {
+			def[k] = v
+		}
+	}
+	b, err := json.Marshal(def)
+	if err != nil {
+		return pinEntry{}, err
+	}
+	v := jsontext.Value(b)
+	if err := v.Canonicalize(); err != nil {
+		return pinEntry{}, err
+	}
+	sum := sha256.Sum256(v)
+	return pinEntry{Digest: "sha256:" + hex.EncodeToString(sum[:]), Definition: json.RawMessage(v)}, nil
+}
+
+// status is a tool's pin status; "" when the upstream does not pin.
+func (p *pinSet) status(name string) string {
+	if p == nil {
+		return ""
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.statusLocked(name)
+}
+
+func (p *pinSet) statusLocked(name string) string {
+	pin, ok := p.pins[name]
+	if !ok {
+		return PinNew
+	}
+	if seen, ok := p.seen[name]; ok && seen.Digest != pin.Digest {
+		return PinChanged
+	}
+	return PinPinned
+}
+
+// quarantined reports whether a status keeps the tool from clients.
+func (p *pinSet) quarantined(status string) bool {
+	return status == PinChanged || status == PinNew && p.mode == config.PinFile
+}
+
+// screen observes a tools/list result: it remembers each tool's
+// definition, pins new tools in mode record, and returns the result
+// without the quarantined tools, and their names.
+func (p *pinSet) screen(result []byte) ([]byte, []string, error) {
+	if p == nil {
+		return result, nil, nil
+	}
+	var page map[string]json.RawMessage
+	var tools []map[string]json.RawMessage
+	if json.Unmarshal(result, &page) != nil || json.Unmarshal(page["tools"], &tools) != nil {
+		return result, nil, nil // not a tools page; nothing to pin
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.reloadLocked(); err != nil {
+		return nil, nil, fmt.Errorf("reload pin file: %w", err)
+	}
+	kept, hidden, recorded := tools[:0], []string(nil), false
+	for _, tool := range tools {
+		var name string
+		_ = json.Unmarshal(tool["name"], &name)
+		def, err := toolDefinition(tool)
+		if err != nil {
+			return nil, nil, fmt.Errorf("pin tool %q: %w", name, err)
+		}
+		p.seen[name] = def
+		if _, ok := p.pins[name]; !ok && p.mode == config.PinRecord {
+			p.pins[name], recorded = def, true
+		}
+		if p.quarantined(p.statusLocked(name)) {
+			hidden = append(hidden, name)
+			continue
+		}
+		kept = append(kept, tool)
+	}
+	if recorded {
+		if err := p.saveLocked(); err != nil {
+			return nil, nil, err
+		}
+	}
+	if len(hidden) == 0 {
+		return result, nil, nil
+	}
+	var err error
+	if page["tools"], err = json.Marshal(kept); err != nil {
+		return nil, nil, err
+	}
+	out, err := json.Marshal(page)
+	return out, hidden, err
+}
+
+// approve pins the definition last seen for a tool.
+func (p *pinSet) approve(name string) (pinEntry, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	seen, ok := p.seen[name]
+	if !ok {
+		return pinEntry{}, fmt.Errorf("tool %q has not been seen in a tools/list result since the gateway started", name)
+	}
+	old := p.pins[name]
+	p.pins[name] = seen
+	if err := p.saveLocked(); err != nil {
+		p.pins[name] = old
+		return pinEntry{}, err
+	}
+	return seen, nil
+}
+
+// saveLocked writes the pins to the pin file (atomically: a temporary
+// file renamed over it), if there is one.
+func (p *pinSet) saveLocked() error {
+	if p.file == "" {
+		return nil
+	}
+	b, err := json.MarshalIndent(pinFile{Tools: p.pins}, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(p.file), ".pins-*")
+	if err != nil {
+		return fmt.Errorf("write pin file: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(b, '\n')); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write pin file: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write pin file: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), p.file); err != nil {
+		return fmt.Errorf("write pin file: %w", err)
+	}
+	if info, err := os.Stat(p.file); err == nil {
+		p.loaded = info.ModTime() // our own write is not an operator's edit
+	}
+	return nil
+}
+
+// screenTools applies the upstream's pins to a tools/list result. A
+// result that cannot be screened is withheld (an error), never relayed
+// with a changed tool in it.
+func (s *Server) screenTools(ctx context.Context, fwd *forward, result []byte) ([]byte, error) {
+	out, hidden, err := s.pins.set(fwd.route.upstream.Name).screen(result)
+	if len(hidden) > 0 {
+		loggerOf(ctx, s.log).Warn("tools quarantined: definition changed since pinned (or not pinned); approve with POST /admin/pins/approve",
+			"upstream", fwd.route.upstream.Name, "tools", hidden)
+	}
+	return out, err
+}
+
+// checkPinnedCall refuses a tools/call to a quarantined tool.
+func (s *Server) checkPinnedCall(fwd *forward, req *jsonrpc.Request, status string) error {
+	set := s.pins.set(fwd.route.upstream.Name)
+	if req.Method != "tools/call" || set == nil || !set.quarantined(status) {
+		return nil
+	}
+	return newError(http.StatusOK, CodeToolQuarantined, "tool quarantined: its definition is not the one an operator approved", nil)
+}
+
+// pinReport is one tool in GET /admin/pins.
+type pinReport struct {
+	Tool       string          `json:"tool"`
+	Status     string          `json:"status"`
+	Pinned     string          `json:"pinned,omitempty"`
+	Seen       string          `json:"seen,omitempty"`
+	Definition json.RawMessage `json:"definition,omitempty"` // as last seen
+}
+
+// adminPins serves GET /admin/pins: every pinning upstream's tools.
+func (s *Server) adminPins(w http.ResponseWriter, _ *http.Request) {
+	out := map[string][]pinReport{}
+	for name, set := range s.pins.sets {
+		set.mu.Lock()
+		names := map[string]bool{}
+		for n := range set.pins {
+			names[n] = true
+		}
+		for n := range set.seen {
+			names[n] = true
+		}
+		reports := []pinReport{}
+		for n := range names {
+			reports = append(reports, pinReport{Tool: n, Status: set.statusLocked(n), Pinned: set.pins[n].Digest, Seen: set.seen[n].Digest, Definition: set.seen[n].Definition})
+		}
+		set.mu.Unlock()
+		sort.Slice(reports, func(i, j int) bool { return reports[i].Tool < reports[j].Tool })
+		out[name] = reports
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"upstreams": out})
+}
+
+// adminApprovePin serves POST /admin/pins/approve?upstream=..&tool=..:
+// the definition last seen becomes the pin (written to the pin file).
+func (s *Server) adminApprovePin(w http.ResponseWriter, r *http.Request) {
+	upstreamName, tool := r.URL.Query().Get("upstream"), r.URL.Query().Get("tool")
+	set := s.pins.set(upstreamName)
+	if set == nil || tool == "" {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "upstream must name an upstream with pin_tools, and tool a tool"})
+		return
+	}
+	e, err := set.approve(tool)
+	if err != nil {
+		writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
+		return
+	}
+	s.log.Info("tool pin approved", "upstream", upstreamName, "tool", tool, "digest", e.Digest)
+	writeJSON(w, http.StatusOK, map[string]string{"upstream": upstreamName, "tool": tool, "status": PinPinned, "pinned": e.Digest})
+}

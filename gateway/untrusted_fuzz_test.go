@@ -1,0 +1,130 @@
+package gateway
+
+import (
+	"encoding/json"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/ctxgate/ctxgate/config"
+)
+
+// FuzzAuthenticateHeaders: whatever the Authorization and X-API-Key
+// headers hold, authentication does not panic, and accepts a request only
+// for a configured key presented whole (never a prefix, a case variant or
+// a key with other bytes around it).
+func FuzzAuthenticateHeaders(f *testing.F) {
+	for _, seed := range [][2]string{
+		{"Bearer " + testKeyCI, ""},
+		{"bearer  " + testKeyDev + " ", ""},
+		{"Bearer", ""},
+		{"Basic " + testKeyCI, ""},
+		{"Bearer a.b.c", ""},
+		{"Bearer " + strings.Repeat("k", 5000), ""},
+		{"", testKeyCI},
+		{"Bearer " + testKeyCI + "\x00", ""},
+		{"Bearer \u00a0" + testKeyCI, ""},
+	} {
+		f.Add(seed[0], seed[1])
+	}
+	a, err := newAuthenticator(testAuth(false, "authorization"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, authz, xkey string) {
+		r := httptest.NewRequest("POST", "/mcp/x", nil)
+		if authz != "" {
+			r.Header["Authorization"] = []string{authz}
+		}
+		if xkey != "" {
+			r.Header["X-Api-Key"] = []string{xkey}
+		}
+		p, err := a.authenticate(r, "http://127.0.0.1/mcp/x")
+		if err != nil {
+			return
+		}
+		scheme, cred, _ := strings.Cut(authz, " ")
+		cred = strings.TrimSpace(cred)
+		if !strings.EqualFold(scheme, "Bearer") || (cred != testKeyCI && cred != testKeyDev) {
+			t.Fatalf("accepted Authorization %q, X-API-Key %q as %v", authz, xkey, p)
+		}
+		if want := map[string]string{testKeyCI: "api_key:ci", testKeyDev: "api_key:dev"}[cred]; p.ID != want {
+			t.Fatalf("key %q authenticated as %q, want %q", cred, p.ID, want)
+		}
+	})
+}
+
+// FuzzNeutraliseTools: a tools/list result from an upstream, whatever it
+// holds, comes out as JSON when it went in as JSON, without the characters
+// neutralise removes in any tool title or description, and neutralising
+// twice changes nothing more.
+func FuzzNeutraliseTools(f *testing.F) {
+	f.Add(`{"tools":[{"name":"a","description":"x\u001b[31mred\u001b[0m\u202e","inputSchema":{"type":"object","properties":{"p":{"description":"\u0007y"}}}}]}`)
+	f.Add(`{"tools":[{"name":"a","title":"\udb40\udc41t","annotations":{"title":"\u0085"}}],"nextCursor":"c"}`)
+	f.Add(`{"tools":[{"name":"a","description":"\u001b]8;;http://x\u0007link\u001b]8;;\u0007"}]}`)
+	f.Add(`{"tools":"not a list"}`)
+	f.Add(`{"tools":[{"name":"a","inputSchema":{"maximum":1e400,"description":"\u001b"}}]}`)
+	f.Fuzz(func(t *testing.T, result string) {
+		out, _ := neutraliseTools([]byte(result))
+		if json.Valid([]byte(result)) && !json.Valid(out) {
+			t.Fatalf("neutralised %q into invalid JSON %q", result, out)
+		}
+		again, changed := neutraliseTools(out)
+		if len(changed) > 0 || string(again) != string(out) {
+			t.Fatalf("second pass changed %v: %q -> %q", changed, out, again)
+		}
+		var page struct {
+			Tools []struct{ Title, Description string }
+		}
+		if json.Unmarshal(out, &page) != nil {
+			return
+		}
+		for _, tool := range page.Tools {
+			if needsNeutralising(tool.Title) || needsNeutralising(tool.Description) {
+				t.Fatalf("tool text left unneutralised: %q %q", tool.Title, tool.Description)
+			}
+		}
+	})
+}
+
+// FuzzPinScreen: screening an upstream's tools/list result does not panic;
+// in mode record, the same result screened twice hides nothing (a tool is
+// pinned as first seen), and the digest ignores member order.
+func FuzzPinScreen(f *testing.F) {
+	f.Add(`{"tools":[{"name":"a","description":"d","inputSchema":{"type":"object"}}]}`)
+	f.Add(`{"tools":[{"name":"a"},{"name":"a","description":"twice"}]}`)
+	f.Add(`{"tools":[{"name":1}]}`)
+	f.Add(`{"tools":[{"inputSchema":{"b":1,"a":[1.0,1e2]}}]}`)
+	f.Fuzz(func(t *testing.T, result string) {
+		st, err := newPinStore([]config.Upstream{{Name: "u", PinTools: &config.PinTools{Mode: config.PinRecord}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		set := st.set("u")
+		if _, _, err := set.screen([]byte(result)); err != nil {
+			return
+		}
+		var page struct {
+			Tools []map[string]json.RawMessage `json:"tools"`
+		}
+		if json.Unmarshal([]byte(result), &page) != nil || hasDuplicateNames(page.Tools) {
+			return // a page naming one tool twice is a change within the page
+		}
+		if _, hidden, err := set.screen([]byte(result)); err != nil || len(hidden) > 0 {
+			t.Fatalf("record mode, same page again: hidden %v, %v", hidden, err)
+		}
+	})
+}
+
+func hasDuplicateNames(tools []map[string]json.RawMessage) bool {
+	seen := map[string]bool{}
+	for _, tool := range tools {
+		var name string
+		_ = json.Unmarshal(tool["name"], &name)
+		if seen[name] {
+			return true
+		}
+		seen[name] = true
+	}
+	return false
+}

@@ -141,6 +141,12 @@ func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte
 			go s.answerUpstream(fwd, errorMessage(m.ID, newError(0, CodeMethodNotFound, m.Method+" is not available: the client is bridged from the modern protocol era", nil)))
 			return data, true
 		}
+		if m.ID.IsValid() && fwd.federation != "" {
+			// The client's answer could not be routed back to this member
+			// (federation.go): refused to the member, never relayed.
+			go s.answerUpstream(fwd, errorMessage(m.ID, newError(0, CodeMethodNotFound, m.Method+" is not available on a federated route", nil)))
+			return data, true
+		}
 		if m.ID.IsValid() {
 			return data, !s.allowServerRequest(ctx, fwd, m)
 		}

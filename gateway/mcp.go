@@ -43,6 +43,9 @@ type route struct {
 	// bridge holds the legacy sessions that serve modern clients when the
 	// upstream speaks only the legacy era; nil: no bridging.
 	bridge *bridgeSessions
+	// fed is set on a federated route (federation.go), whose upstream is
+	// only its name.
+	fed *federation
 }
 
 // forward is everything the reverse proxy needs to send one request on,
@@ -73,6 +76,9 @@ type forward struct {
 	// requests awaiting responses, by id.
 	base      *policy.Input
 	exchanges map[string]*exchange
+	// federation is the federated route's name when the request came
+	// through one (the policy's input.route); route is then the member's.
+	federation string
 }
 
 type forwardKey struct{}
@@ -150,12 +156,9 @@ func (s *Server) preparePost(r *http.Request, fwd *forward, st *requestState) er
 	if err := checkAccept(r, "application/json", "text/event-stream"); err != nil {
 		return err
 	}
-	body, err := io.ReadAll(r.Body)
+	body, err := readBody(r)
 	if err != nil {
-		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return newError(http.StatusRequestEntityTooLarge, CodePayloadTooLarge, "request body too large", err)
-		}
-		return badRequest("could not read request body", err)
+		return err
 	}
 	fwd.body = body
 	msg, err := decodeMessage(body)
@@ -185,6 +188,18 @@ func (s *Server) preparePost(r *http.Request, fwd *forward, st *requestState) er
 		return err
 	}
 	return s.prepareSession(r, fwd, st)
+}
+
+// readBody reads the (size-limited) request body.
+func readBody(r *http.Request) ([]byte, error) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return nil, newError(http.StatusRequestEntityTooLarge, CodePayloadTooLarge, "request body too large", err)
+		}
+		return nil, badRequest("could not read request body", err)
+	}
+	return body, nil
 }
 
 // prepareBatch accepts a JSON-RPC batch only where the session's protocol

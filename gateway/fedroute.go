@@ -1,0 +1,105 @@
+package gateway
+
+import (
+	"encoding/json"
+	"net/http"
+
+	"github.com/go-json-experiment/json/jsontext"
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+)
+
+// routedMethods are the requests that name one member's item: the kind of
+// the name and the params member holding it.
+var routedMethods = map[string]struct{ kind, field string }{
+	"tools/call":            {kindTool, "name"},
+	"prompts/get":           {kindPrompt, "name"},
+	"resources/read":        {kindResource, "uri"},
+	"resources/subscribe":   {kindResource, "uri"},
+	"resources/unsubscribe": {kindResource, "uri"},
+}
+
+// federatedRouted sends a request that names an item to the member that
+// owns it, with the member's own name in place of the client's, through
+// the member's whole pipeline. An item no member of the session owns is
+// answered as unknown, exactly like an item the policy hides.
+func (s *Server) federatedRouted(w http.ResponseWriter, r *http.Request, f *federation, p *Principal, claims sessionClaims, st *requestState, req *jsonrpc.Request) error {
+	how, ok := routedMethods[req.Method]
+	if !ok {
+		return newError(http.StatusOK, CodeMethodNotFound, "method not found on a federated route: "+req.Method, nil)
+	}
+	var params map[string]json.RawMessage
+	var name string
+	if json.Unmarshal(req.Params, &params) != nil || json.Unmarshal(params[how.field], &name) != nil || name == "" {
+		return newError(http.StatusOK, jsonrpc.CodeInvalidParams, "params."+how.field+" is required", nil)
+	}
+	member, own, ok := f.names.inward(how.kind, name)
+	if !ok {
+		// Not seen yet (a new replica, a call before any list): learn the
+		// members' names once, then decide.
+		s.learnNames(r.Context(), f, p, claims, how.kind)
+		member, own, ok = f.names.inward(how.kind, name)
+	}
+	m := f.member(member)
+	if _, in := claims.Members[member]; !ok || m == nil || !in {
+		return unknownItem(req.Method)
+	}
+	body, err := renameParam(st.msg.Raw, how.field, own)
+	if err != nil {
+		return badRequest("request cannot be routed", err)
+	}
+	msg, err := decodeMessage(body)
+	if err != nil {
+		return badRequest("request cannot be routed", err)
+	}
+	mf := memberForward(f, m, p, claims, st)
+	mf.body, mf.messages = body, []jsonrpc.Message{msg.Msg}
+	st.msg, st.upstream = msg, member
+	st.target = targetOf(msg.Request())
+	st.toolLabel = s.toolLabel(member, st.target)
+	in := s.policyInput(r, mf, st, msg.Request())
+	in.Tool, in.Resource, in.Prompt, in.Params = nil, nil, nil, nil
+	mf.base = in
+	if err := s.authorize(r, mf, st); err != nil {
+		return err
+	}
+	s.forwardUpstream(w, r, m, mf, st)
+	return nil
+}
+
+// unknownItem is the answer for an item no member owns: what an upstream
+// answers for an unknown tool, prompt or resource.
+func unknownItem(method string) *Error {
+	switch method {
+	case "tools/call":
+		return newError(http.StatusOK, codeUnknownTool, "unknown tool", nil)
+	case "prompts/get":
+		return newError(http.StatusOK, jsonrpc.CodeInvalidParams, "unknown prompt", nil)
+	}
+	return newError(http.StatusOK, codeUnknownResource, "resource not found", nil)
+}
+
+// renameParam replaces params.<field> with value; every other byte of the
+// message is the client's, as checked.
+func renameParam(body []byte, field, value string) ([]byte, error) {
+	top, err := members(body)
+	if err != nil {
+		return nil, err
+	}
+	for i, t := range top {
+		if foldName(t.name) != "params" {
+			continue
+		}
+		params, err := members(t.value)
+		if err != nil {
+			return nil, errParamsNotObject
+		}
+		for j, pm := range params {
+			if foldName(pm.name) == field {
+				v, _ := json.Marshal(value)
+				params[j].value = jsontext.Value(v)
+			}
+		}
+		top[i].value = encodeObject(params)
+	}
+	return encodeObject(top), nil
+}

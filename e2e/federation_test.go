@@ -222,6 +222,34 @@ func TestFederation(t *testing.T) {
 		t.Errorf("own__secret was called; the policy hides it")
 	}
 
+	// Resources: URIs namespaced as member+uri, read back through the
+	// owning member; every resource of every page exactly once.
+	uris := map[string]int{}
+	for res, err := range cs.Resources(ctx(t), nil) {
+		if err != nil {
+			t.Fatalf("resources/list: %v", err)
+		}
+		uris[res.URI]++
+	}
+	var npmURI string
+	for uri, c := range uris {
+		if c != 1 {
+			t.Errorf("resource %q listed %d times, want exactly once", uri, c)
+		}
+		if strings.HasPrefix(uri, "npm+") && npmURI == "" {
+			npmURI = uri
+		}
+	}
+	if npmURI == "" {
+		t.Fatalf("no npm+ resource in the merged list: %v", uris)
+	}
+	if read, err := cs.ReadResource(ctx(t), &mcp.ReadResourceParams{URI: npmURI}); err != nil || len(read.Contents) == 0 {
+		t.Errorf("resources/read %s: %v %+v", npmURI, err, read)
+	}
+	if got, err := cs.GetPrompt(ctx(t), &mcp.GetPromptParams{Name: "own__greet"}); err != nil || len(got.Messages) != 1 {
+		t.Errorf("prompts/get own__greet: %v %+v", err, got)
+	}
+
 	// A member that hangs: lists come back within its deadline, marked,
 	// with its last good part where there is one (tools/list) and without
 	// it where there is none (prompts/list, never listed before).

@@ -274,7 +274,7 @@ func TestFederation(t *testing.T) {
 	if got := callText(t, cs, "go__test_simple_text", map[string]any{}); got == "" {
 		t.Errorf("go__test_simple_text with own hanging: empty answer")
 	}
-	if !strings.Contains(scrape(t, gw.Admin+"/metrics"), `ctxgate_federation_partial_total{how="missing",member="own",route="/mcp"}`) {
+	if !strings.Contains(get(t, gw.Admin+"/metrics"), `ctxgate_federation_partial_total{how="missing",member="own",route="/mcp"}`) {
 		t.Errorf("the partial answer is not counted in ctxgate_federation_partial_total")
 	}
 }
@@ -293,17 +293,6 @@ func hasPartial(metas []mcp.Meta, how, member string) bool {
 		}
 	}
 	return false
-}
-
-func scrape(t *testing.T, url string) string {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return string(body)
 }
 
 // TestFederationCollisionRejected: with prefix never, two members offering

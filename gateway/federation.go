@@ -142,7 +142,11 @@ func (s *Server) serveFederated(rt *route) http.HandlerFunc {
 // federatedPost checks and decodes one POST, then serves it by method.
 func (s *Server) federatedPost(w http.ResponseWriter, r *http.Request, f *federation, p *Principal, st *requestState) error {
 	fwd := &forward{route: f.route, principal: p, era: eraLegacy, federation: f.cfg.Name}
-	if err := s.readPost(r, fwd, st); err != nil {
+	err := s.readPost(r, fwd, st)
+	if errors.Is(err, errBatch) {
+		return badRequest("JSON-RPC batches are not supported on a federated route", nil)
+	}
+	if err != nil {
 		return err
 	}
 	msg := st.msg
@@ -181,34 +185,6 @@ func (s *Server) federatedPost(w http.ResponseWriter, r *http.Request, f *federa
 		return s.federatedList(w, r, f, p, claims, st, req)
 	}
 	return s.federatedRouted(w, r, f, p, claims, st, req)
-}
-
-// readPost is preparePost's first half: headers, body and strict decode.
-func (s *Server) readPost(r *http.Request, fwd *forward, st *requestState) error {
-	if err := checkContentType(r); err != nil {
-		return err
-	}
-	if err := checkAccept(r, "application/json", "text/event-stream"); err != nil {
-		return err
-	}
-	body, err := readBody(r)
-	if err != nil {
-		return err
-	}
-	fwd.body = body
-	msg, err := decodeMessage(body)
-	switch {
-	case errors.Is(err, errBatch):
-		return badRequest("JSON-RPC batches are not supported on a federated route", nil)
-	case errors.Is(err, errMalformed):
-		return newError(http.StatusBadRequest, CodeParseError, "parse error: "+err.Error(), nil)
-	case err != nil:
-		st.rejectedID = peekID(body)
-		return badRequest("invalid JSON-RPC message: "+err.Error(), nil)
-	}
-	st.msg = msg
-	fwd.messages = []jsonrpc.Message{msg.Msg}
-	return nil
 }
 
 // openFederatedSession opens and checks the client's session, as

@@ -81,6 +81,20 @@ func unknownItem(method string) *Error {
 // renameParam replaces params.<field> with value; every other byte of the
 // message is the client's, as checked.
 func renameParam(body []byte, field, value string) ([]byte, error) {
+	return editParams(body, func(params []member) ([]member, error) {
+		for j, pm := range params {
+			if foldName(pm.name) == field {
+				v, _ := json.Marshal(value)
+				params[j].value = jsontext.Value(v)
+			}
+		}
+		return params, nil
+	})
+}
+
+// editParams re-encodes a message with its params object's members
+// changed by edit; every other member keeps its exact bytes.
+func editParams(body []byte, edit func([]member) ([]member, error)) ([]byte, error) {
 	top, err := members(body)
 	if err != nil {
 		return nil, err
@@ -93,11 +107,8 @@ func renameParam(body []byte, field, value string) ([]byte, error) {
 		if err != nil {
 			return nil, errParamsNotObject
 		}
-		for j, pm := range params {
-			if foldName(pm.name) == field {
-				v, _ := json.Marshal(value)
-				params[j].value = jsontext.Value(v)
-			}
+		if params, err = edit(params); err != nil {
+			return nil, err
 		}
 		top[i].value = encodeObject(params)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 
+	"github.com/ctxgate/ctxgate/policy"
 	"github.com/ctxgate/ctxgate/upstream"
 )
 
@@ -110,7 +111,7 @@ func (s *Server) federatedInitialize(w http.ResponseWriter, r *http.Request, f *
 	var wg sync.WaitGroup
 	for i, m := range f.members {
 		mf := memberForward(f, m, fwd.principal, sessionClaims{}, st)
-		if s.policy != nil && !s.decide(r.Context(), "request", s.policyInput(r, mf, st, req)).Allow {
+		if s.policy != nil && !s.decide(r.Context(), policy.PhaseRequest, s.policyInput(r, mf, st, req)).Allow {
 			inits[i].denied = true
 			continue
 		}
@@ -232,7 +233,7 @@ func (s *Server) federatedNotify(r *http.Request, f *federation, p *Principal, c
 	members, _ := f.sessionMembers(claims)
 	members = slices.DeleteFunc(members, func(m *route) bool {
 		mf := memberForward(f, m, p, claims, st)
-		return s.policy != nil && !s.decide(r.Context(), "request", s.policyInput(r, mf, st, req)).Allow
+		return s.policy != nil && !s.decide(r.Context(), policy.PhaseRequest, s.policyInput(r, mf, st, req)).Allow
 	})
 	s.sendAll(r, f, p, claims, members, http.MethodPost, body)
 }

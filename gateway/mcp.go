@@ -150,29 +150,14 @@ func (s *Server) serveRoute(rt *route) http.HandlerFunc {
 // preparePost reads and strictly decodes the body, then resolves the
 // session (initialize starts one) and the protocol version.
 func (s *Server) preparePost(r *http.Request, fwd *forward, st *requestState) error {
-	if err := checkContentType(r); err != nil {
-		return err
+	err := s.readPost(r, fwd, st)
+	if errors.Is(err, errBatch) {
+		return s.prepareBatch(r, fwd, st)
 	}
-	if err := checkAccept(r, "application/json", "text/event-stream"); err != nil {
-		return err
-	}
-	body, err := readBody(r)
 	if err != nil {
 		return err
 	}
-	fwd.body = body
-	msg, err := decodeMessage(body)
-	switch {
-	case errors.Is(err, errBatch):
-		return s.prepareBatch(r, fwd, st)
-	case errors.Is(err, errMalformed):
-		return newError(http.StatusBadRequest, CodeParseError, "parse error: "+err.Error(), nil)
-	case err != nil:
-		st.rejectedID = peekID(body)
-		return badRequest("invalid JSON-RPC message: "+err.Error(), nil)
-	}
-	st.msg = msg
-	fwd.messages = []jsonrpc.Message{msg.Msg}
+	msg := st.msg
 	if isModernRequest(r, msg.Request()) {
 		return s.prepareModern(r, fwd, st, msg.Request())
 	}
@@ -190,16 +175,36 @@ func (s *Server) preparePost(r *http.Request, fwd *forward, st *requestState) er
 	return s.prepareSession(r, fwd, st)
 }
 
-// readBody reads the (size-limited) request body.
-func readBody(r *http.Request) ([]byte, error) {
+// readPost checks a POST's headers, reads its (size-limited) body and
+// decodes it strictly into st.msg; a batch is errBatch, left to the caller.
+func (s *Server) readPost(r *http.Request, fwd *forward, st *requestState) error {
+	if err := checkContentType(r); err != nil {
+		return err
+	}
+	if err := checkAccept(r, "application/json", "text/event-stream"); err != nil {
+		return err
+	}
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return nil, newError(http.StatusRequestEntityTooLarge, CodePayloadTooLarge, "request body too large", err)
+			return newError(http.StatusRequestEntityTooLarge, CodePayloadTooLarge, "request body too large", err)
 		}
-		return nil, badRequest("could not read request body", err)
+		return badRequest("could not read request body", err)
 	}
-	return body, nil
+	fwd.body = body
+	msg, err := decodeMessage(body)
+	switch {
+	case errors.Is(err, errBatch):
+		return err
+	case errors.Is(err, errMalformed):
+		return newError(http.StatusBadRequest, CodeParseError, "parse error: "+err.Error(), nil)
+	case err != nil:
+		st.rejectedID = peekID(body)
+		return badRequest("invalid JSON-RPC message: "+err.Error(), nil)
+	}
+	st.msg = msg
+	fwd.messages = []jsonrpc.Message{msg.Msg}
+	return nil
 }
 
 // prepareBatch accepts a JSON-RPC batch only where the session's protocol

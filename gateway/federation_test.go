@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -22,13 +23,27 @@ import (
 // answering its own name.
 func sdkServer(t *testing.T, tools ...string) *httptest.Server {
 	t.Helper()
+	return sdkServerForgetting(t, nil, tools...)
+}
+
+// sdkServerForgetting is sdkServer answering 404 to every request on a
+// session while forget is set, as a restarted server does.
+func sdkServerForgetting(t *testing.T, forget *atomic.Bool, tools ...string) *httptest.Server {
+	t.Helper()
 	server := mcp.NewServer(&mcp.Implementation{Name: "member", Version: "1"}, nil)
 	for _, name := range tools {
 		mcp.AddTool(server, &mcp.Tool{Name: name}, func(context.Context, *mcp.CallToolRequest, struct{}) (*mcp.CallToolResult, any, error) {
 			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: name}}}, nil, nil
 		})
 	}
-	srv := httptest.NewServer(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server }, nil))
+	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server }, nil)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if forget != nil && forget.Load() && r.Header.Get("Mcp-Session-Id") != "" {
+			http.Error(w, "session not found", http.StatusNotFound)
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
 	t.Cleanup(srv.Close)
 	return srv
 }
@@ -95,7 +110,8 @@ func rpc(t *testing.T, method, url, session, body string, h http.Header) rpcAnsw
 const initializeBody = `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`
 
 func TestFederatedRoute(t *testing.T) {
-	a := sdkServer(t, "search", "only_a")
+	forget := &atomic.Bool{}
+	a := sdkServerForgetting(t, forget, "search", "only_a")
 	down := httptest.NewServer(http.NotFoundHandler())
 	down.Close() // member b is down from the start
 	srv, err := newFederatedGateway(t, a.URL, down.URL, config.PrefixCollision)
@@ -152,6 +168,11 @@ func TestFederatedRoute(t *testing.T) {
 			}
 		})
 	}
+	forget.Store(true)
+	if got := rpc(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":11,"method":"tools/list"}`, nil); got.status != http.StatusNotFound || got.Error == nil || got.Error.Code != -31003 {
+		t.Errorf("tools/list after a member forgot its session: HTTP %d %+v, want 404 -31003 (initialize again)", got.status, got.Error)
+	}
+	forget.Store(false)
 	ping := rpc(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":10,"method":"ping"}`, nil)
 	if ping.status != http.StatusOK || ping.Error != nil {
 		t.Errorf("ping: HTTP %d, %+v", ping.status, ping.Error)

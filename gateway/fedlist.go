@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"sync"
 
@@ -38,6 +39,13 @@ func (s *Server) federatedList(w http.ResponseWriter, r *http.Request, f *federa
 		}
 	}
 	pages := s.memberPages(r, f, p, claims, st, req, todo)
+	for _, pg := range pages {
+		if pg.ended {
+			// As a single upstream's 404 does: the client initializes again
+			// and so gets a new session with every member.
+			return newError(http.StatusNotFound, CodeSessionNotFound, "session not found; initialize a new session", errMemberUnavailable{member: pg.member, err: errMemberSessionEnded})
+		}
+	}
 	shape := listShapes[req.Method]
 	merged, dropped, err := mergePages(f.names, shape, pages)
 	if err != nil {
@@ -123,6 +131,7 @@ func (s *Server) memberPage(ctx context.Context, f *federation, m *route, p *Pri
 			page.result = result
 			return page
 		}
+		page.ended = errors.Is(err, errMemberSessionEnded)
 	}
 	if lg, ok := f.lastGood.Load(key); ok {
 		page.result, page.stale, page.ageMs = lg.(lastGood).result, true, s.now().Sub(lg.(lastGood).at).Milliseconds()

@@ -66,6 +66,9 @@ func (s *Server) memberSend(ctx context.Context, method string, m *route, p *Pri
 // memberResult is the result of the gateway's own request in a member's
 // answer; a JSON-RPC error or an HTTP failure is an error.
 func memberResult(resp *http.Response, raw []byte) (json.RawMessage, error) {
+	if resp.StatusCode == http.StatusNotFound && resp.Request != nil && resp.Request.Header.Get("Mcp-Session-Id") != "" {
+		return nil, errMemberSessionEnded
+	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("answered HTTP %d", resp.StatusCode)
 	}
@@ -83,6 +86,10 @@ func memberResult(resp *http.Response, raw []byte) (json.RawMessage, error) {
 	}
 	return nil, errors.New("answer holds no response")
 }
+
+// errMemberSessionEnded is a member's 404 to a request on its session: the
+// member forgot the session (a restart, its own expiry).
+var errMemberSessionEnded = errors.New("the member ended its session")
 
 // initResult is what the gateway reads of a member's initialize result.
 type initResult struct {

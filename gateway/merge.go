@@ -34,6 +34,9 @@ type memberPage struct {
 	// ageMs is its age.
 	stale bool
 	ageMs int64
+	// ended marks a member that ended its session: the client must
+	// initialize again to get a new one.
+	ended bool
 }
 
 // partialNote is the _meta value of a partial merged list.

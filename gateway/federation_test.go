@@ -16,7 +16,6 @@ import (
 
 	"github.com/ctxgate/ctxgate/config"
 	"github.com/ctxgate/ctxgate/gateway"
-	"github.com/ctxgate/ctxgate/upstream"
 )
 
 // sdkServer is a Go SDK MCP server offering the named tools, each
@@ -52,7 +51,7 @@ func sdkServerForgetting(t *testing.T, forget *atomic.Bool, tools ...string) *ht
 // federated with prefix mode prefix, at /mcp.
 func newFederatedGateway(t *testing.T, aURL, bURL, prefix string) (*httptest.Server, error) {
 	t.Helper()
-	cfg, err := config.Parse(fmt.Appendf(nil, `
+	return startGatewayYAML(t, fmt.Sprintf(`
 server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0"}
 auth: {anonymous: true}
@@ -61,24 +60,7 @@ upstreams:
   - {name: a, url: %q, retry: {max_attempts: 1}}
   - {name: b, url: %q, retry: {max_attempts: 1}}
 routes: [{path: /mcp, upstreams: [a, b], prefix: %s, member_timeout: 2s}]
-`, aURL, bURL, prefix), func(string) (string, bool) { return "", false })
-	if err != nil {
-		t.Fatal(err)
-	}
-	if problems := cfg.Validate(); len(problems) > 0 {
-		t.Fatal(problems)
-	}
-	pool, err := upstream.NewPool(cfg.Upstreams)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gw, err := gateway.New(cfg, pool, gateway.Options{})
-	if err != nil {
-		return nil, err
-	}
-	srv := httptest.NewServer(gw.Handler())
-	t.Cleanup(srv.Close)
-	return srv, nil
+`, aURL, bURL, prefix), gateway.Options{})
 }
 
 type rpcAnswer struct {

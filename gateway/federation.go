@@ -179,7 +179,7 @@ func (s *Server) federatedPost(w http.ResponseWriter, r *http.Request, f *federa
 	case req.Method == "ping":
 		return s.answer(w, req.ID, json.RawMessage(`{}`))
 	case req.Method == "logging/setLevel":
-		s.fanOut(r, f, p, claims, st, fwd.body)
+		s.fanOut(r, f, p, claims, st, req, fwd.body)
 		return s.answer(w, req.ID, json.RawMessage(`{}`))
 	case listShapes[req.Method].items != "":
 		return s.federatedList(w, r, f, p, claims, st, req)

@@ -237,17 +237,17 @@ func (s *Server) federatedNotify(r *http.Request, f *federation, p *Principal, c
 	if req.Method == "notifications/initialized" {
 		return
 	}
+	s.fanOut(r, f, p, claims, st, req, body)
+}
+
+// fanOut sends the client's message to every member of the session the
+// policy lets it reach: each is decided as on the member's own route.
+func (s *Server) fanOut(r *http.Request, f *federation, p *Principal, claims sessionClaims, st *requestState, req *jsonrpc.Request, body []byte) {
 	members, _ := f.sessionMembers(claims)
 	members = slices.DeleteFunc(members, func(m *route) bool {
 		mf := memberForward(f, m, p, claims, st)
 		return s.policy != nil && !s.decide(r.Context(), policy.PhaseRequest, s.policyInput(r, mf, st, req)).Allow
 	})
-	s.sendAll(r, f, p, claims, members, http.MethodPost, body)
-}
-
-// fanOut sends the request body to every member of the session.
-func (s *Server) fanOut(r *http.Request, f *federation, p *Principal, claims sessionClaims, st *requestState, body []byte) {
-	members, _ := f.sessionMembers(claims)
 	s.sendAll(r, f, p, claims, members, http.MethodPost, body)
 }
 

@@ -22,12 +22,18 @@ import (
 // answering its own name.
 func sdkServer(t *testing.T, tools ...string) *httptest.Server {
 	t.Helper()
-	return sdkServerForgetting(t, nil, tools...)
+	return sdkServerHooked(t, &memberHooks{}, tools...)
 }
 
-// sdkServerForgetting is sdkServer answering 404 to every request on a
-// session while forget is set, as a restarted server does.
-func sdkServerForgetting(t *testing.T, forget *atomic.Bool, tools ...string) *httptest.Server {
+// memberHooks change and watch an sdkServer: while forget is set it
+// answers 404 to every request on a session, as a restarted server does;
+// mcpName is the last Mcp-Name header it received.
+type memberHooks struct {
+	forget  atomic.Bool
+	mcpName atomic.Value
+}
+
+func sdkServerHooked(t *testing.T, hooks *memberHooks, tools ...string) *httptest.Server {
 	t.Helper()
 	server := mcp.NewServer(&mcp.Implementation{Name: "member", Version: "1"}, nil)
 	for _, name := range tools {
@@ -37,7 +43,10 @@ func sdkServerForgetting(t *testing.T, forget *atomic.Bool, tools ...string) *ht
 	}
 	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server }, nil)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if forget != nil && forget.Load() && r.Header.Get("Mcp-Session-Id") != "" {
+		if v := r.Header.Get("Mcp-Name"); v != "" {
+			hooks.mcpName.Store(v)
+		}
+		if hooks.forget.Load() && r.Header.Get("Mcp-Session-Id") != "" {
 			http.Error(w, "session not found", http.StatusNotFound)
 			return
 		}
@@ -92,8 +101,8 @@ func rpc(t *testing.T, method, url, session, body string, h http.Header) rpcAnsw
 const initializeBody = `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`
 
 func TestFederatedRoute(t *testing.T) {
-	forget := &atomic.Bool{}
-	a := sdkServerForgetting(t, forget, "search", "only_a")
+	hooks := &memberHooks{}
+	a := sdkServerHooked(t, hooks, "search", "only_a")
 	down := httptest.NewServer(http.NotFoundHandler())
 	down.Close() // member b is down from the start
 	srv, err := newFederatedGateway(t, a.URL, down.URL, config.PrefixCollision)
@@ -150,11 +159,15 @@ func TestFederatedRoute(t *testing.T) {
 			}
 		})
 	}
-	forget.Store(true)
+	named := rpc(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":12,"method":"tools/call","params":{"name":"a__search","arguments":{}}}`, http.Header{"Mcp-Name": {"a__search"}})
+	if named.Error != nil || hooks.mcpName.Load() != "search" {
+		t.Errorf("tools/call a__search with Mcp-Name: %+v; the member saw Mcp-Name %v, want search", named.Error, hooks.mcpName.Load())
+	}
+	hooks.forget.Store(true)
 	if got := rpc(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":11,"method":"tools/list"}`, nil); got.status != http.StatusNotFound || got.Error == nil || got.Error.Code != -31003 {
 		t.Errorf("tools/list after a member forgot its session: HTTP %d %+v, want 404 -31003 (initialize again)", got.status, got.Error)
 	}
-	forget.Store(false)
+	hooks.forget.Store(false)
 	ping := rpc(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":10,"method":"ping"}`, nil)
 	if ping.status != http.StatusOK || ping.Error != nil {
 		t.Errorf("ping: HTTP %d, %+v", ping.status, ping.Error)

@@ -51,6 +51,11 @@ func (s *Server) federatedRouted(w http.ResponseWriter, r *http.Request, f *fede
 	if err != nil {
 		return badRequest("request cannot be routed", err)
 	}
+	if _, ok := r.Header["Mcp-Name"]; ok {
+		// The header names what the body names: the member's own name, or
+		// the member would see the two disagree (SEP-2243).
+		r.Header.Set("Mcp-Name", own)
+	}
 	mf := memberForward(f, m, p, claims, st)
 	mf.body, mf.messages = body, []jsonrpc.Message{msg.Msg}
 	st.msg, st.upstream = msg, member

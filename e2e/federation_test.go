@@ -245,6 +245,8 @@ func TestFederation(t *testing.T) {
 	}
 	if read, err := cs.ReadResource(ctx(t), &mcp.ReadResourceParams{URI: npmURI}); err != nil || len(read.Contents) == 0 {
 		t.Errorf("resources/read %s: %v %+v", npmURI, err, read)
+	} else if read.Contents[0].URI != npmURI {
+		t.Errorf("resources/read %s: contents[0].uri %q, want the federated URI", npmURI, read.Contents[0].URI)
 	}
 	if got, err := cs.GetPrompt(ctx(t), &mcp.GetPromptParams{Name: "own__greet"}); err != nil || len(got.Messages) != 1 {
 		t.Errorf("prompts/get own__greet: %v %+v", err, got)

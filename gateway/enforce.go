@@ -133,7 +133,7 @@ func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte
 	}
 	switch m := msg.(type) {
 	case *jsonrpc.Response:
-		return s.filterResponse(ctx, fwd, m, data), false
+		return s.renamed(fwd, s.filterResponse(ctx, fwd, m, data)), false
 	case *jsonrpc.Request:
 		if m.ID.IsValid() && fwd.bridge != nil {
 			// A bridged modern client cannot be asked (the bridge's session
@@ -157,7 +157,7 @@ func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte
 			_ = json.Unmarshal(m.Params, &p)
 			in := s.baseInput(fwd, "resources/read")
 			in.Phase, in.Resource = policy.PhaseListItem, &policy.Resource{URI: p.URI}
-			return data, !s.policy.Visible(ctx, in)
+			return s.renamed(fwd, data), !s.policy.Visible(ctx, in)
 		}
 	}
 	return data, false

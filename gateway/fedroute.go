@@ -119,3 +119,72 @@ func editParams(body []byte, edit func([]member) ([]member, error)) ([]byte, err
 	}
 	return encodeObject(top), nil
 }
+
+// renamed gives the client a member's URIs under their federated names:
+// in a resources/read result's contents and in
+// notifications/resources/updated. Every other message, and every message
+// outside a federated route, is returned as it is.
+func (s *Server) renamed(fwd *forward, data []byte) []byte {
+	f := s.federationNamed(fwd.federation)
+	if f == nil {
+		return data
+	}
+	msg, err := decodeRPC(data)
+	if err != nil {
+		return data
+	}
+	member := fwd.route.upstream.Name
+	var out []byte
+	switch m := msg.(type) {
+	case *jsonrpc.Response:
+		ex := fwd.exchanges[idKey(m.ID)]
+		if ex == nil || ex.input.Method != "resources/read" || m.Error != nil {
+			return data
+		}
+		var result struct {
+			Contents []map[string]json.RawMessage `json:"contents"`
+		}
+		if json.Unmarshal(m.Result, &result) != nil {
+			return data
+		}
+		var all map[string]json.RawMessage
+		_ = json.Unmarshal(m.Result, &all)
+		for _, c := range result.Contents {
+			f.renameURI(c, member)
+		}
+		all["contents"], _ = json.Marshal(result.Contents)
+		raw, _ := json.Marshal(all)
+		out, err = jsonrpc.EncodeMessage(&jsonrpc.Response{ID: m.ID, Result: raw})
+	case *jsonrpc.Request:
+		var params map[string]json.RawMessage
+		if m.Method != "notifications/resources/updated" || json.Unmarshal(m.Params, &params) != nil {
+			return data
+		}
+		f.renameURI(params, member)
+		raw, _ := json.Marshal(params)
+		out, err = jsonrpc.EncodeMessage(&jsonrpc.Request{Method: m.Method, Params: raw})
+	}
+	if err != nil || out == nil {
+		return data
+	}
+	return out
+}
+
+// renameURI replaces obj's uri with its federated name.
+func (f *federation) renameURI(obj map[string]json.RawMessage, member string) {
+	var uri string
+	if json.Unmarshal(obj["uri"], &uri) != nil || uri == "" {
+		return
+	}
+	obj["uri"], _ = json.Marshal(f.names.outward(kindResource, member, uri))
+}
+
+// federationNamed is the federated route named name; nil for "" or none.
+func (s *Server) federationNamed(name string) *federation {
+	for _, rt := range s.federated {
+		if name != "" && rt.fed.cfg.Name == name {
+			return rt.fed
+		}
+	}
+	return nil
+}

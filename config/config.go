@@ -24,6 +24,9 @@ type Config struct {
 	Tracing   Tracing    `yaml:"tracing"`
 	Cache     Cache      `yaml:"cache"`
 	Upstreams []Upstream `yaml:"upstreams"`
+	// Routes are the federated routes (routes.go); every upstream also has
+	// its own route at /mcp/<name>.
+	Routes []Route `yaml:"routes"`
 }
 
 // Server is the public MCP listener.
@@ -214,6 +217,7 @@ func (c *Config) applyDefaults() {
 	c.Policy.applyDefaults()
 	c.Tracing.applyDefaults()
 	c.applyCacheDefaults()
+	c.applyRouteDefaults()
 	for i := range c.Upstreams {
 		setDefault(&c.Upstreams[i].MaxIdleConns, DefaultMaxIdleConns)
 		c.Upstreams[i].applyResilienceDefaults()

@@ -42,6 +42,7 @@ func (c *Config) Validate() []Problem {
 	v.tracing(&c.Tracing)
 	v.upstreams(c.Upstreams, len(c.Auth.OIDC) > 0)
 	v.cache(c)
+	v.routes(c.Routes, c.Upstreams)
 	return v.problems
 }
 

@@ -44,6 +44,9 @@ func (s *Server) policyInput(r *http.Request, fwd *forward, st *requestState, ms
 		Protocol:  policy.Protocol{Version: st.version, Era: fwd.era},
 		Source:    policy.Source{IP: remoteIP(r), UserAgent: r.UserAgent()},
 	}
+	if fwd.federation != "" {
+		in.Route = fwd.federation // policies are written per member upstream
+	}
 	s.describeParams(in, fwd.route.upstream.Name, msg.Params)
 	return in
 }

@@ -267,18 +267,7 @@ var errParamsNotObject = errors.New("params is not an object")
 // request's params (a legacy server would read a protocol version there as
 // a modern request); every other member keeps its exact bytes.
 func withoutModernMeta(body []byte) ([]byte, error) {
-	top, err := members(body)
-	if err != nil {
-		return nil, err
-	}
-	for i, m := range top {
-		if m.name != "params" {
-			continue
-		}
-		params, err := members(m.value)
-		if err != nil {
-			return nil, errParamsNotObject
-		}
+	out, err := editParams(body, func(params []member) ([]member, error) {
 		for j, p := range params {
 			if foldName(p.name) != "_meta" {
 				continue
@@ -290,9 +279,11 @@ func withoutModernMeta(body []byte) ([]byte, error) {
 			meta = slices.DeleteFunc(meta, func(k member) bool { return strings.HasPrefix(foldName(k.name), modernMetaPrefix) })
 			params[j].value = encodeObject(meta)
 		}
-		top[i].value = encodeObject(params)
+		return params, nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	out := encodeObject(top)
 	if _, err := decodeMessage(out); err != nil {
 		return nil, err // never forward what the gateway itself would refuse
 	}

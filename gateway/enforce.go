@@ -151,12 +151,18 @@ func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte
 			s.dropStrayResponse(ctx, fwd, m.ID)
 			return nil, true
 		}
-		return s.filterResponse(ctx, fwd, m, data), false
+		return s.renamed(fwd, s.filterResponse(ctx, fwd, m, data)), false
 	case *jsonrpc.Request:
 		if m.ID.IsValid() && fwd.bridge != nil {
 			// A bridged modern client cannot be asked (the bridge's session
 			// declared no client capabilities): refused to the upstream.
 			go s.answerUpstream(fwd, errorMessage(m.ID, newError(0, CodeMethodNotFound, m.Method+" is not available: the client is bridged from the modern protocol era", nil)))
+			return data, true
+		}
+		if m.ID.IsValid() && fwd.federation != "" {
+			// The client's answer could not be routed back to this member
+			// (federation.go): refused to the member, never relayed.
+			go s.answerUpstream(fwd, errorMessage(m.ID, newError(0, CodeMethodNotFound, m.Method+" is not available on a federated route", nil)))
 			return data, true
 		}
 		if m.ID.IsValid() {
@@ -169,7 +175,7 @@ func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte
 			_ = json.Unmarshal(m.Params, &p)
 			in := s.baseInput(fwd, "resources/read")
 			in.Phase, in.Resource = policy.PhaseListItem, &policy.Resource{URI: p.URI}
-			return data, !s.policy.Visible(ctx, in)
+			return s.renamed(fwd, data), !s.policy.Visible(ctx, in)
 		}
 	}
 	return data, false

@@ -73,13 +73,24 @@ func newGateway(t *testing.T, upstreamURL string) *httptest.Server {
 // upstream's configuration (", bridge: true").
 func newGatewayOpts(t *testing.T, upstreamURL string, opts gateway.Options, upstreamKeys string) *httptest.Server {
 	t.Helper()
-	cfg, err := config.Parse(fmt.Appendf(nil, `
+	srv, err := startGatewayYAML(t, fmt.Sprintf(`
 server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0"}
 auth: {anonymous: true}
 policy: {dir: unused-the-test-passes-no-engine}
 upstreams: [{name: up, url: %q%s}]
-`, upstreamURL, upstreamKeys), func(string) (string, bool) { return "", false })
+`, upstreamURL, upstreamKeys), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv
+}
+
+// startGatewayYAML serves a gateway built from a valid configuration; the
+// error is gateway.New's.
+func startGatewayYAML(t *testing.T, yaml string, opts gateway.Options) (*httptest.Server, error) {
+	t.Helper()
+	cfg, err := config.Parse([]byte(yaml), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,11 +103,11 @@ upstreams: [{name: up, url: %q%s}]
 	}
 	gw, err := gateway.New(cfg, pool, opts)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	srv := httptest.NewServer(gw.Handler())
 	t.Cleanup(srv.Close)
-	return srv
+	return srv, nil
 }
 
 func send(t *testing.T, method, url, session, body string, header http.Header) *http.Response {

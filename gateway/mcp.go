@@ -43,6 +43,9 @@ type route struct {
 	// bridge holds the legacy sessions that serve modern clients when the
 	// upstream speaks only the legacy era; nil: no bridging.
 	bridge *bridgeSessions
+	// fed is set on a federated route (federation.go), whose upstream is
+	// only its name.
+	fed *federation
 }
 
 // forward is everything the reverse proxy needs to send one request on,
@@ -73,6 +76,9 @@ type forward struct {
 	// requests awaiting responses, by id.
 	base      *policy.Input
 	exchanges map[string]*exchange
+	// federation is the federated route's name when the request came
+	// through one (the policy's input.route); route is then the member's.
+	federation string
 }
 
 type forwardKey struct{}
@@ -144,29 +150,14 @@ func (s *Server) serveRoute(rt *route) http.HandlerFunc {
 // preparePost reads and strictly decodes the body, then resolves the
 // session (initialize starts one) and the protocol version.
 func (s *Server) preparePost(r *http.Request, fwd *forward, st *requestState) error {
-	if err := checkContentType(r); err != nil {
-		return err
-	}
-	if err := checkAccept(r, "application/json", "text/event-stream"); err != nil {
-		return err
-	}
-	body, err := io.ReadAll(r.Body)
-	if err != nil {
-		return bodyReadError(err)
-	}
-	fwd.body = body
-	msg, err := decodeMessage(body)
-	switch {
-	case errors.Is(err, errBatch):
+	err := s.readPost(r, fwd, st)
+	if errors.Is(err, errBatch) {
 		return s.prepareBatch(r, fwd, st)
-	case errors.Is(err, errMalformed):
-		return newError(http.StatusBadRequest, CodeParseError, "parse error: "+err.Error(), nil)
-	case err != nil:
-		st.rejectedID = peekID(body)
-		return badRequest("invalid JSON-RPC message: "+err.Error(), nil)
 	}
-	st.msg = msg
-	fwd.messages = []jsonrpc.Message{msg.Msg}
+	if err != nil {
+		return err
+	}
+	msg := st.msg
 	if isModernRequest(r, msg.Request()) {
 		return s.prepareModern(r, fwd, st, msg.Request())
 	}
@@ -182,6 +173,35 @@ func (s *Server) preparePost(r *http.Request, fwd *forward, st *requestState) er
 		return err
 	}
 	return s.prepareSession(r, fwd, st)
+}
+
+// readPost checks a POST's headers, reads its (size-limited) body and
+// decodes it strictly into st.msg; a batch is errBatch, left to the caller.
+func (s *Server) readPost(r *http.Request, fwd *forward, st *requestState) error {
+	if err := checkContentType(r); err != nil {
+		return err
+	}
+	if err := checkAccept(r, "application/json", "text/event-stream"); err != nil {
+		return err
+	}
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		return bodyReadError(err)
+	}
+	fwd.body = body
+	msg, err := decodeMessage(body)
+	switch {
+	case errors.Is(err, errBatch):
+		return err
+	case errors.Is(err, errMalformed):
+		return newError(http.StatusBadRequest, CodeParseError, "parse error: "+err.Error(), nil)
+	case err != nil:
+		st.rejectedID = peekID(body)
+		return badRequest("invalid JSON-RPC message: "+err.Error(), nil)
+	}
+	st.msg = msg
+	fwd.messages = []jsonrpc.Message{msg.Msg}
+	return nil
 }
 
 // prepareBatch accepts a JSON-RPC batch only where the session's protocol

@@ -125,6 +125,8 @@ type Server struct {
 	// listeners are the cache's change listeners by upstream name
 	// (cachelisten.go), started by Serve.
 	listeners sync.Map
+	// federated are the federated routes (federation.go).
+	federated []*route
 
 	ready    atomic.Bool // listeners are up
 	draining atomic.Bool // shutdown began: not ready, streams closing
@@ -215,6 +217,9 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 		s.metrics.setPolicyRevision(s.policy.Revision())
 	}
 	s.handler = s.chain()
+	if err := s.checkNameCollisions(context.Background()); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -239,11 +244,16 @@ func (s *Server) chain() http.Handler {
 	// Protected-resource metadata is public: clients read it to learn where
 	// to get a token.
 	r.Get(wellKnownPRM, s.protectedResource(nil))
-	for _, rt := range s.routes() {
+	own := s.routes()
+	for _, rt := range append(own, s.federations(own)...) {
 		r.Get(wellKnownPRM+rt.path, s.protectedResource(rt))
+		handler := s.serveRoute(rt)
+		if rt.fed != nil {
+			handler = s.serveFederated(rt)
+		}
 		// 5. Authentication, per route so a challenge can name the route's
 		//    metadata: every route handler runs with a verified Principal.
-		r.With(s.authenticate(rt)).Handle(rt.path, s.serveRoute(rt))
+		r.With(s.authenticate(rt)).Handle(rt.path, handler)
 	}
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, newError(http.StatusNotFound, CodeInvalidRequest, "no MCP route at this path; routes are /mcp/<upstream>", nil))

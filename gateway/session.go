@@ -37,6 +37,10 @@ type sessionClaims struct {
 	Version   string `json:"v,omitempty"` // negotiated MCP protocol version
 	Caps      string `json:"c,omitempty"` // digest of the client's declared capabilities (cache key)
 	IssuedAt  int64  `json:"iat"`         // unix seconds
+	// Members are a federated session's upstream sessions, by member
+	// upstream name (federation.go); a member that is absent is not part of
+	// the session.
+	Members map[string]string `json:"m,omitempty"`
 }
 
 var errSessionInvalid = errors.New("session id invalid")
@@ -93,12 +97,19 @@ func randomSessionSecret() []byte {
 
 func (s *sealer) seal(c sessionClaims) (string, error) {
 	c.IssuedAt = s.now().Unix()
-	plain, err := json.Marshal(c)
+	return s.sealAs(sessionFormat, c)
+}
+
+// sealAs seals any value under the first key. The format byte is
+// authenticated, so a box sealed as one kind (a list cursor) never opens as
+// another (a session).
+func (s *sealer) sealAs(format byte, v any) (string, error) {
+	plain, err := json.Marshal(v)
 	if err != nil {
 		return "", err
 	}
 	k := s.keys[0]
-	header := append([]byte{sessionFormat}, k.id[:]...)
+	header := append([]byte{format}, k.id[:]...)
 	nonce := make([]byte, k.aead.NonceSize())
 	_, _ = rand.Read(nonce)
 	out := append(header, nonce...)
@@ -111,18 +122,30 @@ func (s *sealer) seal(c sessionClaims) (string, error) {
 // foreign session is simply unknown.
 func (s *sealer) open(id string) (sessionClaims, error) {
 	var c sessionClaims
+	if err := s.openAs(sessionFormat, id, &c); err != nil {
+		return sessionClaims{}, err
+	}
+	if age := s.now().Sub(time.Unix(c.IssuedAt, 0)); age > s.ttl {
+		return sessionClaims{}, fmt.Errorf("%w: expired %s ago", errSessionInvalid, (age - s.ttl).Round(time.Second))
+	}
+	return c, nil
+}
+
+// openAs verifies a box sealed with sealAs in the given format and decodes
+// it into v.
+func (s *sealer) openAs(format byte, id string, v any) error {
 	if len(id) > maxSessionIDLen {
-		return c, fmt.Errorf("%w: too long", errSessionInvalid)
+		return fmt.Errorf("%w: too long", errSessionInvalid)
 	}
 	// Strict: one spelling per id, so nothing keyed on the id string can be
 	// sidestepped with an equivalent encoding.
 	raw, err := base64.RawURLEncoding.Strict().DecodeString(id)
 	if err != nil {
-		return c, fmt.Errorf("%w: not base64url", errSessionInvalid)
+		return fmt.Errorf("%w: not base64url", errSessionInvalid)
 	}
 	const headerLen = 1 + sessionKeyIDLen
-	if len(raw) < headerLen || raw[0] != sessionFormat {
-		return c, fmt.Errorf("%w: unknown format", errSessionInvalid)
+	if len(raw) < headerLen || raw[0] != format {
+		return fmt.Errorf("%w: unknown format", errSessionInvalid)
 	}
 	header, rest := raw[:headerLen], raw[headerLen:]
 	for _, k := range s.keys {
@@ -131,19 +154,16 @@ func (s *sealer) open(id string) (sessionClaims, error) {
 		}
 		ns := k.aead.NonceSize()
 		if len(rest) < ns+k.aead.Overhead() {
-			return c, fmt.Errorf("%w: truncated", errSessionInvalid)
+			return fmt.Errorf("%w: truncated", errSessionInvalid)
 		}
 		plain, err := k.aead.Open(nil, rest[:ns], rest[ns:], header)
 		if err != nil {
-			return c, fmt.Errorf("%w: authentication failed", errSessionInvalid)
+			return fmt.Errorf("%w: authentication failed", errSessionInvalid)
 		}
-		if err := json.Unmarshal(plain, &c); err != nil {
-			return sessionClaims{}, fmt.Errorf("%w: payload: %v", errSessionInvalid, err)
+		if err := json.Unmarshal(plain, v); err != nil {
+			return fmt.Errorf("%w: payload: %v", errSessionInvalid, err)
 		}
-		if age := s.now().Sub(time.Unix(c.IssuedAt, 0)); age > s.ttl {
-			return sessionClaims{}, fmt.Errorf("%w: expired %s ago", errSessionInvalid, (age - s.ttl).Round(time.Second))
-		}
-		return c, nil
+		return nil
 	}
-	return c, fmt.Errorf("%w: unknown key id", errSessionInvalid)
+	return fmt.Errorf("%w: unknown key id", errSessionInvalid)
 }

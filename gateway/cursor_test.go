@@ -1,0 +1,64 @@
+package gateway
+
+import (
+	"encoding/base64"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestCursorSealing(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	s, err := newSealer([][]byte{[]byte("0123456789abcdef0123456789abcdef")}, time.Hour, func() time.Time { return now })
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := fedCursor{Route: "/mcp", Principal: "alice", Method: "tools/list", Pending: []memberCursor{{Member: "git", Cursor: "p2"}, {Member: "docs", Cursor: "abc"}}}
+	id, err := s.sealCursor(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.openCursor(id, "/mcp", "alice", "tools/list")
+	if err != nil {
+		t.Fatalf("openCursor: %v", err)
+	}
+	in.IssuedAt = now.Unix()
+	if diff := cmp.Diff(in, got); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s", diff)
+	}
+
+	raw, _ := base64.RawURLEncoding.DecodeString(id)
+	raw[len(raw)-1] ^= 1
+	tampered := base64.RawURLEncoding.EncodeToString(raw)
+	session, _ := s.seal(sessionClaims{Route: "/mcp", Principal: "alice"})
+	tests := []struct {
+		name, id, route, principal, method string
+	}{
+		{"tampered", tampered, "/mcp", "alice", "tools/list"},
+		{"another route", id, "/other", "alice", "tools/list"},
+		{"another principal", id, "/mcp", "bob", "tools/list"},
+		{"another list", id, "/mcp", "alice", "prompts/list"},
+		{"a session id is not a cursor", session, "/mcp", "alice", "tools/list"},
+		{"garbage", "not a cursor!", "/mcp", "alice", "tools/list"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := s.openCursor(tt.id, tt.route, tt.principal, tt.method); !errors.Is(err, errCursorInvalid) {
+				t.Errorf("openCursor = %v, want errCursorInvalid", err)
+			}
+		})
+	}
+	t.Run("a cursor is not a session id", func(t *testing.T) {
+		if _, err := s.open(id); !errors.Is(err, errSessionInvalid) {
+			t.Errorf("open(cursor) = %v, want errSessionInvalid", err)
+		}
+	})
+	t.Run("expired", func(t *testing.T) {
+		now = now.Add(2 * time.Hour)
+		if _, err := s.openCursor(id, "/mcp", "alice", "tools/list"); !errors.Is(err, errCursorInvalid) {
+			t.Errorf("openCursor after the TTL = %v, want errCursorInvalid", err)
+		}
+	})
+}

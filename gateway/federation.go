@@ -1,0 +1,238 @@
+package gateway
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/upstream"
+)
+
+// Federation serves several upstreams (members) at one route
+// (config.Route). What it does, in the legacy protocol era:
+//
+//   - initialize is sent to every member in parallel, each with the
+//     client's own params and within the route's member_timeout; the
+//     members that answer are the session (their upstream session ids are
+//     sealed in the gateway's session id), the others are left out and
+//     named in the result's _meta io.ctxgate/partial. The result is the
+//     gateway's: the lowest protocol version the members negotiated, the
+//     union of their capabilities (less listChanged and subscribe: a
+//     federated session has no GET stream), their instructions.
+//   - lists are asked of every member of the session in parallel, each
+//     within member_timeout, filtered by the policy per member, named
+//     (naming.go) and merged in route order (merge.go). A member that fails
+//     is filled in from its last good answer, else left out; either way
+//     the result says so (_meta io.ctxgate/partial) and
+//     ctxgate_federation_partial_total counts it. Cursors are the
+//     gateway's own (cursor.go).
+//   - tools/call, prompts/get, resources/read, resources/(un)subscribe
+//     and completion/complete go to the member that owns the name or URI,
+//     with the member's own name, through the member's whole pipeline
+//     (policy, rate limits, cache, idempotency, resilience).
+//   - ping is answered by the gateway; logging/setLevel and client
+//     notifications go to every member.
+//
+// Not served on a federated route: the modern era (its clients are told
+// -32022 and use initialize), the GET stream (405), batches (400) and
+// server-to-client requests from members (refused to the member).
+
+// federation is one federated route.
+type federation struct {
+	cfg     config.Route
+	route   *route   // the route as authentication and metadata see it
+	members []*route // the members' own routes, in route order
+	names   *namer
+	// lastGood holds each member's last good list answer, raw, for the
+	// partial answers of a member that fails.
+	lastGood sync.Map // string -> lastGood
+	partial  *prometheus.CounterVec
+}
+
+type lastGood struct {
+	result json.RawMessage
+	at     time.Time
+}
+
+func (f *federation) member(name string) *route {
+	for _, m := range f.members {
+		if m.upstream.Name == name {
+			return m
+		}
+	}
+	return nil
+}
+
+// federations builds the configured federated routes over the upstreams'
+// own routes.
+func (s *Server) federations(own []*route) []*route {
+	if len(s.cfg.Routes) == 0 {
+		return nil
+	}
+	partial := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ctxgate_federation_partial_total",
+		Help: "Merged lists answered without a member's fresh part, by route, member and how (missing, stale).",
+	}, []string{"route", "member", "how"})
+	if err := s.metrics.registry.Register(partial); err != nil {
+		s.log.Warn("federation metrics not registered", "error", err)
+	}
+	byName := map[string]*route{}
+	for _, rt := range own {
+		byName[rt.upstream.Name] = rt
+	}
+	base := strings.TrimSuffix(s.cfg.Server.PublicURL, "/")
+	var out []*route
+	for _, c := range s.cfg.Routes {
+		f := &federation{cfg: c, partial: partial, names: newNamer(c.Prefix, c.Separator, c.Upstreams)}
+		rt := &route{path: c.Path, upstream: &upstream.Upstream{Name: c.Name}, fed: f}
+		for _, name := range c.Upstreams {
+			m := byName[name]
+			f.members = append(f.members, m)
+			// A token for the federated route must carry every scope any
+			// member requires: it reaches them all.
+			for _, sc := range m.requiredScopes {
+				if !slices.Contains(rt.requiredScopes, sc) {
+					rt.requiredScopes = append(rt.requiredScopes, sc)
+				}
+			}
+		}
+		rt.resource = base + rt.path
+		rt.metadataURL = base + wellKnownPRM + rt.path
+		f.route = rt
+		out = append(out, rt)
+	}
+	s.federated = out
+	return out
+}
+
+// serveFederated handles the Streamable HTTP endpoint of a federated route.
+func (s *Server) serveFederated(rt *route) http.HandlerFunc {
+	f := rt.fed
+	return func(w http.ResponseWriter, r *http.Request) {
+		st := stateOf(r.Context())
+		st.upstream, st.route = f.cfg.Name, f.cfg.Path
+		principal, err := principalOf(r.Context())
+		if err == nil {
+			switch r.Method {
+			case http.MethodPost:
+				err = s.federatedPost(w, r, f, principal, st)
+			case http.MethodDelete:
+				err = s.federatedDelete(w, r, f, principal, st)
+			default:
+				e := newError(http.StatusMethodNotAllowed, CodeInvalidRequest, "a federated route serves POST and DELETE; it has no GET stream", nil)
+				e.Header = http.Header{"Allow": {"POST, DELETE"}}
+				err = e
+			}
+		}
+		if err != nil {
+			writeError(w, r, err)
+		}
+	}
+}
+
+// federatedPost checks and decodes one POST, then serves it by method.
+func (s *Server) federatedPost(w http.ResponseWriter, r *http.Request, f *federation, p *Principal, st *requestState) error {
+	fwd := &forward{route: f.route, principal: p, era: eraLegacy, federation: f.cfg.Name}
+	err := s.readPost(r, fwd, st)
+	if errors.Is(err, errBatch) {
+		return badRequest("JSON-RPC batches are not supported on a federated route", nil)
+	}
+	if err != nil {
+		return err
+	}
+	msg := st.msg
+	if isModernRequest(r, msg.Request()) {
+		// The modern era's stateless fan-out is not built yet: its clients
+		// fall back to initialize, which every MCP client supports.
+		return unsupportedVersion(readRequestMeta(msg.Request().Params).version, slices.Clone(supportedVersions))
+	}
+	if msg.Method() == "initialize" {
+		if !msg.IsCall() {
+			return badRequest("initialize must be a request with an id", nil)
+		}
+		return s.federatedInitialize(w, r, f, fwd, st)
+	}
+	claims, err := s.openFederatedSession(r, f, p, st)
+	if err != nil {
+		return err
+	}
+	req := msg.Request()
+	switch {
+	case req == nil:
+		// A client's answer to a server request: members' requests are
+		// never relayed on a federated route, so none is awaited.
+		w.WriteHeader(http.StatusAccepted)
+		return nil
+	case !req.ID.IsValid():
+		s.federatedNotify(r, f, p, claims, st, req, fwd.body)
+		w.WriteHeader(http.StatusAccepted)
+		return nil
+	case req.Method == "ping":
+		return s.answer(w, req.ID, json.RawMessage(`{}`))
+	case req.Method == "logging/setLevel":
+		s.fanOut(r, f, p, claims, st, req, fwd.body)
+		return s.answer(w, req.ID, json.RawMessage(`{}`))
+	case listShapes[req.Method].items != "":
+		return s.federatedList(w, r, f, p, claims, st, req)
+	}
+	return s.federatedRouted(w, r, f, p, claims, st, req)
+}
+
+// openFederatedSession opens and checks the client's session, as
+// prepareSession does for a single upstream.
+func (s *Server) openFederatedSession(r *http.Request, f *federation, p *Principal, st *requestState) (sessionClaims, error) {
+	fwd := &forward{route: f.route, principal: p}
+	if err := s.prepareSession(r, fwd, st); err != nil {
+		return sessionClaims{}, err
+	}
+	claims, _ := s.sessions.open(r.Header.Get("Mcp-Session-Id"))
+	return claims, nil
+}
+
+// answer writes the gateway's own result for id.
+func (s *Server) answer(w http.ResponseWriter, id jsonrpc.ID, result json.RawMessage) error {
+	body, err := jsonrpc.EncodeMessage(&jsonrpc.Response{ID: id, Result: result})
+	if err != nil {
+		return err
+	}
+	writeAnswer(w, body)
+	return nil
+}
+
+// memberForward is the forward of a request to one member on behalf of a
+// federated session: the member's route, its session, and the federated
+// route's name for the policy.
+func memberForward(f *federation, m *route, p *Principal, claims sessionClaims, st *requestState) *forward {
+	return &forward{route: m, principal: p, era: eraLegacy, federation: f.cfg.Name,
+		upstreamSession: claims.Members[m.upstream.Name], caps: claims.Caps}
+}
+
+// sessionMembers are the members of a federated session, in route order.
+func (f *federation) sessionMembers(claims sessionClaims) (in []*route, out []string) {
+	for _, m := range f.members {
+		if _, ok := claims.Members[m.upstream.Name]; ok {
+			in = append(in, m)
+		} else {
+			out = append(out, m.upstream.Name)
+		}
+	}
+	return in, out
+}
+
+// errMemberUnavailable wraps a member's failure for the log.
+type errMemberUnavailable struct {
+	member string
+	err    error
+}
+
+func (e errMemberUnavailable) Error() string { return fmt.Sprintf("member %s: %v", e.member, e.err) }
+func (e errMemberUnavailable) Unwrap() error { return e.err }

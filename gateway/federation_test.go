@@ -1,0 +1,186 @@
+package gateway_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/gateway"
+)
+
+// sdkServer is a Go SDK MCP server offering the named tools, each
+// answering its own name.
+func sdkServer(t *testing.T, tools ...string) *httptest.Server {
+	t.Helper()
+	return sdkServerHooked(t, &memberHooks{}, tools...)
+}
+
+// memberHooks change and watch an sdkServer: while forget is set it
+// answers 404 to every request on a session, as a restarted server does;
+// mcpName is the last Mcp-Name header it received.
+type memberHooks struct {
+	forget  atomic.Bool
+	mcpName atomic.Value
+}
+
+func sdkServerHooked(t *testing.T, hooks *memberHooks, tools ...string) *httptest.Server {
+	t.Helper()
+	server := mcp.NewServer(&mcp.Implementation{Name: "member", Version: "1"}, nil)
+	for _, name := range tools {
+		mcp.AddTool(server, &mcp.Tool{Name: name}, func(context.Context, *mcp.CallToolRequest, struct{}) (*mcp.CallToolResult, any, error) {
+			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: name}}}, nil, nil
+		})
+	}
+	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server }, nil)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if v := r.Header.Get("Mcp-Name"); v != "" {
+			hooks.mcpName.Store(v)
+		}
+		if hooks.forget.Load() && r.Header.Get("Mcp-Session-Id") != "" {
+			http.Error(w, "session not found", http.StatusNotFound)
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// newFederatedGateway serves upstreams a and b at /mcp/a, /mcp/b and,
+// federated with prefix mode prefix, at /mcp.
+func newFederatedGateway(t *testing.T, aURL, bURL, prefix string) (*httptest.Server, error) {
+	t.Helper()
+	return startGatewayYAML(t, fmt.Sprintf(`
+server: {listen: "127.0.0.1:0"}
+admin: {listen: "127.0.0.1:0"}
+auth: {anonymous: true}
+policy: {dir: unused-the-test-passes-no-engine}
+upstreams:
+  - {name: a, url: %q, retry: {max_attempts: 1}}
+  - {name: b, url: %q, retry: {max_attempts: 1}}
+routes: [{path: /mcp, upstreams: [a, b], prefix: %s, member_timeout: 2s}]
+`, aURL, bURL, prefix), gateway.Options{})
+}
+
+type rpcAnswer struct {
+	status  int
+	session string
+	Result  map[string]json.RawMessage `json:"result"`
+	Error   *struct {
+		Code int64 `json:"code"`
+	} `json:"error"`
+}
+
+func rpc(t *testing.T, method, url, session, body string, h http.Header) rpcAnswer {
+	t.Helper()
+	resp := send(t, method, url, session, body, h)
+	raw, _ := io.ReadAll(resp.Body)
+	a := rpcAnswer{status: resp.StatusCode, session: resp.Header.Get("Mcp-Session-Id")}
+	if strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		// The one response event of a streamed answer.
+		for line := range strings.SplitSeq(string(raw), "\n") {
+			if data, ok := strings.CutPrefix(line, "data: "); ok && strings.Contains(data, `"id"`) {
+				raw = []byte(data)
+			}
+		}
+	}
+	_ = json.Unmarshal(raw, &a)
+	return a
+}
+
+const initializeBody = `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`
+
+func TestFederatedRoute(t *testing.T) {
+	hooks := &memberHooks{}
+	a := sdkServerHooked(t, hooks, "search", "only_a")
+	down := httptest.NewServer(http.NotFoundHandler())
+	down.Close() // member b is down from the start
+	srv, err := newFederatedGateway(t, a.URL, down.URL, config.PrefixCollision)
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := srv.URL + "/mcp"
+	init := rpc(t, http.MethodPost, url, "", initializeBody, nil)
+	if init.status != http.StatusOK || init.session == "" {
+		t.Fatalf("initialize with one member down: HTTP %d, session %q", init.status, init.session)
+	}
+	if got := string(init.Result["_meta"]); got != `{"io.ctxgate/partial":{"missing":["b"]}}` {
+		t.Errorf("initialize _meta = %s, want b missing", got)
+	}
+	list := rpc(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`, nil)
+	var tools []struct{ Name string }
+	_ = json.Unmarshal(list.Result["tools"], &tools)
+	if diff := cmp.Diff([]struct{ Name string }{{"only_a"}, {"search"}}, tools); diff != "" {
+		t.Errorf("tools/list (-want +got):\n%s", diff)
+	}
+	if got := string(list.Result["_meta"]); got != `{"io.ctxgate/partial":{"missing":["b"]}}` {
+		t.Errorf("tools/list _meta = %s, want b missing", got)
+	}
+	call := rpc(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"only_a","arguments":{}}}`, nil)
+	if call.status != http.StatusOK || call.Error != nil || len(call.Result["content"]) == 0 {
+		t.Errorf("tools/call only_a: HTTP %d, %+v", call.status, call)
+	}
+
+	tests := []struct {
+		name, method, session, body string
+		header                      http.Header
+		wantStatus                  int
+		wantCode                    int64
+	}{
+		{"unknown tool", http.MethodPost, init.session, `{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"b__x","arguments":{}}}`, nil, http.StatusOK, -32602},
+		{"tampered cursor", http.MethodPost, init.session, `{"jsonrpc":"2.0","id":5,"method":"tools/list","params":{"cursor":"AAAA"}}`, nil, http.StatusOK, -32602},
+		{"a session id is not a cursor", http.MethodPost, init.session, `{"jsonrpc":"2.0","id":5,"method":"tools/list","params":{"cursor":"` + init.session + `"}}`, nil, http.StatusOK, -32602},
+		{"no session", http.MethodPost, "", `{"jsonrpc":"2.0","id":6,"method":"tools/list"}`, nil, http.StatusBadRequest, -32600},
+		{"batch", http.MethodPost, init.session, `[{"jsonrpc":"2.0","id":7,"method":"ping"}]`, nil, http.StatusBadRequest, -32600},
+		{"modern era", http.MethodPost, "", `{"jsonrpc":"2.0","id":8,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}`,
+			http.Header{"Mcp-Protocol-Version": {"2026-07-28"}, "Mcp-Method": {"tools/list"}}, http.StatusBadRequest, -32022},
+		{"GET stream", http.MethodGet, init.session, "", nil, http.StatusMethodNotAllowed, -32600},
+		{"unsupported method", http.MethodPost, init.session, `{"jsonrpc":"2.0","id":9,"method":"completion/complete","params":{}}`, nil, http.StatusOK, -32601},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := rpc(t, tt.method, url, tt.session, tt.body, tt.header)
+			code := int64(0)
+			if got.Error != nil {
+				code = got.Error.Code
+			}
+			if got.status != tt.wantStatus || code != tt.wantCode {
+				t.Errorf("HTTP %d, code %d; want HTTP %d, code %d", got.status, code, tt.wantStatus, tt.wantCode)
+			}
+		})
+	}
+	named := rpc(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":12,"method":"tools/call","params":{"name":"a__search","arguments":{}}}`, http.Header{"Mcp-Name": {"a__search"}})
+	if named.Error != nil || hooks.mcpName.Load() != "search" {
+		t.Errorf("tools/call a__search with Mcp-Name: %+v; the member saw Mcp-Name %v, want search", named.Error, hooks.mcpName.Load())
+	}
+	hooks.forget.Store(true)
+	if got := rpc(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":11,"method":"tools/list"}`, nil); got.status != http.StatusNotFound || got.Error == nil || got.Error.Code != -31003 {
+		t.Errorf("tools/list after a member forgot its session: HTTP %d %+v, want 404 -31003 (initialize again)", got.status, got.Error)
+	}
+	hooks.forget.Store(false)
+	ping := rpc(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":10,"method":"ping"}`, nil)
+	if ping.status != http.StatusOK || ping.Error != nil {
+		t.Errorf("ping: HTTP %d, %+v", ping.status, ping.Error)
+	}
+}
+
+func TestFederatedCollisionNever(t *testing.T) {
+	a, b := sdkServer(t, "search", "x"), sdkServer(t, "search", "y")
+	_, err := newFederatedGateway(t, a.URL, b.URL, config.PrefixNever)
+	if err == nil || !strings.Contains(err.Error(), `tool "search" is offered by a and b`) {
+		t.Fatalf("New with colliding names and prefix never: %v", err)
+	}
+	if _, err := newFederatedGateway(t, a.URL, b.URL, config.PrefixCollision); err != nil {
+		t.Fatalf("New with colliding names and prefix collision: %v", err)
+	}
+}

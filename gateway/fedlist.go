@@ -1,0 +1,218 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"sync"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+
+	"github.com/ctxgate/ctxgate/policy"
+	"github.com/ctxgate/ctxgate/upstream"
+)
+
+// maxLearnPages bounds the pages of one member's list the gateway reads to
+// learn which member owns a name (prefix modes collision and never).
+const maxLearnPages = 50
+
+// federatedList answers a list method with the merge of the members'
+// lists: the first page of each, or the pages a gateway cursor names.
+func (s *Server) federatedList(w http.ResponseWriter, r *http.Request, f *federation, p *Principal, claims sessionClaims, st *requestState, req *jsonrpc.Request) error {
+	var params struct {
+		Cursor string `json:"cursor"`
+	}
+	_ = json.Unmarshal(req.Params, &params)
+	var todo []memberCursor
+	if params.Cursor != "" {
+		c, err := s.sessions.openCursor(params.Cursor, f.cfg.Path, p.ID, req.Method)
+		if err != nil {
+			return newError(http.StatusOK, jsonrpc.CodeInvalidParams, "invalid cursor", err)
+		}
+		todo = c.Pending
+	} else {
+		// Members left out of the session are missing from every first
+		// page, so the client knows the list is not whole.
+		for _, m := range f.members {
+			todo = append(todo, memberCursor{Member: m.upstream.Name})
+		}
+	}
+	pages := s.memberPages(r, f, p, claims, st, req, todo)
+	for _, pg := range pages {
+		if pg.ended {
+			// As a single upstream's 404 does: the client initializes again
+			// and so gets a new session with every member.
+			return newError(http.StatusNotFound, CodeSessionNotFound, "session not found; initialize a new session", errMemberUnavailable{member: pg.member, err: errMemberSessionEnded})
+		}
+	}
+	shape := listShapes[req.Method]
+	merged, dropped, err := mergePages(f.names, shape, pages)
+	if err != nil {
+		return newError(http.StatusBadGateway, CodeUpstreamUnavailable, "a member's list could not be read", err)
+	}
+	if len(dropped) > 0 {
+		loggerOf(r.Context(), s.log).Warn("federated list: names offered by more than one member served from the first only", "route", f.cfg.Path, "dropped", dropped)
+	}
+	for _, m := range merged.partial.Missing {
+		f.partial.WithLabelValues(f.cfg.Name, m, "missing").Inc()
+	}
+	for m := range merged.partial.Stale {
+		f.partial.WithLabelValues(f.cfg.Name, m, "stale").Inc()
+	}
+	next := ""
+	if len(merged.pending) > 0 {
+		if next, err = s.sessions.sealCursor(fedCursor{Route: f.cfg.Path, Principal: p.ID, Method: req.Method, Pending: merged.pending}); err != nil {
+			return err
+		}
+	}
+	result, err := mergedResult(shape, merged, next)
+	if err != nil {
+		return err
+	}
+	return s.answer(w, req.ID, result)
+}
+
+// memberPages asks every member in todo for its page in parallel. A member
+// the policy does not let the principal list is left out silently; one
+// that is not in the session or fails is filled from its last good page,
+// else marked missing (result nil).
+func (s *Server) memberPages(r *http.Request, f *federation, p *Principal, claims sessionClaims, st *requestState, req *jsonrpc.Request, todo []memberCursor) []memberPage {
+	pages := make([]memberPage, len(todo))
+	denied := make([]bool, len(todo))
+	var wg sync.WaitGroup
+	for i, mc := range todo {
+		m := f.member(mc.Member)
+		if m == nil {
+			denied[i] = true
+			continue
+		}
+		mf := memberForward(f, m, p, claims, st)
+		in := s.policyInput(r, mf, st, req)
+		in.Params = map[string]any{}
+		var d policy.Decision
+		if s.policy != nil {
+			if d = s.decide(r.Context(), policy.PhaseRequest, in); !d.Allow {
+				denied[i] = true
+				continue
+			}
+		}
+		wg.Go(func() {
+			pages[i] = s.memberPage(r.Context(), f, m, p, claims, req.Method, mc.Cursor)
+			pages[i].result = s.filterMemberList(r.Context(), in, d, pages[i].result)
+		})
+	}
+	wg.Wait()
+	var out []memberPage
+	for i := range pages {
+		if !denied[i] {
+			out = append(out, pages[i])
+		}
+	}
+	return out
+}
+
+// memberPage fetches one page of a member's list within the member
+// timeout, remembering it as the member's last good page; on failure it is
+// the last good page (stale) or nothing.
+func (s *Server) memberPage(ctx context.Context, f *federation, m *route, p *Principal, claims sessionClaims, method, cursor string) memberPage {
+	name := m.upstream.Name
+	page := memberPage{member: name}
+	key := lastGoodKey(m, p, claims, method, cursor)
+	session, in := claims.Members[name]
+	var err error = errMemberUnavailable{member: name}
+	if in {
+		var result json.RawMessage
+		if result, err = s.fetchMemberList(ctx, f, m, p, session, claims.Version, method, cursor); err == nil {
+			f.lastGood.Store(key, lastGood{result: result, at: s.now()})
+			if method == "tools/list" {
+				s.catalog.learnTools(name, result)
+			}
+			page.result = result
+			return page
+		}
+		page.ended = errors.Is(err, errMemberSessionEnded)
+	}
+	if lg, ok := f.lastGood.Load(key); ok {
+		page.result, page.stale, page.ageMs = lg.(lastGood).result, true, s.now().Sub(lg.(lastGood).at).Milliseconds()
+	}
+	loggerOf(ctx, s.log).Warn("federated list: member part not fresh", "member", name, "rpc_method", method, "stale", page.stale, "error", err)
+	return page
+}
+
+// lastGoodKey names a member's page for its last good copy: raw, before
+// the policy, so shared by principals unless the member is told who asks.
+func lastGoodKey(m *route, p *Principal, claims sessionClaims, method, cursor string) string {
+	who := ""
+	if m.identityHeaders {
+		who = p.ID
+	}
+	return m.upstream.Name + "\x00" + method + "\x00" + cursor + "\x00" + claims.Caps + "\x00" + who
+}
+
+// fetchMemberList asks a member for one page of a list.
+func (s *Server) fetchMemberList(ctx context.Context, f *federation, m *route, p *Principal, session, version, method, cursor string) (json.RawMessage, error) {
+	ctx, cancel := context.WithTimeout(upstream.WithRetry(ctx, upstream.RetrySafe), f.cfg.MemberTimeout)
+	defer cancel()
+	params := map[string]string{}
+	if cursor != "" {
+		params["cursor"] = cursor
+	}
+	body, err := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": fedRequestID, "method": method, "params": params})
+	if err != nil {
+		return nil, err
+	}
+	resp, raw, err := s.memberPost(ctx, m, p, session, version, body)
+	if err != nil {
+		return nil, err
+	}
+	return memberResult(resp, raw)
+}
+
+// filterMemberList applies the policy to one member's page, as
+// filterResponse does for a single upstream. A page the policy cannot
+// filter is treated as missing, never passed on unfiltered.
+func (s *Server) filterMemberList(ctx context.Context, in *policy.Input, d policy.Decision, result json.RawMessage) json.RawMessage {
+	if s.policy == nil || result == nil {
+		return result
+	}
+	out, _, err := s.policy.FilterList(ctx, in, result)
+	if err == nil && len(d.Redact) > 0 {
+		out, err = policy.Redact(out, d.Redact)
+	}
+	if err != nil {
+		loggerOf(ctx, s.log).Error("policy could not filter a member's list; leaving it out", "member", in.Upstream, "error", err)
+		return nil
+	}
+	return out
+}
+
+// learnNames reads every page of the members' lists of kind, to learn who
+// owns which name; for a resource URI, templates too.
+func (s *Server) learnNames(ctx context.Context, f *federation, p *Principal, claims sessionClaims, kind string) {
+	methods := map[string][]string{kindTool: {"tools/list"}, kindPrompt: {"prompts/list"}, kindResource: {"resources/list", "resources/templates/list"}}[kind]
+	members, _ := f.sessionMembers(claims)
+	var wg sync.WaitGroup
+	for _, m := range members {
+		for _, method := range methods {
+			wg.Go(func() { s.learnMember(ctx, f, m, p, claims, method) })
+		}
+	}
+	wg.Wait()
+}
+
+func (s *Server) learnMember(ctx context.Context, f *federation, m *route, p *Principal, claims sessionClaims, method string) {
+	shape := listShapes[method]
+	cursor := ""
+	for range maxLearnPages {
+		result, err := s.fetchMemberList(ctx, f, m, p, claims.Members[m.upstream.Name], claims.Version, method, cursor)
+		if err != nil {
+			return
+		}
+		page, _, err := mergePages(f.names, shape, []memberPage{{member: m.upstream.Name, result: result}})
+		if err != nil || len(page.pending) == 0 {
+			return
+		}
+		cursor = page.pending[0].Cursor
+	}
+}

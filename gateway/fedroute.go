@@ -1,0 +1,190 @@
+package gateway
+
+import (
+	"encoding/json"
+	"net/http"
+
+	"github.com/go-json-experiment/json/jsontext"
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+)
+
+// routedMethods are the requests that name one member's item: the kind of
+// the name and the params member holding it.
+var routedMethods = map[string]struct{ kind, field string }{
+	"tools/call":            {kindTool, "name"},
+	"prompts/get":           {kindPrompt, "name"},
+	"resources/read":        {kindResource, "uri"},
+	"resources/subscribe":   {kindResource, "uri"},
+	"resources/unsubscribe": {kindResource, "uri"},
+}
+
+// federatedRouted sends a request that names an item to the member that
+// owns it, with the member's own name in place of the client's, through
+// the member's whole pipeline. An item no member of the session owns is
+// answered as unknown, exactly like an item the policy hides.
+func (s *Server) federatedRouted(w http.ResponseWriter, r *http.Request, f *federation, p *Principal, claims sessionClaims, st *requestState, req *jsonrpc.Request) error {
+	how, ok := routedMethods[req.Method]
+	if !ok {
+		return newError(http.StatusOK, CodeMethodNotFound, "method not found on a federated route: "+req.Method, nil)
+	}
+	var params map[string]json.RawMessage
+	var name string
+	if json.Unmarshal(req.Params, &params) != nil || json.Unmarshal(params[how.field], &name) != nil || name == "" {
+		return newError(http.StatusOK, jsonrpc.CodeInvalidParams, "params."+how.field+" is required", nil)
+	}
+	member, own, ok := f.names.inward(how.kind, name)
+	if !ok {
+		// Not seen yet (a new replica, a call before any list): learn the
+		// members' names once, then decide.
+		s.learnNames(r.Context(), f, p, claims, how.kind)
+		member, own, ok = f.names.inward(how.kind, name)
+	}
+	m := f.member(member)
+	if _, in := claims.Members[member]; !ok || m == nil || !in {
+		return unknownItem(req.Method)
+	}
+	body, err := renameParam(st.msg.Raw, how.field, own)
+	if err != nil {
+		return badRequest("request cannot be routed", err)
+	}
+	msg, err := decodeMessage(body)
+	if err != nil {
+		return badRequest("request cannot be routed", err)
+	}
+	if _, ok := r.Header["Mcp-Name"]; ok {
+		// The header names what the body names: the member's own name, or
+		// the member would see the two disagree (SEP-2243).
+		r.Header.Set("Mcp-Name", own)
+	}
+	mf := memberForward(f, m, p, claims, st)
+	mf.body, mf.messages = body, []jsonrpc.Message{msg.Msg}
+	st.msg, st.upstream = msg, member
+	st.target = targetOf(msg.Request())
+	st.toolLabel = s.toolLabel(member, st.target)
+	in := s.policyInput(r, mf, st, msg.Request())
+	in.Tool, in.Resource, in.Prompt, in.Params = nil, nil, nil, nil
+	mf.base = in
+	if err := s.authorize(r, mf, st); err != nil {
+		return err
+	}
+	s.forwardUpstream(w, r, m, mf, st)
+	return nil
+}
+
+// unknownItem is the answer for an item no member owns: what an upstream
+// answers for an unknown tool, prompt or resource.
+func unknownItem(method string) *Error {
+	switch method {
+	case "tools/call":
+		return newError(http.StatusOK, codeUnknownTool, "unknown tool", nil)
+	case "prompts/get":
+		return newError(http.StatusOK, jsonrpc.CodeInvalidParams, "unknown prompt", nil)
+	}
+	return newError(http.StatusOK, codeUnknownResource, "resource not found", nil)
+}
+
+// renameParam replaces params.<field> with value; every other byte of the
+// message is the client's, as checked.
+func renameParam(body []byte, field, value string) ([]byte, error) {
+	return editParams(body, func(params []member) ([]member, error) {
+		for j, pm := range params {
+			if foldName(pm.name) == field {
+				v, _ := json.Marshal(value)
+				params[j].value = jsontext.Value(v)
+			}
+		}
+		return params, nil
+	})
+}
+
+// editParams re-encodes a message with its params object's members
+// changed by edit; every other member keeps its exact bytes.
+func editParams(body []byte, edit func([]member) ([]member, error)) ([]byte, error) {
+	top, err := members(body)
+	if err != nil {
+		return nil, err
+	}
+	for i, t := range top {
+		if foldName(t.name) != "params" {
+			continue
+		}
+		params, err := members(t.value)
+		if err != nil {
+			return nil, errParamsNotObject
+		}
+		if params, err = edit(params); err != nil {
+			return nil, err
+		}
+		top[i].value = encodeObject(params)
+	}
+	return encodeObject(top), nil
+}
+
+// renamed gives the client a member's URIs under their federated names:
+// in a resources/read result's contents and in
+// notifications/resources/updated. Every other message, and every message
+// outside a federated route, is returned as it is.
+func (s *Server) renamed(fwd *forward, data []byte) []byte {
+	f := s.federationNamed(fwd.federation)
+	if f == nil {
+		return data
+	}
+	msg, err := decodeRPC(data)
+	if err != nil {
+		return data
+	}
+	member := fwd.route.upstream.Name
+	var out []byte
+	switch m := msg.(type) {
+	case *jsonrpc.Response:
+		ex := fwd.exchanges[idKey(m.ID)]
+		if ex == nil || ex.input.Method != "resources/read" || m.Error != nil {
+			return data
+		}
+		var result struct {
+			Contents []map[string]json.RawMessage `json:"contents"`
+		}
+		if json.Unmarshal(m.Result, &result) != nil {
+			return data
+		}
+		var all map[string]json.RawMessage
+		_ = json.Unmarshal(m.Result, &all)
+		for _, c := range result.Contents {
+			f.renameURI(c, member)
+		}
+		all["contents"], _ = json.Marshal(result.Contents)
+		raw, _ := json.Marshal(all)
+		out, err = jsonrpc.EncodeMessage(&jsonrpc.Response{ID: m.ID, Result: raw})
+	case *jsonrpc.Request:
+		var params map[string]json.RawMessage
+		if m.Method != "notifications/resources/updated" || json.Unmarshal(m.Params, &params) != nil {
+			return data
+		}
+		f.renameURI(params, member)
+		raw, _ := json.Marshal(params)
+		out, err = jsonrpc.EncodeMessage(&jsonrpc.Request{Method: m.Method, Params: raw})
+	}
+	if err != nil || out == nil {
+		return data
+	}
+	return out
+}
+
+// renameURI replaces obj's uri with its federated name.
+func (f *federation) renameURI(obj map[string]json.RawMessage, member string) {
+	var uri string
+	if json.Unmarshal(obj["uri"], &uri) != nil || uri == "" {
+		return
+	}
+	obj["uri"], _ = json.Marshal(f.names.outward(kindResource, member, uri))
+}
+
+// federationNamed is the federated route named name; nil for "" or none.
+func (s *Server) federationNamed(name string) *federation {
+	for _, rt := range s.federated {
+		if name != "" && rt.fed.cfg.Name == name {
+			return rt.fed
+		}
+	}
+	return nil
+}

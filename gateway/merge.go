@@ -1,0 +1,148 @@
+package gateway
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// listShape is where a list method keeps its items and how they are named.
+type listShape struct {
+	items string // the result member holding the items
+	field string // the item member that is named (and prefixed)
+	kind  string
+}
+
+var listShapes = map[string]listShape{
+	"tools/list":               {"tools", "name", kindTool},
+	"prompts/list":             {"prompts", "name", kindPrompt},
+	"resources/list":           {"resources", "uri", kindResource},
+	"resources/templates/list": {"resourceTemplates", "uriTemplate", kindTemplate},
+}
+
+// partialMetaKey marks a merged result that lacks a member's part
+// (missing) or holds a member's last good part instead of a fresh one
+// (stale).
+const partialMetaKey = "io.ctxgate/partial"
+
+// memberPage is one member's part of a merged list page.
+type memberPage struct {
+	member string
+	// result is the member's list result, already filtered by the policy;
+	// nil when the member's part is missing.
+	result json.RawMessage
+	// stale marks a last good result served because the member failed;
+	// ageMs is its age.
+	stale bool
+	ageMs int64
+	// ended marks a member that ended its session: the client must
+	// initialize again to get a new one.
+	ended bool
+}
+
+// partialNote is the _meta value of a partial merged list.
+type partialNote struct {
+	Missing []string         `json:"missing,omitempty"`
+	Stale   map[string]int64 `json:"staleAgeMs,omitempty"`
+}
+
+// mergedPage is the merge of member pages, in member order.
+type mergedPage struct {
+	items   []json.RawMessage
+	pending []memberCursor
+	partial partialNote
+}
+
+// decodedPage is a member page's items and its own next cursor.
+type decodedPage struct {
+	items []map[string]json.RawMessage
+	names []string
+	next  string
+}
+
+func decodePage(shape listShape, result json.RawMessage) (decodedPage, error) {
+	var all map[string]json.RawMessage
+	if err := json.Unmarshal(result, &all); err != nil {
+		return decodedPage{}, err
+	}
+	var d decodedPage
+	if raw, ok := all[shape.items]; ok {
+		if err := json.Unmarshal(raw, &d.items); err != nil {
+			return decodedPage{}, fmt.Errorf("%s: %w", shape.items, err)
+		}
+	}
+	if raw, ok := all["nextCursor"]; ok {
+		_ = json.Unmarshal(raw, &d.next)
+	}
+	for _, it := range d.items {
+		var name string
+		_ = json.Unmarshal(it[shape.field], &name)
+		d.names = append(d.names, name)
+	}
+	return d, nil
+}
+
+// mergePages names every item for the client and concatenates them in the
+// pages' order (route order), each member's items in its own order. An
+// item whose client name an earlier item already has is left out (prefix
+// mode never); dropped lists those names.
+func mergePages(n *namer, shape listShape, pages []memberPage) (mergedPage, []string, error) {
+	var out mergedPage
+	parts := make([]decodedPage, len(pages))
+	// First learn every member's names, so collision mode sees the
+	// collisions within this page before naming anything.
+	for i, p := range pages {
+		if p.result == nil {
+			out.partial.Missing = append(out.partial.Missing, p.member)
+			continue
+		}
+		d, err := decodePage(shape, p.result)
+		if err != nil {
+			return mergedPage{}, nil, fmt.Errorf("member %s: %w", p.member, err)
+		}
+		n.learn(shape.kind, p.member, d.names)
+		parts[i] = d
+		if p.stale {
+			if out.partial.Stale == nil {
+				out.partial.Stale = map[string]int64{}
+			}
+			out.partial.Stale[p.member] = p.ageMs
+		}
+	}
+	seen := map[string]bool{}
+	var dropped []string
+	for i, p := range pages {
+		for j, it := range parts[i].items {
+			name := n.outward(shape.kind, p.member, parts[i].names[j])
+			if seen[name] {
+				dropped = append(dropped, p.member+": "+name)
+				continue
+			}
+			seen[name] = true
+			it[shape.field], _ = json.Marshal(name)
+			raw, err := json.Marshal(it)
+			if err != nil {
+				return mergedPage{}, nil, err
+			}
+			out.items = append(out.items, raw)
+		}
+		if parts[i].next != "" {
+			out.pending = append(out.pending, memberCursor{Member: p.member, Cursor: parts[i].next})
+		}
+	}
+	return out, dropped, nil
+}
+
+// mergedResult encodes a merged page as the list result the client gets.
+func mergedResult(shape listShape, page mergedPage, nextCursor string) (json.RawMessage, error) {
+	result := map[string]any{shape.items: page.items}
+	if page.items == nil {
+		result[shape.items] = []json.RawMessage{}
+	}
+	if nextCursor != "" {
+		result["nextCursor"] = nextCursor
+	}
+	if len(page.partial.Missing) > 0 || len(page.partial.Stale) > 0 {
+		result["_meta"] = map[string]any{partialMetaKey: page.partial}
+	}
+	return json.Marshal(result)
+}

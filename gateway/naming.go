@@ -1,0 +1,148 @@
+package gateway
+
+import (
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/ctxgate/ctxgate/config"
+)
+
+// Naming on a federated route. Tool and prompt names become
+// <member><separator><name> (git__search); resource URIs and URI templates
+// become <member>+<uri> (docs+file:///guide.md), which keeps them URIs (a
+// scheme may hold "+", not "_"). Whether a name is prefixed is the route's
+// prefix mode:
+//
+//   - always: every name and URI;
+//   - collision: only a name (URI, template) that more than one member
+//     offers, as far as the gateway has seen the members' lists; the others
+//     keep their own names;
+//   - never: none; a name two members share is a start-up error, and one
+//     that appears later is served from the first member only.
+//
+// Un-naming (a call, get or read on its way to the member) accepts the
+// prefixed form in every mode but never, and the plain form where the
+// gateway knows the one member that offers the name.
+
+// Item kinds, as named and un-named.
+const (
+	kindTool     = "tool"
+	kindPrompt   = "prompt"
+	kindResource = "resource"
+	kindTemplate = "template"
+)
+
+// uriSeparator joins a member name and a URI.
+const uriSeparator = "+"
+
+// namer names a federated route's items. It is safe for concurrent use.
+type namer struct {
+	mode    string
+	sep     string
+	members []string // in route order
+	mu      sync.RWMutex
+	// owners are the members seen offering each name, by kind, in route
+	// order.
+	owners map[string]map[string][]string
+}
+
+func newNamer(mode, sep string, members []string) *namer {
+	return &namer{mode: mode, sep: sep, members: members, owners: map[string]map[string][]string{}}
+}
+
+func (n *namer) separator(kind string) string {
+	if kind == kindResource || kind == kindTemplate {
+		return uriSeparator
+	}
+	return n.sep
+}
+
+// learn records that member offers names of kind.
+func (n *namer) learn(kind, member string, names []string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	byName := n.owners[kind]
+	if byName == nil {
+		byName = map[string][]string{}
+		n.owners[kind] = byName
+	}
+	for _, name := range names {
+		if slices.Contains(byName[name], member) {
+			continue
+		}
+		owners := append(byName[name], member)
+		// Route order, so "the first member" is the same on every replica.
+		slices.SortFunc(owners, func(a, b string) int { return slices.Index(n.members, a) - slices.Index(n.members, b) })
+		byName[name] = owners
+	}
+}
+
+func (n *namer) ownersOf(kind, name string) []string {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	return n.owners[kind][name]
+}
+
+// outward is the name the client sees for member's name.
+func (n *namer) outward(kind, member, name string) string {
+	switch n.mode {
+	case config.PrefixNever:
+		return name
+	case config.PrefixCollision:
+		if len(n.ownersOf(kind, name)) < 2 {
+			return name
+		}
+	}
+	return member + n.separator(kind) + name
+}
+
+// inward finds the member a client's name belongs to and the member's own
+// name for it. ok is false when no member is known to own it.
+func (n *namer) inward(kind, name string) (member, own string, ok bool) {
+	if n.mode != config.PrefixAlways {
+		owners := n.ownersOf(kind, name)
+		if kind == kindResource && len(owners) == 0 {
+			owners = n.templateOwners(name)
+		}
+		if len(owners) == 1 || n.mode == config.PrefixNever && len(owners) > 0 {
+			return owners[0], name, true
+		}
+		if n.mode == config.PrefixNever {
+			return "", "", false
+		}
+	}
+	return n.splitPrefix(kind, name)
+}
+
+// splitPrefix takes a prefixed name apart; the longest matching member
+// wins, so members "a" and "a__b" are told apart.
+func (n *namer) splitPrefix(kind, name string) (member, own string, ok bool) {
+	sep := n.separator(kind)
+	for _, m := range n.members {
+		if strings.HasPrefix(name, m+sep) && len(m) > len(member) && len(name) > len(m+sep) {
+			member, own, ok = m, name[len(m+sep):], true
+		}
+	}
+	return member, own, ok
+}
+
+// templateOwners are the members with a URI template whose fixed start
+// (before the first variable) begins uri.
+func (n *namer) templateOwners(uri string) []string {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	var out []string
+	for tmpl, owners := range n.owners[kindTemplate] {
+		fixed, _, _ := strings.Cut(tmpl, "{")
+		if fixed != "" && strings.HasPrefix(uri, fixed) {
+			for _, o := range owners {
+				if !slices.Contains(out, o) {
+					out = append(out, o)
+				}
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b string) int { return slices.Index(n.members, a) - slices.Index(n.members, b) })
+	return out
+}

@@ -62,3 +62,37 @@ func TestCursorSealing(t *testing.T) {
 		}
 	})
 }
+
+// FuzzOpenCursor: a cursor is client input. Opening never panics, a
+// failure always wraps errCursorInvalid, and whatever opens was minted by
+// sealCursor for this route, principal and list (a session id never opens
+// as a cursor).
+func FuzzOpenCursor(f *testing.F) {
+	now := time.Unix(1_800_000_000, 0)
+	s, err := newSealer([][]byte{[]byte("0123456789abcdef0123456789abcdef")}, time.Hour, func() time.Time { return now })
+	if err != nil {
+		f.Fatal(err)
+	}
+	minted := fedCursor{Route: "/mcp", Principal: "alice", Method: "tools/list", Pending: []memberCursor{{Member: "git", Cursor: "p2"}}}
+	id, err := s.sealCursor(minted)
+	if err != nil {
+		f.Fatal(err)
+	}
+	session, _ := s.seal(sessionClaims{Route: "/mcp", Principal: "alice"})
+	for _, seed := range []string{id, id[:len(id)-1], id + "A", "A" + id[1:], session, "", "AQ"} {
+		f.Add(seed)
+	}
+	minted.IssuedAt = now.Unix()
+	f.Fuzz(func(t *testing.T, in string) {
+		got, err := s.openCursor(in, "/mcp", "alice", "tools/list")
+		if err != nil {
+			if !errors.Is(err, errCursorInvalid) {
+				t.Fatalf("openCursor(%q) = %v, want it to wrap errCursorInvalid", in, err)
+			}
+			return
+		}
+		if diff := cmp.Diff(minted, got); diff != "" {
+			t.Fatalf("openCursor(%q) opened something not minted here (-minted +got):\n%s", in, diff)
+		}
+	})
+}

@@ -212,7 +212,7 @@ func (s *Server) bridgeHeader(fwd *forward, session, version string) http.Header
 
 // readResult decodes the result of the one response in an answer.
 func readResult(body []byte, sse bool, v any) bool {
-	for _, p := range responsePayloads(body, sse) {
+	for _, p := range messagePayloads(body, sse) {
 		var msg struct {
 			Result json.RawMessage `json:"result"`
 		}

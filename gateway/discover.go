@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -130,7 +129,7 @@ func (e errUpstreamProbe) Error() string { return "server/discover probe answere
 // supportedVersions, a -32022 error's data.supported, or else (no modern
 // answer at all) the legacy revisions.
 func discoveredVersions(body []byte, sse bool) []string {
-	for _, p := range responsePayloads(body, sse) {
+	for _, p := range messagePayloads(body, sse) {
 		var msg struct {
 			Result *struct {
 				SupportedVersions []string `json:"supportedVersions"`
@@ -153,25 +152,6 @@ func discoveredVersions(body []byte, sse bool) []string {
 		}
 	}
 	return slices.Clone(supportedVersions)
-}
-
-// responsePayloads are the JSON-RPC messages of an answer sent as JSON or
-// as SSE events.
-func responsePayloads(body []byte, sse bool) [][]byte {
-	if !sse {
-		return [][]byte{body}
-	}
-	var payloads [][]byte
-	events := newSSEReader(bytes.NewReader(body))
-	for {
-		ev, err := events.next()
-		if err != nil {
-			return payloads
-		}
-		if ev.HasData {
-			payloads = append(payloads, ev.Data)
-		}
-	}
 }
 
 // filterDiscover rewrites a server/discover result so the gateway describes

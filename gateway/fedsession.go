@@ -72,7 +72,7 @@ func memberResult(resp *http.Response, raw []byte) (json.RawMessage, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("answered HTTP %d", resp.StatusCode)
 	}
-	for _, payload := range responsePayloads(raw, isEventStream(resp.Header)) {
+	for _, payload := range messagePayloads(raw, isEventStream(resp.Header)) {
 		msg, err := jsonrpc.DecodeMessage(payload)
 		if err != nil {
 			continue

@@ -295,3 +295,38 @@ func TestFederatedModernLegacyMember(t *testing.T) {
 		t.Errorf("modern tools/list lacks a's tool: %s", list.Result["tools"])
 	}
 }
+
+// TestFederatedModernBridgedMember: a legacy-only member configured with
+// bridge: true takes part in a modern answer through its bridge.
+func TestFederatedModernBridgedMember(t *testing.T) {
+	a, b := statelessMember(t, &memberHooks{}, "only_a"), sdkServer(t, "only_b")
+	srv, err := startGatewayYAML(t, fmt.Sprintf(`
+server: {listen: "127.0.0.1:0"}
+admin: {listen: "127.0.0.1:0"}
+auth: {anonymous: true}
+policy: {dir: unused-the-test-passes-no-engine}
+upstreams:
+  - {name: a, url: %q, retry: {max_attempts: 1}}
+  - {name: b, url: %q, retry: {max_attempts: 1}, bridge: true}
+routes: [{path: /mcp, upstreams: [a, b], member_timeout: 2s}]
+`, a.URL, b.URL), gateway.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := srv.URL + "/mcp"
+	list := rpc(t, http.MethodPost, url, "", modernCall("tools/list", ""), modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "tools/list"))
+	var tools []struct{ Name string }
+	_ = json.Unmarshal(list.Result["tools"], &tools)
+	if diff := cmp.Diff([]struct{ Name string }{{"a__only_a"}, {"b__only_b"}}, tools); diff != "" || list.Result["_meta"] != nil {
+		t.Errorf("modern tools/list with a bridged member (-want +got):\n%s_meta %s", diff, list.Result["_meta"])
+	}
+	call := rpc(t, http.MethodPost, url, "", modernCall("tools/call", `"name":"b__only_b","arguments":{}`),
+		modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "tools/call", "Mcp-Name", "b__only_b"))
+	if call.Error != nil || !strings.Contains(string(call.Result["content"]), `"only_b"`) {
+		t.Errorf("modern tools/call of the bridged member: HTTP %d, %+v, content %s", call.status, call.Error, call.Result["content"])
+	}
+	disc := rpc(t, http.MethodPost, url, "", modernCall("server/discover", ""), modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "server/discover"))
+	if disc.Error != nil || disc.Result["_meta"] == nil || strings.Contains(string(disc.Result["_meta"]), "partial") {
+		t.Errorf("modern server/discover with a bridged member: %+v, _meta %s", disc.Error, disc.Result["_meta"])
+	}
+}

@@ -316,3 +316,53 @@ func TestFederationCollisionRejected(t *testing.T) {
 		t.Errorf("start-up error does not name the collision and the fix:\n%s", logs)
 	}
 }
+
+// TestFederationModern: a Go SDK client speaking 2026-07-28 in front of a
+// federated route of two stateless Go SDK everything-servers gets the
+// modern era (no session), the merged prefixed tools, and reaches a tool
+// of each member.
+func TestFederationModern(t *testing.T) {
+	one, two := startEverythingMode(t, true), startEverythingMode(t, true)
+	gw := startGateway(t, fmt.Sprintf(`
+server: {listen: "127.0.0.1:0"}
+admin: {listen: "127.0.0.1:0"}
+`+policyConfig()+`auth: {anonymous: true}
+upstreams:
+  - {name: one, url: %q}
+  - {name: two, url: %q}
+routes:
+  - {path: /mcp, upstreams: [one, two], prefix: always, member_timeout: 5s}
+`, one, two))
+	client := mcp.NewClient(&mcp.Implementation{Name: "e2e-federation-modern", Version: "1"}, nil)
+	cs, err := client.Connect(ctx(t), &mcp.StreamableClientTransport{Endpoint: gw.URL + "/mcp"}, &mcp.ClientSessionOptions{ProtocolVersion: "2026-07-28"})
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer cs.Close()
+	if v := cs.InitializeResult().ProtocolVersion; v != "2026-07-28" {
+		t.Errorf("negotiated %q, want 2026-07-28 (the modern era, not a fallback to initialize)", v)
+	}
+	if id := cs.ID(); id != "" {
+		t.Errorf("the modern era has no session; got session %q", id)
+	}
+	names, _, metas := listAllTools(t, cs)
+	if len(metas) > 0 {
+		t.Errorf("a list with every member up is marked: %v", metas)
+	}
+	count := map[string]int{}
+	for _, n := range names {
+		member, _, ok := strings.Cut(n, "__")
+		if !ok || (member != "one" && member != "two") {
+			t.Errorf("tool %q has no member prefix", n)
+		}
+		count[member]++
+	}
+	if count["one"] == 0 || count["one"] != count["two"] {
+		t.Errorf("tools per member = %v, want the same non-zero number from each", count)
+	}
+	for _, name := range []string{"one__test_simple_text", "two__test_simple_text"} {
+		if text := callText(t, cs, name, map[string]any{}); text == "" {
+			t.Errorf("tools/call %s: no text", name)
+		}
+	}
+}

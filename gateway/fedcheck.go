@@ -55,7 +55,7 @@ func (s *Server) learnAtStart(ctx context.Context, f *federation) {
 			}
 			claims := sessionClaims{Version: init.result.ProtocolVersion, Members: map[string]string{m.upstream.Name: init.session}}
 			for method := range listShapes {
-				s.learnMember(ctx, f, m, p, claims, method)
+				s.learnMember(ctx, f, m, p, legacyFan(claims), method)
 			}
 			dctx, cancel := context.WithTimeout(ctx, f.cfg.MemberTimeout)
 			defer cancel()

@@ -42,9 +42,17 @@ import (
 //   - ping is answered by the gateway; logging/setLevel and client
 //     notifications go to every member.
 //
-// Not served on a federated route: the modern era (its clients are told
-// -32022 and use initialize), the GET stream (405), batches (400) and
-// server-to-client requests from members (refused to the member).
+// In the modern era (2026-07-28, stateless; fedmodern.go) the same is done
+// without sessions: server/discover is answered by the gateway with the
+// union of the members' capabilities, lists are fanned out to every member
+// and merged as above, named requests are routed as above. A member that
+// speaks only the legacy era is bridged (bridge.go) when configured so,
+// else left out and named in _meta io.ctxgate/partial (reason: legacy
+// only).
+//
+// Not served on a federated route: the GET stream (405), batches (400),
+// subscriptions/listen (404) and server-to-client requests from members
+// (refused to the member).
 
 // federation is one federated route.
 type federation struct {
@@ -151,9 +159,7 @@ func (s *Server) federatedPost(w http.ResponseWriter, r *http.Request, f *federa
 	}
 	msg := st.msg
 	if isModernRequest(r, msg.Request()) {
-		// The modern era's stateless fan-out is not built yet: its clients
-		// fall back to initialize, which every MCP client supports.
-		return unsupportedVersion(readRequestMeta(msg.Request().Params).version, slices.Clone(supportedVersions))
+		return s.federatedModern(w, r, f, fwd, st)
 	}
 	if msg.Method() == "initialize" {
 		if !msg.IsCall() {
@@ -182,9 +188,9 @@ func (s *Server) federatedPost(w http.ResponseWriter, r *http.Request, f *federa
 		s.fanOut(r, f, p, claims, st, req, fwd.body)
 		return s.answer(w, req.ID, json.RawMessage(`{}`))
 	case listShapes[req.Method].items != "":
-		return s.federatedList(w, r, f, p, claims, st, req)
+		return s.federatedList(w, r, f, p, legacyFan(claims), st, req)
 	}
-	return s.federatedRouted(w, r, f, p, claims, st, req)
+	return s.federatedRouted(w, r, f, p, legacyFan(claims), st, req)
 }
 
 // openFederatedSession opens and checks the client's session, as
@@ -206,14 +212,6 @@ func (s *Server) answer(w http.ResponseWriter, id jsonrpc.ID, result json.RawMes
 	}
 	writeAnswer(w, body)
 	return nil
-}
-
-// memberForward is the forward of a request to one member on behalf of a
-// federated session: the member's route, its session, and the federated
-// route's name for the policy.
-func memberForward(f *federation, m *route, p *Principal, claims sessionClaims, st *requestState) *forward {
-	return &forward{route: m, principal: p, era: eraLegacy, federation: f.cfg.Name,
-		upstreamSession: claims.Members[m.upstream.Name], caps: claims.Caps}
 }
 
 // sessionMembers are the members of a federated session, in route order.

@@ -142,8 +142,8 @@ func TestFederatedRoute(t *testing.T) {
 		{"a session id is not a cursor", http.MethodPost, init.session, `{"jsonrpc":"2.0","id":5,"method":"tools/list","params":{"cursor":"` + init.session + `"}}`, nil, http.StatusOK, -32602},
 		{"no session", http.MethodPost, "", `{"jsonrpc":"2.0","id":6,"method":"tools/list"}`, nil, http.StatusBadRequest, -32600},
 		{"batch", http.MethodPost, init.session, `[{"jsonrpc":"2.0","id":7,"method":"ping"}]`, nil, http.StatusBadRequest, -32600},
-		{"modern era", http.MethodPost, "", `{"jsonrpc":"2.0","id":8,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}`,
-			http.Header{"Mcp-Protocol-Version": {"2026-07-28"}, "Mcp-Method": {"tools/list"}}, http.StatusBadRequest, -32022},
+		{"modern era, checked as on a single route", http.MethodPost, "", `{"jsonrpc":"2.0","id":8,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}`,
+			http.Header{"Mcp-Protocol-Version": {"2026-07-28"}, "Mcp-Method": {"tools/list"}}, http.StatusBadRequest, -32602},
 		{"GET stream", http.MethodGet, init.session, "", nil, http.StatusMethodNotAllowed, -32600},
 		{"unsupported method", http.MethodPost, init.session, `{"jsonrpc":"2.0","id":9,"method":"completion/complete","params":{}}`, nil, http.StatusOK, -32601},
 	}
@@ -182,5 +182,151 @@ func TestFederatedCollisionNever(t *testing.T) {
 	}
 	if _, err := newFederatedGateway(t, a.URL, b.URL, config.PrefixCollision); err != nil {
 		t.Fatalf("New with colliding names and prefix collision: %v", err)
+	}
+}
+
+// statelessMember is a stateless Go SDK MCP server (it serves the modern
+// era) offering the named tools, each answering its own name; it records
+// the last Mcp-Name header it received.
+func statelessMember(t *testing.T, hooks *memberHooks, tools ...string) *httptest.Server {
+	t.Helper()
+	server := mcp.NewServer(&mcp.Implementation{Name: "member", Version: "1"}, nil)
+	for _, name := range tools {
+		mcp.AddTool(server, &mcp.Tool{Name: name}, func(context.Context, *mcp.CallToolRequest, struct{}) (*mcp.CallToolResult, any, error) {
+			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: name}}}, nil, nil
+		})
+	}
+	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server }, &mcp.StreamableHTTPOptions{Stateless: true})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if v := r.Header.Get("Mcp-Name"); v != "" {
+			hooks.mcpName.Store(v)
+		}
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// TestFederatedModern: a 2026-07-28 request on a federated route of two
+// modern members is answered without a session: tools/list is the merged,
+// prefixed list of both, tools/call reaches the owning member under its
+// own name (Mcp-Name too), server/discover is the gateway's.
+func TestFederatedModern(t *testing.T) {
+	hooksA, hooksB := &memberHooks{}, &memberHooks{}
+	a, b := statelessMember(t, hooksA, "search", "only_a"), statelessMember(t, hooksB, "search", "only_b")
+	srv, err := newFederatedGateway(t, a.URL, b.URL, config.PrefixAlways)
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := srv.URL + "/mcp"
+	list := rpc(t, http.MethodPost, url, "", modernCall("tools/list", ""), modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "tools/list"))
+	if list.status != http.StatusOK || list.Error != nil || list.session != "" {
+		t.Fatalf("modern tools/list: HTTP %d, %+v, session %q", list.status, list.Error, list.session)
+	}
+	var tools []struct{ Name string }
+	_ = json.Unmarshal(list.Result["tools"], &tools)
+	if diff := cmp.Diff([]struct{ Name string }{{"a__only_a"}, {"a__search"}, {"b__only_b"}, {"b__search"}}, tools); diff != "" {
+		t.Errorf("modern tools/list (-want +got):\n%s", diff)
+	}
+	if meta := list.Result["_meta"]; meta != nil {
+		t.Errorf("modern tools/list with both members up is partial: %s", meta)
+	}
+	for _, tc := range []struct {
+		name, want string
+		hooks      *memberHooks
+	}{{"a__search", "search", hooksA}, {"b__only_b", "only_b", hooksB}} {
+		call := rpc(t, http.MethodPost, url, "", modernCall("tools/call", `"name":"`+tc.name+`","arguments":{}`),
+			modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "tools/call", "Mcp-Name", tc.name))
+		if call.status != http.StatusOK || call.Error != nil || !strings.Contains(string(call.Result["content"]), `"`+tc.want+`"`) {
+			t.Errorf("modern tools/call %s: HTTP %d, %+v, content %s", tc.name, call.status, call.Error, call.Result["content"])
+		}
+		if got := tc.hooks.mcpName.Load(); got != tc.want {
+			t.Errorf("modern tools/call %s: the member saw Mcp-Name %v, want %s", tc.name, got, tc.want)
+		}
+	}
+	disc := rpc(t, http.MethodPost, url, "", modernCall("server/discover", ""), modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "server/discover"))
+	if disc.Error != nil || !strings.Contains(string(disc.Result["supportedVersions"]), "2026-07-28") || !strings.Contains(string(disc.Result["capabilities"]), `"tools"`) {
+		t.Errorf("modern server/discover: %+v, result %v", disc.Error, disc.Result)
+	}
+
+	tests := []struct {
+		name, body string
+		header     http.Header
+		wantStatus int
+		wantCode   int64
+	}{
+		{"unknown tool", modernCall("tools/call", `"name":"c__x","arguments":{}`), modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "tools/call", "Mcp-Name", "c__x"), http.StatusOK, -32602},
+		{"Mcp-Name mismatch", modernCall("tools/call", `"name":"a__search","arguments":{}`), modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "tools/call", "Mcp-Name", "b__search"), http.StatusBadRequest, -32020},
+		{"no Mcp-Method", modernCall("tools/list", ""), modernHeader("Mcp-Protocol-Version", "2026-07-28"), http.StatusBadRequest, -32020},
+		{"listen", modernCall("subscriptions/listen", ""), modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "subscriptions/listen"), http.StatusNotFound, -32601},
+		{"unknown version", `{"jsonrpc":"2.0","id":8,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2099-01-01","io.modelcontextprotocol/clientCapabilities":{}}}}`,
+			modernHeader("Mcp-Protocol-Version", "2099-01-01", "Mcp-Method", "tools/list"), http.StatusBadRequest, -32022},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := rpc(t, http.MethodPost, url, "", tt.body, tt.header)
+			code := int64(0)
+			if got.Error != nil {
+				code = got.Error.Code
+			}
+			if got.status != tt.wantStatus || code != tt.wantCode {
+				t.Errorf("HTTP %d, code %d; want HTTP %d, code %d", got.status, code, tt.wantStatus, tt.wantCode)
+			}
+		})
+	}
+}
+
+// TestFederatedModernLegacyMember: a member that speaks only the legacy
+// era is left out of a modern answer, named partial with the reason.
+func TestFederatedModernLegacyMember(t *testing.T) {
+	a := statelessMember(t, &memberHooks{}, "only_a")
+	up, b := &modernUpstream{legacy: true}, (*httptest.Server)(nil)
+	b = httptest.NewServer(up)
+	t.Cleanup(b.Close)
+	srv, err := newFederatedGateway(t, a.URL, b.URL, config.PrefixAlways)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list := rpc(t, http.MethodPost, srv.URL+"/mcp", "", modernCall("tools/list", ""), modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "tools/list"))
+	if got := string(list.Result["_meta"]); got != `{"io.ctxgate/partial":{"missing":["b"],"reasons":{"b":"legacy only"}}}` {
+		t.Errorf("modern tools/list with a legacy-only member: HTTP %d %+v, _meta %s", list.status, list.Error, got)
+	}
+	if !strings.Contains(string(list.Result["tools"]), `"a__only_a"`) {
+		t.Errorf("modern tools/list lacks a's tool: %s", list.Result["tools"])
+	}
+}
+
+// TestFederatedModernBridgedMember: a legacy-only member configured with
+// bridge: true takes part in a modern answer through its bridge.
+func TestFederatedModernBridgedMember(t *testing.T) {
+	a, b := statelessMember(t, &memberHooks{}, "only_a"), sdkServer(t, "only_b")
+	srv, err := startGatewayYAML(t, fmt.Sprintf(`
+server: {listen: "127.0.0.1:0"}
+admin: {listen: "127.0.0.1:0"}
+auth: {anonymous: true}
+policy: {dir: unused-the-test-passes-no-engine}
+upstreams:
+  - {name: a, url: %q, retry: {max_attempts: 1}}
+  - {name: b, url: %q, retry: {max_attempts: 1}, bridge: true}
+routes: [{path: /mcp, upstreams: [a, b], member_timeout: 2s}]
+`, a.URL, b.URL), gateway.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := srv.URL + "/mcp"
+	list := rpc(t, http.MethodPost, url, "", modernCall("tools/list", ""), modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "tools/list"))
+	var tools []struct{ Name string }
+	_ = json.Unmarshal(list.Result["tools"], &tools)
+	if diff := cmp.Diff([]struct{ Name string }{{"a__only_a"}, {"b__only_b"}}, tools); diff != "" || list.Result["_meta"] != nil {
+		t.Errorf("modern tools/list with a bridged member (-want +got):\n%s_meta %s", diff, list.Result["_meta"])
+	}
+	call := rpc(t, http.MethodPost, url, "", modernCall("tools/call", `"name":"b__only_b","arguments":{}`),
+		modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "tools/call", "Mcp-Name", "b__only_b"))
+	if call.Error != nil || !strings.Contains(string(call.Result["content"]), `"only_b"`) {
+		t.Errorf("modern tools/call of the bridged member: HTTP %d, %+v, content %s", call.status, call.Error, call.Result["content"])
+	}
+	disc := rpc(t, http.MethodPost, url, "", modernCall("server/discover", ""), modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "server/discover"))
+	if disc.Error != nil || disc.Result["_meta"] == nil || strings.Contains(string(disc.Result["_meta"]), "partial") {
+		t.Errorf("modern server/discover with a bridged member: %+v, _meta %s", disc.Error, disc.Result["_meta"])
 	}
 }

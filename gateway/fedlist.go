@@ -19,7 +19,7 @@ const maxLearnPages = 50
 
 // federatedList answers a list method with the merge of the members'
 // lists: the first page of each, or the pages a gateway cursor names.
-func (s *Server) federatedList(w http.ResponseWriter, r *http.Request, f *federation, p *Principal, claims sessionClaims, st *requestState, req *jsonrpc.Request) error {
+func (s *Server) federatedList(w http.ResponseWriter, r *http.Request, f *federation, p *Principal, fo *fanout, st *requestState, req *jsonrpc.Request) error {
 	var params struct {
 		Cursor string `json:"cursor"`
 	}
@@ -38,7 +38,7 @@ func (s *Server) federatedList(w http.ResponseWriter, r *http.Request, f *federa
 			todo = append(todo, memberCursor{Member: m.upstream.Name})
 		}
 	}
-	pages := s.memberPages(r, f, p, claims, st, req, todo)
+	pages := s.memberPages(r, f, p, fo, st, req, todo)
 	for _, pg := range pages {
 		if pg.ended {
 			// As a single upstream's 404 does: the client initializes again
@@ -77,7 +77,7 @@ func (s *Server) federatedList(w http.ResponseWriter, r *http.Request, f *federa
 // the policy does not let the principal list is left out silently; one
 // that is not in the session or fails is filled from its last good page,
 // else marked missing (result nil).
-func (s *Server) memberPages(r *http.Request, f *federation, p *Principal, claims sessionClaims, st *requestState, req *jsonrpc.Request, todo []memberCursor) []memberPage {
+func (s *Server) memberPages(r *http.Request, f *federation, p *Principal, fo *fanout, st *requestState, req *jsonrpc.Request, todo []memberCursor) []memberPage {
 	pages := make([]memberPage, len(todo))
 	denied := make([]bool, len(todo))
 	var wg sync.WaitGroup
@@ -87,7 +87,7 @@ func (s *Server) memberPages(r *http.Request, f *federation, p *Principal, claim
 			denied[i] = true
 			continue
 		}
-		mf := memberForward(f, m, p, claims, st)
+		mf := fo.forward(f, m, p)
 		in := s.policyInput(r, mf, st, req)
 		in.Params = map[string]any{}
 		var d policy.Decision
@@ -98,7 +98,7 @@ func (s *Server) memberPages(r *http.Request, f *federation, p *Principal, claim
 			}
 		}
 		wg.Go(func() {
-			pages[i] = s.memberPage(r.Context(), f, m, p, claims, req.Method, mc.Cursor)
+			pages[i] = s.memberPage(r.Context(), f, m, p, fo, req.Method, mc.Cursor)
 			pages[i].result = s.filterMemberList(r.Context(), in, d, pages[i].result)
 		})
 	}
@@ -114,16 +114,22 @@ func (s *Server) memberPages(r *http.Request, f *federation, p *Principal, claim
 
 // memberPage fetches one page of a member's list within the member
 // timeout, remembering it as the member's last good page; on failure it is
-// the last good page (stale) or nothing.
-func (s *Server) memberPage(ctx context.Context, f *federation, m *route, p *Principal, claims sessionClaims, method, cursor string) memberPage {
+// the last good page (stale) or nothing. A member the request's era cannot
+// reach at all (a legacy-only member of a modern request) is left out with
+// the reason, never filled in.
+func (s *Server) memberPage(ctx context.Context, f *federation, m *route, p *Principal, fo *fanout, method, cursor string) memberPage {
 	name := m.upstream.Name
 	page := memberPage{member: name}
-	key := lastGoodKey(m, p, claims, method, cursor)
-	session, in := claims.Members[name]
+	key := lastGoodKey(m, p, fo.caps, method, cursor)
+	in, reason := fo.reach(name)
+	if reason != "" {
+		page.reason = reason
+		return page
+	}
 	var err error = errMemberUnavailable{member: name}
 	if in {
 		var result json.RawMessage
-		if result, err = s.fetchMemberList(ctx, f, m, p, session, claims.Version, method, cursor); err == nil {
+		if result, err = s.fetchMemberList(ctx, f, m, p, fo, method, cursor); err == nil {
 			f.lastGood.Store(key, lastGood{result: result, at: s.now()})
 			if method == "tools/list" {
 				s.catalog.learnTools(name, result)
@@ -142,27 +148,30 @@ func (s *Server) memberPage(ctx context.Context, f *federation, m *route, p *Pri
 
 // lastGoodKey names a member's page for its last good copy: raw, before
 // the policy, so shared by principals unless the member is told who asks.
-func lastGoodKey(m *route, p *Principal, claims sessionClaims, method, cursor string) string {
+func lastGoodKey(m *route, p *Principal, caps, method, cursor string) string {
 	who := ""
 	if m.identityHeaders {
 		who = p.ID
 	}
-	return m.upstream.Name + "\x00" + method + "\x00" + cursor + "\x00" + claims.Caps + "\x00" + who
+	return m.upstream.Name + "\x00" + method + "\x00" + cursor + "\x00" + caps + "\x00" + who
 }
 
 // fetchMemberList asks a member for one page of a list.
-func (s *Server) fetchMemberList(ctx context.Context, f *federation, m *route, p *Principal, session, version, method, cursor string) (json.RawMessage, error) {
+func (s *Server) fetchMemberList(ctx context.Context, f *federation, m *route, p *Principal, fo *fanout, method, cursor string) (json.RawMessage, error) {
 	ctx, cancel := context.WithTimeout(upstream.WithRetry(ctx, upstream.RetrySafe), f.cfg.MemberTimeout)
 	defer cancel()
-	params := map[string]string{}
+	params := map[string]any{}
 	if cursor != "" {
 		params["cursor"] = cursor
+	}
+	if fo.era == eraModern {
+		return s.modernMemberCall(ctx, m, p, fo, method, params)
 	}
 	body, err := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": fedRequestID, "method": method, "params": params})
 	if err != nil {
 		return nil, err
 	}
-	resp, raw, err := s.memberPost(ctx, m, p, session, version, body)
+	resp, raw, err := s.memberPost(ctx, m, p, fo.claims.Members[m.upstream.Name], fo.claims.Version, body)
 	if err != nil {
 		return nil, err
 	}
@@ -189,23 +198,25 @@ func (s *Server) filterMemberList(ctx context.Context, in *policy.Input, d polic
 
 // learnNames reads every page of the members' lists of kind, to learn who
 // owns which name; for a resource URI, templates too.
-func (s *Server) learnNames(ctx context.Context, f *federation, p *Principal, claims sessionClaims, kind string) {
+func (s *Server) learnNames(ctx context.Context, f *federation, p *Principal, fo *fanout, kind string) {
 	methods := map[string][]string{kindTool: {"tools/list"}, kindPrompt: {"prompts/list"}, kindResource: {"resources/list", "resources/templates/list"}}[kind]
-	members, _ := f.sessionMembers(claims)
 	var wg sync.WaitGroup
-	for _, m := range members {
+	for _, m := range f.members {
+		if in, _ := fo.reach(m.upstream.Name); !in {
+			continue
+		}
 		for _, method := range methods {
-			wg.Go(func() { s.learnMember(ctx, f, m, p, claims, method) })
+			wg.Go(func() { s.learnMember(ctx, f, m, p, fo, method) })
 		}
 	}
 	wg.Wait()
 }
 
-func (s *Server) learnMember(ctx context.Context, f *federation, m *route, p *Principal, claims sessionClaims, method string) {
+func (s *Server) learnMember(ctx context.Context, f *federation, m *route, p *Principal, fo *fanout, method string) {
 	shape := listShapes[method]
 	cursor := ""
 	for range maxLearnPages {
-		result, err := s.fetchMemberList(ctx, f, m, p, claims.Members[m.upstream.Name], claims.Version, method, cursor)
+		result, err := s.fetchMemberList(ctx, f, m, p, fo, method, cursor)
 		if err != nil {
 			return
 		}

@@ -22,7 +22,7 @@ var routedMethods = map[string]struct{ kind, field string }{
 // owns it, with the member's own name in place of the client's, through
 // the member's whole pipeline. An item no member of the session owns is
 // answered as unknown, exactly like an item the policy hides.
-func (s *Server) federatedRouted(w http.ResponseWriter, r *http.Request, f *federation, p *Principal, claims sessionClaims, st *requestState, req *jsonrpc.Request) error {
+func (s *Server) federatedRouted(w http.ResponseWriter, r *http.Request, f *federation, p *Principal, fo *fanout, st *requestState, req *jsonrpc.Request) error {
 	how, ok := routedMethods[req.Method]
 	if !ok {
 		return newError(http.StatusOK, CodeMethodNotFound, "method not found on a federated route: "+req.Method, nil)
@@ -36,11 +36,11 @@ func (s *Server) federatedRouted(w http.ResponseWriter, r *http.Request, f *fede
 	if !ok {
 		// Not seen yet (a new replica, a call before any list): learn the
 		// members' names once, then decide.
-		s.learnNames(r.Context(), f, p, claims, how.kind)
+		s.learnNames(r.Context(), f, p, fo, how.kind)
 		member, own, ok = f.names.inward(how.kind, name)
 	}
 	m := f.member(member)
-	if _, in := claims.Members[member]; !ok || m == nil || !in {
+	if in, _ := fo.reach(member); !ok || m == nil || !in {
 		return unknownItem(req.Method)
 	}
 	body, err := renameParam(st.msg.Raw, how.field, own)
@@ -51,12 +51,10 @@ func (s *Server) federatedRouted(w http.ResponseWriter, r *http.Request, f *fede
 	if err != nil {
 		return badRequest("request cannot be routed", err)
 	}
-	if _, ok := r.Header["Mcp-Name"]; ok {
-		// The header names what the body names: the member's own name, or
-		// the member would see the two disagree (SEP-2243).
-		r.Header.Set("Mcp-Name", own)
-	}
-	mf := memberForward(f, m, p, claims, st)
+	// The header names what the body names: the member's own name, or the
+	// member would see the two disagree (SEP-2243).
+	setMirroredName(r.Header, own)
+	mf := fo.forward(f, m, p)
 	mf.body, mf.messages = body, []jsonrpc.Message{msg.Msg}
 	st.msg, st.upstream = msg, member
 	st.target = targetOf(msg.Request())
@@ -66,6 +64,11 @@ func (s *Server) federatedRouted(w http.ResponseWriter, r *http.Request, f *fede
 	mf.base = in
 	if err := s.authorize(r, mf, st); err != nil {
 		return err
+	}
+	if mf.bridging {
+		if err := s.prepareBridge(r, mf, msg.Request()); err != nil {
+			return err
+		}
 	}
 	s.forwardUpstream(w, r, m, mf, st)
 	return nil

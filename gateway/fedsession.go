@@ -28,6 +28,12 @@ func (s *Server) memberPost(ctx context.Context, m *route, p *Principal, session
 }
 
 func (s *Server) memberSend(ctx context.Context, method string, m *route, p *Principal, session, version string, body []byte) (*http.Response, []byte, error) {
+	return s.memberSendHeader(ctx, method, m, p, session, version, nil, body)
+}
+
+// memberSendHeader is memberSend with extra headers (a modern request's
+// Mcp-Method).
+func (s *Server) memberSendHeader(ctx context.Context, method string, m *route, p *Principal, session, version string, extra http.Header, body []byte) (*http.Response, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, method, m.upstream.URL.String(), bytes.NewReader(body))
 	if err != nil {
 		return nil, nil, err
@@ -42,6 +48,9 @@ func (s *Server) memberSend(ctx context.Context, method string, m *route, p *Pri
 	}
 	if session != "" {
 		req.Header.Set("Mcp-Session-Id", session)
+	}
+	for k, vs := range extra {
+		req.Header[k] = vs
 	}
 	if st := stateOf(ctx); st != nil {
 		req.Header.Set("X-Request-Id", st.id)
@@ -117,7 +126,7 @@ func (s *Server) federatedInitialize(w http.ResponseWriter, r *http.Request, f *
 	inits := make([]memberInit, len(f.members))
 	var wg sync.WaitGroup
 	for i, m := range f.members {
-		mf := memberForward(f, m, fwd.principal, sessionClaims{}, st)
+		mf := legacyFan(sessionClaims{}).forward(f, m, fwd.principal)
 		if s.policy != nil && !s.decide(r.Context(), policy.PhaseRequest, s.policyInput(r, mf, st, req)).Allow {
 			inits[i].denied = true
 			continue
@@ -191,11 +200,33 @@ func (s *Server) initMember(ctx context.Context, f *federation, m *route, p *Pri
 // what needs a GET stream), their instructions, and the members left out.
 func mergeInit(name string, members []initResult, missing []string) (json.RawMessage, string) {
 	version := members[0].ProtocolVersion
+	for _, m := range members {
+		version = min(version, m.ProtocolVersion) // revisions are dates
+	}
+	caps, instructions := mergeCapabilities(members, "tools", "prompts", "resources", "completions", "logging")
+	result := map[string]any{
+		"protocolVersion": version,
+		"capabilities":    caps,
+		"serverInfo":      map[string]string{"name": "ctxgate federation " + name, "version": "1"},
+	}
+	if instructions != "" {
+		result["instructions"] = instructions
+	}
+	if len(missing) > 0 {
+		result["_meta"] = map[string]any{partialMetaKey: partialNote{Missing: missing}}
+	}
+	raw, _ := json.Marshal(result)
+	return raw, version
+}
+
+// mergeCapabilities is the union of the members' capabilities of the given
+// kinds, less what needs a stream (listChanged, subscribe), and their
+// instructions joined: era-agnostic, for initialize and server/discover.
+func mergeCapabilities(members []initResult, kinds ...string) (map[string]map[string]any, string) {
 	caps := map[string]map[string]any{}
 	var instructions []string
 	for _, m := range members {
-		version = min(version, m.ProtocolVersion) // revisions are dates
-		for _, k := range []string{"tools", "prompts", "resources", "completions", "logging"} {
+		for _, k := range kinds {
 			raw, ok := m.Capabilities[k]
 			if !ok {
 				continue
@@ -215,19 +246,7 @@ func mergeInit(name string, members []initResult, missing []string) (json.RawMes
 			instructions = append(instructions, m.Instructions)
 		}
 	}
-	result := map[string]any{
-		"protocolVersion": version,
-		"capabilities":    caps,
-		"serverInfo":      map[string]string{"name": "ctxgate federation " + name, "version": "1"},
-	}
-	if len(instructions) > 0 {
-		result["instructions"] = strings.Join(instructions, "\n\n")
-	}
-	if len(missing) > 0 {
-		result["_meta"] = map[string]any{partialMetaKey: partialNote{Missing: missing}}
-	}
-	raw, _ := json.Marshal(result)
-	return raw, version
+	return caps, strings.Join(instructions, "\n\n")
 }
 
 // federatedNotify sends a client notification on to every member the
@@ -245,7 +264,7 @@ func (s *Server) federatedNotify(r *http.Request, f *federation, p *Principal, c
 func (s *Server) fanOut(r *http.Request, f *federation, p *Principal, claims sessionClaims, st *requestState, req *jsonrpc.Request, body []byte) {
 	members, _ := f.sessionMembers(claims)
 	members = slices.DeleteFunc(members, func(m *route) bool {
-		mf := memberForward(f, m, p, claims, st)
+		mf := legacyFan(claims).forward(f, m, p)
 		return s.policy != nil && !s.decide(r.Context(), policy.PhaseRequest, s.policyInput(r, mf, st, req)).Allow
 	})
 	s.sendAll(r, f, p, claims, members, http.MethodPost, body)

@@ -34,6 +34,8 @@ type memberPage struct {
 	// ageMs is its age.
 	stale bool
 	ageMs int64
+	// reason says why a missing member was not asked (legacy only).
+	reason string
 	// ended marks a member that ended its session: the client must
 	// initialize again to get a new one.
 	ended bool
@@ -43,6 +45,8 @@ type memberPage struct {
 type partialNote struct {
 	Missing []string         `json:"missing,omitempty"`
 	Stale   map[string]int64 `json:"staleAgeMs,omitempty"`
+	// Reasons says, for a missing member that was not asked, why.
+	Reasons map[string]string `json:"reasons,omitempty"`
 }
 
 // mergedPage is the merge of member pages, in member order.
@@ -93,6 +97,12 @@ func mergePages(n *namer, shape listShape, pages []memberPage) (mergedPage, []st
 	for i, p := range pages {
 		if p.result == nil {
 			out.partial.Missing = append(out.partial.Missing, p.member)
+			if p.reason != "" {
+				if out.partial.Reasons == nil {
+					out.partial.Reasons = map[string]string{}
+				}
+				out.partial.Reasons[p.member] = p.reason
+			}
 			continue
 		}
 		d, err := decodePage(shape, p.result)

@@ -1,0 +1,278 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+
+	"github.com/ctxgate/ctxgate/policy"
+	"github.com/ctxgate/ctxgate/upstream"
+)
+
+// The modern era (2026-07-28) on a federated route: stateless fan-out.
+// A modern request is checked exactly as on a single route (prepareModern:
+// MCP-Protocol-Version, _meta, Mcp-Method, Mcp-Name), then:
+//
+//   - server/discover is answered by the gateway: the union of the
+//     members' capabilities (as initialize merges them, less logging), the
+//     modern revisions every member serves followed by the gateway's legacy
+//     ones (the route serves those itself, with initialize), and the members
+//     left out in _meta io.ctxgate/partial.
+//   - lists are asked of every member in parallel, within member_timeout,
+//     without a session, and merged exactly as in the legacy era
+//     (fedlist.go, merge.go): only the fetch differs.
+//   - tools/call, prompts/get and resources/read are routed by name as in
+//     the legacy era (fedroute.go), Mcp-Name rewritten to the member's
+//     own name.
+//
+// Each member is reached in the era it speaks: modern directly; legacy
+// only through the member's bridge (bridge.go) when it is configured with
+// bridge: true, else not at all: left out of every answer and named in
+// io.ctxgate/partial with the reason "legacy only". subscriptions/listen is
+// not served (404, -32601).
+
+// reasonLegacyOnly is why a modern request leaves a member out.
+const reasonLegacyOnly = "legacy only"
+
+// fanout is how one request reaches the members of a federated route: on
+// the client's federated session (legacy) or statelessly (modern).
+type fanout struct {
+	era    string
+	claims sessionClaims // legacy: the federated session
+	caps   string        // digest of the client capabilities, for last good pages
+	// modern: the revision, the client's params._meta, and how each member
+	// is reached, by name.
+	version string
+	meta    json.RawMessage
+	members map[string]memberEra
+}
+
+// memberEra is how a modern request reaches one member.
+type memberEra struct {
+	served     []string // the revisions the member's route serves
+	bridged    bool     // legacy-only, bridged by the gateway
+	legacyOnly bool     // legacy-only and not bridged: not reached
+}
+
+func legacyFan(claims sessionClaims) *fanout {
+	return &fanout{era: eraLegacy, claims: claims, caps: claims.Caps}
+}
+
+// reach tells whether member name takes part in this request; reason is
+// set for a member the request's era cannot reach at all.
+func (fo *fanout) reach(name string) (in bool, reason string) {
+	if fo.era == eraLegacy {
+		_, in = fo.claims.Members[name]
+		return in, ""
+	}
+	me, ok := fo.members[name]
+	if !ok || me.legacyOnly {
+		return false, reasonLegacyOnly
+	}
+	return true, ""
+}
+
+// forward is the forward of a request to member m, as the member's own
+// route would see it, with the federated route's name for the policy.
+func (fo *fanout) forward(f *federation, m *route, p *Principal) *forward {
+	if fo.era == eraLegacy {
+		return &forward{route: m, principal: p, era: eraLegacy, federation: f.cfg.Name,
+			upstreamSession: fo.claims.Members[m.upstream.Name], caps: fo.claims.Caps}
+	}
+	me := fo.members[m.upstream.Name]
+	return &forward{route: m, principal: p, era: eraModern, federation: f.cfg.Name,
+		servedVersions: me.served, bridging: me.bridged}
+}
+
+// federatedModern serves one modern-era request on a federated route.
+func (s *Server) federatedModern(w http.ResponseWriter, r *http.Request, f *federation, fwd *forward, st *requestState) error {
+	req := st.msg.Request()
+	if err := s.prepareModern(r, fwd, st, req); err != nil {
+		return err
+	}
+	if !req.IsCall() {
+		// A modern notification has no session to belong to and no member
+		// awaits it.
+		w.WriteHeader(http.StatusAccepted)
+		return nil
+	}
+	if req.Method == "subscriptions/listen" {
+		return newError(http.StatusNotFound, CodeMethodNotFound, "subscriptions/listen is not available on a federated route", nil)
+	}
+	var params struct {
+		Meta json.RawMessage `json:"_meta"`
+	}
+	_ = json.Unmarshal(req.Params, &params)
+	fo := &fanout{era: eraModern, version: st.version, meta: params.Meta, caps: "modern\x00" + modernCapabilityDigest(req.Params),
+		members: s.memberEras(r, f, st.version)}
+	switch {
+	case req.Method == "server/discover":
+		return s.federatedDiscover(w, r, f, fwd.principal, fo, st, req)
+	case listShapes[req.Method].items != "":
+		return s.federatedList(w, r, f, fwd.principal, fo, st, req)
+	}
+	return s.federatedRouted(w, r, f, fwd.principal, fo, st, req)
+}
+
+// memberEras learns, in parallel, how each member is reached at version.
+func (s *Server) memberEras(r *http.Request, f *federation, version string) map[string]memberEra {
+	eras := make([]memberEra, len(f.members))
+	var wg sync.WaitGroup
+	for i, m := range f.members {
+		wg.Go(func() {
+			served, bridged := bridgeVersions(m, s.routeVersions(r, m))
+			eras[i] = memberEra{served: served, bridged: bridged, legacyOnly: !slices.Contains(served, version)}
+		})
+	}
+	wg.Wait()
+	out := make(map[string]memberEra, len(eras))
+	for i, m := range f.members {
+		out[m.upstream.Name] = eras[i]
+	}
+	return out
+}
+
+// modernMemberCall sends the gateway's own modern request (a list page,
+// server/discover) to member m and returns its result: directly with the
+// client's _meta, or on the member's bridged legacy session without it.
+func (s *Server) modernMemberCall(ctx context.Context, m *route, p *Principal, fo *fanout, method string, params map[string]any) (json.RawMessage, error) {
+	me := fo.members[m.upstream.Name]
+	if me.bridged {
+		fwd := &forward{route: m, principal: p, servedVersions: me.served}
+		sess, err := m.bridge.get(p.ID, func() (*bridgeSession, error) { return s.openBridge(ctx, fwd) })
+		if err != nil {
+			return nil, err
+		}
+		body, err := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": fedRequestID, "method": method, "params": params})
+		if err != nil {
+			return nil, err
+		}
+		resp, raw, err := s.memberPost(ctx, m, p, sess.id, sess.version, body)
+		if err != nil {
+			return nil, err
+		}
+		result, err := memberResult(resp, raw)
+		if errors.Is(err, errMemberSessionEnded) {
+			// The next request opens a new bridged session; this one is
+			// the member's failure, not the client's session's.
+			m.bridge.drop(p.ID, sess)
+			err = fmt.Errorf("bridged session ended: %v", err)
+		}
+		return result, err
+	}
+	if len(fo.meta) > 0 {
+		params["_meta"] = fo.meta
+	}
+	body, err := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": fedRequestID, "method": method, "params": params})
+	if err != nil {
+		return nil, err
+	}
+	resp, raw, err := s.memberSendHeader(ctx, http.MethodPost, m, p, "", fo.version, http.Header{"Mcp-Method": {method}}, body)
+	if err != nil {
+		return nil, err
+	}
+	return memberResult(resp, raw)
+}
+
+// discoverResult is what the gateway reads of a member's server/discover.
+type discoverResult struct {
+	Capabilities map[string]json.RawMessage `json:"capabilities"`
+	Instructions string                     `json:"instructions"`
+}
+
+// federatedDiscover answers server/discover for the federated route from
+// the members the policy lets the principal reach, asked in parallel.
+func (s *Server) federatedDiscover(w http.ResponseWriter, r *http.Request, f *federation, p *Principal, fo *fanout, st *requestState, req *jsonrpc.Request) error {
+	type part struct {
+		result discoverResult
+		denied bool
+		err    error
+	}
+	parts := make([]part, len(f.members))
+	var wg sync.WaitGroup
+	for i, m := range f.members {
+		if in, _ := fo.reach(m.upstream.Name); !in {
+			continue
+		}
+		in := s.policyInput(r, fo.forward(f, m, p), st, req)
+		if s.policy != nil && !s.decide(r.Context(), policy.PhaseRequest, in).Allow {
+			parts[i].denied = true
+			continue
+		}
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(upstream.WithRetry(r.Context(), upstream.RetrySafe), f.cfg.MemberTimeout)
+			defer cancel()
+			if fo.members[m.upstream.Name].bridged {
+				sess, err := m.bridge.get(p.ID, func() (*bridgeSession, error) {
+					return s.openBridge(ctx, &forward{route: m, principal: p, servedVersions: fo.members[m.upstream.Name].served})
+				})
+				if err != nil {
+					parts[i].err = err
+					return
+				}
+				caps, _ := json.Marshal(sess.capabilities)
+				parts[i].err = json.Unmarshal(caps, &parts[i].result.Capabilities)
+				parts[i].result.Instructions = sess.instructions
+				return
+			}
+			result, err := s.modernMemberCall(ctx, m, p, fo, "server/discover", map[string]any{})
+			if err == nil {
+				err = json.Unmarshal(result, &parts[i].result)
+			}
+			parts[i].err = err
+		})
+	}
+	wg.Wait()
+	var ok []initResult
+	note := partialNote{}
+	versions := slices.Clone(modernVersions)
+	for i, pt := range parts {
+		name := f.members[i].upstream.Name
+		in, reason := fo.reach(name)
+		switch {
+		case !in:
+			note.Missing = append(note.Missing, name)
+			if note.Reasons == nil {
+				note.Reasons = map[string]string{}
+			}
+			note.Reasons[name] = reason
+		case pt.denied:
+		case pt.err != nil:
+			note.Missing = append(note.Missing, name)
+			loggerOf(r.Context(), s.log).Warn("federated server/discover: member left out", "route", f.cfg.Path, "member", name, "error", pt.err)
+		default:
+			ok = append(ok, initResult{Capabilities: pt.result.Capabilities, Instructions: pt.result.Instructions})
+			served := fo.members[name].served
+			versions = slices.DeleteFunc(versions, func(v string) bool { return !slices.Contains(served, v) })
+		}
+	}
+	if len(ok) == 0 {
+		if len(note.Missing) == 0 {
+			return newError(http.StatusOK, CodePolicyDenied, "request denied by policy", nil)
+		}
+		return newError(http.StatusBadGateway, CodeUpstreamUnavailable, "no member of the federated route answered server/discover", nil)
+	}
+	for _, v := range slices.Backward(supportedVersions) {
+		versions = append(versions, v) // the route serves the legacy era itself
+	}
+	caps, instructions := mergeCapabilities(ok, "tools", "prompts", "resources", "completions")
+	meta := map[string]any{modernMetaPrefix + "serverInfo": map[string]string{"name": "ctxgate federation " + f.cfg.Name, "version": "1"}}
+	if len(note.Missing) > 0 {
+		meta[partialMetaKey] = note
+	}
+	result := map[string]any{"resultType": "complete", "supportedVersions": versions, "capabilities": caps, "_meta": meta}
+	if instructions != "" {
+		result["instructions"] = instructions
+	}
+	raw, err := json.Marshal(result)
+	if err != nil {
+		return err
+	}
+	return s.answer(w, req.ID, raw)
+}

@@ -82,7 +82,7 @@ func memberResult(resp *http.Response, raw []byte) (json.RawMessage, error) {
 		return nil, fmt.Errorf("answered HTTP %d", resp.StatusCode)
 	}
 	for _, payload := range messagePayloads(raw, isEventStream(resp.Header)) {
-		msg, err := jsonrpc.DecodeMessage(payload)
+		msg, err := decodeRPC(payload)
 		if err != nil {
 			continue
 		}

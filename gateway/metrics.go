@@ -213,23 +213,18 @@ func (st *requestState) errorType(status int) string {
 	return ""
 }
 
-// mcpMethods are the method names that become label values as they are;
-// any other is "other".
-var mcpMethods = map[string]bool{
-	"initialize": true, "ping": true,
+// clientNotifications are the notifications a client sends that become
+// label values as they are.
+var clientNotifications = map[string]bool{
 	"notifications/initialized": true, "notifications/cancelled": true, "notifications/progress": true,
 	"notifications/roots/list_changed": true,
-	"tools/list":                       true, "tools/call": true,
-	"resources/list": true, "resources/templates/list": true, "resources/read": true,
-	"resources/subscribe": true, "resources/unsubscribe": true,
-	"prompts/list": true, "prompts/get": true,
-	"completion/complete": true, "logging/setLevel": true,
-	"tasks/get": true, "tasks/list": true, "tasks/result": true, "tasks/cancel": true,
-	"server/discover": true, "subscriptions/listen": true,
 }
 
+
 func methodLabel(method string) string {
-	if mcpMethods[method] {
+	// Only names MCP defines (the requests a client may send, and its
+	// notifications): raw client input never becomes a label.
+	if clientMethods[method] || clientNotifications[method] {
 		return method
 	}
 	return labelOther

@@ -239,18 +239,14 @@ func (a *answerRecorder) answer() []byte {
 		return body
 	}
 	var last []byte
-	events := newSSEReader(bytes.NewReader(body))
-	for {
-		ev, err := events.next()
-		if err != nil {
-			return last
-		}
-		if msg, err := jsonrpc.DecodeMessage(ev.Data); err == nil {
+	for _, data := range messagePayloads(body, true) {
+		if msg, err := decodeRPC(data); err == nil {
 			if _, ok := msg.(*jsonrpc.Response); ok {
-				last = ev.Data
+				last = data
 			}
 		}
 	}
+	return last
 }
 
 // upstreamError is what the client is told when the upstream could not

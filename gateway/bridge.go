@@ -199,14 +199,8 @@ func (s *Server) openBridge(ctx context.Context, fwd *forward) (*bridgeSession, 
 // bridgeHeader is what the gateway's own requests on a bridged session
 // carry: the session, the revision and, if configured, who it acts for.
 func (s *Server) bridgeHeader(fwd *forward, session, version string) http.Header {
-	h := http.Header{"Mcp-Protocol-Version": {version}}
-	if session != "" {
-		h.Set("Mcp-Session-Id", session)
-	}
-	if fwd.route.identityHeaders {
-		h.Set("X-Ctxgate-Principal", fwd.principal.ID)
-		h.Set("X-Ctxgate-Principal-Kind", fwd.principal.Kind)
-	}
+	h := http.Header{}
+	setUpstreamHeaders(h, session, version, fwd.principal, fwd.route.identityHeaders)
 	return h
 }
 

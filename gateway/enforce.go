@@ -277,17 +277,15 @@ func (s *Server) answerUpstream(fwd *forward, body []byte) {
 	if err != nil {
 		return
 	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json, text/event-stream")
-	if fwd.upstreamSession != "" {
-		req.Header.Set("Mcp-Session-Id", fwd.upstreamSession)
-	}
+	version := ""
 	switch {
 	case fwd.bridge != nil:
-		req.Header.Set("Mcp-Protocol-Version", fwd.bridge.version)
-	case fwd.base != nil && fwd.base.Protocol.Version != "":
-		req.Header.Set("Mcp-Protocol-Version", fwd.base.Protocol.Version)
+		version = fwd.bridge.version
+	case fwd.base != nil:
+		version = fwd.base.Protocol.Version
 	}
+	// The refusal speaks for the gateway, not the principal: no identity.
+	setUpstreamHeaders(req.Header, fwd.upstreamSession, version, nil, false)
 	resp, err := fwd.route.upstream.Transport.RoundTrip(req)
 	if err != nil {
 		s.log.Warn("could not tell the upstream a server request was denied", "upstream", fwd.route.upstream.Name, "error", err)

@@ -31,6 +31,25 @@ func (s *Server) memberSend(ctx context.Context, method string, m *route, p *Pri
 	return s.memberSendHeader(ctx, method, m, p, session, version, nil, body)
 }
 
+// setUpstreamHeaders sets what a request the gateway itself sends an
+// upstream carries: JSON in, JSON or SSE back, the upstream session and
+// revision when there are any and, when the route forwards identity
+// (identity), the verified principal p: never anything a client sent.
+func setUpstreamHeaders(h http.Header, session, version string, p *Principal, identity bool) {
+	h.Set("Content-Type", "application/json")
+	h.Set("Accept", "application/json, text/event-stream")
+	if version != "" {
+		h.Set("Mcp-Protocol-Version", version)
+	}
+	if session != "" {
+		h.Set("Mcp-Session-Id", session)
+	}
+	if identity && p != nil {
+		h.Set("X-Ctxgate-Principal", p.ID)
+		h.Set("X-Ctxgate-Principal-Kind", p.Kind)
+	}
+}
+
 // memberSendHeader is memberSend with extra headers (a modern request's
 // Mcp-Method).
 func (s *Server) memberSendHeader(ctx context.Context, method string, m *route, p *Principal, session, version string, extra http.Header, body []byte) (*http.Response, []byte, error) {
@@ -41,24 +60,12 @@ func (s *Server) memberSendHeader(ctx context.Context, method string, m *route, 
 	if body == nil {
 		req.Body, req.ContentLength = nil, 0
 	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json, text/event-stream")
-	if version != "" {
-		req.Header.Set("Mcp-Protocol-Version", version)
-	}
-	if session != "" {
-		req.Header.Set("Mcp-Session-Id", session)
-	}
+	setUpstreamHeaders(req.Header, session, version, p, m.identityHeaders)
 	for k, vs := range extra {
 		req.Header[k] = vs
 	}
 	if st := stateOf(ctx); st != nil {
 		req.Header.Set("X-Request-Id", st.id)
-	}
-	if m.identityHeaders {
-		// Only ever the verified principal, as for a single upstream.
-		req.Header.Set("X-Ctxgate-Principal", p.ID)
-		req.Header.Set("X-Ctxgate-Principal-Kind", p.Kind)
 	}
 	resp, err := m.transport.RoundTrip(req)
 	if err != nil {

@@ -220,7 +220,6 @@ var clientNotifications = map[string]bool{
 	"notifications/roots/list_changed": true,
 }
 
-
 func methodLabel(method string) string {
 	// Only names MCP defines (the requests a client may send, and its
 	// notifications): raw client input never becomes a label.

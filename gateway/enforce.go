@@ -16,9 +16,6 @@ import (
 	"github.com/ctxgate/ctxgate/policy"
 )
 
-// listMethods are the results whose items the policy filters.
-var listMethods = map[string]bool{"tools/list": true, "prompts/list": true, "resources/list": true, "resources/templates/list": true}
-
 // exchange is one client request awaiting its response: what the response
 // needs from the request's decision.
 type exchange struct {
@@ -189,8 +186,12 @@ func (s *Server) filterResponse(ctx context.Context, fwd *forward, m *jsonrpc.Re
 	}
 	result := []byte(m.Result)
 	method := ex.input.Method
+	shape, isList := listShapes[method]
 	var err error
-	if method == "tools/list" {
+	if isList {
+		err = exactListMember(result, shape.items)
+	}
+	if err == nil && method == "tools/list" {
 		s.catalog.learnTools(fwd.route.upstream.Name, result)
 		s.learnSchemas(fwd, result)
 		// Pins are digests of what the upstream sent, before any rewriting.
@@ -198,7 +199,7 @@ func (s *Server) filterResponse(ctx context.Context, fwd *forward, m *jsonrpc.Re
 			result = s.neutraliseToolText(ctx, fwd, result)
 		}
 	}
-	if listMethods[method] {
+	if err == nil && isList {
 		result, _, err = s.policy.FilterList(ctx, ex.input, result)
 	}
 	if err == nil && fwd.era == eraModern {
@@ -292,6 +293,32 @@ func (s *Server) answerUpstream(fwd *forward, body []byte) {
 		return
 	}
 	resp.Body.Close()
+}
+
+// exactListMember refuses a list result whose items member is spelled in
+// another case ("tooLs"). Go's encoding/json and other case-insensitive
+// clients read it as the list, while the catalog, pin screening and text
+// neutralising read the exact name: such a result cannot be filtered
+// faithfully, so it is withheld (the policy's own filter also refuses two
+// case variants side by side).
+func exactListMember(result []byte, items string) error {
+	dec := jsontext.NewDecoder(bytes.NewReader(result))
+	if tok, err := dec.ReadToken(); err != nil || tok.Kind() != '{' {
+		return nil // not an object: the policy's filter reports it
+	}
+	for dec.PeekKind() != '}' {
+		name, err := dec.ReadToken()
+		if err != nil {
+			return nil
+		}
+		if n := name.String(); n != items && strings.EqualFold(n, items) {
+			return fmt.Errorf("list member %q is a case variant of %q", n, items)
+		}
+		if err := dec.SkipValue(); err != nil {
+			return nil
+		}
+	}
+	return nil
 }
 
 // isJSON reports whether a response is application/json.

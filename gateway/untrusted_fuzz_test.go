@@ -65,6 +65,9 @@ func FuzzNeutraliseTools(f *testing.F) {
 	f.Add(`{"tools":"not a list"}`)
 	f.Add(`{"tools":[{"name":"a","inputSchema":{"maximum":1e400,"description":"\u001b"}}]}`)
 	f.Fuzz(func(t *testing.T, result string) {
+		if exactListMember([]byte(result), "tools") != nil {
+			return // withheld before neutralising (filterResponse)
+		}
 		out, _ := neutraliseTools([]byte(result))
 		if json.Valid([]byte(result)) && !json.Valid(out) {
 			t.Fatalf("neutralised %q into invalid JSON %q", result, out)

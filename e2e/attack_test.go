@@ -32,7 +32,8 @@ import (
 //	                blank line), and {{HOST}}, {{KEY_A}}, {{KEY_B}},
 //	                {{SESSION_A}} (key A's session on route everything),
 //	                {{SESSION_A_OTHER}} (key A's session on route other).
-//	                The route modern has an upstream that serves 2026-07-28.
+//	                The route modern has an upstream that serves 2026-07-28;
+//	                /mcp/fed federates modern and everything.
 //	-- want --      one assertion a line (the same variables are substituted):
 //	                status: 400
 //	                code: -32600              the JSON-RPC error code of the answer
@@ -87,6 +88,8 @@ upstreams:
     credentials: {header: {name: Authorization, value: %q}}
   - {name: other, url: %q}
   - {name: modern, url: %q}
+routes:
+  - {path: /mcp/fed, upstreams: [modern, everything]}
 `, attackMaxBody, allowAllPolicy, hashKey(attackKeyA), hashKey(attackKeyB), rec.URL, attackUpstreamToken, rec.URL, recM.URL))
 	env := &attackEnv{gw: gw, rec: rec, recM: recM, host: strings.TrimPrefix(gw.URL, "http://")}
 	env.vars = map[string]string{"{{HOST}}": env.host, "{{KEY_A}}": attackKeyA, "{{KEY_B}}": attackKeyB}

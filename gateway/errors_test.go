@@ -48,7 +48,7 @@ func TestWriteError(t *testing.T) {
 	}{
 		{
 			name:       "integer id from the decoded message",
-			st:         &requestState{msg: mustDecode(t, `{"jsonrpc":"2.0","id":42,"method":"tools/call"}`)},
+			st:         &requestState{msg: mustDecode(t, `{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"x"}}`)},
 			err:        newError(http.StatusNotFound, CodeSessionNotFound, "session not found", internal),
 			wantStatus: http.StatusNotFound, wantID: `42`, wantCode: CodeSessionNotFound, wantMsg: "session not found",
 		},

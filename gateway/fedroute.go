@@ -43,6 +43,9 @@ func (s *Server) federatedRouted(w http.ResponseWriter, r *http.Request, f *fede
 	if in, _ := fo.reach(member); !ok || m == nil || !in {
 		return unknownItem(req.Method)
 	}
+	if err := checkOwnName(how.kind, how.field, own); err != nil {
+		return err
+	}
 	body, err := renameParam(st.msg.Raw, how.field, own)
 	if err != nil {
 		return badRequest("request cannot be routed", err)
@@ -71,6 +74,20 @@ func (s *Server) federatedRouted(w http.ResponseWriter, r *http.Request, f *fede
 		}
 	}
 	s.forwardUpstream(w, r, m, mf, st)
+	return nil
+}
+
+// checkOwnName checks the member's own name that un-naming left: it is
+// what the member receives, so it must be as well formed as the client's
+// ("git__ x" is a fine name, its " x" is not).
+func checkOwnName(kind, field, own string) error {
+	check := checkName
+	if kind == kindResource {
+		check = checkURI
+	}
+	if err := check(own); err != nil {
+		return newError(http.StatusBadRequest, CodeInvalidParams, "invalid params: params."+field+" names a member's item that "+err.Error(), nil)
+	}
 	return nil
 }
 

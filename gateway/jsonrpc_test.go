@@ -15,8 +15,8 @@ import (
 // nestedArray returns a request whose params nest arrays so that the whole
 // message is depth levels deep (the envelope object is level 1).
 func nestedArray(depth int) string {
-	return `{"jsonrpc":"2.0","id":1,"method":"x","params":` +
-		strings.Repeat("[", depth-1) + "1" + strings.Repeat("]", depth-1) + `}`
+	return `{"jsonrpc":"2.0","id":1,"method":"x","params":{"a":` +
+		strings.Repeat("[", depth-2) + "1" + strings.Repeat("]", depth-2) + `}}`
 }
 
 // nestedObject is nestedArray with objects.

@@ -195,6 +195,9 @@ func (s *Server) readPost(r *http.Request, fwd *forward, st *requestState) error
 		return err
 	case errors.Is(err, errMalformed):
 		return newError(http.StatusBadRequest, CodeParseError, "parse error: "+err.Error(), nil)
+	case errors.Is(err, errInvalidParams):
+		st.rejectedID = peekID(body)
+		return newError(http.StatusBadRequest, CodeInvalidParams, err.Error(), nil)
 	case err != nil:
 		st.rejectedID = peekID(body)
 		return badRequest("invalid JSON-RPC message: "+err.Error(), nil)
@@ -225,6 +228,9 @@ func (s *Server) prepareBatch(r *http.Request, fwd *forward, st *requestState) e
 			return badRequest("invalid batch", err)
 		}
 		msg, err := decodeMessage(v)
+		if errors.Is(err, errInvalidParams) {
+			return newError(http.StatusBadRequest, CodeInvalidParams, "invalid message in batch: "+err.Error(), nil)
+		}
 		if err != nil {
 			return badRequest("invalid message in batch: "+err.Error(), err)
 		}

@@ -212,7 +212,7 @@ func TestRetryClass(t *testing.T) {
 		want   upstream.Retry
 	}{
 		{name: "tools/list", body: `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`, want: upstream.RetrySafe},
-		{name: "resources/read", body: `{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"x"}}`, want: upstream.RetrySafe},
+		{name: "resources/read", body: `{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"test://x"}}`, want: upstream.RetrySafe},
 		{name: "ping", body: `{"jsonrpc":"2.0","id":1,"method":"ping"}`, want: upstream.RetrySafe},
 		{name: "tools/call", body: `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete"}}`, want: upstream.RetryUnsent},
 		{name: "tools/call of an idempotent tool", body: `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search"}}`, want: upstream.RetrySafe},

@@ -1,0 +1,253 @@
+package gateway
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/go-json-experiment/json/jsontext"
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+)
+
+// The typed params of client requests: one table of every params member
+// the gateway reads or MCP types, per method, with its JSON type. A request
+// is checked against it once, right after the strict decode, so every
+// later reader (the policy input, the access log, the cache key, the
+// federated router, the upstream) reads the same member the same way:
+//
+//   - a member spelled in another case ("URI", "Arguments", "argumentſ")
+//     than a member of the table is refused, alone or not: the policy input
+//     looks members up exactly, while an upstream decoding with Go's
+//     encoding/json (and anything case-insensitive) would act on it;
+//   - a member of the wrong JSON type ("uri":[...], "name":1, "arguments":
+//     "x") is refused, where it would otherwise be decided as "" and
+//     forwarded for the upstream to read some other way;
+//   - params that are an array, or null or absent where the method has a
+//     required member, are refused: MCP params are always an object;
+//   - names and URIs that are not well formed (identifiers.go) are refused.
+//
+// Members not in the table (extensions) are left alone, as the SDKs leave
+// them.
+
+// errInvalidParams marks a request whose params fail the table: the
+// client's answer is -32602.
+var errInvalidParams = errors.New("invalid params")
+
+// paramMember is one member of a params object (or of an object inside).
+type paramMember struct {
+	// kinds are the jsontext kinds accepted: '"' string, '0' number, '{'
+	// object, '[' array, 't' and 'f' booleans. An optional member may
+	// also be null, which every reader takes for absent.
+	kinds    string
+	required bool
+	// check validates a string value.
+	check func(string) error
+	// members, for an object, are its own typed members, checked alike.
+	members *memberSet
+}
+
+// memberSet is a table of members, with each name's case fold so a case
+// variant is found without scanning.
+type memberSet struct {
+	byName map[string]paramMember
+	byFold map[string]string // foldName(name) -> name
+}
+
+func memberTable(table map[string]paramMember) *memberSet {
+	set := &memberSet{byName: table, byFold: make(map[string]string, len(table))}
+	for name := range table {
+		set.byFold[foldName(name)] = name
+	}
+	return set
+}
+
+// requestMetaMembers are the members of params._meta the gateway reads.
+var requestMetaMembers = memberTable(map[string]paramMember{
+	"progressToken":        {kinds: `"0`},
+	metaProtocolVersion:    {kinds: `"`},
+	metaClientCapabilities: {kinds: `{`},
+	metaIdempotencyKey:     {kinds: `"`},
+	"traceparent":          {kinds: `"`},
+	"tracestate":           {kinds: `"`},
+})
+
+var (
+	metaMember   = paramMember{kinds: `{`, members: requestMetaMembers}
+	cursorMember = paramMember{kinds: `"`}
+	uriMember    = paramMember{kinds: `"`, required: true, check: checkURI}
+	nameMember   = paramMember{kinds: `"`, required: true, check: checkName}
+	objectMember = paramMember{kinds: `{`}
+)
+
+// methodParams are the typed members of each method's params; every table
+// also has _meta. A method not listed has _meta only.
+var methodParams = func() map[string]*memberSet {
+	tables := map[string]map[string]paramMember{
+		"initialize":            {"protocolVersion": {kinds: `"`}, "capabilities": objectMember, "clientInfo": objectMember},
+		"tools/call":            {"name": nameMember, "arguments": objectMember, "task": objectMember},
+		"prompts/get":           {"name": nameMember, "arguments": objectMember},
+		"resources/read":        {"uri": uriMember},
+		"resources/subscribe":   {"uri": uriMember},
+		"resources/unsubscribe": {"uri": uriMember},
+		"completion/complete": {
+			"ref": {kinds: `{`, members: memberTable(map[string]paramMember{
+				"type": {kinds: `"`}, "name": {kinds: `"`, check: checkName}, "uri": {kinds: `"`, check: checkURI},
+			})},
+			"argument": {kinds: `{`, members: memberTable(map[string]paramMember{"name": {kinds: `"`}, "value": {kinds: `"`}})},
+			"context":  {kinds: `{`, members: memberTable(map[string]paramMember{"arguments": objectMember})},
+		},
+		"logging/setLevel":         {"level": {kinds: `"`, required: true}},
+		"tools/list":               {"cursor": cursorMember},
+		"prompts/list":             {"cursor": cursorMember},
+		"resources/list":           {"cursor": cursorMember},
+		"resources/templates/list": {"cursor": cursorMember},
+		"tasks/list":               {"cursor": cursorMember},
+		"tasks/get":                {"taskId": {kinds: `"`, required: true}},
+		"tasks/result":             {"taskId": {kinds: `"`, required: true}},
+		"tasks/cancel":             {"taskId": {kinds: `"`, required: true}},
+		"notifications/cancelled":  {"requestId": {kinds: `"0`}, "reason": {kinds: `"`}},
+		"notifications/progress":   {"progressToken": {kinds: `"0`}, "progress": {kinds: `0`}, "total": {kinds: `0`}, "message": {kinds: `"`}},
+	}
+	out := make(map[string]*memberSet, len(tables)+1)
+	for method, table := range tables {
+		table["_meta"] = metaMember
+		out[method] = memberTable(table)
+	}
+	return out
+}()
+
+// otherParams is the table of a method methodParams does not list.
+var otherParams = memberTable(map[string]paramMember{"_meta": metaMember})
+
+// checkParams checks a strictly decoded request's params against its
+// method's table. The error wraps errInvalidParams.
+func checkParams(req *jsonrpc.Request) error {
+	set := methodParams[req.Method]
+	if set == nil {
+		set = otherParams
+	}
+	raw := bytes.TrimSpace(req.Params)
+	if len(raw) == 0 || string(raw) == "null" {
+		if name := set.firstRequired(); name != "" {
+			return fmt.Errorf("%w: params.%s is required", errInvalidParams, name)
+		}
+		return nil
+	}
+	if raw[0] != '{' {
+		return fmt.Errorf("%w: params must be an object", errInvalidParams)
+	}
+	dec := jsontext.NewDecoder(bytes.NewReader(raw))
+	if _, err := dec.ReadToken(); err != nil {
+		return fmt.Errorf("%w: %w", errInvalidParams, err)
+	}
+	if err := set.check(dec, "params"); err != nil {
+		return fmt.Errorf("%w: %w", errInvalidParams, err)
+	}
+	return nil
+}
+
+// firstRequired names a required member (the first in name order), or "".
+func (set *memberSet) firstRequired() string {
+	first := ""
+	for name, m := range set.byName {
+		if m.required && (first == "" || name < first) {
+			first = name
+		}
+	}
+	return first
+}
+
+// check reads the members of an object whose '{' dec has just read, up to
+// and including its '}'.
+func (set *memberSet) check(dec *jsontext.Decoder, path string) error {
+	seen := map[string]bool{}
+	for dec.PeekKind() != '}' {
+		tok, err := dec.ReadToken()
+		if err != nil {
+			return err
+		}
+		name := tok.String()
+		m, known := set.byName[name]
+		if !known {
+			if exact, variant := set.byFold[foldName(name)]; variant {
+				return fmt.Errorf("member %s.%s is a case variant of %s.%s: spell it exactly", path, quote(name), path, exact)
+			}
+			if err := dec.SkipValue(); err != nil {
+				return err
+			}
+			continue
+		}
+		seen[name] = true
+		if err := m.checkValue(dec, path+"."+name); err != nil {
+			return err
+		}
+	}
+	if _, err := dec.ReadToken(); err != nil {
+		return err
+	}
+	for name, m := range set.byName {
+		if m.required && !seen[name] {
+			return fmt.Errorf("%s.%s is required", path, name)
+		}
+	}
+	return nil
+}
+
+// checkValue reads one member's value and checks its type, its string and
+// its own members.
+func (m paramMember) checkValue(dec *jsontext.Decoder, path string) error {
+	kind := dec.PeekKind()
+	if kind == 'n' && !m.required {
+		return dec.SkipValue()
+	}
+	if kind == 't' || kind == 'f' {
+		kind = 't'
+	}
+	if !strings.ContainsRune(m.kinds, rune(kind)) && !(kind == 't' && strings.ContainsRune(m.kinds, 'f')) {
+		return fmt.Errorf("%s must be %s, not %s", path, kindNames(m.kinds), kindName(kind))
+	}
+	switch {
+	case kind == '"' && m.check != nil:
+		tok, err := dec.ReadToken()
+		if err != nil {
+			return err
+		}
+		if err := m.check(tok.String()); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		return nil
+	case kind == '{' && m.members != nil:
+		if _, err := dec.ReadToken(); err != nil {
+			return err
+		}
+		return m.members.check(dec, path)
+	}
+	return dec.SkipValue()
+}
+
+func kindNames(kinds string) string {
+	names := make([]string, 0, len(kinds))
+	for _, k := range []byte(kinds) {
+		names = append(names, kindName(jsontext.Kind(k)))
+	}
+	return strings.Join(names, " or ")
+}
+
+func kindName(k jsontext.Kind) string {
+	switch k {
+	case '"':
+		return "a string"
+	case '0':
+		return "a number"
+	case '{':
+		return "an object"
+	case '[':
+		return "an array"
+	case 't', 'f':
+		return "a boolean"
+	case 'n':
+		return "null"
+	}
+	return "a JSON value"
+}

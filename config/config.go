@@ -46,6 +46,17 @@ type Server struct {
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
 	// MaxHeaderBytes bounds the request line and headers.
 	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	// MaxJSONValues bounds the JSON values of one request body: every
+	// scalar, object, array and member name counts one. It is the decode
+	// budget: each value costs the gateway (policy input, decision log) a
+	// hundred-odd bytes however few bytes it takes on the wire ("1,"), so a
+	// body over it is refused (413) before anything is decoded beyond the
+	// check.
+	MaxJSONValues int `yaml:"max_json_values"`
+	// MaxJSONStringBytes bounds one string or member name of a request
+	// body, as sent (with its quotes and escapes); longer ones are refused
+	// (413).
+	MaxJSONStringBytes int `yaml:"max_json_string_bytes"`
 	// ReadHeaderTimeout bounds how long a client may take to send headers.
 	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
 	// ReadBodyTimeout bounds how long a client may take to send a request
@@ -181,6 +192,8 @@ const (
 	DefaultAdminListen       = "127.0.0.1:9090"
 	DefaultMaxBodyBytes      = 4 << 20
 	DefaultMaxHeaderBytes    = 64 << 10
+	DefaultMaxJSONValues     = 100_000
+	DefaultMaxJSONString     = 1 << 20
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultReadBodyTimeout   = 30 * time.Second
 	DefaultIdleTimeout       = 2 * time.Minute
@@ -202,6 +215,8 @@ func (c *Config) applyDefaults() {
 	}
 	setDefault(&s.MaxBodyBytes, DefaultMaxBodyBytes)
 	setDefault(&s.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	setDefault(&s.MaxJSONValues, DefaultMaxJSONValues)
+	setDefault(&s.MaxJSONStringBytes, DefaultMaxJSONString)
 	setDefault(&s.ReadHeaderTimeout, DefaultReadHeaderTimeout)
 	setDefault(&s.ReadBodyTimeout, DefaultReadBodyTimeout)
 	setDefault(&s.IdleTimeout, DefaultIdleTimeout)

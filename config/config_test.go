@@ -15,14 +15,16 @@ import (
 func defaults() config.Config {
 	return config.Config{
 		Server: config.Server{
-			Listen:            config.DefaultListen,
-			PublicURL:         "http://" + config.DefaultListen,
-			MaxBodyBytes:      config.DefaultMaxBodyBytes,
-			MaxHeaderBytes:    config.DefaultMaxHeaderBytes,
-			ReadHeaderTimeout: config.DefaultReadHeaderTimeout,
-			ReadBodyTimeout:   config.DefaultReadBodyTimeout,
-			IdleTimeout:       config.DefaultIdleTimeout,
-			ShutdownTimeout:   config.DefaultShutdownTimeout,
+			Listen:             config.DefaultListen,
+			PublicURL:          "http://" + config.DefaultListen,
+			MaxBodyBytes:       config.DefaultMaxBodyBytes,
+			MaxHeaderBytes:     config.DefaultMaxHeaderBytes,
+			MaxJSONValues:      config.DefaultMaxJSONValues,
+			MaxJSONStringBytes: config.DefaultMaxJSONString,
+			ReadHeaderTimeout:  config.DefaultReadHeaderTimeout,
+			ReadBodyTimeout:    config.DefaultReadBodyTimeout,
+			IdleTimeout:        config.DefaultIdleTimeout,
+			ShutdownTimeout:    config.DefaultShutdownTimeout,
 		},
 		Admin:    config.Admin{Listen: config.DefaultAdminListen},
 		Sessions: config.Sessions{TTL: config.DefaultSessionTTL},
@@ -92,6 +94,8 @@ server:
   read_body_timeout: 4s
   idle_timeout: 2s
   shutdown_timeout: 3s
+  max_json_values: 500
+  max_json_string_bytes: 64
 admin: {listen: "127.0.0.1:9191"}
 sessions: {ttl: 1h}
 auth: {api_key_header: x-api-key}
@@ -100,14 +104,16 @@ upstreams: [{name: docs, url: "http://127.0.0.1:3001/mcp", max_idle_conns: 7}]
 `,
 			want: func(c *config.Config) {
 				c.Server = config.Server{
-					Listen:            "0.0.0.0:8443",
-					PublicURL:         "https://mcp.example.com",
-					MaxBodyBytes:      1024,
-					MaxHeaderBytes:    2048,
-					ReadHeaderTimeout: time.Second,
-					ReadBodyTimeout:   4 * time.Second,
-					IdleTimeout:       2 * time.Second,
-					ShutdownTimeout:   3 * time.Second,
+					Listen:             "0.0.0.0:8443",
+					PublicURL:          "https://mcp.example.com",
+					MaxBodyBytes:       1024,
+					MaxHeaderBytes:     2048,
+					MaxJSONValues:      500,
+					MaxJSONStringBytes: 64,
+					ReadHeaderTimeout:  time.Second,
+					ReadBodyTimeout:    4 * time.Second,
+					IdleTimeout:        2 * time.Second,
+					ShutdownTimeout:    3 * time.Second,
 				}
 				c.Admin.Listen = "127.0.0.1:9191"
 				c.Sessions.TTL = time.Hour

@@ -35,6 +35,8 @@ func TestValidate(t *testing.T) {
 				"server.public_url: required when server.listen is not a loopback address: set the URL clients use, e.g. https://mcp.example.com",
 				"server.max_body_bytes: must be positive",
 				"server.max_header_bytes: must be positive",
+				"server.max_json_values: must be positive",
+				"server.max_json_string_bytes: must be positive",
 				"server.read_header_timeout: must be positive",
 				"server.read_body_timeout: must be positive",
 				"server.idle_timeout: must be positive",

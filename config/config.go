@@ -53,9 +53,9 @@ type Server struct {
 	// body over it is refused (413) before anything is decoded beyond the
 	// check.
 	MaxJSONValues int `yaml:"max_json_values"`
-	// MaxJSONStringBytes bounds one string or member name of a request
-	// body, as sent (with its quotes and escapes); longer ones are refused
-	// (413).
+	// MaxJSONStringBytes bounds one string, number or member name of a
+	// request body, as sent (with its quotes and escapes); longer ones are
+	// refused (413).
 	MaxJSONStringBytes int `yaml:"max_json_string_bytes"`
 	// ReadHeaderTimeout bounds how long a client may take to send headers.
 	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`

@@ -74,7 +74,8 @@ func startAttackEnv(t *testing.T) *attackEnv {
 	rec := startRecorder(t, startEverything(t))
 	recM := startRecorder(t, startEverythingMode(t, true))
 	gw := startGateway(t, fmt.Sprintf(`
-server: {listen: "127.0.0.1:0", max_body_bytes: %d, max_header_bytes: 16384, read_header_timeout: 2s, read_body_timeout: 2s}
+server: {listen: "127.0.0.1:0", max_body_bytes: %d, max_header_bytes: 16384, read_header_timeout: 2s, read_body_timeout: 2s,
+  max_json_values: 20000, max_json_string_bytes: 32768}
 admin: {listen: "127.0.0.1:0"}
 policy: {dir: %q, decision_log: stderr}
 auth:

@@ -54,10 +54,9 @@ func (s *Server) policyInput(r *http.Request, fwd *forward, st *requestState, ms
 // describeParams fills the typed part of the input (tool, resource,
 // prompt) from the params, and Params with the rest, without _meta.
 func (s *Server) describeParams(in *policy.Input, upstreamName string, raw json.RawMessage) {
-	var params map[string]any
-	if len(raw) > 0 && json.Unmarshal(raw, &params) != nil {
-		params = nil
-	}
+	// Decoded once, exactly (checkParams has vouched for the shape), at
+	// the size of what was sent: params.go.
+	params := paramsObject(raw)
 	delete(params, "_meta")
 	str := func(k string) string { v, _ := params[k].(string); return v }
 	obj := func(k string) map[string]any { v, _ := params[k].(map[string]any); return v }

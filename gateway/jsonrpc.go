@@ -61,8 +61,19 @@ func (m *Message) IsCall() bool {
 	return r != nil && r.ID.IsValid()
 }
 
+// jsonLimits are the decode budget of one client message
+// (server.max_json_values, server.max_json_string_bytes); a zero field
+// bounds nothing (the gateway's own messages).
+type jsonLimits struct {
+	values      int
+	stringBytes int
+}
+
 var (
-	errBatch = errors.New("body is a JSON array (a JSON-RPC batch)")
+	// errOverBudget marks a body over its jsonLimits: answered 413 before
+	// anything but the strict check has read it.
+	errOverBudget = errors.New("over the decode budget")
+	errBatch      = errors.New("body is a JSON array (a JSON-RPC batch)")
 	// errMalformed marks bytes that are not JSON at all (JSON-RPC's parse
 	// error), as opposed to JSON that is not an acceptable message.
 	errMalformed = errors.New("malformed JSON")
@@ -84,17 +95,23 @@ var (
 // A JSON array is reported as errBatch so the caller can answer by protocol
 // version.
 func decodeMessage(data []byte) (*Message, error) {
+	return decodeMessageWith(data, jsonLimits{})
+}
+
+// decodeMessageWith is decodeMessage within a decode budget, checked in
+// the first pass, before anything is allocated per value.
+func decodeMessageWith(data []byte, lim jsonLimits) (*Message, error) {
 	trimmed := bytes.TrimLeft(data, " \t\r\n")
 	if len(trimmed) == 0 {
 		return nil, fmt.Errorf("%w: empty body", errMalformed)
 	}
 	if len(trimmed) > 0 && trimmed[0] == '[' {
-		if err := checkStrict(data); err != nil {
+		if err := checkStrictWith(data, lim); err != nil {
 			return nil, err
 		}
 		return nil, errBatch
 	}
-	if err := checkStrict(data); err != nil {
+	if err := checkStrictWith(data, lim); err != nil {
 		return nil, err
 	}
 	if trimmed[0] != '{' {
@@ -120,11 +137,18 @@ func decodeMessage(data []byte) (*Message, error) {
 
 // checkStrict walks every token once, rejecting duplicate and case-variant
 // member names and excessive depth.
-func checkStrict(data []byte) error {
-	dec := jsontext.NewDecoder(bytes.NewReader(data))
+func checkStrict(data []byte) error { return checkStrictWith(data, jsonLimits{}) }
+
+// checkStrictWith is checkStrict within a decode budget: it counts every
+// value and member name, and measures every string as sent.
+func checkStrictWith(data []byte, lim jsonLimits) error {
+	// A bytes.Buffer is parsed in place, without a copy of the body.
+	dec := jsontext.NewDecoder(bytes.NewBuffer(data))
 	// One set of folded names per open object; nil entries for arrays.
 	var names []map[string]struct{}
+	values := 0
 	for {
+		start := dec.InputOffset()
 		tok, err := dec.ReadToken()
 		if err == io.EOF {
 			return nil
@@ -134,6 +158,15 @@ func checkStrict(data []byte) error {
 		}
 		if err != nil {
 			return fmt.Errorf("%w: %w", errMalformed, err)
+		}
+		if k := tok.Kind(); k != '}' && k != ']' {
+			values++
+			if lim.values > 0 && values > lim.values {
+				return fmt.Errorf("%w: more than %d JSON values (server.max_json_values)", errOverBudget, lim.values)
+			}
+			if (k == '"' || k == '0') && lim.stringBytes > 0 && rawLen(data, start, dec.InputOffset()) > int64(lim.stringBytes) {
+				return fmt.Errorf("%w: a string or number longer than %d bytes (server.max_json_string_bytes)", errOverBudget, lim.stringBytes)
+			}
 		}
 		switch tok.Kind() {
 		case '{', '[':
@@ -171,6 +204,16 @@ func checkStrict(data []byte) error {
 	}
 }
 
+// rawLen is the length of the token that ends at end, without the
+// whitespace and separators between start (the end of the one before) and
+// it.
+func rawLen(data []byte, start, end int64) int64 {
+	for start < end && strings.IndexByte(" \t\r\n,:", data[start]) >= 0 {
+		start++
+	}
+	return end - start
+}
+
 // foldName maps a member name to a key shared by every name that
 // encoding/json would match to it: each rune becomes the smallest rune of
 // its Unicode simple-fold orbit, so "NAME", "name" and "nAme" collide, and
@@ -202,7 +245,7 @@ func foldName(name string) string {
 // checkEnvelope validates the top-level members, which the SDK decoder would
 // otherwise match case-insensitively or coerce.
 func checkEnvelope(data []byte) error {
-	dec := jsontext.NewDecoder(bytes.NewReader(data))
+	dec := jsontext.NewDecoder(bytes.NewBuffer(data))
 	if _, err := dec.ReadToken(); err != nil {
 		return err
 	}
@@ -253,7 +296,8 @@ func checkID(v jsontext.Value) error {
 // for the error response. It returns nil unless there is exactly one
 // top-level "id" member holding a string or an integer.
 func peekID(data []byte) any {
-	dec := jsontext.NewDecoder(bytes.NewReader(data), jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true))
+	// A bytes.Buffer is parsed in place: a refused body costs no copy.
+	dec := jsontext.NewDecoder(bytes.NewBuffer(data), jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true))
 	if tok, err := dec.ReadToken(); err != nil || tok.Kind() != '{' {
 		return nil
 	}
@@ -264,13 +308,15 @@ func peekID(data []byte) any {
 		if err != nil {
 			return nil
 		}
-		name := tok.String() // read before the next call voids tok
+		if tok.String() != "id" {
+			if dec.SkipValue() != nil {
+				return nil
+			}
+			continue
+		}
 		value, err := dec.ReadValue()
 		if err != nil {
 			return nil
-		}
-		if name != "id" {
-			continue
 		}
 		seen++
 		switch value.Kind() {

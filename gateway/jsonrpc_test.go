@@ -330,3 +330,33 @@ func caseVariantKeys(v any, path string) (string, bool) {
 	}
 	return "", false
 }
+
+func TestDecodeBudget(t *testing.T) {
+	msg := `{"jsonrpc":"2.0","id":1,"method":"x","params":{"a":    "abcdefgh"}}`
+	values := 11 // {, 4 names, "2.0", 1, "x", {, "a", "abcdefgh"
+	tests := []struct {
+		name    string
+		lim     jsonLimits
+		wantErr bool
+	}{
+		{"no limits", jsonLimits{}, false},
+		{"exactly the values", jsonLimits{values: values}, false},
+		{"one value fewer", jsonLimits{values: values - 1}, true},
+		// The longest token is "jsonrpc", "method", "params" or "abcdefgh"
+		// (10 bytes with quotes); the spaces before it do not count.
+		{"exactly the longest string", jsonLimits{stringBytes: 10}, false},
+		{"one byte less", jsonLimits{stringBytes: 9}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := decodeMessageWith([]byte(msg), tt.lim)
+			if got := errors.Is(err, errOverBudget); got != tt.wantErr {
+				t.Errorf("decodeMessageWith(%+v) = %v, want over budget: %t", tt.lim, err, tt.wantErr)
+			}
+		})
+	}
+	long := `{"jsonrpc":"2.0","id":1,"method":"x","params":{"n":` + strings.Repeat("9", 100) + `}}`
+	if _, err := decodeMessageWith([]byte(long), jsonLimits{stringBytes: 99}); !errors.Is(err, errOverBudget) {
+		t.Errorf("a 100-digit number within a 99-byte limit: %v, want over budget", err)
+	}
+}

@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5/middleware"
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
@@ -82,6 +84,20 @@ func targetOf(req *jsonrpc.Request) target {
 	return target{kind: kind, name: p.Name + p.URI}
 }
 
+// logClip bounds a client-supplied string in the access record: what is
+// cut is marked with the original size, so a huge name or method costs a
+// short line and still says how huge it was.
+func logClip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…[truncated: " + strconv.Itoa(len(s)) + " bytes]"
+}
+
 type stateKey struct{}
 
 func stateOf(ctx context.Context) *requestState {
@@ -139,7 +155,7 @@ func (s *Server) requestLog(next http.Handler) http.Handler {
 func (s *Server) accessRecord(r *http.Request, st *requestState, sc trace.SpanContext, status, bytes int, d time.Duration) {
 	attrs := []slog.Attr{
 		slog.String("http_method", r.Method),
-		slog.String("path", r.URL.Path),
+		slog.String("path", logClip(r.URL.Path, 1024)),
 		slog.Int("status", status),
 		slog.Int("bytes", bytes),
 		slog.Duration("duration", d),
@@ -153,11 +169,11 @@ func (s *Server) accessRecord(r *http.Request, st *requestState, sc trace.SpanCo
 	}
 	if st.msg != nil {
 		if m := st.msg.Method(); m != "" {
-			attrs = append(attrs, slog.String("rpc_method", m))
+			attrs = append(attrs, slog.String("rpc_method", logClip(m, 256)))
 		}
 	}
 	if st.target.kind != "" {
-		attrs = append(attrs, slog.String(st.target.kind, clip(st.target.name, 256)))
+		attrs = append(attrs, slog.String(st.target.kind, logClip(st.target.name, 256)))
 	}
 	if st.route != "" {
 		attrs = append(attrs, slog.String("route", st.route))
@@ -179,7 +195,7 @@ func (s *Server) accessRecord(r *http.Request, st *requestState, sc trace.SpanCo
 	}
 	level := slog.LevelInfo
 	if st.err != nil {
-		attrs = append(attrs, slog.Int64("rpc_error", st.err.Code), slog.String("error", st.err.Error()))
+		attrs = append(attrs, slog.Int64("rpc_error", st.err.Code), slog.String("error", logClip(st.err.Error(), 1024)))
 		if st.err.Status >= 500 {
 			level = slog.LevelError
 		}

@@ -184,13 +184,16 @@ func (s *Server) readPost(r *http.Request, fwd *forward, st *requestState) error
 	if err := checkAccept(r, "application/json", "text/event-stream"); err != nil {
 		return err
 	}
-	body, err := io.ReadAll(r.Body)
+	body, err := readBody(r, s.cfg.Server.MaxBodyBytes)
 	if err != nil {
 		return bodyReadError(err)
 	}
 	fwd.body = body
-	msg, err := decodeMessage(body)
+	msg, err := decodeMessageWith(body, jsonLimits{values: s.cfg.Server.MaxJSONValues, stringBytes: s.cfg.Server.MaxJSONStringBytes})
 	switch {
+	case errors.Is(err, errOverBudget):
+		st.rejectedID = peekID(body)
+		return newError(http.StatusRequestEntityTooLarge, CodePayloadTooLarge, "request too large: "+err.Error(), nil)
 	case errors.Is(err, errBatch):
 		return err
 	case errors.Is(err, errMalformed):
@@ -206,6 +209,27 @@ func (s *Server) readPost(r *http.Request, fwd *forward, st *requestState) error
 	fwd.messages = []jsonrpc.Message{msg.Msg}
 	return nil
 }
+
+// readBody reads a request body whole. A declared Content-Length (within
+// limit, which the body reader enforces) sizes the buffer once: growing it
+// as io.ReadAll does would allocate about twice the body on the way.
+func readBody(r *http.Request, limit int64) ([]byte, error) {
+	n := r.ContentLength
+	if n <= 0 || n > limit {
+		return io.ReadAll(r.Body)
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, n+bytes.MinRead))
+	_, err := buf.ReadFrom(r.Body)
+	return buf.Bytes(), err
+}
+
+// checkedBody is the body of a forwarded request: the checked bytes, as a
+// seekable reader, so the upstream executor rewinds it for a retry rather
+// than copying it first (failsafehttp reads any other body whole: one
+// more copy of every request).
+type checkedBody struct{ *bytes.Reader }
+
+func (checkedBody) Close() error { return nil }
 
 // prepareBatch accepts a JSON-RPC batch only where the session's protocol
 // revision allows one, and only if every element passes the same strict

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"unicode"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 )
 
@@ -142,6 +143,12 @@ func FuzzCheckParams(f *testing.F) {
 		}
 		var exact map[string]any
 		_ = json.Unmarshal([]byte(params), &exact)
+		var generic map[string]any
+		d := json.NewDecoder(strings.NewReader(params))
+		d.UseNumber()
+		if d.Decode(&generic) == nil && !cmp.Equal(generic, paramsObject([]byte(params))) {
+			t.Fatalf("paramsObject(%s) = %v, encoding/json (UseNumber) reads %v", params, paramsObject([]byte(params)), generic)
+		}
 		var folded struct {
 			Name      any `json:"name"`
 			URI       any `json:"uri"`

@@ -28,7 +28,9 @@ func decodeRPC(data []byte) (jsonrpc.Message, error) {
 	var version, id, method, params, result, wireErr jsontext.Value
 	fields := map[string]*jsontext.Value{"jsonrpc": &version, "id": &id, "method": &method, "params": &params, "result": &result, "error": &wireErr}
 	// jsontext rejects duplicate names and invalid UTF-8 by default.
-	dec := jsontext.NewDecoder(bytes.NewReader(data))
+	// A bytes.Buffer is parsed in place; each member's value is then a
+	// slice of data itself (by input offset), not a copy.
+	dec := jsontext.NewDecoder(bytes.NewBuffer(data))
 	if tok, err := dec.ReadToken(); err != nil || tok.Kind() != '{' {
 		return nil, fmt.Errorf("unmarshaling jsonrpc message: not a JSON object (%v)", err)
 	}
@@ -43,7 +45,8 @@ func decodeRPC(data []byte) (jsonrpc.Message, error) {
 			return nil, fmt.Errorf("unmarshaling jsonrpc message: %w", err)
 		}
 		if field, ok := fields[name]; ok {
-			*field = value.Clone() // so is the value
+			end := dec.InputOffset()
+			*field = jsontext.Value(data[end-int64(len(value)) : end])
 			continue
 		}
 		for key := range fields {

@@ -150,7 +150,8 @@ func (l *decisionLog) newRecord(ctx context.Context, id, rule, rev string, in *I
 }
 
 // maskedInput returns the input document to log: the document the policy
-// saw, with every Mask path replaced by "***". The caller's Input and the
+// saw, with every Mask path replaced by "***", cut to the log's limits
+// (logclip.go). The caller's Input and the
 // evaluated value are never modified. The Input struct is encoded (a
 // shallow copy, with copied maps along masked paths), which is three times
 // cheaper than converting the evaluated value back; a mask path outside
@@ -167,17 +168,17 @@ func (l *decisionLog) maskedInput(in *Input, val ast.Value) any {
 			_ = json.Unmarshal(b, &doc)
 		}
 		l.maskDoc(doc)
-		return doc
+		return clippedDocument(doc)
 	}
 	doc := documentOf(in)
 	for i, p := range l.mask {
 		if present(val, l.maskKeys[i]) && !maskStruct(doc, p) {
 			generic, _ := ast.JSON(val)
 			l.maskDoc(generic)
-			return generic
+			return clippedDocument(generic)
 		}
 	}
-	return doc
+	return clippedInput(doc)
 }
 
 // maskStruct masks path p in doc, a documentOf copy, where p leads into

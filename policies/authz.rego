@@ -55,9 +55,13 @@ defaults := {
 	# Tools whose read-only annotation only holds for some arguments: callers
 	# that are not admins must pass arguments.readonly == true.
 	"readonly_argument_tools": ["run_query"],
-	# Top-level tool arguments that name files; their values must be strings
-	# without "..", for every caller.
+	# Tool arguments that name files, at any depth of the arguments (so
+	# {"files": [{"path": ...}]} is checked too); their values must be
+	# relative paths without "..", however encoded, for every caller.
 	"path_arguments": ["path"],
+	# Path arguments that may hold absolute paths (e.g. a filesystem server
+	# that takes /home/...); they are still checked for "..".
+	"absolute_path_arguments": [],
 	# Server-to-client requests the gateway relays to clients.
 	"server_requests": ["sampling/createMessage", "elicitation/create", "roots/list"],
 	# Further methods every principal may call (e.g. "tasks/get").
@@ -78,8 +82,8 @@ conf := object.union(defaults, data.ctxgate.config) if {
 # and hides every item; `ctxgate policy eval` shows config_errors.
 list_keys := {
 	"admin_groups", "admin_spiffe_ids", "admin_only_tools", "restricted_prefixes",
-	"restricted_groups", "readonly_argument_tools", "path_arguments", "server_requests",
-	"extra_methods",
+	"restricted_groups", "readonly_argument_tools", "path_arguments", "absolute_path_arguments",
+	"server_requests", "extra_methods",
 }
 
 config_errors contains msg if {
@@ -208,22 +212,48 @@ argument_violations contains msg if {
 	msg := sprintf("tool %q may only be called with arguments.readonly set to true", [input.tool.name])
 }
 
-# Path traversal is never legitimate, so this holds for admins too. Encoded
-# dots are caught as well, in case the upstream decodes its arguments. A path
-# argument that is not a string is refused rather than guessed at.
+# Path traversal is never legitimate, so this holds for admins too. A path
+# argument is found at any depth of the arguments, by its member name. A
+# path argument that is not a string is refused rather than guessed at.
+path_argument_values contains [name, value] if {
+	some p, value
+	walk(input.tool.arguments, [p, value])
+	count(p) > 0
+	name := p[count(p) - 1]
+	name in conf.path_arguments
+}
+
 argument_violations contains msg if {
-	some name in conf.path_arguments
-	value := input.tool.arguments[name]
+	some [name, value] in path_argument_values
 	not is_string(value)
 	msg := sprintf("argument %q must be a string", [name])
 }
 
+# A dot as an upstream might decode it: ".", percent-encoded once or more
+# (%2e, %252e, ...), as an overlong UTF-8 sequence (%c0%ae, %e0%80%ae), or
+# as a character NFKC normalisation turns into "." (fullwidth U+FF0E, one
+# dot leader U+2024, small full stop U+FE52, and the fullwidth one's UTF-8
+# bytes percent-encoded).
+traversal := concat("", [`(?i)`, dot, `{2}`])
+
+dot := `(\.|%(25)*2e|%(25)*c0%(25)*ae|%(25)*e0%(25)*80%(25)*ae|%(25)*ef%(25)*bc%(25)*8e|\x{FF0E}|\x{2024}|\x{FE52})`
+
 argument_violations contains msg if {
-	some name in conf.path_arguments
-	value := input.tool.arguments[name]
+	some [name, value] in path_argument_values
 	is_string(value)
-	regex.match(`(?i)(\.|%2e){2}`, value)
+	regex.match(traversal, value)
 	msg := sprintf("argument %q must not contain \"..\"", [name])
+}
+
+# An absolute path escapes whatever directory the tool means to serve: a
+# leading / or \ (also percent-encoded or fullwidth), ~, a drive letter or
+# a file: URL.
+argument_violations contains msg if {
+	some [name, value] in path_argument_values
+	is_string(value)
+	not name in conf.absolute_path_arguments
+	regex.match(`(?i)^([/\\~\x{FF0F}\x{FF3C}]|%(25)*(2f|5c)|[a-z]:|file:)`, value)
+	msg := sprintf("argument %q must be a relative path", [name])
 }
 
 # ---------------------------------------------------------------------------

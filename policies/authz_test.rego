@@ -293,6 +293,44 @@ test_hidden_tool_reason_wins_over_argument_reason if {
 	r == "tool not found or not permitted"
 }
 
+test_path_traversal_encodings_denied if {
+	every v in [
+		"a/\uff0e\uff0e/b", # fullwidth full stops (NFKC: "..")
+		"\u2024\u2024/etc", # one dot leaders
+		"a/%252e%252e/b", # percent-encoded twice
+		"a/%25252E%25252e/b", # three times, mixed case
+		"a/%c0%ae%c0%ae/b", # overlong UTF-8
+		"a/%ef%bc%8e%ef%bc%8e/b", # the fullwidth stop's UTF-8, encoded
+		".%2e/x",
+	] {
+		r := authz.reason with input as call(admin, read_file, {"path": v})
+		r == `argument "path" must not contain ".."`
+	}
+}
+
+test_absolute_paths_denied if {
+	every v in ["/etc/passwd", "\\server\\share", "~/.ssh/id_rsa", "C:\\Windows", "c:/x", "file:///etc/passwd", "%2fetc/passwd", "%252Fetc", "\uff0fetc/passwd"] {
+		r := authz.reason with input as call(admin, read_file, {"path": v})
+		r == `argument "path" must be a relative path`
+	}
+}
+
+test_absolute_paths_allowed_where_configured if {
+	cfg := {"absolute_path_arguments": ["path"]}
+	authz.allow with input as call(user, read_file, {"path": "/srv/docs/a.md"}) with data.ctxgate.config as cfg
+	not authz.allow with input as call(user, read_file, {"path": "/srv/docs/../../etc"}) with data.ctxgate.config as cfg
+}
+
+test_nested_path_arguments_checked if {
+	r := authz.reason with input as call(admin, read_file, {"files": [{"path": "../x"}]})
+	r == `argument "path" must not contain ".."`
+	r2 := authz.reason with input as call(admin, read_file, {"opts": {"deep": {"path": "/etc/shadow"}}})
+	r2 == `argument "path" must be a relative path`
+	r3 := authz.reason with input as call(admin, read_file, {"list": [{"path": 1}]})
+	r3 == `argument "path" must be a string`
+	authz.allow with input as call(anon, read_file, {"files": [{"path": "docs/a.md"}], "note": "../not-a-path"})
+}
+
 test_path_arguments_configurable if {
 	cfg := {"path_arguments": ["file", "path"]}
 	not authz.allow with input as call(user, read_file, {"file": "../x"}) with data.ctxgate.config as cfg

@@ -48,6 +48,10 @@ import (
 //	                forwarded: 1              requests the upstream saw (default 0)
 //	                upstream-header: N: v     a header of the last forwarded request
 //	                upstream-noheader: N      a header it must not have
+//	                closed: true              the answer says Connection: close and
+//	                                          the gateway closes the connection
+//	                                          after it (nothing after it is read as
+//	                                          another request)
 //
 // Every case asserts what reached the upstream: nothing, unless it says so.
 
@@ -148,21 +152,31 @@ func (env *attackEnv) rawRequest(t *testing.T, section []byte) []byte {
 // send writes raw on a new connection and reads one response. The write
 // runs beside the read: the gateway may answer (413) before it has read
 // all of an oversized body.
-func (env *attackEnv) send(t *testing.T, raw []byte) (*http.Response, []byte) {
+func (env *attackEnv) send(t *testing.T, raw []byte) (*http.Response, []byte, func() bool) {
 	t.Helper()
 	conn, err := net.DialTimeout("tcp", env.host, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
 	_ = conn.SetDeadline(time.Now().Add(15 * time.Second))
 	go func() { _, _ = conn.Write(raw) }()
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatalf("read response: %v", err)
 	}
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	return resp, body
+	// closed reports whether the gateway ends the connection after the
+	// answer: the answer says Connection: close (which ReadResponse turns
+	// into resp.Close), and then EOF, rather than another response or the
+	// deadline.
+	closed := func() bool {
+		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err := br.ReadByte()
+		return resp.Close && errors.Is(err, io.EOF)
+	}
+	return resp, body, closed
 }
 
 func TestAttackCorpus(t *testing.T) {
@@ -186,8 +200,8 @@ func TestAttackCorpus(t *testing.T) {
 				t.Fatalf("%s: needs a request and a want section", file)
 			}
 			before := env.forwarded()
-			resp, body := env.send(t, env.rawRequest(t, sections["request"]))
-			env.check(t, env.substitute(string(sections["want"])), resp, body, before)
+			resp, body, closed := env.send(t, env.rawRequest(t, sections["request"]))
+			env.check(t, env.substitute(string(sections["want"])), resp, body, closed, before)
 		})
 	}
 	t.Run("slow/headers", env.testSlowHeaders)
@@ -304,7 +318,7 @@ func (env *attackEnv) testSlowBody(t *testing.T) {
 }
 
 // check asserts every line of a case's want section.
-func (env *attackEnv) check(t *testing.T, want string, resp *http.Response, body []byte, before int) {
+func (env *attackEnv) check(t *testing.T, want string, resp *http.Response, body []byte, closed func() bool, before int) {
 	t.Helper()
 	forwarded := 0
 	for line := range strings.Lines(want) {
@@ -338,6 +352,10 @@ func (env *attackEnv) check(t *testing.T, want string, resp *http.Response, body
 			env.checkDecision(t, resp, val)
 		case "forwarded":
 			forwarded, _ = strconv.Atoi(val)
+		case "closed":
+			if !closed() {
+				t.Errorf("the connection stayed open after the answer (or sent more)")
+			}
 		case "upstream-header", "upstream-noheader":
 			env.checkUpstreamHeader(t, key == "upstream-header", val)
 		default:

@@ -161,6 +161,9 @@ func (s *Server) federatedPost(w http.ResponseWriter, r *http.Request, f *federa
 	if isModernRequest(r, msg.Request()) {
 		return s.federatedModern(w, r, f, fwd, st)
 	}
+	if err := checkLegacyMcpHeaders(r.Header, msg.Request()); err != nil {
+		return err
+	}
 	if msg.Method() == "initialize" {
 		if !msg.IsCall() {
 			return badRequest("initialize must be a request with an id", nil)

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 )
 
 func TestHeaderValueCoding(t *testing.T) {
@@ -46,5 +47,38 @@ func TestSetMirroredName(t *testing.T) {
 	setMirroredName(h, "search")
 	if _, ok := h["Mcp-Name"]; ok {
 		t.Error("setMirroredName added an Mcp-Name the client did not send")
+	}
+}
+
+func TestCheckLegacyMcpHeaders(t *testing.T) {
+	call := request("tools/call", `{"name":"echo","arguments":{}}`)
+	read := request("resources/read", `{"uri":"test://static/resource/1"}`)
+	tests := []struct {
+		name   string
+		header http.Header
+		req    *jsonrpc.Request
+		ok     bool
+	}{
+		{"none", http.Header{}, call, true},
+		{"matching method and name", http.Header{"Mcp-Method": {"tools/call"}, "Mcp-Name": {"echo"}}, call, true},
+		{"matching base64 uri", http.Header{"Mcp-Name": {encodeHeaderValue("test://static/resource/1")}}, read, true},
+		{"method contradicts the body", http.Header{"Mcp-Method": {"tools/list"}}, call, false},
+		{"name contradicts the body", http.Header{"Mcp-Name": {"test_sampling"}}, call, false},
+		{"name on a message that names nothing", http.Header{"Mcp-Name": {"echo"}}, request("tools/list", ""), false},
+		{"two methods", http.Header{"Mcp-Method": {"tools/call", "tools/call"}}, call, false},
+		{"a parameter header", http.Header{"Mcp-Param-Region": {"eu"}}, call, false},
+		{"a method on a GET or a batch", http.Header{"Mcp-Method": {"tools/call"}}, nil, false},
+		{"nothing on a GET", http.Header{}, nil, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := checkLegacyMcpHeaders(tt.header, tt.req)
+			if (err == nil) != tt.ok {
+				t.Errorf("checkLegacyMcpHeaders = %v, want ok %t", err, tt.ok)
+			}
+			if err != nil {
+				wantHTTPError(t, err, http.StatusBadRequest, CodeHeaderMismatch)
+			}
+		})
 	}
 }

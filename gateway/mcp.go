@@ -105,13 +105,17 @@ func (s *Server) serveRoute(rt *route) http.HandlerFunc {
 		case http.MethodGet:
 			fwd.stream = true
 			if err = modernStreamless(r); err == nil {
-				if err = checkAccept(r, "text/event-stream"); err == nil {
-					err = s.prepareSession(r, fwd, st)
+				if err = checkLegacyMcpHeaders(r.Header, nil); err == nil {
+					if err = checkAccept(r, "text/event-stream"); err == nil {
+						err = s.prepareSession(r, fwd, st)
+					}
 				}
 			}
 		case http.MethodDelete:
 			if err = modernStreamless(r); err == nil {
-				err = s.prepareSession(r, fwd, st)
+				if err = checkLegacyMcpHeaders(r.Header, nil); err == nil {
+					err = s.prepareSession(r, fwd, st)
+				}
 			}
 		default:
 			err = newError(http.StatusMethodNotAllowed, CodeInvalidRequest, "method not allowed; use POST, GET or DELETE", nil)
@@ -160,6 +164,9 @@ func (s *Server) preparePost(r *http.Request, fwd *forward, st *requestState) er
 	msg := st.msg
 	if isModernRequest(r, msg.Request()) {
 		return s.prepareModern(r, fwd, st, msg.Request())
+	}
+	if err := checkLegacyMcpHeaders(r.Header, msg.Request()); err != nil {
+		return err
 	}
 	if msg.Method() == "initialize" {
 		if !msg.IsCall() {
@@ -235,6 +242,9 @@ func (checkedBody) Close() error { return nil }
 // revision allows one, and only if every element passes the same strict
 // decode as a single message.
 func (s *Server) prepareBatch(r *http.Request, fwd *forward, st *requestState) error {
+	if err := checkLegacyMcpHeaders(r.Header, nil); err != nil {
+		return err // no header can mirror a whole batch
+	}
 	if err := s.prepareSession(r, fwd, st); err != nil {
 		return err
 	}

@@ -202,6 +202,11 @@ func checkMcpHeaders(h http.Header, req *jsonrpc.Request) error {
 	if name == "" {
 		return headerMismatch("missing required Mcp-Name header for " + quote(req.Method))
 	}
+	return checkMcpName(name, member, req)
+}
+
+// checkMcpName compares an Mcp-Name header with params.<member>.
+func checkMcpName(name, member string, req *jsonrpc.Request) error {
 	var params map[string]json.RawMessage
 	var body string
 	if json.Unmarshal(req.Params, &params) != nil || json.Unmarshal(params[member], &body) != nil {
@@ -215,6 +220,40 @@ func checkMcpHeaders(h http.Header, req *jsonrpc.Request) error {
 		return headerMismatch("Mcp-Name header " + quote(name) + " does not match params." + member)
 	}
 	return nil
+}
+
+// checkLegacyMcpHeaders holds a legacy-era message (req nil: a GET, a
+// DELETE, a batch or a client's answer) to the modern era's rule for the
+// headers that mirror the body. The legacy era defines none of them, but
+// they are forwarded, and an upstream that speaks both eras may route or
+// log by them: Mcp-Method and Mcp-Name, when present, must match the body
+// as in checkMcpHeaders; Mcp-Param-* headers, which only a modern tool
+// declaration gives a meaning the gateway could check, are refused.
+func checkLegacyMcpHeaders(h http.Header, req *jsonrpc.Request) error {
+	for name := range h {
+		if strings.HasPrefix(name, "Mcp-Param-") {
+			return headerMismatch(name + " header is defined only in protocol version " + modernVersions[0])
+		}
+	}
+	method, err := singleHeader(h, "Mcp-Method")
+	switch {
+	case err != nil:
+		return err
+	case method != "" && (req == nil || method != req.Method):
+		return headerMismatch("Mcp-Method header " + quote(method) + " does not match the body")
+	}
+	name, err := singleHeader(h, "Mcp-Name")
+	if err != nil || name == "" {
+		return err
+	}
+	member, named := "", false
+	if req != nil {
+		member, named = namedMethods[req.Method]
+	}
+	if !named {
+		return headerMismatch("Mcp-Name header " + quote(name) + " on a message that names no tool, prompt or resource")
+	}
+	return checkMcpName(name, member, req)
 }
 
 // singleHeader returns a header's one value without surrounding whitespace;

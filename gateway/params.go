@@ -38,8 +38,8 @@ var errInvalidParams = errors.New("invalid params")
 // paramMember is one member of a params object (or of an object inside).
 type paramMember struct {
 	// kinds are the jsontext kinds accepted: '"' string, '0' number, '{'
-	// object, '[' array, 't' and 'f' booleans. An optional member may
-	// also be null, which every reader takes for absent.
+	// object, '[' array, 't' boolean. An optional member may also be
+	// null, which every reader takes for absent.
 	kinds    string
 	required bool
 	// check validates a string value.
@@ -202,10 +202,10 @@ func (m paramMember) checkValue(dec *jsontext.Decoder, path string) error {
 	if kind == 'n' && !m.required {
 		return dec.SkipValue()
 	}
-	if kind == 't' || kind == 'f' {
-		kind = 't'
+	if kind == 'f' {
+		kind = 't' // a boolean, as kinds spells it
 	}
-	if !strings.ContainsRune(m.kinds, rune(kind)) && !(kind == 't' && strings.ContainsRune(m.kinds, 'f')) {
+	if !strings.ContainsRune(m.kinds, rune(kind)) {
 		return fmt.Errorf("%s must be %s, not %s", path, kindNames(m.kinds), kindName(kind))
 	}
 	switch {

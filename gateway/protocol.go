@@ -23,7 +23,11 @@ func allowsBatch(version string) bool { return version == "2025-03-26" }
 
 // requestVersion picks the protocol version in effect for a request: the
 // header if present (and supported), else the session's negotiated one,
-// else the spec's default.
+// else the spec's default. On a session the header must name the
+// negotiated version: a session is one revision, and a request claiming
+// another would get that revision's rules (2025-03-26 batches inside a
+// 2025-11-25 session) from the gateway, and who knows which from the
+// upstream.
 func requestVersion(r *http.Request, session *sessionClaims) (string, error) {
 	values := r.Header.Values("Mcp-Protocol-Version")
 	switch {
@@ -32,6 +36,9 @@ func requestVersion(r *http.Request, session *sessionClaims) (string, error) {
 	case len(values) == 1:
 		if !isSupportedVersion(values[0]) {
 			return "", badRequest("unsupported MCP-Protocol-Version "+quote(values[0])+"; supported: "+strings.Join(supportedVersions, ", "), nil)
+		}
+		if session != nil && session.Version != "" && values[0] != session.Version {
+			return "", badRequest("MCP-Protocol-Version "+quote(values[0])+" differs from the version negotiated for this session, "+quote(session.Version), nil)
 		}
 		return values[0], nil
 	case session != nil && session.Version != "":

@@ -36,7 +36,9 @@ func TestRequestVersion(t *testing.T) {
 		wantStatus int
 	}{
 		{name: "header", header: []string{"2025-06-18"}, want: "2025-06-18"},
-		{name: "header wins over the session", header: []string{"2025-11-25"}, session: &sessionClaims{Version: "2025-06-18"}, want: "2025-11-25"},
+		{name: "header matches the session", header: []string{"2025-06-18"}, session: &sessionClaims{Version: "2025-06-18"}, want: "2025-06-18"},
+		// A 2025-11-25 session asking for 2025-03-26 would get batches back.
+		{name: "header differs from the session", header: []string{"2025-03-26"}, session: &sessionClaims{Version: "2025-11-25"}, wantStatus: http.StatusBadRequest},
 		{name: "session fallback", session: &sessionClaims{Version: "2025-06-18"}, want: "2025-06-18"},
 		{name: "session without version: default", session: &sessionClaims{}, want: defaultVersion},
 		{name: "no header, no session: default", want: "2025-03-26"},

@@ -6,7 +6,8 @@
 //
 //	request id + access log -> recover -> Host/Origin check -> body limit
 //	  and body read deadline -> authenticate (Principal) -> route:
-//	     Content-Type/Accept -> strict JSON-RPC decode (once) -> session open
+//	     Content-Type/Accept -> strict JSON-RPC decode (once, within the
+//	     decode budget; typed params, names and URIs: params.go) -> session open
 //	     (sealed, bound to principal and route) -> protocol version; or, for
 //	     a modern-era (2026-07-28) request, no session: MCP-Protocol-Version,
 //	     Mcp-Method and Mcp-Name checked against the body (modern.go)
@@ -312,6 +313,17 @@ func (s *Server) recoverer(next http.Handler) http.Handler {
 
 func (s *Server) limitBody(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor == 1 && len(r.TransferEncoding) > 0 {
+			// RFC 9112 §6.1: after a request with both Transfer-Encoding and
+			// Content-Length (a smuggling attempt: a front end may have
+			// framed it by the other) the server must close the connection.
+			// net/http lets Transfer-Encoding win and deletes the
+			// Content-Length before any handler runs, so which requests had
+			// both cannot be told: every HTTP/1 request with a
+			// Transfer-Encoding closes its connection after the answer.
+			// MCP clients send Content-Length; chunked ones lose keep-alive.
+			w.Header().Set("Connection", "close")
+		}
 		bodyDeadline(w, r, s.cfg.Server.ReadBodyTimeout)
 		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.Server.MaxBodyBytes)
 		next.ServeHTTP(w, r)

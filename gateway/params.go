@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 
 	"github.com/go-json-experiment/json/jsontext"
@@ -38,8 +39,9 @@ var errInvalidParams = errors.New("invalid params")
 // paramMember is one member of a params object (or of an object inside).
 type paramMember struct {
 	// kinds are the jsontext kinds accepted: '"' string, '0' number, '{'
-	// object, '[' array, 't' boolean. An optional member may also be
-	// null, which every reader takes for absent.
+	// object, '[' array, 't' boolean; "" accepts any (only the spelling
+	// is checked). An optional member may also be null, which every
+	// reader takes for absent.
 	kinds    string
 	required bool
 	// check validates a string value.
@@ -112,14 +114,19 @@ var methodParams = func() map[string]*memberSet {
 	}
 	out := make(map[string]*memberSet, len(tables)+1)
 	for method, table := range tables {
-		table["_meta"] = metaMember
+		maps.Copy(table, commonParams)
 		out[method] = memberTable(table)
 	}
 	return out
 }()
 
+// commonParams are in every method's table: _meta, and the members of a
+// modern multi round-trip retry (mrtr.go), which the cache reads to never
+// store such an exchange (their types are the upstream's to judge).
+var commonParams = map[string]paramMember{"_meta": metaMember, "inputResponses": {}, "requestState": {}}
+
 // otherParams is the table of a method methodParams does not list.
-var otherParams = memberTable(map[string]paramMember{"_meta": metaMember})
+var otherParams = memberTable(maps.Clone(commonParams))
 
 // checkParams checks a strictly decoded request's params against its
 // method's table. The error wraps errInvalidParams.
@@ -205,7 +212,7 @@ func (m paramMember) checkValue(dec *jsontext.Decoder, path string) error {
 	if kind == 'f' {
 		kind = 't' // a boolean, as kinds spells it
 	}
-	if !strings.ContainsRune(m.kinds, rune(kind)) {
+	if m.kinds != "" && !strings.ContainsRune(m.kinds, rune(kind)) {
 		return fmt.Errorf("%s must be %s, not %s", path, kindNames(m.kinds), kindName(kind))
 	}
 	switch {

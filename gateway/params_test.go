@@ -42,6 +42,7 @@ var acceptedParams = []struct{ name, method, params string }{
 	{"initialize with empty params", "initialize", `{}`},
 	{"tasks/get", "tasks/get", `{"taskId":"t1"}`},
 	{"notifications/progress", "notifications/progress", `{"progressToken":"p","progress":1,"total":2}`},
+	{"a multi round-trip retry", "tools/call", `{"name":"echo","inputResponses":{"a":{}},"requestState":"opaque"}`},
 }
 
 var refusedParams = []struct{ name, method, params, want string }{
@@ -57,6 +58,9 @@ var refusedParams = []struct{ name, method, params, want string }{
 	{"ref.URI", "completion/complete", `{"ref":{"type":"ref/resource","URI":"secret://x"},"argument":{"name":"a","value":""}}`, `case variant`},
 	{"Argument", "completion/complete", `{"ref":{"type":"ref/prompt","name":"p"},"Argument":{"name":"a","value":""}}`, `case variant`},
 	{"_meta on an unknown method", "x/y", `{"_META":{}}`, `case variant`},
+	// The cache reads these exactly to never store a multi round-trip.
+	{"InputResponses", "tools/call", `{"name":"echo","InputResponses":{}}`, `case variant`},
+	{"requeststate", "resources/read", `{"uri":"test://x","requeststate":"s"}`, `case variant`},
 	{"uri an array", "resources/read", `{"uri":["secret://x"]}`, `must be a string, not an array`},
 	{"uri a number", "resources/read", `{"uri":1}`, `must be a string`},
 	{"uri null", "resources/read", `{"uri":null}`, `must be a string, not null`},
@@ -184,4 +188,33 @@ func jsonEqual(a, b any) bool {
 	x, _ := json.Marshal(a)
 	y, _ := json.Marshal(b)
 	return string(x) == string(y)
+}
+
+// BenchmarkDecodeCall is the request side's decode of one 1 MB tools/call
+// (go test -bench DecodeCall -benchmem): the strict decode with the
+// default budget, then the policy input's params. B/op is the figure.
+func BenchmarkDecodeCall(b *testing.B) {
+	call := func(elem string, n int) []byte {
+		items := strings.TrimSuffix(strings.Repeat(elem+",", n), ",")
+		return []byte(`{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"items":[` + items + `]}}}`)
+	}
+	lim := jsonLimits{values: 100_000, stringBytes: 1 << 20}
+	for _, bc := range []struct {
+		name string
+		body []byte
+	}{
+		{"99000 strings", call(`"abcdefgh"`, 99_000)},
+		{"500000 numbers, over the budget", call("1", 500_000)},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.SetBytes(int64(len(bc.body)))
+			b.ReportAllocs()
+			for b.Loop() {
+				msg, err := decodeMessageWith(bc.body, lim)
+				if err == nil {
+					_ = paramsObject(msg.Request().Params)
+				}
+			}
+		})
+	}
 }

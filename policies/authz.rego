@@ -56,8 +56,9 @@ defaults := {
 	# that are not admins must pass arguments.readonly == true.
 	"readonly_argument_tools": ["run_query"],
 	# Tool arguments that name files, at any depth of the arguments (so
-	# {"files": [{"path": ...}]} is checked too); their values must be
-	# relative paths without "..", however encoded, for every caller.
+	# {"files": [{"path": ...}]} is checked too) and in any case ("Path");
+	# their values must be relative paths without "..", however encoded,
+	# for every caller.
 	"path_arguments": ["path"],
 	# Path arguments that may hold absolute paths (e.g. a filesystem server
 	# that takes /home/...); they are still checked for "..".
@@ -220,8 +221,15 @@ path_argument_values contains [name, value] if {
 	walk(input.tool.arguments, [p, value])
 	count(p) > 0
 	name := p[count(p) - 1]
-	name in conf.path_arguments
+	is_string(name)
+	folded(name) in {folded(n) | some n in conf.path_arguments}
 }
+
+# Argument names are compared as Go's encoding/json matches struct fields,
+# case-insensitively ("Path", "PATH", and the long s and Kelvin sign that
+# fold to "s" and "k"): an upstream written that way reads {"Path": ...} as
+# its path argument.
+folded(s) := lower(replace(replace(s, "ſ", "s"), "K", "k"))
 
 argument_violations contains msg if {
 	some [name, value] in path_argument_values

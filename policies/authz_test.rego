@@ -331,6 +331,14 @@ test_nested_path_arguments_checked if {
 	authz.allow with input as call(anon, read_file, {"files": [{"path": "docs/a.md"}], "note": "../not-a-path"})
 }
 
+test_path_argument_case_variants_checked if {
+	every name in ["Path", "PATH", "paTh"] {
+		r := authz.reason with input as call(admin, read_file, {name: "../x"})
+		r == sprintf("argument %q must not contain \"..\"", [name])
+	}
+	not authz.allow with input as call(admin, read_file, {"files": [{"PATH": "/etc/passwd"}]})
+}
+
 test_path_arguments_configurable if {
 	cfg := {"path_arguments": ["file", "path"]}
 	not authz.allow with input as call(user, read_file, {"file": "../x"}) with data.ctxgate.config as cfg

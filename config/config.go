@@ -193,7 +193,7 @@ const (
 	DefaultMaxBodyBytes      = 4 << 20
 	DefaultMaxHeaderBytes    = 64 << 10
 	DefaultMaxJSONValues     = 100_000
-	DefaultMaxJSONString     = 1 << 20
+	DefaultMaxJSONString     = DefaultMaxBodyBytes // a string costs a few times its size, not a hundred
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultReadBodyTimeout   = 30 * time.Second
 	DefaultIdleTimeout       = 2 * time.Minute

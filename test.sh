@@ -42,6 +42,10 @@ go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 echo "== tests"
 go test -count=1 ./...
+# The race detector over the packages with shared state (the gateway's
+# relays, caches, breakers and reloads; the upstream pool; the cache store).
+echo "== race detector"
+go test -race -count=1 ./gateway/ ./upstream/ ./cache/
 
 # A count, not a duration: Go 1.26's fuzz coordinator can report a spurious
 # "context deadline exceeded" failure when a -fuzztime duration ends while a

@@ -99,7 +99,9 @@ func decodeMessage(data []byte) (*Message, error) {
 }
 
 // decodeMessageWith is decodeMessage within a decode budget, checked in
-// the first pass, before anything is allocated per value.
+// the first pass, before anything is allocated per value. The message
+// keeps slices of data (Raw, params): data must not change while it is
+// used.
 func decodeMessageWith(data []byte, lim jsonLimits) (*Message, error) {
 	trimmed := bytes.TrimLeft(data, " \t\r\n")
 	if len(trimmed) == 0 {
@@ -120,7 +122,7 @@ func decodeMessageWith(data []byte, lim jsonLimits) (*Message, error) {
 	if err := checkEnvelope(data); err != nil {
 		return nil, err
 	}
-	msg, err := decodeRPC(data)
+	msg, err := decodeRPCInPlace(data) // Raw keeps data, unchanged
 	if err != nil {
 		return nil, err
 	}

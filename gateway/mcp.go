@@ -261,7 +261,11 @@ func (s *Server) prepareBatch(r *http.Request, fwd *forward, st *requestState) e
 		if err != nil {
 			return badRequest("invalid batch", err)
 		}
-		msg, err := decodeMessage(v)
+		// The element as a slice of the body, which never changes: v is
+		// the decoder's buffer, void after the next read, and the decoded
+		// message keeps slices of what it decodes.
+		end := dec.InputOffset()
+		msg, err := decodeMessage(fwd.body[end-int64(len(v)) : end])
 		if errors.Is(err, errInvalidParams) {
 			return newError(http.StatusBadRequest, CodeInvalidParams, "invalid message in batch: "+err.Error(), nil)
 		}

@@ -24,12 +24,18 @@ import (
 // integer or null is an error, so a message the gateway reads one way
 // cannot be read another way downstream. Other extension members are
 // tolerated, as the SDK tolerates them. params and result stay raw bytes.
-func decodeRPC(data []byte) (jsonrpc.Message, error) {
+func decodeRPC(data []byte) (jsonrpc.Message, error) { return decodeRPCFrom(data, false) }
+
+// decodeRPCInPlace is decodeRPC for bytes that never change while the
+// message is used (a client's body, kept whole as fwd.body): params and
+// result are slices of data, not copies of it.
+func decodeRPCInPlace(data []byte) (jsonrpc.Message, error) { return decodeRPCFrom(data, true) }
+
+func decodeRPCFrom(data []byte, inPlace bool) (jsonrpc.Message, error) {
 	var version, id, method, params, result, wireErr jsontext.Value
 	fields := map[string]*jsontext.Value{"jsonrpc": &version, "id": &id, "method": &method, "params": &params, "result": &result, "error": &wireErr}
 	// jsontext rejects duplicate names and invalid UTF-8 by default.
-	// A bytes.Buffer is parsed in place; each member's value is then a
-	// slice of data itself (by input offset), not a copy.
+	// A bytes.Buffer is parsed in place, without a copy of data.
 	dec := jsontext.NewDecoder(bytes.NewBuffer(data))
 	if tok, err := dec.ReadToken(); err != nil || tok.Kind() != '{' {
 		return nil, fmt.Errorf("unmarshaling jsonrpc message: not a JSON object (%v)", err)
@@ -45,8 +51,12 @@ func decodeRPC(data []byte) (jsonrpc.Message, error) {
 			return nil, fmt.Errorf("unmarshaling jsonrpc message: %w", err)
 		}
 		if field, ok := fields[name]; ok {
-			end := dec.InputOffset()
-			*field = jsontext.Value(data[end-int64(len(value)) : end])
+			if inPlace {
+				end := dec.InputOffset()
+				*field = jsontext.Value(data[end-int64(len(value)) : end])
+			} else {
+				*field = value.Clone() // the value is void after the next read
+			}
 			continue
 		}
 		for key := range fields {

@@ -72,6 +72,13 @@ type Admin struct {
 	TokenSHA256 string `yaml:"token_sha256"`
 	// PProf serves Go's profiler at /debug/pprof/ on the admin listener.
 	PProf bool `yaml:"pprof"`
+	// AllowedHosts lists further Host header values (host or host:port)
+	// the admin endpoints answer, e.g. the service name Prometheus scrapes
+	// (ctxgate-admin.monitoring.svc). Always accepted: IP literals, the
+	// admin.listen host, and localhost when listening on loopback. Any
+	// other name is refused (403) as a DNS-rebinding attempt, except on
+	// /healthz and /readyz, which answer every probe.
+	AllowedHosts []string `yaml:"allowed_hosts"`
 }
 
 // Sessions configures the sealed, stateless session ids the gateway mints.

@@ -153,6 +153,15 @@ func TestValidate(t *testing.T) {
 			want:   []string{`admin.token_sha256: must be 64 hex digits; compute it with: printf %s "$TOKEN" | ctxgate hash-key`},
 		},
 		{
+			name:   "admin.allowed_hosts: names, with or without a port",
+			change: func(c *config.Config) { c.Admin.AllowedHosts = []string{"ctxgate-admin.monitoring.svc", "[::1]:9090"} },
+		},
+		{
+			name:   "admin.allowed_hosts: not a URL",
+			change: func(c *config.Config) { c.Admin.AllowedHosts = []string{"ok.internal", "http://x/"} },
+			want:   []string{"admin.allowed_hosts[1]: must be a host or host:port, e.g. ctxgate-admin.monitoring.svc"},
+		},
+		{
 			name:   "tracing off needs no endpoint",
 			change: func(c *config.Config) { c.Tracing.Enabled = false },
 		},

@@ -31,8 +31,10 @@ import (
 //	                n times, {{LEN}} is the length of the body (after the
 //	                blank line), and {{HOST}}, {{KEY_A}}, {{KEY_B}},
 //	                {{SESSION_A}} (key A's session on route everything),
-//	                {{SESSION_A_OTHER}} (key A's session on route other).
+//	                {{SESSION_A_OTHER}} (key A's session on route other),
+//	                {{ADMIN_HOST}} (the admin listener's host:port).
 //	                The route modern has an upstream that serves 2026-07-28.
+//	                Cases under admin/ are sent to the admin listener.
 //	-- want --      one assertion a line (the same variables are substituted):
 //	                status: 400
 //	                code: -32600              the JSON-RPC error code of the answer
@@ -44,6 +46,7 @@ import (
 //	                decision: k=v k=v         fields (dotted paths) of the request's
 //	                                          decision-log record; "decision: none"
 //	                                          means the policy was never asked
+//	                body-lacks: text          the answer's body must not contain text
 //	                forwarded: 1              requests the upstream saw (default 0)
 //	                upstream-header: N: v     a header of the last forwarded request
 //	                upstream-noheader: N      a header it must not have
@@ -89,7 +92,7 @@ upstreams:
   - {name: modern, url: %q}
 `, attackMaxBody, allowAllPolicy, hashKey(attackKeyA), hashKey(attackKeyB), rec.URL, attackUpstreamToken, rec.URL, recM.URL))
 	env := &attackEnv{gw: gw, rec: rec, recM: recM, host: strings.TrimPrefix(gw.URL, "http://")}
-	env.vars = map[string]string{"{{HOST}}": env.host, "{{KEY_A}}": attackKeyA, "{{KEY_B}}": attackKeyB}
+	env.vars = map[string]string{"{{HOST}}": env.host, "{{ADMIN_HOST}}": strings.TrimPrefix(gw.Admin, "http://"), "{{KEY_A}}": attackKeyA, "{{KEY_B}}": attackKeyB}
 	for _, s := range []struct{ v, route string }{{"{{SESSION_A}}", "everything"}, {"{{SESSION_A_OTHER}}", "other"}} {
 		c := &rpc{url: gw.URL + "/mcp/" + s.route, header: http.Header{"Authorization": {"Bearer " + attackKeyA}}}
 		c.initialize(t)
@@ -144,9 +147,9 @@ func (env *attackEnv) rawRequest(t *testing.T, section []byte) []byte {
 // send writes raw on a new connection and reads one response. The write
 // runs beside the read: the gateway may answer (413) before it has read
 // all of an oversized body.
-func (env *attackEnv) send(t *testing.T, raw []byte) (*http.Response, []byte) {
+func (env *attackEnv) send(t *testing.T, host string, raw []byte) (*http.Response, []byte) {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", env.host, 5*time.Second)
+	conn, err := net.DialTimeout("tcp", host, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,8 +184,12 @@ func TestAttackCorpus(t *testing.T) {
 			if sections["request"] == nil || sections["want"] == nil {
 				t.Fatalf("%s: needs a request and a want section", file)
 			}
+			host := env.host
+			if strings.HasPrefix(name, "admin"+string(filepath.Separator)) {
+				host = env.vars["{{ADMIN_HOST}}"]
+			}
 			before := env.forwarded()
-			resp, body := env.send(t, env.rawRequest(t, sections["request"]))
+			resp, body := env.send(t, host, env.rawRequest(t, sections["request"]))
 			env.check(t, env.substitute(string(sections["want"])), resp, body, before)
 		})
 	}
@@ -332,6 +339,10 @@ func (env *attackEnv) check(t *testing.T, want string, resp *http.Response, body
 			env.checkLog(t, resp, val)
 		case "decision":
 			env.checkDecision(t, resp, val)
+		case "body-lacks":
+			if strings.Contains(string(body), val) {
+				t.Errorf("body contains %q: %q", val, body)
+			}
 		case "forwarded":
 			forwarded, _ = strconv.Atoi(val)
 		case "upstream-header", "upstream-noheader":

@@ -160,6 +160,12 @@ type Upstream struct {
 	// MaxConcurrent bounds the requests in flight to this upstream; one
 	// more is answered 503 at once (no queue).
 	MaxConcurrent int `yaml:"max_concurrent"`
+	// MaxConcurrentPerPrincipal bounds the requests one principal has in
+	// flight to this upstream, so one caller inside its rate limit cannot
+	// fill the whole bulkhead; one more is answered like a full bulkhead.
+	// Zero means a quarter of MaxConcurrent (at least 1); MaxConcurrent
+	// turns the share off.
+	MaxConcurrentPerPrincipal int `yaml:"max_concurrent_per_principal"`
 	// IdempotentTools are tools whose calls may be retried like reads.
 	IdempotentTools []string `yaml:"idempotent_tools"`
 	// RateLimit bounds requests per principal and per tool.

@@ -153,6 +153,15 @@ func TestValidate(t *testing.T) {
 			want:   []string{`admin.token_sha256: must be 64 hex digits; compute it with: printf %s "$TOKEN" | ctxgate hash-key`},
 		},
 		{
+			name:   "a per-principal share above max_concurrent",
+			change: func(c *config.Config) { c.Upstreams[0].MaxConcurrent, c.Upstreams[0].MaxConcurrentPerPrincipal = 8, 9 },
+			want:   []string{"upstreams[0].max_concurrent_per_principal: must be 1 to max_concurrent (8), e.g. 2; max_concurrent turns the per-principal share off"},
+		},
+		{
+			name:   "a per-principal share of max_concurrent turns it off",
+			change: func(c *config.Config) { c.Upstreams[0].MaxConcurrent, c.Upstreams[0].MaxConcurrentPerPrincipal = 8, 8 },
+		},
+		{
 			name:   "admin.allowed_hosts: names, with or without a port",
 			change: func(c *config.Config) { c.Admin.AllowedHosts = []string{"ctxgate-admin.monitoring.svc", "[::1]:9090"} },
 		},

@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 
 	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/upstream"
 )
 
 // Principal is who the gateway verified a request comes from. Sessions,
@@ -246,7 +247,9 @@ func (s *Server) authenticate(rt *route) func(http.Handler) http.Handler {
 				return
 			}
 			st.principal = p
-			next.ServeHTTP(w, r)
+			// Every upstream request made for this one counts against the
+			// principal's share of that upstream's bulkhead.
+			next.ServeHTTP(w, r.WithContext(upstream.WithPrincipal(r.Context(), p.ID)))
 		})
 	}
 }

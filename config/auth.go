@@ -11,9 +11,17 @@ type TLS struct {
 	// ClientAuth is none, optional (verified if presented) or require.
 	ClientAuth string `yaml:"client_auth"`
 	// CRLFile is a PEM or DER revocation list from the client CA; it is
-	// re-read when it changes.
+	// re-read when it changes. A reload whose CRL number (or thisUpdate)
+	// is older than the loaded list's is refused: no rollback.
 	CRLFile string `yaml:"crl_file"`
+	// CRLGrace is how long past its nextUpdate the CRL is still trusted.
+	// After that every client certificate is refused (fail closed) until
+	// a fresh CRL is published. Default: DefaultCRLGrace.
+	CRLGrace time.Duration `yaml:"crl_grace"`
 }
+
+// DefaultCRLGrace tolerates a CRL publisher an hour late.
+const DefaultCRLGrace = time.Hour
 
 // MTLS configures principals from client certificates.
 type MTLS struct {

@@ -225,6 +225,9 @@ func (c *Config) applyDefaults() {
 	c.Auth.applyDefaults(s.PublicURL)
 	if s.TLS != nil {
 		setDefault(&s.TLS.ClientAuth, "none")
+		if s.TLS.CRLFile != "" {
+			setDefault(&s.TLS.CRLGrace, DefaultCRLGrace)
+		}
 	}
 	setDefault(&c.Log.Level, DefaultLogLevel)
 	c.Policy.applyDefaults()

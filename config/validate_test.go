@@ -3,6 +3,7 @@ package config_test
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -160,6 +161,13 @@ func TestValidate(t *testing.T) {
 		{
 			name:   "a per-principal share of max_concurrent turns it off",
 			change: func(c *config.Config) { c.Upstreams[0].MaxConcurrent, c.Upstreams[0].MaxConcurrentPerPrincipal = 8, 8 },
+		},
+		{
+			name: "crl_grace without a crl_file",
+			change: func(c *config.Config) {
+				c.Server.TLS = &config.TLS{CertFile: "c", KeyFile: "k", ClientAuth: "none", CRLGrace: time.Hour}
+			},
+			want: []string{"server.tls.crl_grace: needs server.tls.crl_file; remove crl_grace or set the CRL file"},
 		},
 		{
 			name:   "admin.allowed_hosts: names, with or without a port",

@@ -47,7 +47,8 @@ type OIDCIssuer struct {
 	// RFC 9068), which keeps ID tokens from being used as access tokens.
 	TokenType string `yaml:"token_type"`
 	// JWKSRefresh is how often the key set is re-fetched, so a key the
-	// issuer removed stops being trusted. Default: 15m.
+	// issuer removed stops being trusted; a shorter Cache-Control max-age
+	// on the JWKS (at least 1m) is honoured. Default: 5m.
 	JWKSRefresh time.Duration `yaml:"jwks_refresh"`
 	// Claims maps token claims to the principal.
 	Claims ClaimMapping `yaml:"claims"`
@@ -95,7 +96,7 @@ type HeaderCredential struct {
 // Auth defaults.
 const (
 	DefaultClockSkew   = 30 * time.Second
-	DefaultJWKSRefresh = 15 * time.Minute
+	DefaultJWKSRefresh = 5 * time.Minute
 )
 
 // DefaultAlgorithms are the signature algorithms accepted by default.

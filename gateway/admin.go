@@ -63,9 +63,13 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	case !s.ready.Load():
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting"})
 		return
+	case s.oidc != nil && !s.oidc.ready():
+		// Not ready until every issuer's keys are loaded: a replica that
+		// would refuse every token must not get traffic. Once loaded,
+		// keys are kept through IdP outages, so this is a start-up state.
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "waiting_for_oidc_keys"})
+		return
 	}
-	// Ready even while an issuer's keys are missing: other methods still
-	// work, and its tokens are refused, not accepted.
 	detail := map[string]any{"status": "ready"}
 	if !s.adminAuthorized(r) || s.adminOrigins.check(r) != nil {
 		// Probes need no credential; what is deployed is not theirs to see,

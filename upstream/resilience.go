@@ -129,7 +129,8 @@ var BreakerStates = []string{"closed", "open", "half_open"}
 
 // Resilience is one upstream's failsafe-go executor: an overall deadline
 // around a bulkhead, retries (with a budget) around a circuit breaker,
-// around a per-attempt timeout. Its state is shared by every request to the
+// around a per-attempt timeout; in front of it, the share of the bulkhead
+// one principal may hold. Its state is shared by every request to the
 // upstream.
 type Resilience struct {
 	name      string

@@ -727,3 +727,19 @@ func FuzzJWKSParse(f *testing.F) {
 		}
 	})
 }
+
+// FuzzJWKSMaxAge: whatever Cache-Control the IdP (or whoever answers for
+// it) sends, the next background fetch is between a minute and the
+// configured interval.
+func FuzzJWKSMaxAge(f *testing.F) {
+	for _, s := range []string{"max-age=120", "public, max-age=0", "max-age=99999999999999999999", `max-age="60"`, "no-store", "max-age", "max-age=-1, max-age=30"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, cacheControl string) {
+		const interval = 5 * time.Minute
+		got := refreshAfter(interval, maxAge([]string{cacheControl}))
+		if got < minJWKSMaxAge || got > interval {
+			t.Fatalf("Cache-Control %q: refresh after %s, want between %s and %s", cacheControl, got, minJWKSMaxAge, interval)
+		}
+	})
+}

@@ -743,3 +743,22 @@ func TestTLSChecksValidityWithInjectedClock(t *testing.T) {
 	f.clock.add(25 * time.Hour) // past the certificate's NotAfter
 	srv.expectRefused(t, c, "is after")
 }
+
+// TestCRLExpiredAtStart: a CRL already past nextUpdate plus crl_grace when
+// the gateway starts does not stop it (clients without a certificate are
+// still served) but refuses every client certificate.
+func TestCRLExpiredAtStart(t *testing.T) {
+	f := newMTLSFixture(t)
+	cfg := f.cfg
+	cfg.ClientAuth = "optional"
+	f.ca.now = f.clock.now().Add(-24 * time.Hour) // issued a day ago, due two hours ago
+	cfg.CRLFile = f.write(t, "crl.pem", f.ca.crl(t, 1, f.clock.now().Add(-2*time.Hour)))
+	cfg.CRLGrace = time.Hour
+	logs := &syncBuffer{}
+	srv := serveTLS(t, newTestTLSConfig(t, cfg, logs, f.clock.now))
+	srv.expectRefused(t, f.client(t, "spiffe", nil), "plus crl_grace 1h0m0s")
+	srv.expectOK(t, f.client(t, "", nil))
+	if !strings.Contains(logs.String(), "past its next update plus crl_grace") {
+		t.Errorf("no error logged for the expired CRL; log:\n%s", logs)
+	}
+}

@@ -31,10 +31,8 @@ import (
 //	                n times, {{LEN}} is the length of the body (after the
 //	                blank line), and {{HOST}}, {{KEY_A}}, {{KEY_B}},
 //	                {{SESSION_A}} (key A's session on route everything),
-//	                {{SESSION_A_OTHER}} (key A's session on route other),
-//	                {{ADMIN_HOST}} (the admin listener's host:port).
+//	                {{SESSION_A_OTHER}} (key A's session on route other).
 //	                The route modern has an upstream that serves 2026-07-28.
-//	                Cases under admin/ are sent to the admin listener.
 //	-- want --      one assertion a line (the same variables are substituted):
 //	                status: 400
 //	                code: -32600              the JSON-RPC error code of the answer
@@ -52,6 +50,9 @@ import (
 //	                upstream-noheader: N      a header it must not have
 //
 // Every case asserts what reached the upstream: nothing, unless it says so.
+//
+// Cases under admin/ are sent to the admin listener, whose host:port is
+// {{ADMIN_HOST}}.
 
 const (
 	attackKeyA = "attack-key-alice-0123456789"
@@ -69,6 +70,9 @@ type attackEnv struct {
 	recM *recorder // in front of a stateless upstream serving 2026-07-28 too (route modern)
 	host string
 	vars map[string]string
+	// dial is where send connects: the MCP listener (host), or the
+	// admin listener for the case being run.
+	dial string
 }
 
 func startAttackEnv(t *testing.T) *attackEnv {
@@ -147,9 +151,9 @@ func (env *attackEnv) rawRequest(t *testing.T, section []byte) []byte {
 // send writes raw on a new connection and reads one response. The write
 // runs beside the read: the gateway may answer (413) before it has read
 // all of an oversized body.
-func (env *attackEnv) send(t *testing.T, host string, raw []byte) (*http.Response, []byte) {
+func (env *attackEnv) send(t *testing.T, raw []byte) (*http.Response, []byte) {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", host, 5*time.Second)
+	conn, err := net.DialTimeout("tcp", env.dial, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,12 +188,12 @@ func TestAttackCorpus(t *testing.T) {
 			if sections["request"] == nil || sections["want"] == nil {
 				t.Fatalf("%s: needs a request and a want section", file)
 			}
-			host := env.host
+			env.dial = env.host
 			if strings.HasPrefix(name, "admin"+string(filepath.Separator)) {
-				host = env.vars["{{ADMIN_HOST}}"]
+				env.dial = env.vars["{{ADMIN_HOST}}"]
 			}
 			before := env.forwarded()
-			resp, body := env.send(t, host, env.rawRequest(t, sections["request"]))
+			resp, body := env.send(t, env.rawRequest(t, sections["request"]))
 			env.check(t, env.substitute(string(sections["want"])), resp, body, before)
 		})
 	}

@@ -1,0 +1,137 @@
+package policy
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// bundleServer serves one bundle at /bundles/authz.tar.gz, with ETags.
+type bundleServer struct {
+	*httptest.Server
+	mu     sync.Mutex
+	bundle []byte
+	etag   string
+}
+
+func newBundleServer(t *testing.T) *bundleServer {
+	s := &bundleServer{}
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		b, etag := s.bundle, s.etag
+		s.mu.Unlock()
+		switch {
+		case b == nil:
+			http.Error(w, "no bundle yet", http.StatusServiceUnavailable)
+		case r.Header.Get("If-None-Match") == etag:
+			w.WriteHeader(http.StatusNotModified)
+		default:
+			w.Header().Set("ETag", etag)
+			w.Write(b)
+		}
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+// publish builds a bundle of files with Build, as revision rev.
+func (s *bundleServer) publish(t *testing.T, rev string, files map[string]string) {
+	t.Helper()
+	var b bytes.Buffer
+	if err := Build(context.Background(), BuildOptions{Dir: writeDir(t, files), Output: &b, Revision: rev}); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.bundle, s.etag = b.Bytes(), `"`+rev+`"`
+}
+
+func (s *bundleServer) opaConfig() []byte {
+	return fmt.Appendf(nil, `{"services": {"b": {"url": %q}},
+		"bundles": {"authz": {"service": "b", "resource": "bundles/authz.tar.gz", "polling": {"min_delay_seconds": 1, "max_delay_seconds": 1}}}}`, s.URL)
+}
+
+// waitUntil polls cond with a deadline: readiness, not sleeping.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestBundleActivation: bundles activate through OPA's bundle plugin into
+// sets compiled and prepared as a directory's; one that does not make a
+// set is refused in OPA's activation, and the last good one decides.
+func TestBundleActivation(t *testing.T) {
+	srv := newBundleServer(t)
+	var mu sync.Mutex
+	var reloads []string
+	e := mustNew(t, Options{OPA: srv.opaConfig(), OnReload: func(rev string, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		reloads = append(reloads, fmt.Sprintf("%s %t", rev, err == nil))
+	}})
+	ctx := context.Background()
+
+	// No bundle yet: fail closed.
+	if st := e.Status(); st.Ready || st.Source != "bundles" {
+		t.Errorf("Status before any bundle = %+v, want not ready, source bundles", st)
+	}
+	if d := e.Decide(ctx, toolCall("a", nil)); d.Allow || d.Failure != FailureUnavailable {
+		t.Errorf("Decide before any bundle = %+v, want a deny with failure %q", d, FailureUnavailable)
+	}
+	if e.Visible(ctx, &Input{Method: "tools/list", Phase: PhaseListItem, Tool: &Tool{Name: "a"}}) {
+		t.Error("Visible before any bundle = true, want hidden")
+	}
+
+	// Revision 1, with data deciding: partial evaluation folds it in.
+	srv.publish(t, "r1", map[string]string{
+		"authz.rego": "package ctxgate.authz\n\ndefault allow := false\n\nallow if data.allowed[input.tool.name]\n",
+		"data.json":  `{"allowed": {"a": true}}`,
+	})
+	waitUntil(t, "revision r1", func() bool { return e.Revision() == "r1" })
+	if d := e.Decide(ctx, toolCall("a", nil)); !d.Allow || d.Revision != "r1" {
+		t.Errorf("Decide(a) under r1 = %+v, want allowed by data.allowed", d)
+	}
+	if st := e.Status(); !st.Ready || st.Bundles["authz"].ActiveRevision != "r1" {
+		t.Errorf("Status under r1 = %+v, want ready, bundle authz active at r1", st)
+	}
+
+	// Revision 2 has no allow rule: it compiles in OPA, but the engine
+	// refuses it, so OPA's activation fails and r1 stays.
+	srv.publish(t, "r2", map[string]string{"authz.rego": "package ctxgate.authz\n\nvisible := true\n"})
+	waitUntil(t, "revision r2 refused", func() bool { return e.Status().ReloadFailures > 0 })
+	st := e.Status()
+	if e.Revision() != "r1" || !strings.Contains(st.LastReloadError, "defines no allow rule") ||
+		st.Bundles["authz"].ActiveRevision != "r1" || !strings.Contains(st.Bundles["authz"].Error, "defines no allow rule") {
+		t.Errorf("after r2: revision %s, status %+v; want r1 deciding, OPA reporting the refusal", e.Revision(), st)
+	}
+	if d := e.Decide(ctx, toolCall("a", nil)); !d.Allow || d.Revision != "r1" {
+		t.Errorf("Decide(a) after r2 = %+v, want r1's allow", d)
+	}
+
+	// Revision 3 is good again.
+	srv.publish(t, "r3", map[string]string{"authz.rego": policyAllowing("b")})
+	waitUntil(t, "revision r3", func() bool { return e.Revision() == "r3" })
+	if d := e.Decide(ctx, toolCall("b", nil)); !d.Allow {
+		t.Errorf("Decide(b) under r3 = %+v, want allowed", d)
+	}
+	if st := e.Status(); st.LastReloadError != "" || st.Reloads != 1 {
+		t.Errorf("Status under r3 = %+v, want the error cleared and one reload after the first activation", st)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(reloads) < 3 || reloads[0] != "r1 true" || reloads[len(reloads)-1] != "r3 true" {
+		t.Errorf("OnReload calls = %v, want r1 ok, r2 refused (r1), r3 ok", reloads)
+	}
+}

@@ -42,6 +42,13 @@ visible := true
 reason := "tool not allowed by the bundle" if not allow
 `
 
+// bundleLogMask is OPA's own decision-log mask policy, shipped in the
+// bundle: it erases the query argument from shipped records.
+const bundleLogMask = `package system.log
+
+mask contains "/input/tool/arguments/q"
+`
+
 // opaServer is the bundle, decision-log and status service of the OPA
 // protocols, as a security team runs it (nginx serving `opa build` output,
 // a log service, a status service): bundles with ETags, gzipped batches of
@@ -211,7 +218,7 @@ func buildBundle(t *testing.T, revision, signingKey string, tools ...string) []b
 		allowed[tool] = true
 	}
 	data, _ := json.Marshal(map[string]any{"tools": map[string]any{"allowed": allowed}})
-	for name, content := range map[string][]byte{"authz.rego": []byte(bundlePolicy), "data.json": data} {
+	for name, content := range map[string][]byte{"authz.rego": []byte(bundlePolicy), "mask.rego": []byte(bundleLogMask), "data.json": data} {
 		if err := os.WriteFile(filepath.Join(dir, name), content, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -503,8 +510,10 @@ func TestBundleRevisions(t *testing.T) {
 		bundles, _ := searched["bundles"].(map[string]any)
 		authz, _ := bundles["authz"].(map[string]any)
 		result, _ := searched["result"].(map[string]any)
-		if args["password"] != "***" || args["q"] != "x" || authz["revision"] != "1" || result["allow"] != true || searched["labels"].(map[string]any)["team"] != "e2e" {
-			t.Errorf("decision event = %v; want password masked, revision 1, allowed, labels", searched)
+		erased, _ := searched["erased"].([]any)
+		if args["password"] != "***" || args["q"] != nil || len(erased) != 1 || erased[0] != "/input/tool/arguments/q" ||
+			authz["revision"] != "1" || result["allow"] != true || searched["labels"].(map[string]any)["team"] != "e2e" {
+			t.Errorf("decision event = %v; want password masked (policy.mask), q erased (the bundle's system.log.mask), revision 1, allowed, labels", searched)
 		}
 	}
 	for _, body := range srv.bodies {

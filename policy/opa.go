@@ -19,6 +19,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/plugins/logs"
 	"github.com/open-policy-agent/opa/v1/server"
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
+	"github.com/open-policy-agent/opa/v1/util"
 )
 
 // opaRuntime is OPA's plugin manager running what Options.OPA configures,
@@ -211,7 +212,15 @@ func (r *opaRuntime) bundleStatuses() map[string]BundleStatus {
 // it, so a slow or absent log service never holds up a request.
 func (r *opaRuntime) ship(ctx context.Context, rec *record) {
 	ts, _ := time.Parse(time.RFC3339Nano, rec.Timestamp)
+	// As JSON values, the form OPA's plugin works on: its mask rules
+	// (data.system.log.mask) walk maps, not Go structs.
 	input, result := rec.Input, rec.Result
+	if err := util.RoundTrip(&input); err != nil {
+		input = nil
+	}
+	if err := util.RoundTrip(&result); err != nil {
+		result = nil
+	}
 	custom := map[string]any{"principal": rec.Principal}
 	if rec.RequestID != "" {
 		custom["request_id"] = rec.RequestID

@@ -3,6 +3,7 @@ package policy
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -10,21 +11,23 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	opaconfig "github.com/open-policy-agent/opa/v1/config"
 )
 
-// bundleServer serves one bundle at /bundles/authz.tar.gz, with ETags.
+// bundleServer serves bundles by path, with ETags.
 type bundleServer struct {
 	*httptest.Server
-	mu     sync.Mutex
-	bundle []byte
-	etag   string
+	mu      sync.Mutex
+	bundles map[string][]byte // by URL path
+	etags   map[string]string
 }
 
 func newBundleServer(t *testing.T) *bundleServer {
-	s := &bundleServer{}
+	s := &bundleServer{bundles: map[string][]byte{}, etags: map[string]string{}}
 	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
-		b, etag := s.bundle, s.etag
+		b, etag := s.bundles[r.URL.Path], s.etags[r.URL.Path]
 		s.mu.Unlock()
 		switch {
 		case b == nil:
@@ -40,8 +43,13 @@ func newBundleServer(t *testing.T) *bundleServer {
 	return s
 }
 
-// publish builds a bundle of files with Build, as revision rev.
+// publish builds the policy bundle of files with Build, as revision rev.
 func (s *bundleServer) publish(t *testing.T, rev string, files map[string]string) {
+	t.Helper()
+	s.publishAt(t, "/bundles/authz.tar.gz", rev, files)
+}
+
+func (s *bundleServer) publishAt(t *testing.T, path, rev string, files map[string]string) {
 	t.Helper()
 	var b bytes.Buffer
 	if err := Build(context.Background(), BuildOptions{Dir: writeDir(t, files), Output: &b, Revision: rev}); err != nil {
@@ -49,7 +57,7 @@ func (s *bundleServer) publish(t *testing.T, rev string, files map[string]string
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.bundle, s.etag = b.Bytes(), `"`+rev+`"`
+	s.bundles[path], s.etags[path] = b.Bytes(), `"`+rev+`"`
 }
 
 func (s *bundleServer) opaConfig() []byte {
@@ -133,5 +141,65 @@ func TestBundleActivation(t *testing.T) {
 	defer mu.Unlock()
 	if len(reloads) < 3 || reloads[0] != "r1 true" || reloads[len(reloads)-1] != "r3 true" {
 		t.Errorf("OnReload calls = %v, want r1 ok, r2 refused (r1), r3 ok", reloads)
+	}
+}
+
+// TestBundleDiscovery: with OPA's discovery, the bundles come from the
+// configuration a discovery bundle holds, and decide as configured ones do.
+func TestBundleDiscovery(t *testing.T) {
+	srv := newBundleServer(t)
+	srv.publishAt(t, "/discovery.tar.gz", "d1", map[string]string{"data.json": `{"bundles": {"authz": {"service": "b",
+		"resource": "bundles/authz.tar.gz", "polling": {"min_delay_seconds": 1, "max_delay_seconds": 1}}}}`})
+	srv.publish(t, "r1", map[string]string{"authz.rego": policyAllowing("a")})
+	e := mustNew(t, Options{OPA: fmt.Appendf(nil, `{"services": {"b": {"url": %q}},
+		"discovery": {"service": "b", "resource": "discovery.tar.gz", "polling": {"min_delay_seconds": 1, "max_delay_seconds": 1}}}`, srv.URL)})
+	waitUntil(t, "revision r1 from the discovered bundle", func() bool { return e.Revision() == "r1" })
+	if d := e.Decide(context.Background(), toolCall("a", nil)); !d.Allow {
+		t.Errorf("Decide(a) = %+v, want allowed by the discovered bundle", d)
+	}
+}
+
+// TestRequireSignatures: with keys, every bundle and the discovery bundle
+// must be signed; without keys nothing changes.
+func TestRequireSignatures(t *testing.T) {
+	tests := []struct {
+		name                      string
+		cfg                       string
+		bootKeys                  bool
+		wantBundles, wantDiscover string
+	}{
+		{
+			name:        "keys: a signature is required",
+			cfg:         `{"keys": {"k": {"key": "s", "algorithm": "HS256"}}, "bundles": {"a": {"service": "s"}, "b": {"service": "s", "signing": {"keyid": "k"}}}, "discovery": {"resource": "d"}}`,
+			wantBundles: `{"a":{"service":"s","signing":{}},"b":{"service":"s","signing":{"keyid":"k"}}}`, wantDiscover: `{"resource":"d","signing":{}}`,
+		},
+		{
+			name:        "keys of the boot configuration apply to a discovered one",
+			cfg:         `{"bundles": {"a": {"service": "s"}}}`,
+			bootKeys:    true,
+			wantBundles: `{"a":{"service":"s","signing":{}}}`,
+		},
+		{
+			name:        "no keys: unchanged",
+			cfg:         `{"bundles": {"a": {"service": "s"}}}`,
+			wantBundles: `{"a": {"service": "s"}}`,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var c opaconfig.Config
+			if err := json.Unmarshal([]byte(tt.cfg), &c); err != nil {
+				t.Fatal(err)
+			}
+			if err := requireSignatures(&c, tt.bootKeys); err != nil {
+				t.Fatal(err)
+			}
+			if got := string(c.Bundles); got != tt.wantBundles {
+				t.Errorf("bundles = %s, want %s", got, tt.wantBundles)
+			}
+			if got := string(c.Discovery); got != tt.wantDiscover {
+				t.Errorf("discovery = %s, want %s", got, tt.wantDiscover)
+			}
+		})
 	}
 }

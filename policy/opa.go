@@ -3,7 +3,6 @@ package policy
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -299,12 +298,26 @@ func (h signingHook) OnConfigDiscovery(_ context.Context, c *opaconfig.Config) (
 	return c, requireSignatures(c, h.bootKeys)
 }
 
-// requireSignatures adds `signing: {}` to each bundle of c without one, when
-// keys are configured (here or in the boot configuration). c is changed in
-// place: the plugin manager keeps the pointer it passed.
+// requireSignatures adds `signing: {}` to each bundle of c without one, and
+// to the discovery bundle, when keys are configured (here or in the boot
+// configuration). c is changed in place: the plugin manager keeps the
+// pointer it passed.
 func requireSignatures(c *opaconfig.Config, bootKeys bool) error {
 	hasKeys := bootKeys || (len(c.Keys) > 0 && string(c.Keys) != "null")
-	if !hasKeys || len(c.Bundles) == 0 {
+	if !hasKeys {
+		return nil
+	}
+	if len(c.Discovery) > 0 && string(c.Discovery) != "null" {
+		var d map[string]any
+		if err := json.Unmarshal(c.Discovery, &d); err != nil {
+			return fmt.Errorf("discovery: %w", err)
+		}
+		if d["signing"] == nil {
+			d["signing"] = map[string]any{}
+			c.Discovery, _ = json.Marshal(d)
+		}
+	}
+	if len(c.Bundles) == 0 || string(c.Bundles) == "null" {
 		return nil
 	}
 	var bundles map[string]map[string]any
@@ -318,7 +331,7 @@ func requireSignatures(c *opaconfig.Config, bootKeys bool) error {
 	}
 	raw, err := json.Marshal(bundles)
 	if err != nil {
-		return errors.Join(errors.New("bundles"), err)
+		return fmt.Errorf("bundles: %w", err)
 	}
 	c.Bundles = raw
 	return nil

@@ -114,6 +114,9 @@ func (s *bundleStore) Abort(ctx context.Context, txn storage.Transaction) {
 	s.Store.Abort(ctx, txn)
 }
 
+// vetNothing is the vetFunc of an engine whose policy is not from bundles.
+func vetNothing(context.Context, storage.Store, storage.Transaction) (func(), error) { return nil, nil }
+
 // vetBundles is the engine's vetFunc: once every configured bundle has
 // been activated, the policies and data the transaction leaves in the
 // store become the next set.

@@ -14,7 +14,6 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/metrics"
 	"github.com/open-policy-agent/opa/v1/rego"
-	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/topdown"
 
 	"github.com/ctxgate/ctxgate/config"
@@ -158,7 +157,9 @@ type Status struct {
 // ReloadInterval > 0 and Dir is set, starts the reload loop (stopped by
 // Close). A set that does not load or compile, that holds no .rego file,
 // or whose package defines no allow rule is an error: the gateway never
-// runs without a policy.
+// runs without a policy. With Options.OPA it starts OPA's plugins; when
+// the policy comes from bundles, New returns at once with an engine that
+// denies everything until they are activated (Status.Ready).
 func New(opts Options) (*Engine, error) {
 	e, err := newEngine(opts)
 	if err != nil {
@@ -176,7 +177,7 @@ func New(opts Options) (*Engine, error) {
 		return nil, err
 	}
 	if len(opts.OPA) > 0 {
-		vet := func(context.Context, storage.Store, storage.Transaction) (func(), error) { return nil, nil }
+		vet := vetNothing // policy.dir decides; bundles are not configured
 		if e.fromBundles {
 			vet = e.vetBundles
 		}

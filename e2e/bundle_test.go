@@ -453,6 +453,16 @@ func TestBundleRevisions(t *testing.T) {
 	if ok, _ := callSearch(t, cs, nil); ok {
 		t.Errorf("search under revision 2 was allowed, want denied")
 	}
+	// A burst within the decision-log buffer: none of it may be lost.
+	var burst sync.WaitGroup
+	for range 40 {
+		burst.Go(func() {
+			if ok, _ := callSearch(t, cs, nil); ok {
+				t.Errorf("search under revision 2 was allowed, want denied")
+			}
+		})
+	}
+	burst.Wait()
 
 	// Revision 3 is revision 1's data in revision 2's signed bundle; then
 	// an unsigned bundle. Both are refused; revision 2 keeps deciding.

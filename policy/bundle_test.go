@@ -2,6 +2,7 @@ package policy
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -201,5 +202,60 @@ func TestRequireSignatures(t *testing.T) {
 				t.Errorf("discovery = %s, want %s", got, tt.wantDiscover)
 			}
 		})
+	}
+}
+
+// TestDecisionLogShipping: decision records reach the log service through
+// OPA's decision-log plugin, masked, with the app label; a local log is
+// not needed.
+func TestDecisionLogShipping(t *testing.T) {
+	var mu sync.Mutex
+	var events []map[string]any
+	logs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		zr, err := gzip.NewReader(r.Body)
+		if err != nil {
+			t.Errorf("decision-log upload not gzipped: %v", err)
+			return
+		}
+		var batch []map[string]any
+		if err := json.NewDecoder(zr).Decode(&batch); err != nil {
+			t.Errorf("decision-log upload: %v", err)
+		}
+		mu.Lock()
+		events = append(events, batch...)
+		mu.Unlock()
+	}))
+	t.Cleanup(logs.Close)
+	e := mustNew(t, Options{
+		Dir:  writeDir(t, map[string]string{"authz.rego": policyAllowing("a")}),
+		Mask: []string{"tool.arguments.secret"},
+		OPA: fmt.Appendf(nil, `{"services": {"logs": {"url": %q}}, "decision_logs": {"service": "logs",
+			"reporting": {"buffer_type": "event", "min_delay_seconds": 1, "max_delay_seconds": 1}}}`, logs.URL),
+	})
+	if !e.ShipsDecisionLogs() {
+		t.Fatal("ShipsDecisionLogs = false with decision_logs configured")
+	}
+	const n = 20
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() { e.Decide(context.Background(), toolCall("a", map[string]any{"secret": "s3cret", "q": "x"})) })
+	}
+	wg.Wait()
+	waitUntil(t, "every decision at the log service", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(events) >= n
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for _, ev := range events {
+		b, _ := json.Marshal(ev)
+		if strings.Contains(string(b), "s3cret") || !strings.Contains(string(b), `"secret":"***"`) ||
+			ev["labels"].(map[string]any)["app"] != "ctxgate" || ev["revision"] != e.Revision() {
+			t.Errorf("shipped record %s: want the secret masked, app label, revision %s", b, e.Revision())
+		}
+	}
+	if st := e.DecisionLogStats(); st.Dropped["buffer_full"] != 0 || st.Uploaded == 0 {
+		t.Errorf("DecisionLogStats = %+v, want nothing dropped, uploads counted", st)
 	}
 }

@@ -279,7 +279,7 @@ func (e *Engine) DecisionLogStats() DecisionLogStats {
 func (e *Engine) ShipsDecisionLogs() bool { return e.opa != nil && e.opa.logs != nil }
 
 // signingHook makes a signature required for every bundle when keys are
-// configured. OPA accepts an unsigned bundle under keys unless the bundle
+// configured (and labels the boot configuration, OnConfig). OPA accepts an unsigned bundle under keys unless the bundle
 // has a signing block; a gateway that was given a key means to trust only
 // what that key signed, so a missing signature is refused like a bad one.
 // An empty signing block takes the key named by the signature's kid.
@@ -290,7 +290,16 @@ var (
 	_ hooks.ConfigDiscoveryHook = signingHook{}
 )
 
+// OnConfig also labels the gateway app=ctxgate, as the local decision log
+// does, unless the configuration sets app: a log or status service can
+// tell gateways from OPAs.
 func (h signingHook) OnConfig(_ context.Context, c *opaconfig.Config) (*opaconfig.Config, error) {
+	if c.Labels == nil {
+		c.Labels = map[string]string{}
+	}
+	if _, ok := c.Labels["app"]; !ok {
+		c.Labels["app"] = "ctxgate"
+	}
 	return c, requireSignatures(c, h.bootKeys)
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -126,20 +127,11 @@ func (r *opaRuntime) ready(activated []string) bool {
 		return len(activated) > 0
 	}
 	for _, n := range r.names {
-		if !contains(activated, n) {
+		if !slices.Contains(activated, n) {
 			return false
 		}
 	}
 	return true
-}
-
-func contains(ss []string, s string) bool {
-	for _, x := range ss {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // activated records the bundles of a revision now deciding.

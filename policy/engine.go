@@ -304,7 +304,9 @@ func (e *Engine) Close() {
 const opaStopTimeout = 5 * time.Second
 
 // Revision identifies the policy set deciding now: the short hex SHA-256
-// of its modules' paths and sources and of its data.
+// of its modules' paths and sources and of its data; with bundles, their
+// manifest revision (name:revision pairs for several); empty while no
+// bundle is active.
 func (e *Engine) Revision() string { return e.set.Load().revision }
 
 // Status reports the loaded set and the reload history.

@@ -158,6 +158,7 @@ func TestBundleDiscovery(t *testing.T) {
 	if d := e.Decide(context.Background(), toolCall("a", nil)); !d.Allow {
 		t.Errorf("Decide(a) = %+v, want allowed by the discovered bundle", d)
 	}
+	waitUntil(t, "the discovered bundle's status", func() bool { return e.Status().Bundles["authz"].ActiveRevision == "r1" })
 }
 
 // TestRequireSignatures: with keys, every bundle and the discovery bundle

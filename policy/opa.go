@@ -44,6 +44,9 @@ type opaRuntime struct {
 
 	mu      sync.Mutex
 	bundles map[string]*bundle.Status // OPA's latest bundle status, by name
+	// listening: bundleStatus is registered with the bundle plugin (which
+	// discovery creates only once its bundle is in).
+	listening bool
 	// recent maps the revisions that decided lately to their bundles, for
 	// the bundles field of shipped decision records.
 	recent []revisionBundles
@@ -100,6 +103,7 @@ func startOPA(ctx context.Context, e *Engine, raw []byte, store *bundleStore) (*
 	}
 	m.Register(discovery.Name, disco)
 	if bp := bundle.Lookup(m); bp != nil {
+		r.listening = true
 		bp.RegisterBulkListener("ctxgate", r.bundleStatus)
 	}
 	r.logs = logs.Lookup(m)
@@ -174,6 +178,13 @@ type BundleStatus struct {
 func (r *opaRuntime) bundleStatuses() map[string]BundleStatus {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if bp := bundle.Lookup(r.manager); !r.listening && bp != nil {
+		// A bundle plugin made by discovery. Registered from a goroutine:
+		// the plugin's lock may be held by an activation that is calling
+		// OnReload, which may call Status.
+		r.listening = true
+		go bp.RegisterBulkListener("ctxgate", r.bundleStatus)
+	}
 	if len(r.bundles) == 0 {
 		return nil
 	}

@@ -89,6 +89,9 @@ func startOPA(ctx context.Context, e *Engine, raw []byte, store *bundleStore) (*
 		plugins.WithHooks(hs),
 		plugins.WithParserOptions(ast.ParserOptions{RegoVersion: ast.RegoV1}),
 		plugins.EnablePrintStatements(false),
+		// No request to OPA's version service: the gateway talks only to
+		// the services it was configured with.
+		plugins.WithEnableVersionCheck(false),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("policy.opa: %w", err)

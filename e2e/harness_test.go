@@ -173,22 +173,6 @@ type gatewayProc struct {
 // gateway's "ctxgate listening" log record.
 func startGateway(t *testing.T, cfg string) *gatewayProc {
 	t.Helper()
-	g := startGatewayUnready(t, cfg)
-	waitFor(t, "ctxgate /readyz", readyDeadline, func() bool {
-		resp, err := http.Get(g.Admin + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
-	return g
-}
-
-// startGatewayUnready is startGateway without waiting for /readyz: for
-// gateways that are meant not to become ready.
-func startGatewayUnready(t *testing.T, cfg string) *gatewayProc {
-	t.Helper()
 	path := filepath.Join(t.TempDir(), "ctxgate.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -205,6 +189,14 @@ func startGatewayUnready(t *testing.T, cfg string) *gatewayProc {
 			g.Admin = "http://" + rec["admin"].(string)
 		}
 		return ok
+	})
+	waitFor(t, "ctxgate /readyz", readyDeadline, func() bool {
+		resp, err := http.Get(g.Admin + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
 	})
 	return g
 }

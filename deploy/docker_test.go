@@ -304,9 +304,11 @@ func TestImageRunsAsNonRoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer project.Close()
+	// Cleanups, not defers: they run after the gateway's (registered
+	// later) has stopped it, so no gateway connection holds Close up.
+	t.Cleanup(func() { project.Close() })
 	upstream := httptest.NewServer(project.Handler())
-	defer upstream.Close()
+	t.Cleanup(upstream.Close)
 
 	const key = "deploy-test-key"
 	cmd := exec.Command(argv[0], argv[1:]...)

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -16,6 +17,7 @@ import (
 	"go.yaml.in/yaml/v3"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	sigsyaml "sigs.k8s.io/yaml"
 )
 
 // TestChart renders each value set, decodes it strictly (helm_test.go) and
@@ -440,4 +442,62 @@ func TestChartRejectsBadValues(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestChartNotes renders the chart's NOTES (helm template skips them) for
+// each value set: they must tell the operator how to create every Secret
+// key the pod needs, and warn about what does not work yet.
+func TestChartNotes(t *testing.T) {
+	for _, vs := range valueSets {
+		t.Run(vs.name, func(t *testing.T) {
+			notes := renderNotes(t, vs)
+			want := []string{"kubectl -n mcp create secret generic " + vs.secretName, "session-key=", "admin-token-sha256="}
+			m := render(t, vs)
+			for _, e := range m.gatewayContainer(t).Env {
+				if ref := e.ValueFrom; ref != nil && ref.SecretKeyRef != nil {
+					want = append(want, ref.SecretKeyRef.Key)
+				}
+			}
+			if vs.redis {
+				want = append(want, "needs a ctxgate version with Redis support (issue 17)")
+			}
+			if vs.serviceMonitor {
+				want = append(want, "Prometheus sends the admin token itself")
+			}
+			for _, w := range want {
+				if !strings.Contains(notes, w) {
+					t.Errorf("the NOTES do not mention %q:\n%s", w, notes)
+				}
+			}
+		})
+	}
+}
+
+// renderNotes renders templates/NOTES.txt through a copy of the chart in
+// which it is a named template included by a ConfigMap.
+func renderNotes(t *testing.T, vs valueSet) string {
+	t.Helper()
+	chart := filepath.Join(t.TempDir(), "ctxgate")
+	if err := os.CopyFS(chart, os.DirFS(chartDir)); err != nil {
+		t.Fatal(err)
+	}
+	notes, err := os.ReadFile(filepath.Join(chart, "templates", "NOTES.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(chart, "templates", "NOTES.txt")); err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(chart, "templates", "_notes_test.tpl"), []byte(`{{- define "notes-under-test" -}}`+string(notes)+`{{- end -}}`))
+	write(t, filepath.Join(chart, "templates", "notes-test.yaml"), []byte("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata:\n  notes: {{ include \"notes-under-test\" . | quote }}\n"))
+	args := append([]string{"template", "ctxgate", chart, "--namespace", "mcp", "--kube-version", kubeVersion, "--show-only", "templates/notes-test.yaml"}, vs.args()...)
+	out, err := exec.Command(helmBin(t), args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	var cm corev1.ConfigMap
+	if err := sigsyaml.UnmarshalStrict(out, &cm); err != nil {
+		t.Fatal(err)
+	}
+	return cm.Data["notes"]
 }

@@ -120,8 +120,14 @@ func checkHardening(t *testing.T, m *manifests, cfg string) {
 	if filepath.Dir(c.Args[2]) != mounts["config"] || volumes["config"].ConfigMap == nil || volumes["config"].ConfigMap.Name != "ctxgate-config" || filepath.Base(c.Args[2]) != "ctxgate.yaml" {
 		t.Errorf("--config %s is not the ctxgate.yaml of the mounted ConfigMap ctxgate-config (%v)", c.Args[2], mounts)
 	}
-	if dir := lookup(lookup(doc, "policy"), "dir").Value; mounts["policies"] != dir {
-		t.Errorf("policy.dir %s is not where the policies are mounted (%s)", dir, mounts["policies"])
+	dir := lookup(lookup(doc, "policy"), "dir")
+	switch {
+	case dir == nil && lookup(lookup(lookup(doc, "policy"), "opa"), "bundles") == nil:
+		t.Error("neither policy.dir nor policy.opa.bundles")
+	case dir == nil && mounts["policies"] != "":
+		t.Errorf("policies mounted at %s, but the policy comes from bundles", mounts["policies"])
+	case dir != nil && mounts["policies"] != dir.Value:
+		t.Errorf("policy.dir %s is not where the policies are mounted (%s)", dir.Value, mounts["policies"])
 	}
 }
 
@@ -202,7 +208,10 @@ func checkObjects(t *testing.T, m *manifests, vs valueSet) {
 		t.Errorf("TLS volume from a Secret: %v, want %v", hasTLS, vs.tls)
 	}
 	i := slices.IndexFunc(pod.Volumes, func(v corev1.Volume) bool { return v.Name == "policies" })
-	if i < 0 || pod.Volumes[i].ConfigMap == nil || pod.Volumes[i].ConfigMap.Name != vs.policyConfigMap {
+	switch {
+	case vs.policyConfigMap == "" && i >= 0:
+		t.Error("a policies volume, but the policy comes from OPA bundles")
+	case vs.policyConfigMap != "" && (i < 0 || pod.Volumes[i].ConfigMap == nil || pod.Volumes[i].ConfigMap.Name != vs.policyConfigMap):
 		t.Errorf("the policies volume is not ConfigMap %s", vs.policyConfigMap)
 	}
 	_, rendered := m.configMaps["ctxgate-policies"]
@@ -433,6 +442,8 @@ func TestChartRejectsBadValues(t *testing.T) {
 		{name: "secretEnv shadows the gateway's own", set: "secretEnv[0].name=CTXGATE_SESSION_KEY,secretEnv[0].secretName=s,secretEnv[0].key=k", want: "secretEnv"},
 		{name: "ServiceMonitor without the token Secret", set: "metrics.serviceMonitor.enabled=true", want: "tokenSecret.name"},
 		{name: "redis URL scheme", set: "redis.url=http://redis:6379", want: "redis"},
+		{name: "inline bundle service token", set: "policy.opa.services.acme.url=https://b.example.com,policy.opa.services.acme.credentials.bearer.token=hunter2", want: "token"},
+		{name: "OPA persistence outside the state directory", set: "policy.opa.persistence_directory=/opa", want: "persistence_directory"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -71,7 +71,7 @@ type valueSet struct {
 
 	replicas                                               int32 // 0: the autoscaler decides
 	pdb, hpa, networkPolicy, serviceMonitor, adminSvc, tls bool
-	policyConfigMap                                        string // the ConfigMap mounted at policy.dir
+	policyConfigMap                                        string // the ConfigMap mounted at policy.dir; "": bundles
 	secretName                                             string
 }
 
@@ -84,6 +84,7 @@ var valueSets = []valueSet{
 	},
 	{name: "oidc and two upstreams", files: []string{"oidc.yaml"}, replicas: 1, policyConfigMap: "ctxgate-policies", secretName: "ctxgate"},
 	{name: "own policy ConfigMap", files: []string{"own-policy.yaml"}, replicas: 1, adminSvc: true, policyConfigMap: "site-policies", secretName: "gateway-secrets"},
+	{name: "OPA bundles", files: []string{"bundles.yaml"}, replicas: 1, secretName: "ctxgate"},
 }
 
 func (vs valueSet) args() []string {

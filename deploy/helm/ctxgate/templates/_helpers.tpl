@@ -76,3 +76,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "ctxgate.policyConfigMap" -}}
 {{- default (printf "%s-policies" (include "ctxgate.fullname" .)) .Values.policy.existingConfigMap }}
 {{- end }}
+
+{{/* Whether the policy comes from OPA bundles (policy.opa bundles or discovery), not a directory. */}}
+{{- define "ctxgate.policyFromBundles" -}}
+{{- if or .Values.policy.opa.bundles .Values.policy.opa.discovery }}true{{ end }}
+{{- end }}

@@ -92,7 +92,7 @@ func TestAlertRules(t *testing.T) {
 		}
 	}
 	// The alerts issue 18 asks for that the gateway has series for.
-	for _, want := range []string{"CtxgateHighErrorRatio", "CtxgateHighLatencyP99", "CtxgateCircuitBreakerOpen", "CtxgatePolicyReloadFailing", "CtxgateCacheHitRatioCollapse"} {
+	for _, want := range []string{"CtxgateHighErrorRatio", "CtxgateHighLatencyP99", "CtxgateCircuitBreakerOpen", "CtxgatePolicyReloadFailing", "CtxgateCacheHitRatioCollapse", "CtxgateDecisionLogsDropped"} {
 		if !slices.Contains(alerts, want) {
 			t.Errorf("alert %s is missing", want)
 		}
@@ -330,18 +330,30 @@ func scrapeAfterTraffic(t *testing.T) map[string]map[string]bool {
 	upstream := httptest.NewServer(project.Handler())
 	t.Cleanup(upstream.Close)
 
+	// A log service, so that the decision-log shipping series exist.
+	logService := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(logService.Close)
+
 	const key, token = "metrics-test-key", "metrics-test-admin-token"
 	cfg := fmt.Sprintf(`
 server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0", token_sha256: %q}
 auth: {api_keys: [{name: ci, sha256: %q}]}
-policy: {dir: %q, decision_log: "off"}
+policy:
+  dir: %q
+  decision_log: "off"
+  opa:
+    services: {logs: {url: %q}}
+    decision_logs: {service: logs}
 upstreams:
   - name: project
     url: %q
     cache: {ttl: {tools/list: 5m}}
     rate_limit: {per_tool: {search: {rps: 0.001, burst: 1}}}
-`, sha256Hex(token), sha256Hex(key), filepath.Join(repoRoot, "policies"), upstream.URL+"/")
+`, sha256Hex(token), sha256Hex(key), filepath.Join(repoRoot, "policies"), logService.URL, upstream.URL+"/")
 	path := filepath.Join(t.TempDir(), "ctxgate.yaml")
 	write(t, path, []byte(cfg))
 	g := startGateway(t, exec.Command(ctxgateBin, "serve", "--config", path))

@@ -88,9 +88,9 @@ var (
 //   - names that differ only in case within one object ("name" and "NAME"):
 //     encoding/json matches fields case-insensitively (CVE-2026-27896 class);
 //   - envelope members other than the six JSON-RPC 2.0 defines, in any case;
-//   - ids that are not a string or an integer (the SDK would truncate 1.5 to 1);
-//   - params that do not fit the method's typed members (params.go): an
-//     error wrapping errInvalidParams.
+//   - ids that are not a string or an integer (the SDK would truncate 1.5 to 1).
+//
+// A client request's params are then checked by checkParams (params.go).
 //
 // A JSON array is reported as errBatch so the caller can answer by protocol
 // version.
@@ -126,13 +126,8 @@ func decodeMessageWith(data []byte, lim jsonLimits) (*Message, error) {
 	if err != nil {
 		return nil, err
 	}
-	if r, ok := msg.(*jsonrpc.Request); ok {
-		if r.Method == "" {
-			return nil, errors.New("method must not be empty")
-		}
-		if err := checkParams(r); err != nil {
-			return nil, err
-		}
+	if r, ok := msg.(*jsonrpc.Request); ok && r.Method == "" {
+		return nil, errors.New("method must not be empty")
 	}
 	return &Message{Raw: data, Msg: msg}, nil
 }

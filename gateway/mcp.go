@@ -205,15 +205,19 @@ func (s *Server) readPost(r *http.Request, fwd *forward, st *requestState) error
 		return err
 	case errors.Is(err, errMalformed):
 		return newError(http.StatusBadRequest, CodeParseError, "parse error: "+err.Error(), nil)
-	case errors.Is(err, errInvalidParams):
-		st.rejectedID = peekID(body)
-		return newError(http.StatusBadRequest, CodeInvalidParams, err.Error(), nil)
 	case err != nil:
 		st.rejectedID = peekID(body)
 		return badRequest("invalid JSON-RPC message: "+err.Error(), nil)
 	}
 	st.msg = msg
 	fwd.messages = []jsonrpc.Message{msg.Msg}
+	if req := msg.Request(); req != nil && !removedModernMethod(r, req) {
+		// A method the modern era removed is answered 404 as it is
+		// (prepareModern), whatever its params: never forwarded either way.
+		if err := checkParams(req); err != nil {
+			return newError(http.StatusBadRequest, CodeInvalidParams, err.Error(), nil)
+		}
+	}
 	return nil
 }
 
@@ -266,11 +270,13 @@ func (s *Server) prepareBatch(r *http.Request, fwd *forward, st *requestState) e
 		// message keeps slices of what it decodes.
 		end := dec.InputOffset()
 		msg, err := decodeMessage(fwd.body[end-int64(len(v)) : end])
-		if errors.Is(err, errInvalidParams) {
-			return newError(http.StatusBadRequest, CodeInvalidParams, "invalid message in batch: "+err.Error(), nil)
-		}
 		if err != nil {
 			return badRequest("invalid message in batch: "+err.Error(), err)
+		}
+		if req := msg.Request(); req != nil {
+			if err := checkParams(req); err != nil {
+				return newError(http.StatusBadRequest, CodeInvalidParams, "invalid message in batch: "+err.Error(), nil)
+			}
 		}
 		if msg.Method() == "initialize" {
 			return badRequest("initialize must not be part of a batch", nil)

@@ -54,6 +54,12 @@ var removedMethods = map[string]bool{
 // namedMethods are the methods whose Mcp-Name header mirrors a body member.
 var namedMethods = map[string]string{"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 
+// removedModernMethod reports whether req is a modern-era call of a method
+// the era removed, which prepareModern answers 404 before anything else.
+func removedModernMethod(r *http.Request, req *jsonrpc.Request) bool {
+	return req.IsCall() && removedMethods[req.Method] && isModernRequest(r, req)
+}
+
 // isModernHeaderVersion reports whether an MCP-Protocol-Version value asks
 // for the modern era: anything that is not a legacy revision and sorts at or
 // after the first modern one (as the Go SDK compares revisions), so an

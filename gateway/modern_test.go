@@ -156,7 +156,11 @@ func TestModernRejections(t *testing.T) {
 		{name: "removed method ping", header: modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "ping"),
 			body: modernCall("ping", ""), wantStatus: 404, wantCode: -32601},
 		{name: "removed method resources/subscribe", header: modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "resources/subscribe"),
-			body: modernCall("resources/subscribe", `"uri":"test://x"`), wantStatus: 404, wantCode: -32601},
+			body: modernCall("resources/subscribe", `"uri":"x"`), wantStatus: 404, wantCode: -32601},
+		// Removed is answered first, whatever the params (the conformance
+		// suite sends them without params.uri or params.level).
+		{name: "removed method logging/setLevel without level", header: modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "logging/setLevel"),
+			body: modernCall("logging/setLevel", ""), wantStatus: 404, wantCode: -32601},
 		{name: "GET", httpMethod: http.MethodGet, header: modernHeader("Mcp-Protocol-Version", "2026-07-28", "Accept", "text/event-stream"),
 			wantStatus: 405, wantCode: -32600},
 		{name: "DELETE", httpMethod: http.MethodDelete, header: modernHeader("Mcp-Protocol-Version", "2026-07-28"),

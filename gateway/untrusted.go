@@ -27,7 +27,12 @@ import (
 //     annotations) is neutralised: terminal escapes, control characters,
 //     bidirectional overrides and invisible characters are removed, so a
 //     tool description cannot hide instructions from the person reviewing
-//     it while a model still reads them (the "tool poisoning" attack).
+//     it while a model still reads them (the "tool poisoning" attack);
+//   - the same for the other text an upstream puts before a model
+//     (neutraliseResult): the server's instructions (initialize), every
+//     title and description of prompts/list, resources/list and
+//     resources/templates/list items, and the text, name, title and
+//     description of a tools/call result's content items.
 
 var errUpstreamRedirect = errors.New("upstream answered with a redirect, which the gateway never follows or relays")
 
@@ -70,6 +75,93 @@ func (s *Server) neutraliseToolText(ctx context.Context, fwd *forward, result []
 			"upstream", fwd.route.upstream.Name, "tools", changed)
 	}
 	return out
+}
+
+// neutraliseResult neutralises the text of a result a model reads (see
+// the file note), and logs it: an operator should know an upstream sends
+// such text.
+func (s *Server) neutraliseResult(ctx context.Context, fwd *forward, method string, result []byte) []byte {
+	out, changed := neutraliseResultText(method, result)
+	if changed {
+		loggerOf(ctx, s.log).Warn("upstream text neutralised: escape, control, bidi or invisible characters removed",
+			"upstream", fwd.route.upstream.Name, "rpc_method", method)
+	}
+	return out
+}
+
+// resultListMembers are the members of list results whose items'
+// titles and descriptions are neutralised (tools have their own pass).
+var resultListMembers = map[string]string{"prompts/list": "prompts", "resources/list": "resources", "resources/templates/list": "resourceTemplates"}
+
+// neutraliseResultText is neutraliseResult without the log. A result it
+// cannot read is returned as it is (the strict decoder vouched for it).
+func neutraliseResultText(method string, result []byte) ([]byte, bool) {
+	_, isList := resultListMembers[method]
+	if method != "initialize" && method != "tools/call" && !isList || !mayNeedNeutralising(result) {
+		return result, false
+	}
+	dec := json.NewDecoder(bytes.NewReader(result))
+	dec.UseNumber() // numbers keep their exact text
+	var page map[string]any
+	if dec.Decode(&page) != nil {
+		return result, false
+	}
+	changed := false
+	switch method {
+	case "initialize":
+		changed = neutraliseMember(page, "instructions")
+		changed = neutraliseTree(page["serverInfo"]) || changed
+	case "tools/call":
+		items, _ := page["content"].([]any)
+		for _, it := range items {
+			if item, ok := it.(map[string]any); ok {
+				for _, k := range []string{"text", "name", "title", "description"} {
+					changed = neutraliseMember(item, k) || changed
+				}
+			}
+		}
+	default:
+		changed = neutraliseTree(page[resultListMembers[method]])
+	}
+	if !changed {
+		return result, false
+	}
+	out, err := marshalPlain(page)
+	if err != nil {
+		return result, false
+	}
+	return out, true
+}
+
+// neutraliseMember neutralises obj[k] if it is a string.
+func neutraliseMember(obj map[string]any, k string) bool {
+	s, ok := obj[k].(string)
+	if !ok {
+		return false
+	}
+	clean := neutralise(s)
+	obj[k] = clean
+	return clean != s
+}
+
+// mayNeedNeutralising is a cheap test of raw JSON: only an escape (\u...)
+// or a raw character neutralise removes can need the full pass.
+func mayNeedNeutralising(b []byte) bool {
+	if bytes.Contains(b, []byte(`\u`)) {
+		return true
+	}
+	for i := 0; i < len(b); {
+		if b[i] < utf8.RuneSelf {
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRune(b[i:])
+		if invisible(r) {
+			return true
+		}
+		i += size
+	}
+	return false
 }
 
 // isTextKey reports the members whose string values a client shows to

@@ -3,6 +3,7 @@ package gateway
 import (
 	"encoding/json"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -98,36 +99,75 @@ func FuzzPinScreen(f *testing.F) {
 	f.Add(`{"tools":[{"name":"a"},{"name":"a","description":"twice"}]}`)
 	f.Add(`{"tools":[{"name":1}]}`)
 	f.Add(`{"tools":[{"inputSchema":{"b":1,"a":[1.0,1e2]}}]}`)
+	f.Add(`{"tools":[{"name":"a","title":"T","outputSchema":{"type":"object"},"icons":[{"src":"x"}],"_meta":{"k":"v"}}]}`)
+	f.Add(`{"tools":[{"name":"a","annotations":{"readOnlyHint":false},"Annotations":{"readOnlyHint":true}},{"Name":"delete_file"}]}`)
 	f.Fuzz(func(t *testing.T, result string) {
 		st, err := newPinStore([]config.Upstream{{Name: "u", PinTools: &config.PinTools{Mode: config.PinRecord}}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		set := st.set("u")
-		if _, _, err := set.screen([]byte(result)); err != nil {
+		page, err := readToolPage([]byte(result))
+		if err != nil {
 			return
 		}
-		var page struct {
-			Tools []map[string]json.RawMessage `json:"tools"`
+		first, err := set.screen(page.items)
+		if err != nil {
+			return
 		}
-		if json.Unmarshal([]byte(result), &page) != nil || hasDuplicateNames(page.Tools) {
-			return // a page naming one tool twice is a change within the page
-		}
-		if _, hidden, err := set.screen([]byte(result)); err != nil || len(hidden) > 0 {
-			t.Fatalf("record mode, same page again: hidden %v, %v", hidden, err)
+		if again, err := set.screen(page.items); err != nil || len(again.hidden) > 0 || len(first.hidden) > 0 {
+			t.Fatalf("record mode, same page again: hidden %v then %v, %v", first.hidden, again.hidden, err)
 		}
 	})
 }
 
-func hasDuplicateNames(tools []map[string]json.RawMessage) bool {
-	seen := map[string]bool{}
-	for _, tool := range tools {
-		var name string
-		_ = json.Unmarshal(tool["name"], &name)
-		if seen[name] {
-			return true
-		}
-		seen[name] = true
+// FuzzReadToolPage: whatever a tools/list result holds, reading it does
+// not panic, and every item it keeps reads the same to a case-insensitive
+// decoder (Go's encoding/json, as many SDKs) as to the gateway: name,
+// description and annotations. The page it relays reads back to the same
+// items with nothing more withheld.
+func FuzzReadToolPage(f *testing.F) {
+	for _, seed := range []string{
+		`{"tools":[{"name":"a","description":"d","annotations":{"readOnlyHint":true}}],"nextCursor":"c"}`,
+		`{"tools":[{"name":"a","annotations":{"readOnlyHint":false},"Annotations":{"readOnlyHint":true}}]}`,
+		`{"tools":[{"name":"a","annotations":{"readOnlyHint":false,"ReadOnlyHint":true}}]}`,
+		`{"tools":[{"name":"read"},{"Name":"delete_file","annotations":{"readOnlyHint":true}}]}`,
+		`{"tools":[{"name":"a","nAme":"b"}]}`,
+		`{"tools":[{"name":"a","DESCRIPTION":"x"}]}`,
+		`{"tools":[{"name":"a","annotations":{"readOnlyHInt":true}}]}`,
+		`{"tools":[{"name":"a"},{"name":"a"}]}`,
+		`{"tools":[1,"x",null,{"name":"ok"}]}`,
+		`{"tools":{"name":"a"}}`,
+		`{"tools":[{"name":"a","inputSchema":{"properties":{},"Properties":{"x":{}}}}]}`,
+		`{"tools":[{"name":"\u017fecret","annotationſ":{}}]}`,
+	} {
+		f.Add(seed)
 	}
-	return false
+	f.Fuzz(func(t *testing.T, result string) {
+		page, err := readToolPage([]byte(result))
+		if err != nil {
+			return
+		}
+		for _, item := range page.items {
+			var loose struct {
+				Name        string
+				Description string
+				Annotations map[string]any
+			}
+			if err := json.Unmarshal(item.Raw, &loose); err != nil {
+				t.Fatalf("kept item %s that encoding/json cannot read: %v", item.Raw, err)
+			}
+			if loose.Name != item.Name || loose.Description != item.Description || !reflect.DeepEqual(loose.Annotations, item.Annotations) {
+				t.Fatalf("kept item %s reads %+v to encoding/json, %q %q %v to the gateway", item.Raw, loose, item.Name, item.Description, item.Annotations)
+			}
+		}
+		if page.prefix == nil {
+			return
+		}
+		out := page.encode(page.items)
+		again, err := readToolPage(out)
+		if err != nil || len(again.withheld) > 0 || len(again.items) != len(page.items) {
+			t.Fatalf("relayed page %q reads back as %v, %v", out, again, err)
+		}
+	})
 }

@@ -91,6 +91,31 @@ func FuzzNeutraliseTools(f *testing.F) {
 	})
 }
 
+// FuzzNeutraliseResult: whatever result an upstream sends for the methods
+// whose text is neutralised beside tools/list (initialize instructions,
+// prompt and resource lists, tool results), it comes out as valid JSON
+// when it went in as valid JSON, and a second pass changes nothing more.
+func FuzzNeutraliseResult(f *testing.F) {
+	methods := []string{"initialize", "tools/call", "prompts/list", "resources/list", "resources/templates/list"}
+	f.Add(uint8(0), `{"protocolVersion":"2025-11-25","instructions":"Be nice.\u001b[8mhidden\u001b[0m\u202e","serverInfo":{"name":"s","title":"\u200bS"}}`)
+	f.Add(uint8(1), `{"content":[{"type":"text","text":"done\u001b]0;x\u0007"},{"type":"resource_link","uri":"file:///a","name":"\u2066a","description":"\udb40\udc41"}],"structuredContent":{"n":1e400}}`)
+	f.Add(uint8(2), `{"prompts":[{"name":"p","description":"\u0085d","arguments":[{"name":"a","description":"\u001bX"}]}]}`)
+	f.Add(uint8(3), `{"resources":[{"uri":"file:///a","name":"a","title":"\u061ct","description":"ok"}],"nextCursor":"c"}`)
+	f.Add(uint8(4), `{"resourceTemplates":[{"uriTemplate":"file:///{p}","name":"t","description":"\u202a"}]}`)
+	f.Add(uint8(1), `{"content":"not a list"}`)
+	f.Fuzz(func(t *testing.T, m uint8, result string) {
+		method := methods[int(m)%len(methods)]
+		out, _ := neutraliseResultText(method, []byte(result))
+		if json.Valid([]byte(result)) && !json.Valid(out) {
+			t.Fatalf("%s: neutralised %q into invalid JSON %q", method, result, out)
+		}
+		again, changed := neutraliseResultText(method, out)
+		if changed || string(again) != string(out) {
+			t.Fatalf("%s: second pass changed %q -> %q", method, out, again)
+		}
+	})
+}
+
 // FuzzPinScreen: screening an upstream's tools/list result does not panic;
 // in mode record, the same result screened twice hides nothing (a tool is
 // pinned as first seen), and the digest ignores member order.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 )
@@ -39,8 +40,8 @@ import (
 // transport or document policy), Access-Control-Allow-* (CORS is the
 // gateway's decision), Location and Refresh (no steering), Set-Cookie
 // (shared by every principal), WWW-Authenticate (the upstream
-// authenticates the gateway), Content-Encoding (what is relayed is what
-// the gateway read).
+// authenticates the gateway), Content-Encoding (an encoded body is
+// withheld: refuseEncoded).
 var relayedResponseHeaders = []string{
 	"Content-Type",
 	"Cache-Control", // no-cache on event streams keeps proxies from buffering
@@ -96,6 +97,16 @@ func classifyAnswer(resp *http.Response, fwd *forward) (answerKind, error) {
 		return answerEmpty, nil
 	}
 	return 0, fmt.Errorf("%w (HTTP %d, %q)", errUnfilterableAnswer, status, clip(h.Get("Content-Type"), 64))
+}
+
+// refuseEncoded withholds a body in a content coding: Go's Transport
+// decodes the gzip it asked for (and removes the header); any other coding
+// the gateway would relay as bytes it never read.
+func refuseEncoded(encoding string) error {
+	if e := strings.TrimSpace(encoding); e != "" && !strings.EqualFold(e, "identity") {
+		return fmt.Errorf("%w (Content-Encoding %q)", errUnfilterableAnswer, clip(e, 32))
+	}
+	return nil
 }
 
 // hasCalls reports whether the forwarded body holds a request that

@@ -78,3 +78,16 @@ func TestOnlyRelayedHeaders(t *testing.T) {
 		}
 	}
 }
+
+// TestRefuseEncoded: a body in a content coding the Transport did not
+// decode is withheld, not relayed as bytes the gateway never read.
+func TestRefuseEncoded(t *testing.T) {
+	for _, tt := range []struct {
+		encoding string
+		refused  bool
+	}{{"", false}, {"identity", false}, {" Identity ", false}, {"br", true}, {"gzip", true}, {"x-evil", true}} {
+		if err := refuseEncoded(tt.encoding); (err != nil) != tt.refused || tt.refused && !errors.Is(err, errUnfilterableAnswer) {
+			t.Errorf("refuseEncoded(%q) = %v; want refused %v", tt.encoding, err, tt.refused)
+		}
+	}
+}

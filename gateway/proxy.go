@@ -121,7 +121,7 @@ func forwardHeaders(in http.Header) http.Header {
 func (s *Server) modifyResponse(resp *http.Response) error {
 	fwd := forwardOf(resp.Request.Context())
 	h := resp.Header
-	upstreamSession := h.Get("Mcp-Session-Id")
+	upstreamSession, encoding := h.Get("Mcp-Session-Id"), h.Get("Content-Encoding")
 	// Allow-listed, not deny-listed: the upstream's session id (the client
 	// holds only the gateway's sealed id, bound to its principal), cookies
 	// (shared by every principal), its WWW-Authenticate (it authenticates
@@ -142,6 +142,9 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 		return errBridgeSessionEnded
 	}
 	kind, err := classifyAnswer(resp, fwd)
+	if err == nil && kind != answerEmpty {
+		err = refuseEncoded(encoding)
+	}
 	if err != nil {
 		_ = resp.Body.Close()
 		return err

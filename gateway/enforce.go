@@ -149,15 +149,16 @@ func (s *Server) transformJSON(ctx context.Context, fwd *forward, body []byte) (
 }
 
 // transformMessage is the policy's last word on one upstream message before
-// the client sees it. It returns the message to relay, or drop.
-//   - the response to a client request: list items the principal may not
-//     see are removed (the raw page first teaches the catalog), then the
-//     request decision's redactions are applied; anything that cannot be
-//     filtered is replaced by an error, never relayed unfiltered;
-//   - a server-to-client request (sampling, elicitation, roots): decided;
-//     if denied it is dropped and the upstream gets the refusal;
-//   - notifications/resources/updated for a resource the principal may not
-//     see: dropped.
+// the client sees it, whatever channel it comes on (pipeline.go). It
+// returns the message to relay, or drop.
+//   - the response to a client request: the result goes through
+//     filterResult (tool items read and pinned, list items the principal
+//     may not see removed, text neutralised, the request decision's
+//     redactions applied), an error through redactError; anything that
+//     cannot be filtered is replaced by an error, never relayed unfiltered;
+//   - a response no request of the exchange asked for: dropped, or on a
+//     stream of its own filtered as filterResponse says;
+//   - a server-to-client request and a notification: transformRequest.
 func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte) ([]byte, bool) {
 	if s.policy == nil {
 		return data, false
@@ -178,51 +179,63 @@ func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte
 		}
 		return s.renamed(fwd, s.filterResponse(ctx, fwd, m, data)), false
 	case *jsonrpc.Request:
-		if m.ID.IsValid() && fwd.bridge != nil {
-			// A bridged modern client cannot be asked (the bridge's session
-			// declared no client capabilities): refused to the upstream.
-			go s.answerUpstream(fwd, errorMessage(m.ID, newError(0, CodeMethodNotFound, m.Method+" is not available: the client is bridged from the modern protocol era", nil)))
-			return data, true
-		}
-		if m.ID.IsValid() && fwd.federation != "" {
-			// The client's answer could not be routed back to this member
-			// (federation.go): refused to the member, never relayed.
-			go s.answerUpstream(fwd, errorMessage(m.ID, newError(0, CodeMethodNotFound, m.Method+" is not available on a federated route", nil)))
-			return data, true
-		}
-		if m.ID.IsValid() {
-			d, ok := s.allowServerRequest(ctx, fwd, m)
-			if !ok {
-				return data, true
-			}
-			return s.redactParams(ctx, fwd, m, data, d.Redact, "server_request")
-		}
-		if m.Method == "notifications/resources/updated" {
-			var p struct {
-				URI string `json:"uri"`
-			}
-			// Exact names, and no case variant of uri beside or instead of
-			// it: the URI decided is the one the client reads.
-			if exactParams(m.Params, "uri") != nil || jsonv2.Unmarshal(m.Params, &p) != nil {
-				return nil, true
-			}
-			in := s.baseInput(fwd, "resources/read")
-			in.Phase, in.Resource = policy.PhaseListItem, &policy.Resource{URI: p.URI}
-			if !s.policy.Visible(ctx, in) {
-				return nil, true
-			}
-		}
-		// Every notification (log messages, progress, ...) is redacted as
-		// the answer it travels with, or, on a stream of its own, as the
-		// policy decides for it (relatedRedactions).
-		rs, ok := s.relatedRedactions(ctx, fwd, m.Method)
-		if !ok {
-			return nil, true
-		}
-		out, drop := s.redactParams(ctx, fwd, m, data, rs, "notification")
-		return s.renamed(fwd, out), drop
+		return s.transformRequest(ctx, fwd, m, data)
 	}
 	return data, false
+}
+
+// transformRequest is transformMessage for a message with a method:
+//   - a server-to-client request (sampling, elicitation, roots): decided;
+//     if denied it is dropped and the upstream gets the refusal; if allowed
+//     its params are redacted as that decision says;
+//   - notifications/resources/updated for a resource the principal may not
+//     see (or whose uri is ambiguous): dropped;
+//   - every notification: its params redacted (relatedRedactions).
+func (s *Server) transformRequest(ctx context.Context, fwd *forward, m *jsonrpc.Request, data []byte) ([]byte, bool) {
+	if m.ID.IsValid() && fwd.bridge != nil {
+		// A bridged modern client cannot be asked (the bridge's session
+		// declared no client capabilities): refused to the upstream.
+		go s.answerUpstream(fwd, errorMessage(m.ID, newError(0, CodeMethodNotFound, m.Method+" is not available: the client is bridged from the modern protocol era", nil)))
+		return data, true
+	}
+	if m.ID.IsValid() && fwd.federation != "" {
+		// The client's answer could not be routed back to this member
+		// (federation.go): refused to the member, never relayed.
+		go s.answerUpstream(fwd, errorMessage(m.ID, newError(0, CodeMethodNotFound, m.Method+" is not available on a federated route", nil)))
+		return data, true
+	}
+	if m.ID.IsValid() {
+		d, ok := s.allowServerRequest(ctx, fwd, m)
+		if !ok {
+			return data, true
+		}
+		return s.redactParams(ctx, fwd, m, data, d.Redact, "server_request")
+	}
+	if m.Method == "notifications/resources/updated" && !s.updateVisible(ctx, fwd, m) {
+		return nil, true
+	}
+	rs, ok := s.relatedRedactions(ctx, fwd, m.Method)
+	if !ok {
+		return nil, true
+	}
+	out, drop := s.redactParams(ctx, fwd, m, data, rs, "notification")
+	return s.renamed(fwd, out), drop
+}
+
+// updateVisible reports whether the principal may see the resource a
+// notifications/resources/updated names. Its uri is read with exact
+// names, and a case variant of uri beside or instead of it hides the
+// notification: the URI decided must be the one the client reads.
+func (s *Server) updateVisible(ctx context.Context, fwd *forward, m *jsonrpc.Request) bool {
+	var p struct {
+		URI string `json:"uri"`
+	}
+	if exactParams(m.Params, "uri") != nil || jsonv2.Unmarshal(m.Params, &p) != nil {
+		return false
+	}
+	in := s.baseInput(fwd, "resources/read")
+	in.Phase, in.Resource = policy.PhaseListItem, &policy.Resource{URI: p.URI}
+	return s.policy.Visible(ctx, in)
 }
 
 // filterResponse is transformMessage for a response. A response to a

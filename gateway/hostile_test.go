@@ -24,7 +24,8 @@ import (
 
 // hostilePolicy lets everyone call read-only tools (by the annotations the
 // gateway learned from the upstream's own list) and the test tools x_*,
-// shows only read-only tools, and redacts AWS access key ids.
+// shows only read-only tools and no secret:// resources, and redacts AWS
+// access key ids.
 const hostilePolicy = `package ctxgate.authz
 
 default allow := false
@@ -45,7 +46,10 @@ default visible := false
 
 visible if input.tool.annotations.readOnlyHint == true
 
-visible if not input.tool
+visible if {
+	not input.tool
+	not startswith(object.get(input, ["resource", "uri"], ""), "secret://")
+}
 
 redact contains {"pattern": "AKIA[0-9A-Z]{16}"}
 `
@@ -377,12 +381,17 @@ func TestHostileStreamEnds(t *testing.T) {
 // links and _meta in results, and every message on the GET stream,
 // where a pushed list is filtered too. The count is logged and counted.
 func TestHostileRedactionChannels(t *testing.T) {
-	g, c, _ := hostile(t, "", func(w http.ResponseWriter, r *http.Request, method, name string, id json.RawMessage) bool {
+	g, c, decisions := hostile(t, "", func(w http.ResponseWriter, r *http.Request, method, name string, id json.RawMessage) bool {
 		switch {
 		case r.Method == http.MethodGet:
 			w.Header().Set("Content-Type", "text/event-stream")
 			fmt.Fprintf(w, "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{\"level\":\"info\",\"data\":{\"env\":\"AWS=%s\"}}}\n\n", awsKey)
 			fmt.Fprint(w, "data: {\"jsonrpc\":\"2.0\",\"id\":777,\"result\":{\"tools\":[{\"name\":\"read_file\",\"annotations\":{\"readOnlyHint\":true}},{\"name\":\"hidden_writer\"}]}}\n\n")
+			// A case variant of uri: the policy would see the first, a
+			// case-insensitive client the second.
+			fmt.Fprint(w, "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/updated\",\"params\":{\"uri\":\"file:///ok\",\"URI\":\"secret://db\"}}\n\n")
+			fmt.Fprint(w, "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/updated\",\"params\":{\"uri\":\"secret://db\"}}\n\n")
+			fmt.Fprint(w, "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/updated\",\"params\":{\"uri\":\"file:///visible\"}}\n\n")
 			w.(http.Flusher).Flush()
 			<-r.Context().Done()
 		case name == "x_error":
@@ -426,6 +435,22 @@ func TestHostileRedactionChannels(t *testing.T) {
 	}
 	if !strings.Contains(pushedList, "read_file") || strings.Contains(pushedList, "hidden_writer") {
 		t.Errorf("list pushed on the GET stream: %q; want it filtered like an answered one", pushedList)
+	}
+	// The GET stream's messages were decided in the response phase, once
+	// per method, which is where their redactions came from.
+	pushed := map[string]int{}
+	for _, d := range decisions.decisions(t) {
+		if d.Input.Phase == "response" {
+			pushed[d.Input.Method]++
+		}
+	}
+	if pushed["notifications/message"] != 1 || pushed["tools/list"] != 1 {
+		t.Errorf("response-phase decisions by method: %v; want one for notifications/message and one for the pushed tools/list", pushed)
+	}
+	// The two updates for secret://db (one of them behind a case variant)
+	// are dropped: the next event is the visible one.
+	if update := readEvent(t, rd); !strings.Contains(update, "file:///visible") {
+		t.Errorf("next event on the GET stream: %q; want the update for file:///visible, the secret ones dropped", update)
 	}
 }
 

@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/ctxgate/ctxgate/config"
 	"github.com/ctxgate/ctxgate/gateway"
 )
 
@@ -489,4 +492,70 @@ func TestHostileTextNeutralised(t *testing.T) {
 			t.Errorf("%s not neutralised: %s", what, body)
 		}
 	}
+}
+
+// TestHostileFederatedMemberTools (finding 3): a federated route reads each
+// member's tools/list page with the same exact reader: ambiguous items
+// are neither merged into the client's list nor learned.
+func TestHostileFederatedMemberTools(t *testing.T) {
+	a := sdkServer(t, "search")
+	inner := sdkServer(t, "ok_b")
+	b := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		var m struct {
+			ID     json.RawMessage
+			Method string
+		}
+		if json.Unmarshal(body, &m) == nil && m.Method == "tools/list" {
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":{"tools":[{"name":"ok_b","inputSchema":{"type":"object"}},`+
+				`{"Name":"evil","inputSchema":{"type":"object"}},{"name":"twin","NAME":"other","inputSchema":{"type":"object"}}]}}`, m.ID)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		resp, err := http.DefaultTransport.RoundTrip(mustProxyRequest(t, r, inner.URL))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		for k, vs := range resp.Header {
+			w.Header()[k] = vs
+		}
+		w.WriteHeader(resp.StatusCode)
+		_, _ = io.Copy(w, resp.Body)
+	}))
+	t.Cleanup(b.Close)
+	srv, err := newFederatedGateway(t, a.URL, b.URL, config.PrefixCollision)
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := srv.URL + "/mcp"
+	init := rpc(t, http.MethodPost, url, "", initializeBody, nil)
+	if init.status != http.StatusOK {
+		t.Fatalf("initialize: HTTP %d", init.status)
+	}
+	list := rpc(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`, nil)
+	var tools []map[string]json.RawMessage
+	_ = json.Unmarshal(list.Result["tools"], &tools)
+	var names []string
+	for _, tool := range tools {
+		var n string
+		_ = json.Unmarshal(tool["name"], &n)
+		names = append(names, n)
+	}
+	if diff := cmp.Diff([]string{"search", "ok_b"}, names); diff != "" || len(tools) != 2 {
+		t.Errorf("federated tools/list (-want +got):\n%s\n%s", diff, list.Result["tools"])
+	}
+}
+
+// mustProxyRequest is r, sent on to base.
+func mustProxyRequest(t *testing.T, r *http.Request, base string) *http.Request {
+	t.Helper()
+	out, err := http.NewRequestWithContext(r.Context(), r.Method, base+r.URL.Path, r.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out.Header = r.Header.Clone()
+	return out
 }

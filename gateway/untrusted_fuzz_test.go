@@ -65,6 +65,8 @@ func FuzzNeutraliseTools(f *testing.F) {
 	f.Add(`{"tools":[{"name":"a","description":"\u001b]8;;http://x\u0007link\u001b]8;;\u0007"}]}`)
 	f.Add(`{"tools":"not a list"}`)
 	f.Add(`{"tools":[{"name":"a","inputSchema":{"maximum":1e400,"description":"\u001b"}}]}`)
+	f.Add(`{"tools":[{"name":"a","Description":"\u001b[8mx","TITLE":"\u202e","outputSchema":{"description":"\u200b"}}]}`)
+	f.Add(`{"tools":[{"name":"a","_meta":{"title":"\u0007"},"icons":[{"src":"x","title":"\u2066"}]}]}`)
 	f.Fuzz(func(t *testing.T, result string) {
 		if exactListMember([]byte(result), "tools") != nil {
 			return // withheld before neutralising (filterResponse)

@@ -52,6 +52,7 @@ var relayedResponseHeaders = []string{
 var (
 	errUnfilterableAnswer = errors.New("upstream answer is neither 200 JSON nor an event stream: withheld, the policy cannot filter it")
 	errUnansweredRequests = errors.New("upstream accepted requests without answering them")
+	errEncodedAnswer      = errors.New("upstream answer is in a content coding the gateway did not decode: withheld")
 )
 
 // onlyRelayedHeaders removes every header not in relayedResponseHeaders.
@@ -104,7 +105,7 @@ func classifyAnswer(resp *http.Response, fwd *forward) (answerKind, error) {
 // the gateway would relay as bytes it never read.
 func refuseEncoded(encoding string) error {
 	if e := strings.TrimSpace(encoding); e != "" && !strings.EqualFold(e, "identity") {
-		return fmt.Errorf("%w (Content-Encoding %q)", errUnfilterableAnswer, clip(e, 32))
+		return fmt.Errorf("%w (Content-Encoding %q)", errEncodedAnswer, clip(e, 32))
 	}
 	return nil
 }

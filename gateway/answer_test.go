@@ -86,7 +86,7 @@ func TestRefuseEncoded(t *testing.T) {
 		encoding string
 		refused  bool
 	}{{"", false}, {"identity", false}, {" Identity ", false}, {"br", true}, {"gzip", true}, {"x-evil", true}} {
-		if err := refuseEncoded(tt.encoding); (err != nil) != tt.refused || tt.refused && !errors.Is(err, errUnfilterableAnswer) {
+		if err := refuseEncoded(tt.encoding); (err != nil) != tt.refused || tt.refused && !errors.Is(err, errEncodedAnswer) {
 			t.Errorf("refuseEncoded(%q) = %v; want refused %v", tt.encoding, err, tt.refused)
 		}
 	}

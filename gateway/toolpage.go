@@ -27,9 +27,9 @@ import (
 //     (toolMembers) or of its annotations (annotationMembers);
 //   - description is not a string or annotations not an object.
 //
-// A result that cannot be read at all (not an object, tools not an array,
-// two items with the same name, which a client would resolve by order) is
-// an error: the whole answer is withheld, never relayed as it came.
+// A result that cannot be read at all (not an object, a case variant of
+// tools, tools not an array, two items with the same name, which a client
+// would resolve by order) is an error: the whole answer is withheld, never relayed as it came.
 
 // toolMembers are the members of an MCP Tool (schema 2025-11-25) that reach
 // a client, a model, or the gateway's own decisions.
@@ -73,6 +73,9 @@ func readToolPage(result []byte) (*toolPage, error) {
 		name, err := dec.ReadToken()
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", errUnreadableToolPage, err)
+		}
+		if why := caseVariant(name.String(), []string{"tools"}); why != "" {
+			return nil, fmt.Errorf("%w: %s", errUnreadableToolPage, why)
 		}
 		if name.String() != "tools" {
 			if err := dec.SkipValue(); err != nil {

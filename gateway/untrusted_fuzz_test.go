@@ -167,6 +167,8 @@ func FuzzReadToolPage(f *testing.F) {
 		`{"tools":{"name":"a"}}`,
 		`{"tools":[{"name":"a","inputSchema":{"properties":{},"Properties":{"x":{}}}}]}`,
 		`{"tools":[{"name":"\u017fecret","annotationſ":{}}]}`,
+		`{"Tools":[{"name":"a"}]}`,
+		`{"tOOls":[{"name":"a"}],"tools":[]}`,
 	} {
 		f.Add(seed)
 	}
@@ -174,6 +176,10 @@ func FuzzReadToolPage(f *testing.F) {
 		page, err := readToolPage([]byte(result))
 		if err != nil {
 			return
+		}
+		var loosePage struct{ Tools []json.RawMessage }
+		if json.Unmarshal([]byte(result), &loosePage) == nil && page.prefix == nil && len(loosePage.Tools) > 0 {
+			t.Fatalf("no tools read in %q, where encoding/json reads %d", result, len(loosePage.Tools))
 		}
 		for _, item := range page.items {
 			var loose struct {

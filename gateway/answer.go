@@ -42,11 +42,15 @@ import (
 // (shared by every principal), WWW-Authenticate (the upstream
 // authenticates the gateway), Content-Encoding (an encoded body is
 // withheld: refuseEncoded).
+//
+// Cache-Control is not relayed either: every answer is filtered for one
+// principal, and an upstream's "public, max-age=..." would let a shared
+// cache in front of the gateway serve it to another (RFC 9111, 3.5). The
+// gateway marks event streams no-cache itself (relayStream).
 var relayedResponseHeaders = []string{
 	"Content-Type",
-	"Cache-Control", // no-cache on event streams keeps proxies from buffering
-	"Retry-After",   // 429 and 503: when to come back
-	"Allow",         // 405: which methods the endpoint serves
+	"Retry-After", // 429 and 503: when to come back
+	"Allow",       // 405: which methods the endpoint serves
 }
 
 var (

@@ -181,8 +181,10 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 // relayStream makes an event stream's body the filtering relay.
 func (s *Server) relayStream(ctx context.Context, resp *http.Response, fwd *forward) {
 	h := resp.Header
-	// Tell buffering proxies in front of us to pass events through.
+	// Tell buffering proxies in front of us to pass events through, and
+	// caches not to keep them (the upstream's Cache-Control is not relayed).
 	h.Set("X-Accel-Buffering", "no")
+	h.Set("Cache-Control", "no-cache")
 	h.Del("Content-Length")
 	resp.ContentLength = -1
 	stop := context.Background()

@@ -44,8 +44,8 @@ var textPaths = mustParsePaths(
 // string of the result (content[*].text, content[*].resource.text,
 // contents[*].text, messages[*].content.text, the name, title and
 // description of content items (resource_link), every string in
-// structuredContent and under the result's, its content items' and its
-// messages' _meta); the replacement may use $1-style group references as
+// structuredContent and under the _meta of the result, its content items,
+// messages and list items); the replacement may use $1-style group references as
 // regexp.ReplaceAllString does. An empty Replacement is DefaultReplacement.
 //
 // Member names in paths (and the text locations) match case-insensitively,
@@ -271,6 +271,10 @@ var metaPaths = mustParsePaths(
 	"contents[*]._meta",
 	"messages[*]._meta",
 	"messages[*].content._meta",
+	"tools[*]._meta",
+	"prompts[*]._meta",
+	"resources[*]._meta",
+	"resourceTemplates[*]._meta",
 )
 
 // inMeta reports whether path is at or under one of metaPaths.

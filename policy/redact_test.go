@@ -69,6 +69,12 @@ func TestRedact(t *testing.T) {
 				`"_meta":{"note":["K"]}}],"_meta":{"trace":{"k":"K"}},"other":"AKIAABCDEFGHIJKLMNOP"}`,
 		},
 		{
+			name:   "list items' _meta",
+			result: `{"tools":[{"name":"AKIAABCDEFGHIJKLMNOP","_meta":{"k":"AKIAABCDEFGHIJKLMNOP"}}],"resources":[{"_meta":{"a":["AKIAABCDEFGHIJKLMNOP"]}}]}`,
+			rs:     []Redaction{{Pattern: `AKIA[0-9A-Z]{16}`, Replacement: "K"}},
+			want:   `{"tools":[{"name":"AKIAABCDEFGHIJKLMNOP","_meta":{"k":"K"}}],"resources":[{"_meta":{"a":["K"]}}]}`,
+		},
+		{
 			name:   "pattern with a group reference, default replacement",
 			result: `{"contents":[{"uri":"file:///a","text":"card 4111111111111111 and key sk-abc"}]}`,
 			rs:     []Redaction{{Pattern: `\d{12}(\d{4})`, Replacement: "************$1"}, {Pattern: `sk-[a-z]+`}},

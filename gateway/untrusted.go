@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"unicode/utf8"
 
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 )
 
@@ -93,55 +95,93 @@ func (s *Server) neutraliseResult(ctx context.Context, fwd *forward, method stri
 // titles and descriptions are neutralised (tools have their own pass).
 var resultListMembers = map[string]string{"prompts/list": "prompts", "resources/list": "resources", "resources/templates/list": "resourceTemplates"}
 
-// neutraliseResultText is neutraliseResult without the log. A result it
-// cannot read is returned as it is (the strict decoder vouched for it).
+// neutraliseResultText is neutraliseResult without the log. It walks the
+// result's tokens once (no tree: a tool result can be large) and rewrites
+// only the strings at text positions; members keep their order and
+// numbers their exact text. A result it cannot read is returned as it is
+// (the strict decoder vouched for it).
 func neutraliseResultText(method string, result []byte) ([]byte, bool) {
-	_, isList := resultListMembers[method]
-	if method != "initialize" && method != "tools/call" && !isList || !mayNeedNeutralising(result) {
+	isText := resultTextAt(method)
+	if isText == nil || !mayNeedNeutralising(result) {
 		return result, false
 	}
-	dec := json.NewDecoder(bytes.NewReader(result))
-	dec.UseNumber() // numbers keep their exact text
-	var page map[string]any
-	if dec.Decode(&page) != nil {
-		return result, false
-	}
+	dec := jsontext.NewDecoder(bytes.NewReader(result))
+	var out bytes.Buffer
+	out.Grow(len(result))
+	enc := jsontext.NewEncoder(&out, jsontext.EscapeForHTML(false))
+	var names []string // the member name at each depth (arrays: unused)
 	changed := false
-	switch method {
-	case "initialize":
-		changed = neutraliseMember(page, "instructions")
-		changed = neutraliseTree(page["serverInfo"]) || changed
-	case "tools/call":
-		items, _ := page["content"].([]any)
-		for _, it := range items {
-			if item, ok := it.(map[string]any); ok {
-				for _, k := range []string{"text", "name", "title", "description"} {
-					changed = neutraliseMember(item, k) || changed
-				}
+	for {
+		tok, err := dec.ReadToken()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return result, false
+		}
+		depth := dec.StackDepth()
+		kind, length := dec.StackIndex(depth)
+		switch {
+		case kind == '{' && length%2 == 1: // a member name
+			for len(names) < depth {
+				names = append(names, "")
+			}
+			names[depth-1] = tok.String()
+		case tok.Kind() == '"' && isText(valuePath(names, dec)):
+			if clean := neutralise(tok.String()); clean != tok.String() {
+				tok, changed = jsontext.String(clean), true
 			}
 		}
-	default:
-		changed = neutraliseTree(page[resultListMembers[method]])
+		if err := enc.WriteToken(tok); err != nil {
+			return result, false
+		}
 	}
 	if !changed {
 		return result, false
 	}
-	out, err := marshalPlain(page)
-	if err != nil {
-		return result, false
-	}
-	return out, true
+	return bytes.TrimSuffix(out.Bytes(), []byte{'\n'}), true
 }
 
-// neutraliseMember neutralises obj[k] if it is a string.
-func neutraliseMember(obj map[string]any, k string) bool {
-	s, ok := obj[k].(string)
-	if !ok {
-		return false
+// valuePath is the path of the string just read: the member names of the
+// enclosing objects, "[]" for array elements.
+func valuePath(names []string, dec *jsontext.Decoder) []string {
+	depth := dec.StackDepth()
+	p := make([]string, 0, depth)
+	for i := 1; i <= depth; i++ {
+		if kind, _ := dec.StackIndex(i); kind == '[' {
+			p = append(p, "[]")
+		} else if i-1 < len(names) {
+			p = append(p, names[i-1])
+		}
 	}
-	clean := neutralise(s)
-	obj[k] = clean
-	return clean != s
+	return p
+}
+
+// resultTextAt is, for a method whose result text is neutralised, the
+// test of a string's path; nil for other methods. Names match
+// case-insensitively, as Go's encoding/json would read them.
+func resultTextAt(method string) func(path []string) bool {
+	at := func(p []string, i int, name string) bool { return len(p) > i && strings.EqualFold(p[i], name) }
+	last := func(p []string) string { return p[len(p)-1] }
+	switch method {
+	case "initialize":
+		return func(p []string) bool {
+			return len(p) == 1 && at(p, 0, "instructions") || len(p) > 1 && at(p, 0, "serverInfo") && isTextKey(last(p))
+		}
+	case "tools/call":
+		return func(p []string) bool {
+			if len(p) != 3 || !at(p, 0, "content") || p[1] != "[]" {
+				return false
+			}
+			k := last(p)
+			return isTextKey(k) || strings.EqualFold(k, "text") || strings.EqualFold(k, "name")
+		}
+	}
+	member, ok := resultListMembers[method]
+	if !ok {
+		return nil
+	}
+	return func(p []string) bool { return len(p) > 1 && at(p, 0, member) && isTextKey(last(p)) }
 }
 
 // mayNeedNeutralising is a cheap test of raw JSON: only an escape (\u...)

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http/httptest"
 	"reflect"
@@ -115,7 +116,56 @@ func FuzzNeutraliseResult(f *testing.F) {
 		if changed || string(again) != string(out) {
 			t.Fatalf("%s: second pass changed %q -> %q", method, out, again)
 		}
+		var r struct {
+			Instructions string
+			Content      []struct{ Text, Name, Title, Description string }
+		}
+		if json.Unmarshal(out, &r) != nil || !json.Valid([]byte(result)) {
+			return
+		}
+		left := method == "initialize" && needsNeutralising(r.Instructions)
+		for _, c := range r.Content {
+			left = left || method == "tools/call" && (needsNeutralising(c.Text) || needsNeutralising(c.Name) || needsNeutralising(c.Title) || needsNeutralising(c.Description))
+		}
+		if left {
+			t.Fatalf("%s: text left unneutralised in %q", method, out)
+		}
 	})
+}
+
+// TestNeutraliseResultText: only the text a model reads changes; other
+// strings, member order and numbers' text are kept.
+func TestNeutraliseResultText(t *testing.T) {
+	tests := []struct{ method, in, want string }{
+		{"initialize", `{"protocolVersion":"2025-11-25","instructions":"a\u001b[8mb\u001b[0m","serverInfo":{"name":"x\u200b","title":"T\u202e"},"n":1e400}`,
+			`{"protocolVersion":"2025-11-25","instructions":"ab","serverInfo":{"name":"x\u200b","title":"T"},"n":1e400}`},
+		{"tools/call", `{"content":[{"type":"text","text":"ok\u0007 <b>"},{"type":"resource_link","uri":"file:///\u200b","name":"n\u2066"}],"structuredContent":{"text":"\u0007"}}`,
+			`{"content":[{"type":"text","text":"ok <b>"},{"type":"resource_link","uri":"file:///\u200b","name":"n"}],"structuredContent":{"text":"\u0007"}}`},
+		{"prompts/list", `{"prompts":[{"name":"p\u200b","description":"d\u200b","arguments":[{"name":"a","description":"\u001bXy"}]}]}`,
+			`{"prompts":[{"name":"p\u200b","description":"d","arguments":[{"name":"a","description":"y"}]}]}`},
+		{"resources/read", `{"contents":[{"uri":"a","text":"\u001b[31m"}]}`, `{"contents":[{"uri":"a","text":"\u001b[31m"}]}`},
+	}
+	for _, tt := range tests {
+		got, _ := neutraliseResultText(tt.method, []byte(tt.in))
+		if !jsonEqualText(t, got, tt.want) {
+			t.Errorf("%s:\n got %s\nwant %s", tt.method, got, tt.want)
+		}
+	}
+}
+
+// jsonEqualText compares two JSON texts after decoding their escapes
+// (jsontext writes some characters raw that the test spells escaped).
+func jsonEqualText(t *testing.T, got []byte, want string) bool {
+	t.Helper()
+	decode := func(b []byte) (any, error) {
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.UseNumber()
+		var v any
+		return v, dec.Decode(&v)
+	}
+	g, err1 := decode(got)
+	w, err2 := decode([]byte(want))
+	return err1 == nil && err2 == nil && reflect.DeepEqual(g, w)
 }
 
 // FuzzPinScreen: screening an upstream's tools/list result does not panic;

@@ -44,17 +44,9 @@ func newSchemaStore() *schemaStore {
 	return &schemaStore{tools: map[string]map[string]*toolSchema{}}
 }
 
-// learn records the input schemas of a tools/list result page.
-func (st *schemaStore) learn(upstreamName string, result []byte) {
-	var page struct {
-		Tools []struct {
-			Name        string          `json:"name"`
-			InputSchema json.RawMessage `json:"inputSchema"`
-		} `json:"tools"`
-	}
-	if json.Unmarshal(result, &page) != nil {
-		return
-	}
+// learn records the input schemas of a tools/list result page, as
+// readToolPage read it.
+func (st *schemaStore) learn(upstreamName string, items []toolItem) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	known := st.tools[upstreamName]
@@ -62,14 +54,15 @@ func (st *schemaStore) learn(upstreamName string, result []byte) {
 		known = map[string]*toolSchema{}
 		st.tools[upstreamName] = known
 	}
-	for _, t := range page.Tools {
-		if old, ok := known[t.Name]; ok && bytes.Equal(old.raw, t.InputSchema) {
+	for _, t := range items {
+		raw := json.RawMessage(t.members["inputSchema"])
+		if old, ok := known[t.Name]; ok && bytes.Equal(old.raw, raw) {
 			continue // resolved already
 		}
 		if _, ok := known[t.Name]; !ok && len(known) >= maxCatalogTools {
 			continue
 		}
-		known[t.Name] = resolveSchema(t.InputSchema)
+		known[t.Name] = resolveSchema(raw)
 	}
 }
 
@@ -94,9 +87,9 @@ func (st *schemaStore) schema(upstreamName, tool string) *toolSchema {
 
 // learnSchemas records a tools/list result's schemas when the route's
 // upstream validates arguments.
-func (s *Server) learnSchemas(fwd *forward, result []byte) {
+func (s *Server) learnSchemas(fwd *forward, items []toolItem) {
 	if fwd.route.upstream.Name != "" && s.validatesArguments(fwd.route.upstream.Name) {
-		s.schemas.learn(fwd.route.upstream.Name, result)
+		s.schemas.learn(fwd.route.upstream.Name, items)
 	}
 }
 

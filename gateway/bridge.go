@@ -185,7 +185,7 @@ func (s *Server) openBridge(ctx context.Context, fwd *forward) (*bridgeSession, 
 		return nil, fmt.Errorf("upstream initialize result unusable (version %q)", init.ProtocolVersion)
 	}
 	sess := &bridgeSession{id: resp.Header.Get("Mcp-Session-Id"), version: init.ProtocolVersion, opened: time.Now(),
-		capabilities: init.Capabilities, serverInfo: init.ServerInfo, instructions: init.Instructions}
+		capabilities: init.Capabilities, serverInfo: init.ServerInfo, instructions: neutralise(init.Instructions)}
 	resp, _, err = s.postUpstream(ctx, fwd.route, s.bridgeHeader(fwd, sess.id, sess.version), `{"jsonrpc":"2.0","method":"notifications/initialized"}`)
 	if err != nil {
 		return nil, err

@@ -1,9 +1,6 @@
 package gateway
 
-import (
-	"encoding/json"
-	"sync"
-)
+import "sync"
 
 // maxCatalogTools bounds how many tools are remembered per upstream.
 const maxCatalogTools = 10000
@@ -31,18 +28,9 @@ func (c *catalog) tool(upstreamName, name string) (toolMeta, bool) {
 	return m, ok
 }
 
-// learnTools records the tools of one tools/list result page.
-func (c *catalog) learnTools(upstreamName string, result []byte) {
-	var page struct {
-		Tools []struct {
-			Name        string         `json:"name"`
-			Description string         `json:"description"`
-			Annotations map[string]any `json:"annotations"`
-		} `json:"tools"`
-	}
-	if json.Unmarshal(result, &page) != nil {
-		return
-	}
+// learnTools records the tools of one tools/list result page, as
+// readToolPage read them (exact member names, ambiguous items left out).
+func (c *catalog) learnTools(upstreamName string, items []toolItem) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	known := c.tools[upstreamName]
@@ -50,7 +38,7 @@ func (c *catalog) learnTools(upstreamName string, result []byte) {
 		known = map[string]toolMeta{}
 		c.tools[upstreamName] = known
 	}
-	for _, t := range page.Tools {
+	for _, t := range items {
 		if _, ok := known[t.Name]; !ok && len(known) >= maxCatalogTools {
 			continue
 		}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 
@@ -19,6 +20,7 @@ import (
 // exchange is one client request awaiting its response: what the response
 // needs from the request's decision.
 type exchange struct {
+	id     jsonrpc.ID
 	input  *policy.Input
 	redact []policy.Redaction
 	// answered: the upstream's response to it has been relayed; another
@@ -74,11 +76,37 @@ func (s *Server) authorize(r *http.Request, fwd *forward, st *requestState) erro
 			if fwd.exchanges == nil {
 				fwd.exchanges = map[string]*exchange{}
 			}
-			fwd.exchanges[idKey(req.ID)] = &exchange{input: in, redact: d.Redact}
+			fwd.exchanges[idKey(req.ID)] = &exchange{id: req.ID, input: in, redact: d.Redact}
 		}
 		st.decision = decisionAllow
 	}
 	return nil
+}
+
+// readTools is the untrusted-upstream part of a tools/list answer: the
+// page is read once with exact names (ambiguous items withheld), the
+// catalog and the argument schemas learn the items kept, the pins screen
+// them (digests of what the upstream sent, before any rewriting), and
+// their text is neutralised.
+func (s *Server) readTools(ctx context.Context, fwd *forward, result []byte) ([]byte, error) {
+	page, err := readToolPage(result)
+	if err != nil {
+		return nil, err
+	}
+	if page.prefix == nil {
+		return result, nil // no tools member: nothing to learn
+	}
+	if len(page.withheld) > 0 {
+		loggerOf(ctx, s.log).Warn("tools withheld: the upstream's item cannot be read unambiguously",
+			"upstream", fwd.route.upstream.Name, "items", page.withheld)
+	}
+	s.catalog.learnTools(fwd.route.upstream.Name, page.items)
+	s.learnSchemas(fwd, page.items)
+	kept, err := s.screenTools(ctx, fwd, page.items)
+	if err != nil {
+		return nil, err
+	}
+	return s.neutraliseToolText(ctx, fwd, page.encode(kept)), nil
 }
 
 // errUnreadableAnswer is an upstream JSON answer the policy could not read,
@@ -121,15 +149,16 @@ func (s *Server) transformJSON(ctx context.Context, fwd *forward, body []byte) (
 }
 
 // transformMessage is the policy's last word on one upstream message before
-// the client sees it. It returns the message to relay, or drop.
-//   - the response to a client request: list items the principal may not
-//     see are removed (the raw page first teaches the catalog), then the
-//     request decision's redactions are applied; anything that cannot be
-//     filtered is replaced by an error, never relayed unfiltered;
-//   - a server-to-client request (sampling, elicitation, roots): decided;
-//     if denied it is dropped and the upstream gets the refusal;
-//   - notifications/resources/updated for a resource the principal may not
-//     see: dropped.
+// the client sees it, whatever channel it comes on (pipeline.go). It
+// returns the message to relay, or drop.
+//   - the response to a client request: the result goes through
+//     filterResult (tool items read and pinned, list items the principal
+//     may not see removed, text neutralised, the request decision's
+//     redactions applied), an error through redactError; anything that
+//     cannot be filtered is replaced by an error, never relayed unfiltered;
+//   - a response no request of the exchange asked for: dropped, or on a
+//     stream of its own filtered as filterResponse says;
+//   - a server-to-client request and a notification: transformRequest.
 func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte) ([]byte, bool) {
 	if s.policy == nil {
 		return data, false
@@ -150,79 +179,154 @@ func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte
 		}
 		return s.renamed(fwd, s.filterResponse(ctx, fwd, m, data)), false
 	case *jsonrpc.Request:
-		if m.ID.IsValid() && fwd.bridge != nil {
-			// A bridged modern client cannot be asked (the bridge's session
-			// declared no client capabilities): refused to the upstream.
-			go s.answerUpstream(fwd, errorMessage(m.ID, newError(0, CodeMethodNotFound, m.Method+" is not available: the client is bridged from the modern protocol era", nil)))
-			return data, true
-		}
-		if m.ID.IsValid() && fwd.federation != "" {
-			// The client's answer could not be routed back to this member
-			// (federation.go): refused to the member, never relayed.
-			go s.answerUpstream(fwd, errorMessage(m.ID, newError(0, CodeMethodNotFound, m.Method+" is not available on a federated route", nil)))
-			return data, true
-		}
-		if m.ID.IsValid() {
-			return data, !s.allowServerRequest(ctx, fwd, m)
-		}
-		if m.Method == "notifications/resources/updated" {
-			var p struct {
-				URI string `json:"uri"`
-			}
-			_ = json.Unmarshal(m.Params, &p)
-			in := s.baseInput(fwd, "resources/read")
-			in.Phase, in.Resource = policy.PhaseListItem, &policy.Resource{URI: p.URI}
-			return s.renamed(fwd, data), !s.policy.Visible(ctx, in)
-		}
+		return s.transformRequest(ctx, fwd, m, data)
 	}
 	return data, false
 }
 
+// transformRequest is transformMessage for a message with a method:
+//   - a server-to-client request (sampling, elicitation, roots): decided;
+//     if denied it is dropped and the upstream gets the refusal; if allowed
+//     its params are redacted as that decision says;
+//   - notifications/resources/updated for a resource the principal may not
+//     see (or whose uri is ambiguous): dropped;
+//   - every notification: its params redacted (relatedRedactions).
+func (s *Server) transformRequest(ctx context.Context, fwd *forward, m *jsonrpc.Request, data []byte) ([]byte, bool) {
+	if m.ID.IsValid() && fwd.bridge != nil {
+		// A bridged modern client cannot be asked (the bridge's session
+		// declared no client capabilities): refused to the upstream.
+		go s.answerUpstream(fwd, errorMessage(m.ID, newError(0, CodeMethodNotFound, m.Method+" is not available: the client is bridged from the modern protocol era", nil)))
+		return data, true
+	}
+	if m.ID.IsValid() && fwd.federation != "" {
+		// The client's answer could not be routed back to this member
+		// (federation.go): refused to the member, never relayed.
+		go s.answerUpstream(fwd, errorMessage(m.ID, newError(0, CodeMethodNotFound, m.Method+" is not available on a federated route", nil)))
+		return data, true
+	}
+	if m.ID.IsValid() {
+		d, ok := s.allowServerRequest(ctx, fwd, m)
+		if !ok {
+			return data, true
+		}
+		return s.redactParams(ctx, fwd, m, data, d.Redact, "server_request")
+	}
+	if m.Method == "notifications/resources/updated" && !s.updateVisible(ctx, fwd, m) {
+		return nil, true
+	}
+	rs, ok := s.relatedRedactions(ctx, fwd, m.Method)
+	if !ok {
+		return nil, true
+	}
+	out, drop := s.redactParams(ctx, fwd, m, data, rs, "notification")
+	return s.renamed(fwd, out), drop
+}
+
+// updateVisible reports whether the principal may see the resource a
+// notifications/resources/updated names. Its uri is read with exact
+// names, and a case variant of uri beside or instead of it hides the
+// notification: the URI decided must be the one the client reads.
+func (s *Server) updateVisible(ctx context.Context, fwd *forward, m *jsonrpc.Request) bool {
+	var p struct {
+		URI string `json:"uri"`
+	}
+	if exactParams(m.Params, "uri") != nil || jsonv2.Unmarshal(m.Params, &p) != nil {
+		return false
+	}
+	in := s.baseInput(fwd, "resources/read")
+	in.Phase, in.Resource = policy.PhaseListItem, &policy.Resource{URI: p.URI}
+	return s.policy.Visible(ctx, in)
+}
+
+// filterResponse is transformMessage for a response. A response to a
+// request of this exchange is filtered by that request's decision; one the
+// gateway saw no request for (on a GET stream: an earlier answer resumed,
+// or one the upstream pushed unasked) is filtered as the list its result
+// holds, if it holds one (a list pushed on a stream is filtered like an
+// answered one), and redacted as the policy decides for it
+// (relatedRedactions).
 func (s *Server) filterResponse(ctx context.Context, fwd *forward, m *jsonrpc.Response, data []byte) []byte {
 	ex := fwd.exchanges[idKey(m.ID)]
 	noteResultError(ctx, ex, m)
-	if ex == nil || m.Error != nil || len(m.Result) == 0 {
+	var in *policy.Input
+	var rs []policy.Redaction
+	if ex != nil {
+		in, rs = ex.input, ex.redact
+	} else {
+		if fwd.base == nil {
+			return data
+		}
+		method := pushedListMethod(m.Result)
+		var ok bool
+		if rs, ok = s.relatedRedactions(ctx, fwd, method); !ok {
+			return withheldResult(m.ID)
+		}
+		in = s.baseInput(fwd, method)
+	}
+	if m.Error != nil {
+		return s.redactError(ctx, fwd, m, data, rs)
+	}
+	if len(m.Result) == 0 {
 		return data
 	}
-	result := []byte(m.Result)
-	method := ex.input.Method
-	shape, isList := listShapes[method]
-	var err error
-	if isList {
-		err = exactListMember(result, shape.items)
-	}
-	if err == nil && method == "tools/list" {
-		s.catalog.learnTools(fwd.route.upstream.Name, result)
-		s.learnSchemas(fwd, result)
-		// Pins are digests of what the upstream sent, before any rewriting.
-		if result, err = s.screenTools(ctx, fwd, result); err == nil {
-			result = s.neutraliseToolText(ctx, fwd, result)
-		}
-	}
-	if err == nil && isList {
-		result, _, err = s.policy.FilterList(ctx, ex.input, result)
-	}
-	if err == nil && fwd.era == eraModern {
-		var denied *Error
-		if result, denied = s.filterModern(ctx, fwd, method, result); denied != nil {
-			return errorMessage(m.ID, denied)
-		}
-	}
-	if err == nil && len(ex.redact) > 0 {
-		result, err = policy.Redact(result, ex.redact)
-	}
+	result, denied, err := s.filterResult(ctx, fwd, in, rs, m.Result)
 	if err != nil {
-		loggerOf(ctx, s.log).Error("policy could not filter a result; answering with an error instead", "rpc_method", method, "error", err)
-		out, _ := json.Marshal(errorResponse{JSONRPC: "2.0", ID: m.ID.Raw(), Error: jsonrpc.Error{Code: CodePolicyUndecided, Message: "result withheld: the policy could not filter it"}})
-		return out
+		loggerOf(ctx, s.log).Error("policy could not filter a result; answering with an error instead", "rpc_method", in.Method, "error", err)
+		return withheldResult(m.ID)
+	}
+	if denied != nil {
+		return errorMessage(m.ID, denied)
 	}
 	if bytes.Equal(result, m.Result) {
 		return data
 	}
 	out, err := jsonrpc.EncodeMessage(&jsonrpc.Response{ID: m.ID, Result: result})
 	if err != nil {
-		return data
+		return withheldResult(m.ID)
 	}
+	return out
+}
+
+// filterResult runs the response-side pipeline on one result: the tool
+// page read and screened (toolpage.go, pinning.go), list items the
+// principal may not see removed, the modern era's checks, text a model
+// reads neutralised, the redactions applied. denied is the modern checks'
+// refusal of the result.
+func (s *Server) filterResult(ctx context.Context, fwd *forward, in *policy.Input, rs []policy.Redaction, raw json.RawMessage) (_ []byte, denied *Error, err error) {
+	result := []byte(raw)
+	method := in.Method
+	shape, isList := listShapes[method]
+	if isList {
+		err = exactListMember(result, shape.items)
+	}
+	if err == nil && method == "tools/list" {
+		result, err = s.readTools(ctx, fwd, result)
+	}
+	if err == nil && isList {
+		result, _, err = s.policy.FilterList(ctx, in, result)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	if fwd.era == eraModern {
+		if result, denied = s.filterModern(ctx, fwd, method, result); denied != nil {
+			return nil, denied, nil
+		}
+	}
+	result = s.neutraliseResult(ctx, fwd, method, result)
+	n := 0
+	if len(rs) > 0 {
+		if result, n, err = policy.RedactResult(result, rs); err != nil {
+			return nil, nil, err
+		}
+	}
+	s.countRedactions(ctx, fwd, "result", n)
+	return result, nil, nil
+}
+
+// withheldResult answers a request whose result cannot be filtered.
+func withheldResult(id jsonrpc.ID) []byte {
+	out, _ := json.Marshal(errorResponse{JSONRPC: "2.0", ID: id.Raw(), Error: jsonrpc.Error{Code: CodePolicyUndecided, Message: "result withheld: the policy could not filter it"}})
 	return out
 }
 
@@ -253,13 +357,13 @@ func noteResultError(ctx context.Context, ex *exchange, m *jsonrpc.Response) {
 // allowServerRequest decides a request the upstream sends the client. A
 // denied one never reaches the client; the upstream is told, so it does not
 // wait for an answer that cannot come.
-func (s *Server) allowServerRequest(ctx context.Context, fwd *forward, m *jsonrpc.Request) bool {
+func (s *Server) allowServerRequest(ctx context.Context, fwd *forward, m *jsonrpc.Request) (policy.Decision, bool) {
 	d := s.decideServerRequest(ctx, fwd, m.Method, m.Params)
 	if d.Allow {
-		return true
+		return d, true
 	}
 	go s.answerUpstream(fwd, errorMessage(m.ID, denial(m.Method, d)))
-	return false
+	return d, false
 }
 
 func (s *Server) baseInput(fwd *forward, method string) *policy.Input {

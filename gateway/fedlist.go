@@ -130,10 +130,20 @@ func (s *Server) memberPage(ctx context.Context, f *federation, m *route, p *Pri
 	if in {
 		var result json.RawMessage
 		if result, err = s.fetchMemberList(ctx, f, m, p, fo, method, cursor); err == nil {
-			f.lastGood.Store(key, lastGood{result: result, at: s.now()})
 			if method == "tools/list" {
-				s.catalog.learnTools(name, result)
+				// Read as a single upstream's page is (toolpage.go): only
+				// unambiguous items are learned and passed on.
+				tp, err := readToolPage(result)
+				if err != nil {
+					loggerOf(ctx, s.log).Warn("federated list: member part withheld", "member", name, "error", err)
+					return page
+				}
+				s.catalog.learnTools(name, tp.items)
+				if tp.prefix != nil {
+					result = tp.encode(tp.items)
+				}
 			}
+			f.lastGood.Store(key, lastGood{result: result, at: s.now()})
 			page.result = result
 			return page
 		}

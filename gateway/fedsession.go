@@ -250,7 +250,8 @@ func mergeCapabilities(members []initResult, kinds ...string) (map[string]map[st
 			}
 		}
 		if m.Instructions != "" {
-			instructions = append(instructions, m.Instructions)
+			// Neutralised like any upstream text a model reads (untrusted.go).
+			instructions = append(instructions, neutralise(m.Instructions))
 		}
 	}
 	return caps, strings.Join(instructions, "\n\n")

@@ -49,6 +49,7 @@ type requestState struct {
 	cache      string
 	cacheKey   string
 	cacheAgeMs int64
+	redactions int // values redacted in what the client was sent (enforce.go)
 }
 
 // Policy verdicts in requestState.decision and the access log.
@@ -192,6 +193,9 @@ func (s *Server) accessRecord(r *http.Request, st *requestState, sc trace.SpanCo
 		if st.cache == "hit" || st.cache == "stale" {
 			attrs = append(attrs, slog.Int64("cache_age_ms", st.cacheAgeMs))
 		}
+	}
+	if st.redactions > 0 {
+		attrs = append(attrs, slog.Int("redactions", st.redactions))
 	}
 	level := slog.LevelInfo
 	if st.err != nil {

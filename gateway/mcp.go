@@ -79,6 +79,9 @@ type forward struct {
 	// federation is the federated route's name when the request came
 	// through one (the policy's input.route); route is then the member's.
 	federation string
+	// pushed are the response-phase redactions decided for the messages
+	// of a stream no client request asked for, by method (pipeline.go).
+	pushed map[string][]policy.Redaction
 }
 
 type forwardKey struct{}

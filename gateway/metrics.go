@@ -52,6 +52,7 @@ type Metrics struct {
 	openStreams      *prometheus.GaugeVec
 	cache            *cacheMetrics
 	rateLimited      *prometheus.CounterVec
+	redactions       *prometheus.CounterVec
 }
 
 // NewMetrics creates the gateway's series on a new registry, with the Go
@@ -93,6 +94,8 @@ func NewMetrics() *Metrics {
 		cache: newCacheMetrics(f),
 		rateLimited: f.counter("ctxgate_rate_limited_total",
 			"Requests refused with 429 by a per-principal or per-tool rate limit.", "upstream"),
+		redactions: f.counter("ctxgate_redactions_total",
+			"Values the policy's redactions replaced in upstream messages before they reached a client, by channel: result, error, notification, server_request.", "upstream", "channel"),
 	}
 }
 

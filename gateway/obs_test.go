@@ -60,7 +60,10 @@ default visible := true
 // open until the client leaves, and records every request's headers.
 type obsUpstream struct {
 	// tools, when set, is the tools array tools/list answers with.
-	tools   atomic.Pointer[string]
+	tools atomic.Pointer[string]
+	// script, when set, answers first; it reports whether it did (the
+	// hostile upstreams of hostile_test.go).
+	script  func(w http.ResponseWriter, r *http.Request, method, name string, id json.RawMessage) bool
 	mu      sync.Mutex
 	headers []http.Header
 	bodies  [][]byte
@@ -86,6 +89,7 @@ func (u *obsUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,%s}`, msg.ID, result)
 	}
 	switch {
+	case u.script != nil && u.script(w, r, msg.Method, msg.Params.Name+msg.Params.Cursor, msg.ID):
 	case r.Method == http.MethodGet:
 		w.Header().Set("Content-Type", "text/event-stream")
 		fmt.Fprint(w, ": open\n\n")
@@ -157,6 +161,8 @@ type obsOptions struct {
 	upstreamConfig string
 	// policy replaces obsPolicy.
 	policy string
+	// decisions receives the decision log (nil: none).
+	decisions io.Writer
 }
 
 func hexSHA256(s string) string {
@@ -200,7 +206,7 @@ upstreams: [{name: up, url: %q%s}, {name: down, url: %q}]
 	if o.policy != "" {
 		rego = o.policy
 	}
-	engine := newEngine(t, rego, log, nil)
+	engine := newEngine(t, rego, log, o.decisions)
 	pool, err := upstream.NewPool(cfg.Upstreams)
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,8 +24,9 @@ import (
 // Tool pinning (rug-pull protection, upstreams[].pin_tools). An upstream
 // can change what a tool says it does after a person has reviewed it: a
 // harmless "add" grows a description telling the model to read ~/.ssh.
-// The gateway keeps a digest of each tool's definition (name, description,
-// inputSchema, annotations); a tool whose definition no longer matches its
+// The gateway keeps a digest of each tool's whole definition (the
+// canonical tools/list item: name, title, description, schemas,
+// annotations, icons, _meta, everything that reaches the model); a tool whose definition no longer matches its
 // pin is quarantined: left out of tools/list and refused on tools/call
 // (-31030), until an operator approves the new definition through the
 // admin API or the pin file. The policy sees the status as input.tool.pin.
@@ -130,25 +132,47 @@ func (st *pinStore) set(upstreamName string) *pinSet {
 	return st.sets[upstreamName]
 }
 
-// toolDefinition is the pinned part of a tool, canonical (RFC 8785) so
-// that member order and spacing do not count as a change.
-func toolDefinition(tool map[string]json.RawMessage) (pinEntry, error) {
-	def := map[string]json.RawMessage{}
-	for _, k := range []string{"name", "description", "inputSchema", "annotations"} {
-		if v, ok := tool[k]; ok {
-			def[k] = v
+// pinDigestPrefix marks a digest of the whole tool item (format 2). A
+// digest without it ("sha256:...", format 1, before issue 14) covered only
+// name, description, inputSchema and annotations: title, outputSchema,
+// icons and _meta, which reach the model too, could change unseen. A
+// format 1 pin is migrated when the tool is next listed: if the four
+// members it covered are unchanged, it becomes the whole item's digest
+// (the members it did not cover are pinned as first seen, and the
+// migration is logged so an operator can review them); if they changed,
+// the tool is quarantined as before. Nothing is approved or quarantined
+// silently.
+const pinDigestPrefix = "v2:sha256:"
+
+// v1Members are what a format 1 digest covered.
+var v1Members = []string{"name", "description", "inputSchema", "annotations"}
+
+// toolDefinition is a tool's pin: the digest of the whole item, canonical
+// (RFC 8785) so that member order and spacing do not count as a change.
+// v1 is the format 1 digest of the same item, to migrate old pins.
+func toolDefinition(item toolItem) (def pinEntry, v1 string, err error) {
+	canon := item.Raw.Clone()
+	if err := canon.Canonicalize(); err != nil {
+		return pinEntry{}, "", err
+	}
+	sum := sha256.Sum256(canon)
+	def = pinEntry{Digest: pinDigestPrefix + hex.EncodeToString(sum[:]), Definition: json.RawMessage(canon)}
+	old := map[string]json.RawMessage{}
+	for _, k := range v1Members {
+		if v, ok := item.members[k]; ok {
+			old[k] = json.RawMessage(v)
 		}
 	}
-	b, err := json.Marshal(def)
+	b, err := json.Marshal(old)
 	if err != nil {
-		return pinEntry{}, err
+		return pinEntry{}, "", err
 	}
 	v := jsontext.Value(b)
 	if err := v.Canonicalize(); err != nil {
-		return pinEntry{}, err
+		return pinEntry{}, "", err
 	}
-	sum := sha256.Sum256(v)
-	return pinEntry{Digest: "sha256:" + hex.EncodeToString(sum[:]), Definition: json.RawMessage(v)}, nil
+	sum = sha256.Sum256(v)
+	return def, "sha256:" + hex.EncodeToString(sum[:]), nil
 }
 
 // status is a tool's pin status; "" when the upstream does not pin.
@@ -177,55 +201,54 @@ func (p *pinSet) quarantined(status string) bool {
 	return status == PinChanged || status == PinNew && p.mode == config.PinFile
 }
 
-// screen observes a tools/list result: it remembers each tool's
-// definition, pins new tools in mode record, and returns the result
-// without the quarantined tools, and their names.
-func (p *pinSet) screen(result []byte) ([]byte, []string, error) {
+// screened is what screen made of a tools/list page.
+type screened struct {
+	kept     []toolItem
+	hidden   []string // quarantined
+	migrated []string // format 1 pins now whole-item pins
+}
+
+// screen observes a tools/list page: it remembers each tool's definition,
+// pins new tools in mode record, migrates format 1 pins, and returns the
+// items that are not quarantined.
+func (p *pinSet) screen(items []toolItem) (screened, error) {
 	if p == nil {
-		return result, nil, nil
-	}
-	var page map[string]json.RawMessage
-	var tools []map[string]json.RawMessage
-	if json.Unmarshal(result, &page) != nil || json.Unmarshal(page["tools"], &tools) != nil {
-		return result, nil, nil // not a tools page; nothing to pin
+		return screened{kept: items}, nil
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := p.reloadLocked(); err != nil {
-		return nil, nil, fmt.Errorf("reload pin file: %w", err)
+		return screened{}, fmt.Errorf("reload pin file: %w", err)
 	}
-	kept, hidden, recorded := tools[:0], []string(nil), false
-	for _, tool := range tools {
-		var name string
-		_ = json.Unmarshal(tool["name"], &name)
-		def, err := toolDefinition(tool)
+	var out screened
+	save := false
+	for _, item := range items {
+		def, v1, err := toolDefinition(item)
 		if err != nil {
-			return nil, nil, fmt.Errorf("pin tool %q: %w", name, err)
+			return screened{}, fmt.Errorf("pin tool %q: %w", item.Name, err)
 		}
-		p.seen[name] = def
-		if _, ok := p.pins[name]; !ok && p.mode == config.PinRecord {
-			p.pins[name], recorded = def, true
+		p.seen[item.Name] = def
+		pin, ok := p.pins[item.Name]
+		switch {
+		case !ok && p.mode == config.PinRecord:
+			p.pins[item.Name], save = def, true
+		case ok && !strings.HasPrefix(pin.Digest, pinDigestPrefix) && pin.Digest == v1:
+			// A format 1 pin whose reviewed members are unchanged.
+			p.pins[item.Name], save = def, true
+			out.migrated = append(out.migrated, item.Name)
 		}
-		if p.quarantined(p.statusLocked(name)) {
-			hidden = append(hidden, name)
+		if p.quarantined(p.statusLocked(item.Name)) {
+			out.hidden = append(out.hidden, item.Name)
 			continue
 		}
-		kept = append(kept, tool)
+		out.kept = append(out.kept, item)
 	}
-	if recorded {
+	if save {
 		if err := p.saveLocked(); err != nil {
-			return nil, nil, err
+			return screened{}, err
 		}
 	}
-	if len(hidden) == 0 {
-		return result, nil, nil
-	}
-	var err error
-	if page["tools"], err = json.Marshal(kept); err != nil {
-		return nil, nil, err
-	}
-	out, err := json.Marshal(page)
-	return out, hidden, err
+	return out, nil
 }
 
 // approve pins the definition last seen for a tool.
@@ -276,16 +299,24 @@ func (p *pinSet) saveLocked() error {
 	return nil
 }
 
-// screenTools applies the upstream's pins to a tools/list result. A
-// result that cannot be screened is withheld (an error), never relayed
-// with a changed tool in it.
-func (s *Server) screenTools(ctx context.Context, fwd *forward, result []byte) ([]byte, error) {
-	out, hidden, err := s.pins.set(fwd.route.upstream.Name).screen(result)
-	if len(hidden) > 0 {
-		loggerOf(ctx, s.log).Warn("tools quarantined: definition changed since pinned (or not pinned); approve with POST /admin/pins/approve",
-			"upstream", fwd.route.upstream.Name, "tools", hidden)
+// screenTools applies the upstream's pins to a tools/list page and
+// returns the items to relay. A page that cannot be screened is withheld
+// (an error), never relayed with a changed tool in it.
+func (s *Server) screenTools(ctx context.Context, fwd *forward, items []toolItem) ([]toolItem, error) {
+	out, err := s.pins.set(fwd.route.upstream.Name).screen(items)
+	if err != nil {
+		return nil, err
 	}
-	return out, err
+	log := loggerOf(ctx, s.log)
+	if len(out.migrated) > 0 {
+		log.Warn("tool pins migrated to whole-item digests: name, description, inputSchema and annotations are as approved; title, outputSchema, icons, _meta and other members are pinned as listed now, review them in GET /admin/pins",
+			"upstream", fwd.route.upstream.Name, "tools", out.migrated)
+	}
+	if len(out.hidden) > 0 {
+		log.Warn("tools quarantined: definition changed since pinned (or not pinned); approve with POST /admin/pins/approve",
+			"upstream", fwd.route.upstream.Name, "tools", out.hidden)
+	}
+	return out.kept, nil
 }
 
 // checkPinnedCall refuses a tools/call to a quarantined tool.

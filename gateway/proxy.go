@@ -116,19 +116,17 @@ func forwardHeaders(in http.Header) http.Header {
 	return out
 }
 
-// modifyResponse rewrites what comes back before the client sees any of it.
+// modifyResponse rewrites what comes back before the client sees any of
+// it; what an answer may be is answer.go's note.
 func (s *Server) modifyResponse(resp *http.Response) error {
 	fwd := forwardOf(resp.Request.Context())
 	h := resp.Header
-	upstreamSession := h.Get("Mcp-Session-Id")
-	// The upstream's session id never reaches the client: the client holds
-	// only the gateway's sealed id, bound to its principal.
-	h.Del("Mcp-Session-Id")
-	// Upstream cookies would be shared by every principal of this gateway.
-	h.Del("Set-Cookie")
-	// The upstream authenticates the gateway, not the client: its challenge
-	// would send the client to the wrong authorization server.
-	h.Del("Www-Authenticate")
+	upstreamSession, encoding := h.Get("Mcp-Session-Id"), h.Get("Content-Encoding")
+	// Allow-listed, not deny-listed: the upstream's session id (the client
+	// holds only the gateway's sealed id, bound to its principal), cookies
+	// (shared by every principal), its WWW-Authenticate (it authenticates
+	// the gateway, not the client), HSTS, CORS and the rest stay here.
+	onlyRelayedHeaders(h)
 	if err := refuseRedirect(resp); err != nil {
 		return err
 	}
@@ -142,6 +140,14 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 		fwd.route.bridge.drop(fwd.principal.ID, fwd.bridge)
 		_ = resp.Body.Close()
 		return errBridgeSessionEnded
+	}
+	kind, err := classifyAnswer(resp, fwd)
+	if err == nil && kind != answerEmpty {
+		err = refuseEncoded(encoding)
+	}
+	if err != nil {
+		_ = resp.Body.Close()
+		return err
 	}
 	if fwd.initialize && resp.StatusCode == http.StatusOK {
 		if err := s.mintSession(resp, fwd, upstreamSession); err != nil {
@@ -157,43 +163,60 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 	// still bounded by policy.timeout, and a relay stops deciding when the
 	// client goes (the proxy closes it).
 	ctx := context.WithoutCancel(resp.Request.Context())
-	switch {
-	case isEventStream(h):
-		// Tell buffering proxies in front of us to pass events through.
-		h.Set("X-Accel-Buffering", "no")
-		h.Del("Content-Length")
-		resp.ContentLength = -1
-		stop := context.Background()
-		limits := streamLimits{idle: fwd.route.res.streams.IdleTimeout, max: fwd.route.res.streams.MaxDuration}
-		if fwd.stream || fwd.listen {
-			// Long-lived: they end at an event boundary when shutdown
-			// begins, and only they can be quiet for long, so only they
-			// get keep-alive comments (proxies in between would otherwise
-			// close them as dead). Closing a modern listen stream is how a
-			// client cancels it: the relay's Close closes the upstream's.
-			stop = s.streams
-			limits.keepalive = fwd.route.res.streams.Keepalive
-		}
-		relay := newSSERelay(resp.Body, stop, limits)
-		kind := "post"
-		switch {
-		case fwd.listen:
-			kind = "listen"
-		case fwd.stream:
-			kind = "get"
-		}
-		open := s.metrics.openStreams.WithLabelValues(fwd.route.upstream.Name, kind)
-		open.Inc()
-		relay.onClose = open.Dec
-		relay.observe = func(data []byte) { s.observeUpstream(fwd.route.upstream.Name, data) }
+	switch kind {
+	case answerStream:
+		s.relayStream(ctx, resp, fwd)
+	case answerJSON:
 		if s.policy != nil {
-			relay.transform = func(data []byte) ([]byte, bool) { return s.transformMessage(ctx, fwd, data) }
+			return s.transformJSONBody(ctx, resp, fwd)
 		}
-		resp.Body = relay
-	case s.policy != nil && isJSON(h) && resp.StatusCode == http.StatusOK:
-		return s.transformJSONBody(ctx, resp, fwd)
+	case answerEmpty:
+		emptyBody(resp)
+	case answerError:
+		s.filterErrorBody(ctx, resp, fwd)
 	}
 	return nil
+}
+
+// relayStream makes an event stream's body the filtering relay.
+func (s *Server) relayStream(ctx context.Context, resp *http.Response, fwd *forward) {
+	h := resp.Header
+	// Tell buffering proxies in front of us to pass events through, and
+	// caches not to keep them (the upstream's Cache-Control is not relayed).
+	h.Set("X-Accel-Buffering", "no")
+	h.Set("Cache-Control", "no-cache")
+	h.Del("Content-Length")
+	resp.ContentLength = -1
+	stop := context.Background()
+	limits := streamLimits{idle: fwd.route.res.streams.IdleTimeout, max: fwd.route.res.streams.MaxDuration}
+	if fwd.stream || fwd.listen {
+		// Long-lived: they end at an event boundary when shutdown
+		// begins, and only they can be quiet for long, so only they
+		// get keep-alive comments (proxies in between would otherwise
+		// close them as dead). Closing a modern listen stream is how a
+		// client cancels it: the relay's Close closes the upstream's.
+		stop = s.streams
+		limits.keepalive = fwd.route.res.streams.Keepalive
+	}
+	relay := newSSERelay(resp.Body, stop, limits)
+	kind := "post"
+	switch {
+	case fwd.listen:
+		kind = "listen"
+	case fwd.stream:
+		kind = "get"
+	}
+	open := s.metrics.openStreams.WithLabelValues(fwd.route.upstream.Name, kind)
+	open.Inc()
+	relay.onClose = open.Dec
+	relay.observe = func(data []byte) { s.observeUpstream(fwd.route.upstream.Name, data) }
+	if s.policy != nil {
+		relay.transform = func(data []byte) ([]byte, bool) { return s.transformMessage(ctx, fwd, data) }
+	}
+	// A stream that ends abnormally (stalled, an event over the limit,
+	// broken) answers the requests it left pending.
+	relay.onEnd = func(cause error) []byte { return s.pendingErrors(ctx, fwd, cause) }
+	resp.Body = relay
 }
 
 // transformJSONBody reads a JSON answer whole (bounded), lets the policy

@@ -22,12 +22,17 @@
 //	     -> upstream executor (the proxy's transport): deadline, bulkhead,
 //	        retries (by request class), circuit breaker, per-attempt
 //	        timeout; each attempt one attemptTransport round trip
-//	     <- response: a 3xx refused, upstream session id swapped out (a
-//	        sealed one minted on initialize), SSE relayed event by event
-//	        with a flush each, ended at an event boundary when idle or too
-//	        long; each message matched to a request (strays dropped),
-//	        tools/list screened by pins and its text neutralised
-//	        (untrusted.go), then filtered and redacted by the policy
+//	     <- response: headers allow-listed; a 3xx refused; only 200 JSON
+//	        or SSE carries upstream bytes, other answers withheld or
+//	        reduced to a filtered error (answer.go); upstream session id
+//	        swapped out (a sealed one minted on initialize), SSE relayed
+//	        event by event with a flush each, ended at an event boundary
+//	        when idle or too long (pending requests answered with an
+//	        error); each message through one pipeline (pipeline.go):
+//	        matched to a request (strays dropped), tools/list read with
+//	        exact names (toolpage.go), screened by pins and its text
+//	        neutralised (untrusted.go), then filtered and redacted by the
+//	        policy; errors, notifications and stream messages redacted too
 //
 // A failure of the executor is answered by kind (breaker open, bulkhead
 // full, timeout, transport, outcome unknown): see upstreamError.

@@ -197,6 +197,13 @@ type sseRelay struct {
 	// observe, if set, sees each event's data before transform (cache
 	// invalidation on the upstream's change notifications).
 	observe func(data []byte)
+	// onEnd, if set, gives the events to send when the relay ends the
+	// stream abnormally (cause: stalled, too long, an event over the
+	// limit, a broken upstream): the errors for the requests still
+	// pending. The stream then ends cleanly after them.
+	onEnd func(cause error) []byte
+	// done: the stream has ended; Read returns io.EOF once pending is out.
+	done bool
 }
 
 // sseResult is what the parser hands over: an event or the error that
@@ -263,22 +270,27 @@ func (s *sseRelay) end() {
 
 func (s *sseRelay) Read(p []byte) (int, error) {
 	for len(s.pending) == 0 {
-		if s.stopped.Load() {
+		if s.done || s.stopped.Load() {
 			return 0, io.EOF
 		}
 		select {
 		case r := <-s.events:
-			if err := s.take(r); err != nil {
-				return 0, err
+			if err := s.take(r); errors.Is(err, io.EOF) {
+				return 0, io.EOF
+			} else if err != nil {
+				if s.onEnd == nil {
+					return 0, err
+				}
+				s.fail(err) // an event over the limit, a broken upstream
 			}
 		case <-timerC(s.quiet):
 			s.pending = append(s.pending[:0], keepaliveEvent...)
 		case <-timerC(s.idle):
-			s.end() // a stalled upstream: end cleanly, the client may resume
-			return 0, io.EOF
+			// A stalled upstream: the pending requests are answered, then
+			// the stream ends cleanly (a GET stream's client may resume).
+			s.fail(fmt.Errorf("%w: no event for %v: %w", errStreamStalled, s.limits.idle, context.DeadlineExceeded))
 		case <-timerC(s.deadline):
-			s.end()
-			return 0, io.EOF
+			s.fail(fmt.Errorf("%w: open for %v: %w", errStreamTooLong, s.limits.max, context.DeadlineExceeded))
 		case <-s.quit:
 			return 0, io.EOF
 		}
@@ -287,6 +299,22 @@ func (s *sseRelay) Read(p []byte) (int, error) {
 	n := copy(p, s.pending)
 	s.pending = s.pending[n:]
 	return n, nil
+}
+
+var (
+	errStreamStalled = errors.New("upstream stream stalled")
+	errStreamTooLong = errors.New("upstream stream reached its maximum duration")
+)
+
+// fail ends the stream: the upstream is closed, and what onEnd gives for
+// cause is the last thing the client gets.
+func (s *sseRelay) fail(cause error) {
+	s.end()
+	s.done = true
+	s.pending = s.pending[:0]
+	if s.onEnd != nil {
+		s.pending = append(s.pending, s.onEnd(cause)...)
+	}
 }
 
 // take turns one parsed event into pending bytes (possibly none).

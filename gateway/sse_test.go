@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -592,4 +593,47 @@ func TestSSEReaderLoneCRDeliveredAtOnce(t *testing.T) {
 			t.Fatal("event ended by a lone CR was held back until more bytes arrive")
 		}
 	})
+}
+
+// TestSSERelayEndsWithPendingErrors: a stream the relay ends abnormally
+// (an event over the limit, a broken upstream, a stall) ends cleanly with
+// what onEnd gives for the cause (the gateway: errors for the pending
+// requests), never cut off or empty (issue 14, findings 4 and partial).
+func TestSSERelayEndsWithPendingErrors(t *testing.T) {
+	const tail = "data: pending error\n\n"
+	tests := []struct {
+		name     string
+		upstream func() io.ReadCloser
+		limits   streamLimits
+		cause    error
+	}{
+		{name: "event over the limit", upstream: func() io.ReadCloser {
+			return io.NopCloser(io.MultiReader(strings.NewReader("data: ok\n\n"), bigLine(maxSSEEventBytes, "\n\n")))
+		}, cause: errSSEEventTooLarge},
+		{name: "broken inside an event", upstream: func() io.ReadCloser {
+			return io.NopCloser(strings.NewReader("data: ok\n\ndata: b"))
+		}, cause: io.ErrUnexpectedEOF},
+		{name: "stalled", upstream: func() io.ReadCloser {
+			r, w := io.Pipe()
+			go func() { _, _ = w.Write([]byte("data: ok\n\n")) }() // then nothing, until closed
+			return r
+		}, limits: streamLimits{idle: 30 * time.Second}, cause: errStreamStalled},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				relay := newSSERelay(tt.upstream(), context.Background(), tt.limits)
+				defer relay.Close()
+				var causes []error
+				relay.onEnd = func(cause error) []byte { causes = append(causes, cause); return []byte(tail) }
+				got, err := io.ReadAll(relay)
+				if err != nil || string(got) != "data: ok\n\n"+tail {
+					t.Errorf("ReadAll = %q, %v; want the complete event, then the pending errors, then a clean end", got, err)
+				}
+				if len(causes) != 1 || !errors.Is(causes[0], tt.cause) {
+					t.Errorf("onEnd causes %v, want once %v", causes, tt.cause)
+				}
+			})
+		})
+	}
 }

@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"unicode/utf8"
 
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 )
 
@@ -27,7 +29,12 @@ import (
 //     annotations) is neutralised: terminal escapes, control characters,
 //     bidirectional overrides and invisible characters are removed, so a
 //     tool description cannot hide instructions from the person reviewing
-//     it while a model still reads them (the "tool poisoning" attack).
+//     it while a model still reads them (the "tool poisoning" attack);
+//   - the same for the other text an upstream puts before a model
+//     (neutraliseResult): the server's instructions (initialize), every
+//     title and description of prompts/list, resources/list and
+//     resources/templates/list items, and the text, name, title and
+//     description of a tools/call result's content items.
 
 var errUpstreamRedirect = errors.New("upstream answered with a redirect, which the gateway never follows or relays")
 
@@ -70,6 +77,131 @@ func (s *Server) neutraliseToolText(ctx context.Context, fwd *forward, result []
 			"upstream", fwd.route.upstream.Name, "tools", changed)
 	}
 	return out
+}
+
+// neutraliseResult neutralises the text of a result a model reads (see
+// the file note), and logs it: an operator should know an upstream sends
+// such text.
+func (s *Server) neutraliseResult(ctx context.Context, fwd *forward, method string, result []byte) []byte {
+	out, changed := neutraliseResultText(method, result)
+	if changed {
+		loggerOf(ctx, s.log).Warn("upstream text neutralised: escape, control, bidi or invisible characters removed",
+			"upstream", fwd.route.upstream.Name, "rpc_method", method)
+	}
+	return out
+}
+
+// resultListMembers are the members of list results whose items'
+// titles and descriptions are neutralised (tools have their own pass).
+var resultListMembers = map[string]string{"prompts/list": "prompts", "resources/list": "resources", "resources/templates/list": "resourceTemplates"}
+
+// neutraliseResultText is neutraliseResult without the log. It walks the
+// result's tokens once (no tree: a tool result can be large) and rewrites
+// only the strings at text positions; members keep their order and
+// numbers their exact text. A result it cannot read is returned as it is
+// (the strict decoder vouched for it).
+func neutraliseResultText(method string, result []byte) ([]byte, bool) {
+	isText := resultTextAt(method)
+	if isText == nil || !mayNeedNeutralising(result) {
+		return result, false
+	}
+	dec := jsontext.NewDecoder(bytes.NewReader(result))
+	var out bytes.Buffer
+	out.Grow(len(result))
+	enc := jsontext.NewEncoder(&out, jsontext.EscapeForHTML(false))
+	var names []string // the member name at each depth (arrays: unused)
+	changed := false
+	for {
+		tok, err := dec.ReadToken()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return result, false
+		}
+		depth := dec.StackDepth()
+		kind, length := dec.StackIndex(depth)
+		switch {
+		case kind == '{' && length%2 == 1: // a member name
+			for len(names) < depth {
+				names = append(names, "")
+			}
+			names[depth-1] = tok.String()
+		case tok.Kind() == '"' && isText(valuePath(names, dec)):
+			if clean := neutralise(tok.String()); clean != tok.String() {
+				tok, changed = jsontext.String(clean), true
+			}
+		}
+		if err := enc.WriteToken(tok); err != nil {
+			return result, false
+		}
+	}
+	if !changed {
+		return result, false
+	}
+	return bytes.TrimSuffix(out.Bytes(), []byte{'\n'}), true
+}
+
+// valuePath is the path of the string just read: the member names of the
+// enclosing objects, "[]" for array elements.
+func valuePath(names []string, dec *jsontext.Decoder) []string {
+	depth := dec.StackDepth()
+	p := make([]string, 0, depth)
+	for i := 1; i <= depth; i++ {
+		if kind, _ := dec.StackIndex(i); kind == '[' {
+			p = append(p, "[]")
+		} else if i-1 < len(names) {
+			p = append(p, names[i-1])
+		}
+	}
+	return p
+}
+
+// resultTextAt is, for a method whose result text is neutralised, the
+// test of a string's path; nil for other methods. Names match
+// case-insensitively, as Go's encoding/json would read them.
+func resultTextAt(method string) func(path []string) bool {
+	at := func(p []string, i int, name string) bool { return len(p) > i && strings.EqualFold(p[i], name) }
+	last := func(p []string) string { return p[len(p)-1] }
+	switch method {
+	case "initialize":
+		return func(p []string) bool {
+			return len(p) == 1 && at(p, 0, "instructions") || len(p) > 1 && at(p, 0, "serverInfo") && isTextKey(last(p))
+		}
+	case "tools/call":
+		return func(p []string) bool {
+			if len(p) != 3 || !at(p, 0, "content") || p[1] != "[]" {
+				return false
+			}
+			k := last(p)
+			return isTextKey(k) || strings.EqualFold(k, "text") || strings.EqualFold(k, "name")
+		}
+	}
+	member, ok := resultListMembers[method]
+	if !ok {
+		return nil
+	}
+	return func(p []string) bool { return len(p) > 1 && at(p, 0, member) && isTextKey(last(p)) }
+}
+
+// mayNeedNeutralising is a cheap test of raw JSON: only an escape (\u...)
+// or a raw character neutralise removes can need the full pass.
+func mayNeedNeutralising(b []byte) bool {
+	if bytes.Contains(b, []byte(`\u`)) {
+		return true
+	}
+	for i := 0; i < len(b); {
+		if b[i] < utf8.RuneSelf {
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRune(b[i:])
+		if invisible(r) {
+			return true
+		}
+		i += size
+	}
+	return false
 }
 
 // isTextKey reports the members whose string values a client shows to

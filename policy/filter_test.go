@@ -275,6 +275,10 @@ func FuzzFilterList(f *testing.F) {
 		`{"\u0074ools":[{"name":"hidden"}]}`,
 		`{"tools":[],"tools":[]}`,
 		`[]`,
+		// Issue 14, finding 3: case-variant members inside items.
+		`{"tools":[{"name":"echo","Name":"hidden"},{"Name":"hidden","annotations":{"readOnlyHint":true}}]}`,
+		`{"tools":[{"name":"hidden","annotations":{"internal":true},"Annotations":{"internal":false}}]}`,
+		`{"resources":[{"uri":"file:///a","URI":"secret://x"}]}`,
 	} {
 		f.Add(s)
 	}

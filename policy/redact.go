@@ -19,11 +19,21 @@ const DefaultReplacement = "[REDACTED]"
 // textPaths are where a result carries text for a reader: tools/call
 // content (and embedded resources), resources/read contents, prompts/get
 // messages. Every string under structuredContent is text too.
+// The name, title and description of a resource_link (content[*]), of an
+// embedded resource and of resources/read contents reach the model as
+// text too (issue 14, finding 5), and so does every string under a _meta
+// member, at any depth.
 var textPaths = mustParsePaths(
 	"content[*].text",
+	"content[*].name",
+	"content[*].title",
+	"content[*].description",
 	"content[*].resource.text",
 	"contents[*].text",
 	"messages[*].content.text",
+	"messages[*].content.name",
+	"messages[*].content.title",
+	"messages[*].content.description",
 	"messages[*].content.resource.text",
 )
 
@@ -32,8 +42,10 @@ var textPaths = mustParsePaths(
 // whatever its type, by the Replacement string; paths that match nothing
 // are ignored. A Pattern redaction replaces every match in every text
 // string of the result (content[*].text, content[*].resource.text,
-// contents[*].text, messages[*].content.text and every string in
-// structuredContent); the replacement may use $1-style group references as
+// contents[*].text, messages[*].content.text, the name, title and
+// description of content items (resource_link), every string in
+// structuredContent and under the _meta of the result, its content items,
+// messages and list items); the replacement may use $1-style group references as
 // regexp.ReplaceAllString does. An empty Replacement is DefaultReplacement.
 //
 // Member names in paths (and the text locations) match case-insensitively,
@@ -44,24 +56,57 @@ var textPaths = mustParsePaths(
 // a result that is not valid JSON (or has duplicate member names), is an
 // error: the caller must not send the result.
 func Redact(result []byte, rs []Redaction) ([]byte, error) {
+	out, _, err := RedactResult(result, rs)
+	return out, err
+}
+
+// RedactResult is Redact, and also counts the redactions made: values a
+// path replaced plus strings a pattern changed. The gateway logs the count.
+func RedactResult(result []byte, rs []Redaction) ([]byte, int, error) {
 	if len(rs) == 0 {
-		return result, nil
+		return result, 0, nil
 	}
 	r, err := compileRedactions(rs)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	dec := jsontext.NewDecoder(bytes.NewReader(result))
+	return r.run(result)
+}
+
+// RedactText applies the pattern redactions of rs to every string of a
+// JSON value, at any depth, and returns the new value and how many strings
+// changed. Path redactions address a result and are not applied. It is for
+// what is not a result but reaches the client all the same: a JSON-RPC
+// error's message and data, a notification's params (log messages,
+// progress messages), a server-to-client request's params. Errors are as
+// for Redact.
+func RedactText(value []byte, rs []Redaction) ([]byte, int, error) {
+	if len(rs) == 0 {
+		return value, 0, nil
+	}
+	r, err := compileRedactions(rs)
+	if err != nil {
+		return nil, 0, err
+	}
+	if !r.anyText {
+		return value, 0, nil
+	}
+	r.paths, r.allText = nil, true
+	return r.run(value)
+}
+
+func (r *redactor) run(value []byte) ([]byte, int, error) {
+	dec := jsontext.NewDecoder(bytes.NewReader(value))
 	var out bytes.Buffer
-	out.Grow(len(result))
+	out.Grow(len(value))
 	enc := jsontext.NewEncoder(&out)
 	if err := r.value(dec, enc, make([]pathElem, 0, 8)); err != nil {
-		return nil, fmt.Errorf("redact result: %w", err)
+		return nil, 0, fmt.Errorf("redact result: %w", err)
 	}
 	if _, err := dec.ReadToken(); err != io.EOF {
-		return nil, fmt.Errorf("redact result: %w", cmpOr(err, errors.New("data after the result")))
+		return nil, 0, fmt.Errorf("redact result: %w", cmpOr(err, errors.New("data after the result")))
 	}
-	return bytes.TrimSuffix(out.Bytes(), []byte{'\n'}), nil
+	return bytes.TrimSuffix(out.Bytes(), []byte{'\n'}), r.changed, nil
 }
 
 // redactor is a compiled list of redactions.
@@ -70,6 +115,10 @@ type redactor struct {
 	patterns []*regexp.Regexp
 	patRepls []string
 	anyText  bool // patterns exist: text strings must be visited
+	// allText: every string is text (RedactText), not only textPaths.
+	allText bool
+	// changed counts the values replaced and the strings patterns changed.
+	changed int
 }
 
 type redactPath struct {
@@ -201,11 +250,47 @@ func (r *redactor) replacementAt(path []pathElem) (string, bool) {
 
 // isText reports whether the string at path is text patterns apply to.
 func isText(path []pathElem) bool {
-	if inStructuredContent(path) {
+	if inStructuredContent(path) || inMeta(path) {
 		return true
 	}
 	for _, segs := range textPaths {
 		if matches(segs, path) {
+			return true
+		}
+	}
+	return false
+}
+
+// metaPaths are the _meta members of a result a client reads; every
+// string under one is text. (Not every _meta at any depth: that would
+// mean walking every token of every large result.)
+var metaPaths = mustParsePaths(
+	"_meta",
+	"content[*]._meta",
+	"content[*].resource._meta",
+	"contents[*]._meta",
+	"messages[*]._meta",
+	"messages[*].content._meta",
+	"tools[*]._meta",
+	"prompts[*]._meta",
+	"resources[*]._meta",
+	"resourceTemplates[*]._meta",
+)
+
+// inMeta reports whether path is at or under one of metaPaths.
+func inMeta(path []pathElem) bool {
+	for _, mp := range metaPaths {
+		if len(path) >= len(mp) && prefixMatches(mp, path[:len(mp)]) {
+			return true
+		}
+	}
+	return false
+}
+
+// towardsMeta reports whether a metaPath lies at or below path.
+func towardsMeta(path []pathElem) bool {
+	for _, mp := range metaPaths {
+		if prefixMatches(mp, path) {
 			return true
 		}
 	}
@@ -227,7 +312,7 @@ func (r *redactor) mayChangeBelow(path []pathElem) bool {
 	if !r.anyText {
 		return false
 	}
-	if inStructuredContent(path) {
+	if r.allText || inStructuredContent(path) || inMeta(path) || towardsMeta(path) {
 		return true
 	}
 	for _, segs := range textPaths {
@@ -244,6 +329,7 @@ func (r *redactor) value(dec *jsontext.Decoder, enc *jsontext.Encoder, path []pa
 		if err := dec.SkipValue(); err != nil {
 			return err
 		}
+		r.changed++
 		return enc.WriteToken(jsontext.String(repl))
 	}
 	if !r.mayChangeBelow(path) {
@@ -263,12 +349,15 @@ func (r *redactor) value(dec *jsontext.Decoder, enc *jsontext.Encoder, path []pa
 		if err != nil {
 			return err
 		}
-		if !r.anyText || !isText(path) {
+		if !r.anyText || !r.allText && !isText(path) {
 			return enc.WriteToken(tok)
 		}
 		s := tok.String()
 		for i, re := range r.patterns {
 			s = re.ReplaceAllString(s, r.patRepls[i])
+		}
+		if s != tok.String() {
+			r.changed++
 		}
 		return enc.WriteToken(jsontext.String(s))
 	default:

@@ -57,7 +57,22 @@ func TestRedact(t *testing.T) {
 			want: `{"content":[{"type":"text","text":"ssn XXX ok"},{"type":"text","text":"call XXX","annotations":{"note":"123-45-6789"}},` +
 				`{"type":"resource","resource":{"uri":"file:///a","text":"id XXX"}}],` +
 				`"structuredContent":{"ssn":"XXX","n":12345678901234567890,"deep":{"list":["XXX",{"x":"XXX"}]}},` +
-				`"isError":false,"_meta":{"id":"123-45-6789"}}`,
+				`"isError":false,"_meta":{"id":"XXX"}}`,
+		},
+		{
+			// Issue 14, finding 5: channels a model reads beside the text.
+			name: "resource_link text and _meta",
+			result: `{"content":[{"type":"resource_link","uri":"file:///k","name":"key AKIAABCDEFGHIJKLMNOP","title":"AKIAABCDEFGHIJKLMNOP","description":"see AKIAABCDEFGHIJKLMNOP",` +
+				`"_meta":{"note":["AKIAABCDEFGHIJKLMNOP"]}}],"_meta":{"trace":{"k":"AKIAABCDEFGHIJKLMNOP"}},"other":"AKIAABCDEFGHIJKLMNOP"}`,
+			rs: []Redaction{{Pattern: `AKIA[0-9A-Z]{16}`, Replacement: "K"}},
+			want: `{"content":[{"type":"resource_link","uri":"file:///k","name":"key K","title":"K","description":"see K",` +
+				`"_meta":{"note":["K"]}}],"_meta":{"trace":{"k":"K"}},"other":"AKIAABCDEFGHIJKLMNOP"}`,
+		},
+		{
+			name:   "list items' _meta",
+			result: `{"tools":[{"name":"AKIAABCDEFGHIJKLMNOP","_meta":{"k":"AKIAABCDEFGHIJKLMNOP"}}],"resources":[{"_meta":{"a":["AKIAABCDEFGHIJKLMNOP"]}}]}`,
+			rs:     []Redaction{{Pattern: `AKIA[0-9A-Z]{16}`, Replacement: "K"}},
+			want:   `{"tools":[{"name":"AKIAABCDEFGHIJKLMNOP","_meta":{"k":"K"}}],"resources":[{"_meta":{"a":["K"]}}]}`,
 		},
 		{
 			name:   "pattern with a group reference, default replacement",
@@ -105,6 +120,25 @@ func TestRedact(t *testing.T) {
 				t.Errorf("Redact =\n%s\nwant\n%s", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestRedactText: RedactText applies patterns to every string of a value
+// (an error's message and data, a notification's params) and counts them;
+// path redactions do not apply.
+func TestRedactText(t *testing.T) {
+	rs := []Redaction{{Pattern: `AKIA[0-9A-Z]{16}`}, {Path: "message"}}
+	in := `{"code":-32000,"message":"key AKIAABCDEFGHIJKLMNOP leaked","data":{"env":["AWS=AKIAABCDEFGHIJKLMNOP"],"n":1}}`
+	got, n, err := RedactText([]byte(in), rs)
+	want := `{"code":-32000,"message":"key [REDACTED] leaked","data":{"env":["AWS=[REDACTED]"],"n":1}}`
+	if err != nil || string(got) != want || n != 2 {
+		t.Errorf("RedactText = %s, %d, %v; want %s, 2", got, n, err, want)
+	}
+	if got, n, err := RedactText([]byte(in), []Redaction{{Path: "message"}}); err != nil || string(got) != in || n != 0 {
+		t.Errorf("RedactText with a path only = %s, %d, %v; want the value unchanged", got, n, err)
+	}
+	if _, n, err := RedactResult([]byte(`{"structuredContent":{"a":"x","b":"AKIAABCDEFGHIJKLMNOP"}}`), []Redaction{{Path: "structuredContent.a"}, {Pattern: `AKIA[0-9A-Z]{16}`}}); err != nil || n != 2 {
+		t.Errorf("RedactResult counted %d (%v); want 2", n, err)
 	}
 }
 
@@ -157,6 +191,8 @@ func FuzzRedact(f *testing.F) {
 	f.Add(`{"content":[{"type":"text","text":"123-45-6789"}],"structuredContent":{"ssn":"1","a":[1,{"b":"123-45-6789"}]}}`)
 	f.Add(`{"contents":[{"text":"x"}],"messages":[{"content":{"text":"123-45-6789"}}]}`)
 	f.Add(`[1,2]`)
+	f.Add(`{"content":[{"type":"resource_link","name":"123-45-6789","_meta":{"a":["123-45-6789"]}}],"_meta":{"x":"123-45-6789"}}`)
+	f.Add(`{"code":1,"message":"123-45-6789","data":{"a":[{"b":"123-45-6789"}]}}`)
 	rs := []Redaction{{Path: "structuredContent.ssn"}, {Path: "content[*].annotations"}, {Pattern: `\d{3}-\d{2}-\d{4}`}}
 	f.Fuzz(func(t *testing.T, in string) {
 		out, err := Redact([]byte(in), rs)
@@ -169,5 +205,26 @@ func FuzzRedact(f *testing.F) {
 		if !jsontext.Value(in).IsValid() {
 			t.Fatalf("Redact(%q) accepted invalid JSON", in)
 		}
+		text, _, err := RedactText([]byte(in), rs)
+		if err != nil || !jsontext.Value(text).IsValid() || stringValueMatches(text, regexp.MustCompile(`\d{3}-\d{2}-\d{4}`)) {
+			t.Fatalf("RedactText(%q) = %q, %v: want valid JSON without a match in a string", in, text, err)
+		}
 	})
+}
+
+// stringValueMatches reports whether re matches a string value (not a
+// member name) of a JSON value.
+func stringValueMatches(v []byte, re *regexp.Regexp) bool {
+	dec := jsontext.NewDecoder(strings.NewReader(string(v)))
+	for {
+		tok, err := dec.ReadToken()
+		if err != nil {
+			return false
+		}
+		kind, length := dec.StackIndex(dec.StackDepth())
+		isName := kind == '{' && length%2 == 1
+		if tok.Kind() == '"' && !isName && re.MatchString(tok.String()) {
+			return true
+		}
+	}
 }

@@ -4,7 +4,9 @@
 //	ctxgate check --config FILE     validate a configuration and exit
 //	ctxgate demo                    gateway + built-in sample server, no files needed
 //	ctxgate hash-key                print the SHA-256 of an API key read from stdin
-//	ctxgate version                 print the version
+//	ctxgate policy test|eval|init   work on a policy
+//	ctxgate version                 print the version and VCS revision
+//	ctxgate help [COMMAND]          usage (also: COMMAND --help)
 //
 // main only wires the packages together; the behaviour lives in them.
 package main
@@ -27,7 +29,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -57,16 +58,21 @@ const usage = `usage: ctxgate <command> [flags]
 
 commands:
   serve --config FILE   run the gateway
-  check --config FILE   validate a configuration; exit 1 listing every problem
+  check --config FILE [--probe]
+                        check a configuration, its policy and the files it names;
+                        exit 1 listing every problem (--probe: contact upstreams, IdPs)
   demo [--listen ADDR] [--dir DIR]
                         run the gateway in front of a built-in sample MCP server
+  demo tour             walk a scripted client through a running demo
   hash-key              read an API key on stdin, print its SHA-256 for auth.api_keys
                         (or an admin token, for admin.token_sha256)
   policy test [-v] [DIR]
                         run the Rego tests (*_test.rego) of a policy directory (default: policies)
   policy eval --config FILE --input FILE
                         what-if: decide one input document and explain which rules decided
-  version               print the version
+  policy init DIR       write a minimal, commented policy and its tests into DIR
+  version               print the version and VCS revision
+  help [COMMAND]        this overview, or one command's flags (also: COMMAND --help)
 `
 
 func main() {
@@ -77,6 +83,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return 2
+	}
+	if _, known := commandHelp[args[0]]; known && wantsHelp(args[1:]) {
+		return cmdHelp(args[:1], stdout, stderr)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -93,8 +102,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	case "policy":
 		return cmdPolicy(ctx, args[1:], stdout, stderr)
 	case "version":
-		fmt.Fprintln(stdout, "ctxgate", buildVersion())
-	case "help", "-h", "--help":
+		fmt.Fprintln(stdout, versionLine())
+	case "help":
+		return cmdHelp(args[1:], stdout, stderr)
+	case "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 	default:
 		fmt.Fprintf(stderr, "ctxgate: unknown command %q\n\n%s", args[0], usage)
@@ -105,16 +116,6 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
-}
-
-func buildVersion() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "dev"
 }
 
 func configFlag(name string, args []string, stderr io.Writer) (string, error) {
@@ -335,7 +336,7 @@ func cmdHashKey(stdin io.Reader, stdout io.Writer) error {
 
 func cmdPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, "usage: ctxgate policy test [-v] [DIR] | ctxgate policy eval --config FILE --input FILE\n")
+		fmt.Fprint(stderr, commandHelp["policy"])
 		return 2
 	}
 	var err error

@@ -94,7 +94,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	case "serve":
 		err = cmdServe(ctx, args[1:], stderr)
 	case "check":
-		return cmdCheck(args[1:], stdout, stderr)
+		return cmdCheck(ctx, args[1:], stdout, stderr)
 	case "demo":
 		err = cmdDemo(ctx, args[1:], stdout, stderr)
 	case "hash-key":
@@ -146,19 +146,6 @@ func loadValid(cfg *config.Config, err error) (*config.Config, error) {
 		return nil, errors.New(b.String())
 	}
 	return cfg, nil
-}
-
-func cmdCheck(args []string, stdout, stderr io.Writer) int {
-	path, err := configFlag("check", args, stderr)
-	if err == nil {
-		_, err = loadValid(config.Load(path))
-	}
-	if err != nil {
-		fmt.Fprintln(stderr, "ctxgate:", err)
-		return 1
-	}
-	fmt.Fprintln(stdout, path+": configuration is valid")
-	return 0
 }
 
 func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {

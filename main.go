@@ -346,8 +346,10 @@ func cmdPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		}
 	case "eval":
 		err = cmdPolicyEval(ctx, args[1:], stdout, stderr)
+	case "init":
+		err = cmdPolicyInit(args[1:], stdout)
 	default:
-		fmt.Fprintf(stderr, "ctxgate policy: unknown command %q (test, eval)\n", args[0])
+		fmt.Fprintf(stderr, "ctxgate policy: unknown command %q (test, eval, init)\n", args[0])
 		return 2
 	}
 	if err != nil {

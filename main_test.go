@@ -187,3 +187,34 @@ func TestPolicyEval(t *testing.T) {
 		})
 	}
 }
+
+// TestPolicyInit: policy init writes a policy whose own tests pass and
+// that the gateway loads with every rule it reads; it never overwrites.
+func TestPolicyInit(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "policies")
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"policy", "init", dir}, strings.NewReader(""), &stdout, &stderr); code != 0 {
+		t.Fatalf("policy init: exit %d: %s", code, stderr.String())
+	}
+	stdout.Reset()
+	if code := run([]string{"policy", "test", dir}, strings.NewReader(""), &stdout, &stderr); code != 0 || !strings.Contains(stdout.String(), "PASS: ") {
+		t.Fatalf("policy test of the written policy: exit %d\n%s%s", code, stdout.String(), stderr.String())
+	}
+	cfg := filepath.Join(t.TempDir(), "ctxgate.yaml")
+	if err := os.WriteFile(cfg, []byte("auth: {anonymous: true}\npolicy: {dir: "+strconv.Quote(dir)+"}\nupstreams: [{name: docs, url: http://127.0.0.1:3001/mcp}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stdout.Reset()
+	if code := run([]string{"check", "--config", cfg}, strings.NewReader(""), &stdout, &stderr); code != 0 || !strings.Contains(stdout.String(), "rules allow, visible, reason, redact") {
+		t.Fatalf("check with the written policy: exit %d\n%s%s", code, stdout.String(), stderr.String())
+	}
+	before, _ := os.ReadFile(filepath.Join(dir, "authz.rego"))
+	os.WriteFile(filepath.Join(dir, "authz.rego"), []byte("# mine\n"), 0o644)
+	stderr.Reset()
+	if code := run([]string{"policy", "init", dir}, strings.NewReader(""), &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "exists") {
+		t.Errorf("policy init over an existing policy: exit %d: %s", code, stderr.String())
+	}
+	if after, _ := os.ReadFile(filepath.Join(dir, "authz.rego")); string(after) != "# mine\n" || len(before) == 0 {
+		t.Error("policy init overwrote an existing file")
+	}
+}

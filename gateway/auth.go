@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -44,6 +45,8 @@ type Principal struct {
 	Expiry time.Time
 	// Cert describes the verified client certificate (mtls).
 	Cert *CertInfo
+	// Attributes are the API key's configured attributes (api_key).
+	Attributes map[string]string
 }
 
 // CertInfo is what the policy and logs may know of a client certificate.
@@ -83,8 +86,10 @@ type authenticator struct {
 }
 
 type apiKey struct {
-	name string
-	hash [sha256.Size]byte
+	name       string
+	hash       [sha256.Size]byte
+	groups     []string
+	attributes map[string]string
 }
 
 func newAuthenticator(cfg config.Auth) (*authenticator, error) {
@@ -94,7 +99,7 @@ func newAuthenticator(cfg config.Auth) (*authenticator, error) {
 		if err != nil || len(b) != sha256.Size {
 			return nil, errors.New("auth.api_keys: " + k.Name + ": sha256 must be 64 hex digits")
 		}
-		key := apiKey{name: k.Name}
+		key := apiKey{name: k.Name, groups: slices.Clone(k.Groups), attributes: maps.Clone(k.Attributes)}
 		copy(key.hash[:], b)
 		a.keys = append(a.keys, key)
 	}
@@ -188,7 +193,7 @@ func (a *authenticator) bearer(ctx context.Context, credential, resource string)
 		// accepted by an exact (constant-time) match.
 		if a.header == "authorization" {
 			if name, ok := a.lookupKey(credential); ok {
-				return &Principal{ID: "api_key:" + name, Kind: "api_key", Name: name}, nil
+				return a.keyPrincipal(name), nil
 			}
 		}
 		return nil, &authFailure{message: "token not accepted", invalidToken: true, cause: err, reason: reasonInvalidToken}
@@ -208,7 +213,7 @@ func (a *authenticator) apiKey(key string) (*Principal, error) {
 		return nil, &authFailure{message: "credential not accepted", cause: errors.New("credential too long"), reason: reasonTooLong}
 	}
 	if name, ok := a.lookupKey(key); ok {
-		return &Principal{ID: "api_key:" + name, Kind: "api_key", Name: name}, nil
+		return a.keyPrincipal(name), nil
 	}
 	return nil, &authFailure{message: "credential not accepted", cause: errors.New("unknown API key"), reason: reasonUnknownKey}
 }
@@ -216,6 +221,18 @@ func (a *authenticator) apiKey(key string) (*Principal, error) {
 // lookupKey compares the key's hash with every configured hash in constant
 // time, visiting all of them, so timing reveals neither the key nor which
 // entry matched.
+// keyPrincipal is the principal of the configured key name: its groups
+// and attributes come from the configuration, never from the request.
+func (a *authenticator) keyPrincipal(name string) *Principal {
+	p := &Principal{ID: "api_key:" + name, Kind: "api_key", Name: name}
+	for _, k := range a.keys {
+		if k.name == name {
+			p.Groups, p.Attributes = slices.Clone(k.groups), maps.Clone(k.attributes)
+		}
+	}
+	return p
+}
+
 func (a *authenticator) lookupKey(key string) (string, bool) {
 	sum := sha256.Sum256([]byte(key))
 	found := -1

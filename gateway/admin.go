@@ -85,6 +85,11 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		names = append(names, up.Name)
 	}
 	detail["upstreams"] = names
+	// Degraded, not unready: see health.go for why readiness stays 200.
+	var degraded bool
+	if detail["upstream_health"], degraded = s.healthDetail(); degraded {
+		detail["status"] = "degraded"
+	}
 	writeJSON(w, http.StatusOK, detail)
 }
 
@@ -107,11 +112,9 @@ type upstreamStatus struct {
 func (s *Server) adminUpstreams(w http.ResponseWriter, _ *http.Request) {
 	out := []upstreamStatus{}
 	for _, up := range s.pool.All() {
-		u := *up.URL
-		u.RawQuery, u.ForceQuery, u.User = "", false, nil
 		st := s.upstreamStats[up.Name]
 		st.mu.Lock()
-		e := upstreamStatus{Name: up.Name, URL: u.String(), LastError: st.lastError, LastErrorAt: st.lastErrorAt}
+		e := upstreamStatus{Name: up.Name, URL: redactedURL(up.URL), LastError: st.lastError, LastErrorAt: st.lastErrorAt}
 		st.mu.Unlock()
 		e.Requests, e.Errors = st.requests.Load(), st.errors.Load()
 		res := up.Resilience.Stats()

@@ -68,7 +68,8 @@ func TestReadyzDetail(t *testing.T) {
 	}{
 		{name: "probe", want: map[string]any{"status": "ready"}},
 		{name: "operator", withToken: true, want: map[string]any{
-			"status": "ready", "policy_revision": policyStatus["revision"], "upstreams": []any{"up", "down"},
+			// Degraded: the upstream "down" is unreachable (still 200).
+			"status": "degraded", "policy_revision": policyStatus["revision"], "upstreams": []any{"up", "down"},
 		}},
 	}
 	for _, tt := range tests {
@@ -77,6 +78,15 @@ func TestReadyzDetail(t *testing.T) {
 			var got map[string]any
 			if err := json.Unmarshal([]byte(body), &got); err != nil || status != http.StatusOK {
 				t.Fatalf("/readyz: %d %s (%v)", status, body, err)
+			}
+			if tt.withToken {
+				// Probe details (times, addresses) vary: check the verdicts.
+				health, _ := got["upstream_health"].(map[string]any)
+				down, _ := health["down"].(map[string]any)
+				if len(health) != 2 || down["status"] != "degraded" {
+					t.Errorf("/readyz upstream_health = %v, want both upstreams, down degraded", got["upstream_health"])
+				}
+				delete(got, "upstream_health")
 			}
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("/readyz (-want +got):\n%s", diff)

@@ -52,6 +52,7 @@ func (s *Server) authorize(r *http.Request, fwd *forward, st *requestState) erro
 		if err := checkClientMethod(req, fwd.era); err != nil {
 			return err
 		}
+		s.learnToolsBeforeCall(r.Context(), fwd, st, req)
 		in := s.policyInput(r, fwd, st, req)
 		d := s.decide(r.Context(), policy.PhaseRequest, in)
 		if !d.Allow {
@@ -192,10 +193,7 @@ func (s *Server) filterResponse(ctx context.Context, fwd *forward, m *jsonrpc.Re
 		err = exactListMember(result, shape.items)
 	}
 	if err == nil && method == "tools/list" {
-		s.catalog.learnTools(fwd.route.upstream.Name, result)
-		s.learnSchemas(fwd, result)
-		// Pins are digests of what the upstream sent, before any rewriting.
-		if result, err = s.screenTools(ctx, fwd, result); err == nil {
+		if result, err = s.learnToolPage(ctx, fwd, result); err == nil {
 			result = s.neutraliseToolText(ctx, fwd, result)
 		}
 	}

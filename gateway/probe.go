@@ -26,6 +26,9 @@ type Probe struct {
 	Took time.Duration `json:"took_ns"`
 }
 
+// ProbeUserAgent is the User-Agent of the gateway's reachability probes.
+const ProbeUserAgent = "ctxgate-health-probe"
+
 // probeBody is the initialize a probe sends: the gateway introduces
 // itself, so an upstream's own log shows who asked.
 var probeBody = []byte(`{"jsonrpc":"2.0","id":"ctxgate-probe","method":"initialize","params":{"protocolVersion":"` +
@@ -103,6 +106,9 @@ func probeSend(ctx context.Context, up *upstream.Upstream, method, session strin
 		req.Body, req.ContentLength = nil, 0
 	}
 	setUpstreamHeaders(req.Header, session, "", nil, false)
+	// Named, so an upstream's logs (and test recorders) can tell the
+	// gateway's probes from its clients' requests.
+	req.Header.Set("User-Agent", ProbeUserAgent)
 	return up.Transport.RoundTrip(req)
 }
 

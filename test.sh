@@ -18,15 +18,15 @@ need npm "install Node.js with npm (it fetches the pinned MCP test tools)"
 echo "== installing dependencies"
 go mod download
 npm ci --prefix e2e/node --no-audit --no-fund --loglevel=error
-# nginx and wrk (Debian) for the benchmark harness's tests (e2e/bench). In CI
-# they are installed and required; elsewhere those tests skip with the
-# command to install them.
-if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
+# nginx and wrk (Debian) for the benchmark harness's tests (e2e/bench), and
+# chromium for the status page test (headless). In CI they are installed and
+# required; elsewhere those tests skip with the command to install them.
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v chromium >/dev/null; then
 	if [ "${CI:-}" = true ]; then
 		apt-get update -qq
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx wrk >/dev/null
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx wrk chromium >/dev/null
 	else
-		echo "test.sh: nginx or wrk is missing; their benchmark tests will skip (apt-get install -y nginx wrk)" >&2
+		echo "test.sh: nginx, wrk or chromium is missing; their tests will skip (apt-get install -y nginx wrk chromium)" >&2
 	fi
 fi
 

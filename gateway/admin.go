@@ -19,6 +19,7 @@ import (
 //	/readyz            listeners up and not shutting down; the detail
 //	                   (policy revision, upstreams) only with the token
 //	/metrics           Prometheus
+//	/status            an HTML status page for people (status.go)
 //	/admin/upstreams   each upstream: url, requests, errors, last error,
 //	                   circuit breaker state, retries, bulkhead rejections
 //	/admin/policy      the policy's revision and reload history
@@ -35,6 +36,7 @@ func (s *Server) AdminHandler() http.Handler {
 	r.Group(func(r chi.Router) {
 		r.Use(s.requireAdmin)
 		r.Handle("/metrics", s.metrics.Handler())
+		r.Get("/status", s.status)
 		r.Get("/admin/upstreams", s.adminUpstreams)
 		r.Get("/admin/policy", s.adminPolicy)
 		r.Handle("/admin/cache", s.cacheAdmin())

@@ -22,6 +22,7 @@ func TestAdminToken(t *testing.T) {
 		{path: "/metrics", without: http.StatusUnauthorized, withToken: http.StatusOK},
 		{path: "/admin/upstreams", without: http.StatusUnauthorized, withToken: http.StatusOK},
 		{path: "/admin/policy", without: http.StatusUnauthorized, withToken: http.StatusOK},
+		{path: "/status", without: http.StatusUnauthorized, withToken: http.StatusOK},
 		{path: "/debug/pprof/", without: http.StatusUnauthorized, withToken: http.StatusOK},
 	}
 	for _, tt := range tests {

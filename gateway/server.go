@@ -118,6 +118,10 @@ type Server struct {
 	// healthInterval.
 	health         healthState
 	healthInterval time.Duration
+	// statusRoutes are the single-upstream routes and decisions the last
+	// decisions, for the status page (status.go).
+	statusRoutes []*route
+	decisions    decisionRing
 	// pins holds the tool pins of upstreams with pin_tools (pinning.go).
 	pins *pinStore
 	// schemas holds tool input schemas for argument validation (argschema.go).
@@ -259,6 +263,7 @@ func (s *Server) chain() http.Handler {
 	// to get a token.
 	r.Get(wellKnownPRM, s.protectedResource(nil))
 	own := s.routes()
+	s.statusRoutes = own
 	for _, rt := range append(own, s.federations(own)...) {
 		r.Get(wellKnownPRM+rt.path, s.protectedResource(rt))
 		handler := s.serveRoute(rt)

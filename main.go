@@ -26,7 +26,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -39,7 +38,6 @@ import (
 	"github.com/ctxgate/ctxgate/gateway"
 	"github.com/ctxgate/ctxgate/policy"
 	"github.com/ctxgate/ctxgate/upstream"
-	"github.com/ctxgate/ctxgate/upstream/upstreamtest"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
@@ -161,9 +159,9 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 }
 
 // serve runs the gateway for cfg until ctx is done. policyFS, if set,
-// replaces policy.dir (the demo's embedded policy). ready, if set, is called
-// with the bound addresses once both listeners are up.
-func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, policyFS fs.FS, ready func(public, admin net.Addr)) error {
+// replaces policy.dir. ready, if set, is called with the bound addresses
+// once both listeners are up; extra adjusts the gateway's options.
+func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, policyFS fs.FS, ready func(public, admin net.Addr), extra ...func(*gateway.Options)) error {
 	log := newLogger(cfg.Log.Level, logOut)
 	pool, err := upstream.NewPool(cfg.Upstreams)
 	if err != nil {
@@ -182,6 +180,9 @@ func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, policyFS f
 		return err
 	}
 	opts := gateway.Options{Logger: log, Policy: engine, Metrics: metrics}
+	for _, f := range extra {
+		f(&opts) // the demo's clock and controls
+	}
 	if tracerProvider != nil {
 		// Export failures are logged like everything else, not through
 		// OpenTelemetry's default stderr logger.
@@ -256,55 +257,6 @@ func newLogger(level string, out io.Writer) *slog.Logger {
 	var l slog.Level
 	_ = l.UnmarshalText([]byte(level))
 	return slog.New(slog.NewJSONHandler(out, &slog.HandlerOptions{Level: l}))
-}
-
-func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	flags := flag.NewFlagSet("demo", flag.ContinueOnError)
-	flags.SetOutput(stderr)
-	listen := flags.String("listen", "127.0.0.1:8080", "gateway address (port 0 picks a free one)")
-	dir := flags.String("dir", ".", "directory the sample context server describes")
-	if err := flags.Parse(args); err != nil {
-		return err
-	}
-	project, err := upstreamtest.NewProject(*dir)
-	if err != nil {
-		return err
-	}
-	defer project.Close()
-	// The sample server is a real MCP server on its own loopback port, so
-	// the gateway proxies it exactly as it would a remote one.
-	upLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	upSrv := &http.Server{Handler: project.Handler(), ReadHeaderTimeout: config.DefaultReadHeaderTimeout}
-	go func() { _ = upSrv.Serve(upLn) }()
-	defer upSrv.Close()
-
-	env := map[string]string{"DEMO_LISTEN": *listen, "DEMO_UPSTREAM_URL": "http://" + upLn.Addr().String() + "/"}
-	cfg, err := loadValid(config.Parse(demoConfig, func(k string) (string, bool) { v, ok := env[k]; return v, ok }))
-	if err != nil {
-		return fmt.Errorf("demo configuration: %w", err)
-	}
-	policyFS, err := fs.Sub(shippedPolicy, "policies")
-	if err != nil {
-		return err
-	}
-	return serve(ctx, cfg, stderr, policyFS, func(public, admin net.Addr) {
-		url := "http://" + public.String() + "/mcp/project"
-		fmt.Fprintf(stdout, `ctxgate demo is running.
-
-  MCP endpoint (gateway):  %s
-  sample context server:   http://%s/  (describes %s)
-  health:                  http://%s/readyz
-
-List the tools through the gateway with the MCP Inspector CLI:
-
-  npx -y @modelcontextprotocol/inspector@2.12.0 --cli %s --transport http --method tools/list
-
-Press Ctrl-C to stop.
-`, url, upLn.Addr(), *dir, admin, url)
-	})
 }
 
 func cmdHashKey(stdin io.Reader, stdout io.Writer) error {

@@ -37,6 +37,9 @@ func (s *Server) AdminHandler() http.Handler {
 		r.Use(s.requireAdmin)
 		r.Handle("/metrics", s.metrics.Handler())
 		r.Get("/status", s.status)
+		for prefix, h := range s.adminRoutes {
+			r.Mount(prefix, http.StripPrefix(prefix, h))
+		}
 		r.Get("/admin/upstreams", s.adminUpstreams)
 		r.Get("/admin/policy", s.adminPolicy)
 		r.Handle("/admin/cache", s.cacheAdmin())

@@ -92,6 +92,10 @@ type Options struct {
 	// (health.go), starting when Serve starts. Zero means
 	// DefaultHealthInterval; negative disables probing.
 	HealthInterval time.Duration
+	// AdminRoutes are further handlers on the admin listener, by path
+	// prefix, behind the admin token like the rest (the demo's controls
+	// of its sample server). Nil: none.
+	AdminRoutes map[string]http.Handler
 }
 
 // Server is one gateway: its routes, its admin endpoints and its lifecycle.
@@ -122,6 +126,7 @@ type Server struct {
 	// decisions, for the status page (status.go).
 	statusRoutes []*route
 	decisions    decisionRing
+	adminRoutes  map[string]http.Handler
 	// pins holds the tool pins of upstreams with pin_tools (pinning.go).
 	pins *pinStore
 	// schemas holds tool input schemas for argument validation (argschema.go).
@@ -173,7 +178,7 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 		now = time.Now
 	}
 	s.now = now
-	s.healthInterval = opts.HealthInterval
+	s.healthInterval, s.adminRoutes = opts.HealthInterval, opts.AdminRoutes
 	if s.healthInterval == 0 {
 		s.healthInterval = DefaultHealthInterval
 	}

@@ -176,7 +176,7 @@ func (t *tour) run(ctx context.Context) {
 		if a.err == nil && a.msg.Error == nil || time.Now().After(deadline) || ctx.Err() != nil {
 			break
 		}
-		t.log.skip() // the retries' decisions would bury the answer
+		t.log.skip()                       // the retries' decisions would bury the answer
 		time.Sleep(200 * time.Millisecond) // the breaker's delay is real time
 	}
 	alice.quiet = false

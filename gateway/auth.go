@@ -256,7 +256,7 @@ func (s *Server) authenticate(rt *route) func(http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			st := stateOf(r.Context())
 			// Known from here on, so refusals below count for the route.
-			st.upstream, st.route = rt.upstream.Name, rt.path
+			st.upstream, st.route = rt.upstream.Name, rt.upstream.Name
 			p, err := s.authenticateTraced(r, rt)
 			if err != nil {
 				writeError(w, r, err)

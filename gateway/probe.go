@@ -1,14 +1,12 @@
 package gateway
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/ctxgate/ctxgate/upstream"
@@ -83,7 +81,12 @@ func probeInitialize(ctx context.Context, up *upstream.Upstream) (bool, string) 
 			Message string `json:"message"`
 		} `json:"error"`
 	}
-	if err := json.Unmarshal(firstJSON(resp.Header.Get("Content-Type"), raw), &msg); err != nil {
+	// The gateway's own SSE reader: the first event with a message.
+	payloads := messagePayloads(raw, isEventStream(resp.Header))
+	if len(payloads) == 0 {
+		return false, "HTTP 200, but no message in the answer"
+	}
+	if err := json.Unmarshal(payloads[0], &msg); err != nil {
 		return false, fmt.Sprintf("HTTP 200, but not a JSON-RPC answer: %v", err)
 	}
 	switch {
@@ -110,28 +113,6 @@ func probeSend(ctx context.Context, up *upstream.Upstream, method, session strin
 	// gateway's probes from its clients' requests.
 	req.Header.Set("User-Agent", ProbeUserAgent)
 	return up.Transport.RoundTrip(req)
-}
-
-// firstJSON returns the JSON of an answer: the body, or the data of the
-// first SSE event that has data.
-func firstJSON(contentType string, raw []byte) []byte {
-	if !strings.HasPrefix(strings.ToLower(strings.TrimSpace(contentType)), "text/event-stream") {
-		return raw
-	}
-	sc := bufio.NewScanner(bytes.NewReader(raw))
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	var data []byte
-	for sc.Scan() {
-		line := sc.Text()
-		if d, ok := strings.CutPrefix(line, "data:"); ok {
-			data = append(data, strings.TrimPrefix(d, " ")...)
-			continue
-		}
-		if line == "" && len(data) > 0 {
-			return data
-		}
-	}
-	return data
 }
 
 func cmpOr(s, def string) string {

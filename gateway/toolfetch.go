@@ -29,6 +29,11 @@ import (
 // answers for names it did not contain.
 const toolRefetchAfter = 30 * time.Second
 
+// toolRetryAfter is how long after a failed fetch no new one is tried: a
+// failing upstream is not asked for its list on every call (which would
+// double its load and feed its breaker).
+const toolRetryAfter = 5 * time.Second
+
 // toolFetchTimeout bounds the fetch: a slow list must not hold the call
 // longer than the route's own deadlines would.
 const toolFetchTimeout = 10 * time.Second
@@ -38,6 +43,7 @@ type toolFetcher struct {
 	flight  singleflight.Group
 	mu      sync.Mutex
 	fetched map[string]time.Time // upstream -> last completed fetch
+	failed  map[string]time.Time // upstream -> last failed fetch
 }
 
 // done records a completed read of an upstream's tools/list.
@@ -72,8 +78,9 @@ func (s *Server) learnToolsBeforeCall(ctx context.Context, fwd *forward, st *req
 	f := &s.toolFetch
 	f.mu.Lock()
 	last, ok := f.fetched[name]
+	lastFailed, failed := f.failed[name]
 	f.mu.Unlock()
-	if ok && s.now().Sub(last) < toolRefetchAfter {
+	if ok && s.now().Sub(last) < toolRefetchAfter || failed && s.now().Sub(lastFailed) < toolRetryAfter {
 		return
 	}
 	// One fetch per upstream at a time; the others wait for its answer.
@@ -89,6 +96,12 @@ func (s *Server) learnToolsBeforeCall(ctx context.Context, fwd *forward, st *req
 		err := s.fetchToolList(upstream.WithRetry(fctx, upstream.RetrySafe), fwd, st.version, params.Meta)
 		if err != nil {
 			loggerOf(ctx, s.log).Warn("could not read the upstream's tools/list before a call; the tool is decided as unknown", "upstream", name, "error", err)
+			f.mu.Lock()
+			if f.failed == nil {
+				f.failed = map[string]time.Time{}
+			}
+			f.failed[name] = s.now()
+			f.mu.Unlock()
 			return nil, err
 		}
 		f.done(name, s.now())

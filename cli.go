@@ -26,18 +26,22 @@ files). Every problem is listed at once; exit 1 if there is any.
   --probe   also contact each upstream and each OIDC issuer's discovery
             document and report whether they answer
 `,
-	"demo": `usage: ctxgate demo [--listen ADDR] [--dir DIR]
-       ctxgate demo tour [--gateway URL] [--admin URL] [--log FILE]
+	"demo": `usage: ctxgate demo [--listen ADDR] [--dir DIR] [--quiet-log]
+       ctxgate demo tour [--log FILE]
 
 demo runs the gateway in front of a built-in sample MCP server with two demo
 API keys and a demo policy; it prints where everything is.
-demo tour, while a demo runs, walks a scripted client through what the
-gateway does (a hidden tool, a denial, a redaction, a cache hit, a stale
-answer) and prints each request, its answer and its decision-log line.
+demo tour starts a demo of its own on free ports and walks a scripted client
+through what the gateway does (a hidden tool, denials, redactions, a cache
+hit, the 2026-07-28 era, a stale answer and the circuit breaker while the
+sample server is stopped), printing each request, its answer and the
+decision-log lines it caused; it exits 1 if a step did not show its point.
 
   --listen ADDR   gateway address (default 127.0.0.1:8080; port 0 picks one)
   --dir DIR       directory the sample server describes (default: a built-in
                   sample project)
+  --quiet-log     discard the gateway's own log (the decision log is a file)
+  --log FILE      (tour) write the gateway's own log to FILE
 `,
 	"hash-key": `usage: ctxgate hash-key < KEYFILE
        printf %s "$KEY" | ctxgate hash-key

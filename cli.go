@@ -51,10 +51,12 @@ for auth.api_keys[].sha256 or admin.token_sha256.
 `,
 	"policy": `usage: ctxgate policy test [-v] [DIR]
        ctxgate policy eval --config FILE --input FILE
+       ctxgate policy build [-o FILE] [--revision REV] [--signing-key PEM --key-id ID] [DIR]
        ctxgate policy init DIR
 
   test   run the Rego tests (*_test.rego) of a policy directory (default: policies)
   eval   what-if: decide one input document and explain which rules decided
+  build  write an OPA bundle of a policy directory, optionally signed
   init   write a minimal, commented policy and its tests into DIR (new or empty)
 `,
 	"version": `usage: ctxgate version

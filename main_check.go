@@ -88,9 +88,17 @@ func checkPolicy(cfg *config.Config, problems []error, notes *[]string) []error 
 	if err := checkDecisionLog(pc.DecisionLog); err != nil {
 		out = append(out, err)
 	}
-	// No decision log and no reload loop: check writes nothing and starts
-	// nothing, but compiles and prepares exactly what serve would.
-	pc.DecisionLog, pc.ReloadInterval = "off", 0
+	if pc.FromBundles() {
+		// Validate already parsed policy.opa with OPA's own parsers; the
+		// bundles themselves are downloaded (and verified, compiled) by
+		// serve: check contacts no service.
+		*notes = append(*notes, "policy: from OPA bundles (policy.opa.bundles); check parses their configuration but does not download them")
+		return out
+	}
+	// No decision log, no reload loop and no OPA plugins (decision-log or
+	// status services): check writes nothing, starts nothing and contacts
+	// no one, but compiles and prepares exactly what serve would.
+	pc.DecisionLog, pc.ReloadInterval, pc.OPA = "off", 0, nil
 	engine, closeLog, err := newPolicyEngine(pc, nil, newLogger("error", io.Discard), nil)
 	if err != nil {
 		return append(out, policyProblem(err))

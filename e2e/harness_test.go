@@ -283,9 +283,6 @@ func reservePort(t *testing.T) string {
 // recorder is an in-test reverse proxy between ctxgate and its upstream
 // that records every request ctxgate forwards, so tests can assert what the
 // upstream saw, and that it saw nothing.
-// gatewayProbeAgent is the User-Agent of ctxgate's upstream health probes.
-const gatewayProbeAgent = "ctxgate-health-probe"
-
 type recorder struct {
 	URL string
 	mu  sync.Mutex
@@ -311,12 +308,9 @@ func startRecorder(t *testing.T, target string) *recorder {
 	}}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		// The gateway's own health probes are not requests a client made.
-		if r.Header.Get("User-Agent") != gatewayProbeAgent {
-			rec.mu.Lock()
-			rec.got = append(rec.got, recorded{method: r.Method, header: r.Header.Clone(), body: body})
-			rec.mu.Unlock()
-		}
+		rec.mu.Lock()
+		rec.got = append(rec.got, recorded{method: r.Method, header: r.Header.Clone(), body: body})
+		rec.mu.Unlock()
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		rp.ServeHTTP(w, r)
 	}))

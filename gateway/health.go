@@ -2,16 +2,21 @@ package gateway
 
 import (
 	"context"
+	"net"
 	"net/url"
 	"sync"
 	"time"
+
+	"github.com/ctxgate/ctxgate/upstream"
 )
 
-// Upstream health. At start-up and every health interval the gateway asks
-// each upstream whether it serves MCP (ProbeUpstream: an initialize,
-// bypassing the breaker). An upstream that does not answer is logged as a
-// warning once, when it goes down, and once more when it is back; /readyz
-// (with the admin token) and /status show it as degraded.
+// Upstream health. At start-up and every health interval the gateway opens
+// (and closes) a TCP connection to each upstream: reachability without a
+// request, so an upstream's sessions, logs and request counts see nothing
+// of it, and no breaker counts it. (`ctxgate check --probe` asks more:
+// ProbeUpstream sends an initialize.) An upstream that cannot be reached
+// is logged as a warning once, when it goes down, and once more when it is
+// back; /readyz (with the admin token) and /status show it as degraded.
 //
 // Readiness stays 200 with a degraded upstream, deliberately: every
 // replica shares the same upstreams, so a readiness failure would take all
@@ -75,7 +80,7 @@ func (s *Server) probeUpstreams(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, up := range s.pool.All() {
 		wg.Go(func() {
-			p := ProbeUpstream(ctx, up, healthTimeout, s.now)
+			p := dialUpstream(ctx, up, healthTimeout, s.now)
 			if ctx.Err() != nil {
 				return // shutting down: not the upstream's failure
 			}
@@ -118,4 +123,30 @@ func redactedURL(u *url.URL) string {
 	c := *u
 	c.RawQuery, c.ForceQuery, c.User = "", false, nil
 	return c.String()
+}
+
+// dialUpstream is one reachability check: a TCP connection to the
+// upstream's host and port, within timeout.
+func dialUpstream(ctx context.Context, up *upstream.Upstream, timeout time.Duration, now func() time.Time) Probe {
+	start := now()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	port := up.URL.Port()
+	if port == "" {
+		port = map[string]string{"https": "443"}[up.URL.Scheme]
+		if port == "" {
+			port = "80"
+		}
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(up.URL.Hostname(), port))
+	p := Probe{At: now()}
+	p.Took = p.At.Sub(start)
+	if err != nil {
+		p.Detail = err.Error()
+		return p
+	}
+	conn.Close()
+	p.Reachable, p.Detail = true, "TCP connection in "+p.Took.Round(time.Millisecond).String()
+	return p
 }

@@ -112,7 +112,7 @@ func pollReady(t *testing.T, admin string, until func(readyDetail) bool) (int, r
 // and shown degraded in /readyz's detail, which stays 200 (one dead
 // upstream must not take every replica out of the load balancer).
 func TestUpstreamHealth(t *testing.T) {
-	live, _ := countingProject(t)
+	live, _, requests := countingProjectAll(t)
 	dead := deadURL(t)
 	logs := &lockedBuffer{}
 	admin := servedGateway(t, fmt.Sprintf(`
@@ -128,7 +128,7 @@ upstreams: [{name: live, url: %q}, {name: dead, url: %q}]
 	if code != http.StatusOK || d.Status != "degraded" {
 		t.Errorf("/readyz = %d %q, want 200 degraded", code, d.Status)
 	}
-	if d.UpstreamHealth["live"].Status != "reachable" || !strings.Contains(d.UpstreamHealth["live"].Detail, "ctxgate-sample-project") {
+	if d.UpstreamHealth["live"].Status != "reachable" || !strings.Contains(d.UpstreamHealth["live"].Detail, "TCP connection in") {
 		t.Errorf("live upstream: %+v", d.UpstreamHealth["live"])
 	}
 	if d.UpstreamHealth["dead"].Status != "degraded" || !strings.Contains(d.UpstreamHealth["dead"].Detail, "connection refused") {
@@ -136,5 +136,8 @@ upstreams: [{name: live, url: %q}, {name: dead, url: %q}]
 	}
 	if !strings.Contains(logs.String(), `"level":"WARN","msg":"upstream unreachable`) || !strings.Contains(logs.String(), `"upstream":"dead"`) {
 		t.Errorf("no warning for the dead upstream:\n%s", logs.String())
+	}
+	if n := requests.Load(); n != 0 {
+		t.Errorf("the health probes sent the upstream %d requests, want none (a TCP connection only)", n)
 	}
 }

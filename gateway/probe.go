@@ -24,7 +24,7 @@ type Probe struct {
 	Took time.Duration `json:"took_ns"`
 }
 
-// ProbeUserAgent is the User-Agent of the gateway's reachability probes.
+// ProbeUserAgent is the User-Agent of ProbeUpstream's requests.
 const ProbeUserAgent = "ctxgate-health-probe"
 
 // probeBody is the initialize a probe sends: the gateway introduces

@@ -25,6 +25,12 @@ import (
 // countingProject is the sample project server, counting the tools/list
 // requests it receives.
 func countingProject(t *testing.T) (string, *atomic.Int64) {
+	url, lists, _ := countingProjectAll(t)
+	return url, lists
+}
+
+// countingProjectAll is countingProject, also counting every request.
+func countingProjectAll(t *testing.T) (string, *atomic.Int64, *atomic.Int64) {
 	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "hello.txt"), []byte("hello\n"), 0o644); err != nil {
@@ -36,8 +42,9 @@ func countingProject(t *testing.T) (string, *atomic.Int64) {
 	}
 	t.Cleanup(func() { project.Close() })
 	h := project.Handler()
-	var lists atomic.Int64
+	var lists, all atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		all.Add(1)
 		body, _ := io.ReadAll(r.Body)
 		var msg struct{ Method string }
 		if json.Unmarshal(body, &msg) == nil && msg.Method == "tools/list" {
@@ -47,7 +54,7 @@ func countingProject(t *testing.T) (string, *atomic.Int64) {
 		h.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
-	return srv.URL, &lists
+	return srv.URL, &lists, &all
 }
 
 // shippedPolicyGateway is a fresh gateway with the shipped policy

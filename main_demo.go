@@ -243,10 +243,10 @@ func printBanner(w io.Writer, d *demo, a demoAddrs) {
     metrics:               %s/metrics
     readiness:             %s/readyz
     stop / start the sample server (stale answers, circuit breaker):
-      curl -X POST %s/demo/upstream/stop
-      curl -X POST %s/demo/upstream/start
+      curl -X POST -H 'X-Ctxgate-Admin: 1' %s/demo/upstream/stop
+      curl -X POST -H 'X-Ctxgate-Admin: 1' %s/demo/upstream/start
     move the gateway's clock forward (cached answers expire):
-      curl -X POST '%s/demo/clock/advance?by=10m'
+      curl -X POST -H 'X-Ctxgate-Admin: 1' '%s/demo/clock/advance?by=10m'
 
 See what the gateway does, step by step, in a second demo of its own:
 

@@ -203,15 +203,19 @@ func (t *tour) admincall(ctx context.Context, path string) {
 	ctx, cancel := context.WithTimeout(ctx, tourTimeout)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, t.admin+path, nil)
+	req.Header.Set("X-Ctxgate-Admin", "1") // state-changing admin calls say so (a CSRF defence)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		fmt.Fprintf(t.out, "→ admin POST %s\n← %v\n", path, err)
+		fmt.Fprintf(t.out, "→ admin POST %s  X-Ctxgate-Admin: 1\n← %v\n", path, err)
 		t.failed = true
 		return
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	fmt.Fprintf(t.out, "→ admin POST %s\n← %d %s\n", path, resp.StatusCode, strings.TrimSpace(string(body)))
+	fmt.Fprintf(t.out, "→ admin POST %s  X-Ctxgate-Admin: 1\n← %d %s\n", path, resp.StatusCode, strings.TrimSpace(string(body)))
+	if resp.StatusCode != http.StatusOK {
+		t.failed = true
+	}
 }
 
 func (c *tourClient) initialize(ctx context.Context) answer {

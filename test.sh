@@ -19,15 +19,24 @@ echo "== installing dependencies"
 go mod download
 npm ci --prefix e2e/node --no-audit --no-fund --loglevel=error
 # nginx and wrk (Debian) for the benchmark harness's tests (e2e/bench), and
-# chromium for the status page test (headless). In CI they are installed and
-# required; elsewhere those tests skip with the command to install them.
-if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v chromium >/dev/null; then
+# chromium for the status page test (headless), prometheus for promtool (the
+# alert rules' tests, deploy/). In CI they are installed and required;
+# elsewhere those tests skip with the command to install them.
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v chromium >/dev/null || ! command -v promtool >/dev/null; then
 	if [ "${CI:-}" = true ]; then
 		apt-get update -qq
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx wrk chromium >/dev/null
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx wrk chromium prometheus >/dev/null
 	else
-		echo "test.sh: nginx, wrk or chromium is missing; their tests will skip (apt-get install -y nginx wrk chromium)" >&2
+		echo "test.sh: nginx, wrk, chromium or promtool is missing; their tests will skip (apt-get install -y nginx wrk chromium prometheus)" >&2
 	fi
+fi
+# Helm for the chart's tests (deploy/), built from the Go module proxy into
+# .tools/bin; the tests install it there themselves when it is missing.
+helm_version=v3.22.0
+# (helm version says only v3.22 in a build without release ldflags; the
+# module version in the binary's build info is exact.)
+if [ "$(go version -m .tools/bin/helm 2>/dev/null | awk '$1 == "mod" && $2 == "helm.sh/helm/v3" {print $3}')" != "$helm_version" ]; then
+	GOBIN="$PWD/.tools/bin" go install "helm.sh/helm/v3/cmd/helm@$helm_version"
 fi
 
 echo "== gofmt, go vet, staticcheck"

@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 
 	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/upstream"
 )
 
 // Principal is who the gateway verified a request comes from. Sessions,
@@ -111,7 +112,10 @@ func newAuthenticator(cfg config.Auth) (*authenticator, error) {
 type authFailure struct {
 	message      string
 	invalidToken bool
-	cause        error
+	// retryAfter, when positive, marks a token that could not be checked
+	// yet (its issuer's keys are unavailable): 503, not 401.
+	retryAfter time.Duration
+	cause      error
 	// reason is a fixed word for metrics and traces (never the cause,
 	// which may quote what the client sent).
 	reason string
@@ -128,6 +132,7 @@ const (
 	reasonUnknownKey        = "unknown_key"        // a bearer credential or API key nobody issued
 	reasonCertificate       = "certificate"        // a verified certificate that names no principal
 	reasonInsufficientScope = "insufficient_scope" // the route's required scopes are missing
+	reasonKeysUnavailable   = "keys_unavailable"   // the token's issuer's keys are not loaded (yet)
 )
 
 func (f *authFailure) Error() string {
@@ -196,6 +201,11 @@ func (a *authenticator) bearer(ctx context.Context, credential, resource string)
 				return a.keyPrincipal(name), nil
 			}
 		}
+		if ku, ok := errors.AsType[*keysUnavailableError](err); ok {
+			// Not the token's fault: a 401 invalid_token would make the
+			// client throw away a token that may be good.
+			return nil, &authFailure{message: "the token's issuer's signing keys are not loaded yet; retry later", retryAfter: ku.retryAfter, cause: err, reason: reasonKeysUnavailable}
+		}
 		return nil, &authFailure{message: "token not accepted", invalidToken: true, cause: err, reason: reasonInvalidToken}
 	}
 	if a.header != "authorization" || len(a.keys) == 0 {
@@ -263,7 +273,9 @@ func (s *Server) authenticate(rt *route) func(http.Handler) http.Handler {
 				return
 			}
 			st.principal = p
-			next.ServeHTTP(w, r)
+			// Every upstream request made for this one counts against the
+			// principal's share of that upstream's bulkhead.
+			next.ServeHTTP(w, r.WithContext(upstream.WithPrincipal(r.Context(), p.ID)))
 		})
 	}
 }
@@ -275,7 +287,11 @@ func (s *Server) authenticateTraced(r *http.Request, rt *route) (*Principal, err
 	defer span.End()
 	p, err := s.auth.authenticate(r.WithContext(ctx), rt.resource)
 	reason := ""
-	if f, ok := errors.AsType[*authFailure](err); ok {
+	if f, ok := errors.AsType[*authFailure](err); ok && f.retryAfter > 0 {
+		e := newError(http.StatusServiceUnavailable, CodeUnavailable, f.message, f.cause)
+		setRetryAfter(e, f.retryAfter)
+		err, reason = e, f.reason
+	} else if ok {
 		e := newError(http.StatusUnauthorized, CodeUnauthenticated, f.message, f.cause)
 		e.Header = http.Header{"Www-Authenticate": {s.challenge(rt, f.invalidToken, "")}}
 		err, reason = e, f.reason

@@ -28,7 +28,7 @@ func CheckFiles(cfg *config.Config) []error {
 			if err != nil {
 				problems = append(problems, err)
 			} else if t.CRLFile != "" {
-				if _, err := newCRLWatcher(t.CRLFile, cas, slog.New(slog.DiscardHandler), time.Now); err != nil {
+				if _, err := newCRLWatcher(t.CRLFile, t.CRLGrace, cas, slog.New(slog.DiscardHandler), time.Now); err != nil {
 					problems = append(problems, err)
 				}
 			}

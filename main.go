@@ -4,7 +4,9 @@
 //	ctxgate check --config FILE     validate a configuration and exit
 //	ctxgate demo                    gateway + built-in sample server, no files needed
 //	ctxgate hash-key                print the SHA-256 of an API key read from stdin
-//	ctxgate version                 print the version
+//	ctxgate policy test|eval|init   work on a policy
+//	ctxgate version                 print the version and VCS revision
+//	ctxgate help [COMMAND]          usage (also: COMMAND --help)
 //
 // main only wires the packages together; the behaviour lives in them.
 package main
@@ -24,10 +26,8 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -39,7 +39,6 @@ import (
 	"github.com/ctxgate/ctxgate/gateway"
 	"github.com/ctxgate/ctxgate/policy"
 	"github.com/ctxgate/ctxgate/upstream"
-	"github.com/ctxgate/ctxgate/upstream/upstreamtest"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
@@ -58,9 +57,12 @@ const usage = `usage: ctxgate <command> [flags]
 
 commands:
   serve --config FILE   run the gateway
-  check --config FILE   validate a configuration; exit 1 listing every problem
+  check --config FILE [--probe]
+                        check a configuration, its policy and the files it names;
+                        exit 1 listing every problem (--probe: contact upstreams, IdPs)
   demo [--listen ADDR] [--dir DIR]
                         run the gateway in front of a built-in sample MCP server
+  demo tour             walk a scripted client through a running demo
   hash-key              read an API key on stdin, print its SHA-256 for auth.api_keys
                         (or an admin token, for admin.token_sha256)
   policy test [-v] [DIR]
@@ -69,7 +71,9 @@ commands:
                         what-if: decide one input document and explain which rules decided
   policy build [-o FILE] [--revision REV] [--signing-key PEM --key-id ID] [DIR]
                         write an OPA bundle of a policy directory, optionally signed
-  version               print the version
+  policy init DIR       write a minimal, commented policy and its tests into DIR
+  version               print the version and VCS revision
+  help [COMMAND]        this overview, or one command's flags (also: COMMAND --help)
 `
 
 func main() {
@@ -81,6 +85,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, usage)
 		return 2
 	}
+	if _, known := commandHelp[args[0]]; known && wantsHelp(args[1:]) {
+		return cmdHelp(args[:1], stdout, stderr)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	var err error
@@ -88,7 +95,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	case "serve":
 		err = cmdServe(ctx, args[1:], stderr)
 	case "check":
-		return cmdCheck(args[1:], stdout, stderr)
+		return cmdCheck(ctx, args[1:], stdout, stderr)
 	case "demo":
 		err = cmdDemo(ctx, args[1:], stdout, stderr)
 	case "hash-key":
@@ -96,8 +103,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	case "policy":
 		return cmdPolicy(ctx, args[1:], stdout, stderr)
 	case "version":
-		fmt.Fprintln(stdout, "ctxgate", buildVersion())
-	case "help", "-h", "--help":
+		fmt.Fprintln(stdout, versionLine())
+	case "help":
+		return cmdHelp(args[1:], stdout, stderr)
+	case "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 	default:
 		fmt.Fprintf(stderr, "ctxgate: unknown command %q\n\n%s", args[0], usage)
@@ -108,16 +117,6 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
-}
-
-func buildVersion() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "dev"
 }
 
 func configFlag(name string, args []string, stderr io.Writer) (string, error) {
@@ -150,19 +149,6 @@ func loadValid(cfg *config.Config, err error) (*config.Config, error) {
 	return cfg, nil
 }
 
-func cmdCheck(args []string, stdout, stderr io.Writer) int {
-	path, err := configFlag("check", args, stderr)
-	if err == nil {
-		_, err = loadValid(config.Load(path))
-	}
-	if err != nil {
-		fmt.Fprintln(stderr, "ctxgate:", err)
-		return 1
-	}
-	fmt.Fprintln(stdout, path+": configuration is valid")
-	return 0
-}
-
 func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	path, err := configFlag("serve", args, stderr)
 	if err != nil {
@@ -176,9 +162,9 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 }
 
 // serve runs the gateway for cfg until ctx is done. policyFS, if set,
-// replaces policy.dir (the demo's embedded policy). ready, if set, is called
-// with the bound addresses once both listeners are up.
-func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, policyFS fs.FS, ready func(public, admin net.Addr)) error {
+// replaces policy.dir. ready, if set, is called with the bound addresses
+// once both listeners are up; extra adjusts the gateway's options.
+func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, policyFS fs.FS, ready func(public, admin net.Addr), extra ...func(*gateway.Options)) error {
 	log := newLogger(cfg.Log.Level, logOut)
 	pool, err := upstream.NewPool(cfg.Upstreams)
 	if err != nil {
@@ -200,6 +186,9 @@ func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, policyFS f
 		return err
 	}
 	opts := gateway.Options{Logger: log, Policy: engine, Metrics: metrics}
+	for _, f := range extra {
+		f(&opts) // the demo's clock and controls
+	}
 	if tracerProvider != nil {
 		// Export failures are logged like everything else, not through
 		// OpenTelemetry's default stderr logger.
@@ -314,55 +303,6 @@ func newLogger(level string, out io.Writer) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(out, &slog.HandlerOptions{Level: l}))
 }
 
-func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	flags := flag.NewFlagSet("demo", flag.ContinueOnError)
-	flags.SetOutput(stderr)
-	listen := flags.String("listen", "127.0.0.1:8080", "gateway address (port 0 picks a free one)")
-	dir := flags.String("dir", ".", "directory the sample context server describes")
-	if err := flags.Parse(args); err != nil {
-		return err
-	}
-	project, err := upstreamtest.NewProject(*dir)
-	if err != nil {
-		return err
-	}
-	defer project.Close()
-	// The sample server is a real MCP server on its own loopback port, so
-	// the gateway proxies it exactly as it would a remote one.
-	upLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	upSrv := &http.Server{Handler: project.Handler(), ReadHeaderTimeout: config.DefaultReadHeaderTimeout}
-	go func() { _ = upSrv.Serve(upLn) }()
-	defer upSrv.Close()
-
-	env := map[string]string{"DEMO_LISTEN": *listen, "DEMO_UPSTREAM_URL": "http://" + upLn.Addr().String() + "/"}
-	cfg, err := loadValid(config.Parse(demoConfig, func(k string) (string, bool) { v, ok := env[k]; return v, ok }))
-	if err != nil {
-		return fmt.Errorf("demo configuration: %w", err)
-	}
-	policyFS, err := fs.Sub(shippedPolicy, "policies")
-	if err != nil {
-		return err
-	}
-	return serve(ctx, cfg, stderr, policyFS, func(public, admin net.Addr) {
-		url := "http://" + public.String() + "/mcp/project"
-		fmt.Fprintf(stdout, `ctxgate demo is running.
-
-  MCP endpoint (gateway):  %s
-  sample context server:   http://%s/  (describes %s)
-  health:                  http://%s/readyz
-
-List the tools through the gateway with the MCP Inspector CLI:
-
-  npx -y @modelcontextprotocol/inspector@2.12.0 --cli %s --transport http --method tools/list
-
-Press Ctrl-C to stop.
-`, url, upLn.Addr(), *dir, admin, url)
-	})
-}
-
 func cmdHashKey(stdin io.Reader, stdout io.Writer) error {
 	line, err := bufio.NewReader(stdin).ReadString('\n')
 	if err != nil && !errors.Is(err, io.EOF) {
@@ -379,7 +319,7 @@ func cmdHashKey(stdin io.Reader, stdout io.Writer) error {
 
 func cmdPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, "usage: ctxgate policy test [-v] [DIR] | ctxgate policy eval --config FILE --input FILE | ctxgate policy build [-o FILE] [DIR]\n")
+		fmt.Fprint(stderr, commandHelp["policy"])
 		return 2
 	}
 	var err error
@@ -404,8 +344,10 @@ func cmdPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		err = cmdPolicyEval(ctx, args[1:], stdout, stderr)
 	case "build":
 		err = cmdPolicyBuild(ctx, args[1:], stdout, stderr)
+	case "init":
+		err = cmdPolicyInit(args[1:], stdout)
 	default:
-		fmt.Fprintf(stderr, "ctxgate policy: unknown command %q (test, eval, build)\n", args[0])
+		fmt.Fprintf(stderr, "ctxgate policy: unknown command %q (test, eval, build, init)\n", args[0])
 		return 2
 	}
 	if err != nil {

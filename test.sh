@@ -19,15 +19,15 @@ echo "== installing dependencies"
 go mod download
 npm ci --prefix e2e/node --no-audit --no-fund --loglevel=error
 # nginx and wrk (Debian) for the benchmark harness's tests (e2e/bench), and
-# prometheus for promtool (the alert rules' tests, deploy/). In CI they are
-# installed and required; elsewhere those tests skip with the command to
-# install them.
-if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v promtool >/dev/null; then
+# chromium for the status page test (headless), prometheus for promtool (the
+# alert rules' tests, deploy/). In CI they are installed and required;
+# elsewhere those tests skip with the command to install them.
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v chromium >/dev/null || ! command -v promtool >/dev/null; then
 	if [ "${CI:-}" = true ]; then
 		apt-get update -qq
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx wrk prometheus >/dev/null
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx wrk chromium prometheus >/dev/null
 	else
-		echo "test.sh: nginx, wrk or promtool is missing; their tests will skip (apt-get install -y nginx wrk prometheus)" >&2
+		echo "test.sh: nginx, wrk, chromium or promtool is missing; their tests will skip (apt-get install -y nginx wrk chromium prometheus)" >&2
 	fi
 fi
 # Helm for the chart's tests (deploy/), built from the Go module proxy into

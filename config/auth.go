@@ -28,6 +28,10 @@ type MTLS struct {
 	// Identity is the order in which a certificate names its principal:
 	// spiffe (URI SAN spiffe://...), dns (first DNS SAN), cn (subject CN).
 	Identity []string `yaml:"identity"`
+	// Groups names the certificate subject fields whose values become the
+	// principal's groups (input.principal.groups): ou (organizational
+	// units) and o (organizations), e.g. [ou]. Nil: no groups.
+	Groups []string `yaml:"groups"`
 }
 
 // OIDCIssuer is one trusted token issuer.

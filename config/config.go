@@ -127,6 +127,13 @@ type APIKey struct {
 	Name string `yaml:"name"`
 	// SHA256 is the hex SHA-256 of the key, as `ctxgate hash-key` prints it.
 	SHA256 string `yaml:"sha256"`
+	// Groups are the key's groups (input.principal.groups), as a token's
+	// groups claim would give them: a machine or a test user can be put
+	// in a policy's group without an IdP. Nil: none.
+	Groups []string `yaml:"groups"`
+	// Attributes are further facts about the key's holder for the policy
+	// (input.principal.attributes), e.g. {team: payments}. Nil: none.
+	Attributes map[string]string `yaml:"attributes"`
 }
 
 // Log configures the structured (JSON) logs on stderr.

@@ -26,9 +26,9 @@ func Load(path string) (*Config, error) {
 	return cfg, nil
 }
 
-// Parse decodes YAML strictly: unknown keys, duplicate keys and references
-// to unset environment variables are errors, each reported with its field
-// path. ${NAME} and ${NAME:-default} are expanded inside scalar values only,
+// Parse decodes YAML strictly: unknown keys, duplicate keys, references
+// to unset environment variables and values of the wrong type are errors,
+// each reported with its field path. ${NAME} and ${NAME:-default} are expanded inside scalar values only,
 // after parsing, so an environment value can never add YAML structure.
 // lookupEnv is os.LookupEnv outside tests.
 func Parse(data []byte, lookupEnv func(string) (string, bool)) (*Config, error) {
@@ -42,6 +42,7 @@ func Parse(data []byte, lookupEnv func(string) (string, bool)) (*Config, error) 
 		var problems []error
 		checkKeys(doc, reflect.TypeOf(*cfg), "", &problems)
 		expandEnv(doc, "", lookupEnv, &problems)
+		checkTypes(doc, reflect.TypeOf(*cfg), "", &problems)
 		if len(problems) > 0 {
 			return nil, errors.Join(problems...)
 		}

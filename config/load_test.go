@@ -79,7 +79,7 @@ func TestParseEnvCannotInjectStructure(t *testing.T) {
 			name:    "structure aimed at an int field is a type error, not a key",
 			yaml:    "server:\n  max_body_bytes: ${CTXGATE_TEST_PAYLOAD}\n",
 			payload: "1\nauth:\n  anonymous: true",
-			wantErr: "cannot unmarshal !!str",
+			wantErr: "server.max_body_bytes: line 2: the environment's value is not a whole number",
 		},
 	}
 	for _, tt := range tests {

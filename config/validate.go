@@ -139,6 +139,16 @@ func (v *validator) auth(a *Auth) {
 			v.add(path+".sha256", "the same key is configured twice")
 		}
 		hashes[strings.ToLower(k.SHA256)] = true
+		for j, g := range k.Groups {
+			if strings.TrimSpace(g) == "" {
+				v.add(fmt.Sprintf("%s.groups[%d]", path, j), "must not be empty")
+			}
+		}
+		for name := range k.Attributes {
+			if strings.TrimSpace(name) == "" {
+				v.add(path+".attributes", "attribute names must not be empty")
+			}
+		}
 	}
 }
 

@@ -49,6 +49,11 @@ func (v *validator) mtls(m *MTLS) {
 	if m == nil {
 		return
 	}
+	for i, g := range m.Groups {
+		if g != "ou" && g != "o" {
+			v.add(fmt.Sprintf("auth.mtls.groups[%d]", i), "must be ou or o (the subject fields whose values become groups)")
+		}
+	}
 	seen := map[string]bool{}
 	for i, id := range m.Identity {
 		switch {

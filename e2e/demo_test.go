@@ -41,6 +41,12 @@ func TestDemo(t *testing.T) {
 	}
 	_, banner := startDemo(t, dir)
 	endpoint := demoEndpoint.FindStringSubmatch(banner)[1]
+	// The banner says where everything is.
+	for _, want := range []string{"alice  demo-alice-key", "bob    demo-bob-key", "decision log:", "/status", "/metrics", "/readyz", "/demo/upstream/stop", "go run . demo tour"} {
+		if !strings.Contains(banner, want) {
+			t.Errorf("demo banner lacks %q:\n%s", want, banner)
+		}
+	}
 
 	cs, err := mcp.NewClient(&mcp.Implementation{Name: "e2e", Version: "1"}, nil).Connect(ctx(t), &mcp.StreamableClientTransport{Endpoint: endpoint}, nil)
 	if err != nil {
@@ -55,10 +61,14 @@ func TestDemo(t *testing.T) {
 	for _, tool := range tools.Tools {
 		names = append(names, tool.Name)
 	}
-	for _, want := range []string{"list_files", "read_file", "search"} {
+	for _, want := range []string{"list_files", "read_file"} {
 		if !slices.Contains(names, want) {
 			t.Errorf("demo tools %v lack %s", names, want)
 		}
+	}
+	// The demo policy makes search admin-only: hidden from anonymous.
+	if slices.Contains(names, "search") {
+		t.Errorf("demo tools %v include search for an anonymous client", names)
 	}
 	res, err := cs.CallTool(ctx(t), &mcp.CallToolParams{Name: "read_file", Arguments: map[string]any{"path": "hello.txt"}})
 	if err != nil || res.IsError || res.Content[0].(*mcp.TextContent).Text != "hello from the project\n" {

@@ -19,6 +19,7 @@ import (
 //	/readyz            listeners up and not shutting down; the detail
 //	                   (policy revision, upstreams) only with the token
 //	/metrics           Prometheus
+//	/status            an HTML status page for people (status.go)
 //	/admin/upstreams   each upstream: url, requests, errors, last error,
 //	                   circuit breaker state, retries, bulkhead rejections
 //	/admin/policy      the policy's revision and reload history
@@ -39,6 +40,10 @@ func (s *Server) AdminHandler() http.Handler {
 	r.Group(func(r chi.Router) {
 		r.Use(s.checkAdminHostOrigin, s.requireAdmin, requireAdminIntent)
 		r.Handle("/metrics", s.metrics.Handler())
+		r.Get("/status", s.status)
+		for prefix, h := range s.adminRoutes {
+			r.Mount(prefix, http.StripPrefix(prefix, h))
+		}
 		r.Get("/admin/upstreams", s.adminUpstreams)
 		r.Get("/admin/policy", s.adminPolicy)
 		r.Handle("/admin/cache", s.cacheAdmin())
@@ -101,6 +106,11 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		names = append(names, up.Name)
 	}
 	detail["upstreams"] = names
+	// Degraded, not unready: see health.go for why readiness stays 200.
+	var degraded bool
+	if detail["upstream_health"], degraded = s.healthDetail(); degraded {
+		detail["status"] = "degraded"
+	}
 	writeJSON(w, http.StatusOK, detail)
 }
 
@@ -123,11 +133,9 @@ type upstreamStatus struct {
 func (s *Server) adminUpstreams(w http.ResponseWriter, _ *http.Request) {
 	out := []upstreamStatus{}
 	for _, up := range s.pool.All() {
-		u := *up.URL
-		u.RawQuery, u.ForceQuery, u.User = "", false, nil
 		st := s.upstreamStats[up.Name]
 		st.mu.Lock()
-		e := upstreamStatus{Name: up.Name, URL: u.String(), LastError: st.lastError, LastErrorAt: st.lastErrorAt}
+		e := upstreamStatus{Name: up.Name, URL: redactedURL(up.URL), LastError: st.lastError, LastErrorAt: st.lastErrorAt}
 		st.mu.Unlock()
 		e.Requests, e.Errors = st.requests.Load(), st.errors.Load()
 		res := up.Resilience.Stats()

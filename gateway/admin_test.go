@@ -26,6 +26,7 @@ func TestAdminToken(t *testing.T) {
 		{path: "/metrics", without: http.StatusUnauthorized, withToken: http.StatusOK},
 		{path: "/admin/upstreams", without: http.StatusUnauthorized, withToken: http.StatusOK},
 		{path: "/admin/policy", without: http.StatusUnauthorized, withToken: http.StatusOK},
+		{path: "/status", without: http.StatusUnauthorized, withToken: http.StatusOK},
 		{path: "/debug/pprof/", without: http.StatusUnauthorized, withToken: http.StatusOK},
 	}
 	for _, tt := range tests {
@@ -72,7 +73,8 @@ func TestReadyzDetail(t *testing.T) {
 	}{
 		{name: "probe", want: map[string]any{"status": "ready"}},
 		{name: "operator", withToken: true, want: map[string]any{
-			"status": "ready", "policy_revision": policyStatus["revision"], "upstreams": []any{"up", "down"},
+			// Degraded: the upstream "down" is unreachable (still 200).
+			"status": "degraded", "policy_revision": policyStatus["revision"], "upstreams": []any{"up", "down"},
 		}},
 	}
 	for _, tt := range tests {
@@ -81,6 +83,15 @@ func TestReadyzDetail(t *testing.T) {
 			var got map[string]any
 			if err := json.Unmarshal([]byte(body), &got); err != nil || status != http.StatusOK {
 				t.Fatalf("/readyz: %d %s (%v)", status, body, err)
+			}
+			if tt.withToken {
+				// Probe details (times, addresses) vary: check the verdicts.
+				health, _ := got["upstream_health"].(map[string]any)
+				down, _ := health["down"].(map[string]any)
+				if len(health) != 2 || down["status"] != "degraded" {
+					t.Errorf("/readyz upstream_health = %v, want both upstreams, down degraded", got["upstream_health"])
+				}
+				delete(got, "upstream_health")
 			}
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("/readyz (-want +got):\n%s", diff)

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -45,6 +46,8 @@ type Principal struct {
 	Expiry time.Time
 	// Cert describes the verified client certificate (mtls).
 	Cert *CertInfo
+	// Attributes are the API key's configured attributes (api_key).
+	Attributes map[string]string
 }
 
 // CertInfo is what the policy and logs may know of a client certificate.
@@ -84,8 +87,10 @@ type authenticator struct {
 }
 
 type apiKey struct {
-	name string
-	hash [sha256.Size]byte
+	name       string
+	hash       [sha256.Size]byte
+	groups     []string
+	attributes map[string]string
 }
 
 func newAuthenticator(cfg config.Auth) (*authenticator, error) {
@@ -95,7 +100,7 @@ func newAuthenticator(cfg config.Auth) (*authenticator, error) {
 		if err != nil || len(b) != sha256.Size {
 			return nil, errors.New("auth.api_keys: " + k.Name + ": sha256 must be 64 hex digits")
 		}
-		key := apiKey{name: k.Name}
+		key := apiKey{name: k.Name, groups: slices.Clone(k.Groups), attributes: maps.Clone(k.Attributes)}
 		copy(key.hash[:], b)
 		a.keys = append(a.keys, key)
 	}
@@ -193,7 +198,7 @@ func (a *authenticator) bearer(ctx context.Context, credential, resource string)
 		// accepted by an exact (constant-time) match.
 		if a.header == "authorization" {
 			if name, ok := a.lookupKey(credential); ok {
-				return &Principal{ID: "api_key:" + name, Kind: "api_key", Name: name}, nil
+				return a.keyPrincipal(name), nil
 			}
 		}
 		if ku, ok := errors.AsType[*keysUnavailableError](err); ok {
@@ -218,7 +223,7 @@ func (a *authenticator) apiKey(key string) (*Principal, error) {
 		return nil, &authFailure{message: "credential not accepted", cause: errors.New("credential too long"), reason: reasonTooLong}
 	}
 	if name, ok := a.lookupKey(key); ok {
-		return &Principal{ID: "api_key:" + name, Kind: "api_key", Name: name}, nil
+		return a.keyPrincipal(name), nil
 	}
 	return nil, &authFailure{message: "credential not accepted", cause: errors.New("unknown API key"), reason: reasonUnknownKey}
 }
@@ -226,6 +231,18 @@ func (a *authenticator) apiKey(key string) (*Principal, error) {
 // lookupKey compares the key's hash with every configured hash in constant
 // time, visiting all of them, so timing reveals neither the key nor which
 // entry matched.
+// keyPrincipal is the principal of the configured key name: its groups
+// and attributes come from the configuration, never from the request.
+func (a *authenticator) keyPrincipal(name string) *Principal {
+	p := &Principal{ID: "api_key:" + name, Kind: "api_key", Name: name}
+	for _, k := range a.keys {
+		if k.name == name {
+			p.Groups, p.Attributes = slices.Clone(k.groups), maps.Clone(k.attributes)
+		}
+	}
+	return p
+}
+
 func (a *authenticator) lookupKey(key string) (string, bool) {
 	sum := sha256.Sum256([]byte(key))
 	found := -1
@@ -249,7 +266,7 @@ func (s *Server) authenticate(rt *route) func(http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			st := stateOf(r.Context())
 			// Known from here on, so refusals below count for the route.
-			st.upstream, st.route = rt.upstream.Name, rt.path
+			st.upstream, st.route = rt.upstream.Name, rt.upstream.Name
 			p, err := s.authenticateTraced(r, rt)
 			if err != nil {
 				writeError(w, r, err)

@@ -82,7 +82,7 @@ func (s *Server) describeParams(in *policy.Input, upstreamName string, raw json.
 func policyPrincipal(p *Principal) policy.Principal {
 	out := policy.Principal{
 		ID: p.ID, Kind: p.Kind, Issuer: p.Issuer, Subject: p.Subject, Name: p.Name,
-		Scopes: p.Scopes, Groups: p.Groups, Claims: p.Claims,
+		Scopes: p.Scopes, Groups: p.Groups, Claims: p.Claims, Attributes: p.Attributes,
 	}
 	if out.Scopes == nil {
 		out.Scopes = []string{}

@@ -54,6 +54,7 @@ func (s *Server) authorize(r *http.Request, fwd *forward, st *requestState) erro
 		if err := checkClientMethod(req, fwd.era); err != nil {
 			return err
 		}
+		s.learnToolsBeforeCall(r.Context(), fwd, st, req)
 		in := s.policyInput(r, fwd, st, req)
 		d := s.decide(r.Context(), policy.PhaseRequest, in)
 		if !d.Allow {
@@ -300,7 +301,7 @@ func (s *Server) filterResult(ctx context.Context, fwd *forward, in *policy.Inpu
 		err = exactListMember(result, shape.items)
 	}
 	if err == nil && method == "tools/list" {
-		result, err = s.readTools(ctx, fwd, result)
+		result, err = s.learnToolPage(ctx, fwd, result)
 	}
 	if err == nil && isList {
 		result, _, err = s.policy.FilterList(ctx, in, result)

@@ -127,7 +127,7 @@ func (s *Server) serveFederated(rt *route) http.HandlerFunc {
 	f := rt.fed
 	return func(w http.ResponseWriter, r *http.Request) {
 		st := stateOf(r.Context())
-		st.upstream, st.route = f.cfg.Name, f.cfg.Path
+		st.upstream, st.route = f.cfg.Name, f.cfg.Name
 		principal, err := principalOf(r.Context())
 		if err == nil {
 			switch r.Method {

@@ -29,7 +29,7 @@ type requestState struct {
 	// it could still be read unambiguously, so the error can carry it.
 	rejectedID any
 	upstream   string
-	route      string // the route's path, e.g. /mcp/docs
+	route      string // the route's name, e.g. docs (as metrics label it; path has /mcp/docs)
 	session    bool   // the request carried a valid gateway session
 	version    string // MCP protocol version in effect
 	err        *Error // what writeError answered, with its internal cause

@@ -62,11 +62,25 @@ func TestAccessLog(t *testing.T) {
 	}
 	want := map[string]any{
 		"request_id": id, "trace_id": callerTraceID, "principal": "api_key:ci", "rpc_method": "tools/call",
-		"tool": "echo", "route": "/mcp/up", "upstream": "up", "decision": "allow", "protocol_version": "2025-11-25",
+		"tool": "echo", "route": "up", "upstream": "up", "decision": "allow", "protocol_version": "2025-11-25",
 		"status": float64(200),
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("access record (-want +got):\n%s", diff)
+	}
+	// initialize is logged with the negotiated version (c.initialize asked
+	// for 2025-11-25), not the header default 2025-03-26.
+	initialized := false
+	for _, r := range logRecords(t, g.logs(t)) {
+		if r["msg"] == "request" && r["rpc_method"] == "initialize" {
+			initialized = true
+			if r["protocol_version"] != "2025-11-25" {
+				t.Errorf("initialize logged with protocol_version %v, want the negotiated 2025-11-25", r["protocol_version"])
+			}
+		}
+	}
+	if !initialized {
+		t.Error("no access record for initialize")
 	}
 	// span_id is the gateway's request span: its child's id went upstream.
 	traceID, _ := trace.TraceIDFromHex(callerTraceID)

@@ -179,8 +179,17 @@ func (s *Server) preparePost(r *http.Request, fwd *forward, st *requestState) er
 		// forwarded (the upstream session is created fresh).
 		fwd.initialize = true
 		fwd.caps = capabilityDigest(msg.Request().Params)
-		st.version, err = requestVersion(r, nil)
-		return err
+		if st.version, err = requestVersion(r, nil); err != nil {
+			return err
+		}
+		// Until the answer says what was negotiated, the version in effect
+		// is the one the client asks for (what a server supporting it
+		// answers), not the header default: the policy, the logs and the
+		// metrics see that, and mintSession corrects it to the answer's.
+		if v := initializeVersion(msg.Request().Params); isSupportedVersion(v) {
+			st.version = v
+		}
+		return nil
 	}
 	return s.prepareSession(r, fwd, st)
 }

@@ -89,13 +89,16 @@ func TestMetrics(t *testing.T) {
 		clientOp = "mcp_client_operation_duration_seconds_count"
 	)
 	want := map[string]float64{
-		`ctxgate_requests_total{outcome="allowed",route="up"}`:                                                                                8,
-		`ctxgate_requests_total{outcome="denied",route="up"}`:                                                                                 1,
-		`ctxgate_requests_total{outcome="unauthenticated",route="up"}`:                                                                        2,
-		`ctxgate_requests_total{outcome="error",route="down"}`:                                                                                1,
-		`ctxgate_authentication_failures_total{reason="missing",route="up"}`:                                                                  1,
-		`ctxgate_authentication_failures_total{reason="unknown_key",route="up"}`:                                                              1,
-		serverOp + `{error_type="",gen_ai_tool_name="",mcp_method_name="initialize",mcp_protocol_version="2025-03-26",route="up"}`:            1,
+		`ctxgate_requests_total{outcome="allowed",route="up"}`:                   8,
+		`ctxgate_requests_total{outcome="denied",route="up"}`:                    1,
+		`ctxgate_requests_total{outcome="unauthenticated",route="up"}`:           2,
+		`ctxgate_requests_total{outcome="error",route="down"}`:                   1,
+		`ctxgate_authentication_failures_total{reason="missing",route="up"}`:     1,
+		`ctxgate_authentication_failures_total{reason="unknown_key",route="up"}`: 1,
+		// initialize is labelled with the version negotiated (asked for,
+		// when no answer came), not the header default 2025-03-26 (which
+		// "down" gets: its initialize names no version).
+		serverOp + `{error_type="",gen_ai_tool_name="",mcp_method_name="initialize",mcp_protocol_version="2025-11-25",route="up"}`:            1,
 		serverOp + `{error_type="",gen_ai_tool_name="",mcp_method_name="tools/list",mcp_protocol_version="2025-11-25",route="up"}`:            1,
 		serverOp + `{error_type="",gen_ai_tool_name="echo",mcp_method_name="tools/call",mcp_protocol_version="2025-11-25",route="up"}`:        1,
 		serverOp + `{error_type="-32602",gen_ai_tool_name="other",mcp_method_name="tools/call",mcp_protocol_version="2025-11-25",route="up"}`: 1,

@@ -371,7 +371,8 @@ func (w *crlWatcher) checkIssuer(crl *x509.RevocationList) error {
 
 // certIdentity names principals from verified client certificates.
 type certIdentity struct {
-	order []string // of "spiffe", "dns", "cn"
+	order  []string // of "spiffe", "dns", "cn"
+	groups []string // of "ou", "o": subject fields that become groups
 }
 
 var _ certIdentifier = (*certIdentity)(nil)
@@ -382,7 +383,7 @@ func newCertIdentity(cfg *config.MTLS) *certIdentity {
 	if cfg == nil || len(cfg.Identity) == 0 {
 		return &certIdentity{order: []string{"spiffe", "dns", "cn"}}
 	}
-	return &certIdentity{order: slices.Clone(cfg.Identity)}
+	return &certIdentity{order: slices.Clone(cfg.Identity), groups: slices.Clone(cfg.Groups)}
 }
 
 // identify names the principal of a chain that crypto/tls has verified, by
@@ -398,10 +399,25 @@ func (c *certIdentity) identify(chain []*x509.Certificate) (*Principal, error) {
 			return nil, err
 		}
 		if id != "" {
-			return &Principal{ID: id, Kind: "mtls", Cert: certInfo(leaf)}, nil
+			return &Principal{ID: id, Kind: "mtls", Cert: certInfo(leaf), Groups: c.certGroups(leaf)}, nil
 		}
 	}
 	return nil, fmt.Errorf("client certificate %q has no name of the kinds %v (auth.mtls.identity)", leaf.Subject, c.order)
+}
+
+// certGroups are the values of the configured subject fields of a leaf
+// the CA signed: what the CA vouches for, like a token's groups claim.
+func (c *certIdentity) certGroups(leaf *x509.Certificate) []string {
+	var out []string
+	for _, f := range c.groups {
+		switch f {
+		case "ou":
+			out = append(out, leaf.Subject.OrganizationalUnit...)
+		case "o":
+			out = append(out, leaf.Subject.Organization...)
+		}
+	}
+	return out
 }
 
 // leafID returns the principal id of the given kind, or "" if the leaf has

@@ -718,6 +718,22 @@ func TestIdentify(t *testing.T) {
 	if _, err := newCertIdentity(nil).identify(nil); err == nil {
 		t.Error("identify(empty chain) succeeded, want an error")
 	}
+	// auth.mtls.groups: the subject's OU and O values become groups.
+	tmpl := clientTemplate("svc", nil, nil)
+	tmpl.Subject.OrganizationalUnit = []string{"payments", "oncall"}
+	tmpl.Subject.Organization = []string{"Example Corp"}
+	leaf, err := x509.ParseCertificate(f.ca.issue(t, tmpl).Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := newCertIdentity(&config.MTLS{Identity: []string{"cn"}, Groups: []string{"ou", "o"}}).identify([]*x509.Certificate{leaf, f.ca.cert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// (A DER SET of attributes is sorted: oncall before payments.)
+	if diff := cmp.Diff([]string{"oncall", "payments", "Example Corp"}, got.Groups); diff != "" {
+		t.Errorf("groups from the certificate (-want +got):\n%s", diff)
+	}
 }
 
 func TestCRLRevokesOnlyItsIssuersCertificates(t *testing.T) {

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"encoding/json"
 	"mime"
 	"net/http"
 	"slices"
@@ -87,4 +88,14 @@ func checkAccept(r *http.Request, want ...string) error {
 		}
 	}
 	return nil
+}
+
+// initializeVersion is params.protocolVersion of an initialize request, or
+// "" when it has none.
+func initializeVersion(params json.RawMessage) string {
+	var p struct {
+		ProtocolVersion string `json:"protocolVersion"`
+	}
+	_ = json.Unmarshal(params, &p)
+	return p.ProtocolVersion
 }

@@ -260,6 +260,9 @@ func (s *Server) mintSession(resp *http.Response, fwd *forward, upstreamSession 
 	if !isSupportedVersion(version) {
 		return fmt.Errorf("upstream negotiated protocol version %q, which the gateway does not relay", version)
 	}
+	if st := stateOf(resp.Request.Context()); st != nil {
+		st.version = version // the access log and metrics name the negotiated version
+	}
 	id, err := s.sessions.seal(sessionClaims{
 		Route:     fwd.route.path,
 		Principal: fwd.principal.ID,

@@ -94,6 +94,14 @@ type Options struct {
 	// Cache is the response cache; nil builds one from the configuration
 	// when an upstream has a cache block (on the Now clock).
 	Cache *cache.Store
+	// HealthInterval is how often each upstream's reachability is probed
+	// (health.go), starting when Serve starts. Zero means
+	// DefaultHealthInterval; negative disables probing.
+	HealthInterval time.Duration
+	// AdminRoutes are further handlers on the admin listener, by path
+	// prefix, behind the admin token like the rest (the demo's controls
+	// of its sample server). Nil: none.
+	AdminRoutes map[string]http.Handler
 }
 
 // Server is one gateway: its routes, its admin endpoints and its lifecycle.
@@ -114,8 +122,19 @@ type Server struct {
 	oidc *oidcVerifier
 	// policy decides requests, list items and responses; nil allows all.
 	policy decider
-	// catalog remembers upstream tool annotations for decisions.
-	catalog *catalog
+	// catalog remembers upstream tool annotations for decisions;
+	// toolFetch fills it for a call that comes before any list.
+	catalog   *catalog
+	toolFetch toolFetcher
+	// health is each upstream's last reachability probe, every
+	// healthInterval.
+	health         healthState
+	healthInterval time.Duration
+	// statusRoutes are the single-upstream routes and decisions the last
+	// decisions, for the status page (status.go).
+	statusRoutes []*route
+	decisions    decisionRing
+	adminRoutes  map[string]http.Handler
 	// pins holds the tool pins of upstreams with pin_tools (pinning.go).
 	pins *pinStore
 	// schemas holds tool input schemas for argument validation (argschema.go).
@@ -167,6 +186,10 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 		now = time.Now
 	}
 	s.now = now
+	s.healthInterval, s.adminRoutes = opts.HealthInterval, opts.AdminRoutes
+	if s.healthInterval == 0 {
+		s.healthInterval = DefaultHealthInterval
+	}
 	var err error
 	if s.adminToken, err = adminTokenHash(cfg.Admin.TokenSHA256); err != nil {
 		return nil, err
@@ -253,6 +276,7 @@ func (s *Server) chain() http.Handler {
 	// to get a token.
 	r.Get(wellKnownPRM, s.protectedResource(nil))
 	own := s.routes()
+	s.statusRoutes = own
 	for _, rt := range append(own, s.federations(own)...) {
 		r.Get(wellKnownPRM+rt.path, s.protectedResource(rt))
 		handler := s.serveRoute(rt)
@@ -373,6 +397,13 @@ func (s *Server) Serve(ctx context.Context, public, admin net.Listener) error {
 		})
 	}
 	s.startChangeListeners(s.streams)
+	if s.healthInterval > 0 {
+		// The start-up probe finishes before the gateway says it is ready
+		// (each probe is bounded by healthTimeout), so a dead upstream is
+		// in the log and in /readyz from the first answer on.
+		s.probeUpstreams(s.streams)
+		go s.runHealth(s.streams, s.healthInterval)
+	}
 	s.ready.Store(true)
 	var serveErr error
 	select {

@@ -133,6 +133,7 @@ func (s *Server) decide(ctx context.Context, phase string, in *policy.Input) pol
 	start := time.Now()
 	d := s.policy.Decide(ctx, in)
 	s.metrics.observeDecision(phase, d, time.Since(start))
+	s.decisions.add(s.now(), in, d)
 	if span.IsRecording() {
 		span.SetAttributes(
 			attribute.Bool("ctxgate.policy.allow", d.Allow),

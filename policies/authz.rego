@@ -107,7 +107,7 @@ config_errors contains msg if {
 config_errors contains msg if {
 	some i, r in conf.redactions
 	not valid_redaction(r)
-	msg := sprintf("data.ctxgate.config.redactions[%d] must have a path (a.b[*].c) or a valid RE2 pattern, not both, and an optional string replacement", [i])
+	msg := sprintf("data.ctxgate.config.redactions[%d] must have exactly one of a path (a.b[*].c, or ..name for any depth), a valid RE2 pattern (over text) or a valid RE2 key (over member names), and an optional string replacement", [i])
 }
 
 strings_only(xs) if {
@@ -118,20 +118,23 @@ strings_only(xs) if {
 }
 
 valid_redaction(r) if {
-	object.keys(r) - {"path", "pattern", "replacement"} == set()
-	count(object.keys(r) & {"path", "pattern"}) == 1
+	object.keys(r) - {"path", "pattern", "key", "replacement"} == set()
+	count(object.keys(r) & {"path", "pattern", "key"}) == 1
 	valid_redaction_target(r)
 	valid_replacement(r)
 }
 
 # Paths as the gateway parses them: dotted member names, each optionally
-# followed by [*] (every element) or [N] (one element).
+# followed by [*] (every element) or [N] (one element); a leading ".."
+# matches at any depth.
 valid_redaction_target(r) if {
 	is_string(r.path)
-	regex.match(`^[^.\[\]]+(\[(\*|[0-9]+)\])*(\.[^.\[\]]+(\[(\*|[0-9]+)\])*)*$`, r.path)
+	regex.match(`^(\.\.)?[^.\[\]]+(\[(\*|[0-9]+)\])*(\.[^.\[\]]+(\[(\*|[0-9]+)\])*)*$`, r.path)
 }
 
 valid_redaction_target(r) if regex.is_valid(r.pattern)
+
+valid_redaction_target(r) if regex.is_valid(r.key)
 
 valid_replacement(r) if not "replacement" in object.keys(r)
 

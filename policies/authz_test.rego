@@ -574,6 +574,8 @@ test_redactions_configurable if {
 		{"path": "content[*].annotations", "replacement": "[hidden]"},
 		{"path": "items[0].owner.email"},
 		{"pattern": `\b\d{3}-\d{2}-\d{4}\b`, "replacement": "[SSN]"},
+		{"path": "..ssn"},
+		{"key": "(?i)^(password|api_?key)$"},
 	]}
 	r := authz.redact with input as response(user, "tools/call", {}) with data.ctxgate.config as cfg
 	r == {
@@ -581,6 +583,8 @@ test_redactions_configurable if {
 		{"path": "content[*].annotations", "replacement": "[hidden]"},
 		{"path": "items[0].owner.email"},
 		{"pattern": `\b\d{3}-\d{2}-\d{4}\b`, "replacement": "[SSN]"},
+		{"path": "..ssn"},
+		{"key": "(?i)^(password|api_?key)$"},
 	}
 }
 
@@ -604,6 +608,10 @@ bad_configs := [
 	{"redactions": [{"path": "a..b"}]},
 	{"redactions": [{"path": "content[x].text"}]},
 	{"redactions": [{"path": "[*].text"}]},
+	{"redactions": [{"path": "...ssn"}]},
+	{"redactions": [{"path": ".."}]},
+	{"redactions": [{"key": "("}]},
+	{"redactions": [{"key": "a", "path": "b"}]},
 ]
 
 test_bad_config_denies_everything if {

@@ -125,14 +125,16 @@ func redactionValue(v any) (Redaction, error) {
 			r.Path = s
 		case "pattern":
 			r.Pattern = s
+		case "key":
+			r.Key = s
 		case "replacement":
 			r.Replacement = s
 		default:
-			return Redaction{}, fmt.Errorf("unknown key %q (want path, pattern, replacement)", k)
+			return Redaction{}, fmt.Errorf("unknown key %q (want path, pattern, key, replacement)", k)
 		}
 	}
-	if (r.Path == "") == (r.Pattern == "") {
-		return Redaction{}, errors.New("set exactly one of path and pattern")
+	if n := btoi(r.Path != "") + btoi(r.Pattern != "") + btoi(r.Key != ""); n != 1 {
+		return Redaction{}, errors.New("set exactly one of path, pattern and key")
 	}
 	return r, nil
 }
@@ -155,4 +157,11 @@ func newDecisionID() string {
 	s[23] = '-'
 	hex.Encode(s[24:], b[10:])
 	return string(s[:])
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

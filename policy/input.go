@@ -64,6 +64,9 @@ type Principal struct {
 	Groups  []string       `json:"groups"`
 	Claims  map[string]any `json:"claims,omitempty"`
 	Cert    *Cert          `json:"cert,omitempty"`
+	// Attributes are an API key's configured attributes
+	// (auth.api_keys[].attributes); absent for other kinds.
+	Attributes map[string]string `json:"attributes,omitempty"`
 }
 
 // Cert is the verified client certificate.
@@ -137,12 +140,18 @@ type Decision struct {
 type Redaction struct {
 	// Path is a dotted path into the result, with [*] for every element of
 	// an array, e.g. "structuredContent.ssn" or "content[*].annotations".
-	// The value there is replaced by Replacement.
+	// The value there is replaced by Replacement. A leading ".." matches at
+	// any depth: "..ssn" is every member named ssn wherever it appears,
+	// "..card.number" every number member of a card member.
 	Path string `json:"path,omitempty"`
 	// Pattern is an RE2 regular expression applied to every text string
 	// of the result (content text, structuredContent strings, resource
 	// contents text); matches become Replacement.
 	Pattern string `json:"pattern,omitempty"`
+	// Key is an RE2 regular expression matched against member names at
+	// any depth, e.g. "(?i)^(password|api_?key|secret)$": the value of
+	// every matching member is replaced by Replacement, whatever its type.
+	Key string `json:"key,omitempty"`
 	// Replacement defaults to "[REDACTED]".
 	Replacement string `json:"replacement,omitempty"`
 }

@@ -119,11 +119,18 @@ type redactor struct {
 	allText bool
 	// changed counts the values replaced and the strings patterns changed.
 	changed int
+	// keys match member names at any depth; keyRepls their replacements.
+	keys     []*regexp.Regexp
+	keyRepls []string
+	anyDepth bool // a ".." path or a key: every value must be visited
 }
 
 type redactPath struct {
 	segs        []pathSeg
 	replacement string
+	// anyDepth: the path began with ".." and matches a suffix of a
+	// position, at any depth.
+	anyDepth bool
 }
 
 func compileRedactions(rs []Redaction) (*redactor, error) {
@@ -131,14 +138,22 @@ func compileRedactions(rs []Redaction) (*redactor, error) {
 	for i, rd := range rs {
 		repl := cmpOr(rd.Replacement, DefaultReplacement)
 		switch {
-		case rd.Path != "" && rd.Pattern != "", rd.Path == "" && rd.Pattern == "":
-			return nil, fmt.Errorf("redact[%d]: set exactly one of path and pattern", i)
+		case btoi(rd.Path != "")+btoi(rd.Pattern != "")+btoi(rd.Key != "") != 1:
+			return nil, fmt.Errorf("redact[%d]: set exactly one of path, pattern and key", i)
+		case rd.Key != "":
+			re, err := patterns.get(rd.Key)
+			if err != nil {
+				return nil, fmt.Errorf("redact[%d]: key %q: %w", i, rd.Key, err)
+			}
+			r.keys, r.keyRepls, r.anyDepth = append(r.keys, re), append(r.keyRepls, repl), true
 		case rd.Path != "":
-			segs, err := parsePath(rd.Path)
+			p, anyDepth := strings.CutPrefix(rd.Path, "..")
+			segs, err := parsePath(p)
 			if err != nil {
 				return nil, fmt.Errorf("redact[%d]: %w", i, err)
 			}
-			r.paths = append(r.paths, redactPath{segs, repl})
+			r.paths = append(r.paths, redactPath{segs, repl, anyDepth})
+			r.anyDepth = r.anyDepth || anyDepth
 		default:
 			re, err := patterns.get(rd.Pattern)
 			if err != nil {
@@ -241,8 +256,18 @@ func prefixMatches(segs []pathSeg, path []pathElem) bool {
 // matches path.
 func (r *redactor) replacementAt(path []pathElem) (string, bool) {
 	for _, p := range r.paths {
-		if matches(p.segs, path) {
+		if p.anyDepth && len(path) >= len(p.segs) && matches(p.segs, path[len(path)-len(p.segs):]) {
 			return p.replacement, true
+		}
+		if !p.anyDepth && matches(p.segs, path) {
+			return p.replacement, true
+		}
+	}
+	if n := len(path); n > 0 && path[n-1].index == -2 {
+		for i, re := range r.keys {
+			if re.MatchString(path[n-1].name) {
+				return r.keyRepls[i], true
+			}
 		}
 	}
 	return "", false
@@ -304,6 +329,9 @@ func inStructuredContent(path []pathElem) bool {
 // mayChangeBelow reports whether anything at or below path may be
 // redacted; if not, the value is copied as is.
 func (r *redactor) mayChangeBelow(path []pathElem) bool {
+	if r.anyDepth {
+		return true
+	}
 	for _, p := range r.paths {
 		if prefixMatches(p.segs, path) {
 			return true

@@ -32,6 +32,7 @@ var (
 	kGroups      = ast.StringTerm("groups")
 	kClaims      = ast.StringTerm("claims")
 	kCert        = ast.StringTerm("cert")
+	kAttributes  = ast.StringTerm("attributes")
 	kURIs        = ast.StringTerm("uris")
 	kDNSNames    = ast.StringTerm("dns_names")
 	kSHA256      = ast.StringTerm("sha256")
@@ -130,6 +131,13 @@ func (b *builder) principal(p *Principal) *ast.Term {
 		ast.Item(kGroups, stringsTerm(p.Groups)))
 	if len(p.Claims) > 0 {
 		items = append(items, ast.Item(kClaims, b.anyMap(p.Claims)))
+	}
+	if len(p.Attributes) > 0 {
+		attrs := make([][2]*ast.Term, 0, len(p.Attributes))
+		for k, v := range p.Attributes {
+			attrs = append(attrs, ast.Item(ast.StringTerm(k), ast.StringTerm(v)))
+		}
+		items = append(items, ast.Item(kAttributes, ast.ObjectTerm(attrs...)))
 	}
 	if c := p.Cert; c != nil {
 		items = append(items, ast.Item(kCert, ast.ObjectTerm(

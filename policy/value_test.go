@@ -17,8 +17,9 @@ func fullInput() *Input {
 		Principal: Principal{
 			ID: "oidc:https://idp#alice", Kind: "oidc", Issuer: "https://idp", Subject: "alice", Name: "n",
 			Scopes: []string{"mcp"}, Groups: []string{"eng"},
-			Claims: map[string]any{"roles": []any{"dev"}, "n": 1.5, "nested": map[string]any{"ok": true, "nil": nil}},
-			Cert:   &Cert{Subject: "CN=alice", URIs: []string{"spiffe://x/alice"}, DNSNames: []string{}, SHA256: "ab"},
+			Claims:     map[string]any{"roles": []any{"dev"}, "n": 1.5, "nested": map[string]any{"ok": true, "nil": nil}},
+			Cert:       &Cert{Subject: "CN=alice", URIs: []string{"spiffe://x/alice"}, DNSNames: []string{}, SHA256: "ab"},
+			Attributes: map[string]string{"team": "payments", "tier": "gold"},
 		},
 		Route: "r", Upstream: "u", Method: "tools/call", Phase: PhaseRequest,
 		Tool:     &Tool{Name: "t", Arguments: map[string]any{"a": "b"}, Annotations: map[string]any{"readOnlyHint": true}, Description: "d", Pin: "pinned"},

@@ -28,7 +28,7 @@ func withCredentials(base http.RoundTripper, c *config.Credentials) (http.RoundT
 	case c.Header != nil:
 		value, err := secret(c.Header.Value, c.Header.ValueFile)
 		if err != nil {
-			return nil, fmt.Errorf("credentials.header: %w", err)
+			return nil, fmt.Errorf("credentials.header.value_file: %w", err)
 		}
 		return &headerTransport{base: base, name: http.CanonicalHeaderKey(c.Header.Name), value: value}, nil
 	}
@@ -41,7 +41,7 @@ func withCredentials(base http.RoundTripper, c *config.Credentials) (http.RoundT
 func clientCredentialsTransport(base http.RoundTripper, cc *config.OAuth2ClientCredentials) (http.RoundTripper, error) {
 	secret, err := secret(cc.ClientSecret, cc.ClientSecretFile)
 	if err != nil {
-		return nil, fmt.Errorf("credentials.oauth2_client_credentials: %w", err)
+		return nil, fmt.Errorf("credentials.oauth2_client_credentials.client_secret_file: %w", err)
 	}
 	conf := &clientcredentials.Config{
 		ClientID:     cc.ClientID,

@@ -80,9 +80,9 @@ func TestCredentialStartupErrors(t *testing.T) {
 		creds *config.Credentials
 		want  string
 	}{
-		{name: "missing header file", creds: &config.Credentials{Header: &config.HeaderCredential{Name: "X", ValueFile: "/nonexistent/key"}}, want: "upstreams[0].credentials.header: read secret"},
+		{name: "missing header file", creds: &config.Credentials{Header: &config.HeaderCredential{Name: "X", ValueFile: "/nonexistent/key"}}, want: "upstreams[0].credentials.header.value_file: read secret"},
 		{name: "empty header file", creds: &config.Credentials{Header: &config.HeaderCredential{Name: "X", ValueFile: empty}}, want: "is empty"},
-		{name: "missing client secret file", creds: &config.Credentials{OAuth2ClientCredentials: &config.OAuth2ClientCredentials{TokenURL: "http://127.0.0.1:1/token", ClientID: "gw", ClientSecretFile: "/nonexistent/secret"}}, want: "upstreams[0].credentials.oauth2_client_credentials: read secret"},
+		{name: "missing client secret file", creds: &config.Credentials{OAuth2ClientCredentials: &config.OAuth2ClientCredentials{TokenURL: "http://127.0.0.1:1/token", ClientID: "gw", ClientSecretFile: "/nonexistent/secret"}}, want: "upstreams[0].credentials.oauth2_client_credentials.client_secret_file: read secret"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -149,12 +149,16 @@ func loadValid(cfg *config.Config, err error) (*config.Config, error) {
 
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	path, err := configFlag("check", args, stderr)
+	var cfg *config.Config
 	if err == nil {
-		_, err = loadValid(config.Load(path))
+		cfg, err = loadValid(config.Load(path))
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "ctxgate:", err)
 		return 1
+	}
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintln(stderr, "ctxgate: warning:", w.Error())
 	}
 	fmt.Fprintln(stdout, path+": configuration is valid")
 	return 0
@@ -177,6 +181,9 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 // with the bound addresses once both listeners are up.
 func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, policyFS fs.FS, ready func(public, admin net.Addr)) error {
 	log := newLogger(cfg.Log.Level, logOut)
+	for _, w := range cfg.Warnings() {
+		log.Warn("configuration", "path", w.Path, "warning", w.Message)
+	}
 	pool, err := upstream.NewPool(cfg.Upstreams)
 	if err != nil {
 		return err

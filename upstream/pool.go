@@ -51,7 +51,13 @@ func NewPool(cfgs []config.Upstream) (*Pool, error) {
 		if err != nil {
 			return nil, fmt.Errorf("upstreams[%d].url: %w", i, err)
 		}
-		transport, err := withCredentials(newTransport(c), c.Credentials)
+		base := newTransport(c)
+		if c.TLS != nil {
+			if base.TLSClientConfig, err = newTLSConfig(c.TLS); err != nil {
+				return nil, fmt.Errorf("upstreams[%d].%w", i, err)
+			}
+		}
+		transport, err := withCredentials(base, c.Credentials)
 		if err != nil {
 			return nil, fmt.Errorf("upstreams[%d].%w", i, err)
 		}

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
+	"log/slog"
 	"net/http"
 	"slices"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 
 	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/upstream"
 )
 
 // Principal is who the gateway verified a request comes from. Sessions,
@@ -44,6 +46,27 @@ type Principal struct {
 	Expiry time.Time
 	// Cert describes the verified client certificate (mtls).
 	Cert *CertInfo
+
+	// AccessToken is the raw bearer token that verified (oidc), kept only
+	// to be exchanged for an upstream token (token_exchange). It is never
+	// forwarded, never in the policy input, and never logged: LogValue
+	// leaves it out, and JSON skips it.
+	AccessToken string `json:"-"`
+}
+
+// LogValue is what a log line shows of a principal: who, never the token.
+func (p *Principal) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("id", p.ID), slog.String("kind", p.Kind))
+}
+
+// caller is the principal as upstream credential sources know it.
+func (p *Principal) caller() *upstream.Caller {
+	c := &upstream.Caller{ID: p.ID, Kind: p.Kind}
+	if p.Kind == "oidc" {
+		// Only a token the gateway verified against its own issuers.
+		c.AccessToken, c.Expiry = p.AccessToken, p.Expiry
+	}
+	return c
 }
 
 // CertInfo is what the policy and logs may know of a client certificate.
@@ -182,6 +205,7 @@ func (a *authenticator) bearer(ctx context.Context, credential, resource string)
 	if strings.Count(credential, ".") == 2 && a.tokens != nil {
 		p, err := a.tokens.verify(ctx, credential, resource)
 		if err == nil {
+			p.AccessToken = credential
 			return p, nil
 		}
 		// An API key may happen to contain two dots; it is still only
@@ -246,7 +270,9 @@ func (s *Server) authenticate(rt *route) func(http.Handler) http.Handler {
 				return
 			}
 			st.principal = p
-			next.ServeHTTP(w, r)
+			// Every upstream request made for this one is made for p.
+			st.caller = p.caller()
+			next.ServeHTTP(w, r.WithContext(upstream.WithCaller(r.Context(), st.caller)))
 		})
 	}
 }

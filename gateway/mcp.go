@@ -122,6 +122,9 @@ func (s *Server) serveRoute(rt *route) http.HandlerFunc {
 			st.toolLabel = s.toolLabel(rt.upstream.Name, st.target)
 		}
 		if err == nil {
+			r, err = s.prepareCredential(r, rt)
+		}
+		if err == nil {
 			fwd.base = &policy.Input{
 				Principal: policyPrincipal(principal),
 				Route:     rt.upstream.Name,

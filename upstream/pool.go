@@ -34,6 +34,10 @@ type Upstream struct {
 	// Resilience is the upstream's executor (timeouts, retries, circuit
 	// breaker, bulkhead); wrap the attempt transport with its RoundTripper.
 	Resilience *Resilience
+
+	// user, when set, calls the upstream as the caller (token_exchange);
+	// see Prepare.
+	user userCredential
 }
 
 // Pool is the set of upstreams, by name.
@@ -57,11 +61,11 @@ func NewPool(cfgs []config.Upstream) (*Pool, error) {
 				return nil, fmt.Errorf("upstreams[%d].%w", i, err)
 			}
 		}
-		transport, err := withCredentials(base, c.Credentials)
+		transport, user, err := withCredentials(base, c.Name, c.Credentials)
 		if err != nil {
 			return nil, fmt.Errorf("upstreams[%d].%w", i, err)
 		}
-		up := &Upstream{Name: c.Name, URL: u, Transport: transport, Resilience: newResilience(c)}
+		up := &Upstream{Name: c.Name, URL: u, Transport: transport, Resilience: newResilience(c), user: user}
 		p.list = append(p.list, up)
 		p.byName[c.Name] = up
 	}

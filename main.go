@@ -184,10 +184,6 @@ func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, policyFS f
 	for _, w := range cfg.Warnings() {
 		log.Warn("configuration", "path", w.Path, "warning", w.Message)
 	}
-	pool, err := upstream.NewPool(cfg.Upstreams)
-	if err != nil {
-		return err
-	}
 	// One registry for every series, served on the admin listener.
 	metrics := gateway.NewMetrics()
 	engine, closeLog, err := newPolicyEngine(cfg.Policy, policyFS, log, metrics.PolicyReloaded)
@@ -225,6 +221,13 @@ func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, policyFS f
 	// With port 0, a defaulted public URL (the token audience and the
 	// metadata URL clients are sent to) must name the port actually bound.
 	cfg.Bound(public.Addr().String())
+	// After Bound: a defaulted user_oauth redirect_url names the bound port.
+	pool, err := upstream.NewPoolFor(cfg)
+	if err != nil {
+		public.Close()
+		admin.Close()
+		return err
+	}
 	gw, err := gateway.New(cfg, pool, opts)
 	if err != nil {
 		public.Close()

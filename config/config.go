@@ -284,6 +284,11 @@ func (c *Config) Bound(addr string) {
 	}
 	old := c.Server.PublicURL
 	c.Server.PublicURL = DefaultPublicURL(addr, tls)
+	for _, up := range c.Upstreams {
+		if uo := up.Credentials; uo != nil && uo.UserOAuth != nil && uo.UserOAuth.RedirectURL == old+"/oauth/callback" {
+			uo.UserOAuth.RedirectURL = c.Server.PublicURL + "/oauth/callback"
+		}
+	}
 	for i := range c.Auth.OIDC {
 		for j, a := range c.Auth.OIDC[i].Audiences {
 			if a == old {

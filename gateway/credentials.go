@@ -1,9 +1,11 @@
 package gateway
 
 import (
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
+	"strings"
 
 	"github.com/ctxgate/ctxgate/policy"
 	"github.com/ctxgate/ctxgate/upstream"
@@ -16,11 +18,20 @@ const CodeUpstreamCredential = -31030
 
 // prepareCredential obtains the caller's upstream credential before the
 // request is decided or sent, for an upstream called as the user
-// (token_exchange): a refusal is answered here, so nothing reaches the
-// upstream, and the delegation chain of the token (its act claim) is known
-// to the decision log. The token is cached: the proxy's request reuses it.
-func (s *Server) prepareCredential(r *http.Request, rt *route) (*http.Request, error) {
+// (token_exchange, user_oauth): a refusal is answered here, so nothing
+// reaches the upstream, and the delegation chain of the token (its act
+// claim) is known to the decision log. The token is cached: the proxy's
+// request reuses it.
+func (s *Server) prepareCredential(r *http.Request, fwd *forward, st *requestState) (*http.Request, error) {
+	rt := fwd.route
 	d, err := rt.upstream.Prepare(r.Context())
+	if ce, ok := errors.AsType[*upstream.CredentialError](err); ok && ce.Reason == upstream.ReasonNotConnected {
+		urlElicit := fwd.urlElicit
+		if fwd.era == eraModern && st.msg != nil && st.msg.Request() != nil {
+			urlElicit = declaresURLElicitation(st.msg.Request().Params, true)
+		}
+		return r, s.connectRequired(ce, urlElicit)
+	}
 	if err != nil {
 		return r, credentialError(err, s.challenge(rt, true, ""))
 	}
@@ -28,6 +39,63 @@ func (s *Server) prepareCredential(r *http.Request, rt *route) (*http.Request, e
 		return r, nil
 	}
 	return r.WithContext(policy.WithDelegation(r.Context(), d)), nil
+}
+
+// CodeConnectRequired: the upstream needs the user's own account, which
+// they have not connected; the message carries the URL to do it (for
+// clients without the elicitation url capability).
+const CodeConnectRequired = -31031
+
+// CodeURLElicitationRequired is MCP's URLElicitationRequiredError
+// (2025-11-25): the request needs the user to visit a URL first.
+const CodeURLElicitationRequired = -32042
+
+// connectRequired answers a caller who has not connected their account. A
+// client that declared elicitation.url gets the URLElicitationRequiredError
+// (-32042, MCP 2025-11-25) naming the connect page; any other client an
+// error whose message carries the same URL. Both as HTTP 200, the way an
+// MCP server answers a request it cannot serve yet.
+func (s *Server) connectRequired(ce *upstream.CredentialError, urlElicit bool) *Error {
+	link := strings.TrimSuffix(s.cfg.Server.PublicURL, "/") + "/oauth/connect/" + ce.Upstream + "?link=" + ce.Link
+	message := "upstream " + ce.Upstream + " needs your own account: connect it at " + link + " and retry"
+	// The link is a single-use capability for this principal: it is not
+	// written to the log.
+	logMessage := "upstream " + ce.Upstream + " needs the user's own account: connect link sent"
+	if !urlElicit {
+		e := newError(http.StatusOK, CodeConnectRequired, message, ce)
+		e.logMessage = logMessage
+		return e
+	}
+	data, _ := json.Marshal(map[string]any{"elicitations": []map[string]string{{
+		"mode": "url", "elicitationId": ce.Link, "url": link,
+		"message": "Connect your " + ce.Upstream + " account to continue.",
+	}}})
+	e := newError(http.StatusOK, CodeURLElicitationRequired, message, ce)
+	e.Data, e.logMessage = data, logMessage
+	return e
+}
+
+// declaresURLElicitation reports whether request params declare the
+// elicitation url capability: initialize's capabilities, or a modern
+// request's _meta client capabilities.
+func declaresURLElicitation(params json.RawMessage, modern bool) bool {
+	var p struct {
+		Capabilities json.RawMessage            `json:"capabilities"`
+		Meta         map[string]json.RawMessage `json:"_meta"`
+	}
+	if json.Unmarshal(params, &p) != nil {
+		return false
+	}
+	caps := p.Capabilities
+	if modern {
+		caps = p.Meta[metaClientCapabilities]
+	}
+	var c struct {
+		Elicitation *struct {
+			URL json.RawMessage `json:"url"`
+		} `json:"elicitation"`
+	}
+	return json.Unmarshal(caps, &c) == nil && c.Elicitation != nil && len(c.Elicitation.URL) > 0 && string(c.Elicitation.URL) != "null"
 }
 
 // credentialError is the client's answer to a *upstream.CredentialError.

@@ -62,3 +62,33 @@ func TestCredentialError(t *testing.T) {
 		})
 	}
 }
+
+func TestDeclaresURLElicitation(t *testing.T) {
+	tests := []struct {
+		params string
+		modern bool
+		want   bool
+	}{
+		{params: `{"capabilities":{"elicitation":{"url":{}}}}`, want: true},
+		{params: `{"capabilities":{"elicitation":{"form":{}}}}`},
+		{params: `{"capabilities":{"elicitation":{"url":null}}}`},
+		{params: `{"capabilities":{}}`},
+		{params: `not json`},
+		{params: `{"_meta":{"io.modelcontextprotocol/clientCapabilities":{"elicitation":{"url":{}}}}}`, modern: true, want: true},
+		{params: `{"capabilities":{"elicitation":{"url":{}}}}`, modern: true},
+	}
+	for _, tt := range tests {
+		if got := declaresURLElicitation(json.RawMessage(tt.params), tt.modern); got != tt.want {
+			t.Errorf("declaresURLElicitation(%s, modern %v) = %v, want %v", tt.params, tt.modern, got, tt.want)
+		}
+	}
+}
+
+// FuzzDeclaresURLElicitation: client-supplied params never panic.
+func FuzzDeclaresURLElicitation(f *testing.F) {
+	f.Add([]byte(`{"capabilities":{"elicitation":{"url":{}}}}`), false)
+	f.Add([]byte(`{"_meta":{"io.modelcontextprotocol/clientCapabilities":{"elicitation":{"url":{}}}}}`), true)
+	f.Fuzz(func(t *testing.T, params []byte, modern bool) {
+		_ = declaresURLElicitation(params, modern)
+	})
+}

@@ -79,6 +79,8 @@ type forward struct {
 	// federation is the federated route's name when the request came
 	// through one (the policy's input.route); route is then the member's.
 	federation string
+	// urlElicit: the client declared the elicitation url capability.
+	urlElicit bool
 }
 
 type forwardKey struct{}
@@ -122,7 +124,7 @@ func (s *Server) serveRoute(rt *route) http.HandlerFunc {
 			st.toolLabel = s.toolLabel(rt.upstream.Name, st.target)
 		}
 		if err == nil {
-			r, err = s.prepareCredential(r, rt)
+			r, err = s.prepareCredential(r, fwd, st)
 		}
 		if err == nil {
 			fwd.base = &policy.Input{
@@ -172,6 +174,7 @@ func (s *Server) preparePost(r *http.Request, fwd *forward, st *requestState) er
 		// forwarded (the upstream session is created fresh).
 		fwd.initialize = true
 		fwd.caps = capabilityDigest(msg.Request().Params)
+		fwd.urlElicit = declaresURLElicitation(msg.Request().Params, false)
 		st.version, err = requestVersion(r, nil)
 		return err
 	}
@@ -272,6 +275,7 @@ func (s *Server) prepareSession(r *http.Request, fwd *forward, st *requestState)
 	st.session = true
 	fwd.upstreamSession = claims.Upstream
 	fwd.caps = claims.Caps
+	fwd.urlElicit = claims.URLElicit
 	st.version, err = requestVersion(r, &claims)
 	return err
 }

@@ -106,9 +106,10 @@ type CredentialError struct {
 	// (invalid_grant, invalid_client, ...). Its error_description is never
 	// kept: it may quote what was sent.
 	Code string
-	// ConnectURL is where the user connects their account (ReasonNotConnected).
-	ConnectURL string
-	Err        error
+	// Link is the single-use connect link minted for the caller
+	// (ReasonNotConnected): the gateway's /oauth/connect/<upstream>?link=.
+	Link string
+	Err  error
 }
 
 // Reasons of a CredentialError.

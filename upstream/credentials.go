@@ -20,9 +20,9 @@ import (
 // the gateway forwards an allow-list of headers that excludes them.
 // Secrets are read once, now, so a missing file fails start-up.
 //
-// token_exchange calls the upstream as the caller instead: its source is
-// returned too, for Upstream.Prepare.
-func withCredentials(base http.RoundTripper, name string, c *config.Credentials) (http.RoundTripper, userCredential, error) {
+// token_exchange and user_oauth call the upstream as the caller instead:
+// their source is returned too, for Upstream.Prepare.
+func withCredentials(base http.RoundTripper, name string, c *config.Credentials, grants *GrantStore) (http.RoundTripper, userCredential, error) {
 	switch {
 	case c == nil:
 		return base, nil, nil
@@ -41,6 +41,12 @@ func withCredentials(base http.RoundTripper, name string, c *config.Credentials)
 			return nil, nil, err
 		}
 		return &callerTransport{base: base, src: x}, x, nil
+	case c.UserOAuth != nil:
+		conn, err := newConnector(name, c.UserOAuth, grants)
+		if err != nil {
+			return nil, nil, err
+		}
+		return &callerTransport{base: base, src: conn}, conn, nil
 	}
 	return base, nil, nil
 }

@@ -55,3 +55,17 @@ func TestTokenCacheExpiry(t *testing.T) {
 		t.Errorf("%d entries after the sweep, want 1 (only the fresh one)", n)
 	}
 }
+
+// FuzzJWTClaims: whatever a token service returns, reading its claims
+// never panics, and a non-JWT yields no delegation chain.
+func FuzzJWTClaims(f *testing.F) {
+	f.Add("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSIsImFjdCI6eyJzdWIiOiJndyJ9fQ.c2ln")
+	f.Add("opaque-token")
+	f.Add("a.b.c")
+	f.Fuzz(func(t *testing.T, token string) {
+		d := delegationOf("u", "token_exchange", token)
+		if d.Upstream != "u" {
+			t.Fatal("delegation lost its upstream")
+		}
+	})
+}

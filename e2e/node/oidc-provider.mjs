@@ -25,7 +25,10 @@
 //     "users": { "alice": "alice-pw" }           // optional, test users: username -> password
 //   }
 //   A client may also carry "grant_types" (default ["client_credentials"]), from:
-//   client_credentials, password, urn:ietf:params:oauth:grant-type:token-exchange.
+//   client_credentials, password, urn:ietf:params:oauth:grant-type:token-exchange,
+//   authorization_code, refresh_token; and, with authorization_code, "redirect_uris"
+//   (required) and "application_type": "native" (a loopback redirect URI then matches
+//   any port, RFC 8252 7.3).
 //
 // Resource handling, in this order:
 //   1. The `resource` parameter matches a key of "resources" exactly, or after
@@ -71,7 +74,16 @@
 //        and "act": {"sub": <the exchanging client_id>} (nested "act" if the subject token
 //        had one). Response adds "issued_token_type".
 //
+//   GET  /auth?response_type=code&client_id&redirect_uri&state&code_challenge(_method)
+//        &resource&scope   the authorization code flow (PKCE verified when sent). The user
+//        signs in at /interaction/<uid>: a form (username, password) POSTed to
+//        /interaction/<uid>/login, for the test users of OIDC_CONFIG.users. No consent
+//        screen: the test clients are first party, what they ask for is granted.
+//        Refresh tokens are issued to clients granted refresh_token; a refresh without
+//        a resource parameter keeps the granted resource.
+//
 //   TEST-ONLY routes, not part of any OAuth/OIDC spec:
+//   GET  /test/grant-counts  {"<grant_type>": <successful token requests>}
 //   POST /test/revoke   token=<jwt>   revokes an access token (by jti): exchanging it fails
 //        with invalid_grant. (JWT access tokens are not stored, so the revocation endpoint
 //        cannot reach them.) Answers 204.
@@ -123,7 +135,7 @@ const isScopeList = (v) => Array.isArray(v) && v.every((s) => typeof s === 'stri
 
 const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
 const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
-const GRANT_TYPES = new Set(['client_credentials', 'password', TOKEN_EXCHANGE]);
+const GRANT_TYPES = new Set(['client_credentials', 'password', TOKEN_EXCHANGE, 'authorization_code', 'refresh_token']);
 
 const users = new Map(Object.entries(cfg.users ?? {}));
 for (const [u, pw] of users) if (typeof pw !== 'string' || !pw) fail(`users.${u} must be a non-empty password string`);
@@ -138,12 +150,15 @@ const clients = cfg.clients.map((c, i) => {
   if (c.grant_types !== undefined && !(Array.isArray(c.grant_types) && c.grant_types.every((g) => GRANT_TYPES.has(g)))) {
     fail(`clients[${i}].grant_types must be an array of: ${[...GRANT_TYPES].join(', ')}`);
   }
+  const code = (c.grant_types ?? []).includes('authorization_code');
+  if (code && !(Array.isArray(c.redirect_uris) && c.redirect_uris.length)) fail(`clients[${i}].redirect_uris is required with authorization_code`);
   return {
     client_id: c.client_id,
     client_secret: c.client_secret,
     grant_types: c.grant_types ?? ['client_credentials'],
-    response_types: [],
-    redirect_uris: [],
+    response_types: code ? ['code'] : [],
+    redirect_uris: code ? c.redirect_uris : [],
+    ...(c.application_type ? { application_type: c.application_type } : undefined),
     // Only the registered value; oidc-provider accepts client_secret_basic and
     // client_secret_post interchangeably for a client registered with either.
     token_endpoint_auth_method: 'client_secret_basic',
@@ -249,6 +264,7 @@ const server = http.createServer((req, res) => {
   const url = new URL(req.url, issuer);
   if (url.pathname === '/test/id-token') return testIdToken(req, res, url);
   if (testRoutes.has(url.pathname)) return testRoutes.get(url.pathname)(req, res, url);
+  if (url.pathname.startsWith('/interaction/')) return interaction(req, res, url);
   return providerHandler(req, res);
 });
 
@@ -273,10 +289,10 @@ const provider = new Provider(issuer, {
   clients,
   jwks: { keys: [keys[defaultAlg].jwk, keys[defaultAlg === 'RS256' ? 'ES256' : 'RS256'].jwk] },
   clientAuthMethods: ['client_secret_basic', 'client_secret_post'],
-  // Only client_credentials is used; with these, discovery advertises only it
-  // (no 'offline_access' scope, so no refresh_token grant either).
-  responseTypes: ['none'],
-  scopes: [...knownScopes],
+  responseTypes: ['code', 'none'],
+  scopes: [...knownScopes, 'offline_access'],
+  interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
+  issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
   cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
   enabledJWA: { idTokenSigningAlgValues: ['RS256', 'ES256'] },
   clientDefaults: {
@@ -297,6 +313,8 @@ const provider = new Provider(issuer, {
         throw new errors.InvalidTarget('the resource parameter is required');
       },
       getResourceServerInfo: (ctx, identifier, client) => resourceServerInfo(ctx, identifier, client),
+      // A refresh (x/oauth2 sends no resource) keeps the granted resource.
+      useGrantedResource: async () => true,
     },
   },
   ttl: {
@@ -305,7 +323,7 @@ const provider = new Provider(issuer, {
   },
   // The act claim of exchanged tokens (set by issue() above).
   extraTokenClaims: async (ctx, token) => token.testExtra,
-  // Not used (no user logins), set so the default does not log a warning.
+  // Test users have no claims beyond their sub.
   findAccount: async (ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
   renderError: async (ctx, out) => {
     ctx.type = 'json';
@@ -426,6 +444,56 @@ async function testRevoke(req, res) {
   return res.end();
 }
 testRoutes.set('/test/revoke', testRevoke);
+
+const grantCounts = {};
+provider.on('grant.success', (ctx) => {
+  const g = ctx.oidc.params.grant_type;
+  grantCounts[g] = (grantCounts[g] ?? 0) + 1;
+});
+testRoutes.set('/test/grant-counts', (req, res) => sendJSON(res, 200, grantCounts));
+
+// ---- sign-in (the authorization code flow's interaction) ------------------
+
+const escapeHTML = (v) => String(v).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+
+async function interaction(req, res, url) {
+  const m = /^\/interaction\/([^/]+)(\/login)?$/.exec(url.pathname);
+  if (!m) return providerHandler(req, res);
+  try {
+    const details = await provider.interactionDetails(req, res);
+    if (details.uid !== m[1]) throw new Error('interaction mismatch');
+    if (details.prompt.name === 'consent') {
+      // First-party test clients: approve what is asked (oidc-provider's
+      // own consent example), without a screen.
+      const { prompt: { details: missing }, params, session: { accountId } } = details;
+      const grant = details.grantId
+        ? await provider.Grant.find(details.grantId)
+        : new provider.Grant({ accountId, clientId: params.client_id });
+      if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
+      if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+      for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes ?? {})) grant.addResourceScope(indicator, scopes.join(' '));
+      const grantId = await grant.save();
+      return await provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
+    }
+    if (!m[2]) {
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
+      return res.end(`<!doctype html><title>Sign in</title><form method="post" action="/interaction/${escapeHTML(m[1])}/login">`
+        + '<input name="username"><input name="password" type="password"><button>Sign in</button></form>');
+    }
+    if (req.method !== 'POST') return sendJSON(res, 405, { error: 'invalid_request', error_description: 'POST only' });
+    let body = '';
+    for await (const chunk of req) body += chunk;
+    const form = new URLSearchParams(body);
+    const user = form.get('username');
+    if (!user || users.get(user) !== form.get('password')) {
+      res.writeHead(401, { 'content-type': 'text/plain' });
+      return res.end('wrong username or password');
+    }
+    return await provider.interactionFinished(req, res, { login: { accountId: user } }, { mergeWithLastSubmission: false });
+  } catch (err) {
+    return sendJSON(res, 400, { error: 'invalid_request', error_description: `interaction: ${err.message}` });
+  }
+}
 testRoutes.set('/test/exchanges', (req, res) => sendJSON(res, 200, Object.fromEntries(exchanges)));
 
 providerHandler = provider.callback();

@@ -169,17 +169,16 @@ upstreams:
 	}
 
 	t.Run("act is in the access record and the decision log", func(t *testing.T) {
-		found := false
-		for _, rec := range logRecords(gw.stderr.String()) {
-			if rec["msg"] == "request" && strings.Contains(fmt.Sprint(rec["delegation"]), "act:map[sub:ctxgate]") {
-				found = true
+		waitFor(t, "an access record with the delegation", readyDeadline, func() bool {
+			for _, rec := range logRecords(gw.stderr.String()) {
+				if rec["msg"] == "request" && strings.Contains(fmt.Sprint(rec["delegation"]), "act:map[sub:ctxgate]") {
+					return true
+				}
 			}
-		}
-		if !found {
-			t.Errorf("no access record carries the delegation\n%s", gw.stderr.String())
-		}
+			return false
+		})
 		data, _ := os.ReadFile(decisions)
-		found = false
+		found := false
 		for _, rec := range logRecords(string(data)) {
 			d, _ := rec["delegation"].(map[string]any)
 			act, _ := d["act"].(map[string]any)
@@ -198,8 +197,8 @@ upstreams:
 		before := r.count()
 		resp := c.post(t, initializeBody)
 		e := decodeError(t, resp)
-		if resp.StatusCode != wantStatus || e.Error.Code != -31030 {
-			t.Errorf("%s code %d %q, want %d and -31030", resp.Status, e.Error.Code, e.Error.Message, wantStatus)
+		if resp.StatusCode != wantStatus || e.Error.Code != -31040 {
+			t.Errorf("%s code %d %q, want %d and -31040", resp.Status, e.Error.Code, e.Error.Message, wantStatus)
 		}
 		if n := r.count() - before; n != 0 {
 			t.Errorf("the upstream received %d requests", n)
@@ -221,9 +220,10 @@ upstreams:
 		if strings.Contains(e.Error.Message, "invalid_client") || strings.Contains(e.Error.Message, "authentication failed") {
 			t.Errorf("the client was told the token service's error: %q", e.Error.Message)
 		}
-		if !strings.Contains(gw.stderr.String(), "token service error invalid_client") {
-			t.Errorf("the gateway log lacks the token service's error code\n%s", gw.stderr.String())
-		}
+		// The access record is written as the response ends: wait for it.
+		waitFor(t, "the access record with the token service's error code", readyDeadline, func() bool {
+			return strings.Contains(gw.stderr.String(), "token service error invalid_client")
+		})
 		if strings.Contains(gw.stderr.String(), "client authentication failed") {
 			t.Error("the gateway log carries the token service's error_description")
 		}

@@ -97,7 +97,7 @@ func (i *idp) grantCounts(t *testing.T) map[string]int {
 	return out
 }
 
-// connectLink is the connect URL of a -32042 or -31031 answer.
+// connectLink is the connect URL of a -32042 or -31041 answer.
 var connectLinkRE = regexp.MustCompile(`https?://[^ ]+/oauth/connect/calendar\?link=[A-Za-z0-9_-]+`)
 
 // TestUserOAuth: a user connects their own account at a third-party
@@ -186,6 +186,9 @@ grants: {dir: %q, keys: ["e2e-grant-key-0123456789abcdefghijkl"]}
 	if rec.count() != 0 {
 		t.Fatalf("the upstream received %d requests before the user connected", rec.count())
 	}
+	waitFor(t, "the access record of the -32042 answer", readyDeadline, func() bool {
+		return strings.Contains(gw.stderr.String(), `"rpc_error":-32042`)
+	})
 	if strings.Contains(gw.stderr.String(), data.Elicitations[0].ElicitationID) {
 		t.Error("the single-use connect link was written to the log")
 	}
@@ -243,8 +246,8 @@ grants: {dir: %q, keys: ["e2e-grant-key-0123456789abcdefghijkl"]}
 		resp := (&rpc{url: route, header: http.Header{"Authorization": {"Bearer " + own["bob"]}}}).post(t, initializeBody)
 		e := decodeError(t, resp)
 		link := connectLinkRE.FindString(e.Error.Message)
-		if resp.StatusCode != http.StatusOK || e.Error.Code != -31031 || link == "" {
-			t.Fatalf("bob without elicitation capability: %s %d %q, want -31031 with the connect URL", resp.Status, e.Error.Code, e.Error.Message)
+		if resp.StatusCode != http.StatusOK || e.Error.Code != -31041 || link == "" {
+			t.Fatalf("bob without elicitation capability: %s %d %q, want -31041 with the connect URL", resp.Status, e.Error.Code, e.Error.Message)
 		}
 		return link
 	}

@@ -14,7 +14,7 @@ import (
 // CodeUpstreamCredential: the gateway could not obtain the credential an
 // upstream that is called as the user needs for this caller (token
 // exchange refused, no token to exchange); nothing was sent.
-const CodeUpstreamCredential = -31030
+const CodeUpstreamCredential = -31040
 
 // prepareCredential obtains the caller's upstream credential before the
 // request is decided or sent, for an upstream called as the user
@@ -44,7 +44,7 @@ func (s *Server) prepareCredential(r *http.Request, fwd *forward, st *requestSta
 // CodeConnectRequired: the upstream needs the user's own account, which
 // they have not connected; the message carries the URL to do it (for
 // clients without the elicitation url capability).
-const CodeConnectRequired = -31031
+const CodeConnectRequired = -31041
 
 // CodeURLElicitationRequired is MCP's URLElicitationRequiredError
 // (2025-11-25): the request needs the user to visit a URL first.

@@ -162,6 +162,11 @@ func (u *Upstream) Prepare(ctx context.Context) (*Delegation, error) {
 	return d, err
 }
 
+// CallsAsUser reports whether requests to the upstream carry a credential
+// naming the caller (token_exchange, user_oauth), so its answers may be
+// per user whatever it claims.
+func (u *Upstream) CallsAsUser() bool { return u.user != nil }
+
 // callerTransport sets the caller's token on every request. A credential
 // failure is returned as a *CredentialError and nothing is sent.
 type callerTransport struct {

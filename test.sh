@@ -30,13 +30,22 @@ if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
 	fi
 fi
 
-echo "== gofmt, go vet"
+echo "== gofmt, go vet, staticcheck"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './e2e/node/*'))
 if [ -n "$unformatted" ]; then
 	echo "gofmt would change: $unformatted" >&2
 	exit 1
 fi
 go vet ./...
+# staticcheck, pinned (a version the Go module proxy serves; built once, then cached).
+go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+
+echo "== tests"
+go test -count=1 ./...
+# The race detector over the packages with shared state (the gateway's
+# relays, caches, breakers and reloads; the upstream pool; the cache store).
+echo "== race detector"
+go test -race -count=1 ./gateway/ ./upstream/ ./cache/
 
 # A count, not a duration: Go 1.26's fuzz coordinator can report a spurious
 # "context deadline exceeded" failure when a -fuzztime duration ends while a
@@ -48,6 +57,3 @@ for pkg in $(go list ./...); do
 		go test -run '^$' -fuzz "^${target}\$" -fuzztime "$fuzztime" "$pkg"
 	done
 done
-
-echo "== tests"
-go test -count=1 ./...

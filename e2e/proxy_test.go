@@ -49,10 +49,14 @@ func script(t *testing.T, endpoint string) observed {
 		obs observed
 	)
 	client := mcp.NewClient(&mcp.Implementation{Name: "e2e", Version: "1"}, &mcp.ClientOptions{
+		// Sampling is deprecated in 2026-07-28 but still part of the legacy
+		// revisions the gateway relays; this test checks that relay.
+		//lint:ignore SA1019 the legacy sampling relay is what is tested
 		CreateMessageHandler: func(_ context.Context, req *mcp.CreateMessageRequest) (*mcp.CreateMessageResult, error) {
 			mu.Lock()
 			defer mu.Unlock()
 			obs.SamplingPrompts = append(obs.SamplingPrompts, req.Params.Messages[0].Content.(*mcp.TextContent).Text)
+			//lint:ignore SA1019 the legacy sampling relay is what is tested
 			return &mcp.CreateMessageResult{Model: "e2e-model", Role: "assistant", Content: &mcp.TextContent{Text: "sampled answer"}}, nil
 		},
 		ProgressNotificationHandler: func(_ context.Context, req *mcp.ProgressNotificationClientRequest) {

@@ -222,7 +222,7 @@ upstreams:
 	}
 	g := &cachingGateway{clock: &testClock{start: time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)}, dir: t.TempDir()}
 	g.writePolicy(t, allowAllRego)
-	if g.policy, err = policy.New(policy.Options{Dir: g.dir}); err != nil {
+	if g.policy, err = policy.New(policy.Options{Dir: g.dir, Timeout: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(g.policy.Close)

@@ -299,7 +299,7 @@ default visible := true
 
 func newGatewayWithPolicy(t *testing.T, upstreamURL string) *httptest.Server {
 	t.Helper()
-	engine, err := policy.New(policy.Options{FS: fstest.MapFS{"authz.rego": {Data: []byte(modernPolicy)}}})
+	engine, err := policy.New(policy.Options{FS: fstest.MapFS{"authz.rego": {Data: []byte(modernPolicy)}}, Timeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -245,7 +245,7 @@ func newObsEngine(t *testing.T, log *slog.Logger, decisions io.Writer) *policy.E
 // newEngine runs the policy rego.
 func newEngine(t *testing.T, rego string, log *slog.Logger, decisions io.Writer) *policy.Engine {
 	t.Helper()
-	engine, err := policy.New(policy.Options{FS: fstest.MapFS{"authz.rego": {Data: []byte(rego)}}, DecisionLog: decisions, Logger: log})
+	engine, err := policy.New(policy.Options{FS: fstest.MapFS{"authz.rego": {Data: []byte(rego)}}, DecisionLog: decisions, Logger: log, Timeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}

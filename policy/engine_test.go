@@ -118,6 +118,12 @@ func writeFiles(t *testing.T, dir string, files map[string]string) {
 
 func mustNew(t *testing.T, opts Options) *Engine {
 	t.Helper()
+	// Tests never inherit the production evaluation timeout (100 ms): a
+	// loaded CI machine can exceed it and turn an allow into a timeout
+	// deny. A test that is about timeouts sets its own.
+	if opts.Timeout == 0 {
+		opts.Timeout = time.Minute
+	}
 	e, err := New(opts)
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -204,7 +210,7 @@ allow if input.tool.name == "echo"
 allow if slow_constant
 `
 	var logs bytes.Buffer
-	e := mustNew(t, Options{Dir: writeDir(t, map[string]string{"authz.rego": expensive}), PartialEvalBudget: 10 * time.Millisecond, Timeout: 50 * time.Millisecond, Logger: testLogger(&logs)})
+	e := mustNew(t, Options{Dir: writeDir(t, map[string]string{"authz.rego": expensive}), PartialEvalBudget: 10 * time.Millisecond, Timeout: 5 * time.Second, Logger: testLogger(&logs)})
 	if got := e.Decide(context.Background(), toolCall("echo", nil)); !got.Allow {
 		t.Errorf("Decide(echo) = %+v, want allow", got)
 	}

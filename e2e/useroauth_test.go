@@ -260,6 +260,22 @@ grants: {dir: %q, keys: ["e2e-grant-key-0123456789abcdefghijkl"]}
 	})
 	bobFiles := func() int { f, _ := filepath.Glob(filepath.Join(grants, "*.grant")); return len(f) - 1 }
 
+	t.Run("a cross-site page cannot skip the confirmation", func(t *testing.T) {
+		link := bobLink(t)
+		u, _ := url.Parse(link)
+		req, _ := http.NewRequest(http.MethodPost, link, strings.NewReader(url.Values{"link": {u.Query().Get("link")}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Origin", "https://evil.example")
+		client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("cross-site POST to the connect page: %s, want 403", resp.Status)
+		}
+	})
 	t.Run("tampered state is refused", func(t *testing.T) {
 		b := newBrowser(t, provider.Issuer+"/auth", func(u *url.URL) {
 			q := u.Query()

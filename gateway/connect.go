@@ -36,18 +36,18 @@ const (
 // mountConnect adds the pages to the public router; routes gives each
 // user_oauth upstream's route, whose authentication disconnect uses.
 func (s *Server) mountConnect(r chi.Router, routes []*route) {
-	any := false
+	mounted := false
 	for _, rt := range routes {
 		if rt.fed != nil || rt.upstream.Connector == nil {
 			continue
 		}
-		any = true
+		mounted = true
 		conn, name := rt.upstream.Connector, rt.upstream.Name
 		r.Get(connectPath+name, func(w http.ResponseWriter, r *http.Request) { s.connectPage(w, r, conn, name) })
 		r.Post(connectPath+name, func(w http.ResponseWriter, r *http.Request) { s.connectStart(w, r, conn) })
 		r.With(s.authenticate(rt)).Post(disconnectPath+name, func(w http.ResponseWriter, r *http.Request) { s.disconnect(w, r, conn) })
 	}
-	if any {
+	if mounted {
 		r.Get(callbackPath, s.connectCallback)
 	}
 }
@@ -68,7 +68,9 @@ func (s *Server) connectPage(w http.ResponseWriter, r *http.Request, conn *upstr
 }
 
 // connectStart spends the link and sends the browser to the provider. The
-// cookie binds the flow to this browser.
+// cookie binds the flow to this browser. A cross-site page cannot post
+// here to skip the confirmation: browsers send Origin with a POST, and the
+// origin guard in front of every route refuses a foreign one (403).
 func (s *Server) connectStart(w http.ResponseWriter, r *http.Request, conn *upstream.Connector) {
 	var b [32]byte
 	_, _ = rand.Read(b[:])

@@ -32,6 +32,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel"
 
 	"github.com/ctxgate/ctxgate/config"
@@ -66,6 +67,8 @@ commands:
                         run the Rego tests (*_test.rego) of a policy directory (default: policies)
   policy eval --config FILE --input FILE
                         what-if: decide one input document and explain which rules decided
+  policy build [-o FILE] [--revision REV] [--signing-key PEM --key-id ID] [DIR]
+                        write an OPA bundle of a policy directory, optionally signed
   version               print the version
 `
 
@@ -192,6 +195,9 @@ func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, policyFS f
 	}
 	defer closeLog()
 	defer engine.Close()
+	if err := registerDecisionLogMetrics(metrics, engine); err != nil {
+		return err
+	}
 	tracerProvider, err := gateway.NewTracerProvider(cfg.Tracing, buildVersion())
 	if err != nil {
 		return err
@@ -259,9 +265,14 @@ func newPolicyEngine(cfg config.Policy, policyFS fs.FS, log *slog.Logger, onRelo
 		}
 		decisions, closeLog = f, func() { f.Close() }
 	}
+	opa, err := cfg.OPAConfig()
+	if err != nil {
+		closeLog()
+		return nil, nil, err
+	}
 	opts := policy.Options{
 		Dir: cfg.Dir, Package: cfg.Package, Timeout: cfg.Timeout, ReloadInterval: cfg.ReloadInterval,
-		DecisionLog: decisions, Mask: cfg.Mask, Logger: log, OnReload: onReload,
+		DecisionLog: decisions, Mask: cfg.Mask, Logger: log, OnReload: onReload, OPA: opa,
 	}
 	if policyFS != nil {
 		opts.Dir, opts.FS = "", policyFS
@@ -272,6 +283,39 @@ func newPolicyEngine(cfg config.Policy, policyFS fs.FS, log *slog.Logger, onRelo
 		return nil, nil, fmt.Errorf("policy: %w", err)
 	}
 	return engine, closeLog, nil
+}
+
+// registerDecisionLogMetrics exports the counters of OPA's decision-log
+// plugin, when decision records are shipped to a log service: a record the
+// bounded buffer had to drop is counted, never waited for.
+func registerDecisionLogMetrics(m *gateway.Metrics, engine *policy.Engine) error {
+	if !engine.ShipsDecisionLogs() {
+		return nil
+	}
+	for _, reason := range []string{"buffer_full", "rate_limit", "encoding"} {
+		c := prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "ctxgate_decision_logs_dropped_total",
+			Help:        "Decision records dropped before upload to the log service (policy.opa.decision_logs), by reason.",
+			ConstLabels: prometheus.Labels{"reason": reason},
+		}, func() float64 { return float64(engine.DecisionLogStats().Dropped[reason]) })
+		if err := m.Registry().Register(c); err != nil {
+			return fmt.Errorf("register decision log metrics: %w", err)
+		}
+	}
+	for result, get := range map[string]func(policy.DecisionLogStats) uint64{
+		"ok":     func(s policy.DecisionLogStats) uint64 { return s.Uploaded },
+		"failed": func(s policy.DecisionLogStats) uint64 { return s.UploadFailed },
+	} {
+		c := prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "ctxgate_decision_logs_uploads_total",
+			Help:        "Batches of decision records sent to the log service (ok) or attempts that failed and are retried with backoff (failed).",
+			ConstLabels: prometheus.Labels{"result": result},
+		}, func() float64 { return float64(get(engine.DecisionLogStats())) })
+		if err := m.Registry().Register(c); err != nil {
+			return fmt.Errorf("register decision log metrics: %w", err)
+		}
+	}
+	return nil
 }
 
 func newLogger(level string, out io.Writer) *slog.Logger {
@@ -345,7 +389,7 @@ func cmdHashKey(stdin io.Reader, stdout io.Writer) error {
 
 func cmdPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, "usage: ctxgate policy test [-v] [DIR] | ctxgate policy eval --config FILE --input FILE\n")
+		fmt.Fprint(stderr, "usage: ctxgate policy test [-v] [DIR] | ctxgate policy eval --config FILE --input FILE | ctxgate policy build [-o FILE] [DIR]\n")
 		return 2
 	}
 	var err error
@@ -368,8 +412,10 @@ func cmdPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		}
 	case "eval":
 		err = cmdPolicyEval(ctx, args[1:], stdout, stderr)
+	case "build":
+		err = cmdPolicyBuild(ctx, args[1:], stdout, stderr)
 	default:
-		fmt.Fprintf(stderr, "ctxgate policy: unknown command %q (test, eval)\n", args[0])
+		fmt.Fprintf(stderr, "ctxgate policy: unknown command %q (test, eval, build)\n", args[0])
 		return 2
 	}
 	if err != nil {
@@ -377,6 +423,39 @@ func cmdPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return 1
 	}
 	return 0
+}
+
+// cmdPolicyBuild writes a bundle for an OPA bundle service.
+func cmdPolicyBuild(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("policy build", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	out := fs.String("o", "bundle.tar.gz", "output file")
+	opts := policy.BuildOptions{Dir: "policies"}
+	fs.StringVar(&opts.Revision, "revision", "", "manifest revision, e.g. a git commit")
+	fs.StringVar(&opts.SigningKey, "signing-key", "", "sign with this PEM private key file (or HMAC secret)")
+	fs.StringVar(&opts.SigningAlg, "signing-alg", "RS256", "signing algorithm")
+	fs.StringVar(&opts.KeyID, "key-id", "", "kid of the signature: the key's name in policy.opa.keys")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		opts.Dir = fs.Arg(0)
+	}
+	f, err := os.OpenFile(*out, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	opts.Output = f
+	err = policy.Build(ctx, opts)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(*out) // never leave half a bundle for a bundle server to serve
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: bundle of %s written (revision %q, signed: %t)\n", *out, opts.Dir, opts.Revision, opts.SigningKey != "")
+	return nil
 }
 
 // cmdPolicyEval decides one input document with the configured policy and
@@ -406,7 +485,11 @@ func cmdPolicyEval(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err := dec.Decode(&in); err != nil {
 		return fmt.Errorf("input %s: %w", *inputPath, err)
 	}
-	cfg.Policy.DecisionLog, cfg.Policy.ReloadInterval = "off", 0
+	if cfg.Policy.Dir == "" {
+		return errors.New("eval: decides with policy.dir; for a bundle, point policy.dir at the directory it was built from")
+	}
+	// What-if: no decision log, no reload, nothing shipped or reported.
+	cfg.Policy.DecisionLog, cfg.Policy.ReloadInterval, cfg.Policy.OPA = "off", 0, nil
 	engine, closeLog, err := newPolicyEngine(cfg.Policy, nil, newLogger("error", stderr), nil)
 	if err != nil {
 		return err

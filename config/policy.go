@@ -10,8 +10,15 @@ import (
 // Policy configures the Rego policy every request is decided by.
 type Policy struct {
 	// Dir holds the .rego files and data files (.json, .yaml) to load,
-	// recursively. Required: the gateway never runs without a policy.
+	// recursively. Required unless OPA bundles are configured (OPA below):
+	// the gateway never runs without a policy.
 	Dir string `yaml:"dir"`
+	// OPA is an OPA configuration block in OPA's own format: services,
+	// bundles, keys, decision_logs, status, labels, discovery,
+	// persistence_directory. With bundles (or discovery) the policy comes
+	// from them instead of Dir; decision_logs and status also work with Dir.
+	// Nil means no OPA plugins.
+	OPA map[string]any `yaml:"opa" json:",omitempty"`
 	// Package is the Rego package whose rules decide (allow, visible,
 	// reason, redact). Default: ctxgate.authz.
 	Package string `yaml:"package"`
@@ -49,8 +56,19 @@ func (p *Policy) applyDefaults() {
 var regoPackage = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$`)
 
 func (v *validator) policy(p *Policy) {
-	if p.Dir == "" {
+	switch {
+	case p.Dir == "" && p.OPA != nil && !p.FromBundles():
+		v.add("policy.dir", "is required: the directory of .rego files every request is decided by, or configure OPA bundles in policy.opa.bundles")
+	case p.Dir == "" && !p.FromBundles():
 		v.add("policy.dir", "is required: the directory of .rego files every request is decided by (see policies/ for the shipped default)")
+	case p.Dir != "" && p.FromBundles():
+		// A bundle owns the data and policy namespace under its roots, as
+		// in OPA; a local directory beside it would be overwritten or
+		// conflict at every activation.
+		v.add("policy.dir", "set policy.dir or policy.opa.bundles (or discovery), not both: with bundles the policy comes from the bundle service")
+	}
+	if p.OPA != nil {
+		v.opa(p.OPA)
 	}
 	if !regoPackage.MatchString(p.Package) {
 		v.add("policy.package", "must be a Rego package name such as ctxgate.authz")

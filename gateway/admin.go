@@ -62,6 +62,10 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	case !s.ready.Load():
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting"})
 		return
+	case s.policy != nil && !s.policy.Status().Ready:
+		// No bundle revision is active yet: every request would be denied.
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "policy_not_ready"})
+		return
 	}
 	// Ready even while an issuer's keys are missing: other methods still
 	// work, and its tokens are refused, not accepted.
@@ -79,6 +83,9 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		// policy is still deciding).
 		st := s.policy.Status()
 		detail["policy_revision"] = st.Revision
+		if st.Bundles != nil {
+			detail["policy_bundles"] = st.Bundles
+		}
 		if st.LastReloadError != "" {
 			detail["policy_reload_error"] = st.LastReloadError
 		}

@@ -55,6 +55,9 @@ type decisionLog struct {
 	masksPrincipalID bool
 	path             string // the package as a path: "ctxgate/authz"
 	logger           *slog.Logger
+	// ship, if set, hands each record to OPA's decision-log plugin
+	// (opaRuntime.ship); w may then be nil.
+	ship func(context.Context, *record)
 }
 
 // record is one line of the decision log.
@@ -318,6 +321,12 @@ func maskPath(doc any, path []string) {
 // (CR, LF) in strings, so no input value can break a line or forge a
 // record; one Write under the mutex keeps concurrent records whole.
 func (l *decisionLog) write(ctx context.Context, rec *record) {
+	if l.ship != nil {
+		l.ship(ctx, rec)
+	}
+	if l.w == nil {
+		return
+	}
 	b, err := json.Marshal(rec)
 	if err != nil {
 		l.logger.ErrorContext(ctx, "decision log record not encoded", "decision_id", rec.DecisionID, "error", err.Error())

@@ -31,6 +31,9 @@ const (
 	// FailureTimeout: evaluation exceeded Options.Timeout or the caller's
 	// deadline.
 	FailureTimeout = "timeout"
+	// FailureUnavailable: no policy revision is active yet (the bundles of
+	// Options.OPA have not all been activated).
+	FailureUnavailable = "unavailable"
 )
 
 // Options configure an Engine. The zero value of every field but one of Dir
@@ -43,8 +46,18 @@ type Options struct {
 	// skipped; RunTests loads the tests.
 	Dir string
 	// FS replaces Dir (e.g. an embedded policy for `ctxgate demo`). Set
-	// exactly one of Dir and FS. An FS is never reloaded.
+	// exactly one of Dir and FS, or neither when OPA configures bundles.
+	// An FS is never reloaded.
 	FS fs.FS
+	// OPA is an OPA configuration (JSON, in OPA's format, validated by
+	// config.Policy) run by OPA's own plugins: with bundles (or discovery)
+	// and neither Dir nor FS, the policy comes from the bundles, each
+	// revision compiled and prepared as a directory is and swapped in
+	// atomically, and until one is active every decision denies with
+	// FailureUnavailable (Status.Ready is false); decision_logs ships
+	// every decision record, masked, to a log service; status reports to
+	// a status service. Nil runs no OPA plugin.
+	OPA []byte
 	// Package is the Rego package whose rules decide. Empty means
 	// config.DefaultPolicyPackage ("ctxgate.authz").
 	Package string
@@ -97,6 +110,10 @@ type Engine struct {
 	onReload func(revision string, err error)
 
 	set atomic.Pointer[policySet]
+	// opa runs the OPA plugins of Options.OPA; nil without.
+	opa *opaRuntime
+	// fromBundles: the policy comes from OPA bundles, not from src.
+	fromBundles bool
 
 	reloadMu sync.Mutex // serialises Reload and guards the fields below
 	srcHash  string
@@ -108,7 +125,15 @@ type Engine struct {
 
 // Status describes the loaded policy set and the reload history.
 type Status struct {
-	// Revision identifies the policy set deciding now.
+	// Ready is true when a policy revision is deciding: always with a
+	// directory, once the bundles are activated with OPA bundles. Until
+	// then every request is denied.
+	Ready bool `json:"ready"`
+	// Source is where the policy comes from: "dir" or "bundles".
+	Source string `json:"source"`
+	// Revision identifies the policy set deciding now: the bundle's
+	// manifest revision with bundles (name:revision pairs for several);
+	// empty while none is active.
 	Revision string `json:"revision"`
 	// LoadedAt is when that set was loaded.
 	LoadedAt time.Time `json:"loaded_at"`
@@ -118,34 +143,55 @@ type Status struct {
 	// LastReloadAt is when a changed set was last loaded (or rejected);
 	// zero when the policy never changed.
 	LastReloadAt time.Time `json:"last_reload_at,omitzero"`
-	// Reloads counts successful reloads, ReloadFailures rejected ones.
+	// Reloads counts successful reloads, ReloadFailures rejected ones
+	// (with bundles: activations after the first, and bundles whose policy
+	// did not compile or prepare).
 	Reloads        int `json:"reloads"`
 	ReloadFailures int `json:"reload_failures"`
+	// Bundles is each bundle's state as OPA's bundle plugin reports it
+	// (downloads, signature checks, activations); nil without bundles.
+	Bundles map[string]BundleStatus `json:"bundles,omitempty"`
 }
 
 // New loads, compiles and prepares the policy set once and, when
 // ReloadInterval > 0 and Dir is set, starts the reload loop (stopped by
 // Close). A set that does not load or compile, that holds no .rego file,
 // or whose package defines no allow rule is an error: the gateway never
-// runs without a policy.
+// runs without a policy. With Options.OPA it starts OPA's plugins; when
+// the policy comes from bundles, New returns at once with an engine that
+// denies everything until they are activated (Status.Ready).
 func New(opts Options) (*Engine, error) {
 	e, err := newEngine(opts)
 	if err != nil {
 		return nil, err
 	}
-	hash, err := e.src.fingerprint()
-	if err != nil {
-		return nil, err
-	}
-	set, err := e.load(context.Background())
-	if err != nil {
-		return nil, err
-	}
-	e.srcHash = hash
-	e.set.Store(set)
-	e.status = Status{Revision: set.revision, LoadedAt: set.loadedAt}
 	ctx, stop := context.WithCancel(context.Background())
 	e.stop = stop
+	if e.fromBundles {
+		// Fail closed until the bundles are activated: every rule of the
+		// empty set is undefined.
+		e.set.Store(emptySet(ctx, e.pkg, e.now()))
+		e.status = Status{Source: "bundles"}
+	} else if err := e.loadFirst(ctx); err != nil {
+		stop()
+		return nil, err
+	}
+	if len(opts.OPA) > 0 {
+		vet := vetNothing // policy.dir decides; bundles are not configured
+		if e.fromBundles {
+			vet = e.vetBundles
+		}
+		if _, err := startOPA(ctx, e, opts.OPA, newBundleStore(vet)); err != nil {
+			stop()
+			return nil, err
+		}
+		if e.log == nil && e.opa.logs != nil {
+			e.log = newDecisionLog(nil, opts.Mask, e.pkg, e.logger)
+		}
+		if e.log != nil && e.opa.logs != nil {
+			e.log.ship = e.opa.ship
+		}
+	}
 	if opts.ReloadInterval > 0 && opts.Dir != "" {
 		go e.reloadLoop(ctx, opts.ReloadInterval)
 	} else {
@@ -154,10 +200,30 @@ func New(opts Options) (*Engine, error) {
 	return e, nil
 }
 
-func newEngine(opts Options) (*Engine, error) {
-	src, err := newSource(opts.Dir, opts.FS)
+// loadFirst loads the set of a directory or FS at start-up.
+func (e *Engine) loadFirst(ctx context.Context) error {
+	hash, err := e.src.fingerprint()
 	if err != nil {
-		return nil, err
+		return err
+	}
+	set, err := e.load(ctx)
+	if err != nil {
+		return err
+	}
+	e.srcHash = hash
+	e.set.Store(set)
+	e.status = Status{Ready: true, Source: "dir", Revision: set.revision, LoadedAt: set.loadedAt}
+	return nil
+}
+
+func newEngine(opts Options) (*Engine, error) {
+	fromBundles := opts.Dir == "" && opts.FS == nil && len(opts.OPA) > 0
+	var src source
+	if !fromBundles {
+		var err error
+		if src, err = newSource(opts.Dir, opts.FS); err != nil {
+			return nil, err
+		}
 	}
 	pkg, err := packageRef(cmpOr(opts.Package, config.DefaultPolicyPackage))
 	if err != nil {
@@ -172,6 +238,8 @@ func newEngine(opts Options) (*Engine, error) {
 		now:      opts.Now,
 		onReload: opts.OnReload,
 		done:     make(chan struct{}),
+
+		fromBundles: fromBundles,
 	}
 	if e.logger == nil {
 		e.logger = slog.New(slog.DiscardHandler)
@@ -218,22 +286,38 @@ func (e *Engine) load(ctx context.Context) (*policySet, error) {
 	return set, err
 }
 
-// Close stops the reload loop and waits for it. Decisions keep working
-// with the last loaded set. Close may be called more than once.
+// Close stops the reload loop and waits for it, and stops OPA's plugins,
+// giving the decision-log plugin a few seconds to upload what it holds.
+// Decisions keep working with the last loaded set. Close may be called
+// more than once.
 func (e *Engine) Close() {
 	e.stop()
 	<-e.done
+	if e.opa != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), opaStopTimeout)
+		defer cancel()
+		e.opa.stop(ctx)
+	}
 }
 
+// opaStopTimeout bounds the last upload of decision records at Close.
+const opaStopTimeout = 5 * time.Second
+
 // Revision identifies the policy set deciding now: the short hex SHA-256
-// of its modules' paths and sources and of its data.
+// of its modules' paths and sources and of its data; with bundles, their
+// manifest revision (name:revision pairs for several); empty while no
+// bundle is active.
 func (e *Engine) Revision() string { return e.set.Load().revision }
 
 // Status reports the loaded set and the reload history.
 func (e *Engine) Status() Status {
 	e.reloadMu.Lock()
-	defer e.reloadMu.Unlock()
-	return e.status
+	st := e.status
+	e.reloadMu.Unlock()
+	if e.opa != nil {
+		st.Bundles = e.opa.bundleStatuses()
+	}
+	return st
 }
 
 // Decide evaluates allow, reason and redact for a request or a response in
@@ -247,7 +331,10 @@ func (e *Engine) Decide(ctx context.Context, in *Input) Decision {
 	d := Decision{Revision: set.revision, ID: newDecisionID()}
 	val, err := inputValue(in)
 	failure := FailureError
-	if err == nil {
+	switch {
+	case err == nil && set.revision == "":
+		failure, err = FailureUnavailable, errNoRevision
+	case err == nil:
 		failure, err = e.decide(ctx, set, val, &d)
 	}
 	if err != nil {

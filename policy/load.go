@@ -145,21 +145,27 @@ func loadSet(ctx context.Context, src source, pkg ast.Ref, now time.Time, peBudg
 	if len(res.Modules) == 0 {
 		return nil, fmt.Errorf("load policy %s: no .rego files", src.name)
 	}
+	return buildSet(ctx, src.name, res.ParsedModules(), res.Documents, revision(res), pkg, now, peBudget)
+}
+
+// buildSet compiles and prepares modules with data documents: the one way
+// a set is made, for a directory and a bundle alike. name is for errors.
+func buildSet(ctx context.Context, name string, modules map[string]*ast.Module, docs map[string]any, rev string, pkg ast.Ref, now time.Time, peBudget time.Duration) (*policySet, error) {
 	set := &policySet{
-		revision: revision(res),
+		revision: rev,
 		loadedAt: now,
 		pkg:      pkg,
-		modules:  res.ParsedModules(),
+		modules:  modules,
 		// Data is converted to AST values once, at load, not on every read.
-		store: inmem.NewFromObjectWithOpts(res.Documents, inmem.OptReturnASTValuesOnRead(true)),
+		store: inmem.NewFromObjectWithOpts(docs, inmem.OptReturnASTValuesOnRead(true)),
 		vis:   newVisibilityCache(),
 	}
 	compiler, err := compile(ctx, set.store, set.modules, false)
 	if err != nil {
-		return nil, fmt.Errorf("compile policy %s: %w", src.name, err)
+		return nil, fmt.Errorf("compile policy %s: %w", name, err)
 	}
 	if len(compiler.GetRulesExact(rule(pkg, "allow"))) == 0 {
-		return nil, fmt.Errorf("compile policy %s: package %s defines no allow rule", src.name, pkg[1:])
+		return nil, fmt.Errorf("compile policy %s: package %s defines no allow rule", name, pkg[1:])
 	}
 	for _, q := range []struct {
 		name string
@@ -167,7 +173,7 @@ func loadSet(ctx context.Context, src source, pkg ast.Ref, now time.Time, peBudg
 	}{{"allow", &set.allow}, {"reason", &set.reason}, {"redact", &set.redact}, {"visible", &set.visible}} {
 		optimized := false
 		if *q.pq, optimized, err = prepare(ctx, compiler, set.store, q.name, rule(pkg, q.name).String(), peBudget); err != nil {
-			return nil, fmt.Errorf("prepare policy %s: rule %s: %w", src.name, q.name, err)
+			return nil, fmt.Errorf("prepare policy %s: rule %s: %w", name, q.name, err)
 		}
 		if !optimized {
 			set.unoptimized = append(set.unoptimized, q.name)

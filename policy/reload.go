@@ -12,8 +12,12 @@ import (
 // the error is recorded in Status; an unchanged broken set is not retried
 // until its files change again. The reload loop calls Reload every
 // ReloadInterval; it is safe to call at any time (an admin endpoint, a
-// SIGHUP handler, a test).
+// SIGHUP handler, a test). With OPA bundles it does nothing: OPA's bundle
+// plugin polls the bundle service.
 func (e *Engine) Reload(ctx context.Context) (bool, error) {
+	if e.fromBundles {
+		return false, nil // OPA's bundle plugin polls the bundle service
+	}
 	changed, err := e.reload(ctx)
 	if e.onReload != nil && (changed || err != nil) {
 		// Outside reloadMu, so the hook may read Status.

@@ -1,7 +1,12 @@
 package e2e
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,6 +16,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/go-jose/go-jose/v4"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -80,11 +86,14 @@ func writeSecret(t *testing.T, value string) string {
 // gateway secret and a principal with no token are refused with nothing
 // sent.
 func TestTokenExchange(t *testing.T) {
+	keyFile, jwk := assertionKey(t)
 	provider := startOIDCProvider(t, `{
 		"clients":[
 			{"client_id":"tool","client_secret":"tool-secret","grant_types":["password"]},
 			{"client_id":"ctxgate","client_secret":"ctxgate-secret","scopes":["crm.read"],
-			 "grant_types":["client_credentials","urn:ietf:params:oauth:grant-type:token-exchange"]}],
+			 "grant_types":["client_credentials","urn:ietf:params:oauth:grant-type:token-exchange"]},
+			{"client_id":"ctxgate-key","token_endpoint_auth_method":"private_key_jwt","jwks":{"keys":[`+jwk+`]},
+			 "scopes":["crm.read"],"grant_types":["urn:ietf:params:oauth:grant-type:token-exchange"]}],
 		"users":{"alice":"alice-pw","bob":"bob-pw","carol":"carol-pw"}}`)
 	everything := startEverything(t)
 	rec, unused := startRecorder(t, everything), startRecorder(t, everything)
@@ -103,8 +112,14 @@ auth:
 upstreams:
   - {name: crm, url: %q, identity_headers: true, credentials: %s}
   - {name: crmbad, url: %q, credentials: %s}
+  - name: crmkey
+    url: %q
+    credentials:
+      token_exchange: {token_url: %q, client_id: ctxgate-key, client_assertion: {key_file: %q, key_id: gw-1},
+        audience: "https://crm.internal", resource: %q, scopes: [crm.read]}
 `, allowAllPolicy, decisions, provider.Issuer, rec.URL, exchange(writeSecret(t, "ctxgate-secret"), rec.URL),
-		unused.URL, exchange(writeSecret(t, "not-the-secret"), unused.URL)))
+		unused.URL, exchange(writeSecret(t, "not-the-secret"), unused.URL),
+		rec.URL, provider.TokenEndpoint, keyFile, rec.URL))
 	route := gw.URL + "/mcp/crm"
 	waitFor(t, "the gateway to load the issuer's keys", readyDeadline, func() bool {
 		resp, err := http.Get(gw.Admin + "/readyz")
@@ -229,10 +244,46 @@ upstreams:
 		}
 	})
 
+	t.Run("the gateway authenticates with a private_key_jwt assertion", func(t *testing.T) {
+		keyRoute := gw.URL + "/mcp/crmkey"
+		c := &rpc{url: keyRoute, header: http.Header{"Authorization": {"Bearer " + provider.userToken(t, "tool", "tool-secret", "bob", "bob-pw", keyRoute)}}}
+		before := rec.count()
+		c.initialize(t)
+		reqs := rec.requests()[before:]
+		if len(reqs) == 0 {
+			t.Fatal("nothing reached the upstream")
+		}
+		got := claims(t, strings.TrimPrefix(reqs[0].header.Get("Authorization"), "Bearer "))
+		act, _ := got["act"].(map[string]any)
+		if got["sub"] != "bob" || got["client_id"] != "ctxgate-key" || act["sub"] != "ctxgate-key" {
+			t.Errorf("token exchanged with the assertion: sub %v client %v act %v", got["sub"], got["client_id"], got["act"])
+		}
+	})
+
 	t.Run("an API key has no token to exchange", func(t *testing.T) {
 		e := refusal(t, &rpc{url: route, header: http.Header{"Authorization": {"Bearer test"}}}, rec, http.StatusForbidden)
 		if !strings.Contains(e.Error.Message, "signed-in user") {
 			t.Errorf("message %q does not say why", e.Error.Message)
 		}
 	})
+}
+
+// assertionKey writes a P-256 private key (PEM) for the gateway's
+// private_key_jwt and returns its file and its public JWK (kid gw-1).
+func assertionKey(t *testing.T) (string, string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	path := filepath.Join(t.TempDir(), "assertion.pem")
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	jwk, err := jose.JSONWebKey{Key: &key.PublicKey, KeyID: "gw-1", Algorithm: "ES256", Use: "sig"}.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path, string(jwk)
 }

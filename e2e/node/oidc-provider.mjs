@@ -24,6 +24,8 @@
 //     "alg": "RS256",                            // optional, "RS256" (default) or "ES256"
 //     "users": { "alice": "alice-pw" }           // optional, test users: username -> password
 //   }
+//   A client may authenticate with "token_endpoint_auth_method": "private_key_jwt" and
+//   "jwks": {"keys": [<public JWK>]} instead of a client_secret (RFC 7523 assertions).
 //   A client may also carry "grant_types" (default ["client_credentials"]), from:
 //   client_credentials, password, urn:ietf:params:oauth:grant-type:token-exchange,
 //   authorization_code, refresh_token; and, with authorization_code, "redirect_uris"
@@ -143,7 +145,9 @@ for (const [u, pw] of users) if (typeof pw !== 'string' || !pw) fail(`users.${u}
 const clientScopes = new Map(); // client_id -> Set of scopes
 const clients = cfg.clients.map((c, i) => {
   if (!c || typeof c.client_id !== 'string' || !c.client_id) fail(`clients[${i}].client_id must be a non-empty string`);
-  if (typeof c.client_secret !== 'string' || !c.client_secret) fail(`clients[${i}].client_secret must be a non-empty string`);
+  const keyAuth = c.token_endpoint_auth_method === 'private_key_jwt';
+  if (keyAuth && !(c.jwks && Array.isArray(c.jwks.keys))) fail(`clients[${i}].jwks must hold the client's public keys with private_key_jwt`);
+  if (!keyAuth && (typeof c.client_secret !== 'string' || !c.client_secret)) fail(`clients[${i}].client_secret must be a non-empty string`);
   if (c.scopes !== undefined && !isScopeList(c.scopes)) fail(`clients[${i}].scopes must be an array of scope tokens`);
   if (clientScopes.has(c.client_id)) fail(`duplicate client_id ${c.client_id}`);
   clientScopes.set(c.client_id, new Set(c.scopes ?? []));
@@ -154,14 +158,14 @@ const clients = cfg.clients.map((c, i) => {
   if (code && !(Array.isArray(c.redirect_uris) && c.redirect_uris.length)) fail(`clients[${i}].redirect_uris is required with authorization_code`);
   return {
     client_id: c.client_id,
-    client_secret: c.client_secret,
+    ...(keyAuth ? { jwks: c.jwks } : { client_secret: c.client_secret }),
     grant_types: c.grant_types ?? ['client_credentials'],
     response_types: code ? ['code'] : [],
     redirect_uris: code ? c.redirect_uris : [],
     ...(c.application_type ? { application_type: c.application_type } : undefined),
     // Only the registered value; oidc-provider accepts client_secret_basic and
     // client_secret_post interchangeably for a client registered with either.
-    token_endpoint_auth_method: 'client_secret_basic',
+    token_endpoint_auth_method: keyAuth ? 'private_key_jwt' : 'client_secret_basic',
     ...(c.scopes?.length ? { scope: c.scopes.join(' ') } : undefined), // oidc-provider refuses an empty scope
   };
 });
@@ -288,7 +292,7 @@ function lookupResource(identifier) {
 const provider = new Provider(issuer, {
   clients,
   jwks: { keys: [keys[defaultAlg].jwk, keys[defaultAlg === 'RS256' ? 'ES256' : 'RS256'].jwk] },
-  clientAuthMethods: ['client_secret_basic', 'client_secret_post'],
+  clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
   responseTypes: ['code', 'none'],
   scopes: [...knownScopes, 'offline_access'],
   interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },

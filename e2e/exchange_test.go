@@ -94,7 +94,8 @@ func TestTokenExchange(t *testing.T) {
 			 "grant_types":["client_credentials","urn:ietf:params:oauth:grant-type:token-exchange"]},
 			{"client_id":"ctxgate-key","token_endpoint_auth_method":"private_key_jwt","jwks":{"keys":[`+jwk+`]},
 			 "scopes":["crm.read"],"grant_types":["urn:ietf:params:oauth:grant-type:token-exchange"]}],
-		"users":{"alice":"alice-pw","bob":"bob-pw","carol":"carol-pw"}}`)
+		"resources":{"https://short-lived.gateway.test":{"ttl":1},"*":{}},
+		"users":{"alice":"alice-pw","bob":"bob-pw","carol":"carol-pw","dave":"dave-pw"}}`)
 	everything := startEverything(t)
 	rec, unused := startRecorder(t, everything), startRecorder(t, everything)
 	decisions := filepath.Join(t.TempDir(), "decisions.jsonl")
@@ -107,7 +108,8 @@ server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0"}
 policy: {dir: %q, decision_log: %q}
 auth:
-  oidc: [{issuer: %q, token_type: at+jwt}]
+  # The route URLs are always accepted too; this audience's tokens live 1s.
+  oidc: [{issuer: %q, token_type: at+jwt, clock_skew: 1ms, audiences: ["https://short-lived.gateway.test"]}]
   api_keys: [{name: ci, sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}]
 upstreams:
   - {name: crm, url: %q, identity_headers: true, credentials: %s}
@@ -227,6 +229,25 @@ upstreams:
 		e := refusal(t, &rpc{url: route, header: http.Header{"Authorization": {"Bearer " + carol}}}, rec, http.StatusUnauthorized)
 		if !strings.Contains(e.Error.Message, "sign in again") {
 			t.Errorf("message %q does not tell the user what to do", e.Error.Message)
+		}
+	})
+
+	t.Run("an expired subject token is refused before any exchange", func(t *testing.T) {
+		dave := provider.userToken(t, "tool", "tool-secret", "dave", "dave-pw", "https://short-lived.gateway.test")
+		// Polled on the route whose exchange always fails, so nothing
+		// reaches an upstream while the token is still valid.
+		waitFor(t, "dave's 1s token to expire", readyDeadline, func() bool {
+			resp := (&rpc{url: gw.URL + "/mcp/crmbad", header: http.Header{"Authorization": {"Bearer " + dave}}}).post(t, initializeBody)
+			return decodeError(t, resp).Error.Code == -31001
+		})
+		before, exchanged := rec.count(), provider.exchanges(t)["dave"]
+		resp := (&rpc{url: route, header: http.Header{"Authorization": {"Bearer " + dave}}}).post(t, initializeBody)
+		e := decodeError(t, resp)
+		if resp.StatusCode != http.StatusUnauthorized || e.Error.Code != -31001 || !strings.Contains(resp.Header.Get("Www-Authenticate"), `error="invalid_token"`) {
+			t.Errorf("expired token: %s %d %q", resp.Status, e.Error.Code, e.Error.Message)
+		}
+		if rec.count() != before || provider.exchanges(t)["dave"] != exchanged {
+			t.Error("an expired token was exchanged or reached the upstream")
 		}
 	})
 

@@ -100,7 +100,7 @@ func TestDockerfileBuild(t *testing.T) {
 	if !bytes.Contains(dockerfile, []byte("COPY --from=build "+out+" ")) {
 		t.Errorf("the final stage does not COPY the built binary %s", out)
 	}
-	if !regexp.MustCompile(`(?m)^USER nonroot`).Match(dockerfile) {
+	if !regexp.MustCompile(`(?m)^USER (nonroot|[1-9][0-9]*)(:|$)`).Match(dockerfile) {
 		t.Error("the image does not run as non-root")
 	}
 	bin := filepath.Join(t.TempDir(), "ctxgate")

@@ -18,16 +18,25 @@ need npm "install Node.js with npm (it fetches the pinned MCP test tools)"
 echo "== installing dependencies"
 go mod download
 npm ci --prefix e2e/node --no-audit --no-fund --loglevel=error
-# nginx and wrk (Debian) for the benchmark harness's tests (e2e/bench). In CI
-# they are installed and required; elsewhere those tests skip with the
-# command to install them.
-if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
+# nginx and wrk (Debian) for the benchmark harness's tests (e2e/bench), and
+# prometheus for promtool (the alert rules' tests, deploy/). In CI they are
+# installed and required; elsewhere those tests skip with the command to
+# install them.
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v promtool >/dev/null; then
 	if [ "${CI:-}" = true ]; then
 		apt-get update -qq
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx wrk >/dev/null
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx wrk prometheus >/dev/null
 	else
-		echo "test.sh: nginx or wrk is missing; their benchmark tests will skip (apt-get install -y nginx wrk)" >&2
+		echo "test.sh: nginx, wrk or promtool is missing; their tests will skip (apt-get install -y nginx wrk prometheus)" >&2
 	fi
+fi
+# Helm for the chart's tests (deploy/), built from the Go module proxy into
+# .tools/bin; the tests install it there themselves when it is missing.
+helm_version=v3.22.0
+# (helm version says only v3.22 in a build without release ldflags; the
+# module version in the binary's build info is exact.)
+if [ "$(go version -m .tools/bin/helm 2>/dev/null | awk '$1 == "mod" && $2 == "helm.sh/helm/v3" {print $3}')" != "$helm_version" ]; then
+	GOBIN="$PWD/.tools/bin" go install "helm.sh/helm/v3/cmd/helm@$helm_version"
 fi
 
 echo "== gofmt, go vet, staticcheck"

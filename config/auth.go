@@ -11,9 +11,17 @@ type TLS struct {
 	// ClientAuth is none, optional (verified if presented) or require.
 	ClientAuth string `yaml:"client_auth"`
 	// CRLFile is a PEM or DER revocation list from the client CA; it is
-	// re-read when it changes.
+	// re-read when it changes. A reload whose CRL number (or thisUpdate)
+	// is older than the loaded list's is refused: no rollback.
 	CRLFile string `yaml:"crl_file"`
+	// CRLGrace is how long past its nextUpdate the CRL is still trusted.
+	// After that every client certificate is refused (fail closed) until
+	// a fresh CRL is published. Default: DefaultCRLGrace.
+	CRLGrace time.Duration `yaml:"crl_grace"`
 }
+
+// DefaultCRLGrace tolerates a CRL publisher an hour late.
+const DefaultCRLGrace = time.Hour
 
 // MTLS configures principals from client certificates.
 type MTLS struct {
@@ -39,7 +47,8 @@ type OIDCIssuer struct {
 	// RFC 9068), which keeps ID tokens from being used as access tokens.
 	TokenType string `yaml:"token_type"`
 	// JWKSRefresh is how often the key set is re-fetched, so a key the
-	// issuer removed stops being trusted. Default: 15m.
+	// issuer removed stops being trusted; a shorter Cache-Control max-age
+	// on the JWKS (at least 1m) is honoured. Default: 5m.
 	JWKSRefresh time.Duration `yaml:"jwks_refresh"`
 	// Claims maps token claims to the principal.
 	Claims ClaimMapping `yaml:"claims"`
@@ -91,7 +100,7 @@ type HeaderCredential struct {
 // Auth defaults.
 const (
 	DefaultClockSkew   = 30 * time.Second
-	DefaultJWKSRefresh = 15 * time.Minute
+	DefaultJWKSRefresh = 5 * time.Minute
 )
 
 // DefaultAlgorithms are the signature algorithms accepted by default.

@@ -74,6 +74,13 @@ type Admin struct {
 	TokenSHA256 string `yaml:"token_sha256"`
 	// PProf serves Go's profiler at /debug/pprof/ on the admin listener.
 	PProf bool `yaml:"pprof"`
+	// AllowedHosts lists further Host header values (host or host:port)
+	// the admin endpoints answer, e.g. the service name Prometheus scrapes
+	// (ctxgate-admin.monitoring.svc). Always accepted: IP literals, the
+	// admin.listen host, and localhost when listening on loopback. Any
+	// other name is refused (403) as a DNS-rebinding attempt, except on
+	// /healthz and /readyz, which answer every probe.
+	AllowedHosts []string `yaml:"allowed_hosts"`
 }
 
 // Sessions configures the sealed, stateless session ids the gateway mints.
@@ -158,6 +165,12 @@ type Upstream struct {
 	// MaxConcurrent bounds the requests in flight to this upstream; one
 	// more is answered 503 at once (no queue).
 	MaxConcurrent int `yaml:"max_concurrent"`
+	// MaxConcurrentPerPrincipal bounds the requests one principal has in
+	// flight to this upstream, so one caller inside its rate limit cannot
+	// fill the whole bulkhead; one more is answered like a full bulkhead.
+	// Zero means a quarter of MaxConcurrent (at least 1); MaxConcurrent
+	// turns the share off.
+	MaxConcurrentPerPrincipal int `yaml:"max_concurrent_per_principal"`
 	// IdempotentTools are tools whose calls may be retried like reads.
 	IdempotentTools []string `yaml:"idempotent_tools"`
 	// RateLimit bounds requests per principal and per tool.
@@ -217,6 +230,9 @@ func (c *Config) applyDefaults() {
 	c.Auth.applyDefaults(s.PublicURL)
 	if s.TLS != nil {
 		setDefault(&s.TLS.ClientAuth, "none")
+		if s.TLS.CRLFile != "" {
+			setDefault(&s.TLS.CRLGrace, DefaultCRLGrace)
+		}
 	}
 	setDefault(&c.Log.Level, DefaultLogLevel)
 	c.Policy.applyDefaults()

@@ -56,8 +56,8 @@ func upstream(name, url string, maxIdleConns int) config.Upstream {
 			FailureThreshold: config.DefaultBreakerThreshold, FailureWindow: config.DefaultBreakerWindow,
 			Delay: config.DefaultBreakerDelay, SuccessThreshold: config.DefaultBreakerSuccesses,
 		},
-		MaxConcurrent: config.DefaultMaxConcurrent,
-		Idempotency:   config.Idempotency{Window: config.DefaultIdempotencyWindow, MaxKeys: config.DefaultIdempotencyMaxKeys},
+		MaxConcurrent: config.DefaultMaxConcurrent, MaxConcurrentPerPrincipal: config.DefaultMaxConcurrent / config.DefaultPrincipalShareDivisor,
+		Idempotency: config.Idempotency{Window: config.DefaultIdempotencyWindow, MaxKeys: config.DefaultIdempotencyMaxKeys},
 		Streams: config.Streams{
 			IdleTimeout: config.DefaultStreamIdleTimeout, MaxDuration: config.DefaultStreamMaxDuration, Keepalive: config.DefaultStreamKeepalive,
 		},

@@ -2,6 +2,7 @@ package config
 
 import (
 	"encoding/hex"
+	"fmt"
 	"net"
 	"net/url"
 	"strings"
@@ -41,6 +42,11 @@ func (v *validator) admin(a *Admin, serverListen string) {
 	v.listen("admin.listen", a.Listen)
 	if a.Listen == serverListen && !strings.HasSuffix(a.Listen, ":0") {
 		v.add("admin.listen", "must differ from server.listen; pick another port")
+	}
+	for i, h := range a.AllowedHosts {
+		if h == "" || strings.ContainsAny(h, "/ @") {
+			v.add(fmt.Sprintf("admin.allowed_hosts[%d]", i), "must be a host or host:port, e.g. ctxgate-admin.monitoring.svc")
+		}
 	}
 	if a.TokenSHA256 != "" {
 		if b, err := hex.DecodeString(a.TokenSHA256); err != nil || len(b) != 32 {

@@ -10,25 +10,29 @@ import (
 // Resilience defaults, per upstream. Exported so documentation and tests can
 // refer to them.
 const (
-	DefaultUpstreamTimeout     = 30 * time.Second
-	DefaultUpstreamDeadline    = 60 * time.Second
-	DefaultRetryMaxAttempts    = 3
-	DefaultRetryBackoff        = 100 * time.Millisecond
-	DefaultRetryMaxBackoff     = 2 * time.Second
-	DefaultRetryBudgetPercent  = 20 // Envoy's retry budget: 20% of active requests
-	DefaultRetryBudgetMin      = 3  // ... but always at least 3 concurrent retries
-	DefaultBreakerThreshold    = 5
-	DefaultBreakerWindow       = 30 * time.Second
-	DefaultBreakerDelay        = 30 * time.Second
-	DefaultBreakerSuccesses    = 2
-	DefaultMaxConcurrent       = 100
-	DefaultIdempotencyWindow   = 10 * time.Minute
-	DefaultIdempotencyMaxKeys  = 10000
-	DefaultStreamIdleTimeout   = 5 * time.Minute
-	DefaultStreamMaxDuration   = time.Hour
-	DefaultStreamKeepalive     = 25 * time.Second
-	maxRetryAttempts           = 10
-	maxIdempotencyKeysPerRoute = 1_000_000
+	DefaultUpstreamTimeout    = 30 * time.Second
+	DefaultUpstreamDeadline   = 60 * time.Second
+	DefaultRetryMaxAttempts   = 3
+	DefaultRetryBackoff       = 100 * time.Millisecond
+	DefaultRetryMaxBackoff    = 2 * time.Second
+	DefaultRetryBudgetPercent = 20 // Envoy's retry budget: 20% of active requests
+	DefaultRetryBudgetMin     = 3  // ... but always at least 3 concurrent retries
+	DefaultBreakerThreshold   = 5
+	DefaultBreakerWindow      = 30 * time.Second
+	DefaultBreakerDelay       = 30 * time.Second
+	DefaultBreakerSuccesses   = 2
+	DefaultMaxConcurrent      = 100
+	// DefaultPrincipalShareDivisor: by default one principal may hold a
+	// quarter of max_concurrent (rounded up), so it takes at least four
+	// principals to fill the bulkhead.
+	DefaultPrincipalShareDivisor = 4
+	DefaultIdempotencyWindow     = 10 * time.Minute
+	DefaultIdempotencyMaxKeys    = 10000
+	DefaultStreamIdleTimeout     = 5 * time.Minute
+	DefaultStreamMaxDuration     = time.Hour
+	DefaultStreamKeepalive       = 25 * time.Second
+	maxRetryAttempts             = 10
+	maxIdempotencyKeysPerRoute   = 1_000_000
 )
 
 // Retry configures how failed upstream attempts are repeated. Only requests
@@ -133,6 +137,7 @@ func (u *Upstream) applyResilienceDefaults() {
 	setDefault(&cb.Delay, DefaultBreakerDelay)
 	setDefault(&cb.SuccessThreshold, DefaultBreakerSuccesses)
 	setDefault(&u.MaxConcurrent, DefaultMaxConcurrent)
+	setDefault(&u.MaxConcurrentPerPrincipal, max(1, (u.MaxConcurrent+DefaultPrincipalShareDivisor-1)/DefaultPrincipalShareDivisor))
 	setDefault(&u.Idempotency.Window, DefaultIdempotencyWindow)
 	setDefault(&u.Idempotency.MaxKeys, DefaultIdempotencyMaxKeys)
 	setDefault(&u.Streams.IdleTimeout, DefaultStreamIdleTimeout)
@@ -167,6 +172,9 @@ func (v *validator) resilience(path string, up *Upstream) {
 		if !c.ok {
 			v.add(path+c.path, "must be positive, e.g. %s", c.example)
 		}
+	}
+	if up.MaxConcurrentPerPrincipal < 1 || up.MaxConcurrent > 0 && up.MaxConcurrentPerPrincipal > up.MaxConcurrent {
+		v.add(path+".max_concurrent_per_principal", "must be 1 to max_concurrent (%d), e.g. %d; max_concurrent turns the per-principal share off", up.MaxConcurrent, max(1, up.MaxConcurrent/DefaultPrincipalShareDivisor))
 	}
 	if up.Deadline > 0 && up.Deadline < up.Timeout {
 		v.add(path+".deadline", "must be at least timeout (%s): the deadline bounds all attempts together", up.Timeout)

@@ -34,6 +34,12 @@ func (v *validator) tls(t *TLS, mtls *MTLS) {
 	if t.CRLFile != "" && t.ClientCAFile == "" {
 		v.add("server.tls.crl_file", "needs server.tls.client_ca_file (the CRL's issuer)")
 	}
+	if t.CRLGrace != 0 && t.CRLFile == "" {
+		v.add("server.tls.crl_grace", "needs server.tls.crl_file; remove crl_grace or set the CRL file")
+	}
+	if t.CRLGrace < 0 {
+		v.add("server.tls.crl_grace", "must not be negative: how long past its nextUpdate the CRL is still trusted, e.g. 1h")
+	}
 	if mtls != nil && t.ClientAuth == "none" {
 		v.add("auth.mtls", "needs server.tls.client_auth: optional or require")
 	}

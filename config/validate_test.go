@@ -3,6 +3,7 @@ package config_test
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -151,6 +152,31 @@ func TestValidate(t *testing.T) {
 			name:   "a token on loopback is checked too",
 			change: func(c *config.Config) { c.Admin.TokenSHA256 = strings.Repeat("ab", 31) },
 			want:   []string{`admin.token_sha256: must be 64 hex digits; compute it with: printf %s "$TOKEN" | ctxgate hash-key`},
+		},
+		{
+			name:   "a per-principal share above max_concurrent",
+			change: func(c *config.Config) { c.Upstreams[0].MaxConcurrent, c.Upstreams[0].MaxConcurrentPerPrincipal = 8, 9 },
+			want:   []string{"upstreams[0].max_concurrent_per_principal: must be 1 to max_concurrent (8), e.g. 2; max_concurrent turns the per-principal share off"},
+		},
+		{
+			name:   "a per-principal share of max_concurrent turns it off",
+			change: func(c *config.Config) { c.Upstreams[0].MaxConcurrent, c.Upstreams[0].MaxConcurrentPerPrincipal = 8, 8 },
+		},
+		{
+			name: "crl_grace without a crl_file",
+			change: func(c *config.Config) {
+				c.Server.TLS = &config.TLS{CertFile: "c", KeyFile: "k", ClientAuth: "none", CRLGrace: time.Hour}
+			},
+			want: []string{"server.tls.crl_grace: needs server.tls.crl_file; remove crl_grace or set the CRL file"},
+		},
+		{
+			name:   "admin.allowed_hosts: names, with or without a port",
+			change: func(c *config.Config) { c.Admin.AllowedHosts = []string{"ctxgate-admin.monitoring.svc", "[::1]:9090"} },
+		},
+		{
+			name:   "admin.allowed_hosts: not a URL",
+			change: func(c *config.Config) { c.Admin.AllowedHosts = []string{"ok.internal", "http://x/"} },
+			want:   []string{"admin.allowed_hosts[1]: must be a host or host:port, e.g. ctxgate-admin.monitoring.svc"},
 		},
 		{
 			name:   "tracing off needs no endpoint",

@@ -44,11 +44,15 @@ import (
 //	                decision: k=v k=v         fields (dotted paths) of the request's
 //	                                          decision-log record; "decision: none"
 //	                                          means the policy was never asked
+//	                body-lacks: text          the answer's body must not contain text
 //	                forwarded: 1              requests the upstream saw (default 0)
 //	                upstream-header: N: v     a header of the last forwarded request
 //	                upstream-noheader: N      a header it must not have
 //
 // Every case asserts what reached the upstream: nothing, unless it says so.
+//
+// Cases under admin/ are sent to the admin listener, whose host:port is
+// {{ADMIN_HOST}}.
 
 const (
 	attackKeyA = "attack-key-alice-0123456789"
@@ -66,6 +70,9 @@ type attackEnv struct {
 	recM *recorder // in front of a stateless upstream serving 2026-07-28 too (route modern)
 	host string
 	vars map[string]string
+	// dial is where send connects: the MCP listener (host), or the
+	// admin listener for the case being run.
+	dial string
 }
 
 func startAttackEnv(t *testing.T) *attackEnv {
@@ -89,7 +96,7 @@ upstreams:
   - {name: modern, url: %q}
 `, attackMaxBody, allowAllPolicy, hashKey(attackKeyA), hashKey(attackKeyB), rec.URL, attackUpstreamToken, rec.URL, recM.URL))
 	env := &attackEnv{gw: gw, rec: rec, recM: recM, host: strings.TrimPrefix(gw.URL, "http://")}
-	env.vars = map[string]string{"{{HOST}}": env.host, "{{KEY_A}}": attackKeyA, "{{KEY_B}}": attackKeyB}
+	env.vars = map[string]string{"{{HOST}}": env.host, "{{ADMIN_HOST}}": strings.TrimPrefix(gw.Admin, "http://"), "{{KEY_A}}": attackKeyA, "{{KEY_B}}": attackKeyB}
 	for _, s := range []struct{ v, route string }{{"{{SESSION_A}}", "everything"}, {"{{SESSION_A_OTHER}}", "other"}} {
 		c := &rpc{url: gw.URL + "/mcp/" + s.route, header: http.Header{"Authorization": {"Bearer " + attackKeyA}}}
 		c.initialize(t)
@@ -146,7 +153,7 @@ func (env *attackEnv) rawRequest(t *testing.T, section []byte) []byte {
 // all of an oversized body.
 func (env *attackEnv) send(t *testing.T, raw []byte) (*http.Response, []byte) {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", env.host, 5*time.Second)
+	conn, err := net.DialTimeout("tcp", env.dial, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,6 +187,10 @@ func TestAttackCorpus(t *testing.T) {
 			}
 			if sections["request"] == nil || sections["want"] == nil {
 				t.Fatalf("%s: needs a request and a want section", file)
+			}
+			env.dial = env.host
+			if strings.HasPrefix(name, "admin"+string(filepath.Separator)) {
+				env.dial = env.vars["{{ADMIN_HOST}}"]
 			}
 			before := env.forwarded()
 			resp, body := env.send(t, env.rawRequest(t, sections["request"]))
@@ -332,6 +343,10 @@ func (env *attackEnv) check(t *testing.T, want string, resp *http.Response, body
 			env.checkLog(t, resp, val)
 		case "decision":
 			env.checkDecision(t, resp, val)
+		case "body-lacks":
+			if strings.Contains(string(body), val) {
+				t.Errorf("body contains %q: %q", val, body)
+			}
 		case "forwarded":
 			forwarded, _ = strconv.Atoi(val)
 		case "upstream-header", "upstream-noheader":

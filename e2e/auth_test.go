@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -23,6 +24,7 @@ type idp struct {
 	Issuer        string `json:"issuer"`
 	TokenEndpoint string `json:"token_endpoint"`
 	JWKSURI       string `json:"jwks_uri"`
+	proc          *proc
 }
 
 func startOIDCProvider(t *testing.T, cfg string) *idp {
@@ -40,6 +42,7 @@ func startOIDCProvider(t *testing.T, cfg string) *idp {
 		line, _, ok := strings.Cut(p.stdout.String(), "\n")
 		return ok && json.Unmarshal([]byte(line), &got) == nil && got.Issuer != ""
 	})
+	got.proc = p
 	return &got
 }
 
@@ -289,4 +292,50 @@ upstreams:
 			t.Errorf("inspector without a token: exit %d, want 3 (auth required)\n%s", code, out)
 		}
 	})
+}
+
+// TestOIDCColdStart: the real binary starts while its issuer is
+// unreachable (the real provider minted a token, then died). /readyz stays
+// 503 waiting_for_oidc_keys, and the token is answered 503 -31012 with
+// Retry-After and no invalid_token challenge (it could not be checked, so
+// the client must not throw it away); nothing reaches the upstream.
+func TestOIDCColdStart(t *testing.T) {
+	provider := startOIDCProvider(t, `{"clients":[{"client_id":"tool","client_secret":"tool-secret","scopes":["docs.read"]}]}`)
+	const publicURL = "https://gw.example"
+	token := provider.token(t, "tool", "tool-secret", publicURL+"/mcp/docs", "docs.read")
+	provider.proc.signal(syscall.SIGKILL) // from now on the issuer refuses connections
+	<-provider.proc.done
+	rec := startRecorder(t, startEverything(t))
+	gw := startGatewayUnready(t, fmt.Sprintf(`
+server: {listen: "127.0.0.1:0", public_url: %q}
+admin: {listen: "127.0.0.1:0"}
+`+policyConfig()+`auth:
+  oidc:
+    - {issuer: %q, token_type: at+jwt}
+upstreams:
+  - {name: docs, url: %q}
+`, publicURL, provider.Issuer, rec.URL))
+	resp, err := http.Get(gw.Admin + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ready struct{ Status string }
+	_ = json.NewDecoder(resp.Body).Decode(&ready)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || ready.Status != "waiting_for_oidc_keys" {
+		t.Errorf("/readyz without keys: %d %q, want 503 waiting_for_oidc_keys", resp.StatusCode, ready.Status)
+	}
+	before := rec.count()
+	for i := range 2 { // the first may spend the refetch budget, the second finds it spent
+		c := &rpc{url: gw.URL + "/mcp/docs", header: http.Header{"Authorization": {"Bearer " + token}}}
+		resp := c.post(t, `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"e2e","version":"1"}}}`)
+		e := decodeError(t, resp)
+		if resp.StatusCode != http.StatusServiceUnavailable || e.Error.Code != -31012 || resp.Header.Get("Retry-After") == "" || resp.Header.Get("Www-Authenticate") != "" {
+			t.Errorf("token %d before the keys: %s %d Retry-After %q WWW-Authenticate %q; want 503 -31012 with Retry-After and no challenge",
+				i, resp.Status, e.Error.Code, resp.Header.Get("Retry-After"), resp.Header.Get("Www-Authenticate"))
+		}
+	}
+	if got := rec.count() - before; got != 0 {
+		t.Errorf("the upstream received %d requests", got)
+	}
 }

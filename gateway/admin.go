@@ -29,13 +29,17 @@ import (
 //	/debug/pprof/      Go's profiler, with admin.pprof only
 //
 // With admin.token_sha256 set, every endpoint but /healthz and /readyz
-// requires Authorization: Bearer <token>.
+// requires Authorization: Bearer <token>. Every endpoint but /healthz and
+// /readyz checks Host and Origin (newAdminGuard); a call that changes
+// state (POST, DELETE) also needs the header X-Ctxgate-Admin: 1.
 func (s *Server) AdminHandler() http.Handler {
 	r := chi.NewRouter()
+	// Probes are answered whatever their Host: a kubelet may send any, and
+	// the answer without the guard passing is the bare status.
 	r.Get("/healthz", s.healthz)
 	r.Get("/readyz", s.readyz)
 	r.Group(func(r chi.Router) {
-		r.Use(s.requireAdmin)
+		r.Use(s.checkAdminHostOrigin, s.requireAdmin, requireAdminIntent)
 		r.Handle("/metrics", s.metrics.Handler())
 		r.Get("/admin/upstreams", s.adminUpstreams)
 		r.Get("/admin/policy", s.adminPolicy)
@@ -66,12 +70,17 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		// No bundle revision is active yet: every request would be denied.
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "policy_not_ready"})
 		return
+	case s.oidc != nil && !s.oidc.ready():
+		// Not ready until every issuer's keys are loaded: a replica that
+		// would refuse every token must not get traffic. Once loaded,
+		// keys are kept through IdP outages, so this is a start-up state.
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "waiting_for_oidc_keys"})
+		return
 	}
-	// Ready even while an issuer's keys are missing: other methods still
-	// work, and its tokens are refused, not accepted.
 	detail := map[string]any{"status": "ready"}
-	if !s.adminAuthorized(r) {
-		// Probes need no credential; what is deployed is not theirs to see.
+	if !s.adminAuthorized(r) || s.adminOrigins.check(r) != nil {
+		// Probes need no credential; what is deployed is not theirs to see,
+		// nor a rebinding page's (a foreign Host or Origin).
 		writeJSON(w, http.StatusOK, detail)
 		return
 	}
@@ -137,6 +146,37 @@ func (s *Server) adminPolicy(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, s.policy.Status())
+}
+
+// adminIntentHeader must accompany every state-changing admin call. A
+// browser sends a custom header cross-site only after a CORS preflight,
+// which the admin listener never grants, so a web page cannot forge the
+// call (a text/plain POST is a "simple" request and would otherwise go
+// through: OWASP CSRF cheat sheet, custom request headers).
+const adminIntentHeader = "X-Ctxgate-Admin"
+
+// checkAdminHostOrigin refuses a foreign Host (DNS rebinding) or Origin
+// (a cross-site page) before anything else is looked at.
+func (s *Server) checkAdminHostOrigin(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := s.adminOrigins.check(r); err != nil {
+			writeJSON(w, http.StatusForbidden, map[string]string{"error": err.Error() + " on the admin listener: use an IP address, localhost, the admin.listen host or a name in admin.allowed_hosts, and no cross-site Origin"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// requireAdminIntent refuses a state-changing call (any method but GET
+// and HEAD) without X-Ctxgate-Admin: 1.
+func requireAdminIntent(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead && r.Header.Get(adminIntentHeader) != "1" {
+			writeJSON(w, http.StatusForbidden, map[string]string{"error": r.Method + " on the admin listener needs the header " + adminIntentHeader + ": 1 (a defence against cross-site requests)"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // requireAdmin refuses a request without the admin token, when one is

@@ -2,7 +2,11 @@ package gateway_test
 
 import (
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -124,5 +128,92 @@ func TestAdminUpstreams(t *testing.T) {
 	want := []entry{{Name: "up", Requests: 3, Breaker: "closed"}, {Name: "down", Requests: 3, Errors: 3, Breaker: "closed", Retries: 2}}
 	if diff := cmp.Diff(want, got.Upstreams, cmpopts.IgnoreFields(entry{}, "URL", "LastError", "LastErrorAt")); diff != "" {
 		t.Errorf("/admin/upstreams (-want +got):\n%s", diff)
+	}
+}
+
+// adminRequest sends one request to the admin listener with the given
+// Host (empty: the listener's address) and headers.
+func (g *obsGateway) adminRequest(t *testing.T, method, path, host string, header http.Header) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(t.Context(), method, g.Admin+path, strings.NewReader(""))
+	req.Header = header
+	if host != "" {
+		req.Host = host
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestAdminCrossSite: the admin listener refuses what a web page in the
+// operator's browser could send it: a DNS-rebinding Host, a foreign
+// Origin, a simple (text/plain) POST. Probes and scrapes by IP still work.
+func TestAdminCrossSite(t *testing.T) {
+	g := startObsGateway(t, obsOptions{})
+	port := g.Admin[strings.LastIndex(g.Admin, ":")+1:]
+	token := "Bearer " + obsAdminToken
+	tests := []struct {
+		name, method, path, host string
+		header                   http.Header
+		want                     int
+		wantBody, notBody        string
+	}{
+		{name: "rebinding Host on status", method: "GET", path: "/admin/upstreams", host: "evil.example:" + port, header: http.Header{"Authorization": {token}}, want: 403, wantBody: "Host not allowed"},
+		{name: "rebinding Host on metrics", method: "GET", path: "/metrics", host: "evil.example:" + port, header: http.Header{"Authorization": {token}}, want: 403},
+		{name: "foreign Origin", method: "GET", path: "/admin/policy", header: http.Header{"Authorization": {token}, "Origin": {"http://evil.example"}}, want: 403, wantBody: "Origin not allowed"},
+		{name: "null Origin", method: "GET", path: "/admin/pins", header: http.Header{"Authorization": {token}, "Origin": {"null"}}, want: 403},
+		{name: "same Origin", method: "GET", path: "/admin/policy", header: http.Header{"Authorization": {token}, "Origin": {g.Admin}}, want: 200},
+		{name: "localhost", method: "GET", path: "/admin/policy", host: "localhost:" + port, header: http.Header{"Authorization": {token}}, want: 200},
+		{name: "Prometheus by pod IP", method: "GET", path: "/metrics", host: "10.1.2.3:9090", header: http.Header{"Authorization": {token}}, want: 200},
+		{name: "IPv6 literal", method: "GET", path: "/metrics", host: "[fd00::7]:9090", header: http.Header{"Authorization": {token}}, want: 200},
+		{name: "kubelet probe healthz", method: "GET", path: "/healthz", host: "probe.internal:9090", want: 200},
+		{name: "readyz under a foreign Host: status only", method: "GET", path: "/readyz", host: "evil.example:" + port, header: http.Header{"Authorization": {token}}, want: 200, wantBody: `"ready"`, notBody: "upstreams"},
+		{name: "readyz under a foreign Origin: status only", method: "GET", path: "/readyz", header: http.Header{"Authorization": {token}, "Origin": {"http://evil.example"}}, want: 200, notBody: "upstreams"},
+		{name: "readyz to the operator: detail", method: "GET", path: "/readyz", header: http.Header{"Authorization": {token}}, want: 200, wantBody: "upstreams"},
+		{name: "text/plain POST", method: "POST", path: "/admin/pins/approve?upstream=up&tool=echo", header: http.Header{"Authorization": {token}, "Content-Type": {"text/plain"}}, want: 403, wantBody: "X-Ctxgate-Admin: 1"},
+		{name: "DELETE without the header", method: "DELETE", path: "/admin/cache", header: http.Header{"Authorization": {token}}, want: 403},
+		{name: "wrong header value", method: "POST", path: "/admin/cache", header: http.Header{"Authorization": {token}, "X-Ctxgate-Admin": {"yes"}}, want: 403},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			status, body := g.adminRequest(t, tt.method, tt.path, tt.host, tt.header)
+			if status != tt.want || !strings.Contains(body, tt.wantBody) || (tt.notBody != "" && strings.Contains(body, tt.notBody)) {
+				t.Errorf("%s %s (Host %q): %d %s; want %d with %q, without %q", tt.method, tt.path, tt.host, status, body, tt.want, tt.wantBody, tt.notBody)
+			}
+		})
+	}
+}
+
+// TestAdminApproveNeedsIntent: a cross-site POST cannot approve a
+// quarantined tool; the operator's call with X-Ctxgate-Admin: 1 can.
+func TestAdminApproveNeedsIntent(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "pins.json")
+	if err := os.WriteFile(file, []byte(`{"tools":{}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	up := &obsUpstream{}
+	v1 := echoV1
+	up.tools.Store(&v1)
+	g := startObsGatewayWith(t, obsOptions{upstreamConfig: fmt.Sprintf(", pin_tools: {mode: file, file: %q}", file)}, up)
+	c := &obsClient{g: g}
+	c.initialize(t)
+	listedTools(t, c) // the gateway sees echo: new, quarantined
+	const approve = "/admin/pins/approve?upstream=up&tool=echo"
+	token := "Bearer " + obsAdminToken
+	if status, body := g.adminRequest(t, "POST", approve, "", http.Header{"Authorization": {token}, "Content-Type": {"text/plain"}}); status != http.StatusForbidden {
+		t.Errorf("text/plain POST approve: %d %s, want 403", status, body)
+	}
+	if _, body := g.adminGet(t, "/admin/pins", true); !strings.Contains(body, `"status":"new"`) {
+		t.Fatalf("after a refused approval: %s; want echo still new", body)
+	}
+	if status, body := g.adminRequest(t, "POST", approve, "", http.Header{"Authorization": {token}, "X-Ctxgate-Admin": {"1"}}); status != http.StatusOK {
+		t.Fatalf("approve with X-Ctxgate-Admin: 1: %d %s", status, body)
+	}
+	if got := listedTools(t, c); strings.Join(got, ",") != "echo" {
+		t.Errorf("after approval: tools %v; want echo", got)
 	}
 }

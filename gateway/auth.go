@@ -129,7 +129,10 @@ func newAuthenticator(cfg config.Auth) (*authenticator, error) {
 type authFailure struct {
 	message      string
 	invalidToken bool
-	cause        error
+	// retryAfter, when positive, marks a token that could not be checked
+	// yet (its issuer's keys are unavailable): 503, not 401.
+	retryAfter time.Duration
+	cause      error
 	// reason is a fixed word for metrics and traces (never the cause,
 	// which may quote what the client sent).
 	reason string
@@ -146,6 +149,7 @@ const (
 	reasonUnknownKey        = "unknown_key"        // a bearer credential or API key nobody issued
 	reasonCertificate       = "certificate"        // a verified certificate that names no principal
 	reasonInsufficientScope = "insufficient_scope" // the route's required scopes are missing
+	reasonKeysUnavailable   = "keys_unavailable"   // the token's issuer's keys are not loaded (yet)
 )
 
 func (f *authFailure) Error() string {
@@ -215,6 +219,11 @@ func (a *authenticator) bearer(ctx context.Context, credential, resource string)
 				return &Principal{ID: "api_key:" + name, Kind: "api_key", Name: name}, nil
 			}
 		}
+		if ku, ok := errors.AsType[*keysUnavailableError](err); ok {
+			// Not the token's fault: a 401 invalid_token would make the
+			// client throw away a token that may be good.
+			return nil, &authFailure{message: "the token's issuer's signing keys are not loaded yet; retry later", retryAfter: ku.retryAfter, cause: err, reason: reasonKeysUnavailable}
+		}
 		return nil, &authFailure{message: "token not accepted", invalidToken: true, cause: err, reason: reasonInvalidToken}
 	}
 	if a.header != "authorization" || len(a.keys) == 0 {
@@ -270,9 +279,11 @@ func (s *Server) authenticate(rt *route) func(http.Handler) http.Handler {
 				return
 			}
 			st.principal = p
-			// Every upstream request made for this one is made for p.
+			// Every upstream request made for this one is made for p, and
+			// counts against p's share of that upstream's bulkhead.
 			st.caller = p.caller()
-			next.ServeHTTP(w, r.WithContext(upstream.WithCaller(r.Context(), st.caller)))
+			ctx := upstream.WithPrincipal(r.Context(), p.ID)
+			next.ServeHTTP(w, r.WithContext(upstream.WithCaller(ctx, st.caller)))
 		})
 	}
 }
@@ -284,7 +295,11 @@ func (s *Server) authenticateTraced(r *http.Request, rt *route) (*Principal, err
 	defer span.End()
 	p, err := s.auth.authenticate(r.WithContext(ctx), rt.resource)
 	reason := ""
-	if f, ok := errors.AsType[*authFailure](err); ok {
+	if f, ok := errors.AsType[*authFailure](err); ok && f.retryAfter > 0 {
+		e := newError(http.StatusServiceUnavailable, CodeUnavailable, f.message, f.cause)
+		setRetryAfter(e, f.retryAfter)
+		err, reason = e, f.reason
+	} else if ok {
 		e := newError(http.StatusUnauthorized, CodeUnauthenticated, f.message, f.cause)
 		e.Header = http.Header{"Www-Authenticate": {s.challenge(rt, f.invalidToken, "")}}
 		err, reason = e, f.reason

@@ -11,9 +11,10 @@ import (
 func TestCacheAdmin(t *testing.T) {
 	_, g := startCaching(t)
 	alice := g.connect(t, "alice-key", `{}`)
-	admin := func(method, query string) (int, map[string]any) {
+	admin := func(method, query string, header http.Header) (int, map[string]any) {
 		t.Helper()
 		req, _ := http.NewRequestWithContext(t.Context(), method, g.admin+"/admin/cache"+query, nil)
+		req.Header = header
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -25,9 +26,14 @@ func TestCacheAdmin(t *testing.T) {
 	}
 	tests := []struct {
 		name, method, query string
-		wantStatus          int
-		wantMiss            []string
+		// crossSite leaves out X-Ctxgate-Admin, as a cross-site form or
+		// text/plain POST would.
+		crossSite  bool
+		wantStatus int
+		wantMiss   []string
 	}{
+		{name: "POST without X-Ctxgate-Admin", method: http.MethodPost, crossSite: true, wantStatus: 403},
+		{name: "DELETE without X-Ctxgate-Admin", method: http.MethodDelete, crossSite: true, wantStatus: 403},
 		{name: "stats", method: http.MethodGet, wantStatus: 200},
 		{name: "unknown upstream", method: http.MethodDelete, query: "?upstream=nope", wantStatus: 400},
 		{name: "unknown method", method: http.MethodDelete, query: "?method=tools/lsit", wantStatus: 400},
@@ -40,7 +46,11 @@ func TestCacheAdmin(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			alice.call(t, "tools/list", `{}`)
 			alice.call(t, "resources/list", `{}`)
-			status, doc := admin(tt.method, tt.query)
+			header := http.Header{"X-Ctxgate-Admin": {"1"}}
+			if tt.crossSite {
+				header = http.Header{"Content-Type": {"text/plain"}}
+			}
+			status, doc := admin(tt.method, tt.query, header)
 			if status != tt.wantStatus {
 				t.Fatalf("status %d %v, want %d", status, doc, tt.wantStatus)
 			}
@@ -55,7 +65,7 @@ func TestCacheAdmin(t *testing.T) {
 			}
 		})
 	}
-	if _, doc := admin(http.MethodGet, ""); doc["hits"] == nil || doc["max_bytes"] != float64(4<<20) {
+	if _, doc := admin(http.MethodGet, "", nil); doc["hits"] == nil || doc["max_bytes"] != float64(4<<20) {
 		t.Errorf("stats document %v", doc)
 	}
 }

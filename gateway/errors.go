@@ -27,7 +27,7 @@ const (
 	CodePayloadTooLarge     = -31004 // 413: body over server.max_body_bytes
 	CodeUpstreamUnavailable = -31010 // 502: upstream unreachable or broken answer
 	CodeUpstreamTimeout     = -31011 // 504: upstream did not answer in time
-	CodeUnavailable         = -31012 // 503: the gateway is shutting down
+	CodeUnavailable         = -31012 // 503: the gateway is shutting down, or a token's issuer's keys are not loaded yet (+ Retry-After)
 
 	// Resilience: the client can tell each from the others, and from an
 	// upstream's own errors.

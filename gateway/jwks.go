@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -34,11 +35,39 @@ const (
 	unknownKidRefetchEvery = 30 * time.Second
 	// minRSABits: RSA keys below 2048 bits are not trusted (NIST SP 800-131A).
 	minRSABits = 2048
+	// maxKidBytes: a longer key id is never looked for at the IdP (real
+	// ones are short), so it costs neither a fetch nor memory.
+	maxKidBytes = 256
+	// maxUnknownKids bounds the key ids remembered as not published.
+	maxUnknownKids = 1024
+	// minJWKSMaxAge is the floor under a JWKS's Cache-Control max-age: an
+	// IdP (or whoever answers for it) cannot make the gateway poll it
+	// more often than this.
+	minJWKSMaxAge = time.Minute
+	// noKeysRetryAfter is the Retry-After of a token refused because its
+	// issuer's keys were never fetched.
+	noKeysRetryAfter = 5 * time.Second
 )
 
-// errNoKeysYet is a token refused because its issuer's keys were never
-// fetched: the gateway fails closed until they are.
-var errNoKeysYet = errors.New("issuer's signing keys not fetched yet")
+// errRefetchLimited is an unknown-kid re-fetch refused by the limit.
+var errRefetchLimited = errors.New("key set re-fetched recently")
+
+// keysUnavailableError is a token that could not be checked yet, rather
+// than one that failed: its issuer's keys were never fetched (cold
+// start), or it names a key id that no fetch since the id first appeared
+// has looked for (a key rotated in while the re-fetch limit was spent).
+// It is answered 503 with Retry-After, never 401 invalid_token, so a
+// client keeps its token and retries. Matches errKeysUnavailable.
+type keysUnavailableError struct {
+	reason     string
+	retryAfter time.Duration
+}
+
+// errKeysUnavailable is what errors.Is matches a *keysUnavailableError to.
+var errKeysUnavailable = errors.New("issuer's signing keys unavailable")
+
+func (e *keysUnavailableError) Error() string        { return e.reason }
+func (e *keysUnavailableError) Is(target error) bool { return target == errKeysUnavailable }
 
 // keySet is one issuer's trusted signing keys: discovered from
 // <issuer>/.well-known/openid-configuration, fetched from its jwks_uri,
@@ -60,8 +89,16 @@ type keySet struct {
 	mu      sync.RWMutex
 	jwksURL string // from discovery; empty until it succeeds
 	keys    []jose.JSONWebKey
-	loaded  bool   // a JWKS was fetched at least once
-	gen     uint64 // bumped whenever a trusted key is removed
+	loaded  bool          // a JWKS was fetched at least once
+	gen     uint64        // bumped whenever a trusted key is removed
+	maxAge  time.Duration // the last JWKS's Cache-Control max-age; 0: none
+	// starts counts fetches begun; lastGood is the start number of the
+	// newest fetch that succeeded. unknown maps a key id not in the set
+	// to starts when it was first seen: once lastGood is beyond that, a
+	// fetch begun after the id appeared did not have it, so it is
+	// refused outright (a negative cache, bounded by maxUnknownKids).
+	starts, lastGood uint64
+	unknown          map[string]uint64
 }
 
 var _ oidc.KeySet = (*keySet)(nil)
@@ -75,6 +112,7 @@ func newKeySet(ctx context.Context, issuer string, algs []jose.SignatureAlgorith
 		now:        opts.Now,
 		base:       ctx,
 		unknownKid: rate.NewLimiter(rate.Every(unknownKidRefetchEvery), 1),
+		unknown:    map[string]uint64{},
 	}
 }
 
@@ -97,20 +135,9 @@ func (k *keySet) VerifySignature(ctx context.Context, raw string) ([]byte, error
 		return nil, err
 	}
 	h := jws.Signatures[0].Protected
-	keys, known := k.candidates(h.KeyID, h.Algorithm)
-	if !known {
-		if err := k.refetchForUnknownKid(ctx); err != nil {
-			return nil, fmt.Errorf("key id %.64q not in the issuer's key set: %w", h.KeyID, err)
-		}
-		if keys, known = k.candidates(h.KeyID, h.Algorithm); !known {
-			return nil, fmt.Errorf("key id %.64q not in the issuer's key set", h.KeyID)
-		}
-	}
-	if len(keys) == 0 {
-		if !k.ready() {
-			return nil, errNoKeysYet
-		}
-		return nil, fmt.Errorf("no trusted key for alg %.16q and key id %.64q", h.Algorithm, h.KeyID)
+	keys, err := k.keysFor(ctx, h.KeyID, h.Algorithm)
+	if err != nil {
+		return nil, err
 	}
 	// With a kid, only that key: a token signed by another key but naming
 	// a trusted kid must fail, not find some other key that matches.
@@ -161,6 +188,81 @@ func (k *keySet) candidates(kid, alg string) (keys []jose.JSONWebKey, known bool
 	return keys, known
 }
 
+// keysFor returns the trusted keys a token with this kid and alg may be
+// verified with, fetching the set again (within the limit) when the kid
+// is unknown or no keys were ever fetched. The error is a
+// *keysUnavailableError when the token could not be checked yet.
+func (k *keySet) keysFor(ctx context.Context, kid, alg string) ([]jose.JSONWebKey, error) {
+	keys, known := k.candidates(kid, alg)
+	if known && k.ready() {
+		if len(keys) == 0 {
+			return nil, fmt.Errorf("no trusted key for alg %.16q and key id %.64q", alg, kid)
+		}
+		return keys, nil
+	}
+	if len(kid) > maxKidBytes {
+		return nil, fmt.Errorf("key id of %d bytes not in the issuer's key set", len(kid))
+	}
+	if k.checkedAbsent(kid) {
+		// A fetch begun after this kid first appeared did not have it:
+		// refused without spending the re-fetch budget.
+		return nil, fmt.Errorf("key id %.64q not in the issuer's key set", kid)
+	}
+	err := k.refetchForUnknownKid(ctx)
+	if keys, known = k.candidates(kid, alg); known && k.ready() {
+		if len(keys) == 0 {
+			return nil, fmt.Errorf("no trusted key for alg %.16q and key id %.64q", alg, kid)
+		}
+		return keys, nil
+	}
+	switch {
+	case !k.ready():
+		// Cold start: fail closed, but as "not yet", not "bad token".
+		return nil, &keysUnavailableError{reason: "issuer's signing keys not fetched yet", retryAfter: noKeysRetryAfter}
+	case k.checkedAbsent(kid):
+		return nil, fmt.Errorf("key id %.64q not in the issuer's key set", kid)
+	}
+	// Nothing fetched since this kid appeared (the limit was spent, by a
+	// flood of random kids perhaps, or the IdP failed): it may be a key
+	// rotated in a moment ago, so the client is asked to retry once the
+	// next re-fetch is allowed, never told its token is invalid.
+	return nil, &keysUnavailableError{
+		reason:     fmt.Sprintf("key id %.64q not in the issuer's key set yet: %v", kid, err),
+		retryAfter: k.refetchWait(),
+	}
+}
+
+// checkedAbsent reports whether a fetch begun after kid was first seen
+// succeeded without it, and remembers kid as first seen now if it is new.
+// When the memory is full, ids already checked are forgotten (they are
+// then simply looked for again); if it is still full, kid is not
+// remembered, and is answered "not yet" until there is room.
+func (k *keySet) checkedAbsent(kid string) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if first, seen := k.unknown[kid]; seen {
+		return k.lastGood > first
+	}
+	if len(k.unknown) >= maxUnknownKids {
+		for id, first := range k.unknown {
+			if k.lastGood > first {
+				delete(k.unknown, id)
+			}
+		}
+	}
+	if len(k.unknown) < maxUnknownKids {
+		k.unknown[kid] = k.starts
+	}
+	return false
+}
+
+// refetchWait is how long until the unknown-kid limit allows a re-fetch,
+// at least a second.
+func (k *keySet) refetchWait() time.Duration {
+	missing := 1 - k.unknownKid.TokensAt(k.now())
+	return max(time.Second, time.Duration(missing*float64(unknownKidRefetchEvery)))
+}
+
 // refetchForUnknownKid re-fetches the key set for a token signed by a key
 // the set does not hold yet (the issuer rotated), at most once per
 // unknownKidRefetchEvery. Concurrent callers share one decision and one
@@ -168,7 +270,7 @@ func (k *keySet) candidates(kid, alg string) (keys []jose.JSONWebKey, known bool
 func (k *keySet) refetchForUnknownKid(ctx context.Context) error {
 	ch := k.flight.DoChan("unknown-kid", func() (any, error) {
 		if !k.unknownKid.AllowN(k.now(), 1) {
-			return nil, errors.New("key set re-fetched recently")
+			return nil, errRefetchLimited
 		}
 		return nil, k.refresh(k.base, false)
 	})
@@ -201,9 +303,11 @@ func (k *keySet) refresh(ctx context.Context, fresh bool) error {
 // lock every user out, while a removed key is dropped at the next fetch
 // that succeeds.
 func (k *keySet) load(ctx context.Context) error {
-	k.mu.RLock()
+	k.mu.Lock()
 	jwksURL := k.jwksURL
-	k.mu.RUnlock()
+	k.starts++
+	start := k.starts
+	k.mu.Unlock()
 	if jwksURL == "" {
 		u, err := k.discover(ctx)
 		if err != nil {
@@ -213,7 +317,7 @@ func (k *keySet) load(ctx context.Context) error {
 		k.jwksURL, jwksURL = u, u
 		k.mu.Unlock()
 	}
-	body, err := k.get(ctx, jwksURL)
+	body, maxAge, err := k.get(ctx, jwksURL)
 	if err != nil {
 		return fmt.Errorf("fetch jwks: %w", err)
 	}
@@ -225,13 +329,16 @@ func (k *keySet) load(ctx context.Context) error {
 		k.log.Warn("jwks: keys skipped", "jwks_uri", jwksURL, "err", skipped)
 	}
 	k.install(keys)
+	k.mu.Lock()
+	k.lastGood, k.maxAge = max(k.lastGood, start), maxAge
+	k.mu.Unlock()
 	return nil
 }
 
 // discover reads the issuer's OpenID Provider metadata.
 func (k *keySet) discover(ctx context.Context) (string, error) {
 	wellKnown := strings.TrimSuffix(k.issuer, "/") + "/.well-known/openid-configuration"
-	body, err := k.get(ctx, wellKnown)
+	body, _, err := k.get(ctx, wellKnown)
 	if err != nil {
 		return "", fmt.Errorf("discovery: %w", err)
 	}
@@ -259,28 +366,62 @@ func (k *keySet) discover(ctx context.Context) (string, error) {
 	return doc.JWKSURI, nil
 }
 
-func (k *keySet) get(ctx context.Context, u string) ([]byte, error) {
+// get fetches u and returns its body and Cache-Control max-age (0: none).
+func (k *keySet) get(ctx context.Context, u string) ([]byte, time.Duration, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	req.Header.Set("Accept", "application/json")
 	resp, err := k.client.Do(req)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: status %s", u, resp.Status)
+		return nil, 0, fmt.Errorf("GET %s: status %s", u, resp.Status)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxMetadataBytes+1))
 	if err != nil {
-		return nil, fmt.Errorf("GET %s: %w", u, err)
+		return nil, 0, fmt.Errorf("GET %s: %w", u, err)
 	}
 	if len(body) > maxMetadataBytes {
-		return nil, fmt.Errorf("GET %s: body larger than %d bytes", u, maxMetadataBytes)
+		return nil, 0, fmt.Errorf("GET %s: body larger than %d bytes", u, maxMetadataBytes)
 	}
-	return body, nil
+	return body, maxAge(resp.Header.Values("Cache-Control")), nil
+}
+
+// maxAge is the max-age of Cache-Control values (RFC 9111 section 5.2.2.1),
+// 0 when there is none or it does not parse (no-store and no-cache carry
+// none: the configured interval applies).
+func maxAge(values []string) time.Duration {
+	for _, v := range values {
+		for d := range strings.SplitSeq(v, ",") {
+			name, arg, _ := strings.Cut(strings.TrimSpace(d), "=")
+			if !strings.EqualFold(name, "max-age") {
+				continue
+			}
+			secs, err := strconv.ParseInt(strings.Trim(arg, `"`), 10, 64)
+			if err != nil || secs < 0 || secs > int64(24*time.Hour/time.Second) {
+				return 0
+			}
+			if secs == 0 {
+				return minJWKSMaxAge // "stale at once": as often as the floor allows
+			}
+			return time.Duration(secs) * time.Second
+		}
+	}
+	return 0
+}
+
+// refreshAfter is the wait before the next background fetch: the
+// configured interval, or the JWKS's max-age when the IdP asks for a
+// shorter one, but never below minJWKSMaxAge (nor above the interval).
+func refreshAfter(interval, maxAge time.Duration) time.Duration {
+	if maxAge <= 0 || maxAge >= interval {
+		return interval
+	}
+	return min(interval, max(maxAge, minJWKSMaxAge))
 }
 
 // parseJWKS parses a JWK Set (RFC 7517 section 5) with go-jose, one key at
@@ -375,6 +516,13 @@ func keyIdentity(key jose.JSONWebKey) string {
 	return key.KeyID + "\x00" + key.Algorithm + "\x00" + string(tp)
 }
 
+// nextRefresh is refreshAfter for the last JWKS fetched.
+func (k *keySet) nextRefresh(interval time.Duration) time.Duration {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	return refreshAfter(interval, k.maxAge)
+}
+
 // ready reports whether the set holds a key a token could be verified with.
 func (k *keySet) ready() bool {
 	k.mu.RLock()
@@ -397,7 +545,7 @@ func (k *keySet) generation() uint64 {
 func (k *keySet) run(ctx context.Context, interval, minRetry, maxRetry time.Duration) {
 	retry := minRetry
 	for {
-		wait := interval
+		var wait time.Duration
 		if err := k.refresh(ctx, false); err != nil {
 			if ctx.Err() != nil {
 				return
@@ -406,7 +554,7 @@ func (k *keySet) run(ctx context.Context, interval, minRetry, maxRetry time.Dura
 			retry = min(retry*2, maxRetry, interval)
 			k.log.Warn("oidc: fetching signing keys failed; retrying", "err", err, "retry_in", wait, "have_keys", k.ready())
 		} else {
-			retry = minRetry
+			retry, wait = minRetry, k.nextRefresh(interval)
 		}
 		t := time.NewTimer(wait)
 		select {

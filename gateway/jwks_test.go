@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -419,6 +420,99 @@ func TestOIDCUnknownKidFlood(t *testing.T) {
 	}
 }
 
+// TestOIDCUnknownKidStarvation: random-kid tokens spend the one re-fetch
+// per period, and then the issuer rotates in a new key. A token signed
+// with it is not told invalid_token (the client would throw it away) but
+// "not yet" with a Retry-After up to the next allowed re-fetch; once that
+// re-fetch has run, whoever triggered it, the token is accepted. A random
+// kid that a fetch begun after it appeared did not have is refused outright
+// and costs no re-fetch (a negative cache), and the memory of such kids is
+// bounded.
+func TestOIDCUnknownKidStarvation(t *testing.T) {
+	f := newOIDCFixture(t, fixtureOptions{publish: []signingKey{testSigningKeys().rsa1}})
+	ctx := t.Context()
+	random := func() string { return mintJWT(t, f.keys.rsa1, rand.Text(), "at+jwt", f.claims(nil)) }
+	before := f.idp.fetches.Load()
+	first := random()
+	if _, err := f.v.verify(ctx, first, oidcTestRouteA); err == nil || errors.Is(err, errKeysUnavailable) {
+		t.Fatalf("random kid with the budget free: %v; want refused as not in the key set (it was looked for)", err)
+	}
+
+	// The issuer rotates; the attacker keeps the budget spent.
+	f.idp.setKeys(f.keys.rsa1, f.keys.rsa2)
+	rotated := mintJWT(t, f.keys.rsa2, "rsa-2", "at+jwt", f.claims(nil))
+	_, err := f.v.verify(ctx, rotated, oidcTestRouteA)
+	var ku *keysUnavailableError
+	if !errors.As(err, &ku) || ku.retryAfter <= 0 || ku.retryAfter > unknownKidRefetchEvery {
+		t.Fatalf("new key's token with the budget spent: %v; want keys unavailable with a Retry-After up to %s", err, unknownKidRefetchEvery)
+	}
+	for range 50 {
+		f.v.verify(ctx, random(), oidcTestRouteA)
+	}
+	if _, err := f.v.verify(ctx, first, oidcTestRouteA); err == nil || errors.Is(err, errKeysUnavailable) {
+		t.Errorf("a random kid looked for already: %v; want refused outright", err)
+	}
+	if got := f.idp.fetches.Load() - before; got != 1 {
+		t.Errorf("JWKS fetches = %d, want 1 (the budget)", got)
+	}
+
+	// The period passes; an attacker's token comes first and spends the
+	// budget again, which fetches the new key for everyone.
+	f.clock.advance(unknownKidRefetchEvery)
+	f.v.verify(ctx, random(), oidcTestRouteA)
+	if _, err := f.v.verify(ctx, rotated, oidcTestRouteA); err != nil {
+		t.Errorf("new key's token after the next re-fetch: %v", err)
+	}
+	if got := f.idp.fetches.Load() - before; got != 2 {
+		t.Errorf("JWKS fetches = %d, want 2", got)
+	}
+
+	ks := f.v.issuers[f.idp.issuer()].keys
+	for range 3 * maxUnknownKids {
+		f.v.verify(ctx, random(), oidcTestRouteA)
+	}
+	ks.mu.RLock()
+	remembered := len(ks.unknown)
+	ks.mu.RUnlock()
+	if remembered > maxUnknownKids {
+		t.Errorf("%d unknown kids remembered, want at most %d", remembered, maxUnknownKids)
+	}
+	long := mintJWT(t, f.keys.rsa1, strings.Repeat("k", maxKidBytes+1), "at+jwt", f.claims(nil))
+	f.clock.advance(unknownKidRefetchEvery)
+	fetches := f.idp.fetches.Load()
+	if _, err := f.v.verify(ctx, long, oidcTestRouteA); err == nil || errors.Is(err, errKeysUnavailable) {
+		t.Errorf("overlong kid: %v; want refused", err)
+	}
+	if got := f.idp.fetches.Load(); got != fetches {
+		t.Errorf("an overlong kid caused %d JWKS fetches, want 0", got-fetches)
+	}
+}
+
+// TestJWKSRefreshInterval: the background refresh follows a JWKS's
+// Cache-Control max-age when it asks for less than jwks_refresh, never
+// below a minute.
+func TestJWKSRefreshInterval(t *testing.T) {
+	tests := []struct {
+		cacheControl []string
+		want         time.Duration
+	}{
+		{want: 5 * time.Minute},
+		{cacheControl: []string{"public, max-age=120"}, want: 2 * time.Minute},
+		{cacheControl: []string{"max-age=1"}, want: time.Minute},
+		{cacheControl: []string{"max-age=0"}, want: time.Minute},
+		{cacheControl: []string{"max-age=86400"}, want: 5 * time.Minute},
+		{cacheControl: []string{"no-store"}, want: 5 * time.Minute},
+		{cacheControl: []string{"max-age=abc"}, want: 5 * time.Minute},
+		{cacheControl: []string{"max-age=-5"}, want: 5 * time.Minute},
+		{cacheControl: []string{"private", "Max-Age=\"90\""}, want: 90 * time.Second},
+	}
+	for _, tt := range tests {
+		if got := refreshAfter(5*time.Minute, maxAge(tt.cacheControl)); got != tt.want {
+			t.Errorf("Cache-Control %q: refresh after %s, want %s", tt.cacheControl, got, tt.want)
+		}
+	}
+}
+
 func TestOIDCKeyRotationAndRemoval(t *testing.T) {
 	f := newOIDCFixture(t, fixtureOptions{publish: []signingKey{testSigningKeys().rsa1}})
 	ctx := t.Context()
@@ -630,6 +724,22 @@ func FuzzJWKSParse(f *testing.F) {
 			if _, sym := k.Key.([]byte); sym {
 				t.Fatalf("symmetric key %q trusted", k.KeyID)
 			}
+		}
+	})
+}
+
+// FuzzJWKSMaxAge: whatever Cache-Control the IdP (or whoever answers for
+// it) sends, the next background fetch is between a minute and the
+// configured interval.
+func FuzzJWKSMaxAge(f *testing.F) {
+	for _, s := range []string{"max-age=120", "public, max-age=0", "max-age=99999999999999999999", `max-age="60"`, "no-store", "max-age", "max-age=-1, max-age=30"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, cacheControl string) {
+		const interval = 5 * time.Minute
+		got := refreshAfter(interval, maxAge([]string{cacheControl}))
+		if got < minJWKSMaxAge || got > interval {
+			t.Fatalf("Cache-Control %q: refresh after %s, want between %s and %s", cacheControl, got, minJWKSMaxAge, interval)
 		}
 	})
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"net/url"
 	"os"
 	"slices"
@@ -65,7 +66,7 @@ func newTLSConfig(cfg *config.TLS, log *slog.Logger, now func() time.Time) (*tls
 		return nil, fmt.Errorf("server.tls.client_ca_file: required when client_auth is %s", cfg.ClientAuth)
 	}
 	if cfg.CRLFile != "" {
-		w, err := newCRLWatcher(cfg.CRLFile, cas, log, now)
+		w, err := newCRLWatcher(cfg.CRLFile, cfg.CRLGrace, cas, log, now)
 		if err != nil {
 			return nil, err
 		}
@@ -158,12 +159,14 @@ func parseCertificates(data []byte) ([]*x509.Certificate, error) {
 // crlWatcher enforces a CRL file and re-reads it when it changes. A reload
 // that fails keeps the previous list: failing open would admit revoked
 // certificates, and failing every handshake would turn a bad file into an
-// outage.
+// outage. So does a reload older than the loaded list (rollback). A list
+// past its nextUpdate plus grace fails closed: it may miss revocations.
 type crlWatcher struct {
-	path string
-	cas  []*x509.Certificate // the client CAs a CRL must be signed by
-	log  *slog.Logger
-	now  func() time.Time
+	path  string
+	grace time.Duration       // past nextUpdate, how long the list is still trusted
+	cas   []*x509.Certificate // the client CAs a CRL must be signed by
+	log   *slog.Logger
+	now   func() time.Time
 
 	mu      sync.Mutex
 	list    *revocationList
@@ -171,18 +174,21 @@ type crlWatcher struct {
 	size    int64
 	checked time.Time // when the file was last looked at
 	warned  bool      // the current list's staleness has been logged
+	expired bool      // the current list is past nextUpdate + grace
 }
 
 // revocationList is a parsed and verified CRL.
 type revocationList struct {
 	issuer     []byte // the CA's raw subject
 	serials    map[string]bool
-	number     string // the CRL number, for logs
+	number     string   // the CRL number, for logs
+	num        *big.Int // the CRL number; nil: the CRL has none
+	thisUpdate time.Time
 	nextUpdate time.Time
 }
 
-func newCRLWatcher(path string, cas []*x509.Certificate, log *slog.Logger, now func() time.Time) (*crlWatcher, error) {
-	w := &crlWatcher{path: path, cas: cas, log: log, now: now, checked: now()}
+func newCRLWatcher(path string, grace time.Duration, cas []*x509.Certificate, log *slog.Logger, now func() time.Time) (*crlWatcher, error) {
+	w := &crlWatcher{path: path, grace: grace, cas: cas, log: log, now: now, checked: now()}
 	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("server.tls.crl_file: %w", err)
@@ -202,7 +208,12 @@ func (w *crlWatcher) verifyConnection(cs tls.ConnectionState) error {
 	if len(cs.VerifiedChains) == 0 {
 		return nil
 	}
-	list := w.current()
+	list, expired := w.current()
+	if expired {
+		// Fail closed: a list this old may lack revocations published since.
+		return fmt.Errorf("server.tls.crl_file (CRL number %s) is past its next update %s plus crl_grace %s: client certificates are refused until a fresh CRL is published",
+			list.number, list.nextUpdate.UTC().Format(time.RFC3339), w.grace)
+	}
 	for _, chain := range cs.VerifiedChains {
 		// The last certificate is the trust anchor itself; it is not
 		// revoked by its own CRL.
@@ -220,19 +231,20 @@ func (l *revocationList) revokes(c *x509.Certificate) bool {
 	return bytes.Equal(c.RawIssuer, l.issuer) && l.serials[c.SerialNumber.String()]
 }
 
-// current returns the list to enforce, first re-reading the file if it
-// changed and the last look was at least crlRecheck ago.
-func (w *crlWatcher) current() *revocationList {
+// current returns the list to enforce, and whether it is past nextUpdate
+// plus grace, first re-reading the file if it changed and the last look
+// was at least crlRecheck ago.
+func (w *crlWatcher) current() (*revocationList, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	now := w.now()
 	if now.Sub(w.checked) < crlRecheck {
-		return w.list
+		return w.list, w.expired
 	}
 	w.checked = now
 	w.reloadIfChanged()
 	w.warnIfStale(now)
-	return w.list
+	return w.list, w.expired
 }
 
 func (w *crlWatcher) reloadIfChanged() {
@@ -251,24 +263,60 @@ func (w *crlWatcher) reloadIfChanged() {
 	// once per change, not once per second.
 	w.modTime, w.size = fi.ModTime(), fi.Size()
 	list, err := w.read()
+	if err == nil {
+		err = w.list.rollback(list)
+	}
 	if err != nil {
 		w.log.Error("server.tls.crl_file reload failed: keeping the previous revocation list", "path", w.path, "error", err)
 		return
 	}
-	w.list, w.warned = list, false
+	w.list, w.warned, w.expired = list, false, false
 	w.log.Info("server.tls.crl_file reloaded", "path", w.path, "crl_number", list.number, "revoked", len(list.serials))
 }
 
-// warnIfStale logs, once per list, that the CRL is past its NextUpdate. It
-// is still enforced: an old list of revocations is better than none, and
-// refusing everyone would be an outage caused by a late CRL publisher.
+// warnIfStale logs, once per list, that the CRL is past its NextUpdate,
+// and marks it expired once crl_grace has passed too. Within the grace it
+// is still enforced, so a CRL publisher a little late is not an outage;
+// after it every client certificate is refused, since the list may lack
+// revocations. A CRL without nextUpdate (RFC 5280 requires one) never
+// expires.
 func (w *crlWatcher) warnIfStale(now time.Time) {
-	if w.warned || w.list.nextUpdate.IsZero() || !now.After(w.list.nextUpdate) {
+	next := w.list.nextUpdate
+	if next.IsZero() || !now.After(next) {
 		return
 	}
-	w.warned = true
-	w.log.Warn("server.tls.crl_file is past its next update: still enforcing it; publish a fresh CRL",
-		"path", w.path, "crl_number", w.list.number, "next_update", w.list.nextUpdate)
+	if !w.warned {
+		w.warned = true
+		w.log.Warn("server.tls.crl_file is past its next update: still enforcing it within crl_grace; publish a fresh CRL",
+			"path", w.path, "crl_number", w.list.number, "next_update", next, "crl_grace", w.grace)
+	}
+	if !w.expired && now.After(next.Add(w.grace)) {
+		w.expired = true
+		w.log.Error("server.tls.crl_file is past its next update plus crl_grace: refusing every client certificate until a fresh CRL is published",
+			"path", w.path, "crl_number", w.list.number, "next_update", next, "crl_grace", w.grace)
+	}
+}
+
+// rollback refuses next when it is older than l: a lower CRL number, or
+// (between lists without numbers) an earlier thisUpdate. An attacker (or
+// a stale mirror) that can write the file could otherwise un-revoke a
+// certificate by putting back an earlier CRL (RFC 5280 section 5.2.3: CRL
+// numbers increase).
+func (l *revocationList) rollback(next *revocationList) error {
+	switch {
+	case !bytes.Equal(l.issuer, next.issuer):
+		// The file holds one CA's list: another CA's would leave the
+		// first CA's certificates unchecked. A CA change is a restart.
+		return errors.New("the new CRL is from another CA than the loaded one: restart the gateway to switch CAs")
+	case l.num != nil && next.num == nil:
+		return fmt.Errorf("the new CRL has no CRL number, the loaded one has %s: refusing a possible rollback", l.number)
+	case l.num != nil && next.num.Cmp(l.num) < 0:
+		return fmt.Errorf("CRL number %s is lower than the loaded %s: refusing a rollback", next.number, l.number)
+	case next.thisUpdate.Before(l.thisUpdate):
+		return fmt.Errorf("CRL thisUpdate %s is earlier than the loaded list's %s: refusing a rollback",
+			next.thisUpdate.UTC().Format(time.RFC3339), l.thisUpdate.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // read parses the CRL file (PEM "X509 CRL" or DER) and verifies it was
@@ -292,9 +340,9 @@ func (w *crlWatcher) read() (*revocationList, error) {
 	if err := w.checkIssuer(crl); err != nil {
 		return nil, err
 	}
-	list := &revocationList{issuer: crl.RawIssuer, serials: map[string]bool{}, number: "none", nextUpdate: crl.NextUpdate}
+	list := &revocationList{issuer: crl.RawIssuer, serials: map[string]bool{}, number: "none", thisUpdate: crl.ThisUpdate, nextUpdate: crl.NextUpdate}
 	if crl.Number != nil {
-		list.number = crl.Number.String()
+		list.number, list.num = crl.Number.String(), crl.Number
 	}
 	for _, e := range crl.RevokedCertificateEntries {
 		list.serials[e.SerialNumber.String()] = true

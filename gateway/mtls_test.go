@@ -570,17 +570,20 @@ func TestCRLReload(t *testing.T) {
 	}
 }
 
+// TestCRLPastNextUpdate: within crl_grace past its nextUpdate the CRL is
+// still enforced and nobody else is refused (a late publisher is not an
+// outage); past the grace every client certificate is refused (the list
+// may lack revocations) until a fresh CRL is published.
 func TestCRLPastNextUpdate(t *testing.T) {
 	f := newMTLSFixture(t)
 	cfg := f.cfg
 	cfg.CRLFile = f.write(t, "crl.pem", f.ca.crl(t, 1, f.clock.now().Add(time.Hour), f.certs["revoked"]))
+	cfg.CRLGrace = 30 * time.Minute
 	logs := &syncBuffer{}
 	srv := serveTLS(t, newTestTLSConfig(t, cfg, logs, f.clock.now))
-	const stale = "server.tls.crl_file is past its next update"
+	const stale, expired = "server.tls.crl_file is past its next update: still enforcing", "past its next update plus crl_grace: refusing every client certificate"
 
-	f.clock.add(2 * time.Hour)
-	// Still enforced (never fail open), and nobody else is refused (a late
-	// CRL is not an outage).
+	f.clock.add(80 * time.Minute) // past nextUpdate, within the grace
 	srv.expectRefused(t, f.client(t, "revoked", nil), "is revoked")
 	srv.expectOK(t, f.client(t, "spiffe", nil))
 	f.clock.add(crlRecheck)
@@ -588,6 +591,54 @@ func TestCRLPastNextUpdate(t *testing.T) {
 	if n := strings.Count(logs.String(), stale); n != 1 {
 		t.Errorf("log has %d warnings %q, want 1; log:\n%s", n, stale, logs)
 	}
+
+	f.clock.add(20 * time.Minute) // past the grace: fail closed
+	srv.expectRefused(t, f.client(t, "spiffe", nil), "plus crl_grace 30m0s: client certificates are refused until a fresh CRL is published")
+	f.clock.add(crlRecheck)
+	srv.expectRefused(t, f.client(t, "cn", nil), "plus crl_grace")
+	if n := strings.Count(logs.String(), expired); n != 1 {
+		t.Errorf("log has %d errors %q, want 1; log:\n%s", n, expired, logs)
+	}
+
+	f.ca.now = f.clock.now() // a fresh CRL, issued now
+	f.write(t, "crl.pem", f.ca.crl(t, 2, f.clock.now().Add(time.Hour), f.certs["revoked"]))
+	f.clock.add(crlRecheck)
+	srv.expectOK(t, f.client(t, "spiffe", nil))
+	srv.expectRefused(t, f.client(t, "revoked", nil), "(CRL number 2)")
+}
+
+// TestCRLRollback: a reloaded CRL older than the loaded one (a lower CRL
+// number, or an earlier thisUpdate) is refused, so putting back an earlier
+// list cannot un-revoke a certificate; the loaded list stays in force.
+func TestCRLRollback(t *testing.T) {
+	f := newMTLSFixture(t)
+	next := f.clock.now().Add(24 * time.Hour)
+	cfg := f.cfg
+	cfg.CRLFile = f.write(t, "crl.pem", f.ca.crl(t, 1, next))
+	logs := &syncBuffer{}
+	srv := serveTLS(t, newTestTLSConfig(t, cfg, logs, f.clock.now))
+	revoked := f.client(t, "revoked", nil)
+	emptyCRL1 := f.ca.crl(t, 1, next)
+
+	f.write(t, "crl.pem", f.ca.crl(t, 5, next, f.certs["revoked"]))
+	f.clock.add(crlRecheck)
+	srv.expectRefused(t, revoked, "(CRL number 5)")
+
+	f.write(t, "crl.pem", emptyCRL1) // the earlier list, validly signed
+	f.clock.add(crlRecheck)
+	srv.expectRefused(t, revoked, "(CRL number 5)")
+	waitFor(t, logs, "CRL number 1 is lower than the loaded 5: refusing a rollback")
+
+	f.ca.now = f.ca.now.Add(-time.Hour) // same number, issued earlier
+	f.write(t, "crl.pem", f.ca.crl(t, 5, next))
+	f.clock.add(crlRecheck)
+	srv.expectRefused(t, revoked, "(CRL number 5)")
+	waitFor(t, logs, "is earlier than the loaded list's")
+
+	f.ca.now = f.ca.now.Add(2 * time.Hour)
+	f.write(t, "crl.pem", f.ca.crl(t, 6, next))
+	f.clock.add(crlRecheck)
+	srv.expectOK(t, revoked) // a newer list that lifts the revocation is the CA's word
 }
 
 func TestCRLAppliesToResumedSessions(t *testing.T) {
@@ -691,4 +742,23 @@ func TestTLSChecksValidityWithInjectedClock(t *testing.T) {
 	srv.expectOK(t, c)
 	f.clock.add(25 * time.Hour) // past the certificate's NotAfter
 	srv.expectRefused(t, c, "is after")
+}
+
+// TestCRLExpiredAtStart: a CRL already past nextUpdate plus crl_grace when
+// the gateway starts does not stop it (clients without a certificate are
+// still served) but refuses every client certificate.
+func TestCRLExpiredAtStart(t *testing.T) {
+	f := newMTLSFixture(t)
+	cfg := f.cfg
+	cfg.ClientAuth = "optional"
+	f.ca.now = f.clock.now().Add(-24 * time.Hour) // issued a day ago, due two hours ago
+	cfg.CRLFile = f.write(t, "crl.pem", f.ca.crl(t, 1, f.clock.now().Add(-2*time.Hour)))
+	cfg.CRLGrace = time.Hour
+	logs := &syncBuffer{}
+	srv := serveTLS(t, newTestTLSConfig(t, cfg, logs, f.clock.now))
+	srv.expectRefused(t, f.client(t, "spiffe", nil), "plus crl_grace 1h0m0s")
+	srv.expectOK(t, f.client(t, "", nil))
+	if !strings.Contains(logs.String(), "past its next update plus crl_grace") {
+		t.Errorf("no error logged for the expired CRL; log:\n%s", logs)
+	}
 }

@@ -318,7 +318,7 @@ func (c *obsClient) initialize(t *testing.T) {
 // adminPost posts to an admin endpoint with the admin token.
 func (g *obsGateway) adminPost(t *testing.T, path string) (int, string) {
 	t.Helper()
-	resp := send(t, http.MethodPost, g.Admin+path, "", "", http.Header{"Authorization": {"Bearer " + obsAdminToken}})
+	resp := send(t, http.MethodPost, g.Admin+path, "", "", http.Header{"Authorization": {"Bearer " + obsAdminToken}, "X-Ctxgate-Admin": {"1"}})
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
 }

@@ -288,6 +288,16 @@ func (is *oidcIssuer) verify(ctx context.Context, token string, jws *jose.JSONWe
 	if _, ok := claims["exp"]; !ok {
 		return nil, errors.New("token has no exp")
 	}
+	// The key is looked up (and, within the limit, fetched) before go-oidc
+	// runs: go-oidc flattens the key set's errors to text, and a token
+	// that cannot be checked yet must be told apart from a bad one.
+	h := jws.Signatures[0].Protected
+	if !slices.Contains(is.keys.algs, jose.SignatureAlgorithm(h.Algorithm)) {
+		return nil, fmt.Errorf("algorithm %.16q not allowed for this issuer", h.Algorithm)
+	}
+	if _, err := is.keys.keysFor(ctx, h.KeyID, h.Algorithm); err != nil {
+		return nil, err
+	}
 	ctx = context.WithValue(ctx, parsedJWSKey{}, &parsedJWS{raw: token, jws: jws})
 	idt, err := is.verifier.Verify(ctx, token)
 	if err != nil {

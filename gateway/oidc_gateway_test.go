@@ -106,3 +106,95 @@ upstreams: [{name: a, url: %q}]
 		})
 	}
 }
+
+// TestOIDCColdStartThroughGateway: while the issuer's keys were never
+// fetched, /readyz is not ready and a bearer token is answered 503 with
+// Retry-After (it could not be checked yet), never 401 invalid_token (which
+// would make the client throw a good token away), and nothing is
+// forwarded. Once the keys are in, both recover.
+func TestOIDCColdStartThroughGateway(t *testing.T) {
+	f := newOIDCFixture(t, fixtureOptions{
+		opts:   oidcOptions{retryMin: time.Hour, retryMax: time.Hour}, // the background loop stays out of the way
+		before: func(p *testIdP) { p.down.Store(true) },
+		noWait: true,
+	})
+	var received atomic.Int64
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		received.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"u","version":"1"}}}`)
+	}))
+	defer up.Close()
+	cfg, err := config.Parse(fmt.Appendf(nil, `
+server: {listen: "127.0.0.1:0", public_url: %q}
+upstreams: [{name: a, url: %q}]
+`, oidcTestAudience, up.URL), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := upstream.NewPool(cfg.Upstreams)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(cfg, pool, Options{Now: f.clock.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.auth.tokens, s.oidc = f.v, f.v
+	s.ready.Store(true) // the listeners are up; only the keys are missing
+	gw, admin := httptest.NewServer(s.Handler()), httptest.NewServer(s.AdminHandler())
+	defer gw.Close()
+	defer admin.Close()
+	readyz := func() (int, string) {
+		resp, err := http.Get(admin.URL + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var doc map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&doc)
+		return resp.StatusCode, fmt.Sprint(doc["status"])
+	}
+	call := func(token string) (*http.Response, map[string]any) {
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, gw.URL+"/mcp/a",
+			strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var doc map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&doc)
+		return resp, doc
+	}
+
+	if status, st := readyz(); status != http.StatusServiceUnavailable || st != "waiting_for_oidc_keys" {
+		t.Errorf("/readyz without keys: %d %s, want 503 waiting_for_oidc_keys", status, st)
+	}
+	for i := range 2 { // the first spends the re-fetch budget, the second finds it spent
+		resp, doc := call(f.token(t, nil))
+		e, _ := doc["error"].(map[string]any)
+		if resp.StatusCode != http.StatusServiceUnavailable || fmt.Sprint(e["code"]) != fmt.Sprint(CodeUnavailable) ||
+			resp.Header.Get("Retry-After") == "" || resp.Header.Get("Www-Authenticate") != "" {
+			t.Errorf("token %d without keys: %d %v Retry-After %q WWW-Authenticate %q; want 503 %d with Retry-After, no challenge",
+				i, resp.StatusCode, doc, resp.Header.Get("Retry-After"), resp.Header.Get("Www-Authenticate"), CodeUnavailable)
+		}
+	}
+	if got := received.Load(); got != 0 {
+		t.Errorf("the upstream received %d requests", got)
+	}
+
+	f.idp.down.Store(false)
+	if err := f.v.refresh(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if status, st := readyz(); status != http.StatusOK || st != "ready" {
+		t.Errorf("/readyz with keys: %d %s, want 200 ready", status, st)
+	}
+	if resp, doc := call(f.token(t, nil)); resp.StatusCode != http.StatusOK {
+		t.Errorf("token with keys: %d %v, want 200", resp.StatusCode, doc)
+	}
+}

@@ -15,6 +15,7 @@ import (
 // from the upstream, so the upstream's own check cannot be relied on.
 type originGuard struct {
 	loopback bool            // the listener is on loopback: loopback Hosts are accepted
+	ipHosts  bool            // any IP-literal Host is accepted (the admin listener)
 	hosts    map[string]bool // accepted Host names (lower case, without port)
 	origins  map[string]bool // accepted Origin values (scheme://host[:port])
 }
@@ -37,6 +38,27 @@ func newOriginGuard(cfg config.Server) *originGuard {
 	return g
 }
 
+// newAdminGuard is the admin listener's guard: Host and Origin checked as
+// on the MCP listener, so a web page in an operator's browser cannot reach
+// the admin plane by DNS rebinding or a cross-site request. An IP-literal
+// Host is accepted: a rebinding page always sends its own DNS name, while
+// Kubernetes probes and Prometheus scrapes send the pod's IP. No Origin
+// is configured: the admin plane serves no browser application, so only
+// same-origin is accepted.
+func newAdminGuard(cfg config.Admin) *originGuard {
+	g := &originGuard{ipHosts: true, hosts: map[string]bool{}, origins: map[string]bool{}}
+	if host, _, err := net.SplitHostPort(cfg.Listen); err == nil {
+		g.loopback = isLoopbackName(host)
+		if host != "" {
+			g.hosts[strings.ToLower(host)] = true
+		}
+	}
+	for _, h := range cfg.AllowedHosts {
+		g.hosts[strings.ToLower(hostname(h))] = true
+	}
+	return g
+}
+
 func isLoopbackName(host string) bool {
 	if strings.EqualFold(host, "localhost") {
 		return true
@@ -55,7 +77,7 @@ func hostname(hostport string) string {
 
 func (g *originGuard) check(r *http.Request) error {
 	host := strings.ToLower(hostname(r.Host))
-	if !g.hosts[host] && !(g.loopback && isLoopbackName(host)) {
+	if !g.hosts[host] && !(g.loopback && isLoopbackName(host)) && !(g.ipHosts && net.ParseIP(host) != nil) {
 		return newError(http.StatusForbidden, CodeForbidden, "Host not allowed", nil)
 	}
 	origins := r.Header.Values("Origin")

@@ -160,6 +160,56 @@ func TestBulkheadFullThroughGateway(t *testing.T) {
 	}
 }
 
+// TestPrincipalShareThroughGateway: one principal that fires more calls
+// than its share of max_concurrent gets the bulkhead answer for the rest,
+// and another principal is still served (issue 14: before, one principal
+// filled the bulkhead and another got 503 on 8 of 10 calls).
+func TestPrincipalShareThroughGateway(t *testing.T) {
+	up := newFaultUpstream(t)
+	g := startResGateway(t, up.srv.URL, "max_concurrent: 4\nmax_concurrent_per_principal: 2")
+	alice, bob := g.open(t, aliceKey), g.open(t, bobKey)
+	ctx, cancel := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	refused := 0
+	for i := range 4 {
+		wg.Go(func() {
+			a, err := alice.post(ctx, callBody(10+i, "hang", fmt.Sprintf("n-hang-%d", i)), nil)
+			if err == nil && a.status == http.StatusServiceUnavailable && a.code() == -31014 && a.header.Get("Retry-After") != "" {
+				mu.Lock()
+				refused++
+				mu.Unlock()
+			}
+		})
+	}
+	hanging := func() int {
+		n := 0
+		for i := range 4 {
+			n += up.executions(fmt.Sprintf("n-hang-%d", i))
+		}
+		return n
+	}
+	waitUntil(t, "alice's share in flight and the rest refused", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return hanging() == 2 && refused == 2
+	})
+	for i := range 3 {
+		a, err := bob.post(t.Context(), callBody(20+i, "echo", fmt.Sprintf("n-bob-%d", i)), nil)
+		if err != nil || a.status != http.StatusOK || a.code() != 0 {
+			t.Errorf("bob's call %d beside alice's: %v %d %s; want 200", i, err, a.status, a.body)
+		}
+	}
+	cancel()
+	wg.Wait()
+	if got := hanging(); got != 2 {
+		t.Errorf("alice's calls executed: %d, want 2 (her share)", got)
+	}
+	if got := g.series(t)[`ctxgate_bulkhead_rejections_total{upstream="up"}`]; got != 2 {
+		t.Errorf("ctxgate_bulkhead_rejections_total = %v, want 2", got)
+	}
+}
+
 // TestRateLimits: a principal over its limit gets 429, another principal
 // does not notice.
 func TestRateLimits(t *testing.T) {

@@ -98,8 +98,10 @@ type Server struct {
 	auth     *authenticator
 	sessions *sealer
 	origins  *originGuard
-	buffers  httputil.BufferPool
-	handler  http.Handler
+	// adminOrigins guards the admin listener the same way.
+	adminOrigins *originGuard
+	buffers      httputil.BufferPool
+	handler      http.Handler
 	// tls is the public listener's TLS configuration; nil serves plain HTTP.
 	tls *tls.Config
 	// oidc verifies bearer JWTs; nil without auth.oidc.
@@ -138,7 +140,7 @@ type Server struct {
 
 // New builds a gateway for a validated configuration.
 func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error) {
-	s := &Server{cfg: cfg, pool: pool, log: opts.Logger, origins: newOriginGuard(cfg.Server), buffers: newBufferPool(), catalog: newCatalog(), schemas: newSchemaStore()}
+	s := &Server{cfg: cfg, pool: pool, log: opts.Logger, origins: newOriginGuard(cfg.Server), adminOrigins: newAdminGuard(cfg.Admin), buffers: newBufferPool(), catalog: newCatalog(), schemas: newSchemaStore()}
 	if opts.Policy != nil {
 		s.policy = opts.Policy
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -97,6 +98,20 @@ func RetryOf(ctx context.Context) Retry {
 	return r
 }
 
+type principalKey struct{}
+
+// WithPrincipal marks a request's context with the verified principal it
+// is sent for, whose share of the upstream's bulkhead it then uses
+// (max_concurrent_per_principal). Without it, only the shared bulkhead
+// applies (the gateway's own requests).
+func WithPrincipal(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, principalKey{}, id)
+}
+
+// errPrincipalShare is the cause of a request refused because its
+// principal already had its share in flight.
+var errPrincipalShare = errors.New("the principal's share of max_concurrent is in flight (max_concurrent_per_principal)")
+
 // Stats is a snapshot of one upstream's resilience state.
 type Stats struct {
 	// Breaker is "closed", "open" or "half_open". An open breaker becomes
@@ -105,7 +120,7 @@ type Stats struct {
 	// Retries counts attempts that repeated a failed one.
 	Retries uint64
 	// BulkheadRejections counts requests refused because max_concurrent
-	// were in flight.
+	// were in flight, or their principal's share of it.
 	BulkheadRejections uint64
 }
 
@@ -114,7 +129,8 @@ var BreakerStates = []string{"closed", "open", "half_open"}
 
 // Resilience is one upstream's failsafe-go executor: an overall deadline
 // around a bulkhead, retries (with a budget) around a circuit breaker,
-// around a per-attempt timeout. Its state is shared by every request to the
+// around a per-attempt timeout; in front of it, the share of the bulkhead
+// one principal may hold. Its state is shared by every request to the
 // upstream.
 type Resilience struct {
 	name      string
@@ -122,10 +138,14 @@ type Resilience struct {
 	executors [3]failsafe.Executor[*http.Response] // by Retry
 	retries   atomic.Uint64
 	rejected  atomic.Uint64
+	shares    *shares // nil: no per-principal share
 }
 
 func newResilience(c config.Upstream) *Resilience {
 	r := &Resilience{name: c.Name}
+	if c.MaxConcurrentPerPrincipal > 0 && c.MaxConcurrentPerPrincipal < c.MaxConcurrent {
+		r.shares = &shares{max: c.MaxConcurrentPerPrincipal, inFlight: map[string]int{}}
+	}
 	cb := c.CircuitBreaker
 	breaker := circuitbreaker.NewBuilder[*http.Response]().
 		HandleIf(breakerFailure(cb.Count429)).
@@ -243,6 +263,15 @@ type resilientTransport struct {
 // RoundTrip runs one request: attempts through the policies, failures
 // returned as *Failure.
 func (t *resilientTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	// The principal's share first: a caller over it must not take a slot
+	// of the shared bulkhead from the others, even for a moment.
+	if id, ok := req.Context().Value(principalKey{}).(string); ok && t.r.shares != nil {
+		if !t.r.shares.acquire(id) {
+			t.r.rejected.Add(1)
+			return nil, &Failure{Upstream: t.r.name, Kind: ErrBulkheadFull, RetryAfter: time.Second, Err: errPrincipalShare}
+		}
+		defer t.r.shares.release(id)
+	}
 	var sent atomic.Bool
 	attempt := roundTripperFunc(func(req *http.Request) (*http.Response, error) {
 		var connected atomic.Bool
@@ -277,6 +306,36 @@ func (r *Resilience) failure(err error, sent bool) *Failure {
 		f.Kind = ErrTimeout
 	}
 	return f
+}
+
+// shares counts each principal's requests in flight to one upstream. An
+// entry lives only while its principal has requests in flight, so memory
+// is bounded by max_concurrent, not by the number of principals seen.
+// failsafe-go's bulkhead has no keyed form, hence the counter.
+type shares struct {
+	max      int
+	mu       sync.Mutex
+	inFlight map[string]int
+}
+
+func (s *shares) acquire(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.inFlight[id] >= s.max {
+		return false
+	}
+	s.inFlight[id]++
+	return true
+}
+
+func (s *shares) release(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.inFlight[id] <= 1 {
+		delete(s.inFlight, id)
+		return
+	}
+	s.inFlight[id]--
 }
 
 // roundTripperFunc is a function as an http.RoundTripper.

@@ -235,7 +235,7 @@ func TestBreaker(t *testing.T) {
 
 func TestBulkheadFull(t *testing.T) {
 	fx := newFixture(t, hangForever)
-	up := pool(t, fx.srv.URL, func(c *config.Upstream) { c.MaxConcurrent = 1 })
+	up := pool(t, fx.srv.URL, func(c *config.Upstream) { c.MaxConcurrent, c.MaxConcurrentPerPrincipal = 1, 1 })
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
 	go func() {
@@ -277,5 +277,54 @@ func TestBreakerByCount(t *testing.T) {
 	}
 	if got := up.Resilience.Stats().Breaker; got != "open" {
 		t.Errorf("2 failures among the last 4 attempts: breaker %s, want open", got)
+	}
+}
+
+// TestPrincipalShare: one principal cannot hold more than its share of
+// the bulkhead; another principal is still served meanwhile, and the
+// share is given back when a request ends.
+func TestPrincipalShare(t *testing.T) {
+	fx := newFixture(t, hangForever)
+	up := pool(t, fx.srv.URL, func(c *config.Upstream) { c.MaxConcurrent, c.MaxConcurrentPerPrincipal = 4, 2 })
+	waitReceipts := func(n int64) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for fx.receipts.Load() < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d requests arrived, want %d", fx.receipts.Load(), n)
+			}
+			time.Sleep(time.Millisecond) // polling, not synchronisation
+		}
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	hang := func(id string) {
+		wg.Go(func() { _, _ = post(upstream.WithPrincipal(ctx, id), up, upstream.RetryUnsent) })
+	}
+	hang("alice")
+	hang("alice")
+	waitReceipts(2)
+
+	_, err := post(upstream.WithPrincipal(t.Context(), "alice"), up, upstream.RetrySafe)
+	var f *upstream.Failure
+	if !errors.Is(err, upstream.ErrBulkheadFull) || !errors.As(err, &f) || f.Sent || f.RetryAfter <= 0 {
+		t.Fatalf("alice's third request: %v; want ErrBulkheadFull, not sent, with a Retry-After", err)
+	}
+	if got := fx.receipts.Load(); got != 2 {
+		t.Errorf("the upstream received %d requests, want 2", got)
+	}
+	hang("bob") // inside the shared bulkhead: admitted
+	waitReceipts(3)
+
+	cancel()
+	wg.Wait()
+	fx.set(answerOK)
+	for _, id := range []string{"alice", "alice", "bob"} {
+		if _, err := post(upstream.WithPrincipal(t.Context(), id), up, upstream.RetrySafe); err != nil {
+			t.Errorf("%s after the others ended: %v; want served (the share given back)", id, err)
+		}
+	}
+	if got := up.Resilience.Stats().BulkheadRejections; got != 1 {
+		t.Errorf("bulkhead rejections %d, want 1", got)
 	}
 }

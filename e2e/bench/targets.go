@@ -140,7 +140,10 @@ type ctxgateOptions struct {
 	cached      bool          // cache tools/list, resources/read and the fixture's tools/call for cacheTTL
 }
 
-// ctxgateConfig writes the configuration of a ctxgate target.
+// ctxgateConfig writes the configuration of a ctxgate target. The load
+// comes from one principal (anonymous, or few token subjects), so the
+// per-principal share of max_concurrent is off (equal to max_concurrent):
+// the figures measure the pipeline, not the share.
 func ctxgateConfig(o ctxgateOptions) string {
 	auth := "auth: {anonymous: true}\n"
 	if o.issuer != "" {
@@ -160,7 +163,7 @@ admin: {listen: "127.0.0.1:0"}
 sessions: {keys: [%q]}
 %spolicy: {dir: %q, decision_log: %q%s}
 upstreams:
-  - {name: fixture, url: %q%s}
+  - {name: fixture, url: %q, max_concurrent_per_principal: 100%s}
 `, o.sessionKey, auth, o.policyDir, o.decisionLog, timeout, o.upstream, cache)
 }
 

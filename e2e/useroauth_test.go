@@ -295,9 +295,9 @@ grants: {dir: %q, keys: ["e2e-grant-key-0123456789abcdefghijkl"]}
 		if status, page := b.connect(bobLink(t), "bob", "bob-pw"); status != http.StatusBadRequest || bobFiles() != 0 {
 			t.Errorf("tampered PKCE: %d %s, %d grants for bob", status, page, bobFiles())
 		}
-		if !strings.Contains(gw.stderr.String(), "token service error invalid_grant") {
-			t.Errorf("the gateway log lacks the provider's refusal\n%s", gw.stderr.String())
-		}
+		waitFor(t, "the provider's refusal in the gateway log", readyDeadline, func() bool {
+			return strings.Contains(gw.stderr.String(), "token service error invalid_grant")
+		})
 	})
 	t.Run("a callback in another browser is refused", func(t *testing.T) {
 		var callback string
@@ -332,6 +332,7 @@ grants: {dir: %q, keys: ["e2e-grant-key-0123456789abcdefghijkl"]}
 		principal := url.PathEscape("oidc:" + provider.Issuer + "#bob")
 		for i, want := range []int{http.StatusOK, http.StatusNotFound} {
 			req, _ := http.NewRequest(http.MethodDelete, gw.Admin+"/admin/grants/"+principal+"/calendar", nil)
+			req.Header.Set("X-Ctxgate-Admin", "1") // the admin listener's CSRF defence
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				t.Fatal(err)

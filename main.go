@@ -166,9 +166,8 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 // once both listeners are up; extra adjusts the gateway's options.
 func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, policyFS fs.FS, ready func(public, admin net.Addr), extra ...func(*gateway.Options)) error {
 	log := newLogger(cfg.Log.Level, logOut)
-	pool, err := upstream.NewPool(cfg.Upstreams)
-	if err != nil {
-		return err
+	for _, w := range cfg.Warnings() {
+		log.Warn("configuration", "path", w.Path, "warning", w.Message)
 	}
 	// One registry for every series, served on the admin listener.
 	metrics := gateway.NewMetrics()
@@ -213,6 +212,13 @@ func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, policyFS f
 	// With port 0, a defaulted public URL (the token audience and the
 	// metadata URL clients are sent to) must name the port actually bound.
 	cfg.Bound(public.Addr().String())
+	// After Bound: a defaulted user_oauth redirect_url names the bound port.
+	pool, err := upstream.NewPoolFor(cfg)
+	if err != nil {
+		public.Close()
+		admin.Close()
+		return err
+	}
 	gw, err := gateway.New(cfg, pool, opts)
 	if err != nil {
 		public.Close()

@@ -66,6 +66,9 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		}
 		return 1
 	}
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintln(stderr, "ctxgate: warning:", w.Error())
+	}
 	fmt.Fprintln(stdout, *path+": configuration is valid")
 	return 0
 }

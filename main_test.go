@@ -27,6 +27,7 @@ func TestCommands(t *testing.T) {
 	good := write("good.yaml", "auth: {anonymous: true}\npolicy: {dir: policies}\nupstreams: [{name: docs, url: http://127.0.0.1:3001/mcp}]\n")
 	bad := write("bad.yaml", "server: {listne: x}\nupstreams: [{name: Docs, url: ftp://x}]\n")
 	invalid := write("invalid.yaml", "upstreams: [{name: Docs, url: ftp://x}]\n")
+	plain := write("plain.yaml", "auth: {anonymous: true}\npolicy: {dir: policies}\nupstreams: [{name: docs, url: http://10.1.2.3:3001/mcp}]\n")
 
 	tests := []struct {
 		name       string
@@ -47,6 +48,9 @@ func TestCommands(t *testing.T) {
 			"auth: no authentication method is configured",
 			"upstreams[0].name: must be 1-63 characters",
 			"upstreams[0].url: scheme must be http or https",
+		}},
+		{name: "check warns about plain http upstreams", args: []string{"check", "--config", plain}, wantCode: 0, wantStdout: plain + ": configuration is valid\n", wantStderr: []string{
+			"ctxgate: warning: upstreams[0].url: plain http:// to a non-loopback host",
 		}},
 		{name: "check missing file", args: []string{"check", "--config", filepath.Join(dir, "nope.yaml")}, wantCode: 1, wantStderr: []string{"nope.yaml"}},
 		{name: "check without --config", args: []string{"check"}, wantCode: 1, wantStderr: []string{"--config FILE is required"}},

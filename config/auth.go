@@ -69,9 +69,13 @@ type ClaimMapping struct {
 }
 
 // Credentials is an upstream's outbound credential: at most one kind.
+// OAuth2ClientCredentials and Header authenticate the gateway itself;
+// TokenExchange and UserOAuth call the upstream as the calling user.
 type Credentials struct {
 	OAuth2ClientCredentials *OAuth2ClientCredentials `yaml:"oauth2_client_credentials"`
 	Header                  *HeaderCredential        `yaml:"header"`
+	TokenExchange           *TokenExchange           `yaml:"token_exchange" json:",omitempty"`
+	UserOAuth               *UserOAuth               `yaml:"user_oauth" json:",omitempty"`
 }
 
 // OAuth2ClientCredentials obtains (and refreshes) a token for the gateway.

@@ -27,6 +27,8 @@ type Config struct {
 	// Routes are the federated routes (routes.go); every upstream also has
 	// its own route at /mcp/<name>.
 	Routes []Route `yaml:"routes"`
+	// Grants is the store of users' connected accounts (user_oauth).
+	Grants *Grants `yaml:"grants" json:",omitempty"`
 }
 
 // Server is the public MCP listener.
@@ -157,6 +159,9 @@ type Upstream struct {
 	// Credentials is how the gateway authenticates itself to the upstream.
 	// The client's own credentials are never forwarded.
 	Credentials *Credentials `yaml:"credentials"`
+	// TLS is how an https upstream is verified and the client certificate
+	// the gateway presents to it; nil: system roots, no client certificate.
+	TLS *UpstreamTLS `yaml:"tls" json:",omitempty"`
 	// IdentityHeaders, when true, tells the upstream who the verified
 	// principal is (X-Ctxgate-Principal, X-Ctxgate-Principal-Kind); any
 	// such header a client sends is always dropped.
@@ -259,6 +264,7 @@ func (c *Config) applyDefaults() {
 	for i := range c.Upstreams {
 		setDefault(&c.Upstreams[i].MaxIdleConns, DefaultMaxIdleConns)
 		c.Upstreams[i].applyResilienceDefaults()
+		c.Upstreams[i].Credentials.applyDefaults(s.PublicURL)
 	}
 	keys := c.Sessions.Keys[:0]
 	for _, k := range c.Sessions.Keys {
@@ -267,6 +273,15 @@ func (c *Config) applyDefaults() {
 		}
 	}
 	c.Sessions.Keys = keys
+	if c.Grants != nil {
+		keys := c.Grants.Keys[:0]
+		for _, k := range c.Grants.Keys {
+			if k != "" {
+				keys = append(keys, k)
+			}
+		}
+		c.Grants.Keys = keys
+	}
 }
 
 func setDefault[T comparable](field *T, value T) {
@@ -307,6 +322,11 @@ func (c *Config) Bound(addr string) {
 	}
 	old := c.Server.PublicURL
 	c.Server.PublicURL = DefaultPublicURL(addr, tls)
+	for _, up := range c.Upstreams {
+		if uo := up.Credentials; uo != nil && uo.UserOAuth != nil && uo.UserOAuth.RedirectURL == old+"/oauth/callback" {
+			uo.UserOAuth.RedirectURL = c.Server.PublicURL + "/oauth/callback"
+		}
+	}
 	for i := range c.Auth.OIDC {
 		for j, a := range c.Auth.OIDC[i].Audiences {
 			if a == old {

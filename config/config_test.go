@@ -262,3 +262,23 @@ func TestBound(t *testing.T) {
 		})
 	}
 }
+
+// TestBoundRedirectURL: a defaulted user_oauth redirect_url follows the
+// bound port; an explicit one is kept.
+func TestBoundRedirectURL(t *testing.T) {
+	cfg, err := config.Parse([]byte(`server: {listen: "127.0.0.1:0"}
+auth: {oidc: [{issuer: "http://127.0.0.1:9000"}]}
+upstreams:
+  - {name: a, url: "https://a.example/mcp", credentials: {user_oauth: {authorization_endpoint: "https://p/auth", token_endpoint: "https://p/token", client_id: c, client_secret: s}}}
+  - {name: b, url: "https://b.example/mcp", credentials: {user_oauth: {authorization_endpoint: "https://p/auth", token_endpoint: "https://p/token", client_id: c, client_secret: s, redirect_url: "https://mcp.example.com/oauth/callback"}}}
+`), lookup(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Bound("127.0.0.1:43210")
+	got := []string{cfg.Upstreams[0].Credentials.UserOAuth.RedirectURL, cfg.Upstreams[1].Credentials.UserOAuth.RedirectURL}
+	want := []string{"http://127.0.0.1:43210/oauth/callback", "https://mcp.example.com/oauth/callback"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("redirect URLs (-want +got):\n%s", diff)
+	}
+}

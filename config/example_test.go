@@ -19,6 +19,7 @@ const exampleFile = "example.yaml"
 func TestExample(t *testing.T) {
 	const key = "example-session-key-0123456789abcdef"
 	const oldKey = "example-old-session-key-0123456789ab"
+	const grantKey = "example-grant-key-0123456789abcdefgh"
 	tests := []struct {
 		name     string
 		env      map[string]string
@@ -26,17 +27,17 @@ func TestExample(t *testing.T) {
 	}{
 		{
 			name:     "current key only",
-			env:      map[string]string{"CTXGATE_SESSION_KEY": key},
+			env:      map[string]string{"CTXGATE_GRANT_KEY": grantKey, "CTXGATE_SESSION_KEY": key},
 			wantKeys: []string{key},
 		},
 		{
 			name:     "old key set but empty",
-			env:      map[string]string{"CTXGATE_SESSION_KEY": key, "CTXGATE_SESSION_KEY_OLD": ""},
+			env:      map[string]string{"CTXGATE_GRANT_KEY": grantKey, "CTXGATE_SESSION_KEY": key, "CTXGATE_SESSION_KEY_OLD": ""},
 			wantKeys: []string{key},
 		},
 		{
 			name:     "current and old key",
-			env:      map[string]string{"CTXGATE_SESSION_KEY": key, "CTXGATE_SESSION_KEY_OLD": oldKey},
+			env:      map[string]string{"CTXGATE_GRANT_KEY": grantKey, "CTXGATE_SESSION_KEY": key, "CTXGATE_SESSION_KEY_OLD": oldKey},
 			wantKeys: []string{key, oldKey},
 		},
 	}

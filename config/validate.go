@@ -43,6 +43,7 @@ func (c *Config) Validate() []Problem {
 	v.upstreams(c.Upstreams, len(c.Auth.OIDC) > 0)
 	v.cache(c)
 	v.routes(c.Routes, c.Upstreams)
+	v.grants(c)
 	return v.problems
 }
 
@@ -182,5 +183,6 @@ func (v *validator) upstreams(ups []Upstream, hasOIDC bool) {
 		v.routeAuth(path, up, hasOIDC)
 		v.resilience(path, &up)
 		v.pinTools(path, up.PinTools)
+		v.upstreamTLS(path, up)
 	}
 }

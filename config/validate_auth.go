@@ -118,15 +118,29 @@ func (v *validator) routeAuth(path string, up Upstream, hasOIDC bool) {
 		return
 	}
 	path += ".credentials"
+	kinds := 0
+	for _, set := range []bool{c.OAuth2ClientCredentials != nil, c.Header != nil, c.TokenExchange != nil, c.UserOAuth != nil} {
+		if set {
+			kinds++
+		}
+	}
 	switch {
-	case c.OAuth2ClientCredentials != nil && c.Header != nil:
-		v.add(path, "set one of oauth2_client_credentials or header, not both")
+	case kinds > 1:
+		v.add(path, "set one of oauth2_client_credentials, header, token_exchange or user_oauth, not several")
 	case c.OAuth2ClientCredentials != nil:
 		v.clientCredentials(path+".oauth2_client_credentials", c.OAuth2ClientCredentials)
 	case c.Header != nil:
 		v.headerCredential(path+".header", c.Header)
+	case c.TokenExchange != nil:
+		v.tokenExchange(path+".token_exchange", c.TokenExchange)
+		if !hasOIDC {
+			// Only a token the gateway verified itself is ever exchanged.
+			v.add(path+".token_exchange", "needs auth.oidc: only bearer tokens from the gateway's own issuers are exchanged")
+		}
+	case c.UserOAuth != nil:
+		v.userOAuth(path+".user_oauth", c.UserOAuth)
 	default:
-		v.add(path, "set oauth2_client_credentials or header")
+		v.add(path, "set oauth2_client_credentials, header, token_exchange or user_oauth")
 	}
 }
 

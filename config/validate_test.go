@@ -240,3 +240,30 @@ func TestValidateIsPure(t *testing.T) {
 		t.Errorf("Validate changed the config (-before +after):\n%s", diff)
 	}
 }
+
+func TestWarnings(t *testing.T) {
+	tests := []struct {
+		name string
+		url  string
+		want []string
+	}{
+		{name: "loopback address", url: "http://127.0.0.1:3001/mcp"},
+		{name: "localhost", url: "http://localhost:3001/mcp"},
+		{name: "ipv6 loopback", url: "http://[::1]:3001/mcp"},
+		{name: "https", url: "https://docs.internal/mcp"},
+		{name: "plain http elsewhere", url: "http://docs.internal:3001/mcp", want: []string{"upstreams[0].url"}},
+		{name: "plain http to a private address", url: "http://10.0.0.7/mcp", want: []string{"upstreams[0].url"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := &config.Config{Upstreams: []config.Upstream{{Name: "docs", URL: tt.url}}}
+			var got []string
+			for _, w := range cfg.Warnings() {
+				got = append(got, w.Path)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("warnings (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

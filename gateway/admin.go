@@ -25,6 +25,8 @@ import (
 //	/admin/policy      the policy's revision and reload history
 //	/admin/pins        tool pins and their status; POST /admin/pins/approve
 //	                   ?upstream=&tool= approves a changed or new tool
+//	/admin/grants/<principal>/<upstream>  DELETE revokes a user's connected
+//	                   account (user_oauth); the principal path-escaped
 //	/debug/pprof/      Go's profiler, with admin.pprof only
 //
 // With admin.token_sha256 set, every endpoint but /healthz and /readyz
@@ -49,6 +51,7 @@ func (s *Server) AdminHandler() http.Handler {
 		r.Handle("/admin/cache", s.cacheAdmin())
 		r.Get("/admin/pins", s.adminPins)
 		r.Post("/admin/pins/approve", s.adminApprovePin)
+		r.Delete("/admin/grants/{principal}/{upstream}", s.adminDeleteGrant)
 		if s.cfg.Admin.PProf {
 			r.Mount("/debug", middleware.Profiler())
 		}

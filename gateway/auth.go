@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
+	"log/slog"
 	"maps"
 	"net/http"
 	"slices"
@@ -48,6 +49,27 @@ type Principal struct {
 	Cert *CertInfo
 	// Attributes are the API key's configured attributes (api_key).
 	Attributes map[string]string
+
+	// AccessToken is the raw bearer token that verified (oidc), kept only
+	// to be exchanged for an upstream token (token_exchange). It is never
+	// forwarded, never in the policy input, and never logged: LogValue
+	// leaves it out, and JSON skips it.
+	AccessToken string `json:"-"`
+}
+
+// LogValue is what a log line shows of a principal: who, never the token.
+func (p *Principal) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("id", p.ID), slog.String("kind", p.Kind))
+}
+
+// caller is the principal as upstream credential sources know it.
+func (p *Principal) caller() *upstream.Caller {
+	c := &upstream.Caller{ID: p.ID, Kind: p.Kind}
+	if p.Kind == "oidc" {
+		// Only a token the gateway verified against its own issuers.
+		c.AccessToken, c.Expiry = p.AccessToken, p.Expiry
+	}
+	return c
 }
 
 // CertInfo is what the policy and logs may know of a client certificate.
@@ -192,6 +214,7 @@ func (a *authenticator) bearer(ctx context.Context, credential, resource string)
 	if strings.Count(credential, ".") == 2 && a.tokens != nil {
 		p, err := a.tokens.verify(ctx, credential, resource)
 		if err == nil {
+			p.AccessToken = credential
 			return p, nil
 		}
 		// An API key may happen to contain two dots; it is still only
@@ -273,9 +296,11 @@ func (s *Server) authenticate(rt *route) func(http.Handler) http.Handler {
 				return
 			}
 			st.principal = p
-			// Every upstream request made for this one counts against the
-			// principal's share of that upstream's bulkhead.
-			next.ServeHTTP(w, r.WithContext(upstream.WithPrincipal(r.Context(), p.ID)))
+			// Every upstream request made for this one is made for p, and
+			// counts against p's share of that upstream's bulkhead.
+			st.caller = p.caller()
+			ctx := upstream.WithPrincipal(r.Context(), p.ID)
+			next.ServeHTTP(w, r.WithContext(upstream.WithCaller(ctx, st.caller)))
 		})
 	}
 }

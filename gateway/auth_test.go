@@ -285,7 +285,7 @@ func TestAuthenticateMiddleware(t *testing.T) {
 		},
 		{
 			name: "scoped route, token with every scope", rt: &readOnly, authz: "Bearer aaa.bbb.ccc",
-			wantStatus: http.StatusNoContent, wantNext: &Principal{ID: "oidc:i#u", Kind: "oidc", Scopes: []string{"mcp:read"}},
+			wantStatus: http.StatusNoContent, wantNext: &Principal{ID: "oidc:i#u", Kind: "oidc", Scopes: []string{"mcp:read"}, AccessToken: "aaa.bbb.ccc"},
 		},
 	}
 	for _, tt := range tests {

@@ -170,10 +170,11 @@ func (s *Server) cacheLookupFor(fwd *forward, st *requestState) (*cacheLookup, b
 		return nil, false
 	}
 	var err error
-	if lk.hints && !fwd.route.identityHeaders {
+	if lk.hints && !fwd.route.identityHeaders && !fwd.route.upstream.CallsAsUser() {
 		// Only a modern-era cacheScope "public" makes an entry shared, and
-		// with identity forwarded the upstream may answer per principal
-		// whatever scope it claims: then no entry is shared.
+		// with identity forwarded (headers, or a token naming the user)
+		// the upstream may answer per principal whatever scope it claims:
+		// then no entry is shared.
 		if lk.shared, err = cache.Key(cr); err != nil {
 			return nil, false
 		}

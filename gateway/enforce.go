@@ -15,6 +15,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 
 	"github.com/ctxgate/ctxgate/policy"
+	"github.com/ctxgate/ctxgate/upstream"
 )
 
 // exchange is one client request awaiting its response: what the response
@@ -379,6 +380,9 @@ func (s *Server) baseInput(fwd *forward, method string) *policy.Input {
 func (s *Server) answerUpstream(fwd *forward, body []byte) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	// Still for the principal's session: an upstream called as the user
+	// (token_exchange) gets the user's token, as for the request itself.
+	ctx = upstream.WithCaller(ctx, fwd.principal.caller())
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, fwd.route.upstream.URL.String(), bytes.NewReader(body))
 	if err != nil {
 		return

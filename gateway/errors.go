@@ -47,13 +47,20 @@ type Error struct {
 	Header  http.Header     // extra response headers, e.g. WWW-Authenticate, Allow
 	Data    json.RawMessage // the JSON-RPC error's data, when the spec defines one (-32022)
 	Err     error           // internal: logged with the request id, never sent
+	// logMessage, when set, stands for Message in the log: Message holds
+	// something only its recipient may see (a single-use connect link).
+	logMessage string
 }
 
 func (e *Error) Error() string {
-	if e.Err != nil {
-		return e.Message + ": " + e.Err.Error()
+	msg := e.Message
+	if e.logMessage != "" {
+		msg = e.logMessage
 	}
-	return e.Message
+	if e.Err != nil {
+		return msg + ": " + e.Err.Error()
+	}
+	return msg
 }
 
 func (e *Error) Unwrap() error { return e.Err }

@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/ctxgate/ctxgate/policy"
+	"github.com/ctxgate/ctxgate/upstream"
 )
 
 // requestState is what the pipeline learns about one request, in the order
@@ -24,7 +25,10 @@ type requestState struct {
 	id        string
 	log       *slog.Logger
 	principal *Principal
-	msg       *Message
+	// caller is principal as the upstream credential sources see it; it
+	// records the tokens obtained for it (their act claims).
+	caller *upstream.Caller
+	msg    *Message
 	// rejectedID is the id of a message that failed strict decoding, when
 	// it could still be read unambiguously, so the error can carry it.
 	rejectedID any
@@ -184,6 +188,9 @@ func (s *Server) accessRecord(r *http.Request, st *requestState, sc trace.SpanCo
 	}
 	if st.decision != "" {
 		attrs = append(attrs, slog.String("decision", st.decision))
+	}
+	if st.caller != nil {
+		attrs = append(attrs, delegationAttrs(st.caller)...)
 	}
 	if st.version != "" {
 		attrs = append(attrs, slog.String("protocol_version", st.version))

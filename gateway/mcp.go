@@ -82,6 +82,8 @@ type forward struct {
 	// pushed are the response-phase redactions decided for the messages
 	// of a stream no client request asked for, by method (pipeline.go).
 	pushed map[string][]policy.Redaction
+	// urlElicit: the client declared the elicitation url capability.
+	urlElicit bool
 }
 
 type forwardKey struct{}
@@ -127,6 +129,9 @@ func (s *Server) serveRoute(rt *route) http.HandlerFunc {
 		if st.msg != nil && st.msg.Request() != nil {
 			st.target = targetOf(st.msg.Request())
 			st.toolLabel = s.toolLabel(rt.upstream.Name, st.target)
+		}
+		if err == nil {
+			r, err = s.prepareCredential(r, fwd, st)
 		}
 		if err == nil {
 			fwd.base = &policy.Input{
@@ -179,6 +184,7 @@ func (s *Server) preparePost(r *http.Request, fwd *forward, st *requestState) er
 		// forwarded (the upstream session is created fresh).
 		fwd.initialize = true
 		fwd.caps = capabilityDigest(msg.Request().Params)
+		fwd.urlElicit = declaresURLElicitation(msg.Request().Params, false)
 		if st.version, err = requestVersion(r, nil); err != nil {
 			return err
 		}
@@ -331,6 +337,7 @@ func (s *Server) prepareSession(r *http.Request, fwd *forward, st *requestState)
 	st.session = true
 	fwd.upstreamSession = claims.Upstream
 	fwd.caps = claims.Caps
+	fwd.urlElicit = claims.URLElicit
 	st.version, err = requestVersion(r, &claims)
 	return err
 }

@@ -269,6 +269,7 @@ func (s *Server) mintSession(resp *http.Response, fwd *forward, upstreamSession 
 		Upstream:  upstreamSession,
 		Version:   version,
 		Caps:      fwd.caps,
+		URLElicit: fwd.urlElicit,
 	})
 	if err != nil {
 		return fmt.Errorf("seal session: %w", err)

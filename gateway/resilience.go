@@ -252,6 +252,10 @@ func (a *answerRecorder) answer() []byte {
 // upstreamError is what the client is told when the upstream could not
 // answer: each failure its own status and code (README "Resilience").
 func upstreamError(ctx context.Context, err error) *Error {
+	if errors.Is(err, upstream.ErrCredential) {
+		// Nothing was sent: the caller has no credential for it.
+		return credentialError(err, "")
+	}
 	var f *upstream.Failure
 	if !errors.As(err, &f) {
 		// Failures after the executor: an unusable answer, a refused

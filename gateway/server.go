@@ -287,6 +287,9 @@ func (s *Server) chain() http.Handler {
 		//    metadata: every route handler runs with a verified Principal.
 		r.With(s.authenticate(rt)).Handle(rt.path, handler)
 	}
+	// 6. The connect-your-account pages of user_oauth upstreams
+	//    (connect.go): reached by a browser, not an MCP client.
+	s.mountConnect(r, own)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, newError(http.StatusNotFound, CodeInvalidRequest, "no MCP route at this path; routes are /mcp/<upstream>", nil))
 	})

@@ -36,7 +36,10 @@ type sessionClaims struct {
 	Upstream  string `json:"u,omitempty"` // the upstream's own session id; never shown to clients
 	Version   string `json:"v,omitempty"` // negotiated MCP protocol version
 	Caps      string `json:"c,omitempty"` // digest of the client's declared capabilities (cache key)
-	IssuedAt  int64  `json:"iat"`         // unix seconds
+	// URLElicit: the client declared elicitation.url at initialize, so a
+	// missing connected account is answered -32042 (credentials.go).
+	URLElicit bool  `json:"e,omitempty"`
+	IssuedAt  int64 `json:"iat"` // unix seconds
 	// Members are a federated session's upstream sessions, by member
 	// upstream name (federation.go); a member that is absent is not part of
 	// the session.

@@ -28,6 +28,16 @@ func RequestID(ctx context.Context) string {
 	return id
 }
 
+type delegationKey struct{}
+
+// WithDelegation returns a context carrying the delegation chain of the
+// upstream token obtained for the request (token exchange: the upstream,
+// the issued token's sub and act claim), which the decision log records as
+// delegation. It is an audit record, not policy input.
+func WithDelegation(ctx context.Context, d any) context.Context {
+	return context.WithValue(ctx, delegationKey{}, d)
+}
+
 // decisionLog writes decision records as JSON lines in the shape of OPA's
 // decision logs, plus principal and request_id.
 //
@@ -63,6 +73,7 @@ type record struct {
 	Metrics    map[string]int64  `json:"metrics,omitempty"`
 	Principal  string            `json:"principal"`
 	RequestID  string            `json:"request_id,omitempty"`
+	Delegation any               `json:"delegation,omitempty"`
 }
 
 // decideResult is the result of a Decide record.
@@ -142,6 +153,7 @@ func (l *decisionLog) newRecord(ctx context.Context, id, rule, rev string, in *I
 		Revision:   rev,
 		Metrics:    map[string]int64{"timer_rego_query_eval_ns": end.Sub(start).Nanoseconds()},
 		RequestID:  RequestID(ctx),
+		Delegation: ctx.Value(delegationKey{}),
 	}
 	if in != nil {
 		rec.Principal = in.Principal.ID

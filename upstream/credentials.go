@@ -19,20 +19,36 @@ import (
 // credential for this upstream. The client's credentials never get here:
 // the gateway forwards an allow-list of headers that excludes them.
 // Secrets are read once, now, so a missing file fails start-up.
-func withCredentials(base http.RoundTripper, c *config.Credentials) (http.RoundTripper, error) {
+//
+// token_exchange and user_oauth call the upstream as the caller instead:
+// their source is returned too, for Upstream.Prepare.
+func withCredentials(base http.RoundTripper, name string, c *config.Credentials, grants *GrantStore) (http.RoundTripper, userCredential, error) {
 	switch {
 	case c == nil:
-		return base, nil
+		return base, nil, nil
 	case c.OAuth2ClientCredentials != nil:
-		return clientCredentialsTransport(base, c.OAuth2ClientCredentials)
+		t, err := clientCredentialsTransport(base, c.OAuth2ClientCredentials)
+		return t, nil, err
 	case c.Header != nil:
 		value, err := secret(c.Header.Value, c.Header.ValueFile)
 		if err != nil {
-			return nil, fmt.Errorf("credentials.header.value_file: %w", err)
+			return nil, nil, fmt.Errorf("credentials.header.value_file: %w", err)
 		}
-		return &headerTransport{base: base, name: http.CanonicalHeaderKey(c.Header.Name), value: value}, nil
+		return &headerTransport{base: base, name: http.CanonicalHeaderKey(c.Header.Name), value: value}, nil, nil
+	case c.TokenExchange != nil:
+		x, err := newTokenExchange(name, c.TokenExchange)
+		if err != nil {
+			return nil, nil, err
+		}
+		return &callerTransport{base: base, src: x}, x, nil
+	case c.UserOAuth != nil:
+		conn, err := newConnector(name, c.UserOAuth, grants)
+		if err != nil {
+			return nil, nil, err
+		}
+		return &callerTransport{base: base, src: conn}, conn, nil
 	}
-	return base, nil
+	return base, nil, nil
 }
 
 // clientCredentialsTransport obtains a token with the OAuth 2.0 client

@@ -34,6 +34,14 @@ type Upstream struct {
 	// Resilience is the upstream's executor (timeouts, retries, circuit
 	// breaker, bulkhead); wrap the attempt transport with its RoundTripper.
 	Resilience *Resilience
+
+	// Connector runs the connect-your-account flow of a user_oauth
+	// upstream; nil for every other kind.
+	Connector *Connector
+
+	// user, when set, calls the upstream as the caller (token_exchange,
+	// user_oauth); see Prepare.
+	user userCredential
 }
 
 // Pool is the set of upstreams, by name.
@@ -44,18 +52,43 @@ type Pool struct {
 
 // NewPool builds one Upstream per config entry. The config must have been
 // validated; NewPool still returns an error rather than panic on a bad URL.
+// A user_oauth upstream needs NewPoolFor, which opens the grant store.
 func NewPool(cfgs []config.Upstream) (*Pool, error) {
+	return newPool(cfgs, nil)
+}
+
+// NewPoolFor builds the upstreams of cfg, with the grant store of its
+// user_oauth upstreams (cfg.Grants) when it has one.
+func NewPoolFor(cfg *config.Config) (*Pool, error) {
+	var store *GrantStore
+	if cfg.Grants != nil {
+		var err error
+		if store, err = NewGrantStore(cfg.Grants); err != nil {
+			return nil, err
+		}
+	}
+	return newPool(cfg.Upstreams, store)
+}
+
+func newPool(cfgs []config.Upstream, grants *GrantStore) (*Pool, error) {
 	p := &Pool{byName: make(map[string]*Upstream, len(cfgs))}
 	for i, c := range cfgs {
 		u, err := url.Parse(c.URL)
 		if err != nil {
 			return nil, fmt.Errorf("upstreams[%d].url: %w", i, err)
 		}
-		transport, err := withCredentials(newTransport(c), c.Credentials)
+		base := newTransport(c)
+		if c.TLS != nil {
+			if base.TLSClientConfig, err = newTLSConfig(c.TLS); err != nil {
+				return nil, fmt.Errorf("upstreams[%d].%w", i, err)
+			}
+		}
+		transport, user, err := withCredentials(base, c.Name, c.Credentials, grants)
 		if err != nil {
 			return nil, fmt.Errorf("upstreams[%d].%w", i, err)
 		}
-		up := &Upstream{Name: c.Name, URL: u, Transport: transport, Resilience: newResilience(c)}
+		up := &Upstream{Name: c.Name, URL: u, Transport: transport, Resilience: newResilience(c), user: user}
+		up.Connector, _ = user.(*Connector)
 		p.list = append(p.list, up)
 		p.byName[c.Name] = up
 	}

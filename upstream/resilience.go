@@ -200,7 +200,8 @@ func (r *Resilience) retryPolicy(c config.Retry, b budget.Budget, retryable func
 func breakerFailure(count429 bool) func(*http.Response, error) bool {
 	return func(resp *http.Response, err error) bool {
 		if err != nil {
-			return !errors.Is(err, context.Canceled)
+			// No credential for this caller is not the upstream failing.
+			return !errors.Is(err, context.Canceled) && !errors.Is(err, ErrCredential)
 		}
 		return resp.StatusCode >= 500 || count429 && resp.StatusCode == http.StatusTooManyRequests
 	}
@@ -210,7 +211,8 @@ func breakerFailure(count429 bool) func(*http.Response, error) bool {
 func retrySafe(resp *http.Response, err error) bool {
 	if err != nil {
 		// An open breaker fails fast: retrying it would only burn budget.
-		return !errors.Is(err, context.Canceled) && !errors.Is(err, circuitbreaker.ErrOpen)
+		// Nor would retrying a refused credential: it is refused again.
+		return !errors.Is(err, context.Canceled) && !errors.Is(err, circuitbreaker.ErrOpen) && !errors.Is(err, ErrCredential)
 	}
 	switch resp.StatusCode {
 	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
@@ -223,7 +225,7 @@ func retrySafe(resp *http.Response, err error) bool {
 // upstream.
 func retryUnsent(_ *http.Response, err error) bool {
 	var ns *notSent
-	return errors.As(err, &ns) && !errors.Is(err, context.Canceled)
+	return errors.As(err, &ns) && !errors.Is(err, context.Canceled) && !errors.Is(err, ErrCredential)
 }
 
 // notSent marks an attempt's error when no connection was ever obtained.

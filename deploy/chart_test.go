@@ -317,8 +317,17 @@ func checkSecretRefs(t *testing.T, m *manifests, vs valueSet) {
 func checkConfigAccepted(t *testing.T, m *manifests, vs valueSet, cfg string) {
 	t.Helper()
 	env := secretStandIns(m.gatewayContainer(t))
-	path := filepath.Join(t.TempDir(), "ctxgate.yaml")
-	write(t, path, []byte(cfg))
+	// check compiles the policy: the rendered ConfigMap's policies where the
+	// chart renders them, else (the operator's own ConfigMap) the shipped ones.
+	policies := filepath.Join(repoRoot, "policies")
+	if cm, ok := m.configMaps["ctxgate-policies"]; ok {
+		policies = t.TempDir()
+		for key, data := range cm.Data {
+			write(t, filepath.Join(policies, key), []byte(data))
+		}
+	}
+	path := withStandIns(t, []byte(cfg), policies)
+	cfg = readFile(t, path)
 	out, err := runCtxgate(t, env, "check", "--config", path)
 	if !vs.redis {
 		if err != nil {
@@ -511,4 +520,13 @@ func renderNotes(t *testing.T, vs valueSet) string {
 		t.Fatal(err)
 	}
 	return cm.Data["notes"]
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -241,7 +241,12 @@ func TestImageDefaultConfig(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out, err := runCtxgate(t, tt.env, "check", "--config", path)
+			cfg, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			local := withStandIns(t, cfg, filepath.Join(repoRoot, "policies"))
+			out, err := runCtxgate(t, tt.env, "check", "--config", local)
 			if tt.valid {
 				if err != nil {
 					t.Fatalf("ctxgate check: %v\n%s", err, out)

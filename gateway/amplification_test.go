@@ -54,6 +54,12 @@ func TestRequestMemoryBudget(t *testing.T) {
 			_, _ = io.WriteString(w, `{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"u","version":"1"}}}`)
 			return
 		}
+		if strings.Contains(string(head[:n]), `"tools/list"`) {
+			// The gateway's own fetch for a tool it has not seen listed
+			// (calls before lists): not the client's request.
+			_, _ = io.WriteString(w, `{"jsonrpc":"2.0","id":0,"result":{"tools":[]}}`)
+			return
+		}
 		forwarded.Add(1)
 		_, _ = io.WriteString(w, `{"jsonrpc":"2.0","id":7,"result":{"content":[]}}`)
 	}))

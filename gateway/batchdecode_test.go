@@ -26,6 +26,12 @@ func TestBatchElementsDecidedOnTheirOwnParams(t *testing.T) {
 			_, _ = io.WriteString(w, `{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-03-26","capabilities":{},"serverInfo":{"name":"u","version":"1"}}}`)
 			return
 		}
+		if strings.Contains(string(body), `"tools/list"`) {
+			// The gateway's own fetch for a tool it has not seen listed
+			// (calls before lists): not a client message.
+			_, _ = io.WriteString(w, `{"jsonrpc":"2.0","id":0,"result":{"tools":[]}}`)
+			return
+		}
 		forwarded.Add(1)
 		_, _ = io.WriteString(w, `[]`)
 	}))

@@ -55,9 +55,14 @@ defaults := {
 	# Tools whose read-only annotation only holds for some arguments: callers
 	# that are not admins must pass arguments.readonly == true.
 	"readonly_argument_tools": ["run_query"],
-	# Top-level tool arguments that name files; their values must be strings
-	# without "..", for every caller.
+	# Tool arguments that name files, at any depth of the arguments (so
+	# {"files": [{"path": ...}]} is checked too) and in any case ("Path");
+	# their values must be relative paths without "..", however encoded,
+	# for every caller.
 	"path_arguments": ["path"],
+	# Path arguments that may hold absolute paths (e.g. a filesystem server
+	# that takes /home/...); they are still checked for "..".
+	"absolute_path_arguments": [],
 	# Server-to-client requests the gateway relays to clients.
 	"server_requests": ["sampling/createMessage", "elicitation/create", "roots/list"],
 	# Further methods every principal may call (e.g. "tasks/get").
@@ -78,8 +83,8 @@ conf := object.union(defaults, data.ctxgate.config) if {
 # and hides every item; `ctxgate policy eval` shows config_errors.
 list_keys := {
 	"admin_groups", "admin_spiffe_ids", "admin_only_tools", "restricted_prefixes",
-	"restricted_groups", "readonly_argument_tools", "path_arguments", "server_requests",
-	"extra_methods",
+	"restricted_groups", "readonly_argument_tools", "path_arguments", "absolute_path_arguments",
+	"server_requests", "extra_methods",
 }
 
 config_errors contains msg if {
@@ -102,7 +107,7 @@ config_errors contains msg if {
 config_errors contains msg if {
 	some i, r in conf.redactions
 	not valid_redaction(r)
-	msg := sprintf("data.ctxgate.config.redactions[%d] must have a path (a.b[*].c) or a valid RE2 pattern, not both, and an optional string replacement", [i])
+	msg := sprintf("data.ctxgate.config.redactions[%d] must have exactly one of a path (a.b[*].c, or ..name for any depth), a valid RE2 pattern (over text) or a valid RE2 key (over member names), and an optional string replacement", [i])
 }
 
 strings_only(xs) if {
@@ -113,20 +118,23 @@ strings_only(xs) if {
 }
 
 valid_redaction(r) if {
-	object.keys(r) - {"path", "pattern", "replacement"} == set()
-	count(object.keys(r) & {"path", "pattern"}) == 1
+	object.keys(r) - {"path", "pattern", "key", "replacement"} == set()
+	count(object.keys(r) & {"path", "pattern", "key"}) == 1
 	valid_redaction_target(r)
 	valid_replacement(r)
 }
 
 # Paths as the gateway parses them: dotted member names, each optionally
-# followed by [*] (every element) or [N] (one element).
+# followed by [*] (every element) or [N] (one element); a leading ".."
+# matches at any depth.
 valid_redaction_target(r) if {
 	is_string(r.path)
-	regex.match(`^[^.\[\]]+(\[(\*|[0-9]+)\])*(\.[^.\[\]]+(\[(\*|[0-9]+)\])*)*$`, r.path)
+	regex.match(`^(\.\.)?[^.\[\]]+(\[(\*|[0-9]+)\])*(\.[^.\[\]]+(\[(\*|[0-9]+)\])*)*$`, r.path)
 }
 
 valid_redaction_target(r) if regex.is_valid(r.pattern)
+
+valid_redaction_target(r) if regex.is_valid(r.key)
 
 valid_replacement(r) if not "replacement" in object.keys(r)
 
@@ -208,22 +216,55 @@ argument_violations contains msg if {
 	msg := sprintf("tool %q may only be called with arguments.readonly set to true", [input.tool.name])
 }
 
-# Path traversal is never legitimate, so this holds for admins too. Encoded
-# dots are caught as well, in case the upstream decodes its arguments. A path
-# argument that is not a string is refused rather than guessed at.
+# Path traversal is never legitimate, so this holds for admins too. A path
+# argument is found at any depth of the arguments, by its member name. A
+# path argument that is not a string is refused rather than guessed at.
+path_argument_values contains [name, value] if {
+	some p, value
+	walk(input.tool.arguments, [p, value])
+	count(p) > 0
+	name := p[count(p) - 1]
+	is_string(name)
+	folded(name) in {folded(n) | some n in conf.path_arguments}
+}
+
+# Argument names are compared as Go's encoding/json matches struct fields,
+# case-insensitively ("Path", "PATH", and the long s and Kelvin sign that
+# fold to "s" and "k"): an upstream written that way reads {"Path": ...} as
+# its path argument.
+folded(s) := lower(replace(replace(s, "ſ", "s"), "K", "k"))
+
 argument_violations contains msg if {
-	some name in conf.path_arguments
-	value := input.tool.arguments[name]
+	some [name, value] in path_argument_values
 	not is_string(value)
 	msg := sprintf("argument %q must be a string", [name])
 }
 
+# A dot as an upstream might decode it: ".", percent-encoded once or more
+# (%2e, %252e, ...), as an overlong UTF-8 sequence (%c0%ae, %e0%80%ae), or
+# as a character NFKC normalisation turns into "." (fullwidth U+FF0E, one
+# dot leader U+2024, small full stop U+FE52, and the fullwidth one's UTF-8
+# bytes percent-encoded).
+traversal := concat("", [`(?i)`, dot, `{2}`])
+
+dot := `(\.|%(25)*2e|%(25)*c0%(25)*ae|%(25)*e0%(25)*80%(25)*ae|%(25)*ef%(25)*bc%(25)*8e|\x{FF0E}|\x{2024}|\x{FE52})`
+
 argument_violations contains msg if {
-	some name in conf.path_arguments
-	value := input.tool.arguments[name]
+	some [name, value] in path_argument_values
 	is_string(value)
-	regex.match(`(?i)(\.|%2e){2}`, value)
+	regex.match(traversal, value)
 	msg := sprintf("argument %q must not contain \"..\"", [name])
+}
+
+# An absolute path escapes whatever directory the tool means to serve: a
+# leading / or \ (also percent-encoded or fullwidth), ~, a drive letter or
+# a file: URL.
+argument_violations contains msg if {
+	some [name, value] in path_argument_values
+	is_string(value)
+	not name in conf.absolute_path_arguments
+	regex.match(`(?i)^([/\\~\x{FF0F}\x{FF3C}]|%(25)*(2f|5c)|[a-z]:|file:)`, value)
+	msg := sprintf("argument %q must be a relative path", [name])
 }
 
 # ---------------------------------------------------------------------------

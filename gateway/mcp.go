@@ -252,11 +252,15 @@ func readBody(r *http.Request, limit int64) ([]byte, error) {
 	return buf.Bytes(), err
 }
 
-// checkedBody is the body of a forwarded request: the checked bytes, as a
-// seekable reader, so the upstream executor rewinds it for a retry rather
-// than copying it first (failsafehttp reads any other body whole: one
-// more copy of every request).
-type checkedBody struct{ *bytes.Reader }
+// checkedBody is the body of a forwarded request: the checked bytes. It
+// is deliberately not an io.Seeker: failsafehttp would then rewind one
+// shared reader for a retry while the transport's write loop of the
+// attempt before may still be reading it (a data race that can corrupt
+// the retried body); a plain reader makes it take its own copy, each
+// attempt reading a reader of its own.
+type checkedBody struct{ r *bytes.Reader }
+
+func (b checkedBody) Read(p []byte) (int, error) { return b.r.Read(p) }
 
 func (checkedBody) Close() error { return nil }
 

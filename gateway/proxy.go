@@ -88,7 +88,7 @@ func (s *Server) rewrite(pr *httputil.ProxyRequest) {
 	}
 	if fwd.body != nil {
 		// What is forwarded is exactly what was decoded and checked.
-		out.Body = checkedBody{bytes.NewReader(fwd.body)}
+		out.Body = checkedBody{r: bytes.NewReader(fwd.body)}
 		out.ContentLength = int64(len(fwd.body))
 		out.GetBody = nil
 	} else {

@@ -3,8 +3,13 @@ package gateway
 import (
 	"errors"
 	"fmt"
-	"time"
+
+	"github.com/ctxgate/ctxgate/session"
 )
+
+// sessionClaims is what a session id carries (session.Claims), under the
+// name the gateway's handlers have always used for it.
+type sessionClaims = session.Claims
 
 // A federated list's cursor is minted by the gateway: a sealed box (the
 // session key, format cursorFormat, so it never opens as a session id)
@@ -32,22 +37,23 @@ type memberCursor struct {
 
 var errCursorInvalid = errors.New("invalid cursor")
 
-func (s *sealer) sealCursor(c fedCursor) (string, error) {
-	c.IssuedAt = s.now().Unix()
-	return s.sealAs(cursorFormat, c)
+// sealCursor seals c with the session key, stamped with the sealer's clock.
+func sealCursor(s *session.Sealer, c fedCursor) (string, error) {
+	c.IssuedAt = s.Now().Unix()
+	return s.SealAs(cursorFormat, c)
 }
 
 // openCursor opens a cursor and checks it was minted for this route,
 // principal and method, within the session lifetime.
-func (s *sealer) openCursor(id, route, principal, method string) (fedCursor, error) {
+func openCursor(s *session.Sealer, id, route, principal, method string) (fedCursor, error) {
 	var c fedCursor
-	if err := s.openAs(cursorFormat, id, &c); err != nil {
+	if err := s.OpenAs(cursorFormat, id, &c); err != nil {
 		return fedCursor{}, fmt.Errorf("%w: %w", errCursorInvalid, err)
 	}
 	switch {
 	case c.Route != route, c.Principal != principal, c.Method != method:
 		return fedCursor{}, fmt.Errorf("%w: minted for another route, principal or list", errCursorInvalid)
-	case s.now().Sub(time.Unix(c.IssuedAt, 0)) > s.ttl:
+	case s.Expired(c.IssuedAt):
 		return fedCursor{}, fmt.Errorf("%w: expired", errCursorInvalid)
 	case len(c.Pending) == 0:
 		return fedCursor{}, fmt.Errorf("%w: nothing pending", errCursorInvalid)

@@ -7,20 +7,22 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/ctxgate/ctxgate/session"
 )
 
 func TestCursorSealing(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
-	s, err := newSealer([][]byte{[]byte("0123456789abcdef0123456789abcdef")}, time.Hour, func() time.Time { return now })
+	s, err := session.NewSealer([][]byte{[]byte("0123456789abcdef0123456789abcdef")}, time.Hour, func() time.Time { return now })
 	if err != nil {
 		t.Fatal(err)
 	}
 	in := fedCursor{Route: "/mcp", Principal: "alice", Method: "tools/list", Pending: []memberCursor{{Member: "git", Cursor: "p2"}, {Member: "docs", Cursor: "abc"}}}
-	id, err := s.sealCursor(in)
+	id, err := sealCursor(s, in)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := s.openCursor(id, "/mcp", "alice", "tools/list")
+	got, err := openCursor(s, id, "/mcp", "alice", "tools/list")
 	if err != nil {
 		t.Fatalf("openCursor: %v", err)
 	}
@@ -32,7 +34,7 @@ func TestCursorSealing(t *testing.T) {
 	raw, _ := base64.RawURLEncoding.DecodeString(id)
 	raw[len(raw)-1] ^= 1
 	tampered := base64.RawURLEncoding.EncodeToString(raw)
-	session, _ := s.seal(sessionClaims{Route: "/mcp", Principal: "alice"})
+	sid, _ := s.Seal(sessionClaims{Route: "/mcp", Principal: "alice"})
 	tests := []struct {
 		name, id, route, principal, method string
 	}{
@@ -40,24 +42,24 @@ func TestCursorSealing(t *testing.T) {
 		{"another route", id, "/other", "alice", "tools/list"},
 		{"another principal", id, "/mcp", "bob", "tools/list"},
 		{"another list", id, "/mcp", "alice", "prompts/list"},
-		{"a session id is not a cursor", session, "/mcp", "alice", "tools/list"},
+		{"a session id is not a cursor", sid, "/mcp", "alice", "tools/list"},
 		{"garbage", "not a cursor!", "/mcp", "alice", "tools/list"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := s.openCursor(tt.id, tt.route, tt.principal, tt.method); !errors.Is(err, errCursorInvalid) {
+			if _, err := openCursor(s, tt.id, tt.route, tt.principal, tt.method); !errors.Is(err, errCursorInvalid) {
 				t.Errorf("openCursor = %v, want errCursorInvalid", err)
 			}
 		})
 	}
 	t.Run("a cursor is not a session id", func(t *testing.T) {
-		if _, err := s.open(id); !errors.Is(err, errSessionInvalid) {
-			t.Errorf("open(cursor) = %v, want errSessionInvalid", err)
+		if _, err := s.Open(id); !errors.Is(err, session.ErrInvalid) {
+			t.Errorf("open(cursor) = %v, want session.ErrInvalid", err)
 		}
 	})
 	t.Run("expired", func(t *testing.T) {
 		now = now.Add(2 * time.Hour)
-		if _, err := s.openCursor(id, "/mcp", "alice", "tools/list"); !errors.Is(err, errCursorInvalid) {
+		if _, err := openCursor(s, id, "/mcp", "alice", "tools/list"); !errors.Is(err, errCursorInvalid) {
 			t.Errorf("openCursor after the TTL = %v, want errCursorInvalid", err)
 		}
 	})
@@ -69,22 +71,22 @@ func TestCursorSealing(t *testing.T) {
 // as a cursor).
 func FuzzOpenCursor(f *testing.F) {
 	now := time.Unix(1_800_000_000, 0)
-	s, err := newSealer([][]byte{[]byte("0123456789abcdef0123456789abcdef")}, time.Hour, func() time.Time { return now })
+	s, err := session.NewSealer([][]byte{[]byte("0123456789abcdef0123456789abcdef")}, time.Hour, func() time.Time { return now })
 	if err != nil {
 		f.Fatal(err)
 	}
 	minted := fedCursor{Route: "/mcp", Principal: "alice", Method: "tools/list", Pending: []memberCursor{{Member: "git", Cursor: "p2"}}}
-	id, err := s.sealCursor(minted)
+	id, err := sealCursor(s, minted)
 	if err != nil {
 		f.Fatal(err)
 	}
-	session, _ := s.seal(sessionClaims{Route: "/mcp", Principal: "alice"})
-	for _, seed := range []string{id, id[:len(id)-1], id + "A", "A" + id[1:], session, "", "AQ"} {
+	sid, _ := s.Seal(sessionClaims{Route: "/mcp", Principal: "alice"})
+	for _, seed := range []string{id, id[:len(id)-1], id + "A", "A" + id[1:], sid, "", "AQ"} {
 		f.Add(seed)
 	}
 	minted.IssuedAt = now.Unix()
 	f.Fuzz(func(t *testing.T, in string) {
-		got, err := s.openCursor(in, "/mcp", "alice", "tools/list")
+		got, err := openCursor(s, in, "/mcp", "alice", "tools/list")
 		if err != nil {
 			if !errors.Is(err, errCursorInvalid) {
 				t.Fatalf("openCursor(%q) = %v, want it to wrap errCursorInvalid", in, err)

@@ -203,7 +203,7 @@ func (s *Server) openFederatedSession(r *http.Request, f *federation, p *Princip
 	if err := s.prepareSession(r, fwd, st); err != nil {
 		return sessionClaims{}, err
 	}
-	claims, _ := s.sessions.open(r.Header.Get("Mcp-Session-Id"))
+	claims, _ := s.sessions.Open(r.Header.Get("Mcp-Session-Id"))
 	return claims, nil
 }
 

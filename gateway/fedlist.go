@@ -26,7 +26,7 @@ func (s *Server) federatedList(w http.ResponseWriter, r *http.Request, f *federa
 	_ = json.Unmarshal(req.Params, &params)
 	var todo []memberCursor
 	if params.Cursor != "" {
-		c, err := s.sessions.openCursor(params.Cursor, f.cfg.Path, p.ID, req.Method)
+		c, err := openCursor(s.sessions, params.Cursor, f.cfg.Path, p.ID, req.Method)
 		if err != nil {
 			return newError(http.StatusOK, jsonrpc.CodeInvalidParams, "invalid cursor", err)
 		}
@@ -62,7 +62,7 @@ func (s *Server) federatedList(w http.ResponseWriter, r *http.Request, f *federa
 	}
 	next := ""
 	if len(merged.pending) > 0 {
-		if next, err = s.sessions.sealCursor(fedCursor{Route: f.cfg.Path, Principal: p.ID, Method: req.Method, Pending: merged.pending}); err != nil {
+		if next, err = sealCursor(s.sessions, fedCursor{Route: f.cfg.Path, Principal: p.ID, Method: req.Method, Pending: merged.pending}); err != nil {
 			return err
 		}
 	}

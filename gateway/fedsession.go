@@ -164,7 +164,7 @@ func (s *Server) federatedInitialize(w http.ResponseWriter, r *http.Request, f *
 	}
 	result, version := mergeInit(f.cfg.Name, ok, missing)
 	claims.Version = version
-	id, err := s.sessions.seal(claims)
+	id, err := s.sessions.Seal(claims)
 	if err != nil {
 		return fmt.Errorf("seal session: %w", err)
 	}

@@ -325,7 +325,7 @@ func (s *Server) prepareSession(r *http.Request, fwd *forward, st *requestState)
 	default:
 		return badRequest("more than one Mcp-Session-Id header", nil)
 	}
-	claims, err := s.sessions.open(ids[0])
+	claims, err := s.sessions.Open(ids[0])
 	switch {
 	case err != nil:
 	case claims.Route != fwd.route.path:

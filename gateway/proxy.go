@@ -263,7 +263,7 @@ func (s *Server) mintSession(resp *http.Response, fwd *forward, upstreamSession 
 	if st := stateOf(resp.Request.Context()); st != nil {
 		st.version = version // the access log and metrics name the negotiated version
 	}
-	id, err := s.sessions.seal(sessionClaims{
+	id, err := s.sessions.Seal(sessionClaims{
 		Route:     fwd.route.path,
 		Principal: fwd.principal.ID,
 		Upstream:  upstreamSession,

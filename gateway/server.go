@@ -72,6 +72,7 @@ import (
 	"github.com/ctxgate/ctxgate/cache"
 	"github.com/ctxgate/ctxgate/config"
 	"github.com/ctxgate/ctxgate/policy"
+	"github.com/ctxgate/ctxgate/session"
 	"github.com/ctxgate/ctxgate/upstream"
 )
 
@@ -110,7 +111,7 @@ type Server struct {
 	log      *slog.Logger
 	pool     *upstream.Pool
 	auth     *authenticator
-	sessions *sealer
+	sessions *session.Sealer
 	origins  *originGuard
 	// adminOrigins guards the admin listener the same way.
 	adminOrigins *originGuard
@@ -222,9 +223,9 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 	}
 	if len(secrets) == 0 {
 		s.log.Warn("no sessions.keys configured: using a random session key; sessions will not survive a restart or work across replicas")
-		secrets = [][]byte{randomSessionSecret()}
+		secrets = [][]byte{session.RandomSecret()}
 	}
-	if s.sessions, err = newSealer(secrets, cfg.Sessions.TTL, now); err != nil {
+	if s.sessions, err = session.NewSealer(secrets, cfg.Sessions.TTL, now); err != nil {
 		return nil, fmt.Errorf("sessions: %w", err)
 	}
 	if s.cache, err = newCache(cfg, opts.Cache, now); err != nil {

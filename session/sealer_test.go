@@ -1,4 +1,4 @@
-package gateway
+package session
 
 import (
 	"bytes"
@@ -22,18 +22,18 @@ type testClock struct{ t time.Time }
 
 func (c *testClock) now() time.Time { return c.t }
 
-func newTestSealer(t testing.TB, clock *testClock, ttl time.Duration, secrets ...[]byte) *sealer {
+func newTestSealer(t testing.TB, clock *testClock, ttl time.Duration, secrets ...[]byte) *Sealer {
 	t.Helper()
-	s, err := newSealer(secrets, ttl, clock.now)
+	s, err := NewSealer(secrets, ttl, clock.now)
 	if err != nil {
-		t.Fatalf("newSealer: %v", err)
+		t.Fatalf("NewSealer: %v", err)
 	}
 	return s
 }
 
-func mustSeal(t testing.TB, s *sealer, c sessionClaims) string {
+func mustSeal(t testing.TB, s *Sealer, c Claims) string {
 	t.Helper()
-	id, err := s.seal(c)
+	id, err := s.Seal(c)
 	if err != nil {
 		t.Fatalf("seal(%+v): %v", c, err)
 	}
@@ -41,8 +41,8 @@ func mustSeal(t testing.TB, s *sealer, c sessionClaims) string {
 }
 
 func TestNewSealerNeedsAKey(t *testing.T) {
-	if _, err := newSealer(nil, time.Hour, time.Now); err == nil {
-		t.Error("newSealer(no secrets) succeeded, want an error")
+	if _, err := NewSealer(nil, time.Hour, time.Now); err == nil {
+		t.Error("NewSealer(no secrets) succeeded, want an error")
 	}
 }
 
@@ -51,17 +51,17 @@ func TestSealerRoundTrip(t *testing.T) {
 	s := newTestSealer(t, clock, time.Hour, testSecretA)
 	tests := []struct {
 		name   string
-		claims sessionClaims
+		claims Claims
 	}{
-		{name: "all claims", claims: sessionClaims{Route: "/mcp/files", Principal: "api_key:ci", Upstream: "upstream-session-1", Version: "2025-06-18"}},
-		{name: "minimal claims", claims: sessionClaims{Route: "/mcp/a", Principal: "anonymous"}},
-		{name: "non-ASCII upstream session", claims: sessionClaims{Route: "/mcp/a", Principal: "anonymous", Upstream: "sé\"ssion\x00"}},
-		{name: "caller IssuedAt is overwritten", claims: sessionClaims{Route: "/mcp/a", Principal: "anonymous", IssuedAt: 42}},
+		{name: "all claims", claims: Claims{Route: "/mcp/files", Principal: "api_key:ci", Upstream: "upstream-session-1", Version: "2025-06-18"}},
+		{name: "minimal claims", claims: Claims{Route: "/mcp/a", Principal: "anonymous"}},
+		{name: "non-ASCII upstream session", claims: Claims{Route: "/mcp/a", Principal: "anonymous", Upstream: "sé\"ssion\x00"}},
+		{name: "caller IssuedAt is overwritten", claims: Claims{Route: "/mcp/a", Principal: "anonymous", IssuedAt: 42}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			id := mustSeal(t, s, tt.claims)
-			got, err := s.open(id)
+			got, err := s.Open(id)
 			if err != nil {
 				t.Fatalf("open(seal(%+v)) = %v", tt.claims, err)
 			}
@@ -80,7 +80,7 @@ func TestSealerRoundTrip(t *testing.T) {
 func TestSealerSealsDiffer(t *testing.T) {
 	clock := &testClock{t: time.Unix(1_700_000_000, 0)}
 	s := newTestSealer(t, clock, time.Hour, testSecretA)
-	c := sessionClaims{Route: "/mcp/a", Principal: "anonymous"}
+	c := Claims{Route: "/mcp/a", Principal: "anonymous"}
 	first, second := mustSeal(t, s, c), mustSeal(t, s, c)
 	if first == second {
 		t.Errorf("two seals of the same claims at the same time are equal (%q): the nonce is not random", first)
@@ -90,7 +90,7 @@ func TestSealerSealsDiffer(t *testing.T) {
 func TestSealerRejectsEveryTamperedByte(t *testing.T) {
 	clock := &testClock{t: time.Unix(1_700_000_000, 0)}
 	s := newTestSealer(t, clock, time.Hour, testSecretA)
-	raw, err := base64.RawURLEncoding.DecodeString(mustSeal(t, s, sessionClaims{Route: "/mcp/a", Principal: "api_key:ci"}))
+	raw, err := base64.RawURLEncoding.DecodeString(mustSeal(t, s, Claims{Route: "/mcp/a", Principal: "api_key:ci"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,9 +98,9 @@ func TestSealerRejectsEveryTamperedByte(t *testing.T) {
 		for _, mask := range []byte{0x01, 0x80, 0xff} {
 			tampered := bytes.Clone(raw)
 			tampered[i] ^= mask
-			c, err := s.open(base64.RawURLEncoding.EncodeToString(tampered))
-			if !errors.Is(err, errSessionInvalid) {
-				t.Errorf("byte %d ^ %#x: open = %+v, %v; want errSessionInvalid", i, mask, c, err)
+			c, err := s.Open(base64.RawURLEncoding.EncodeToString(tampered))
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("byte %d ^ %#x: open = %+v, %v; want ErrInvalid", i, mask, c, err)
 			}
 		}
 	}
@@ -110,9 +110,9 @@ func TestSealerRejectsOtherKey(t *testing.T) {
 	clock := &testClock{t: time.Unix(1_700_000_000, 0)}
 	a := newTestSealer(t, clock, time.Hour, testSecretA)
 	b := newTestSealer(t, clock, time.Hour, testSecretB)
-	id := mustSeal(t, a, sessionClaims{Route: "/mcp/a", Principal: "anonymous"})
-	if c, err := b.open(id); !errors.Is(err, errSessionInvalid) {
-		t.Errorf("open with another key = %+v, %v; want errSessionInvalid", c, err)
+	id := mustSeal(t, a, Claims{Route: "/mcp/a", Principal: "anonymous"})
+	if c, err := b.Open(id); !errors.Is(err, ErrInvalid) {
+		t.Errorf("open with another key = %+v, %v; want ErrInvalid", c, err)
 	}
 }
 
@@ -122,13 +122,13 @@ func TestSealerRejectsWrongKeyWithSameKeyID(t *testing.T) {
 	clock := &testClock{t: time.Unix(1_700_000_000, 0)}
 	a := newTestSealer(t, clock, time.Hour, testSecretA)
 	b := newTestSealer(t, clock, time.Hour, testSecretB)
-	raw, err := base64.RawURLEncoding.DecodeString(mustSeal(t, b, sessionClaims{Route: "/mcp/a", Principal: "anonymous"}))
+	raw, err := base64.RawURLEncoding.DecodeString(mustSeal(t, b, Claims{Route: "/mcp/a", Principal: "anonymous"}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	copy(raw[1:1+sessionKeyIDLen], a.keys[0].id[:])
-	if c, err := a.open(base64.RawURLEncoding.EncodeToString(raw)); !errors.Is(err, errSessionInvalid) {
-		t.Errorf("open of a token relabelled with key A's id = %+v, %v; want errSessionInvalid", c, err)
+	copy(raw[1:1+keyIDLen], a.keys[0].id[:])
+	if c, err := a.Open(base64.RawURLEncoding.EncodeToString(raw)); !errors.Is(err, ErrInvalid) {
+		t.Errorf("open of a token relabelled with key A's id = %+v, %v; want ErrInvalid", c, err)
 	}
 }
 
@@ -137,12 +137,12 @@ func TestSealerKeyRotation(t *testing.T) {
 	old := newTestSealer(t, clock, time.Hour, testSecretA)
 	rotated := newTestSealer(t, clock, time.Hour, testSecretB, testSecretA)
 	newOnly := newTestSealer(t, clock, time.Hour, testSecretB)
-	c := sessionClaims{Route: "/mcp/a", Principal: "api_key:ci", Version: "2025-11-25"}
+	c := Claims{Route: "/mcp/a", Principal: "api_key:ci", Version: "2025-11-25"}
 	want := c
 	want.IssuedAt = clock.t.Unix()
 
 	oldID := mustSeal(t, old, c)
-	got, err := rotated.open(oldID)
+	got, err := rotated.Open(oldID)
 	if err != nil {
 		t.Fatalf("[new, old] cannot open a token sealed with [old]: %v", err)
 	}
@@ -151,10 +151,10 @@ func TestSealerKeyRotation(t *testing.T) {
 	}
 
 	newID := mustSeal(t, rotated, c)
-	if _, err := old.open(newID); !errors.Is(err, errSessionInvalid) {
+	if _, err := old.Open(newID); !errors.Is(err, ErrInvalid) {
 		t.Errorf("[old] opened a token sealed by [new, old] (err %v): new tokens must be sealed with the first key", err)
 	}
-	if _, err := newOnly.open(newID); err != nil {
+	if _, err := newOnly.Open(newID); err != nil {
 		t.Errorf("[new] cannot open a token sealed by [new, old]: %v", err)
 	}
 }
@@ -178,12 +178,12 @@ func TestSealerExpiry(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			clock := &testClock{t: issued}
 			s := newTestSealer(t, clock, ttl, testSecretA)
-			id := mustSeal(t, s, sessionClaims{Route: "/mcp/a", Principal: "anonymous"})
+			id := mustSeal(t, s, Claims{Route: "/mcp/a", Principal: "anonymous"})
 			clock.t = issued.Add(tt.age)
-			_, err := s.open(id)
+			_, err := s.Open(id)
 			switch {
-			case tt.wantErr && !errors.Is(err, errSessionInvalid):
-				t.Errorf("open at age %v = %v, want errSessionInvalid", tt.age, err)
+			case tt.wantErr && !errors.Is(err, ErrInvalid):
+				t.Errorf("open at age %v = %v, want ErrInvalid", tt.age, err)
 			case !tt.wantErr && err != nil:
 				t.Errorf("open at age %v = %v, want success", tt.age, err)
 			}
@@ -194,7 +194,7 @@ func TestSealerExpiry(t *testing.T) {
 func TestSealerRejectsMalformed(t *testing.T) {
 	clock := &testClock{t: time.Unix(1_700_000_000, 0)}
 	s := newTestSealer(t, clock, time.Hour, testSecretA)
-	valid := mustSeal(t, s, sessionClaims{Route: "/mcp/a", Principal: "anonymous"})
+	valid := mustSeal(t, s, Claims{Route: "/mcp/a", Principal: "anonymous"})
 	raw, err := base64.RawURLEncoding.DecodeString(valid)
 	if err != nil {
 		t.Fatal(err)
@@ -209,20 +209,20 @@ func TestSealerRejectsMalformed(t *testing.T) {
 	// checks after authentication.
 	sealRaw := func(plain []byte) string {
 		k := s.keys[0]
-		header := append([]byte{sessionFormat}, k.id[:]...)
+		header := append([]byte{FormatSession}, k.id[:]...)
 		nonce := make([]byte, k.aead.NonceSize())
 		out := append(bytes.Clone(header), nonce...)
 		return enc(k.aead.Seal(out, nonce, plain, header))
 	}
-	headerLen := 1 + sessionKeyIDLen
+	headerLen := 1 + keyIDLen
 	tests := []struct {
 		name       string
 		id         string
 		wantReason string
 	}{
 		{name: "empty", id: "", wantReason: "unknown format"},
-		{name: "too long", id: strings.Repeat("A", maxSessionIDLen+1), wantReason: "too long"},
-		{name: "too long even when the prefix is valid", id: valid + strings.Repeat("A", maxSessionIDLen), wantReason: "too long"},
+		{name: "too long", id: strings.Repeat("A", MaxIDLen+1), wantReason: "too long"},
+		{name: "too long even when the prefix is valid", id: valid + strings.Repeat("A", MaxIDLen), wantReason: "too long"},
 		{name: "not base64", id: "not a session!", wantReason: "not base64url"},
 		{name: "standard alphabet", id: strings.NewReplacer("-", "+", "_", "/").Replace(valid) + "+/", wantReason: "not base64url"},
 		{name: "padded", id: valid + "=", wantReason: "not base64url"},
@@ -234,15 +234,15 @@ func TestSealerRejectsMalformed(t *testing.T) {
 		{name: "nonce without tag", id: enc(raw[:headerLen+12+15]), wantReason: "truncated"},
 		{name: "last byte cut", id: enc(raw[:len(raw)-1]), wantReason: "authentication failed"},
 		{name: "byte appended", id: enc(append(bytes.Clone(raw), 0)), wantReason: "authentication failed"},
-		{name: "unknown key id", id: enc(append([]byte{sessionFormat, 1, 2, 3, 4}, raw[headerLen:]...)), wantReason: "unknown key id"},
+		{name: "unknown key id", id: enc(append([]byte{FormatSession, 1, 2, 3, 4}, raw[headerLen:]...)), wantReason: "unknown key id"},
 		{name: "authentic but not JSON", id: sealRaw([]byte("not json")), wantReason: "payload"},
 		{name: "authentic but wrong types", id: sealRaw([]byte(`{"r":1,"p":"anonymous","iat":0}`)), wantReason: "payload"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := s.open(tt.id)
-			if !errors.Is(err, errSessionInvalid) {
-				t.Fatalf("open(%q) = %+v, %v; want errSessionInvalid", tt.id, c, err)
+			c, err := s.Open(tt.id)
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("open(%q) = %+v, %v; want ErrInvalid", tt.id, c, err)
 			}
 			if !strings.Contains(err.Error(), tt.wantReason) {
 				t.Errorf("open(%q) = %v, want the reason %q", tt.id, err, tt.wantReason)
@@ -255,27 +255,27 @@ func TestSealerRejectsMalformed(t *testing.T) {
 // for claims c (IssuedAt included) when crypto/rand yields nonce. It pins
 // the documented wire form and lets a fuzz worker recognise a genuine token
 // whichever process sealed it.
-func resealWithNonce(t testing.TB, s *sealer, c sessionClaims, nonce []byte) []byte {
+func resealWithNonce(t testing.TB, s *Sealer, c Claims, nonce []byte) []byte {
 	t.Helper()
 	plain, err := json.Marshal(c)
 	if err != nil {
 		t.Fatal(err)
 	}
 	k := s.keys[0]
-	header := append([]byte{sessionFormat}, k.id[:]...)
+	header := append([]byte{FormatSession}, k.id[:]...)
 	return k.aead.Seal(append(bytes.Clone(header), nonce...), nonce, plain, header)
 }
 
 func TestSealerWireFormat(t *testing.T) {
 	clock := &testClock{t: time.Unix(1_700_000_000, 0)}
 	s := newTestSealer(t, clock, time.Hour, testSecretA)
-	c := sessionClaims{Route: "/mcp/a", Principal: "api_key:ci", Upstream: "u-1", Version: "2025-11-25"}
+	c := Claims{Route: "/mcp/a", Principal: "api_key:ci", Upstream: "u-1", Version: "2025-11-25"}
 	id := mustSeal(t, s, c)
 	raw, err := base64.RawURLEncoding.DecodeString(id)
 	if err != nil {
 		t.Fatalf("session id %q is not unpadded base64url: %v", id, err)
 	}
-	const headerLen = 1 + sessionKeyIDLen
+	const headerLen = 1 + keyIDLen
 	nonce := raw[headerLen : headerLen+s.keys[0].aead.NonceSize()]
 	c.IssuedAt = clock.t.Unix()
 	if want := resealWithNonce(t, s, c, nonce); !bytes.Equal(raw, want) {
@@ -288,7 +288,7 @@ func TestSealerWireFormat(t *testing.T) {
 func FuzzOpenSession(f *testing.F) {
 	clock := &testClock{t: time.Unix(1_700_000_000, 0)}
 	s := newTestSealer(f, clock, time.Hour, testSecretA, testSecretB)
-	claims := []sessionClaims{
+	claims := []Claims{
 		{Route: "/mcp/a", Principal: "anonymous"},
 		{Route: "/mcp/files", Principal: "api_key:ci", Upstream: "u-1", Version: "2025-06-18"},
 	}
@@ -305,10 +305,10 @@ func FuzzOpenSession(f *testing.F) {
 	f.Add("AQ")
 	f.Add(strings.Repeat("_", 300))
 	f.Fuzz(func(t *testing.T, id string) {
-		got, err := s.open(id)
+		got, err := s.Open(id)
 		if err != nil {
-			if !errors.Is(err, errSessionInvalid) {
-				t.Fatalf("open(%q) = %v, want it to wrap errSessionInvalid", id, err)
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("open(%q) = %v, want it to wrap ErrInvalid", id, err)
 			}
 			return
 		}
@@ -318,7 +318,7 @@ func FuzzOpenSession(f *testing.F) {
 		// Decoded bytes, not the string, are compared: unpadded base64
 		// ignores the unused low bits of the last character (see the report).
 		raw, decErr := base64.RawURLEncoding.DecodeString(id)
-		const nonceAt = 1 + sessionKeyIDLen
+		const nonceAt = 1 + keyIDLen
 		nonceEnd := nonceAt + s.keys[0].aead.NonceSize()
 		if decErr != nil || len(raw) < nonceEnd {
 			t.Fatalf("open(%q) = %+v: opened an id that is not a sealed box", id, got)
@@ -354,7 +354,7 @@ func TestNonCanonicalIsAVariant(t *testing.T) {
 	clock := &testClock{t: time.Unix(1_700_000_000, 0)}
 	s := newTestSealer(t, clock, time.Hour, testSecretA)
 	for range 8 { // several seals, each with a fresh nonce
-		valid := mustSeal(t, s, sessionClaims{Route: "/mcp/a", Principal: "anonymous"})
+		valid := mustSeal(t, s, Claims{Route: "/mcp/a", Principal: "anonymous"})
 		variant := nonCanonical(valid)
 		a, _ := base64.RawURLEncoding.DecodeString(valid)
 		b, err := base64.RawURLEncoding.DecodeString(variant)

@@ -11,6 +11,8 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
+
+	"github.com/ctxgate/ctxgate/identity"
 )
 
 // AdminHandler serves the operator endpoints, one line each below:
@@ -75,7 +77,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		// No bundle revision is active yet: every request would be denied.
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "policy_not_ready"})
 		return
-	case s.oidc != nil && !s.oidc.ready():
+	case s.oidc != nil && !s.oidc.Ready():
 		// Not ready until every issuer's keys are loaded: a replica that
 		// would refuse every token must not get traffic. Once loaded,
 		// keys are kept through IdP outages, so this is a start-up state.
@@ -90,7 +92,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if s.oidc != nil {
-		detail["oidc_keys_loaded"] = s.oidc.ready()
+		detail["oidc_keys_loaded"] = s.oidc.Ready()
 	}
 	if s.policy != nil {
 		// The policy in force, and a reload that failed (the last good
@@ -208,7 +210,7 @@ func (s *Server) adminAuthorized(r *http.Request) bool {
 		return true
 	}
 	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") || len(token) > maxCredentialBytes {
+	if !ok || !strings.EqualFold(scheme, "Bearer") || len(token) > identity.MaxCredentialBytes {
 		return false
 	}
 	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))

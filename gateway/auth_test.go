@@ -3,9 +3,6 @@ package gateway
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"errors"
 	"net/http"
@@ -17,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/identity"
 	"github.com/ctxgate/ctxgate/upstream"
 )
 
@@ -41,36 +39,16 @@ func testAuth(anonymous bool, header string) config.Auth {
 	}
 }
 
-func TestNewAuthenticatorRejectsBadHash(t *testing.T) {
-	tests := []struct {
-		name string
-		hash string
-	}{
-		{name: "not hex", hash: strings.Repeat("z", 64)},
-		{name: "too short", hash: sha256Hex("k")[:62]},
-		{name: "too long", hash: sha256Hex("k") + "00"},
-		{name: "empty", hash: ""},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			cfg := config.Auth{APIKeyHeader: "authorization", APIKeys: []config.APIKey{{Name: "k", SHA256: tt.hash}}}
-			if _, err := newAuthenticator(cfg); err == nil {
-				t.Errorf("newAuthenticator(sha256 %q) succeeded, want an error", tt.hash)
-			}
-		})
-	}
-}
-
 const testResource = "https://mcp.example.com/mcp/a"
 
-// fakeTokens is a tokenVerifier that accepts one token.
+// fakeTokens is an identity.TokenVerifier that accepts one token.
 type fakeTokens struct {
 	token    string
 	p        *Principal
 	resource string // the resource the last call asked for
 }
 
-func (f *fakeTokens) verify(_ context.Context, token, resource string) (*Principal, error) {
+func (f *fakeTokens) Verify(_ context.Context, token, resource string) (*Principal, error) {
 	f.resource = resource
 	if token != f.token {
 		return nil, errors.New("signature invalid")
@@ -78,157 +56,12 @@ func (f *fakeTokens) verify(_ context.Context, token, resource string) (*Princip
 	return f.p, nil
 }
 
-// fakeCerts is a certIdentifier that names every chain by its leaf's CN,
-// and refuses a leaf without one.
-type fakeCerts struct{}
-
-func (fakeCerts) identify(chain []*x509.Certificate) (*Principal, error) {
-	cn := chain[0].Subject.CommonName
-	if cn == "" {
-		return nil, errors.New("no name in certificate")
-	}
-	return &Principal{ID: "mtls:cn:" + cn, Kind: "mtls"}, nil
-}
-
-func verifiedTLS(cn string) *tls.ConnectionState {
-	leaf := &x509.Certificate{Subject: pkix.Name{CommonName: cn}}
-	return &tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{leaf}}}
-}
-
-func TestAuthenticate(t *testing.T) {
-	ci := &Principal{ID: "api_key:ci", Kind: "api_key", Name: "ci"}
-	dev := &Principal{ID: "api_key:dev", Kind: "api_key", Name: "dev"}
-	user := &Principal{ID: "oidc:https://idp.example.com#u1", Kind: "oidc", Issuer: "https://idp.example.com", Subject: "u1"}
-	const jwt = "aaa.bbb.ccc"
-	bearer := func(v string) http.Header { return http.Header{"Authorization": {v}} }
-	xkey := func(v ...string) http.Header { return http.Header{"X-Api-Key": v} }
-	tests := []struct {
-		name   string
-		cfg    config.Auth
-		tokens bool // an OIDC verifier accepting jwt as user
-		certs  bool // an mTLS identifier
-		header http.Header
-		tls    *tls.ConnectionState
-		want   *Principal
-		// When want is nil: 400 (*Error) or 401 (*authFailure), and for a
-		// 401 whether it is RFC 6750 invalid_token (a bearer was presented).
-		wantStatus  int
-		wantInvalid bool
-	}{
-		{name: "anonymous on, no credential", cfg: testAuth(true, "authorization"), want: anonymous},
-		{name: "anonymous off, no credential", cfg: testAuth(false, "authorization"), wantStatus: http.StatusUnauthorized},
-		{name: "anonymous only, no keys, no credential", cfg: config.Auth{Anonymous: true, APIKeyHeader: "authorization"}, want: anonymous},
-
-		{name: "bearer key", cfg: testAuth(false, "authorization"), header: bearer("Bearer " + testKeyCI), want: ci},
-		{name: "bearer second key, upper-case hash", cfg: testAuth(false, "authorization"), header: bearer("Bearer " + testKeyDev), want: dev},
-		{name: "bearer scheme case-insensitive", cfg: testAuth(false, "authorization"), header: bearer("bEaReR " + testKeyCI), want: ci},
-		{name: "bearer with extra spaces", cfg: testAuth(false, "authorization"), header: bearer("Bearer   " + testKeyCI + " "), want: ci},
-		{name: "bearer key with anonymous on", cfg: testAuth(true, "authorization"), header: bearer("Bearer " + testKeyCI), want: ci},
-		{name: "wrong bearer key", cfg: testAuth(false, "authorization"), header: bearer("Bearer wrong-key"), wantStatus: http.StatusUnauthorized, wantInvalid: true},
-		{name: "wrong bearer key, anonymous on: no downgrade", cfg: testAuth(true, "authorization"), header: bearer("Bearer wrong-key"), wantStatus: http.StatusUnauthorized, wantInvalid: true},
-		{name: "key with a suffix", cfg: testAuth(false, "authorization"), header: bearer("Bearer " + testKeyCI + "x"), wantStatus: http.StatusUnauthorized, wantInvalid: true},
-		{name: "the hash is not the key", cfg: testAuth(false, "authorization"), header: bearer("Bearer " + sha256Hex(testKeyCI)), wantStatus: http.StatusUnauthorized, wantInvalid: true},
-		{name: "basic scheme", cfg: testAuth(true, "authorization"), header: bearer("Basic Y2k6c2VjcmV0"), wantStatus: http.StatusUnauthorized, wantInvalid: true},
-		{name: "key without scheme", cfg: testAuth(true, "authorization"), header: bearer(testKeyCI), wantStatus: http.StatusUnauthorized, wantInvalid: true},
-		{name: "bearer without credential", cfg: testAuth(true, "authorization"), header: bearer("Bearer "), wantStatus: http.StatusUnauthorized, wantInvalid: true},
-		{name: "bearer alone", cfg: testAuth(true, "authorization"), header: bearer("Bearer"), wantStatus: http.StatusUnauthorized, wantInvalid: true},
-		{name: "empty Authorization, anonymous on: no downgrade", cfg: testAuth(true, "authorization"), header: bearer(""), wantStatus: http.StatusUnauthorized, wantInvalid: true},
-		{name: "oversized bearer credential", cfg: testAuth(true, "authorization"), header: bearer("Bearer " + strings.Repeat("k", maxCredentialBytes+1)), wantStatus: http.StatusUnauthorized, wantInvalid: true},
-		{name: "two Authorization headers", cfg: testAuth(true, "authorization"), header: http.Header{"Authorization": {"Bearer " + testKeyCI, "Bearer " + testKeyCI}}, wantStatus: http.StatusBadRequest},
-		{name: "two X-Api-Key headers", cfg: testAuth(true, "x-api-key"), header: xkey(testKeyCI, testKeyCI), wantStatus: http.StatusBadRequest},
-
-		{name: "x-api-key", cfg: testAuth(false, "x-api-key"), header: xkey(testKeyCI), want: ci},
-		{name: "wrong x-api-key", cfg: testAuth(false, "x-api-key"), header: xkey("wrong"), wantStatus: http.StatusUnauthorized},
-		{name: "empty x-api-key, anonymous on: no downgrade", cfg: testAuth(true, "x-api-key"), header: xkey(""), wantStatus: http.StatusUnauthorized},
-		{name: "oversized x-api-key", cfg: testAuth(false, "x-api-key"), header: xkey(strings.Repeat("k", maxCredentialBytes+1)), wantStatus: http.StatusUnauthorized},
-		{name: "bearer key when keys are read from x-api-key", cfg: testAuth(false, "x-api-key"), header: bearer("Bearer " + testKeyCI), wantStatus: http.StatusUnauthorized, wantInvalid: true},
-		{name: "bearer key when keys are read from x-api-key, anonymous on", cfg: testAuth(true, "x-api-key"), header: bearer("Bearer " + testKeyCI), wantStatus: http.StatusUnauthorized, wantInvalid: true},
-		{name: "x-api-key when keys are read from authorization, anonymous on", cfg: testAuth(true, "authorization"), header: xkey(testKeyCI), wantStatus: http.StatusUnauthorized},
-		{name: "credential with anonymous-only config", cfg: config.Auth{Anonymous: true, APIKeyHeader: "authorization"}, header: bearer("Bearer anything"), wantStatus: http.StatusUnauthorized, wantInvalid: true},
-		{name: "client identity headers are not credentials", cfg: testAuth(false, "authorization"), header: http.Header{"X-Forwarded-User": {"ci"}, "X-Ctxgate-Principal": {"api_key:ci"}}, wantStatus: http.StatusUnauthorized},
-
-		{name: "JWT goes to the token verifier", cfg: testAuth(false, "authorization"), tokens: true, header: bearer("Bearer " + jwt), want: user},
-		{name: "bad JWT, anonymous on: no downgrade", cfg: testAuth(true, "authorization"), tokens: true, header: bearer("Bearer x.y.z"), wantStatus: http.StatusUnauthorized, wantInvalid: true},
-		{name: "API key still works next to OIDC", cfg: testAuth(false, "authorization"), tokens: true, header: bearer("Bearer " + testKeyCI), want: ci},
-		{name: "JWT without a verifier is not an API key", cfg: testAuth(false, "authorization"), header: bearer("Bearer " + jwt), wantStatus: http.StatusUnauthorized, wantInvalid: true},
-
-		{name: "verified client certificate", cfg: testAuth(false, "authorization"), certs: true, tls: verifiedTLS("agent-1"), want: &Principal{ID: "mtls:cn:agent-1", Kind: "mtls"}},
-		{name: "unnamed client certificate, anonymous on: no downgrade", cfg: testAuth(true, "authorization"), certs: true, tls: verifiedTLS(""), wantStatus: http.StatusUnauthorized},
-		{name: "bearer wins over a certificate", cfg: testAuth(false, "authorization"), certs: true, tls: verifiedTLS("agent-1"), header: bearer("Bearer " + testKeyCI), want: ci},
-		{name: "bad bearer is not rescued by a certificate", cfg: testAuth(false, "authorization"), certs: true, tls: verifiedTLS("agent-1"), header: bearer("Bearer nope"), wantStatus: http.StatusUnauthorized, wantInvalid: true},
-		{name: "certificate without mTLS configured", cfg: testAuth(false, "authorization"), tls: verifiedTLS("agent-1"), wantStatus: http.StatusUnauthorized},
-		{name: "unverified TLS connection", cfg: testAuth(false, "authorization"), certs: true, tls: &tls.ConnectionState{}, wantStatus: http.StatusUnauthorized},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			a, err := newAuthenticator(tt.cfg)
-			if err != nil {
-				t.Fatalf("newAuthenticator: %v", err)
-			}
-			tokens := &fakeTokens{token: jwt, p: user}
-			if tt.tokens {
-				a.tokens = tokens
-			}
-			if tt.certs {
-				a.certs = fakeCerts{}
-			}
-			r := httptest.NewRequest(http.MethodPost, "/mcp/a", nil)
-			for k, vs := range tt.header {
-				r.Header[k] = vs
-			}
-			r.TLS = tt.tls
-			got, err := a.authenticate(r, testResource)
-			if tt.want != nil {
-				if err != nil {
-					t.Fatalf("authenticate = %v, want %+v", err, tt.want)
-				}
-				if diff := cmp.Diff(tt.want, got); diff != "" {
-					t.Errorf("principal mismatch (-want +got):\n%s", diff)
-				}
-				if tt.want == user && tokens.resource != testResource {
-					t.Errorf("token verified for resource %q, want %q", tokens.resource, testResource)
-				}
-				return
-			}
-			if got != nil {
-				t.Errorf("authenticate returned principal %+v with its error", got)
-			}
-			var message string
-			switch tt.wantStatus {
-			case http.StatusUnauthorized:
-				f, ok := errors.AsType[*authFailure](err)
-				if !ok {
-					t.Fatalf("authenticate = %v (%T), want an *authFailure (401)", err, err)
-				}
-				if f.invalidToken != tt.wantInvalid {
-					t.Errorf("invalidToken = %v, want %v (%v)", f.invalidToken, tt.wantInvalid, err)
-				}
-				message = f.message
-			default:
-				e, ok := errors.AsType[*Error](err)
-				if !ok || e.Status != tt.wantStatus {
-					t.Fatalf("authenticate = %v, want a %d *Error", err, tt.wantStatus)
-				}
-				message = e.Message
-			}
-			// The public message never echoes what the client sent.
-			for _, vs := range tt.header {
-				for _, v := range vs {
-					if len(v) > 8 && strings.Contains(message, v) {
-						t.Errorf("public message %q echoes the credential", message)
-					}
-				}
-			}
-		})
-	}
-}
-
 func TestAuthenticateMiddleware(t *testing.T) {
-	a, err := newAuthenticator(testAuth(false, "authorization"))
+	a, err := identity.NewAuthenticator(testAuth(false, "authorization"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.tokens = &fakeTokens{token: "aaa.bbb.ccc", p: &Principal{ID: "oidc:i#u", Kind: "oidc", Scopes: []string{"mcp:read"}}}
+	a.Tokens = &fakeTokens{token: "aaa.bbb.ccc", p: &Principal{ID: "oidc:i#u", Kind: "oidc", Scopes: []string{"mcp:read"}}}
 	s := &Server{auth: a, metrics: NewMetrics(), tracer: noop.NewTracerProvider().Tracer("")}
 	rt := &route{
 		upstream:    &upstream.Upstream{Name: "a"},
@@ -245,6 +78,7 @@ func TestAuthenticateMiddleware(t *testing.T) {
 		name          string
 		rt            *route
 		authz         string
+		twice         bool // send Authorization twice
 		wantStatus    int
 		wantCode      int64
 		wantChallenge string
@@ -257,16 +91,16 @@ func TestAuthenticateMiddleware(t *testing.T) {
 		},
 		{
 			name: "no credential: challenge without an error", rt: rt,
-			wantStatus: http.StatusUnauthorized, wantCode: CodeUnauthenticated, wantChallenge: meta, wantReason: reasonMissing,
+			wantStatus: http.StatusUnauthorized, wantCode: CodeUnauthenticated, wantChallenge: meta, wantReason: identity.ReasonMissing,
 		},
 		{
 			name: "bad key: invalid_token", rt: rt, authz: "Bearer nope",
-			wantStatus: http.StatusUnauthorized, wantCode: CodeUnauthenticated, wantChallenge: meta + `, error="invalid_token"`, wantReason: reasonUnknownKey,
+			wantStatus: http.StatusUnauthorized, wantCode: CodeUnauthenticated, wantChallenge: meta + `, error="invalid_token"`, wantReason: identity.ReasonUnknownKey,
 		},
 		{
 			name: "scoped route, no credential: the challenge names the scopes", rt: &scoped,
 			wantStatus: http.StatusUnauthorized, wantCode: CodeUnauthenticated, wantChallenge: meta + `, scope="mcp:read mcp:write"`,
-			wantReason: reasonMissing,
+			wantReason: identity.ReasonMissing,
 		},
 		{
 			name: "scoped route, API key cannot carry scopes", rt: &scoped, authz: "Bearer " + testKeyCI,
@@ -281,7 +115,11 @@ func TestAuthenticateMiddleware(t *testing.T) {
 		{
 			name: "malformed Authorization", rt: rt, authz: "Basic dXNlcjpwdw==",
 			wantStatus: http.StatusUnauthorized, wantCode: CodeUnauthenticated, wantChallenge: meta + `, error="invalid_token"`,
-			wantReason: reasonMalformed,
+			wantReason: identity.ReasonMalformed,
+		},
+		{
+			name: "two Authorization headers: a bad request, no challenge", rt: rt, authz: "Bearer " + testKeyCI, twice: true,
+			wantStatus: http.StatusBadRequest, wantCode: CodeInvalidRequest, wantReason: identity.ReasonDuplicate,
 		},
 		{
 			name: "scoped route, token with every scope", rt: &readOnly, authz: "Bearer aaa.bbb.ccc",
@@ -304,6 +142,9 @@ func TestAuthenticateMiddleware(t *testing.T) {
 			r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
 			if tt.authz != "" {
 				r.Header.Set("Authorization", tt.authz)
+			}
+			if tt.twice {
+				r.Header.Add("Authorization", tt.authz)
 			}
 			w := httptest.NewRecorder()
 			s.metrics.authFailures.Reset()

@@ -2,11 +2,10 @@ package gateway
 
 import (
 	"fmt"
-	"log/slog"
 	"strings"
-	"time"
 
 	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/identity"
 	"github.com/ctxgate/ctxgate/upstream"
 )
 
@@ -19,16 +18,16 @@ func CheckFiles(cfg *config.Config) []error {
 	var problems []error
 	if t := cfg.Server.TLS; t != nil {
 		if t.CertFile != "" && t.KeyFile != "" {
-			if _, err := loadServerCert(t.CertFile, t.KeyFile); err != nil {
+			if _, err := identity.LoadServerCert(t.CertFile, t.KeyFile); err != nil {
 				problems = append(problems, err)
 			}
 		}
 		if t.ClientCAFile != "" {
-			cas, err := loadClientCAs(t.ClientCAFile)
+			cas, err := identity.LoadClientCAs(t.ClientCAFile)
 			if err != nil {
 				problems = append(problems, err)
 			} else if t.CRLFile != "" {
-				if _, err := newCRLWatcher(t.CRLFile, t.CRLGrace, cas, slog.New(slog.DiscardHandler), time.Now); err != nil {
+				if err := identity.CheckCRL(t.CRLFile, t.CRLGrace, cas); err != nil {
 					problems = append(problems, err)
 				}
 			}

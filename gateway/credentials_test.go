@@ -18,16 +18,16 @@ import (
 func TestPrincipalNeverLogsToken(t *testing.T) {
 	p := &Principal{ID: "oidc:i#alice", Kind: "oidc", AccessToken: "eyJ.secret.token"}
 	var buf bytes.Buffer
-	slog.New(slog.NewJSONHandler(&buf, nil)).Info("x", "principal", p, "caller", p.caller())
+	slog.New(slog.NewJSONHandler(&buf, nil)).Info("x", "principal", p, "caller", callerOf(p))
 	b, _ := json.Marshal(p)
 	buf.Write(b)
 	if strings.Contains(buf.String(), "secret") {
 		t.Errorf("the access token was written: %s", buf.String())
 	}
-	if c := p.caller(); c.AccessToken != p.AccessToken {
+	if c := callerOf(p); c.AccessToken != p.AccessToken {
 		t.Error("an oidc principal's caller lacks its verified token")
 	}
-	if c := (&Principal{ID: "api_key:ci", Kind: "api_key", AccessToken: "x"}).caller(); c.AccessToken != "" {
+	if c := callerOf(&Principal{ID: "api_key:ci", Kind: "api_key", AccessToken: "x"}); c.AccessToken != "" {
 		t.Error("a non-oidc principal's caller carries a token to exchange")
 	}
 }

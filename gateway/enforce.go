@@ -382,7 +382,7 @@ func (s *Server) answerUpstream(fwd *forward, body []byte) {
 	defer cancel()
 	// Still for the principal's session: an upstream called as the user
 	// (token_exchange) gets the user's token, as for the request itself.
-	ctx = upstream.WithCaller(ctx, fwd.principal.caller())
+	ctx = upstream.WithCaller(ctx, callerOf(fwd.principal))
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, fwd.route.upstream.URL.String(), bytes.NewReader(body))
 	if err != nil {
 		return

@@ -8,6 +8,8 @@ import (
 	"strconv"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+
+	"github.com/ctxgate/ctxgate/identity"
 )
 
 // JSON-RPC error codes the gateway answers with. The standard ones keep
@@ -71,6 +73,31 @@ func newError(status int, code int64, message string, cause error) *Error {
 
 func badRequest(message string, cause error) *Error {
 	return newError(http.StatusBadRequest, CodeInvalidRequest, message, cause)
+}
+
+// identityError is the answer to a request identity refused, and the
+// reason it is counted under. challenge is the route's WWW-Authenticate
+// value (RFC 6750 section 3, RFC 9728 section 5.1), with error=
+// "invalid_token" when a presented bearer credential was refused.
+func identityError(err error, challenge func(invalidToken bool) string) (*Error, string) {
+	if errors.Is(err, identity.ErrDuplicateCredential) {
+		return badRequest(identity.ErrDuplicateCredential.Error(), nil), identity.ReasonDuplicate
+	}
+	f, ok := errors.AsType[*identity.Failure](err)
+	if !ok {
+		// identity refuses with nothing else: a bug, still a refusal.
+		return newError(http.StatusInternalServerError, CodeInternalError, "internal gateway error", err), "internal"
+	}
+	if f.RetryAfter > 0 {
+		// Not the token's fault: a 401 invalid_token would make the
+		// client throw away a token that may be good.
+		e := newError(http.StatusServiceUnavailable, CodeUnavailable, f.Message, f.Err)
+		setRetryAfter(e, f.RetryAfter)
+		return e, f.Reason
+	}
+	e := newError(http.StatusUnauthorized, CodeUnauthenticated, f.Message, f.Err)
+	e.Header = http.Header{"Www-Authenticate": {challenge(f.InvalidToken)}}
+	return e, f.Reason
 }
 
 // errorResponse is the JSON-RPC 2.0 error response body. The id is null when

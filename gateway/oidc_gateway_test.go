@@ -15,6 +15,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/identity"
 	"github.com/ctxgate/ctxgate/upstream"
 )
 
@@ -47,7 +48,7 @@ upstreams: [{name: a, url: %q}]
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.auth.tokens = f.v // the fixture's verifier, on the fixture's issuer and clock
+	s.auth.Tokens = f.v // the fixture's verifier, on the fixture's issuer and clock
 	gw := httptest.NewServer(s.Handler())
 	defer gw.Close()
 
@@ -114,7 +115,7 @@ upstreams: [{name: a, url: %q}]
 // forwarded. Once the keys are in, both recover.
 func TestOIDCColdStartThroughGateway(t *testing.T) {
 	f := newOIDCFixture(t, fixtureOptions{
-		opts:   oidcOptions{retryMin: time.Hour, retryMax: time.Hour}, // the background loop stays out of the way
+		opts:   identity.OIDCOptions{RetryMin: time.Hour, RetryMax: time.Hour}, // the background loop stays out of the way
 		before: func(p *testIdP) { p.down.Store(true) },
 		noWait: true,
 	})
@@ -140,7 +141,7 @@ upstreams: [{name: a, url: %q}]
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.auth.tokens, s.oidc = f.v, f.v
+	s.auth.Tokens, s.oidc = f.v, f.v
 	s.ready.Store(true) // the listeners are up; only the keys are missing
 	gw, admin := httptest.NewServer(s.Handler()), httptest.NewServer(s.AdminHandler())
 	defer gw.Close()
@@ -188,7 +189,7 @@ upstreams: [{name: a, url: %q}]
 	}
 
 	f.idp.down.Store(false)
-	if err := f.v.refresh(t.Context()); err != nil {
+	if err := f.v.Refresh(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	if status, st := readyz(); status != http.StatusOK || st != "ready" {

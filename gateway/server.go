@@ -71,6 +71,7 @@ import (
 
 	"github.com/ctxgate/ctxgate/cache"
 	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/identity"
 	"github.com/ctxgate/ctxgate/policy"
 	"github.com/ctxgate/ctxgate/session"
 	"github.com/ctxgate/ctxgate/upstream"
@@ -110,7 +111,7 @@ type Server struct {
 	cfg      *config.Config
 	log      *slog.Logger
 	pool     *upstream.Pool
-	auth     *authenticator
+	auth     *identity.Authenticator
 	sessions *session.Sealer
 	origins  *originGuard
 	// adminOrigins guards the admin listener the same way.
@@ -120,7 +121,7 @@ type Server struct {
 	// tls is the public listener's TLS configuration; nil serves plain HTTP.
 	tls *tls.Config
 	// oidc verifies bearer JWTs; nil without auth.oidc.
-	oidc *oidcVerifier
+	oidc *identity.OIDCVerifier
 	// policy decides requests, list items and responses; nil allows all.
 	policy decider
 	// catalog remembers upstream tool annotations for decisions;
@@ -195,27 +196,27 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 	if s.adminToken, err = adminTokenHash(cfg.Admin.TokenSHA256); err != nil {
 		return nil, err
 	}
-	if s.auth, err = newAuthenticator(cfg.Auth); err != nil {
+	if s.auth, err = identity.NewAuthenticator(cfg.Auth); err != nil {
 		return nil, err
 	}
 	if s.pins, err = newPinStore(cfg.Upstreams); err != nil {
 		return nil, err
 	}
 	if cfg.Server.TLS != nil {
-		if s.tls, err = newTLSConfig(cfg.Server.TLS, s.log, now); err != nil {
+		if s.tls, err = identity.NewTLSConfig(cfg.Server.TLS, s.log, now); err != nil {
 			return nil, err
 		}
 	}
 	if cfg.Auth.MTLS != nil {
-		s.auth.certs = newCertIdentity(cfg.Auth.MTLS)
+		s.auth.Certs = identity.NewCertIdentity(cfg.Auth.MTLS)
 	}
 	if len(cfg.Auth.OIDC) > 0 {
 		// Discovery and key fetches start now, in the background; until an
 		// issuer's keys arrive its tokens are refused (fail closed).
-		if s.oidc, err = newOIDCVerifier(cfg.Auth.OIDC, oidcOptions{Now: now, Log: s.log}); err != nil {
+		if s.oidc, err = identity.NewOIDCVerifier(cfg.Auth.OIDC, identity.OIDCOptions{Now: now, Log: s.log}); err != nil {
 			return nil, fmt.Errorf("auth.oidc: %w", err)
 		}
-		s.auth.tokens = s.oidc
+		s.auth.Tokens = s.oidc
 	}
 	secrets := make([][]byte, 0, len(cfg.Sessions.Keys))
 	for _, k := range cfg.Sessions.Keys {

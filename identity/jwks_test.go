@@ -1,4 +1,4 @@
-package gateway
+package identity
 
 import (
 	"context"
@@ -88,7 +88,7 @@ func TestParseJWKS(t *testing.T) {
 
 func TestJWKSGenerationChangesOnlyOnRemoval(t *testing.T) {
 	keys := testSigningKeys()
-	ks := newKeySet(context.Background(), "https://idp.example", []jose.SignatureAlgorithm{jose.RS256}, oidcOptions{}.withDefaults())
+	ks := newKeySet(context.Background(), "https://idp.example", []jose.SignatureAlgorithm{jose.RS256}, OIDCOptions{}.withDefaults())
 	renamed := keys.rsa1.jwk()
 	renamed.KeyID = "rsa-1-renamed"
 	steps := []struct {
@@ -148,7 +148,7 @@ func newMetadataServer(t *testing.T, tls bool) *metadataServer {
 }
 
 func (m *metadataServer) keySet() *keySet {
-	opts := oidcOptions{Client: m.srv.Client()}.withDefaults()
+	opts := OIDCOptions{Client: m.srv.Client()}.withDefaults()
 	return newKeySet(context.Background(), m.srv.URL, []jose.SignatureAlgorithm{jose.RS256, jose.ES256}, opts)
 }
 
@@ -251,7 +251,7 @@ func TestJWKSRefreshKeepsKeysUnlessTheSetSaysOtherwise(t *testing.T) {
 // verifier's parsed JWS (as go-oidc's own callers would).
 func TestJWKSVerifySignatureParsesWhenNeeded(t *testing.T) {
 	keys := testSigningKeys()
-	ks := newKeySet(context.Background(), "https://idp.example", []jose.SignatureAlgorithm{jose.RS256}, oidcOptions{}.withDefaults())
+	ks := newKeySet(context.Background(), "https://idp.example", []jose.SignatureAlgorithm{jose.RS256}, OIDCOptions{}.withDefaults())
 	ks.install([]jose.JSONWebKey{keys.rsa1.jwk()})
 	ks.unknownKid.SetBurst(0) // no re-fetch: there is no IdP here
 	tests := []struct {
@@ -284,7 +284,7 @@ func TestJWKSVerifySignatureParsesWhenNeeded(t *testing.T) {
 // otherwise) and cancels every fetch: none is sent after it returns.
 func TestJWKSCloseStopsBackgroundFetches(t *testing.T) {
 	f := newOIDCFixture(t, fixtureOptions{
-		opts:   oidcOptions{retryMin: time.Millisecond, retryMax: time.Millisecond},
+		opts:   OIDCOptions{RetryMin: time.Millisecond, RetryMax: time.Millisecond},
 		before: func(p *testIdP) { p.down.Store(true) },
 		noWait: true,
 	})
@@ -298,7 +298,7 @@ func TestJWKSCloseStopsBackgroundFetches(t *testing.T) {
 	f.v.Close()
 	after := f.idp.discoveries.Load()
 	f.idp.down.Store(false)
-	if err := f.v.refresh(t.Context()); err == nil || !strings.Contains(err.Error(), "context canceled") {
+	if err := f.v.Refresh(t.Context()); err == nil || !strings.Contains(err.Error(), "context canceled") {
 		t.Errorf("refresh after Close = %v, want context canceled", err)
 	}
 	if got := f.idp.discoveries.Load(); got != after {
@@ -384,13 +384,13 @@ func TestOIDCUnknownKidFlood(t *testing.T) {
 	for i, tok := range random {
 		wg.Go(func() {
 			<-start
-			_, floodErrs[i] = f.v.verify(t.Context(), tok, oidcTestRouteA)
+			_, floodErrs[i] = f.v.Verify(t.Context(), tok, oidcTestRouteA)
 		})
 	}
 	for i, tok := range good {
 		wg.Go(func() {
 			<-start
-			_, validErrs[i] = f.v.verify(t.Context(), tok, oidcTestRouteA)
+			_, validErrs[i] = f.v.Verify(t.Context(), tok, oidcTestRouteA)
 		})
 	}
 	close(start)
@@ -413,7 +413,7 @@ func TestOIDCUnknownKidFlood(t *testing.T) {
 	// The limit is per period: once it has passed, one more re-fetch.
 	f.clock.advance(unknownKidRefetchEvery + time.Second)
 	for range 20 {
-		f.v.verify(t.Context(), mintJWT(t, f.keys.rsa1, rand.Text(), "at+jwt", f.claims(nil)), oidcTestRouteA)
+		f.v.Verify(t.Context(), mintJWT(t, f.keys.rsa1, rand.Text(), "at+jwt", f.claims(nil)), oidcTestRouteA)
 	}
 	if got := f.idp.fetches.Load() - before; got != 2 {
 		t.Errorf("JWKS fetches after the period passed = %d, want 2", got)
@@ -434,22 +434,22 @@ func TestOIDCUnknownKidStarvation(t *testing.T) {
 	random := func() string { return mintJWT(t, f.keys.rsa1, rand.Text(), "at+jwt", f.claims(nil)) }
 	before := f.idp.fetches.Load()
 	first := random()
-	if _, err := f.v.verify(ctx, first, oidcTestRouteA); err == nil || errors.Is(err, errKeysUnavailable) {
+	if _, err := f.v.Verify(ctx, first, oidcTestRouteA); err == nil || errors.Is(err, errKeysUnavailable) {
 		t.Fatalf("random kid with the budget free: %v; want refused as not in the key set (it was looked for)", err)
 	}
 
 	// The issuer rotates; the attacker keeps the budget spent.
 	f.idp.setKeys(f.keys.rsa1, f.keys.rsa2)
 	rotated := mintJWT(t, f.keys.rsa2, "rsa-2", "at+jwt", f.claims(nil))
-	_, err := f.v.verify(ctx, rotated, oidcTestRouteA)
+	_, err := f.v.Verify(ctx, rotated, oidcTestRouteA)
 	var ku *keysUnavailableError
 	if !errors.As(err, &ku) || ku.retryAfter <= 0 || ku.retryAfter > unknownKidRefetchEvery {
 		t.Fatalf("new key's token with the budget spent: %v; want keys unavailable with a Retry-After up to %s", err, unknownKidRefetchEvery)
 	}
 	for range 50 {
-		f.v.verify(ctx, random(), oidcTestRouteA)
+		f.v.Verify(ctx, random(), oidcTestRouteA)
 	}
-	if _, err := f.v.verify(ctx, first, oidcTestRouteA); err == nil || errors.Is(err, errKeysUnavailable) {
+	if _, err := f.v.Verify(ctx, first, oidcTestRouteA); err == nil || errors.Is(err, errKeysUnavailable) {
 		t.Errorf("a random kid looked for already: %v; want refused outright", err)
 	}
 	if got := f.idp.fetches.Load() - before; got != 1 {
@@ -459,8 +459,8 @@ func TestOIDCUnknownKidStarvation(t *testing.T) {
 	// The period passes; an attacker's token comes first and spends the
 	// budget again, which fetches the new key for everyone.
 	f.clock.advance(unknownKidRefetchEvery)
-	f.v.verify(ctx, random(), oidcTestRouteA)
-	if _, err := f.v.verify(ctx, rotated, oidcTestRouteA); err != nil {
+	f.v.Verify(ctx, random(), oidcTestRouteA)
+	if _, err := f.v.Verify(ctx, rotated, oidcTestRouteA); err != nil {
 		t.Errorf("new key's token after the next re-fetch: %v", err)
 	}
 	if got := f.idp.fetches.Load() - before; got != 2 {
@@ -469,7 +469,7 @@ func TestOIDCUnknownKidStarvation(t *testing.T) {
 
 	ks := f.v.issuers[f.idp.issuer()].keys
 	for range 3 * maxUnknownKids {
-		f.v.verify(ctx, random(), oidcTestRouteA)
+		f.v.Verify(ctx, random(), oidcTestRouteA)
 	}
 	ks.mu.RLock()
 	remembered := len(ks.unknown)
@@ -480,7 +480,7 @@ func TestOIDCUnknownKidStarvation(t *testing.T) {
 	long := mintJWT(t, f.keys.rsa1, strings.Repeat("k", maxKidBytes+1), "at+jwt", f.claims(nil))
 	f.clock.advance(unknownKidRefetchEvery)
 	fetches := f.idp.fetches.Load()
-	if _, err := f.v.verify(ctx, long, oidcTestRouteA); err == nil || errors.Is(err, errKeysUnavailable) {
+	if _, err := f.v.Verify(ctx, long, oidcTestRouteA); err == nil || errors.Is(err, errKeysUnavailable) {
 		t.Errorf("overlong kid: %v; want refused", err)
 	}
 	if got := f.idp.fetches.Load(); got != fetches {
@@ -517,7 +517,7 @@ func TestOIDCKeyRotationAndRemoval(t *testing.T) {
 	f := newOIDCFixture(t, fixtureOptions{publish: []signingKey{testSigningKeys().rsa1}})
 	ctx := t.Context()
 	old := f.token(t, nil)
-	if _, err := f.v.verify(ctx, old, oidcTestRouteA); err != nil {
+	if _, err := f.v.Verify(ctx, old, oidcTestRouteA); err != nil {
 		t.Fatal(err)
 	}
 
@@ -525,7 +525,7 @@ func TestOIDCKeyRotationAndRemoval(t *testing.T) {
 	f.idp.setKeys(f.keys.rsa1, f.keys.rsa2)
 	before := f.idp.fetches.Load()
 	rotated := mintJWT(t, f.keys.rsa2, "rsa-2", "at+jwt", f.claims(nil))
-	if _, err := f.v.verify(ctx, rotated, oidcTestRouteA); err != nil {
+	if _, err := f.v.Verify(ctx, rotated, oidcTestRouteA); err != nil {
 		t.Fatalf("token signed by the new key: %v", err)
 	}
 	if got := f.idp.fetches.Load() - before; got != 1 {
@@ -536,10 +536,10 @@ func TestOIDCKeyRotationAndRemoval(t *testing.T) {
 	// still trusts it; after, neither the cached token nor a fresh one
 	// signed by it passes.
 	f.idp.setKeys(f.keys.rsa2)
-	if _, err := f.v.verify(ctx, old, oidcTestRouteA); err != nil {
+	if _, err := f.v.Verify(ctx, old, oidcTestRouteA); err != nil {
 		t.Fatalf("before the refresh: %v", err)
 	}
-	if err := f.v.refresh(ctx); err != nil {
+	if err := f.v.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
 	before = f.idp.fetches.Load()
@@ -554,7 +554,7 @@ func TestOIDCKeyRotationAndRemoval(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := f.v.verify(ctx, tt.token, oidcTestRouteA)
+			_, err := f.v.Verify(ctx, tt.token, oidcTestRouteA)
 			if tt.wantErr == "" {
 				if err != nil {
 					t.Fatal(err)
@@ -576,16 +576,16 @@ func TestOIDCJWKSOutageKeepsKeys(t *testing.T) {
 	f := newOIDCFixture(t, fixtureOptions{})
 	ctx := t.Context()
 	f.idp.down.Store(true)
-	if err := f.v.refresh(ctx); err == nil || !strings.Contains(err.Error(), "503") {
+	if err := f.v.Refresh(ctx); err == nil || !strings.Contains(err.Error(), "503") {
 		t.Fatalf("refresh during the outage = %v, want a 503 error", err)
 	}
-	if !f.v.ready() {
+	if !f.v.Ready() {
 		t.Error("not ready during an outage although keys are cached")
 	}
 	// Fresh tokens, so they are verified with the cached keys, not
 	// served from the token cache.
 	for _, tok := range []string{f.token(t, nil), mintJWT(t, f.keys.ec1, "ec-1", "at+jwt", f.claims(nil))} {
-		if _, err := f.v.verify(ctx, tok, oidcTestRouteA); err != nil {
+		if _, err := f.v.Verify(ctx, tok, oidcTestRouteA); err != nil {
 			t.Errorf("verify during the JWKS outage: %v", err)
 		}
 	}
@@ -595,24 +595,24 @@ func TestOIDCColdStart(t *testing.T) {
 	down := func(p *testIdP) { p.down.Store(true) }
 	tests := []struct {
 		name string
-		opts oidcOptions
+		opts OIDCOptions
 		// recover brings the verifier up once the IdP is back.
-		recover func(t *testing.T, v *oidcVerifier)
+		recover func(t *testing.T, v *OIDCVerifier)
 	}{
 		{
 			name: "explicit refresh",
 			// A long backoff keeps the background loop out of the way.
-			opts: oidcOptions{retryMin: time.Hour, retryMax: time.Hour},
-			recover: func(t *testing.T, v *oidcVerifier) {
-				if err := v.refresh(t.Context()); err != nil {
+			opts: OIDCOptions{RetryMin: time.Hour, RetryMax: time.Hour},
+			recover: func(t *testing.T, v *OIDCVerifier) {
+				if err := v.Refresh(t.Context()); err != nil {
 					t.Fatal(err)
 				}
 			},
 		},
 		{
 			name:    "background retry",
-			opts:    oidcOptions{retryMin: time.Millisecond, retryMax: 10 * time.Millisecond},
-			recover: func(t *testing.T, v *oidcVerifier) { waitOIDCReady(t, v) },
+			opts:    OIDCOptions{RetryMin: time.Millisecond, RetryMax: 10 * time.Millisecond},
+			recover: func(t *testing.T, v *OIDCVerifier) { waitOIDCReady(t, v) },
 		},
 	}
 	for _, tt := range tests {
@@ -620,24 +620,24 @@ func TestOIDCColdStart(t *testing.T) {
 			f := newOIDCFixture(t, fixtureOptions{opts: tt.opts, before: down, noWait: true})
 			ctx := t.Context()
 			tokens := []string{f.token(t, nil), mintJWT(t, f.keys.rsa1, "", "at+jwt", f.claims(nil))}
-			if err := f.v.refresh(ctx); err == nil {
+			if err := f.v.Refresh(ctx); err == nil {
 				t.Fatal("refresh succeeded with the IdP down")
 			}
-			if f.v.ready() {
+			if f.v.Ready() {
 				t.Fatal("ready without keys")
 			}
 			for _, tok := range tokens {
-				if _, err := f.v.verify(ctx, tok, oidcTestRouteA); err == nil {
+				if _, err := f.v.Verify(ctx, tok, oidcTestRouteA); err == nil {
 					t.Fatal("token accepted before any key was fetched")
 				}
 			}
 			f.idp.down.Store(false)
 			tt.recover(t, f.v)
-			if !f.v.ready() {
+			if !f.v.Ready() {
 				t.Fatal("not ready after the IdP came up")
 			}
 			for _, tok := range tokens {
-				if _, err := f.v.verify(ctx, tok, oidcTestRouteA); err != nil {
+				if _, err := f.v.Verify(ctx, tok, oidcTestRouteA); err != nil {
 					t.Errorf("after recovery: %v", err)
 				}
 			}
@@ -647,21 +647,21 @@ func TestOIDCColdStart(t *testing.T) {
 
 func TestOIDCDiscoveryIssuerMismatch(t *testing.T) {
 	f := newOIDCFixture(t, fixtureOptions{
-		opts:   oidcOptions{retryMin: time.Hour, retryMax: time.Hour},
+		opts:   OIDCOptions{RetryMin: time.Hour, RetryMax: time.Hour},
 		before: func(p *testIdP) { p.discoveryIssuer = "https://evil.example" },
 		noWait: true,
 	})
-	err := f.v.refresh(t.Context())
+	err := f.v.Refresh(t.Context())
 	if err == nil || !strings.Contains(err.Error(), "does not match the configured issuer") {
 		t.Fatalf("refresh = %v, want an issuer mismatch", err)
 	}
-	if f.v.ready() {
+	if f.v.Ready() {
 		t.Error("ready with a mismatched discovery document")
 	}
 	if n := f.idp.fetches.Load(); n != 0 {
 		t.Errorf("JWKS fetched %d times from a mismatched discovery document", n)
 	}
-	if _, err := f.v.verify(t.Context(), mintJWT(t, f.keys.rsa1, "", "at+jwt", f.claims(nil)), oidcTestRouteA); err == nil {
+	if _, err := f.v.Verify(t.Context(), mintJWT(t, f.keys.rsa1, "", "at+jwt", f.claims(nil)), oidcTestRouteA); err == nil {
 		t.Error("token accepted")
 	}
 }

@@ -1,4 +1,4 @@
-package gateway
+package identity
 
 import (
 	"bytes"
@@ -25,20 +25,20 @@ import (
 // rarely enough that a handshake flood is not a stat flood.
 const crlRecheck = time.Second
 
-// newTLSConfig builds the public listener's TLS configuration: the server
+// NewTLSConfig builds the public listener's TLS configuration: the server
 // certificate, the client CAs and client_auth mode, and the CRL check.
 // Every file problem is an error at start-up that names its config field.
 // cfg must not be nil; an empty ClientAuth means none. A nil log discards;
 // a nil now is time.Now. now is also the clock client certificates'
 // validity (and session ticket age) is checked against.
-func newTLSConfig(cfg *config.TLS, log *slog.Logger, now func() time.Time) (*tls.Config, error) {
+func NewTLSConfig(cfg *config.TLS, log *slog.Logger, now func() time.Time) (*tls.Config, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if now == nil {
 		now = time.Now
 	}
-	cert, err := loadServerCert(cfg.CertFile, cfg.KeyFile)
+	cert, err := LoadServerCert(cfg.CertFile, cfg.KeyFile)
 	if err != nil {
 		return nil, err
 	}
@@ -53,7 +53,7 @@ func newTLSConfig(cfg *config.TLS, log *slog.Logger, now func() time.Time) (*tls
 	}
 	var cas []*x509.Certificate
 	if cfg.ClientCAFile != "" {
-		if cas, err = loadClientCAs(cfg.ClientCAFile); err != nil {
+		if cas, err = LoadClientCAs(cfg.ClientCAFile); err != nil {
 			return nil, err
 		}
 		tc.ClientCAs = x509.NewCertPool()
@@ -92,9 +92,9 @@ func clientAuthType(mode string) (tls.ClientAuthType, error) {
 	return 0, fmt.Errorf("server.tls.client_auth: %q must be none, optional or require", mode)
 }
 
-// loadServerCert reads the certificate chain and its key, attributing each
+// LoadServerCert reads the certificate chain and its key, attributing each
 // problem to the field that holds it.
-func loadServerCert(certFile, keyFile string) (tls.Certificate, error) {
+func LoadServerCert(certFile, keyFile string) (tls.Certificate, error) {
 	certPEM, err := os.ReadFile(certFile)
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("server.tls.cert_file: %w", err)
@@ -115,9 +115,9 @@ func loadServerCert(certFile, keyFile string) (tls.Certificate, error) {
 	return cert, nil
 }
 
-// loadClientCAs parses the client CA bundle strictly: every PEM block must
+// LoadClientCAs parses the client CA bundle strictly: every PEM block must
 // be a certificate that parses, and there must be at least one.
-func loadClientCAs(path string) ([]*x509.Certificate, error) {
+func LoadClientCAs(path string) ([]*x509.Certificate, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("server.tls.client_ca_file: %w", err)
@@ -185,6 +185,14 @@ type revocationList struct {
 	num        *big.Int // the CRL number; nil: the CRL has none
 	thisUpdate time.Time
 	nextUpdate time.Time
+}
+
+// CheckCRL reads and checks the CRL file at path as NewTLSConfig would
+// (issued by one of cas, parseable, not past its next update plus grace at
+// start-up), without watching it. It is for "ctxgate check".
+func CheckCRL(path string, grace time.Duration, cas []*x509.Certificate) error {
+	_, err := newCRLWatcher(path, grace, cas, slog.New(slog.DiscardHandler), time.Now)
+	return err
 }
 
 func newCRLWatcher(path string, grace time.Duration, cas []*x509.Certificate, log *slog.Logger, now func() time.Time) (*crlWatcher, error) {
@@ -369,26 +377,26 @@ func (w *crlWatcher) checkIssuer(crl *x509.RevocationList) error {
 	return fmt.Errorf("issuer %q is not a CA in server.tls.client_ca_file", crl.Issuer)
 }
 
-// certIdentity names principals from verified client certificates.
-type certIdentity struct {
+// CertIdentity names principals from verified client certificates.
+type CertIdentity struct {
 	order  []string // of "spiffe", "dns", "cn"
 	groups []string // of "ou", "o": subject fields that become groups
 }
 
-var _ certIdentifier = (*certIdentity)(nil)
+var _ CertIdentifier = (*CertIdentity)(nil)
 
-// newCertIdentity returns the identifier for cfg. A nil cfg or an empty
+// NewCertIdentity returns the identifier for cfg. A nil cfg or an empty
 // Identity means the default order: spiffe, dns, cn.
-func newCertIdentity(cfg *config.MTLS) *certIdentity {
+func NewCertIdentity(cfg *config.MTLS) *CertIdentity {
 	if cfg == nil || len(cfg.Identity) == 0 {
-		return &certIdentity{order: []string{"spiffe", "dns", "cn"}}
+		return &CertIdentity{order: []string{"spiffe", "dns", "cn"}}
 	}
-	return &certIdentity{order: slices.Clone(cfg.Identity), groups: slices.Clone(cfg.Groups)}
+	return &CertIdentity{order: slices.Clone(cfg.Identity), groups: slices.Clone(cfg.Groups)}
 }
 
-// identify names the principal of a chain that crypto/tls has verified, by
+// Identify names the principal of a chain that crypto/tls has verified, by
 // its leaf: the first kind in the configured order that the leaf has.
-func (c *certIdentity) identify(chain []*x509.Certificate) (*Principal, error) {
+func (c *CertIdentity) Identify(chain []*x509.Certificate) (*Principal, error) {
 	if len(chain) == 0 {
 		return nil, errors.New("empty certificate chain")
 	}
@@ -407,7 +415,7 @@ func (c *certIdentity) identify(chain []*x509.Certificate) (*Principal, error) {
 
 // certGroups are the values of the configured subject fields of a leaf
 // the CA signed: what the CA vouches for, like a token's groups claim.
-func (c *certIdentity) certGroups(leaf *x509.Certificate) []string {
+func (c *CertIdentity) certGroups(leaf *x509.Certificate) []string {
 	var out []string
 	for _, f := range c.groups {
 		switch f {

@@ -1,4 +1,4 @@
-package gateway
+package identity
 
 import (
 	"context"
@@ -19,9 +19,9 @@ import (
 	"github.com/ctxgate/ctxgate/config"
 )
 
-// oidcOptions are an oidcVerifier's injectable dependencies. Nil and zero
+// OIDCOptions are an OIDCVerifier's injectable dependencies. Nil and zero
 // fields mean the default.
-type oidcOptions struct {
+type OIDCOptions struct {
 	// Client fetches discovery documents and key sets. Nil is a client with
 	// a 10s timeout that follows redirects only on the same scheme and host.
 	Client *http.Client
@@ -33,12 +33,12 @@ type oidcOptions struct {
 	// discards them.
 	Log *slog.Logger
 
-	// retryMin and retryMax bound the backoff between failed key fetches;
+	// RetryMin and RetryMax bound the backoff between failed key fetches;
 	// zero is 1s and 5m.
-	retryMin, retryMax time.Duration
-	// cacheSize bounds the verified-token cache; zero is 10,000, negative
+	RetryMin, RetryMax time.Duration
+	// CacheSize bounds the verified-token cache; zero is 10,000, negative
 	// disables the cache.
-	cacheSize int
+	CacheSize int
 }
 
 const defaultTokenCacheSize = 10_000
@@ -55,10 +55,10 @@ var (
 // is no signature at all.
 var asymmetricAlgs = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 
-// oidcVerifier verifies bearer JWTs from the configured issuers (RFC 9068
+// OIDCVerifier verifies bearer JWTs from the configured issuers (RFC 9068
 // access tokens, or any JWT the issuer signs) with go-oidc over key sets
-// the gateway fetches itself. It implements tokenVerifier.
-type oidcVerifier struct {
+// the gateway fetches itself. It implements TokenVerifier.
+type OIDCVerifier struct {
 	issuers map[string]*oidcIssuer
 	// algs is every issuer's allowed algorithms: the token is parsed once,
 	// before its issuer is known; each issuer then checks its own list.
@@ -69,7 +69,7 @@ type oidcVerifier struct {
 	wg    sync.WaitGroup
 }
 
-var _ tokenVerifier = (*oidcVerifier)(nil)
+var _ TokenVerifier = (*OIDCVerifier)(nil)
 
 // oidcIssuer is one trusted issuer: its configuration, keys and verifier.
 type oidcIssuer struct {
@@ -79,19 +79,19 @@ type oidcIssuer struct {
 	verifier  *oidc.IDTokenVerifier
 }
 
-// newOIDCVerifier builds one verifier per configured issuer. It returns at
+// NewOIDCVerifier builds one verifier per configured issuer. It returns at
 // once; discovery (<issuer>/.well-known/openid-configuration, whose issuer
 // must match exactly) and the first JWKS fetch run in the background,
 // retried with capped exponential backoff; until they succeed, tokens of
 // that issuer are refused (fail closed). Close stops every background
 // goroutine. The configuration must have its defaults applied.
-func newOIDCVerifier(cfgs []config.OIDCIssuer, opts oidcOptions) (*oidcVerifier, error) {
+func NewOIDCVerifier(cfgs []config.OIDCIssuer, opts OIDCOptions) (*OIDCVerifier, error) {
 	if len(cfgs) == 0 {
 		return nil, errors.New("auth.oidc: no issuer configured")
 	}
 	opts = opts.withDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
-	v := &oidcVerifier{issuers: map[string]*oidcIssuer{}, now: opts.Now, cache: newTokenCache(opts.cacheSize), stop: cancel}
+	v := &OIDCVerifier{issuers: map[string]*oidcIssuer{}, now: opts.Now, cache: newTokenCache(opts.CacheSize), stop: cancel}
 	for i, c := range cfgs {
 		algs, err := checkIssuerConfig(c)
 		if err == nil && v.issuers[c.Issuer] != nil {
@@ -120,12 +120,12 @@ func newOIDCVerifier(cfgs []config.OIDCIssuer, opts oidcOptions) (*oidcVerifier,
 		}
 	}
 	for _, is := range v.issuers {
-		v.wg.Go(func() { is.keys.run(ctx, is.cfg.JWKSRefresh, opts.retryMin, opts.retryMax) })
+		v.wg.Go(func() { is.keys.run(ctx, is.cfg.JWKSRefresh, opts.RetryMin, opts.RetryMax) })
 	}
 	return v, nil
 }
 
-func (o oidcOptions) withDefaults() oidcOptions {
+func (o OIDCOptions) withDefaults() OIDCOptions {
 	if o.Client == nil {
 		o.Client = defaultOIDCClient()
 	}
@@ -135,14 +135,14 @@ func (o oidcOptions) withDefaults() oidcOptions {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	if o.retryMin <= 0 {
-		o.retryMin = time.Second
+	if o.RetryMin <= 0 {
+		o.RetryMin = time.Second
 	}
-	if o.retryMax <= 0 {
-		o.retryMax = 5 * time.Minute
+	if o.RetryMax <= 0 {
+		o.RetryMax = 5 * time.Minute
 	}
-	if o.cacheSize == 0 {
-		o.cacheSize = defaultTokenCacheSize
+	if o.CacheSize == 0 {
+		o.CacheSize = defaultTokenCacheSize
 	}
 	return o
 }
@@ -200,13 +200,13 @@ func normalizeTyp(typ string) string {
 	return t
 }
 
-// verify returns the principal of a token valid for the route whose
+// Verify returns the principal of a token valid for the route whose
 // canonical URL is resource. The returned principal may be shared with
 // other requests presenting the same token: treat it as read-only.
-func (v *oidcVerifier) verify(ctx context.Context, token, resource string) (*Principal, error) {
+func (v *OIDCVerifier) Verify(ctx context.Context, token, resource string) (*Principal, error) {
 	// Size and shape before any parsing, hashing or lookup, so a huge or
 	// garbled credential costs nothing (and never reaches the IdP).
-	if len(token) > maxCredentialBytes {
+	if len(token) > MaxCredentialBytes {
 		return nil, errTokenTooLong
 	}
 	if strings.Count(token, ".") != 2 {
@@ -239,7 +239,7 @@ func (v *oidcVerifier) verify(ctx context.Context, token, resource string) (*Pri
 // token verified for one route is not thereby valid for another. An entry
 // whose key the issuer removed since is a miss, so the token is verified
 // again (and refused).
-func (v *oidcVerifier) cached(key [sha256.Size]byte, now time.Time, resource string) (p *Principal, hit bool, err error) {
+func (v *OIDCVerifier) cached(key [sha256.Size]byte, now time.Time, resource string) (p *Principal, hit bool, err error) {
 	e, ok := v.cache.get(key)
 	if !ok || e.gen != e.iss.keys.generation() {
 		return nil, false, nil
@@ -257,7 +257,7 @@ func (v *oidcVerifier) cached(key [sha256.Size]byte, now time.Time, resource str
 // peek parses the token once and picks its issuer by the unverified iss.
 // Nothing is trusted yet: iss only selects which issuer's keys and rules
 // the token is then verified with.
-func (v *oidcVerifier) peek(token string) (*jose.JSONWebSignature, map[string]any, *oidcIssuer, error) {
+func (v *OIDCVerifier) peek(token string) (*jose.JSONWebSignature, map[string]any, *oidcIssuer, error) {
 	jws, err := jose.ParseSignedCompact(token, v.algs)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("malformed token: %w", err)
@@ -408,8 +408,8 @@ func claimStrings(claims map[string]any, names []string, split bool) ([]string, 
 	return out, nil
 }
 
-// ready reports whether every issuer has keys to verify tokens with.
-func (v *oidcVerifier) ready() bool {
+// Ready reports whether every issuer has keys to verify tokens with.
+func (v *OIDCVerifier) Ready() bool {
 	for _, is := range v.issuers {
 		if !is.keys.ready() {
 			return false
@@ -418,9 +418,9 @@ func (v *oidcVerifier) ready() bool {
 	return true
 }
 
-// refresh runs one discovery-and-fetch cycle for every issuer now and
+// Refresh runs one discovery-and-fetch cycle for every issuer now and
 // waits for it, without waiting for the background schedule.
-func (v *oidcVerifier) refresh(ctx context.Context) error {
+func (v *OIDCVerifier) Refresh(ctx context.Context) error {
 	var errs []error
 	for iss, is := range v.issuers {
 		if err := is.keys.refresh(ctx, true); err != nil {
@@ -432,7 +432,7 @@ func (v *oidcVerifier) refresh(ctx context.Context) error {
 
 // Close stops every background fetch and waits for it to end. Tokens are
 // still verified with the keys already fetched.
-func (v *oidcVerifier) Close() {
+func (v *OIDCVerifier) Close() {
 	v.stop()
 	v.wg.Wait()
 }

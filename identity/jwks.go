@@ -1,4 +1,4 @@
-package gateway
+package identity
 
 import (
 	"context"
@@ -103,7 +103,7 @@ type keySet struct {
 
 var _ oidc.KeySet = (*keySet)(nil)
 
-func newKeySet(ctx context.Context, issuer string, algs []jose.SignatureAlgorithm, opts oidcOptions) *keySet {
+func newKeySet(ctx context.Context, issuer string, algs []jose.SignatureAlgorithm, opts OIDCOptions) *keySet {
 	return &keySet{
 		issuer:     issuer,
 		algs:       algs,

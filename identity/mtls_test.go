@@ -1,4 +1,4 @@
-package gateway
+package identity
 
 import (
 	"bytes"
@@ -331,9 +331,9 @@ func (s *tlsTestServer) expectRefused(t *testing.T, c *http.Client, reason strin
 
 func newTestTLSConfig(t *testing.T, cfg config.TLS, logs io.Writer, now func() time.Time) *tls.Config {
 	t.Helper()
-	tc, err := newTLSConfig(&cfg, slog.New(slog.NewTextHandler(logs, nil)), now)
+	tc, err := NewTLSConfig(&cfg, slog.New(slog.NewTextHandler(logs, nil)), now)
 	if err != nil {
-		t.Fatalf("newTLSConfig: %v", err)
+		t.Fatalf("NewTLSConfig: %v", err)
 	}
 	return tc
 }
@@ -348,7 +348,7 @@ func TestTLSClientCertificates(t *testing.T) {
 	cfg := f.cfg
 	cfg.CRLFile = f.write(t, "crl.pem", f.ca.crl(t, 1, f.clock.now().Add(time.Hour), f.certs["revoked"]))
 	tc := newTestTLSConfig(t, cfg, io.Discard, f.clock.now)
-	ids := newCertIdentity(&config.MTLS{Identity: []string{"spiffe", "dns", "cn"}})
+	ids := NewCertIdentity(&config.MTLS{Identity: []string{"spiffe", "dns", "cn"}})
 	tests := []struct {
 		name   string
 		cert   string
@@ -380,7 +380,7 @@ func TestTLSClientCertificates(t *testing.T) {
 			if st == nil || len(st.VerifiedChains) == 0 {
 				t.Fatal("handler saw no verified chain")
 			}
-			got, err := ids.identify(st.VerifiedChains[0])
+			got, err := ids.Identify(st.VerifiedChains[0])
 			if err != nil {
 				t.Fatalf("identify: %v", err)
 			}
@@ -509,9 +509,9 @@ func TestNewTLSConfigErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := f.cfg
 			tt.edit(&cfg)
-			_, err := newTLSConfig(&cfg, nil, nil)
+			_, err := NewTLSConfig(&cfg, nil, nil)
 			if err == nil {
-				t.Fatal("newTLSConfig succeeded, want an error")
+				t.Fatal("NewTLSConfig succeeded, want an error")
 			}
 			if !strings.HasPrefix(err.Error(), tt.field) || !strings.Contains(err.Error(), tt.wantInErr) {
 				t.Errorf("error %q; want prefix %q containing %q", err, tt.field, tt.wantInErr)
@@ -699,7 +699,7 @@ func TestIdentify(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := newCertIdentity(&config.MTLS{Identity: tt.order}).identify([]*x509.Certificate{tt.cert.leaf, f.ca.cert})
+			got, err := NewCertIdentity(&config.MTLS{Identity: tt.order}).Identify([]*x509.Certificate{tt.cert.leaf, f.ca.cert})
 			if tt.wantID == "" {
 				if err == nil {
 					t.Fatalf("identify = %+v, want an error", got)
@@ -715,7 +715,7 @@ func TestIdentify(t *testing.T) {
 			}
 		})
 	}
-	if _, err := newCertIdentity(nil).identify(nil); err == nil {
+	if _, err := NewCertIdentity(nil).Identify(nil); err == nil {
 		t.Error("identify(empty chain) succeeded, want an error")
 	}
 	// auth.mtls.groups: the subject's OU and O values become groups.
@@ -726,7 +726,7 @@ func TestIdentify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := newCertIdentity(&config.MTLS{Identity: []string{"cn"}, Groups: []string{"ou", "o"}}).identify([]*x509.Certificate{leaf, f.ca.cert})
+	got, err := NewCertIdentity(&config.MTLS{Identity: []string{"cn"}, Groups: []string{"ou", "o"}}).Identify([]*x509.Certificate{leaf, f.ca.cert})
 	if err != nil {
 		t.Fatal(err)
 	}

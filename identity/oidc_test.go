@@ -1,4 +1,4 @@
-package gateway
+package identity
 
 import (
 	"context"
@@ -168,14 +168,14 @@ func (c *oidcClock) advance(d time.Duration) {
 type oidcFixture struct {
 	idp   *testIdP
 	clock *oidcClock
-	v     *oidcVerifier
+	v     *OIDCVerifier
 	keys  oidcTestKeys
 }
 
 type fixtureOptions struct {
 	publish []signingKey             // default: rsa1 and ec1
 	mutate  func(*config.OIDCIssuer) // adjusts the issuer config
-	opts    oidcOptions              // Now and Client are set by the fixture
+	opts    OIDCOptions              // Now and Client are set by the fixture
 	before  func(*testIdP)           // runs before the verifier starts
 	noWait  bool                     // do not wait for the keys
 }
@@ -210,7 +210,7 @@ func newOIDCFixture(t testing.TB, fo fixtureOptions) *oidcFixture {
 	}
 	opts := fo.opts
 	opts.Now, opts.Client = f.clock.now, f.idp.srv.Client()
-	v, err := newOIDCVerifier([]config.OIDCIssuer{cfg}, opts)
+	v, err := NewOIDCVerifier([]config.OIDCIssuer{cfg}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,10 +223,10 @@ func newOIDCFixture(t testing.TB, fo fixtureOptions) *oidcFixture {
 }
 
 // waitOIDCReady polls until the background fetch has installed the keys.
-func waitOIDCReady(t testing.TB, v *oidcVerifier) {
+func waitOIDCReady(t testing.TB, v *OIDCVerifier) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	for !v.ready() {
+	for !v.Ready() {
 		if time.Now().After(deadline) {
 			t.Fatal("oidc verifier not ready after 10s")
 		}
@@ -413,7 +413,7 @@ func TestOIDCVerify(t *testing.T) {
 			if resource == "" {
 				resource = oidcTestRouteA
 			}
-			got, err := f.v.verify(t.Context(), tt.token, resource)
+			got, err := f.v.Verify(t.Context(), tt.token, resource)
 			checkOIDCResult(t, tt.token, got, err, tt.want, tt.wantErr)
 		})
 	}
@@ -449,7 +449,7 @@ func TestOIDCScopesAndGroups(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			claims := f.claims(tt.claims)
 			token := mintJWT(t, f.keys.rsa1, "rsa-1", "at+jwt", claims)
-			got, err := f.v.verify(t.Context(), token, oidcTestRouteA)
+			got, err := f.v.Verify(t.Context(), token, oidcTestRouteA)
 			var want *Principal
 			if tt.wantErr == "" {
 				want = f.principal(t, claims, tt.wantScopes, tt.wantGroups)
@@ -466,7 +466,7 @@ func TestOIDCCustomClaimMapping(t *testing.T) {
 	}})
 	claims := f.claims(map[string]any{"oid": "object-9", "permissions": []string{"p1"}, "teams": []string{"t1"}, "groups": []string{"ignored"}})
 	token := mintJWT(t, f.keys.rsa1, "rsa-1", "JWT", claims)
-	got, err := f.v.verify(t.Context(), token, oidcTestRouteA)
+	got, err := f.v.Verify(t.Context(), token, oidcTestRouteA)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -482,7 +482,7 @@ func TestOIDCSeveralIssuers(t *testing.T) {
 	a, b := newTestIdP(t, keys.rsa1), newTestIdP(t, keys.ec1)
 	clock := &oidcClock{t: time.Now()}
 	client := a.srv.Client()
-	v, err := newOIDCVerifier([]config.OIDCIssuer{testIssuerConfig(a.issuer()), testIssuerConfig(b.issuer())}, oidcOptions{Client: client, Now: clock.now})
+	v, err := NewOIDCVerifier([]config.OIDCIssuer{testIssuerConfig(a.issuer()), testIssuerConfig(b.issuer())}, OIDCOptions{Client: client, Now: clock.now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -504,7 +504,7 @@ func TestOIDCSeveralIssuers(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := v.verify(t.Context(), tt.token, oidcTestRouteA)
+			got, err := v.Verify(t.Context(), tt.token, oidcTestRouteA)
 			if tt.wantErr != "" {
 				checkOIDCResult(t, tt.token, got, err, nil, tt.wantErr)
 				return
@@ -525,7 +525,7 @@ func TestOIDCCache(t *testing.T) {
 	exp := f.clock.now().Add(10 * time.Minute)
 	token := f.token(t, map[string]any{"aud": oidcTestRouteA, "exp": exp.Unix()})
 
-	first, err := f.v.verify(ctx, token, oidcTestRouteA)
+	first, err := f.v.Verify(ctx, token, oidcTestRouteA)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -545,7 +545,7 @@ func TestOIDCCache(t *testing.T) {
 	for _, s := range steps {
 		t.Run(s.name, func(t *testing.T) {
 			f.clock.advance(s.advance)
-			got, err := f.v.verify(ctx, token, s.resource)
+			got, err := f.v.Verify(ctx, token, s.resource)
 			if s.wantErr != "" {
 				checkOIDCResult(t, token, got, err, nil, s.wantErr)
 				return
@@ -563,13 +563,13 @@ func TestOIDCCache(t *testing.T) {
 }
 
 func TestOIDCCacheDisabledAndFailuresNotCached(t *testing.T) {
-	f := newOIDCFixture(t, fixtureOptions{opts: oidcOptions{cacheSize: -1}})
+	f := newOIDCFixture(t, fixtureOptions{opts: OIDCOptions{CacheSize: -1}})
 	token := f.token(t, nil)
-	p1, err := f.v.verify(t.Context(), token, oidcTestRouteA)
+	p1, err := f.v.Verify(t.Context(), token, oidcTestRouteA)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p2, err := f.v.verify(t.Context(), token, oidcTestRouteA)
+	p2, err := f.v.Verify(t.Context(), token, oidcTestRouteA)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -579,7 +579,7 @@ func TestOIDCCacheDisabledAndFailuresNotCached(t *testing.T) {
 
 	g := newOIDCFixture(t, fixtureOptions{})
 	bad := mintJWT(t, g.keys.attacker, "rsa-1", "at+jwt", g.claims(nil))
-	if _, err := g.v.verify(t.Context(), bad, oidcTestRouteA); err == nil {
+	if _, err := g.v.Verify(t.Context(), bad, oidcTestRouteA); err == nil {
 		t.Fatal("attacker token accepted")
 	}
 	if n := g.v.cache.size(); n != 0 {
@@ -631,7 +631,7 @@ func TestOIDCOversizedTokenRejectedBeforeParsing(t *testing.T) {
 		wantErr error
 	}{
 		{name: "64 KiB", token: huge, wantErr: errTokenTooLong},
-		{name: "one byte over 16 KiB", token: huge[:maxCredentialBytes+1], wantErr: errTokenTooLong},
+		{name: "one byte over 16 KiB", token: huge[:MaxCredentialBytes+1], wantErr: errTokenTooLong},
 		{name: "five segments (a JWE)", token: "a.b.c.d.e", wantErr: errTokenShape},
 	}
 	for _, tt := range tests {
@@ -639,7 +639,7 @@ func TestOIDCOversizedTokenRejectedBeforeParsing(t *testing.T) {
 			before := f.idp.fetches.Load()
 			var err error
 			allocs := testing.AllocsPerRun(20, func() {
-				_, err = f.v.verify(t.Context(), tt.token, oidcTestRouteA)
+				_, err = f.v.Verify(t.Context(), tt.token, oidcTestRouteA)
 			})
 			if !errors.Is(err, tt.wantErr) {
 				t.Errorf("verify = %v, want %v", err, tt.wantErr)
@@ -680,16 +680,16 @@ func TestNewOIDCVerifierRejectsConfig(t *testing.T) {
 			if tt.twice {
 				cfgs = append(cfgs, c)
 			}
-			v, err := newOIDCVerifier(cfgs, oidcOptions{})
+			v, err := NewOIDCVerifier(cfgs, OIDCOptions{})
 			if err == nil {
 				v.Close()
 			}
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Fatalf("newOIDCVerifier = %v, want %q", err, tt.wantErr)
+				t.Fatalf("NewOIDCVerifier = %v, want %q", err, tt.wantErr)
 			}
 		})
 	}
-	if _, err := newOIDCVerifier(nil, oidcOptions{}); err == nil {
+	if _, err := NewOIDCVerifier(nil, OIDCOptions{}); err == nil {
 		t.Error("no issuers accepted")
 	}
 }
@@ -702,7 +702,7 @@ func FuzzOIDCVerify(f *testing.F) {
 	f.Add("a.b.c")
 	f.Add("..")
 	f.Fuzz(func(t *testing.T, token string) {
-		p, err := fx.v.verify(context.Background(), token, oidcTestRouteA)
+		p, err := fx.v.Verify(context.Background(), token, oidcTestRouteA)
 		if err == nil && (p == nil || p.Kind != "oidc" || p.Subject == "") {
 			t.Fatalf("accepted without a proper principal: %+v", p)
 		}
@@ -710,13 +710,13 @@ func FuzzOIDCVerify(f *testing.F) {
 }
 
 func BenchmarkVerifyCold(b *testing.B) {
-	f := newOIDCFixture(b, fixtureOptions{opts: oidcOptions{cacheSize: -1}})
+	f := newOIDCFixture(b, fixtureOptions{opts: OIDCOptions{CacheSize: -1}})
 	for _, key := range []signingKey{f.keys.rsa1, f.keys.ec1} {
 		b.Run(string(key.alg), func(b *testing.B) {
 			token := mintJWT(b, key, key.kid, "at+jwt", f.claims(nil))
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := f.v.verify(context.Background(), token, oidcTestRouteA); err != nil {
+				if _, err := f.v.Verify(context.Background(), token, oidcTestRouteA); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -727,12 +727,12 @@ func BenchmarkVerifyCold(b *testing.B) {
 func BenchmarkVerifyCached(b *testing.B) {
 	f := newOIDCFixture(b, fixtureOptions{})
 	token := f.token(b, nil)
-	if _, err := f.v.verify(context.Background(), token, oidcTestRouteA); err != nil {
+	if _, err := f.v.Verify(context.Background(), token, oidcTestRouteA); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := f.v.verify(context.Background(), token, oidcTestRouteA); err != nil {
+		if _, err := f.v.Verify(context.Background(), token, oidcTestRouteA); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -377,7 +377,9 @@ func (w *crlWatcher) checkIssuer(crl *x509.RevocationList) error {
 	return fmt.Errorf("issuer %q is not a CA in server.tls.client_ca_file", crl.Issuer)
 }
 
-// CertIdentity names principals from verified client certificates.
+// CertIdentity names principals from verified client certificates. It
+// implements CertIdentifier; the zero value names no one (use
+// NewCertIdentity).
 type CertIdentity struct {
 	order  []string // of "spiffe", "dns", "cn"
 	groups []string // of "ou", "o": subject fields that become groups

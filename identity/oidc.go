@@ -57,7 +57,8 @@ var asymmetricAlgs = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS51
 
 // OIDCVerifier verifies bearer JWTs from the configured issuers (RFC 9068
 // access tokens, or any JWT the issuer signs) with go-oidc over key sets
-// the gateway fetches itself. It implements TokenVerifier.
+// the gateway fetches itself. It implements TokenVerifier and is safe for
+// concurrent use. The zero value verifies nothing: use NewOIDCVerifier.
 type OIDCVerifier struct {
 	issuers map[string]*oidcIssuer
 	// algs is every issuer's allowed algorithms: the token is parsed once,

@@ -50,15 +50,15 @@ func (t *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 			req.Body, req.ContentLength, req.GetBody = io.NopCloser(bytes.NewReader(body)), int64(len(body)), nil
 		}
 	}
-	start := time.Now()
+	run := &attemptRun{t: t, ctx: ctx, span: span, op: op, start: time.Now()}
 	resp, err := t.next.RoundTrip(req)
 	if err != nil {
-		t.finish(ctx, span, op, start, 0, err)
+		run.finish(0, err)
 		return nil, err
 	}
 	var once sync.Once
 	resp.Body = &endOnClose{ReadCloser: resp.Body, end: func() {
-		once.Do(func() { t.finish(ctx, span, op, start, resp.StatusCode, nil) })
+		once.Do(func() { run.finish(resp.StatusCode, nil) })
 	}}
 	return resp, nil
 }
@@ -86,12 +86,22 @@ func (t *attemptTransport) operation(ctx context.Context) attemptOp {
 	return op
 }
 
+// attemptRun is one attempt under way.
+type attemptRun struct {
+	t     *attemptTransport
+	ctx   context.Context
+	span  trace.Span
+	op    attemptOp
+	start time.Time
+}
+
 // finish records an ended attempt: span, metrics, upstream status.
-func (t *attemptTransport) finish(ctx context.Context, span trace.Span, op attemptOp, start time.Time, status int, err error) {
-	result, errType := attemptResult(ctx, status, err)
+func (a *attemptRun) finish(status int, err error) {
+	t, span, op := a.t, a.span, a.op
+	result, errType := attemptResult(a.ctx, status, err)
 	t.s.metrics.upstreamAttempts.WithLabelValues(t.name, result).Inc()
 	if op.single {
-		t.s.metrics.clientOps.WithLabelValues(op.method, op.tool, t.name, errType, op.version).Observe(time.Since(start).Seconds())
+		t.s.metrics.clientOps.WithLabelValues(op.method, op.tool, t.name, errType, op.version).Observe(time.Since(a.start).Seconds())
 	}
 	t.stats.record(result, status, err)
 	if status != 0 {

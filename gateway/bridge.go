@@ -167,54 +167,29 @@ func (s *Server) openBridge(ctx context.Context, fwd *forward) (*bridgeSession, 
 			version = v
 		}
 	}
-	body := fmt.Sprintf(`{"jsonrpc":"2.0","id":"ctxgate-bridge","method":"initialize","params":{"protocolVersion":%q,"capabilities":{},"clientInfo":{"name":"ctxgate-bridge","version":"1"}}}`, version)
-	resp, raw, err := s.postUpstream(ctx, fwd.route, s.bridgeHeader(fwd, "", version), body)
+	params, err := json.Marshal(map[string]any{"protocolVersion": version, "capabilities": map[string]any{},
+		"clientInfo": map[string]string{"name": "ctxgate-bridge", "version": "1"}})
 	if err != nil {
 		return nil, err
 	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("upstream answered initialize with %s", resp.Status)
+	// direct: the client's request this session serves goes through the
+	// executor next; the handshake taking a slot too would count one
+	// bridged request twice against the bulkhead and the breaker.
+	opened, err := openSession(ctx, fwd.route.direct(), handshake{id: "ctxgate-bridge", params: params,
+		req: upstreamRequest{version: version, as: fwd.route.identity(fwd.principal)}})
+	if err != nil {
+		return nil, err
 	}
 	var init struct {
-		ProtocolVersion string          `json:"protocolVersion"`
-		Capabilities    map[string]any  `json:"capabilities"`
-		ServerInfo      json.RawMessage `json:"serverInfo"`
-		Instructions    string          `json:"instructions"`
+		Capabilities map[string]any  `json:"capabilities"`
+		ServerInfo   json.RawMessage `json:"serverInfo"`
+		Instructions string          `json:"instructions"`
 	}
-	if !readResult(raw, isEventStream(resp.Header), &init) || !isSupportedVersion(init.ProtocolVersion) {
-		return nil, fmt.Errorf("upstream initialize result unusable (version %q)", init.ProtocolVersion)
+	if err := json.Unmarshal(opened.result, &init); err != nil {
+		return nil, fmt.Errorf("upstream initialize result unusable: %w", err)
 	}
-	sess := &bridgeSession{id: resp.Header.Get("Mcp-Session-Id"), version: init.ProtocolVersion, opened: time.Now(),
-		capabilities: init.Capabilities, serverInfo: init.ServerInfo, instructions: neutralise(init.Instructions)}
-	resp, _, err = s.postUpstream(ctx, fwd.route, s.bridgeHeader(fwd, sess.id, sess.version), `{"jsonrpc":"2.0","method":"notifications/initialized"}`)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode >= 300 {
-		return nil, fmt.Errorf("upstream answered notifications/initialized with %s", resp.Status)
-	}
-	return sess, nil
-}
-
-// bridgeHeader is what the gateway's own requests on a bridged session
-// carry: the session, the revision and, if configured, who it acts for.
-func (s *Server) bridgeHeader(fwd *forward, session, version string) http.Header {
-	h := http.Header{}
-	setUpstreamHeaders(h, session, version, fwd.principal, fwd.route.identityHeaders)
-	return h
-}
-
-// readResult decodes the result of the one response in an answer.
-func readResult(body []byte, sse bool, v any) bool {
-	for _, p := range messagePayloads(body, sse) {
-		var msg struct {
-			Result json.RawMessage `json:"result"`
-		}
-		if json.Unmarshal(p, &msg) == nil && len(msg.Result) > 0 {
-			return json.Unmarshal(msg.Result, v) == nil
-		}
-	}
-	return false
+	return &bridgeSession{id: opened.id, version: opened.version, opened: time.Now(),
+		capabilities: init.Capabilities, serverInfo: init.ServerInfo, instructions: neutralise(init.Instructions)}, nil
 }
 
 // discoverAnswer is the gateway's server/discover result for a bridged

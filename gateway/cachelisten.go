@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -100,12 +98,12 @@ func (l *changeListener) listen(stop context.Context) (connected bool, err error
 	if err := l.initialize(stop); err != nil {
 		return false, err
 	}
-	req, err := http.NewRequestWithContext(stop, http.MethodGet, l.up.URL.String(), nil)
-	if err != nil {
-		return false, err
-	}
-	l.setHeaders(req.Header, "text/event-stream")
-	resp, err := l.up.Transport.RoundTrip(req)
+	// direct, as every request of the listener: the gateway's own
+	// long-lived session must not hold a bulkhead slot for its whole life
+	// nor count towards the breaker clients' requests open, and a lost
+	// stream is reconnected with its own backoff (run).
+	resp, err := askUpstream(stop, l.up.Direct(), l.request(upstreamRequest{method: http.MethodGet,
+		header: http.Header{"Accept": {"text/event-stream"}}}))
 	if err != nil {
 		return false, err
 	}
@@ -131,31 +129,25 @@ func (l *changeListener) listen(stop context.Context) (connected bool, err error
 
 // initialize starts the listener's own session.
 func (l *changeListener) initialize(ctx context.Context) error {
-	body := `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"` + supportedVersions[len(supportedVersions)-1] +
-		`","capabilities":{},"clientInfo":{"name":"` + listenerClientName + `","version":"1"}}}`
 	l.mu.Lock()
 	l.session, l.version = "", ""
 	l.mu.Unlock()
-	resp, answer, err := l.post(ctx, body)
-	if err != nil {
-		return fmt.Errorf("initialize: %w", err)
+	ctx, cancel := context.WithTimeout(ctx, listenerRequestTimeout)
+	defer cancel()
+	params := json.RawMessage(`{"protocolVersion":"` + supportedVersions[len(supportedVersions)-1] +
+		`","capabilities":{},"clientInfo":{"name":"` + listenerClientName + `","version":"1"}}`)
+	opened, err := openSession(ctx, l.up.Direct(), handshake{id: 1, params: params, req: l.request(upstreamRequest{}), needSession: true})
+	if errors.Is(err, errNoSession) {
+		return fmt.Errorf("%w: %w", errNoStream, err)
 	}
-	version, ok := negotiatedVersion(answer, isEventStream(resp.Header))
-	session := resp.Header.Get("Mcp-Session-Id")
-	switch {
-	case !ok || !isSupportedVersion(version):
-		return fmt.Errorf("initialize: HTTP %d, no usable protocol version", resp.StatusCode)
-	case session == "":
-		return fmt.Errorf("%w: no Mcp-Session-Id (a stateless server)", errNoStream)
+	if err != nil {
+		return err
 	}
 	l.mu.Lock()
-	l.session, l.version = session, version
-	l.subscribe = declaresSubscribe(answer, isEventStream(resp.Header))
+	l.session, l.version = opened.id, opened.version
+	l.subscribe = declaresSubscribe(opened.result)
 	clear(l.subscribed)
 	l.mu.Unlock()
-	if _, _, err := l.post(ctx, `{"jsonrpc":"2.0","method":"notifications/initialized"}`); err != nil {
-		return fmt.Errorf("notifications/initialized: %w", err)
-	}
 	return nil
 }
 
@@ -164,18 +156,7 @@ func (l *changeListener) initialize(ctx context.Context) error {
 func (l *changeListener) post(ctx context.Context, body string) (*http.Response, []byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, listenerRequestTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, l.up.URL.String(), strings.NewReader(body))
-	if err != nil {
-		return nil, nil, err
-	}
-	l.setHeaders(req.Header, "application/json, text/event-stream")
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := l.up.Transport.RoundTrip(req)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer resp.Body.Close()
-	answer, err := io.ReadAll(io.LimitReader(resp.Body, maxInitializeResponseBytes))
+	resp, answer, err := askAndRead(ctx, l.up.Direct(), l.request(upstreamRequest{body: []byte(body)}), maxInitializeResponseBytes)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -185,15 +166,17 @@ func (l *changeListener) post(ctx context.Context, body string) (*http.Response,
 	return resp, answer, nil
 }
 
-func (l *changeListener) setHeaders(h http.Header, accept string) {
+// request is req on the listener's session, named as the listener.
+func (l *changeListener) request(req upstreamRequest) upstreamRequest {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	h.Set("Accept", accept)
-	h.Set("User-Agent", listenerClientName)
-	if l.session != "" {
-		h.Set("Mcp-Session-Id", l.session)
-		h.Set("Mcp-Protocol-Version", l.version)
+	req.session, req.version = l.session, l.version
+	l.mu.Unlock()
+	h := http.Header{"User-Agent": {listenerClientName}}
+	for k, vs := range req.header {
+		h[k] = vs
 	}
+	req.header = h
+	return req
 }
 
 // answerServerRequest answers what the upstream asks the listener: ping
@@ -235,22 +218,15 @@ func (l *changeListener) subscribeTo(ctx context.Context, uri string) {
 	}
 }
 
-// declaresSubscribe reports whether an initialize answer declares
+// declaresSubscribe reports whether an initialize result declares
 // capabilities.resources.subscribe.
-func declaresSubscribe(body []byte, sse bool) bool {
-	for _, p := range messagePayloads(body, sse) {
-		var msg struct {
-			Result struct {
-				Capabilities struct {
-					Resources struct {
-						Subscribe bool `json:"subscribe"`
-					} `json:"resources"`
-				} `json:"capabilities"`
-			} `json:"result"`
-		}
-		if json.Unmarshal(p, &msg) == nil && msg.Result.Capabilities.Resources.Subscribe {
-			return true
-		}
+func declaresSubscribe(result json.RawMessage) bool {
+	var init struct {
+		Capabilities struct {
+			Resources struct {
+				Subscribe bool `json:"subscribe"`
+			} `json:"resources"`
+		} `json:"capabilities"`
 	}
-	return false
+	return json.Unmarshal(result, &init) == nil && init.Capabilities.Resources.Subscribe
 }

@@ -3,10 +3,8 @@ package gateway
 import (
 	"context"
 	"encoding/json"
-	"io"
 	"net/http"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -88,8 +86,11 @@ func (s *Server) probeUpstream(ctx context.Context, rt *route) ([]string, error)
 	body := `{"jsonrpc":"2.0","id":"ctxgate-discover","method":"server/discover","params":{"_meta":{` +
 		`"` + metaProtocolVersion + `":"` + modernVersions[0] + `","` + metaClientCapabilities + `":{},` +
 		`"io.modelcontextprotocol/clientInfo":{"name":"ctxgate","version":"probe"}}}}`
-	h := http.Header{"Mcp-Protocol-Version": {modernVersions[0]}, "Mcp-Method": {"server/discover"}}
-	resp, raw, err := s.postUpstream(ctx, rt, h, body)
+	// direct: a failed probe is remembered and not repeated for
+	// upstreamProbeRetry; it must neither be refused by the breaker the
+	// clients' requests open nor count towards opening it.
+	resp, raw, err := askAndRead(ctx, rt.direct(), upstreamRequest{body: []byte(body), version: modernVersions[0],
+		header: http.Header{"Mcp-Method": {"server/discover"}}}, upstreamProbeLimit)
 	if err != nil {
 		return nil, err
 	}
@@ -97,28 +98,6 @@ func (s *Server) probeUpstream(ctx context.Context, rt *route) ([]string, error)
 		return nil, errUpstreamProbe(resp.Status)
 	}
 	return discoveredVersions(raw, isEventStream(resp.Header)), nil
-}
-
-// postUpstream sends one of the gateway's own messages to a route's
-// upstream, with the gateway's credential (the upstream's transport adds
-// it) and the given headers, and reads the answer, bounded.
-func (s *Server) postUpstream(ctx context.Context, rt *route, h http.Header, body string) (*http.Response, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, rt.upstream.URL.String(), strings.NewReader(body))
-	if err != nil {
-		return nil, nil, err
-	}
-	for k, vs := range h {
-		req.Header[k] = vs
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json, text/event-stream")
-	resp, err := rt.upstream.Transport.RoundTrip(req)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, upstreamProbeLimit))
-	return resp, raw, err
 }
 
 type errUpstreamProbe string

@@ -383,10 +383,6 @@ func (s *Server) answerUpstream(fwd *forward, body []byte) {
 	// Still for the principal's session: an upstream called as the user
 	// (token_exchange) gets the user's token, as for the request itself.
 	ctx = upstream.WithCaller(ctx, callerOf(fwd.principal))
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, fwd.route.upstream.URL.String(), bytes.NewReader(body))
-	if err != nil {
-		return
-	}
 	version := ""
 	switch {
 	case fwd.bridge != nil:
@@ -395,8 +391,10 @@ func (s *Server) answerUpstream(fwd *forward, body []byte) {
 		version = fwd.base.Protocol.Version
 	}
 	// The refusal speaks for the gateway, not the principal: no identity.
-	setUpstreamHeaders(req.Header, fwd.upstreamSession, version, nil, false)
-	resp, err := fwd.route.upstream.Transport.RoundTrip(req)
+	// direct: a best-effort answer to the upstream's own request, not a
+	// client's: it takes no client's bulkhead slot and is never retried
+	// (the upstream must not read the answer twice).
+	resp, err := askUpstream(ctx, fwd.route.direct(), upstreamRequest{body: body, session: fwd.upstreamSession, version: version})
 	if err != nil {
 		s.log.Warn("could not tell the upstream a server request was denied", "upstream", fwd.route.upstream.Name, "error", err)
 		return

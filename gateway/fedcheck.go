@@ -48,18 +48,21 @@ func (s *Server) learnAtStart(ctx context.Context, f *federation) {
 	var wg sync.WaitGroup
 	for _, m := range f.members {
 		wg.Go(func() {
-			init := s.initMember(ctx, f, m, p, supportedVersions[len(supportedVersions)-1], params)
+			// The gateway's own request: no client request, no state.
+			fr := &fedRequest{s: s, f: f, p: p}
+			init := fr.initMember(ctx, m, supportedVersions[len(supportedVersions)-1], params)
 			if init.err != nil {
 				s.log.Warn("federated route: a member could not be asked for its names at start-up; its names are not checked for collisions", "route", f.cfg.Path, "member", m.upstream.Name, "error", init.err)
 				return
 			}
 			claims := sessionClaims{Version: init.result.ProtocolVersion, Members: map[string]string{m.upstream.Name: init.session}}
+			fr.fo = legacyFan(claims)
 			for method := range listShapes {
-				s.learnMember(ctx, f, m, p, legacyFan(claims), method)
+				fr.learnMember(ctx, m, method)
 			}
 			dctx, cancel := context.WithTimeout(ctx, f.cfg.MemberTimeout)
 			defer cancel()
-			_, _, _ = s.memberSend(dctx, http.MethodDelete, m, p, init.session, claims.Version, nil)
+			_, _, _ = askMember(dctx, m, upstreamRequest{method: http.MethodDelete, session: init.session, version: claims.Version, as: m.identity(p)})
 		})
 	}
 	wg.Wait()

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/policy"
 	"github.com/ctxgate/ctxgate/upstream"
 )
 
@@ -130,11 +131,12 @@ func (s *Server) serveFederated(rt *route) http.HandlerFunc {
 		st.upstream, st.route = f.cfg.Name, f.cfg.Name
 		principal, err := principalOf(r.Context())
 		if err == nil {
+			fr := &fedRequest{s: s, r: r, f: f, p: principal, st: st}
 			switch r.Method {
 			case http.MethodPost:
-				err = s.federatedPost(w, r, f, principal, st)
+				err = fr.post(w)
 			case http.MethodDelete:
-				err = s.federatedDelete(w, r, f, principal, st)
+				err = fr.delete(w)
 			default:
 				e := newError(http.StatusMethodNotAllowed, CodeInvalidRequest, "a federated route serves POST and DELETE; it has no GET stream", nil)
 				e.Header = http.Header{"Allow": {"POST, DELETE"}}
@@ -147,9 +149,43 @@ func (s *Server) serveFederated(rt *route) http.HandlerFunc {
 	}
 }
 
-// federatedPost checks and decodes one POST, then serves it by method.
-func (s *Server) federatedPost(w http.ResponseWriter, r *http.Request, f *federation, p *Principal, st *requestState) error {
-	fwd := &forward{route: f.route, principal: p, era: eraLegacy, federation: f.cfg.Name}
+// fedRequest is one client request on a federated route: the receiver of
+// every federation step, which is how federation reaches the core (the
+// policy, the members' pipelines, the upstream helper), never with the
+// route, principal, session and state passed one by one.
+type fedRequest struct {
+	s  *Server
+	r  *http.Request // nil for the gateway's own requests (fedcheck.go)
+	f  *federation
+	p  *Principal
+	st *requestState
+	// fo is how the members are reached: set once the request's era (and
+	// in the legacy era its session) is known.
+	fo *fanout
+}
+
+// forward is the forward of this request to member m, as the member's own
+// route would see it.
+func (fr *fedRequest) forward(m *route) *forward { return fr.fo.forward(fr.f, m, fr.p) }
+
+// input is the policy input of this request as sent to member m.
+func (fr *fedRequest) input(m *route, req *jsonrpc.Request) *policy.Input {
+	return fr.s.policyInput(fr.r, fr.forward(m), fr.st, req)
+}
+
+// allowed decides in as a request; without a policy everything is.
+func (fr *fedRequest) allowed(in *policy.Input) (policy.Decision, bool) {
+	if fr.s.policy == nil {
+		return policy.Decision{}, true
+	}
+	d := fr.s.decide(fr.r.Context(), policy.PhaseRequest, in)
+	return d, d.Allow
+}
+
+// post checks and decodes one POST, then serves it by method.
+func (fr *fedRequest) post(w http.ResponseWriter) error {
+	s, r, f, st := fr.s, fr.r, fr.f, fr.st
+	fwd := &forward{route: f.route, principal: fr.p, era: eraLegacy, federation: f.cfg.Name}
 	err := s.readPost(r, fwd, st)
 	if errors.Is(err, errBatch) {
 		return badRequest("JSON-RPC batches are not supported on a federated route", nil)
@@ -159,7 +195,7 @@ func (s *Server) federatedPost(w http.ResponseWriter, r *http.Request, f *federa
 	}
 	msg := st.msg
 	if isModernRequest(r, msg.Request()) {
-		return s.federatedModern(w, r, f, fwd, st)
+		return fr.modern(w, fwd)
 	}
 	if err := checkLegacyMcpHeaders(r.Header, msg.Request()); err != nil {
 		return err
@@ -168,12 +204,13 @@ func (s *Server) federatedPost(w http.ResponseWriter, r *http.Request, f *federa
 		if !msg.IsCall() {
 			return badRequest("initialize must be a request with an id", nil)
 		}
-		return s.federatedInitialize(w, r, f, fwd, st)
+		return fr.initialize(w)
 	}
-	claims, err := s.openFederatedSession(r, f, p, st)
+	claims, err := fr.openSession()
 	if err != nil {
 		return err
 	}
+	fr.fo = legacyFan(claims)
 	req := msg.Request()
 	switch {
 	case req == nil:
@@ -182,28 +219,28 @@ func (s *Server) federatedPost(w http.ResponseWriter, r *http.Request, f *federa
 		w.WriteHeader(http.StatusAccepted)
 		return nil
 	case !req.ID.IsValid():
-		s.federatedNotify(r, f, p, claims, st, req, fwd.body)
+		fr.notify(req, fwd.body)
 		w.WriteHeader(http.StatusAccepted)
 		return nil
 	case req.Method == "ping":
 		return s.answer(w, req.ID, json.RawMessage(`{}`))
 	case req.Method == "logging/setLevel":
-		s.fanOut(r, f, p, claims, st, req, fwd.body)
+		fr.fanOut(req, fwd.body)
 		return s.answer(w, req.ID, json.RawMessage(`{}`))
 	case listShapes[req.Method].items != "":
-		return s.federatedList(w, r, f, p, legacyFan(claims), st, req)
+		return fr.list(w, req)
 	}
-	return s.federatedRouted(w, r, f, p, legacyFan(claims), st, req)
+	return fr.routed(w, req)
 }
 
-// openFederatedSession opens and checks the client's session, as
-// prepareSession does for a single upstream.
-func (s *Server) openFederatedSession(r *http.Request, f *federation, p *Principal, st *requestState) (sessionClaims, error) {
-	fwd := &forward{route: f.route, principal: p}
-	if err := s.prepareSession(r, fwd, st); err != nil {
+// openSession opens and checks the client's session, as prepareSession
+// does for a single upstream.
+func (fr *fedRequest) openSession() (sessionClaims, error) {
+	fwd := &forward{route: fr.f.route, principal: fr.p}
+	if err := fr.s.prepareSession(fr.r, fwd, fr.st); err != nil {
 		return sessionClaims{}, err
 	}
-	claims, _ := s.sessions.Open(r.Header.Get("Mcp-Session-Id"))
+	claims, _ := fr.s.sessions.Open(fr.r.Header.Get("Mcp-Session-Id"))
 	return claims, nil
 }
 

@@ -17,9 +17,10 @@ import (
 // learn which member owns a name (prefix modes collision and never).
 const maxLearnPages = 50
 
-// federatedList answers a list method with the merge of the members'
+// list answers a list method with the merge of the members'
 // lists: the first page of each, or the pages a gateway cursor names.
-func (s *Server) federatedList(w http.ResponseWriter, r *http.Request, f *federation, p *Principal, fo *fanout, st *requestState, req *jsonrpc.Request) error {
+func (fr *fedRequest) list(w http.ResponseWriter, req *jsonrpc.Request) error {
+	s, r, f, p := fr.s, fr.r, fr.f, fr.p
 	var params struct {
 		Cursor string `json:"cursor"`
 	}
@@ -38,7 +39,7 @@ func (s *Server) federatedList(w http.ResponseWriter, r *http.Request, f *federa
 			todo = append(todo, memberCursor{Member: m.upstream.Name})
 		}
 	}
-	pages := s.memberPages(r, f, p, fo, st, req, todo)
+	pages := fr.pages(req, todo)
 	for _, pg := range pages {
 		if pg.ended {
 			// As a single upstream's 404 does: the client initializes again
@@ -73,33 +74,31 @@ func (s *Server) federatedList(w http.ResponseWriter, r *http.Request, f *federa
 	return s.answer(w, req.ID, result)
 }
 
-// memberPages asks every member in todo for its page in parallel. A member
+// pages asks every member in todo for its page in parallel. A member
 // the policy does not let the principal list is left out silently; one
 // that is not in the session or fails is filled from its last good page,
 // else marked missing (result nil).
-func (s *Server) memberPages(r *http.Request, f *federation, p *Principal, fo *fanout, st *requestState, req *jsonrpc.Request, todo []memberCursor) []memberPage {
+func (fr *fedRequest) pages(req *jsonrpc.Request, todo []memberCursor) []memberPage {
+	ctx := fr.r.Context()
 	pages := make([]memberPage, len(todo))
 	denied := make([]bool, len(todo))
 	var wg sync.WaitGroup
 	for i, mc := range todo {
-		m := f.member(mc.Member)
+		m := fr.f.member(mc.Member)
 		if m == nil {
 			denied[i] = true
 			continue
 		}
-		mf := fo.forward(f, m, p)
-		in := s.policyInput(r, mf, st, req)
+		in := fr.input(m, req)
 		in.Params = map[string]any{}
-		var d policy.Decision
-		if s.policy != nil {
-			if d = s.decide(r.Context(), policy.PhaseRequest, in); !d.Allow {
-				denied[i] = true
-				continue
-			}
+		d, ok := fr.allowed(in)
+		if !ok {
+			denied[i] = true
+			continue
 		}
 		wg.Go(func() {
-			pages[i] = s.memberPage(r.Context(), f, m, p, fo, req.Method, mc.Cursor)
-			pages[i].result = s.filterMemberList(r.Context(), in, d, pages[i].result)
+			pages[i] = fr.page(ctx, m, req.Method, mc.Cursor)
+			pages[i].result = fr.s.filterMemberList(ctx, in, d, pages[i].result)
 		})
 	}
 	wg.Wait()
@@ -112,16 +111,17 @@ func (s *Server) memberPages(r *http.Request, f *federation, p *Principal, fo *f
 	return out
 }
 
-// memberPage fetches one page of a member's list within the member
+// page fetches one page of a member's list within the member
 // timeout, remembering it as the member's last good page; on failure it is
 // the last good page (stale) or nothing. A member the request's era cannot
 // reach at all (a legacy-only member of a modern request) is left out with
 // the reason, never filled in.
-func (s *Server) memberPage(ctx context.Context, f *federation, m *route, p *Principal, fo *fanout, method, cursor string) memberPage {
+func (fr *fedRequest) page(ctx context.Context, m *route, method, cursor string) memberPage {
+	s, f := fr.s, fr.f
 	name := m.upstream.Name
 	page := memberPage{member: name}
-	key := lastGoodKey(m, p, fo.caps, method, cursor)
-	in, reason := fo.reach(name)
+	key := lastGoodKey(m, fr.p, fr.fo.caps, method, cursor)
+	in, reason := fr.fo.reach(name)
 	if reason != "" {
 		page.reason = reason
 		return page
@@ -129,7 +129,7 @@ func (s *Server) memberPage(ctx context.Context, f *federation, m *route, p *Pri
 	var err error = errMemberUnavailable{member: name}
 	if in {
 		var result json.RawMessage
-		if result, err = s.fetchMemberList(ctx, f, m, p, fo, method, cursor); err == nil {
+		if result, err = fr.fetchList(ctx, m, method, cursor); err == nil {
 			if method == "tools/list" {
 				// Read as a single upstream's page is (toolpage.go): only
 				// unambiguous items are learned and passed on.
@@ -166,22 +166,23 @@ func lastGoodKey(m *route, p *Principal, caps, method, cursor string) string {
 	return m.upstream.Name + "\x00" + method + "\x00" + cursor + "\x00" + caps + "\x00" + who
 }
 
-// fetchMemberList asks a member for one page of a list.
-func (s *Server) fetchMemberList(ctx context.Context, f *federation, m *route, p *Principal, fo *fanout, method, cursor string) (json.RawMessage, error) {
-	ctx, cancel := context.WithTimeout(upstream.WithRetry(ctx, upstream.RetrySafe), f.cfg.MemberTimeout)
+// fetchList asks a member for one page of a list.
+func (fr *fedRequest) fetchList(ctx context.Context, m *route, method, cursor string) (json.RawMessage, error) {
+	ctx, cancel := context.WithTimeout(upstream.WithRetry(ctx, upstream.RetrySafe), fr.f.cfg.MemberTimeout)
 	defer cancel()
 	params := map[string]any{}
 	if cursor != "" {
 		params["cursor"] = cursor
 	}
-	if fo.era == eraModern {
-		return s.modernMemberCall(ctx, m, p, fo, method, params)
+	if fr.fo.era == eraModern {
+		return fr.modernCall(ctx, m, method, params)
 	}
 	body, err := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": fedRequestID, "method": method, "params": params})
 	if err != nil {
 		return nil, err
 	}
-	resp, raw, err := s.memberPost(ctx, m, p, fo.claims.Members[m.upstream.Name], fo.claims.Version, body)
+	claims := fr.fo.claims
+	resp, raw, err := askMember(ctx, m, upstreamRequest{body: body, session: claims.Members[m.upstream.Name], version: claims.Version, as: m.identity(fr.p)})
 	if err != nil {
 		return nil, err
 	}
@@ -208,29 +209,30 @@ func (s *Server) filterMemberList(ctx context.Context, in *policy.Input, d polic
 
 // learnNames reads every page of the members' lists of kind, to learn who
 // owns which name; for a resource URI, templates too.
-func (s *Server) learnNames(ctx context.Context, f *federation, p *Principal, fo *fanout, kind string) {
+func (fr *fedRequest) learnNames(ctx context.Context, kind string) {
 	methods := map[string][]string{kindTool: {"tools/list"}, kindPrompt: {"prompts/list"}, kindResource: {"resources/list", "resources/templates/list"}}[kind]
 	var wg sync.WaitGroup
-	for _, m := range f.members {
-		if in, _ := fo.reach(m.upstream.Name); !in {
+	for _, m := range fr.f.members {
+		if in, _ := fr.fo.reach(m.upstream.Name); !in {
 			continue
 		}
 		for _, method := range methods {
-			wg.Go(func() { s.learnMember(ctx, f, m, p, fo, method) })
+			wg.Go(func() { fr.learnMember(ctx, m, method) })
 		}
 	}
 	wg.Wait()
 }
 
-func (s *Server) learnMember(ctx context.Context, f *federation, m *route, p *Principal, fo *fanout, method string) {
+// learnMember reads every page of member m's list, for its names.
+func (fr *fedRequest) learnMember(ctx context.Context, m *route, method string) {
 	shape := listShapes[method]
 	cursor := ""
 	for range maxLearnPages {
-		result, err := s.fetchMemberList(ctx, f, m, p, fo, method, cursor)
+		result, err := fr.fetchList(ctx, m, method, cursor)
 		if err != nil {
 			return
 		}
-		page, _, err := mergePages(f.names, shape, []memberPage{{member: m.upstream.Name, result: result}})
+		page, _, err := mergePages(fr.f.names, shape, []memberPage{{member: m.upstream.Name, result: result}})
 		if err != nil || len(page.pending) == 0 {
 			return
 		}

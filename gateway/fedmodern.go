@@ -11,7 +11,6 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 
-	"github.com/ctxgate/ctxgate/policy"
 	"github.com/ctxgate/ctxgate/upstream"
 )
 
@@ -90,8 +89,9 @@ func (fo *fanout) forward(f *federation, m *route, p *Principal) *forward {
 		servedVersions: me.served, bridging: me.bridged}
 }
 
-// federatedModern serves one modern-era request on a federated route.
-func (s *Server) federatedModern(w http.ResponseWriter, r *http.Request, f *federation, fwd *forward, st *requestState) error {
+// modern serves one modern-era request on a federated route.
+func (fr *fedRequest) modern(w http.ResponseWriter, fwd *forward) error {
+	s, r, st := fr.s, fr.r, fr.st
 	req := st.msg.Request()
 	if err := s.prepareModern(r, fwd, st, req); err != nil {
 		return err
@@ -109,24 +109,25 @@ func (s *Server) federatedModern(w http.ResponseWriter, r *http.Request, f *fede
 		Meta json.RawMessage `json:"_meta"`
 	}
 	_ = json.Unmarshal(req.Params, &params)
-	fo := &fanout{era: eraModern, version: st.version, meta: params.Meta, caps: "modern\x00" + modernCapabilityDigest(req.Params),
-		members: s.memberEras(r, f, st.version)}
+	fr.fo = &fanout{era: eraModern, version: st.version, meta: params.Meta, caps: "modern\x00" + modernCapabilityDigest(req.Params),
+		members: fr.memberEras(st.version)}
 	switch {
 	case req.Method == "server/discover":
-		return s.federatedDiscover(w, r, f, fwd.principal, fo, st, req)
+		return fr.discover(w, req)
 	case listShapes[req.Method].items != "":
-		return s.federatedList(w, r, f, fwd.principal, fo, st, req)
+		return fr.list(w, req)
 	}
-	return s.federatedRouted(w, r, f, fwd.principal, fo, st, req)
+	return fr.routed(w, req)
 }
 
 // memberEras learns, in parallel, how each member is reached at version.
-func (s *Server) memberEras(r *http.Request, f *federation, version string) map[string]memberEra {
+func (fr *fedRequest) memberEras(version string) map[string]memberEra {
+	f := fr.f
 	eras := make([]memberEra, len(f.members))
 	var wg sync.WaitGroup
 	for i, m := range f.members {
 		wg.Go(func() {
-			served, bridged := bridgeVersions(m, s.routeVersions(r, m))
+			served, bridged := bridgeVersions(m, fr.s.routeVersions(fr.r, m))
 			eras[i] = memberEra{served: served, bridged: bridged, legacyOnly: !slices.Contains(served, version)}
 		})
 	}
@@ -138,14 +139,14 @@ func (s *Server) memberEras(r *http.Request, f *federation, version string) map[
 	return out
 }
 
-// modernMemberCall sends the gateway's own modern request (a list page,
+// modernCall sends the gateway's own modern request (a list page,
 // server/discover) to member m and returns its result: directly with the
 // client's _meta, or on the member's bridged legacy session without it.
-func (s *Server) modernMemberCall(ctx context.Context, m *route, p *Principal, fo *fanout, method string, params map[string]any) (json.RawMessage, error) {
-	me := fo.members[m.upstream.Name]
+func (fr *fedRequest) modernCall(ctx context.Context, m *route, method string, params map[string]any) (json.RawMessage, error) {
+	p := fr.p
+	me := fr.fo.members[m.upstream.Name]
 	if me.bridged {
-		fwd := &forward{route: m, principal: p, servedVersions: me.served}
-		sess, err := m.bridge.get(p.ID, func() (*bridgeSession, error) { return s.openBridge(ctx, fwd) })
+		sess, err := fr.bridged(ctx, m)
 		if err != nil {
 			return nil, err
 		}
@@ -153,7 +154,7 @@ func (s *Server) modernMemberCall(ctx context.Context, m *route, p *Principal, f
 		if err != nil {
 			return nil, err
 		}
-		resp, raw, err := s.memberPost(ctx, m, p, sess.id, sess.version, body)
+		resp, raw, err := askMember(ctx, m, upstreamRequest{body: body, session: sess.id, version: sess.version, as: m.identity(p)})
 		if err != nil {
 			return nil, err
 		}
@@ -166,18 +167,25 @@ func (s *Server) modernMemberCall(ctx context.Context, m *route, p *Principal, f
 		}
 		return result, err
 	}
-	if len(fo.meta) > 0 {
-		params["_meta"] = fo.meta
+	if len(fr.fo.meta) > 0 {
+		params["_meta"] = fr.fo.meta
 	}
 	body, err := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": fedRequestID, "method": method, "params": params})
 	if err != nil {
 		return nil, err
 	}
-	resp, raw, err := s.memberSendHeader(ctx, http.MethodPost, m, p, "", fo.version, http.Header{"Mcp-Method": {method}}, body)
+	resp, raw, err := askMember(ctx, m, upstreamRequest{body: body, version: fr.fo.version, as: m.identity(p), header: http.Header{"Mcp-Method": {method}}})
 	if err != nil {
 		return nil, err
 	}
 	return memberResult(resp, raw)
+}
+
+// bridged is the principal's bridged legacy session with member m, opened
+// if there is none.
+func (fr *fedRequest) bridged(ctx context.Context, m *route) (*bridgeSession, error) {
+	fwd := &forward{route: m, principal: fr.p, servedVersions: fr.fo.members[m.upstream.Name].served}
+	return m.bridge.get(fr.p.ID, func() (*bridgeSession, error) { return fr.s.openBridge(ctx, fwd) })
 }
 
 // discoverResult is what the gateway reads of a member's server/discover.
@@ -186,9 +194,10 @@ type discoverResult struct {
 	Instructions string                     `json:"instructions"`
 }
 
-// federatedDiscover answers server/discover for the federated route from
+// discover answers server/discover for the federated route from
 // the members the policy lets the principal reach, asked in parallel.
-func (s *Server) federatedDiscover(w http.ResponseWriter, r *http.Request, f *federation, p *Principal, fo *fanout, st *requestState, req *jsonrpc.Request) error {
+func (fr *fedRequest) discover(w http.ResponseWriter, req *jsonrpc.Request) error {
+	s, r, f, fo := fr.s, fr.r, fr.f, fr.fo
 	type part struct {
 		result discoverResult
 		denied bool
@@ -200,8 +209,7 @@ func (s *Server) federatedDiscover(w http.ResponseWriter, r *http.Request, f *fe
 		if in, _ := fo.reach(m.upstream.Name); !in {
 			continue
 		}
-		in := s.policyInput(r, fo.forward(f, m, p), st, req)
-		if s.policy != nil && !s.decide(r.Context(), policy.PhaseRequest, in).Allow {
+		if _, ok := fr.allowed(fr.input(m, req)); !ok {
 			parts[i].denied = true
 			continue
 		}
@@ -209,9 +217,7 @@ func (s *Server) federatedDiscover(w http.ResponseWriter, r *http.Request, f *fe
 			ctx, cancel := context.WithTimeout(upstream.WithRetry(r.Context(), upstream.RetrySafe), f.cfg.MemberTimeout)
 			defer cancel()
 			if fo.members[m.upstream.Name].bridged {
-				sess, err := m.bridge.get(p.ID, func() (*bridgeSession, error) {
-					return s.openBridge(ctx, &forward{route: m, principal: p, servedVersions: fo.members[m.upstream.Name].served})
-				})
+				sess, err := fr.bridged(ctx, m)
 				if err != nil {
 					parts[i].err = err
 					return
@@ -221,7 +227,7 @@ func (s *Server) federatedDiscover(w http.ResponseWriter, r *http.Request, f *fe
 				parts[i].result.Instructions = sess.instructions
 				return
 			}
-			result, err := s.modernMemberCall(ctx, m, p, fo, "server/discover", map[string]any{})
+			result, err := fr.modernCall(ctx, m, "server/discover", map[string]any{})
 			if err == nil {
 				err = json.Unmarshal(result, &parts[i].result)
 			}

@@ -18,11 +18,12 @@ var routedMethods = map[string]struct{ kind, field string }{
 	"resources/unsubscribe": {kindResource, "uri"},
 }
 
-// federatedRouted sends a request that names an item to the member that
+// routed sends a request that names an item to the member that
 // owns it, with the member's own name in place of the client's, through
 // the member's whole pipeline. An item no member of the session owns is
 // answered as unknown, exactly like an item the policy hides.
-func (s *Server) federatedRouted(w http.ResponseWriter, r *http.Request, f *federation, p *Principal, fo *fanout, st *requestState, req *jsonrpc.Request) error {
+func (fr *fedRequest) routed(w http.ResponseWriter, req *jsonrpc.Request) error {
+	s, r, f, fo, st := fr.s, fr.r, fr.f, fr.fo, fr.st
 	how, ok := routedMethods[req.Method]
 	if !ok {
 		return newError(http.StatusOK, CodeMethodNotFound, "method not found on a federated route: "+req.Method, nil)
@@ -36,7 +37,7 @@ func (s *Server) federatedRouted(w http.ResponseWriter, r *http.Request, f *fede
 	if !ok {
 		// Not seen yet (a new replica, a call before any list): learn the
 		// members' names once, then decide.
-		s.learnNames(r.Context(), f, p, fo, how.kind)
+		fr.learnNames(r.Context(), how.kind)
 		member, own, ok = f.names.inward(how.kind, name)
 	}
 	m := f.member(member)
@@ -57,7 +58,7 @@ func (s *Server) federatedRouted(w http.ResponseWriter, r *http.Request, f *fede
 	// The header names what the body names: the member's own name, or the
 	// member would see the two disagree (SEP-2243).
 	setMirroredName(r.Header, own)
-	mf := fo.forward(f, m, p)
+	mf := fr.forward(m)
 	mf.body, mf.messages = body, []jsonrpc.Message{msg.Msg}
 	st.msg, st.upstream = msg, member
 	st.target = targetOf(msg.Request())

@@ -1,12 +1,10 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -14,98 +12,31 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 
-	"github.com/ctxgate/ctxgate/policy"
 	"github.com/ctxgate/ctxgate/upstream"
 )
 
 // fedRequestID is the id of the requests the gateway itself sends members.
 const fedRequestID = "ctxgate-federation"
 
-// memberPost sends body to member m on session (may be "") and reads the
-// whole answer, bounded, through the member's executor.
-func (s *Server) memberPost(ctx context.Context, m *route, p *Principal, session, version string, body []byte) (*http.Response, []byte, error) {
-	return s.memberSend(ctx, http.MethodPost, m, p, session, version, body)
+// askMember sends the gateway's own request to member m, through the
+// member's executor as a client's request to it would go, and reads the
+// whole answer, bounded.
+func askMember(ctx context.Context, m *route, req upstreamRequest) (*http.Response, []byte, error) {
+	if id := requestIDHeader(ctx); id != nil {
+		maps.Copy(id, req.header)
+		req.header = id
+	}
+	return askAndRead(ctx, m.viaResilience(), req, maxFilteredResponseBytes)
 }
 
-func (s *Server) memberSend(ctx context.Context, method string, m *route, p *Principal, session, version string, body []byte) (*http.Response, []byte, error) {
-	return s.memberSendHeader(ctx, method, m, p, session, version, nil, body)
-}
-
-// setUpstreamHeaders sets what a request the gateway itself sends an
-// upstream carries: JSON in, JSON or SSE back, the upstream session and
-// revision when there are any and, when the route forwards identity
-// (identity), the verified principal p: never anything a client sent.
-func setUpstreamHeaders(h http.Header, session, version string, p *Principal, identity bool) {
-	h.Set("Content-Type", "application/json")
-	h.Set("Accept", "application/json, text/event-stream")
-	if version != "" {
-		h.Set("Mcp-Protocol-Version", version)
-	}
-	if session != "" {
-		h.Set("Mcp-Session-Id", session)
-	}
-	if identity && p != nil {
-		h.Set("X-Ctxgate-Principal", p.ID)
-		h.Set("X-Ctxgate-Principal-Kind", p.Kind)
-	}
-}
-
-// memberSendHeader is memberSend with extra headers (a modern request's
-// Mcp-Method).
-func (s *Server) memberSendHeader(ctx context.Context, method string, m *route, p *Principal, session, version string, extra http.Header, body []byte) (*http.Response, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, method, m.upstream.URL.String(), bytes.NewReader(body))
-	if err != nil {
-		return nil, nil, err
-	}
-	if body == nil {
-		req.Body, req.ContentLength = nil, 0
-	}
-	setUpstreamHeaders(req.Header, session, version, p, m.identityHeaders)
-	for k, vs := range extra {
-		req.Header[k] = vs
-	}
+// requestIDHeader names the client request ctx serves, so a member's log
+// can be correlated with the gateway's; nil outside a client's request.
+func requestIDHeader(ctx context.Context) http.Header {
 	if st := stateOf(ctx); st != nil {
-		req.Header.Set("X-Request-Id", st.id)
+		return http.Header{"X-Request-Id": {st.id}}
 	}
-	resp, err := m.transport.RoundTrip(req)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxFilteredResponseBytes+1))
-	if err == nil && len(raw) > maxFilteredResponseBytes {
-		err = fmt.Errorf("answer larger than %d bytes", maxFilteredResponseBytes)
-	}
-	return resp, raw, err
+	return nil
 }
-
-// memberResult is the result of the gateway's own request in a member's
-// answer; a JSON-RPC error or an HTTP failure is an error.
-func memberResult(resp *http.Response, raw []byte) (json.RawMessage, error) {
-	if resp.StatusCode == http.StatusNotFound && resp.Request != nil && resp.Request.Header.Get("Mcp-Session-Id") != "" {
-		return nil, errMemberSessionEnded
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("answered HTTP %d", resp.StatusCode)
-	}
-	for _, payload := range messagePayloads(raw, isEventStream(resp.Header)) {
-		msg, err := decodeRPC(payload)
-		if err != nil {
-			continue
-		}
-		if r, ok := msg.(*jsonrpc.Response); ok {
-			if r.Error != nil {
-				return nil, r.Error
-			}
-			return r.Result, nil
-		}
-	}
-	return nil, errors.New("answer holds no response")
-}
-
-// errMemberSessionEnded is a member's 404 to a request on its session: the
-// member forgot the session (a restart, its own expiry).
-var errMemberSessionEnded = errors.New("the member ended its session")
 
 // initResult is what the gateway reads of a member's initialize result.
 type initResult struct {
@@ -122,26 +53,27 @@ type memberInit struct {
 	err     error
 }
 
-// federatedInitialize starts one session with every member the policy
-// allows, in parallel, and answers with the merged server.
-func (s *Server) federatedInitialize(w http.ResponseWriter, r *http.Request, f *federation, fwd *forward, st *requestState) error {
+// initialize starts one session with every member the policy allows, in
+// parallel, and answers with the merged server.
+func (fr *fedRequest) initialize(w http.ResponseWriter) error {
+	s, f, st := fr.s, fr.f, fr.st
 	var err error
-	if st.version, err = requestVersion(r, nil); err != nil {
+	if st.version, err = requestVersion(fr.r, nil); err != nil {
 		return err
 	}
 	req := st.msg.Request()
+	fr.fo = legacyFan(sessionClaims{})
 	inits := make([]memberInit, len(f.members))
 	var wg sync.WaitGroup
 	for i, m := range f.members {
-		mf := legacyFan(sessionClaims{}).forward(f, m, fwd.principal)
-		if s.policy != nil && !s.decide(r.Context(), policy.PhaseRequest, s.policyInput(r, mf, st, req)).Allow {
+		if _, ok := fr.allowed(fr.input(m, req)); !ok {
 			inits[i].denied = true
 			continue
 		}
-		wg.Go(func() { inits[i] = s.initMember(r.Context(), f, m, fwd.principal, st.version, req.Params) })
+		wg.Go(func() { inits[i] = fr.initMember(fr.r.Context(), m, st.version, req.Params) })
 	}
 	wg.Wait()
-	claims := sessionClaims{Route: f.cfg.Path, Principal: fwd.principal.ID, Caps: capabilityDigest(req.Params), Members: map[string]string{}}
+	claims := sessionClaims{Route: f.cfg.Path, Principal: fr.p.ID, Caps: capabilityDigest(req.Params), Members: map[string]string{}}
 	var ok []initResult
 	var missing []string
 	for i, in := range inits {
@@ -150,7 +82,7 @@ func (s *Server) federatedInitialize(w http.ResponseWriter, r *http.Request, f *
 		case in.denied:
 		case in.err != nil:
 			missing = append(missing, name)
-			loggerOf(r.Context(), s.log).Warn("federated initialize: member left out of the session", "route", f.cfg.Path, "member", name, "error", in.err)
+			loggerOf(fr.r.Context(), s.log).Warn("federated initialize: member left out of the session", "route", f.cfg.Path, "member", name, "error", in.err)
 		default:
 			claims.Members[name] = in.session
 			ok = append(ok, in.result)
@@ -175,31 +107,22 @@ func (s *Server) federatedInitialize(w http.ResponseWriter, r *http.Request, f *
 
 // initMember initializes member m with the client's params, within the
 // route's member timeout, and confirms it with notifications/initialized.
-func (s *Server) initMember(ctx context.Context, f *federation, m *route, p *Principal, version string, params json.RawMessage) memberInit {
-	ctx, cancel := context.WithTimeout(upstream.WithRetry(ctx, upstream.RetrySafe), f.cfg.MemberTimeout)
+func (fr *fedRequest) initMember(ctx context.Context, m *route, version string, params json.RawMessage) memberInit {
+	ctx, cancel := context.WithTimeout(upstream.WithRetry(ctx, upstream.RetrySafe), fr.f.cfg.MemberTimeout)
 	defer cancel()
-	body, err := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": fedRequestID, "method": "initialize", "params": params})
-	if err != nil {
-		return memberInit{err: err}
-	}
-	resp, raw, err := s.memberPost(ctx, m, p, "", version, body)
-	if err != nil {
-		return memberInit{err: err}
-	}
-	result, err := memberResult(resp, raw)
+	// viaResilience: the member is reached as the client's request to it
+	// would be, and a handshake is safe to retry (a lost session is only
+	// unused).
+	opened, err := openSession(ctx, m.viaResilience(), handshake{id: fedRequestID, params: params,
+		req: upstreamRequest{version: version, as: m.identity(fr.p), header: requestIDHeader(ctx)}})
 	if err != nil {
 		return memberInit{err: err}
 	}
 	var init initResult
-	if err := json.Unmarshal(result, &init); err != nil || !isSupportedVersion(init.ProtocolVersion) {
-		return memberInit{err: fmt.Errorf("initialize result unusable (version %q)", init.ProtocolVersion)}
+	if err := json.Unmarshal(opened.result, &init); err != nil {
+		return memberInit{err: fmt.Errorf("initialize result unusable: %w", err)}
 	}
-	sess := resp.Header.Get("Mcp-Session-Id")
-	resp, _, err = s.memberPost(ctx, m, p, sess, init.ProtocolVersion, []byte(`{"jsonrpc":"2.0","method":"notifications/initialized"}`))
-	if err == nil && resp.StatusCode >= 300 {
-		err = fmt.Errorf("notifications/initialized answered HTTP %d", resp.StatusCode)
-	}
-	return memberInit{session: sess, result: init, err: err}
+	return memberInit{session: opened.id, result: init}
 }
 
 // mergeInit is the federated server's initialize result: the lowest
@@ -257,55 +180,58 @@ func mergeCapabilities(members []initResult, kinds ...string) (map[string]map[st
 	return caps, strings.Join(instructions, "\n\n")
 }
 
-// federatedNotify sends a client notification on to every member the
-// policy lets it reach. notifications/initialized was already sent by the
-// gateway at initialize.
-func (s *Server) federatedNotify(r *http.Request, f *federation, p *Principal, claims sessionClaims, st *requestState, req *jsonrpc.Request, body []byte) {
+// notify sends a client notification on to every member the policy lets
+// it reach. notifications/initialized was already sent by the gateway at
+// initialize.
+func (fr *fedRequest) notify(req *jsonrpc.Request, body []byte) {
 	if req.Method == "notifications/initialized" {
 		return
 	}
-	s.fanOut(r, f, p, claims, st, req, body)
+	fr.fanOut(req, body)
 }
 
 // fanOut sends the client's message to every member of the session the
 // policy lets it reach: each is decided as on the member's own route.
-func (s *Server) fanOut(r *http.Request, f *federation, p *Principal, claims sessionClaims, st *requestState, req *jsonrpc.Request, body []byte) {
-	members, _ := f.sessionMembers(claims)
+func (fr *fedRequest) fanOut(req *jsonrpc.Request, body []byte) {
+	members, _ := fr.f.sessionMembers(fr.fo.claims)
 	members = slices.DeleteFunc(members, func(m *route) bool {
-		mf := legacyFan(claims).forward(f, m, p)
-		return s.policy != nil && !s.decide(r.Context(), policy.PhaseRequest, s.policyInput(r, mf, st, req)).Allow
+		_, ok := fr.allowed(fr.input(m, req))
+		return !ok
 	})
-	s.sendAll(r, f, p, claims, members, http.MethodPost, body)
+	fr.sendAll(members, http.MethodPost, body)
 }
 
 // sendAll sends one message to members in parallel, each within the
 // member timeout; answers are not read beyond their status (best effort).
-func (s *Server) sendAll(r *http.Request, f *federation, p *Principal, claims sessionClaims, members []*route, method string, body []byte) {
+func (fr *fedRequest) sendAll(members []*route, method string, body []byte) {
+	claims := fr.fo.claims
 	var wg sync.WaitGroup
 	for _, m := range members {
 		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(r.Context(), f.cfg.MemberTimeout)
+			ctx, cancel := context.WithTimeout(fr.r.Context(), fr.f.cfg.MemberTimeout)
 			defer cancel()
-			if _, _, err := s.memberSend(ctx, method, m, p, claims.Members[m.upstream.Name], claims.Version, body); err != nil {
-				loggerOf(ctx, s.log).Warn("federated message not delivered to a member", "member", m.upstream.Name, "method", method, "error", err)
+			req := upstreamRequest{method: method, body: body, session: claims.Members[m.upstream.Name], version: claims.Version, as: m.identity(fr.p)}
+			if _, _, err := askMember(ctx, m, req); err != nil {
+				loggerOf(ctx, fr.s.log).Warn("federated message not delivered to a member", "member", m.upstream.Name, "method", method, "error", err)
 			}
 		})
 	}
 	wg.Wait()
 }
 
-// federatedDelete ends the session with every member.
-func (s *Server) federatedDelete(w http.ResponseWriter, r *http.Request, f *federation, p *Principal, st *requestState) error {
-	if err := modernStreamless(r); err != nil {
+// delete ends the session with every member.
+func (fr *fedRequest) delete(w http.ResponseWriter) error {
+	if err := modernStreamless(fr.r); err != nil {
 		return err
 	}
-	claims, err := s.openFederatedSession(r, f, p, st)
+	claims, err := fr.openSession()
 	if err != nil {
 		return err
 	}
-	members, _ := f.sessionMembers(claims)
-	s.sendAll(r, f, p, claims, members, http.MethodDelete, nil)
-	s.metrics.sessionsEnded.WithLabelValues(f.cfg.Name).Inc()
+	fr.fo = legacyFan(claims)
+	members, _ := fr.f.sessionMembers(claims)
+	fr.sendAll(members, http.MethodDelete, nil)
+	fr.s.metrics.sessionsEnded.WithLabelValues(fr.f.cfg.Name).Inc()
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }

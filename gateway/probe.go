@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -101,18 +100,11 @@ func probeInitialize(ctx context.Context, up *upstream.Upstream) (bool, string) 
 }
 
 func probeSend(ctx context.Context, up *upstream.Upstream, method, session string, body []byte) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, method, up.URL.String(), bytes.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	if body == nil {
-		req.Body, req.ContentLength = nil, 0
-	}
-	setUpstreamHeaders(req.Header, session, "", nil, false)
-	// Named, so an upstream's logs (and test recorders) can tell the
-	// gateway's probes from its clients' requests.
-	req.Header.Set("User-Agent", ProbeUserAgent)
-	return up.Transport.RoundTrip(req)
+	// direct: see ProbeUpstream. Named by its User-Agent, so an upstream's
+	// logs (and test recorders) can tell the gateway's probes from its
+	// clients' requests.
+	return askUpstream(ctx, up.Direct(), upstreamRequest{method: method, session: session, body: body,
+		header: http.Header{"User-Agent": {ProbeUserAgent}}})
 }
 
 func cmpOr(s, def string) string {

@@ -62,7 +62,7 @@ func (f *toolFetcher) done(upstreamName string, at time.Time) {
 // which the shipped policy treats as not read-only (fail closed).
 func (s *Server) learnToolsBeforeCall(ctx context.Context, fwd *forward, st *requestState, req *jsonrpc.Request) {
 	if req.Method != "tools/call" || fwd.federation != "" {
-		return // federated routes learn names their own way (federatedRouted)
+		return // federated routes learn names their own way (fedRequest.routed)
 	}
 	var params struct {
 		Name string          `json:"name"`
@@ -135,7 +135,7 @@ func (s *Server) fetchToolList(ctx context.Context, fwd *forward, version string
 		if err != nil {
 			return err
 		}
-		resp, raw, err := s.memberSendHeader(ctx, http.MethodPost, fwd.route, fwd.principal, session, version, extra, body)
+		resp, raw, err := askMember(ctx, fwd.route, upstreamRequest{body: body, session: session, version: version, as: fwd.route.identity(fwd.principal), header: extra})
 		if err != nil {
 			return err
 		}

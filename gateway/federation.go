@@ -158,10 +158,10 @@ func (s *Server) federatedPost(w http.ResponseWriter, r *http.Request, f *federa
 		return err
 	}
 	msg := st.msg
-	if isModernRequest(r, msg.Request()) {
+	if isModernRequest(r, msg) {
 		return s.federatedModern(w, r, f, fwd, st)
 	}
-	if err := checkLegacyMcpHeaders(r.Header, msg.Request()); err != nil {
+	if err := checkLegacyMcpHeaders(r.Header, msg); err != nil {
 		return err
 	}
 	if msg.Method() == "initialize" {

@@ -93,7 +93,7 @@ func (fo *fanout) forward(f *federation, m *route, p *Principal) *forward {
 // federatedModern serves one modern-era request on a federated route.
 func (s *Server) federatedModern(w http.ResponseWriter, r *http.Request, f *federation, fwd *forward, st *requestState) error {
 	req := st.msg.Request()
-	if err := s.prepareModern(r, fwd, st, req); err != nil {
+	if err := s.prepareModern(r, fwd, st, st.msg); err != nil {
 		return err
 	}
 	if !req.IsCall() {

@@ -1,4 +1,4 @@
-package gateway
+package mcpwire
 
 import (
 	"encoding/json"
@@ -10,6 +10,12 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 )
+
+// checkParams is ReadParams' verdict alone.
+func checkParams(req *jsonrpc.Request) error {
+	_, err := ReadParams(req)
+	return err
+}
 
 func request(method, params string) *jsonrpc.Request {
 	r := &jsonrpc.Request{Method: method}
@@ -110,15 +116,15 @@ func TestCheckParams(t *testing.T) {
 	for _, tt := range acceptedParams {
 		t.Run("accepts "+tt.name, func(t *testing.T) {
 			if err := checkParams(request(tt.method, tt.params)); err != nil {
-				t.Errorf("checkParams(%s %s) = %v, want nil", tt.method, tt.params, err)
+				t.Errorf("CheckParams(%s %s) = %v, want nil", tt.method, tt.params, err)
 			}
 		})
 	}
 	for _, tt := range refusedParams {
 		t.Run("refuses "+tt.name, func(t *testing.T) {
 			err := checkParams(request(tt.method, tt.params))
-			if !errors.Is(err, errInvalidParams) || !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("checkParams(%s %s) = %v, want errInvalidParams containing %q", tt.method, tt.params, err, tt.want)
+			if !errors.Is(err, ErrInvalidParams) || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("CheckParams(%s %s) = %v, want ErrInvalidParams containing %q", tt.method, tt.params, err, tt.want)
 			}
 		})
 	}
@@ -140,8 +146,8 @@ func FuzzCheckParams(f *testing.F) {
 			return // the strict decode refuses it before checkParams
 		}
 		if err := checkParams(request(method, params)); err != nil {
-			if !errors.Is(err, errInvalidParams) {
-				t.Fatalf("error %v does not wrap errInvalidParams", err)
+			if !errors.Is(err, ErrInvalidParams) {
+				t.Fatalf("error %v does not wrap ErrInvalidParams", err)
 			}
 			return
 		}
@@ -150,8 +156,8 @@ func FuzzCheckParams(f *testing.F) {
 		var generic map[string]any
 		d := json.NewDecoder(strings.NewReader(params))
 		d.UseNumber()
-		if d.Decode(&generic) == nil && !cmp.Equal(generic, paramsObject([]byte(params))) {
-			t.Fatalf("paramsObject(%s) = %v, encoding/json (UseNumber) reads %v", params, paramsObject([]byte(params)), generic)
+		if d.Decode(&generic) == nil && !cmp.Equal(generic, DecodeObject([]byte(params))) {
+			t.Fatalf("DecodeObject(%s) = %v, encoding/json (UseNumber) reads %v", params, DecodeObject([]byte(params)), generic)
 		}
 		var folded struct {
 			Name      any `json:"name"`
@@ -192,13 +198,14 @@ func jsonEqual(a, b any) bool {
 
 // BenchmarkDecodeCall is the request side's decode of one 1 MB tools/call
 // (go test -bench DecodeCall -benchmem): the strict decode with the
-// default budget, then the policy input's params. B/op is the figure.
+// default budget, the params check, then the policy input's arguments.
+// B/op is the figure.
 func BenchmarkDecodeCall(b *testing.B) {
 	call := func(elem string, n int) []byte {
 		items := strings.TrimSuffix(strings.Repeat(elem+",", n), ",")
 		return []byte(`{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"items":[` + items + `]}}}`)
 	}
-	lim := jsonLimits{values: 100_000, stringBytes: 1 << 20}
+	lim := Limits{Values: 100_000, StringBytes: 1 << 20}
 	for _, bc := range []struct {
 		name string
 		body []byte
@@ -210,9 +217,9 @@ func BenchmarkDecodeCall(b *testing.B) {
 			b.SetBytes(int64(len(bc.body)))
 			b.ReportAllocs()
 			for b.Loop() {
-				msg, err := decodeMessageWith(bc.body, lim)
-				if err == nil {
-					_ = paramsObject(msg.Request().Params)
+				msg, err := DecodeWith(bc.body, lim)
+				if err == nil && msg.CheckParams() == nil {
+					_ = DecodeObject(msg.Params().Arguments)
 				}
 			}
 		})

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net"
 	"net/http"
-	"strings"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 
@@ -60,15 +59,8 @@ func (s *Server) policyInput(r *http.Request, fwd *forward, st *requestState, ms
 func (s *Server) describeParams(in *policy.Input, upstreamName string, req *jsonrpc.Request) {
 	var name, uri string
 	var args map[string]any
-	switch p := mcpwire.ParamsOf(req); {
-	case in.Method != "tools/call" && in.Method != "prompts/get" && !strings.HasPrefix(in.Method, "resources/"):
-	case p != nil:
-		name, uri, args = p.Name, p.URI, mcpwire.DecodeObject(p.Arguments)
-	default:
-		params := mcpwire.DecodeObject(req.Params)
-		name, _ = params["name"].(string)
-		uri, _ = params["uri"].(string)
-		args, _ = params["arguments"].(map[string]any)
+	if _, named := mcpwire.TargetOf(in.Method); named {
+		name, uri, args = namedParams(req)
 	}
 	switch in.Method {
 	case "tools/call":
@@ -88,6 +80,20 @@ func (s *Server) describeParams(in *policy.Input, upstreamName string, req *json
 		in.Params = mcpwire.DecodeObject(req.Params)
 		delete(in.Params, "_meta")
 	}
+}
+
+// namedParams are the name, URI and arguments of a request that names a
+// tool, prompt or resource: as the params check kept them, or, for params
+// it never saw, as sent.
+func namedParams(req *jsonrpc.Request) (name, uri string, args map[string]any) {
+	if p := mcpwire.ParamsOf(req); p != nil {
+		return p.Name, p.URI, mcpwire.DecodeObject(p.Arguments)
+	}
+	params := mcpwire.DecodeObject(req.Params)
+	name, _ = params["name"].(string)
+	uri, _ = params["uri"].(string)
+	args, _ = params["arguments"].(map[string]any)
+	return name, uri, args
 }
 
 func policyPrincipal(p *Principal) policy.Principal {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 
+	"github.com/ctxgate/ctxgate/mcpwire"
 	"github.com/ctxgate/ctxgate/policy"
 	"github.com/ctxgate/ctxgate/upstream"
 )
@@ -20,13 +21,13 @@ const maxLearnPages = 50
 // federatedList answers a list method with the merge of the members'
 // lists: the first page of each, or the pages a gateway cursor names.
 func (s *Server) federatedList(w http.ResponseWriter, r *http.Request, f *federation, p *Principal, fo *fanout, st *requestState, req *jsonrpc.Request) error {
-	var params struct {
-		Cursor string `json:"cursor"`
+	var cursor string
+	if p := mcpwire.ParamsOf(req); p != nil {
+		cursor = p.Cursor
 	}
-	_ = json.Unmarshal(req.Params, &params)
 	var todo []memberCursor
-	if params.Cursor != "" {
-		c, err := s.sessions.openCursor(params.Cursor, f.cfg.Path, p.ID, req.Method)
+	if cursor != "" {
+		c, err := s.sessions.openCursor(cursor, f.cfg.Path, p.ID, req.Method)
 		if err != nil {
 			return newError(http.StatusOK, jsonrpc.CodeInvalidParams, "invalid cursor", err)
 		}

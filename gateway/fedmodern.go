@@ -11,6 +11,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 
+	"github.com/ctxgate/ctxgate/mcpwire"
 	"github.com/ctxgate/ctxgate/policy"
 	"github.com/ctxgate/ctxgate/upstream"
 )
@@ -105,11 +106,11 @@ func (s *Server) federatedModern(w http.ResponseWriter, r *http.Request, f *fede
 	if req.Method == "subscriptions/listen" {
 		return newError(http.StatusNotFound, CodeMethodNotFound, "subscriptions/listen is not available on a federated route", nil)
 	}
-	var params struct {
-		Meta json.RawMessage `json:"_meta"`
+	var meta json.RawMessage
+	if p := mcpwire.ParamsOf(req); p != nil {
+		meta = json.RawMessage(p.Meta)
 	}
-	_ = json.Unmarshal(req.Params, &params)
-	fo := &fanout{era: eraModern, version: st.version, meta: params.Meta, caps: "modern\x00" + modernCapabilityDigest(req.Params),
+	fo := &fanout{era: eraModern, version: st.version, meta: meta, caps: "modern\x00" + modernCapabilityDigest(req.Params),
 		members: s.memberEras(r, f, st.version)}
 	switch {
 	case req.Method == "server/discover":

@@ -6,47 +6,41 @@ import (
 
 	"github.com/go-json-experiment/json/jsontext"
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
-)
 
-// routedMethods are the requests that name one member's item: the kind of
-// the name and the params member holding it.
-var routedMethods = map[string]struct{ kind, field string }{
-	"tools/call":            {kindTool, "name"},
-	"prompts/get":           {kindPrompt, "name"},
-	"resources/read":        {kindResource, "uri"},
-	"resources/subscribe":   {kindResource, "uri"},
-	"resources/unsubscribe": {kindResource, "uri"},
-}
+	"github.com/ctxgate/ctxgate/mcpwire"
+)
 
 // federatedRouted sends a request that names an item to the member that
 // owns it, with the member's own name in place of the client's, through
 // the member's whole pipeline. An item no member of the session owns is
 // answered as unknown, exactly like an item the policy hides.
 func (s *Server) federatedRouted(w http.ResponseWriter, r *http.Request, f *federation, p *Principal, fo *fanout, st *requestState, req *jsonrpc.Request) error {
-	how, ok := routedMethods[req.Method]
+	target, ok := mcpwire.TargetOf(req.Method)
 	if !ok {
 		return newError(http.StatusOK, CodeMethodNotFound, "method not found on a federated route: "+req.Method, nil)
 	}
-	var params map[string]json.RawMessage
 	var name string
-	if json.Unmarshal(req.Params, &params) != nil || json.Unmarshal(params[how.field], &name) != nil || name == "" {
-		return newError(http.StatusOK, jsonrpc.CodeInvalidParams, "params."+how.field+" is required", nil)
+	if p := mcpwire.ParamsOf(req); p != nil {
+		name = p.Named()
 	}
-	member, own, ok := f.names.inward(how.kind, name)
+	if name == "" {
+		return newError(http.StatusOK, jsonrpc.CodeInvalidParams, "params."+target.Member+" is required", nil)
+	}
+	member, own, ok := f.names.inward(target.Kind, name)
 	if !ok {
 		// Not seen yet (a new replica, a call before any list): learn the
 		// members' names once, then decide.
-		s.learnNames(r.Context(), f, p, fo, how.kind)
-		member, own, ok = f.names.inward(how.kind, name)
+		s.learnNames(r.Context(), f, p, fo, target.Kind)
+		member, own, ok = f.names.inward(target.Kind, name)
 	}
 	m := f.member(member)
 	if in, _ := fo.reach(member); !ok || m == nil || !in {
 		return unknownItem(req.Method)
 	}
-	if err := checkOwnName(how.kind, how.field, own); err != nil {
+	if err := checkOwnName(target.Kind, target.Member, own); err != nil {
 		return err
 	}
-	body, err := renameParam(st.msg.Raw, how.field, own)
+	body, err := renameParam(st.msg.Raw, target.Member, own)
 	if err != nil {
 		return badRequest("request cannot be routed", err)
 	}
@@ -54,6 +48,9 @@ func (s *Server) federatedRouted(w http.ResponseWriter, r *http.Request, f *fede
 	if err != nil {
 		return badRequest("request cannot be routed", err)
 	}
+	// Kept for the member's pipeline, which reads them as it reads the
+	// client's (params that fail are read as sent, as before renaming).
+	_ = msg.CheckParams()
 	// The header names what the body names: the member's own name, or the
 	// member would see the two disagree (SEP-2243).
 	setMirroredName(r.Header, own)

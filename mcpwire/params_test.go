@@ -7,7 +7,9 @@ import (
 	"testing"
 	"unicode"
 
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 )
 
@@ -145,7 +147,8 @@ func FuzzCheckParams(f *testing.F) {
 		if !json.Valid([]byte(params)) && params != "" {
 			return // the strict decode refuses it before checkParams
 		}
-		if err := checkParams(request(method, params)); err != nil {
+		kept, err := ReadParams(request(method, params))
+		if err != nil {
 			if !errors.Is(err, ErrInvalidParams) {
 				t.Fatalf("error %v does not wrap ErrInvalidParams", err)
 			}
@@ -153,6 +156,7 @@ func FuzzCheckParams(f *testing.F) {
 		}
 		var exact map[string]any
 		_ = json.Unmarshal([]byte(params), &exact)
+		checkKept(t, method, params, kept)
 		var generic map[string]any
 		d := json.NewDecoder(strings.NewReader(params))
 		d.UseNumber()
@@ -188,6 +192,38 @@ func FuzzCheckParams(f *testing.F) {
 			}
 		}
 	})
+}
+
+// checkKept: what the check kept is what encoding/json reads of the exact
+// member names (the members are unambiguous once checked).
+func checkKept(t *testing.T, method, params string, kept *Params) {
+	t.Helper()
+	var exact map[string]json.RawMessage
+	_ = json.Unmarshal([]byte(params), &exact)
+	str := func(raw json.RawMessage) string { var s string; _ = json.Unmarshal(raw, &s); return s }
+	want := Params{}
+	if set := methodParams[method]; set != nil {
+		for name, m := range set.byName {
+			raw, ok := exact[name]
+			if !ok || m.keep == fieldNone {
+				continue
+			}
+			want.set(m.keep, jsontext.Value(raw), str(raw))
+		}
+	}
+	if raw, ok := exact["_meta"]; ok {
+		want.Meta = jsontext.Value(raw)
+		var meta map[string]json.RawMessage
+		_ = json.Unmarshal(raw, &meta)
+		for name, m := range requestMetaMembers.byName {
+			if v, ok := meta[name]; ok {
+				want.set(m.keep, jsontext.Value(v), str(v))
+			}
+		}
+	}
+	if diff := cmp.Diff(want, *kept, cmpopts.IgnoreUnexported(Params{}), cmp.Comparer(func(a, b jsontext.Value) bool { return string(a) == string(b) })); diff != "" {
+		t.Fatalf("%s %s: kept (-encoding/json +kept):\n%s", method, params, diff)
+	}
 }
 
 func jsonEqual(a, b any) bool {

@@ -145,4 +145,3 @@ func (ev *Event) AppendTo(b []byte) []byte {
 	}
 	return append(b, '\n')
 }
-

@@ -320,7 +320,6 @@ func TestSSEEventRoundTrip(t *testing.T) {
 	}
 }
 
-
 // FuzzSSEReader checks that the parser never panics, and that every event
 // it yields survives the relay's re-encoding unchanged.
 func FuzzSSEReader(f *testing.F) {

@@ -10,6 +10,8 @@ import (
 
 	"github.com/google/jsonschema-go/jsonschema"
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+
+	"github.com/ctxgate/ctxgate/mcpwire"
 )
 
 // Argument validation (upstreams[].validate_arguments). A tools/call whose
@@ -108,12 +110,9 @@ func (s *Server) checkArguments(ctx context.Context, fwd *forward, req *jsonrpc.
 	if req.Method != "tools/call" || !s.validatesArguments(fwd.route.upstream.Name) {
 		return nil
 	}
-	var params struct {
-		Name      string          `json:"name"`
-		Arguments json.RawMessage `json:"arguments"`
-	}
-	if err := json.Unmarshal(req.Params, &params); err != nil {
-		return newError(http.StatusOK, CodeInvalidParams, "invalid params: "+err.Error(), nil)
+	params := mcpwire.ParamsOf(req)
+	if params == nil {
+		return newError(http.StatusOK, CodeInvalidParams, "invalid params", nil)
 	}
 	ts := s.schemas.schema(fwd.route.upstream.Name, params.Name)
 	if ts == nil {

@@ -2,12 +2,12 @@ package gateway
 
 import (
 	"context"
-	"encoding/json"
 	"net"
 	"net/http"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 
+	"github.com/ctxgate/ctxgate/mcpwire"
 	"github.com/ctxgate/ctxgate/policy"
 )
 
@@ -47,23 +47,24 @@ func (s *Server) policyInput(r *http.Request, fwd *forward, st *requestState, ms
 	if fwd.federation != "" {
 		in.Route = fwd.federation // policies are written per member upstream
 	}
-	s.describeParams(in, fwd.route.upstream.Name, msg.Params)
+	s.describeParams(in, fwd.route.upstream.Name, msg)
 	return in
 }
 
 // describeParams fills the typed part of the input (tool, resource,
-// prompt) from the params, and Params with the rest, without _meta.
-func (s *Server) describeParams(in *policy.Input, upstreamName string, raw json.RawMessage) {
-	// Decoded once, exactly (checkParams has vouched for the shape), at
-	// the size of what was sent: params.go.
-	params := paramsObject(raw)
-	delete(params, "_meta")
-	str := func(k string) string { v, _ := params[k].(string); return v }
-	obj := func(k string) map[string]any { v, _ := params[k].(map[string]any); return v }
+// prompt) from what the params check kept, and Params with the rest of
+// the params, without _meta, for the other methods. Params that were
+// never checked (an upstream's request of the client, mrtr.go) are read
+// as sent.
+func (s *Server) describeParams(in *policy.Input, upstreamName string, req *jsonrpc.Request) {
+	var name, uri string
+	var args map[string]any
+	if _, named := mcpwire.TargetOf(in.Method); named {
+		name, uri, args = namedParams(req)
+	}
 	switch in.Method {
 	case "tools/call":
-		name := str("name")
-		in.Tool = &policy.Tool{Name: name, Arguments: obj("arguments"), Pin: s.pins.set(upstreamName).status(name)}
+		in.Tool = &policy.Tool{Name: name, Arguments: args, Pin: s.pins.set(upstreamName).status(name)}
 		// Annotations come from the upstream's own tools/list, never from
 		// the client; unknown annotations are absent (and a policy must
 		// treat the tool as not read-only).
@@ -71,12 +72,28 @@ func (s *Server) describeParams(in *policy.Input, upstreamName string, raw json.
 			in.Tool.Annotations, in.Tool.Description = meta.Annotations, meta.Description
 		}
 	case "resources/read", "resources/subscribe", "resources/unsubscribe":
-		in.Resource = &policy.Resource{URI: str("uri")}
+		in.Resource = &policy.Resource{URI: uri}
 	case "prompts/get":
-		in.Prompt = &policy.Prompt{Name: str("name"), Arguments: obj("arguments")}
+		in.Prompt = &policy.Prompt{Name: name, Arguments: args}
 	default:
-		in.Params = params
+		// Decoded once, exactly, at the size of what was sent (params.go).
+		in.Params = mcpwire.DecodeObject(req.Params)
+		delete(in.Params, "_meta")
 	}
+}
+
+// namedParams are the name, URI and arguments of a request that names a
+// tool, prompt or resource: as the params check kept them, or, for params
+// it never saw, as sent.
+func namedParams(req *jsonrpc.Request) (name, uri string, args map[string]any) {
+	if p := mcpwire.ParamsOf(req); p != nil {
+		return p.Name, p.URI, mcpwire.DecodeObject(p.Arguments)
+	}
+	params := mcpwire.DecodeObject(req.Params)
+	name, _ = params["name"].(string)
+	uri, _ = params["uri"].(string)
+	args, _ = params["arguments"].(map[string]any)
+	return name, uri, args
 }
 
 func policyPrincipal(p *Principal) policy.Principal {

@@ -284,7 +284,7 @@ func (s *Server) captureAnswer(resp *http.Response, upstreamName string, id json
 func (s *Server) captureEvents(body io.Reader, captured *bytes.Buffer, upstreamName string, id jsonrpc.ID) (json.RawMessage, error) {
 	events := newSSEReader(body)
 	for {
-		ev, err := events.next()
+		ev, err := events.Next()
 		if err != nil {
 			if captured.Len() >= maxFilteredResponseBytes {
 				return nil, nil // too large to cache: relay it

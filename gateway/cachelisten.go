@@ -116,7 +116,7 @@ func (l *changeListener) listen(stop context.Context) (connected bool, err error
 	}
 	events := newSSEReader(resp.Body)
 	for {
-		ev, err := events.next()
+		ev, err := events.Next()
 		if err != nil {
 			return true, fmt.Errorf("read stream: %w", err)
 		}

@@ -28,7 +28,7 @@ func (s *Server) prepareCredential(r *http.Request, fwd *forward, st *requestSta
 	if ce, ok := errors.AsType[*upstream.CredentialError](err); ok && ce.Reason == upstream.ReasonNotConnected {
 		urlElicit := fwd.urlElicit
 		if fwd.era == eraModern && st.msg != nil && st.msg.Request() != nil {
-			urlElicit = declaresURLElicitation(st.msg.Request().Params, true)
+			urlElicit = st.msg.Params() != nil && declaresURLElicitation(st.msg.Params().MetaCapabilities)
 		}
 		return r, s.connectRequired(ce, urlElicit)
 	}
@@ -75,21 +75,11 @@ func (s *Server) connectRequired(ce *upstream.CredentialError, urlElicit bool) *
 	return e
 }
 
-// declaresURLElicitation reports whether request params declare the
-// elicitation url capability: initialize's capabilities, or a modern
-// request's _meta client capabilities.
-func declaresURLElicitation(params json.RawMessage, modern bool) bool {
-	var p struct {
-		Capabilities json.RawMessage            `json:"capabilities"`
-		Meta         map[string]json.RawMessage `json:"_meta"`
-	}
-	if json.Unmarshal(params, &p) != nil {
-		return false
-	}
-	caps := p.Capabilities
-	if modern {
-		caps = p.Meta[metaClientCapabilities]
-	}
+// declaresURLElicitation reports whether client capabilities, as a
+// request's params declare them (initialize's capabilities, or a modern
+// request's _meta client capabilities), include the elicitation url
+// capability.
+func declaresURLElicitation(caps []byte) bool {
 	var c struct {
 		Elicitation *struct {
 			URL json.RawMessage `json:"url"`

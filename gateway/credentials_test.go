@@ -10,6 +10,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+
+	"github.com/ctxgate/ctxgate/mcpwire"
 	"github.com/ctxgate/ctxgate/upstream"
 )
 
@@ -78,10 +81,28 @@ func TestDeclaresURLElicitation(t *testing.T) {
 		{params: `{"capabilities":{"elicitation":{"url":{}}}}`, modern: true},
 	}
 	for _, tt := range tests {
-		if got := declaresURLElicitation(json.RawMessage(tt.params), tt.modern); got != tt.want {
+		if got := urlElicitation(tt.params, tt.modern); got != tt.want {
 			t.Errorf("declaresURLElicitation(%s, modern %v) = %v, want %v", tt.params, tt.modern, got, tt.want)
 		}
 	}
+}
+
+// urlElicitation is declaresURLElicitation of the capabilities a request
+// declares, as its params check kept them: initialize's, or a modern
+// request's _meta.
+func urlElicitation(params string, modern bool) bool {
+	method := "initialize"
+	if modern {
+		method = "tools/list"
+	}
+	p, err := mcpwire.ReadParams(&jsonrpc.Request{Method: method, Params: json.RawMessage(params)})
+	if err != nil {
+		return false
+	}
+	if modern {
+		return declaresURLElicitation(p.MetaCapabilities)
+	}
+	return declaresURLElicitation(p.Capabilities)
 }
 
 // FuzzDeclaresURLElicitation: client-supplied params never panic.
@@ -89,6 +110,7 @@ func FuzzDeclaresURLElicitation(f *testing.F) {
 	f.Add([]byte(`{"capabilities":{"elicitation":{"url":{}}}}`), false)
 	f.Add([]byte(`{"_meta":{"io.modelcontextprotocol/clientCapabilities":{"elicitation":{"url":{}}}}}`), true)
 	f.Fuzz(func(t *testing.T, params []byte, modern bool) {
-		_ = declaresURLElicitation(params, modern)
+		_ = urlElicitation(string(params), modern)
+		_ = declaresURLElicitation(params)
 	})
 }

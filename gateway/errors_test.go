@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/ctxgate/ctxgate/mcpwire"
 )
 
 // wireError is the JSON-RPC error response as a client decodes it. ID is
@@ -25,7 +27,7 @@ type wireError struct {
 	} `json:"error"`
 }
 
-func mustDecode(t *testing.T, body string) *Message {
+func mustDecode(t *testing.T, body string) *mcpwire.Message {
 	t.Helper()
 	m, err := decodeMessage([]byte(body))
 	if err != nil {
@@ -78,7 +80,7 @@ func TestWriteError(t *testing.T) {
 		},
 		{
 			name:       "rejected id used when the message was not decoded",
-			st:         &requestState{rejectedID: peekID([]byte(`{"jsonrpc":"2.0","id":9,"method":"x","params":{"a":1,"a":2}}`))},
+			st:         &requestState{rejectedID: mcpwire.PeekID([]byte(`{"jsonrpc":"2.0","id":9,"method":"x","params":{"a":1,"a":2}}`))},
 			err:        badRequest("invalid JSON-RPC message", nil),
 			wantStatus: http.StatusBadRequest, wantID: `9`, wantCode: CodeInvalidRequest, wantMsg: "invalid JSON-RPC message",
 		},

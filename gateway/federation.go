@@ -194,10 +194,10 @@ func (fr *fedRequest) post(w http.ResponseWriter) error {
 		return err
 	}
 	msg := st.msg
-	if isModernRequest(r, msg.Request()) {
+	if isModernRequest(r, msg) {
 		return fr.modern(w, fwd)
 	}
-	if err := checkLegacyMcpHeaders(r.Header, msg.Request()); err != nil {
+	if err := checkLegacyMcpHeaders(r.Header, msg); err != nil {
 		return err
 	}
 	if msg.Method() == "initialize" {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 
+	"github.com/ctxgate/ctxgate/mcpwire"
 	"github.com/ctxgate/ctxgate/policy"
 	"github.com/ctxgate/ctxgate/upstream"
 )
@@ -21,13 +22,13 @@ const maxLearnPages = 50
 // lists: the first page of each, or the pages a gateway cursor names.
 func (fr *fedRequest) list(w http.ResponseWriter, req *jsonrpc.Request) error {
 	s, r, f, p := fr.s, fr.r, fr.f, fr.p
-	var params struct {
-		Cursor string `json:"cursor"`
+	var cursor string
+	if kept := mcpwire.ParamsOf(req); kept != nil {
+		cursor = kept.Cursor
 	}
-	_ = json.Unmarshal(req.Params, &params)
 	var todo []memberCursor
-	if params.Cursor != "" {
-		c, err := openCursor(s.sessions, params.Cursor, f.cfg.Path, p.ID, req.Method)
+	if cursor != "" {
+		c, err := openCursor(s.sessions, cursor, f.cfg.Path, p.ID, req.Method)
 		if err != nil {
 			return newError(http.StatusOK, jsonrpc.CodeInvalidParams, "invalid cursor", err)
 		}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 
+	"github.com/ctxgate/ctxgate/mcpwire"
 	"github.com/ctxgate/ctxgate/upstream"
 )
 
@@ -93,7 +94,7 @@ func (fo *fanout) forward(f *federation, m *route, p *Principal) *forward {
 func (fr *fedRequest) modern(w http.ResponseWriter, fwd *forward) error {
 	s, r, st := fr.s, fr.r, fr.st
 	req := st.msg.Request()
-	if err := s.prepareModern(r, fwd, st, req); err != nil {
+	if err := s.prepareModern(r, fwd, st, st.msg); err != nil {
 		return err
 	}
 	if !req.IsCall() {
@@ -105,11 +106,11 @@ func (fr *fedRequest) modern(w http.ResponseWriter, fwd *forward) error {
 	if req.Method == "subscriptions/listen" {
 		return newError(http.StatusNotFound, CodeMethodNotFound, "subscriptions/listen is not available on a federated route", nil)
 	}
-	var params struct {
-		Meta json.RawMessage `json:"_meta"`
+	var meta json.RawMessage
+	if p := mcpwire.ParamsOf(req); p != nil {
+		meta = json.RawMessage(p.Meta)
 	}
-	_ = json.Unmarshal(req.Params, &params)
-	fr.fo = &fanout{era: eraModern, version: st.version, meta: params.Meta, caps: "modern\x00" + modernCapabilityDigest(req.Params),
+	fr.fo = &fanout{era: eraModern, version: st.version, meta: meta, caps: "modern\x00" + modernCapabilityDigest(req.Params),
 		members: fr.memberEras(st.version)}
 	switch {
 	case req.Method == "server/discover":

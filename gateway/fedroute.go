@@ -6,17 +6,9 @@ import (
 
 	"github.com/go-json-experiment/json/jsontext"
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
-)
 
-// routedMethods are the requests that name one member's item: the kind of
-// the name and the params member holding it.
-var routedMethods = map[string]struct{ kind, field string }{
-	"tools/call":            {kindTool, "name"},
-	"prompts/get":           {kindPrompt, "name"},
-	"resources/read":        {kindResource, "uri"},
-	"resources/subscribe":   {kindResource, "uri"},
-	"resources/unsubscribe": {kindResource, "uri"},
-}
+	"github.com/ctxgate/ctxgate/mcpwire"
+)
 
 // routed sends a request that names an item to the member that
 // owns it, with the member's own name in place of the client's, through
@@ -24,30 +16,32 @@ var routedMethods = map[string]struct{ kind, field string }{
 // answered as unknown, exactly like an item the policy hides.
 func (fr *fedRequest) routed(w http.ResponseWriter, req *jsonrpc.Request) error {
 	s, r, f, fo, st := fr.s, fr.r, fr.f, fr.fo, fr.st
-	how, ok := routedMethods[req.Method]
+	target, ok := mcpwire.TargetOf(req.Method)
 	if !ok {
 		return newError(http.StatusOK, CodeMethodNotFound, "method not found on a federated route: "+req.Method, nil)
 	}
-	var params map[string]json.RawMessage
 	var name string
-	if json.Unmarshal(req.Params, &params) != nil || json.Unmarshal(params[how.field], &name) != nil || name == "" {
-		return newError(http.StatusOK, jsonrpc.CodeInvalidParams, "params."+how.field+" is required", nil)
+	if p := mcpwire.ParamsOf(req); p != nil {
+		name = p.Named()
 	}
-	member, own, ok := f.names.inward(how.kind, name)
+	if name == "" {
+		return newError(http.StatusOK, jsonrpc.CodeInvalidParams, "params."+target.Member+" is required", nil)
+	}
+	member, own, ok := f.names.inward(target.Kind, name)
 	if !ok {
 		// Not seen yet (a new replica, a call before any list): learn the
 		// members' names once, then decide.
-		fr.learnNames(r.Context(), how.kind)
-		member, own, ok = f.names.inward(how.kind, name)
+		fr.learnNames(r.Context(), target.Kind)
+		member, own, ok = f.names.inward(target.Kind, name)
 	}
 	m := f.member(member)
 	if in, _ := fo.reach(member); !ok || m == nil || !in {
 		return unknownItem(req.Method)
 	}
-	if err := checkOwnName(how.kind, how.field, own); err != nil {
+	if err := checkOwnName(target.Kind, target.Member, own); err != nil {
 		return err
 	}
-	body, err := renameParam(st.msg.Raw, how.field, own)
+	body, err := renameParam(st.msg.Raw, target.Member, own)
 	if err != nil {
 		return badRequest("request cannot be routed", err)
 	}
@@ -55,6 +49,9 @@ func (fr *fedRequest) routed(w http.ResponseWriter, req *jsonrpc.Request) error 
 	if err != nil {
 		return badRequest("request cannot be routed", err)
 	}
+	// Kept for the member's pipeline, which reads them as it reads the
+	// client's (params that fail are read as sent, as before renaming).
+	_ = msg.CheckParams()
 	// The header names what the body names: the member's own name, or the
 	// member would see the two disagree (SEP-2243).
 	setMirroredName(r.Header, own)

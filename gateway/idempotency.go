@@ -11,11 +11,9 @@ import (
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
-)
 
-// metaIdempotencyKey is the params._meta member that carries an
-// idempotency key, for clients that cannot set HTTP headers.
-const metaIdempotencyKey = "io.ctxgate/idempotency-key"
+	"github.com/ctxgate/ctxgate/mcpwire"
+)
 
 // maxIdempotencyKeyBytes bounds a key; longer ones are refused.
 const maxIdempotencyKeyBytes = 255
@@ -150,12 +148,14 @@ func idempotencyKey(r *http.Request, req *jsonrpc.Request) (string, error) {
 	default:
 		return "", badRequest("more than one Idempotency-Key header", nil)
 	}
-	var p struct {
-		Meta map[string]any `json:"_meta"`
+	p := mcpwire.ParamsOf(req)
+	if p == nil {
+		// Params that fail the check (a non-string key among them) never
+		// get this far from a client; refused all the same.
+		return "", badRequest("_meta "+metaIdempotencyKey+" must be a non-empty string", nil)
 	}
-	_ = json.Unmarshal(req.Params, &p) // strictly decoded already
-	meta, _ := p.Meta[metaIdempotencyKey].(string)
-	if _, present := p.Meta[metaIdempotencyKey]; present && meta == "" {
+	meta := p.IdempotencyKey
+	if p.HasIdempotencyKey && meta == "" {
 		return "", badRequest("_meta "+metaIdempotencyKey+" must be a non-empty string", nil)
 	}
 	key := header
@@ -174,13 +174,13 @@ func idempotencyKey(r *http.Request, req *jsonrpc.Request) (string, error) {
 // callDigest identifies a tools/call by tool and arguments (not _meta, which
 // carries per-attempt data such as trace context).
 func callDigest(req *jsonrpc.Request) [32]byte {
-	var p struct {
-		Name      string          `json:"name"`
-		Arguments json.RawMessage `json:"arguments"`
+	var name string
+	var arguments json.RawMessage
+	if p := mcpwire.ParamsOf(req); p != nil {
+		name, arguments = p.Name, json.RawMessage(p.Arguments)
 	}
-	_ = json.Unmarshal(req.Params, &p)
-	args, _ := json.Marshal(p.Arguments) // compacts
-	return sha256.Sum256(append([]byte(p.Name+"\x00"), args...))
+	args, _ := json.Marshal(arguments) // compacts
+	return sha256.Sum256(append([]byte(name+"\x00"), args...))
 }
 
 // withID returns a JSON-RPC message with its id replaced, so a replayed

@@ -15,6 +15,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/ctxgate/ctxgate/mcpwire"
 	"github.com/ctxgate/ctxgate/policy"
 	"github.com/ctxgate/ctxgate/upstream"
 )
@@ -28,7 +29,7 @@ type requestState struct {
 	// caller is principal as the upstream credential sources see it; it
 	// records the tokens obtained for it (their act claims).
 	caller *upstream.Caller
-	msg    *Message
+	msg    *mcpwire.Message
 	// rejectedID is the id of a message that failed strict decoding, when
 	// it could still be read unambiguously, so the error can carry it.
 	rejectedID any
@@ -66,24 +67,29 @@ const (
 // "resource" with its name (or URI); zero for other methods.
 type target struct{ kind, name string }
 
-// targetOf reads the target of a strictly decoded request.
+// targetOf reads the target of a strictly decoded request, as its params
+// check kept it. A request whose params failed the check (its target is
+// still logged) is read leniently.
 func targetOf(req *jsonrpc.Request) target {
+	t, ok := mcpwire.TargetOf(req.Method)
+	if !ok {
+		return target{}
+	}
+	p, checked := req.Extra.(*mcpwire.Params)
+	if !checked {
+		return lenientTarget(t.Kind, req.Params)
+	}
+	return target{kind: t.Kind, name: p.Named()}
+}
+
+// lenientTarget is the target of params that failed the check, as
+// encoding/json reads them; none if it cannot.
+func lenientTarget(kind string, params json.RawMessage) target {
 	var p struct {
 		Name string `json:"name"`
 		URI  string `json:"uri"`
 	}
-	kind := ""
-	switch req.Method {
-	case "tools/call":
-		kind = "tool"
-	case "prompts/get":
-		kind = "prompt"
-	case "resources/read", "resources/subscribe", "resources/unsubscribe":
-		kind = "resource"
-	default:
-		return target{}
-	}
-	if json.Unmarshal(req.Params, &p) != nil {
+	if json.Unmarshal(params, &p) != nil {
 		return target{}
 	}
 	return target{kind: kind, name: p.Name + p.URI}

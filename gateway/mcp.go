@@ -13,6 +13,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 
 	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/mcpwire"
 	"github.com/ctxgate/ctxgate/policy"
 	"github.com/ctxgate/ctxgate/upstream"
 )
@@ -170,10 +171,10 @@ func (s *Server) preparePost(r *http.Request, fwd *forward, st *requestState) er
 		return err
 	}
 	msg := st.msg
-	if isModernRequest(r, msg.Request()) {
-		return s.prepareModern(r, fwd, st, msg.Request())
+	if isModernRequest(r, msg) {
+		return s.prepareModern(r, fwd, st, msg)
 	}
-	if err := checkLegacyMcpHeaders(r.Header, msg.Request()); err != nil {
+	if err := checkLegacyMcpHeaders(r.Header, msg); err != nil {
 		return err
 	}
 	if msg.Method() == "initialize" {
@@ -183,8 +184,9 @@ func (s *Server) preparePost(r *http.Request, fwd *forward, st *requestState) er
 		// A new session starts here; a session header sent along is not
 		// forwarded (the upstream session is created fresh).
 		fwd.initialize = true
+		p := msg.Params()
 		fwd.caps = capabilityDigest(msg.Request().Params)
-		fwd.urlElicit = declaresURLElicitation(msg.Request().Params, false)
+		fwd.urlElicit = declaresURLElicitation(p.Capabilities)
 		if st.version, err = requestVersion(r, nil); err != nil {
 			return err
 		}
@@ -192,7 +194,7 @@ func (s *Server) preparePost(r *http.Request, fwd *forward, st *requestState) er
 		// is the one the client asks for (what a server supporting it
 		// answers), not the header default: the policy, the logs and the
 		// metrics see that, and mintSession corrects it to the answer's.
-		if v := initializeVersion(msg.Request().Params); isSupportedVersion(v) {
+		if v := p.ProtocolVersion; isSupportedVersion(v) {
 			st.version = v
 		}
 		return nil
@@ -214,27 +216,25 @@ func (s *Server) readPost(r *http.Request, fwd *forward, st *requestState) error
 		return bodyReadError(err)
 	}
 	fwd.body = body
-	msg, err := decodeMessageWith(body, jsonLimits{values: s.cfg.Server.MaxJSONValues, stringBytes: s.cfg.Server.MaxJSONStringBytes})
+	msg, err := mcpwire.DecodeWith(body, mcpwire.Limits{Values: s.cfg.Server.MaxJSONValues, StringBytes: s.cfg.Server.MaxJSONStringBytes})
 	switch {
-	case errors.Is(err, errOverBudget):
-		st.rejectedID = peekID(body)
+	case errors.Is(err, mcpwire.ErrOverBudget):
+		st.rejectedID = mcpwire.PeekID(body)
 		return newError(http.StatusRequestEntityTooLarge, CodePayloadTooLarge, "request too large: "+err.Error(), nil)
-	case errors.Is(err, errBatch):
+	case errors.Is(err, mcpwire.ErrBatch):
 		return err
-	case errors.Is(err, errMalformed):
+	case errors.Is(err, mcpwire.ErrMalformed):
 		return newError(http.StatusBadRequest, CodeParseError, "parse error: "+err.Error(), nil)
 	case err != nil:
-		st.rejectedID = peekID(body)
+		st.rejectedID = mcpwire.PeekID(body)
 		return badRequest("invalid JSON-RPC message: "+err.Error(), nil)
 	}
 	st.msg = msg
 	fwd.messages = []jsonrpc.Message{msg.Msg}
-	if req := msg.Request(); req != nil && !removedModernMethod(r, req) {
-		// A method the modern era removed is answered 404 as it is
-		// (prepareModern), whatever its params: never forwarded either way.
-		if err := checkParams(req); err != nil {
-			return newError(http.StatusBadRequest, CodeInvalidParams, err.Error(), nil)
-		}
+	// A method the modern era removed is answered 404 as it is
+	// (prepareModern), whatever its params: never forwarded either way.
+	if err := msg.CheckParams(); err != nil && !removedModernMethod(r, msg) {
+		return newError(http.StatusBadRequest, CodeInvalidParams, err.Error(), nil)
 	}
 	return nil
 }
@@ -274,7 +274,7 @@ func (s *Server) prepareBatch(r *http.Request, fwd *forward, st *requestState) e
 	if err := s.prepareSession(r, fwd, st); err != nil {
 		return err
 	}
-	if !allowsBatch(st.version) {
+	if !mcpwire.AllowsBatch(st.version) {
 		return badRequest("JSON-RPC batches are not supported in protocol version "+st.version, nil)
 	}
 	dec := jsontext.NewDecoder(bytes.NewReader(fwd.body))
@@ -291,14 +291,12 @@ func (s *Server) prepareBatch(r *http.Request, fwd *forward, st *requestState) e
 		// the decoder's buffer, void after the next read, and the decoded
 		// message keeps slices of what it decodes.
 		end := dec.InputOffset()
-		msg, err := decodeMessage(fwd.body[end-int64(len(v)) : end])
+		msg, err := mcpwire.Decode(fwd.body[end-int64(len(v)) : end])
 		if err != nil {
 			return badRequest("invalid message in batch: "+err.Error(), err)
 		}
-		if req := msg.Request(); req != nil {
-			if err := checkParams(req); err != nil {
-				return newError(http.StatusBadRequest, CodeInvalidParams, "invalid message in batch: "+err.Error(), nil)
-			}
+		if err := msg.CheckParams(); err != nil {
+			return newError(http.StatusBadRequest, CodeInvalidParams, "invalid message in batch: "+err.Error(), nil)
 		}
 		if msg.Method() == "initialize" {
 			return badRequest("initialize must not be part of a batch", nil)

@@ -4,21 +4,9 @@ import (
 	"net/http"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
-)
 
-// clientMethods are the requests MCP lets a client send a server, in every
-// revision the gateway relays (tasks/* from 2025-11-25, server/discover and
-// subscriptions/listen from 2026-07-28).
-var clientMethods = map[string]bool{
-	"initialize": true, "ping": true,
-	"tools/list": true, "tools/call": true,
-	"resources/list": true, "resources/templates/list": true, "resources/read": true,
-	"resources/subscribe": true, "resources/unsubscribe": true,
-	"prompts/list": true, "prompts/get": true,
-	"completion/complete": true, "logging/setLevel": true,
-	"tasks/get": true, "tasks/result": true, "tasks/list": true, "tasks/cancel": true,
-	"server/discover": true, "subscriptions/listen": true,
-}
+	"github.com/ctxgate/ctxgate/mcpwire"
+)
 
 // checkClientMethod refuses a client request for a method MCP does not
 // define for clients: the server-only requests (sampling/createMessage,
@@ -31,7 +19,7 @@ var clientMethods = map[string]bool{
 // send the client to initialize again. Notifications are not checked: they
 // get no answer, and the policy still decides each one.
 func checkClientMethod(req *jsonrpc.Request, era string) error {
-	if !req.ID.IsValid() || clientMethods[req.Method] {
+	if !req.ID.IsValid() || mcpwire.IsClientMethod(req.Method) {
 		return nil
 	}
 	status := http.StatusOK

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/ctxgate/ctxgate/mcpwire"
 	"github.com/ctxgate/ctxgate/policy"
 )
 
@@ -226,7 +227,7 @@ var clientNotifications = map[string]bool{
 func methodLabel(method string) string {
 	// Only names MCP defines (the requests a client may send, and its
 	// notifications): raw client input never becomes a label.
-	if clientMethods[method] || clientNotifications[method] {
+	if mcpwire.IsClientMethod(method) || clientNotifications[method] {
 		return method
 	}
 	return labelOther

@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+
+	"github.com/ctxgate/ctxgate/mcpwire"
 )
 
 // The modern era of MCP (protocol revision 2026-07-28, SEP-2575) is
@@ -18,21 +20,6 @@ import (
 // did not check could otherwise route or be logged differently from the body
 // the policy decided.
 
-// Protocol eras, as the policy input names them.
-const (
-	eraLegacy = "legacy"
-	eraModern = "modern"
-)
-
-// modernVersions are the modern-era revisions the gateway relays.
-var modernVersions = []string{"2026-07-28"}
-
-// Keys of params._meta that carry a modern request's context.
-const (
-	metaProtocolVersion    = "io.modelcontextprotocol/protocolVersion"
-	metaClientCapabilities = "io.modelcontextprotocol/clientCapabilities"
-)
-
 // Error codes the MCP specification itself defines for the modern era; they
 // are the spec's, not the gateway's, so clients act on them as on a server's.
 const (
@@ -40,24 +27,10 @@ const (
 	CodeUnsupportedProtocolVersion = -32022 // SEP-2575: requested revision not served; data lists the supported ones
 )
 
-// removedMethods no longer exist in the modern era; a modern request for one
-// is answered 404 + -32601 without reaching the upstream, as the spec
-// requires of a server.
-var removedMethods = map[string]bool{
-	"initialize":            true,
-	"ping":                  true,
-	"logging/setLevel":      true,
-	"resources/subscribe":   true,
-	"resources/unsubscribe": true,
-}
-
-// namedMethods are the methods whose Mcp-Name header mirrors a body member.
-var namedMethods = map[string]string{"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
-
-// removedModernMethod reports whether req is a modern-era call of a method
+// removedModernMethod reports whether msg is a modern-era call of a method
 // the era removed, which prepareModern answers 404 before anything else.
-func removedModernMethod(r *http.Request, req *jsonrpc.Request) bool {
-	return req.IsCall() && removedMethods[req.Method] && isModernRequest(r, req)
+func removedModernMethod(r *http.Request, msg *mcpwire.Message) bool {
+	return msg.IsCall() && mcpwire.RemovedInModern(msg.Method()) && isModernRequest(r, msg)
 }
 
 // isModernHeaderVersion reports whether an MCP-Protocol-Version value asks
@@ -75,8 +48,20 @@ type requestMeta struct {
 	hasCapabilities bool
 }
 
-// readRequestMeta decodes params._meta of a strictly decoded request. A
-// missing or malformed _meta reads as empty.
+// metaOf is a request's requestMeta, as its params check kept it. A
+// request whose params failed the check (a method the modern era removed
+// is still answered 404 whatever its params) is read leniently
+// (readRequestMeta): a missing or malformed _meta reads as empty.
+func metaOf(msg *mcpwire.Message) requestMeta {
+	p := msg.Params()
+	if p == nil {
+		return readRequestMeta(msg.Request().Params)
+	}
+	return requestMeta{version: p.MetaVersion, hasCapabilities: len(p.MetaCapabilities) > 0 && p.MetaCapabilities[0] == '{'}
+}
+
+// readRequestMeta decodes params._meta of a request whose params failed
+// the check, leniently.
 func readRequestMeta(params json.RawMessage) requestMeta {
 	var p struct {
 		Meta map[string]json.RawMessage `json:"_meta"`
@@ -94,11 +79,11 @@ func readRequestMeta(params json.RawMessage) requestMeta {
 // isModernRequest tells the era of one decoded message: modern when the
 // request carries _meta's protocol version or its MCP-Protocol-Version
 // header names a modern revision; legacy otherwise (initialize, sessions).
-func isModernRequest(r *http.Request, req *jsonrpc.Request) bool {
-	if req == nil {
+func isModernRequest(r *http.Request, msg *mcpwire.Message) bool {
+	if msg.Request() == nil {
 		return false
 	}
-	if readRequestMeta(req.Params).version != "" {
+	if metaOf(msg).version != "" {
 		return true
 	}
 	vs := r.Header.Values("Mcp-Protocol-Version")
@@ -110,18 +95,19 @@ func isModernRequest(r *http.Request, req *jsonrpc.Request) bool {
 // the same answer through the gateway as directly: removed method, version
 // header against _meta, supported version, client capabilities, then the
 // Mcp-Method and Mcp-Name headers.
-func (s *Server) prepareModern(r *http.Request, fwd *forward, st *requestState, req *jsonrpc.Request) error {
+func (s *Server) prepareModern(r *http.Request, fwd *forward, st *requestState, msg *mcpwire.Message) error {
+	req := msg.Request()
 	fwd.era = eraModern
 	st.version = modernVersions[0]
-	if req.IsCall() && removedMethods[req.Method] {
+	if req.IsCall() && mcpwire.RemovedInModern(req.Method) {
 		return newError(http.StatusNotFound, CodeMethodNotFound, quote(req.Method)+" is not supported in protocol version "+modernVersions[0], nil)
 	}
-	version, err := s.modernVersion(r, fwd, req)
+	version, err := s.modernVersion(r, fwd, msg)
 	if err != nil {
 		return err
 	}
 	st.version = version
-	if err := checkMcpHeaders(r.Header, req); err != nil {
+	if err := checkMcpHeaders(r.Header, msg); err != nil {
 		return err
 	}
 	if req.Method == "subscriptions/listen" {
@@ -134,13 +120,13 @@ func (s *Server) prepareModern(r *http.Request, fwd *forward, st *requestState, 
 
 // modernVersion validates MCP-Protocol-Version against _meta and against
 // what this route serves, and returns the version in effect.
-func (s *Server) modernVersion(r *http.Request, fwd *forward, req *jsonrpc.Request) (string, error) {
+func (s *Server) modernVersion(r *http.Request, fwd *forward, msg *mcpwire.Message) (string, error) {
 	headers := r.Header.Values("Mcp-Protocol-Version")
 	if len(headers) > 1 {
 		return "", badRequest("more than one MCP-Protocol-Version header", nil)
 	}
-	meta := readRequestMeta(req.Params)
-	if !req.IsCall() {
+	meta := metaOf(msg)
+	if !msg.IsCall() {
 		// The _meta triple is defined for requests only; a notification
 		// is checked by its header alone.
 		if len(headers) == 0 {
@@ -187,18 +173,18 @@ func unsupportedVersion(requested string, supported []string) *Error {
 // ignores; a =?base64?...?= value is decoded first. Mcp-Param-* headers are
 // not checked here: they are forwarded as sent and the upstream, which owns
 // the tool's x-mcp-header declarations, validates them.
-func checkMcpHeaders(h http.Header, req *jsonrpc.Request) error {
+func checkMcpHeaders(h http.Header, msg *mcpwire.Message) error {
 	method, err := singleHeader(h, "Mcp-Method")
 	switch {
 	case err != nil:
 		return err
 	case method == "":
 		return headerMismatch("missing required Mcp-Method header")
-	case method != req.Method:
-		return headerMismatch("Mcp-Method header " + quote(method) + " does not match the body's method " + quote(req.Method))
+	case method != msg.Method():
+		return headerMismatch("Mcp-Method header " + quote(method) + " does not match the body's method " + quote(msg.Method()))
 	}
-	member, named := namedMethods[req.Method]
-	if !named {
+	target, _ := mcpwire.TargetOf(msg.Method())
+	if !target.Mirrored {
 		return nil
 	}
 	name, err := singleHeader(h, "Mcp-Name")
@@ -206,40 +192,44 @@ func checkMcpHeaders(h http.Header, req *jsonrpc.Request) error {
 		return err
 	}
 	if name == "" {
-		return headerMismatch("missing required Mcp-Name header for " + quote(req.Method))
+		return headerMismatch("missing required Mcp-Name header for " + quote(msg.Method()))
 	}
-	return checkMcpName(name, member, req)
+	return checkMcpName(name, target.Member, msg)
 }
 
-// checkMcpName compares an Mcp-Name header with params.<member>.
-func checkMcpName(name, member string, req *jsonrpc.Request) error {
-	var params map[string]json.RawMessage
-	var body string
-	if json.Unmarshal(req.Params, &params) != nil || json.Unmarshal(params[member], &body) != nil {
+// checkMcpName compares an Mcp-Name header with params.<member>, as the
+// params check kept it.
+func checkMcpName(name, member string, msg *mcpwire.Message) error {
+	p := msg.Params()
+	if p == nil {
 		return headerMismatch("Mcp-Name header present but params." + member + " is not a string")
 	}
-	decoded, ok := decodeHeaderValue(name)
+	decoded, ok := mcpwire.DecodeHeaderValue(name)
 	if !ok {
 		return headerMismatch("Mcp-Name header has invalid base64 encoding")
 	}
-	if decoded != body {
+	if decoded != p.Named() {
 		return headerMismatch("Mcp-Name header " + quote(name) + " does not match params." + member)
 	}
 	return nil
 }
 
-// checkLegacyMcpHeaders holds a legacy-era message (req nil: a GET, a
-// DELETE, a batch or a client's answer) to the modern era's rule for the
+// checkLegacyMcpHeaders holds a legacy-era message (msg nil: a GET, a
+// DELETE, a batch; or a client's answer) to the modern era's rule for the
 // headers that mirror the body. The legacy era defines none of them, but
 // they are forwarded, and an upstream that speaks both eras may route or
 // log by them: Mcp-Method and Mcp-Name, when present, must match the body
 // as in checkMcpHeaders; Mcp-Param-* headers, which only a modern tool
 // declaration gives a meaning the gateway could check, are refused.
-func checkLegacyMcpHeaders(h http.Header, req *jsonrpc.Request) error {
+func checkLegacyMcpHeaders(h http.Header, msg *mcpwire.Message) error {
 	for name := range h {
 		if strings.HasPrefix(name, "Mcp-Param-") {
 			return headerMismatch(name + " header is defined only in protocol version " + modernVersions[0])
 		}
+	}
+	var req *jsonrpc.Request
+	if msg != nil {
+		req = msg.Request()
 	}
 	method, err := singleHeader(h, "Mcp-Method")
 	switch {
@@ -252,14 +242,14 @@ func checkLegacyMcpHeaders(h http.Header, req *jsonrpc.Request) error {
 	if err != nil || name == "" {
 		return err
 	}
-	member, named := "", false
+	var target mcpwire.Target
 	if req != nil {
-		member, named = namedMethods[req.Method]
+		target, _ = mcpwire.TargetOf(req.Method)
 	}
-	if !named {
+	if !target.Mirrored {
 		return headerMismatch("Mcp-Name header " + quote(name) + " on a message that names no tool, prompt or resource")
 	}
-	return checkMcpName(name, member, req)
+	return checkMcpName(name, target.Member, msg)
 }
 
 // singleHeader returns a header's one value without surrounding whitespace;

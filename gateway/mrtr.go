@@ -58,7 +58,7 @@ func (s *Server) filterModern(ctx context.Context, fwd *forward, method string, 
 func (s *Server) decideServerRequest(ctx context.Context, fwd *forward, method string, params json.RawMessage) policy.Decision {
 	in := s.baseInput(fwd, method)
 	in.Phase = policy.PhaseResponse // it travels in the upstream's answer
-	s.describeParams(in, fwd.route.upstream.Name, params)
+	s.describeParams(in, fwd.route.upstream.Name, &jsonrpc.Request{Method: method, Params: params})
 	return s.decide(ctx, policy.PhaseResponse, in)
 }
 

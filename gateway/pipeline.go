@@ -221,7 +221,7 @@ func (s *Server) pendingErrors(ctx context.Context, fwd *forward, cause error) [
 		ex.answered = true
 		e := upstreamError(ctx, cause)
 		ev := sseEvent{Event: "message", Data: errorMessage(ex.id, e), HasData: true}
-		out = ev.appendTo(out)
+		out = ev.AppendTo(out)
 		ids = append(ids, clip(fmt.Sprint(ex.id.Raw()), 64))
 	}
 	if len(ids) > 0 {

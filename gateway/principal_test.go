@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"testing"
 	"testing/fstest"
+	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
@@ -53,7 +54,7 @@ func hashKey(k string) string {
 // input.principal, so a policy can decide by them without an IdP.
 func TestAPIKeyGroupsDecide(t *testing.T) {
 	upstreamURL, _ := countingProject(t)
-	engine, err := policy.New(policy.Options{FS: fstest.MapFS{"authz.rego": {Data: []byte(groupPolicy)}}})
+	engine, err := policy.New(policy.Options{FS: fstest.MapFS{"authz.rego": {Data: []byte(groupPolicy)}}, Timeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}

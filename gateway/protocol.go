@@ -1,26 +1,12 @@
 package gateway
 
 import (
-	"encoding/json"
 	"mime"
 	"net/http"
-	"slices"
 	"strings"
+
+	"github.com/ctxgate/ctxgate/mcpwire"
 )
-
-// Legacy-era MCP protocol revisions the gateway relays, oldest first.
-var supportedVersions = []string{"2025-03-26", "2025-06-18", "2025-11-25"}
-
-// defaultVersion is what the Streamable HTTP spec tells a server to assume
-// when a request has neither an MCP-Protocol-Version header nor a session
-// that says otherwise.
-const defaultVersion = "2025-03-26"
-
-func isSupportedVersion(v string) bool { return slices.Contains(supportedVersions, v) }
-
-// allowsBatch reports whether a revision accepts JSON-RPC batches; they
-// were removed in 2025-06-18.
-func allowsBatch(version string) bool { return version == "2025-03-26" }
 
 // requestVersion picks the protocol version in effect for a request: the
 // header if present (and supported), else the session's negotiated one,
@@ -45,19 +31,7 @@ func requestVersion(r *http.Request, session *sessionClaims) (string, error) {
 	case session != nil && session.Version != "":
 		return session.Version, nil
 	}
-	return defaultVersion, nil
-}
-
-func quote(s string) string {
-	if len(s) > 64 {
-		s = s[:64] + "..."
-	}
-	return `"` + strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f || r == '"' {
-			return '?'
-		}
-		return r
-	}, s) + `"`
+	return mcpwire.DefaultVersion, nil
 }
 
 // checkContentType requires a JSON body, as Streamable HTTP does.
@@ -88,14 +62,4 @@ func checkAccept(r *http.Request, want ...string) error {
 		}
 	}
 	return nil
-}
-
-// initializeVersion is params.protocolVersion of an initialize request, or
-// "" when it has none.
-func initializeVersion(params json.RawMessage) string {
-	var p struct {
-		ProtocolVersion string `json:"protocolVersion"`
-	}
-	_ = json.Unmarshal(params, &p)
-	return p.ProtocolVersion
 }

@@ -6,6 +6,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/ctxgate/ctxgate/mcpwire"
 )
 
 // wantHTTPError checks that err is an *Error with the given status and
@@ -40,7 +42,7 @@ func TestRequestVersion(t *testing.T) {
 		// A 2025-11-25 session asking for 2025-03-26 would get batches back.
 		{name: "header differs from the session", header: []string{"2025-03-26"}, session: &sessionClaims{Version: "2025-11-25"}, wantStatus: http.StatusBadRequest},
 		{name: "session fallback", session: &sessionClaims{Version: "2025-06-18"}, want: "2025-06-18"},
-		{name: "session without version: default", session: &sessionClaims{}, want: defaultVersion},
+		{name: "session without version: default", session: &sessionClaims{}, want: mcpwire.DefaultVersion},
 		{name: "no header, no session: default", want: "2025-03-26"},
 		{name: "every supported version", header: []string{"2025-03-26"}, want: "2025-03-26"},
 		{name: "unsupported", header: []string{"2024-11-05"}, wantStatus: http.StatusBadRequest},
@@ -141,36 +143,5 @@ func TestCheckContentType(t *testing.T) {
 			}
 			wantHTTPError(t, checkContentType(r), tt.wantStatus, CodeInvalidRequest)
 		})
-	}
-}
-
-func TestAllowsBatch(t *testing.T) {
-	tests := []struct {
-		version string
-		want    bool
-	}{
-		{version: "2025-03-26", want: true},
-		{version: "2025-06-18", want: false},
-		{version: "2025-11-25", want: false},
-		{version: "2024-11-05", want: false},
-		{version: "", want: false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.version, func(t *testing.T) {
-			if got := allowsBatch(tt.version); got != tt.want {
-				t.Errorf("allowsBatch(%q) = %v, want %v", tt.version, got, tt.want)
-			}
-		})
-	}
-}
-
-func TestSupportedVersions(t *testing.T) {
-	if !isSupportedVersion(defaultVersion) {
-		t.Errorf("defaultVersion %q is not a supported version", defaultVersion)
-	}
-	for _, v := range supportedVersions {
-		if !isSupportedVersion(v) {
-			t.Errorf("isSupportedVersion(%q) = false", v)
-		}
 	}
 }

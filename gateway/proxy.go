@@ -304,7 +304,7 @@ func messagePayloads(body []byte, sse bool) [][]byte {
 	var payloads [][]byte
 	events := newSSEReader(bytes.NewReader(body))
 	for {
-		ev, err := events.next()
+		ev, err := events.Next()
 		if err != nil {
 			return payloads
 		}

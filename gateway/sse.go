@@ -1,8 +1,6 @@
 package gateway
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,144 +8,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ctxgate/ctxgate/mcpwire"
 )
-
-// maxSSEEventBytes bounds one server-sent event from an upstream. An
-// upstream that never ends an event cannot grow the gateway's memory.
-const maxSSEEventBytes = 16 << 20
-
-var errSSEEventTooLarge = fmt.Errorf("upstream SSE event larger than %d bytes", maxSSEEventBytes)
-
-// sseEvent is one event of a text/event-stream, with every field the MCP
-// transport uses kept, so relaying it re-emits the same event: ids (for
-// Last-Event-ID resumption), retry (for polling), comments (keep-alives) and
-// empty-data priming events.
-type sseEvent struct {
-	ID       string
-	HasID    bool
-	Event    string
-	Data     []byte // lines joined with \n, as the SSE spec assembles them
-	HasData  bool
-	Retry    string
-	Comments []string
-}
-
-// sseReader parses a text/event-stream per the WHATWG rules: lines end in
-// \n, \r\n or \r; a blank line ends an event; "field: value" drops one
-// leading space; unknown fields are ignored.
-type sseReader struct {
-	r *bufio.Reader
-	// skipLF: the last line ended in \r, so a \n right after it belongs to
-	// that line ending. Remembered rather than peeked at, so an event ended
-	// by a lone \r is delivered at once, not when the next byte arrives.
-	skipLF bool
-}
-
-func newSSEReader(r io.Reader) *sseReader {
-	return &sseReader{r: bufio.NewReaderSize(r, 32<<10)}
-}
-
-// next returns the next event, io.EOF at a clean end of stream, and
-// io.ErrUnexpectedEOF when the stream ends inside an event.
-func (s *sseReader) next() (*sseEvent, error) {
-	ev := &sseEvent{}
-	size, lines := 0, 0
-	for {
-		line, err := s.readLine(maxSSEEventBytes - size)
-		if err != nil {
-			if err == io.EOF && lines > 0 {
-				return nil, io.ErrUnexpectedEOF
-			}
-			return nil, err
-		}
-		if len(line) == 0 {
-			if lines == 0 {
-				continue // stray blank lines between events
-			}
-			return ev, nil
-		}
-		lines++
-		size += len(line) + 1
-		ev.addField(line)
-	}
-}
-
-func (ev *sseEvent) addField(line []byte) {
-	name, value, found := bytes.Cut(line, []byte{':'})
-	if found && len(value) > 0 && value[0] == ' ' {
-		value = value[1:]
-	}
-	switch {
-	case len(name) == 0:
-		ev.Comments = append(ev.Comments, string(value))
-	case string(name) == "data":
-		if ev.HasData {
-			ev.Data = append(ev.Data, '\n')
-		}
-		ev.Data = append(ev.Data, value...)
-		ev.HasData = true
-	case string(name) == "id":
-		ev.ID, ev.HasID = string(value), true
-	case string(name) == "event":
-		ev.Event = string(value)
-	case string(name) == "retry":
-		ev.Retry = string(value)
-	}
-}
-
-// readLine reads one line without its terminator, accepting \n, \r\n and \r.
-func (s *sseReader) readLine(limit int) ([]byte, error) {
-	var line []byte
-	for {
-		b, err := s.r.ReadByte()
-		if err != nil {
-			if err == io.EOF && len(line) > 0 {
-				return nil, io.ErrUnexpectedEOF
-			}
-			return nil, err
-		}
-		if s.skipLF {
-			s.skipLF = false
-			if b == '\n' {
-				continue
-			}
-		}
-		switch b {
-		case '\n':
-			return line, nil
-		case '\r':
-			s.skipLF = true
-			return line, nil
-		}
-		if len(line) >= limit {
-			return nil, errSSEEventTooLarge
-		}
-		line = append(line, b)
-	}
-}
-
-// appendTo encodes the event. Data containing newlines becomes several data
-// lines, which the client joins back.
-func (ev *sseEvent) appendTo(b []byte) []byte {
-	for _, c := range ev.Comments {
-		b = append(append(append(b, ':', ' '), c...), '\n')
-	}
-	if ev.HasID {
-		b = append(append(append(b, "id: "...), ev.ID...), '\n')
-	}
-	if ev.Event != "" {
-		b = append(append(append(b, "event: "...), ev.Event...), '\n')
-	}
-	if ev.Retry != "" {
-		b = append(append(append(b, "retry: "...), ev.Retry...), '\n')
-	}
-	if ev.HasData {
-		for line := range bytes.SplitSeq(ev.Data, []byte{'\n'}) {
-			b = append(append(append(b, "data: "...), line...), '\n')
-		}
-	}
-	return append(b, '\n')
-}
 
 // streamLimits bound one relayed stream; a zero field is no bound.
 type streamLimits struct {
@@ -209,7 +72,7 @@ type sseRelay struct {
 // sseResult is what the parser hands over: an event or the error that
 // ended the upstream stream.
 type sseResult struct {
-	ev  *sseEvent
+	ev  *mcpwire.Event
 	err error
 }
 
@@ -222,7 +85,7 @@ func newSSERelay(upstream io.ReadCloser, stop context.Context, limits streamLimi
 	s.idle = newTimer(limits.idle)
 	s.deadline = newTimer(limits.max)
 	s.quiet = newTimer(limits.keepalive)
-	go s.parse(newSSEReader(upstream))
+	go s.parse(mcpwire.NewReader(upstream))
 	return s
 }
 
@@ -248,9 +111,9 @@ func resetTimer(t *time.Timer, d time.Duration) {
 }
 
 // parse reads upstream events until the stream ends or the relay quits.
-func (s *sseRelay) parse(events *sseReader) {
+func (s *sseRelay) parse(events *mcpwire.Reader) {
 	for {
-		ev, err := events.next()
+		ev, err := events.Next()
 		select {
 		case s.events <- sseResult{ev, err}:
 		case <-s.quit:
@@ -341,7 +204,7 @@ func (s *sseRelay) take(r sseResult) error {
 			ev.Data = data
 		}
 	}
-	s.pending = ev.appendTo(s.pending[:0])
+	s.pending = ev.AppendTo(s.pending[:0])
 	return nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/ctxgate/ctxgate/mcpwire"
 	"github.com/ctxgate/ctxgate/upstream"
 )
 
@@ -64,11 +65,8 @@ func (s *Server) learnToolsBeforeCall(ctx context.Context, fwd *forward, st *req
 	if req.Method != "tools/call" || fwd.federation != "" {
 		return // federated routes learn names their own way (fedRequest.routed)
 	}
-	var params struct {
-		Name string          `json:"name"`
-		Meta json.RawMessage `json:"_meta"`
-	}
-	if json.Unmarshal(req.Params, &params) != nil || params.Name == "" {
+	params := mcpwire.ParamsOf(req)
+	if params == nil || params.Name == "" {
 		return
 	}
 	name := fwd.route.upstream.Name
@@ -93,7 +91,7 @@ func (s *Server) learnToolsBeforeCall(ctx context.Context, fwd *forward, st *req
 	_, _, _ = f.flight.Do(name, func() (any, error) {
 		fctx, cancel := context.WithTimeout(trace.ContextWithSpan(context.Background(), trace.SpanFromContext(ctx)), toolFetchTimeout)
 		defer cancel()
-		err := s.fetchToolList(upstream.WithRetry(fctx, upstream.RetrySafe), fwd, st.version, params.Meta)
+		err := s.fetchToolList(upstream.WithRetry(fctx, upstream.RetrySafe), fwd, st.version, json.RawMessage(params.Meta))
 		if err != nil {
 			loggerOf(ctx, s.log).Warn("could not read the upstream's tools/list before a call; the tool is decided as unknown", "upstream", name, "error", err)
 			f.mu.Lock()

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -61,7 +62,7 @@ func countingProjectAll(t *testing.T) (string, *atomic.Int64, *atomic.Int64) {
 // (policies/authz.rego) in front of upstreamURL.
 func shippedPolicyGateway(t *testing.T, upstreamURL string) string {
 	t.Helper()
-	engine, err := policy.New(policy.Options{Dir: filepath.Join("..", "policies")})
+	engine, err := policy.New(policy.Options{Dir: filepath.Join("..", "policies"), Timeout: time.Minute}) // never the production 100 ms: tests do not depend on timing
 	if err != nil {
 		t.Fatal(err)
 	}

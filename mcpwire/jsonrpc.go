@@ -1,4 +1,4 @@
-package gateway
+package mcpwire
 
 import (
 	"bytes"
@@ -15,9 +15,9 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 )
 
-// maxJSONDepth bounds nesting. MCP messages are shallow; deep nesting only
+// MaxDepth bounds nesting. MCP messages are shallow; deep nesting only
 // serves to exhaust a parser somewhere behind us.
-const maxJSONDepth = 64
+const MaxDepth = 64
 
 // envelopeKeys are the members a JSON-RPC 2.0 message object may have.
 var envelopeKeys = map[string]bool{"jsonrpc": true, "id": true, "method": true, "params": true, "result": true, "error": true}
@@ -61,25 +61,30 @@ func (m *Message) IsCall() bool {
 	return r != nil && r.ID.IsValid()
 }
 
-// jsonLimits are the decode budget of one client message
+// Limits are the decode budget of one client message
 // (server.max_json_values, server.max_json_string_bytes); a zero field
 // bounds nothing (the gateway's own messages).
-type jsonLimits struct {
-	values      int
-	stringBytes int
+type Limits struct {
+	// Values bounds the JSON values and member names of the message.
+	Values int
+	// StringBytes bounds each string and number, as sent (escapes and
+	// quotes included).
+	StringBytes int
 }
 
 var (
-	// errOverBudget marks a body over its jsonLimits: answered 413 before
+	// ErrOverBudget marks a body over its Limits: answered 413 before
 	// anything but the strict check has read it.
-	errOverBudget = errors.New("over the decode budget")
-	errBatch      = errors.New("body is a JSON array (a JSON-RPC batch)")
-	// errMalformed marks bytes that are not JSON at all (JSON-RPC's parse
+	ErrOverBudget = errors.New("over the decode budget")
+	// ErrBatch marks a body that is a JSON array, which the caller accepts
+	// or refuses by protocol version (AllowsBatch).
+	ErrBatch = errors.New("body is a JSON array (a JSON-RPC batch)")
+	// ErrMalformed marks bytes that are not JSON at all (JSON-RPC's parse
 	// error), as opposed to JSON that is not an acceptable message.
-	errMalformed = errors.New("malformed JSON")
+	ErrMalformed = errors.New("malformed JSON")
 )
 
-// decodeMessage strictly decodes one JSON-RPC message. It rejects, before
+// Decode strictly decodes one JSON-RPC message. It rejects, before
 // anything else sees the bytes:
 //   - invalid JSON and invalid UTF-8 (jsontext's defaults);
 //   - duplicate member names at any depth: Go's encoding/json keeps the last
@@ -90,28 +95,28 @@ var (
 //   - envelope members other than the six JSON-RPC 2.0 defines, in any case;
 //   - ids that are not a string or an integer (the SDK would truncate 1.5 to 1).
 //
-// A client request's params are then checked by checkParams (params.go).
+// A client request's params are then checked by CheckParams (params.go).
 //
-// A JSON array is reported as errBatch so the caller can answer by protocol
+// A JSON array is reported as ErrBatch so the caller can answer by protocol
 // version.
-func decodeMessage(data []byte) (*Message, error) {
-	return decodeMessageWith(data, jsonLimits{})
+func Decode(data []byte) (*Message, error) {
+	return DecodeWith(data, Limits{})
 }
 
-// decodeMessageWith is decodeMessage within a decode budget, checked in
+// DecodeWith is Decode within a decode budget, checked in
 // the first pass, before anything is allocated per value. The message
 // keeps slices of data (Raw, params): data must not change while it is
 // used.
-func decodeMessageWith(data []byte, lim jsonLimits) (*Message, error) {
+func DecodeWith(data []byte, lim Limits) (*Message, error) {
 	trimmed := bytes.TrimLeft(data, " \t\r\n")
 	if len(trimmed) == 0 {
-		return nil, fmt.Errorf("%w: empty body", errMalformed)
+		return nil, fmt.Errorf("%w: empty body", ErrMalformed)
 	}
 	if len(trimmed) > 0 && trimmed[0] == '[' {
 		if err := checkStrictWith(data, lim); err != nil {
 			return nil, err
 		}
-		return nil, errBatch
+		return nil, ErrBatch
 	}
 	if err := checkStrictWith(data, lim); err != nil {
 		return nil, err
@@ -132,13 +137,13 @@ func decodeMessageWith(data []byte, lim jsonLimits) (*Message, error) {
 	return &Message{Raw: data, Msg: msg}, nil
 }
 
-// checkStrict walks every token once, rejecting duplicate and case-variant
+// CheckStrict walks every token once, rejecting duplicate and case-variant
 // member names and excessive depth.
-func checkStrict(data []byte) error { return checkStrictWith(data, jsonLimits{}) }
+func CheckStrict(data []byte) error { return checkStrictWith(data, Limits{}) }
 
-// checkStrictWith is checkStrict within a decode budget: it counts every
+// checkStrictWith is CheckStrict within a decode budget: it counts every
 // value and member name, and measures every string as sent.
-func checkStrictWith(data []byte, lim jsonLimits) error {
+func checkStrictWith(data []byte, lim Limits) error {
 	// A bytes.Buffer is parsed in place, without a copy of the body.
 	dec := jsontext.NewDecoder(bytes.NewBuffer(data))
 	// One set of folded names per open object; nil entries for arrays.
@@ -154,21 +159,21 @@ func checkStrictWith(data []byte, lim jsonLimits) error {
 			return fmt.Errorf("duplicate member name: %w", err)
 		}
 		if err != nil {
-			return fmt.Errorf("%w: %w", errMalformed, err)
+			return fmt.Errorf("%w: %w", ErrMalformed, err)
 		}
 		if k := tok.Kind(); k != '}' && k != ']' {
 			values++
-			if lim.values > 0 && values > lim.values {
-				return fmt.Errorf("%w: more than %d JSON values (server.max_json_values)", errOverBudget, lim.values)
+			if lim.Values > 0 && values > lim.Values {
+				return fmt.Errorf("%w: more than %d JSON values (server.max_json_values)", ErrOverBudget, lim.Values)
 			}
-			if (k == '"' || k == '0') && lim.stringBytes > 0 && rawLen(data, start, dec.InputOffset()) > int64(lim.stringBytes) {
-				return fmt.Errorf("%w: a string or number longer than %d bytes (server.max_json_string_bytes)", errOverBudget, lim.stringBytes)
+			if (k == '"' || k == '0') && lim.StringBytes > 0 && rawLen(data, start, dec.InputOffset()) > int64(lim.StringBytes) {
+				return fmt.Errorf("%w: a string or number longer than %d bytes (server.max_json_string_bytes)", ErrOverBudget, lim.StringBytes)
 			}
 		}
 		switch tok.Kind() {
 		case '{', '[':
-			if dec.StackDepth() > maxJSONDepth {
-				return fmt.Errorf("JSON nested deeper than %d levels", maxJSONDepth)
+			if dec.StackDepth() > MaxDepth {
+				return fmt.Errorf("JSON nested deeper than %d levels", MaxDepth)
 			}
 			var set map[string]struct{}
 			if tok.Kind() == '{' {
@@ -181,7 +186,7 @@ func checkStrictWith(data []byte, lim jsonLimits) error {
 			kind, length := dec.StackIndex(dec.StackDepth())
 			// In an object, every odd token is a member name.
 			if kind == '{' && length%2 == 1 {
-				folded := foldName(tok.String())
+				folded := FoldName(tok.String())
 				set := names[len(names)-1]
 				if _, dup := set[folded]; dup {
 					return fmt.Errorf("duplicate or case-variant member name %q", tok.String())
@@ -194,7 +199,7 @@ func checkStrictWith(data []byte, lim jsonLimits) error {
 			// SDK decoder would see only the first: the gateway would check
 			// one message and forward two.
 			if _, err := dec.ReadToken(); err != io.EOF {
-				return fmt.Errorf("%w: data after the JSON-RPC message", errMalformed)
+				return fmt.Errorf("%w: data after the JSON-RPC message", ErrMalformed)
 			}
 			return nil
 		}
@@ -211,12 +216,12 @@ func rawLen(data []byte, start, end int64) int64 {
 	return end - start
 }
 
-// foldName maps a member name to a key shared by every name that
+// FoldName maps a member name to a key shared by every name that
 // encoding/json would match to it: each rune becomes the smallest rune of
 // its Unicode simple-fold orbit, so "NAME", "name" and "nAme" collide, and
 // so do "arguments" and "argumentſ" (U+017F folds to s) or "k" and the
 // Kelvin sign. strings.ToLower alone misses those.
-func foldName(name string) string {
+func FoldName(name string) string {
 	ascii := true
 	for i := 0; i < len(name); i++ {
 		if name[i] >= utf8.RuneSelf {
@@ -289,10 +294,10 @@ func checkID(v jsontext.Value) error {
 	return errors.New("id must be a string or an integer")
 }
 
-// peekID reads the top-level id of a message that failed strict decoding,
+// PeekID reads the top-level id of a message that failed strict decoding,
 // for the error response. It returns nil unless there is exactly one
 // top-level "id" member holding a string or an integer.
-func peekID(data []byte) any {
+func PeekID(data []byte) any {
 	// A bytes.Buffer is parsed in place: a refused body costs no copy.
 	dec := jsontext.NewDecoder(bytes.NewBuffer(data), jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true))
 	if tok, err := dec.ReadToken(); err != nil || tok.Kind() != '{' {

@@ -1,4 +1,4 @@
-package gateway
+package mcpwire
 
 import (
 	"errors"
@@ -21,12 +21,12 @@ import (
 // format characters (bidi overrides, zero-width space) are invisible to a
 // person reviewing a log or a policy. Each of those is refused here.
 
-// checkName checks a tool or prompt name. MCP (2025-11-25) recommends
+// CheckName checks a tool or prompt name. MCP (2025-11-25) recommends
 // 1-128 characters of [A-Za-z0-9_.-]; servers in use go beyond that (other
 // characters, longer names with a federated prefix), so only what can make
 // two readers disagree is refused: the empty name, control and format
 // characters, and whitespace other than an inner space.
-func checkName(name string) error {
+func CheckName(name string) error {
 	if name == "" {
 		return errors.New("must not be empty")
 	}
@@ -41,12 +41,12 @@ func checkName(name string) error {
 	return nil
 }
 
-// checkURI checks a resource URI (or a URI template, as completion's
+// CheckURI checks a resource URI (or a URI template, as completion's
 // ref.uri names one): an absolute URI (RFC 3986 §4.3) with a scheme in its
 // canonical lower case, no control, format or surrounding whitespace
 // characters, no backslash, and only well-formed percent-encodings. The
 // scheme must be literal: "%73ecret://" is not "secret://" to the policy.
-func checkURI(uri string) error {
+func CheckURI(uri string) error {
 	if err := checkText(uri); err != nil {
 		return err
 	}
@@ -87,7 +87,7 @@ func checkScheme(scheme string) error {
 			return errors.New("scheme must be in lower case (its canonical form, RFC 3986 §3.1)")
 		case i > 0 && (c >= '0' && c <= '9' || c == '+' || c == '-' || c == '.'):
 		default:
-			return fmt.Errorf("scheme %s is not a URI scheme (RFC 3986 §3.1)", quote(scheme))
+			return fmt.Errorf("scheme %s is not a URI scheme (RFC 3986 §3.1)", Quote(scheme))
 		}
 	}
 	return nil

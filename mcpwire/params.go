@@ -1,4 +1,4 @@
-package gateway
+package mcpwire
 
 import (
 	"bytes"
@@ -31,10 +31,14 @@ import (
 //
 // Members not in the table (extensions) are left alone, as the SDKs leave
 // them.
+//
+// The same walk keeps what the gateway reads (Params): the name, URI,
+// cursor, arguments and _meta members, so no reader downstream decodes
+// params again.
 
-// errInvalidParams marks a request whose params fail the table: the
+// ErrInvalidParams marks a request whose params fail the table: the
 // client's answer is -32602.
-var errInvalidParams = errors.New("invalid params")
+var ErrInvalidParams = errors.New("invalid params")
 
 // paramMember is one member of a params object (or of an object inside).
 type paramMember struct {
@@ -48,19 +52,21 @@ type paramMember struct {
 	check func(string) error
 	// members, for an object, are its own typed members, checked alike.
 	members *memberSet
+	// keep names the Params field the value is kept in; 0 keeps nothing.
+	keep field
 }
 
 // memberSet is a table of members, with each name's case fold so a case
 // variant is found without scanning.
 type memberSet struct {
 	byName map[string]paramMember
-	byFold map[string]string // foldName(name) -> name
+	byFold map[string]string // FoldName(name) -> name
 }
 
 func memberTable(table map[string]paramMember) *memberSet {
 	set := &memberSet{byName: table, byFold: make(map[string]string, len(table))}
 	for name := range table {
-		set.byFold[foldName(name)] = name
+		set.byFold[FoldName(name)] = name
 	}
 	return set
 }
@@ -68,34 +74,39 @@ func memberTable(table map[string]paramMember) *memberSet {
 // requestMetaMembers are the members of params._meta the gateway reads.
 var requestMetaMembers = memberTable(map[string]paramMember{
 	"progressToken":        {kinds: `"0`},
-	metaProtocolVersion:    {kinds: `"`},
-	metaClientCapabilities: {kinds: `{`},
-	metaIdempotencyKey:     {kinds: `"`},
+	MetaProtocolVersion:    {kinds: `"`, keep: fieldMetaVersion},
+	MetaClientCapabilities: {kinds: `{`, keep: fieldMetaCapabilities},
+	MetaIdempotencyKey:     {kinds: `"`, keep: fieldIdempotencyKey},
 	"traceparent":          {kinds: `"`},
 	"tracestate":           {kinds: `"`},
 })
 
 var (
-	metaMember   = paramMember{kinds: `{`, members: requestMetaMembers}
-	cursorMember = paramMember{kinds: `"`}
-	uriMember    = paramMember{kinds: `"`, required: true, check: checkURI}
-	nameMember   = paramMember{kinds: `"`, required: true, check: checkName}
-	objectMember = paramMember{kinds: `{`}
+	metaMember      = paramMember{kinds: `{`, members: requestMetaMembers, keep: fieldMeta}
+	cursorMember    = paramMember{kinds: `"`, keep: fieldCursor}
+	uriMember       = paramMember{kinds: `"`, required: true, check: CheckURI, keep: fieldURI}
+	nameMember      = paramMember{kinds: `"`, required: true, check: CheckName, keep: fieldName}
+	argumentsMember = paramMember{kinds: `{`, keep: fieldArguments}
+	objectMember    = paramMember{kinds: `{`}
 )
 
 // methodParams are the typed members of each method's params; every table
 // also has _meta. A method not listed has _meta only.
 var methodParams = func() map[string]*memberSet {
 	tables := map[string]map[string]paramMember{
-		"initialize":            {"protocolVersion": {kinds: `"`}, "capabilities": objectMember, "clientInfo": objectMember},
-		"tools/call":            {"name": nameMember, "arguments": objectMember, "task": objectMember},
-		"prompts/get":           {"name": nameMember, "arguments": objectMember},
+		"initialize": {
+			"protocolVersion": {kinds: `"`, keep: fieldProtocolVersion},
+			"capabilities":    {kinds: `{`, keep: fieldCapabilities},
+			"clientInfo":      objectMember,
+		},
+		"tools/call":            {"name": nameMember, "arguments": argumentsMember, "task": objectMember},
+		"prompts/get":           {"name": nameMember, "arguments": argumentsMember},
 		"resources/read":        {"uri": uriMember},
 		"resources/subscribe":   {"uri": uriMember},
 		"resources/unsubscribe": {"uri": uriMember},
 		"completion/complete": {
 			"ref": {kinds: `{`, members: memberTable(map[string]paramMember{
-				"type": {kinds: `"`}, "name": {kinds: `"`, check: checkName}, "uri": {kinds: `"`, check: checkURI},
+				"type": {kinds: `"`}, "name": {kinds: `"`, check: CheckName}, "uri": {kinds: `"`, check: CheckURI},
 			})},
 			"argument": {kinds: `{`, members: memberTable(map[string]paramMember{"name": {kinds: `"`}, "value": {kinds: `"`}})},
 			"context":  {kinds: `{`, members: memberTable(map[string]paramMember{"arguments": objectMember})},
@@ -128,31 +139,52 @@ var commonParams = map[string]paramMember{"_meta": metaMember, "inputResponses":
 // otherParams is the table of a method methodParams does not list.
 var otherParams = memberTable(maps.Clone(commonParams))
 
-// checkParams checks a strictly decoded request's params against its
-// method's table. The error wraps errInvalidParams.
-func checkParams(req *jsonrpc.Request) error {
+// ReadParams checks a strictly decoded request's params against its
+// method's table and returns the members the gateway reads. The error
+// wraps ErrInvalidParams.
+func ReadParams(req *jsonrpc.Request) (*Params, error) {
 	set := methodParams[req.Method]
 	if set == nil {
 		set = otherParams
 	}
+	p := &Params{method: req.Method}
 	raw := bytes.TrimSpace(req.Params)
 	if len(raw) == 0 || string(raw) == "null" {
 		if name := set.firstRequired(); name != "" {
-			return fmt.Errorf("%w: params.%s is required", errInvalidParams, name)
+			return nil, fmt.Errorf("%w: params.%s is required", ErrInvalidParams, name)
 		}
-		return nil
+		return p, nil
 	}
 	if raw[0] != '{' {
-		return fmt.Errorf("%w: params must be an object", errInvalidParams)
+		return nil, fmt.Errorf("%w: params must be an object", ErrInvalidParams)
 	}
-	dec := jsontext.NewDecoder(bytes.NewBuffer(raw))
-	if _, err := dec.ReadToken(); err != nil {
-		return fmt.Errorf("%w: %w", errInvalidParams, err)
+	r := &paramsReader{dec: jsontext.NewDecoder(bytes.NewBuffer(raw)), data: raw, out: p}
+	if _, err := r.dec.ReadToken(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidParams, err)
 	}
-	if err := set.check(dec, "params"); err != nil {
-		return fmt.Errorf("%w: %w", errInvalidParams, err)
+	if err := set.check(r, "params"); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidParams, err)
 	}
-	return nil
+	return p, nil
+}
+
+// paramsReader is one walk of a params object: the decoder over data,
+// and the Params it fills.
+type paramsReader struct {
+	dec  *jsontext.Decoder
+	data []byte
+	out  *Params
+}
+
+// keep stores the value that ended at the decoder's offset and began
+// after start (the end of its name) in the Params field f; s is the
+// value's decoded string, if it is one.
+func (r *paramsReader) keep(f field, start int64, s string) {
+	if f == 0 {
+		return
+	}
+	raw := bytes.TrimLeft(r.data[start:r.dec.InputOffset()], " \t\r\n:")
+	r.out.set(f, jsontext.Value(raw), s)
 }
 
 // firstRequired names a required member (the first in name order), or "".
@@ -168,7 +200,8 @@ func (set *memberSet) firstRequired() string {
 
 // check reads the members of an object whose '{' dec has just read, up to
 // and including its '}'.
-func (set *memberSet) check(dec *jsontext.Decoder, path string) error {
+func (set *memberSet) check(r *paramsReader, path string) error {
+	dec := r.dec
 	seen := map[string]bool{}
 	for dec.PeekKind() != '}' {
 		tok, err := dec.ReadToken()
@@ -178,8 +211,8 @@ func (set *memberSet) check(dec *jsontext.Decoder, path string) error {
 		name := tok.String()
 		m, known := set.byName[name]
 		if !known {
-			if exact, variant := set.byFold[foldName(name)]; variant {
-				return fmt.Errorf("member %s.%s is a case variant of %s.%s: spell it exactly", path, quote(name), path, exact)
+			if exact, variant := set.byFold[FoldName(name)]; variant {
+				return fmt.Errorf("member %s.%s is a case variant of %s.%s: spell it exactly", path, Quote(name), path, exact)
 			}
 			if err := dec.SkipValue(); err != nil {
 				return err
@@ -187,7 +220,7 @@ func (set *memberSet) check(dec *jsontext.Decoder, path string) error {
 			continue
 		}
 		seen[name] = true
-		if err := m.checkValue(dec, path+"."+name); err != nil {
+		if err := m.checkValue(r, path+"."+name); err != nil {
 			return err
 		}
 	}
@@ -203,11 +236,17 @@ func (set *memberSet) check(dec *jsontext.Decoder, path string) error {
 }
 
 // checkValue reads one member's value and checks its type, its string and
-// its own members.
-func (m paramMember) checkValue(dec *jsontext.Decoder, path string) error {
+// its own members, keeping it if the member says so.
+func (m paramMember) checkValue(r *paramsReader, path string) error {
+	dec := r.dec
+	start := dec.InputOffset()
 	kind := dec.PeekKind()
 	if kind == 'n' && !m.required {
-		return dec.SkipValue()
+		if err := dec.SkipValue(); err != nil {
+			return err
+		}
+		r.keep(m.keep, start, "")
+		return nil
 	}
 	if kind == 'f' {
 		kind = 't' // a boolean, as kinds spells it
@@ -216,22 +255,34 @@ func (m paramMember) checkValue(dec *jsontext.Decoder, path string) error {
 		return fmt.Errorf("%s must be %s, not %s", path, kindNames(m.kinds), kindName(kind))
 	}
 	switch {
-	case kind == '"' && m.check != nil:
+	case kind == '"' && (m.check != nil || m.keep != 0):
 		tok, err := dec.ReadToken()
 		if err != nil {
 			return err
 		}
-		if err := m.check(tok.String()); err != nil {
-			return fmt.Errorf("%s: %w", path, err)
+		s := tok.String()
+		if m.check != nil {
+			if err := m.check(s); err != nil {
+				return fmt.Errorf("%s: %w", path, err)
+			}
 		}
+		r.keep(m.keep, start, s)
 		return nil
 	case kind == '{' && m.members != nil:
 		if _, err := dec.ReadToken(); err != nil {
 			return err
 		}
-		return m.members.check(dec, path)
+		if err := m.members.check(r, path); err != nil {
+			return err
+		}
+		r.keep(m.keep, start, "")
+		return nil
 	}
-	return dec.SkipValue()
+	if err := dec.SkipValue(); err != nil {
+		return err
+	}
+	r.keep(m.keep, start, "")
+	return nil
 }
 
 func kindNames(kinds string) string {
@@ -260,15 +311,16 @@ func kindName(k jsontext.Kind) string {
 	return "a JSON value"
 }
 
-// paramsObject decodes a checked request's params for the policy input:
+// DecodeObject decodes a checked request's params (or a member of them)
+// for the policy input:
 // the document encoding/json decodes with UseNumber (objects as
 // map[string]any, arrays as []any, numbers as json.Number, kept exactly as
 // sent), for a fraction of its memory. A first pass counts the members of
 // every object and array, so each is allocated once at its final size:
 // encoding/json appends, and its appends allocate some five times a large
 // array's size on the way (a 500,000-element array cost 40 MB). nil when
-// params are not an object.
-func paramsObject(raw []byte) map[string]any {
+// raw is not an object.
+func DecodeObject(raw []byte) map[string]any {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || raw[0] != '{' {
 		return nil

@@ -1,4 +1,4 @@
-package gateway
+package mcpwire
 
 import (
 	"bytes"
@@ -13,7 +13,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 )
 
-// decodeRPC decodes one JSON-RPC message into the SDK's types, as
+// DecodeRPC decodes one JSON-RPC message into the SDK's types, as
 // jsonrpc.DecodeMessage does, but stricter and cheaper: the SDK's decoder
 // allocates a 32 KiB buffer per call (twice per message), which was a
 // fifth of the gateway's CPU on a cached answer, and it keeps the last of
@@ -24,9 +24,9 @@ import (
 // integer or null is an error, so a message the gateway reads one way
 // cannot be read another way downstream. Other extension members are
 // tolerated, as the SDK tolerates them. params and result stay raw bytes.
-func decodeRPC(data []byte) (jsonrpc.Message, error) { return decodeRPCFrom(data, false) }
+func DecodeRPC(data []byte) (jsonrpc.Message, error) { return decodeRPCFrom(data, false) }
 
-// decodeRPCInPlace is decodeRPC for bytes that never change while the
+// decodeRPCInPlace is DecodeRPC for bytes that never change while the
 // message is used (a client's body, kept whole as fwd.body): params and
 // result are slices of data, not copies of it.
 func decodeRPCInPlace(data []byte) (jsonrpc.Message, error) { return decodeRPCFrom(data, true) }

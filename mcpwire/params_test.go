@@ -1,4 +1,4 @@
-package gateway
+package mcpwire
 
 import (
 	"encoding/json"
@@ -7,9 +7,17 @@ import (
 	"testing"
 	"unicode"
 
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 )
+
+// checkParams is ReadParams' verdict alone.
+func checkParams(req *jsonrpc.Request) error {
+	_, err := ReadParams(req)
+	return err
+}
 
 func request(method, params string) *jsonrpc.Request {
 	r := &jsonrpc.Request{Method: method}
@@ -110,15 +118,15 @@ func TestCheckParams(t *testing.T) {
 	for _, tt := range acceptedParams {
 		t.Run("accepts "+tt.name, func(t *testing.T) {
 			if err := checkParams(request(tt.method, tt.params)); err != nil {
-				t.Errorf("checkParams(%s %s) = %v, want nil", tt.method, tt.params, err)
+				t.Errorf("CheckParams(%s %s) = %v, want nil", tt.method, tt.params, err)
 			}
 		})
 	}
 	for _, tt := range refusedParams {
 		t.Run("refuses "+tt.name, func(t *testing.T) {
 			err := checkParams(request(tt.method, tt.params))
-			if !errors.Is(err, errInvalidParams) || !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("checkParams(%s %s) = %v, want errInvalidParams containing %q", tt.method, tt.params, err, tt.want)
+			if !errors.Is(err, ErrInvalidParams) || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("CheckParams(%s %s) = %v, want ErrInvalidParams containing %q", tt.method, tt.params, err, tt.want)
 			}
 		})
 	}
@@ -139,19 +147,21 @@ func FuzzCheckParams(f *testing.F) {
 		if !json.Valid([]byte(params)) && params != "" {
 			return // the strict decode refuses it before checkParams
 		}
-		if err := checkParams(request(method, params)); err != nil {
-			if !errors.Is(err, errInvalidParams) {
-				t.Fatalf("error %v does not wrap errInvalidParams", err)
+		kept, err := ReadParams(request(method, params))
+		if err != nil {
+			if !errors.Is(err, ErrInvalidParams) {
+				t.Fatalf("error %v does not wrap ErrInvalidParams", err)
 			}
 			return
 		}
 		var exact map[string]any
 		_ = json.Unmarshal([]byte(params), &exact)
+		checkKept(t, method, params, kept)
 		var generic map[string]any
 		d := json.NewDecoder(strings.NewReader(params))
 		d.UseNumber()
-		if d.Decode(&generic) == nil && !cmp.Equal(generic, paramsObject([]byte(params))) {
-			t.Fatalf("paramsObject(%s) = %v, encoding/json (UseNumber) reads %v", params, paramsObject([]byte(params)), generic)
+		if d.Decode(&generic) == nil && !cmp.Equal(generic, DecodeObject([]byte(params))) {
+			t.Fatalf("DecodeObject(%s) = %v, encoding/json (UseNumber) reads %v", params, DecodeObject([]byte(params)), generic)
 		}
 		var folded struct {
 			Name      any `json:"name"`
@@ -184,6 +194,38 @@ func FuzzCheckParams(f *testing.F) {
 	})
 }
 
+// checkKept: what the check kept is what encoding/json reads of the exact
+// member names (the members are unambiguous once checked).
+func checkKept(t *testing.T, method, params string, kept *Params) {
+	t.Helper()
+	var exact map[string]json.RawMessage
+	_ = json.Unmarshal([]byte(params), &exact)
+	str := func(raw json.RawMessage) string { var s string; _ = json.Unmarshal(raw, &s); return s }
+	want := Params{}
+	if set := methodParams[method]; set != nil {
+		for name, m := range set.byName {
+			raw, ok := exact[name]
+			if !ok || m.keep == fieldNone {
+				continue
+			}
+			want.set(m.keep, jsontext.Value(raw), str(raw))
+		}
+	}
+	if raw, ok := exact["_meta"]; ok {
+		want.Meta = jsontext.Value(raw)
+		var meta map[string]json.RawMessage
+		_ = json.Unmarshal(raw, &meta)
+		for name, m := range requestMetaMembers.byName {
+			if v, ok := meta[name]; ok {
+				want.set(m.keep, jsontext.Value(v), str(v))
+			}
+		}
+	}
+	if diff := cmp.Diff(want, *kept, cmpopts.IgnoreUnexported(Params{}), cmp.Comparer(func(a, b jsontext.Value) bool { return string(a) == string(b) })); diff != "" {
+		t.Fatalf("%s %s: kept (-encoding/json +kept):\n%s", method, params, diff)
+	}
+}
+
 func jsonEqual(a, b any) bool {
 	x, _ := json.Marshal(a)
 	y, _ := json.Marshal(b)
@@ -192,13 +234,14 @@ func jsonEqual(a, b any) bool {
 
 // BenchmarkDecodeCall is the request side's decode of one 1 MB tools/call
 // (go test -bench DecodeCall -benchmem): the strict decode with the
-// default budget, then the policy input's params. B/op is the figure.
+// default budget, the params check, then the policy input's arguments.
+// B/op is the figure.
 func BenchmarkDecodeCall(b *testing.B) {
 	call := func(elem string, n int) []byte {
 		items := strings.TrimSuffix(strings.Repeat(elem+",", n), ",")
 		return []byte(`{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"items":[` + items + `]}}}`)
 	}
-	lim := jsonLimits{values: 100_000, stringBytes: 1 << 20}
+	lim := Limits{Values: 100_000, StringBytes: 1 << 20}
 	for _, bc := range []struct {
 		name string
 		body []byte
@@ -210,9 +253,9 @@ func BenchmarkDecodeCall(b *testing.B) {
 			b.SetBytes(int64(len(bc.body)))
 			b.ReportAllocs()
 			for b.Loop() {
-				msg, err := decodeMessageWith(bc.body, lim)
-				if err == nil {
-					_ = paramsObject(msg.Request().Params)
+				msg, err := DecodeWith(bc.body, lim)
+				if err == nil && msg.CheckParams() == nil {
+					_ = DecodeObject(msg.Params().Arguments)
 				}
 			}
 		})

@@ -1,4 +1,4 @@
-package gateway
+package mcpwire
 
 import (
 	"bytes"
@@ -79,13 +79,13 @@ var acceptedMessages = []struct {
 		wantMethod: "x", wantID: int64(1), wantCall: true,
 	},
 	{
-		name:       "nesting exactly maxJSONDepth objects",
-		in:         nestedObject(maxJSONDepth),
+		name:       "nesting exactly MaxDepth objects",
+		in:         nestedObject(MaxDepth),
 		wantMethod: "x", wantID: int64(1), wantCall: true,
 	},
 	{
-		name:       "nesting exactly maxJSONDepth arrays",
-		in:         nestedArray(maxJSONDepth),
+		name:       "nesting exactly MaxDepth arrays",
+		in:         nestedArray(MaxDepth),
 		wantMethod: "x", wantID: int64(1), wantCall: true,
 	},
 }
@@ -94,9 +94,9 @@ func TestDecodeMessageAccepts(t *testing.T) {
 	for _, tt := range acceptedMessages {
 		t.Run(tt.name, func(t *testing.T) {
 			in := []byte(tt.in)
-			m, err := decodeMessage(in)
+			m, err := Decode(in)
 			if err != nil {
-				t.Fatalf("decodeMessage(%q) = %v, want success", tt.in, err)
+				t.Fatalf("Decode(%q) = %v, want success", tt.in, err)
 			}
 			if !bytes.Equal(m.Raw, in) {
 				t.Errorf("Raw = %q, want exactly the input %q", m.Raw, in)
@@ -126,9 +126,9 @@ func TestDecodeMessageAccepts(t *testing.T) {
 	}
 }
 
-// rejectedMessages are messages decodeMessage must refuse. wantIs is the
-// sentinel the error must match; nil means it must match neither errMalformed
-// nor errBatch (an invalid request, not a parse error).
+// rejectedMessages are messages Decode must refuse. wantIs is the
+// sentinel the error must match; nil means it must match neither ErrMalformed
+// nor ErrBatch (an invalid request, not a parse error).
 var rejectedMessages = []struct {
 	name   string
 	in     string
@@ -151,9 +151,9 @@ var rejectedMessages = []struct {
 	{name: "id just above 2^53 (a float64 would change it)", in: `{"jsonrpc":"2.0","id":9007199254740993,"method":"ping"}`},
 	{name: "case variant by Unicode folding (U+017F folds to s)", in: `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":1},"argumentſ":{"a":2}}}`},
 	{name: "case variant by Kelvin sign", in: `{"jsonrpc":"2.0","id":1,"method":"x","params":{"k":1,"K":2}}`},
-	{name: "second message after the first", in: `{"jsonrpc":"2.0","id":1,"method":"ping"}{"jsonrpc":"2.0","id":2,"method":"tools/call"}`, wantIs: errMalformed},
-	{name: "scalar after the message", in: `{"jsonrpc":"2.0","id":1,"method":"ping"} 3`, wantIs: errMalformed},
-	{name: "value after a batch", in: `[{"jsonrpc":"2.0","id":1,"method":"ping"}] [1]`, wantIs: errMalformed},
+	{name: "second message after the first", in: `{"jsonrpc":"2.0","id":1,"method":"ping"}{"jsonrpc":"2.0","id":2,"method":"tools/call"}`, wantIs: ErrMalformed},
+	{name: "scalar after the message", in: `{"jsonrpc":"2.0","id":1,"method":"ping"} 3`, wantIs: ErrMalformed},
+	{name: "value after a batch", in: `[{"jsonrpc":"2.0","id":1,"method":"ping"}] [1]`, wantIs: ErrMalformed},
 	{name: "id beyond 2^53", in: `{"jsonrpc":"2.0","id":9007199254740994,"method":"ping"}`},
 	{name: "null id", in: `{"jsonrpc":"2.0","id":null,"method":"ping"}`},
 	{name: "boolean id", in: `{"jsonrpc":"2.0","id":true,"method":"ping"}`},
@@ -164,43 +164,43 @@ var rejectedMessages = []struct {
 	{name: "missing version", in: `{"id":1,"method":"ping"}`},
 	{name: "response without id", in: `{"jsonrpc":"2.0","result":{}}`},
 	{name: "empty object", in: `{}`},
-	{name: "nesting deeper than maxJSONDepth objects", in: nestedObject(maxJSONDepth + 1)},
-	{name: "nesting deeper than maxJSONDepth arrays", in: nestedArray(maxJSONDepth + 1)},
+	{name: "nesting deeper than MaxDepth objects", in: nestedObject(MaxDepth + 1)},
+	{name: "nesting deeper than MaxDepth arrays", in: nestedArray(MaxDepth + 1)},
 	{name: "top-level string", in: `"x"`},
 	{name: "top-level number", in: `3`},
 	{name: "top-level null", in: `null`},
-	{name: "batch", in: `[{"jsonrpc":"2.0","id":1,"method":"ping"}]`, wantIs: errBatch},
-	{name: "empty batch", in: ` []`, wantIs: errBatch},
-	{name: "invalid JSON", in: `{"jsonrpc":"2.0","id":1,"method":`, wantIs: errMalformed},
-	{name: "trailing comma", in: `{"jsonrpc":"2.0","id":1,"method":"ping",}`, wantIs: errMalformed},
-	{name: "single quotes", in: `{'jsonrpc':'2.0'}`, wantIs: errMalformed},
-	{name: "invalid UTF-8", in: "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"p\xffing\"}", wantIs: errMalformed},
-	{name: "invalid UTF-8 in a key", in: "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"x\",\"params\":{\"\xc3\":1}}", wantIs: errMalformed},
-	{name: "empty body", in: ``, wantIs: errMalformed},
-	{name: "whitespace only", in: " \n\t ", wantIs: errMalformed},
-	{name: "invalid batch JSON", in: `[{"jsonrpc":"2.0"`, wantIs: errMalformed},
+	{name: "batch", in: `[{"jsonrpc":"2.0","id":1,"method":"ping"}]`, wantIs: ErrBatch},
+	{name: "empty batch", in: ` []`, wantIs: ErrBatch},
+	{name: "invalid JSON", in: `{"jsonrpc":"2.0","id":1,"method":`, wantIs: ErrMalformed},
+	{name: "trailing comma", in: `{"jsonrpc":"2.0","id":1,"method":"ping",}`, wantIs: ErrMalformed},
+	{name: "single quotes", in: `{'jsonrpc':'2.0'}`, wantIs: ErrMalformed},
+	{name: "invalid UTF-8", in: "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"p\xffing\"}", wantIs: ErrMalformed},
+	{name: "invalid UTF-8 in a key", in: "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"x\",\"params\":{\"\xc3\":1}}", wantIs: ErrMalformed},
+	{name: "empty body", in: ``, wantIs: ErrMalformed},
+	{name: "whitespace only", in: " \n\t ", wantIs: ErrMalformed},
+	{name: "invalid batch JSON", in: `[{"jsonrpc":"2.0"`, wantIs: ErrMalformed},
 	{name: "duplicate key inside a batch", in: `[{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}]`},
 }
 
 func TestDecodeMessageRejects(t *testing.T) {
 	for _, tt := range rejectedMessages {
 		t.Run(tt.name, func(t *testing.T) {
-			m, err := decodeMessage([]byte(tt.in))
+			m, err := Decode([]byte(tt.in))
 			if err == nil {
-				t.Fatalf("decodeMessage(%q) = %+v, want an error", tt.in, m)
+				t.Fatalf("Decode(%q) = %+v, want an error", tt.in, m)
 			}
 			if m != nil {
-				t.Errorf("decodeMessage(%q) returned a message with its error", tt.in)
+				t.Errorf("Decode(%q) returned a message with its error", tt.in)
 			}
 			if tt.wantIs != nil {
 				if !errors.Is(err, tt.wantIs) {
-					t.Errorf("decodeMessage(%q) = %v, want errors.Is %v", tt.in, err, tt.wantIs)
+					t.Errorf("Decode(%q) = %v, want errors.Is %v", tt.in, err, tt.wantIs)
 				}
 				return
 			}
 			// An invalid message is not a parse error, and not a batch.
-			if errors.Is(err, errMalformed) || errors.Is(err, errBatch) {
-				t.Errorf("decodeMessage(%q) = %v, want an invalid-request error (not errMalformed or errBatch)", tt.in, err)
+			if errors.Is(err, ErrMalformed) || errors.Is(err, ErrBatch) {
+				t.Errorf("Decode(%q) = %v, want an invalid-request error (not ErrMalformed or ErrBatch)", tt.in, err)
 			}
 		})
 	}
@@ -233,14 +233,14 @@ func TestPeekID(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if diff := cmp.Diff(tt.want, peekID([]byte(tt.in))); diff != "" {
-				t.Errorf("peekID(%q) mismatch (-want +got):\n%s", tt.in, diff)
+			if diff := cmp.Diff(tt.want, PeekID([]byte(tt.in))); diff != "" {
+				t.Errorf("PeekID(%q) mismatch (-want +got):\n%s", tt.in, diff)
 			}
 		})
 	}
 }
 
-// FuzzDecodeMessage checks that decodeMessage never panics and that whatever
+// FuzzDecodeMessage checks that Decode never panics and that whatever
 // it accepts really is strict: one JSON object that every JSON parser reads
 // the same way.
 func FuzzDecodeMessage(f *testing.F) {
@@ -252,19 +252,19 @@ func FuzzDecodeMessage(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		orig := bytes.Clone(in)
-		m, err := decodeMessage(in)
-		_ = peekID(in) // must not panic either
+		m, err := Decode(in)
+		_ = PeekID(in) // must not panic either
 		if err != nil {
 			if m != nil {
-				t.Fatalf("decodeMessage(%q) returned both a message and %v", in, err)
+				t.Fatalf("Decode(%q) returned both a message and %v", in, err)
 			}
 			return
 		}
 		if !bytes.Equal(m.Raw, orig) {
 			t.Fatalf("Raw = %q, want exactly the input %q", m.Raw, orig)
 		}
-		if err := checkStrict(m.Raw); err != nil {
-			t.Fatalf("accepted %q, but checkStrict(Raw) = %v", in, err)
+		if err := CheckStrict(m.Raw); err != nil {
+			t.Fatalf("accepted %q, but CheckStrict(Raw) = %v", in, err)
 		}
 		var v map[string]any
 		if err := json.Unmarshal(m.Raw, &v); err != nil {
@@ -276,19 +276,19 @@ func FuzzDecodeMessage(f *testing.F) {
 		if m.Request() != nil && m.Method() == "" {
 			t.Fatalf("accepted %q: a request with an empty method", in)
 		}
-		// peekID must agree with the decoder on every id the error writer
+		// PeekID must agree with the decoder on every id the error writer
 		// could use. Integers beyond 2^53 are left out: the SDK reads ids as
 		// float64 (see the report on 2^53+1).
 		if id := m.ID().Raw(); id != nil {
-			if got := peekID(in); !cmp.Equal(got, id) && !isNonCanonicalInt(in) && !beyondFloat(got) {
-				t.Fatalf("accepted %q with id %#v, but peekID = %#v", in, id, got)
+			if got := PeekID(in); !cmp.Equal(got, id) && !isNonCanonicalInt(in) && !beyondFloat(got) {
+				t.Fatalf("accepted %q with id %#v, but PeekID = %#v", in, id, got)
 			}
 		}
 	})
 }
 
 // isNonCanonicalInt reports whether the message's id is an integer written
-// in a form (1.0, 1e3) that peekID deliberately does not read.
+// in a form (1.0, 1e3) that PeekID deliberately does not read.
 func isNonCanonicalInt(in []byte) bool {
 	var v struct {
 		ID json.RawMessage `json:"id"`
@@ -336,27 +336,27 @@ func TestDecodeBudget(t *testing.T) {
 	values := 11 // {, 4 names, "2.0", 1, "x", {, "a", "abcdefgh"
 	tests := []struct {
 		name    string
-		lim     jsonLimits
+		lim     Limits
 		wantErr bool
 	}{
-		{"no limits", jsonLimits{}, false},
-		{"exactly the values", jsonLimits{values: values}, false},
-		{"one value fewer", jsonLimits{values: values - 1}, true},
+		{"no limits", Limits{}, false},
+		{"exactly the values", Limits{Values: values}, false},
+		{"one value fewer", Limits{Values: values - 1}, true},
 		// The longest token is "jsonrpc", "method", "params" or "abcdefgh"
 		// (10 bytes with quotes); the spaces before it do not count.
-		{"exactly the longest string", jsonLimits{stringBytes: 10}, false},
-		{"one byte less", jsonLimits{stringBytes: 9}, true},
+		{"exactly the longest string", Limits{StringBytes: 10}, false},
+		{"one byte less", Limits{StringBytes: 9}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := decodeMessageWith([]byte(msg), tt.lim)
-			if got := errors.Is(err, errOverBudget); got != tt.wantErr {
-				t.Errorf("decodeMessageWith(%+v) = %v, want over budget: %t", tt.lim, err, tt.wantErr)
+			_, err := DecodeWith([]byte(msg), tt.lim)
+			if got := errors.Is(err, ErrOverBudget); got != tt.wantErr {
+				t.Errorf("DecodeWith(%+v) = %v, want over budget: %t", tt.lim, err, tt.wantErr)
 			}
 		})
 	}
 	long := `{"jsonrpc":"2.0","id":1,"method":"x","params":{"n":` + strings.Repeat("9", 100) + `}}`
-	if _, err := decodeMessageWith([]byte(long), jsonLimits{stringBytes: 99}); !errors.Is(err, errOverBudget) {
+	if _, err := DecodeWith([]byte(long), Limits{StringBytes: 99}); !errors.Is(err, ErrOverBudget) {
 		t.Errorf("a 100-digit number within a 99-byte limit: %v, want over budget", err)
 	}
 }

@@ -1,4 +1,4 @@
-package gateway
+package mcpwire
 
 import (
 	"encoding/base64"
@@ -14,10 +14,10 @@ const (
 	base64HeaderSuffix = "?="
 )
 
-// decodeHeaderValue returns the value a mirrored header stands for: the
+// DecodeHeaderValue returns the value a mirrored header stands for: the
 // decoded bytes of a =?base64?...?= value, any other value as it is. It
 // reports false for a wrapped value that is not valid base64.
-func decodeHeaderValue(v string) (string, bool) {
+func DecodeHeaderValue(v string) (string, bool) {
 	inner, ok := strings.CutPrefix(v, base64HeaderPrefix)
 	if !ok {
 		return v, true
@@ -33,9 +33,9 @@ func decodeHeaderValue(v string) (string, bool) {
 	return string(b), true
 }
 
-// encodeHeaderValue is decodeHeaderValue's inverse: s as it is when a header
+// EncodeHeaderValue is DecodeHeaderValue's inverse: s as it is when a header
 // can carry it unambiguously, else wrapped in base64.
-func encodeHeaderValue(s string) string {
+func EncodeHeaderValue(s string) string {
 	plain := s != "" && s[0] != ' ' && s[0] != '\t' && s[len(s)-1] != ' ' && s[len(s)-1] != '\t' &&
 		!(strings.HasPrefix(s, base64HeaderPrefix) && strings.HasSuffix(s, base64HeaderSuffix))
 	for i := 0; plain && i < len(s); i++ {
@@ -47,12 +47,12 @@ func encodeHeaderValue(s string) string {
 	return base64HeaderPrefix + base64.StdEncoding.EncodeToString([]byte(s)) + base64HeaderSuffix
 }
 
-// setMirroredName rewrites the Mcp-Name header of an outgoing request to
+// SetMirroredName rewrites the Mcp-Name header of an outgoing request to
 // name. Whatever rewrites a tools/call, prompts/get or resources/read name
 // in the body (federation's prefixes) must call it, so the upstream's own
 // SEP-2243 check sees a header that matches the body it receives.
-func setMirroredName(h http.Header, name string) {
+func SetMirroredName(h http.Header, name string) {
 	if _, ok := h["Mcp-Name"]; ok {
-		h.Set("Mcp-Name", encodeHeaderValue(name))
+		h.Set("Mcp-Name", EncodeHeaderValue(name))
 	}
 }

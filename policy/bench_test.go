@@ -162,6 +162,8 @@ func BenchmarkDecideShippedPolicy(b *testing.B) {
 	b.Cleanup(e.Close)
 	in := benchInput()
 	in.Tool.Annotations = map[string]any{"readOnlyHint": true}
+	// The shipped policy refuses absolute paths (path_arguments).
+	in.Tool.Arguments["path"] = "src/main.go"
 	ctx := WithRequestID(context.Background(), "req-1")
 	if d := e.Decide(ctx, in); !d.Allow {
 		b.Fatalf("Decide = %+v, want allow", d)

@@ -348,9 +348,9 @@ func maskPath(doc any, path []string) {
 	}
 }
 
-// write encodes rec with encoding/json, which escapes control characters
-// (CR, LF) in strings, so no input value can break a line or forge a
-// record; one Write under the mutex keeps concurrent records whole.
+// write encodes rec (appendRecord: control characters such as CR and LF
+// escaped, so no input value can break a line or forge a record); one
+// Write under the mutex keeps concurrent records whole.
 func (l *decisionLog) write(ctx context.Context, rec *record) {
 	if l.ship != nil {
 		l.ship(ctx, rec)
@@ -358,16 +358,24 @@ func (l *decisionLog) write(ctx context.Context, rec *record) {
 	if l.w == nil {
 		return
 	}
-	b, err := json.Marshal(rec)
-	if err != nil {
-		l.logger.ErrorContext(ctx, "decision log record not encoded", "decision_id", rec.DecisionID, "error", err.Error())
-		return
-	}
-	b = append(b, '\n')
+	bp := recordBufs.Get().(*[]byte)
+	b := append(appendRecord((*bp)[:0], rec), '\n')
 	l.mu.Lock()
-	_, err = l.w.Write(b)
+	_, err := l.w.Write(b)
 	l.mu.Unlock()
+	if cap(b) <= maxPooledRecord {
+		*bp = b
+		recordBufs.Put(bp)
+	}
 	if err != nil {
 		l.logger.ErrorContext(ctx, "decision log write failed", "decision_id", rec.DecisionID, "error", err.Error())
 	}
 }
+
+// recordBufs hold records while they are written: io.Writer must not
+// retain what it is given, so a buffer serves the next record.
+var recordBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+// maxPooledRecord keeps a large record's buffer out of the pool; the
+// log's limits (logclip.go) bound a record to far less than this.
+const maxPooledRecord = 256 << 10

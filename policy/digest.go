@@ -4,14 +4,14 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
-	"hash"
 	"math"
 	"slices"
+	"sync"
 )
 
 // inputDigest is SHA-256 over revision and a canonical encoding of in:
 // every field of the Input in a fixed order, every value tagged with its
-// type and length-prefixed, map members sorted by name. Two inputs whose
+// type and length-prefixed (varints), map members sorted by name. Two inputs whose
 // documents differ in any value (the policy could answer them
 // differently) never encode the same, so a digest stands for the whole
 // input in the decision memo and the visibility cache. It is computed from
@@ -19,22 +19,33 @@ import (
 // conversion. ok is false when in holds a value the encoding does not know
 // (the caller then neither memoizes nor looks up).
 func inputDigest(revision string, in *Input) (d [sha256.Size]byte, ok bool) {
-	e := digester{h: sha256.New(), ok: true}
+	bp := digestBufs.Get().(*[]byte)
+	e := digester{b: (*bp)[:0], ok: true}
 	e.str(revision)
 	e.input(in)
-	if !e.ok {
-		return d, false
+	if e.ok {
+		d = sha256.Sum256(e.b)
 	}
-	e.h.Sum(d[:0])
-	return d, true
+	if cap(e.b) <= maxPooledDigestBuf {
+		*bp = e.b
+		digestBufs.Put(bp)
+	}
+	return d, e.ok
 }
 
-// digester writes the canonical encoding into h; an unknown value clears
+// digestBufs hold canonical encodings while they are hashed: one hash
+// call over the whole encoding, and no allocation per decision.
+var digestBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// maxPooledDigestBuf keeps the encoding of a large response (Phase
+// PhaseResponse holds the result) out of the pool.
+const maxPooledDigestBuf = 64 << 10
+
+// digester appends the canonical encoding to b; an unknown value clears
 // ok.
 type digester struct {
-	h   hash.Hash
-	buf [9]byte
-	ok  bool
+	b  []byte
+	ok bool
 }
 
 // Type tags of the encoding.
@@ -52,18 +63,17 @@ const (
 	tagJSON    // another type, as its JSON text
 )
 
-func (e *digester) tag(t byte) { e.buf[0] = t; e.h.Write(e.buf[:1]) }
+func (e *digester) tag(t byte) { e.b = append(e.b, t) }
 
-// tagged writes a tag and a length (or count).
+// tagged appends a tag and a length (or count), as a varint: self-
+// delimiting, and one byte for most, so there is less to hash.
 func (e *digester) tagged(t byte, n int) {
-	e.buf[0] = t
-	binary.BigEndian.PutUint64(e.buf[1:], uint64(n))
-	e.h.Write(e.buf[:])
+	e.b = binary.AppendUvarint(append(e.b, t), uint64(n))
 }
 
 func (e *digester) str(s string) {
 	e.tagged(tagString, len(s))
-	e.h.Write([]byte(s))
+	e.b = append(e.b, s...)
 }
 
 func (e *digester) strs(ss []string) {
@@ -126,9 +136,9 @@ func (e *digester) input(in *Input) {
 	}
 }
 
-// sortedKeys returns the keys of m in order.
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
+// sortedKeys appends the keys of m to keys, in order. Callers pass an
+// array on their stack: most maps of an input are small.
+func sortedKeys[V any](keys []string, m map[string]V) []string {
 	for k := range m {
 		keys = append(keys, k)
 	}
@@ -144,7 +154,8 @@ func (e *digester) anyMap(m map[string]any) {
 		return
 	}
 	e.tagged(tagObject, len(m))
-	for _, k := range sortedKeys(m) {
+	var buf [16]string
+	for _, k := range sortedKeys(buf[:0], m) {
 		e.str(k)
 		e.value(m[k])
 	}
@@ -156,7 +167,8 @@ func (e *digester) strMap(m map[string]string) {
 		return
 	}
 	e.tagged(tagObject, len(m))
-	for _, k := range sortedKeys(m) {
+	var buf [16]string
+	for _, k := range sortedKeys(buf[:0], m) {
 		e.str(k)
 		e.str(m[k])
 	}
@@ -179,12 +191,10 @@ func (e *digester) value(v any) {
 	case string:
 		e.str(v)
 	case float64:
-		e.buf[0] = tagNumber
-		binary.BigEndian.PutUint64(e.buf[1:], math.Float64bits(v))
-		e.h.Write(e.buf[:])
+		e.b = binary.BigEndian.AppendUint64(append(e.b, tagNumber), math.Float64bits(v))
 	case json.Number:
 		e.tagged(tagJSONNumber, len(v))
-		e.h.Write([]byte(v))
+		e.b = append(e.b, v...)
 	case []any:
 		e.tagged(tagArray, len(v))
 		for _, x := range v {
@@ -192,7 +202,8 @@ func (e *digester) value(v any) {
 		}
 	case map[string]any:
 		e.tagged(tagObject, len(v))
-		for _, k := range sortedKeys(v) {
+		var buf [16]string
+		for _, k := range sortedKeys(buf[:0], v) {
 			e.str(k)
 			e.value(v[k])
 		}
@@ -200,7 +211,8 @@ func (e *digester) value(v any) {
 		e.strs(v)
 	case map[string]string:
 		e.tagged(tagObject, len(v))
-		for _, k := range sortedKeys(v) {
+		var buf [16]string
+		for _, k := range sortedKeys(buf[:0], v) {
 			e.str(k)
 			e.str(v[k])
 		}
@@ -212,6 +224,6 @@ func (e *digester) value(v any) {
 		}
 		// A tag of its own: JSON text never encodes as the string it spells.
 		e.tagged(tagJSON, len(b))
-		e.h.Write(b)
+		e.b = append(e.b, b...)
 	}
 }

@@ -85,7 +85,7 @@ func (c *logClipper) array(a []any) (any, bool) {
 }
 
 func (c *logClipper) object(m map[string]any) (any, bool) {
-	var buf [16]string // most maps of an input are small: no allocation
+	var buf [16]string             // most maps of an input are small: no allocation
 	keys := sortedKeys(buf[:0], m) // the members kept are the same on every run
 	keep := keys[:min(len(keys), logMaxItems)]
 	var out map[string]any

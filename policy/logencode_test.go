@@ -17,7 +17,7 @@ func TestAppendRecordAgrees(t *testing.T) {
 	odd := documentOf(fullInput())
 	odd.Tool.Arguments = map[string]any{
 		"line": "a\r\nforged\u2028record", "html": "<b>&</b>", "bad": "\xff\xfe", "tiny": 1e-7, "huge": 1e21,
-		"neg": -0.0, "int": 123456789.0, "frac": 0.1, "num": json.Number("12.50"), "list": []any{nil, false, []any{}},
+		"neg": math.Copysign(0, -1), "int": 123456789.0, "frac": 0.1, "num": json.Number("12.50"), "list": []any{nil, false, []any{}},
 		"empty": map[string]any{}, "strs": []string{"a"}, "smap": map[string]string{"k": "v"}, "nan": math.NaN(),
 	}
 	odd.Resource = &Resource{URITemplate: "file:///{x}"}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"reflect"
 	"testing"
 	"time"
 
@@ -328,4 +329,61 @@ func TestVisibilityCacheKeptWhileRevisionDecides(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestInputDigestCoversEveryField: every field of the input document,
+// however deep, changes the digest, so that a field added to Input later
+// cannot be left out of the memo key (two inputs differing only there
+// would share one answer).
+func TestInputDigestCoversEveryField(t *testing.T) {
+	var in Input
+	digest := func() [32]byte {
+		d, ok := inputDigest("r", &in)
+		if !ok {
+			t.Fatal("input not digested")
+		}
+		return d
+	}
+	// set sets v (a leaf) and says whether the digest changed.
+	set := func(path string, v reflect.Value) {
+		before := digest()
+		switch v.Kind() {
+		case reflect.String:
+			v.SetString("x")
+		case reflect.Slice:
+			v.Set(reflect.ValueOf([]string{"x"}))
+		case reflect.Map:
+			m := reflect.MakeMap(v.Type())
+			m.SetMapIndex(reflect.ValueOf("k"), reflect.ValueOf("x").Convert(v.Type().Elem()))
+			v.Set(m)
+		default:
+			t.Fatalf("%s: a %s field the test does not know", path, v.Kind())
+		}
+		if digest() == before {
+			t.Errorf("%s set: the digest does not change", path)
+		}
+		v.Set(reflect.Zero(v.Type()))
+	}
+	// walk descends the structs and pointers to every leaf, setting one
+	// at a time.
+	var walk func(path string, v reflect.Value)
+	walk = func(path string, v reflect.Value) {
+		switch v.Kind() {
+		case reflect.Struct:
+			for i := range v.NumField() {
+				walk(path+"."+v.Type().Field(i).Name, v.Field(i))
+			}
+		case reflect.Pointer:
+			before := digest()
+			v.Set(reflect.New(v.Type().Elem()))
+			if digest() == before {
+				t.Errorf("%s set: the digest does not change", path)
+			}
+			walk(path, v.Elem())
+			v.Set(reflect.Zero(v.Type()))
+		default:
+			set(path, v)
+		}
+	}
+	walk("Input", reflect.ValueOf(&in).Elem())
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
+	"hash"
 	"math"
 	"slices"
 	"sync"
@@ -19,33 +20,57 @@ import (
 // conversion. ok is false when in holds a value the encoding does not know
 // (the caller then neither memoizes nor looks up).
 func inputDigest(revision string, in *Input) (d [sha256.Size]byte, ok bool) {
-	bp := digestBufs.Get().(*[]byte)
-	e := digester{b: (*bp)[:0], ok: true}
+	e := digesters.Get().(*digester)
+	e.h.Reset()
+	e.b, e.ok = e.buf[:0], true
 	e.str(revision)
 	e.input(in)
 	if e.ok {
-		d = sha256.Sum256(e.b)
+		e.flush()
+		// Into the pooled array: d would escape through the interface.
+		copy(d[:], e.h.Sum(e.sum[:0]))
 	}
-	if cap(e.b) <= maxPooledDigestBuf {
-		*bp = e.b
-		digestBufs.Put(bp)
-	}
-	return d, e.ok
+	ok = e.ok
+	digesters.Put(e)
+	return d, ok
 }
 
-// digestBufs hold canonical encodings while they are hashed: one hash
-// call over the whole encoding, and no allocation per decision.
-var digestBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+// digesters are reused: a decision hashes its input without allocating.
+var digesters = sync.Pool{New: func() any { return &digester{h: sha256.New()} }}
 
-// maxPooledDigestBuf keeps the encoding of a large response (Phase
-// PhaseResponse holds the result) out of the pool.
-const maxPooledDigestBuf = 64 << 10
-
-// digester appends the canonical encoding to b; an unknown value clears
-// ok.
+// digester streams the canonical encoding into h through buf, so that
+// memory stays bounded whatever the input's size (a 1 MB argument is
+// hashed, not copied); an unknown value clears ok.
 type digester struct {
-	b  []byte
-	ok bool
+	h   hash.Hash
+	sum [sha256.Size]byte
+	buf [4096]byte
+	b   []byte // buf[:n], the part not yet hashed
+	ok  bool
+}
+
+// flush hashes what b holds.
+func (e *digester) flush() {
+	e.h.Write(e.b)
+	e.b = e.buf[:0]
+}
+
+// room makes room for n more bytes (n <= len(buf)) in b.
+func (e *digester) room(n int) {
+	if len(e.b)+n > len(e.buf) {
+		e.flush()
+	}
+}
+
+// write appends s, hashing as b fills.
+func (e *digester) write(s string) {
+	for len(s) > 0 {
+		if len(e.b) == len(e.buf) {
+			e.flush()
+		}
+		n := copy(e.buf[len(e.b):], s)
+		e.b, s = e.buf[:len(e.b)+n], s[n:]
+	}
 }
 
 // Type tags of the encoding.
@@ -63,17 +88,21 @@ const (
 	tagJSON    // another type, as its JSON text
 )
 
-func (e *digester) tag(t byte) { e.b = append(e.b, t) }
+func (e *digester) tag(t byte) {
+	e.room(1)
+	e.b = append(e.b, t)
+}
 
 // tagged appends a tag and a length (or count), as a varint: self-
 // delimiting, and one byte for most, so there is less to hash.
 func (e *digester) tagged(t byte, n int) {
+	e.room(1 + binary.MaxVarintLen64)
 	e.b = binary.AppendUvarint(append(e.b, t), uint64(n))
 }
 
 func (e *digester) str(s string) {
 	e.tagged(tagString, len(s))
-	e.b = append(e.b, s...)
+	e.write(s)
 }
 
 func (e *digester) strs(ss []string) {
@@ -191,10 +220,11 @@ func (e *digester) value(v any) {
 	case string:
 		e.str(v)
 	case float64:
+		e.room(9)
 		e.b = binary.BigEndian.AppendUint64(append(e.b, tagNumber), math.Float64bits(v))
 	case json.Number:
 		e.tagged(tagJSONNumber, len(v))
-		e.b = append(e.b, v...)
+		e.write(string(v))
 	case []any:
 		e.tagged(tagArray, len(v))
 		for _, x := range v {
@@ -224,6 +254,6 @@ func (e *digester) value(v any) {
 		}
 		// A tag of its own: JSON text never encodes as the string it spells.
 		e.tagged(tagJSON, len(b))
-		e.b = append(e.b, b...)
+		e.write(string(b))
 	}
 }

@@ -32,19 +32,46 @@ func benchPrincipal(id string) Principal {
 	}
 }
 
-// BenchmarkDecideToolsCall is one tools/call decision: input conversion,
-// evaluation of allow, reason and redact, and the decision log record.
-func BenchmarkDecideToolsCall(b *testing.B) {
-	e := benchEngine(b)
-	in := benchInput()
+// userAgents are more distinct values than the decision memo holds: a
+// benchmark that sets one per decision measures fresh evaluations (with
+// the memo's miss and insertion), never memo hits.
+var userAgents = func() []string {
+	uas := make([]string, 2*decisionMemoSize)
+	for i := range uas {
+		uas[i] = "claude-code/1." + strconv.Itoa(i)
+	}
+	return uas
+}()
+
+// benchDecide decides in repeatedly: fresh evaluations unless memo (then
+// every decision after the first is a memo hit).
+func benchDecide(b *testing.B, e *Engine, in *Input, memo bool) {
+	b.Helper()
 	ctx := WithRequestID(context.Background(), "req-1")
 	if d := e.Decide(ctx, in); !d.Allow {
 		b.Fatalf("Decide = %+v, want allow", d)
 	}
 	b.ReportAllocs()
+	i := 0
 	for b.Loop() {
+		if !memo {
+			i++
+			in.Source.UserAgent = userAgents[i%len(userAgents)]
+		}
 		e.Decide(ctx, in)
 	}
+}
+
+// BenchmarkDecideToolsCall is one tools/call decision: input conversion,
+// evaluation of allow, reason and redact, and the decision log record.
+func BenchmarkDecideToolsCall(b *testing.B) {
+	benchDecide(b, benchEngine(b), benchInput(), false)
+}
+
+// BenchmarkDecideToolsCallMemoHit is BenchmarkDecideToolsCall for an
+// input decided before: answered from the memo, logged.
+func BenchmarkDecideToolsCallMemoHit(b *testing.B) {
+	benchDecide(b, benchEngine(b), benchInput(), true)
 }
 
 // BenchmarkDecideToolsCallNoLog is BenchmarkDecideToolsCall without the
@@ -55,12 +82,7 @@ func BenchmarkDecideToolsCallNoLog(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(e.Close)
-	in := benchInput()
-	ctx := context.Background()
-	b.ReportAllocs()
-	for b.Loop() {
-		e.Decide(ctx, in)
-	}
+	benchDecide(b, e, benchInput(), false)
 }
 
 // toolsList returns a tools/list result of n tools of which about half are
@@ -152,22 +174,35 @@ func BenchmarkInputJSONRoundTrip(b *testing.B) {
 	}
 }
 
-// BenchmarkDecideShippedPolicy is one tools/call decision with the policy a
-// new install starts with (policies/authz.rego), decision log on.
-func BenchmarkDecideShippedPolicy(b *testing.B) {
-	e, err := New(Options{Dir: "../policies", DecisionLog: io.Discard})
+func shippedEngine(b *testing.B, log io.Writer) (*Engine, *Input) {
+	e, err := New(Options{Dir: "../policies", DecisionLog: log})
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(e.Close)
 	in := benchInput()
 	in.Tool.Annotations = map[string]any{"readOnlyHint": true}
-	ctx := WithRequestID(context.Background(), "req-1")
-	if d := e.Decide(ctx, in); !d.Allow {
-		b.Fatalf("Decide = %+v, want allow", d)
-	}
-	b.ReportAllocs()
-	for b.Loop() {
-		e.Decide(ctx, in)
-	}
+	// The shipped policy refuses absolute paths (path_arguments).
+	in.Tool.Arguments["path"] = "src/main.go"
+	return e, in
+}
+
+// BenchmarkDecideShippedPolicy is one tools/call decision with the policy a
+// new install starts with (policies/authz.rego), decision log on.
+func BenchmarkDecideShippedPolicy(b *testing.B) {
+	e, in := shippedEngine(b, io.Discard)
+	benchDecide(b, e, in, false)
+}
+
+// BenchmarkDecideShippedPolicyMemoHit is BenchmarkDecideShippedPolicy for
+// an input decided before, decision log on.
+func BenchmarkDecideShippedPolicyMemoHit(b *testing.B) {
+	e, in := shippedEngine(b, io.Discard)
+	benchDecide(b, e, in, true)
+}
+
+// BenchmarkDecideShippedPolicyMemoHitNoLog is the memo hit alone.
+func BenchmarkDecideShippedPolicyMemoHitNoLog(b *testing.B) {
+	e, in := shippedEngine(b, nil)
+	benchDecide(b, e, in, true)
 }

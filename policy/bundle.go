@@ -173,9 +173,8 @@ func (e *Engine) bundleSet(ctx context.Context, store storage.Store, txn storage
 	writeField(h, util.MustMarshalJSON(docs))
 	rev := bundleRevision(revs, hex.EncodeToString(h.Sum(nil))[:12])
 	set, err := buildSet(ctx, "bundle "+rev, modules, docs, rev, e.pkg, e.now(), e.budget)
-	if err == nil && len(set.unoptimized) > 0 {
-		e.logger.Warn("policy rules not optimized: their input-independent part takes longer than the partial evaluation budget to fold in, so they are evaluated in full at every decision (same answers, slower)",
-			"rules", set.unoptimized, "budget", e.budget, "revision", set.revision)
+	if err == nil {
+		e.noteSet(set)
 	}
 	return set, err
 }
@@ -240,7 +239,10 @@ var errNoRevision = errors.New("no policy revision is active yet: the policy bun
 // modules, so every rule is undefined; Decide denies with
 // FailureUnavailable, Visible and FilterList hide everything.
 func emptySet(ctx context.Context, pkg ast.Ref, now time.Time) *policySet {
-	set := &policySet{loadedAt: now, pkg: pkg, modules: map[string]*ast.Module{}, store: inmem.New(), vis: newVisibilityCache()}
+	set := &policySet{loadedAt: now, pkg: pkg, modules: map[string]*ast.Module{}, store: inmem.New()}
+	// No modules: deterministic, every answer undefined until the bundles
+	// replace this set.
+	set.memo, set.vis = newDecisionMemo(nil), newVisibilityCache(nil)
 	c := ast.NewCompiler()
 	c.Compile(set.modules)
 	for _, q := range []struct {

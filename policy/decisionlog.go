@@ -74,6 +74,10 @@ type record struct {
 	Principal  string            `json:"principal"`
 	RequestID  string            `json:"request_id,omitempty"`
 	Delegation any               `json:"delegation,omitempty"`
+	// MemoHit: the answer came from the decision memo (engine.go Decide),
+	// not from an evaluation; the input and result are what they would
+	// have been.
+	MemoHit bool `json:"memo_hit,omitempty"`
 }
 
 // decideResult is the result of a Decide record.
@@ -119,17 +123,21 @@ func newDecisionLog(w io.Writer, mask []string, pkg ast.Ref, logger *slog.Logger
 	return l
 }
 
-func (l *decisionLog) decision(ctx context.Context, d *Decision, in *Input, val ast.Value, err error, start, end time.Time) {
-	rec := l.newRecord(ctx, d.ID, "allow", d.Revision, in, val, start, end)
+// decision records a Decide. val is the evaluated input (nil on a memo
+// hit: converted only if a mask needs it), convErr why in did not convert,
+// err why the decision failed.
+func (l *decisionLog) decision(ctx context.Context, d *Decision, in *Input, val ast.Value, convErr, err error, memoHit bool, start, end time.Time) {
+	rec := l.newRecord(ctx, d.ID, "allow", d.Revision, in, val, convErr, start, end)
 	rec.Result = decideResult{Allow: d.Allow, Reason: d.Reason, Redact: d.Redact, Failure: d.Failure}
+	rec.MemoHit = memoHit
 	if err != nil {
 		rec.Error = err.Error()
 	}
 	l.write(ctx, rec)
 }
 
-func (l *decisionLog) visible(ctx context.Context, id, rev string, in *Input, val ast.Value, visible bool, failure string, err error, start, end time.Time) {
-	rec := l.newRecord(ctx, id, "visible", rev, in, val, start, end)
+func (l *decisionLog) visible(ctx context.Context, id, rev string, in *Input, val ast.Value, convErr error, visible bool, failure string, err error, start, end time.Time) {
+	rec := l.newRecord(ctx, id, "visible", rev, in, val, convErr, start, end)
 	rec.Result = visibleResult{Visible: visible, Failure: failure}
 	if err != nil {
 		rec.Error = err.Error()
@@ -137,18 +145,23 @@ func (l *decisionLog) visible(ctx context.Context, id, rev string, in *Input, va
 	l.write(ctx, rec)
 }
 
-func (l *decisionLog) list(ctx context.Context, rev string, base *Input, val ast.Value, res listResult, start, end time.Time) {
-	rec := l.newRecord(ctx, newDecisionID(), "visible", rev, base, val, start, end)
+// list records a FilterList; err is why the list could not be filtered
+// (an item the policy could not decide).
+func (l *decisionLog) list(ctx context.Context, rev string, base *Input, val ast.Value, res listResult, err error, start, end time.Time) {
+	rec := l.newRecord(ctx, newDecisionID(), "visible", rev, base, val, nil, start, end)
 	rec.Result = res
+	if err != nil {
+		rec.Error = err.Error()
+	}
 	l.write(ctx, rec)
 }
 
-func (l *decisionLog) newRecord(ctx context.Context, id, rule, rev string, in *Input, val ast.Value, start, end time.Time) *record {
+func (l *decisionLog) newRecord(ctx context.Context, id, rule, rev string, in *Input, val ast.Value, convErr error, start, end time.Time) *record {
 	rec := &record{
 		Labels:     appLabels,
 		DecisionID: id,
 		Path:       l.path + "/" + rule,
-		Input:      l.maskedInput(in, val),
+		Input:      l.maskedInput(in, val, convErr),
 		Timestamp:  start.UTC().Format(time.RFC3339Nano),
 		Revision:   rev,
 		Metrics:    map[string]int64{"timer_rego_query_eval_ns": end.Sub(start).Nanoseconds()},
@@ -170,12 +183,14 @@ func (l *decisionLog) newRecord(ctx context.Context, id, rule, rev string, in *I
 // evaluated value are never modified. The Input struct is encoded (a
 // shallow copy, with copied maps along masked paths), which is three times
 // cheaper than converting the evaluated value back; a mask path outside
-// the input's maps (e.g. source.ip) takes that slower way.
-func (l *decisionLog) maskedInput(in *Input, val ast.Value) any {
+// the input's maps (e.g. source.ip) takes that slower way. val may be nil
+// (a memo hit): it is converted from in only for such a path. convErr set
+// means in does not convert.
+func (l *decisionLog) maskedInput(in *Input, val ast.Value, convErr error) any {
 	switch {
 	case in == nil:
 		return nil
-	case val == nil:
+	case convErr != nil:
 		// The input could not be converted for evaluation: log what
 		// encoding/json makes of it.
 		var doc any
@@ -187,7 +202,15 @@ func (l *decisionLog) maskedInput(in *Input, val ast.Value) any {
 	}
 	doc := documentOf(in)
 	for i, p := range l.mask {
-		if present(val, l.maskKeys[i]) && !maskStruct(doc, p) {
+		if maskStruct(doc, p) {
+			continue
+		}
+		if val == nil {
+			if val, convErr = inputValue(in); convErr != nil {
+				return l.maskedInput(in, nil, convErr)
+			}
+		}
+		if present(val, l.maskKeys[i]) {
 			generic, _ := ast.JSON(val)
 			l.maskDoc(generic)
 			return clippedDocument(generic)
@@ -197,7 +220,8 @@ func (l *decisionLog) maskedInput(in *Input, val ast.Value) any {
 }
 
 // maskStruct masks path p in doc, a documentOf copy, where p leads into
-// one of the input's maps; false means it cannot.
+// one of the input's maps (true as well when p's struct part is absent:
+// nothing to mask); false means it cannot.
 func maskStruct(doc *Input, p []string) bool {
 	if len(p) < 2 {
 		return false
@@ -208,6 +232,9 @@ func maskStruct(doc *Input, p []string) bool {
 	case "principal.claims":
 		m = &doc.Principal.Claims
 	case "tool.arguments", "tool.annotations":
+		if doc.Tool == nil {
+			return true // absent: nothing to mask
+		}
 		t := *doc.Tool
 		doc.Tool = &t
 		m = &t.Arguments
@@ -215,6 +242,9 @@ func maskStruct(doc *Input, p []string) bool {
 			m = &t.Annotations
 		}
 	case "prompt.arguments":
+		if doc.Prompt == nil {
+			return true
+		}
 		pr := *doc.Prompt
 		doc.Prompt = &pr
 		m = &pr.Arguments
@@ -318,9 +348,9 @@ func maskPath(doc any, path []string) {
 	}
 }
 
-// write encodes rec with encoding/json, which escapes control characters
-// (CR, LF) in strings, so no input value can break a line or forge a
-// record; one Write under the mutex keeps concurrent records whole.
+// write encodes rec (appendRecord: control characters such as CR and LF
+// escaped, so no input value can break a line or forge a record); one
+// Write under the mutex keeps concurrent records whole.
 func (l *decisionLog) write(ctx context.Context, rec *record) {
 	if l.ship != nil {
 		l.ship(ctx, rec)
@@ -328,16 +358,24 @@ func (l *decisionLog) write(ctx context.Context, rec *record) {
 	if l.w == nil {
 		return
 	}
-	b, err := json.Marshal(rec)
-	if err != nil {
-		l.logger.ErrorContext(ctx, "decision log record not encoded", "decision_id", rec.DecisionID, "error", err.Error())
-		return
-	}
-	b = append(b, '\n')
+	bp := recordBufs.Get().(*[]byte)
+	b := append(appendRecord((*bp)[:0], rec), '\n')
 	l.mu.Lock()
-	_, err = l.w.Write(b)
+	_, err := l.w.Write(b)
 	l.mu.Unlock()
+	if cap(b) <= maxPooledRecord {
+		*bp = b
+		recordBufs.Put(bp)
+	}
 	if err != nil {
 		l.logger.ErrorContext(ctx, "decision log write failed", "decision_id", rec.DecisionID, "error", err.Error())
 	}
 }
+
+// recordBufs hold records while they are written: io.Writer must not
+// retain what it is given, so a buffer serves the next record.
+var recordBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+// maxPooledRecord keeps a large record's buffer out of the pool; the
+// log's limits (logclip.go) bound a record to far less than this.
+const maxPooledRecord = 256 << 10

@@ -151,6 +151,14 @@ type Status struct {
 	// Bundles is each bundle's state as OPA's bundle plugin reports it
 	// (downloads, signature checks, activations); nil without bundles.
 	Bundles map[string]BundleStatus `json:"bundles,omitempty"`
+	// Memo is true when the policy deciding calls no non-deterministic
+	// built-in: an input decided before is answered from the decision
+	// memo, and list visibility is cached for as long as the revision
+	// decides. False while no revision is active.
+	Memo bool `json:"memo"`
+	// NondeterministicBuiltins names the built-ins (time.now_ns,
+	// http.send, ...) that keep Memo false; empty when it is true.
+	NondeterministicBuiltins []string `json:"nondeterministic_builtins,omitempty"`
 }
 
 // New loads, compiles and prepares the policy set once and, when
@@ -279,11 +287,23 @@ func packageRef(pkg string) (ast.Ref, error) {
 // could not be optimized.
 func (e *Engine) load(ctx context.Context) (*policySet, error) {
 	set, err := loadSet(ctx, e.src, e.pkg, e.now(), e.budget)
-	if err == nil && len(set.unoptimized) > 0 {
+	if err == nil {
+		e.noteSet(set)
+	}
+	return set, err
+}
+
+// noteSet logs, once per loaded set, what makes its decisions slower than
+// they could be.
+func (e *Engine) noteSet(set *policySet) {
+	if len(set.unoptimized) > 0 {
 		e.logger.Warn("policy rules not optimized: their input-independent part takes longer than the partial evaluation budget to fold in, so they are evaluated in full at every decision (same answers, slower)",
 			"rules", set.unoptimized, "budget", e.budget, "revision", set.revision)
 	}
-	return set, err
+	if len(set.nondeterministic) > 0 {
+		e.logger.Info("policy decision memo off: the policy calls non-deterministic built-ins, so every decision is evaluated afresh and list visibility is cached for at most a minute",
+			"builtins", set.nondeterministic, "revision", set.revision)
+	}
 }
 
 // Close stops the reload loop and waits for it, and stops OPA's plugins,
@@ -314,6 +334,9 @@ func (e *Engine) Status() Status {
 	e.reloadMu.Lock()
 	st := e.status
 	e.reloadMu.Unlock()
+	set := e.set.Load()
+	st.Memo = set.memo != nil && set.revision != ""
+	st.NondeterministicBuiltins = set.nondeterministic
 	if e.opa != nil {
 		st.Bundles = e.opa.bundleStatuses()
 	}
@@ -325,12 +348,28 @@ func (e *Engine) Status() Status {
 // allow, an evaluation error or a timeout denies (fail closed) with
 // Decision.Failure set and a warning in the log. A nil in denies with
 // FailureError.
+//
+// A policy set that calls no non-deterministic built-in (Status.Memo)
+// answers an input it already answered from its decision memo, without
+// evaluating again: the same input, modules and data always give the same
+// answer. Failures are never memoized, and every decision, memoized or
+// not, has its own id and decision log record (marked memo_hit).
 func (e *Engine) Decide(ctx context.Context, in *Input) Decision {
 	set := e.set.Load()
 	start := e.now()
 	d := Decision{Revision: set.revision, ID: newDecisionID()}
-	val, err := inputValue(in)
-	failure := FailureError
+	key, memo := set.memo.key(set.revision, in)
+	if memo {
+		if a, ok := set.memo.get(key); ok {
+			d.Allow, d.Reason, d.Redact = a.allow, a.reason, a.redact
+			if e.log != nil {
+				e.log.decision(ctx, &d, in, nil, nil, nil, true, start, e.now())
+			}
+			return d
+		}
+	}
+	val, convErr := inputValue(in)
+	err, failure := convErr, FailureError
 	switch {
 	case err == nil && set.revision == "":
 		failure, err = FailureUnavailable, errNoRevision
@@ -341,9 +380,11 @@ func (e *Engine) Decide(ctx context.Context, in *Input) Decision {
 		d.Allow, d.Reason, d.Redact, d.Failure = false, "", nil, failure
 		e.logger.WarnContext(ctx, "policy decision failed closed", "failure", failure,
 			"error", err.Error(), "decision_id", d.ID, "request_id", RequestID(ctx), "revision", set.revision)
+	} else if memo {
+		set.memo.put(key, &d)
 	}
 	if e.log != nil {
-		e.log.decision(ctx, &d, in, val, err, start, e.now())
+		e.log.decision(ctx, &d, in, val, convErr, err, false, start, e.now())
 	}
 	return d
 }
@@ -377,26 +418,27 @@ func (e *Engine) Visible(ctx context.Context, in *Input) bool {
 	set := e.set.Load()
 	start := e.now()
 	id := newDecisionID()
-	val, err := inputValue(in)
-	visible, failure := false, FailureError
+	val, convErr := inputValue(in)
+	visible, failure, err := false, FailureError, convErr
 	if err == nil {
-		visible, failure, err = e.visible(ctx, set, val)
+		tctx, cancel := context.WithTimeout(ctx, e.timeout)
+		visible, failure, err = e.visible(tctx, set, val)
+		cancel()
 	}
 	if err != nil {
 		e.logger.WarnContext(ctx, "policy visibility failed closed", "failure", failure,
 			"error", err.Error(), "decision_id", id, "request_id", RequestID(ctx), "revision", set.revision)
 	}
 	if e.log != nil {
-		e.log.visible(ctx, id, set.revision, in, val, visible, failure, err, start, e.now())
+		e.log.visible(ctx, id, set.revision, in, val, convErr, visible, failure, err, start, e.now())
 	}
 	return visible
 }
 
-// visible evaluates the visible query for one input value. Undefined is
+// visible evaluates the visible query for one input value under ctx's
+// deadline (the caller's: one decision's, or a whole list's). Undefined is
 // neither an error nor a failure: the item is hidden.
 func (e *Engine) visible(ctx context.Context, set *policySet, val ast.Value) (bool, string, error) {
-	ctx, cancel := context.WithTimeout(ctx, e.timeout)
-	defer cancel()
 	vs, failure, err := e.eval(ctx, set.visible, val)
 	if err != nil {
 		return false, failure, err
@@ -416,11 +458,19 @@ func (e *Engine) visible(ctx context.Context, set *policySet, val ast.Value) (bo
 // value as a list: empty when the rule is undefined, else the one value.
 // On failure it returns the failure kind and its cause.
 func (e *Engine) eval(ctx context.Context, pq *rego.PreparedEvalQuery, val ast.Value) ([]any, string, error) {
-	// Cancel evaluation when ctx ends, without the goroutine per query
-	// that rego starts otherwise.
-	c := topdown.NewCancel()
-	defer context.AfterFunc(ctx, c.Cancel)()
-	rs, err := pq.Eval(ctx, rego.EvalParsedInput(val), rego.EvalExternalCancel(c), rego.EvalMetrics(metrics.NoOp()))
+	// A deadline already passed fails at once: AfterFunc would cancel
+	// the evaluation only when its goroutine runs, which makes the answer
+	// a race.
+	var rs rego.ResultSet
+	err := ctx.Err()
+	if err == nil {
+		// Cancel evaluation when ctx ends, without the goroutine per
+		// query that rego starts otherwise.
+		c := topdown.NewCancel()
+		stop := context.AfterFunc(ctx, c.Cancel)
+		rs, err = pq.Eval(ctx, rego.EvalParsedInput(val), rego.EvalExternalCancel(c), rego.EvalMetrics(metrics.NoOp()))
+		stop()
+	}
 	switch {
 	case err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return nil, FailureTimeout, fmt.Errorf("policy evaluation exceeded its deadline (timeout %v): %w", e.timeout, err)

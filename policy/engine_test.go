@@ -315,7 +315,7 @@ func TestFS(t *testing.T) {
 func TestStatusClock(t *testing.T) {
 	at := time.Date(2025, 6, 18, 12, 0, 0, 0, time.UTC)
 	e := mustNew(t, Options{Dir: writeDir(t, testFiles()), Now: func() time.Time { return at }})
-	want := Status{Ready: true, Source: "dir", Revision: e.Revision(), LoadedAt: at}
+	want := Status{Ready: true, Source: "dir", Revision: e.Revision(), LoadedAt: at, Memo: true}
 	if diff := cmp.Diff(want, e.Status()); diff != "" {
 		t.Errorf("Status (-want +got):\n%s", diff)
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
@@ -52,8 +52,14 @@ type span struct{ start, end int64 }
 // whitespace between the items goes when one is removed). Another
 // method, or a result without that array, is returned unchanged. A result
 // that is not valid JSON, or has duplicate member names, is an error.
-// An item that is not an object, or whose visibility fails to evaluate, is
-// removed (fail closed). A nil base is an error.
+// An item that is not an object is removed (fail closed). A nil base is an
+// error.
+//
+// The items are decided under one budget for the whole list
+// (listBudget), and an item the policy could not decide (an evaluation
+// error, the budget spent) makes the whole list an error, never a shorter
+// list: a hidden item means the policy said it is not visible. Answers are
+// cached per policy revision, base input and item (viscache.go).
 func (e *Engine) FilterList(ctx context.Context, base *Input, result []byte) ([]byte, int, error) {
 	if base == nil {
 		return nil, 0, errNilInput
@@ -77,27 +83,46 @@ func (e *Engine) FilterList(ctx context.Context, base *Input, result []byte) ([]
 	if err != nil {
 		return nil, 0, err
 	}
-	entries, failures, firstErr := e.visibleItems(ctx, set, &listBase, baseItems, result, items)
-	if failures > 0 {
-		e.logger.WarnContext(ctx, "policy visibility failed closed: items hidden", "method", base.Method,
-			"failures", failures, "error", firstErr.Error(), "request_id", RequestID(ctx), "revision", set.revision)
-	}
-	out, removed := splice(result, open, close, items, entries)
+	entries, failures, err := e.visibleItems(ctx, set, &listBase, baseItems, result, items)
 	if e.log != nil {
 		res := listResult{Total: len(items), Removed: []string{}, Failures: failures}
 		for _, en := range entries {
-			if !en.visible {
+			if err == nil && !en.visible {
 				res.Removed = append(res.Removed, en.name)
 			}
 		}
-		e.log.list(ctx, set.revision, &listBase, ast.NewObject(baseItems...), res, start, e.now())
+		e.log.list(ctx, set.revision, &listBase, ast.NewObject(baseItems...), res, err, start, e.now())
 	}
+	if err != nil {
+		// Returned, not logged: the caller answers with its "policy could
+		// not decide" error and logs why.
+		return nil, 0, fmt.Errorf("filter %s (revision %s): %w", base.Method, set.revision, err)
+	}
+	out, removed := splice(result, open, close, items, entries)
 	return out, removed, nil
 }
 
+// listItemsPerTimeout sets the budget of a list: Options.Timeout for
+// every listItemsPerTimeout items evaluated, in addition to one Timeout.
+// An item takes tens of microseconds, so a list meets its budget with a
+// wide margin on a busy machine, while a runaway rule is still stopped
+// in a time that grows with the list, not with its items' count of
+// timers.
+const listItemsPerTimeout = 100
+
+// listBudget is the time the evaluations of n items may take together.
+func (e *Engine) listBudget(n int) time.Duration {
+	return e.timeout + time.Duration(n)*(e.timeout/listItemsPerTimeout)
+}
+
+// errListItemUndecided wraps the failure of one list item's evaluation.
+var errListItemUndecided = errors.New("the policy could not decide the visibility of a list item")
+
 // visibleItems decides every item, from the visibility cache where it
-// can, and returns the answers, the number of failed evaluations and the
-// first failure's error.
+// can, under one budget for the items not cached. It returns the answers
+// and, when an item could not be decided, how many evaluations failed
+// and the first failure (the others stop at once: their answers would not
+// be used).
 func (e *Engine) visibleItems(ctx context.Context, set *policySet, base *Input, baseItems [][2]*ast.Term, result []byte, items []span) ([]visibilityEntry, int, error) {
 	keys := make([]visibilityKey, len(items))
 	digest := baseDigest(set.revision, base)
@@ -111,34 +136,54 @@ func (e *Engine) visibleItems(ctx context.Context, set *policySet, base *Input, 
 			miss = append(miss, i)
 		}
 	}
-	errs := make([]error, len(items))
-	forEach(miss, func(i int) {
-		entries[i], errs[i] = e.visibleItem(ctx, set, base.Method, baseItems, result[items[i].start:items[i].end])
-	})
-	var fresh []int
-	failures, firstErr := 0, error(nil)
-	for _, i := range miss {
-		if errs[i] != nil {
-			// Never cache a failure: the next list evaluates again.
-			failures++
-			firstErr = cmpOr(firstErr, errs[i])
-			continue
-		}
-		fresh = append(fresh, i)
+	if len(miss) == 0 {
+		return entries, 0, nil
 	}
-	set.vis.putAll(keys, entries, fresh, e.now())
-	return entries, failures, firstErr
+	ctx, cancel := context.WithTimeout(ctx, e.listBudget(len(miss)))
+	defer cancel()
+	var mu sync.Mutex
+	var decided atomic.Int64
+	failures, firstErr := 0, error(nil)
+	forEach(ctx, miss, func(i int) {
+		var err error
+		if entries[i], err = e.visibleItem(ctx, set, base.Method, baseItems, result[items[i].start:items[i].end]); err == nil {
+			decided.Add(1)
+			return
+		}
+		mu.Lock()
+		failures++
+		if firstErr == nil {
+			firstErr = fmt.Errorf("%w (item %d of %d, %q): %w", errListItemUndecided, i, len(items), clipString(entries[i].name), err)
+		}
+		mu.Unlock()
+		cancel()
+	})
+	if firstErr == nil && decided.Load() < int64(len(miss)) {
+		// forEach stopped (the caller's context ended) before every item
+		// was decided.
+		firstErr = fmt.Errorf("%w: %w", errListItemUndecided, cmpOr(ctx.Err(), context.Canceled))
+	}
+	if firstErr != nil {
+		// Never cache a failure, nor what a failed list decided.
+		return entries, max(failures, 1), firstErr
+	}
+	set.vis.putAll(keys, entries, miss, e.now())
+	return entries, 0, nil
 }
 
 // parallelMin is the number of evaluations worth a goroutine: a cold
 // 1,000-tool list is 1,000 evaluations, spread over GOMAXPROCS.
 const parallelMin = 32
 
-// forEach calls f for every index, in parallel when there are many.
-func forEach(idx []int, f func(int)) {
+// forEach calls f for every index, in parallel when there are many, until
+// ctx ends.
+func forEach(ctx context.Context, idx []int, f func(int)) {
 	workers := min(runtime.GOMAXPROCS(0), len(idx)/parallelMin)
 	if workers <= 1 {
 		for _, i := range idx {
+			if ctx.Err() != nil {
+				return
+			}
 			f(i)
 		}
 		return
@@ -147,7 +192,7 @@ func forEach(idx []int, f func(int)) {
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() {
-			for n := next.Add(1) - 1; n < int64(len(idx)); n = next.Add(1) - 1 {
+			for n := next.Add(1) - 1; n < int64(len(idx)) && ctx.Err() == nil; n = next.Add(1) - 1 {
 				f(idx[n])
 			}
 		})
@@ -307,15 +352,11 @@ func splice(result []byte, open, close int64, items []span, entries []visibility
 // stricter than the principal id alone, so that a principal whose claims
 // changed is never answered from the old claims.
 func baseDigest(revision string, base *Input) [32]byte {
-	h := sha256.New()
-	writeField(h, []byte(revision))
-	b, err := json.Marshal(base)
-	if err != nil {
+	d, ok := inputDigest(revision, base)
+	if !ok {
 		// Unencodable input cannot be keyed: a random key is a miss.
-		b = []byte(newDecisionID())
+		h := sha256.Sum256([]byte(newDecisionID()))
+		return h
 	}
-	writeField(h, b)
-	var d [32]byte
-	h.Sum(d[:0])
 	return d
 }

@@ -3,6 +3,8 @@ package policy
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -183,24 +185,62 @@ visible := false if input.tool.name == "conflict"
 
 visible if input.tool.name == "conflict"
 `})
-	var log, logs bytes.Buffer
-	e := mustNew(t, Options{Dir: dir, DecisionLog: &log, Logger: testLogger(&logs)})
+	var log bytes.Buffer
+	e := mustNew(t, Options{Dir: dir, DecisionLog: &log})
 	list := []byte(`{"tools":[{"name":"conflict"},{"name":"ok"}]}`)
+	// Issue 15: an item the policy could not decide makes the whole list
+	// an error (the gateway withholds it), never a shorter list.
 	for range 2 {
 		got, removed, err := e.FilterList(context.Background(), listBase("tools/list"), list)
-		if err != nil || removed != 1 || string(got) != `{"tools":[{"name":"ok"}]}` {
-			t.Fatalf("FilterList = %s, %d, %v", got, removed, err)
+		if !errors.Is(err, errListItemUndecided) || got != nil || removed != 0 {
+			t.Fatalf("FilterList = %s, %d, %v; want no list and an undecided item", got, removed, err)
 		}
 	}
 	recs := logLines(t, log.String())
+	if len(recs) != 2 {
+		t.Fatalf("%d records for two lists, want 2", len(recs))
+	}
 	for _, rec := range recs {
-		// Failures are never cached: both lists count one.
-		if res := rec["result"].(map[string]any); res["failures"] != 1.0 {
-			t.Errorf("record result %v, want failures 1", res)
+		// Failures are never cached: both lists evaluate the item again.
+		if res := rec["result"].(map[string]any); res["failures"] != 1.0 || len(res["removed"].([]any)) != 0 {
+			t.Errorf("record result %v, want failures 1 and nothing removed", res)
+		}
+		if msg, _ := rec["error"].(string); !strings.Contains(msg, "conflict") {
+			t.Errorf("record error %q, want the item's failure", msg)
 		}
 	}
-	if !strings.Contains(logs.String(), "items hidden") {
-		t.Errorf("no warning logged:\n%s", logs.String())
+}
+
+// TestFilterListBudget: the items are decided under one budget for the
+// whole list; a list whose budget is spent is an error, not the part of
+// the list decided in time.
+func TestFilterListBudget(t *testing.T) {
+	e := mustNew(t, Options{Dir: writeDir(t, testFiles())})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the budget is spent before the first item
+	got, _, err := e.FilterList(ctx, listBase("tools/list"), []byte(`{"tools":[{"name":"echo"},{"name":"hidden"}]}`))
+	if !errors.Is(err, errListItemUndecided) || got != nil {
+		t.Fatalf("FilterList = %s, %v; want an undecided list", got, err)
+	}
+	// A list of many items (evaluated in parallel) fails whole too.
+	var b strings.Builder
+	b.WriteString(`{"tools":[`)
+	for i := range 3 * parallelMin * 2 {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `{"name":"echo_%d"}`, i)
+	}
+	b.WriteString(`]}`)
+	if got, _, err := e.FilterList(ctx, listBase("tools/list"), []byte(b.String())); !errors.Is(err, errListItemUndecided) || got != nil {
+		t.Fatalf("FilterList of %d items = %d bytes, %v; want an undecided list", 6*parallelMin, len(got), err)
+	}
+	if n := len(e.set.Load().vis.m); n != 0 {
+		t.Errorf("%d answers cached from failed lists, want none", n)
+	}
+	// One Timeout, and one more per listItemsPerTimeout items.
+	if got := e.listBudget(1000); got != 11*time.Minute {
+		t.Errorf("listBudget(1000) = %v, want 11 times the timeout (1m)", got)
 	}
 }
 
@@ -230,7 +270,8 @@ func TestFilterListDecisionLog(t *testing.T) {
 }
 
 func TestVisibilityCacheTTL(t *testing.T) {
-	c := newVisibilityCache()
+	// A policy that calls a non-deterministic built-in: answers expire.
+	c := newVisibilityCache([]string{"time.now_ns"})
 	now := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 	keys := []visibilityKey{{1}, {2}}
 	c.putAll(keys, []visibilityEntry{{visible: true, name: "a"}, {visible: true, name: "b"}}, []int{0}, now)
@@ -253,7 +294,7 @@ func TestVisibilityCacheTTL(t *testing.T) {
 }
 
 func TestVisibilityCacheBound(t *testing.T) {
-	c := newVisibilityCache()
+	c := newVisibilityCache(nil)
 	now := time.Now()
 	n := visibilityMaxEntries + 100
 	keys := make([]visibilityKey, n)

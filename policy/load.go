@@ -40,9 +40,16 @@ type policySet struct {
 	// unoptimized names the rules whose partial evaluation did not finish
 	// within its budget; they are evaluated in full at each decision.
 	unoptimized []string
-	// vis caches visibility answers of this set only: a new revision
-	// starts with an empty cache.
-	vis *visibilityCache
+	// nondeterministic names the non-deterministic built-ins the modules
+	// call (memo.go); empty when every answer is a function of the input,
+	// the modules and the data.
+	nondeterministic []string
+	// memo remembers this set's decisions (nil, memoizing nothing, when
+	// nondeterministic is not empty); vis caches its visibility answers,
+	// for as long as the set decides when it is deterministic, for
+	// visibilityTTL otherwise. A new revision starts with both empty.
+	memo *decisionMemo
+	vis  *visibilityCache
 }
 
 // source is where policies come from: a directory, or an fs.FS.
@@ -158,12 +165,13 @@ func buildSet(ctx context.Context, name string, modules map[string]*ast.Module, 
 		modules:  modules,
 		// Data is converted to AST values once, at load, not on every read.
 		store: inmem.NewFromObjectWithOpts(docs, inmem.OptReturnASTValuesOnRead(true)),
-		vis:   newVisibilityCache(),
 	}
 	compiler, err := compile(ctx, set.store, set.modules, false)
 	if err != nil {
 		return nil, fmt.Errorf("compile policy %s: %w", name, err)
 	}
+	set.nondeterministic = nondeterministicBuiltins(compiler)
+	set.memo, set.vis = newDecisionMemo(set.nondeterministic), newVisibilityCache(set.nondeterministic)
 	if len(compiler.GetRulesExact(rule(pkg, "allow"))) == 0 {
 		return nil, fmt.Errorf("compile policy %s: package %s defines no allow rule", name, pkg[1:])
 	}

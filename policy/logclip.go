@@ -85,11 +85,8 @@ func (c *logClipper) array(a []any) (any, bool) {
 }
 
 func (c *logClipper) object(m map[string]any) (any, bool) {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys) // the members kept are the same on every run
+	var buf [16]string             // most maps of an input are small: no allocation
+	keys := sortedKeys(buf[:0], m) // the members kept are the same on every run
 	keep := keys[:min(len(keys), logMaxItems)]
 	var out map[string]any
 	for i, k := range keep {

@@ -230,6 +230,9 @@ func (r *opaRuntime) ship(ctx context.Context, rec *record) {
 	if rec.RequestID != "" {
 		custom["request_id"] = rec.RequestID
 	}
+	if rec.MemoHit {
+		custom["memo_hit"] = true
+	}
 	if rec.Error != "" {
 		// In custom: OPA's error field holds an error value, which
 		// encodes as {} for a plain message.

@@ -9,12 +9,14 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 )
 
-// TestPartialEvaluationAgrees checks the load-time optimization against
-// the policy as written: every decision of the shipped policies (default
-// and examples), made with partially evaluated rules, equals the full
-// evaluation Explain performs, over a cross product of principals and
-// requests that reaches every rule family.
-func TestPartialEvaluationAgrees(t *testing.T) {
+// shippedPackages are the packages of the shipped policies (default and
+// examples) in ../policies.
+var shippedPackages = []string{"ctxgate.authz", "ctxgate.examples.teams", "ctxgate.examples.spiffe"}
+
+// shippedPolicyInputs are principals and requests (without principal,
+// route, protocol and source) whose cross product reaches every rule
+// family of the shipped policies.
+func shippedPolicyInputs() ([]Principal, []Input) {
 	principals := []Principal{
 		{ID: "anonymous", Kind: "anonymous", Scopes: []string{}, Groups: []string{}},
 		{ID: "oidc:https://idp#alice", Kind: "oidc", Issuer: "https://idp", Subject: "alice", Scopes: []string{"mcp"}, Groups: []string{"eng"}},
@@ -49,7 +51,17 @@ func TestPartialEvaluationAgrees(t *testing.T) {
 		{Method: "resources/list", Phase: PhaseListItem, Resource: &Resource{URI: "secret://db/password"}},
 		{Method: "prompts/list", Phase: PhaseListItem, Prompt: &Prompt{Name: "review"}},
 	}
-	for _, pkg := range []string{"ctxgate.authz", "ctxgate.examples.teams", "ctxgate.examples.spiffe"} {
+	return principals, requests
+}
+
+// TestPartialEvaluationAgrees checks the load-time optimization against
+// the policy as written: every decision of the shipped policies (default
+// and examples), made with partially evaluated rules, equals the full
+// evaluation Explain performs, over a cross product of principals and
+// requests that reaches every rule family.
+func TestPartialEvaluationAgrees(t *testing.T) {
+	principals, requests := shippedPolicyInputs()
+	for _, pkg := range shippedPackages {
 		e := mustNew(t, Options{Dir: "../policies", Package: pkg})
 		if set := e.set.Load(); len(set.unoptimized) > 0 {
 			t.Errorf("%s: rules %v were not partially evaluated", pkg, set.unoptimized)

@@ -6,10 +6,13 @@ import (
 	"time"
 )
 
-// Visibility cache limits. An answer is reused for at most
-// visibilityTTL, so a visible rule that depends on the time or on an
-// external lookup (http.send) is at most that stale in lists; calls are
-// always decided afresh by Decide.
+// Visibility cache limits. An answer of a deterministic policy set (no
+// non-deterministic built-in, memo.go) is kept for as long as the set
+// decides: the revision is part of the key, and a new set starts with an
+// empty cache. An answer of a set whose visible rule may depend on the
+// time or on an external lookup (http.send) is reused for at most
+// visibilityTTL, so lists are at most that stale; calls are always
+// decided by Decide.
 const (
 	visibilityTTL        = time.Minute
 	visibilityMaxEntries = 1 << 16
@@ -34,19 +37,27 @@ func itemKey(base [32]byte, raw []byte) visibilityKey {
 type visibilityEntry struct {
 	visible bool
 	name    string
-	expires time.Time
+	expires time.Time // zero: while the set decides
 }
 
 // visibilityCache is a bounded map of visibility answers for one policy
 // set. Never cached: failures (errors, timeouts), which are evaluated
 // again on the next list.
 type visibilityCache struct {
-	mu sync.Mutex
-	m  map[visibilityKey]visibilityEntry
+	// ttl bounds an answer's reuse; zero keeps it while the set decides.
+	ttl time.Duration
+	mu  sync.Mutex
+	m   map[visibilityKey]visibilityEntry
 }
 
-func newVisibilityCache() *visibilityCache {
-	return &visibilityCache{m: make(map[visibilityKey]visibilityEntry)}
+// newVisibilityCache returns the cache of a set that calls the
+// non-deterministic built-ins named (none: answers do not expire).
+func newVisibilityCache(nondeterministic []string) *visibilityCache {
+	c := &visibilityCache{m: make(map[visibilityKey]visibilityEntry)}
+	if len(nondeterministic) > 0 {
+		c.ttl = visibilityTTL
+	}
+	return c
 }
 
 // getAll looks every key up under one lock; hit[i] says whether
@@ -56,7 +67,7 @@ func (c *visibilityCache) getAll(keys []visibilityKey, now time.Time) (entries [
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i, k := range keys {
-		if e, ok := c.m[k]; ok && now.Before(e.expires) {
+		if e, ok := c.m[k]; ok && (e.expires.IsZero() || now.Before(e.expires)) {
 			entries[i], hit[i] = e, true
 		}
 	}
@@ -69,7 +80,10 @@ func (c *visibilityCache) putAll(keys []visibilityKey, entries []visibilityEntry
 	if len(idx) == 0 {
 		return
 	}
-	exp := now.Add(visibilityTTL)
+	var exp time.Time // zero: never
+	if c.ttl > 0 {
+		exp = now.Add(c.ttl)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, i := range idx {

@@ -384,19 +384,15 @@ func (a answered) RoundTrip(*http.Request) (*http.Response, error) { return a.re
 // and redacted by the current policy on the way out. A stale answer carries
 // its age in the result's _meta and in the Ctxgate-Cache header.
 func (s *Server) writeCached(w http.ResponseWriter, r *http.Request, fwd *forward, lk *cacheLookup, e *cache.Entry, how string) {
-	result := e.Value
+	result, digest := e.Value, e.Digest
 	header := how
 	if how == "stale" {
 		age := s.cache.Now().Sub(e.StoredAt)
-		result = markStale(result, age.Milliseconds())
+		result, digest = markStale(result, age.Milliseconds()), [32]byte{}
 		header = "stale; age=" + strconv.FormatInt(int64(age/time.Second), 10)
 	}
-	body, err := jsonrpc.EncodeMessage(&jsonrpc.Response{ID: lk.req.ID, Result: result})
+	body, err := s.filterCached(r.Context(), fwd, &jsonrpc.Response{ID: lk.req.ID, Result: result}, digest)
 	if err != nil {
-		writeError(w, r, fmt.Errorf("encode cached answer: %w", err))
-		return
-	}
-	if body, err = s.transformJSON(r.Context(), fwd, body); err != nil {
 		writeError(w, r, fmt.Errorf("filter cached answer: %w", err))
 		return
 	}
@@ -406,6 +402,20 @@ func (s *Server) writeCached(w http.ResponseWriter, r *http.Request, fwd *forwar
 	h.Set(cacheHeader, header)
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(body)
+}
+
+// filterCached is transformMessage for a cached answer, which the gateway
+// holds decoded already (the strict decoder read it when it arrived): the
+// same filter, without encoding the answer only to decode it again.
+// digest is the result's, from the entry (zero for a result changed since).
+func (s *Server) filterCached(ctx context.Context, fwd *forward, m *jsonrpc.Response, digest [32]byte) ([]byte, error) {
+	if s.policy == nil {
+		return jsonrpc.EncodeMessage(m)
+	}
+	if !fwd.claimResponse(m.ID) {
+		return nil, errUnreadableAnswer // cannot happen: the one request of the exchange
+	}
+	return s.renamed(fwd, s.filterResponse(ctx, fwd, m, nil, digest)), nil
 }
 
 // markStale sets _meta["io.ctxgate/stale"] = {"ageMs": age} on a result

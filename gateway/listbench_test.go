@@ -142,4 +142,3 @@ upstreams:
 	}
 	return gw.Handler()
 }
-

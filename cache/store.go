@@ -13,7 +13,6 @@ package cache
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -43,9 +42,6 @@ type Options struct {
 type Entry struct {
 	// Value is the raw upstream result (the JSON-RPC "result" member).
 	Value []byte
-	// Digest is the SHA-256 of Value, set by Set: a reader may key what it
-	// derives from Value alone by it, without hashing Value on every hit.
-	Digest [sha256.Size]byte
 	// StoredAt is when the answer arrived.
 	StoredAt time.Time
 	// FreshUntil is when it stops being served as a hit.
@@ -159,7 +155,6 @@ func (s *Store) Begin() uint64 {
 // entry larger than a cache shard is not stored (the error says so).
 func (s *Store) Set(key string, e *Entry, token uint64) error {
 	e.seq = token
-	e.Digest = sha256.Sum256(e.Value)
 	if err := s.bc.Set(key, encode(e)); err != nil {
 		return fmt.Errorf("cache set: %w", err)
 	}
@@ -339,10 +334,9 @@ func TagsFor(upstream, method, uri string) []string {
 	return tags
 }
 
-// Entry encoding: format byte, three unix-nanosecond times, seq, the
-// value's digest (32 bytes), tag count and tags (each uvarint length +
-// bytes), then the value.
-const entryFormat = 2
+// Entry encoding: format byte, three unix-nanosecond times, seq, tag count
+// and tags (each uvarint length + bytes), then the value.
+const entryFormat = 1
 
 var errCorrupt = errors.New("cache entry corrupt")
 
@@ -353,7 +347,6 @@ func encode(e *Entry) []byte {
 		b = binary.AppendVarint(b, t.UnixNano())
 	}
 	b = binary.AppendUvarint(b, e.seq)
-	b = append(b, e.Digest[:]...)
 	b = binary.AppendUvarint(b, uint64(len(e.Tags)))
 	for _, t := range e.Tags {
 		b = binary.AppendUvarint(b, uint64(len(t)))
@@ -376,10 +369,10 @@ func decode(b []byte) (*Entry, error) {
 		*t, b = time.Unix(0, v), b[n:]
 	}
 	var n int
-	if e.seq, n = binary.Uvarint(b); n <= 0 || len(b)-n < sha256.Size {
+	if e.seq, n = binary.Uvarint(b); n <= 0 {
 		return nil, errCorrupt
 	}
-	b = b[n+copy(e.Digest[:], b[n:]):]
+	b = b[n:]
 	count, n := binary.Uvarint(b)
 	if n <= 0 || count > uint64(len(b)) {
 		return nil, errCorrupt

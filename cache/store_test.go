@@ -1,7 +1,6 @@
 package cache
 
 import (
-	"crypto/sha256"
 	"fmt"
 	"strings"
 	"sync"
@@ -223,28 +222,14 @@ func TestSingleFlight(t *testing.T) {
 	})
 }
 
-// TestSetDigest: Set records the digest of the value it stores, whatever the
-// caller left in it, so that a reader keying on Digest gets Value's.
-func TestSetDigest(t *testing.T) {
-	s, _ := newStore(t, 1)
-	now := s.Now()
-	if err := s.Set("k", &Entry{Value: []byte(`{"a":1}`), Digest: sha256.Sum256([]byte("other")), FreshUntil: now.Add(time.Minute), StaleUntil: now.Add(time.Minute)}, s.Begin()); err != nil {
-		t.Fatal(err)
-	}
-	e, st, _ := s.Lookup("k")
-	if st != Fresh || e.Digest != sha256.Sum256([]byte(`{"a":1}`)) {
-		t.Errorf("state %d, digest %x: not the value's", st, e.Digest)
-	}
-}
-
 func TestEntryEncoding(t *testing.T) {
 	now := time.Unix(1700000000, 123)
-	e := &Entry{Value: []byte(`{"a":1}`), Digest: sha256.Sum256([]byte(`{"a":1}`)), StoredAt: now, FreshUntil: now.Add(time.Second), StaleUntil: now.Add(time.Hour), Tags: []string{"a", "", "b\x00c"}, seq: 42}
+	e := &Entry{Value: []byte(`{"a":1}`), StoredAt: now, FreshUntil: now.Add(time.Second), StaleUntil: now.Add(time.Hour), Tags: []string{"a", "", "b\x00c"}, seq: 42}
 	got, err := decode(encode(e))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(got.Value) != string(e.Value) || got.Digest != e.Digest || !got.StoredAt.Equal(e.StoredAt) || !got.StaleUntil.Equal(e.StaleUntil) || got.seq != 42 || len(got.Tags) != 3 || got.Tags[2] != "b\x00c" {
+	if string(got.Value) != string(e.Value) || !got.StoredAt.Equal(e.StoredAt) || !got.StaleUntil.Equal(e.StaleUntil) || got.seq != 42 || len(got.Tags) != 3 || got.Tags[2] != "b\x00c" {
 		t.Errorf("round trip: %+v", got)
 	}
 	for _, b := range [][]byte{nil, {2}, {entryFormat}, encode(e)[:5]} {

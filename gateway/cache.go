@@ -384,14 +384,14 @@ func (a answered) RoundTrip(*http.Request) (*http.Response, error) { return a.re
 // and redacted by the current policy on the way out. A stale answer carries
 // its age in the result's _meta and in the Ctxgate-Cache header.
 func (s *Server) writeCached(w http.ResponseWriter, r *http.Request, fwd *forward, lk *cacheLookup, e *cache.Entry, how string) {
-	result, digest := e.Value, e.Digest
+	result := e.Value
 	header := how
 	if how == "stale" {
 		age := s.cache.Now().Sub(e.StoredAt)
-		result, digest = markStale(result, age.Milliseconds()), [32]byte{}
+		result = markStale(result, age.Milliseconds())
 		header = "stale; age=" + strconv.FormatInt(int64(age/time.Second), 10)
 	}
-	body, err := s.filterCached(r.Context(), fwd, &jsonrpc.Response{ID: lk.req.ID, Result: result}, digest)
+	body, err := s.filterCached(r.Context(), fwd, &jsonrpc.Response{ID: lk.req.ID, Result: result})
 	if err != nil {
 		writeError(w, r, fmt.Errorf("filter cached answer: %w", err))
 		return
@@ -407,15 +407,14 @@ func (s *Server) writeCached(w http.ResponseWriter, r *http.Request, fwd *forwar
 // filterCached is transformMessage for a cached answer, which the gateway
 // holds decoded already (the strict decoder read it when it arrived): the
 // same filter, without encoding the answer only to decode it again.
-// digest is the result's, from the entry (zero for a result changed since).
-func (s *Server) filterCached(ctx context.Context, fwd *forward, m *jsonrpc.Response, digest [32]byte) ([]byte, error) {
+func (s *Server) filterCached(ctx context.Context, fwd *forward, m *jsonrpc.Response) ([]byte, error) {
 	if s.policy == nil {
 		return jsonrpc.EncodeMessage(m)
 	}
 	if !fwd.claimResponse(m.ID) {
 		return nil, errUnreadableAnswer // cannot happen: the one request of the exchange
 	}
-	return s.renamed(fwd, s.filterResponse(ctx, fwd, m, nil, digest)), nil
+	return s.renamed(fwd, s.filterResponse(ctx, fwd, m, nil)), nil
 }
 
 // markStale sets _meta["io.ctxgate/stale"] = {"ageMs": age} on a result

@@ -91,12 +91,12 @@ func (s *Server) authorize(r *http.Request, fwd *forward, st *requestState) erro
 // them (digests of what the upstream sent, before any rewriting), and
 // their text is neutralised. What depends on the page's bytes alone
 // (reading, neutralising, the pin digests) is done once per page
-// (screenToolPage, kept in the catalog's screens by digest, zero to
-// compute it); what depends on state that changes (the pins in force)
-// on every answer. It returns the page too (nil without a tools member).
-func (s *Server) readTools(ctx context.Context, fwd *forward, result []byte, digest [32]byte) ([]byte, *toolPage, error) {
+// (screenToolPage, kept in the catalog's screens); what depends on state
+// that changes (the pins in force) on every answer. It returns the page
+// too (nil without a tools member).
+func (s *Server) readTools(ctx context.Context, fwd *forward, result []byte) ([]byte, *toolPage, error) {
 	name := fwd.route.upstream.Name
-	page, err := s.catalog.screens.page(result, digest, s.pins.set(name) != nil)
+	page, err := s.catalog.screens.page(result, s.pins.set(name) != nil)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -185,7 +185,7 @@ func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte
 			s.dropStrayResponse(ctx, fwd, m.ID)
 			return nil, true
 		}
-		return s.renamed(fwd, s.filterResponse(ctx, fwd, m, data, [32]byte{})), false
+		return s.renamed(fwd, s.filterResponse(ctx, fwd, m, data)), false
 	case *jsonrpc.Request:
 		return s.transformRequest(ctx, fwd, m, data)
 	}
@@ -256,9 +256,7 @@ func (s *Server) updateVisible(ctx context.Context, fwd *forward, m *jsonrpc.Req
 //
 // data is m as the upstream sent it, relayed when nothing changed; nil
 // when there are no such bytes (a cached answer): m is encoded then.
-// digest is the result's resultDigest when known (zero: computed if a
-// tools/list page needs it).
-func (s *Server) filterResponse(ctx context.Context, fwd *forward, m *jsonrpc.Response, data []byte, digest [32]byte) []byte {
+func (s *Server) filterResponse(ctx context.Context, fwd *forward, m *jsonrpc.Response, data []byte) []byte {
 	ex := fwd.exchanges[idKey(m.ID)]
 	noteResultError(ctx, ex, m)
 	var in *policy.Input
@@ -282,7 +280,7 @@ func (s *Server) filterResponse(ctx context.Context, fwd *forward, m *jsonrpc.Re
 	if len(m.Result) == 0 {
 		return encodedOr(data, m)
 	}
-	result, denied, err := s.filterResult(ctx, fwd, in, rs, m.Result, digest)
+	result, denied, err := s.filterResult(ctx, fwd, in, rs, m.Result)
 	if err != nil {
 		loggerOf(ctx, s.log).Error("policy could not filter a result; answering with an error instead", "rpc_method", in.Method, "error", err)
 		return withheldResult(m.ID)
@@ -334,9 +332,8 @@ func resultMessage(id jsonrpc.ID, result []byte) []byte {
 // over its parsed tool page: the page read and screened (toolpage.go,
 // pinning.go), list items the principal may not see removed, the modern
 // era's checks, text a model reads neutralised, the redactions applied.
-// denied is the modern checks' refusal of the result. digest is as for
-// filterResponse.
-func (s *Server) filterResult(ctx context.Context, fwd *forward, in *policy.Input, rs []policy.Redaction, raw json.RawMessage, digest [32]byte) (_ []byte, denied *Error, err error) {
+// denied is the modern checks' refusal of the result.
+func (s *Server) filterResult(ctx context.Context, fwd *forward, in *policy.Input, rs []policy.Redaction, raw json.RawMessage) (_ []byte, denied *Error, err error) {
 	result := []byte(raw)
 	method := in.Method
 	shape, isList := listShapes[method]
@@ -345,7 +342,7 @@ func (s *Server) filterResult(ctx context.Context, fwd *forward, in *policy.Inpu
 	case method == "tools/list":
 		// readToolPage refuses a case variant of tools itself, as
 		// exactListMember does for the other lists.
-		result, page, err = s.learnToolPage(ctx, fwd, result, digest)
+		result, page, err = s.learnToolPage(ctx, fwd, result)
 	case isList:
 		err = exactListMember(result, shape.items)
 	}

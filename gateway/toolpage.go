@@ -79,7 +79,9 @@ type toolPage struct {
 	all []byte
 	// redacted remembers redactions of all (redactAll).
 	redacted redactMemo
-	// size is what the page counts against toolScreens' bound.
+	// src is the result the page was screened from, and size what it
+	// counts against the bound (toolScreens).
+	src  []byte
 	size int
 }
 

@@ -1,71 +1,75 @@
 package gateway
 
 import (
-	"crypto/sha256"
+	"bytes"
 	"encoding/json"
+	"hash/maphash"
 	"sync"
 
 	"github.com/ctxgate/ctxgate/policy"
 )
 
-// Screened tools/list pages (screenToolPage) are kept by the digest of the
-// upstream's bytes, so that the same list again (a cache hit, or an
-// upstream answering every client the same list) is read, neutralised and
-// digested for its pins once, not on every answer. A page is a pure
-// function of those bytes and of whether the upstream pins, so the digest
-// of both is the whole key; nothing that depends on the principal or on
-// the policy is kept here (the pins in force, the list filter and the
-// decision's redactions are applied on every use: readTools, filterResult).
+// Screened tools/list pages (screenToolPage) are kept by the upstream's
+// bytes, so that the same list again (a cache hit, or an upstream
+// answering every client the same list) is read, neutralised and digested
+// for its pins once, not on every answer. A page is a pure function of
+// those bytes and of whether the upstream pins, so they are the whole key;
+// nothing that depends on the principal or on the policy is kept here (the
+// pins in force, the list filter and the decision's redactions are
+// applied on every use: readTools, filterResult). A page is found by a
+// hash of the bytes and used only if they are equal to the ones it was
+// screened from: no collision, chance or crafted, can serve another page.
 
 const (
 	// maxToolScreens and maxToolScreenBytes bound the pages kept: a few
-	// upstreams' lists, a few versions each (a page holds about three
-	// times the size of its result).
+	// upstreams' lists, a few versions each (a page holds about four times
+	// the size of its result).
 	maxToolScreens     = 64
 	maxToolScreenBytes = 64 << 20
 )
 
-// screenKey names a screened page: the upstream's result and whether the
-// upstream pins (the pin digests are computed only then).
+// screenKey finds a screened page: the hash of the upstream's result and
+// whether the upstream pins (the pin digests are computed only then).
 type screenKey struct {
-	digest [sha256.Size]byte
-	pins   bool
+	hash uint64
+	pins bool
 }
 
 // toolScreens is the bounded set of screened pages, evicted oldest first.
+// The zero value is ready to use.
 type toolScreens struct {
+	seedOnce sync.Once
+	seed     maphash.Seed
+
 	mu    sync.Mutex
 	pages map[screenKey]*toolPage
 	order []screenKey
 	bytes int
 }
 
-// resultDigest is the key of a result's screened page.
-func resultDigest(result []byte) [sha256.Size]byte { return sha256.Sum256(result) }
-
-// page returns the screened page of result (digest is resultDigest's, or
-// zero to compute it), screening and keeping it if it is not kept yet. A
-// result that cannot be read is an error every time (never kept).
-func (t *toolScreens) page(result []byte, digest [sha256.Size]byte, pins bool) (*toolPage, error) {
-	if digest == ([sha256.Size]byte{}) {
-		digest = resultDigest(result)
-	}
-	key := screenKey{digest: digest, pins: pins}
+// page returns the screened page of result, screening and keeping it if
+// it is not kept yet. A result that cannot be read is an error every time
+// (never kept).
+func (t *toolScreens) page(result []byte, pins bool) (*toolPage, error) {
+	t.seedOnce.Do(func() { t.seed = maphash.MakeSeed() })
+	key := screenKey{hash: maphash.Bytes(t.seed, result), pins: pins}
 	t.mu.Lock()
 	p, ok := t.pages[key]
 	t.mu.Unlock()
-	if ok {
+	if ok && bytes.Equal(p.src, result) {
 		return p, nil
 	}
 	p, err := screenToolPage(result, pins)
 	if err != nil || p.prefix == nil {
 		return p, err
 	}
-	t.keep(key, p, 3*len(result))
+	p.src = bytes.Clone(result)
+	t.keep(key, p, 4*len(result))
 	return p, nil
 }
 
-// keep adds a page, evicting the oldest past the bounds.
+// keep adds a page (replacing one of the same hash), evicting the oldest
+// past the bounds.
 func (t *toolScreens) keep(key screenKey, p *toolPage, size int) {
 	if size > maxToolScreenBytes {
 		return
@@ -75,8 +79,10 @@ func (t *toolScreens) keep(key screenKey, p *toolPage, size int) {
 	if t.pages == nil {
 		t.pages = map[screenKey]*toolPage{}
 	}
-	if _, ok := t.pages[key]; ok {
-		return // a concurrent request screened it too
+	if old, ok := t.pages[key]; ok {
+		t.bytes += size - old.size
+		p.size, t.pages[key] = size, p
+		return
 	}
 	for len(t.order) > 0 && (len(t.order) >= maxToolScreens || t.bytes+size > maxToolScreenBytes) {
 		old := t.order[0]

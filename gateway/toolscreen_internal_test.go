@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"fmt"
+	"hash/maphash"
 	"testing"
 
 	"github.com/ctxgate/ctxgate/policy"
@@ -43,14 +44,14 @@ func TestMayNeedNeutralising(t *testing.T) {
 func TestToolScreens(t *testing.T) {
 	var ts toolScreens
 	result := []byte(`{"tools":[{"name":"a","description":"x\u202ey"},{"name":"b"}],"nextCursor":"c"}`)
-	p1, err := ts.page(result, [32]byte{}, false)
+	p1, err := ts.page(result, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p2, _ := ts.page(append([]byte(nil), result...), resultDigest(result), false); p2 != p1 {
+	if p2, _ := ts.page(append([]byte(nil), result...), false); p2 != p1 {
 		t.Error("the same bytes were screened twice")
 	}
-	if p3, _ := ts.page(result, [32]byte{}, true); p3 == p1 || p3.items[0].pin == nil {
+	if p3, _ := ts.page(result, true); p3 == p1 || p3.items[0].pin == nil {
 		t.Error("a pinning upstream's page shares the non-pinning one's (no pin digests)")
 	}
 	if !p1.items[0].neutralised || string(p1.items[0].relayed) != `{"description":"xy","name":"a"}` || string(p1.items[0].Raw) != `{"name":"a","description":"x\u202ey"}` {
@@ -63,18 +64,31 @@ func TestToolScreens(t *testing.T) {
 		t.Errorf("page without a: %s", got)
 	}
 	for i := range maxToolScreens {
-		if _, err := ts.page(fmt.Appendf(nil, `{"tools":[{"name":"t%d"}]}`, i), [32]byte{}, false); err != nil {
+		if _, err := ts.page(fmt.Appendf(nil, `{"tools":[{"name":"t%d"}]}`, i), false); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if len(ts.pages) != maxToolScreens || len(ts.order) != maxToolScreens {
 		t.Errorf("%d pages kept (%d in order), want %d", len(ts.pages), len(ts.order), maxToolScreens)
 	}
-	if again, _ := ts.page(result, [32]byte{}, false); again == p1 {
+	if again, _ := ts.page(result, false); again == p1 {
 		t.Error("the oldest page was not evicted")
 	}
-	if _, err := ts.page([]byte(`{"tools":[{"name":"a"},{"name":"a"}]}`), [32]byte{}, false); err == nil {
+	if _, err := ts.page([]byte(`{"tools":[{"name":"a"},{"name":"a"}]}`), false); err == nil {
 		t.Error("a page with two tools of one name was screened")
+	}
+	// A page found by its hash is used only for the bytes it was
+	// screened from: a colliding hash screens the new bytes.
+	other, err := screenToolPage([]byte(`{"tools":[{"name":"other"}]}`), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.src = []byte(`{"tools":[{"name":"other"}]}`)
+	ts.mu.Lock()
+	ts.pages[screenKey{hash: maphash.Bytes(ts.seed, result), pins: false}] = other
+	ts.mu.Unlock()
+	if got, err := ts.page(result, false); err != nil || string(got.src) != string(result) {
+		t.Errorf("a colliding page was served for %s: %s (%v)", result, got.src, err)
 	}
 }
 

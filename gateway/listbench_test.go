@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -28,31 +29,11 @@ import (
 //	go test ./gateway/ -run '^$' -bench BenchmarkToolsList -benchmem
 func BenchmarkToolsList(b *testing.B) {
 	for _, n := range []int{4, 100, 1000} {
-		list := benchToolList(n)
-		up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			var msg struct {
-				ID     json.RawMessage `json:"id"`
-				Method string          `json:"method"`
-			}
-			body, _ := io.ReadAll(r.Body)
-			_ = json.Unmarshal(body, &msg)
-			w.Header().Set("Content-Type", "application/json")
-			switch msg.Method {
-			case "initialize":
-				w.Header().Set("Mcp-Session-Id", "s1")
-				fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},"serverInfo":{"name":"bench","version":"1"}}}`, msg.ID)
-			case "tools/list":
-				fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":%s}`, msg.ID, list)
-			default:
-				w.WriteHeader(http.StatusAccepted)
-			}
-		}))
-		b.Cleanup(up.Close)
-		h := benchListGateway(b, up.URL)
+		h := benchListGateway(b, benchUpstream(b, benchToolList(n), nil))
 		for _, route := range []string{"forward", "hit"} {
 			b.Run(fmt.Sprintf("tools=%d/%s", n, route), func(b *testing.B) {
 				path := "/mcp/" + route
-				session := benchPost(b, h, path, "", `{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"b","version":"1"}}}`).Header().Get("Mcp-Session-Id")
+				session := benchInitialize(b, h, path)
 				const req = `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`
 				first := benchPost(b, h, path, session, req)
 				var got struct {
@@ -61,17 +42,77 @@ func BenchmarkToolsList(b *testing.B) {
 				if err := json.Unmarshal(first.Body.Bytes(), &got); err != nil || len(got.Result.Tools) != n {
 					b.Fatalf("%d tools (%v), want %d: %.300s", len(got.Result.Tools), err, n, first.Body)
 				}
-				want := map[string]string{"hit": "hit"}[route]
-				if c := benchPost(b, h, path, session, req).Header().Get("Ctxgate-Cache"); c != want {
-					b.Fatalf("Ctxgate-Cache %q, want %q", c, want)
-				}
-				b.ReportAllocs()
-				for b.Loop() {
-					benchPost(b, h, path, session, req)
-				}
+				benchLoop(b, h, path, session, req, route)
 			})
 		}
 	}
+}
+
+// BenchmarkToolResult is BenchmarkToolsList for a tools/call whose result
+// is 1 MiB of text: the per-byte cost of the response side.
+//
+//	go test ./gateway/ -run '^$' -bench BenchmarkToolResult -benchmem
+func BenchmarkToolResult(b *testing.B) {
+	text := strings.Repeat("All work and no play makes Jack a dull boy.\n", (1<<20)/45)
+	result := fmt.Appendf(nil, `{"content":[{"type":"text","text":%q}]}`, text)
+	h := benchListGateway(b, benchUpstream(b, benchToolList(4), result))
+	for _, route := range []string{"forward", "hit"} {
+		b.Run("1MiB/"+route, func(b *testing.B) {
+			path := "/mcp/" + route
+			session := benchInitialize(b, h, path)
+			benchPost(b, h, path, session, `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`)
+			const req = `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"tool_0","arguments":{"key":"k"}}}`
+			if first := benchPost(b, h, path, session, req); first.Body.Len() < len(result) {
+				b.Fatalf("answer of %d bytes: %.300s", first.Body.Len(), first.Body)
+			}
+			b.SetBytes(int64(len(result)))
+			benchLoop(b, h, path, session, req, route)
+		})
+	}
+}
+
+// benchLoop checks that route answers from the cache ("hit") or not, then
+// posts req in the benchmark's loop.
+func benchLoop(b *testing.B, h http.Handler, path, session, req, route string) {
+	want := map[string]string{"hit": "hit"}[route]
+	if c := benchPost(b, h, path, session, req).Header().Get("Ctxgate-Cache"); c != want {
+		b.Fatalf("Ctxgate-Cache %q, want %q", c, want)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		benchPost(b, h, path, session, req)
+	}
+}
+
+func benchInitialize(b *testing.B, h http.Handler, path string) string {
+	return benchPost(b, h, path, "", `{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"b","version":"1"}}}`).Header().Get("Mcp-Session-Id")
+}
+
+// benchUpstream answers initialize, tools/list with list and tools/call
+// with call, at once.
+func benchUpstream(b *testing.B, list, call []byte) string {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var msg struct {
+			ID     json.RawMessage `json:"id"`
+			Method string          `json:"method"`
+		}
+		body, _ := io.ReadAll(r.Body)
+		_ = json.Unmarshal(body, &msg)
+		w.Header().Set("Content-Type", "application/json")
+		switch msg.Method {
+		case "initialize":
+			w.Header().Set("Mcp-Session-Id", "s1")
+			fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},"serverInfo":{"name":"bench","version":"1"}}}`, msg.ID)
+		case "tools/list":
+			fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":%s}`, msg.ID, list)
+		case "tools/call":
+			fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":%s}`, msg.ID, call)
+		default:
+			w.WriteHeader(http.StatusAccepted)
+		}
+	}))
+	b.Cleanup(up.Close)
+	return up.URL
 }
 
 // benchToolList is a tools/list result of n tools shaped as the harness's
@@ -103,9 +144,9 @@ server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0"}
 auth: {anonymous: true}
 policy: {dir: unused}
-cache: {max_mb: 256}
+cache: {max_mb: 1024}
 upstreams:
-  - {name: hit, url: %[1]q, cache: {ttl: {tools/list: 1h}}}
+  - {name: hit, url: %[1]q, cache: {ttl: {tools/list: 1h, tools/call: 1h}, tools: [tool_0]}}
   - {name: forward, url: %[1]q}
 `, upstreamURL), func(string) (string, bool) { return "", false })
 	if err != nil {

@@ -3,6 +3,7 @@ package gateway
 import (
 	"fmt"
 	"hash/maphash"
+	"strings"
 	"testing"
 
 	"github.com/ctxgate/ctxgate/policy"
@@ -28,6 +29,11 @@ func TestMayNeedNeutralising(t *testing.T) {
 		{name: "raw DEL", json: "{\"d\":\"a\x7fb\"}", want: true},
 		{name: "raw bidi override", json: "{\"d\":\"a\u202eb\"}", want: true},
 		{name: "raw non-ASCII text", json: `{"d":"naïve café"}`, want: false},
+		{name: "long plain text", json: `{"d":"` + strings.Repeat("abcdefgh", 9) + `"}`, want: false},
+		{name: "long text, DEL at the end", json: `{"d":"` + strings.Repeat("abcdefgh", 9) + "\x7f\"}", want: true},
+		{name: "long text, escape across eight bytes", json: `{"d":"abcdefg\u202e` + strings.Repeat("abcdefgh", 3) + `"}`, want: true},
+		{name: "long text, unit separator", json: `{"d":"abcdefghijklmn` + "\x1f" + `opqrstuvwxyz"}`, want: true},
+		{name: "long text, bidi override", json: `{"d":"abcdefghijklmn` + "\u2066" + `opqrstuvwxyz"}`, want: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -191,9 +192,14 @@ func resultTextAt(method string) func(path []string) bool {
 
 // mayNeedNeutralising is a cheap test of raw JSON: only an escape that
 // stands for a character neutralise removes (\u..., and \b, \f, \r: C0
-// controls), or such a character raw, can need the full pass.
+// controls), or such a character raw, can need the full pass. Eight bytes
+// at a time while none of them can start one (a tool result can be large).
 func mayNeedNeutralising(b []byte) bool {
 	for i := 0; i < len(b); {
+		if i+8 <= len(b) && !maySpecial(binary.LittleEndian.Uint64(b[i:])) {
+			i += 8
+			continue
+		}
 		c := b[i]
 		switch {
 		case c == '\\':
@@ -216,6 +222,19 @@ func mayNeedNeutralising(b []byte) bool {
 		}
 	}
 	return false
+}
+
+// maySpecial reports whether one of the eight bytes of x is non-ASCII, a
+// control, DEL or a backslash: one mayNeedNeutralising must look at. (The
+// tests for a byte below n and for a zero byte are exact once no byte has
+// its high bit set.)
+func maySpecial(x uint64) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	if x&highs != 0 {
+		return true
+	}
+	hasZero := func(y uint64) bool { return (y-ones)&^y&highs != 0 }
+	return (x-0x20*ones)&^x&highs != 0 || hasZero(x^0x7f*ones) || hasZero(x^'\\'*ones)
 }
 
 // isTextKey reports the members whose string values a client shows to

@@ -35,8 +35,10 @@ import (
 //	                  served marked _meta io.ctxgate/stale   Ctxgate-Cache: stale; age=S
 //
 // The cache holds the upstream's raw result; the policy in force filters
-// and redacts every answer as it leaves (transformJSON), so a policy change
-// applies to cached data at once.
+// and redacts every answer as it leaves (filterCached), so a policy change
+// applies to cached data at once. What depends on the result's bytes alone
+// (a tools/list page read, neutralised and digested for its pins) is kept
+// beside it, by those bytes (toolscreen.go), so a hit does not redo it.
 
 // cacheHeader tells the client where its answer came from.
 const cacheHeader = "Ctxgate-Cache"

@@ -29,11 +29,11 @@ import (
 //	go test ./gateway/ -run '^$' -bench BenchmarkToolsList -benchmem
 func BenchmarkToolsList(b *testing.B) {
 	for _, n := range []int{4, 100, 1000} {
-		h := benchListGateway(b, benchUpstream(b, benchToolList(n), nil))
+		h := benchListGateway(b, benchListUpstream(b, benchToolList(n), nil))
 		for _, route := range []string{"forward", "hit"} {
 			b.Run(fmt.Sprintf("tools=%d/%s", n, route), func(b *testing.B) {
 				path := "/mcp/" + route
-				session := benchInitialize(b, h, path)
+				session := benchListInitialize(b, h, path)
 				const req = `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`
 				first := benchPost(b, h, path, session, req)
 				var got struct {
@@ -42,7 +42,7 @@ func BenchmarkToolsList(b *testing.B) {
 				if err := json.Unmarshal(first.Body.Bytes(), &got); err != nil || len(got.Result.Tools) != n {
 					b.Fatalf("%d tools (%v), want %d: %.300s", len(got.Result.Tools), err, n, first.Body)
 				}
-				benchLoop(b, h, path, session, req, route)
+				benchListLoop(b, h, path, session, req, route)
 			})
 		}
 	}
@@ -55,25 +55,25 @@ func BenchmarkToolsList(b *testing.B) {
 func BenchmarkToolResult(b *testing.B) {
 	text := strings.Repeat("All work and no play makes Jack a dull boy.\n", (1<<20)/45)
 	result := fmt.Appendf(nil, `{"content":[{"type":"text","text":%q}]}`, text)
-	h := benchListGateway(b, benchUpstream(b, benchToolList(4), result))
+	h := benchListGateway(b, benchListUpstream(b, benchToolList(4), result))
 	for _, route := range []string{"forward", "hit"} {
 		b.Run("1MiB/"+route, func(b *testing.B) {
 			path := "/mcp/" + route
-			session := benchInitialize(b, h, path)
+			session := benchListInitialize(b, h, path)
 			benchPost(b, h, path, session, `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`)
 			const req = `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"tool_0","arguments":{"key":"k"}}}`
 			if first := benchPost(b, h, path, session, req); first.Body.Len() < len(result) {
 				b.Fatalf("answer of %d bytes: %.300s", first.Body.Len(), first.Body)
 			}
 			b.SetBytes(int64(len(result)))
-			benchLoop(b, h, path, session, req, route)
+			benchListLoop(b, h, path, session, req, route)
 		})
 	}
 }
 
-// benchLoop checks that route answers from the cache ("hit") or not, then
+// benchListLoop checks that route answers from the cache ("hit") or not, then
 // posts req in the benchmark's loop.
-func benchLoop(b *testing.B, h http.Handler, path, session, req, route string) {
+func benchListLoop(b *testing.B, h http.Handler, path, session, req, route string) {
 	want := map[string]string{"hit": "hit"}[route]
 	if c := benchPost(b, h, path, session, req).Header().Get("Ctxgate-Cache"); c != want {
 		b.Fatalf("Ctxgate-Cache %q, want %q", c, want)
@@ -84,13 +84,13 @@ func benchLoop(b *testing.B, h http.Handler, path, session, req, route string) {
 	}
 }
 
-func benchInitialize(b *testing.B, h http.Handler, path string) string {
+func benchListInitialize(b *testing.B, h http.Handler, path string) string {
 	return benchPost(b, h, path, "", `{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"b","version":"1"}}}`).Header().Get("Mcp-Session-Id")
 }
 
-// benchUpstream answers initialize, tools/list with list and tools/call
+// benchListUpstream answers initialize, tools/list with list and tools/call
 // with call, at once.
-func benchUpstream(b *testing.B, list, call []byte) string {
+func benchListUpstream(b *testing.B, list, call []byte) string {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var msg struct {
 			ID     json.RawMessage `json:"id"`

@@ -35,8 +35,10 @@ import (
 //	                  served marked _meta io.ctxgate/stale   Ctxgate-Cache: stale; age=S
 //
 // The cache holds the upstream's raw result; the policy in force filters
-// and redacts every answer as it leaves (transformJSON), so a policy change
-// applies to cached data at once.
+// and redacts every answer as it leaves (filterCached), so a policy change
+// applies to cached data at once. What depends on the result's bytes alone
+// (a tools/list page read, neutralised and digested for its pins) is kept
+// beside it, by those bytes (toolscreen.go), so a hit does not redo it.
 
 // cacheHeader tells the client where its answer came from.
 const cacheHeader = "Ctxgate-Cache"
@@ -391,12 +393,8 @@ func (s *Server) writeCached(w http.ResponseWriter, r *http.Request, fwd *forwar
 		result = markStale(result, age.Milliseconds())
 		header = "stale; age=" + strconv.FormatInt(int64(age/time.Second), 10)
 	}
-	body, err := jsonrpc.EncodeMessage(&jsonrpc.Response{ID: lk.req.ID, Result: result})
+	body, err := s.filterCached(r.Context(), fwd, &jsonrpc.Response{ID: lk.req.ID, Result: result})
 	if err != nil {
-		writeError(w, r, fmt.Errorf("encode cached answer: %w", err))
-		return
-	}
-	if body, err = s.transformJSON(r.Context(), fwd, body); err != nil {
 		writeError(w, r, fmt.Errorf("filter cached answer: %w", err))
 		return
 	}
@@ -406,6 +404,19 @@ func (s *Server) writeCached(w http.ResponseWriter, r *http.Request, fwd *forwar
 	h.Set(cacheHeader, header)
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(body)
+}
+
+// filterCached is transformMessage for a cached answer, which the gateway
+// holds decoded already (the strict decoder read it when it arrived): the
+// same filter, without encoding the answer only to decode it again.
+func (s *Server) filterCached(ctx context.Context, fwd *forward, m *jsonrpc.Response) ([]byte, error) {
+	if s.policy == nil {
+		return jsonrpc.EncodeMessage(m)
+	}
+	if !fwd.claimResponse(m.ID) {
+		return nil, errUnreadableAnswer // cannot happen: the one request of the exchange
+	}
+	return s.renamed(fwd, s.filterResponse(ctx, fwd, m, nil)), nil
 }
 
 // markStale sets _meta["io.ctxgate/stale"] = {"ageMs": age} on a result

@@ -17,9 +17,16 @@ type toolMeta struct {
 type catalog struct {
 	mu    sync.RWMutex
 	tools map[string]map[string]toolMeta // upstream -> tool name -> meta
+	// last is, per upstream, the page learned last: learning it again
+	// changes nothing (a cache hit, a list every client gets the same).
+	last map[string]*toolPage
+	// screens are the screened pages (toolscreen.go).
+	screens toolScreens
 }
 
-func newCatalog() *catalog { return &catalog{tools: map[string]map[string]toolMeta{}} }
+func newCatalog() *catalog {
+	return &catalog{tools: map[string]map[string]toolMeta{}, last: map[string]*toolPage{}}
+}
 
 func (c *catalog) tool(upstreamName, name string) (toolMeta, bool) {
 	c.mu.RLock()
@@ -33,6 +40,26 @@ func (c *catalog) tool(upstreamName, name string) (toolMeta, bool) {
 func (c *catalog) learnTools(upstreamName string, items []toolItem) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	delete(c.last, upstreamName)
+	c.learnLocked(upstreamName, items)
+}
+
+// learnPage is learnTools for a screened page, skipped when that page is
+// the one the upstream's tools were last learned from.
+func (c *catalog) learnPage(upstreamName string, page *toolPage) {
+	c.mu.RLock()
+	same := c.last[upstreamName] == page
+	c.mu.RUnlock()
+	if same {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.last[upstreamName] = page
+	c.learnLocked(upstreamName, page.items)
+}
+
+func (c *catalog) learnLocked(upstreamName string, items []toolItem) {
 	known := c.tools[upstreamName]
 	if known == nil {
 		known = map[string]toolMeta{}

@@ -89,26 +89,32 @@ func (s *Server) authorize(r *http.Request, fwd *forward, st *requestState) erro
 // page is read once with exact names (ambiguous items withheld), the
 // catalog and the argument schemas learn the items kept, the pins screen
 // them (digests of what the upstream sent, before any rewriting), and
-// their text is neutralised.
-func (s *Server) readTools(ctx context.Context, fwd *forward, result []byte) ([]byte, error) {
-	page, err := readToolPage(result)
+// their text is neutralised. What depends on the page's bytes alone
+// (reading, neutralising, the pin digests) is done once per page
+// (screenToolPage, kept in the catalog's screens); what depends on state
+// that changes (the pins in force) on every answer. It returns the page
+// too (nil without a tools member).
+func (s *Server) readTools(ctx context.Context, fwd *forward, result []byte) ([]byte, *toolPage, error) {
+	name := fwd.route.upstream.Name
+	page, err := s.catalog.screens.page(result, s.pins.set(name) != nil)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if page.prefix == nil {
-		return result, nil // no tools member: nothing to learn
+		return result, nil, nil // no tools member: nothing to learn
 	}
 	if len(page.withheld) > 0 {
 		loggerOf(ctx, s.log).Warn("tools withheld: the upstream's item cannot be read unambiguously",
-			"upstream", fwd.route.upstream.Name, "items", page.withheld)
+			"upstream", name, "items", page.withheld)
 	}
-	s.catalog.learnTools(fwd.route.upstream.Name, page.items)
+	s.catalog.learnPage(name, page)
 	s.learnSchemas(fwd, page.items)
 	kept, err := s.screenTools(ctx, fwd, page.items)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return s.neutraliseToolText(ctx, fwd, page.encode(kept)), nil
+	s.neutraliseToolText(ctx, fwd, kept)
+	return page.encodeKept(kept), page, nil
 }
 
 // errUnreadableAnswer is an upstream JSON answer the policy could not read,
@@ -247,6 +253,9 @@ func (s *Server) updateVisible(ctx context.Context, fwd *forward, m *jsonrpc.Req
 // holds, if it holds one (a list pushed on a stream is filtered like an
 // answered one), and redacted as the policy decides for it
 // (relatedRedactions).
+//
+// data is m as the upstream sent it, relayed when nothing changed; nil
+// when there are no such bytes (a cached answer): m is encoded then.
 func (s *Server) filterResponse(ctx context.Context, fwd *forward, m *jsonrpc.Response, data []byte) []byte {
 	ex := fwd.exchanges[idKey(m.ID)]
 	noteResultError(ctx, ex, m)
@@ -256,7 +265,7 @@ func (s *Server) filterResponse(ctx context.Context, fwd *forward, m *jsonrpc.Re
 		in, rs = ex.input, ex.redact
 	} else {
 		if fwd.base == nil {
-			return data
+			return encodedOr(data, m)
 		}
 		method := pushedListMethod(m.Result)
 		var ok bool
@@ -266,10 +275,10 @@ func (s *Server) filterResponse(ctx context.Context, fwd *forward, m *jsonrpc.Re
 		in = s.baseInput(fwd, method)
 	}
 	if m.Error != nil {
-		return s.redactError(ctx, fwd, m, data, rs)
+		return s.redactError(ctx, fwd, m, encodedOr(data, m), rs)
 	}
 	if len(m.Result) == 0 {
-		return data
+		return encodedOr(data, m)
 	}
 	result, denied, err := s.filterResult(ctx, fwd, in, rs, m.Result)
 	if err != nil {
@@ -279,30 +288,63 @@ func (s *Server) filterResponse(ctx context.Context, fwd *forward, m *jsonrpc.Re
 	if denied != nil {
 		return errorMessage(m.ID, denied)
 	}
-	if bytes.Equal(result, m.Result) {
+	if data != nil && bytes.Equal(result, m.Result) {
 		return data
 	}
-	out, err := jsonrpc.EncodeMessage(&jsonrpc.Response{ID: m.ID, Result: result})
+	return resultMessage(m.ID, result)
+}
+
+// encodedOr is data, or m encoded when there are no bytes to relay (an
+// answer that cannot be encoded is withheld).
+func encodedOr(data []byte, m *jsonrpc.Response) []byte {
+	switch {
+	case data != nil:
+		return data
+	case m.Error == nil:
+		return resultMessage(m.ID, m.Result)
+	}
+	out, err := jsonrpc.EncodeMessage(m)
 	if err != nil {
 		return withheldResult(m.ID)
 	}
 	return out
 }
 
-// filterResult runs the response-side pipeline on one result: the tool
-// page read and screened (toolpage.go, pinning.go), list items the
-// principal may not see removed, the modern era's checks, text a model
-// reads neutralised, the redactions applied. denied is the modern checks'
-// refusal of the result.
+// resultMessage is the response to id with result, which is valid JSON
+// (the strict decoder read it, and every step after it writes JSON). It
+// is appended as it is: jsonrpc.EncodeMessage would validate and compact
+// it again through reflection (a quarter of a cached 1,000-tool answer's
+// cost), and HTML-escape it, which a result relayed unchanged is not.
+func resultMessage(id jsonrpc.ID, result []byte) []byte {
+	rawID, err := json.Marshal(id.Raw())
+	if err != nil || len(result) == 0 {
+		return withheldResult(id)
+	}
+	out := make([]byte, 0, len(`{"jsonrpc":"2.0","id":,"result":}`)+len(rawID)+len(result))
+	out = append(out, `{"jsonrpc":"2.0","id":`...)
+	out = append(out, rawID...)
+	out = append(out, `,"result":`...)
+	out = append(out, result...)
+	return append(out, '}')
+}
+
+// filterResult runs the response-side pipeline on one result, one pass
+// over its parsed tool page: the page read and screened (toolpage.go,
+// pinning.go), list items the principal may not see removed, the modern
+// era's checks, text a model reads neutralised, the redactions applied.
+// denied is the modern checks' refusal of the result.
 func (s *Server) filterResult(ctx context.Context, fwd *forward, in *policy.Input, rs []policy.Redaction, raw json.RawMessage) (_ []byte, denied *Error, err error) {
 	result := []byte(raw)
 	method := in.Method
 	shape, isList := listShapes[method]
-	if isList {
+	var page *toolPage
+	switch {
+	case method == "tools/list":
+		// readToolPage refuses a case variant of tools itself, as
+		// exactListMember does for the other lists.
+		result, page, err = s.learnToolPage(ctx, fwd, result)
+	case isList:
 		err = exactListMember(result, shape.items)
-	}
-	if err == nil && method == "tools/list" {
-		result, err = s.learnToolPage(ctx, fwd, result)
 	}
 	if err == nil && isList {
 		result, _, err = s.policy.FilterList(ctx, in, result)
@@ -317,13 +359,26 @@ func (s *Server) filterResult(ctx context.Context, fwd *forward, in *policy.Inpu
 	}
 	result = s.neutraliseResult(ctx, fwd, method, result)
 	n := 0
-	if len(rs) > 0 {
-		if result, n, err = policy.RedactResult(result, rs); err != nil {
-			return nil, nil, err
-		}
+	switch {
+	case len(rs) == 0:
+	case page != nil && sameBytes(result, page.all):
+		// Nothing filtered out of the whole page: its redaction by these
+		// rules is the same for every answer (redactAll).
+		result, n, err = page.redactAll(rs)
+	default:
+		result, n, err = policy.RedactResult(result, rs)
+	}
+	if err != nil {
+		return nil, nil, err
 	}
 	s.countRedactions(ctx, fwd, "result", n)
 	return result, nil, nil
+}
+
+// sameBytes reports whether a and b are the same bytes in memory (not
+// merely equal): a result no step rewrote.
+func sameBytes(a, b []byte) bool {
+	return len(a) == len(b) && len(a) > 0 && &a[0] == &b[0]
 }
 
 // withheldResult answers a request whose result cannot be filtered.

@@ -175,6 +175,15 @@ func toolDefinition(item toolItem) (def pinEntry, v1 string, err error) {
 	return def, "sha256:" + hex.EncodeToString(sum[:]), nil
 }
 
+// definition is toolDefinition(item), computed once when screenToolPage
+// has done it already.
+func (item toolItem) definition() (pinEntry, string, error) {
+	if item.pin != nil {
+		return item.pin.def, item.pin.v1, item.pin.err
+	}
+	return toolDefinition(item)
+}
+
 // status is a tool's pin status; "" when the upstream does not pin.
 func (p *pinSet) status(name string) string {
 	if p == nil {
@@ -223,7 +232,7 @@ func (p *pinSet) screen(items []toolItem) (screened, error) {
 	var out screened
 	save := false
 	for _, item := range items {
-		def, v1, err := toolDefinition(item)
+		def, v1, err := item.definition()
 		if err != nil {
 			return screened{}, fmt.Errorf("pin tool %q: %w", item.Name, err)
 		}

@@ -144,7 +144,7 @@ func (s *Server) fetchToolList(ctx context.Context, fwd *forward, version string
 		if err := exactListMember(result, listShapes["tools/list"].items); err != nil {
 			return err
 		}
-		_, _ = s.learnToolPage(ctx, fwd, result)
+		_, _, _ = s.learnToolPage(ctx, fwd, result)
 		var page struct {
 			NextCursor string `json:"nextCursor"`
 		}
@@ -160,7 +160,7 @@ func (s *Server) fetchToolList(ctx context.Context, fwd *forward, version string
 // annotations and descriptions (catalog), input schemas, and pins (digests
 // of what the upstream sent, before any rewriting). filterResponse calls
 // it for the lists clients ask for; learnToolsBeforeCall for its own.
-func (s *Server) learnToolPage(ctx context.Context, fwd *forward, result []byte) ([]byte, error) {
+func (s *Server) learnToolPage(ctx context.Context, fwd *forward, result []byte) ([]byte, *toolPage, error) {
 	// A list a client read is as recent as one the gateway fetched: a
 	// call of a name it lacks needs no fetch either.
 	s.toolFetch.done(fwd.route.upstream.Name, s.now())

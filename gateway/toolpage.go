@@ -48,6 +48,22 @@ type toolItem struct {
 	// top-level members by their exact names.
 	Raw     jsontext.Value
 	members map[string]jsontext.Value
+	// relayed is the item as the client gets it: Raw with its text
+	// neutralised (screenToolPage); nil until screened, Raw itself when
+	// nothing needed neutralising.
+	relayed jsontext.Value
+	// neutralised: relayed differs from Raw (for the log).
+	neutralised bool
+	// pin is the item's pin digests, computed once by screenToolPage for
+	// an upstream that pins; nil otherwise (pinSet.screen computes them).
+	pin *itemPin
+}
+
+// itemPin is what toolDefinition says of an item.
+type itemPin struct {
+	def pinEntry
+	v1  string
+	err error
 }
 
 // toolPage is a tools/list result read by readToolPage.
@@ -58,6 +74,15 @@ type toolPage struct {
 	items          []toolItem
 	// withheld says, for each item left out, why (for the log).
 	withheld []string
+	// all is the page with every item as relayed (screenToolPage), the
+	// answer when none is quarantined.
+	all []byte
+	// redacted remembers redactions of all (redactAll).
+	redacted redactMemo
+	// src is the result the page was screened from, and size what it
+	// counts against the bound (toolScreens).
+	src  []byte
+	size int
 }
 
 var errUnreadableToolPage = errors.New("tools/list result cannot be read unambiguously")
@@ -210,7 +235,47 @@ func (p *toolPage) encode(items []toolItem) []byte {
 		if i > 0 {
 			out = append(out, ',')
 		}
-		out = append(out, it.Raw...)
+		out = append(out, it.relayedRaw()...)
 	}
 	return append(append(out, ']'), p.suffix...)
+}
+
+// relayedRaw is the item as relayed: its neutralised text once screened.
+func (it *toolItem) relayedRaw() jsontext.Value {
+	if it.relayed != nil {
+		return it.relayed
+	}
+	return it.Raw
+}
+
+// screenToolPage reads a tools/list result (readToolPage) and does, once,
+// everything about it that depends on its bytes alone: each item's text
+// neutralised, its pin digests computed when the upstream pins (pins),
+// and the page as relayed when every item is kept. What depends on more
+// (the pins in force, the catalog, the policy) is done on every use of
+// the page: see readTools. The page is read-only once returned, so one
+// page serves concurrent requests (toolScreens).
+func screenToolPage(result []byte, pins bool) (*toolPage, error) {
+	page, err := readToolPage(result)
+	if err != nil || page.prefix == nil {
+		return page, err
+	}
+	for i := range page.items {
+		it := &page.items[i]
+		it.relayed, it.neutralised = neutraliseItem(it.Raw)
+		if pins {
+			def, v1, err := toolDefinition(*it)
+			it.pin = &itemPin{def: def, v1: v1, err: err}
+		}
+	}
+	page.all = page.encode(page.items)
+	return page, nil
+}
+
+// encodeKept is encode(kept), without a copy when every item is kept.
+func (p *toolPage) encodeKept(kept []toolItem) []byte {
+	if len(kept) == len(p.items) && p.all != nil {
+		return p.all
+	}
+	return p.encode(kept)
 }

@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -68,15 +69,20 @@ func (s *Server) dropStrayResponse(ctx context.Context, fwd *forward, id jsonrpc
 		"upstream", fwd.route.upstream.Name, "response_id", clip(fmt.Sprint(id.Raw()), 64))
 }
 
-// neutraliseToolText neutralises a tools/list result and logs which tools
-// needed it: an operator should know an upstream sends such text.
-func (s *Server) neutraliseToolText(ctx context.Context, fwd *forward, result []byte) []byte {
-	out, changed := neutraliseTools(result)
+// neutraliseToolText logs which of the tools kept needed their text
+// neutralised (screenToolPage did it): an operator should know an
+// upstream sends such text.
+func (s *Server) neutraliseToolText(ctx context.Context, fwd *forward, kept []toolItem) {
+	var changed []string
+	for _, it := range kept {
+		if it.neutralised {
+			changed = append(changed, it.Name)
+		}
+	}
 	if len(changed) > 0 {
 		loggerOf(ctx, s.log).Warn("tool text neutralised: escape, control, bidi or invisible characters removed",
 			"upstream", fwd.route.upstream.Name, "tools", changed)
 	}
-	return out
 }
 
 // neutraliseResult neutralises the text of a result a model reads (see
@@ -184,24 +190,51 @@ func resultTextAt(method string) func(path []string) bool {
 	return func(p []string) bool { return len(p) > 1 && at(p, 0, member) && isTextKey(last(p)) }
 }
 
-// mayNeedNeutralising is a cheap test of raw JSON: only an escape (\u...)
-// or a raw character neutralise removes can need the full pass.
+// mayNeedNeutralising is a cheap test of raw JSON: only an escape that
+// stands for a character neutralise removes (\u..., and \b, \f, \r: C0
+// controls), or such a character raw, can need the full pass. Eight bytes
+// at a time while none of them can start one (a tool result can be large).
 func mayNeedNeutralising(b []byte) bool {
-	if bytes.Contains(b, []byte(`\u`)) {
-		return true
-	}
 	for i := 0; i < len(b); {
-		if b[i] < utf8.RuneSelf {
-			i++
+		if i+8 <= len(b) && !maySpecial(binary.LittleEndian.Uint64(b[i:])) {
+			i += 8
 			continue
 		}
-		r, size := utf8.DecodeRune(b[i:])
-		if invisible(r) {
+		c := b[i]
+		switch {
+		case c == '\\':
+			if i+1 < len(b) && strings.IndexByte("ubfr", b[i+1]) >= 0 {
+				return true
+			}
+			i += 2 // an escaped backslash is not the start of another escape
+		case c == 0x7f || c < 0x20 && c != '\t' && c != '\n' && c != '\r':
+			// DEL is valid raw in a JSON string (the C0 controls are not;
+			// tab, newline and CR between tokens are JSON whitespace).
 			return true
+		case c < utf8.RuneSelf:
+			i++
+		default:
+			r, size := utf8.DecodeRune(b[i:])
+			if invisible(r) {
+				return true
+			}
+			i += size
 		}
-		i += size
 	}
 	return false
+}
+
+// maySpecial reports whether one of the eight bytes of x is non-ASCII, a
+// control, DEL or a backslash: one mayNeedNeutralising must look at. (The
+// tests for a byte below n and for a zero byte are exact once no byte has
+// its high bit set.)
+func maySpecial(x uint64) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	if x&highs != 0 {
+		return true
+	}
+	hasZero := func(y uint64) bool { return (y-ones)&^y&highs != 0 }
+	return (x-0x20*ones)&^x&highs != 0 || hasZero(x^0x7f*ones) || hasZero(x^'\\'*ones)
 }
 
 // isTextKey reports the members whose string values a client shows to
@@ -214,23 +247,33 @@ func isTextKey(k string) bool {
 // neutraliseTools returns a tools/list result with the text of every tool
 // neutralised (see neutralise), and the names of the tools that changed.
 // A result it cannot read is returned as it is: the strict decoder has
-// already vouched for it, and the policy filter reads it next.
+// already vouched for it, and the policy filter reads it next. The
+// gateway neutralises item by item (screenToolPage, neutraliseItem); this
+// is the same for a whole page.
 func neutraliseTools(result []byte) ([]byte, []string) {
+	if !mayNeedNeutralising(result) {
+		return result, nil
+	}
 	var page map[string]json.RawMessage
 	if json.Unmarshal(result, &page) != nil {
 		return result, nil
 	}
-	var tools []map[string]json.RawMessage
+	var tools []json.RawMessage
 	if json.Unmarshal(page["tools"], &tools) != nil {
 		return result, nil
 	}
 	var changed []string
-	for _, tool := range tools {
-		if neutraliseTool(tool) {
-			var name string
-			_ = json.Unmarshal(tool["name"], &name)
-			changed = append(changed, name)
+	for i, raw := range tools {
+		out, ok := neutraliseItem(jsontext.Value(raw))
+		if !ok {
+			continue
 		}
+		tools[i] = json.RawMessage(out)
+		var tool struct {
+			Name string `json:"name"`
+		}
+		_ = json.Unmarshal(raw, &tool)
+		changed = append(changed, tool.Name)
 	}
 	if len(changed) == 0 {
 		return result, nil
@@ -244,6 +287,25 @@ func neutraliseTools(result []byte) ([]byte, []string) {
 		return result, nil
 	}
 	return out, changed
+}
+
+// neutraliseItem returns one tools/list item with its text neutralised
+// at any depth (neutraliseTool), and whether it changed. An item with
+// nothing to neutralise, or that is not an object, is returned as it is,
+// byte for byte; a changed one is encoded again.
+func neutraliseItem(raw jsontext.Value) (jsontext.Value, bool) {
+	if !mayNeedNeutralising(raw) {
+		return raw, false
+	}
+	var tool map[string]json.RawMessage
+	if json.Unmarshal(raw, &tool) != nil || tool == nil || !neutraliseTool(tool) {
+		return raw, false
+	}
+	out, err := marshalPlain(tool)
+	if err != nil {
+		return raw, false
+	}
+	return out, true
 }
 
 // neutraliseTool rewrites one tool's text members in place, at any depth

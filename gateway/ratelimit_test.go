@@ -49,7 +49,7 @@ func TestSharedRateLimits(t *testing.T) {
 		body   string
 		status int
 	}{
-		{"call on 1", a1, callBody(2, "echo", "a1"), http.StatusOK},                    // 3; echo empty
+		{"call on 1", a1, callBody(2, "echo", "a1"), http.StatusOK},                   // 3; echo empty
 		{"same tool on 2", a2, callBody(3, "echo", "a2"), http.StatusTooManyRequests}, // takes nothing
 		{"list on 2", a2, `{"jsonrpc":"2.0","id":4,"method":"tools/list"}`, http.StatusOK},
 		{"list on 1", a1, `{"jsonrpc":"2.0","id":5,"method":"tools/list"}`, http.StatusTooManyRequests},

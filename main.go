@@ -38,6 +38,7 @@ import (
 	"github.com/ctxgate/ctxgate/config"
 	"github.com/ctxgate/ctxgate/gateway"
 	"github.com/ctxgate/ctxgate/policy"
+	"github.com/ctxgate/ctxgate/shared"
 	"github.com/ctxgate/ctxgate/upstream"
 )
 
@@ -185,6 +186,16 @@ func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, policyFS f
 		return err
 	}
 	opts := gateway.Options{Logger: log, Policy: engine, Metrics: metrics}
+	if cfg.Redis != nil {
+		// One client per process; an unreachable Redis is not a start-up
+		// error (on_error applies), refused credentials are.
+		rc, err := shared.New(ctx, cfg.Redis, shared.Options{Logger: log, Registerer: metrics.Registry()})
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		opts.Redis = rc
+	}
 	for _, f := range extra {
 		f(&opts) // the demo's clock and controls
 	}

@@ -20,14 +20,15 @@ go mod download
 npm ci --prefix e2e/node --no-audit --no-fund --loglevel=error
 # nginx and wrk (Debian) for the benchmark harness's tests (e2e/bench), and
 # chromium for the status page test (headless), prometheus for promtool (the
-# alert rules' tests, deploy/). In CI they are installed and required;
+# alert rules' tests, deploy/), redis-server for the shared-state e2e tests
+# (several replicas on one Redis). In CI they are installed and required;
 # elsewhere those tests skip with the command to install them.
-if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v chromium >/dev/null || ! command -v promtool >/dev/null; then
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v chromium >/dev/null || ! command -v promtool >/dev/null || ! command -v redis-server >/dev/null; then
 	if [ "${CI:-}" = true ]; then
 		apt-get update -qq
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx wrk chromium prometheus >/dev/null
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx wrk chromium prometheus redis-server >/dev/null
 	else
-		echo "test.sh: nginx, wrk, chromium or promtool is missing; their tests will skip (apt-get install -y nginx wrk chromium prometheus)" >&2
+		echo "test.sh: nginx, wrk, chromium, promtool or redis-server is missing; their tests will skip (apt-get install -y nginx wrk chromium prometheus redis-server)" >&2
 	fi
 fi
 # Helm for the chart's tests (deploy/), built from the Go module proxy into

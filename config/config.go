@@ -29,6 +29,8 @@ type Config struct {
 	Routes []Route `yaml:"routes"`
 	// Grants is the store of users' connected accounts (user_oauth).
 	Grants *Grants `yaml:"grants" json:",omitempty"`
+	// Redis is the state replicas share (redis.go); nil keeps it in memory.
+	Redis *Redis `yaml:"redis" json:",omitempty"`
 }
 
 // Server is the public MCP listener.
@@ -261,6 +263,7 @@ func (c *Config) applyDefaults() {
 	c.Tracing.applyDefaults()
 	c.applyCacheDefaults()
 	c.applyRouteDefaults()
+	c.Redis.applyDefaults()
 	for i := range c.Upstreams {
 		setDefault(&c.Upstreams[i].MaxIdleConns, DefaultMaxIdleConns)
 		c.Upstreams[i].applyResilienceDefaults()

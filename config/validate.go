@@ -44,6 +44,7 @@ func (c *Config) Validate() []Problem {
 	v.cache(c)
 	v.routes(c.Routes, c.Upstreams)
 	v.grants(c)
+	v.redis(c.Redis)
 	return v.problems
 }
 

@@ -66,7 +66,8 @@ func helmBin(t *testing.T) string {
 type valueSet struct {
 	name  string
 	files []string // under testdata/values
-	// redis: the set configures Redis, which the gateway does not know yet.
+	// redis: the set configures Redis (shared rate limits): the rendered
+	// configuration has a redis block, and the NOTES say what it shares.
 	redis bool
 
 	replicas                                               int32 // 0: the autoscaler decides
@@ -79,6 +80,11 @@ var valueSets = []valueSet{
 	{name: "defaults", replicas: 1, policyConfigMap: "ctxgate-policies", secretName: "ctxgate"},
 	{
 		name: "ha: 3 replicas, Redis, mTLS, HPA, NetworkPolicy, ServiceMonitor", files: []string{"ha.yaml"}, redis: true,
+		pdb: true, hpa: true, networkPolicy: true, serviceMonitor: true, adminSvc: true, tls: true,
+		policyConfigMap: "ctxgate-policies", secretName: "ctxgate",
+	},
+	{
+		name: "ha with Redis over TLS, its password from a mounted Secret", files: []string{"ha.yaml", "redis-tls.yaml"}, redis: true,
 		pdb: true, hpa: true, networkPolicy: true, serviceMonitor: true, adminSvc: true, tls: true,
 		policyConfigMap: "ctxgate-policies", secretName: "ctxgate",
 	},
@@ -329,17 +335,6 @@ func lookup(n *yaml.Node, key string) *yaml.Node {
 		}
 	}
 	return nil
-}
-
-// deleteKey removes key from a mapping node and reports whether it was there.
-func deleteKey(n *yaml.Node, key string) bool {
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		if n.Content[i].Value == key {
-			n.Content = append(n.Content[:i], n.Content[i+2:]...)
-			return true
-		}
-	}
-	return false
 }
 
 func encodeYAML(t *testing.T, n *yaml.Node) []byte {

@@ -190,7 +190,7 @@ type resGateway struct {
 	decisions string // the decision log's path
 }
 
-func startResGateway(t *testing.T, upstreamURL, extra string) *resGateway {
+func startResGateway(t *testing.T, upstreamURL, extra string, opts ...func(*gateway.Options)) *resGateway {
 	t.Helper()
 	var indented strings.Builder
 	for line := range strings.SplitSeq(strings.TrimSpace(extra), "\n") {
@@ -229,7 +229,11 @@ upstreams:
 	}
 	t.Cleanup(pool.CloseIdleConnections)
 	g.pool = pool
-	gw, err := gateway.New(cfg, pool, gateway.Options{Policy: engine, Metrics: g.metrics})
+	o := gateway.Options{Policy: engine, Metrics: g.metrics}
+	for _, f := range opts {
+		f(&o)
+	}
+	gw, err := gateway.New(cfg, pool, o)
 	if err != nil {
 		t.Fatal(err)
 	}

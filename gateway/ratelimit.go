@@ -1,13 +1,75 @@
 package gateway
 
 import (
+	"context"
+	"net/http"
 	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
 
 	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/shared"
 )
+
+// CodeRateLimitUnavailable is the answer (503 + Retry-After) when the
+// limits are shared on Redis, Redis cannot answer and redis.on_error is
+// deny: the request is neither counted nor let through unlimited.
+const CodeRateLimitUnavailable = -31018
+
+// limiter takes a request's rate-limit tokens: one for the principal and,
+// for a tools/call, one for the principal and tool; all or none. Refused,
+// it returns the wait until a token is due. An error is a request that
+// could not be decided (an *Error for the client).
+type limiter interface {
+	take(ctx context.Context, principal, tool string) (ok bool, wait time.Duration, err error)
+}
+
+// newLimiter returns the route's limiter: in memory (one replica's own
+// buckets), or on Redis when redis is configured, shared by every replica
+// on the same Redis and key prefix. Nil when the route has no limits.
+func newLimiter(route string, c config.RateLimit, redis *shared.Client, now func() time.Time) limiter {
+	local := newRateLimiter(c, now)
+	switch {
+	case local == nil:
+		return nil // a nil *rateLimiter in the interface would not be nil
+	case redis == nil:
+		return local
+	}
+	return &sharedLimiter{route: route, limits: c, redis: redis, local: local}
+}
+
+// sharedLimiter keeps a route's buckets on Redis. When Redis cannot answer
+// (down, slower than redis.timeout, an error reply) on_error decides:
+// local takes the tokens from this replica's own buckets (so a principal
+// gets up to one limit per replica, never unlimited), deny refuses.
+type sharedLimiter struct {
+	route  string
+	limits config.RateLimit
+	redis  *shared.Client
+	local  *rateLimiter
+}
+
+func (l *sharedLimiter) take(ctx context.Context, principal, tool string) (bool, time.Duration, error) {
+	buckets := make([]shared.Bucket, 0, 2)
+	if r := l.limits.PerPrincipal; r != nil {
+		buckets = append(buckets, shared.Bucket{RPS: r.RPS, Burst: r.Burst})
+	}
+	if r, ok := l.limits.PerTool[tool]; ok && tool != "" {
+		buckets = append(buckets, shared.Bucket{Tool: tool, RPS: r.RPS, Burst: r.Burst})
+	}
+	ok, wait, err := l.redis.Allow(ctx, l.route, principal, buckets)
+	if err == nil {
+		return ok, wait, nil
+	}
+	l.redis.Fallback(shared.FeatureRateLimit, err)
+	if l.redis.Deny() {
+		e := newError(http.StatusServiceUnavailable, CodeRateLimitUnavailable, "rate limit cannot be checked: the shared store is unavailable; retry later", err)
+		setRetryAfter(e, time.Second)
+		return false, 0, e
+	}
+	return l.local.take(ctx, principal, tool)
+}
 
 // maxLimiters bounds the token buckets one route keeps (principals and
 // principal-tool pairs), so a flood of principals cannot grow memory.
@@ -42,6 +104,11 @@ func newRateLimiter(c config.RateLimit, now func() time.Time) *rateLimiter {
 		return nil
 	}
 	return &rateLimiter{perPrincipal: c.PerPrincipal, perTool: c.PerTool, now: now, buckets: map[limiterKey]*bucket{}}
+}
+
+func (l *rateLimiter) take(_ context.Context, principal, tool string) (bool, time.Duration, error) {
+	ok, wait := l.allow(principal, tool)
+	return ok, wait, nil
 }
 
 // allow takes one token for the principal and, for a tools/call, one for

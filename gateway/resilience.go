@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/shared"
 	"github.com/ctxgate/ctxgate/upstream"
 )
 
@@ -24,11 +25,11 @@ import (
 type routeResilience struct {
 	idempotentTools map[string]bool
 	streams         config.Streams
-	limiter         *rateLimiter // nil: no rate limits
+	limiter         limiter // nil: no rate limits
 	idem            *idempotencyStore
 }
 
-func newRouteResilience(c config.Upstream, now func() time.Time) routeResilience {
+func newRouteResilience(c config.Upstream, now func() time.Time, redis *shared.Client) routeResilience {
 	tools := map[string]bool{}
 	for _, t := range c.IdempotentTools {
 		tools[t] = true
@@ -36,7 +37,7 @@ func newRouteResilience(c config.Upstream, now func() time.Time) routeResilience
 	return routeResilience{
 		idempotentTools: tools,
 		streams:         c.Streams,
-		limiter:         newRateLimiter(c.RateLimit, now),
+		limiter:         newLimiter(c.Name, c.RateLimit, redis, now),
 		idem:            newIdempotencyStore(c.Idempotency.Window, c.Idempotency.MaxKeys, now),
 	}
 }
@@ -74,7 +75,7 @@ func (rt *route) retryClass(fwd *forward, st *requestState) upstream.Retry {
 func (s *Server) forwardUpstream(w http.ResponseWriter, r *http.Request, rt *route, fwd *forward, st *requestState) {
 	ctx := context.WithValue(r.Context(), forwardKey{}, fwd)
 	r = r.WithContext(upstream.WithRetry(ctx, rt.retryClass(fwd, st)))
-	if err := s.rateLimit(rt, fwd, st); err != nil {
+	if err := s.rateLimit(r.Context(), rt, fwd, st); err != nil {
 		writeError(w, r, err)
 		return
 	}
@@ -100,7 +101,7 @@ func (s *Server) forwardUpstream(w http.ResponseWriter, r *http.Request, rt *rou
 
 // rateLimit takes the request's tokens: per principal for every request
 // (not a client's answers to the server), per tool for tools/call.
-func (s *Server) rateLimit(rt *route, fwd *forward, st *requestState) error {
+func (s *Server) rateLimit(ctx context.Context, rt *route, fwd *forward, st *requestState) error {
 	l := rt.res.limiter
 	if l == nil || fwd.body == nil || (st.msg != nil && st.msg.Request() == nil) {
 		return nil
@@ -109,7 +110,10 @@ func (s *Server) rateLimit(rt *route, fwd *forward, st *requestState) error {
 	if st.msg != nil && st.msg.Method() == "tools/call" {
 		tool = st.target.name
 	}
-	ok, wait := l.allow(fwd.principal.ID, tool)
+	ok, wait, err := l.take(ctx, fwd.principal.ID, tool)
+	if err != nil {
+		return err
+	}
 	if ok {
 		return nil
 	}

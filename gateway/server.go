@@ -74,6 +74,7 @@ import (
 	"github.com/ctxgate/ctxgate/identity"
 	"github.com/ctxgate/ctxgate/policy"
 	"github.com/ctxgate/ctxgate/session"
+	"github.com/ctxgate/ctxgate/shared"
 	"github.com/ctxgate/ctxgate/upstream"
 )
 
@@ -104,6 +105,9 @@ type Options struct {
 	// prefix, behind the admin token like the rest (the demo's controls
 	// of its sample server). Nil: none.
 	AdminRoutes map[string]http.Handler
+	// Redis holds the state replicas share (rate limits); nil keeps all
+	// of it in this process.
+	Redis *shared.Client
 }
 
 // Server is one gateway: its routes, its admin endpoints and its lifecycle.
@@ -163,6 +167,8 @@ type Server struct {
 	// end at an event boundary.
 	streams     context.Context
 	stopStreams context.CancelFunc
+	// redis is the shared state's client; nil: everything in memory.
+	redis *shared.Client
 }
 
 // New builds a gateway for a validated configuration.
@@ -189,6 +195,7 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 	}
 	s.now = now
 	s.healthInterval, s.adminRoutes = opts.HealthInterval, opts.AdminRoutes
+	s.redis = opts.Redis
 	if s.healthInterval == 0 {
 		s.healthInterval = DefaultHealthInterval
 	}
@@ -314,7 +321,7 @@ func (s *Server) routes() []*route {
 			requiredScopes:  c.RequiredScopes,
 			identityHeaders: c.IdentityHeaders,
 			cache:           c.Cache,
-			res:             newRouteResilience(c, s.now),
+			res:             newRouteResilience(c, s.now, s.redis),
 			era:             &upstreamEra{},
 		}
 		if c.Bridge {

@@ -36,6 +36,7 @@ const (
 	CodeRateLimited         = -31015 // 429 + Retry-After: the principal's (or tool's) rate limit
 	CodeOutcomeUnknown      = -31016 // 502/504: the call was sent, then the exchange failed: it may or may not have run; not retried
 	CodeIdempotencyMismatch = -31017 // 422: an idempotency key reused for a different call
+	CodeGatewayBusy         = -31018 // 503 + Retry-After: the gateway itself is at server.max_inflight requests (or server.max_streams streams); nothing was read or sent
 )
 
 // Error is a failure bound for a client: the HTTP status, the JSON-RPC

@@ -46,13 +46,13 @@ func BenchmarkPipeline(b *testing.B) {
 	b.Cleanup(up.Close)
 	idp := newBenchIssuer(b)
 	for _, p := range []struct {
-		name          string
-		full, cached  bool
-		wantCacheHeed string
+		name         string
+		full, cached bool
+		wantCache    string
 	}{
 		{name: "pass-through"},
 		{name: "full", full: true},
-		{name: "cache-hit", full: true, cached: true, wantCacheHeed: "hit"},
+		{name: "cache-hit", full: true, cached: true, wantCache: "hit"},
 	} {
 		b.Run(p.name, func(b *testing.B) {
 			g := newPipelineGateway(b, up.URL, idp, p.full, p.cached)
@@ -65,8 +65,8 @@ func BenchmarkPipeline(b *testing.B) {
 				b.Run(c.name, func(b *testing.B) {
 					session := g.initialize(b, c.route)
 					g.post(b, c.route, session, c.body) // warms the catalog and, when on, the cache
-					if got := g.post(b, c.route, session, c.body).Header().Get("Ctxgate-Cache"); got != p.wantCacheHeed {
-						b.Fatalf("Ctxgate-Cache %q, want %q", got, p.wantCacheHeed)
+					if got := g.post(b, c.route, session, c.body).Header().Get("Ctxgate-Cache"); got != p.wantCache {
+						b.Fatalf("Ctxgate-Cache %q, want %q", got, p.wantCache)
 					}
 					b.ReportAllocs()
 					for b.Loop() {

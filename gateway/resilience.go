@@ -83,6 +83,17 @@ func (s *Server) forwardUpstream(w http.ResponseWriter, r *http.Request, rt *rou
 	if s.serveCached(w, r, fwd, st) {
 		return
 	}
+	if fwd.stream || fwd.listen {
+		// A stream is open for as long as the client keeps it: it holds a
+		// stream slot, not one of the requests the gateway works on (a
+		// thousand idle streams must not shed calls).
+		done, err := s.openStream(r.Context())
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		defer done()
+	}
 	if st.msg != nil && st.msg.IsCall() && st.msg.Method() == "tools/call" {
 		key, err := idempotencyKey(r, st.msg.Request())
 		if err != nil {
@@ -128,8 +139,13 @@ func (s *Server) forwardOnce(w http.ResponseWriter, r *http.Request, rt *route, 
 		return
 	}
 	if !first {
+		// Waiting is not work: the slot goes back meanwhile, so duplicates
+		// cannot fill the admission limit while the first call runs.
+		t := ticketOf(r.Context())
+		t.release()
 		select {
 		case <-e.done:
+			t.resume()
 			s.replay(w, r, e, st)
 		case <-r.Context().Done():
 			writeError(w, r, fmt.Errorf("client went away: %w", context.Canceled))

@@ -19,17 +19,17 @@ import (
 )
 
 // startOverloadGateway is startResGateway with server settings (the
-// admission limits) and the per-principal share off, so one principal can
-// fill what is tested.
-func startOverloadGateway(t *testing.T, upstreamURL, server string) *resGateway {
+// admission limits), upstreams[0].max_concurrent, and the per-principal
+// share off, so one principal can fill what is tested.
+func startOverloadGateway(t *testing.T, upstreamURL, server string, maxConcurrent int) *resGateway {
 	t.Helper()
 	cfg, err := config.Parse(fmt.Appendf(nil, `
 server: {%s}
 auth: {api_keys: [{name: alice, sha256: %q}]}
 policy: {dir: unused-the-test-passes-an-engine}
 upstreams:
-  - {name: up, url: %q, max_concurrent: 100, max_concurrent_per_principal: 100}
-`, server, hexSHA256(aliceKey), upstreamURL), func(string) (string, bool) { return "", false })
+  - {name: up, url: %q, max_concurrent: %d, max_concurrent_per_principal: %[4]d}
+`, server, hexSHA256(aliceKey), upstreamURL, maxConcurrent), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,15 +76,25 @@ func openGETStream(t *testing.T, g *resGateway, session string) (*http.Response,
 }
 
 // TestStreamsHaveTheirOwnBound: open streams take server.max_streams
-// slots, not the requests the gateway works on: with more streams open
-// than max_inflight, a call is still answered (issue 15: 1,000 streams
-// exhausted a shared bound and later calls got 503). One stream over
+// slots, neither the requests the gateway works on nor the upstream's
+// bulkhead: streams open while max_concurrent is full, and with more
+// streams open than max_inflight and max_concurrent a call is still
+// answered (issue 15: 1,000 streams opening filled the bulkhead and calls
+// got 503 -31014). One stream over
 // max_streams is refused 503 -31018 with Retry-After, and never reaches
 // the upstream.
 func TestStreamsHaveTheirOwnBound(t *testing.T) {
 	up := newFaultUpstream(t)
-	g := startOverloadGateway(t, up.srv.URL, "max_inflight: 1, max_streams: 3")
+	g := startOverloadGateway(t, up.srv.URL, "max_inflight: 1, max_streams: 3", 1)
 	c := g.open(t, aliceKey)
+	// The one bulkhead slot is taken by a call the upstream holds; streams
+	// still open (they take none).
+	hung := make(chan struct{})
+	go func() {
+		defer close(hung)
+		_, _ = c.post(t.Context(), callBody(1, "slow", "n-slow"), nil)
+	}()
+	waitUntil(t, "the slow call to reach the upstream", func() bool { return up.executions("n-slow") == 1 })
 	for range 3 {
 		resp, err := openGETStream(t, g, c.session)
 		if err != nil || resp.StatusCode != http.StatusOK {
@@ -92,9 +102,11 @@ func TestStreamsHaveTheirOwnBound(t *testing.T) {
 		}
 		t.Cleanup(func() { resp.Body.Close() })
 	}
+	close(up.gate)
+	<-hung
 	a, err := c.post(t.Context(), callBody(2, "echo", "n-after-streams"), nil)
 	if err != nil || a.status != http.StatusOK || a.code() != 0 {
-		t.Fatalf("call with 3 streams open and max_inflight 1: %v %d %s; want 200 and a result", err, a.status, a.body)
+		t.Fatalf("call with 3 streams open, max_inflight 1 and max_concurrent 1: %v %d %s; want 200 and a result", err, a.status, a.body)
 	}
 	before := up.receipts.Load()
 	resp, err := openGETStream(t, g, c.session)
@@ -122,7 +134,7 @@ func TestStreamsHaveTheirOwnBound(t *testing.T) {
 // on holds no slot: that is max_concurrent's to bound.
 func TestAdmissionSheds(t *testing.T) {
 	up := newFaultUpstream(t)
-	g := startOverloadGateway(t, up.srv.URL, "max_inflight: 1")
+	g := startOverloadGateway(t, up.srv.URL, "max_inflight: 1", 100)
 	c := g.open(t, aliceKey)
 
 	// A call the upstream holds does not count against max_inflight.

@@ -78,7 +78,8 @@ func BenchmarkPipeline(b *testing.B) {
 	}
 }
 
-// benchUpstream is an MCP upstream answering from memory. Its path's last
+// benchUpstream is an MCP upstream answering from memory; a GET opens a
+// server stream (BenchmarkStreams). Its path's last
 // element is how many tools its tools/list has (/4, /100, /1000); the
 // first two are "echo" (a small result) and "blob" (a 1 MiB result). All
 // are annotated read-only, so the shipped policy lets any principal call
@@ -116,6 +117,14 @@ func init() {
 }
 
 func (benchUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodGet {
+		// A server stream: one event, then quiet until the client leaves.
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = w.Write([]byte("id: 1\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{}}\n\n"))
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+		return
+	}
 	if r.Method != http.MethodPost {
 		w.WriteHeader(http.StatusMethodNotAllowed)
 		return

@@ -55,7 +55,9 @@ var safeMethods = map[string]bool{
 func (rt *route) retryClass(fwd *forward, st *requestState) upstream.Retry {
 	switch {
 	case fwd.stream:
-		return upstream.RetrySafe // opening a GET stream runs nothing
+		// Opening a stream runs nothing; and it is bounded by
+		// server.max_streams, not the bulkhead's request slots.
+		return upstream.RetryStream
 	case fwd.body == nil || st.msg == nil:
 		return upstream.RetryUnsent // DELETE, batches
 	case st.msg.Request() == nil:
@@ -293,7 +295,7 @@ func upstreamError(ctx context.Context, err error) *Error {
 		e := newError(http.StatusServiceUnavailable, CodeOverloaded, "upstream busy: too many requests in flight; nothing was sent, retry later", err)
 		setRetryAfter(e, f.RetryAfter)
 		return e
-	case errors.Is(err, upstream.ErrOutcomeUnknown) && fwd != nil && fwd.body != nil && upstream.RetryOf(ctx) != upstream.RetrySafe:
+	case errors.Is(err, upstream.ErrOutcomeUnknown) && fwd != nil && fwd.body != nil && !repeatable(upstream.RetryOf(ctx)):
 		// Never retried silently: the client decides, knowing it may have run.
 		status := http.StatusBadGateway
 		if timedOut {
@@ -304,6 +306,12 @@ func upstreamError(ctx context.Context, err error) *Error {
 		return newError(http.StatusGatewayTimeout, CodeUpstreamTimeout, "upstream timed out", err)
 	}
 	return newError(http.StatusBadGateway, CodeUpstreamUnavailable, "upstream unavailable", err)
+}
+
+// repeatable: a request of this class runs nothing upstream that a
+// repeat would run twice.
+func repeatable(r upstream.Retry) bool {
+	return r == upstream.RetrySafe || r == upstream.RetryStream
 }
 
 func outcomeUnknown(status int, cause error) *Error {

@@ -82,6 +82,12 @@ const (
 	RetrySafe
 	// RetryNever never repeats (a client's answer to a server request).
 	RetryNever
+	// RetryStream opens a long-lived stream (a GET stream, a
+	// subscriptions/listen): retried as RetrySafe, and outside the
+	// bulkhead, since a stream is held for as long as its client keeps it
+	// and so must not take a slot max_concurrent keeps for requests. The
+	// gateway bounds streams itself (server.max_streams).
+	RetryStream
 )
 
 type retryKey struct{}
@@ -135,7 +141,7 @@ var BreakerStates = []string{"closed", "open", "half_open"}
 type Resilience struct {
 	name      string
 	breaker   circuitbreaker.CircuitBreaker[*http.Response]
-	executors [3]failsafe.Executor[*http.Response] // by Retry
+	executors [4]failsafe.Executor[*http.Response] // by Retry
 	retries   atomic.Uint64
 	rejected  atomic.Uint64
 	shares    *shares // nil: no per-principal share
@@ -171,6 +177,7 @@ func newResilience(c config.Upstream) *Resilience {
 	r.executors[RetryUnsent] = failsafe.With(deadline, bh, r.retryPolicy(c.Retry, retryBudget, retryUnsent), r.breaker, attempt)
 	r.executors[RetrySafe] = failsafe.With(deadline, bh, r.retryPolicy(c.Retry, retryBudget, retrySafe), r.breaker, attempt)
 	r.executors[RetryNever] = failsafe.With(deadline, bh, r.breaker, attempt)
+	r.executors[RetryStream] = failsafe.With(deadline, r.retryPolicy(c.Retry, retryBudget, retrySafe), r.breaker, attempt)
 	return r
 }
 
@@ -264,8 +271,9 @@ type resilientTransport struct {
 // returned as *Failure.
 func (t *resilientTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	// The principal's share first: a caller over it must not take a slot
-	// of the shared bulkhead from the others, even for a moment.
-	if id, ok := req.Context().Value(principalKey{}).(string); ok && t.r.shares != nil {
+	// of the shared bulkhead from the others, even for a moment. A stream
+	// takes no bulkhead slot, so no share of one either.
+	if id, ok := req.Context().Value(principalKey{}).(string); ok && t.r.shares != nil && RetryOf(req.Context()) != RetryStream {
 		if !t.r.shares.acquire(id) {
 			t.r.rejected.Add(1)
 			return nil, &Failure{Upstream: t.r.name, Kind: ErrBulkheadFull, RetryAfter: time.Second, Err: errPrincipalShare}

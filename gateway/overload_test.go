@@ -210,3 +210,30 @@ func decisionCount(t *testing.T, g *resGateway) int {
 	}
 	return bytes.Count(b, []byte("\n"))
 }
+
+// TestStreamOpenTimesOut: a stream opens outside failsafe-go's timeout
+// policy (which would keep two goroutines per open stream), so its own
+// bound applies: an upstream that never sends a GET stream's headers is
+// answered 504 -31011 after upstreams[].timeout, not held open forever.
+func TestStreamOpenTimesOut(t *testing.T) {
+	up := newFaultUpstream(t)
+	silent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			<-r.Context().Done() // no headers, ever
+			return
+		}
+		up.ServeHTTP(w, r)
+	}))
+	t.Cleanup(silent.Close)
+	g := startResGateway(t, silent.URL, "timeout: 50ms\nretry: {max_attempts: 1}")
+	c := g.open(t, aliceKey)
+	resp, err := openGETStream(t, g, c.session)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusGatewayTimeout || !bytes.Contains(body, []byte(`"code":-31011`)) {
+		t.Errorf("stream whose headers never come: %d %s; want 504 -31011", resp.StatusCode, body)
+	}
+}

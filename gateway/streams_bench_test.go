@@ -36,6 +36,7 @@ func BenchmarkStreams(b *testing.B) {
 				through := measureStreams(b, n, gw.URL+"/mcp/small", session)
 				b.ReportMetric(float64(through.bytes-direct.bytes)/float64(n), "gw-B/stream")
 				b.ReportMetric(float64(through.goroutines-direct.goroutines)/float64(n), "gw-goroutines/stream")
+				b.ReportMetric(float64(through.stack-direct.stack)/float64(n), "gw-stack-B/stream")
 				b.ReportMetric(float64(through.bytes)/float64(n), "total-B/stream")
 			}
 		})
@@ -43,14 +44,14 @@ func BenchmarkStreams(b *testing.B) {
 }
 
 // streamCost is what n open streams added to the process.
-type streamCost struct{ bytes, goroutines int64 }
+type streamCost struct{ bytes, stack, goroutines int64 }
 
 // measureStreams opens n GET streams on url, each read to its first event
 // (open end to end), measures, then closes them all and waits until the
 // process is back to its goroutines before.
 func measureStreams(b *testing.B, n int, url, session string) streamCost {
 	b.Helper()
-	before, beforeG := inUse(), runtime.NumGoroutine()
+	before, beforeStack, beforeG := inUse(), stackInUse(), runtime.NumGoroutine()
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: -1}}
 	ctx, cancel := context.WithCancel(b.Context())
 	var wg sync.WaitGroup
@@ -94,11 +95,18 @@ func measureStreams(b *testing.B, n int, url, session string) streamCost {
 	}
 	// The waiting goroutine per stream above is the client's, on both
 	// sides of the subtraction.
-	cost := streamCost{bytes: int64(inUse() - before), goroutines: int64(runtime.NumGoroutine() - beforeG)}
+	cost := streamCost{bytes: int64(inUse() - before), stack: int64(stackInUse() - beforeStack), goroutines: int64(runtime.NumGoroutine() - beforeG)}
 	cancel()
 	wg.Wait()
 	client.CloseIdleConnections()
 	return cost
+}
+
+// stackInUse is the goroutine stack memory in use.
+func stackInUse() uint64 {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.StackInuse
 }
 
 // inUse is the heap and stack memory in use after a collection.

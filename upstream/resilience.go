@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -145,6 +146,9 @@ type Resilience struct {
 	retries   atomic.Uint64
 	rejected  atomic.Uint64
 	shares    *shares // nil: no per-principal share
+	// openTimeout bounds the time to a stream's headers, every attempt
+	// included (upstreams[].timeout).
+	openTimeout time.Duration
 }
 
 func newResilience(c config.Upstream) *Resilience {
@@ -177,7 +181,12 @@ func newResilience(c config.Upstream) *Resilience {
 	r.executors[RetryUnsent] = failsafe.With(deadline, bh, r.retryPolicy(c.Retry, retryBudget, retryUnsent), r.breaker, attempt)
 	r.executors[RetrySafe] = failsafe.With(deadline, bh, r.retryPolicy(c.Retry, retryBudget, retrySafe), r.breaker, attempt)
 	r.executors[RetryNever] = failsafe.With(deadline, bh, r.breaker, attempt)
-	r.executors[RetryStream] = failsafe.With(deadline, r.retryPolicy(c.Retry, retryBudget, retrySafe), r.breaker, attempt)
+	// No timeout policy for a stream: failsafe-go's keeps two goroutines
+	// per request until its body is closed (its merged contexts), which for
+	// a stream is its whole life. The time to a stream's headers is bounded
+	// by openStream instead.
+	r.executors[RetryStream] = failsafe.With(r.retryPolicy(c.Retry, retryBudget, retrySafe), r.breaker)
+	r.openTimeout = c.Timeout
 	return r
 }
 
@@ -292,6 +301,9 @@ func (t *resilientTransport) RoundTrip(req *http.Request) (*http.Response, error
 		return resp, err
 	})
 	rt := failsafehttp.NewRoundTripperWithExecutor(attempt, t.r.executors[RetryOf(req.Context())])
+	if RetryOf(req.Context()) == RetryStream {
+		return t.openStream(rt, req, &sent)
+	}
 	resp, err := rt.RoundTrip(req)
 	if err == nil {
 		return resp, nil
@@ -300,6 +312,52 @@ func (t *resilientTransport) RoundTrip(req *http.Request) (*http.Response, error
 		return nil, err // the caller went away: not an upstream failure
 	}
 	return nil, t.r.failure(err, sent.Load())
+}
+
+// errOpenTimeout is the cause of a stream whose headers did not arrive
+// within openTimeout.
+var errOpenTimeout = errors.New("stream open timed out")
+
+// openStream opens a stream through rt with its headers due within
+// openTimeout: a timer, stopped when they arrive, cancels a context that
+// the body's Close ends, so an open stream costs no goroutine here.
+func (t *resilientTransport) openStream(rt http.RoundTripper, req *http.Request, sent *atomic.Bool) (*http.Response, error) {
+	ctx, cancel := context.WithCancelCause(req.Context())
+	var timer *time.Timer
+	if t.r.openTimeout > 0 {
+		timer = time.AfterFunc(t.r.openTimeout, func() { cancel(errOpenTimeout) })
+	}
+	resp, err := rt.RoundTrip(req.WithContext(ctx))
+	if timer != nil && !timer.Stop() && err == nil {
+		// The headers came as the timer fired: the stream is cancelled.
+		resp.Body.Close()
+		resp, err = nil, errOpenTimeout
+	}
+	if err == nil {
+		resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: func() { cancel(nil) }}
+		return resp, nil
+	}
+	cause := context.Cause(ctx)
+	cancel(nil)
+	switch {
+	case errors.Is(cause, errOpenTimeout):
+		return nil, &Failure{Upstream: t.r.name, Kind: ErrTimeout, Sent: sent.Load(), Err: fmt.Errorf("%w after %v: %w", errOpenTimeout, t.r.openTimeout, err)}
+	case req.Context().Err() != nil:
+		return nil, err // the caller went away: not an upstream failure
+	}
+	return nil, t.r.failure(err, sent.Load())
+}
+
+// cancelOnClose ends a stream's context when its body is closed.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel func()
+}
+
+func (b *cancelOnClose) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
 }
 
 func (r *Resilience) failure(err error, sent bool) *Failure {

@@ -95,6 +95,10 @@ func (s *Server) forwardUpstream(w http.ResponseWriter, r *http.Request, rt *rou
 			return
 		}
 		defer done()
+		if rt.streamProxy != nil {
+			rt.streamProxy.ServeHTTP(w, r)
+			return
+		}
 	}
 	if st.msg != nil && st.msg.IsCall() && st.msg.Method() == "tools/call" {
 		key, err := idempotencyKey(r, st.msg.Request())

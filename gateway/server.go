@@ -115,7 +115,9 @@ type Server struct {
 	// adminOrigins guards the admin listener the same way.
 	adminOrigins *originGuard
 	buffers      httputil.BufferPool
-	handler      http.Handler
+	// streamBuffers are the stream proxies' copy buffers (routes).
+	streamBuffers httputil.BufferPool
+	handler       http.Handler
 	// tls is the public listener's TLS configuration; nil serves plain HTTP.
 	tls *tls.Config
 	// oidc verifies bearer JWTs; nil without auth.oidc.
@@ -235,6 +237,7 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 	}
 	s.streams, s.stopStreams = context.WithCancel(context.Background())
 	s.admission = newAdmission(cfg.Server)
+	s.streamBuffers = &bufferPool{pool: sync.Pool{New: func() any { b := make([]byte, 4<<10); return &b }}}
 	s.upstreamStats = map[string]*upstreamStats{}
 	var names []string
 	for _, up := range pool.All() {
@@ -337,6 +340,12 @@ func (s *Server) routes() []*route {
 		attempts := &attemptTransport{s: s, name: up.Name, next: up.Transport, stats: s.upstreamStats[up.Name]}
 		rt.transport = admissionTransport{up.Resilience.RoundTripper(attempts)}
 		rt.proxy = s.newProxy(rt, rt.transport)
+		// A relayed stream hands over one event per read (several for a
+		// large one), so 4 KiB copies lose nothing, and 1,000 open streams
+		// hold 4 MiB of buffers, not 32 (issue 15).
+		sp := s.newProxy(rt, rt.transport)
+		sp.BufferPool = s.streamBuffers
+		rt.streamProxy = sp
 		out = append(out, rt)
 	}
 	return out

@@ -48,8 +48,6 @@ const (
 	ticketEnded
 )
 
-type ticketKey struct{}
-
 // admit is the admission middleware: a slot, or 503 before anything else
 // is read.
 func (s *Server) admit(next http.Handler) http.Handler {
@@ -60,10 +58,17 @@ func (s *Server) admit(next http.Handler) http.Handler {
 			writeError(w, r, gatewayBusy("gateway busy: too many requests in progress (server.max_inflight); nothing was read or sent, retry later"))
 			return
 		}
-		t := &ticket{a: a}
+		st := stateOf(r.Context())
+		if st == nil {
+			// Only the chain's own tests run without requestLog.
+			st = &requestState{}
+			r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
+		}
+		t := &st.slot
+		t.a = a
 		t.state.Store(ticketHeld)
 		defer t.end()
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ticketKey{}, t)))
+		next.ServeHTTP(w, r)
 	})
 }
 
@@ -88,9 +93,13 @@ func gatewayBusy(message string) *Error {
 	return e
 }
 
+// ticketOf is the request's slot; nil outside an admitted request (the
+// gateway's own requests: probes, listeners).
 func ticketOf(ctx context.Context) *ticket {
-	t, _ := ctx.Value(ticketKey{}).(*ticket)
-	return t
+	if st := stateOf(ctx); st != nil && st.slot.a != nil {
+		return &st.slot
+	}
+	return nil
 }
 
 // release gives the slot back for a while; nil-safe.

@@ -22,7 +22,7 @@ func TestParseAll(t *testing.T) {
 		got = append(got, p.Error())
 	}
 	want := []string{
-		"server.listne: line 2: unknown key; known keys here: allowed_hosts, allowed_origins, idle_timeout, listen, max_body_bytes, max_header_bytes, max_json_string_bytes, max_json_values, public_url, read_body_timeout, read_header_timeout, shutdown_timeout, tls",
+		"server.listne: line 2: unknown key; known keys here: allowed_hosts, allowed_origins, idle_timeout, listen, max_body_bytes, max_header_bytes, max_inflight, max_json_string_bytes, max_json_values, max_streams, public_url, read_body_timeout, read_header_timeout, shutdown_timeout, tls",
 		`server.max_body_bytes: line 3: "lots" is not a whole number, e.g. 1048576`,
 		`auth.anonymous: line 5: "maybe" is not a boolean: true or false`,
 		// An expanded value may be a secret: never echoed.

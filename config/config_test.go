@@ -21,6 +21,8 @@ func defaults() config.Config {
 			MaxHeaderBytes:     config.DefaultMaxHeaderBytes,
 			MaxJSONValues:      config.DefaultMaxJSONValues,
 			MaxJSONStringBytes: config.DefaultMaxJSONString,
+			MaxInflight:        config.DefaultMaxInflight,
+			MaxStreams:         config.DefaultMaxStreams,
 			ReadHeaderTimeout:  config.DefaultReadHeaderTimeout,
 			ReadBodyTimeout:    config.DefaultReadBodyTimeout,
 			IdleTimeout:        config.DefaultIdleTimeout,
@@ -96,6 +98,8 @@ server:
   shutdown_timeout: 3s
   max_json_values: 500
   max_json_string_bytes: 64
+  max_inflight: 9
+  max_streams: 11
 admin: {listen: "127.0.0.1:9191"}
 sessions: {ttl: 1h}
 auth: {api_key_header: x-api-key}
@@ -110,6 +114,8 @@ upstreams: [{name: docs, url: "http://127.0.0.1:3001/mcp", max_idle_conns: 7}]
 					MaxHeaderBytes:     2048,
 					MaxJSONValues:      500,
 					MaxJSONStringBytes: 64,
+					MaxInflight:        9,
+					MaxStreams:         11,
 					ReadHeaderTimeout:  time.Second,
 					ReadBodyTimeout:    4 * time.Second,
 					IdleTimeout:        2 * time.Second,

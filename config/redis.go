@@ -39,7 +39,7 @@ type Redis struct {
 	// OnError is what a request gets when Redis cannot answer: "local"
 	// (the default) falls back to the replica's own in-memory state
 	// (logged and counted in ctxgate_redis_fallback_total), "deny"
-	// refuses it (503 -31018).
+	// refuses it (503 -31019).
 	OnError string `yaml:"on_error"`
 }
 

@@ -81,6 +81,8 @@ func (v *validator) server(s *Server) {
 		{"server.max_header_bytes", s.MaxHeaderBytes > 0},
 		{"server.max_json_values", s.MaxJSONValues > 0},
 		{"server.max_json_string_bytes", s.MaxJSONStringBytes > 0},
+		{"server.max_inflight", s.MaxInflight > 0},
+		{"server.max_streams", s.MaxStreams > 0},
 		{"server.read_header_timeout", s.ReadHeaderTimeout > 0},
 		{"server.read_body_timeout", s.ReadBodyTimeout > 0},
 		{"server.idle_timeout", s.IdleTimeout > 0},

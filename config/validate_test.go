@@ -38,6 +38,8 @@ func TestValidate(t *testing.T) {
 				"server.max_header_bytes: must be positive",
 				"server.max_json_values: must be positive",
 				"server.max_json_string_bytes: must be positive",
+				"server.max_inflight: must be positive",
+				"server.max_streams: must be positive",
 				"server.read_header_timeout: must be positive",
 				"server.read_body_timeout: must be positive",
 				"server.idle_timeout: must be positive",

@@ -34,10 +34,13 @@ type requestState struct {
 	// it could still be read unambiguously, so the error can carry it.
 	rejectedID any
 	upstream   string
-	route      string // the route's name, e.g. docs (as metrics label it; path has /mcp/docs)
-	session    bool   // the request carried a valid gateway session
-	version    string // MCP protocol version in effect
-	err        *Error // what writeError answered, with its internal cause
+	// slot is the request's admission slot (admission.go), kept here so
+	// that admitting costs no allocation.
+	slot    ticket
+	route   string // the route's name, e.g. docs (as metrics label it; path has /mcp/docs)
+	session bool   // the request carried a valid gateway session
+	version string // MCP protocol version in effect
+	err     *Error // what writeError answered, with its internal cause
 	// target is the tool, prompt or resource a single message names, and
 	// toolLabel its bounded form for metrics (see Server.toolLabel).
 	target    target

@@ -23,6 +23,9 @@ type route struct {
 	path     string
 	upstream *upstream.Upstream
 	proxy    http.Handler
+	// streamProxy is proxy for long-lived streams, with small copy
+	// buffers: a stream holds its buffer for as long as it is open.
+	streamProxy http.Handler
 	// resource is the route's canonical URL (public_url + path): the RFC
 	// 8707 resource a client asks a token for.
 	resource string

@@ -46,13 +46,13 @@ func BenchmarkPipeline(b *testing.B) {
 	b.Cleanup(up.Close)
 	idp := newBenchIssuer(b)
 	for _, p := range []struct {
-		name          string
-		full, cached  bool
-		wantCacheHeed string
+		name         string
+		full, cached bool
+		wantCache    string
 	}{
 		{name: "pass-through"},
 		{name: "full", full: true},
-		{name: "cache-hit", full: true, cached: true, wantCacheHeed: "hit"},
+		{name: "cache-hit", full: true, cached: true, wantCache: "hit"},
 	} {
 		b.Run(p.name, func(b *testing.B) {
 			g := newPipelineGateway(b, up.URL, idp, p.full, p.cached)
@@ -65,8 +65,8 @@ func BenchmarkPipeline(b *testing.B) {
 				b.Run(c.name, func(b *testing.B) {
 					session := g.initialize(b, c.route)
 					g.post(b, c.route, session, c.body) // warms the catalog and, when on, the cache
-					if got := g.post(b, c.route, session, c.body).Header().Get("Ctxgate-Cache"); got != p.wantCacheHeed {
-						b.Fatalf("Ctxgate-Cache %q, want %q", got, p.wantCacheHeed)
+					if got := g.post(b, c.route, session, c.body).Header().Get("Ctxgate-Cache"); got != p.wantCache {
+						b.Fatalf("Ctxgate-Cache %q, want %q", got, p.wantCache)
 					}
 					b.ReportAllocs()
 					for b.Loop() {
@@ -78,7 +78,8 @@ func BenchmarkPipeline(b *testing.B) {
 	}
 }
 
-// benchUpstream is an MCP upstream answering from memory. Its path's last
+// benchUpstream is an MCP upstream answering from memory; a GET opens a
+// server stream (BenchmarkStreams). Its path's last
 // element is how many tools its tools/list has (/4, /100, /1000); the
 // first two are "echo" (a small result) and "blob" (a 1 MiB result). All
 // are annotated read-only, so the shipped policy lets any principal call
@@ -116,6 +117,14 @@ func init() {
 }
 
 func (benchUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodGet {
+		// A server stream: one event, then quiet until the client leaves.
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = w.Write([]byte("id: 1\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{}}\n\n"))
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+		return
+	}
 	if r.Method != http.MethodPost {
 		w.WriteHeader(http.StatusMethodNotAllowed)
 		return

@@ -12,11 +12,6 @@ import (
 	"github.com/ctxgate/ctxgate/shared"
 )
 
-// CodeRateLimitUnavailable is the answer (503 + Retry-After) when the
-// limits are shared on Redis, Redis cannot answer and redis.on_error is
-// deny: the request is neither counted nor let through unlimited.
-const CodeRateLimitUnavailable = -31018
-
 // limiter takes a request's rate-limit tokens: one for the principal and,
 // for a tools/call, one for the principal and tool; all or none. Refused,
 // it returns the wait until a token is due. An error is a request that

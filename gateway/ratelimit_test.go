@@ -91,7 +91,7 @@ func TestSharedRateLimits(t *testing.T) {
 }
 
 // TestSharedRateLimitsDeny: on_error deny refuses what Redis cannot
-// decide, 503 -31018 with a Retry-After, and sends nothing upstream.
+// decide, 503 -31019 with a Retry-After, and sends nothing upstream.
 func TestSharedRateLimitsDeny(t *testing.T) {
 	m := miniredis.RunT(t)
 	up := newFaultUpstream(t)
@@ -100,7 +100,7 @@ func TestSharedRateLimitsDeny(t *testing.T) {
 	m.Close()
 	a, err := alice.post(t.Context(), callBody(2, "echo", "d1"), nil)
 	if err != nil || a.status != http.StatusServiceUnavailable || a.code() != gateway.CodeRateLimitUnavailable || a.header.Get("Retry-After") == "" {
-		t.Fatalf("on_error deny with Redis gone: %v %+v; want 503 -31018 with a Retry-After", err, a)
+		t.Fatalf("on_error deny with Redis gone: %v %+v; want 503 -31019 with a Retry-After", err, a)
 	}
 	if up.executions("d1") != 0 {
 		t.Error("a call that could not be rate limited reached the upstream")

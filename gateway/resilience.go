@@ -56,7 +56,9 @@ var safeMethods = map[string]bool{
 func (rt *route) retryClass(fwd *forward, st *requestState) upstream.Retry {
 	switch {
 	case fwd.stream:
-		return upstream.RetrySafe // opening a GET stream runs nothing
+		// Opening a stream runs nothing; and it is bounded by
+		// server.max_streams, not the bulkhead's request slots.
+		return upstream.RetryStream
 	case fwd.body == nil || st.msg == nil:
 		return upstream.RetryUnsent // DELETE, batches
 	case st.msg.Request() == nil:
@@ -83,6 +85,21 @@ func (s *Server) forwardUpstream(w http.ResponseWriter, r *http.Request, rt *rou
 	// made.
 	if s.serveCached(w, r, fwd, st) {
 		return
+	}
+	if fwd.stream || fwd.listen {
+		// A stream is open for as long as the client keeps it: it holds a
+		// stream slot, not one of the requests the gateway works on (a
+		// thousand idle streams must not shed calls).
+		done, err := s.openStream(r.Context())
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		defer done()
+		if rt.streamProxy != nil {
+			rt.streamProxy.ServeHTTP(w, r)
+			return
+		}
 	}
 	if st.msg != nil && st.msg.IsCall() && st.msg.Method() == "tools/call" {
 		key, err := idempotencyKey(r, st.msg.Request())
@@ -132,8 +149,13 @@ func (s *Server) forwardOnce(w http.ResponseWriter, r *http.Request, rt *route, 
 		return
 	}
 	if !first {
+		// Waiting is not work: the slot goes back meanwhile, so duplicates
+		// cannot fill the admission limit while the first call runs.
+		t := ticketOf(r.Context())
+		t.release()
 		select {
 		case <-e.done:
+			t.resume()
 			s.replay(w, r, e, st)
 		case <-r.Context().Done():
 			writeError(w, r, fmt.Errorf("client went away: %w", context.Canceled))
@@ -281,7 +303,7 @@ func upstreamError(ctx context.Context, err error) *Error {
 		e := newError(http.StatusServiceUnavailable, CodeOverloaded, "upstream busy: too many requests in flight; nothing was sent, retry later", err)
 		setRetryAfter(e, f.RetryAfter)
 		return e
-	case errors.Is(err, upstream.ErrOutcomeUnknown) && fwd != nil && fwd.body != nil && upstream.RetryOf(ctx) != upstream.RetrySafe:
+	case errors.Is(err, upstream.ErrOutcomeUnknown) && fwd != nil && fwd.body != nil && !repeatable(upstream.RetryOf(ctx)):
 		// Never retried silently: the client decides, knowing it may have run.
 		status := http.StatusBadGateway
 		if timedOut {
@@ -292,6 +314,12 @@ func upstreamError(ctx context.Context, err error) *Error {
 		return newError(http.StatusGatewayTimeout, CodeUpstreamTimeout, "upstream timed out", err)
 	}
 	return newError(http.StatusBadGateway, CodeUpstreamUnavailable, "upstream unavailable", err)
+}
+
+// repeatable: a request of this class runs nothing upstream that a
+// repeat would run twice.
+func repeatable(r upstream.Retry) bool {
+	return r == upstream.RetrySafe || r == upstream.RetryStream
 }
 
 func outcomeUnknown(status int, cause error) *Error {

@@ -121,7 +121,9 @@ type Server struct {
 	// adminOrigins guards the admin listener the same way.
 	adminOrigins *originGuard
 	buffers      httputil.BufferPool
-	handler      http.Handler
+	// streamBuffers are the stream proxies' copy buffers (routes).
+	streamBuffers httputil.BufferPool
+	handler       http.Handler
 	// tls is the public listener's TLS configuration; nil serves plain HTTP.
 	tls *tls.Config
 	// oidc verifies bearer JWTs; nil without auth.oidc.
@@ -163,6 +165,9 @@ type Server struct {
 
 	ready    atomic.Bool // listeners are up
 	draining atomic.Bool // shutdown began: not ready, streams closing
+	// admission bounds the requests and streams the gateway works on at
+	// once (admission.go).
+	admission *admission
 	// streams is cancelled at shutdown; long-lived GET streams watch it and
 	// end at an event boundary.
 	streams     context.Context
@@ -240,6 +245,8 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 		return nil, err
 	}
 	s.streams, s.stopStreams = context.WithCancel(context.Background())
+	s.admission = newAdmission(cfg.Server)
+	s.streamBuffers = &bufferPool{pool: sync.Pool{New: func() any { b := make([]byte, 4<<10); return &b }}}
 	s.upstreamStats = map[string]*upstreamStats{}
 	var names []string
 	for _, up := range pool.All() {
@@ -249,6 +256,9 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 	s.metrics.initRoutes(names)
 	if err := s.metrics.registry.Register(resilienceCollector{pool}); err != nil {
 		return nil, fmt.Errorf("register resilience metrics: %w", err)
+	}
+	if err := s.metrics.registry.Register(admissionCollector{s.admission}); err != nil {
+		return nil, fmt.Errorf("register admission metrics: %w", err)
 	}
 	if s.cache != nil {
 		s.metrics.registerStore(s.cache)
@@ -281,6 +291,10 @@ func (s *Server) chain() http.Handler {
 	r.Use(s.checkHostOrigin)
 	// 4. Body size bound before anything reads the body.
 	r.Use(s.limitBody)
+	// 5. Admission (server.max_inflight) before the body is read and the
+	//    token verified: under overload the cheapest answer is a 503 now,
+	//    not a denial after queueing for CPU (admission.go).
+	r.Use(s.admit)
 	// Protected-resource metadata is public: clients read it to learn where
 	// to get a token.
 	r.Get(wellKnownPRM, s.protectedResource(nil))
@@ -292,11 +306,11 @@ func (s *Server) chain() http.Handler {
 		if rt.fed != nil {
 			handler = s.serveFederated(rt)
 		}
-		// 5. Authentication, per route so a challenge can name the route's
+		// 6. Authentication, per route so a challenge can name the route's
 		//    metadata: every route handler runs with a verified Principal.
 		r.With(s.authenticate(rt)).Handle(rt.path, handler)
 	}
-	// 6. The connect-your-account pages of user_oauth upstreams
+	// 7. The connect-your-account pages of user_oauth upstreams
 	//    (connect.go): reached by a browser, not an MCP client.
 	s.mountConnect(r, own)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
@@ -330,9 +344,17 @@ func (s *Server) routes() []*route {
 		rt.resource = base + rt.path
 		rt.metadataURL = base + wellKnownPRM + rt.path
 		// Each attempt the executor makes is one attemptTransport round trip.
+		// Outermost, the request's admission slot is given up while the
+		// upstream has it (waiting in the bulkhead, retries, the answer).
 		attempts := &attemptTransport{s: s, name: up.Name, next: up.Transport, stats: s.upstreamStats[up.Name]}
-		rt.transport = up.Resilience.RoundTripper(attempts)
+		rt.transport = admissionTransport{up.Resilience.RoundTripper(attempts)}
 		rt.proxy = s.newProxy(rt, rt.transport)
+		// A relayed stream hands over one event per read (several for a
+		// large one), so 4 KiB copies lose nothing, and 1,000 open streams
+		// hold 4 MiB of buffers, not 32 (issue 15).
+		sp := s.newProxy(rt, rt.transport)
+		sp.BufferPool = s.streamBuffers
+		rt.streamProxy = sp
 		out = append(out, rt)
 	}
 	return out

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -82,6 +83,12 @@ const (
 	RetrySafe
 	// RetryNever never repeats (a client's answer to a server request).
 	RetryNever
+	// RetryStream opens a long-lived stream (a GET stream, a
+	// subscriptions/listen): retried as RetrySafe, and outside the
+	// bulkhead, since a stream is held for as long as its client keeps it
+	// and so must not take a slot max_concurrent keeps for requests. The
+	// gateway bounds streams itself (server.max_streams).
+	RetryStream
 )
 
 type retryKey struct{}
@@ -135,10 +142,13 @@ var BreakerStates = []string{"closed", "open", "half_open"}
 type Resilience struct {
 	name      string
 	breaker   circuitbreaker.CircuitBreaker[*http.Response]
-	executors [3]failsafe.Executor[*http.Response] // by Retry
+	executors [4]failsafe.Executor[*http.Response] // by Retry
 	retries   atomic.Uint64
 	rejected  atomic.Uint64
 	shares    *shares // nil: no per-principal share
+	// openTimeout bounds the time to a stream's headers, every attempt
+	// included (upstreams[].timeout).
+	openTimeout time.Duration
 }
 
 func newResilience(c config.Upstream) *Resilience {
@@ -171,6 +181,12 @@ func newResilience(c config.Upstream) *Resilience {
 	r.executors[RetryUnsent] = failsafe.With(deadline, bh, r.retryPolicy(c.Retry, retryBudget, retryUnsent), r.breaker, attempt)
 	r.executors[RetrySafe] = failsafe.With(deadline, bh, r.retryPolicy(c.Retry, retryBudget, retrySafe), r.breaker, attempt)
 	r.executors[RetryNever] = failsafe.With(deadline, bh, r.breaker, attempt)
+	// No timeout policy for a stream: failsafe-go's keeps two goroutines
+	// per request until its body is closed (its merged contexts), which for
+	// a stream is its whole life. The time to a stream's headers is bounded
+	// by openStream instead.
+	r.executors[RetryStream] = failsafe.With(r.retryPolicy(c.Retry, retryBudget, retrySafe), r.breaker)
+	r.openTimeout = c.Timeout
 	return r
 }
 
@@ -264,8 +280,9 @@ type resilientTransport struct {
 // returned as *Failure.
 func (t *resilientTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	// The principal's share first: a caller over it must not take a slot
-	// of the shared bulkhead from the others, even for a moment.
-	if id, ok := req.Context().Value(principalKey{}).(string); ok && t.r.shares != nil {
+	// of the shared bulkhead from the others, even for a moment. A stream
+	// takes no bulkhead slot, so no share of one either.
+	if id, ok := req.Context().Value(principalKey{}).(string); ok && t.r.shares != nil && RetryOf(req.Context()) != RetryStream {
 		if !t.r.shares.acquire(id) {
 			t.r.rejected.Add(1)
 			return nil, &Failure{Upstream: t.r.name, Kind: ErrBulkheadFull, RetryAfter: time.Second, Err: errPrincipalShare}
@@ -284,6 +301,9 @@ func (t *resilientTransport) RoundTrip(req *http.Request) (*http.Response, error
 		return resp, err
 	})
 	rt := failsafehttp.NewRoundTripperWithExecutor(attempt, t.r.executors[RetryOf(req.Context())])
+	if RetryOf(req.Context()) == RetryStream {
+		return t.openStream(rt, req, &sent)
+	}
 	resp, err := rt.RoundTrip(req)
 	if err == nil {
 		return resp, nil
@@ -292,6 +312,52 @@ func (t *resilientTransport) RoundTrip(req *http.Request) (*http.Response, error
 		return nil, err // the caller went away: not an upstream failure
 	}
 	return nil, t.r.failure(err, sent.Load())
+}
+
+// errOpenTimeout is the cause of a stream whose headers did not arrive
+// within openTimeout.
+var errOpenTimeout = errors.New("stream open timed out")
+
+// openStream opens a stream through rt with its headers due within
+// openTimeout: a timer, stopped when they arrive, cancels a context that
+// the body's Close ends, so an open stream costs no goroutine here.
+func (t *resilientTransport) openStream(rt http.RoundTripper, req *http.Request, sent *atomic.Bool) (*http.Response, error) {
+	ctx, cancel := context.WithCancelCause(req.Context())
+	var timer *time.Timer
+	if t.r.openTimeout > 0 {
+		timer = time.AfterFunc(t.r.openTimeout, func() { cancel(errOpenTimeout) })
+	}
+	resp, err := rt.RoundTrip(req.WithContext(ctx))
+	if timer != nil && !timer.Stop() && err == nil {
+		// The headers came as the timer fired: the stream is cancelled.
+		resp.Body.Close()
+		resp, err = nil, errOpenTimeout
+	}
+	if err == nil {
+		resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: func() { cancel(nil) }}
+		return resp, nil
+	}
+	cause := context.Cause(ctx)
+	cancel(nil)
+	switch {
+	case errors.Is(cause, errOpenTimeout):
+		return nil, &Failure{Upstream: t.r.name, Kind: ErrTimeout, Sent: sent.Load(), Err: fmt.Errorf("%w after %v: %w", errOpenTimeout, t.r.openTimeout, err)}
+	case req.Context().Err() != nil:
+		return nil, err // the caller went away: not an upstream failure
+	}
+	return nil, t.r.failure(err, sent.Load())
+}
+
+// cancelOnClose ends a stream's context when its body is closed.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel func()
+}
+
+func (b *cancelOnClose) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
 }
 
 func (r *Resilience) failure(err error, sent bool) *Failure {

@@ -32,6 +32,56 @@ const fixtureResource = "bench://fixture/readme"
 // read-only, so the shipped policy lets any principal see and call them.
 var fixtureTools = []string{fixtureTool, "search_docs", "get_ticket", "list_projects"}
 
+// shape is the size of the fixture's answers (-list-size, -result-size),
+// so the per-item and per-byte costs can be measured as a curve.
+type shape struct {
+	// listSize is how many tools tools/list has: fixtureTools first, then
+	// tool_0004, tool_0005, ...; every one read-only.
+	listSize int
+	// resultSize is the length of a tools/call result's text, in bytes;
+	// 0 is fixtureText.
+	resultSize int
+}
+
+// defaultShape is the fixture as it always was: four tools, fixtureText.
+var defaultShape = shape{listSize: len(fixtureTools)}
+
+// flags registers -list-size and -result-size on fs.
+func (sh *shape) flags(fs *flag.FlagSet) {
+	fs.IntVar(&sh.listSize, "list-size", len(fixtureTools), "tools the fixture lists (the workload calls the first)")
+	fs.IntVar(&sh.resultSize, "result-size", 0, fmt.Sprintf("bytes of text in a tools/call result (0: the fixture's %d-byte answer)", len(fixtureText)))
+}
+
+func (sh shape) check() error {
+	if sh.listSize < 1 || sh.resultSize < 0 {
+		return fmt.Errorf("-list-size must be at least 1 and -result-size not negative")
+	}
+	return nil
+}
+
+// args passes the shape on to a role.
+func (sh shape) args() []string {
+	return []string{"-list-size", strconv.Itoa(sh.listSize), "-result-size", strconv.Itoa(sh.resultSize)}
+}
+
+// tools are the names tools/list has.
+func (sh shape) tools() []string {
+	names := slices.Clone(fixtureTools[:min(sh.listSize, len(fixtureTools))])
+	for i := len(names); i < sh.listSize; i++ {
+		names = append(names, fmt.Sprintf("tool_%04d", i))
+	}
+	return names
+}
+
+// text is a tools/call result's text: fixtureText repeated to resultSize
+// bytes.
+func (sh shape) text() string {
+	if sh.resultSize == 0 {
+		return fixtureText
+	}
+	return strings.Repeat(fixtureText, sh.resultSize/len(fixtureText)+1)[:sh.resultSize]
+}
+
 type lookupArgs struct {
 	Key string `json:"key" jsonschema:"what to look up"`
 }
@@ -43,17 +93,19 @@ var servicedMethods = []string{"tools/list", "tools/call", "resources/read"}
 
 // newFixture is the upstream MCP server: the official Go SDK's Streamable
 // HTTP handler (stateful sessions, JSON answers rather than SSE) with fixed
-// tools and one fixed resource. serviceTime is slept in every request of a servicedMethods method
+// tools and one fixed resource, as many tools and as long a result as sh
+// says. serviceTime is slept in every request of a servicedMethods method
 // to model a slower service.
-func newFixture(serviceTime time.Duration) http.Handler {
+func newFixture(serviceTime time.Duration, sh shape) http.Handler {
 	s := mcp.NewServer(&mcp.Implementation{Name: "ctxgate-bench-fixture", Version: "1.0.0"}, nil)
-	for _, name := range fixtureTools {
+	text := sh.text()
+	for _, name := range sh.tools() {
 		mcp.AddTool(s, &mcp.Tool{
 			Name:        name,
 			Description: "Fixture tool " + name + ": answers every call with the same text.",
 			Annotations: &mcp.ToolAnnotations{ReadOnlyHint: true},
 		}, func(context.Context, *mcp.CallToolRequest, lookupArgs) (*mcp.CallToolResult, any, error) {
-			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: fixtureText}}}, nil, nil
+			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: text}}}, nil, nil
 		})
 	}
 	s.AddResource(&mcp.Resource{URI: fixtureResource, Name: "readme", MIMEType: "text/plain"},
@@ -116,12 +168,12 @@ const (
 	fixtureRaw = "raw"
 )
 
-func fixtureHandler(kind string, serviceTime time.Duration) (http.Handler, error) {
+func fixtureHandler(kind string, serviceTime time.Duration, sh shape) (http.Handler, error) {
 	switch kind {
 	case fixtureSDK:
-		return newFixture(serviceTime), nil
+		return newFixture(serviceTime, sh), nil
 	case fixtureRaw:
-		return newRawFixture(serviceTime), nil
+		return newRawFixture(serviceTime, sh), nil
 	}
 	return nil, fmt.Errorf("-fixture %q: want %s or %s", kind, fixtureSDK, fixtureRaw)
 }
@@ -132,10 +184,12 @@ func runUpstream(args []string) error {
 	fs := flag.NewFlagSet("upstream", flag.ContinueOnError)
 	serviceTime := fs.Duration("service-time", 0, "time every tools/list, tools/call and resources/read takes")
 	kind := fs.String("fixture", fixtureSDK, "sdk (the official Go SDK server) or raw (a minimal handler)")
+	var sh shape
+	sh.flags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	h, err := fixtureHandler(*kind, *serviceTime)
+	h, err := fixtureHandler(*kind, *serviceTime, sh)
 	if err != nil {
 		return err
 	}

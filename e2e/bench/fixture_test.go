@@ -8,37 +8,52 @@ import (
 )
 
 // TestFixtures: both upstream fixtures answer the workload as the load
-// generator expects, refuse unknown sessions, and count what they served.
+// generator expects, in their default shape and a larger one (-list-size,
+// -result-size), refuse unknown sessions, and count what they served.
 func TestFixtures(t *testing.T) {
+	shapes := map[string]shape{"default": defaultShape, "100 tools, 64 KiB": {listSize: 100, resultSize: 64 << 10}}
 	for _, kind := range []string{fixtureSDK, fixtureRaw} {
-		t.Run(kind, func(t *testing.T) {
-			h, err := fixtureHandler(kind, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			srv := httptest.NewServer(counted(h))
-			defer srv.Close()
-			s, err := openSession(t.Context(), srv.Client(), srv.URL+"/", "")
-			if err != nil {
-				t.Fatal(err)
-			}
-			for n := uint64(2); n < 2+2*mixEvery; n++ { // calls, lists and reads
-				if err := s.call(t.Context(), n); err != nil {
-					t.Errorf("request %d: %v", n, err)
-				}
-			}
-			// initialize, initialized, the first list, and 10 more.
-			if got, err := upstreamRequests(srv.URL + "/"); err != nil || got != 3+2*mixEvery {
-				t.Errorf("upstream count = %d, %v; want %d", got, err, 3+2*mixEvery)
-			}
-			forged := &session{hc: srv.Client(), url: srv.URL + "/", id: "forged"}
-			if status, _, body, err := forged.post(t.Context(), []byte(`{"jsonrpc":"2.0","id":1,"method":"tools/list"}`)); err != nil || status != http.StatusNotFound {
-				t.Errorf("unknown session: HTTP %d, %v: %s", status, err, body)
-			}
-		})
+		for name, sh := range shapes {
+			t.Run(kind+"/"+name, func(t *testing.T) { testFixture(t, kind, sh) })
+		}
 	}
-	if _, err := fixtureHandler("fast", 0); err == nil {
+	if _, err := fixtureHandler("fast", 0, defaultShape); err == nil {
 		t.Error("an unknown fixture kind was accepted")
+	}
+}
+
+func testFixture(t *testing.T, kind string, sh shape) {
+	h, err := fixtureHandler(kind, 0, sh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(counted(h))
+	defer srv.Close()
+	s, err := openSession(t.Context(), srv.Client(), srv.URL+"/", "", sh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(s.want.text); sh.resultSize > 0 && got != sh.resultSize {
+		t.Errorf("expected text of %d bytes, want %d", got, sh.resultSize)
+	}
+	for n := uint64(2); n < 2+2*mixEvery; n++ { // calls, lists and reads
+		if err := s.call(t.Context(), n); err != nil {
+			t.Errorf("request %d: %v", n, err)
+		}
+	}
+	// initialize, initialized, the first list, and 10 more.
+	if got, err := upstreamRequests(srv.URL + "/"); err != nil || got != 3+2*mixEvery {
+		t.Errorf("upstream count = %d, %v; want %d", got, err, 3+2*mixEvery)
+	}
+	if sh != defaultShape {
+		// The check reads the shape: the default one refuses these answers.
+		if _, err := openSession(t.Context(), srv.Client(), srv.URL+"/", "", defaultShape); err == nil {
+			t.Error("a default-shape session accepted a larger fixture's tools/list")
+		}
+	}
+	forged := &session{hc: srv.Client(), url: srv.URL + "/", id: "forged"}
+	if status, _, body, err := forged.post(t.Context(), []byte(`{"jsonrpc":"2.0","id":1,"method":"tools/list"}`)); err != nil || status != http.StatusNotFound {
+		t.Errorf("unknown session: HTTP %d, %v: %s", status, err, body)
 	}
 }
 
@@ -50,13 +65,13 @@ func TestFixtureServiceTime(t *testing.T) {
 	const serviceTime = 20 * time.Millisecond
 	for _, kind := range []string{fixtureSDK, fixtureRaw} {
 		t.Run(kind, func(t *testing.T) {
-			h, err := fixtureHandler(kind, serviceTime)
+			h, err := fixtureHandler(kind, serviceTime, defaultShape)
 			if err != nil {
 				t.Fatal(err)
 			}
 			srv := httptest.NewServer(h)
 			defer srv.Close()
-			s, err := openSession(t.Context(), srv.Client(), srv.URL+"/", "")
+			s, err := openSession(t.Context(), srv.Client(), srv.URL+"/", "", defaultShape)
 			if err != nil {
 				t.Fatal(err)
 			}

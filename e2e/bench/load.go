@@ -30,6 +30,8 @@ type session struct {
 	// initialization (-fresh): the gateway then verifies a signature per
 	// request instead of answering from its verified-token cache.
 	fresh *tokenCycler
+	// want is what the fixture answers, to check answers by.
+	want expected
 	// tally counts the Ctxgate-Cache headers of the answers; the sessions
 	// of a load generator share one.
 	tally *cacheTally
@@ -108,8 +110,8 @@ func (s *session) post(ctx context.Context, body []byte) (int, http.Header, []by
 // openSession initializes a session and lists the tools once, as a client
 // does: the gateway learns the tools' annotations from the list, and the
 // shipped policy lets only tools known to be read-only be called.
-func openSession(ctx context.Context, hc *http.Client, url, token string) (*session, error) {
-	s := &session{hc: hc, url: url, token: token}
+func openSession(ctx context.Context, hc *http.Client, url, token string, sh shape) (*session, error) {
+	s := &session{hc: hc, url: url, token: token, want: sh.expected()}
 	status, h, body, err := s.post(ctx, []byte(`{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"`+
 		protocolVersion+`","capabilities":{},"clientInfo":{"name":"ctxgate-bench","version":"1"}}}`))
 	if err != nil {
@@ -174,8 +176,17 @@ func (s *session) call(ctx context.Context, n uint64) error {
 		return fmt.Errorf("HTTP %d: %.300s", status, resp)
 	}
 	s.tally.count(h.Get(cacheHeader))
-	return checkAnswer(h.Get("Content-Type"), resp, n, method)
+	return checkAnswer(h.Get("Content-Type"), resp, n, method, s.want)
 }
+
+// expected is what the fixture of a shape answers: its tools/list's
+// length and its tools/call's text (computed once: it may be a MiB).
+type expected struct {
+	tools int
+	text  string
+}
+
+func (sh shape) expected() expected { return expected{tools: sh.listSize, text: sh.text()} }
 
 // answer is the part of a JSON-RPC response the check reads.
 type answer struct {
@@ -193,7 +204,7 @@ type answer struct {
 // method: the right id, a result, and the fixture's fixed tools, resource
 // or text. A JSON answer or an event stream carrying one message are both
 // accepted.
-func checkAnswer(contentType string, body []byte, n uint64, method string) error {
+func checkAnswer(contentType string, body []byte, n uint64, method string, want expected) error {
 	if strings.HasPrefix(contentType, "text/event-stream") {
 		var err error
 		if body, err = firstEventData(body); err != nil {
@@ -213,15 +224,15 @@ func checkAnswer(contentType string, body []byte, n uint64, method string) error
 	r := a.Result
 	switch method {
 	case "tools/list":
-		if len(r.Tools) != len(fixtureTools) {
-			return fmt.Errorf("tools/list: %d tools, want %d: %.300s", len(r.Tools), len(fixtureTools), body)
+		if len(r.Tools) != want.tools {
+			return fmt.Errorf("tools/list: %d tools, want %d: %.300s", len(r.Tools), want.tools, body)
 		}
 	case "resources/read":
 		if len(r.Contents) != 1 || r.Contents[0].URI != fixtureResource || r.Contents[0].Text != fixtureText {
 			return fmt.Errorf("resources/read: not the fixture's resource: %.300s", body)
 		}
 	default:
-		if r.IsError || len(r.Content) != 1 || r.Content[0].Text != fixtureText {
+		if r.IsError || len(r.Content) != 1 || r.Content[0].Text != want.text {
 			return fmt.Errorf("tools/call: not the fixture's answer: %.300s", body)
 		}
 	}
@@ -370,6 +381,7 @@ type loadOptions struct {
 	maxFlight int
 	engine    string // closed loop: go or wrk
 	fresh     bool   // a new token from the file for every request
+	shape     shape  // the fixture's answers, to check them
 }
 
 // runLoad is the "load" role. It opens the sessions, warms up, prints
@@ -389,6 +401,7 @@ func runLoad(args []string) error {
 	fs.IntVar(&o.maxFlight, "max-inflight", 256, "open-loop concurrency limit")
 	fs.StringVar(&o.engine, "engine", engineGo, "closed-loop generator: go or wrk")
 	fs.BoolVar(&o.fresh, "fresh", false, "a new token from -tokens for every request after the sessions are open")
+	o.shape.flags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -463,7 +476,7 @@ func openSessions(ctx context.Context, o loadOptions) ([]*session, error) {
 		if len(tokens) > 0 {
 			token = tokens[i%len(tokens)]
 		}
-		s, err := openSession(ctx, hc, o.url, token)
+		s, err := openSession(ctx, hc, o.url, token, o.shape)
 		if err != nil {
 			return nil, fmt.Errorf("session %d: %w", i, err)
 		}

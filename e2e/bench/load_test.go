@@ -94,7 +94,7 @@ func TestCheckAnswer(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := checkAnswer(tt.contentType, []byte(tt.body), tt.n, cmp.Or(tt.method, "tools/call"))
+			err := checkAnswer(tt.contentType, []byte(tt.body), tt.n, cmp.Or(tt.method, "tools/call"), defaultShape.expected())
 			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
 				t.Errorf("checkAnswer = %v, want error containing %q", err, tt.wantErr)
 			}

@@ -60,6 +60,7 @@ type options struct {
 	ctxgate     string        // a built ctxgate binary; "" builds one
 	pin         bool
 	freshTokens int // tokens signed per round for a new token every request; 0: reuse
+	shape       shape
 	out         string
 }
 
@@ -111,11 +112,16 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.freshTokens, "fresh-tokens", 0, "JWT targets: sign this many tokens per round and send a new one with every request, so each signature is verified (0: each session reuses its token, as clients do, and the gateway's token cache answers)")
 	fs.BoolVar(&o.pin, "pin", true, "pin the system under test to CPU 0, upstream and load generator to CPU 1 (taskset)")
 	fs.StringVar(&o.out, "out", "", "also write the table to this file")
+	o.shape.flags(fs)
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
 	o.targets = strings.Split(*targets, ",")
-	if _, err := fixtureHandler(o.fixture, 0); err != nil {
+	if err := o.shape.check(); err != nil {
+		fmt.Fprintln(fs.Output(), err)
+		return o, err
+	}
+	if _, err := fixtureHandler(o.fixture, 0, o.shape); err != nil {
 		fmt.Fprintln(fs.Output(), err)
 		return o, err
 	}

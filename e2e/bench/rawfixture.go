@@ -19,11 +19,12 @@ import (
 type rawFixture struct {
 	serviceTime      time.Duration   // slept in every request of servicedMethods
 	list, call, read json.RawMessage // the fixed results
+	tools            []string
 	mu               sync.Mutex
 	sessions         map[string]bool
 }
 
-func newRawFixture(serviceTime time.Duration) *rawFixture {
+func newRawFixture(serviceTime time.Duration, sh shape) *rawFixture {
 	type tool struct {
 		Name        string         `json:"name"`
 		Description string         `json:"description"`
@@ -31,15 +32,15 @@ func newRawFixture(serviceTime time.Duration) *rawFixture {
 		Annotations map[string]any `json:"annotations"`
 	}
 	var tools []tool
-	for _, name := range fixtureTools {
+	for _, name := range sh.tools() {
 		tools = append(tools, tool{Name: name, Description: "Fixture tool " + name + ": answers every call with the same text.",
 			InputSchema: map[string]any{"type": "object", "properties": map[string]any{"key": map[string]any{"type": "string"}}},
 			Annotations: map[string]any{"readOnlyHint": true}})
 	}
 	list, _ := json.Marshal(map[string]any{"tools": tools})
-	call, _ := json.Marshal(map[string]any{"content": []map[string]any{{"type": "text", "text": fixtureText}}})
+	call, _ := json.Marshal(map[string]any{"content": []map[string]any{{"type": "text", "text": sh.text()}}})
 	read, _ := json.Marshal(map[string]any{"contents": []map[string]any{{"uri": fixtureResource, "mimeType": "text/plain", "text": fixtureText}}})
-	return &rawFixture{serviceTime: serviceTime, list: list, call: call, read: read, sessions: map[string]bool{}}
+	return &rawFixture{serviceTime: serviceTime, list: list, call: call, read: read, tools: sh.tools(), sessions: map[string]bool{}}
 }
 
 type rawMessage struct {
@@ -86,7 +87,7 @@ func (f *rawFixture) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case m.Method == "tools/list":
 		time.Sleep(f.serviceTime)
 		writeRPC(w, m.ID, f.list, "")
-	case m.Method == "tools/call" && slices.Contains(fixtureTools, m.Params.Name):
+	case m.Method == "tools/call" && slices.Contains(f.tools, m.Params.Name):
 		time.Sleep(f.serviceTime)
 		writeRPC(w, m.ID, f.call, "")
 	case m.Method == "tools/call":

@@ -62,7 +62,7 @@ func run(ctx context.Context, o options, log io.Writer) (*report, error) {
 	if e.ctxgate, err = ctxgateBinary(o, dir, e.root, log); err != nil {
 		return nil, err
 	}
-	up, err := startRole(dir, "upstream", "upstream", side, "-service-time", o.serviceTime.String(), "-fixture", o.fixture)
+	up, err := startRole(dir, "upstream", "upstream", side, append([]string{"-service-time", o.serviceTime.String(), "-fixture", o.fixture}, o.shape.args()...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -203,6 +203,7 @@ func loadArgs(o options, e *env, t *target, round int) ([]string, error) {
 	args := []string{"-url", t.url, "-sessions", strconv.Itoa(o.sessions),
 		"-conns", strconv.Itoa(o.conns), "-warmup", o.warmup.String(), "-duration", o.duration.String(),
 		"-rate", strconv.FormatFloat(o.rate, 'f', -1, 64), "-max-inflight", strconv.Itoa(o.maxInflight), "-engine", o.engine}
+	args = append(args, o.shape.args()...)
 	if o.freshTokens == 0 || t.alg == "" {
 		return append(args, "-tokens", t.tokens), nil
 	}

@@ -40,7 +40,34 @@ func TestSmoke(t *testing.T) {
 		rate: 100, conns: 4, sessions: 4, maxInflight: 32,
 		// A busy CI machine can stall a decision past the default 100ms,
 		// which the gateway rightly denies; this test is about the harness.
-		policyTime: 10 * time.Second}
+		policyTime: 10 * time.Second, shape: defaultShape}
+	smoke(t, o)
+}
+
+// TestSmokeShapes runs one small case with -list-size and -result-size
+// set, on both fixtures, straight to the upstream and through the gateway:
+// the load generator checks every answer has the fixture's 200 tools and
+// 256 KiB texts. Only correctness is asserted. (go-proxy is left out: with
+// the raw fixture it cuts a few large answers short, "use of closed
+// network connection" on its upstream read, a harness issue of its own.)
+func TestSmokeShapes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the gateway and the fixture as processes")
+	}
+	for _, fixture := range []string{fixtureSDK, fixtureRaw} {
+		t.Run(fixture, func(t *testing.T) {
+			smoke(t, options{targets: []string{targetDirect, targetPass}, fixture: fixture, engine: engineGo, rounds: 1,
+				duration: 500 * time.Millisecond, warmup: 100 * time.Millisecond, rate: 20, conns: 2, sessions: 2, maxInflight: 8,
+				policyTime: 10 * time.Second, shape: shape{listSize: 200, resultSize: 256 << 10}})
+		})
+	}
+}
+
+// smoke runs o and asserts that every target answered every request of
+// both phases correctly, and the cache header only where it belongs.
+func smoke(t *testing.T, o options) {
+	t.Helper()
+	targets := o.targets
 	rep, err := run(t.Context(), o, testLog{t})
 	if err != nil {
 		t.Fatalf("run: %v", err)

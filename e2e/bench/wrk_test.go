@@ -46,9 +46,9 @@ func TestWrkClosedLoop(t *testing.T) {
 	if !optionalTool(t, "wrk") {
 		return
 	}
-	srv := httptest.NewServer(newRawFixture(0))
+	srv := httptest.NewServer(newRawFixture(0, defaultShape))
 	defer srv.Close()
-	s, err := openSession(t.Context(), srv.Client(), srv.URL+"/", "")
+	s, err := openSession(t.Context(), srv.Client(), srv.URL+"/", "", defaultShape)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -88,7 +88,7 @@ upstreams:
 // redis-server let a principal through exactly its limit in total, however
 // the requests are spread. With Redis killed, on_error local applies each
 // replica's own limit (counted in ctxgate_redis_fallback_total) and
-// on_error deny answers 503 -31018; neither hangs.
+// on_error deny answers 503 -31019; neither hangs.
 func TestSharedRateLimitAcrossReplicas(t *testing.T) {
 	rds := startRedis(t)
 	upstream := startEverything(t)
@@ -151,8 +151,8 @@ func TestSharedRateLimitAcrossReplicas(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
 		t.Fatalf("on_error deny with Redis gone: %s (Retry-After %q), want 503 with a Retry-After", resp.Status, resp.Header.Get("Retry-After"))
 	}
-	if e := decodeError(t, resp); e.Error.Code != -31018 {
-		t.Errorf("on_error deny: code %d, want -31018", e.Error.Code)
+	if e := decodeError(t, resp); e.Error.Code != -31019 {
+		t.Errorf("on_error deny: code %d, want -31019", e.Error.Code)
 	}
 	if got := deny.metric(t, `ctxgate_redis_fallback_total{feature="rate_limit"}`); got != 1 {
 		t.Errorf("deny replica: ctxgate_redis_fallback_total = %v, want 1", got)

@@ -162,8 +162,12 @@ type Log struct {
 type Upstream struct {
 	// Name identifies the upstream in routes, logs and sessions.
 	Name string `yaml:"name"`
-	// URL is the upstream's Streamable HTTP endpoint.
+	// URL is the upstream's Streamable HTTP endpoint (transport
+	// streamable-http) or its SSE endpoint (transport sse).
 	URL string `yaml:"url"`
+	// Transport is how the gateway reaches the upstream: streamable-http
+	// (the default), sse or stdio (transport.go).
+	Transport string `yaml:"transport"`
 	// MaxIdleConns bounds the idle keep-alive connections kept to this
 	// upstream (Go's default of 2 per host starves a proxy).
 	MaxIdleConns int `yaml:"max_idle_conns"`
@@ -286,6 +290,7 @@ func (c *Config) applyDefaults() {
 	c.applyRouteDefaults()
 	c.Redis.applyDefaults()
 	for i := range c.Upstreams {
+		setDefault(&c.Upstreams[i].Transport, TransportStreamableHTTP)
 		setDefault(&c.Upstreams[i].MaxIdleConns, DefaultMaxIdleConns)
 		c.Upstreams[i].applyResilienceDefaults()
 		c.Upstreams[i].Credentials.applyDefaults(s.PublicURL)

@@ -49,7 +49,7 @@ func ptr[T any](v T) *T { return &v }
 // documented resilience defaults, spelled out.
 func upstream(name, url string, maxIdleConns int) config.Upstream {
 	return config.Upstream{
-		Name: name, URL: url, MaxIdleConns: maxIdleConns,
+		Name: name, URL: url, Transport: config.TransportStreamableHTTP, MaxIdleConns: maxIdleConns,
 		Timeout:  config.DefaultUpstreamTimeout,
 		Deadline: config.DefaultUpstreamDeadline,
 		Retry: config.Retry{

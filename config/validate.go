@@ -183,6 +183,7 @@ func (v *validator) upstreams(ups []Upstream, hasOIDC bool) {
 		if up.MaxIdleConns < 0 {
 			v.add(path+".max_idle_conns", "must be positive")
 		}
+		v.upstreamTransport(path, up)
 		v.routeAuth(path, up, hasOIDC)
 		v.resilience(path, &up)
 		v.pinTools(path, up.PinTools)

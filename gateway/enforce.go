@@ -43,7 +43,7 @@ func idKey(id jsonrpc.ID) string {
 // authorize decides every client request and notification of the body
 // before anything is forwarded. One decision per message; the first deny
 // answers the whole body.
-func (s *Server) authorize(r *http.Request, fwd *forward, st *requestState) error {
+func (s *Server) authorize(r *http.Request, fwd *forward) error {
 	if s.policy == nil || fwd.body == nil {
 		return nil
 	}
@@ -55,11 +55,11 @@ func (s *Server) authorize(r *http.Request, fwd *forward, st *requestState) erro
 		if err := checkClientMethod(req, fwd.era); err != nil {
 			return err
 		}
-		s.learnToolsBeforeCall(r.Context(), fwd, st, req)
-		in := s.policyInput(r, fwd, st, req)
+		s.learnToolsBeforeCall(r.Context(), fwd, req)
+		in := s.policyInput(r, fwd, req)
 		d := s.decide(r.Context(), policy.PhaseRequest, in)
 		if !d.Allow {
-			st.decision = decisionDeny
+			fwd.decision = decisionDeny
 			e := denial(req.Method, d)
 			if !req.ID.IsValid() {
 				e.Status = http.StatusForbidden // a notification has no response to carry the error
@@ -80,7 +80,7 @@ func (s *Server) authorize(r *http.Request, fwd *forward, st *requestState) erro
 			}
 			fwd.exchanges[idKey(req.ID)] = &exchange{id: req.ID, input: in, redact: d.Redact}
 		}
-		st.decision = decisionAllow
+		fwd.decision = decisionAllow
 	}
 	return nil
 }

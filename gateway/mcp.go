@@ -52,9 +52,18 @@ type route struct {
 	fed *federation
 }
 
-// forward is everything the reverse proxy needs to send one request on,
-// decided by the route handler before anything leaves the gateway.
+// forward is the request's scope on a route: everything the reverse proxy
+// needs to send one request on, decided by the route's stages
+// (request.go) before anything leaves the gateway. It carries the
+// request's *requestState, what the access record, the metrics and the
+// error writer read, so a stage takes one pointer: fwd.version is the
+// state's. Two names are the forward's own: route is the route (the
+// state's route is its name, fwd.requestState.route) and principal the
+// verified principal (the same pointer the state holds). A federated
+// request has one forward per member it reaches, all on the request's one
+// state.
 type forward struct {
+	*requestState
 	route           *route
 	principal       *Principal
 	body            []byte            // the checked bytes; nil for GET and DELETE
@@ -107,23 +116,23 @@ func (s *Server) serveRoute(rt *route) http.HandlerFunc {
 			writeError(w, r, err)
 			return
 		}
-		fwd := &forward{route: rt, principal: principal, era: eraLegacy}
+		fwd := &forward{requestState: st, route: rt, principal: principal, era: eraLegacy}
 		switch r.Method {
 		case http.MethodPost:
-			err = s.preparePost(r, fwd, st)
+			err = s.preparePost(r, fwd)
 		case http.MethodGet:
 			fwd.stream = true
 			if err = modernStreamless(r); err == nil {
 				if err = checkLegacyMcpHeaders(r.Header, nil); err == nil {
 					if err = checkAccept(r, "text/event-stream"); err == nil {
-						err = s.prepareSession(r, fwd, st)
+						err = s.prepareSession(r, fwd)
 					}
 				}
 			}
 		case http.MethodDelete:
 			if err = modernStreamless(r); err == nil {
 				if err = checkLegacyMcpHeaders(r.Header, nil); err == nil {
-					err = s.prepareSession(r, fwd, st)
+					err = s.prepareSession(r, fwd)
 				}
 			}
 		default:
@@ -135,7 +144,7 @@ func (s *Server) serveRoute(rt *route) http.HandlerFunc {
 			st.toolLabel = s.toolLabel(rt.upstream.Name, st.target)
 		}
 		if err == nil {
-			r, err = s.prepareCredential(r, fwd, st)
+			r, err = s.prepareCredential(r, fwd)
 		}
 		if err == nil {
 			fwd.base = &policy.Input{
@@ -146,7 +155,7 @@ func (s *Server) serveRoute(rt *route) http.HandlerFunc {
 				Protocol:  policy.Protocol{Version: st.version, Era: fwd.era},
 				Source:    policy.Source{IP: remoteIP(r), UserAgent: r.UserAgent()},
 			}
-			err = s.authorize(r, fwd, st)
+			err = s.authorize(r, fwd)
 		}
 		if err == nil && fwd.bridging {
 			err = s.prepareBridge(r, fwd, st.msg.Request())
@@ -159,23 +168,23 @@ func (s *Server) serveRoute(rt *route) http.HandlerFunc {
 			writeAnswer(w, fwd.answer)
 			return
 		}
-		s.forwardUpstream(w, r, rt, fwd, st)
+		s.forwardUpstream(w, r, rt, fwd)
 	}
 }
 
 // preparePost reads and strictly decodes the body, then resolves the
 // session (initialize starts one) and the protocol version.
-func (s *Server) preparePost(r *http.Request, fwd *forward, st *requestState) error {
-	err := s.readPost(r, fwd, st)
+func (s *Server) preparePost(r *http.Request, fwd *forward) error {
+	err := s.readPost(r, fwd)
 	if errors.Is(err, errBatch) {
-		return s.prepareBatch(r, fwd, st)
+		return s.prepareBatch(r, fwd)
 	}
 	if err != nil {
 		return err
 	}
-	msg := st.msg
+	msg := fwd.msg
 	if isModernRequest(r, msg) {
-		return s.prepareModern(r, fwd, st, msg)
+		return s.prepareModern(r, fwd, msg)
 	}
 	if err := checkLegacyMcpHeaders(r.Header, msg); err != nil {
 		return err
@@ -190,7 +199,7 @@ func (s *Server) preparePost(r *http.Request, fwd *forward, st *requestState) er
 		p := msg.Params()
 		fwd.caps = capabilityDigest(msg.Request().Params)
 		fwd.urlElicit = declaresURLElicitation(p.Capabilities)
-		if st.version, err = requestVersion(r, nil); err != nil {
+		if fwd.version, err = requestVersion(r, nil); err != nil {
 			return err
 		}
 		// Until the answer says what was negotiated, the version in effect
@@ -198,16 +207,16 @@ func (s *Server) preparePost(r *http.Request, fwd *forward, st *requestState) er
 		// answers), not the header default: the policy, the logs and the
 		// metrics see that, and mintSession corrects it to the answer's.
 		if v := p.ProtocolVersion; isSupportedVersion(v) {
-			st.version = v
+			fwd.version = v
 		}
 		return nil
 	}
-	return s.prepareSession(r, fwd, st)
+	return s.prepareSession(r, fwd)
 }
 
 // readPost checks a POST's headers, reads its (size-limited) body and
 // decodes it strictly into st.msg; a batch is errBatch, left to the caller.
-func (s *Server) readPost(r *http.Request, fwd *forward, st *requestState) error {
+func (s *Server) readPost(r *http.Request, fwd *forward) error {
 	if err := checkContentType(r); err != nil {
 		return err
 	}
@@ -222,17 +231,17 @@ func (s *Server) readPost(r *http.Request, fwd *forward, st *requestState) error
 	msg, err := mcpwire.DecodeWith(body, mcpwire.Limits{Values: s.cfg.Server.MaxJSONValues, StringBytes: s.cfg.Server.MaxJSONStringBytes})
 	switch {
 	case errors.Is(err, mcpwire.ErrOverBudget):
-		st.rejectedID = mcpwire.PeekID(body)
+		fwd.rejectedID = mcpwire.PeekID(body)
 		return newError(http.StatusRequestEntityTooLarge, CodePayloadTooLarge, "request too large: "+err.Error(), nil)
 	case errors.Is(err, mcpwire.ErrBatch):
 		return err
 	case errors.Is(err, mcpwire.ErrMalformed):
 		return newError(http.StatusBadRequest, CodeParseError, "parse error: "+err.Error(), nil)
 	case err != nil:
-		st.rejectedID = mcpwire.PeekID(body)
+		fwd.rejectedID = mcpwire.PeekID(body)
 		return badRequest("invalid JSON-RPC message: "+err.Error(), nil)
 	}
-	st.msg = msg
+	fwd.msg = msg
 	fwd.messages = []jsonrpc.Message{msg.Msg}
 	// A method the modern era removed is answered 404 as it is
 	// (prepareModern), whatever its params: never forwarded either way.
@@ -270,15 +279,15 @@ func (checkedBody) Close() error { return nil }
 // prepareBatch accepts a JSON-RPC batch only where the session's protocol
 // revision allows one, and only if every element passes the same strict
 // decode as a single message.
-func (s *Server) prepareBatch(r *http.Request, fwd *forward, st *requestState) error {
+func (s *Server) prepareBatch(r *http.Request, fwd *forward) error {
 	if err := checkLegacyMcpHeaders(r.Header, nil); err != nil {
 		return err // no header can mirror a whole batch
 	}
-	if err := s.prepareSession(r, fwd, st); err != nil {
+	if err := s.prepareSession(r, fwd); err != nil {
 		return err
 	}
-	if !mcpwire.AllowsBatch(st.version) {
-		return badRequest("JSON-RPC batches are not supported in protocol version "+st.version, nil)
+	if !mcpwire.AllowsBatch(fwd.version) {
+		return badRequest("JSON-RPC batches are not supported in protocol version "+fwd.version, nil)
 	}
 	dec := jsontext.NewDecoder(bytes.NewReader(fwd.body))
 	if _, err := dec.ReadToken(); err != nil {
@@ -317,7 +326,7 @@ func (s *Server) prepareBatch(r *http.Request, fwd *forward, st *requestState) e
 // invalid, expired, foreign-principal or foreign-route session is 404, the
 // answer the spec gives for an unknown session, so a client learns nothing
 // about whose session it replayed.
-func (s *Server) prepareSession(r *http.Request, fwd *forward, st *requestState) error {
+func (s *Server) prepareSession(r *http.Request, fwd *forward) error {
 	ids := r.Header.Values("Mcp-Session-Id")
 	switch len(ids) {
 	case 0:
@@ -339,11 +348,11 @@ func (s *Server) prepareSession(r *http.Request, fwd *forward, st *requestState)
 	if err != nil {
 		return newError(http.StatusNotFound, CodeSessionNotFound, "session not found; initialize a new session", err)
 	}
-	st.session = true
+	fwd.session = true
 	fwd.upstreamSession = claims.Upstream
 	fwd.caps = claims.Caps
 	fwd.urlElicit = claims.URLElicit
-	st.version, err = requestVersion(r, &claims)
+	fwd.version, err = requestVersion(r, &claims)
 	return err
 }
 

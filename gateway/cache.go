@@ -16,6 +16,7 @@ import (
 
 	"github.com/ctxgate/ctxgate/cache"
 	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/mcpwire"
 )
 
 // The response cache in the pipeline (DESIGN "Cache"). A POST holding one
@@ -163,7 +164,7 @@ func (s *Server) cacheLookupFor(fwd *forward) (*cacheLookup, bool) {
 		// ttlMs and cacheScope are protocol only when the exchange with
 		// the upstream is modern too, not when the gateway bridges it to
 		// a legacy session.
-		cr.Era, cr.Capabilities = eraModern, modernCapabilityDigest(req.Params)
+		cr.Era, cr.Capabilities = eraModern, modernCapabilityDigest(mcpwire.ParamsOf(req))
 		lk.hints = !fwd.bridging
 	}
 	if _, ok := cfg.TTL[req.Method]; !ok && !lk.hints {
@@ -185,11 +186,7 @@ func (s *Server) cacheLookupFor(fwd *forward) (*cacheLookup, bool) {
 	if lk.private, err = cache.Key(cr); err != nil {
 		return nil, false
 	}
-	if req.Method == "resources/read" {
-		var p struct {
-			URI string `json:"uri"`
-		}
-		_ = json.Unmarshal(req.Params, &p)
+	if p := mcpwire.ParamsOf(req); req.Method == "resources/read" && p != nil {
 		lk.uri = p.URI
 	}
 	return lk, true
@@ -490,25 +487,24 @@ func newCache(cfg *config.Config, injected *cache.Store, now func() time.Time) (
 	return nil, nil
 }
 
-// capabilityDigest names the capabilities an initialize request declares;
-// sealed into the session, it keys the legacy-era lists a server may shape
-// by them.
-func capabilityDigest(params json.RawMessage) string {
-	var p struct {
-		Capabilities json.RawMessage `json:"capabilities"`
+// capabilityDigest names the capabilities an initialize request declares
+// (p as the strict decode kept it; nil declares none); sealed into the
+// session, it keys the legacy-era lists a server may shape by them.
+func capabilityDigest(p *mcpwire.Params) string {
+	if p == nil {
+		return cache.CapabilityDigest(nil)
 	}
-	_ = json.Unmarshal(params, &p)
-	return cache.CapabilityDigest(p.Capabilities)
+	return cache.CapabilityDigest(json.RawMessage(p.Capabilities))
 }
 
 // modernCapabilityDigest digests the client capabilities a modern request
-// declares in params._meta.
-func modernCapabilityDigest(params json.RawMessage) string {
-	var p struct {
-		Meta map[string]json.RawMessage `json:"_meta"`
+// declares in params._meta (p as the strict decode kept it; nil declares
+// none).
+func modernCapabilityDigest(p *mcpwire.Params) string {
+	if p == nil {
+		return cache.CapabilityDigest(nil)
 	}
-	_ = json.Unmarshal(params, &p)
-	return cache.CapabilityDigest(p.Meta[metaClientCapabilities])
+	return cache.CapabilityDigest(json.RawMessage(p.MetaCapabilities))
 }
 
 // cacheConfig is the cache block of the named upstream, or nil.

@@ -110,7 +110,7 @@ func (fr *fedRequest) modern(w http.ResponseWriter, fwd *forward) error {
 	if p := mcpwire.ParamsOf(req); p != nil {
 		meta = json.RawMessage(p.Meta)
 	}
-	fr.fo = &fanout{era: eraModern, version: st.version, meta: meta, caps: "modern\x00" + modernCapabilityDigest(req.Params),
+	fr.fo = &fanout{era: eraModern, version: st.version, meta: meta, caps: "modern\x00" + modernCapabilityDigest(mcpwire.ParamsOf(req)),
 		members: fr.memberEras(st.version)}
 	switch {
 	case req.Method == "server/discover":

@@ -101,117 +101,15 @@ type forward struct {
 
 type forwardKey struct{}
 
+// withForward is ctx carrying fwd, for the proxy's rewrite and response
+// hooks, which see only the request.
+func withForward(ctx context.Context, fwd *forward) context.Context {
+	return context.WithValue(ctx, forwardKey{}, fwd)
+}
+
 func forwardOf(ctx context.Context) *forward {
 	f, _ := ctx.Value(forwardKey{}).(*forward)
 	return f
-}
-
-// serveRoute handles the Streamable HTTP endpoint of one route.
-func (s *Server) serveRoute(rt *route) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		st := stateOf(r.Context())
-		st.upstream = rt.upstream.Name
-		principal, err := principalOf(r.Context())
-		if err != nil {
-			writeError(w, r, err)
-			return
-		}
-		fwd := &forward{requestState: st, route: rt, principal: principal, era: eraLegacy}
-		switch r.Method {
-		case http.MethodPost:
-			err = s.preparePost(r, fwd)
-		case http.MethodGet:
-			fwd.stream = true
-			if err = modernStreamless(r); err == nil {
-				if err = checkLegacyMcpHeaders(r.Header, nil); err == nil {
-					if err = checkAccept(r, "text/event-stream"); err == nil {
-						err = s.prepareSession(r, fwd)
-					}
-				}
-			}
-		case http.MethodDelete:
-			if err = modernStreamless(r); err == nil {
-				if err = checkLegacyMcpHeaders(r.Header, nil); err == nil {
-					err = s.prepareSession(r, fwd)
-				}
-			}
-		default:
-			err = newError(http.StatusMethodNotAllowed, CodeInvalidRequest, "method not allowed; use POST, GET or DELETE", nil)
-			err.(*Error).Header = http.Header{"Allow": {"GET, POST, DELETE"}}
-		}
-		if st.msg != nil && st.msg.Request() != nil {
-			st.target = targetOf(st.msg.Request())
-			st.toolLabel = s.toolLabel(rt.upstream.Name, st.target)
-		}
-		if err == nil {
-			r, err = s.prepareCredential(r, fwd)
-		}
-		if err == nil {
-			fwd.base = &policy.Input{
-				Principal: policyPrincipal(principal),
-				Route:     rt.upstream.Name,
-				Upstream:  rt.upstream.Name,
-				Phase:     policy.PhaseRequest,
-				Protocol:  policy.Protocol{Version: st.version, Era: fwd.era},
-				Source:    policy.Source{IP: remoteIP(r), UserAgent: r.UserAgent()},
-			}
-			err = s.authorize(r, fwd)
-		}
-		if err == nil && fwd.bridging {
-			err = s.prepareBridge(r, fwd, st.msg.Request())
-		}
-		if err != nil {
-			writeError(w, r, err)
-			return
-		}
-		if fwd.answer != nil {
-			writeAnswer(w, fwd.answer)
-			return
-		}
-		s.forwardUpstream(w, r, rt, fwd)
-	}
-}
-
-// preparePost reads and strictly decodes the body, then resolves the
-// session (initialize starts one) and the protocol version.
-func (s *Server) preparePost(r *http.Request, fwd *forward) error {
-	err := s.readPost(r, fwd)
-	if errors.Is(err, errBatch) {
-		return s.prepareBatch(r, fwd)
-	}
-	if err != nil {
-		return err
-	}
-	msg := fwd.msg
-	if isModernRequest(r, msg) {
-		return s.prepareModern(r, fwd, msg)
-	}
-	if err := checkLegacyMcpHeaders(r.Header, msg); err != nil {
-		return err
-	}
-	if msg.Method() == "initialize" {
-		if !msg.IsCall() {
-			return badRequest("initialize must be a request with an id", nil)
-		}
-		// A new session starts here; a session header sent along is not
-		// forwarded (the upstream session is created fresh).
-		fwd.initialize = true
-		p := msg.Params()
-		fwd.caps = capabilityDigest(msg.Request().Params)
-		fwd.urlElicit = declaresURLElicitation(p.Capabilities)
-		if fwd.version, err = requestVersion(r, nil); err != nil {
-			return err
-		}
-		// Until the answer says what was negotiated, the version in effect
-		// is the one the client asks for (what a server supporting it
-		// answers), not the header default: the policy, the logs and the
-		// metrics see that, and mintSession corrects it to the answer's.
-		if v := p.ProtocolVersion; isSupportedVersion(v) {
-			fwd.version = v
-		}
-		return nil
-	}
-	return s.prepareSession(r, fwd)
 }
 
 // readPost checks a POST's headers, reads its (size-limited) body and

@@ -71,51 +71,6 @@ func (rt *route) retryClass(fwd *forward) upstream.Retry {
 	return upstream.RetryUnsent
 }
 
-// forwardUpstream sends an authorized request on: rate limits first, then,
-// for a tools/call with an idempotency key, at most once per principal and
-// key; everything else straight through the route's proxy.
-func (s *Server) forwardUpstream(w http.ResponseWriter, r *http.Request, rt *route, fwd *forward) {
-	ctx := context.WithValue(r.Context(), forwardKey{}, fwd)
-	r = r.WithContext(upstream.WithRetry(ctx, rt.retryClass(fwd)))
-	if err := s.rateLimit(r.Context(), rt, fwd); err != nil {
-		writeError(w, r, err)
-		return
-	}
-	// After the rate limit: a cache hit is still a request the principal
-	// made.
-	if s.serveCached(w, r, fwd) {
-		return
-	}
-	if fwd.stream || fwd.listen {
-		// A stream is open for as long as the client keeps it: it holds a
-		// stream slot, not one of the requests the gateway works on (a
-		// thousand idle streams must not shed calls).
-		done, err := s.openStream(r.Context())
-		if err != nil {
-			writeError(w, r, err)
-			return
-		}
-		defer done()
-		if rt.streamProxy != nil {
-			rt.streamProxy.ServeHTTP(w, r)
-			return
-		}
-	}
-	if fwd.msg != nil && fwd.msg.IsCall() && fwd.msg.Method() == "tools/call" {
-		key, err := idempotencyKey(r, fwd.msg.Request())
-		if err != nil {
-			writeError(w, r, err)
-			return
-		}
-		if key != "" {
-			// Per principal: another principal's key is another key.
-			s.forwardOnce(w, r, rt, fwd.principal.ID+"\x00"+key, fwd.requestState)
-			return
-		}
-	}
-	rt.proxy.ServeHTTP(w, r)
-}
-
 // rateLimit takes the request's tokens: per principal for every request
 // (not a client's answers to the server), per tool for tools/call.
 func (s *Server) rateLimit(ctx context.Context, rt *route, fwd *forward) error {

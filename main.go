@@ -230,15 +230,19 @@ func serve(ctx context.Context, cfg *config.Config, logOut io.Writer, policyFS f
 		admin.Close()
 		return err
 	}
+	// Announced once /readyz says ready, never before: the record is what
+	// start-up scripts and the e2e harness wait for before polling.
+	opts.OnReady = func() {
+		log.Info("ctxgate listening", "version", buildVersion(), "public", public.Addr().String(), "admin", admin.Addr().String(), "public_url", cfg.Server.PublicURL, "upstreams", len(cfg.Upstreams), "policy_revision", engine.Revision())
+		if ready != nil {
+			ready(public.Addr(), admin.Addr())
+		}
+	}
 	gw, err := gateway.New(cfg, pool, opts)
 	if err != nil {
 		public.Close()
 		admin.Close()
 		return err
-	}
-	log.Info("ctxgate listening", "version", buildVersion(), "public", public.Addr().String(), "admin", admin.Addr().String(), "public_url", cfg.Server.PublicURL, "upstreams", len(cfg.Upstreams), "policy_revision", engine.Revision())
-	if ready != nil {
-		ready(public.Addr(), admin.Addr())
 	}
 	return gw.Serve(ctx, public, admin)
 }

@@ -76,6 +76,8 @@ type Store struct {
 	now    func() time.Time
 	flight singleflight.Group
 	maxMB  int
+	// shardBytes is one bigcache shard's bound: no entry larger is stored.
+	shardBytes int
 
 	mu sync.Mutex
 	// seq counts invalidations; gen holds, per tag, the seq of its last
@@ -85,8 +87,31 @@ type Store struct {
 	gen   map[string]uint64
 	floor uint64
 
-	hits, misses, stale, bypass atomic.Uint64
+	hits, misses, stale, bypass, tooLarge atomic.Uint64
 }
+
+// ErrTooLarge is Set's answer for an entry whose Value is over
+// MaxEntryBytes: it is not stored (the caller serves it uncached).
+var ErrTooLarge = errors.New("answer larger than the cache's max entry")
+
+// minShardMB is the smallest shard, in MiB, when max_mb allows: bigcache
+// never stores an entry larger than one shard (max_mb / shards), so 256
+// shards of a 256 MB cache would refuse every 1 MiB answer.
+const minShardMB = 16
+
+// shardStartFraction: each shard's queue starts at 1/8 of its bound and
+// doubles up to it. bigcache refuses an entry when the queue's capacity
+// plus the entry reaches the bound before the queue has grown to it
+// (BytesQueue.Push), so an entry is storable in every state of the queue
+// only if it is no larger than the starting capacity, and the capacity
+// always a power-of-two fraction of the bound: MaxEntryBytes is that
+// start, less entryOverhead. The start is allocated up front.
+const shardStartFraction = 8
+
+// entryOverhead bounds what a stored entry takes beyond its Value: the
+// store's header (three times, a sequence number, the tags) and bigcache's
+// (timestamp, hash, key, length), with room for long tags.
+const entryOverhead = 4 << 10
 
 // New builds the store for a validated configuration: bounded by
 // cache.max_mb, entries kept at most as long as the longest TTL plus
@@ -97,27 +122,38 @@ func New(cfg *config.Config, opts Options) (*Store, error) {
 		now = time.Now
 	}
 	mb := max(cfg.Cache.MaxMB, 1)
+	shards := shardCount(mb)
 	bc, err := bigcache.New(context.Background(), bigcache.Config{
-		Shards:             shardCount(mb),
+		Shards:             shards,
 		LifeWindow:         lifeWindow(cfg),
 		CleanWindow:        time.Minute,
-		MaxEntriesInWindow: shardCount(mb) * 16,
-		MaxEntrySize:       4 << 10,
-		HardMaxCacheSize:   mb,
-		Logger:             bigcache.DefaultLogger(),
+		MaxEntriesInWindow: shards * 16,
+		// bigcache starts each shard at MaxEntriesInWindow/Shards *
+		// MaxEntrySize bytes: 16 * this is the shard's bound / 8.
+		MaxEntrySize:     mb << 20 / shards / shardStartFraction / 16,
+		HardMaxCacheSize: mb,
+		Logger:           bigcache.DefaultLogger(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
-	return &Store{bc: bc, now: now, maxMB: mb, gen: map[string]uint64{}}, nil
+	return &Store{bc: bc, now: now, maxMB: mb, shardBytes: mb << 20 / shards, gen: map[string]uint64{}}, nil
 }
 
-// shardCount keeps shards at least 128 KiB each (an entry larger than a
-// shard cannot be stored) and at most 256 of them.
+// shardCount keeps shards at least minShardMB each (one shard below that:
+// an entry larger than a shard cannot be stored), a power of two (as
+// bigcache requires), and at most 256 of them (from 2 GiB up shards grow).
 func shardCount(mb int) int {
-	n := 1 << (bits.Len(uint(mb*8)) - 1) // largest power of two <= mb*8
-	return min(max(n, 1), 256)
+	n := 1 << (bits.Len(uint(max(mb/minShardMB, 1))) - 1) // largest power of two <= mb/minShardMB
+	return min(n, 256)
 }
+
+// MaxEntryBytes is the largest Value Set stores: an eighth of a shard
+// less entryOverhead. Shards are 16-32 MiB (one shard of all of
+// cache.max_mb below 16, and max_mb/256 from 8 GiB up), so it is at least
+// 2 MiB - 4 KiB from max_mb 16 up (exactly that at the default 256), and
+// max_mb/8 MiB - 4 KiB below.
+func (s *Store) MaxEntryBytes() int { return s.shardBytes/shardStartFraction - entryOverhead }
 
 // lifeWindow is bigcache's own expiry, by wall time: a backstop past which
 // no entry can be useful. Freshness is judged by the store's clock.
@@ -152,9 +188,14 @@ func (s *Store) Begin() uint64 {
 }
 
 // Set stores e under key. token is Begin's, taken before the fetch. An
-// entry larger than a cache shard is not stored (the error says so).
+// entry whose Value is over MaxEntryBytes is not stored: ErrTooLarge,
+// counted in Stats.TooLarge.
 func (s *Store) Set(key string, e *Entry, token uint64) error {
 	e.seq = token
+	if len(e.Value) > s.MaxEntryBytes() {
+		s.tooLarge.Add(1)
+		return fmt.Errorf("cache set: %d bytes, max %d: %w", len(e.Value), s.MaxEntryBytes(), ErrTooLarge)
+	}
 	if err := s.bc.Set(key, encode(e)); err != nil {
 		return fmt.Errorf("cache set: %w", err)
 	}
@@ -297,6 +338,9 @@ type Stats struct {
 	Misses      uint64 `json:"misses"`
 	StaleServed uint64 `json:"stale_served"`
 	Bypass      uint64 `json:"bypass"`
+	// TooLarge counts answers not stored for being over MaxEntryBytes
+	// (served, uncached).
+	TooLarge uint64 `json:"too_large"`
 	// Entries counts stored entries, including invalidated ones not yet
 	// removed.
 	Entries int `json:"entries"`
@@ -308,7 +352,7 @@ type Stats struct {
 // Stats returns the counters.
 func (s *Store) Stats() Stats {
 	return Stats{
-		Hits: s.hits.Load(), Misses: s.misses.Load(), StaleServed: s.stale.Load(), Bypass: s.bypass.Load(),
+		Hits: s.hits.Load(), Misses: s.misses.Load(), StaleServed: s.stale.Load(), Bypass: s.bypass.Load(), TooLarge: s.tooLarge.Load(),
 		Entries: s.bc.Len(), Bytes: s.bc.Capacity(), MaxBytes: s.maxMB << 20,
 	}
 }

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -236,5 +237,59 @@ func TestEntryEncoding(t *testing.T) {
 		if _, err := decode(b); err == nil {
 			t.Errorf("decode(%v) accepted a corrupt entry", b)
 		}
+	}
+}
+
+// TestMaxEntry: every Value up to MaxEntryBytes is stored, whatever state
+// each shard's queue is in (growing from its start or full), a larger one
+// is refused with ErrTooLarge and counted, and nothing is evicted for it.
+// At the default max_mb a 1 MiB answer is cacheable.
+func TestMaxEntry(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		maxMB int
+		want  int // MaxEntryBytes
+	}{
+		{name: "1 MB", maxMB: 1, want: 128<<10 - entryOverhead},
+		{name: "16 MB", maxMB: 16, want: 2<<20 - entryOverhead},
+		{name: "default", maxMB: config.DefaultCacheMaxMB, want: 2<<20 - entryOverhead},
+		{name: "100 MB", maxMB: 100, want: 25<<20/8 - entryOverhead},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s, _ := newStore(t, tt.maxMB)
+			if got := s.MaxEntryBytes(); got != tt.want {
+				t.Fatalf("MaxEntryBytes = %d, want %d", got, tt.want)
+			}
+			if tt.maxMB == config.DefaultCacheMaxMB && s.MaxEntryBytes() < 1<<20+1<<10 {
+				t.Fatalf("MaxEntryBytes = %d: a 1 MiB result cannot be cached at the default max_mb", s.MaxEntryBytes())
+			}
+			// Small entries first, so the queues are part grown, then
+			// largest ones, more than the store holds: each is stored
+			// (evicting older ones) and found.
+			small := strings.Repeat("s", 1<<10)
+			for i := range 64 {
+				put(t, s, fmt.Sprint("small", i), small, time.Hour, 0)
+			}
+			largest := strings.Repeat("x", s.MaxEntryBytes())
+			n := 2 * tt.maxMB << 20 / len(largest)
+			for i := range n {
+				key := fmt.Sprint("large", i)
+				put(t, s, key, largest, time.Hour, 0, UpstreamTag("an-upstream-name"), MethodTag("an-upstream-name", "resources/read"))
+				if e, st, _ := s.Lookup(key); st != Fresh || len(e.Value) != len(largest) {
+					t.Fatalf("entry %d of %d bytes: %v, not stored", i, len(largest), st)
+				}
+			}
+			put(t, s, "before", "kept", time.Hour, 0)
+			err := s.Set("too-large", &Entry{Value: make([]byte, s.MaxEntryBytes()+1)}, s.Begin())
+			if !errors.Is(err, ErrTooLarge) {
+				t.Fatalf("Set of MaxEntryBytes+1: %v, want ErrTooLarge", err)
+			}
+			if _, st, _ := s.Lookup("before"); st != Fresh {
+				t.Error("refusing a too large entry evicted another")
+			}
+			if got := s.Stats().TooLarge; got != 1 {
+				t.Errorf("Stats.TooLarge = %d, want 1", got)
+			}
+		})
 	}
 }

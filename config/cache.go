@@ -11,7 +11,10 @@ import (
 // and for how long is set per upstream (Upstream.Cache).
 type Cache struct {
 	// MaxMB bounds the memory the cache's entries may use, in megabytes;
-	// when full, the oldest entries are evicted. Default: 256.
+	// when full, the oldest entries are evicted. It also sets the largest
+	// cacheable answer (2 MiB - 4 KiB from 16 up; see
+	// cache.Store.MaxEntryBytes): a larger one is served uncached, and
+	// counted. Default: 256.
 	MaxMB int `yaml:"max_mb"`
 }
 

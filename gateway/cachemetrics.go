@@ -43,6 +43,9 @@ func (m *Metrics) registerStore(store *cache.Store) {
 		func(s cache.Stats) int { return s.Bytes })
 	gauge("ctxgate_cache_max_bytes", "The response cache's size bound (cache.max_mb).",
 		func(s cache.Stats) int { return s.MaxBytes })
+	m.registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "ctxgate_cache_too_large_total",
+		Help: "Answers served but not cached for being larger than the cache's max entry (cache.Store.MaxEntryBytes)."},
+		func() float64 { return float64(store.Stats().TooLarge) }))
 }
 
 // observeCache records how the cache answered one request.

@@ -58,6 +58,11 @@ type Options struct {
 	// Redis holds the state replicas share (rate limits); nil keeps all
 	// of it in this process.
 	Redis *shared.Client
+	// OnReady is called once by Serve, as /readyz starts answering ready
+	// (after the start-up health probe), so whatever it announces (the
+	// "ctxgate listening" record start-up scripts wait for) means ready to
+	// poll. Nil: nothing is called.
+	OnReady func()
 }
 
 // Server is one gateway: its routes, its admin endpoints and its lifecycle.
@@ -124,6 +129,8 @@ type Server struct {
 	stopStreams context.CancelFunc
 	// redis is the shared state's client; nil: everything in memory.
 	redis *shared.Client
+	// onReady is Options.OnReady.
+	onReady func()
 }
 
 // New builds a gateway for a validated configuration.
@@ -151,6 +158,7 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 	s.now = now
 	s.healthInterval, s.adminRoutes = opts.HealthInterval, opts.AdminRoutes
 	s.redis = opts.Redis
+	s.onReady = opts.OnReady
 	if s.healthInterval == 0 {
 		s.healthInterval = DefaultHealthInterval
 	}
@@ -390,6 +398,9 @@ func (s *Server) Serve(ctx context.Context, public, admin net.Listener) error {
 		go s.runHealth(s.streams, s.healthInterval)
 	}
 	s.ready.Store(true)
+	if s.onReady != nil {
+		s.onReady()
+	}
 	var serveErr error
 	select {
 	case <-ctx.Done():

@@ -241,7 +241,7 @@ func emptySet(ctx context.Context, pkg ast.Ref, now time.Time) *policySet {
 	set := &policySet{loadedAt: now, pkg: pkg, modules: map[string]*ast.Module{}, store: inmem.New()}
 	// No modules: deterministic, every answer undefined until the bundles
 	// replace this set.
-	set.memo, set.vis = newDecisionMemo(nil), newVisibilityCache(nil)
+	set.memo, set.vis, set.lists = newDecisionMemo(nil), newVisibilityCache(nil), newListCache(nil)
 	c := ast.NewCompiler()
 	c.Compile(set.modules)
 	refs := map[string]ast.Ref{}

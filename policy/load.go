@@ -53,6 +53,9 @@ type policySet struct {
 	// visibilityTTL otherwise. A new revision starts with both empty.
 	memo *decisionMemo
 	vis  *visibilityCache
+	// lists reuses whole filtered lists (listcache.go); nil, caching
+	// none, when nondeterministic is not empty.
+	lists *listCache
 }
 
 // source is where policies come from: a directory, or an fs.FS.
@@ -175,6 +178,7 @@ func buildSet(ctx context.Context, name string, modules map[string]*ast.Module, 
 	}
 	set.nondeterministic = nondeterministicBuiltins(compiler)
 	set.memo, set.vis = newDecisionMemo(set.nondeterministic), newVisibilityCache(set.nondeterministic)
+	set.lists = newListCache(set.nondeterministic)
 	if len(compiler.GetRulesExact(rule(pkg, "allow"))) == 0 {
 		return nil, fmt.Errorf("compile policy %s: package %s defines no allow rule", name, pkg[1:])
 	}

@@ -308,7 +308,7 @@ func noInlining(c *ast.Compiler, pkg ast.Ref) []string {
 			continue
 		}
 		for _, r := range m.Rules {
-			self := r.Path().String()
+			self := r.Ref().GroundPrefix().String()
 			seen := map[string]bool{}
 			ast.WalkRefs(r, func(ref ast.Ref) bool {
 				if ref.HasPrefix(ast.InputRootRef) {
@@ -328,7 +328,7 @@ func noInlining(c *ast.Compiler, pkg ast.Ref) []string {
 			continue
 		}
 		for _, r := range m.Rules {
-			name := r.Path().String()
+			name := r.Ref().GroundPrefix().String()
 			if r.Head.RuleKind() == ast.MultiValue && readsInput[name] && uses[name] > 1 && !slices.Contains(names, name) {
 				names = append(names, name)
 			}

@@ -339,6 +339,16 @@ test_path_argument_case_variants_checked if {
 	not authz.allow with input as call(admin, read_file, {"files": [{"PATH": "/etc/passwd"}]})
 }
 
+# The long s (U+017F) and the Kelvin sign (U+212A) fold to "s" and "k", as
+# encoding/json matches member names.
+test_path_argument_unicode_folds_checked if {
+	cfg := {"path_arguments": ["source", "key"]}
+	every name in ["\u017fource", "SOURCE", "\u212aey", "KEY"] {
+		not authz.allow with input as call(user, read_file, {name: "../x"}) with data.ctxgate.config as cfg
+	}
+	authz.allow with input as call(user, read_file, {"sourcez": "../x"}) with data.ctxgate.config as cfg
+}
+
 test_path_arguments_configurable if {
 	cfg := {"path_arguments": ["file", "path"]}
 	not authz.allow with input as call(user, read_file, {"file": "../x"}) with data.ctxgate.config as cfg

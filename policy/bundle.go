@@ -13,7 +13,6 @@ import (
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/bundle"
-	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
 	"github.com/open-policy-agent/opa/v1/util"
@@ -242,19 +241,20 @@ func emptySet(ctx context.Context, pkg ast.Ref, now time.Time) *policySet {
 	set := &policySet{loadedAt: now, pkg: pkg, modules: map[string]*ast.Module{}, store: inmem.New()}
 	// No modules: deterministic, every answer undefined until the bundles
 	// replace this set.
-	set.memo, set.vis = newDecisionMemo(nil), newVisibilityCache(nil)
+	set.memo, set.vis, set.lists = newDecisionMemo(nil), newVisibilityCache(nil), newListCache(nil)
 	c := ast.NewCompiler()
 	c.Compile(set.modules)
-	for _, q := range []struct {
-		name string
-		pq   **rego.PreparedEvalQuery
-	}{{"allow", &set.allow}, {"reason", &set.reason}, {"redact", &set.redact}, {"visible", &set.visible}} {
-		pq, err := rego.New(rego.Query(rule(pkg, q.name).String()), rego.Compiler(c), rego.Store(set.store)).PrepareForEval(ctx)
-		if err != nil {
-			// A reference into an empty compiler always prepares.
-			panic(fmt.Sprintf("policy: prepare the empty set: %v", err))
-		}
-		*q.pq = &pq
+	refs := map[string]ast.Ref{}
+	for _, name := range decisionRules {
+		refs[name] = rule(pkg, name)
+	}
+	var err error
+	if set.decision, err = prepareQuery(ctx, c, set.store, decisionQuery(refs)); err == nil {
+		set.visible, err = prepareQuery(ctx, c, set.store, refs["visible"].String())
+	}
+	if err != nil {
+		// A reference into an empty compiler always prepares.
+		panic(fmt.Sprintf("policy: prepare the empty set: %v", err))
 	}
 	return set
 }

@@ -74,8 +74,9 @@ type record struct {
 	Principal  string            `json:"principal"`
 	RequestID  string            `json:"request_id,omitempty"`
 	Delegation any               `json:"delegation,omitempty"`
-	// MemoHit: the answer came from the decision memo (engine.go Decide),
-	// not from an evaluation; the input and result are what they would
+	// MemoHit: the answer came from the decision memo (engine.go Decide)
+	// or, for a list, from the list cache (listcache.go), not from an
+	// evaluation; the input and result are what they would
 	// have been.
 	MemoHit bool `json:"memo_hit,omitempty"`
 }
@@ -146,10 +147,12 @@ func (l *decisionLog) visible(ctx context.Context, id, rev string, in *Input, va
 }
 
 // list records a FilterList; err is why the list could not be filtered
-// (an item the policy could not decide).
-func (l *decisionLog) list(ctx context.Context, rev string, base *Input, val ast.Value, res listResult, err error, start, end time.Time) {
+// (an item the policy could not decide); memoHit marks a list answered
+// from the list cache (listcache.go). val may be nil.
+func (l *decisionLog) list(ctx context.Context, rev string, base *Input, val ast.Value, res listResult, err error, memoHit bool, start, end time.Time) {
 	rec := l.newRecord(ctx, newDecisionID(), "visible", rev, base, val, nil, start, end)
 	rec.Result = res
+	rec.MemoHit = memoHit
 	if err != nil {
 		rec.Error = err.Error()
 	}

@@ -343,8 +343,8 @@ func (e *Engine) Status() Status {
 	return st
 }
 
-// Decide evaluates allow, reason and redact for a request or a response in
-// one prepared query and writes one decision log record. An undefined
+// Decide evaluates allow, and redact or reason, for a request or a
+// response in one prepared query and writes one decision log record. An undefined
 // allow, an evaluation error or a timeout denies (fail closed) with
 // Decision.Failure set and a warning in the log. A nil in denies with
 // FailureError.
@@ -389,26 +389,21 @@ func (e *Engine) Decide(ctx context.Context, in *Input) Decision {
 	return d
 }
 
-// decide evaluates allow and then, as the answer needs, redact (allowed:
-// the instructions for the result) or reason (denied: the message), under
-// one deadline, and fills d. Reason is not read for an allowed request nor
-// redact for a denied one: neither would be used.
+// decide evaluates the decision query (allow, and redact when allowed or
+// reason when denied: decisionQuery) under one deadline, and fills d.
 func (e *Engine) decide(ctx context.Context, set *policySet, val ast.Value, d *Decision) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.timeout)
 	defer cancel()
-	allow, failure, err := e.eval(ctx, set.allow, val)
+	rs, failure, err := e.run(ctx, set.decision, val)
 	if err != nil {
 		return failure, err
 	}
-	b := rego.Vars{"allow": allow}
-	next, name := set.reason, "reason"
-	if len(allow) == 1 && allow[0] == true {
-		next, name = set.redact, "redact"
+	if len(rs) != 1 {
+		// Its comprehensions always bind: one result, or a bug that
+		// fails closed.
+		return FailureError, fmt.Errorf("policy decision query returned %d results, want 1", len(rs))
 	}
-	if b[name], failure, err = e.eval(ctx, next, val); err != nil {
-		return failure, err
-	}
-	return d.fill(b)
+	return d.fill(rs[0].Bindings)
 }
 
 // Visible evaluates visible for one list item (Phase PhaseListItem) and
@@ -458,6 +453,23 @@ func (e *Engine) visible(ctx context.Context, set *policySet, val ast.Value) (bo
 // value as a list: empty when the rule is undefined, else the one value.
 // On failure it returns the failure kind and its cause.
 func (e *Engine) eval(ctx context.Context, pq *rego.PreparedEvalQuery, val ast.Value) ([]any, string, error) {
+	rs, failure, err := e.run(ctx, pq, val)
+	switch {
+	case err != nil:
+		return nil, failure, err
+	case len(rs) == 0:
+		return []any{}, "", nil // undefined
+	case len(rs) != 1 || len(rs[0].Expressions) != 1:
+		// A single rule reference has at most one value: anything else
+		// is a bug, and fails closed.
+		return nil, FailureError, fmt.Errorf("policy query returned %d results, want 1", len(rs))
+	}
+	return []any{rs[0].Expressions[0].Value}, "", nil
+}
+
+// run evaluates a prepared query with ctx's deadline. On failure it
+// returns the failure kind and its cause.
+func (e *Engine) run(ctx context.Context, pq *rego.PreparedEvalQuery, val ast.Value) (rego.ResultSet, string, error) {
 	// A deadline already passed fails at once: AfterFunc would cancel
 	// the evaluation only when its goroutine runs, which makes the answer
 	// a race.
@@ -476,12 +488,6 @@ func (e *Engine) eval(ctx context.Context, pq *rego.PreparedEvalQuery, val ast.V
 		return nil, FailureTimeout, fmt.Errorf("policy evaluation exceeded its deadline (timeout %v): %w", e.timeout, err)
 	case err != nil:
 		return nil, FailureError, err
-	case len(rs) == 0:
-		return []any{}, "", nil // undefined
-	case len(rs) != 1 || len(rs[0].Expressions) != 1:
-		// A single rule reference has at most one value: anything else
-		// is a bug, and fails closed.
-		return nil, FailureError, fmt.Errorf("policy query returned %d results, want 1", len(rs))
 	}
-	return []any{rs[0].Expressions[0].Value}, "", nil
+	return rs, "", nil
 }

@@ -339,3 +339,32 @@ func writeFile(tb testing.TB, dir, name, content string) {
 		tb.Fatal(err)
 	}
 }
+
+// TestDecisionReadsWhatItUses: the one decision query evaluates reason
+// only for a denied request and redact only for an allowed one, as the
+// contract says: a reason that fails to evaluate does not deny an allowed
+// request, nor a failing redact a denied one's answer.
+func TestDecisionReadsWhatItUses(t *testing.T) {
+	e := mustNew(t, Options{Dir: writeDir(t, map[string]string{"authz.rego": `package ctxgate.authz
+
+default allow := false
+
+allow if input.tool.name == "echo"
+
+# Conflicts (an evaluation error) whenever it is evaluated.
+reason := "a" if input.tool.name == "echo"
+reason := "b" if input.tool.name == "echo"
+reason := "no" if input.tool.name != "echo"
+
+redact := [{"path": "x"}] if input.tool.name == "echo"
+redact := [{"path": "y"}] if input.tool.name != "echo"
+redact := [{"path": "z"}] if input.tool.name != "echo"
+`})})
+	ctx := context.Background()
+	if d := e.Decide(ctx, toolCall("echo", nil)); !d.Allow || d.Failure != "" || len(d.Redact) != 1 {
+		t.Errorf("allowed: %+v, want allow with one redaction and reason not evaluated", d)
+	}
+	if d := e.Decide(ctx, toolCall("other", nil)); d.Allow || d.Failure != "" || d.Reason != "no" {
+		t.Errorf("denied: %+v, want a deny with its reason and redact not evaluated", d)
+	}
+}

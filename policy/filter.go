@@ -59,7 +59,10 @@ type span struct{ start, end int64 }
 // (listBudget), and an item the policy could not decide (an evaluation
 // error, the budget spent) makes the whole list an error, never a shorter
 // list: a hidden item means the policy said it is not visible. Answers are
-// cached per policy revision, base input and item (viscache.go).
+// cached per policy revision, base input and item (viscache.go); with a
+// deterministic policy set, the whole filtered view of a list is reused
+// for the same base input and the same list bytes (listcache.go), logged
+// with memo_hit.
 func (e *Engine) FilterList(ctx context.Context, base *Input, result []byte) ([]byte, int, error) {
 	if base == nil {
 		return nil, 0, errNilInput
@@ -68,6 +71,31 @@ func (e *Engine) FilterList(ctx context.Context, base *Input, result []byte) ([]
 	if !ok {
 		return result, 0, nil
 	}
+	start := e.now()
+	set := e.set.Load()
+	listBase := *base
+	listBase.Phase = PhaseListItem
+	digest, keyed := inputDigest(set.revision, &listBase)
+	lists := set.lists
+	if !keyed {
+		// Unencodable input cannot be keyed: a random digest misses in
+		// the visibility cache, and no view is reused or kept.
+		digest, lists = baseDigest(set.revision, &listBase), nil
+	}
+	var key listKey
+	if lists != nil {
+		key = wholeListKey(digest, result)
+		if v, ok := lists.get(key); ok {
+			// The same list for the same base input under the same
+			// deterministic revision: the same answers. Logged as a
+			// memo hit, as a memoized decision is.
+			if e.log != nil {
+				e.log.list(ctx, set.revision, &listBase, nil, v.logResult(), nil, true, start, e.now())
+			}
+			out, removed := splice(result, v.open, v.close, v.items, v.entries)
+			return out, removed, nil
+		}
+	}
 	open, close, items, err := scanList(result, member)
 	if err != nil {
 		return nil, 0, err
@@ -75,31 +103,40 @@ func (e *Engine) FilterList(ctx context.Context, base *Input, result []byte) ([]
 	if items == nil {
 		return result, 0, nil
 	}
-	start := e.now()
-	set := e.set.Load()
-	listBase := *base
-	listBase.Phase = PhaseListItem
 	baseItems, err := inputItems(&listBase)
 	if err != nil {
 		return nil, 0, err
 	}
-	entries, failures, err := e.visibleItems(ctx, set, &listBase, baseItems, result, items)
+	entries, failures, err := e.visibleItems(ctx, set, listBase.Method, digest, baseItems, result, items)
+	v := &listView{open: open, close: close, items: items, entries: entries}
 	if e.log != nil {
 		res := listResult{Total: len(items), Removed: []string{}, Failures: failures}
-		for _, en := range entries {
-			if err == nil && !en.visible {
-				res.Removed = append(res.Removed, en.name)
-			}
+		if err == nil {
+			res = v.logResult()
 		}
-		e.log.list(ctx, set.revision, &listBase, ast.NewObject(baseItems...), res, err, start, e.now())
+		e.log.list(ctx, set.revision, &listBase, ast.NewObject(baseItems...), res, err, false, start, e.now())
 	}
 	if err != nil {
 		// Returned, not logged: the caller answers with its "policy could
-		// not decide" error and logs why.
+		// not decide" error and logs why. Never kept as a view.
 		return nil, 0, fmt.Errorf("filter %s (revision %s): %w", base.Method, set.revision, err)
+	}
+	if lists != nil {
+		lists.put(key, v)
 	}
 	out, removed := splice(result, open, close, items, entries)
 	return out, removed, nil
+}
+
+// logResult is what the decision log records of a filtered list.
+func (v *listView) logResult() listResult {
+	res := listResult{Total: len(v.items), Removed: []string{}}
+	for _, en := range v.entries {
+		if !en.visible {
+			res.Removed = append(res.Removed, en.name)
+		}
+	}
+	return res
 }
 
 // listItemsPerTimeout sets the budget of a list: Options.Timeout for
@@ -123,9 +160,8 @@ var errListItemUndecided = errors.New("the policy could not decide the visibilit
 // and, when an item could not be decided, how many evaluations failed
 // and the first failure (the others stop at once: their answers would not
 // be used).
-func (e *Engine) visibleItems(ctx context.Context, set *policySet, base *Input, baseItems [][2]*ast.Term, result []byte, items []span) ([]visibilityEntry, int, error) {
+func (e *Engine) visibleItems(ctx context.Context, set *policySet, method string, digest [32]byte, baseItems [][2]*ast.Term, result []byte, items []span) ([]visibilityEntry, int, error) {
 	keys := make([]visibilityKey, len(items))
-	digest := baseDigest(set.revision, base)
 	for i, it := range items {
 		keys[i] = itemKey(digest, result[it.start:it.end])
 	}
@@ -146,7 +182,7 @@ func (e *Engine) visibleItems(ctx context.Context, set *policySet, base *Input, 
 	failures, firstErr := 0, error(nil)
 	forEach(ctx, miss, func(i int) {
 		var err error
-		if entries[i], err = e.visibleItem(ctx, set, base.Method, baseItems, result[items[i].start:items[i].end]); err == nil {
+		if entries[i], err = e.visibleItem(ctx, set, method, baseItems, result[items[i].start:items[i].end]); err == nil {
 			decided.Add(1)
 			return
 		}

@@ -370,3 +370,76 @@ func TestFilterListCaseVariants(t *testing.T) {
 		})
 	}
 }
+
+// TestFilterListViewReused: with a deterministic policy, the same list for
+// the same base input is answered from the list cache (the same filtered
+// bytes, a decision log record marked memo_hit); another list, another
+// base input or a non-deterministic policy is filtered afresh.
+func TestFilterListViewReused(t *testing.T) {
+	var log bytes.Buffer
+	e := mustNew(t, Options{Dir: writeDir(t, testFiles()), DecisionLog: &log})
+	ctx := context.Background()
+	list := []byte(`{"tools":[{"name":"hidden_a"},{"name":"echo"},{"name":"hidden_b"}],"nextCursor":"c"}`)
+	other := []byte(`{"tools":[{"name":"hidden_a"},{"name":"echo"}],"nextCursor":"c"}`)
+	admin := listBase("tools/list")
+	admin.Principal.Groups = []string{"admin"}
+	steps := []struct {
+		base *Input
+		list []byte
+		hit  bool
+	}{
+		{listBase("tools/list"), list, false},
+		{listBase("tools/list"), list, true},
+		{listBase("tools/list"), other, false},
+		{admin, list, false},
+		{listBase("tools/list"), list, true},
+	}
+	var first []byte
+	for i, s := range steps {
+		log.Reset()
+		got, removed, err := e.FilterList(ctx, s.base, s.list)
+		if err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		if i == 0 {
+			first = got
+		}
+		if s.hit && (!bytes.Equal(got, first) || removed != 2) {
+			t.Errorf("step %d: reused view gave %s (removed %d), want %s", i, got, removed, first)
+		}
+		recs := logLines(t, log.String())
+		if len(recs) != 1 {
+			t.Fatalf("step %d: %d records, want 1", i, len(recs))
+		}
+		if hit, _ := recs[0]["memo_hit"].(bool); hit != s.hit {
+			t.Errorf("step %d: memo_hit %t, want %t", i, hit, s.hit)
+		}
+		if s.hit {
+			want := map[string]any{"total": 3.0, "removed": []any{"hidden_a", "hidden_b"}}
+			if diff := cmp.Diff(want, recs[0]["result"]); diff != "" {
+				t.Errorf("step %d: result (-want +got):\n%s", i, diff)
+			}
+		}
+	}
+	if string(first) != `{"tools":[{"name":"echo"}],"nextCursor":"c"}` {
+		t.Errorf("filtered %s", first)
+	}
+	if got := e.set.Load().lists.c.Len(); got != 3 {
+		t.Errorf("%d views cached, want 3", got)
+	}
+
+	nondet := mustNew(t, Options{Dir: writeDir(t, map[string]string{"authz.rego": `package ctxgate.authz
+
+default allow := false
+
+visible if time.now_ns() > 0
+`})})
+	if nondet.set.Load().lists != nil {
+		t.Fatal("a non-deterministic policy has a list cache")
+	}
+	for range 2 {
+		if _, removed, err := nondet.FilterList(ctx, listBase("tools/list"), list); err != nil || removed != 0 {
+			t.Fatalf("FilterList = %d removed, %v", removed, err)
+		}
+	}
+}

@@ -32,11 +32,14 @@ type policySet struct {
 	pkg      ast.Ref
 	modules  map[string]*ast.Module // as parsed, for Explain
 	store    storage.Store
-	// One prepared query per rule the gateway reads, each partially
+	// decision evaluates allow and, in the same evaluation, redact (when
+	// allow is true) or reason (otherwise): one query per decision, since
+	// each evaluation has a fixed cost of its own (decisionQuery). visible
+	// is the list items' query. Each rule they read is partially
 	// evaluated at load (rego.WithPartialEval): everything that does not
 	// depend on input (data, configuration checks, constant helpers) is
 	// computed once per set instead of once per decision.
-	allow, reason, redact, visible *rego.PreparedEvalQuery
+	decision, visible *rego.PreparedEvalQuery
 	// unoptimized names the rules whose partial evaluation did not finish
 	// within its budget; they are evaluated in full at each decision.
 	unoptimized []string
@@ -50,6 +53,9 @@ type policySet struct {
 	// visibilityTTL otherwise. A new revision starts with both empty.
 	memo *decisionMemo
 	vis  *visibilityCache
+	// lists reuses whole filtered lists (listcache.go); nil, caching
+	// none, when nondeterministic is not empty.
+	lists *listCache
 }
 
 // source is where policies come from: a directory, or an fs.FS.
@@ -172,20 +178,26 @@ func buildSet(ctx context.Context, name string, modules map[string]*ast.Module, 
 	}
 	set.nondeterministic = nondeterministicBuiltins(compiler)
 	set.memo, set.vis = newDecisionMemo(set.nondeterministic), newVisibilityCache(set.nondeterministic)
+	set.lists = newListCache(set.nondeterministic)
 	if len(compiler.GetRulesExact(rule(pkg, "allow"))) == 0 {
 		return nil, fmt.Errorf("compile policy %s: package %s defines no allow rule", name, pkg[1:])
 	}
-	for _, q := range []struct {
-		name string
-		pq   **rego.PreparedEvalQuery
-	}{{"allow", &set.allow}, {"reason", &set.reason}, {"redact", &set.redact}, {"visible", &set.visible}} {
+	refs := map[string]ast.Ref{}
+	noInline := noInlining(compiler, pkg)
+	for _, rn := range decisionRules {
 		optimized := false
-		if *q.pq, optimized, err = prepare(ctx, compiler, set.store, q.name, rule(pkg, q.name).String(), peBudget); err != nil {
-			return nil, fmt.Errorf("prepare policy %s: rule %s: %w", name, q.name, err)
+		if refs[rn], optimized, err = partial(ctx, compiler, set.store, rn, rule(pkg, rn), noInline, peBudget); err != nil {
+			return nil, fmt.Errorf("prepare policy %s: rule %s: %w", name, rn, err)
 		}
 		if !optimized {
-			set.unoptimized = append(set.unoptimized, q.name)
+			set.unoptimized = append(set.unoptimized, rn)
 		}
+	}
+	if set.decision, err = prepareQuery(ctx, compiler, set.store, decisionQuery(refs)); err != nil {
+		return nil, fmt.Errorf("prepare policy %s: rules allow, reason, redact: %w", name, err)
+	}
+	if set.visible, err = prepareQuery(ctx, compiler, set.store, refs["visible"].String()); err != nil {
+		return nil, fmt.Errorf("prepare policy %s: rule visible: %w", name, err)
 	}
 	return set, nil
 }
@@ -210,36 +222,54 @@ func compile(ctx context.Context, store storage.Store, modules map[string]*ast.M
 	return c, nil
 }
 
-// prepare prepares one query, partially evaluated when that finishes within
-// budget. Partial evaluation folds in everything that does not depend on
-// input (data, configuration checks) once per set; it keeps
-// non-deterministic builtins (time.now_ns, http.send) for evaluation time.
-// A policy whose input-independent part is too costly to fold (an
-// expensive constant computation) is prepared as it is instead, and
-// evaluated in full at each decision: the same answers, only slower, so
-// start-up and reloads stay bounded.
-func prepare(ctx context.Context, c *ast.Compiler, store storage.Store, name, query string, budget time.Duration) (*rego.PreparedEvalQuery, bool, error) {
-	r := func(opts ...func(*rego.Rego)) *rego.Rego {
-		return rego.New(append(opts, rego.Query(query), rego.Compiler(c), rego.Store(store))...)
-	}
+// decisionRules are the rules the gateway reads, each partially evaluated
+// on its own (partial).
+var decisionRules = []string{"allow", "reason", "redact", "visible"}
+
+// partial partially evaluates one rule when that finishes within budget
+// and returns the reference that evaluates it: the partial result's, or
+// the rule's own when it was not optimized. Partial evaluation folds in
+// everything that does not depend on input (data, configuration checks)
+// once per set; it keeps non-deterministic builtins (time.now_ns,
+// http.send) for evaluation time. A policy whose input-independent part
+// is too costly to fold (an expensive constant computation) is evaluated
+// as it is instead, in full at each decision: the same answers, only
+// slower, so start-up and reloads stay bounded. noInline are the rules
+// partial evaluation keeps as rules (noInlining).
+func partial(ctx context.Context, c *ast.Compiler, store storage.Store, name string, ref ast.Ref, noInline []string, budget time.Duration) (ast.Ref, bool, error) {
 	// Partial evaluation adds its result to the shared compiler under its
-	// namespace: one namespace per rule, or the rules overwrite each other.
-	ns := rego.PartialNamespace("__ctxgate_partial_" + name)
+	// namespace (rego.PartialResult), as the module below holding the
+	// rules of data.<ns>.__result__ (none when the rule is undefined for
+	// every input): one namespace per rule, or the rules overwrite each
+	// other.
+	ns := "__ctxgate_partial_" + name
 	peCtx, cancel := context.WithTimeout(ctx, budget)
-	pq, err := r(ns).PrepareForEval(peCtx, rego.WithPartialEval())
+	_, err := rego.New(rego.Query(ref.String()), rego.Compiler(c), rego.Store(store),
+		rego.PartialNamespace(ns), rego.DisableInlining(noInline)).PrepareForEval(peCtx, rego.WithPartialEval())
 	cancel()
-	if err == nil {
-		return &pq, true, nil
-	}
-	if ctx.Err() != nil {
+	switch {
+	case err == nil && c.Modules["__partialresult__"+ns+"__"] != nil:
+		return ast.MustParseRef("data." + ns + ".__result__"), true, nil
+	case err == nil:
+		// OPA put its result elsewhere: evaluate the rule as written
+		// (and say so) rather than guess.
+		return ref, false, nil
+	case ctx.Err() != nil:
 		return nil, false, ctx.Err()
 	}
 	// Over budget, or a policy partial evaluation cannot help (recursive
-	// references): prepare it as written. A policy that is wrong fails here.
-	if pq, err = r().PrepareForEval(ctx); err != nil {
-		return nil, false, err
+	// references): evaluate it as written. A policy that is wrong fails
+	// when the queries are prepared.
+	return ref, false, nil
+}
+
+// prepareQuery prepares a query on the compiled set, as it is.
+func prepareQuery(ctx context.Context, c *ast.Compiler, store storage.Store, query string) (*rego.PreparedEvalQuery, error) {
+	pq, err := rego.New(rego.Query(query), rego.Compiler(c), rego.Store(store)).PrepareForEval(ctx)
+	if err != nil {
+		return nil, err
 	}
-	return &pq, false, nil
+	return &pq, nil
 }
 
 // revision hashes what was compiled: every module's path and source and
@@ -258,4 +288,52 @@ func revision(res *loader.Result) string {
 	}
 	writeField(h, util.MustMarshalJSON(res.Documents))
 	return hex.EncodeToString(h.Sum(nil))[:12]
+}
+
+// noInlining returns the rules that partial evaluation should keep as
+// rules rather than inline (rego.DisableInlining): the multi-value rules
+// (`contains`) of the package that read input and are referenced by more
+// than one rule. Inlined, such a rule's body is copied into each rule
+// that iterates it and so evaluated once per copy at every decision (the
+// default policy's path_argument_values, walked by three
+// argument_violations rules, cost three walks of the arguments); kept, it
+// is evaluated once per decision and its set reused, as OPA caches a
+// rule's value within an evaluation. Inlining never changes an answer,
+// only the cost, so this heuristic cannot make a decision wrong.
+func noInlining(c *ast.Compiler, pkg ast.Ref) []string {
+	uses := map[string]int{}
+	readsInput := map[string]bool{}
+	for _, m := range c.Modules {
+		if !m.Package.Path.HasPrefix(pkg) {
+			continue
+		}
+		for _, r := range m.Rules {
+			self := r.Ref().GroundPrefix().String()
+			seen := map[string]bool{}
+			ast.WalkRefs(r, func(ref ast.Ref) bool {
+				if ref.HasPrefix(ast.InputRootRef) {
+					readsInput[self] = true
+				}
+				if s := ref.GroundPrefix().String(); s != self && !seen[s] {
+					seen[s] = true
+					uses[s]++
+				}
+				return false
+			})
+		}
+	}
+	var names []string
+	for _, m := range c.Modules {
+		if !m.Package.Path.HasPrefix(pkg) {
+			continue
+		}
+		for _, r := range m.Rules {
+			name := r.Ref().GroundPrefix().String()
+			if r.Head.RuleKind() == ast.MultiValue && readsInput[name] && uses[name] > 1 && !slices.Contains(names, name) {
+				names = append(names, name)
+			}
+		}
+	}
+	slices.Sort(names)
+	return names
 }

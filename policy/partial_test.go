@@ -103,3 +103,20 @@ func TestPartialEvaluationAgrees(t *testing.T) {
 		}
 	}
 }
+
+// TestNoInlining: the default policy's path arguments, read by three
+// argument_violations rules, are kept as a rule by partial evaluation
+// (evaluated once per decision), and so is argument_violations, which
+// several allow rules count.
+func TestNoInlining(t *testing.T) {
+	e := mustNew(t, Options{Dir: "../policies"})
+	set := e.set.Load()
+	c, err := compile(context.Background(), set.store, set.modules, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"data.ctxgate.authz.argument_violations", "data.ctxgate.authz.path_argument_values"}
+	if diff := cmp.Diff(want, noInlining(c, set.pkg)); diff != "" {
+		t.Errorf("noInlining (-want +got):\n%s", diff)
+	}
+}

@@ -231,8 +231,12 @@ path_argument_values contains [name, value] if {
 # Argument names are compared as Go's encoding/json matches struct fields,
 # case-insensitively ("Path", "PATH", and the long s and Kelvin sign that
 # fold to "s" and "k"): an upstream written that way reads {"Path": ...} as
-# its path argument.
-folded(s) := lower(replace(replace(s, "ſ", "s"), "K", "k"))
+# its path argument. lower folds the Kelvin sign to "k" itself; the long s
+# is replaced only in the names that hold one (most hold none, and replace
+# costs more than contains).
+folded(s) := lower(s) if {
+	not contains(s, "ſ")
+} else := lower(replace(s, "ſ", "s"))
 
 argument_violations contains msg if {
 	some [name, value] in path_argument_values

@@ -108,7 +108,9 @@ func TestBundleActivation(t *testing.T) {
 		"authz.rego": "package ctxgate.authz\n\ndefault allow := false\n\nallow if data.allowed[input.tool.name]\n",
 		"data.json":  `{"allowed": {"a": true}}`,
 	})
-	waitUntil(t, "revision r1", func() bool { return e.Revision() == "r1" })
+	// OPA's bundle status catches up with the activation just after the
+	// engine swaps in the revision: wait for both.
+	waitUntil(t, "revision r1", func() bool { return e.Revision() == "r1" && e.Status().Bundles["authz"].ActiveRevision == "r1" })
 	if d := e.Decide(ctx, toolCall("a", nil)); !d.Allow || d.Revision != "r1" {
 		t.Errorf("Decide(a) under r1 = %+v, want allowed by data.allowed", d)
 	}
@@ -119,7 +121,10 @@ func TestBundleActivation(t *testing.T) {
 	// Revision 2 has no allow rule: it compiles in OPA, but the engine
 	// refuses it, so OPA's activation fails and r1 stays.
 	srv.publish(t, "r2", map[string]string{"authz.rego": "package ctxgate.authz\n\nvisible := true\n"})
-	waitUntil(t, "revision r2 refused", func() bool { return e.Status().ReloadFailures > 0 })
+	waitUntil(t, "revision r2 refused", func() bool {
+		st := e.Status()
+		return st.ReloadFailures > 0 && strings.Contains(st.Bundles["authz"].Error, "defines no allow rule")
+	})
 	st := e.Status()
 	if e.Revision() != "r1" || !strings.Contains(st.LastReloadError, "defines no allow rule") ||
 		st.Bundles["authz"].ActiveRevision != "r1" || !strings.Contains(st.Bundles["authz"].Error, "defines no allow rule") {

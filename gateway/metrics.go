@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,12 +41,15 @@ var decisionBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0
 type Metrics struct {
 	registry *prometheus.Registry
 
-	serverOps        *prometheus.HistogramVec
-	clientOps        *prometheus.HistogramVec
-	requests         *prometheus.CounterVec
-	policyDecisions  *prometheus.HistogramVec
-	policyReloads    *prometheus.CounterVec
-	policyRevision   *prometheus.GaugeVec
+	serverOps       *prometheus.HistogramVec
+	clientOps       *prometheus.HistogramVec
+	requests        *prometheus.CounterVec
+	policyDecisions *prometheus.HistogramVec
+	policyReloads   *prometheus.CounterVec
+	policyRevision  *prometheus.GaugeVec
+	// revisionMu orders revision changes; revision is the series shown.
+	revisionMu       sync.Mutex
+	revision         string
 	authFailures     *prometheus.CounterVec
 	upstreamAttempts *prometheus.CounterVec
 	sessionsStarted  *prometheus.CounterVec
@@ -137,14 +141,22 @@ func (m *Metrics) PolicyReloaded(revision string, err error) {
 		m.policyReloads.WithLabelValues("failed").Inc()
 		return
 	}
-	m.policyReloads.WithLabelValues("ok").Inc()
+	// The revision moves before the count, so a scrape that sees the
+	// reload counted sees the revision it brought.
 	m.setPolicyRevision(revision)
+	m.policyReloads.WithLabelValues("ok").Inc()
 }
 
-// setPolicyRevision makes revision the only series of the info gauge.
+// setPolicyRevision makes revision the only series of the info gauge: the
+// new series is set before the old one goes, so no scrape finds none.
 func (m *Metrics) setPolicyRevision(revision string) {
-	m.policyRevision.Reset()
+	m.revisionMu.Lock()
+	defer m.revisionMu.Unlock()
 	m.policyRevision.WithLabelValues(revision).Set(1)
+	if m.revision != "" && m.revision != revision {
+		m.policyRevision.DeleteLabelValues(m.revision)
+	}
+	m.revision = revision
 }
 
 // initRoutes creates the zero series a dashboard expects from the start,

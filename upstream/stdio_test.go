@@ -265,4 +265,6 @@ func TestStdioLimitsApplied(t *testing.T) {
 
 type syscallRlimit = unix.Rlimit
 
-func getLimit(pid int, out *unix.Rlimit) error { return unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, out) }
+func getLimit(pid int, out *unix.Rlimit) error {
+	return unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, out)
+}

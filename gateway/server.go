@@ -257,6 +257,9 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 	if err := s.metrics.registry.Register(resilienceCollector{pool}); err != nil {
 		return nil, fmt.Errorf("register resilience metrics: %w", err)
 	}
+	if err := s.metrics.registry.Register(stdioCollector{pool}); err != nil {
+		return nil, fmt.Errorf("register stdio metrics: %w", err)
+	}
 	if err := s.metrics.registry.Register(admissionCollector{s.admission}); err != nil {
 		return nil, fmt.Errorf("register admission metrics: %w", err)
 	}

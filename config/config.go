@@ -168,6 +168,24 @@ type Upstream struct {
 	// Transport is how the gateway reaches the upstream: streamable-http
 	// (the default), sse or stdio (transport.go).
 	Transport string `yaml:"transport"`
+	// The process a stdio upstream runs (stdio.go), one per client
+	// session; these keys are refused on every other transport.
+	// Command is the program and its arguments, run without a shell;
+	// Command[0] is an absolute path or a name found on PATH.
+	Command []string `yaml:"command" json:",omitempty"`
+	// Env is the whole environment of the process: the gateway's own
+	// (its secrets) is never passed on. Nil: an empty environment.
+	Env map[string]string `yaml:"env" json:",omitempty"`
+	// Dir is the process's working directory; "" is the gateway's.
+	Dir string `yaml:"dir" json:",omitempty"`
+	// Limits are the process's resource limits (setrlimit), with safe
+	// defaults.
+	Limits *StdioLimits `yaml:"limits" json:",omitempty"`
+	// MaxProcesses bounds the processes running at once (one per client
+	// session); one session more is refused with 503.
+	MaxProcesses int `yaml:"max_processes" json:",omitempty"`
+	// IdleTimeout ends a process no request has used for this long.
+	IdleTimeout time.Duration `yaml:"idle_timeout" json:",omitempty"`
 	// MaxIdleConns bounds the idle keep-alive connections kept to this
 	// upstream (Go's default of 2 per host starves a proxy).
 	MaxIdleConns int `yaml:"max_idle_conns"`
@@ -291,6 +309,7 @@ func (c *Config) applyDefaults() {
 	c.Redis.applyDefaults()
 	for i := range c.Upstreams {
 		setDefault(&c.Upstreams[i].Transport, TransportStreamableHTTP)
+		c.Upstreams[i].applyStdioDefaults()
 		setDefault(&c.Upstreams[i].MaxIdleConns, DefaultMaxIdleConns)
 		c.Upstreams[i].applyResilienceDefaults()
 		c.Upstreams[i].Credentials.applyDefaults(s.PublicURL)

@@ -18,7 +18,11 @@ const (
 func (v *validator) upstreamTransport(path string, up Upstream) {
 	switch up.Transport {
 	case TransportStreamableHTTP:
+	case TransportStdio:
+		v.stdio(path, up)
+		return
 	default:
-		v.add(path+".transport", "must be %s (sse and stdio are not built yet)", TransportStreamableHTTP)
+		v.add(path+".transport", "must be %s or %s (sse is not built yet)", TransportStreamableHTTP, TransportStdio)
 	}
+	v.notStdio(path, up)
 }

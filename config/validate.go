@@ -171,6 +171,8 @@ func (v *validator) upstreams(ups []Upstream, hasOIDC bool) {
 		seen[up.Name] = true
 		u, err := url.Parse(up.URL)
 		switch {
+		case up.Transport == TransportStdio:
+			// A stdio upstream is a command, not a URL (stdio.go checks it).
 		case err != nil || u.Host == "":
 			v.add(path+".url", "must be an absolute URL such as http://127.0.0.1:3001/mcp")
 		case u.Scheme != "http" && u.Scheme != "https":

@@ -237,6 +237,11 @@ func upstreamError(ctx context.Context, err error) *Error {
 		// Nothing was sent: the caller has no credential for it.
 		return credentialError(err, "")
 	}
+	if errors.Is(err, upstream.ErrProcessesFull) {
+		e := newError(http.StatusServiceUnavailable, CodeProcessesFull, "upstream busy: its max_processes processes are running; nothing was sent, retry later", err)
+		setRetryAfter(e, time.Second)
+		return e
+	}
 	var f *upstream.Failure
 	if !errors.As(err, &f) {
 		// Failures after the executor: an unusable answer, a refused

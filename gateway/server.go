@@ -215,6 +215,9 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 	if err := s.metrics.registry.Register(resilienceCollector{pool}); err != nil {
 		return nil, fmt.Errorf("register resilience metrics: %w", err)
 	}
+	if err := s.metrics.registry.Register(stdioCollector{pool}); err != nil {
+		return nil, fmt.Errorf("register stdio metrics: %w", err)
+	}
 	if err := s.metrics.registry.Register(admissionCollector{s.admission}); err != nil {
 		return nil, fmt.Errorf("register admission metrics: %w", err)
 	}
@@ -305,6 +308,9 @@ func (s *Server) routes() []*route {
 		// Each attempt the executor makes is one attemptTransport round trip.
 		// Outermost, the request's admission slot is given up while the
 		// upstream has it (waiting in the bulkhead, retries, the answer).
+		if up.Stdio != nil {
+			up.Stdio.Log = s.log.With("upstream", up.Name)
+		}
 		attempts := &attemptTransport{s: s, name: up.Name, next: up.Transport, stats: s.upstreamStats[up.Name]}
 		rt.transport = admissionTransport{up.Resilience.RoundTripper(attempts)}
 		rt.proxy = s.newProxy(rt, rt.transport)
@@ -423,6 +429,7 @@ func (s *Server) shutdown(pub, adm *http.Server) {
 	}
 	_ = adm.Close()
 	s.pool.CloseIdleConnections()
+	s.pool.Close() // stdio upstreams' processes: SIGTERM, SIGKILL after a grace
 	if s.oidc != nil {
 		s.oidc.Close()
 	}

@@ -35,6 +35,10 @@ type Upstream struct {
 	// breaker, bulkhead); wrap the attempt transport with its RoundTripper.
 	Resilience *Resilience
 
+	// Stdio runs the processes of a stdio upstream (its Transport is
+	// RoundTripper(Stdio)); nil for every other transport.
+	Stdio *Stdio
+
 	// Connector runs the connect-your-account flow of a user_oauth
 	// upstream; nil for every other kind.
 	Connector *Connector
@@ -73,6 +77,16 @@ func NewPoolFor(cfg *config.Config) (*Pool, error) {
 func newPool(cfgs []config.Upstream, grants *GrantStore) (*Pool, error) {
 	p := &Pool{byName: make(map[string]*Upstream, len(cfgs))}
 	for i, c := range cfgs {
+		if c.Transport == config.TransportStdio {
+			// A process, not a host: no TLS, no credentials (it holds its
+			// own, in env). The URL only names it in the proxy's request.
+			st := NewStdio(c)
+			up := &Upstream{Name: c.Name, URL: &url.URL{Scheme: "stdio", Host: c.Name, Path: "/"},
+				Transport: RoundTripper(st), Resilience: newResilience(c), Stdio: st}
+			p.list = append(p.list, up)
+			p.byName[c.Name] = up
+			continue
+		}
 		u, err := url.Parse(c.URL)
 		if err != nil {
 			return nil, fmt.Errorf("upstreams[%d].url: %w", i, err)
@@ -112,6 +126,15 @@ func (p *Pool) CloseIdleConnections() {
 			if c, ok := t.Base.(interface{ CloseIdleConnections() }); ok {
 				c.CloseIdleConnections()
 			}
+		}
+	}
+}
+
+// Close ends every stdio upstream's processes; call it at shutdown.
+func (p *Pool) Close() {
+	for _, up := range p.list {
+		if up.Stdio != nil {
+			up.Stdio.Close()
 		}
 	}
 }

@@ -1,0 +1,339 @@
+package upstream
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptrace"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
+
+	"github.com/ctxgate/ctxgate/config"
+)
+
+// A stdio upstream is a local program speaking MCP over its standard input
+// and output. A stdio server is one MCP session, so every client session
+// gets its own process (the legacy era): an initialize without a session
+// starts one and names it with a fresh Mcp-Session-Id, later messages on
+// that session go to its stdin, and its answers are matched to the
+// requests by JSON-RPC id. The modern era (a pooled process per principal)
+// is reached through the route's bridge, which opens such a session.
+//
+// The process is sandboxed: only the configured environment, no inherited
+// file descriptors, its own process group (so ending it ends what it
+// spawned), and resource limits applied with prlimit right after start
+// (the child runs a few instructions before they apply; an exec'd runtime
+// reserves its memory later than that).
+
+const (
+	// stdioMaxLine bounds one message from a process; a longer line is a
+	// protocol error that ends it.
+	stdioMaxLine = 4 << 20
+	// stdioGrace is how long a process has to exit after SIGTERM before
+	// its group is killed.
+	stdioGrace = 5 * time.Second
+	// stdioStreamBuffer is how many unsolicited messages wait for the
+	// session's GET stream; more are dropped (and logged).
+	stdioStreamBuffer = 64
+)
+
+// ErrProcessesFull: a stdio upstream already runs max_processes
+// processes; nothing was started or sent.
+var ErrProcessesFull = errors.New("stdio upstream: max_processes reached")
+
+// errProcessExited is a call whose process ended before answering.
+var errProcessExited = errors.New("stdio upstream: the process ended before answering")
+
+// Stdio is the stdio transport of one upstream.
+type Stdio struct {
+	cfg   config.Upstream
+	grace time.Duration
+	// Log receives the processes' stderr and protocol errors; set it
+	// before the first Send. Nil: slog.Default().
+	Log *slog.Logger
+
+	mu    sync.Mutex
+	procs map[string]*process
+
+	// Started, Crashed and Reaped count processes over the transport's
+	// life: crashed ones ended on their own (or broke the framing),
+	// reaped ones were idle for idle_timeout.
+	Started, Crashed, Reaped atomic.Int64
+}
+
+// The stdio transport is one way to an upstream.
+var _ Transport = (*Stdio)(nil)
+
+// NewStdio returns the transport that runs c.Command; c must be a
+// validated stdio upstream (defaults applied).
+func NewStdio(c config.Upstream) *Stdio {
+	return &Stdio{cfg: c, grace: stdioGrace, procs: map[string]*process{}}
+}
+
+// Running is the number of processes running now.
+func (s *Stdio) Running() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.procs)
+}
+
+func (s *Stdio) log() *slog.Logger {
+	if s.Log != nil {
+		return s.Log
+	}
+	return slog.Default()
+}
+
+// envelope is what the transport reads of a message: enough to route it.
+type envelope struct {
+	ID     json.RawMessage `json:"id"`
+	Method string          `json:"method"`
+}
+
+// Send writes m to its session's process and returns the answer.
+func (s *Stdio) Send(ctx context.Context, m Message) (*http.Response, error) {
+	body := bytes.TrimSpace(m.Body)
+	var env envelope
+	if len(body) == 0 || body[0] != '{' || json.Unmarshal(body, &env) != nil {
+		return jsonAnswer(http.StatusBadRequest, "", rpcError(nil, -32600, "a stdio upstream takes one JSON-RPC message (no batch)")), nil
+	}
+	session := m.Header.Get("Mcp-Session-Id")
+	var p *process
+	switch {
+	case session == "" && env.Method == "initialize":
+		var err error
+		if p, session, err = s.start(); err != nil {
+			return nil, err
+		}
+	case session == "":
+		// As a Streamable HTTP server answers a message outside a session.
+		return jsonAnswer(http.StatusBadRequest, "", rpcError(env.ID, -32600, "no session: send initialize first")), nil
+	default:
+		if p = s.get(session); p == nil {
+			return jsonAnswer(http.StatusNotFound, "", rpcError(env.ID, -32600, "session not found")), nil
+		}
+	}
+	if env.Method == "" || len(env.ID) == 0 || string(env.ID) == "null" {
+		// A notification, or the client's response to a server request.
+		if err := p.write(ctx, body); err != nil {
+			return nil, err
+		}
+		return jsonAnswer(http.StatusAccepted, session, nil), nil
+	}
+	return p.call(ctx, session, string(env.ID), body)
+}
+
+// Open returns the session's stream of the process's own messages
+// (notifications and requests to the client).
+func (s *Stdio) Open(ctx context.Context, h http.Header) (*http.Response, error) {
+	p := s.get(h.Get("Mcp-Session-Id"))
+	if p == nil {
+		return jsonAnswer(http.StatusNotFound, "", rpcError(nil, -32600, "session not found")), nil
+	}
+	if !p.streaming.CompareAndSwap(false, true) {
+		return jsonAnswer(http.StatusConflict, "", rpcError(nil, -32600, "the session's stream is already open")), nil
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		defer p.streaming.Store(false)
+		for {
+			select {
+			case line := <-p.unsolicited:
+				if _, err := fmt.Fprintf(pw, "event: message\ndata: %s\n\n", line); err != nil {
+					return // the reader closed the stream
+				}
+			case <-p.exited:
+				pw.Close()
+				return
+			case <-ctx.Done():
+				pw.CloseWithError(ctx.Err())
+				return
+			}
+		}
+	}()
+	resp := jsonAnswer(http.StatusOK, "", nil)
+	resp.Header.Set("Content-Type", "text/event-stream")
+	resp.Body = pr
+	return resp, nil
+}
+
+// End ends the session's process: SIGTERM to its group, SIGKILL after
+// the grace.
+func (s *Stdio) End(ctx context.Context, h http.Header) (*http.Response, error) {
+	session := h.Get("Mcp-Session-Id")
+	s.mu.Lock()
+	p := s.procs[session]
+	delete(s.procs, session)
+	s.mu.Unlock()
+	if p == nil {
+		return jsonAnswer(http.StatusNotFound, "", rpcError(nil, -32600, "session not found")), nil
+	}
+	p.stop(s.grace)
+	return jsonAnswer(http.StatusOK, "", nil), nil
+}
+
+// Close ends every process; call it at shutdown.
+func (s *Stdio) Close() {
+	s.mu.Lock()
+	ps := s.procs
+	s.procs = map[string]*process{}
+	s.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, p := range ps {
+		wg.Go(func() { p.stop(s.grace) })
+	}
+	wg.Wait()
+}
+
+func (s *Stdio) get(session string) *process {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.procs[session]
+	if p != nil {
+		p.touch()
+	}
+	return p
+}
+
+// start runs a new process for a new session.
+func (s *Stdio) start() (*process, string, error) {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	session := hex.EncodeToString(b[:])
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.procs) >= s.cfg.MaxProcesses {
+		return nil, "", ErrProcessesFull
+	}
+	p, err := s.spawn(session)
+	if err != nil {
+		return nil, "", err
+	}
+	s.procs[session] = p
+	s.Started.Add(1)
+	return p, session, nil
+}
+
+// spawn starts the command, sandboxed.
+func (s *Stdio) spawn(session string) (*process, error) {
+	c := s.cfg
+	cmd := exec.Command(c.Command[0], c.Command[1:]...)
+	// Never nil: a nil Env is the gateway's whole environment, its secrets.
+	cmd.Env = make([]string, 0, len(c.Env))
+	for k, v := range c.Env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	cmd.Dir = c.Dir
+	// Its own group, so SIGTERM and SIGKILL reach whatever it spawned (npx
+	// runs node as a child); ExtraFiles stays nil: no inherited fds.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, fmt.Errorf("stdio upstream: %w", err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, fmt.Errorf("stdio upstream: %w", err)
+	}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, fmt.Errorf("stdio upstream: %w", err)
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("stdio upstream: start %s: %w", c.Command[0], err)
+	}
+	if err := setLimits(cmd.Process.Pid, c.Limits); err != nil {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		_ = cmd.Wait()
+		return nil, err
+	}
+	p := &process{
+		owner: s, session: session, cmd: cmd, stdin: stdin,
+		pending: map[string]chan []byte{}, unsolicited: make(chan []byte, stdioStreamBuffer),
+		exited: make(chan struct{}), log: s.log().With("upstream", c.Name, "pid", cmd.Process.Pid),
+	}
+	if c.IdleTimeout > 0 {
+		p.idle = time.AfterFunc(c.IdleTimeout, p.reapIfIdle)
+	}
+	go p.readStderr(stderr)
+	go p.readStdout(stdout)
+	return p, nil
+}
+
+// setLimits applies the configured rlimits to the running child.
+func setLimits(pid int, l *config.StdioLimits) error {
+	if l == nil {
+		return nil
+	}
+	for _, r := range []struct {
+		resource int
+		value    uint64
+	}{
+		{unix.RLIMIT_AS, uint64(l.MemoryMB) << 20},
+		{unix.RLIMIT_CPU, uint64(l.CPUSeconds)},
+		{unix.RLIMIT_NOFILE, uint64(l.OpenFiles)},
+	} {
+		if r.value == 0 {
+			continue
+		}
+		lim := unix.Rlimit{Cur: r.value, Max: r.value}
+		if err := unix.Prlimit(pid, r.resource, &lim, nil); err != nil {
+			return fmt.Errorf("stdio upstream: prlimit: %w", err)
+		}
+	}
+	return nil
+}
+
+// jsonAnswer is an answer as a Streamable HTTP server gives it.
+func jsonAnswer(status int, session string, body []byte) *http.Response {
+	h := http.Header{}
+	if body != nil {
+		h.Set("Content-Type", "application/json")
+	}
+	if session != "" {
+		h.Set("Mcp-Session-Id", session)
+	}
+	return &http.Response{
+		Status: fmt.Sprintf("%d %s", status, http.StatusText(status)), StatusCode: status,
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, Body: io.NopCloser(bytes.NewReader(body)), ContentLength: int64(len(body)),
+	}
+}
+
+func rpcError(id json.RawMessage, code int, message string) []byte {
+	if len(id) == 0 {
+		id = json.RawMessage("null")
+	}
+	b, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": id, "error": map[string]any{"code": code, "message": message}})
+	return b
+}
+
+// gotConn tells the executor the message was handed to the process, the
+// stdio equivalent of a connection: from here it is not safe to repeat.
+func gotConn(ctx context.Context) {
+	if t := httptrace.ContextClientTrace(ctx); t != nil && t.GotConn != nil {
+		t.GotConn(httptrace.GotConnInfo{})
+	}
+}
+
+// stderrRate bounds the log lines one process's stderr may write.
+func stderrLimiter() *rate.Limiter { return rate.NewLimiter(20, 100) }
+
+// sanitizeLog keeps a stderr line printable for the log.
+func sanitizeLog(line string) string {
+	return strings.ToValidUTF8(line, "?")
+}

@@ -1,0 +1,270 @@
+package upstream
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ctxgate/ctxgate/config"
+)
+
+// The stdio test server is this test binary, re-executed with
+// CTXGATE_STDIO_TEST_SERVER set (in the configured env: it gets no other).
+// It answers one JSON-RPC request per line:
+//   - initialize: a result;
+//   - env: its whole environment;
+//   - garbage: a line that is not JSON;
+//   - crash: exits without answering;
+//   - notify: a notification, then the answer;
+//   - anything else: an echo of the params.
+//
+// With CTXGATE_STDIO_TEST_IGNORE_TERM it ignores SIGTERM.
+func TestMain(m *testing.M) {
+	if os.Getenv("CTXGATE_STDIO_TEST_SERVER") != "" {
+		stdioTestServer()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+func stdioTestServer() {
+	if os.Getenv("CTXGATE_STDIO_TEST_IGNORE_TERM") != "" {
+		signal.Ignore(syscall.SIGTERM)
+	}
+	sc := bufio.NewScanner(os.Stdin)
+	out := json.NewEncoder(os.Stdout)
+	for sc.Scan() {
+		var req struct {
+			ID     json.RawMessage `json:"id"`
+			Method string          `json:"method"`
+			Params json.RawMessage `json:"params"`
+		}
+		if json.Unmarshal(sc.Bytes(), &req) != nil || len(req.ID) == 0 {
+			continue
+		}
+		var result any = req.Params
+		switch req.Method {
+		case "initialize":
+			result = map[string]any{"protocolVersion": "2025-06-18", "capabilities": map[string]any{}, "serverInfo": map[string]any{"name": "test", "version": "1"}}
+		case "env":
+			result = os.Environ()
+		case "garbage":
+			fmt.Println("this is not JSON-RPC")
+			continue
+		case "crash":
+			os.Exit(3)
+		case "notify":
+			_ = out.Encode(map[string]any{"jsonrpc": "2.0", "method": "notifications/message", "params": map[string]any{"data": "hello"}})
+		}
+		_ = out.Encode(map[string]any{"jsonrpc": "2.0", "id": req.ID, "result": result})
+	}
+}
+
+// newTestStdio is a transport running the test server.
+func newTestStdio(t *testing.T, maxProcesses int, env map[string]string) *Stdio {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := map[string]string{"CTXGATE_STDIO_TEST_SERVER": "1"}
+	for k, v := range env {
+		e[k] = v
+	}
+	c := config.Upstream{Name: "test", Transport: config.TransportStdio, Command: []string{self}, Env: e}
+	c.Limits = &config.StdioLimits{MemoryMB: 4096, CPUSeconds: 60, OpenFiles: 64}
+	c.MaxProcesses, c.IdleTimeout = maxProcesses, time.Hour
+	s := NewStdio(c)
+	s.grace = 200 * time.Millisecond
+	t.Cleanup(func() {
+		s.Close()
+		if n := s.Running(); n != 0 {
+			t.Errorf("%d processes still running after Close", n)
+		}
+	})
+	return s
+}
+
+// send posts one message on session and returns the status and body.
+func send(t *testing.T, s *Stdio, session, body string) (*http.Response, string, error) {
+	t.Helper()
+	h := http.Header{}
+	if session != "" {
+		h.Set("Mcp-Session-Id", session)
+	}
+	resp, err := s.Send(context.Background(), Message{Body: []byte(body), Header: h})
+	if err != nil {
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	return resp, string(raw), nil
+}
+
+// initialize opens a session (a process) and returns its id and pid.
+func initialize(t *testing.T, s *Stdio) (string, int) {
+	t.Helper()
+	resp, body, err := send(t, s, "", `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}`)
+	if err != nil || resp.StatusCode != http.StatusOK || !strings.Contains(body, `"protocolVersion"`) {
+		t.Fatalf("initialize: %v %v %s", err, resp, body)
+	}
+	session := resp.Header.Get("Mcp-Session-Id")
+	p := s.get(session)
+	if p == nil {
+		t.Fatal("initialize answered, but no process for its session")
+	}
+	return session, p.cmd.Process.Pid
+}
+
+// gone reports that no process pid exists (exited and waited for).
+func gone(pid int) bool { return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) }
+
+func TestStdioEnvironmentIsOnlyTheConfiguredOne(t *testing.T) {
+	t.Setenv("CTXGATE_GATEWAY_SECRET", "do-not-leak")
+	s := newTestStdio(t, 2, map[string]string{"GREETING": "hi"})
+	session, _ := initialize(t, s)
+	resp, body, err := send(t, s, session, `{"jsonrpc":"2.0","id":2,"method":"env"}`)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("env: %v %v", err, resp)
+	}
+	var msg struct{ Result []string }
+	if err := json.Unmarshal([]byte(body), &msg); err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(msg.Result)
+	want := []string{"CTXGATE_STDIO_TEST_SERVER=1", "GREETING=hi"}
+	if !slices.Equal(msg.Result, want) {
+		t.Errorf("the process's environment is %q, want exactly %q", msg.Result, want)
+	}
+}
+
+func TestStdioSessionsAreProcesses(t *testing.T) {
+	s := newTestStdio(t, 1, nil)
+	session, pid := initialize(t, s)
+	if _, err := s.Send(context.Background(), Message{Body: []byte(`{"jsonrpc":"2.0","id":1,"method":"initialize"}`), Header: http.Header{}}); !errors.Is(err, ErrProcessesFull) {
+		t.Errorf("a second session over max_processes 1: %v, want ErrProcessesFull", err)
+	}
+	if resp, _, _ := send(t, s, "", `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`); resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("a request outside a session answered %d, want 400", resp.StatusCode)
+	}
+	if resp, _, _ := send(t, s, "nope", `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("an unknown session answered %d, want 404", resp.StatusCode)
+	}
+	resp, body, err := send(t, s, session, `{"jsonrpc":"2.0","id":"x","method":"echo","params":{"a":1}}`)
+	if err != nil || resp.StatusCode != http.StatusOK || body != `{"id":"x","jsonrpc":"2.0","result":{"a":1}}` {
+		t.Errorf("echo: %v %d %q", err, resp.StatusCode, body)
+	}
+	if resp, _, _ := send(t, s, session, `{"jsonrpc":"2.0","method":"notifications/initialized"}`); resp.StatusCode != http.StatusAccepted {
+		t.Errorf("a notification answered %d, want 202", resp.StatusCode)
+	}
+	if resp, err := s.End(context.Background(), http.Header{"Mcp-Session-Id": {session}}); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("End: %v %v", err, resp)
+	}
+	if !gone(pid) {
+		t.Errorf("process %d still exists after End", pid)
+	}
+	if resp, _, _ := send(t, s, session, `{"jsonrpc":"2.0","id":3,"method":"echo"}`); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("the ended session answered %d, want 404", resp.StatusCode)
+	}
+	initialize(t, s) // the slot is free again
+	if got := s.Started.Load(); got != 2 {
+		t.Errorf("started %d, want 2", got)
+	}
+}
+
+func TestStdioGarbageEndsOnlyThatProcess(t *testing.T) {
+	s := newTestStdio(t, 2, nil)
+	bad, badPid := initialize(t, s)
+	good, _ := initialize(t, s)
+	if _, _, err := send(t, s, bad, `{"jsonrpc":"2.0","id":2,"method":"garbage"}`); !errors.Is(err, errProcessExited) {
+		t.Errorf("a call answered with garbage: %v, want errProcessExited", err)
+	}
+	if resp, _, _ := send(t, s, bad, `{"jsonrpc":"2.0","id":3,"method":"echo"}`); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("the broken session answered %d, want 404 (the client re-initializes)", resp.StatusCode)
+	}
+	if !gone(badPid) {
+		t.Errorf("process %d still exists", badPid)
+	}
+	if resp, _, err := send(t, s, good, `{"jsonrpc":"2.0","id":2,"method":"echo"}`); err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("the other session: %v %v", err, resp)
+	}
+	if got := s.Crashed.Load(); got != 1 {
+		t.Errorf("crashed %d, want 1", got)
+	}
+}
+
+func TestStdioCrashMidCall(t *testing.T) {
+	s := newTestStdio(t, 2, nil)
+	session, pid := initialize(t, s)
+	if _, _, err := send(t, s, session, `{"jsonrpc":"2.0","id":2,"method":"crash"}`); !errors.Is(err, errProcessExited) {
+		t.Errorf("a call whose process crashed: %v, want errProcessExited", err)
+	}
+	if !gone(pid) || s.Running() != 0 || s.Crashed.Load() != 1 {
+		t.Errorf("after a crash: pid %d gone %v, running %d, crashed %d", pid, gone(pid), s.Running(), s.Crashed.Load())
+	}
+}
+
+func TestStdioSIGKILLAfterGrace(t *testing.T) {
+	s := newTestStdio(t, 2, map[string]string{"CTXGATE_STDIO_TEST_IGNORE_TERM": "1"})
+	session, pid := initialize(t, s)
+	if _, err := s.End(context.Background(), http.Header{"Mcp-Session-Id": {session}}); err != nil {
+		t.Fatal(err)
+	}
+	if !gone(pid) {
+		t.Errorf("process %d ignoring SIGTERM still exists after End", pid)
+	}
+	if s.Crashed.Load() != 0 {
+		t.Errorf("an ended process counted as crashed")
+	}
+}
+
+func TestStdioStreamCarriesUnsolicited(t *testing.T) {
+	s := newTestStdio(t, 2, nil)
+	session, _ := initialize(t, s)
+	h := http.Header{"Mcp-Session-Id": {session}}
+	stream, err := s.Open(context.Background(), h)
+	if err != nil || stream.StatusCode != http.StatusOK {
+		t.Fatalf("Open: %v %v", err, stream)
+	}
+	defer stream.Body.Close()
+	if _, _, err := send(t, s, session, `{"jsonrpc":"2.0","id":2,"method":"notify"}`); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(stream.Body)
+	for _, want := range []string{"event: message\n", `data: {"jsonrpc":"2.0","method":"notifications/message","params":{"data":"hello"}}` + "\n"} {
+		if line, err := r.ReadString('\n'); err != nil || line != want {
+			t.Errorf("stream line %q (%v), want %q", line, err, want)
+		}
+	}
+}
+
+func TestStdioLimitsApplied(t *testing.T) {
+	s := newTestStdio(t, 2, nil)
+	_, pid := initialize(t, s)
+	var got syscallRlimit
+	if err := getLimit(pid, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Cur != 64 || got.Max != 64 {
+		t.Errorf("RLIMIT_NOFILE of the child is %+v, want 64", got)
+	}
+}
+
+type syscallRlimit = unix.Rlimit
+
+func getLimit(pid int, out *unix.Rlimit) error {
+	return unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, out)
+}

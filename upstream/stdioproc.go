@@ -1,0 +1,220 @@
+package upstream
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os/exec"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// process is one running stdio server: one client session.
+type process struct {
+	owner   *Stdio
+	session string
+	cmd     *exec.Cmd
+	log     *slog.Logger
+	idle    *time.Timer
+
+	writeMu sync.Mutex
+	stdin   io.WriteCloser
+
+	mu       sync.Mutex
+	pending  map[string]chan []byte // by JSON-RPC id: the waiting calls
+	inflight int
+
+	unsolicited chan []byte // the process's own messages, for Open
+	streaming   atomic.Bool // Open's stream is being served
+	exited      chan struct{}
+	ending      atomic.Bool // the gateway ends it: not a crash
+}
+
+// touch restarts the idle clock.
+func (p *process) touch() {
+	if p.idle != nil {
+		p.idle.Reset(p.owner.cfg.IdleTimeout)
+	}
+}
+
+// write hands one message line to the process.
+func (p *process) write(ctx context.Context, body []byte) error {
+	p.writeMu.Lock()
+	defer p.writeMu.Unlock()
+	select {
+	case <-p.exited:
+		return errProcessExited
+	default:
+	}
+	gotConn(ctx)
+	line := append(append(make([]byte, 0, len(body)+1), body...), '\n')
+	if _, err := p.stdin.Write(line); err != nil {
+		return fmt.Errorf("stdio upstream: write: %w", err)
+	}
+	return nil
+}
+
+// call sends a request and waits for the response with its id.
+func (p *process) call(ctx context.Context, session, id string, body []byte) (*http.Response, error) {
+	ch := make(chan []byte, 1)
+	p.mu.Lock()
+	if _, dup := p.pending[id]; dup {
+		p.mu.Unlock()
+		return jsonAnswer(http.StatusOK, session, rpcError(json.RawMessage(id), -32600, "a request with this id is in progress")), nil
+	}
+	p.pending[id] = ch
+	p.inflight++
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.pending, id)
+		p.inflight--
+		p.mu.Unlock()
+		p.touch()
+	}()
+	if err := p.write(ctx, body); err != nil {
+		return nil, err
+	}
+	select {
+	case resp := <-ch:
+		return jsonAnswer(http.StatusOK, session, resp), nil
+	case <-p.exited:
+		return nil, errProcessExited
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// readStdout routes each line the process writes; anything that is not
+// one JSON-RPC message ends the process (MCP stdio framing: nothing else
+// may appear on stdout), and is never relayed.
+func (p *process) readStdout(stdout io.Reader) {
+	sc := bufio.NewScanner(stdout)
+	sc.Buffer(make([]byte, 0, 64<<10), stdioMaxLine)
+	for sc.Scan() {
+		line := sc.Bytes()
+		if len(line) == 0 {
+			continue
+		}
+		var env envelope
+		if line[0] != '{' || json.Unmarshal(line, &env) != nil {
+			p.log.Warn("stdio upstream wrote something that is not a JSON-RPC message; ending the process", "bytes", len(line))
+			p.kill()
+			break
+		}
+		msg := append([]byte(nil), line...)
+		if env.Method == "" && len(env.ID) > 0 {
+			p.mu.Lock()
+			ch := p.pending[string(env.ID)]
+			p.mu.Unlock()
+			if ch != nil {
+				ch <- msg
+				continue
+			}
+			p.log.Warn("stdio upstream answered a request nobody is waiting for; dropped")
+			continue
+		}
+		select {
+		case p.unsolicited <- msg:
+		default:
+			p.log.Warn("stdio upstream message dropped: the session's stream is not read", "method", env.Method)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		p.log.Warn("stdio upstream framing broken; ending the process", "error", err)
+		p.kill()
+	}
+	_, _ = io.Copy(io.Discard, stdout) // until the pipe closes, so Wait may close it
+	p.exit()
+}
+
+// exit records the end of the process: its waiters fail, its session ends.
+func (p *process) exit() {
+	err := p.cmd.Wait()
+	if p.idle != nil {
+		p.idle.Stop()
+	}
+	o := p.owner
+	o.mu.Lock()
+	if o.procs[p.session] == p {
+		delete(o.procs, p.session)
+	}
+	o.mu.Unlock()
+	if !p.ending.Load() {
+		o.Crashed.Add(1)
+		p.log.Warn("stdio upstream process ended; its session is over", "error", err)
+	}
+	close(p.exited)
+}
+
+// readStderr logs what the process writes on stderr, rate limited.
+func (p *process) readStderr(stderr io.Reader) {
+	lim := stderrLimiter()
+	sc := bufio.NewScanner(stderr)
+	sc.Buffer(make([]byte, 0, 4<<10), 64<<10)
+	dropped := 0
+	for sc.Scan() {
+		if !lim.Allow() {
+			dropped++
+			continue
+		}
+		p.log.Info("stdio upstream stderr", "line", sanitizeLog(sc.Text()), "dropped_before", dropped)
+		dropped = 0
+	}
+	_, _ = io.Copy(io.Discard, stderr)
+}
+
+// kill ends the whole group at once (a protocol error).
+func (p *process) kill() {
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+}
+
+// stop ends the process: SIGTERM to its group, SIGKILL after grace. It
+// returns when the process has exited.
+func (p *process) stop(grace time.Duration) {
+	p.ending.Store(true)
+	_ = p.stdin.Close()
+	pid := p.cmd.Process.Pid
+	if err := syscall.Kill(-pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+		p.log.Warn("stdio upstream: SIGTERM", "error", err)
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-p.exited:
+		return
+	case <-t.C:
+	}
+	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	<-p.exited
+}
+
+// reapIfIdle ends a process idle for idle_timeout; one with a call in
+// flight is not idle.
+func (p *process) reapIfIdle() {
+	p.mu.Lock()
+	busy := p.inflight > 0
+	p.mu.Unlock()
+	if busy {
+		p.touch()
+		return
+	}
+	o := p.owner
+	o.mu.Lock()
+	mine := o.procs[p.session] == p
+	if mine {
+		delete(o.procs, p.session)
+	}
+	o.mu.Unlock()
+	if mine {
+		o.Reaped.Add(1)
+		p.stop(o.grace)
+	}
+}

@@ -18,6 +18,7 @@ const (
 func (v *validator) upstreamTransport(path string, up Upstream) {
 	switch up.Transport {
 	case TransportStreamableHTTP:
+	case TransportSSE:
 	default:
 		v.add(path+".transport", "must be %s (sse and stdio are not built yet)", TransportStreamableHTTP)
 	}

@@ -40,6 +40,7 @@ const (
 	CodeIdempotencyMismatch  = -31017 // 422: an idempotency key reused for a different call
 	CodeGatewayBusy          = -31018 // 503 + Retry-After: the gateway itself is at server.max_inflight requests (or server.max_streams streams); nothing was read or sent
 	CodeRateLimitUnavailable = -31019 // 503 + Retry-After: limits shared on Redis, Redis cannot answer, redis.on_error deny; nothing was counted or sent
+	CodeUpstreamSessionsFull = -31050 // 503 + Retry-After: the gateway holds its maximum of sessions with the upstream (an sse upstream's); nothing was sent
 )
 
 // Error is a failure bound for a client: the HTTP status, the JSON-RPC

@@ -134,7 +134,7 @@ func (s *Server) modifyResponse(resp *http.Response) error {
 		_ = resp.Body.Close()
 		return errUpstreamUnauthorized
 	}
-	if fwd.bridge != nil && resp.StatusCode == http.StatusNotFound {
+	if fwd.bridge != nil && bridgeSessionLost(resp) {
 		// The upstream ended the bridged session; the next request opens a
 		// new one.
 		fwd.route.bridge.drop(fwd.principal.ID, fwd.bridge)
@@ -316,7 +316,7 @@ func messagePayloads(body []byte, sse bool) [][]byte {
 
 var (
 	errUpstreamUnauthorized = errors.New("upstream answered 401: the gateway's credential for it was refused")
-	errBridgeSessionEnded   = errors.New("upstream answered 404: it ended the bridged session")
+	errBridgeSessionEnded   = errors.New("upstream answered 404 (or 400): it ended the bridged session")
 )
 
 // proxyError answers a request the upstream could not serve.

@@ -282,6 +282,11 @@ func upstreamError(ctx context.Context, err error) *Error {
 		// Nothing was sent: the caller has no credential for it.
 		return credentialError(err, "")
 	}
+	if errors.Is(err, upstream.ErrSessionsFull) {
+		e := newError(http.StatusServiceUnavailable, CodeUpstreamSessionsFull, "upstream sessions full: the gateway holds its maximum of sessions with this upstream; nothing was sent, retry later", err)
+		setRetryAfter(e, time.Second)
+		return e
+	}
 	var f *upstream.Failure
 	if !errors.As(err, &f) {
 		// Failures after the executor: an unusable answer, a refused

@@ -27,7 +27,7 @@ type legacyUpstream struct {
 	expire       bool
 	expireStatus int
 	expireBody   string
-	opened int
+	opened       int
 }
 
 func (u *legacyUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {

@@ -187,9 +187,10 @@ func (t *SSE) session(id string) *sseSession {
 	t.mu.Lock()
 	s := t.sessions[id]
 	t.mu.Unlock()
-	if s != nil {
-		s.touch(t.now())
+	if s == nil || s.ended() {
+		return nil // a lost stream, not yet forgotten
 	}
+	s.touch(t.now())
 	return s
 }
 

@@ -68,6 +68,15 @@ func (s *sseSession) end() {
 	})
 }
 
+func (s *sseSession) ended() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
 // read reads the GET stream until it ends, delivering each response to
 // the request waiting for it and every other message to the backlog.
 func (s *sseSession) read() {

@@ -307,7 +307,7 @@ func (t *SSE) dial(ctx context.Context, h http.Header) (*sseSession, *http.Respo
 		}
 		return nil, nil, fmt.Errorf("sse stream: %w", err)
 	}
-	return newSSESession(endpoint, events, resp.Body, cancel, h), nil, nil
+	return newSSESession(endpoint, events, resp.Body, cancel, h, t.now), nil, nil
 }
 
 // endpoint reads the stream's first event, which must be the endpoint on

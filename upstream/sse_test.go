@@ -290,6 +290,30 @@ func TestSSETransportBounds(t *testing.T) {
 		t.Errorf("a request on a reaped session: %d, want 404", status)
 	}
 
+	// A session whose stream is open is in use; once it is closed, idle
+	// counts from then.
+	session = openFake(t, tr)
+	<-f.posted
+	stream, err := tr.Open(context.Background(), http.Header{"Mcp-Session-Id": {session}})
+	if err != nil || stream.StatusCode != http.StatusOK {
+		t.Fatalf("open: %v %+v", err, stream)
+	}
+	now = now.Add(2 * time.Minute)
+	tr.Reap()
+	if tr.Sessions() != 1 {
+		t.Fatalf("a session with an open stream was reaped")
+	}
+	_ = stream.Body.Close()
+	tr.Reap()
+	if tr.Sessions() != 1 {
+		t.Fatalf("a session was reaped the moment its stream closed")
+	}
+	now = now.Add(2 * time.Minute)
+	tr.Reap()
+	if tr.Sessions() != 0 {
+		t.Errorf("%d sessions after the idle timeout since the stream closed, want 0", tr.Sessions())
+	}
+
 	if status, _, _ := sseSend(t, tr, "", `{"jsonrpc":"2.0","id":"d","method":"server/discover"}`); status != http.StatusBadRequest {
 		t.Errorf("a sessionless server/discover: %d, want 400", status)
 	}

@@ -32,11 +32,12 @@ type sseSession struct {
 	streamed bool                   // an Open stream is being served
 	busy     int                    // requests in flight
 	used     time.Time
+	now      func() time.Time
 }
 
-func newSSESession(endpoint *url.URL, events *mcpwire.Reader, body io.Closer, cancel context.CancelFunc, h http.Header) *sseSession {
+func newSSESession(endpoint *url.URL, events *mcpwire.Reader, body io.Closer, cancel context.CancelFunc, h http.Header, now func() time.Time) *sseSession {
 	return &sseSession{
-		id: newSessionID(), endpoint: endpoint, events: events, body: body, cancel: cancel,
+		id: newSessionID(), endpoint: endpoint, events: events, body: body, cancel: cancel, now: now,
 		header: h.Clone(), done: make(chan struct{}),
 		pending: map[string]chan []byte{}, backlog: make(chan []byte, sseBacklog),
 	}
@@ -192,6 +193,7 @@ func (s *sseSession) release(calls []string) {
 		delete(s.pending, id)
 	}
 	s.busy--
+	s.used = s.now() // idle from the end of its last request
 	s.mu.Unlock()
 }
 
@@ -264,6 +266,7 @@ func (b *sseStream) Close() error {
 		close(b.closed)
 		b.s.mu.Lock()
 		b.s.streamed = false
+		b.s.used = b.s.now() // idle from the end of its stream
 		b.s.mu.Unlock()
 	})
 	return nil

@@ -34,14 +34,14 @@ type decider interface {
 // policyInput builds the decision input for one client message. Only what
 // the gateway verified or decoded strictly goes in: the principal from
 // authentication, the method and params from the strict decode.
-func (s *Server) policyInput(r *http.Request, fwd *forward, st *requestState, msg *jsonrpc.Request) *policy.Input {
+func (s *Server) policyInput(r *http.Request, fwd *forward, msg *jsonrpc.Request) *policy.Input {
 	in := &policy.Input{
 		Principal: policyPrincipal(fwd.principal),
 		Route:     fwd.route.upstream.Name,
 		Upstream:  fwd.route.upstream.Name,
 		Method:    msg.Method,
 		Phase:     policy.PhaseRequest,
-		Protocol:  policy.Protocol{Version: st.version, Era: fwd.era},
+		Protocol:  policy.Protocol{Version: fwd.version, Era: fwd.era},
 		Source:    policy.Source{IP: remoteIP(r), UserAgent: r.UserAgent()},
 	}
 	if fwd.federation != "" {

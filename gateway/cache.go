@@ -16,6 +16,7 @@ import (
 
 	"github.com/ctxgate/ctxgate/cache"
 	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/mcpwire"
 )
 
 // The response cache in the pipeline (DESIGN "Cache"). A POST holding one
@@ -65,8 +66,8 @@ type cacheLookup struct {
 // serveCached answers the request from or through the cache and reports
 // true, or reports false for a request the cache does not handle (the
 // caller forwards it as usual).
-func (s *Server) serveCached(w http.ResponseWriter, r *http.Request, fwd *forward, st *requestState) bool {
-	lk, ok := s.cacheLookupFor(fwd, st)
+func (s *Server) serveCached(w http.ResponseWriter, r *http.Request, fwd *forward) bool {
+	lk, ok := s.cacheLookupFor(fwd)
 	if !ok {
 		return false
 	}
@@ -76,24 +77,24 @@ func (s *Server) serveCached(w http.ResponseWriter, r *http.Request, fwd *forwar
 	}
 	e, state, key := s.cache.Lookup(keys...)
 	if state == cache.Fresh {
-		st.cache, st.cacheKey = "hit", key
-		st.cacheAgeMs = s.cache.Now().Sub(e.StoredAt).Milliseconds()
+		fwd.cache, fwd.cacheKey = "hit", key
+		fwd.cacheAgeMs = s.cache.Now().Sub(e.StoredAt).Milliseconds()
 		s.writeCached(w, r, fwd, lk, e, "hit")
 		return true
 	}
 	got, ran, err := s.fetchOnce(r, fwd, lk, keys)
 	switch {
 	case err == nil && got.entry != nil:
-		st.cache, st.cacheKey = "miss", got.key
+		fwd.cache, fwd.cacheKey = "miss", got.key
 		s.writeCached(w, r, fwd, lk, got.entry, "miss")
 	case err == nil && ran:
-		st.cache = "bypass"
+		fwd.cache = "bypass"
 		w.Header().Set(cacheHeader, "bypass")
 		s.relayCaptured(w, r, fwd, got.relay, got.captured)
 	case err == nil:
 		// The shared fetch's answer was not cacheable and was relayed to
 		// its own client only: this request goes upstream on its own.
-		st.cache = "bypass"
+		fwd.cache = "bypass"
 		w.Header().Set(cacheHeader, "bypass")
 		fwd.route.proxy.ServeHTTP(w, r)
 	case r.Context().Err() != nil:
@@ -102,9 +103,9 @@ func (s *Server) serveCached(w http.ResponseWriter, r *http.Request, fwd *forwar
 		// tools/call is never served stale: a call's answer stands for an
 		// action taken now.
 		s.cache.CountStale()
-		st.cache, st.cacheKey = "stale", key
-		st.cacheAgeMs = s.cache.Now().Sub(e.StoredAt).Milliseconds()
-		loggerOf(r.Context(), s.log).Warn("upstream failed: serving a stale answer", "error", err, "age_ms", st.cacheAgeMs)
+		fwd.cache, fwd.cacheKey = "stale", key
+		fwd.cacheAgeMs = s.cache.Now().Sub(e.StoredAt).Milliseconds()
+		loggerOf(r.Context(), s.log).Warn("upstream failed: serving a stale answer", "error", err, "age_ms", fwd.cacheAgeMs)
 		s.writeCached(w, r, fwd, lk, e, "stale")
 	default:
 		s.proxyError(w, r, err)
@@ -143,18 +144,18 @@ func (s *Server) fetchOnce(r *http.Request, fwd *forward, lk *cacheLookup, keys 
 
 // cacheLookupFor decides whether the cache handles this request and
 // derives its keys.
-func (s *Server) cacheLookupFor(fwd *forward, st *requestState) (*cacheLookup, bool) {
+func (s *Server) cacheLookupFor(fwd *forward) (*cacheLookup, bool) {
 	cfg := fwd.route.cache
-	if s.cache == nil || cfg == nil || st.msg == nil || len(fwd.messages) != 1 || fwd.initialize {
+	if s.cache == nil || cfg == nil || fwd.msg == nil || len(fwd.messages) != 1 || fwd.initialize {
 		return nil, false
 	}
-	req := st.msg.Request()
+	req := fwd.msg.Request()
 	if req == nil || cache.Cacheable(req.Method, req.ID.IsValid(), req.Params, cfg.Tools) != nil {
 		return nil, false
 	}
 	cr := cache.Request{
 		Upstream: fwd.route.upstream.Name, Method: req.Method, Params: req.Params,
-		Era: "legacy", Version: st.version, Capabilities: fwd.caps,
+		Era: "legacy", Version: fwd.version, Capabilities: fwd.caps,
 	}
 	lk := &cacheLookup{upstream: fwd.route.upstream.Name, req: req, cfg: cfg}
 	if fwd.era == eraModern {
@@ -163,7 +164,7 @@ func (s *Server) cacheLookupFor(fwd *forward, st *requestState) (*cacheLookup, b
 		// ttlMs and cacheScope are protocol only when the exchange with
 		// the upstream is modern too, not when the gateway bridges it to
 		// a legacy session.
-		cr.Era, cr.Capabilities = eraModern, modernCapabilityDigest(req.Params)
+		cr.Era, cr.Capabilities = eraModern, modernCapabilityDigest(mcpwire.ParamsOf(req))
 		lk.hints = !fwd.bridging
 	}
 	if _, ok := cfg.TTL[req.Method]; !ok && !lk.hints {
@@ -185,11 +186,7 @@ func (s *Server) cacheLookupFor(fwd *forward, st *requestState) (*cacheLookup, b
 	if lk.private, err = cache.Key(cr); err != nil {
 		return nil, false
 	}
-	if req.Method == "resources/read" {
-		var p struct {
-			URI string `json:"uri"`
-		}
-		_ = json.Unmarshal(req.Params, &p)
+	if p := mcpwire.ParamsOf(req); req.Method == "resources/read" && p != nil {
 		lk.uri = p.URI
 	}
 	return lk, true
@@ -490,25 +487,24 @@ func newCache(cfg *config.Config, injected *cache.Store, now func() time.Time) (
 	return nil, nil
 }
 
-// capabilityDigest names the capabilities an initialize request declares;
-// sealed into the session, it keys the legacy-era lists a server may shape
-// by them.
-func capabilityDigest(params json.RawMessage) string {
-	var p struct {
-		Capabilities json.RawMessage `json:"capabilities"`
+// capabilityDigest names the capabilities an initialize request declares
+// (p as the strict decode kept it; nil declares none); sealed into the
+// session, it keys the legacy-era lists a server may shape by them.
+func capabilityDigest(p *mcpwire.Params) string {
+	if p == nil {
+		return cache.CapabilityDigest(nil)
 	}
-	_ = json.Unmarshal(params, &p)
-	return cache.CapabilityDigest(p.Capabilities)
+	return cache.CapabilityDigest(json.RawMessage(p.Capabilities))
 }
 
 // modernCapabilityDigest digests the client capabilities a modern request
-// declares in params._meta.
-func modernCapabilityDigest(params json.RawMessage) string {
-	var p struct {
-		Meta map[string]json.RawMessage `json:"_meta"`
+// declares in params._meta (p as the strict decode kept it; nil declares
+// none).
+func modernCapabilityDigest(p *mcpwire.Params) string {
+	if p == nil {
+		return cache.CapabilityDigest(nil)
 	}
-	_ = json.Unmarshal(params, &p)
-	return cache.CapabilityDigest(p.Meta[metaClientCapabilities])
+	return cache.CapabilityDigest(json.RawMessage(p.MetaCapabilities))
 }
 
 // cacheConfig is the cache block of the named upstream, or nil.

@@ -22,13 +22,13 @@ const CodeUpstreamCredential = -31040
 // reaches the upstream, and the delegation chain of the token (its act
 // claim) is known to the decision log. The token is cached: the proxy's
 // request reuses it.
-func (s *Server) prepareCredential(r *http.Request, fwd *forward, st *requestState) (*http.Request, error) {
+func (s *Server) prepareCredential(r *http.Request, fwd *forward) (*http.Request, error) {
 	rt := fwd.route
 	d, err := rt.upstream.Prepare(r.Context())
 	if ce, ok := errors.AsType[*upstream.CredentialError](err); ok && ce.Reason == upstream.ReasonNotConnected {
 		urlElicit := fwd.urlElicit
-		if fwd.era == eraModern && st.msg != nil && st.msg.Request() != nil {
-			urlElicit = st.msg.Params() != nil && declaresURLElicitation(st.msg.Params().MetaCapabilities)
+		if fwd.era == eraModern && fwd.msg != nil && fwd.msg.Request() != nil {
+			urlElicit = fwd.msg.Params() != nil && declaresURLElicitation(fwd.msg.Params().MetaCapabilities)
 		}
 		return r, s.connectRequired(ce, urlElicit)
 	}

@@ -43,7 +43,7 @@ func idKey(id jsonrpc.ID) string {
 // authorize decides every client request and notification of the body
 // before anything is forwarded. One decision per message; the first deny
 // answers the whole body.
-func (s *Server) authorize(r *http.Request, fwd *forward, st *requestState) error {
+func (s *Server) authorize(r *http.Request, fwd *forward) error {
 	if s.policy == nil || fwd.body == nil {
 		return nil
 	}
@@ -55,11 +55,11 @@ func (s *Server) authorize(r *http.Request, fwd *forward, st *requestState) erro
 		if err := checkClientMethod(req, fwd.era); err != nil {
 			return err
 		}
-		s.learnToolsBeforeCall(r.Context(), fwd, st, req)
-		in := s.policyInput(r, fwd, st, req)
+		s.learnToolsBeforeCall(r.Context(), fwd, req)
+		in := s.policyInput(r, fwd, req)
 		d := s.decide(r.Context(), policy.PhaseRequest, in)
 		if !d.Allow {
-			st.decision = decisionDeny
+			fwd.decision = decisionDeny
 			e := denial(req.Method, d)
 			if !req.ID.IsValid() {
 				e.Status = http.StatusForbidden // a notification has no response to carry the error
@@ -80,7 +80,7 @@ func (s *Server) authorize(r *http.Request, fwd *forward, st *requestState) erro
 			}
 			fwd.exchanges[idKey(req.ID)] = &exchange{id: req.ID, input: in, redact: d.Redact}
 		}
-		st.decision = decisionAllow
+		fwd.decision = decisionAllow
 	}
 	return nil
 }
@@ -120,115 +120,6 @@ func (s *Server) readTools(ctx context.Context, fwd *forward, result []byte) ([]
 // errUnreadableAnswer is an upstream JSON answer the policy could not read,
 // and so could not filter: it is withheld (502), never relayed as it came.
 var errUnreadableAnswer = errors.New("upstream answer is not a JSON-RPC message the policy can read")
-
-// transformJSON applies transformMessage to a JSON response body, a single
-// message or (2025-03-26) a batch.
-func (s *Server) transformJSON(ctx context.Context, fwd *forward, body []byte) ([]byte, error) {
-	trimmed := bytes.TrimLeft(body, " \t\r\n")
-	if len(trimmed) == 0 || trimmed[0] != '[' {
-		out, drop := s.transformMessage(ctx, fwd, body)
-		if drop {
-			// The one message of a JSON answer is the response to the
-			// request: there is nothing to relay in its place.
-			return nil, errUnreadableAnswer
-		}
-		return out, nil
-	}
-	dec := jsontext.NewDecoder(bytes.NewReader(body))
-	if _, err := dec.ReadToken(); err != nil {
-		return nil, errUnreadableAnswer
-	}
-	out := []byte{'['}
-	for dec.PeekKind() != ']' {
-		v, err := dec.ReadValue()
-		if err != nil {
-			return nil, errUnreadableAnswer
-		}
-		m, drop := s.transformMessage(ctx, fwd, v)
-		if drop {
-			continue
-		}
-		if len(out) > 1 {
-			out = append(out, ',')
-		}
-		out = append(out, m...)
-	}
-	return append(out, ']'), nil
-}
-
-// transformMessage is the policy's last word on one upstream message before
-// the client sees it, whatever channel it comes on (pipeline.go). It
-// returns the message to relay, or drop.
-//   - the response to a client request: the result goes through
-//     filterResult (tool items read and pinned, list items the principal
-//     may not see removed, text neutralised, the request decision's
-//     redactions applied), an error through redactError; anything that
-//     cannot be filtered is replaced by an error, never relayed unfiltered;
-//   - a response no request of the exchange asked for: dropped, or on a
-//     stream of its own filtered as filterResponse says;
-//   - a server-to-client request and a notification: transformRequest.
-func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte) ([]byte, bool) {
-	if s.policy == nil {
-		return data, false
-	}
-	msg, err := decodeRPC(data)
-	if err != nil {
-		// What the gateway cannot read it cannot filter or redact: withheld,
-		// never relayed unfiltered (a duplicate "result" member, say, could
-		// be read one way here and another way by the client).
-		loggerOf(ctx, s.log).Warn("upstream message withheld: not a JSON-RPC message the policy can read", "error", err)
-		return nil, true
-	}
-	switch m := msg.(type) {
-	case *jsonrpc.Response:
-		if !fwd.claimResponse(m.ID) {
-			s.dropStrayResponse(ctx, fwd, m.ID)
-			return nil, true
-		}
-		return s.renamed(fwd, s.filterResponse(ctx, fwd, m, data)), false
-	case *jsonrpc.Request:
-		return s.transformRequest(ctx, fwd, m, data)
-	}
-	return data, false
-}
-
-// transformRequest is transformMessage for a message with a method:
-//   - a server-to-client request (sampling, elicitation, roots): decided;
-//     if denied it is dropped and the upstream gets the refusal; if allowed
-//     its params are redacted as that decision says;
-//   - notifications/resources/updated for a resource the principal may not
-//     see (or whose uri is ambiguous): dropped;
-//   - every notification: its params redacted (relatedRedactions).
-func (s *Server) transformRequest(ctx context.Context, fwd *forward, m *jsonrpc.Request, data []byte) ([]byte, bool) {
-	if m.ID.IsValid() && fwd.bridge != nil {
-		// A bridged modern client cannot be asked (the bridge's session
-		// declared no client capabilities): refused to the upstream.
-		go s.answerUpstream(fwd, errorMessage(m.ID, newError(0, CodeMethodNotFound, m.Method+" is not available: the client is bridged from the modern protocol era", nil)))
-		return data, true
-	}
-	if m.ID.IsValid() && fwd.federation != "" {
-		// The client's answer could not be routed back to this member
-		// (federation.go): refused to the member, never relayed.
-		go s.answerUpstream(fwd, errorMessage(m.ID, newError(0, CodeMethodNotFound, m.Method+" is not available on a federated route", nil)))
-		return data, true
-	}
-	if m.ID.IsValid() {
-		d, ok := s.allowServerRequest(ctx, fwd, m)
-		if !ok {
-			return data, true
-		}
-		return s.redactParams(ctx, fwd, m, data, d.Redact, "server_request")
-	}
-	if m.Method == "notifications/resources/updated" && !s.updateVisible(ctx, fwd, m) {
-		return nil, true
-	}
-	rs, ok := s.relatedRedactions(ctx, fwd, m.Method)
-	if !ok {
-		return nil, true
-	}
-	out, drop := s.redactParams(ctx, fwd, m, data, rs, "notification")
-	return s.renamed(fwd, out), drop
-}
 
 // updateVisible reports whether the principal may see the resource a
 // notifications/resources/updated names. Its uri is read with exact

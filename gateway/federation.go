@@ -166,11 +166,11 @@ type fedRequest struct {
 
 // forward is the forward of this request to member m, as the member's own
 // route would see it.
-func (fr *fedRequest) forward(m *route) *forward { return fr.fo.forward(fr.f, m, fr.p) }
+func (fr *fedRequest) forward(m *route) *forward { return fr.fo.forward(fr.f, m, fr.p, fr.st) }
 
 // input is the policy input of this request as sent to member m.
 func (fr *fedRequest) input(m *route, req *jsonrpc.Request) *policy.Input {
-	return fr.s.policyInput(fr.r, fr.forward(m), fr.st, req)
+	return fr.s.policyInput(fr.r, fr.forward(m), req)
 }
 
 // allowed decides in as a request; without a policy everything is.
@@ -185,8 +185,8 @@ func (fr *fedRequest) allowed(in *policy.Input) (policy.Decision, bool) {
 // post checks and decodes one POST, then serves it by method.
 func (fr *fedRequest) post(w http.ResponseWriter) error {
 	s, r, f, st := fr.s, fr.r, fr.f, fr.st
-	fwd := &forward{route: f.route, principal: fr.p, era: eraLegacy, federation: f.cfg.Name}
-	err := s.readPost(r, fwd, st)
+	fwd := &forward{requestState: st, route: f.route, principal: fr.p, era: eraLegacy, federation: f.cfg.Name}
+	err := s.readPost(r, fwd)
 	if errors.Is(err, errBatch) {
 		return badRequest("JSON-RPC batches are not supported on a federated route", nil)
 	}
@@ -236,8 +236,8 @@ func (fr *fedRequest) post(w http.ResponseWriter) error {
 // openSession opens and checks the client's session, as prepareSession
 // does for a single upstream.
 func (fr *fedRequest) openSession() (sessionClaims, error) {
-	fwd := &forward{route: fr.f.route, principal: fr.p}
-	if err := fr.s.prepareSession(fr.r, fwd, fr.st); err != nil {
+	fwd := &forward{requestState: fr.st, route: fr.f.route, principal: fr.p}
+	if err := fr.s.prepareSession(fr.r, fwd); err != nil {
 		return sessionClaims{}, err
 	}
 	claims, _ := fr.s.sessions.Open(fr.r.Header.Get("Mcp-Session-Id"))

@@ -80,13 +80,13 @@ func (fo *fanout) reach(name string) (in bool, reason string) {
 
 // forward is the forward of a request to member m, as the member's own
 // route would see it, with the federated route's name for the policy.
-func (fo *fanout) forward(f *federation, m *route, p *Principal) *forward {
+func (fo *fanout) forward(f *federation, m *route, p *Principal, st *requestState) *forward {
 	if fo.era == eraLegacy {
-		return &forward{route: m, principal: p, era: eraLegacy, federation: f.cfg.Name,
+		return &forward{requestState: st, route: m, principal: p, era: eraLegacy, federation: f.cfg.Name,
 			upstreamSession: fo.claims.Members[m.upstream.Name], caps: fo.claims.Caps}
 	}
 	me := fo.members[m.upstream.Name]
-	return &forward{route: m, principal: p, era: eraModern, federation: f.cfg.Name,
+	return &forward{requestState: st, route: m, principal: p, era: eraModern, federation: f.cfg.Name,
 		servedVersions: me.served, bridging: me.bridged}
 }
 
@@ -94,7 +94,7 @@ func (fo *fanout) forward(f *federation, m *route, p *Principal) *forward {
 func (fr *fedRequest) modern(w http.ResponseWriter, fwd *forward) error {
 	s, r, st := fr.s, fr.r, fr.st
 	req := st.msg.Request()
-	if err := s.prepareModern(r, fwd, st, st.msg); err != nil {
+	if err := s.prepareModern(r, fwd, st.msg); err != nil {
 		return err
 	}
 	if !req.IsCall() {
@@ -110,7 +110,7 @@ func (fr *fedRequest) modern(w http.ResponseWriter, fwd *forward) error {
 	if p := mcpwire.ParamsOf(req); p != nil {
 		meta = json.RawMessage(p.Meta)
 	}
-	fr.fo = &fanout{era: eraModern, version: st.version, meta: meta, caps: "modern\x00" + modernCapabilityDigest(req.Params),
+	fr.fo = &fanout{era: eraModern, version: st.version, meta: meta, caps: "modern\x00" + modernCapabilityDigest(mcpwire.ParamsOf(req)),
 		members: fr.memberEras(st.version)}
 	switch {
 	case req.Method == "server/discover":
@@ -185,7 +185,7 @@ func (fr *fedRequest) modernCall(ctx context.Context, m *route, method string, p
 // bridged is the principal's bridged legacy session with member m, opened
 // if there is none.
 func (fr *fedRequest) bridged(ctx context.Context, m *route) (*bridgeSession, error) {
-	fwd := &forward{route: m, principal: fr.p, servedVersions: fr.fo.members[m.upstream.Name].served}
+	fwd := &forward{requestState: fr.st, route: m, principal: fr.p, servedVersions: fr.fo.members[m.upstream.Name].served}
 	return m.bridge.get(fr.p.ID, func() (*bridgeSession, error) { return fr.s.openBridge(ctx, fwd) })
 }
 

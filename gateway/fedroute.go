@@ -60,10 +60,10 @@ func (fr *fedRequest) routed(w http.ResponseWriter, req *jsonrpc.Request) error 
 	st.msg, st.upstream = msg, member
 	st.target = targetOf(msg.Request())
 	st.toolLabel = s.toolLabel(member, st.target)
-	in := s.policyInput(r, mf, st, msg.Request())
+	in := s.policyInput(r, mf, msg.Request())
 	in.Tool, in.Resource, in.Prompt, in.Params = nil, nil, nil, nil
 	mf.base = in
-	if err := s.authorize(r, mf, st); err != nil {
+	if err := s.authorize(r, mf); err != nil {
 		return err
 	}
 	if mf.bridging {
@@ -71,7 +71,7 @@ func (fr *fedRequest) routed(w http.ResponseWriter, req *jsonrpc.Request) error 
 			return err
 		}
 	}
-	s.forwardUpstream(w, r, m, mf, st)
+	s.forwardUpstream(w, r, m, mf)
 	return nil
 }
 

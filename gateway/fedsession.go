@@ -12,6 +12,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 
+	"github.com/ctxgate/ctxgate/mcpwire"
 	"github.com/ctxgate/ctxgate/upstream"
 )
 
@@ -73,7 +74,7 @@ func (fr *fedRequest) initialize(w http.ResponseWriter) error {
 		wg.Go(func() { inits[i] = fr.initMember(fr.r.Context(), m, st.version, req.Params) })
 	}
 	wg.Wait()
-	claims := sessionClaims{Route: f.cfg.Path, Principal: fr.p.ID, Caps: capabilityDigest(req.Params), Members: map[string]string{}}
+	claims := sessionClaims{Route: f.cfg.Path, Principal: fr.p.ID, Caps: capabilityDigest(mcpwire.ParamsOf(req)), Members: map[string]string{}}
 	var ok []initResult
 	var missing []string
 	for i, in := range inits {

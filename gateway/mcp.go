@@ -52,9 +52,18 @@ type route struct {
 	fed *federation
 }
 
-// forward is everything the reverse proxy needs to send one request on,
-// decided by the route handler before anything leaves the gateway.
+// forward is the request's scope on a route: everything the reverse proxy
+// needs to send one request on, decided by the route's stages
+// (request.go) before anything leaves the gateway. It carries the
+// request's *requestState, what the access record, the metrics and the
+// error writer read, so a stage takes one pointer: fwd.version is the
+// state's. Two names are the forward's own: route is the route (the
+// state's route is its name, fwd.requestState.route) and principal the
+// verified principal (the same pointer the state holds). A federated
+// request has one forward per member it reaches, all on the request's one
+// state.
 type forward struct {
+	*requestState
 	route           *route
 	principal       *Principal
 	body            []byte            // the checked bytes; nil for GET and DELETE
@@ -92,122 +101,20 @@ type forward struct {
 
 type forwardKey struct{}
 
+// withForward is ctx carrying fwd, for the proxy's rewrite and response
+// hooks, which see only the request.
+func withForward(ctx context.Context, fwd *forward) context.Context {
+	return context.WithValue(ctx, forwardKey{}, fwd)
+}
+
 func forwardOf(ctx context.Context) *forward {
 	f, _ := ctx.Value(forwardKey{}).(*forward)
 	return f
 }
 
-// serveRoute handles the Streamable HTTP endpoint of one route.
-func (s *Server) serveRoute(rt *route) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		st := stateOf(r.Context())
-		st.upstream = rt.upstream.Name
-		principal, err := principalOf(r.Context())
-		if err != nil {
-			writeError(w, r, err)
-			return
-		}
-		fwd := &forward{route: rt, principal: principal, era: eraLegacy}
-		switch r.Method {
-		case http.MethodPost:
-			err = s.preparePost(r, fwd, st)
-		case http.MethodGet:
-			fwd.stream = true
-			if err = modernStreamless(r); err == nil {
-				if err = checkLegacyMcpHeaders(r.Header, nil); err == nil {
-					if err = checkAccept(r, "text/event-stream"); err == nil {
-						err = s.prepareSession(r, fwd, st)
-					}
-				}
-			}
-		case http.MethodDelete:
-			if err = modernStreamless(r); err == nil {
-				if err = checkLegacyMcpHeaders(r.Header, nil); err == nil {
-					err = s.prepareSession(r, fwd, st)
-				}
-			}
-		default:
-			err = newError(http.StatusMethodNotAllowed, CodeInvalidRequest, "method not allowed; use POST, GET or DELETE", nil)
-			err.(*Error).Header = http.Header{"Allow": {"GET, POST, DELETE"}}
-		}
-		if st.msg != nil && st.msg.Request() != nil {
-			st.target = targetOf(st.msg.Request())
-			st.toolLabel = s.toolLabel(rt.upstream.Name, st.target)
-		}
-		if err == nil {
-			r, err = s.prepareCredential(r, fwd, st)
-		}
-		if err == nil {
-			fwd.base = &policy.Input{
-				Principal: policyPrincipal(principal),
-				Route:     rt.upstream.Name,
-				Upstream:  rt.upstream.Name,
-				Phase:     policy.PhaseRequest,
-				Protocol:  policy.Protocol{Version: st.version, Era: fwd.era},
-				Source:    policy.Source{IP: remoteIP(r), UserAgent: r.UserAgent()},
-			}
-			err = s.authorize(r, fwd, st)
-		}
-		if err == nil && fwd.bridging {
-			err = s.prepareBridge(r, fwd, st.msg.Request())
-		}
-		if err != nil {
-			writeError(w, r, err)
-			return
-		}
-		if fwd.answer != nil {
-			writeAnswer(w, fwd.answer)
-			return
-		}
-		s.forwardUpstream(w, r, rt, fwd, st)
-	}
-}
-
-// preparePost reads and strictly decodes the body, then resolves the
-// session (initialize starts one) and the protocol version.
-func (s *Server) preparePost(r *http.Request, fwd *forward, st *requestState) error {
-	err := s.readPost(r, fwd, st)
-	if errors.Is(err, errBatch) {
-		return s.prepareBatch(r, fwd, st)
-	}
-	if err != nil {
-		return err
-	}
-	msg := st.msg
-	if isModernRequest(r, msg) {
-		return s.prepareModern(r, fwd, st, msg)
-	}
-	if err := checkLegacyMcpHeaders(r.Header, msg); err != nil {
-		return err
-	}
-	if msg.Method() == "initialize" {
-		if !msg.IsCall() {
-			return badRequest("initialize must be a request with an id", nil)
-		}
-		// A new session starts here; a session header sent along is not
-		// forwarded (the upstream session is created fresh).
-		fwd.initialize = true
-		p := msg.Params()
-		fwd.caps = capabilityDigest(msg.Request().Params)
-		fwd.urlElicit = declaresURLElicitation(p.Capabilities)
-		if st.version, err = requestVersion(r, nil); err != nil {
-			return err
-		}
-		// Until the answer says what was negotiated, the version in effect
-		// is the one the client asks for (what a server supporting it
-		// answers), not the header default: the policy, the logs and the
-		// metrics see that, and mintSession corrects it to the answer's.
-		if v := p.ProtocolVersion; isSupportedVersion(v) {
-			st.version = v
-		}
-		return nil
-	}
-	return s.prepareSession(r, fwd, st)
-}
-
 // readPost checks a POST's headers, reads its (size-limited) body and
 // decodes it strictly into st.msg; a batch is errBatch, left to the caller.
-func (s *Server) readPost(r *http.Request, fwd *forward, st *requestState) error {
+func (s *Server) readPost(r *http.Request, fwd *forward) error {
 	if err := checkContentType(r); err != nil {
 		return err
 	}
@@ -222,17 +129,17 @@ func (s *Server) readPost(r *http.Request, fwd *forward, st *requestState) error
 	msg, err := mcpwire.DecodeWith(body, mcpwire.Limits{Values: s.cfg.Server.MaxJSONValues, StringBytes: s.cfg.Server.MaxJSONStringBytes})
 	switch {
 	case errors.Is(err, mcpwire.ErrOverBudget):
-		st.rejectedID = mcpwire.PeekID(body)
+		fwd.rejectedID = mcpwire.PeekID(body)
 		return newError(http.StatusRequestEntityTooLarge, CodePayloadTooLarge, "request too large: "+err.Error(), nil)
 	case errors.Is(err, mcpwire.ErrBatch):
 		return err
 	case errors.Is(err, mcpwire.ErrMalformed):
 		return newError(http.StatusBadRequest, CodeParseError, "parse error: "+err.Error(), nil)
 	case err != nil:
-		st.rejectedID = mcpwire.PeekID(body)
+		fwd.rejectedID = mcpwire.PeekID(body)
 		return badRequest("invalid JSON-RPC message: "+err.Error(), nil)
 	}
-	st.msg = msg
+	fwd.msg = msg
 	fwd.messages = []jsonrpc.Message{msg.Msg}
 	// A method the modern era removed is answered 404 as it is
 	// (prepareModern), whatever its params: never forwarded either way.
@@ -270,15 +177,15 @@ func (checkedBody) Close() error { return nil }
 // prepareBatch accepts a JSON-RPC batch only where the session's protocol
 // revision allows one, and only if every element passes the same strict
 // decode as a single message.
-func (s *Server) prepareBatch(r *http.Request, fwd *forward, st *requestState) error {
+func (s *Server) prepareBatch(r *http.Request, fwd *forward) error {
 	if err := checkLegacyMcpHeaders(r.Header, nil); err != nil {
 		return err // no header can mirror a whole batch
 	}
-	if err := s.prepareSession(r, fwd, st); err != nil {
+	if err := s.prepareSession(r, fwd); err != nil {
 		return err
 	}
-	if !mcpwire.AllowsBatch(st.version) {
-		return badRequest("JSON-RPC batches are not supported in protocol version "+st.version, nil)
+	if !mcpwire.AllowsBatch(fwd.version) {
+		return badRequest("JSON-RPC batches are not supported in protocol version "+fwd.version, nil)
 	}
 	dec := jsontext.NewDecoder(bytes.NewReader(fwd.body))
 	if _, err := dec.ReadToken(); err != nil {
@@ -317,7 +224,7 @@ func (s *Server) prepareBatch(r *http.Request, fwd *forward, st *requestState) e
 // invalid, expired, foreign-principal or foreign-route session is 404, the
 // answer the spec gives for an unknown session, so a client learns nothing
 // about whose session it replayed.
-func (s *Server) prepareSession(r *http.Request, fwd *forward, st *requestState) error {
+func (s *Server) prepareSession(r *http.Request, fwd *forward) error {
 	ids := r.Header.Values("Mcp-Session-Id")
 	switch len(ids) {
 	case 0:
@@ -339,11 +246,11 @@ func (s *Server) prepareSession(r *http.Request, fwd *forward, st *requestState)
 	if err != nil {
 		return newError(http.StatusNotFound, CodeSessionNotFound, "session not found; initialize a new session", err)
 	}
-	st.session = true
+	fwd.session = true
 	fwd.upstreamSession = claims.Upstream
 	fwd.caps = claims.Caps
 	fwd.urlElicit = claims.URLElicit
-	st.version, err = requestVersion(r, &claims)
+	fwd.version, err = requestVersion(r, &claims)
 	return err
 }
 

@@ -95,10 +95,10 @@ func isModernRequest(r *http.Request, msg *mcpwire.Message) bool {
 // the same answer through the gateway as directly: removed method, version
 // header against _meta, supported version, client capabilities, then the
 // Mcp-Method and Mcp-Name headers.
-func (s *Server) prepareModern(r *http.Request, fwd *forward, st *requestState, msg *mcpwire.Message) error {
+func (s *Server) prepareModern(r *http.Request, fwd *forward, msg *mcpwire.Message) error {
 	req := msg.Request()
 	fwd.era = eraModern
-	st.version = modernVersions[0]
+	fwd.version = modernVersions[0]
 	if req.IsCall() && mcpwire.RemovedInModern(req.Method) {
 		return newError(http.StatusNotFound, CodeMethodNotFound, quote(req.Method)+" is not supported in protocol version "+modernVersions[0], nil)
 	}
@@ -106,7 +106,7 @@ func (s *Server) prepareModern(r *http.Request, fwd *forward, st *requestState, 
 	if err != nil {
 		return err
 	}
-	st.version = version
+	fwd.version = version
 	if err := checkMcpHeaders(r.Header, msg); err != nil {
 		return err
 	}

@@ -116,68 +116,6 @@ func forwardHeaders(in http.Header) http.Header {
 	return out
 }
 
-// modifyResponse rewrites what comes back before the client sees any of
-// it; what an answer may be is answer.go's note.
-func (s *Server) modifyResponse(resp *http.Response) error {
-	fwd := forwardOf(resp.Request.Context())
-	h := resp.Header
-	upstreamSession, encoding := h.Get("Mcp-Session-Id"), h.Get("Content-Encoding")
-	// Allow-listed, not deny-listed: the upstream's session id (the client
-	// holds only the gateway's sealed id, bound to its principal), cookies
-	// (shared by every principal), its WWW-Authenticate (it authenticates
-	// the gateway, not the client), HSTS, CORS and the rest stay here.
-	onlyRelayedHeaders(h)
-	if err := refuseRedirect(resp); err != nil {
-		return err
-	}
-	if resp.StatusCode == http.StatusUnauthorized {
-		_ = resp.Body.Close()
-		return errUpstreamUnauthorized
-	}
-	if fwd.bridge != nil && bridgeSessionLost(resp) {
-		// The upstream ended the bridged session; the next request opens a
-		// new one.
-		fwd.route.bridge.drop(fwd.principal.ID, fwd.bridge)
-		_ = resp.Body.Close()
-		return errBridgeSessionEnded
-	}
-	kind, err := classifyAnswer(resp, fwd)
-	if err == nil && kind != answerEmpty {
-		err = refuseEncoded(encoding)
-	}
-	if err != nil {
-		_ = resp.Body.Close()
-		return err
-	}
-	if fwd.initialize && resp.StatusCode == http.StatusOK {
-		if err := s.mintSession(resp, fwd, upstreamSession); err != nil {
-			return err
-		}
-	}
-	if resp.Request.Method == http.MethodDelete && resp.StatusCode < 300 {
-		s.metrics.sessionsEnded.WithLabelValues(fwd.route.upstream.Name).Inc()
-	}
-	// The attempt's context ends when its body is closed (failsafe-go
-	// cancels it then), which for a JSON answer is before the policy reads
-	// it: decisions run on its values without its cancellation. Each is
-	// still bounded by policy.timeout, and a relay stops deciding when the
-	// client goes (the proxy closes it).
-	ctx := context.WithoutCancel(resp.Request.Context())
-	switch kind {
-	case answerStream:
-		s.relayStream(ctx, resp, fwd)
-	case answerJSON:
-		if s.policy != nil {
-			return s.transformJSONBody(ctx, resp, fwd)
-		}
-	case answerEmpty:
-		emptyBody(resp)
-	case answerError:
-		s.filterErrorBody(ctx, resp, fwd)
-	}
-	return nil
-}
-
 // relayStream makes an event stream's body the filtering relay.
 func (s *Server) relayStream(ctx context.Context, resp *http.Response, fwd *forward) {
 	h := resp.Header

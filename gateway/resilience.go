@@ -53,79 +53,34 @@ var safeMethods = map[string]bool{
 // after it may have been received only for tools the operator marked
 // idempotent; a client's answer to a server request (sampling, elicitation)
 // never, since the server may already have acted on it.
-func (rt *route) retryClass(fwd *forward, st *requestState) upstream.Retry {
+func (rt *route) retryClass(fwd *forward) upstream.Retry {
 	switch {
 	case fwd.stream:
 		// Opening a stream runs nothing; and it is bounded by
 		// server.max_streams, not the bulkhead's request slots.
 		return upstream.RetryStream
-	case fwd.body == nil || st.msg == nil:
+	case fwd.body == nil || fwd.msg == nil:
 		return upstream.RetryUnsent // DELETE, batches
-	case st.msg.Request() == nil:
+	case fwd.msg.Request() == nil:
 		return upstream.RetryNever
-	case safeMethods[st.msg.Method()]:
+	case safeMethods[fwd.msg.Method()]:
 		return upstream.RetrySafe
-	case st.msg.Method() == "tools/call" && rt.res.idempotentTools[st.target.name]:
+	case fwd.msg.Method() == "tools/call" && rt.res.idempotentTools[fwd.target.name]:
 		return upstream.RetrySafe
 	}
 	return upstream.RetryUnsent
 }
 
-// forwardUpstream sends an authorized request on: rate limits first, then,
-// for a tools/call with an idempotency key, at most once per principal and
-// key; everything else straight through the route's proxy.
-func (s *Server) forwardUpstream(w http.ResponseWriter, r *http.Request, rt *route, fwd *forward, st *requestState) {
-	ctx := context.WithValue(r.Context(), forwardKey{}, fwd)
-	r = r.WithContext(upstream.WithRetry(ctx, rt.retryClass(fwd, st)))
-	if err := s.rateLimit(r.Context(), rt, fwd, st); err != nil {
-		writeError(w, r, err)
-		return
-	}
-	// After the rate limit: a cache hit is still a request the principal
-	// made.
-	if s.serveCached(w, r, fwd, st) {
-		return
-	}
-	if fwd.stream || fwd.listen {
-		// A stream is open for as long as the client keeps it: it holds a
-		// stream slot, not one of the requests the gateway works on (a
-		// thousand idle streams must not shed calls).
-		done, err := s.openStream(r.Context())
-		if err != nil {
-			writeError(w, r, err)
-			return
-		}
-		defer done()
-		if rt.streamProxy != nil {
-			rt.streamProxy.ServeHTTP(w, r)
-			return
-		}
-	}
-	if st.msg != nil && st.msg.IsCall() && st.msg.Method() == "tools/call" {
-		key, err := idempotencyKey(r, st.msg.Request())
-		if err != nil {
-			writeError(w, r, err)
-			return
-		}
-		if key != "" {
-			// Per principal: another principal's key is another key.
-			s.forwardOnce(w, r, rt, fwd.principal.ID+"\x00"+key, st)
-			return
-		}
-	}
-	rt.proxy.ServeHTTP(w, r)
-}
-
 // rateLimit takes the request's tokens: per principal for every request
 // (not a client's answers to the server), per tool for tools/call.
-func (s *Server) rateLimit(ctx context.Context, rt *route, fwd *forward, st *requestState) error {
+func (s *Server) rateLimit(ctx context.Context, rt *route, fwd *forward) error {
 	l := rt.res.limiter
-	if l == nil || fwd.body == nil || (st.msg != nil && st.msg.Request() == nil) {
+	if l == nil || fwd.body == nil || (fwd.msg != nil && fwd.msg.Request() == nil) {
 		return nil
 	}
 	tool := ""
-	if st.msg != nil && st.msg.Method() == "tools/call" {
-		tool = st.target.name
+	if fwd.msg != nil && fwd.msg.Method() == "tools/call" {
+		tool = fwd.target.name
 	}
 	ok, wait, err := l.take(ctx, fwd.principal.ID, tool)
 	if err != nil {

@@ -224,8 +224,8 @@ func TestRetryClass(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			fwd := &forward{stream: tt.stream}
 			st := &requestState{}
+			fwd := &forward{requestState: st, stream: tt.stream}
 			if tt.body != "" {
 				msg, err := decodeMessage([]byte(tt.body))
 				if err != nil {
@@ -236,7 +236,7 @@ func TestRetryClass(t *testing.T) {
 					st.target = targetOf(req)
 				}
 			}
-			if got := rt.retryClass(fwd, st); got != tt.want {
+			if got := rt.retryClass(fwd); got != tt.want {
 				t.Errorf("retryClass = %d, want %d", got, tt.want)
 			}
 		})

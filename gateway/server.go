@@ -1,53 +1,3 @@
-// Package gateway is ctxgate's HTTP front: listeners, the middleware chain,
-// authentication, MCP Streamable HTTP handling, sealed sessions, the SSE
-// relay, the one error writer and the admin endpoints.
-//
-// A POST to a route goes through, in this order (see chain):
-//
-//	request id + access log -> recover -> Host/Origin check -> body limit
-//	  and body read deadline -> authenticate (Principal) -> route:
-//	     Content-Type/Accept -> strict JSON-RPC decode (once, within the
-//	     decode budget; typed params, names and URIs: params.go) -> session open
-//	     (sealed, bound to principal and route) -> protocol version; or, for
-//	     a modern-era (2026-07-28) request, no session: MCP-Protocol-Version,
-//	     Mcp-Method and Mcp-Name checked against the body (modern.go)
-//	     -> client method check (methods.go) -> policy decision -> tool pin
-//	        and argument checks (pinning.go, argschema.go)
-//	     -> rate limits (per principal, per tool)
-//	     -> response cache for cacheable methods (cache.go: hits,
-//	        single-flight misses, stale answers on upstream failure)
-//	     -> idempotency key (a tools/call runs once per principal and key)
-//	     -> reverse proxy: exactly the checked bytes, client credentials
-//	        stripped, upstream session id swapped in
-//	     -> upstream executor (the proxy's transport): deadline, bulkhead,
-//	        retries (by request class), circuit breaker, per-attempt
-//	        timeout; each attempt one attemptTransport round trip
-//	     <- response: headers allow-listed; a 3xx refused; only 200 JSON
-//	        or SSE carries upstream bytes, other answers withheld or
-//	        reduced to a filtered error (answer.go); upstream session id
-//	        swapped out (a sealed one minted on initialize), SSE relayed
-//	        event by event with a flush each, ended at an event boundary
-//	        when idle or too long (pending requests answered with an
-//	        error); each message through one pipeline (pipeline.go):
-//	        matched to a request (strays dropped), tools/list read with
-//	        exact names (toolpage.go), screened by pins and its text
-//	        neutralised (untrusted.go), then filtered and redacted by the
-//	        policy; errors, notifications and stream messages redacted too
-//
-// A failure of the executor is answered by kind (breaker open, bulkhead
-// full, timeout, transport, outcome unknown): see upstreamError.
-//
-// GET (server stream) and DELETE (session end) take the same path without a
-// body. Every failure on the way is answered by writeError.
-//
-// Observability follows the same request: the first step starts its span
-// (continuing an incoming traceparent) and, when the request ends, writes
-// the access record and the metrics from one requestState; authentication
-// and each policy decision are child spans; every HTTP request to an
-// upstream is an attempt (attemptTransport) with its own client span, whose
-// context is the traceparent the upstream receives (in the headers and in
-// a request's params._meta). AdminHandler serves the metrics and status on
-// the admin listener.
 package gateway
 
 import (
@@ -277,7 +227,8 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 func (s *Server) Handler() http.Handler { return s.handler }
 
 // chain builds the public handler. This is the only place the order of the
-// pipeline is decided; each step's position has a reason.
+// middleware is decided; each step's position has a reason. The order of a
+// route's own stages, behind authenticate, is request.go's (serveRoute).
 func (s *Server) chain() http.Handler {
 	r := chi.NewRouter()
 	// 1. Request id and access log wrap everything else, so every line and

@@ -61,7 +61,7 @@ func (f *toolFetcher) done(upstreamName string, at time.Time) {
 // tools/call for a tool this gateway knows nothing of. A failed fetch
 // leaves the tool unknown: the policy then decides on no annotations,
 // which the shipped policy treats as not read-only (fail closed).
-func (s *Server) learnToolsBeforeCall(ctx context.Context, fwd *forward, st *requestState, req *jsonrpc.Request) {
+func (s *Server) learnToolsBeforeCall(ctx context.Context, fwd *forward, req *jsonrpc.Request) {
 	if req.Method != "tools/call" || fwd.federation != "" {
 		return // federated routes learn names their own way (fedRequest.routed)
 	}
@@ -91,7 +91,7 @@ func (s *Server) learnToolsBeforeCall(ctx context.Context, fwd *forward, st *req
 	_, _, _ = f.flight.Do(name, func() (any, error) {
 		fctx, cancel := context.WithTimeout(trace.ContextWithSpan(context.Background(), trace.SpanFromContext(ctx)), toolFetchTimeout)
 		defer cancel()
-		err := s.fetchToolList(upstream.WithRetry(fctx, upstream.RetrySafe), fwd, st.version, json.RawMessage(params.Meta))
+		err := s.fetchToolList(upstream.WithRetry(fctx, upstream.RetrySafe), fwd, fwd.version, json.RawMessage(params.Meta))
 		if err != nil {
 			loggerOf(ctx, s.log).Warn("could not read the upstream's tools/list before a call; the tool is decided as unknown", "upstream", name, "error", err)
 			f.mu.Lock()

@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/go-json-experiment/json/jsontext"
+
 	"github.com/ctxgate/ctxgate/config"
 )
 
@@ -73,7 +75,10 @@ func FuzzNeutraliseResult(f *testing.F) {
 			Instructions string
 			Content      []struct{ Text, Name, Title, Description string }
 		}
-		if json.Unmarshal(out, &r) != nil || !json.Valid([]byte(result)) {
+		// Only a result the upstream decoder accepts reaches the neutraliser
+		// (mcpwire.DecodeRPC refuses duplicate names and invalid UTF-8
+		// anywhere in the message); of others, the checks above suffice.
+		if json.Unmarshal(out, &r) != nil || !json.Valid([]byte(result)) || !jsontext.Value(result).IsValid() {
 			return
 		}
 		left := method == "initialize" && needsNeutralising(r.Instructions)

@@ -18,11 +18,12 @@ const (
 func (v *validator) upstreamTransport(path string, up Upstream) {
 	switch up.Transport {
 	case TransportStreamableHTTP:
+	case TransportSSE:
 	case TransportStdio:
 		v.stdio(path, up)
 		return
 	default:
-		v.add(path+".transport", "must be %s or %s (sse is not built yet)", TransportStreamableHTTP, TransportStdio)
+		v.add(path+".transport", "must be %s, %s or %s", TransportStreamableHTTP, TransportSSE, TransportStdio)
 	}
 	v.notStdio(path, up)
 }

@@ -28,6 +28,16 @@ func TestValidate(t *testing.T) {
 		want   []string // Problem.Error() of each problem, in order
 	}{
 		{name: "valid", change: func(c *config.Config) {}},
+		{name: "an sse upstream", change: func(c *config.Config) {
+			c.Upstreams[0].Transport, c.Upstreams[0].URL = config.TransportSSE, "http://127.0.0.1:3001/sse"
+		}},
+		{
+			name: "an sse upstream's url is checked as any",
+			change: func(c *config.Config) {
+				c.Upstreams[0].Transport, c.Upstreams[0].URL = config.TransportSSE, "ftp://127.0.0.1:3001/sse"
+			},
+			want: []string{"upstreams[0].url: scheme must be http or https"},
+		},
 		{
 			name:   "zero value reports every required setting",
 			change: func(c *config.Config) { *c = config.Config{} },

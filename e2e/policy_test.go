@@ -28,6 +28,16 @@ type policyFixture struct {
 func startPolicyFixture(t *testing.T, jsonResponses bool) *policyFixture {
 	t.Helper()
 	f := &policyFixture{}
+	server := f.server()
+	srv := httptest.NewServer(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server },
+		&mcp.StreamableHTTPOptions{JSONResponse: jsonResponses}))
+	t.Cleanup(srv.Close)
+	f.URL = srv.URL + "/"
+	return f
+}
+
+// server is the fixture's MCP server, whatever transport serves it.
+func (f *policyFixture) server() *mcp.Server {
 	server := mcp.NewServer(&mcp.Implementation{Name: "policy-fixture", Version: "1"}, nil)
 	mcp.AddTool(server, &mcp.Tool{Name: "search", Annotations: &mcp.ToolAnnotations{ReadOnlyHint: true}},
 		func(context.Context, *mcp.CallToolRequest, any) (*mcp.CallToolResult, any, error) {
@@ -44,11 +54,7 @@ func startPolicyFixture(t *testing.T, jsonResponses bool) *policyFixture {
 	}
 	server.AddResource(&mcp.Resource{Name: "readme", URI: "file:///readme"}, read)
 	server.AddResource(&mcp.Resource{Name: "vault", URI: "secret://vault"}, read)
-	srv := httptest.NewServer(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server },
-		&mcp.StreamableHTTPOptions{JSONResponse: jsonResponses}))
-	t.Cleanup(srv.Close)
-	f.URL = srv.URL + "/"
-	return f
+	return server
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -1,10 +1,12 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net/http"
 	"slices"
@@ -26,7 +28,8 @@ import (
 //     revision both sides know and empty client capabilities. Sessions live
 //     in the memory of each gateway process (each replica opens its own;
 //     the client never sees one) for at most sessions.ttl; an upstream 404
-//     ends one, and the next request opens a new one.
+//     (or a 400 for no request: bridgeSessionLost) ends one, and the next
+//     request opens a new one.
 //   - server/discover is answered by the gateway from the session's
 //     initialize result: the route's revisions (2026-07-28 and the legacy
 //     ones), the upstream's capabilities without what cannot be bridged
@@ -120,6 +123,43 @@ func (b *bridgeSessions) drop(principal string, sess *bridgeSession) {
 		e.sess = nil
 	}
 	e.mu.Unlock()
+}
+
+// maxLostSessionBody bounds what is read of a bridged request's 400 to
+// tell a lost session from a refused request.
+const maxLostSessionBody = 64 << 10
+
+// bridgeSessionLost reports whether an upstream's answer to a bridged
+// request says it no longer has the session: 404, as the spec has it, or
+// 400 with a JSON-RPC error for no request (id null or absent), as the
+// TypeScript SDK's examples answer a session they do not know ("Bad
+// Request: No valid session ID provided"). A 400 answering the request
+// itself (its id) is the upstream refusing it, relayed; its body is put
+// back as it was.
+func bridgeSessionLost(resp *http.Response) bool {
+	switch resp.StatusCode {
+	case http.StatusNotFound:
+		return true
+	case http.StatusBadRequest:
+	default:
+		return false
+	}
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxLostSessionBody))
+	resp.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(raw), resp.Body), resp.Body}
+	if err != nil {
+		return false
+	}
+	var msg struct {
+		ID    json.RawMessage `json:"id"`
+		Error *struct{}       `json:"error"`
+	}
+	if json.Unmarshal(raw, &msg) != nil || msg.Error == nil {
+		return false
+	}
+	return len(msg.ID) == 0 || string(msg.ID) == "null"
 }
 
 // bridgeVersions is what a bridged route serves: the modern revisions on

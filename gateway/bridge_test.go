@@ -22,9 +22,12 @@ import (
 type legacyUpstream struct {
 	mu  sync.Mutex
 	got []recordedRequest
-	// expire makes the next request with a session answer 404.
-	expire bool
-	opened int
+	// expire makes the next request with a session answer 404, or
+	// expireStatus with expireBody when that is set.
+	expire       bool
+	expireStatus int
+	expireBody   string
+	opened       int
 }
 
 func (u *legacyUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -41,6 +44,10 @@ func (u *legacyUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		u.opened++
 		w.Header().Set("Mcp-Session-Id", fmt.Sprintf("legacy-%d", u.opened))
 		fmt.Fprint(w, `{"jsonrpc":"2.0","id":"ctxgate-bridge","result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{"listChanged":true},"logging":{}},"serverInfo":{"name":"old","version":"1"},"instructions":"be kind"}}`)
+	case u.expire && u.expireStatus != 0:
+		u.expire = false
+		w.WriteHeader(u.expireStatus)
+		fmt.Fprint(w, u.expireBody)
 	case r.Header.Get("Mcp-Session-Id") != fmt.Sprintf("legacy-%d", u.opened) || u.expire:
 		u.expire = false
 		w.WriteHeader(http.StatusNotFound)
@@ -118,5 +125,54 @@ func TestBridge(t *testing.T) {
 	// subscriptions/listen cannot be bridged.
 	if status, body = post("subscriptions/listen", `"notifications":{}`); status != http.StatusNotFound || !strings.Contains(body, "-32601") {
 		t.Errorf("subscriptions/listen: %d %s, want 404 -32601", status, body)
+	}
+}
+
+// TestBridgeSessionLost400: an upstream that answers a session it lost
+// with 400 and a JSON-RPC error for no request (the TypeScript SDK's
+// examples) ends the bridged session as a 404 does, so the next request
+// opens a new one; a 400 answering the request itself is relayed and the
+// session kept.
+func TestBridgeSessionLost400(t *testing.T) {
+	tests := []struct {
+		name        string
+		body        string
+		wantStatus  int
+		wantSession string // the session the request after it goes on
+	}{
+		{"no valid session", `{"jsonrpc":"2.0","error":{"code":-32000,"message":"Bad Request: No valid session ID provided"},"id":null}`, http.StatusBadGateway, "legacy-2"},
+		{"no id at all", `{"jsonrpc":"2.0","error":{"code":-32000,"message":"Bad Request: Server not initialized"}}`, http.StatusBadGateway, "legacy-2"},
+		{"the request refused", `{"jsonrpc":"2.0","id":7,"error":{"code":-32602,"message":"bad cursor"}}`, http.StatusBadRequest, "legacy-1"},
+		{"not JSON", `Bad Request`, http.StatusBadRequest, "legacy-1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			up := &legacyUpstream{}
+			srv := httptest.NewServer(up)
+			defer srv.Close()
+			gw := newGatewayOpts(t, srv.URL, gateway.Options{}, ", bridge: true")
+			post := func() (int, string) {
+				h := modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "tools/list")
+				resp := send(t, http.MethodPost, gw.URL+"/mcp/up", "", modernCall("tools/list", ""), h)
+				body, _ := io.ReadAll(resp.Body)
+				return resp.StatusCode, string(bytes.TrimSpace(body))
+			}
+			if status, body := post(); status != http.StatusOK {
+				t.Fatalf("first request: %d %s", status, body)
+			}
+			up.mu.Lock()
+			up.expire, up.expireStatus, up.expireBody = true, http.StatusBadRequest, tt.body
+			up.mu.Unlock()
+			if status, body := post(); status != tt.wantStatus {
+				t.Errorf("request answered 400 %s: %d %s, want %d", tt.body, status, body, tt.wantStatus)
+			}
+			if status, body := post(); status != http.StatusOK {
+				t.Errorf("request after it: %d %s", status, body)
+			}
+			got := up.requests()
+			if s := got[len(got)-1].header.Get("Mcp-Session-Id"); s != tt.wantSession {
+				t.Errorf("the request after it went on session %q, want %s", s, tt.wantSession)
+			}
+		})
 	}
 }

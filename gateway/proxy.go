@@ -254,7 +254,7 @@ func messagePayloads(body []byte, sse bool) [][]byte {
 
 var (
 	errUpstreamUnauthorized = errors.New("upstream answered 401: the gateway's credential for it was refused")
-	errBridgeSessionEnded   = errors.New("upstream answered 404: it ended the bridged session")
+	errBridgeSessionEnded   = errors.New("upstream answered 404 (or 400): it ended the bridged session")
 )
 
 // proxyError answers a request the upstream could not serve.

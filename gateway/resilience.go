@@ -238,7 +238,12 @@ func upstreamError(ctx context.Context, err error) *Error {
 		return credentialError(err, "")
 	}
 	if errors.Is(err, upstream.ErrProcessesFull) {
-		e := newError(http.StatusServiceUnavailable, CodeProcessesFull, "upstream busy: its max_processes processes are running; nothing was sent, retry later", err)
+		e := newError(http.StatusServiceUnavailable, CodeUpstreamSessionsFull, "upstream busy: its max_processes processes are running; nothing was sent, retry later", err)
+		setRetryAfter(e, time.Second)
+		return e
+	}
+	if errors.Is(err, upstream.ErrSessionsFull) {
+		e := newError(http.StatusServiceUnavailable, CodeUpstreamSessionsFull, "upstream sessions full: the gateway holds its maximum of sessions with this upstream; nothing was sent, retry later", err)
 		setRetryAfter(e, time.Second)
 		return e
 	}

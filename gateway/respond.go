@@ -72,7 +72,7 @@ func (s *Server) checkAnswer(resp *http.Response, fwd *forward) (answerKind, str
 		_ = resp.Body.Close()
 		return 0, "", errUpstreamUnauthorized
 	}
-	if fwd.bridge != nil && resp.StatusCode == http.StatusNotFound {
+	if fwd.bridge != nil && bridgeSessionLost(resp) {
 		// The upstream ended the bridged session; the next request opens a
 		// new one.
 		fwd.route.bridge.drop(fwd.principal.ID, fwd.bridge)

@@ -101,6 +101,11 @@ func newPool(cfgs []config.Upstream, grants *GrantStore) (*Pool, error) {
 		if err != nil {
 			return nil, fmt.Errorf("upstreams[%d].%w", i, err)
 		}
+		if c.Transport == config.TransportSSE {
+			// Under the executor and the reverse proxy like any attempt
+			// transport, so every stage of the gateway applies unchanged.
+			transport = RoundTripper(NewSSE(u, transport))
+		}
 		up := &Upstream{Name: c.Name, URL: u, Transport: transport, Resilience: newResilience(c), user: user}
 		up.Connector, _ = user.(*Connector)
 		p.list = append(p.list, up)

@@ -216,8 +216,9 @@ func (r *Resilience) retryPolicy(c config.Retry, b budget.Budget, retryable func
 func breakerFailure(count429 bool) func(*http.Response, error) bool {
 	return func(resp *http.Response, err error) bool {
 		if err != nil {
-			// No credential for this caller is not the upstream failing.
-			return !errors.Is(err, context.Canceled) && !errors.Is(err, ErrCredential)
+			// No credential for this caller is not the upstream failing;
+			// nor are the gateway's own sessions with it being full.
+			return !errors.Is(err, context.Canceled) && !errors.Is(err, ErrCredential) && !errors.Is(err, ErrSessionsFull)
 		}
 		return resp.StatusCode >= 500 || count429 && resp.StatusCode == http.StatusTooManyRequests
 	}
@@ -228,7 +229,8 @@ func retrySafe(resp *http.Response, err error) bool {
 	if err != nil {
 		// An open breaker fails fast: retrying it would only burn budget.
 		// Nor would retrying a refused credential: it is refused again.
-		return !errors.Is(err, context.Canceled) && !errors.Is(err, circuitbreaker.ErrOpen) && !errors.Is(err, ErrCredential)
+		// Nor full sessions: they are full again at once.
+		return !errors.Is(err, context.Canceled) && !errors.Is(err, circuitbreaker.ErrOpen) && !errors.Is(err, ErrCredential) && !errors.Is(err, ErrSessionsFull)
 	}
 	switch resp.StatusCode {
 	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
@@ -241,7 +243,7 @@ func retrySafe(resp *http.Response, err error) bool {
 // upstream.
 func retryUnsent(_ *http.Response, err error) bool {
 	var ns *notSent
-	return errors.As(err, &ns) && !errors.Is(err, context.Canceled) && !errors.Is(err, ErrCredential)
+	return errors.As(err, &ns) && !errors.Is(err, context.Canceled) && !errors.Is(err, ErrCredential) && !errors.Is(err, ErrSessionsFull)
 }
 
 // notSent marks an attempt's error when no connection was ever obtained.

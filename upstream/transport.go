@@ -111,9 +111,9 @@ func (a roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	switch req.Method {
 	case http.MethodGet:
-		return a.t.Open(ctx, req.Header)
+		return withRequest(a.t.Open(ctx, req.Header))(req)
 	case http.MethodDelete:
-		return a.t.End(ctx, req.Header)
+		return withRequest(a.t.End(ctx, req.Header))(req)
 	case http.MethodPost:
 	default:
 		return nil, fmt.Errorf("upstream transport: method %s has no MCP meaning", req.Method)
@@ -127,7 +127,18 @@ func (a roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, fmt.Errorf("read request body: %w", err)
 		}
 	}
-	return a.t.Send(ctx, Message{Body: body, Header: req.Header})
+	return withRequest(a.t.Send(ctx, Message{Body: body, Header: req.Header}))(req)
+}
+
+// withRequest sets an answer's Request, as net/http's transport does: the
+// reverse proxy's ModifyResponse finds the request (its context) there.
+func withRequest(resp *http.Response, err error) func(*http.Request) (*http.Response, error) {
+	return func(req *http.Request) (*http.Response, error) {
+		if resp != nil && resp.Request == nil {
+			resp.Request = req
+		}
+		return resp, err
+	}
 }
 
 // Direct is the upstream's bare way: one request on u.Transport, with the

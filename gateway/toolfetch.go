@@ -161,8 +161,14 @@ func (s *Server) fetchToolList(ctx context.Context, fwd *forward, version string
 // of what the upstream sent, before any rewriting). filterResponse calls
 // it for the lists clients ask for; learnToolsBeforeCall for its own.
 func (s *Server) learnToolPage(ctx context.Context, fwd *forward, result []byte) ([]byte, *toolPage, error) {
-	// A list a client read is as recent as one the gateway fetched: a
-	// call of a name it lacks needs no fetch either.
-	s.toolFetch.done(fwd.route.upstream.Name, s.now())
-	return s.readTools(ctx, fwd, result)
+	out, page, err := s.readTools(ctx, fwd, result)
+	if err == nil {
+		// A list a client read is as recent as one the gateway fetched: a
+		// call of a name it lacks needs no fetch either. Recorded only once
+		// the catalog holds the page: a call that found the tool unknown
+		// and then saw the list recorded would otherwise be decided on
+		// nothing (TestCallBeforeListSingleFlight, 1 run in 12).
+		s.toolFetch.done(fwd.route.upstream.Name, s.now())
+	}
+	return out, page, err
 }

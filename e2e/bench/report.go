@@ -110,7 +110,7 @@ func (r *report) markdown() string {
 			fmt.Fprintf(&b, "\nFailed requests, %s, %s\n", res.name, f)
 		}
 	}
-	b.WriteString("\nNot measured: the stateless 2026-07-28 protocol era (the gateway does not implement it yet).\n")
+	b.WriteString("\nNot measured: the stateless 2026-07-28 protocol era (served by the gateway, but without sessions its figures would not compare with these rounds).\n")
 	return b.String()
 }
 

@@ -247,10 +247,12 @@ func TestDecisionLogShipping(t *testing.T) {
 		wg.Go(func() { e.Decide(context.Background(), toolCall("a", map[string]any{"secret": "s3cret", "q": "x"})) })
 	}
 	wg.Wait()
+	// OPA counts an upload once the service has answered it, just after
+	// the handler above has the events: wait for both.
 	waitUntil(t, "every decision at the log service", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return len(events) >= n
+		return len(events) >= n && e.DecisionLogStats().Uploaded > 0
 	})
 	mu.Lock()
 	defer mu.Unlock()

@@ -173,6 +173,22 @@ type gatewayProc struct {
 // gateway's "ctxgate listening" log record.
 func startGateway(t *testing.T, cfg string) *gatewayProc {
 	t.Helper()
+	g := startGatewayListening(t, cfg)
+	waitFor(t, "ctxgate /readyz", readyDeadline, func() bool {
+		resp, err := http.Get(g.Admin + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return g
+}
+
+// startGatewayListening is startGateway for a gateway that is expected not
+// to become ready: it returns once the gateway listens.
+func startGatewayListening(t *testing.T, cfg string) *gatewayProc {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "ctxgate.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -189,14 +205,6 @@ func startGateway(t *testing.T, cfg string) *gatewayProc {
 			g.Admin = "http://" + rec["admin"].(string)
 		}
 		return ok
-	})
-	waitFor(t, "ctxgate /readyz", readyDeadline, func() bool {
-		resp, err := http.Get(g.Admin + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
 	})
 	return g
 }

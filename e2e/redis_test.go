@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -69,7 +71,8 @@ func (r *redisProc) stop() {
 
 // redisReplicaConfig is one replica: anonymous callers, everything behind
 // it, the principal's limit of burst requests (refilled at 1/h, so no
-// token comes back during the test) shared on Redis.
+// token comes back during the test) shared on Redis; bridged, so a
+// 2026-07-28 client is served too.
 func redisReplicaConfig(upstreamURL, redisURL, onError string, burst int) string {
 	return fmt.Sprintf(`
 server: {listen: "127.0.0.1:0"}
@@ -79,6 +82,7 @@ redis: {url: %q, key_prefix: "e2e:", on_error: %s}
 upstreams:
   - name: everything
     url: %q
+    bridge: true
     rate_limit:
       per_principal: {rps: 0.0002778, burst: %d}
 `, redisURL, onError, upstreamURL, burst)
@@ -120,7 +124,30 @@ func TestSharedRateLimitAcrossReplicas(t *testing.T) {
 		if got := gw.metric(t, `ctxgate_redis_up`); got != 1 {
 			t.Errorf("ctxgate_redis_up = %v with Redis running", got)
 		}
+		if code, ready := readyz(t, gw); code != http.StatusOK || ready.Status != "ready" || ready.Redis.Status != "reachable" {
+			t.Errorf("/readyz with Redis running: %d %+v, want 200 ready, redis reachable", code, ready)
+		}
 	}
+	// The modern era gets the draft rate-limited shape over the same limit.
+	modern := &rpc{url: replicas[0].URL + "/mcp/everything", header: http.Header{
+		"Mcp-Protocol-Version": {"2026-07-28"}, "Mcp-Method": {"tools/list"}}}
+	resp := modern.post(t, `{"jsonrpc":"2.0","id":99,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}`)
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+		body, _ := io.ReadAll(resp.Body)
+		t.Fatalf("modern request over the shared limit: %s (Retry-After %q) %s, want 429 with a Retry-After", resp.Status, resp.Header.Get("Retry-After"), body)
+	}
+	var limited struct {
+		Error struct {
+			Code int64 `json:"code"`
+			Data struct {
+				RetryAfterMs int64 `json:"retryAfterMs"`
+			} `json:"data"`
+		} `json:"error"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&limited); err != nil || limited.Error.Code != -32023 || limited.Error.Data.RetryAfterMs <= 0 {
+		t.Errorf("modern 429: %+v (%v), want -32023 with data.retryAfterMs > 0", limited, err)
+	}
+	resp.Body.Close()
 
 	rds.stop()
 	// Each replica's own buckets were never used: with Redis gone they
@@ -141,13 +168,20 @@ func TestSharedRateLimitAcrossReplicas(t *testing.T) {
 		if !strings.Contains(gw.stderr.String(), "redis could not answer") {
 			t.Errorf("replica %d did not log the fallback", i)
 		}
+		// on_error local: degraded, still taking traffic.
+		if code, ready := readyz(t, gw); code != http.StatusOK || ready.Status != "degraded" || ready.Redis.Status != "degraded" {
+			t.Errorf("replica %d /readyz with Redis gone (on_error local): %d %+v, want 200 degraded", i, code, ready)
+		}
 	}
 
 	// A replica started while Redis is down starts (Redis unreachable is
 	// not a start-up error) and, with on_error deny, refuses.
-	deny := startGateway(t, redisReplicaConfig(upstream, rds.URL, "deny", burst))
+	deny := startGatewayListening(t, redisReplicaConfig(upstream, rds.URL, "deny", burst))
+	if code, ready := readyz(t, deny); code != http.StatusServiceUnavailable || ready.Status != "redis_unavailable" {
+		t.Errorf("/readyz with Redis gone (on_error deny): %d %+v, want 503 redis_unavailable", code, ready)
+	}
 	c := &rpc{url: deny.URL + "/mcp/everything"}
-	resp := c.post(t, initializeBody)
+	resp = c.post(t, initializeBody)
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
 		t.Fatalf("on_error deny with Redis gone: %s (Retry-After %q), want 503 with a Retry-After", resp.Status, resp.Header.Get("Retry-After"))
 	}
@@ -157,4 +191,26 @@ func TestSharedRateLimitAcrossReplicas(t *testing.T) {
 	if got := deny.metric(t, `ctxgate_redis_fallback_total{feature="rate_limit"}`); got != 1 {
 		t.Errorf("deny replica: ctxgate_redis_fallback_total = %v, want 1", got)
 	}
+}
+
+// readyzAnswer is the part of /readyz these tests read.
+type readyzAnswer struct {
+	Status string `json:"status"`
+	Redis  struct {
+		Status string `json:"status"`
+	} `json:"redis"`
+}
+
+func readyz(t *testing.T, gw *gatewayProc) (int, readyzAnswer) {
+	t.Helper()
+	resp, err := http.Get(gw.Admin + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var a readyzAnswer
+	if err := json.NewDecoder(resp.Body).Decode(&a); err != nil {
+		t.Fatalf("/readyz: %v", err)
+	}
+	return resp.StatusCode, a
 }

@@ -84,6 +84,13 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "waiting_for_oidc_keys"})
 		return
 	}
+	redisErr := s.pingRedis(r.Context())
+	if redisErr != nil && s.redis.Deny() {
+		// on_error deny: every rate-limited request this replica gets
+		// would be refused; traffic belongs on a replica that reaches Redis.
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "redis_unavailable"})
+		return
+	}
 	detail := map[string]any{"status": "ready"}
 	if !s.adminAuthorized(r) || s.adminOrigins.check(r) != nil {
 		// Probes need no credential; what is deployed is not theirs to see,
@@ -115,6 +122,15 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	var degraded bool
 	if detail["upstream_health"], degraded = s.healthDetail(); degraded {
 		detail["status"] = "degraded"
+	}
+	if s.redis != nil {
+		// Degraded, not unready: with on_error local each replica decides
+		// alone until Redis answers again.
+		detail["redis"] = map[string]any{"status": "reachable"}
+		if redisErr != nil {
+			detail["redis"] = map[string]any{"status": "degraded", "detail": redisErr.Error()}
+			detail["status"] = "degraded"
+		}
 	}
 	writeJSON(w, http.StatusOK, detail)
 }

@@ -150,3 +150,12 @@ func dialUpstream(ctx context.Context, up *upstream.Upstream, timeout time.Durat
 	p.Reachable, p.Detail = true, "TCP connection in "+p.Took.Round(time.Millisecond).String()
 	return p
 }
+
+// pingRedis is one round trip to the shared state's Redis, bounded by
+// redis.timeout; nil without Redis.
+func (s *Server) pingRedis(ctx context.Context) error {
+	if s.redis == nil {
+		return nil
+	}
+	return s.redis.Ping(ctx)
+}

@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -90,7 +91,21 @@ func (s *Server) rateLimit(ctx context.Context, rt *route, fwd *forward) error {
 		return nil
 	}
 	s.metrics.rateLimited.WithLabelValues(rt.upstream.Name).Inc()
+	return rateLimitedError(fwd.era, wait)
+}
+
+// rateLimitedError is the answer over a limit: 429 with Retry-After in
+// every era; the modern era's error is the draft rate-limited shape
+// (-32023, data.retryAfterMs) so a client of that revision can back off
+// without reading headers, the legacy eras keep ctxgate's -31015.
+func rateLimitedError(era string, wait time.Duration) *Error {
 	e := newError(http.StatusTooManyRequests, CodeRateLimited, "rate limit exceeded; retry later", nil)
+	if era == eraModern {
+		e.Code = CodeRateLimitedModern
+		e.Data, _ = json.Marshal(struct {
+			RetryAfterMs int64 `json:"retryAfterMs"`
+		}{max(1, wait.Milliseconds())})
+	}
 	setRetryAfter(e, wait)
 	return e
 }

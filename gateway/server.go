@@ -429,7 +429,7 @@ func (s *Server) shutdown(pub, adm *http.Server) {
 	}
 	_ = adm.Close()
 	s.pool.CloseIdleConnections()
-	s.pool.Close() // stdio upstreams' processes: SIGTERM, SIGKILL after a grace
+	s.pool.Close() // stdio processes (SIGTERM, SIGKILL after a grace), HTTP+SSE streams
 	if s.oidc != nil {
 		s.oidc.Close()
 	}

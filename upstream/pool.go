@@ -38,6 +38,10 @@ type Upstream struct {
 	// Stdio runs the processes of a stdio upstream (its Transport is
 	// RoundTripper(Stdio)); nil for every other transport.
 	Stdio *Stdio
+	// SSE holds the sessions of an HTTP+SSE (2024-11-05) upstream (its
+	// Transport is RoundTripper(SSE) under the credentials); nil for
+	// every other transport.
+	SSE *SSE
 
 	// Connector runs the connect-your-account flow of a user_oauth
 	// upstream; nil for every other kind.
@@ -101,12 +105,14 @@ func newPool(cfgs []config.Upstream, grants *GrantStore) (*Pool, error) {
 		if err != nil {
 			return nil, fmt.Errorf("upstreams[%d].%w", i, err)
 		}
+		var sse *SSE
 		if c.Transport == config.TransportSSE {
 			// Under the executor and the reverse proxy like any attempt
 			// transport, so every stage of the gateway applies unchanged.
-			transport = RoundTripper(NewSSE(u, transport))
+			sse = NewSSE(u, transport)
+			transport = RoundTripper(sse)
 		}
-		up := &Upstream{Name: c.Name, URL: u, Transport: transport, Resilience: newResilience(c), user: user}
+		up := &Upstream{Name: c.Name, URL: u, Transport: transport, Resilience: newResilience(c), user: user, SSE: sse}
 		up.Connector, _ = user.(*Connector)
 		p.list = append(p.list, up)
 		p.byName[c.Name] = up
@@ -135,11 +141,16 @@ func (p *Pool) CloseIdleConnections() {
 	}
 }
 
-// Close ends every stdio upstream's processes; call it at shutdown.
+// Close ends every stdio upstream's processes and every HTTP+SSE
+// upstream's streams (the server sees its sessions end, instead of holding
+// them until its own timeout); call it at shutdown.
 func (p *Pool) Close() {
 	for _, up := range p.list {
 		if up.Stdio != nil {
 			up.Stdio.Close()
+		}
+		if up.SSE != nil {
+			up.SSE.Close()
 		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/ctxgate/ctxgate/config"
 	"github.com/ctxgate/ctxgate/mcpwire"
 	"github.com/ctxgate/ctxgate/upstream"
 )
@@ -122,11 +123,12 @@ type fakeSSE struct {
 	stop     chan struct{}
 	once     sync.Once
 	posted   chan string
+	ended    chan struct{} // a GET stream ended by the client
 }
 
 func newFakeSSE(t *testing.T, endpoint string) (*fakeSSE, *httptest.Server) {
 	t.Helper()
-	f := &fakeSSE{endpoint: endpoint, events: make(chan string, 4), stop: make(chan struct{}), posted: make(chan string, 16)}
+	f := &fakeSSE{endpoint: endpoint, events: make(chan string, 4), stop: make(chan struct{}), posted: make(chan string, 16), ended: make(chan struct{}, 4)}
 	srv := httptest.NewServer(f)
 	t.Cleanup(func() { f.close(); srv.Close() })
 	return f, srv
@@ -159,6 +161,10 @@ func (f *fakeSSE) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case <-f.stop:
 			return
 		case <-r.Context().Done():
+			select {
+			case f.ended <- struct{}{}:
+			default: // nobody counts these streams' ends
+			}
 			return
 		}
 	}
@@ -316,5 +322,29 @@ func TestSSETransportBounds(t *testing.T) {
 
 	if status, _, _ := sseSend(t, tr, "", `{"jsonrpc":"2.0","id":"d","method":"server/discover"}`); status != http.StatusBadRequest {
 		t.Errorf("a sessionless server/discover: %d, want 400", status)
+	}
+}
+
+// TestPoolCloseEndsSSESessions: at shutdown the pool ends every HTTP+SSE
+// upstream session, so the server sees its stream close.
+func TestPoolCloseEndsSSESessions(t *testing.T) {
+	f, srv := newFakeSSE(t, "")
+	pool, err := upstream.NewPool([]config.Upstream{{Name: "old", URL: srv.URL + "/sse", Transport: config.TransportSSE}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := pool.Get("old")
+	if up.SSE == nil {
+		t.Fatal("an sse upstream has no SSE transport")
+	}
+	openFake(t, up.SSE)
+	<-f.posted // the initialize
+	if n := up.SSE.Sessions(); n != 1 {
+		t.Fatalf("%d sessions open, want 1", n)
+	}
+	pool.Close()
+	<-f.ended // the server saw the stream end (the test's deadline bounds the wait)
+	if n := up.SSE.Sessions(); n != 0 {
+		t.Errorf("%d sessions after Close, want 0", n)
 	}
 }

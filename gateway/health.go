@@ -126,9 +126,19 @@ func redactedURL(u *url.URL) string {
 }
 
 // dialUpstream is one reachability check: a TCP connection to the
-// upstream's host and port, within timeout.
+// upstream's host and port, within timeout; for a stdio upstream, that its
+// command can be run.
 func dialUpstream(ctx context.Context, up *upstream.Upstream, timeout time.Duration, now func() time.Time) Probe {
 	start := now()
+	if up.Stdio != nil {
+		p := Probe{At: now()}
+		if err := up.Stdio.Runnable(); err != nil {
+			p.Detail = "stdio command: " + err.Error()
+			return p
+		}
+		p.Reachable, p.Detail = true, "stdio command is executable (a process is started per session)"
+		return p
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	port := up.URL.Port()

@@ -309,7 +309,7 @@ func (s *Server) routes() []*route {
 		// Outermost, the request's admission slot is given up while the
 		// upstream has it (waiting in the bulkhead, retries, the answer).
 		if up.Stdio != nil {
-			up.Stdio.Log = s.log.With("upstream", up.Name)
+			up.Stdio.Log = s.log // each process logs with its upstream and pid
 		}
 		attempts := &attemptTransport{s: s, name: up.Name, next: up.Transport, stats: s.upstreamStats[up.Name]}
 		rt.transport = admissionTransport{up.Resilience.RoundTripper(attempts)}

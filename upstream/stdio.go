@@ -91,6 +91,18 @@ func (s *Stdio) Running() int {
 	return len(s.procs)
 }
 
+// Runnable reports whether the command can be started: argv[0] is an
+// executable file (absolute, or found on PATH). It is the stdio upstream's
+// reachability: there is no address to dial, and a process is started
+// only for a session.
+func (s *Stdio) Runnable() error {
+	if len(s.cfg.Command) == 0 {
+		return errors.New("no command")
+	}
+	_, err := exec.LookPath(s.cfg.Command[0])
+	return err
+}
+
 func (s *Stdio) log() *slog.Logger {
 	if s.Log != nil {
 		return s.Log

@@ -63,8 +63,10 @@ type Client struct {
 	log     *slog.Logger
 	now     func() time.Time
 
-	up       prometheus.Gauge
-	fallback *prometheus.CounterVec
+	up         prometheus.Gauge
+	fallback   *prometheus.CounterVec
+	roundTrips *prometheus.CounterVec
+	roundTrip  *prometheus.HistogramVec
 
 	mu         sync.Mutex
 	lastLog    time.Time
@@ -92,6 +94,13 @@ func New(ctx context.Context, c *config.Redis, opts Options) (*Client, error) {
 		fallback: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ctxgate_redis_fallback_total",
 			Help: "Requests for which Redis could not answer, by feature; on_error decided what they got (local: this replica's own state; deny: 503)."},
 			[]string{"feature"}),
+		roundTrips: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ctxgate_redis_round_trips_total",
+			Help: "Round trips to Redis by operation and result (ok: Redis answered; error: unreachable, slower than redis.timeout, or an error reply)."},
+			[]string{"op", "result"}),
+		roundTrip: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ctxgate_redis_round_trip_seconds",
+			Help:    "Duration of round trips to Redis by operation, answered or not.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1}},
+			[]string{"op"}),
 	}
 	if cl.log == nil {
 		cl.log = slog.New(slog.DiscardHandler)
@@ -103,7 +112,7 @@ func New(ctx context.Context, c *config.Redis, opts Options) (*Client, error) {
 		cl.fallback.WithLabelValues(f)
 	}
 	if opts.Registerer != nil {
-		for _, m := range []prometheus.Collector{cl.up, cl.fallback} {
+		for _, m := range []prometheus.Collector{cl.up, cl.fallback, cl.roundTrips, cl.roundTrip} {
 			if err := opts.Registerer.Register(m); err != nil {
 				cl.rdb.Close()
 				return nil, fmt.Errorf("register redis metrics: %w", err)
@@ -196,12 +205,26 @@ func refused(err error) bool {
 func (c *Client) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	return c.observe(c.rdb.Ping(ctx).Err())
+	start := time.Now()
+	return c.observe(OpPing, start, c.rdb.Ping(ctx).Err())
 }
 
-// observe records whether Redis answered: an error reply (redis.Error) is
-// an answer, a transport failure or a timeout is not.
-func (c *Client) observe(err error) error {
+// The operations round trips are counted by.
+const (
+	OpPing      = "ping"
+	OpRateLimit = "rate_limit"
+)
+
+// observe records one round trip of op that began at start: its duration
+// and result, and whether Redis answered (ctxgate_redis_up): an error reply
+// (redis.Error) is an answer, a transport failure or a timeout is not.
+func (c *Client) observe(op string, start time.Time, err error) error {
+	c.roundTrip.WithLabelValues(op).Observe(time.Since(start).Seconds())
+	result := "ok"
+	if err != nil && !errors.Is(err, redis.Nil) {
+		result = "error"
+	}
+	c.roundTrips.WithLabelValues(op, result).Inc()
 	var reply redis.Error
 	if err == nil || errors.As(err, &reply) && !refused(err) {
 		c.up.Set(1)

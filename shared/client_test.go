@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ctxgate/ctxgate/shared"
@@ -138,5 +139,48 @@ func TestFallbackLogBounded(t *testing.T) {
 	}
 	if got := value(t, reg, "ctxgate_redis_fallback_total"); got != 4 {
 		t.Errorf("ctxgate_redis_fallback_total = %v, want 4", got)
+	}
+}
+
+// TestRoundTripMetrics: every round trip is counted by operation and
+// result, and timed by operation.
+func TestRoundTripMetrics(t *testing.T) {
+	m, c, reg := start(t, "ctxgate:")
+	if _, _, err := c.Allow(context.Background(), "docs", "alice", []shared.Bucket{{RPS: 1, Burst: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	if _, _, err := c.Allow(context.Background(), "docs", "alice", []shared.Bucket{{RPS: 1, Burst: 1}}); err == nil {
+		t.Fatal("Allow with Redis gone returned no error")
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		for _, s := range f.GetMetric() {
+			labels := []string{f.GetName()}
+			for _, l := range s.GetLabel() {
+				labels = append(labels, l.GetName()+"="+l.GetValue())
+			}
+			key := strings.Join(labels, ",")
+			switch f.GetName() {
+			case "ctxgate_redis_round_trips_total":
+				got[key] = s.GetCounter().GetValue()
+			case "ctxgate_redis_round_trip_seconds":
+				got[key] = float64(s.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	want := map[string]float64{
+		"ctxgate_redis_round_trips_total,op=ping,result=ok":          1,
+		"ctxgate_redis_round_trips_total,op=rate_limit,result=ok":    1,
+		"ctxgate_redis_round_trips_total,op=rate_limit,result=error": 1,
+		"ctxgate_redis_round_trip_seconds,op=ping":                   1,
+		"ctxgate_redis_round_trip_seconds,op=rate_limit":             2,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("round trip series (-want +got):\n%s", diff)
 	}
 }

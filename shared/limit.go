@@ -88,8 +88,9 @@ func (c *Client) Allow(ctx context.Context, route, principal string, buckets []B
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
+	start := time.Now()
 	res, err := gcra.Run(ctx, c.rdb, c.RateKeys(route, principal, buckets), args...).Int64Slice()
-	if err = c.observe(err); err != nil {
+	if err = c.observe(OpRateLimit, start, err); err != nil {
 		return false, 0, fmt.Errorf("redis rate limit: %w", err)
 	}
 	if len(res) != 2 {

@@ -33,15 +33,16 @@ const (
 
 	// Resilience: the client can tell each from the others, and from an
 	// upstream's own errors.
-	CodeBreakerOpen          = -31013 // 503 + Retry-After: the upstream's circuit breaker is open; nothing was sent
-	CodeOverloaded           = -31014 // 503 + Retry-After: max_concurrent requests in flight (bulkhead); nothing was sent
-	CodeRateLimited          = -31015 // 429 + Retry-After: the principal's (or tool's) rate limit
-	CodeOutcomeUnknown       = -31016 // 502/504: the call was sent, then the exchange failed: it may or may not have run; not retried
-	CodeIdempotencyMismatch  = -31017 // 422: an idempotency key reused for a different call
-	CodeGatewayBusy          = -31018 // 503 + Retry-After: the gateway itself is at server.max_inflight requests (or server.max_streams streams); nothing was read or sent
-	CodeRateLimitedModern    = -32023 // 429 + Retry-After, 2026-07-28 era only: the draft rate-limited error, data {"retryAfterMs": n}; legacy eras get -31015
-	CodeRateLimitUnavailable = -31019 // 503 + Retry-After: limits shared on Redis, Redis cannot answer, redis.on_error deny; nothing was counted or sent
-	CodeUpstreamSessionsFull = -31050 // 503 + Retry-After: the upstream transport holds its maximum of sessions (stdio: max_processes processes, one per session; sse: its sessions); nothing was started or sent
+	CodeBreakerOpen            = -31013 // 503 + Retry-After: the upstream's circuit breaker is open; nothing was sent
+	CodeOverloaded             = -31014 // 503 + Retry-After: max_concurrent requests in flight (bulkhead); nothing was sent
+	CodeRateLimited            = -31015 // 429 + Retry-After: the principal's (or tool's) rate limit
+	CodeOutcomeUnknown         = -31016 // 502/504: the call was sent, then the exchange failed: it may or may not have run; not retried
+	CodeIdempotencyMismatch    = -31017 // 422: an idempotency key reused for a different call
+	CodeGatewayBusy            = -31018 // 503 + Retry-After: the gateway itself is at server.max_inflight requests (or server.max_streams streams); nothing was read or sent
+	CodeRateLimitedModern      = -32023 // 429 + Retry-After, 2026-07-28 era only: the draft rate-limited error, data {"retryAfterMs": n}; legacy eras get -31015
+	CodeRateLimitUnavailable   = -31019 // 503 + Retry-After: limits shared on Redis, Redis cannot answer, redis.on_error deny; nothing was counted or sent
+	CodeUpstreamSessionsFull   = -31050 // 503 + Retry-After: the upstream transport holds its maximum of sessions (stdio: max_processes processes, one per session; sse: its sessions); nothing was started or sent
+	CodeUpstreamRestartBackoff = -31051 // 503 + Retry-After: a stdio upstream's processes crashed one after another; its next start waits (0.5 s doubling to 30 s); nothing was started or sent
 )
 
 // Error is a failure bound for a client: the HTTP status, the JSON-RPC

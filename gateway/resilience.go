@@ -257,6 +257,11 @@ func upstreamError(ctx context.Context, err error) *Error {
 		setRetryAfter(e, time.Second)
 		return e
 	}
+	if backoff, ok := errors.AsType[*upstream.RestartBackoff](err); ok {
+		e := newError(http.StatusServiceUnavailable, CodeUpstreamRestartBackoff, "upstream failing: its processes crashed one after another, so restarts are backed off; nothing was started or sent, retry later", err)
+		setRetryAfter(e, backoff.Wait)
+		return e
+	}
 	if errors.Is(err, upstream.ErrSessionsFull) {
 		e := newError(http.StatusServiceUnavailable, CodeUpstreamSessionsFull, "upstream sessions full: the gateway holds its maximum of sessions with this upstream; nothing was sent, retry later", err)
 		setRetryAfter(e, time.Second)

@@ -242,3 +242,13 @@ func TestRetryClass(t *testing.T) {
 		})
 	}
 }
+
+// TestUpstreamErrorRestartBackoff: a stdio start refused by the restart
+// backoff is 503 -31051 with Retry-After rounded up to whole seconds.
+func TestUpstreamErrorRestartBackoff(t *testing.T) {
+	err := fmt.Errorf("attempt: %w", &upstream.RestartBackoff{Wait: 1500 * time.Millisecond, Crashes: 2})
+	e := upstreamError(context.Background(), err)
+	if e.Status != http.StatusServiceUnavailable || e.Code != CodeUpstreamRestartBackoff || e.Header.Get("Retry-After") != "2" {
+		t.Errorf("got %d %d Retry-After %q, want 503 -31051 Retry-After 2", e.Status, e.Code, e.Header.Get("Retry-After"))
+	}
+}

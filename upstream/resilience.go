@@ -229,8 +229,9 @@ func retrySafe(resp *http.Response, err error) bool {
 	if err != nil {
 		// An open breaker fails fast: retrying it would only burn budget.
 		// Nor would retrying a refused credential: it is refused again.
-		// Nor full sessions: they are full again at once.
-		return !errors.Is(err, context.Canceled) && !errors.Is(err, circuitbreaker.ErrOpen) && !errors.Is(err, ErrCredential) && !errors.Is(err, ErrSessionsFull)
+		// Nor full sessions: they are full again at once; nor a start a
+		// crash-looping stdio command's backoff refused.
+		return !errors.Is(err, context.Canceled) && !errors.Is(err, circuitbreaker.ErrOpen) && !errors.Is(err, ErrCredential) && !errors.Is(err, ErrSessionsFull) && !errors.Is(err, ErrRestartBackoff)
 	}
 	switch resp.StatusCode {
 	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
@@ -243,7 +244,7 @@ func retrySafe(resp *http.Response, err error) bool {
 // upstream.
 func retryUnsent(_ *http.Response, err error) bool {
 	var ns *notSent
-	return errors.As(err, &ns) && !errors.Is(err, context.Canceled) && !errors.Is(err, ErrCredential) && !errors.Is(err, ErrSessionsFull)
+	return errors.As(err, &ns) && !errors.Is(err, context.Canceled) && !errors.Is(err, ErrCredential) && !errors.Is(err, ErrSessionsFull) && !errors.Is(err, ErrRestartBackoff)
 }
 
 // notSent marks an attempt's error when no connection was ever obtained.

@@ -55,6 +55,42 @@ const (
 // processes; nothing was started or sent.
 var ErrProcessesFull = errors.New("stdio upstream: max_processes reached")
 
+// ErrRestartBackoff: the upstream's processes crashed one after another,
+// so the next start waits; nothing was started or sent. The error is a
+// *RestartBackoff saying how long.
+var ErrRestartBackoff = errors.New("stdio upstream: restarts backed off after repeated crashes")
+
+// RestartBackoff is ErrRestartBackoff with the time left to wait.
+type RestartBackoff struct {
+	Wait    time.Duration
+	Crashes int // crashes in a row
+}
+
+func (e *RestartBackoff) Error() string {
+	return fmt.Sprintf("%v (%d in a row); next start in %s", ErrRestartBackoff, e.Crashes, e.Wait.Round(time.Millisecond))
+}
+
+func (e *RestartBackoff) Is(target error) bool { return target == ErrRestartBackoff }
+
+// Restart backoff: the first crash restarts at once (one bad request or
+// a one-off fault must not lock users out); each further crash in a row
+// doubles the wait from restartBackoffBase, up to restartBackoffMax. A
+// process that ran for stableAfter before crashing starts a new streak,
+// and one that ends normally (DELETE, idle, shutdown) ends the streak.
+const (
+	restartBackoffBase = 500 * time.Millisecond
+	restartBackoffMax  = 30 * time.Second
+	stableAfter        = time.Minute
+)
+
+func restartBackoff(crashes int) time.Duration {
+	if crashes < 2 {
+		return 0
+	}
+	d := restartBackoffBase << min(crashes-2, 16)
+	return min(d, restartBackoffMax)
+}
+
 // errProcessExited is a call whose process ended before answering.
 var errProcessExited = errors.New("stdio upstream: the process ended before answering")
 
@@ -66,8 +102,15 @@ type Stdio struct {
 	// before the first Send. Nil: slog.Default().
 	Log *slog.Logger
 
+	// Now is the clock of the restart backoff; nil: time.Now.
+	Now func() time.Time
+
 	mu    sync.Mutex
 	procs map[string]*process
+	// crashes counts processes that crashed in a row; no start before
+	// notBefore.
+	crashes   int
+	notBefore time.Time
 
 	// Started, Crashed and Reaped count processes over the transport's
 	// life: crashed ones ended on their own (or broke the framing),
@@ -101,6 +144,26 @@ func (s *Stdio) Runnable() error {
 	}
 	_, err := exec.LookPath(s.cfg.Command[0])
 	return err
+}
+
+func (s *Stdio) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+// ended records how a process ended, for the restart backoff; s.mu held.
+func (s *Stdio) ended(crashed bool, ran time.Duration) {
+	switch {
+	case !crashed:
+		s.crashes = 0
+	case ran >= stableAfter:
+		s.crashes = 1
+	default:
+		s.crashes++
+	}
+	s.notBefore = s.now().Add(restartBackoff(s.crashes))
 }
 
 func (s *Stdio) log() *slog.Logger {
@@ -231,6 +294,9 @@ func (s *Stdio) start() (*process, string, error) {
 	if len(s.procs) >= s.cfg.MaxProcesses {
 		return nil, "", ErrProcessesFull
 	}
+	if wait := s.notBefore.Sub(s.now()); wait > 0 {
+		return nil, "", &RestartBackoff{Wait: wait, Crashes: s.crashes}
+	}
 	p, err := s.spawn(session)
 	if err != nil {
 		return nil, "", err
@@ -274,7 +340,7 @@ func (s *Stdio) spawn(session string) (*process, error) {
 		return nil, err
 	}
 	p := &process{
-		owner: s, session: session, cmd: cmd, stdin: stdin,
+		owner: s, session: session, cmd: cmd, stdin: stdin, started: s.now(),
 		pending: map[string]chan []byte{}, unsolicited: make(chan []byte, stdioStreamBuffer),
 		exited: make(chan struct{}), log: s.log().With("upstream", c.Name, "pid", cmd.Process.Pid),
 	}

@@ -268,3 +268,46 @@ type syscallRlimit = unix.Rlimit
 func getLimit(pid int, out *unix.Rlimit) error {
 	return unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, out)
 }
+
+// TestStdioRestartBackoff: the first crash restarts at once; the second in
+// a row makes the next start wait (refused with the time left, nothing
+// started); once the wait is over it starts, and a process that ends
+// normally ends the streak.
+func TestStdioRestartBackoff(t *testing.T) {
+	s := newTestStdio(t, 4, nil)
+	clock := time.Unix(1_800_000_000, 0)
+	s.Now = func() time.Time { return clock }
+	crash := func() {
+		t.Helper()
+		session, _ := initialize(t, s)
+		if _, _, err := send(t, s, session, `{"jsonrpc":"2.0","id":2,"method":"crash"}`); !errors.Is(err, errProcessExited) {
+			t.Fatalf("crash: %v, want errProcessExited", err)
+		}
+	}
+	crash()
+	crash() // the first crash did not delay this start
+	started := s.Started.Load()
+	_, _, err := send(t, s, "", `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}`)
+	var backoff *RestartBackoff
+	if !errors.As(err, &backoff) || !errors.Is(err, ErrRestartBackoff) || backoff.Wait != restartBackoffBase || backoff.Crashes != 2 {
+		t.Fatalf("a start after two crashes in a row: %v, want a RestartBackoff of %s", err, restartBackoffBase)
+	}
+	if s.Started.Load() != started {
+		t.Error("a backed-off start started a process")
+	}
+	clock = clock.Add(restartBackoffBase)
+	session, _ := initialize(t, s) // the wait is over
+	if resp, _ := s.End(context.Background(), http.Header{"Mcp-Session-Id": {session}}); resp.StatusCode != http.StatusOK {
+		t.Fatalf("DELETE: %d", resp.StatusCode)
+	}
+	crash() // a normal end ended the streak: this is the first again
+	initialize(t, s)
+	if got := s.Crashed.Load(); got != 3 {
+		t.Errorf("crashed %d, want 3", got)
+	}
+	for crashes, want := range map[int]time.Duration{0: 0, 1: 0, 2: restartBackoffBase, 3: 2 * restartBackoffBase, 50: restartBackoffMax} {
+		if got := restartBackoff(crashes); got != want {
+			t.Errorf("restartBackoff(%d) = %s, want %s", crashes, got, want)
+		}
+	}
+}

@@ -23,6 +23,7 @@ type process struct {
 	cmd     *exec.Cmd
 	log     *slog.Logger
 	idle    *time.Timer
+	started time.Time // by the owner's clock
 
 	writeMu sync.Mutex
 	stdin   io.WriteCloser
@@ -146,6 +147,9 @@ func (p *process) exit() {
 	if o.procs[p.session] == p {
 		delete(o.procs, p.session)
 	}
+	// Recorded before exited closes, so a caller told the process ended
+	// already meets the backoff.
+	o.ended(!p.ending.Load(), o.now().Sub(p.started))
 	o.mu.Unlock()
 	if !p.ending.Load() {
 		o.Crashed.Add(1)

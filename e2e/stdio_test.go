@@ -163,6 +163,21 @@ func TestStdioMemoryServer(t *testing.T) {
 	if got := gw.metric(t, `ctxgate_stdio_processes_total{event="started",upstream="memory"}`); got != 2 {
 		t.Errorf("processes started = %v, want 2", got)
 	}
+	var status struct {
+		Upstreams []struct {
+			Name      string         `json:"name"`
+			Processes map[string]int `json:"processes"`
+		} `json:"upstreams"`
+	}
+	resp, err = http.Get(gw.Admin + "/admin/upstreams")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&status); err != nil || len(status.Upstreams) != 1 ||
+		fmt.Sprint(status.Upstreams[0].Processes) != fmt.Sprint(map[string]int{"running": 2, "started": 2, "crashed": 0, "reaped": 0}) {
+		t.Errorf("/admin/upstreams: %+v (%v), want memory with 2 processes running and started", status, err)
+	}
+	resp.Body.Close()
 	cs.Close()
 	other.Close()
 	waitFor(t, "both processes to end with their sessions", readyDeadline, func() bool {

@@ -149,6 +149,18 @@ type upstreamStatus struct {
 	CircuitBreaker     string `json:"circuit_breaker"`
 	Retries            uint64 `json:"retries"`
 	BulkheadRejections uint64 `json:"bulkhead_rejections"`
+	// Processes is a stdio upstream's: running now, and started, crashed
+	// and reaped since start-up; absent for every other transport.
+	Processes *processStatus `json:"processes,omitempty"`
+	// Sessions is an HTTP+SSE upstream's open sessions; absent otherwise.
+	Sessions *int `json:"sessions,omitempty"`
+}
+
+type processStatus struct {
+	Running int   `json:"running"`
+	Started int64 `json:"started"`
+	Crashed int64 `json:"crashed"`
+	Reaped  int64 `json:"reaped"`
 }
 
 func (s *Server) adminUpstreams(w http.ResponseWriter, _ *http.Request) {
@@ -161,6 +173,13 @@ func (s *Server) adminUpstreams(w http.ResponseWriter, _ *http.Request) {
 		e.Requests, e.Errors = st.requests.Load(), st.errors.Load()
 		res := up.Resilience.Stats()
 		e.CircuitBreaker, e.Retries, e.BulkheadRejections = res.Breaker, res.Retries, res.BulkheadRejections
+		if p := up.Stdio; p != nil {
+			e.Processes = &processStatus{Running: p.Running(), Started: p.Started.Load(), Crashed: p.Crashed.Load(), Reaped: p.Reaped.Load()}
+		}
+		if up.SSE != nil {
+			n := up.SSE.Sessions()
+			e.Sessions = &n
+		}
 		out = append(out, e)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"upstreams": out})

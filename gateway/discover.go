@@ -135,7 +135,7 @@ func discoveredVersions(body []byte, sse bool) []string {
 
 // filterDiscover rewrites a server/discover result so the gateway describes
 // itself: supportedVersions keeps only the revisions this route relays
-// (the gateway cannot serve 2024-11-05 because its upstream can). Every
+// (the gateway cannot serve a revision just because its upstream can). Every
 // other member, _meta included, keeps its exact bytes.
 func (s *Server) filterDiscover(rt *route, result []byte) []byte {
 	ms, err := members(result)

@@ -50,7 +50,7 @@ func (u *modernUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	u.got = append(u.got, recordedRequest{header: r.Header.Clone(), body: string(body)})
 	u.mu.Unlock()
 	if strings.Contains(string(body), `"server/discover"`) {
-		fmt.Fprint(w, `{"jsonrpc":"2.0","id":7,"result":{"_meta":{"io.modelcontextprotocol/serverInfo":{"name":"up","version":"1"}},"supportedVersions":["2026-07-28","2025-11-25","2024-11-05"],"capabilities":{"tools":{}},"x-unknown":{"kept":true}}}`)
+		fmt.Fprint(w, `{"jsonrpc":"2.0","id":7,"result":{"_meta":{"io.modelcontextprotocol/serverInfo":{"name":"up","version":"1"}},"supportedVersions":["2026-07-28","2025-11-25","2024-10-07"],"capabilities":{"tools":{}},"x-unknown":{"kept":true}}}`)
 		return
 	}
 	fmt.Fprint(w, `{"jsonrpc":"2.0","id":7,"result":{"content":[],"x-unknown":1}}`)
@@ -150,7 +150,7 @@ func TestModernRejections(t *testing.T) {
 			body: `{"jsonrpc":"2.0","id":7,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}`, wantStatus: 400, wantCode: -32602},
 		{name: "unsupported version", header: modernHeader("Mcp-Protocol-Version", "v999", "Mcp-Method", "tools/list"),
 			body: strings.Replace(modernCall("tools/list", ""), `"2026-07-28"`, `"v999"`, 1), wantStatus: 400, wantCode: -32022,
-			wantData: `{"supported":["2026-07-28","2025-11-25","2025-06-18","2025-03-26"],"requested":"v999"}`},
+			wantData: `{"supported":["2026-07-28","2025-11-25","2025-06-18","2025-03-26","2024-11-05"],"requested":"v999"}`},
 		{name: "removed method initialize", header: modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "initialize"),
 			body: modernCall("initialize", ""), wantStatus: 404, wantCode: -32601},
 		{name: "removed method ping", header: modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "ping"),

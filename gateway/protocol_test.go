@@ -45,7 +45,7 @@ func TestRequestVersion(t *testing.T) {
 		{name: "session without version: default", session: &sessionClaims{}, want: mcpwire.DefaultVersion},
 		{name: "no header, no session: default", want: "2025-03-26"},
 		{name: "every supported version", header: []string{"2025-03-26"}, want: "2025-03-26"},
-		{name: "unsupported", header: []string{"2024-11-05"}, wantStatus: http.StatusBadRequest},
+		{name: "unsupported", header: []string{"2024-10-07"}, wantStatus: http.StatusBadRequest},
 		{name: "unsupported future", header: []string{"2099-01-01"}, wantStatus: http.StatusBadRequest},
 		{name: "empty header", header: []string{""}, session: &sessionClaims{Version: "2025-06-18"}, wantStatus: http.StatusBadRequest},
 		{name: "padded", header: []string{" 2025-06-18"}, wantStatus: http.StatusBadRequest},

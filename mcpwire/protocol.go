@@ -6,8 +6,11 @@ import (
 )
 
 // SupportedVersions are the legacy-era MCP protocol revisions the gateway
-// relays, oldest first. Callers must not change the slice.
-var SupportedVersions = []string{"2025-03-26", "2025-06-18", "2025-11-25"}
+// relays, oldest first. 2024-11-05 is served on the Streamable HTTP
+// endpoint to any upstream that negotiates it (a client of that revision
+// sends no MCP-Protocol-Version header; its session carries the version).
+// Callers must not change the slice.
+var SupportedVersions = []string{"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"}
 
 // DefaultVersion is what the Streamable HTTP spec tells a server to assume
 // when a request has neither an MCP-Protocol-Version header nor a session
@@ -36,8 +39,9 @@ const (
 // gateway relays.
 func IsSupportedVersion(v string) bool { return slices.Contains(SupportedVersions, v) }
 
-// AllowsBatch reports whether a revision accepts JSON-RPC batches; they
-// were removed in 2025-06-18.
+// AllowsBatch reports whether a revision accepts JSON-RPC batches. Only
+// 2025-03-26 does: its changelog adds batching (the 2024-11-05 schema has
+// no JSONRPCBatchRequest), and 2025-06-18 removed it again.
 func AllowsBatch(version string) bool { return version == "2025-03-26" }
 
 // clientMethods are the requests MCP lets a client send a server, in every

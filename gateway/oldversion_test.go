@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -19,12 +18,7 @@ import (
 // Streamable HTTP upstream and an HTTP+SSE one. Before, the gateway
 // refused the upstream's 2024-11-05 answer and the client got 502.
 func TestProtocol20241105(t *testing.T) {
-	server := mcp.NewServer(&mcp.Implementation{Name: "old-peer", Version: "1"}, nil)
-	mcp.AddTool(server, &mcp.Tool{Name: "echo"}, func(_ context.Context, _ *mcp.CallToolRequest, in struct {
-		Text string `json:"text"`
-	}) (*mcp.CallToolResult, any, error) {
-		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "echo: " + in.Text}}}, nil, nil
-	})
+	server := echoServer("old-peer")
 	getServer := func(*http.Request) *mcp.Server { return server }
 	for _, tt := range []struct {
 		name    string

@@ -18,12 +18,7 @@ import (
 // upstream stream ends the client's session with 404, and the client's new
 // session works.
 func TestSSEUpstream(t *testing.T) {
-	server := mcp.NewServer(&mcp.Implementation{Name: "sse-peer", Version: "1"}, nil)
-	mcp.AddTool(server, &mcp.Tool{Name: "echo"}, func(_ context.Context, _ *mcp.CallToolRequest, in struct {
-		Text string `json:"text"`
-	}) (*mcp.CallToolResult, any, error) {
-		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "echo: " + in.Text}}}, nil, nil
-	})
+	server := echoServer("sse-peer")
 	up := httptest.NewServer(mcp.NewSSEHandler(func(*http.Request) *mcp.Server { return server }, nil))
 	defer up.Close()
 	gw := newGatewayOpts(t, up.URL, gateway.Options{}, ", transport: sse")
@@ -62,4 +57,16 @@ func TestSSEUpstream(t *testing.T) {
 	if _, err := cs2.ListTools(ctx, nil); err != nil {
 		t.Errorf("tools/list on a new session: %v", err)
 	}
+}
+
+// echoServer is a Go SDK server named name with one tool, echo, answering
+// "echo: " and its text argument.
+func echoServer(name string) *mcp.Server {
+	server := mcp.NewServer(&mcp.Implementation{Name: name, Version: "1"}, nil)
+	mcp.AddTool(server, &mcp.Tool{Name: "echo"}, func(_ context.Context, _ *mcp.CallToolRequest, in struct {
+		Text string `json:"text"`
+	}) (*mcp.CallToolResult, any, error) {
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "echo: " + in.Text}}}, nil, nil
+	})
+	return server
 }

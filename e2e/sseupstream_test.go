@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
@@ -72,6 +74,7 @@ upstreams:
 // loopbackPreload makes a Node server that listens on every interface
 // (app.listen(PORT)) listen on 127.0.0.1 only: the npm everything-server
 // has no option for it, and a test must not open a port to the network.
+// It is the fallback where no private network namespace can be made.
 const loopbackPreload = `const net = require('net');
 const listen = net.Server.prototype.listen;
 net.Server.prototype.listen = function (...args) {
@@ -83,21 +86,41 @@ net.Server.prototype.listen = function (...args) {
 `
 
 // startNPMEverythingSSE runs the npm everything-server in its HTTP+SSE
-// (2024-11-05) mode on a free loopback port and returns its SSE endpoint.
+// (2024-11-05) mode and returns its SSE endpoint as the gateway reaches
+// it. The server listens on every interface (app.listen(PORT), no option
+// to choose one), so it runs in a private network namespace (unshare -n)
+// whose only interface is its own loopback, and the test forwards a port
+// of its loopback into it (startInPrivateNetns): nothing but this test
+// can reach the server, and the server runs unmodified. Creating a
+// network namespace needs CAP_SYS_ADMIN; a process without it (not root,
+// or a container that drops it) runs the server in the test's namespace
+// instead, with loopbackPreload patching its listen() to 127.0.0.1, and
+// logs that it did.
 func startNPMEverythingSSE(t *testing.T) string {
 	t.Helper()
 	requireNodeTool(t, npmEverythingJS)
 	node, _ := filepath.Abs(nodeBin)
 	script, _ := filepath.Abs(npmEverythingJS)
-	preload := filepath.Join(t.TempDir(), "loopback.cjs")
-	if err := os.WriteFile(preload, []byte(loopbackPreload), 0o600); err != nil {
-		t.Fatal(err)
+	newProc := func(args ...string) *proc {
+		return &proc{name: "npm-everything-sse", cmd: exec.Command(node, args...), stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
 	}
-	addr := reservePort(t)
-	_, port, _ := net.SplitHostPort(addr)
-	p := &proc{name: "npm-everything-sse", cmd: exec.Command(node, "--require", preload, script, "sse"), stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd.Env = append(os.Environ(), "PORT="+port)
-	startCmd(t, p)
+	// Any port is free in a namespace of the server's own.
+	const nsPort = "3001"
+	p := newProc(script, "sse")
+	p.cmd.Env = append(os.Environ(), "PORT="+nsPort)
+	addr, isolated := startInPrivateNetns(t, p, nsPort)
+	if !isolated {
+		t.Log("no private network namespace (needs CAP_SYS_ADMIN): the npm everything-server runs with its listen() patched to 127.0.0.1")
+		preload := filepath.Join(t.TempDir(), "loopback.cjs")
+		if err := os.WriteFile(preload, []byte(loopbackPreload), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		addr = reservePort(t)
+		_, port, _ := net.SplitHostPort(addr)
+		p = newProc("--require", preload, script, "sse")
+		p.cmd.Env = append(os.Environ(), "PORT="+port)
+		startCmd(t, p)
+	}
 	waitFor(t, "npm everything-server (sse) to listen", readyDeadline, func() bool {
 		if p.exited() {
 			t.Fatalf("npm everything-server exited: %s", p.stderr.String())
@@ -110,8 +133,9 @@ func startNPMEverythingSSE(t *testing.T) string {
 // TestSSEUpstreamNPMEverything: the real binary fronts the npm
 // everything-server's HTTP+SSE mode (a server nobody here wrote) for a
 // Streamable HTTP client: the shipped policy filters its tool list (the
-// read-only echo shown, the toggles hidden), echo is called, and a
-// resource it lists is read.
+// read-only echo shown, the toggles hidden), echo is called, a resource it
+// lists is read, and the progress notifications of a long-running tool
+// reach the client.
 func TestSSEUpstreamNPMEverything(t *testing.T) {
 	up := startNPMEverythingSSE(t)
 	gw := startGateway(t, fmt.Sprintf(`
@@ -123,7 +147,7 @@ upstreams:
   - {name: everything, url: %q, transport: sse}
 `, copyShippedPolicy(t), up))
 
-	cs := connect(t, gw.URL+"/mcp/everything")
+	cs, notes := connectNoting(t, gw.URL+"/mcp/everything")
 	tools, err := cs.ListTools(ctx(t), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -148,4 +172,68 @@ upstreams:
 	if err != nil || len(read.Contents) == 0 || read.Contents[0].URI != uri {
 		t.Errorf("resources/read %s: %v %+v", uri, err, read)
 	}
+
+	// The server's progress notifications come on its SSE stream, not as
+	// part of the POST's answer: the gateway relays them on the client's
+	// GET stream.
+	call := &mcp.CallToolParams{Name: "trigger-long-running-operation", Arguments: map[string]any{"duration": 0.1, "steps": 2}}
+	call.SetProgressToken("e2e-sse")
+	res, err = cs.CallTool(ctx(t), call)
+	if err != nil || res.IsError {
+		t.Fatalf("trigger-long-running-operation: %v %+v", err, res)
+	}
+	waitFor(t, "the server's progress notifications", readyDeadline, func() bool { return len(notes.get("progress ")) >= 2 })
+	if got, want := notes.get("progress "), []string{"progress e2e-sse 1/2", "progress e2e-sse 2/2"}; !slices.Equal(got, want) {
+		t.Errorf("notifications %q, want %q", got, want)
+	}
+}
+
+// received records the server notifications a client receives.
+type received struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (n *received) add(s string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.got = append(n.got, s)
+}
+
+// get returns the notifications received so far that start with prefix.
+func (n *received) get(prefix string) []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []string
+	for _, s := range n.got {
+		if strings.HasPrefix(s, prefix) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// connectNoting is connect for a client that records the progress,
+// logging and resource-updated notifications it receives.
+func connectNoting(t *testing.T, endpoint string) (*mcp.ClientSession, *received) {
+	t.Helper()
+	n := &received{}
+	opts := &mcp.ClientOptions{
+		ProgressNotificationHandler: func(_ context.Context, req *mcp.ProgressNotificationClientRequest) {
+			n.add(fmt.Sprintf("progress %v %v/%v", req.Params.ProgressToken, req.Params.Progress, req.Params.Total))
+		},
+		//lint:ignore SA1019 a 2024-11-05 server's log notifications are what is relayed
+		LoggingMessageHandler: func(_ context.Context, req *mcp.LoggingMessageRequest) {
+			n.add(fmt.Sprintf("log %s %v", req.Params.Level, req.Params.Data))
+		},
+		ResourceUpdatedHandler: func(_ context.Context, req *mcp.ResourceUpdatedNotificationRequest) {
+			n.add("updated " + req.Params.URI)
+		},
+	}
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "e2e", Version: "1"}, opts).Connect(ctx(t), &mcp.StreamableClientTransport{Endpoint: endpoint}, nil)
+	if err != nil {
+		t.Fatalf("connect %s: %v", endpoint, err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	return cs, n
 }

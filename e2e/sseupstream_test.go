@@ -237,3 +237,110 @@ func connectNoting(t *testing.T, endpoint string) (*mcp.ClientSession, *received
 	t.Cleanup(func() { cs.Close() })
 	return cs, n
 }
+
+// tsSSEServerJS is an HTTP+SSE server of our own on the TypeScript SDK's
+// SSEServerTransport; what it serves is described in the script.
+var tsSSEServerJS = filepath.Join("testdata", "ts-sse-server.cjs")
+
+// nodeModules is where the scripts in testdata find the pinned packages
+// (NODE_PATH: they are not under e2e/node).
+var nodeModules = filepath.Join("node", "node_modules")
+
+// startNodeScript runs a Node script of testdata that listens on a port it
+// picks itself and prints "listening on <addr>" on stderr; it returns the
+// process and that address.
+func startNodeScript(t *testing.T, name, script string) (*proc, string) {
+	t.Helper()
+	requireNodeTool(t, filepath.Join(nodeModules, "@modelcontextprotocol", "sdk", "package.json"))
+	node, _ := filepath.Abs(nodeBin)
+	path, _ := filepath.Abs(script)
+	modules, _ := filepath.Abs(nodeModules)
+	p := &proc{name: name, cmd: exec.Command(node, path, "0"), stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Env = append(os.Environ(), "NODE_PATH="+modules)
+	startCmd(t, p)
+	var addr string
+	waitFor(t, name+" to listen", readyDeadline, func() bool {
+		if p.exited() {
+			t.Fatalf("%s exited: %v: %s", name, p.waitErr, p.stderr.String())
+		}
+		_, rest, ok := strings.Cut(p.stderr.String(), "listening on ")
+		if line, _, complete := strings.Cut(rest, "\n"); ok && complete {
+			addr = line
+			return true
+		}
+		return false
+	})
+	return p, addr
+}
+
+// TestSSEUpstreamTypeScriptSDK: the real binary fronts an HTTP+SSE
+// (2024-11-05) server on the TypeScript SDK's SSEServerTransport for a
+// Streamable HTTP client: the shipped policy filters its tools (the
+// read-only lookup shown, the destructive wipe hidden and refused before
+// the server) and its resources (secret://vault hidden), lookup is called,
+// note://readme read; the notifications the server sends on its stream
+// during the call reach the client's GET stream, except the update of the
+// resource the caller may not see.
+func TestSSEUpstreamTypeScriptSDK(t *testing.T) {
+	server, addr := startNodeScript(t, "ts-sse-server", tsSSEServerJS)
+	gw := startGateway(t, fmt.Sprintf(`
+server: {listen: "127.0.0.1:0"}
+admin: {listen: "127.0.0.1:0"}
+auth: {anonymous: true}
+policy: {dir: %q}
+upstreams:
+  - {name: ts, url: %q, transport: sse}
+`, copyShippedPolicy(t), "http://"+addr+"/sse"))
+
+	cs, notes := connectNoting(t, gw.URL+"/mcp/ts")
+	if got := cs.InitializeResult().ServerInfo.Name; got != "ts-sse-server" {
+		t.Errorf("serverInfo.name %q, want ts-sse-server", got)
+	}
+	tools, err := cs.ListTools(ctx(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tool := range tools.Tools {
+		names = append(names, tool.Name)
+	}
+	if !slices.Equal(names, []string{"lookup"}) {
+		t.Errorf("anonymous sees tools %v, want only the read-only [lookup]", names)
+	}
+	_, err = cs.CallTool(ctx(t), &mcp.CallToolParams{Name: "wipe"})
+	var rpcErr *jsonrpc.Error
+	if !errors.As(err, &rpcErr) || rpcErr.Code != jsonrpc.CodeInvalidParams {
+		t.Errorf("wipe: %v, want the unknown-tool answer", err)
+	}
+
+	resources, err := cs.ListResources(ctx(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var uris []string
+	for _, r := range resources.Resources {
+		uris = append(uris, r.URI)
+	}
+	if !slices.Equal(uris, []string{"note://readme"}) {
+		t.Errorf("anonymous sees resources %v, want only [note://readme]", uris)
+	}
+	read, err := cs.ReadResource(ctx(t), &mcp.ReadResourceParams{URI: "note://readme"})
+	if err != nil || len(read.Contents) != 1 || read.Contents[0].Text != "contents of readme" {
+		t.Errorf("resources/read note://readme: %v %+v", err, read)
+	}
+
+	res, err := cs.CallTool(ctx(t), &mcp.CallToolParams{Name: "lookup", Arguments: map[string]any{"query": "through sse"}})
+	if err != nil || res.IsError || len(res.Content) != 1 || res.Content[0].(*mcp.TextContent).Text != "found through sse" {
+		t.Fatalf("lookup: %v %+v", err, res)
+	}
+	// The server sent the vault's update, the readme's, then the log
+	// message, in that order on one stream: once the log message is here,
+	// the vault's update was dropped, not late.
+	waitFor(t, "the server's log message", readyDeadline, func() bool { return len(notes.get("log ")) > 0 })
+	if got, want := notes.get(""), []string{"updated note://readme", "log info looked up through sse"}; !slices.Equal(got, want) {
+		t.Errorf("notifications %q, want %q", got, want)
+	}
+	if got := strings.Count(server.stderr.String(), "executed "); got != 1 || !strings.Contains(server.stderr.String(), "executed lookup") {
+		t.Errorf("the server executed %d tool(s), want only lookup:\n%s", got, server.stderr.String())
+	}
+}

@@ -21,9 +21,9 @@ import (
 
 // TestSSEUpstreamShippedPolicy: the real binary fronts an HTTP+SSE
 // (2024-11-05) server, the Go SDK's SSEHandler, configured with
-// transport: sse; a Streamable HTTP client lists its tools (the shipped
-// policy filters them as on any upstream), calls one, and reads a
-// resource, and a denied call never reaches the server.
+// transport: sse; a Streamable HTTP client lists its tools and resources
+// (the shipped policy filters them as on any upstream), calls one, and
+// reads a resource, and a denied call never reaches the server.
 func TestSSEUpstreamShippedPolicy(t *testing.T) {
 	f := &policyFixture{}
 	server := f.server()
@@ -64,6 +64,10 @@ upstreams:
 	res, err := cs.CallTool(ctx(t), &mcp.CallToolParams{Name: "search"})
 	if err != nil || res.IsError || f.executed.Load() != 1 {
 		t.Fatalf("search: %v %+v (executed %d)", err, res, f.executed.Load())
+	}
+	resources, err := cs.ListResources(ctx(t), nil)
+	if err != nil || len(resources.Resources) != 1 || resources.Resources[0].URI != "file:///readme" {
+		t.Errorf("resources/list: %v %+v, want only file:///readme (secret://vault hidden)", err, resources)
 	}
 	read, err := cs.ReadResource(ctx(t), &mcp.ReadResourceParams{URI: "file:///readme"})
 	if err != nil || len(read.Contents) != 1 || read.Contents[0].Text != "contents" {
@@ -133,8 +137,8 @@ func startNPMEverythingSSE(t *testing.T) string {
 // TestSSEUpstreamNPMEverything: the real binary fronts the npm
 // everything-server's HTTP+SSE mode (a server nobody here wrote) for a
 // Streamable HTTP client: the shipped policy filters its tool list (the
-// read-only echo shown, the toggles hidden), echo is called, a resource it
-// lists is read, and the progress notifications of a long-running tool
+// read-only echo shown, the toggles hidden and refused), echo is called,
+// a resource it lists is read, and the progress notifications of a long-running tool
 // reach the client.
 func TestSSEUpstreamNPMEverything(t *testing.T) {
 	up := startNPMEverythingSSE(t)
@@ -158,6 +162,11 @@ upstreams:
 	}
 	if !slices.Contains(names, "echo") || slices.Contains(names, "toggle-simulated-logging") {
 		t.Errorf("anonymous sees tools %v, want echo (read-only) and not toggle-simulated-logging", names)
+	}
+	_, err = cs.CallTool(ctx(t), &mcp.CallToolParams{Name: "toggle-simulated-logging"})
+	var rpcErr *jsonrpc.Error
+	if !errors.As(err, &rpcErr) || rpcErr.Code != jsonrpc.CodeInvalidParams {
+		t.Errorf("toggle-simulated-logging: %v, want the unknown-tool answer", err)
 	}
 	res, err := cs.CallTool(ctx(t), &mcp.CallToolParams{Name: "echo", Arguments: map[string]any{"message": "through sse"}})
 	if err != nil || res.IsError || len(res.Content) == 0 || !strings.Contains(res.Content[0].(*mcp.TextContent).Text, "through sse") {

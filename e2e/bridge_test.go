@@ -148,17 +148,19 @@ upstreams:
 	if got, err := whoami(); err == nil {
 		t.Errorf("the call that finds the session lost: %q, want the gateway's 502", got)
 	}
-	var lost int
-	for _, rec := range logRecords(gw.stderr.String()) {
-		if rec["msg"] == "request" && rec["rpc_method"] == "tools/call" && rec["status"] == float64(http.StatusBadGateway) {
-			if rec["rpc_error"] != float64(-31010) || !strings.Contains(fmt.Sprint(rec["error"]), "ended the bridged session") {
-				t.Errorf("the call that found the session lost was logged %v, want -31010, ended the bridged session", rec)
+	// The access record is written once the answer is: polled for.
+	var lost []map[string]any
+	waitFor(t, "the 502's access record", readyDeadline, func() bool {
+		lost = nil
+		for _, rec := range logRecords(gw.stderr.String()) {
+			if rec["msg"] == "request" && rec["rpc_method"] == "tools/call" && rec["status"] == float64(http.StatusBadGateway) {
+				lost = append(lost, rec)
 			}
-			lost++
 		}
-	}
-	if lost != 1 {
-		t.Errorf("%d tools/call answered 502, want the one that found the session lost", lost)
+		return len(lost) > 0
+	})
+	if len(lost) != 1 || lost[0]["rpc_error"] != float64(-31010) || !strings.Contains(fmt.Sprint(lost[0]["error"]), "ended the bridged session") {
+		t.Errorf("tools/call answered 502: %v, want one, -31010, ended the bridged session", lost)
 	}
 	if got, err := whoami(); err != nil || got != fmt.Sprintf("process %d", second.cmd.Process.Pid) {
 		t.Fatalf("whoami after the restart: %q, %v, want the new process's answer", got, err)

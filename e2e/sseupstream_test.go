@@ -349,7 +349,11 @@ upstreams:
 	if got, want := notes.get(""), []string{"updated note://readme", "log info looked up through sse"}; !slices.Equal(got, want) {
 		t.Errorf("notifications %q, want %q", got, want)
 	}
-	if got := strings.Count(server.stderr.String(), "executed "); got != 1 || !strings.Contains(server.stderr.String(), "executed lookup") {
+	// The server's stderr is copied in by a goroutine of its own: polled
+	// for lookup's line, after which a wipe's, written earlier, would be
+	// there too.
+	waitFor(t, "the server's record of lookup", readyDeadline, func() bool { return strings.Contains(server.stderr.String(), "executed lookup") })
+	if got := strings.Count(server.stderr.String(), "executed "); got != 1 {
 		t.Errorf("the server executed %d tool(s), want only lookup:\n%s", got, server.stderr.String())
 	}
 }

@@ -95,87 +95,125 @@ func (p *movingProxy) posts() []proxied {
 	return append([]proxied(nil), p.seen...)
 }
 
-// TestBridgeTypeScriptSessionLost: a modern (2026-07-28) client reaches a
-// legacy-only TypeScript SDK Streamable HTTP server through bridge: true.
-// The server is restarted (a new process: every session lost); it answers
-// the bridged session's next request 400 with a JSON-RPC error for no
-// request, as the SDK's examples do, which the gateway reads as the
-// session's end (bridgeSessionLost): that one request is answered 502
-// (-31010), and the next opens a new bridged session and is served by the
-// new process. No tools/list comes first: the shipped policy's decision
+// TestBridgeSessionLost: a modern (2026-07-28) client reaches a
+// legacy-only server through bridge: true; the server is restarted (a new
+// process: every session lost) and answers the bridged session's next
+// request as it answers a session it does not know, which the gateway
+// reads as the session's end (bridgeSessionLost): that one request is
+// answered 502 (-31010), and the next opens a new bridged session and is
+// served by the new process. Two real servers: one built as the
+// TypeScript SDK's examples build one, which answers 400 with a JSON-RPC
+// error for no request, and the Go SDK's everything-server, which answers
+// 404. No tools/list comes first: under the shipped policy the decision
 // on the call needs the tool's annotations, which the gateway reads on the
-// bridged session (a sessionless tools/list is refused by this server).
-func TestBridgeTypeScriptSessionLost(t *testing.T) {
-	first, addr := startNodeScript(t, "ts-streamable-server", tsStreamableServerJS)
-	up := startMovingProxy(t, "http://"+addr)
-	gw := startGateway(t, fmt.Sprintf(`
+// bridged session (a sessionless tools/list is refused by these servers).
+func TestBridgeSessionLost(t *testing.T) {
+	tests := []struct {
+		name   string
+		start  func(t *testing.T) (p *proc, url string)
+		policy func(t *testing.T) string
+		tool   string
+		// served is what the tool answers when p serves it.
+		served     func(p *proc) string
+		lostStatus int
+	}{
+		{
+			name: "TypeScript SDK answers 400",
+			start: func(t *testing.T) (*proc, string) {
+				p, addr := startNodeScript(t, "ts-streamable-server", tsStreamableServerJS)
+				return p, "http://" + addr + "/mcp"
+			},
+			policy:     copyShippedPolicy,
+			tool:       "whoami",
+			served:     func(p *proc) string { return fmt.Sprintf("process %d", p.cmd.Process.Pid) },
+			lostStatus: http.StatusBadRequest,
+		},
+		{
+			name:  "Go SDK answers 404",
+			start: func(t *testing.T) (*proc, string) { return startEverythingProc(t, false) },
+			// Its tools carry no annotations, which the shipped policy
+			// reads as not read-only.
+			policy:     func(*testing.T) string { return allowAllPolicy },
+			tool:       "test_simple_text",
+			served:     func(*proc) string { return "This is a simple text response for testing." },
+			lostStatus: http.StatusNotFound,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			first, target := tt.start(t)
+			up := startMovingProxy(t, target)
+			gw := startGateway(t, fmt.Sprintf(`
 server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0"}
 auth: {anonymous: true}
 policy: {dir: %q}
 upstreams:
-  - {name: ts, url: %q, bridge: true}
-`, copyShippedPolicy(t), up.URL+"/mcp"))
+  - {name: legacy, url: %q, bridge: true}
+`, tt.policy(t), up.URL))
 
-	client := mcp.NewClient(&mcp.Implementation{Name: "e2e-modern", Version: "1"}, nil)
-	cs, err := client.Connect(ctx(t), &mcp.StreamableClientTransport{Endpoint: gw.URL + "/mcp/ts"}, &mcp.ClientSessionOptions{ProtocolVersion: "2026-07-28"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cs.Close() })
-	if v := cs.InitializeResult().ProtocolVersion; v != "2026-07-28" {
-		t.Fatalf("negotiated %q through the gateway, want 2026-07-28 (bridged)", v)
-	}
-	whoami := func() (string, error) {
-		res, err := cs.CallTool(ctx(t), &mcp.CallToolParams{Name: "whoami"})
-		if err != nil {
-			return "", err
-		}
-		if res.IsError || len(res.Content) != 1 {
-			return "", fmt.Errorf("whoami: %+v", res)
-		}
-		return res.Content[0].(*mcp.TextContent).Text, nil
-	}
-	if got, err := whoami(); err != nil || got != fmt.Sprintf("process %d", first.cmd.Process.Pid) {
-		t.Fatalf("whoami before the restart: %q, %v", got, err)
-	}
-
-	first.signal(syscall.SIGKILL)
-	<-first.done
-	second, addr := startNodeScript(t, "ts-streamable-server (restarted)", tsStreamableServerJS)
-	up.move(t, "http://"+addr)
-
-	if got, err := whoami(); err == nil {
-		t.Errorf("the call that finds the session lost: %q, want the gateway's 502", got)
-	}
-	// The access record is written once the answer is: polled for.
-	var lost []map[string]any
-	waitFor(t, "the 502's access record", readyDeadline, func() bool {
-		lost = nil
-		for _, rec := range logRecords(gw.stderr.String()) {
-			if rec["msg"] == "request" && rec["rpc_method"] == "tools/call" && rec["status"] == float64(http.StatusBadGateway) {
-				lost = append(lost, rec)
+			client := mcp.NewClient(&mcp.Implementation{Name: "e2e-modern", Version: "1"}, nil)
+			cs, err := client.Connect(ctx(t), &mcp.StreamableClientTransport{Endpoint: gw.URL + "/mcp/legacy"}, &mcp.ClientSessionOptions{ProtocolVersion: "2026-07-28"})
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
-		return len(lost) > 0
-	})
-	if len(lost) != 1 || lost[0]["rpc_error"] != float64(-31010) || !strings.Contains(fmt.Sprint(lost[0]["error"]), "ended the bridged session") {
-		t.Errorf("tools/call answered 502: %v, want one, -31010, ended the bridged session", lost)
-	}
-	if got, err := whoami(); err != nil || got != fmt.Sprintf("process %d", second.cmd.Process.Pid) {
-		t.Fatalf("whoami after the restart: %q, %v, want the new process's answer", got, err)
-	}
+			t.Cleanup(func() { cs.Close() })
+			if v := cs.InitializeResult().ProtocolVersion; v != "2026-07-28" {
+				t.Fatalf("negotiated %q through the gateway, want 2026-07-28 (bridged)", v)
+			}
+			call := func() (string, error) {
+				res, err := cs.CallTool(ctx(t), &mcp.CallToolParams{Name: tt.tool})
+				if err != nil {
+					return "", err
+				}
+				if res.IsError || len(res.Content) != 1 {
+					return "", fmt.Errorf("%s: %+v", tt.tool, res)
+				}
+				return res.Content[0].(*mcp.TextContent).Text, nil
+			}
+			if got, err := call(); err != nil || got != tt.served(first) {
+				t.Fatalf("%s before the restart: %q, %v, want %q", tt.tool, got, err, tt.served(first))
+			}
 
-	// What the server saw: a session opened, the call on it, the call on
-	// the lost session answered 400, a new session opened, the call on it.
-	var calls []string
-	for _, p := range up.posts() {
-		if p.method == "tools/call" || p.method == "initialize" {
-			calls = append(calls, fmt.Sprintf("%s %d session=%t", p.method, p.status, p.session != ""))
-		}
-	}
-	want := "initialize 200 session=false,tools/call 200 session=true,tools/call 400 session=true,initialize 200 session=false,tools/call 200 session=true"
-	if got := strings.Join(calls, ","); got != want {
-		t.Errorf("the server saw\n%s\nwant\n%s", got, want)
+			first.signal(syscall.SIGKILL)
+			<-first.done
+			second, target := tt.start(t)
+			up.move(t, target)
+
+			if got, err := call(); err == nil {
+				t.Errorf("the call that finds the session lost: %q, want the gateway's 502", got)
+			}
+			// The access record is written once the answer is: polled for.
+			var lost []map[string]any
+			waitFor(t, "the 502's access record", readyDeadline, func() bool {
+				lost = nil
+				for _, rec := range logRecords(gw.stderr.String()) {
+					if rec["msg"] == "request" && rec["rpc_method"] == "tools/call" && rec["status"] == float64(http.StatusBadGateway) {
+						lost = append(lost, rec)
+					}
+				}
+				return len(lost) > 0
+			})
+			if len(lost) != 1 || lost[0]["rpc_error"] != float64(-31010) || !strings.Contains(fmt.Sprint(lost[0]["error"]), "ended the bridged session") {
+				t.Errorf("tools/call answered 502: %v, want one, -31010, ended the bridged session", lost)
+			}
+			if got, err := call(); err != nil || got != tt.served(second) {
+				t.Fatalf("%s after the restart: %q, %v, want the new process's %q", tt.tool, got, err, tt.served(second))
+			}
+
+			// What the server saw: a session opened, the call on it, the
+			// call on the lost session refused, a new session opened, the
+			// call on it.
+			var calls []string
+			for _, p := range up.posts() {
+				if p.method == "tools/call" || p.method == "initialize" {
+					calls = append(calls, fmt.Sprintf("%s %d session=%t", p.method, p.status, p.session != ""))
+				}
+			}
+			want := fmt.Sprintf("initialize 200 session=false,tools/call 200 session=true,tools/call %d session=true,initialize 200 session=false,tools/call 200 session=true", tt.lostStatus)
+			if got := strings.Join(calls, ","); got != want {
+				t.Errorf("the servers saw\n%s\nwant\n%s", got, want)
+			}
+		})
 	}
 }

@@ -60,7 +60,7 @@ type cacheLookup struct {
 	cfg      *config.UpstreamCache
 	shared   string // "" when identity is forwarded: nothing is shared then
 	private  string
-	uri      string // resources/read
+	target   string // the URI of a resources/read, the tool of a tools/call: a tag
 }
 
 // serveCached answers the request from or through the cache and reports
@@ -69,6 +69,9 @@ type cacheLookup struct {
 func (s *Server) serveCached(w http.ResponseWriter, r *http.Request, fwd *forward) bool {
 	lk, ok := s.cacheLookupFor(fwd)
 	if !ok {
+		if fwd.cache == "bypass" {
+			w.Header().Set(cacheHeader, "bypass")
+		}
 		return false
 	}
 	keys := []string{lk.private}
@@ -153,6 +156,14 @@ func (s *Server) cacheLookupFor(fwd *forward) (*cacheLookup, bool) {
 	if req == nil || cache.Cacheable(req.Method, req.ID.IsValid(), req.Params, cfg.Tools) != nil {
 		return nil, false
 	}
+	if s.fanout != nil && !s.fanout.Synced() {
+		// This replica may have missed another's invalidation: what it
+		// holds may be out of date, so it serves and stores nothing until
+		// it is back in step (shared/fanout.go).
+		s.cache.CountBypass()
+		fwd.cache = "bypass"
+		return nil, false
+	}
 	cr := cache.Request{
 		Upstream: fwd.route.upstream.Name, Method: req.Method, Params: req.Params,
 		Era: "legacy", Version: fwd.version, Capabilities: fwd.caps,
@@ -186,8 +197,13 @@ func (s *Server) cacheLookupFor(fwd *forward) (*cacheLookup, bool) {
 	if lk.private, err = cache.Key(cr); err != nil {
 		return nil, false
 	}
-	if p := mcpwire.ParamsOf(req); req.Method == "resources/read" && p != nil {
-		lk.uri = p.URI
+	if p := mcpwire.ParamsOf(req); p != nil {
+		switch req.Method {
+		case "resources/read":
+			lk.target = p.URI
+		case "tools/call":
+			lk.target = p.Name
+		}
 	}
 	return lk, true
 }
@@ -348,13 +364,13 @@ func (s *Server) storeAnswer(lk *cacheLookup, result json.RawMessage, token uint
 	now := s.cache.Now()
 	e := &cache.Entry{
 		Value: result, StoredAt: now, FreshUntil: now.Add(ttl), StaleUntil: now.Add(ttl + stale),
-		Tags: cache.TagsFor(lk.upstream, lk.req.Method, lk.uri),
+		Tags: cache.TagsFor(lk.upstream, lk.req.Method, lk.target),
 	}
 	if err := s.cache.Set(key, e, token); err != nil {
 		s.log.Debug("answer not cached", "error", err)
 	}
-	if l, ok := s.listeners.Load(lk.upstream); ok && lk.uri != "" {
-		go l.(*changeListener).subscribeTo(s.streams, lk.uri)
+	if l, ok := s.listeners.Load(lk.upstream); ok && lk.req.Method == "resources/read" && lk.target != "" {
+		go l.(*changeListener).subscribeTo(s.streams, lk.target)
 	}
 	// Served even when it could not be stored (larger than a shard).
 	return &fetched{entry: e, key: key}
@@ -469,7 +485,7 @@ func (s *Server) observeUpstream(upstreamName string, data []byte) {
 		tags = append(tags, cache.ResourceTag(upstreamName, n.Params.URI))
 	}
 	if len(tags) > 0 {
-		s.cache.Invalidate(tags...)
+		s.invalidateInBackground(invalidation{Tags: tags})
 	}
 }
 

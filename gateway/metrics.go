@@ -58,6 +58,7 @@ type Metrics struct {
 	cache            *cacheMetrics
 	rateLimited      *prometheus.CounterVec
 	redactions       *prometheus.CounterVec
+	events           *prometheus.CounterVec
 }
 
 // NewMetrics creates the gateway's series on a new registry, with the Go
@@ -101,6 +102,8 @@ func NewMetrics() *Metrics {
 			"Requests refused with 429 by a per-principal or per-tool rate limit.", "upstream"),
 		redactions: f.counter("ctxgate_redactions_total",
 			"Values the policy's redactions replaced in upstream messages before they reached a client, by channel: result, error, notification, server_request.", "upstream", "channel"),
+		events: f.counter("ctxgate_invalidation_events_total",
+			"Invalidation events from context sources, by source (admin: POST /admin/invalidate; redis_stream: redis.events) and result (applied; poison: malformed, skipped; failed: applied here but not sent to the other replicas).", "source", "result"),
 	}
 }
 

@@ -92,6 +92,7 @@ func (s *Server) invalidateInBackground(inv invalidation) {
 
 // applyPublished applies another replica's invalidation.
 func (s *Server) applyPublished(payload []byte) {
+	s.metrics.fanoutReceived.Inc()
 	var inv invalidation
 	if err := json.Unmarshal(payload, &inv); err != nil {
 		// A replica of another version, or not ctxgate: dropping

@@ -59,6 +59,7 @@ type Metrics struct {
 	rateLimited      *prometheus.CounterVec
 	redactions       *prometheus.CounterVec
 	events           *prometheus.CounterVec
+	fanoutReceived   prometheus.Counter
 }
 
 // NewMetrics creates the gateway's series on a new registry, with the Go
@@ -104,6 +105,8 @@ func NewMetrics() *Metrics {
 			"Values the policy's redactions replaced in upstream messages before they reached a client, by channel: result, error, notification, server_request.", "upstream", "channel"),
 		events: f.counter("ctxgate_invalidation_events_total",
 			"Invalidation events from context sources, by source (admin: POST /admin/invalidate; redis_stream: redis.events) and result (applied; poison: malformed, skipped; failed: applied here but not sent to the other replicas).", "source", "result"),
+		fanoutReceived: f.counter("ctxgate_cache_fanout_received_total",
+			"Cache invalidations other replicas published on Redis and this one applied.").WithLabelValues(),
 	}
 }
 

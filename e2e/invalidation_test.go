@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -213,5 +214,112 @@ func TestInvalidationAcrossReplicas(t *testing.T) {
 		if got := toolsList(c); got != "hit" {
 			t.Errorf("replica %d after Redis came back: repeated tools/list %q, want hit", i, got)
 		}
+	}
+}
+
+// TestSecondLevelCache: with cache.encryption_keys, what one replica
+// fetched another serves from Redis (Ctxgate-Cache: hit; l2) without
+// asking the upstream; the value in Redis is sealed (no tool name in the
+// clear); the serving replica's own policy filters the hit; and an
+// invalidation makes the shared entry unreachable for every replica.
+func TestSecondLevelCache(t *testing.T) {
+	rds := startRedis(t)
+	rec := startRecorder(t, startEverything(t))
+	const key = "e2e-cache-key-e2e-cache-key-e2e-cache-key"
+	config := func(policyDir string) string {
+		return fmt.Sprintf(`
+server: {listen: "127.0.0.1:0"}
+admin: {listen: "127.0.0.1:0"}
+policy: {dir: %q, decision_log: off}
+auth: {anonymous: true}
+sessions: {keys: [%q]}
+cache: {encryption_keys: [%q]}
+redis: {url: %q, key_prefix: "e2e:"}
+upstreams:
+  - name: everything
+    url: %q
+    cache:
+      ttl: {tools/list: 1h}
+`, policyDir, key, key, rds.URL, rec.URL)
+	}
+	a := startGateway(t, config(allowAllPolicy))
+	b := startGateway(t, config(copyShippedPolicy(t)))
+	waitFor(t, "both replicas in step with Redis", readyDeadline, func() bool {
+		return a.metricOrZero(t, "ctxgate_cache_fanout_in_step") == 1 && b.metricOrZero(t, "ctxgate_cache_fanout_in_step") == 1
+	})
+	upstreamLists := func() int {
+		n := 0
+		for _, r := range rec.requests() {
+			if strings.Contains(string(r.body), `"method":"tools/list"`) {
+				n++
+			}
+		}
+		return n
+	}
+	list := func(gw *gatewayProc) (string, []string) {
+		t.Helper()
+		c := &rpc{url: gw.URL + "/mcp/everything"}
+		c.initialize(t)
+		resp := c.post(t, `{"jsonrpc":"2.0","id":7,"method":"tools/list"}`)
+		var doc struct {
+			Result struct {
+				Tools []struct {
+					Name string `json:"name"`
+				} `json:"tools"`
+			} `json:"result"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&doc); err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("tools/list: %s %v", resp.Status, err)
+		}
+		var names []string
+		for _, tool := range doc.Result.Tools {
+			names = append(names, tool.Name)
+		}
+		return resp.Header.Get("Ctxgate-Cache"), names
+	}
+
+	how, all := list(a)
+	if how != "miss" || len(all) < 2 {
+		t.Fatalf("replica a: %q with tools %v, want a miss listing the everything-server's tools", how, all)
+	}
+	fetched := upstreamLists()
+	how, filtered := list(b)
+	if how != "hit; l2" {
+		t.Fatalf("replica b: %q, want a second-level hit", how)
+	}
+	if n := upstreamLists(); n != fetched {
+		t.Errorf("the upstream was asked tools/list %d times after b's hit, want %d", n, fetched)
+	}
+	if len(filtered) >= len(all) {
+		t.Errorf("b's hit lists %v of %v: want its own policy (the shipped one, which shows anonymous callers only read-only tools: none of these) to filter the shared entry", filtered, all)
+	}
+
+	sock := strings.TrimPrefix(rds.URL, "unix://")
+	inspect := redis.NewClient(&redis.Options{Network: "unix", Addr: sock, MaxRetries: -1, DisableIdentity: true})
+	defer inspect.Close()
+	keys, err := inspect.Keys(context.Background(), "e2e:cache:e:*").Result()
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("second-level keys %v (%v), want one entry", keys, err)
+	}
+	value, _ := inspect.Get(context.Background(), keys[0]).Bytes()
+	for _, name := range all {
+		if strings.Contains(string(value), name) {
+			t.Fatalf("the entry in Redis holds the tool name %q in the clear", name)
+		}
+	}
+
+	// An invalidation on a: the shared entry is unreachable for b too.
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodDelete, a.Admin+"/admin/cache", nil)
+	req.Header.Set("X-Ctxgate-Admin", "1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("purge: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	waitFor(t, "the purge to reach b", readyDeadline, func() bool {
+		return b.metricOrZero(t, "ctxgate_cache_fanout_received_total") >= 1
+	})
+	if how, _ := list(b); how != "miss" {
+		t.Errorf("replica b after a purge on a: %q, want miss (neither level may answer)", how)
 	}
 }

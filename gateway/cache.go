@@ -61,6 +61,9 @@ type cacheLookup struct {
 	shared   string // "" when identity is forwarded: nothing is shared then
 	private  string
 	target   string // the URI of a resources/read, the tool of a tools/call: a tag
+	// generation is the second level's, read before the fetch (-1: no
+	// second level, or it did not answer: the answer is not stored there).
+	generation int64
 }
 
 // serveCached answers the request from or through the cache and reports
@@ -84,6 +87,15 @@ func (s *Server) serveCached(w http.ResponseWriter, r *http.Request, fwd *forwar
 		fwd.cacheAgeMs = s.cache.Now().Sub(e.StoredAt).Milliseconds()
 		s.writeCached(w, r, fwd, lk, e, "hit")
 		return true
+	}
+	switch e2, state2, key2 := s.lookupSecond(r.Context(), lk, keys); {
+	case state2 == cache.Fresh:
+		fwd.cache, fwd.cacheKey = "hit_l2", key2
+		fwd.cacheAgeMs = s.cache.Now().Sub(e2.StoredAt).Milliseconds()
+		s.writeCached(w, r, fwd, lk, e2, "hit; l2")
+		return true
+	case state2 == cache.Stale && state != cache.Stale:
+		e, state, key = e2, state2, key2
 	}
 	got, ran, err := s.fetchOnce(r, fwd, lk, keys)
 	switch {
@@ -168,7 +180,7 @@ func (s *Server) cacheLookupFor(fwd *forward) (*cacheLookup, bool) {
 		Upstream: fwd.route.upstream.Name, Method: req.Method, Params: req.Params,
 		Era: "legacy", Version: fwd.version, Capabilities: fwd.caps,
 	}
-	lk := &cacheLookup{upstream: fwd.route.upstream.Name, req: req, cfg: cfg}
+	lk := &cacheLookup{upstream: fwd.route.upstream.Name, req: req, cfg: cfg, generation: -1}
 	if fwd.era == eraModern {
 		// A modern request carries its client capabilities in _meta (the
 		// key leaves _meta out, so they are keyed here). Its upstream's
@@ -252,7 +264,7 @@ func (s *Server) fetchCacheable(r *http.Request, fwd *forward, lk *cacheLookup, 
 		return nil, err
 	}
 	if result != nil {
-		if f := s.storeAnswer(lk, result, token); f != nil {
+		if f := s.storeAnswer(r.Context(), lk, result, token); f != nil {
 			_ = resp.Body.Close()
 			return f, nil
 		}
@@ -341,7 +353,7 @@ func storableResult(data []byte, id jsonrpc.ID) json.RawMessage {
 // storeAnswer stores a storable result under the key its scope dictates,
 // with its lifetime: the upstream's ttlMs (capped by max_ttl), else the
 // configured ttl. No lifetime means not cached: nil.
-func (s *Server) storeAnswer(lk *cacheLookup, result json.RawMessage, token uint64) *fetched {
+func (s *Server) storeAnswer(ctx context.Context, lk *cacheLookup, result json.RawMessage, token uint64) *fetched {
 	var hints cache.Hints
 	if lk.hints {
 		hints, _ = cache.Storable(result, false)
@@ -368,6 +380,8 @@ func (s *Server) storeAnswer(lk *cacheLookup, result json.RawMessage, token uint
 	}
 	if err := s.cache.Set(key, e, token); err != nil {
 		s.log.Debug("answer not cached", "error", err)
+	} else {
+		s.storeSecond(ctx, lk, key, e)
 	}
 	if l, ok := s.listeners.Load(lk.upstream); ok && lk.req.Method == "resources/read" && lk.target != "" {
 		go l.(*changeListener).subscribeTo(s.streams, lk.target)

@@ -60,6 +60,7 @@ type Metrics struct {
 	redactions       *prometheus.CounterVec
 	events           *prometheus.CounterVec
 	fanoutReceived   prometheus.Counter
+	secondLevel      *prometheus.CounterVec
 }
 
 // NewMetrics creates the gateway's series on a new registry, with the Go
@@ -107,6 +108,8 @@ func NewMetrics() *Metrics {
 			"Invalidation events from context sources, by source (admin: POST /admin/invalidate; redis_stream: redis.events) and result (applied; poison: malformed, skipped; failed: applied here but not sent to the other replicas).", "source", "result"),
 		fanoutReceived: f.counter("ctxgate_cache_fanout_received_total",
 			"Cache invalidations other replicas published on Redis and this one applied.").WithLabelValues(),
+		secondLevel: f.counter("ctxgate_cache_second_level_total",
+			"Lookups and stores of the cache's second level on Redis (after a first-level miss): hit, miss, unsealable (sealed under a key not configured), stored, error (Redis did not answer: served as a miss).", "result"),
 	}
 }
 

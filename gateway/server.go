@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -135,6 +136,9 @@ type Server struct {
 	fanout *shared.Fanout
 	// replicaName names this process among the replicas.
 	replicaName string
+	// sealer seals the cache's second level on Redis; nil: no second
+	// level (cachel2.go).
+	sealer *cache.Sealer
 	// onReady is Options.OnReady.
 	onReady func()
 }
@@ -210,6 +214,13 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 	}
 	s.replicaName = newReplicaName()
 	if s.redis != nil && s.cache != nil {
+		if slices.ContainsFunc(cfg.Cache.EncryptionKeys, func(k string) bool { return k != "" }) {
+			if s.sealer, err = cache.NewSealer(cfg.Cache.EncryptionKeys); err != nil {
+				return nil, fmt.Errorf("cache.encryption_keys: %w", err)
+			}
+		} else {
+			s.log.Info("cache entries stay in each replica's memory: set cache.encryption_keys to share them on Redis (sealed)")
+		}
 		s.fanout = s.redis.NewFanout(s.replicaName, s.log)
 		fanout := s.fanout
 		// Registered once per registry: tests may build several servers

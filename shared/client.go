@@ -219,6 +219,9 @@ const (
 	OpInvalidateGeneration = "invalidate_generation"
 	// OpEvents reads, acknowledges or sets up the event stream.
 	OpEvents = "events"
+	// OpCacheGet and OpCacheSet read and write the cache's second level.
+	OpCacheGet = "cache_get"
+	OpCacheSet = "cache_set"
 )
 
 // observe records one round trip of op that began at start: its duration

@@ -41,7 +41,33 @@ type Redis struct {
 	// (logged and counted in ctxgate_redis_fallback_total), "deny"
 	// refuses it (503 -31019).
 	OnError string `yaml:"on_error"`
+	// Events is the Redis Stream context sources push "this changed"
+	// events to; nil: none is read.
+	Events *RedisEvents `yaml:"events" json:",omitempty"`
 }
+
+// RedisEvents is where invalidation events are read from: the replicas of
+// one deployment share a consumer group, so each event is applied once
+// and fanned out to all.
+type RedisEvents struct {
+	// Stream is the stream's key, exactly as the sources XADD to it (the
+	// key prefix is not added).
+	Stream string `yaml:"stream"`
+	// Group is the consumer group; one per gateway deployment. Default:
+	// "ctxgate".
+	Group string `yaml:"group"`
+}
+
+// EventsConfig is r.Events, nil-safe: nil without a redis block.
+func (r *Redis) EventsConfig() *RedisEvents {
+	if r == nil {
+		return nil
+	}
+	return r.Events
+}
+
+// DefaultRedisEventsGroup is redis.events.group's default.
+const DefaultRedisEventsGroup = "ctxgate"
 
 // Redis defaults.
 const (
@@ -62,11 +88,25 @@ func (r *Redis) applyDefaults() {
 	setDefault(&r.PoolSize, DefaultRedisPoolSize)
 	setDefault(&r.Timeout, DefaultRedisTimeout)
 	setDefault(&r.OnError, DefaultRedisOnError)
+	if r.Events != nil {
+		setDefault(&r.Events.Group, DefaultRedisEventsGroup)
+	}
 }
 
-func (v *validator) redis(r *Redis) {
+func (v *validator) redis(r *Redis, hasCache bool) {
 	if r == nil {
 		return
+	}
+	if e := r.Events; e != nil {
+		switch {
+		case strings.TrimSpace(e.Stream) == "":
+			v.add("redis.events.stream", "is required: the stream key the context sources XADD events to, e.g. ctxgate:events")
+		case !hasCache:
+			v.add("redis.events", "events invalidate the response cache, and no upstream has a cache block: add one, or remove redis.events")
+		}
+		if strings.ContainsAny(e.Group, " \t\n") {
+			v.add("redis.events.group", "must be one word, e.g. ctxgate-prod")
+		}
 	}
 	v.redisURL(r)
 	if strings.ContainsAny(r.KeyPrefix, "{} ") {

@@ -10,12 +10,14 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
@@ -129,6 +131,14 @@ type Server struct {
 	stopStreams context.CancelFunc
 	// redis is the shared state's client; nil: everything in memory.
 	redis *shared.Client
+	// fanout sends cache invalidations to the other replicas and follows
+	// theirs; nil without redis or without a cache (invalidate.go).
+	fanout *shared.Fanout
+	// replicaName names this process among the replicas.
+	replicaName string
+	// sealer seals the cache's second level on Redis; nil: no second
+	// level (cachel2.go).
+	sealer *cache.Sealer
 	// onReady is Options.OnReady.
 	onReady func()
 }
@@ -201,6 +211,29 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 	}
 	if s.cache, err = newCache(cfg, opts.Cache, now); err != nil {
 		return nil, err
+	}
+	s.replicaName = newReplicaName()
+	if s.redis != nil && s.cache != nil {
+		if slices.ContainsFunc(cfg.Cache.EncryptionKeys, func(k string) bool { return k != "" }) {
+			if s.sealer, err = cache.NewSealer(cfg.Cache.EncryptionKeys); err != nil {
+				return nil, fmt.Errorf("cache.encryption_keys: %w", err)
+			}
+		} else {
+			s.log.Info("cache entries stay in each replica's memory: set cache.encryption_keys to share them on Redis (sealed)")
+		}
+		s.fanout = s.redis.NewFanout(s.replicaName, s.log)
+		fanout := s.fanout
+		// Registered once per registry: tests may build several servers
+		// on one Metrics.
+		_ = s.metrics.registry.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ctxgate_cache_fanout_in_step",
+			Help: "1 while this replica follows every cache invalidation published on Redis (its cache is used), 0 while it may have missed one (its cache is bypassed).",
+		}, func() float64 {
+			if fanout.Synced() {
+				return 1
+			}
+			return 0
+		}))
 	}
 	s.streams, s.stopStreams = context.WithCancel(context.Background())
 	s.admission = newAdmission(cfg.Server)
@@ -396,6 +429,7 @@ func (s *Server) Serve(ctx context.Context, public, admin net.Listener) error {
 		})
 	}
 	s.startChangeListeners(s.streams)
+	s.startFanout(s.streams)
 	if s.healthInterval > 0 {
 		// The start-up probe finishes before the gateway says it is ready
 		// (each probe is bounded by healthTimeout), so a dead upstream is

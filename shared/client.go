@@ -213,6 +213,15 @@ func (c *Client) Ping(ctx context.Context) error {
 const (
 	OpPing      = "ping"
 	OpRateLimit = "rate_limit"
+	// OpInvalidatePublish sends a cache invalidation to the other
+	// replicas; OpInvalidateGeneration reads the fan-out's generation.
+	OpInvalidatePublish    = "invalidate_publish"
+	OpInvalidateGeneration = "invalidate_generation"
+	// OpEvents reads, acknowledges or sets up the event stream.
+	OpEvents = "events"
+	// OpCacheGet and OpCacheSet read and write the cache's second level.
+	OpCacheGet = "cache_get"
+	OpCacheSet = "cache_set"
 )
 
 // observe records one round trip of op that began at start: its duration

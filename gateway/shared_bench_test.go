@@ -182,4 +182,3 @@ func startBenchRedis(b *testing.B) string {
 	}
 	return "unix://" + sock
 }
-

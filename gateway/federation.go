@@ -27,8 +27,10 @@ import (
 //     sealed in the gateway's session id), the others are left out and
 //     named in the result's _meta io.ctxgate/partial. The result is the
 //     gateway's: the lowest protocol version the members negotiated, the
-//     union of their capabilities (less listChanged and subscribe: a
-//     federated session has no GET stream), their instructions.
+//     union of their capabilities, their instructions.
+//   - the GET stream merges one stream per member of the session, event by
+//     event, each decided and renamed as on the member's route, resumable
+//     with the gateway's own Last-Event-ID (fedstream.go).
 //   - lists are asked of every member of the session in parallel, each
 //     within member_timeout, filtered by the policy per member, named
 //     (naming.go) and merged in route order (merge.go). A member that fails
@@ -51,9 +53,9 @@ import (
 // else left out and named in _meta io.ctxgate/partial (reason: legacy
 // only).
 //
-// Not served on a federated route: the GET stream (405), batches (400),
-// subscriptions/listen (404) and server-to-client requests from members
-// (refused to the member).
+// Not served on a federated route: batches (400), subscriptions/listen
+// (404) and server-to-client requests from members (refused to the
+// member).
 
 // federation is one federated route.
 type federation struct {
@@ -135,11 +137,13 @@ func (s *Server) serveFederated(rt *route) http.HandlerFunc {
 			switch r.Method {
 			case http.MethodPost:
 				err = fr.post(w)
+			case http.MethodGet:
+				err = fr.stream(w) // fedstream.go
 			case http.MethodDelete:
 				err = fr.delete(w)
 			default:
-				e := newError(http.StatusMethodNotAllowed, CodeInvalidRequest, "a federated route serves POST and DELETE; it has no GET stream", nil)
-				e.Header = http.Header{"Allow": {"POST, DELETE"}}
+				e := newError(http.StatusMethodNotAllowed, CodeInvalidRequest, "method not allowed; use POST, GET or DELETE", nil)
+				e.Header = http.Header{"Allow": {"GET, POST, DELETE"}}
 				err = e
 			}
 		}

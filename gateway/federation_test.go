@@ -144,7 +144,6 @@ func TestFederatedRoute(t *testing.T) {
 		{"batch", http.MethodPost, init.session, `[{"jsonrpc":"2.0","id":7,"method":"ping"}]`, nil, http.StatusBadRequest, -32600},
 		{"modern era, checked as on a single route", http.MethodPost, "", `{"jsonrpc":"2.0","id":8,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}`,
 			http.Header{"Mcp-Protocol-Version": {"2026-07-28"}, "Mcp-Method": {"tools/list"}}, http.StatusBadRequest, -32602},
-		{"GET stream", http.MethodGet, init.session, "", nil, http.StatusMethodNotAllowed, -32600},
 		{"a member name left with a leading space after un-naming", http.MethodPost, init.session, `{"jsonrpc":"2.0","id":13,"method":"tools/call","params":{"name":"a__ search","arguments":{}}}`, nil, http.StatusBadRequest, -32602},
 		{"a federated URI with a space before the member's scheme", http.MethodPost, init.session, `{"jsonrpc":"2.0","id":14,"method":"resources/read","params":{"uri":"a+ secret://db"}}`, nil, http.StatusBadRequest, -32602},
 		{"a federated URI with a percent-encoded scheme", http.MethodPost, init.session, `{"jsonrpc":"2.0","id":15,"method":"resources/read","params":{"uri":"a+%73ecret://db"}}`, nil, http.StatusBadRequest, -32602},

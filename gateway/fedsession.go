@@ -127,14 +127,16 @@ func (fr *fedRequest) initMember(ctx context.Context, m *route, version string, 
 }
 
 // mergeInit is the federated server's initialize result: the lowest
-// version the members negotiated, the union of their capabilities (less
-// what needs a GET stream), their instructions, and the members left out.
+// version the members negotiated, the union of their capabilities (with
+// listChanged and subscribe, which the merged GET stream serves), their
+// instructions, and the members left out.
 func mergeInit(name string, members []initResult, missing []string) (json.RawMessage, string) {
 	version := members[0].ProtocolVersion
 	for _, m := range members {
 		version = min(version, m.ProtocolVersion) // revisions are dates
 	}
 	caps, instructions := mergeCapabilities(members, "tools", "prompts", "resources", "completions", "logging")
+	streamCapabilities(caps, members) // the session's GET stream carries them (fedstream.go)
 	result := map[string]any{
 		"protocolVersion": version,
 		"capabilities":    caps,

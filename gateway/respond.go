@@ -190,9 +190,7 @@ func (s *Server) transformRequest(ctx context.Context, fwd *forward, m *jsonrpc.
 		return data, true
 	}
 	if m.ID.IsValid() && fwd.federation != "" {
-		// The client's answer could not be routed back to this member
-		// (federation.go): refused to the member, never relayed.
-		go s.answerUpstream(fwd, errorMessage(m.ID, newError(0, CodeMethodNotFound, m.Method+" is not available on a federated route", nil)))
+		s.refuseFederated(fwd, m)
 		return data, true
 	}
 	if m.ID.IsValid() {
@@ -211,4 +209,11 @@ func (s *Server) transformRequest(ctx context.Context, fwd *forward, m *jsonrpc.
 	}
 	out, drop := s.redactParams(ctx, fwd, m, data, rs, "notification")
 	return s.renamed(fwd, out), drop
+}
+
+// refuseFederated refuses a member's server-to-client request on a
+// federated route: the client's answer could not be routed back to this
+// member (federation.go), so it is refused to the member, never relayed.
+func (s *Server) refuseFederated(fwd *forward, m *jsonrpc.Request) {
+	go s.answerUpstream(fwd, errorMessage(m.ID, newError(0, CodeMethodNotFound, m.Method+" is not available on a federated route", nil)))
 }

@@ -1,0 +1,526 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+
+	"github.com/ctxgate/ctxgate/mcpwire"
+	"github.com/ctxgate/ctxgate/upstream"
+)
+
+// The legacy era's GET stream on a federated route. For the client's GET
+// (with its federated session) the gateway opens one GET stream per
+// member of the session, with that member's own session id, through the
+// member's executor as a single route's stream goes, and merges them event
+// by event into the client's one stream:
+//
+//   - each member's message is decided as the single-route relay decides
+//     a server-to-client message (transformRequest, respond.go), with the
+//     member's own route and the federated route's name for the policy;
+//     notifications/resources/updated gets the federated URI (renamed,
+//     fedroute.go); list_changed passes through and drops the member's
+//     cache entries (observeUpstream) and its last good pages;
+//   - a member's server-to-client request (sampling, elicitation, roots)
+//     is refused to the member with -32601 (transformRequest): the client's
+//     answer could not be routed back to it; a response is dropped (it
+//     answers no request of this stream);
+//   - every event the gateway sends carries its own event id, sealed
+//     (eventIDFormat) and holding each member's last event id: a client
+//     that reconnects with it as Last-Event-ID has each member's stream
+//     resumed from that member's own last id. A member that sends no ids
+//     (no resumption) is opened afresh: what it sent while the client was
+//     away is lost, as on its own route;
+//   - a member whose stream ends (closed, broken, stalled past its
+//     streams.idle_timeout) is opened again from its last id, after a
+//     backoff (fedStreamBackoff, doubling to fedStreamMaxBackoff); one
+//     that refuses the stream (404: it ended the session, 405: no stream,
+//     any other 4xx) is left out for the rest of this stream. The client
+//     sees nothing of either: its stream stays open with the others, and
+//     ends (cleanly, resumable) only when every member is left out.
+//
+// Bounds as on single routes: the stream takes one server.max_streams
+// slot (not one per member), gets keep-alive comments at the shortest
+// streams.keepalive of its members, and ends at an event boundary after
+// the shortest streams.max_duration, or when shutdown begins.
+
+// eventIDFormat is the sealed box of a federated stream's event id: never
+// a session id (1) nor a cursor (cursorFormat).
+const eventIDFormat = 3
+
+// Reopening a member's ended stream waits this long, doubling up to the
+// maximum; the wait starts again once a reopened stream delivered an event.
+const (
+	fedStreamBackoff    = 250 * time.Millisecond
+	fedStreamMaxBackoff = 30 * time.Second
+)
+
+// fedEventID is what a federated stream's event id carries.
+type fedEventID struct {
+	Route     string            `json:"r"`
+	Principal string            `json:"p"`
+	Session   string            `json:"s"`           // digest of the client's session id
+	Last      map[string]string `json:"l,omitempty"` // member -> its last event id
+	IssuedAt  int64             `json:"iat"`
+}
+
+// sessionDigest names a session id in an event id without holding it.
+func sessionDigest(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return base64.RawURLEncoding.EncodeToString(sum[:12])
+}
+
+// fedStream is one client's merged GET stream.
+type fedStream struct {
+	fr      *fedRequest
+	session string // digest of the client's session id
+	members []*memberStream
+	last    map[string]string // each member's last event id sent on
+	events  chan memberEvent
+}
+
+// memberStream is one member's part of a merged stream. last and resp
+// belong to the goroutine that follows the member (after the first open,
+// which is done before it starts).
+type memberStream struct {
+	m    *route
+	fwd  *forward // as the member's own route would see the stream
+	last string
+	resp *http.Response
+}
+
+// memberEvent is what a member's goroutine hands the merge: one event, or
+// (ev nil) that the member is left out of the stream for good.
+type memberEvent struct {
+	ms *memberStream
+	ev *mcpwire.Event
+}
+
+// stream serves the client's GET on a federated route.
+func (fr *fedRequest) stream(w http.ResponseWriter) error {
+	s, r := fr.s, fr.r
+	if err := checkBodyless(r); err != nil {
+		return err
+	}
+	if err := checkAccept(r, "text/event-stream"); err != nil {
+		return err
+	}
+	claims, err := fr.openSession()
+	if err != nil {
+		return err
+	}
+	fr.fo = legacyFan(claims)
+	fs := &fedStream{fr: fr, session: sessionDigest(r.Header.Get("Mcp-Session-Id")), events: make(chan memberEvent)}
+	if fs.last, err = fs.resumeFrom(r.Header.Values("Last-Event-Id")); err != nil {
+		return err
+	}
+	done, err := s.openStream(r.Context())
+	if err != nil {
+		return err
+	}
+	defer done()
+	if err := fs.openAll(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	for _, ms := range fs.members {
+		go fs.follow(ctx, ms)
+	}
+	open := s.metrics.openStreams.WithLabelValues(fr.f.cfg.Name, "get")
+	open.Inc()
+	defer open.Dec()
+	fs.run(ctx, w)
+	return nil
+}
+
+// resumeFrom opens the client's Last-Event-ID: each member's last id. An
+// id that is not one of this session's streams is refused, as a member
+// refuses one it never sent.
+func (fs *fedStream) resumeFrom(ids []string) (map[string]string, error) {
+	last := map[string]string{}
+	if len(ids) == 0 {
+		return last, nil
+	}
+	fr := fs.fr
+	var id fedEventID
+	err := fr.s.sessions.OpenAs(eventIDFormat, ids[0], &id)
+	switch {
+	case err != nil:
+	case len(ids) > 1:
+		err = errors.New("more than one Last-Event-ID")
+	case id.Route != fr.f.cfg.Path, id.Principal != fr.p.ID, id.Session != fs.session:
+		err = errors.New("minted for another route, principal or session")
+	case fr.s.sessions.Expired(id.IssuedAt):
+		err = errors.New("expired")
+	}
+	if err != nil {
+		return nil, badRequest("invalid Last-Event-ID: not an event id of this session's stream", err)
+	}
+	for name, v := range id.Last {
+		if _, ok := fr.fo.claims.Members[name]; ok {
+			last[name] = v
+		}
+	}
+	return last, nil
+}
+
+// openAll opens every member's stream in parallel, before the client's
+// stream is answered: once it is, every member that could be reached is
+// delivering to it. A member that failed for now is opened again later
+// (follow); the stream fails only when every member refused it for good.
+func (fs *fedStream) openAll() error {
+	fr := fs.fr
+	in, _ := fr.f.sessionMembers(fr.fo.claims)
+	terminal := make([]error, len(in))
+	fs.members = make([]*memberStream, len(in))
+	done := make(chan struct{})
+	for i, m := range in {
+		mf := fr.forward(m)
+		mf.stream = true
+		base := baseInput(fr.r, mf)
+		base.Route = fr.f.cfg.Name // policies are written per member upstream
+		mf.base = base
+		ms := &memberStream{m: m, fwd: mf, last: fs.last[m.upstream.Name]}
+		fs.members[i] = ms
+		go func() {
+			defer func() { done <- struct{}{} }()
+			resp, final, err := fs.open(fr.r.Context(), ms)
+			if err != nil {
+				fs.logEnd(ms, err)
+			}
+			ms.resp = resp
+			if final {
+				terminal[i] = err
+			}
+		}()
+	}
+	for range in {
+		<-done
+	}
+	var noStream int
+	kept := fs.members[:0]
+	for i, ms := range fs.members {
+		if terminal[i] == nil {
+			kept = append(kept, ms)
+		} else if errors.Is(terminal[i], errNoMemberStream) {
+			noStream++
+		}
+	}
+	fs.members = kept
+	switch {
+	case len(kept) > 0:
+		return nil
+	case noStream == len(in):
+		e := newError(http.StatusMethodNotAllowed, CodeInvalidRequest, "no member of the federated route offers a GET stream", nil)
+		e.Header = http.Header{"Allow": {"POST, DELETE"}}
+		return e
+	}
+	return newError(http.StatusBadGateway, CodeUpstreamUnavailable, "no member of the federated route can open its stream", nil)
+}
+
+// errNoMemberStream is a member's 405 to the GET: it has no stream.
+var errNoMemberStream = errors.New("the member offers no GET stream (405)")
+
+// open opens member ms's stream from its last id. final reports a refusal
+// that will not change for this session (the stream is not retried).
+func (fs *fedStream) open(ctx context.Context, ms *memberStream) (_ *http.Response, final bool, _ error) {
+	fr := fs.fr
+	if _, err := fr.s.prepareCredential(fr.r, ms.fwd); err != nil {
+		return nil, true, err
+	}
+	h := http.Header{"Accept": {"text/event-stream"}}
+	if id := requestIDHeader(ctx); id != nil {
+		h.Set("X-Request-Id", id.Get("X-Request-Id"))
+	}
+	if ms.last != "" {
+		h.Set("Last-Event-Id", ms.last)
+	}
+	// As a single route's GET: through the member's executor (breaker,
+	// retries), outside its bulkhead, with the gateway's credential for it.
+	resp, err := askUpstream(withForward(upstream.WithRetry(ctx, upstream.RetryStream), ms.fwd), ms.m.viaResilience(),
+		upstreamRequest{method: http.MethodGet, session: ms.fwd.upstreamSession, version: fr.fo.claims.Version, as: ms.m.identity(fr.p), header: h})
+	if err != nil {
+		return nil, false, err
+	}
+	kind, _, err := fr.s.checkAnswer(resp, ms.fwd)
+	if err != nil {
+		return nil, errors.Is(err, errUpstreamUnauthorized), err
+	}
+	if kind == answerStream {
+		return resp, false, nil
+	}
+	_ = resp.Body.Close()
+	status := resp.StatusCode
+	switch {
+	case status == http.StatusBadRequest && ms.last != "":
+		// The member cannot resume from that id (it keeps no events, or
+		// forgot them): opened afresh next time.
+		ms.last = ""
+		return nil, false, fmt.Errorf("member refused to resume its stream (HTTP %d)", status)
+	case status == http.StatusMethodNotAllowed:
+		return nil, true, errNoMemberStream
+	case status == http.StatusNotFound:
+		return nil, true, errMemberSessionEnded
+	case status == http.StatusConflict, status == http.StatusTooManyRequests:
+		// Another stream of the session is still open (the one this
+		// replaces is being closed), or the member sheds load: retried.
+		return nil, false, fmt.Errorf("member answered HTTP %d to the stream", status)
+	case status >= 400 && status < 500:
+		return nil, true, fmt.Errorf("member refused the stream (HTTP %d)", status)
+	}
+	return nil, false, fmt.Errorf("member answered HTTP %d to the stream", status)
+}
+
+// follow reads member ms's stream into the merge for as long as ctx
+// lasts, opening it again when it ends, until the member refuses it.
+func (fs *fedStream) follow(ctx context.Context, ms *memberStream) {
+	wait := fedStreamBackoff
+	for {
+		if ms.resp != nil {
+			progressed, err := fs.read(ctx, ms)
+			_ = ms.resp.Body.Close()
+			ms.resp = nil
+			if ctx.Err() != nil {
+				return
+			}
+			fs.logEnd(ms, err)
+			if progressed {
+				wait = fedStreamBackoff
+			}
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		wait = min(2*wait, fedStreamMaxBackoff)
+		resp, final, err := fs.open(ctx, ms)
+		if final {
+			fs.logEnd(ms, err)
+			select {
+			case fs.events <- memberEvent{ms: ms}:
+			case <-ctx.Done():
+			}
+			return
+		}
+		if err != nil && ctx.Err() == nil {
+			fs.logEnd(ms, err)
+		}
+		ms.resp = resp
+	}
+}
+
+// read hands member ms's events to the merge, one at a time (a client
+// that does not read stops the members being read), until the stream
+// ends. A member silent for its streams.idle_timeout is taken as stalled:
+// its stream is closed (and follow opens it again).
+func (fs *fedStream) read(ctx context.Context, ms *memberStream) (progressed bool, err error) {
+	body := ms.resp.Body
+	idle := ms.m.res.streams.IdleTimeout
+	var stall *time.Timer
+	if idle > 0 {
+		stall = time.AfterFunc(idle, func() { _ = body.Close() })
+		defer stall.Stop()
+	}
+	events := mcpwire.NewReader(body)
+	for {
+		ev, err := events.Next()
+		if err != nil {
+			return progressed, err
+		}
+		if stall != nil {
+			stall.Reset(idle)
+		}
+		select {
+		case fs.events <- memberEvent{ms: ms, ev: ev}:
+		case <-ctx.Done():
+			return progressed, ctx.Err()
+		}
+		progressed = true
+		if ev.HasID {
+			ms.last = ev.ID
+		}
+	}
+}
+
+func (fs *fedStream) logEnd(ms *memberStream, err error) {
+	loggerOf(fs.fr.r.Context(), fs.fr.s.log).Warn("federated stream: member stream ended or not opened",
+		"route", fs.fr.f.cfg.Path, "member", ms.m.upstream.Name, "error", err)
+}
+
+// run writes the merged stream to the client until the client leaves, the
+// stream reaches its maximum duration, shutdown begins, or every member
+// is left out.
+func (fs *fedStream) run(ctx context.Context, w http.ResponseWriter) {
+	s := fs.fr.s
+	var limits streamLimits
+	for _, ms := range fs.members {
+		st := ms.m.res.streams
+		limits.keepalive = shortest(limits.keepalive, st.Keepalive)
+		limits.max = shortest(limits.max, st.MaxDuration)
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	_ = rc.Flush()
+	quiet, deadline := newTimer(limits.keepalive), newTimer(limits.max)
+	defer func() {
+		for _, t := range []*time.Timer{quiet, deadline} {
+			if t != nil {
+				t.Stop()
+			}
+		}
+	}()
+	left := len(fs.members)
+	for left > 0 {
+		var out []byte
+		select {
+		case me := <-fs.events:
+			if me.ev == nil {
+				left--
+				continue
+			}
+			if out = fs.event(ctx, me); out == nil {
+				continue
+			}
+		case <-timerC(quiet):
+			out = keepaliveEvent
+		case <-timerC(deadline):
+			return // ends cleanly: the client resumes with Last-Event-ID
+		case <-s.streams.Done():
+			return
+		case <-ctx.Done():
+			return
+		}
+		if _, err := w.Write(out); err != nil {
+			return
+		}
+		if err := rc.Flush(); err != nil {
+			return
+		}
+		resetTimer(quiet, limits.keepalive)
+	}
+}
+
+// shortest is the shorter of two bounds, zero being none.
+func shortest(a, b time.Duration) time.Duration {
+	if a <= 0 || (b > 0 && b < a) {
+		return b
+	}
+	return a
+}
+
+// event is what the client gets for one member event: the message as the
+// policy decides it, under a new sealed event id; nil when there is
+// nothing to send (no message, no new id).
+func (fs *fedStream) event(ctx context.Context, me memberEvent) []byte {
+	s, ev, name := fs.fr.s, me.ev, me.ms.m.upstream.Name
+	moved := ev.HasID && ev.ID != fs.last[name]
+	if moved {
+		fs.last[name] = ev.ID
+	}
+	out := sseEvent{}
+	if ev.HasData && len(ev.Data) > 0 {
+		s.observeUpstream(name, ev.Data)
+		fs.fr.f.observeMember(name, ev.Data)
+		if data, drop := s.fedStreamMessage(ctx, me.ms.fwd, ev.Data); !drop {
+			out.Event, out.Data, out.HasData = "message", data, true
+		}
+	}
+	if !out.HasData && !moved {
+		return nil
+	}
+	id, err := s.sessions.SealAs(eventIDFormat, fedEventID{Route: fs.fr.f.cfg.Path, Principal: fs.fr.p.ID, Session: fs.session, Last: fs.last, IssuedAt: s.sessions.Now().Unix()})
+	if err != nil {
+		loggerOf(ctx, s.log).Error("federated stream: event id not sealed; the event is sent without one", "error", err)
+	} else {
+		out.ID, out.HasID = id, true
+	}
+	return out.AppendTo(nil)
+}
+
+// fedStreamMessage is the policy's word on one message of a member's GET
+// stream: a notification or a server-to-client request as the single
+// route's relay decides it (transformRequest); a response is dropped.
+// Without a policy the message is only renamed, and a server request
+// refused to the member as with one.
+func (s *Server) fedStreamMessage(ctx context.Context, fwd *forward, data []byte) ([]byte, bool) {
+	msg, err := decodeRPC(data)
+	if err != nil {
+		loggerOf(ctx, s.log).Warn("upstream message withheld: not a JSON-RPC message the policy can read", "upstream", fwd.route.upstream.Name, "error", err)
+		return nil, true
+	}
+	m, ok := msg.(*jsonrpc.Request)
+	if !ok {
+		// Federated requests are answered on their own POST: a response
+		// on the member's GET stream answers nothing this client asked.
+		s.dropStrayResponse(ctx, fwd, msg.(*jsonrpc.Response).ID)
+		return nil, true
+	}
+	if s.policy != nil {
+		return s.transformRequest(ctx, fwd, m, data)
+	}
+	if m.ID.IsValid() {
+		s.refuseFederated(fwd, m)
+		return nil, true
+	}
+	return s.renamed(fwd, data), false
+}
+
+// observeMember drops member's last good pages of the lists a
+// list_changed notification says changed: served stale, they would be
+// the old list.
+func (f *federation) observeMember(member string, data []byte) {
+	if !bytes.Contains(data, []byte("list_changed")) {
+		return
+	}
+	var n struct {
+		Method string `json:"method"`
+	}
+	if json.Unmarshal(data, &n) != nil {
+		return
+	}
+	for _, method := range invalidatedBy[n.Method] {
+		prefix := member + "\x00" + method + "\x00" // lastGoodKey's
+		f.lastGood.Range(func(k, _ any) bool {
+			if strings.HasPrefix(k.(string), prefix) {
+				f.lastGood.Delete(k)
+			}
+			return true
+		})
+	}
+}
+
+// streamCapabilities adds to caps what the merged GET stream serves:
+// listChanged of tools, prompts and resources, and resources.subscribe,
+// each when any member declares it (its notifications reach the client).
+func streamCapabilities(caps map[string]map[string]any, members []initResult) {
+	for _, m := range members {
+		for _, k := range []string{"tools", "prompts", "resources"} {
+			var sub map[string]any
+			if json.Unmarshal(m.Capabilities[k], &sub) != nil || caps[k] == nil {
+				continue
+			}
+			for _, sk := range []string{"listChanged", "subscribe"} {
+				if v, ok := sub[sk].(bool); ok && v && (sk == "listChanged" || k == "resources") {
+					caps[k][sk] = true
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,302 @@
+package gateway_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/ctxgate/ctxgate/gateway"
+	"github.com/ctxgate/ctxgate/mcpwire"
+)
+
+// streamMember is a Go SDK MCP server whose sessions keep their events
+// (resumable streams) and accept resource subscriptions; the test sends
+// its notifications through server.
+type streamMember struct {
+	server *mcp.Server
+	srv    *httptest.Server
+}
+
+func newStreamMember(t *testing.T, tool string) *streamMember {
+	t.Helper()
+	noop := func(context.Context, *mcp.SubscribeRequest) error { return nil }
+	server := mcp.NewServer(&mcp.Implementation{Name: "member", Version: "1"}, &mcp.ServerOptions{
+		SubscribeHandler:   noop,
+		UnsubscribeHandler: func(context.Context, *mcp.UnsubscribeRequest) error { return nil },
+	})
+	mcp.AddTool(server, &mcp.Tool{Name: tool}, func(context.Context, *mcp.CallToolRequest, struct{}) (*mcp.CallToolResult, any, error) {
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: tool}}}, nil, nil
+	})
+	uri := "res://" + tool + "/doc"
+	server.AddResource(&mcp.Resource{URI: uri, Name: "doc"}, func(context.Context, *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
+		return &mcp.ReadResourceResult{Contents: []*mcp.ResourceContents{{URI: uri, Text: "doc"}}}, nil
+	})
+	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server }, &mcp.StreamableHTTPOptions{EventStore: mcp.NewMemoryEventStore(nil)})
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return &streamMember{server: server, srv: srv}
+}
+
+// updated makes the member announce that uri changed.
+func (m *streamMember) updated(t *testing.T, uri string) {
+	t.Helper()
+	if err := m.server.ResourceUpdated(t.Context(), &mcp.ResourceUpdatedNotificationParams{URI: uri}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// streamPolicy allows everything and hides the resources whose URI ends
+// in /secret: their updates must not reach the client.
+const streamPolicy = `package ctxgate.authz
+
+default allow := true
+
+default visible := true
+
+visible := false if endswith(input.resource.uri, "/secret")
+`
+
+func startStreamGateway(t *testing.T, a, b *streamMember, opts gateway.Options) string {
+	t.Helper()
+	srv, err := startGatewayYAML(t, fmt.Sprintf(`
+server: {listen: "127.0.0.1:0"}
+admin: {listen: "127.0.0.1:0"}
+auth: {anonymous: true}
+policy: {dir: unused-the-test-passes-the-engine}
+upstreams:
+  - {name: a, url: %q, retry: {max_attempts: 1}}
+  - {name: b, url: %q, retry: {max_attempts: 1}}
+routes: [{path: /mcp, upstreams: [a, b], prefix: always, member_timeout: 5s}]
+`, a.srv.URL, b.srv.URL), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv.URL + "/mcp"
+}
+
+// fedStreamClient is one client's merged GET stream.
+type fedStreamClient struct {
+	resp   *http.Response
+	cancel context.CancelFunc
+	events *mcpwire.Reader
+	lastID string
+}
+
+func openFedStream(t *testing.T, url, session, lastID string) *fedStreamClient {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Mcp-Session-Id", session)
+	req.Header.Set("Mcp-Protocol-Version", "2025-11-25")
+	if lastID != "" {
+		req.Header.Set("Last-Event-Id", lastID)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); resp.Body.Close() })
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		t.Fatalf("GET stream: %s %q", resp.Status, resp.Header.Get("Content-Type"))
+	}
+	return &fedStreamClient{resp: resp, cancel: cancel, events: mcpwire.NewReader(resp.Body), lastID: lastID}
+}
+
+// streamMessage is what the tests read of a message on the stream.
+type streamMessage struct {
+	Method string `json:"method"`
+	Params struct {
+		URI string `json:"uri"`
+	} `json:"params"`
+}
+
+// next reads the stream's next message, keeping the last event id seen
+// (as an SSE client does, with id-only events too).
+func (c *fedStreamClient) next(t *testing.T) streamMessage {
+	t.Helper()
+	for {
+		ev, err := c.events.Next()
+		if err != nil {
+			t.Fatalf("reading the federated stream: %v", err)
+		}
+		if ev.HasID {
+			c.lastID = ev.ID
+		}
+		if !ev.HasData || len(ev.Data) == 0 {
+			continue
+		}
+		var m streamMessage
+		if err := json.Unmarshal(ev.Data, &m); err != nil {
+			t.Fatalf("event data %q: %v", ev.Data, err)
+		}
+		return m
+	}
+}
+
+func (c *fedStreamClient) close() {
+	c.cancel()
+	c.resp.Body.Close()
+}
+
+func subscribe(t *testing.T, url, session string, uris ...string) {
+	t.Helper()
+	for i, uri := range uris {
+		got := rpc(t, http.MethodPost, url, session, fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"resources/subscribe","params":{"uri":%q}}`, 100+i, uri), http.Header{"Mcp-Protocol-Version": {"2025-11-25"}})
+		if got.status != http.StatusOK || got.Error != nil {
+			t.Fatalf("resources/subscribe %s: HTTP %d %+v", uri, got.status, got.Error)
+		}
+	}
+}
+
+func TestFederatedStream(t *testing.T) {
+	a, b := newStreamMember(t, "a"), newStreamMember(t, "b")
+	url := startStreamGateway(t, a, b, gateway.Options{Policy: newEngine(t, streamPolicy, nil, nil)})
+	init := rpc(t, http.MethodPost, url, "", initializeBody, nil)
+	if init.status != http.StatusOK || init.session == "" {
+		t.Fatalf("initialize: HTTP %d", init.status)
+	}
+	var caps struct {
+		Resources struct {
+			Subscribe bool `json:"subscribe"`
+		} `json:"resources"`
+		Tools struct {
+			ListChanged bool `json:"listChanged"`
+		} `json:"tools"`
+	}
+	_ = json.Unmarshal(init.Result["capabilities"], &caps)
+	if !caps.Resources.Subscribe || !caps.Tools.ListChanged {
+		t.Errorf("initialize capabilities %s: want resources.subscribe and tools.listChanged, which the merged stream serves", init.Result["capabilities"])
+	}
+	stream := openFedStream(t, url, init.session, "")
+	// Each subscription reaches the member that owns the URI, with the
+	// member's own URI.
+	subscribe(t, url, init.session, "a+res://a/doc", "b+res://b/doc", "b+res://b/secret", "b+res://b/other")
+
+	a.updated(t, "res://a/doc")
+	b.updated(t, "res://b/secret") // hidden by the policy: dropped
+	b.updated(t, "res://b/doc")
+	var got []string
+	for range 2 {
+		m := stream.next(t)
+		got = append(got, m.Method+" "+m.Params.URI)
+	}
+	slices.Sort(got)
+	want := []string{"notifications/resources/updated a+res://a/doc", "notifications/resources/updated b+res://b/doc"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("updates through the federated stream (-want +got):\n%s", diff)
+	}
+
+	// A tool added at runtime: the member's list_changed reaches the
+	// client, and the next list has the tool under its federated name.
+	mcp.AddTool(b.server, &mcp.Tool{Name: "late"}, func(context.Context, *mcp.CallToolRequest, struct{}) (*mcp.CallToolResult, any, error) {
+		return &mcp.CallToolResult{}, nil, nil
+	})
+	if m := stream.next(t); m.Method != "notifications/tools/list_changed" {
+		t.Errorf("after a member added a tool, the stream sent %q, want notifications/tools/list_changed", m.Method)
+	}
+	list := rpc(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":20,"method":"tools/list"}`, http.Header{"Mcp-Protocol-Version": {"2025-11-25"}})
+	if !strings.Contains(string(list.Result["tools"]), `"b__late"`) {
+		t.Errorf("tools/list after list_changed: %s, want b__late", list.Result["tools"])
+	}
+
+	// A member's request of the client cannot be answered through the
+	// merge: the member gets the gateway's refusal, the client nothing.
+	asked := 0
+	for ss := range a.server.Sessions() {
+		asked++
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		_, err := ss.ListRoots(ctx, nil)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), "not available on a federated route") {
+			t.Errorf("a member's roots/list through the federated stream: %v, want the gateway's refusal", err)
+		}
+	}
+	if asked != 1 {
+		t.Errorf("member a has %d sessions, want the federated one", asked)
+	}
+	a.updated(t, "res://a/doc")
+	if m := stream.next(t); m.Method != "notifications/resources/updated" {
+		t.Errorf("after a refused roots/list the stream sent %q, want only the next update", m.Method)
+	}
+
+	// Unsubscribing reaches the owning member too: its next update of the
+	// URI is not sent, so the one after it comes first (a member's
+	// messages keep their order through the merge).
+	unsub := rpc(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":21,"method":"resources/unsubscribe","params":{"uri":"b+res://b/doc"}}`, http.Header{"Mcp-Protocol-Version": {"2025-11-25"}})
+	if unsub.status != http.StatusOK || unsub.Error != nil {
+		t.Fatalf("resources/unsubscribe: HTTP %d %+v", unsub.status, unsub.Error)
+	}
+	b.updated(t, "res://b/doc")
+	b.updated(t, "res://b/other")
+	if m := stream.next(t); m.Params.URI != "b+res://b/other" {
+		t.Errorf("after unsubscribing b+res://b/doc the stream sent %s %s, want the update of b+res://b/other", m.Method, m.Params.URI)
+	}
+
+	t.Run("an id from another session is refused", func(t *testing.T) {
+		other := rpc(t, http.MethodPost, url, "", initializeBody, nil)
+		resp := send(t, http.MethodGet, url, other.session, "", http.Header{"Accept": {"text/event-stream"}, "Mcp-Protocol-Version": {"2025-11-25"}, "Last-Event-Id": {stream.lastID}})
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("GET with another session's Last-Event-ID: %s, want 400", resp.Status)
+		}
+	})
+}
+
+// TestFederatedStreamResume: events are sent, the client goes away, more
+// are sent, and the client comes back with its Last-Event-ID: it gets
+// every event of both members exactly once.
+func TestFederatedStreamResume(t *testing.T) {
+	a, b := newStreamMember(t, "a"), newStreamMember(t, "b")
+	url := startStreamGateway(t, a, b, gateway.Options{})
+	init := rpc(t, http.MethodPost, url, "", initializeBody, nil)
+	const n = 4 // events per member before and after the client is away
+	var uris []string
+	for i := range 2*n + 1 {
+		uris = append(uris, fmt.Sprintf("a+res://a/%d", i), fmt.Sprintf("b+res://b/%d", i))
+	}
+	first := openFedStream(t, url, init.session, "")
+	subscribe(t, url, init.session, uris...)
+	seen := map[string]int{}
+	for i := range n {
+		a.updated(t, fmt.Sprintf("res://a/%d", i))
+		b.updated(t, fmt.Sprintf("res://b/%d", i))
+	}
+	for range 2 * n {
+		seen[first.next(t).Params.URI]++
+	}
+	first.close()
+	for i := n; i < 2*n; i++ {
+		a.updated(t, fmt.Sprintf("res://a/%d", i))
+		b.updated(t, fmt.Sprintf("res://b/%d", i))
+	}
+	second := openFedStream(t, url, init.session, first.lastID)
+	// The last updates, after the client is back, mark the end: each
+	// member's own come after everything it replays.
+	a.updated(t, fmt.Sprintf("res://a/%d", 2*n))
+	b.updated(t, fmt.Sprintf("res://b/%d", 2*n))
+	ends := 0
+	for ends < 2 {
+		uri := second.next(t).Params.URI
+		seen[uri]++
+		if strings.HasSuffix(uri, fmt.Sprintf("/%d", 2*n)) {
+			ends++
+		}
+	}
+	want := map[string]int{}
+	for _, uri := range uris {
+		want[uri] = 1
+	}
+	if diff := cmp.Diff(want, seen); diff != "" {
+		t.Errorf("events received across the reconnection, by URI (-want +got):\n%s", diff)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -298,5 +299,73 @@ func TestFederatedStreamResume(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, seen); diff != "" {
 		t.Errorf("events received across the reconnection, by URI (-want +got):\n%s", diff)
+	}
+}
+
+// endingMember is a legacy MCP server whose GET stream sends one event
+// (ids 1, 2, ...) and ends; it records the Last-Event-ID of every GET.
+// With noStream it answers GET 405.
+type endingMember struct {
+	noStream bool
+	mu       sync.Mutex
+	lastIDs  []string
+}
+
+func (m *endingMember) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		ID     json.RawMessage `json:"id"`
+		Method string          `json:"method"`
+	}
+	_ = json.NewDecoder(r.Body).Decode(&req)
+	if r.Method == http.MethodGet {
+		m.mu.Lock()
+		m.lastIDs = append(m.lastIDs, r.Header.Get("Last-Event-Id"))
+		m.mu.Unlock()
+	}
+	switch {
+	case r.Method == http.MethodGet && m.noStream:
+		w.WriteHeader(http.StatusMethodNotAllowed)
+	case r.Method == http.MethodGet:
+		n := len(m.gets())
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprintf(w, "id: %d\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{\"level\":\"info\",\"data\":\"event %d\"}}\n\n", n, n)
+	case req.Method == "initialize":
+		w.Header().Set("Mcp-Session-Id", "member-session")
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":{"protocolVersion":"2025-11-25","capabilities":{"logging":{}},"serverInfo":{"name":"ending","version":"1"}}}`, req.ID)
+	default:
+		w.WriteHeader(http.StatusAccepted)
+	}
+}
+
+func (m *endingMember) gets() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.lastIDs)
+}
+
+// TestFederatedStreamReopen: a member whose stream ends is opened again
+// from its last event id, and the client's stream goes on; a member with
+// no stream (405) is left out of it.
+func TestFederatedStreamReopen(t *testing.T) {
+	ending, none := &endingMember{}, &endingMember{noStream: true}
+	a, b := httptest.NewServer(ending), httptest.NewServer(none)
+	t.Cleanup(a.Close)
+	t.Cleanup(b.Close)
+	srv, err := newFederatedGateway(t, a.URL, b.URL, "always")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := srv.URL + "/mcp"
+	init := rpc(t, http.MethodPost, url, "", initializeBody, nil)
+	stream := openFedStream(t, url, init.session, "")
+	for range 3 {
+		stream.next(t)
+	}
+	if diff := cmp.Diff([]string{"", "1", "2"}, ending.gets()[:3]); diff != "" {
+		t.Errorf("the member's GETs, by Last-Event-ID (-want +got):\n%s", diff)
+	}
+	if got := len(none.gets()); got != 1 {
+		t.Errorf("the member without a stream was asked for it %d times, want once", got)
 	}
 }

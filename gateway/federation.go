@@ -53,9 +53,9 @@ import (
 // else left out and named in _meta io.ctxgate/partial (reason: legacy
 // only).
 //
-// Not served on a federated route: batches (400), subscriptions/listen
-// (404) and server-to-client requests from members (refused to the
-// member).
+// subscriptions/listen merges the members' listens the same way
+// (fedlisten.go). Not served on a federated route: batches (400) and
+// server-to-client requests from members (refused to the member).
 
 // federation is one federated route.
 type federation struct {

@@ -260,7 +260,7 @@ func TestFederatedModern(t *testing.T) {
 		{"unknown tool", modernCall("tools/call", `"name":"c__x","arguments":{}`), modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "tools/call", "Mcp-Name", "c__x"), http.StatusOK, -32602},
 		{"Mcp-Name mismatch", modernCall("tools/call", `"name":"a__search","arguments":{}`), modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "tools/call", "Mcp-Name", "b__search"), http.StatusBadRequest, -32020},
 		{"no Mcp-Method", modernCall("tools/list", ""), modernHeader("Mcp-Protocol-Version", "2026-07-28"), http.StatusBadRequest, -32020},
-		{"listen", modernCall("subscriptions/listen", ""), modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "subscriptions/listen"), http.StatusNotFound, -32601},
+		{"listen without notifications", modernCall("subscriptions/listen", ""), modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "subscriptions/listen"), http.StatusBadRequest, -32602},
 		{"unknown version", `{"jsonrpc":"2.0","id":8,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2099-01-01","io.modelcontextprotocol/clientCapabilities":{}}}}`,
 			modernHeader("Mcp-Protocol-Version", "2099-01-01", "Mcp-Method", "tools/list"), http.StatusBadRequest, -32022},
 	}

@@ -34,8 +34,8 @@ import (
 // Each member is reached in the era it speaks: modern directly; legacy
 // only through the member's bridge (bridge.go) when it is configured with
 // bridge: true, else not at all: left out of every answer and named in
-// io.ctxgate/partial with the reason "legacy only". subscriptions/listen is
-// not served (404, -32601).
+// io.ctxgate/partial with the reason "legacy only". subscriptions/listen
+// merges the members' listen streams (fedlisten.go).
 
 // reasonLegacyOnly is why a modern request leaves a member out.
 const reasonLegacyOnly = "legacy only"
@@ -103,9 +103,6 @@ func (fr *fedRequest) modern(w http.ResponseWriter, fwd *forward) error {
 		w.WriteHeader(http.StatusAccepted)
 		return nil
 	}
-	if req.Method == "subscriptions/listen" {
-		return newError(http.StatusNotFound, CodeMethodNotFound, "subscriptions/listen is not available on a federated route", nil)
-	}
 	var meta json.RawMessage
 	if p := mcpwire.ParamsOf(req); p != nil {
 		meta = json.RawMessage(p.Meta)
@@ -115,6 +112,8 @@ func (fr *fedRequest) modern(w http.ResponseWriter, fwd *forward) error {
 	switch {
 	case req.Method == "server/discover":
 		return fr.discover(w, req)
+	case req.Method == "subscriptions/listen":
+		return fr.listen(w, req) // fedlisten.go
 	case listShapes[req.Method].items != "":
 		return fr.list(w, req)
 	}
@@ -236,7 +235,7 @@ func (fr *fedRequest) discover(w http.ResponseWriter, req *jsonrpc.Request) erro
 		})
 	}
 	wg.Wait()
-	var ok []initResult
+	var ok, listened []initResult
 	note := partialNote{}
 	versions := slices.Clone(modernVersions)
 	for i, pt := range parts {
@@ -255,6 +254,9 @@ func (fr *fedRequest) discover(w http.ResponseWriter, req *jsonrpc.Request) erro
 			loggerOf(r.Context(), s.log).Warn("federated server/discover: member left out", "route", f.cfg.Path, "member", name, "error", pt.err)
 		default:
 			ok = append(ok, initResult{Capabilities: pt.result.Capabilities, Instructions: pt.result.Instructions})
+			if !fo.members[name].bridged {
+				listened = append(listened, ok[len(ok)-1]) // a bridge has no listen
+			}
 			served := fo.members[name].served
 			versions = slices.DeleteFunc(versions, func(v string) bool { return !slices.Contains(served, v) })
 		}
@@ -269,6 +271,7 @@ func (fr *fedRequest) discover(w http.ResponseWriter, req *jsonrpc.Request) erro
 		versions = append(versions, v) // the route serves the legacy era itself
 	}
 	caps, instructions := mergeCapabilities(ok, "tools", "prompts", "resources", "completions")
+	streamCapabilities(caps, listened) // subscriptions/listen carries them (fedlisten.go)
 	meta := map[string]any{modernMetaPrefix + "serverInfo": map[string]string{"name": "ctxgate federation " + f.cfg.Name, "version": "1"}}
 	if len(note.Missing) > 0 {
 		meta[partialMetaKey] = note

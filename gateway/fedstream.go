@@ -79,13 +79,21 @@ func sessionDigest(id string) string {
 	return base64.RawURLEncoding.EncodeToString(sum[:12])
 }
 
-// fedStream is one client's merged GET stream.
+// fedStream is one client's merged stream: the legacy GET, or a modern
+// subscriptions/listen (fedlisten.go).
 type fedStream struct {
 	fr      *fedRequest
 	session string // digest of the client's session id
 	members []*memberStream
 	last    map[string]string // each member's last event id sent on
 	events  chan memberEvent
+	// handle is what the client gets for one member event (nil: nothing);
+	// ended, if set, is the last thing it gets when every member is gone.
+	handle func(context.Context, memberEvent) []byte
+	ended  func() []byte
+	// first is written before any member's event (a listen's merged
+	// acknowledgement).
+	first []byte
 }
 
 // memberStream is one member's part of a merged stream. last and resp
@@ -96,6 +104,9 @@ type memberStream struct {
 	fwd  *forward // as the member's own route would see the stream
 	last string
 	resp *http.Response
+	// events reads resp when its first events were read before the merge
+	// (a listen's acknowledgement); nil: read opens its own reader.
+	events *mcpwire.Reader
 }
 
 // memberEvent is what a member's goroutine hands the merge: one event, or
@@ -120,6 +131,7 @@ func (fr *fedRequest) stream(w http.ResponseWriter) error {
 	}
 	fr.fo = legacyFan(claims)
 	fs := &fedStream{fr: fr, session: sessionDigest(r.Header.Get("Mcp-Session-Id")), events: make(chan memberEvent)}
+	fs.handle = fs.event
 	if fs.last, err = fs.resumeFrom(r.Header.Values("Last-Event-Id")); err != nil {
 		return err
 	}
@@ -334,7 +346,10 @@ func (fs *fedStream) read(ctx context.Context, ms *memberStream) (progressed boo
 		stall = time.AfterFunc(idle, func() { _ = body.Close() })
 		defer stall.Stop()
 	}
-	events := mcpwire.NewReader(body)
+	events := ms.events
+	if events == nil {
+		events = mcpwire.NewReader(body)
+	}
 	for {
 		ev, err := events.Next()
 		if err != nil {
@@ -377,6 +392,9 @@ func (fs *fedStream) run(ctx context.Context, w http.ResponseWriter) {
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
+	if _, err := w.Write(fs.first); err != nil {
+		return
+	}
 	_ = rc.Flush()
 	quiet, deadline := newTimer(limits.keepalive), newTimer(limits.max)
 	defer func() {
@@ -392,10 +410,13 @@ func (fs *fedStream) run(ctx context.Context, w http.ResponseWriter) {
 		select {
 		case me := <-fs.events:
 			if me.ev == nil {
-				left--
+				if left--; left == 0 && fs.ended != nil {
+					out = fs.ended()
+					break
+				}
 				continue
 			}
-			if out = fs.event(ctx, me); out == nil {
+			if out = fs.handle(ctx, me); out == nil {
 				continue
 			}
 		case <-timerC(quiet):
@@ -468,8 +489,12 @@ func (s *Server) fedStreamMessage(ctx context.Context, fwd *forward, data []byte
 	m, ok := msg.(*jsonrpc.Request)
 	if !ok {
 		// Federated requests are answered on their own POST: a response
-		// on the member's GET stream answers nothing this client asked.
-		s.dropStrayResponse(ctx, fwd, msg.(*jsonrpc.Response).ID)
+		// on the member's GET stream answers nothing this client asked. On
+		// a listen stream it is the member's end of the listen, which the
+		// merge answers once every member ended.
+		if !fwd.listen {
+			s.dropStrayResponse(ctx, fwd, msg.(*jsonrpc.Response).ID)
+		}
 		return nil, true
 	}
 	if s.policy != nil {

@@ -217,10 +217,10 @@ func TestFederatedStream(t *testing.T) {
 	for ss := range a.server.Sessions() {
 		asked++
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-		_, err := ss.ListRoots(ctx, nil)
+		err := ss.Ping(ctx, nil)
 		cancel()
 		if err == nil || !strings.Contains(err.Error(), "not available on a federated route") {
-			t.Errorf("a member's roots/list through the federated stream: %v, want the gateway's refusal", err)
+			t.Errorf("a member's ping of the client through the federated stream: %v, want the gateway's refusal", err)
 		}
 	}
 	if asked != 1 {
@@ -228,7 +228,7 @@ func TestFederatedStream(t *testing.T) {
 	}
 	a.updated(t, "res://a/doc")
 	if m := stream.next(t); m.Method != "notifications/resources/updated" {
-		t.Errorf("after a refused roots/list the stream sent %q, want only the next update", m.Method)
+		t.Errorf("after a refused ping the stream sent %q, want only the next update", m.Method)
 	}
 
 	// Unsubscribing reaches the owning member too: its next update of the

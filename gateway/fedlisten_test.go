@@ -1,0 +1,135 @@
+package gateway_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/mcpwire"
+)
+
+// newListenMember is a stateless (modern) Go SDK server with the resource
+// res://<tool>/doc, resource subscriptions and the tool named tool.
+func newListenMember(t *testing.T, tool string) *streamMember {
+	t.Helper()
+	server := mcp.NewServer(&mcp.Implementation{Name: "member", Version: "1"}, &mcp.ServerOptions{
+		SubscribeHandler:   func(context.Context, *mcp.SubscribeRequest) error { return nil },
+		UnsubscribeHandler: func(context.Context, *mcp.UnsubscribeRequest) error { return nil },
+	})
+	mcp.AddTool(server, &mcp.Tool{Name: tool}, func(context.Context, *mcp.CallToolRequest, struct{}) (*mcp.CallToolResult, any, error) {
+		return &mcp.CallToolResult{}, nil, nil
+	})
+	uri := "res://" + tool + "/doc"
+	server.AddResource(&mcp.Resource{URI: uri, Name: "doc"}, func(context.Context, *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
+		return &mcp.ReadResourceResult{Contents: []*mcp.ResourceContents{{URI: uri, Text: "doc"}}}, nil
+	})
+	srv := httptest.NewServer(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server }, &mcp.StreamableHTTPOptions{Stateless: true}))
+	t.Cleanup(srv.Close)
+	return &streamMember{server: server, srv: srv}
+}
+
+// TestFederatedListen: a modern subscriptions/listen on a federated route
+// is acknowledged once for both members (URIs under their federated
+// names), then carries each member's resource updates, renamed, and a
+// member's tools/list_changed.
+func TestFederatedListen(t *testing.T) {
+	a, b := newListenMember(t, "a"), newListenMember(t, "b")
+	srv, err := newFederatedGateway(t, a.srv.URL, b.srv.URL, config.PrefixAlways)
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := srv.URL + "/mcp"
+	disc := rpc(t, http.MethodPost, url, "", modernCall("server/discover", ""), modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "server/discover"))
+	if caps := string(disc.Result["capabilities"]); !strings.Contains(caps, `"subscribe":true`) || !strings.Contains(caps, `"listChanged":true`) {
+		t.Errorf("server/discover capabilities %s: want subscribe and listChanged, which the merged listen serves", caps)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	body := modernCall("subscriptions/listen", `"notifications":{"toolsListChanged":true,"resourceSubscriptions":["a+res://a/doc","b+res://b/doc","c+res://c/doc"]}`)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
+	req.Header = modernHeader("Content-Type", "application/json", "Accept", "application/json, text/event-stream",
+		"Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "subscriptions/listen")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		t.Fatalf("listen: %s %q", resp.Status, resp.Header.Get("Content-Type"))
+	}
+	events := mcpwire.NewReader(resp.Body)
+	next := func() (msg struct {
+		Method string `json:"method"`
+		Params struct {
+			URI           string `json:"uri"`
+			Notifications struct {
+				ToolsListChanged      bool     `json:"toolsListChanged"`
+				ResourceSubscriptions []string `json:"resourceSubscriptions"`
+			} `json:"notifications"`
+			Meta map[string]any `json:"_meta"`
+		} `json:"params"`
+	}) {
+		t.Helper()
+		for {
+			ev, err := events.Next()
+			if err != nil {
+				t.Fatalf("reading the listen stream: %v", err)
+			}
+			if ev.HasData && len(ev.Data) > 0 {
+				if err := json.Unmarshal(ev.Data, &msg); err != nil {
+					t.Fatal(err)
+				}
+				return msg
+			}
+		}
+	}
+	ack := next()
+	got := ack.Params.Notifications.ResourceSubscriptions
+	slices.Sort(got)
+	if ack.Method != "notifications/subscriptions/acknowledged" || !ack.Params.Notifications.ToolsListChanged ||
+		!cmp.Equal(got, []string{"a+res://a/doc", "b+res://b/doc"}) || ack.Params.Meta["io.modelcontextprotocol/subscriptionId"] != float64(7) {
+		t.Errorf("first message %+v: want one acknowledgement of both members' URIs, toolsListChanged, subscriptionId 7", ack)
+	}
+	a.updated(t, "res://a/doc")
+	b.updated(t, "res://b/doc")
+	var uris []string
+	for range 2 {
+		m := next()
+		uris = append(uris, m.Method+" "+m.Params.URI)
+	}
+	slices.Sort(uris)
+	if diff := cmp.Diff([]string{"notifications/resources/updated a+res://a/doc", "notifications/resources/updated b+res://b/doc"}, uris); diff != "" {
+		t.Errorf("updates on the listen stream (-want +got):\n%s", diff)
+	}
+	mcp.AddTool(b.server, &mcp.Tool{Name: "late"}, func(context.Context, *mcp.CallToolRequest, struct{}) (*mcp.CallToolResult, any, error) {
+		return &mcp.CallToolResult{}, nil, nil
+	})
+	if m := next(); m.Method != "notifications/tools/list_changed" {
+		t.Errorf("after a member added a tool the listen stream sent %q, want notifications/tools/list_changed", m.Method)
+	}
+	// Closing the stream cancels the listen: every member's is closed.
+	listening := func() int {
+		n := 0
+		for range a.server.Sessions() {
+			n++
+		}
+		for range b.server.Sessions() {
+			n++
+		}
+		return n
+	}
+	if n := listening(); n != 2 {
+		t.Errorf("%d member sessions while listening, want one per member", n)
+	}
+	resp.Body.Close()
+	waitUntil(t, "both members' listens to end", func() bool { return listening() == 0 })
+}

@@ -1,0 +1,171 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// streamingMember is the test's own Go SDK server for the federated
+// stream: it keeps its sessions' events (resumable streams) and accepts
+// resource subscriptions; the test makes it announce updates.
+type streamingMember struct {
+	server *mcp.Server
+	url    string
+}
+
+func startStreamingMember(t *testing.T, tool string) *streamingMember {
+	t.Helper()
+	server := mcp.NewServer(&mcp.Implementation{Name: "streaming", Version: "1"}, &mcp.ServerOptions{
+		SubscribeHandler:   func(context.Context, *mcp.SubscribeRequest) error { return nil },
+		UnsubscribeHandler: func(context.Context, *mcp.UnsubscribeRequest) error { return nil },
+	})
+	mcp.AddTool(server, &mcp.Tool{Name: tool}, func(context.Context, *mcp.CallToolRequest, struct{}) (*mcp.CallToolResult, any, error) {
+		return &mcp.CallToolResult{}, nil, nil
+	})
+	server.AddResource(&mcp.Resource{URI: "res://doc", Name: "doc"}, func(context.Context, *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
+		return &mcp.ReadResourceResult{Contents: []*mcp.ResourceContents{{URI: "res://doc", Text: "doc"}}}, nil
+	})
+	srv := httptest.NewServer(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server },
+		&mcp.StreamableHTTPOptions{EventStore: mcp.NewMemoryEventStore(nil)}))
+	t.Cleanup(srv.Close)
+	return &streamingMember{server: server, url: srv.URL}
+}
+
+func (m *streamingMember) updated(t *testing.T, uri string) {
+	t.Helper()
+	if err := m.server.ResourceUpdated(ctx(t), &mcp.ResourceUpdatedNotificationParams{URI: uri}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// updates counts the resource updates a client received, by URI.
+type updates struct {
+	mu   sync.Mutex
+	seen map[string]int
+}
+
+func (u *updates) add(uri string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.seen[uri]++
+}
+
+func (u *updates) count(uri string) int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.seen[uri]
+}
+
+func (u *updates) all() map[string]int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return maps.Clone(u.seen)
+}
+
+// TestFederationStreamRestart: the Go SDK client on a federated route of
+// two real Go SDK servers subscribes to a resource of each and gets both
+// members' updates on its GET stream; the gateway is restarted (SIGTERM,
+// then a new process on the same port and keys), more updates are sent
+// while it is down, and the client's own reconnection with the gateway's
+// Last-Event-ID gets every update of both members exactly once; a
+// member's tools/list_changed reaches it too.
+func TestFederationStreamRestart(t *testing.T) {
+	a, b := startStreamingMember(t, "search"), startStreamingMember(t, "fetch")
+	cfg := fmt.Sprintf(`
+server: {listen: %q}
+admin: {listen: "127.0.0.1:0"}
+%sauth: {anonymous: true}
+sessions: {keys: ["e2e-federated-stream-session-key-0123456789"]}
+upstreams:
+  - {name: a, url: %q}
+  - {name: b, url: %q}
+routes:
+  - {path: /mcp, upstreams: [a, b], prefix: always, member_timeout: 5s}
+`, reservePort(t), policyConfig(), a.url, b.url)
+	gw := startGateway(t, cfg)
+	got := &updates{seen: map[string]int{}}
+	listChanged := make(chan struct{}, 1)
+	client := mcp.NewClient(&mcp.Implementation{Name: "e2e-fedstream", Version: "1"}, &mcp.ClientOptions{
+		ResourceUpdatedHandler: func(_ context.Context, r *mcp.ResourceUpdatedNotificationRequest) { got.add(r.Params.URI) },
+		ToolListChangedHandler: func(context.Context, *mcp.ToolListChangedRequest) {
+			select {
+			case listChanged <- struct{}{}:
+			default:
+			}
+		},
+	})
+	cs, err := client.Connect(ctx(t), &mcp.StreamableClientTransport{Endpoint: gw.URL + "/mcp", MaxRetries: 20}, nil)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer cs.Close()
+	const n = 3 // updates per member before the restart, during it, and one after
+	var want []string
+	for i := range 2*n + 1 {
+		for _, m := range []string{"a", "b"} {
+			uri := fmt.Sprintf("%s+res://doc/%d", m, i)
+			want = append(want, uri)
+			if err := cs.Subscribe(ctx(t), &mcp.SubscribeParams{URI: uri}); err != nil {
+				t.Fatalf("resources/subscribe %s: %v", uri, err)
+			}
+		}
+	}
+	openStreams := func(g *gatewayProc) bool {
+		return strings.Contains(get(t, g.Admin+"/metrics"), `ctxgate_open_streams{kind="get",route="/mcp"} 1`)
+	}
+	// The client opens its GET stream on its own: once the gateway counts
+	// it, both members are delivering to it.
+	waitFor(t, "the client's federated GET stream", readyDeadline, func() bool { return openStreams(gw) })
+	send := func(from, to int) {
+		for i := from; i < to; i++ {
+			a.updated(t, fmt.Sprintf("res://doc/%d", i))
+			b.updated(t, fmt.Sprintf("res://doc/%d", i))
+		}
+	}
+	send(0, n)
+	waitFor(t, "the first updates", readyDeadline, func() bool {
+		return got.count(fmt.Sprintf("b+res://doc/%d", n-1)) == 1 && got.count(fmt.Sprintf("a+res://doc/%d", n-1)) == 1
+	})
+
+	gw.signal(syscall.SIGTERM)
+	<-gw.done
+	send(n, 2*n) // kept by the members for the stream's resumption
+	gw = startGateway(t, cfg)
+	waitFor(t, "the client to resume its stream on the new gateway", readyDeadline, func() bool { return openStreams(gw) })
+	send(2*n, 2*n+1)
+	waitFor(t, "the last updates", readyDeadline, func() bool {
+		return got.count(fmt.Sprintf("a+res://doc/%d", 2*n)) > 0 && got.count(fmt.Sprintf("b+res://doc/%d", 2*n)) > 0
+	})
+	wantCounts := map[string]int{}
+	for _, uri := range want {
+		wantCounts[uri] = 1
+	}
+	if diff := cmp.Diff(wantCounts, got.all()); diff != "" {
+		t.Errorf("updates received across the gateway's restart, by URI (-want +got):\n%s", diff)
+	}
+
+	mcp.AddTool(b.server, &mcp.Tool{Name: "late"}, func(context.Context, *mcp.CallToolRequest, struct{}) (*mcp.CallToolResult, any, error) {
+		return &mcp.CallToolResult{}, nil, nil
+	})
+	waitFor(t, "tools/list_changed from member b", readyDeadline, func() bool { return len(listChanged) == 1 })
+	tools, err := cs.ListTools(ctx(t), nil)
+	var names []string
+	if err == nil {
+		for _, tool := range tools.Tools {
+			names = append(names, tool.Name)
+		}
+	}
+	if diff := cmp.Diff([]string{"a__search", "b__fetch", "b__late"}, names); diff != "" {
+		t.Errorf("tools/list after list_changed (%v) (-want +got):\n%s", err, diff)
+	}
+}

@@ -191,6 +191,9 @@ func (fr *fedRequest) openListen(ctx context.Context, m *route, mf *forward, req
 	if err != nil {
 		return memberListen{err: err}
 	}
+	// The attempt puts the trace context in the body it forwards: this
+	// member's, never the client's (attemptTransport).
+	mf.body = msg
 	// The listen lives as long as the client's stream; only the wait for
 	// its acknowledgement is bounded.
 	mctx, cancel := context.WithCancel(ctx)

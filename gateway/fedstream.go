@@ -53,6 +53,9 @@ import (
 // streams.keepalive of its members, and ends at an event boundary after
 // the shortest streams.max_duration, or when shutdown begins.
 
+// maxMemberEventID bounds a member's event id kept in the gateway's.
+const maxMemberEventID = 256
+
 // eventIDFormat is the sealed box of a federated stream's event id: never
 // a session id (1) nor a cursor (cursorFormat).
 const eventIDFormat = 3
@@ -364,7 +367,7 @@ func (fs *fedStream) read(ctx context.Context, ms *memberStream) (progressed boo
 			return progressed, ctx.Err()
 		}
 		progressed = true
-		if ev.HasID {
+		if ev.HasID && len(ev.ID) <= maxMemberEventID {
 			ms.last = ev.ID
 		}
 	}
@@ -451,7 +454,10 @@ func shortest(a, b time.Duration) time.Duration {
 // nothing to send (no message, no new id).
 func (fs *fedStream) event(ctx context.Context, me memberEvent) []byte {
 	s, ev, name := fs.fr.s, me.ev, me.ms.m.upstream.Name
-	moved := ev.HasID && ev.ID != fs.last[name]
+	// A member's id goes into every event id the gateway sends: one that
+	// is too long is not kept (the member is then resumed from the id
+	// before it), so a member cannot bloat the others' events.
+	moved := ev.HasID && ev.ID != fs.last[name] && len(ev.ID) <= maxMemberEventID
 	if moved {
 		fs.last[name] = ev.ID
 	}

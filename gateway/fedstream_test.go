@@ -3,7 +3,9 @@ package gateway_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -367,5 +369,48 @@ func TestFederatedStreamReopen(t *testing.T) {
 	}
 	if got := len(none.gets()); got != 1 {
 		t.Errorf("the member without a stream was asked for it %d times, want once", got)
+	}
+}
+
+// TestFederatedStreamBounds: a federated GET stream takes one
+// server.max_streams slot (a second is refused 503 -31018), gets the
+// members' keep-alive comments and ends cleanly at their max_duration.
+func TestFederatedStreamBounds(t *testing.T) {
+	a, b := newStreamMember(t, "a"), newStreamMember(t, "b")
+	srv, err := startGatewayYAML(t, fmt.Sprintf(`
+server: {listen: "127.0.0.1:0", max_streams: 1}
+admin: {listen: "127.0.0.1:0"}
+auth: {anonymous: true}
+policy: {dir: unused-the-test-passes-no-engine}
+upstreams:
+  - {name: a, url: %q, streams: {keepalive: 10ms, max_duration: 1s}}
+  - {name: b, url: %q, streams: {max_duration: 1h}}
+routes: [{path: /mcp, upstreams: [a, b], member_timeout: 5s}]
+`, a.srv.URL, b.srv.URL), gateway.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := srv.URL + "/mcp"
+	init := rpc(t, http.MethodPost, url, "", initializeBody, nil)
+	stream := openFedStream(t, url, init.session, "")
+	second := rpc(t, http.MethodGet, url, init.session, "", http.Header{"Accept": {"text/event-stream"}, "Mcp-Protocol-Version": {"2025-11-25"}})
+	if second.status != http.StatusServiceUnavailable || second.Error == nil || second.Error.Code != -31018 {
+		t.Errorf("a second stream over server.max_streams: HTTP %d %+v, want 503 -31018", second.status, second.Error)
+	}
+	keepalives := 0
+	for {
+		ev, err := stream.events.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("the stream ended with %v, want a clean end at max_duration", err)
+		}
+		if slices.Contains(ev.Comments, " keepalive") || slices.Contains(ev.Comments, "keepalive") {
+			keepalives++
+		}
+	}
+	if keepalives == 0 {
+		t.Error("no keep-alive comment on a quiet stream")
 	}
 }

@@ -6,6 +6,9 @@ import (
 	"maps"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -167,5 +170,52 @@ routes:
 	}
 	if diff := cmp.Diff([]string{"a__search", "b__fetch", "b__late"}, names); diff != "" {
 		t.Errorf("tools/list after list_changed (%v) (-want +got):\n%s", err, diff)
+	}
+}
+
+// tsSubscribeClientJS is the TypeScript SDK client of
+// TestFederationEverythingSubscribe.
+var tsSubscribeClientJS = filepath.Join("testdata", "ts-subscribe-client.cjs")
+
+// TestFederationEverythingSubscribe: a TypeScript SDK client on a
+// federated route of the Go SDK everything-server and the npm
+// everything-server subscribes to a resource of each and receives each
+// member's updates on its GET stream, under the federated URIs (the Go
+// server updates its watched resource every 3 s; the npm server sends its
+// subscribers' updates once its toggle-subscriber-updates tool is called,
+// then every 5 s).
+func TestFederationEverythingSubscribe(t *testing.T) {
+	requireNodeTool(t, filepath.Join(nodeModules, "@modelcontextprotocol", "sdk", "package.json"))
+	_, goURL := startEverythingProc(t, false)
+	npmURL := startNPMEverything(t)
+	gw := startGateway(t, fmt.Sprintf(`
+server: {listen: "127.0.0.1:0"}
+admin: {listen: "127.0.0.1:0"}
+%sauth: {anonymous: true}
+upstreams:
+  - {name: go, url: %q}
+  - {name: npm, url: %q}
+routes:
+  - {path: /mcp, upstreams: [go, npm], prefix: always, member_timeout: 5s}
+`, policyConfig(), goURL, npmURL))
+	const goURI, npmURI = "go+test://watched-resource", "npm+demo://resource/static/document/architecture.md"
+	node, _ := filepath.Abs(nodeBin)
+	script, _ := filepath.Abs(tsSubscribeClientJS)
+	modules, _ := filepath.Abs(nodeModules)
+	p := &proc{name: "ts-subscribe-client", cmd: exec.Command(node, script, gw.URL+"/mcp", "npm__toggle-subscriber-updates", goURI, npmURI),
+		stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Env = append(os.Environ(), "NODE_PATH="+modules)
+	startCmd(t, p)
+	waitFor(t, "both members' updates at the TypeScript client", readyDeadline, func() bool {
+		if p.exited() {
+			t.Fatalf("the client exited: %v: %s", p.waitErr, p.stderr.String())
+		}
+		out := p.stdout.String()
+		return strings.Contains(out, "updated "+goURI+"\n") && strings.Contains(out, "updated "+npmURI+"\n")
+	})
+	for line := range strings.SplitSeq(p.stdout.String(), "\n") {
+		if uri, ok := strings.CutPrefix(line, "updated "); ok && uri != goURI && uri != npmURI {
+			t.Errorf("the client got an update of %q, which it did not subscribe to under that name", uri)
+		}
 	}
 }

@@ -54,8 +54,9 @@ import (
 // only).
 //
 // subscriptions/listen merges the members' listens the same way
-// (fedlisten.go). Not served on a federated route: batches (400) and
-// server-to-client requests from members (refused to the member).
+// (fedlisten.go); members' requests of the client are relayed under the
+// gateway's ids and answered back to them (fedanswer.go). Not served on a
+// federated route: batches (400).
 
 // federation is one federated route.
 type federation struct {
@@ -218,10 +219,9 @@ func (fr *fedRequest) post(w http.ResponseWriter) error {
 	req := msg.Request()
 	switch {
 	case req == nil:
-		// A client's answer to a server request: members' requests are
-		// never relayed on a federated route, so none is awaited.
-		w.WriteHeader(http.StatusAccepted)
-		return nil
+		// A client's answer to a member's request (fedanswer.go).
+		resp, _ := msg.Msg.(*jsonrpc.Response)
+		return fr.answerMember(w, resp, fwd.body)
 	case !req.ID.IsValid():
 		fr.notify(req, fwd.body)
 		w.WriteHeader(http.StatusAccepted)

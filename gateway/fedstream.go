@@ -31,9 +31,9 @@ import (
 //     fedroute.go); list_changed passes through and drops the member's
 //     cache entries (observeUpstream) and its last good pages;
 //   - a member's server-to-client request (sampling, elicitation, roots)
-//     is refused to the member with -32601 (transformRequest): the client's
-//     answer could not be routed back to it; a response is dropped (it
-//     answers no request of this stream);
+//     is decided and relayed under the gateway's id, and the client's
+//     answer routed back to the member (fedanswer.go); a response is
+//     dropped (it answers no request of this stream);
 //   - every event the gateway sends carries its own event id, sealed
 //     (eventIDFormat) and holding each member's last event id: a client
 //     that reconnects with it as Last-Event-ID has each member's stream
@@ -507,8 +507,7 @@ func (s *Server) fedStreamMessage(ctx context.Context, fwd *forward, data []byte
 		return s.transformRequest(ctx, fwd, m, data)
 	}
 	if m.ID.IsValid() {
-		s.refuseFederated(fwd, m)
-		return nil, true
+		return s.relayMemberRequest(ctx, fwd, m, data)
 	}
 	return s.renamed(fwd, data), false
 }

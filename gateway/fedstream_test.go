@@ -118,7 +118,8 @@ func openFedStream(t *testing.T, url, session, lastID string) *fedStreamClient {
 
 // streamMessage is what the tests read of a message on the stream.
 type streamMessage struct {
-	Method string `json:"method"`
+	ID     json.RawMessage `json:"id"`
+	Method string          `json:"method"`
 	Params struct {
 		URI string `json:"uri"`
 	} `json:"params"`
@@ -213,24 +214,36 @@ func TestFederatedStream(t *testing.T) {
 		t.Errorf("tools/list after list_changed: %s, want b__late", list.Result["tools"])
 	}
 
-	// A member's request of the client cannot be answered through the
-	// merge: the member gets the gateway's refusal, the client nothing.
+	// A member's request of the client reaches it under the gateway's id,
+	// and the client's answer with that id reaches the member.
 	asked := 0
 	for ss := range a.server.Sessions() {
 		asked++
-		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-		err := ss.Ping(ctx, nil)
-		cancel()
-		if err == nil || !strings.Contains(err.Error(), "not available on a federated route") {
-			t.Errorf("a member's ping of the client through the federated stream: %v, want the gateway's refusal", err)
+		pinged := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			pinged <- ss.Ping(ctx, nil)
+		}()
+		m := stream.next(t)
+		var id string
+		if err := json.Unmarshal(m.ID, &id); err != nil || m.Method != "ping" || !strings.HasPrefix(id, "ctxgate-fed/a/") {
+			t.Fatalf("the member's ping reached the client as %s %s, want a ping under the gateway's id for member a", m.Method, m.ID)
+		}
+		answer := send(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":`+string(m.ID)+`,"result":{}}`, http.Header{"Mcp-Protocol-Version": {"2025-11-25"}})
+		if answer.StatusCode != http.StatusAccepted {
+			t.Errorf("the client's answer to the member's ping: %s, want 202", answer.Status)
+		}
+		if err := <-pinged; err != nil {
+			t.Errorf("the member's ping of the client through the federated stream: %v, want the client's answer", err)
 		}
 	}
 	if asked != 1 {
 		t.Errorf("member a has %d sessions, want the federated one", asked)
 	}
-	a.updated(t, "res://a/doc")
-	if m := stream.next(t); m.Method != "notifications/resources/updated" {
-		t.Errorf("after a refused ping the stream sent %q, want only the next update", m.Method)
+	stray := send(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":"ctxgate-fed/c/n:1","result":{}}`, http.Header{"Mcp-Protocol-Version": {"2025-11-25"}})
+	if stray.StatusCode != http.StatusAccepted {
+		t.Errorf("an answer naming no member of the session: %s, want 202 (dropped)", stray.Status)
 	}
 
 	// Unsubscribing reaches the owning member too: its next update of the
@@ -412,5 +425,58 @@ routes: [{path: /mcp, upstreams: [a, b], member_timeout: 5s}]
 	}
 	if keepalives == 0 {
 		t.Error("no keep-alive comment on a quiet stream")
+	}
+}
+
+// TestFederatedMemberRequestOnCall: a member's request of the client sent
+// while it serves a routed tools/call (on that call's answer stream)
+// reaches the client under the gateway's id; the client's answer reaches
+// the member, and the call completes.
+func TestFederatedMemberRequestOnCall(t *testing.T) {
+	a, b := newStreamMember(t, "a"), newStreamMember(t, "b")
+	mcp.AddTool(a.server, &mcp.Tool{Name: "asks"}, func(ctx context.Context, req *mcp.CallToolRequest, _ struct{}) (*mcp.CallToolResult, any, error) {
+		text := "answered"
+		if err := req.Session.Ping(ctx, nil); err != nil {
+			text = "unanswered: " + err.Error()
+		}
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: text}}}, nil, nil
+	})
+	url := startStreamGateway(t, a, b, gateway.Options{Policy: newEngine(t, streamPolicy, nil, nil)})
+	init := rpc(t, http.MethodPost, url, "", initializeBody, nil)
+	h := http.Header{"Mcp-Protocol-Version": {"2025-11-25"}}
+	call := send(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"a__asks","arguments":{}}}`, h)
+	if !strings.HasPrefix(call.Header.Get("Content-Type"), "text/event-stream") {
+		t.Fatalf("tools/call a__asks: %s %q, want an event stream", call.Status, call.Header.Get("Content-Type"))
+	}
+	events := mcpwire.NewReader(call.Body)
+	next := func() (m struct {
+		ID     json.RawMessage `json:"id"`
+		Method string          `json:"method"`
+		Result json.RawMessage `json:"result"`
+	}) {
+		t.Helper()
+		for {
+			ev, err := events.Next()
+			if err != nil {
+				t.Fatalf("reading the call's answer: %v", err)
+			}
+			if ev.HasData && len(ev.Data) > 0 {
+				if err := json.Unmarshal(ev.Data, &m); err != nil {
+					t.Fatal(err)
+				}
+				return m
+			}
+		}
+	}
+	ping := next()
+	if ping.Method != "ping" || !strings.HasPrefix(string(ping.ID), `"ctxgate-fed/a/`) {
+		t.Fatalf("first message of the call's answer: %s %s, want the member's ping under the gateway's id", ping.Method, ping.ID)
+	}
+	if answer := send(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":`+string(ping.ID)+`,"result":{}}`, h); answer.StatusCode != http.StatusAccepted {
+		t.Errorf("the client's answer: %s, want 202", answer.Status)
+	}
+	result := next()
+	if string(result.ID) != "5" || !strings.Contains(string(result.Result), `"answered"`) {
+		t.Errorf("the call's result: id %s %s, want the member's text answered", result.ID, result.Result)
 	}
 }

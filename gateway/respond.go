@@ -190,8 +190,9 @@ func (s *Server) transformRequest(ctx context.Context, fwd *forward, m *jsonrpc.
 		return data, true
 	}
 	if m.ID.IsValid() && fwd.federation != "" {
-		s.refuseFederated(fwd, m)
-		return data, true
+		// Relayed under the gateway's id, so the client's answer finds
+		// this member again (fedanswer.go).
+		return s.relayMemberRequest(ctx, fwd, m, data)
 	}
 	if m.ID.IsValid() {
 		d, ok := s.allowServerRequest(ctx, fwd, m)
@@ -209,11 +210,4 @@ func (s *Server) transformRequest(ctx context.Context, fwd *forward, m *jsonrpc.
 	}
 	out, drop := s.redactParams(ctx, fwd, m, data, rs, "notification")
 	return s.renamed(fwd, out), drop
-}
-
-// refuseFederated refuses a member's server-to-client request on a
-// federated route: the client's answer could not be routed back to this
-// member (federation.go), so it is refused to the member, never relayed.
-func (s *Server) refuseFederated(fwd *forward, m *jsonrpc.Request) {
-	go s.answerUpstream(fwd, errorMessage(m.ID, newError(0, CodeMethodNotFound, m.Method+" is not available on a federated route", nil)))
 }

@@ -3,6 +3,9 @@ package gateway_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -132,4 +135,65 @@ func TestFederatedListen(t *testing.T) {
 	}
 	resp.Body.Close()
 	waitUntil(t, "both members' listens to end", func() bool { return listening() == 0 })
+}
+
+// endingListener is a modern MCP server whose subscriptions/listen
+// acknowledges, sends one tools/list_changed and ends with its result.
+type endingListener struct{}
+
+func (endingListener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	if answerProbe(w, body) {
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	for _, msg := range []string{
+		`{"jsonrpc":"2.0","method":"notifications/subscriptions/acknowledged","params":{"notifications":{"toolsListChanged":true},"_meta":{"io.modelcontextprotocol/subscriptionId":7}}}`,
+		`{"jsonrpc":"2.0","method":"notifications/tools/list_changed","params":{"_meta":{"io.modelcontextprotocol/subscriptionId":7}}}`,
+		`{"jsonrpc":"2.0","id":7,"result":{"resultType":"complete","_meta":{"io.modelcontextprotocol/subscriptionId":7}}}`,
+	} {
+		fmt.Fprintf(w, "event: message\ndata: %s\n\n", msg)
+	}
+}
+
+// TestFederatedListenEnds: when every member's listen has ended, the
+// client gets the listen's one result and its stream ends.
+func TestFederatedListenEnds(t *testing.T) {
+	a, b := httptest.NewServer(endingListener{}), httptest.NewServer(endingListener{})
+	t.Cleanup(a.Close)
+	t.Cleanup(b.Close)
+	srv, err := newFederatedGateway(t, a.URL, b.URL, config.PrefixAlways)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp := send(t, http.MethodPost, srv.URL+"/mcp", "", modernCall("subscriptions/listen", `"notifications":{"toolsListChanged":true}`),
+		modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "subscriptions/listen"))
+	var got []string
+	events := mcpwire.NewReader(resp.Body)
+	for {
+		ev, err := events.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("the listen stream ended with %v, want a clean end", err)
+		}
+		var m struct {
+			ID     json.RawMessage `json:"id"`
+			Method string          `json:"method"`
+			Result json.RawMessage `json:"result"`
+		}
+		if ev.HasData && json.Unmarshal(ev.Data, &m) == nil {
+			got = append(got, m.Method+string(m.ID)+string(m.Result))
+		}
+	}
+	want := []string{
+		"notifications/subscriptions/acknowledged",
+		"notifications/tools/list_changed",
+		"notifications/tools/list_changed",
+		`7{"_meta":{"io.modelcontextprotocol/subscriptionId":7},"resultType":"complete"}`,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("the listen stream (-want +got):\n%s", diff)
+	}
 }

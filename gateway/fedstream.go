@@ -200,12 +200,7 @@ func (fs *fedStream) openAll() error {
 	fs.members = make([]*memberStream, len(in))
 	done := make(chan struct{})
 	for i, m := range in {
-		mf := fr.forward(m)
-		mf.stream = true
-		base := baseInput(fr.r, mf)
-		base.Route = fr.f.cfg.Name // policies are written per member upstream
-		mf.base = base
-		ms := &memberStream{m: m, fwd: mf, last: fs.last[m.upstream.Name]}
+		ms := fs.memberStream(m)
 		fs.members[i] = ms
 		go func() {
 			defer func() { done <- struct{}{} }()
@@ -222,25 +217,53 @@ func (fs *fedStream) openAll() error {
 	for range in {
 		<-done
 	}
-	var noStream int
 	kept := fs.members[:0]
 	for i, ms := range fs.members {
 		if terminal[i] == nil {
 			kept = append(kept, ms)
-		} else if errors.Is(terminal[i], errNoMemberStream) {
-			noStream++
 		}
 	}
 	fs.members = kept
-	switch {
-	case len(kept) > 0:
+	if len(kept) > 0 {
 		return nil
-	case noStream == len(in):
+	}
+	return streamRefused(terminal)
+}
+
+// memberStream is member m's part of the stream, before it is opened: the
+// forward as m's own route would see the stream, and m's last id.
+func (fs *fedStream) memberStream(m *route) *memberStream {
+	mf := fs.fr.forward(m)
+	mf.stream = true
+	base := baseInput(fs.fr.r, mf)
+	base.Route = fs.fr.f.cfg.Name // policies are written per member upstream
+	mf.base = base
+	return &memberStream{m: m, fwd: mf, last: fs.last[m.upstream.Name]}
+}
+
+// streamRefused is the answer to a GET every member refused for good:
+// 405 when none has a stream, 404 when every one ended its session (as a
+// single route's upstream answers: the client initializes again), else
+// 502.
+func streamRefused(refusals []error) error {
+	noStream, ended := 0, 0
+	for _, err := range refusals {
+		switch {
+		case errors.Is(err, errNoMemberStream):
+			noStream++
+		case errors.Is(err, errMemberSessionEnded):
+			ended++
+		}
+	}
+	switch len(refusals) {
+	case noStream:
 		e := newError(http.StatusMethodNotAllowed, CodeInvalidRequest, "no member of the federated route offers a GET stream", nil)
 		e.Header = http.Header{"Allow": {"POST, DELETE"}}
 		return e
+	case ended:
+		return newError(http.StatusNotFound, CodeSessionNotFound, "session not found; initialize a new session", errMemberUnavailable{member: "every member", err: errMemberSessionEnded})
 	}
-	return newError(http.StatusBadGateway, CodeUpstreamUnavailable, "no member of the federated route can open its stream", nil)
+	return newError(http.StatusBadGateway, CodeUpstreamUnavailable, "no member of the federated route can open its stream", errors.Join(refusals...))
 }
 
 // errNoMemberStream is a member's 405 to the GET: it has no stream.

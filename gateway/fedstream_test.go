@@ -480,3 +480,36 @@ func TestFederatedMemberRequestOnCall(t *testing.T) {
 		t.Errorf("the call's result: id %s %s, want the member's text answered", result.ID, result.Result)
 	}
 }
+
+// TestFederatedStreamRefused: a GET every member refuses for good is
+// answered as a single route's would be.
+func TestFederatedStreamRefused(t *testing.T) {
+	t.Run("every member ended the session", func(t *testing.T) {
+		hooks := &memberHooks{}
+		a, b := sdkServerHooked(t, hooks, "x"), sdkServerHooked(t, hooks, "y")
+		srv, err := newFederatedGateway(t, a.URL, b.URL, "always")
+		if err != nil {
+			t.Fatal(err)
+		}
+		init := rpc(t, http.MethodPost, srv.URL+"/mcp", "", initializeBody, nil)
+		hooks.forget.Store(true)
+		got := rpc(t, http.MethodGet, srv.URL+"/mcp", init.session, "", http.Header{"Accept": {"text/event-stream"}, "Mcp-Protocol-Version": {"2025-11-25"}})
+		if got.status != http.StatusNotFound || got.Error == nil || got.Error.Code != -31003 {
+			t.Errorf("GET: HTTP %d %+v, want 404 -31003 (initialize again)", got.status, got.Error)
+		}
+	})
+	t.Run("no member has a stream", func(t *testing.T) {
+		a, b := httptest.NewServer(&endingMember{noStream: true}), httptest.NewServer(&endingMember{noStream: true})
+		t.Cleanup(a.Close)
+		t.Cleanup(b.Close)
+		srv, err := newFederatedGateway(t, a.URL, b.URL, "always")
+		if err != nil {
+			t.Fatal(err)
+		}
+		init := rpc(t, http.MethodPost, srv.URL+"/mcp", "", initializeBody, nil)
+		got := rpc(t, http.MethodGet, srv.URL+"/mcp", init.session, "", http.Header{"Accept": {"text/event-stream"}, "Mcp-Protocol-Version": {"2025-11-25"}})
+		if got.status != http.StatusMethodNotAllowed || got.Error == nil || got.Error.Code != -32600 {
+			t.Errorf("GET: HTTP %d %+v, want 405 -32600", got.status, got.Error)
+		}
+	})
+}

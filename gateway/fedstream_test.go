@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -512,4 +513,55 @@ func TestFederatedStreamRefused(t *testing.T) {
 			t.Errorf("GET: HTTP %d %+v, want 405 -32600", got.status, got.Error)
 		}
 	})
+}
+
+// TestFederatedStreamInvalidatesCache: a member's
+// notifications/resources/updated on the merged stream drops the member's
+// cached resources/read of that URI, as on its own route.
+func TestFederatedStreamInvalidatesCache(t *testing.T) {
+	var version atomic.Int64
+	server := mcp.NewServer(&mcp.Implementation{Name: "member", Version: "1"}, &mcp.ServerOptions{
+		SubscribeHandler:   func(context.Context, *mcp.SubscribeRequest) error { return nil },
+		UnsubscribeHandler: func(context.Context, *mcp.UnsubscribeRequest) error { return nil },
+	})
+	server.AddResource(&mcp.Resource{URI: "res://doc", Name: "doc"}, func(context.Context, *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
+		return &mcp.ReadResourceResult{Contents: []*mcp.ResourceContents{{URI: "res://doc", Text: fmt.Sprintf("version %d", version.Load())}}}, nil
+	})
+	a := httptest.NewServer(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server }, nil))
+	t.Cleanup(a.Close)
+	b := newStreamMember(t, "b")
+	srv, err := startGatewayYAML(t, fmt.Sprintf(`
+server: {listen: "127.0.0.1:0"}
+admin: {listen: "127.0.0.1:0"}
+auth: {anonymous: true}
+policy: {dir: unused-the-test-passes-the-engine}
+upstreams:
+  - {name: a, url: %q, cache: {ttl: {resources/read: 1h}}}
+  - {name: b, url: %q}
+routes: [{path: /mcp, upstreams: [a, b], member_timeout: 5s}]
+`, a.URL, b.srv.URL), gateway.Options{Policy: newEngine(t, streamPolicy, nil, nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := srv.URL + "/mcp"
+	init := rpc(t, http.MethodPost, url, "", initializeBody, nil)
+	h := http.Header{"Mcp-Protocol-Version": {"2025-11-25"}}
+	read := func() string {
+		got := rpc(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":3,"method":"resources/read","params":{"uri":"a+res://doc"}}`, h)
+		return string(got.Result["contents"])
+	}
+	first := read()
+	version.Store(1)
+	if again := read(); again != first {
+		t.Fatalf("second read %s, want the cached %s", again, first)
+	}
+	stream := openFedStream(t, url, init.session, "")
+	subscribe(t, url, init.session, "a+res://doc")
+	if err := server.ResourceUpdated(t.Context(), &mcp.ResourceUpdatedNotificationParams{URI: "res://doc"}); err != nil {
+		t.Fatal(err)
+	}
+	if m := stream.next(t); m.Params.URI != "a+res://doc" {
+		t.Fatalf("the stream sent %s %s, want the update of a+res://doc", m.Method, m.Params.URI)
+	}
+	waitUntil(t, "the cached read to be dropped", func() bool { return strings.Contains(read(), "version 1") })
 }

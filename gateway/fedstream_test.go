@@ -319,10 +319,12 @@ func TestFederatedStreamResume(t *testing.T) {
 }
 
 // endingMember is a legacy MCP server whose GET stream sends one event
-// (ids 1, 2, ...) and ends; it records the Last-Event-ID of every GET.
-// With noStream it answers GET 405.
+// (ids 1, 2, ...) and ends (with stall: then sends nothing until the
+// client leaves); it records the Last-Event-ID of every GET. With noStream
+// it answers GET 405.
 type endingMember struct {
 	noStream bool
+	stall    bool
 	mu       sync.Mutex
 	lastIDs  []string
 }
@@ -345,6 +347,10 @@ func (m *endingMember) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		n := len(m.gets())
 		w.Header().Set("Content-Type", "text/event-stream")
 		fmt.Fprintf(w, "id: %d\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{\"level\":\"info\",\"data\":\"event %d\"}}\n\n", n, n)
+		if m.stall {
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+		}
 	case req.Method == "initialize":
 		w.Header().Set("Mcp-Session-Id", "member-session")
 		w.Header().Set("Content-Type", "application/json")
@@ -360,29 +366,43 @@ func (m *endingMember) gets() []string {
 	return slices.Clone(m.lastIDs)
 }
 
-// TestFederatedStreamReopen: a member whose stream ends is opened again
-// from its last event id, and the client's stream goes on; a member with
-// no stream (405) is left out of it.
+// TestFederatedStreamReopen: a member whose stream ends, or stalls past
+// its streams.idle_timeout, is opened again from its last event id, and
+// the client's stream goes on; a member with no stream (405) is left out
+// of it.
 func TestFederatedStreamReopen(t *testing.T) {
-	ending, none := &endingMember{}, &endingMember{noStream: true}
-	a, b := httptest.NewServer(ending), httptest.NewServer(none)
-	t.Cleanup(a.Close)
-	t.Cleanup(b.Close)
-	srv, err := newFederatedGateway(t, a.URL, b.URL, "always")
-	if err != nil {
-		t.Fatal(err)
-	}
-	url := srv.URL + "/mcp"
-	init := rpc(t, http.MethodPost, url, "", initializeBody, nil)
-	stream := openFedStream(t, url, init.session, "")
-	for range 3 {
-		stream.next(t)
-	}
-	if diff := cmp.Diff([]string{"", "1", "2"}, ending.gets()[:3]); diff != "" {
-		t.Errorf("the member's GETs, by Last-Event-ID (-want +got):\n%s", diff)
-	}
-	if got := len(none.gets()); got != 1 {
-		t.Errorf("the member without a stream was asked for it %d times, want once", got)
+	for _, stall := range []bool{false, true} {
+		t.Run(fmt.Sprintf("stall %t", stall), func(t *testing.T) {
+			ending, none := &endingMember{stall: stall}, &endingMember{noStream: true}
+			a, b := httptest.NewServer(ending), httptest.NewServer(none)
+			t.Cleanup(a.Close)
+			t.Cleanup(b.Close)
+			srv, err := startGatewayYAML(t, fmt.Sprintf(`
+server: {listen: "127.0.0.1:0"}
+admin: {listen: "127.0.0.1:0"}
+auth: {anonymous: true}
+policy: {dir: unused-the-test-passes-no-engine}
+upstreams:
+  - {name: a, url: %q, streams: {idle_timeout: 100ms, keepalive: 50ms}}
+  - {name: b, url: %q}
+routes: [{path: /mcp, upstreams: [a, b], member_timeout: 5s}]
+`, a.URL, b.URL), gateway.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			url := srv.URL + "/mcp"
+			init := rpc(t, http.MethodPost, url, "", initializeBody, nil)
+			stream := openFedStream(t, url, init.session, "")
+			for range 3 {
+				stream.next(t)
+			}
+			if diff := cmp.Diff([]string{"", "1", "2"}, ending.gets()[:3]); diff != "" {
+				t.Errorf("the member's GETs, by Last-Event-ID (-want +got):\n%s", diff)
+			}
+			if got := len(none.gets()); got != 1 {
+				t.Errorf("the member without a stream was asked for it %d times, want once", got)
+			}
+		})
 	}
 }
 

@@ -219,3 +219,43 @@ routes:
 		}
 	}
 }
+
+// TestFederationModernListen: the Go SDK client speaking 2026-07-28
+// subscribes (a subscriptions/listen per URI, as the SDK does) to the
+// watched resource of two stateless Go SDK everything-servers behind one
+// federated route, and gets both members' updates under the federated
+// URIs (each server updates it every 3 s).
+func TestFederationModernListen(t *testing.T) {
+	one, two := startEverythingMode(t, true), startEverythingMode(t, true)
+	gw := startGateway(t, fmt.Sprintf(`
+server: {listen: "127.0.0.1:0"}
+admin: {listen: "127.0.0.1:0"}
+`+policyConfig()+`auth: {anonymous: true}
+upstreams:
+  - {name: one, url: %q}
+  - {name: two, url: %q}
+routes:
+  - {path: /mcp, upstreams: [one, two], prefix: always, member_timeout: 5s}
+`, one, two))
+	got := &updates{seen: map[string]int{}}
+	client := mcp.NewClient(&mcp.Implementation{Name: "e2e-fedlisten", Version: "1"}, &mcp.ClientOptions{
+		ResourceUpdatedHandler: func(_ context.Context, r *mcp.ResourceUpdatedNotificationRequest) { got.add(r.Params.URI) },
+	})
+	cs, err := client.Connect(ctx(t), &mcp.StreamableClientTransport{Endpoint: gw.URL + "/mcp"}, &mcp.ClientSessionOptions{ProtocolVersion: "2026-07-28"})
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer cs.Close()
+	uris := []string{"one+test://watched-resource", "two+test://watched-resource"}
+	for _, uri := range uris {
+		go func() { _ = cs.Subscribe(context.Background(), &mcp.SubscribeParams{URI: uri}) }() // returns when the listen ends
+	}
+	waitFor(t, "both members' updates on the federated listens", readyDeadline, func() bool {
+		return got.count(uris[0]) > 0 && got.count(uris[1]) > 0
+	})
+	for uri := range got.all() {
+		if uri != uris[0] && uri != uris[1] {
+			t.Errorf("an update of %q, which the client did not subscribe to under that name", uri)
+		}
+	}
+}

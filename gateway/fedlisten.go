@@ -58,7 +58,10 @@ type memberListen struct {
 	ms     *memberStream
 	ack    listenNotifications
 	denied bool
-	err    error
+	// idle: the client asked this member for nothing (no URI of its, no
+	// flag), so it is not asked.
+	idle bool
+	err  error
 }
 
 // listen serves a modern subscriptions/listen on a federated route.
@@ -118,6 +121,12 @@ func (fr *fedRequest) listen(w http.ResponseWriter, req *jsonrpc.Request) error 
 	open.Inc()
 	defer open.Dec()
 	fs.first = ack
+	if len(fs.members) == 0 {
+		// Nothing to listen to (no member was asked for anything, or the
+		// policy let none be): acknowledged and ended at once, as a
+		// server does.
+		fs.first = append(ack, fs.ended()...)
+	}
 	fs.run(ctx, w)
 	return nil
 }
@@ -154,12 +163,16 @@ func (fr *fedRequest) openListens(ctx context.Context, req *jsonrpc.Request, par
 	var wg sync.WaitGroup
 	for i, m := range f.members {
 		name := m.upstream.Name
+		n := *params.Notifications
+		n.ResourceSubscriptions = own[name]
+		if !n.ToolsListChanged && !n.PromptsListChanged && !n.ResourcesListChanged && len(n.ResourceSubscriptions) == 0 {
+			parts[i].idle = true
+			continue
+		}
 		if in, _ := fr.fo.reach(name); !in || fr.fo.members[name].bridged {
 			parts[i].err = errNoMemberStream
 			continue
 		}
-		n := *params.Notifications
-		n.ResourceSubscriptions = own[name]
 		body, err := json.Marshal(map[string]any{"notifications": n, "_meta": params.Meta})
 		if err != nil {
 			parts[i].err = err
@@ -266,6 +279,7 @@ func (fs *fedStream) acknowledged(parts []memberListen, id jsonrpc.ID) ([]byte, 
 	for i, pt := range parts {
 		name := fr.f.members[i].upstream.Name
 		switch {
+		case pt.idle:
 		case pt.denied:
 			denied++
 		case pt.err != nil:
@@ -285,10 +299,11 @@ func (fs *fedStream) acknowledged(parts []memberListen, id jsonrpc.ID) ([]byte, 
 			}
 		}
 	}
-	if len(fs.members) == 0 {
-		if denied == len(parts) {
-			return nil, newError(http.StatusOK, CodePolicyDenied, "request denied by policy", nil)
-		}
+	switch {
+	case len(fs.members) > 0:
+	case denied == len(parts):
+		return nil, newError(http.StatusOK, CodePolicyDenied, "request denied by policy", nil)
+	case len(missing) > 0:
 		return nil, newError(http.StatusBadGateway, CodeUpstreamUnavailable, "no member of the federated route acknowledged subscriptions/listen", nil)
 	}
 	meta := map[string]any{metaSubscriptionID: id.Raw()}

@@ -197,3 +197,23 @@ func TestFederatedListenEnds(t *testing.T) {
 		t.Errorf("the listen stream (-want +got):\n%s", diff)
 	}
 }
+
+// TestFederatedListenNothing: a listen that asks no member for anything
+// (a URI no member owns, no flag) is acknowledged and ended at once.
+func TestFederatedListenNothing(t *testing.T) {
+	a, b := newListenMember(t, "a"), newListenMember(t, "b")
+	srv, err := newFederatedGateway(t, a.srv.URL, b.srv.URL, config.PrefixAlways)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp := send(t, http.MethodPost, srv.URL+"/mcp", "", modernCall("subscriptions/listen", `"notifications":{"resourceSubscriptions":["c+res://c/doc"]}`),
+		modernHeader("Mcp-Protocol-Version", "2026-07-28", "Mcp-Method", "subscriptions/listen"))
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"method":"notifications/subscriptions/acknowledged","params":{"_meta":{"io.modelcontextprotocol/subscriptionId":7},"notifications":{}}`) ||
+		!strings.Contains(string(body), `"id":7,"result":{"_meta":{"io.modelcontextprotocol/subscriptionId":7},"resultType":"complete"}`) {
+		t.Errorf("listen for nothing: %s\n%s\nwant an empty acknowledgement and the result", resp.Status, body)
+	}
+}

@@ -163,8 +163,8 @@ func (fr *fedRequest) stream(w http.ResponseWriter) error {
 // refuses one it never sent.
 func (fs *fedStream) resumeFrom(ids []string) (map[string]string, error) {
 	last := map[string]string{}
-	if len(ids) == 0 {
-		return last, nil
+	if len(ids) == 0 || len(ids) == 1 && ids[0] == "" {
+		return last, nil // an empty id is no id (as an EventSource's before any)
 	}
 	fr := fs.fr
 	var id fedEventID

@@ -260,13 +260,19 @@ func TestFederatedStream(t *testing.T) {
 		t.Errorf("after unsubscribing b+res://b/doc the stream sent %s %s, want the update of b+res://b/other", m.Method, m.Params.URI)
 	}
 
-	t.Run("an id from another session is refused", func(t *testing.T) {
-		other := rpc(t, http.MethodPost, url, "", initializeBody, nil)
-		resp := send(t, http.MethodGet, url, other.session, "", http.Header{"Accept": {"text/event-stream"}, "Mcp-Protocol-Version": {"2025-11-25"}, "Last-Event-Id": {stream.lastID}})
-		if resp.StatusCode != http.StatusBadRequest {
-			t.Errorf("GET with another session's Last-Event-ID: %s, want 400", resp.Status)
-		}
-	})
+	other := rpc(t, http.MethodPost, url, "", initializeBody, nil)
+	for _, tt := range []struct{ name, session, lastID string }{
+		{"another session's id", other.session, stream.lastID},
+		{"a tampered id", init.session, stream.lastID[:len(stream.lastID)-2] + "AA"},
+		{"a session id", init.session, init.session},
+	} {
+		t.Run(tt.name+" is refused", func(t *testing.T) {
+			got := rpc(t, http.MethodGet, url, tt.session, "", http.Header{"Accept": {"text/event-stream"}, "Mcp-Protocol-Version": {"2025-11-25"}, "Last-Event-Id": {tt.lastID}})
+			if got.status != http.StatusBadRequest || got.Error == nil || got.Error.Code != -32600 {
+				t.Errorf("GET with %s as Last-Event-ID: HTTP %d %+v, want 400 -32600", tt.name, got.status, got.Error)
+			}
+		})
+	}
 }
 
 // TestFederatedStreamResume: events are sent, the client goes away, more

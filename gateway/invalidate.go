@@ -33,6 +33,9 @@ type invalidation struct {
 	Keys     []string    `json:"keys,omitempty"`
 	Tags     []string    `json:"tags,omitempty"`
 	Prefixes []uriPrefix `json:"prefixes,omitempty"`
+	// Pins names upstreams whose tool pins changed (an approval): each
+	// replica reads them from Redis again.
+	Pins []string `json:"pins,omitempty"`
 }
 
 // uriPrefix names the resources of an upstream whose URI starts with Prefix.
@@ -43,6 +46,12 @@ type uriPrefix struct {
 
 // applyInvalidation drops what inv names from this replica's cache.
 func (s *Server) applyInvalidation(inv invalidation) {
+	for _, up := range inv.Pins {
+		s.pins.set(up).pull(s.streams)
+	}
+	if s.cache == nil {
+		return
+	}
 	if inv.All {
 		s.cache.Purge()
 		return
@@ -97,18 +106,27 @@ func (s *Server) applyPublished(payload []byte) {
 	if err := json.Unmarshal(payload, &inv); err != nil {
 		// A replica of another version, or not ctxgate: dropping
 		// everything is the one safe reading.
-		s.log.Warn("cache invalidation from another replica not understood; dropping the whole cache", "error", err.Error())
-		s.cache.Purge()
+		s.log.Warn("invalidation from another replica not understood; dropping the whole cache and reading the pins again", "error", err.Error())
+		s.resync()
 		return
 	}
 	s.applyInvalidation(inv)
+}
+
+// resync is what a replica does when it may have missed invalidations:
+// drop its whole cache and read every pin again.
+func (s *Server) resync() {
+	if s.cache != nil {
+		s.cache.Purge()
+	}
+	s.pins.pullAll(s.streams)
 }
 
 // startFanout follows the other replicas' invalidations and the event
 // stream, until the server shuts down.
 func (s *Server) startFanout(ctx context.Context) {
 	if s.fanout != nil {
-		go s.fanout.Run(ctx, s.applyPublished, s.cache.Purge)
+		go s.fanout.Run(ctx, s.applyPublished, s.resync)
 	}
 	if ev := s.cfg.Redis.EventsConfig(); ev != nil && s.cache != nil {
 		go s.redis.FollowEvents(ctx, ev.Stream, ev.Group, s.replicaName, s.applyStreamEvent)

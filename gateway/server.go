@@ -221,13 +221,18 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 		} else {
 			s.log.Info("cache entries stay in each replica's memory: set cache.encryption_keys to share them on Redis (sealed)")
 		}
+	}
+	if s.redis != nil && len(s.pins.sets) > 0 {
+		s.pins.shareWith(context.Background(), s.redis, s.log)
+	}
+	if s.redis != nil && (s.cache != nil || len(s.pins.sets) > 0) {
 		s.fanout = s.redis.NewFanout(s.replicaName, s.log)
 		fanout := s.fanout
 		// Registered once per registry: tests may build several servers
 		// on one Metrics.
 		_ = s.metrics.registry.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "ctxgate_cache_fanout_in_step",
-			Help: "1 while this replica follows every cache invalidation published on Redis (its cache is used), 0 while it may have missed one (its cache is bypassed).",
+			Help: "1 while this replica follows every invalidation and pin change published on Redis (its cache is used), 0 while it may have missed one (its cache is bypassed; its pins are read again when back in step).",
 		}, func() float64 {
 			if fanout.Synced() {
 				return 1

@@ -44,10 +44,14 @@ type Options struct {
 // Features are the labels of ctxgate_redis_fallback_total, each created
 // at zero so dashboards and alerts see the series before the first
 // fallback.
-var Features = []string{FeatureRateLimit}
+var Features = []string{FeatureRateLimit, FeaturePins}
 
-// FeatureRateLimit names the rate limits in Fallback.
-const FeatureRateLimit = "rate_limit"
+// FeatureRateLimit names the rate limits in Fallback, FeaturePins the
+// tool pins.
+const (
+	FeatureRateLimit = "rate_limit"
+	FeaturePins      = "pins"
+)
 
 // fallbackLogEvery bounds the fallback warnings: while Redis is down
 // every request falls back, and one line per request would drown the log.
@@ -222,6 +226,8 @@ const (
 	// OpCacheGet and OpCacheSet read and write the cache's second level.
 	OpCacheGet = "cache_get"
 	OpCacheSet = "cache_set"
+	// OpPins reads or writes the shared tool pins.
+	OpPins = "pins"
 )
 
 // observe records one round trip of op that began at start: its duration

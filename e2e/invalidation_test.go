@@ -54,8 +54,9 @@ func (g *gatewayProc) metricOrZero(t *testing.T, series string) float64 {
 
 // TestInvalidationAcrossReplicas: three ctxgate processes on one
 // redis-server, each with tools/list cached. A purge on one replica, a
-// POST /admin/invalidate on another and an event a context source XADDs to
-// the stream each make every replica's next tools/list a miss. Redis
+// POST /admin/invalidate on another, an event a context source XADDs to
+// the stream and an upstream's tools/list_changed each make every
+// replica's next tools/list a miss. Redis
 // killed: every replica stops trusting its cache (answers are still
 // served, from the upstream) and an invalidation says it reached this
 // replica only; Redis back: each drops its cache and caches again.
@@ -188,6 +189,15 @@ func TestInvalidationAcrossReplicas(t *testing.T) {
 	if p, err := source.XPending(context.Background(), "e2e-events", "e2e").Result(); err != nil || p.Count != 0 {
 		t.Errorf("pending events %+v (%v), want none: applied and poison events are both acknowledged", p, err)
 	}
+
+	// An upstream's list_changed: the replica relaying it fans it out.
+	fill()
+	before = received()
+	resp := clients[0].post(t, `{"jsonrpc":"2.0","id":90,"method":"tools/call","params":{"name":"test_trigger_tool_change","arguments":{}}}`)
+	if body, _ := io.ReadAll(resp.Body); resp.StatusCode != http.StatusOK || strings.Contains(string(body), `"error"`) {
+		t.Fatalf("test_trigger_tool_change: %s %s", resp.Status, body)
+	}
+	expectEverywhere("an upstream's tools/list_changed", before, 0)
 
 	// Redis killed: nothing is trusted, everything is still answered.
 	fill()

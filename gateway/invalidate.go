@@ -36,6 +36,9 @@ type invalidation struct {
 	// Pins names upstreams whose tool pins changed (an approval): each
 	// replica reads them from Redis again.
 	Pins []string `json:"pins,omitempty"`
+	// Updated are resources a context source said changed: their
+	// subscribers are sent notifications/resources/updated.
+	Updated []resourceUpdate `json:"updated,omitempty"`
 }
 
 // uriPrefix names the resources of an upstream whose URI starts with Prefix.
@@ -48,6 +51,9 @@ type uriPrefix struct {
 func (s *Server) applyInvalidation(inv invalidation) {
 	for _, up := range inv.Pins {
 		s.pins.set(up).pull(s.streams)
+	}
+	for _, u := range inv.Updated {
+		s.notifySubscribers(s.streams, u)
 	}
 	if s.cache == nil {
 		return
@@ -206,8 +212,10 @@ func (s *Server) parseInvalidateRequest(body []byte) (invalidateRequest, invalid
 			inv.Tags = append(inv.Tags, cache.MethodTag(up, req.Method))
 		case req.URI != "":
 			inv.Tags = append(inv.Tags, cache.ResourceTag(up, req.URI))
+			inv.Updated = append(inv.Updated, resourceUpdate{Upstream: up, URI: req.URI})
 		case req.URIPrefix != "":
 			inv.Prefixes = append(inv.Prefixes, uriPrefix{Upstream: up, Prefix: req.URIPrefix})
+			inv.Updated = append(inv.Updated, resourceUpdate{Upstream: up, URI: req.URIPrefix, Prefix: true})
 		case req.Tool != "":
 			inv.Tags = append(inv.Tags, cache.ToolTag(up, req.Tool))
 		default:

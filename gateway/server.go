@@ -139,6 +139,9 @@ type Server struct {
 	// sealer seals the cache's second level on Redis; nil: no second
 	// level (cachel2.go).
 	sealer *cache.Sealer
+	// subscriptions are the open streams and the sessions' resource
+	// subscriptions (subscriptions.go).
+	subscriptions *subscriptionRegistry
 	// onReady is Options.OnReady.
 	onReady func()
 }
@@ -213,6 +216,7 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 		return nil, err
 	}
 	s.replicaName = newReplicaName()
+	s.subscriptions = newSubscriptionRegistry()
 	if s.redis != nil && s.cache != nil {
 		if slices.ContainsFunc(cfg.Cache.EncryptionKeys, func(k string) bool { return k != "" }) {
 			if s.sealer, err = cache.NewSealer(cfg.Cache.EncryptionKeys); err != nil {

@@ -228,6 +228,9 @@ const (
 	OpCacheSet = "cache_set"
 	// OpPins reads or writes the shared tool pins.
 	OpPins = "pins"
+	// OpSubscriptions records or reads the sessions' resource
+	// subscriptions.
+	OpSubscriptions = "subscriptions"
 )
 
 // observe records one round trip of op that began at start: its duration

@@ -1,0 +1,283 @@
+package gateway_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// oldPeer is a Go SDK server behind Streamable HTTP for the HTTP+SSE
+// client tests: echo, a tool that reports progress, forbidden (which the
+// test policy denies; executed counts its runs), a resource, and a ledger
+// of every HTTP request the upstream received (method and body).
+type oldPeer struct {
+	server   *mcp.Server
+	executed atomic.Int64
+	mu       sync.Mutex
+	requests []string // "METHOD body"
+}
+
+func newOldPeer(t *testing.T) (*oldPeer, *httptest.Server) {
+	t.Helper()
+	p := &oldPeer{server: echoServer("old-client-peer")}
+	mcp.AddTool(p.server, &mcp.Tool{Name: "forbidden"}, func(context.Context, *mcp.CallToolRequest, struct{}) (*mcp.CallToolResult, any, error) {
+		p.executed.Add(1)
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "ran"}}}, nil, nil
+	})
+	mcp.AddTool(p.server, &mcp.Tool{Name: "progress"}, func(ctx context.Context, req *mcp.CallToolRequest, _ struct{}) (*mcp.CallToolResult, any, error) {
+		err := req.Session.NotifyProgress(ctx, &mcp.ProgressNotificationParams{ProgressToken: req.Params.GetProgressToken(), Progress: 1, Total: 2, Message: "half way"})
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "done"}}}, nil, err
+	})
+	p.server.AddResource(&mcp.Resource{URI: "file:///readme", Name: "readme"}, func(_ context.Context, req *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
+		return &mcp.ReadResourceResult{Contents: []*mcp.ResourceContents{{URI: req.Params.URI, Text: "contents"}}}, nil
+	})
+	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return p.server }, nil)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		p.mu.Lock()
+		p.requests = append(p.requests, r.Method+" "+string(body))
+		p.mu.Unlock()
+		r.Body = io.NopCloser(strings.NewReader(string(body)))
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() { srv.CloseClientConnections(); srv.Close() })
+	return p, srv
+}
+
+func (p *oldPeer) received() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.requests...)
+}
+
+// TestOldClient: the Go SDK's HTTP+SSE (2024-11-05 transport) client
+// reaches a Streamable HTTP upstream through the gateway's <route>/sse:
+// initialize, tools/list, tools/call, resources/read, a progress
+// notification riding a call's answer, and a tools/list_changed from the
+// upstream's GET stream, which the gateway opened for the session; a
+// denied call is answered as on the Streamable HTTP endpoint and never
+// reaches the upstream; closing the client ends the upstream session.
+func TestOldClient(t *testing.T) {
+	peer, up := newOldPeer(t)
+	g := startResGateway(t, up.URL, "")
+	ctx := t.Context()
+	progress := make(chan string, 4)
+	changed := make(chan struct{}, 16)
+	client := mcp.NewClient(&mcp.Implementation{Name: "old", Version: "1"}, &mcp.ClientOptions{
+		ProgressNotificationHandler: func(_ context.Context, req *mcp.ProgressNotificationClientRequest) {
+			progress <- req.Params.Message
+		},
+		ToolListChangedHandler: func(context.Context, *mcp.ToolListChangedRequest) { changed <- struct{}{} },
+	})
+	cs, err := client.Connect(ctx, &mcp.SSEClientTransport{Endpoint: g.URL + "/sse", HTTPClient: &http.Client{Transport: bearer{aliceKey, http.DefaultTransport}}}, nil)
+	if err != nil {
+		t.Fatalf("connect to %s/sse: %v", g.URL, err)
+	}
+	if got := cs.InitializeResult().ServerInfo.Name; got != "old-client-peer" {
+		t.Errorf("serverInfo.name %q, want old-client-peer", got)
+	}
+	tools, err := cs.ListTools(ctx, nil)
+	if err != nil {
+		t.Fatalf("tools/list: %v", err)
+	}
+	var names []string
+	for _, tool := range tools.Tools {
+		names = append(names, tool.Name)
+	}
+	if diff := cmp.Diff([]string{"echo", "forbidden", "progress"}, names); diff != "" {
+		t.Errorf("tools/list (-want +got):\n%s", diff)
+	}
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "echo", Arguments: map[string]any{"text": "old"}})
+	if err != nil || len(res.Content) != 1 || res.Content[0].(*mcp.TextContent).Text != "echo: old" {
+		t.Fatalf("tools/call echo: %v %+v", err, res)
+	}
+	read, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: "file:///readme"})
+	if err != nil || len(read.Contents) != 1 || read.Contents[0].Text != "contents" {
+		t.Errorf("resources/read: %v %+v", err, read)
+	}
+
+	// Denied as on the Streamable HTTP endpoint: the unknown-tool answer.
+	_, err = cs.CallTool(ctx, &mcp.CallToolParams{Name: "forbidden"})
+	var rpcErr *jsonrpc.Error
+	if !errors.As(err, &rpcErr) || rpcErr.Code != jsonrpc.CodeInvalidParams {
+		t.Errorf("tools/call forbidden: %v, want the policy's denial (-32602)", err)
+	}
+	if n := peer.executed.Load(); n != 0 {
+		t.Errorf("the upstream ran the denied tool %d time(s)", n)
+	}
+
+	// A notification on a call's answer stream.
+	params := &mcp.CallToolParams{Name: "progress"}
+	params.SetProgressToken("p-1")
+	if res, err = cs.CallTool(ctx, params); err != nil || res.IsError {
+		t.Fatalf("tools/call progress: %v %+v", err, res)
+	}
+	select {
+	case msg := <-progress:
+		if msg != "half way" {
+			t.Errorf("progress message %q, want half way", msg)
+		}
+	case <-time.After(20 * time.Second):
+		t.Error("the progress notification did not arrive")
+	}
+
+	// A notification on the upstream's GET stream: the gateway opens it
+	// after notifications/initialized; until it is open the upstream has
+	// nowhere to send it, so add tools until one change arrives.
+	deadline := time.Now().Add(20 * time.Second)
+	for i := 0; ; i++ {
+		mcp.AddTool(peer.server, &mcp.Tool{Name: fmt.Sprintf("added-%d", i)}, func(context.Context, *mcp.CallToolRequest, struct{}) (*mcp.CallToolResult, any, error) {
+			return &mcp.CallToolResult{}, nil, nil
+		})
+		select {
+		case <-changed:
+		case <-time.After(100 * time.Millisecond):
+			if time.Now().After(deadline) {
+				t.Fatal("no notifications/tools/list_changed reached the HTTP+SSE client")
+			}
+			continue
+		}
+		break
+	}
+
+	if err := cs.Close(); err != nil {
+		t.Logf("close: %v", err)
+	}
+	waitUntil(t, "the upstream session ended with a DELETE", func() bool {
+		for _, r := range peer.received() {
+			if strings.HasPrefix(r, http.MethodDelete) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// oldStream opens GET <route>/sse with key and returns the endpoint the
+// first event names and the stream to read the rest from.
+func oldStream(t *testing.T, route, key string) (string, *bufio.Reader) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	t.Cleanup(cancel)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, route+"/sse", nil)
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("GET %s/sse: %s %q", route, resp.Status, resp.Header.Get("Content-Type"))
+	}
+	events := bufio.NewReader(resp.Body)
+	ev := readEvent(t, events)
+	endpoint, ok := strings.CutPrefix(ev, "event: endpoint\ndata: ")
+	if !ok {
+		t.Fatalf("first event %q, want the endpoint", ev)
+	}
+	return strings.TrimSpace(endpoint), events
+}
+
+// postOld POSTs body to an HTTP+SSE message endpoint with key.
+func postOld(t *testing.T, url, key, body string) (int, int64) {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, url, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var msg struct {
+		Error struct {
+			Code int64 `json:"code"`
+		} `json:"error"`
+	}
+	_ = json.Unmarshal(raw, &msg)
+	return resp.StatusCode, msg.Error.Code
+}
+
+// TestOldClientRefusals: what the message endpoint refuses before anything
+// is accepted (another principal's session, an unknown one, a Streamable
+// HTTP session id in its place, malformed or oversized bodies, no
+// credential) is an HTTP error with the JSON-RPC error body, and nothing
+// of it reaches the upstream; an HTTP+SSE session id is no Mcp-Session-Id
+// either.
+func TestOldClientRefusals(t *testing.T) {
+	peer, up := newOldPeer(t)
+	g := startResGateway(t, up.URL, "")
+	endpoint, _ := oldStream(t, g.URL, aliceKey)
+	if !strings.HasPrefix(endpoint, "/mcp/up/messages?session=") {
+		t.Fatalf("endpoint %q, want /mcp/up/messages?session=...", endpoint)
+	}
+	base := strings.TrimSuffix(g.URL, "/mcp/up")
+	url := base + endpoint
+	sseID := strings.TrimPrefix(endpoint, "/mcp/up/messages?session=")
+	// A Streamable HTTP session of the same principal on the same route
+	// (the upstream answers with events, which resClient does not read).
+	opened, _ := (&resClient{url: g.URL, key: aliceKey}).post(t.Context(), `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`, nil)
+	if opened == nil || opened.header.Get("Mcp-Session-Id") == "" {
+		t.Fatalf("Streamable HTTP initialize: %+v", opened)
+	}
+	streamable := opened.header.Get("Mcp-Session-Id")
+	before := len(peer.received())
+	initialize := `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2024-11-05","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`
+
+	for _, tt := range []struct {
+		name       string
+		url, key   string
+		body       string
+		wantStatus int
+		wantCode   int64
+	}{
+		{name: "another principal", url: url, key: bobKey, body: initialize, wantStatus: http.StatusNotFound, wantCode: -31003},
+		{name: "unknown session", url: base + "/mcp/up/messages?session=bm90LWEtc2Vzc2lvbg", key: aliceKey, body: initialize, wantStatus: http.StatusNotFound, wantCode: -31003},
+		{name: "Mcp-Session-Id as the session", url: base + "/mcp/up/messages?session=" + streamable, key: aliceKey, body: initialize, wantStatus: http.StatusNotFound, wantCode: -31003},
+		{name: "no session", url: base + "/mcp/up/messages", key: aliceKey, body: initialize, wantStatus: http.StatusBadRequest, wantCode: -32600},
+		{name: "no credential", url: url, body: initialize, wantStatus: http.StatusUnauthorized, wantCode: -31001},
+		{name: "not JSON", url: url, key: aliceKey, body: `{"jsonrpc":"2.0",`, wantStatus: http.StatusBadRequest, wantCode: -32700},
+		{name: "duplicate member", url: url, key: aliceKey, body: `{"jsonrpc":"2.0","id":1,"id":2,"method":"tools/list"}`, wantStatus: http.StatusBadRequest, wantCode: -32600},
+		{name: "bad params", url: url, key: aliceKey, body: `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":7}}`, wantStatus: http.StatusBadRequest, wantCode: -32602},
+		{name: "too large", url: url, key: aliceKey, body: `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"` + strings.Repeat("x", 5<<20) + `"}}}`, wantStatus: http.StatusRequestEntityTooLarge, wantCode: -31004},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			status, code := postOld(t, tt.url, tt.key, tt.body)
+			if status != tt.wantStatus || code != tt.wantCode {
+				t.Errorf("POST: %d %d, want %d %d", status, code, tt.wantStatus, tt.wantCode)
+			}
+		})
+	}
+	if got := peer.received()[before:]; len(got) != 0 {
+		t.Errorf("refused messages reached the upstream: %q", got)
+	}
+
+	// The HTTP+SSE session id is not a Streamable HTTP session.
+	c := &resClient{url: g.URL, key: aliceKey, session: sseID}
+	a, err := c.post(t.Context(), `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`, nil)
+	if err != nil || a.status != http.StatusNotFound || a.code() != -31003 {
+		t.Errorf("HTTP+SSE session id as Mcp-Session-Id: %v %+v, want 404 -31003", err, a)
+	}
+	// Only GET opens a stream, only POST carries a message.
+	if status, _ := postOld(t, g.URL+"/sse", aliceKey, initialize); status != http.StatusMethodNotAllowed {
+		t.Errorf("POST /sse: %d, want 405", status)
+	}
+}

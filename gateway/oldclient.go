@@ -375,32 +375,29 @@ func (s *Server) relayOld(sess *oldSession, req *http.Request, p *Principal, msg
 	if a.hasWant && !a.answered {
 		sess.send(errorMessage(a.want, newError(http.StatusBadGateway, CodeUpstreamUnavailable, "the upstream's answer ended before its response", nil)))
 	}
-	if a.keep {
-		sess.initialized(a)
+	if a.keep && !a.opened {
+		sess.initSent.Store(false) // a failed initialize may be sent again
 	}
 	if a.status == http.StatusNotFound && a.sessionLost {
 		sess.end() // the upstream session is gone: the client must open a new one
 	}
 }
 
-// initialized records what an initialize was issued: the Mcp-Session-Id
-// and the negotiated version every later request of the session carries.
-// A failed initialize may be sent again.
-func (sess *oldSession) initialized(a *oldAnswer) {
-	id := a.header.Get("Mcp-Session-Id")
-	var version string
-	for _, data := range a.kept {
-		if v, ok := negotiatedVersion(data, false); ok {
-			version = v
-		}
-	}
-	if a.status != http.StatusOK || id == "" || version == "" {
-		sess.initSent.Store(false)
-		return
+// initialized records what an initialize was issued, from its answer
+// (status, headers) and response (data): the Mcp-Session-Id and the
+// negotiated version every later request of the session carries. It runs
+// before the response is sent on, so the client's next message finds the
+// session open. It reports whether the session is open.
+func (sess *oldSession) initialized(status int, h http.Header, data []byte) bool {
+	id := h.Get("Mcp-Session-Id")
+	version, ok := negotiatedVersion(data, false)
+	if status != http.StatusOK || id == "" || !ok {
+		return false
 	}
 	sess.mu.Lock()
 	sess.mcpSession, sess.version = id, version
 	sess.mu.Unlock()
+	return true
 }
 
 // listenOld keeps the session's GET stream open and its messages flowing
@@ -523,12 +520,13 @@ type oldAnswer struct {
 	pw          *io.PipeWriter
 	parsed      chan struct{}
 	// want is the id of the request answered, answered whether its
-	// response was sent; keep keeps the messages sent (initialize's).
+	// response was sent; keep marks an initialize, opened that its
+	// response opened the session.
 	want     jsonrpc.ID
 	hasWant  bool
 	answered bool
 	keep     bool
-	kept     [][]byte
+	opened   bool
 	// sessionLost: the answer was -31003, the session is gone.
 	sessionLost bool
 }
@@ -616,10 +614,10 @@ func (a *oldAnswer) emit(data []byte) bool {
 	if a.hasWant && !a.answered {
 		if resp, ok := mustDecodeResponse(data); ok && resp.ID == a.want {
 			a.answered = true
+			if a.keep {
+				a.opened = a.sess.initialized(a.status, a.header, data)
+			}
 		}
-	}
-	if a.keep {
-		a.kept = append(a.kept, data)
 	}
 	return a.sess.send(data)
 }

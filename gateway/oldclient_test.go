@@ -18,6 +18,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/gateway"
 )
 
 // oldPeer is a Go SDK server behind Streamable HTTP for the HTTP+SSE
@@ -279,5 +282,103 @@ func TestOldClientRefusals(t *testing.T) {
 	// Only GET opens a stream, only POST carries a message.
 	if status, _ := postOld(t, g.URL+"/sse", aliceKey, initialize); status != http.StatusMethodNotAllowed {
 		t.Errorf("POST /sse: %d, want 405", status)
+	}
+}
+
+// TestOldClientRaw20241105: the HTTP+SSE exchange on the wire, as a
+// 2024-11-05 client speaks it: the endpoint under server.public_url's
+// path, every POST answered 202 with its answer on the stream as an
+// `event: message`, the negotiated 2024-11-05 kept for the session, and a
+// second initialize on one session refused.
+func TestOldClientRaw20241105(t *testing.T) {
+	server := echoServer("raw-peer")
+	up := httptest.NewServer(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server }, &mcp.StreamableHTTPOptions{JSONResponse: true}))
+	t.Cleanup(func() { up.CloseClientConnections(); up.Close() })
+	gw, err := startGatewayYAML(t, fmt.Sprintf(`
+server: {listen: "127.0.0.1:0", public_url: "http://localhost/prefix"}
+admin: {listen: "127.0.0.1:0"}
+auth: {api_keys: [{name: alice, sha256: %q}]}
+policy: {dir: unused-the-test-passes-no-engine}
+upstreams: [{name: up, url: %q}]
+`, hexSHA256(aliceKey), up.URL), gateway.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	endpoint, events := oldStream(t, gw.URL+"/mcp/up", aliceKey)
+	path, ok := strings.CutPrefix(endpoint, "/prefix/mcp/up/messages?session=")
+	if !ok {
+		t.Fatalf("endpoint %q, want it under public_url's path /prefix", endpoint)
+	}
+	// A path-routing proxy in front strips /prefix.
+	url := gw.URL + "/mcp/up/messages?session=" + path
+	exchange := func(body, want string) {
+		t.Helper()
+		if status, code := postOld(t, url, aliceKey, body); status != http.StatusAccepted {
+			t.Fatalf("POST %s: %d %d, want 202", body, status, code)
+		}
+		if want == "" {
+			return
+		}
+		ev := readEvent(t, events)
+		if !strings.HasPrefix(ev, "event: message\ndata: ") || !strings.Contains(ev, want) {
+			t.Fatalf("after %s the stream sent %q, want a message with %s", body, ev, want)
+		}
+	}
+	exchange(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2024-11-05","capabilities":{},"clientInfo":{"name":"old","version":"1"}}}`, `"protocolVersion":"2024-11-05"`)
+	exchange(`{"jsonrpc":"2.0","method":"notifications/initialized"}`, "")
+	exchange(`{"jsonrpc":"2.0","id":2,"method":"tools/list"}`, `"name":"echo"`)
+	exchange(`{"jsonrpc":"2.0","id":"three","method":"tools/call","params":{"name":"echo","arguments":{"text":"raw"}}}`, `"id":"three","result":{"content":[{"type":"text","text":"echo: raw"}]`)
+	// An error answer (here the upstream's 400 to a server-only method,
+	// as the gateway relays it) goes to the stream too, with the id.
+	exchange(`{"jsonrpc":"2.0","id":4,"method":"sampling/createMessage","params":{"messages":[],"maxTokens":1}}`, `"id":4,"error":{"code":`)
+	if status, code := postOld(t, url, aliceKey, `{"jsonrpc":"2.0","id":5,"method":"initialize","params":{"protocolVersion":"2024-11-05","capabilities":{},"clientInfo":{"name":"old","version":"1"}}}`); status != http.StatusBadRequest || code != -32600 {
+		t.Errorf("second initialize on one session: %d %d, want 400 -32600", status, code)
+	}
+}
+
+// TestOldClientFederated: an HTTP+SSE client on a federated route is
+// served by the federation: the members' merged tools/list and calls
+// routed by name.
+func TestOldClientFederated(t *testing.T) {
+	b := mcp.NewServer(&mcp.Implementation{Name: "b", Version: "1"}, nil)
+	mcp.AddTool(b, &mcp.Tool{Name: "search"}, func(context.Context, *mcp.CallToolRequest, struct{}) (*mcp.CallToolResult, any, error) {
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "found"}}}, nil, nil
+	})
+	var urls []string
+	for _, server := range []*mcp.Server{echoServer("a"), b} {
+		up := httptest.NewServer(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server }, nil))
+		t.Cleanup(func() { up.CloseClientConnections(); up.Close() })
+		urls = append(urls, up.URL)
+	}
+	gw, err := newFederatedGateway(t, urls[0], urls[1], config.PrefixCollision)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "old", Version: "1"}, nil).Connect(ctx, &mcp.SSEClientTransport{Endpoint: gw.URL + "/mcp/sse"}, nil)
+	if err != nil {
+		t.Fatalf("connect to the federated route's /sse: %v", err)
+	}
+	defer cs.Close()
+	tools, err := cs.ListTools(ctx, nil)
+	if err != nil {
+		t.Fatalf("tools/list: %v", err)
+	}
+	var names []string
+	for _, tool := range tools.Tools {
+		names = append(names, tool.Name)
+	}
+	if diff := cmp.Diff([]string{"echo", "search"}, names); diff != "" {
+		t.Errorf("federated tools/list (-want +got):\n%s", diff)
+	}
+	for tool, want := range map[string]string{"echo": "echo: fed", "search": "found"} {
+		params := &mcp.CallToolParams{Name: tool}
+		if tool == "echo" {
+			params.Arguments = map[string]any{"text": "fed"}
+		}
+		res, err := cs.CallTool(ctx, params)
+		if err != nil || len(res.Content) != 1 || res.Content[0].(*mcp.TextContent).Text != want {
+			t.Errorf("tools/call %s: %v %+v, want %q", tool, err, res, want)
+		}
 	}
 }

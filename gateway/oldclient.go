@@ -378,8 +378,10 @@ func (s *Server) relayOld(sess *oldSession, req *http.Request, p *Principal, msg
 	if a.keep && !a.opened {
 		sess.initSent.Store(false) // a failed initialize may be sent again
 	}
-	if a.status == http.StatusNotFound && a.sessionLost {
-		sess.end() // the upstream session is gone: the client must open a new one
+	if a.status == http.StatusNotFound {
+		// In the legacy era a 404 means the session is gone (the gateway's
+		// -31003, or the upstream's own): the client must open a new one.
+		sess.end()
 	}
 }
 
@@ -527,8 +529,6 @@ type oldAnswer struct {
 	answered bool
 	keep     bool
 	opened   bool
-	// sessionLost: the answer was -31003, the session is gone.
-	sessionLost bool
 }
 
 func (a *oldAnswer) Header() http.Header { return a.header }
@@ -589,10 +589,6 @@ func (a *oldAnswer) finish() {
 	body := bytes.TrimSpace(a.buf.Bytes())
 	if len(body) == 0 || (a.status/100 != 2 && !a.relayErrors) || (a.status/100 == 2 && a.status != http.StatusOK) {
 		return
-	}
-	if a.status == http.StatusNotFound {
-		var e errorResponse
-		a.sessionLost = json.Unmarshal(body, &e) == nil && e.Error.Code == CodeSessionNotFound
 	}
 	if body[0] != '[' {
 		if a.status/100 != 2 && !isRPCMessage(body) && a.hasWant {

@@ -30,13 +30,23 @@ import (
 type oldPeer struct {
 	server   *mcp.Server
 	executed atomic.Int64
+	// release ends every call of the tool hang (unhang closes it).
+	release  chan struct{}
+	unhang   func()
 	mu       sync.Mutex
 	requests []string // "METHOD body"
 }
 
 func newOldPeer(t *testing.T) (*oldPeer, *httptest.Server) {
 	t.Helper()
-	p := &oldPeer{server: echoServer("old-client-peer")}
+	p := &oldPeer{server: echoServer("old-client-peer"), release: make(chan struct{})}
+	mcp.AddTool(p.server, &mcp.Tool{Name: "hang"}, func(ctx context.Context, _ *mcp.CallToolRequest, _ struct{}) (*mcp.CallToolResult, any, error) {
+		select {
+		case <-p.release:
+		case <-ctx.Done():
+		}
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "released"}}}, nil, nil
+	})
 	mcp.AddTool(p.server, &mcp.Tool{Name: "forbidden"}, func(context.Context, *mcp.CallToolRequest, struct{}) (*mcp.CallToolResult, any, error) {
 		p.executed.Add(1)
 		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "ran"}}}, nil, nil
@@ -58,6 +68,9 @@ func newOldPeer(t *testing.T) (*oldPeer, *httptest.Server) {
 		h.ServeHTTP(w, r)
 	}))
 	t.Cleanup(func() { srv.CloseClientConnections(); srv.Close() })
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(p.release) }) })
+	p.unhang = func() { once.Do(func() { close(p.release) }) }
 	return p, srv
 }
 
@@ -101,7 +114,7 @@ func TestOldClient(t *testing.T) {
 	for _, tool := range tools.Tools {
 		names = append(names, tool.Name)
 	}
-	if diff := cmp.Diff([]string{"echo", "forbidden", "progress"}, names); diff != "" {
+	if diff := cmp.Diff([]string{"echo", "forbidden", "hang", "progress"}, names); diff != "" {
 		t.Errorf("tools/list (-want +got):\n%s", diff)
 	}
 	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "echo", Arguments: map[string]any{"text": "old"}})
@@ -379,6 +392,55 @@ func TestOldClientFederated(t *testing.T) {
 		res, err := cs.CallTool(ctx, params)
 		if err != nil || len(res.Content) != 1 || res.Content[0].(*mcp.TextContent).Text != want {
 			t.Errorf("tools/call %s: %v %+v, want %q", tool, err, res, want)
+		}
+	}
+}
+
+// TestOldClientInflightBound: an HTTP+SSE session has at most 64 requests
+// in progress; one more is refused 503 -31091 before anything is sent,
+// and the 64 are answered on the stream once the upstream answers.
+func TestOldClientInflightBound(t *testing.T) {
+	peer, up := newOldPeer(t)
+	g := startResGateway(t, up.URL, "max_concurrent: 400\nmax_concurrent_per_principal: 200")
+	endpoint, events := oldStream(t, g.URL, aliceKey)
+	url := strings.TrimSuffix(g.URL, "/mcp/up") + endpoint
+	if status, _ := postOld(t, url, aliceKey, `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`); status != http.StatusAccepted {
+		t.Fatalf("initialize: %d", status)
+	}
+	if ev := readEvent(t, events); !strings.Contains(ev, `"protocolVersion"`) {
+		t.Fatalf("initialize answer: %q", ev)
+	}
+	if status, _ := postOld(t, url, aliceKey, `{"jsonrpc":"2.0","method":"notifications/initialized"}`); status != http.StatusAccepted {
+		t.Fatalf("notifications/initialized: %d", status)
+	}
+	call := func(id int) string {
+		return fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"hang","arguments":{}}}`, id)
+	}
+	for id := 10; id < 10+64; id++ {
+		if status, code := postOld(t, url, aliceKey, call(id)); status != http.StatusAccepted {
+			t.Fatalf("call %d: %d %d, want 202", id, status, code)
+		}
+	}
+	if status, code := postOld(t, url, aliceKey, call(99)); status != http.StatusServiceUnavailable || code != -31091 {
+		t.Errorf("request 65 in progress: %d %d, want 503 -31091", status, code)
+	}
+	hanging := func() (n int, refused bool) {
+		for _, r := range peer.received() {
+			n += strings.Count(r, `"name":"hang"`)
+			refused = refused || strings.Contains(r, `"id":99,`)
+		}
+		return n, refused
+	}
+	waitUntil(t, "the 64 calls reached the upstream", func() bool { n, _ := hanging(); return n == 64 })
+	if _, refused := hanging(); refused {
+		t.Error("the refused request reached the upstream")
+	}
+	peer.unhang()
+	answered := map[string]bool{}
+	for len(answered) < 64 {
+		ev := readEvent(t, events)
+		if strings.Contains(ev, `"released"`) {
+			answered[ev] = true
 		}
 	}
 }

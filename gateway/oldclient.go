@@ -342,6 +342,7 @@ func (s *Server) postOld(w http.ResponseWriter, r *http.Request, rt *route) {
 	// request, admitted on its own (a request the gateway answers later
 	// must not hold this POST's slot).
 	ticketOf(r.Context()).end()
+	st.relayed = true
 	if !call {
 		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
 		s.serveInner(ww, sess.innerRequest(r.Context(), r, http.MethodPost, fwd.body), sess, p)

@@ -121,6 +121,20 @@ func TestOldClient(t *testing.T) {
 	if err != nil || len(res.Content) != 1 || res.Content[0].(*mcp.TextContent).Text != "echo: old" {
 		t.Fatalf("tools/call echo: %v %+v", err, res)
 	}
+	// The message is one MCP operation in the metrics, not two (the POST
+	// that carried it is not counted).
+	echoOps := func() (n float64) {
+		for series, v := range g.series(t) {
+			if strings.HasPrefix(series, "mcp_server_operation_duration_seconds_count{") && strings.Contains(series, `mcp_method_name="tools/call"`) {
+				n += v
+			}
+		}
+		return n
+	}
+	waitUntil(t, "the echo call in the metrics", func() bool { return echoOps() > 0 })
+	if n := echoOps(); n != 1 {
+		t.Errorf("tools/call operations in mcp_server_operation_duration_seconds: %v, want 1 (echo)", n)
+	}
 	read, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: "file:///readme"})
 	if err != nil || len(read.Contents) != 1 || read.Contents[0].Text != "contents" {
 		t.Errorf("resources/read: %v %+v", err, read)

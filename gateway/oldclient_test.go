@@ -458,3 +458,25 @@ func TestOldClientInflightBound(t *testing.T) {
 		}
 	}
 }
+
+// TestOldClientToSSEUpstream: an HTTP+SSE client in front of an HTTP+SSE
+// upstream (transport: sse), old on both sides of the gateway.
+func TestOldClientToSSEUpstream(t *testing.T) {
+	server := echoServer("sse-both-sides")
+	up := httptest.NewServer(mcp.NewSSEHandler(func(*http.Request) *mcp.Server { return server }, nil))
+	t.Cleanup(func() { up.CloseClientConnections(); up.Close() })
+	gw := newGatewayOpts(t, up.URL, gateway.Options{}, ", transport: sse")
+	ctx := t.Context()
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "old", Version: "1"}, nil).Connect(ctx, &mcp.SSEClientTransport{Endpoint: gw.URL + "/mcp/up/sse"}, nil)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer cs.Close()
+	if got := cs.InitializeResult().ServerInfo.Name; got != "sse-both-sides" {
+		t.Errorf("serverInfo.name %q, want sse-both-sides", got)
+	}
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "echo", Arguments: map[string]any{"text": "old to old"}})
+	if err != nil || len(res.Content) != 1 || res.Content[0].(*mcp.TextContent).Text != "echo: old to old" {
+		t.Fatalf("tools/call: %v %+v", err, res)
+	}
+}

@@ -144,6 +144,9 @@ type Server struct {
 	subscriptions *subscriptionRegistry
 	// onReady is Options.OnReady.
 	onReady func()
+	// old are the HTTP+SSE (2024-11-05) client sessions open here
+	// (oldclient.go).
+	old *oldClients
 }
 
 // New builds a gateway for a validated configuration.
@@ -172,6 +175,7 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 	s.healthInterval, s.adminRoutes = opts.HealthInterval, opts.AdminRoutes
 	s.redis = opts.Redis
 	s.onReady = opts.OnReady
+	s.old = newOldClients()
 	if s.healthInterval == 0 {
 		s.healthInterval = DefaultHealthInterval
 	}
@@ -313,6 +317,10 @@ func (s *Server) chain() http.Handler {
 		// 6. Authentication, per route so a challenge can name the route's
 		//    metadata: every route handler runs with a verified Principal.
 		r.With(s.authenticate(rt)).Handle(rt.path, handler)
+		// The same route for HTTP+SSE (2024-11-05) clients, behind the
+		// same chain; each message is served by handler (oldclient.go).
+		r.With(s.authenticate(rt)).Handle(rt.path+"/sse", s.serveOld(rt, handler, true))
+		r.With(s.authenticate(rt)).Handle(rt.path+"/messages", s.serveOld(rt, handler, false))
 	}
 	// 7. The connect-your-account pages of user_oauth upstreams
 	//    (connect.go): reached by a browser, not an MCP client.

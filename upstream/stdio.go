@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptrace"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -44,8 +45,8 @@ const (
 	// protocol error that ends it.
 	stdioMaxLine = 4 << 20
 	// stdioGrace is how long a process has to exit after SIGTERM before
-	// its group is killed.
-	stdioGrace = 5 * time.Second
+	// its group is killed, when stop_grace is unset.
+	stdioGrace = config.DefaultStopGrace
 	// stdioStreamBuffer is how many unsolicited messages wait for the
 	// session's GET stream; more are dropped (and logged).
 	stdioStreamBuffer = 64
@@ -98,6 +99,11 @@ var errProcessExited = errors.New("stdio upstream: the process ended before answ
 type Stdio struct {
 	cfg   config.Upstream
 	grace time.Duration
+	// cred is the account the processes run as (nil: the gateway's);
+	// credErr why the configured one cannot be used, which every start
+	// then returns (NewPool refuses such an upstream first).
+	cred    *syscall.Credential
+	credErr error
 	// Log receives the processes' stderr and protocol errors; set it
 	// before the first Send. Nil: slog.Default().
 	Log *slog.Logger
@@ -124,8 +130,18 @@ var _ Transport = (*Stdio)(nil)
 // NewStdio returns the transport that runs c.Command; c must be a
 // validated stdio upstream (defaults applied).
 func NewStdio(c config.Upstream) *Stdio {
-	return &Stdio{cfg: c, grace: stdioGrace, procs: map[string]*process{}}
+	s := &Stdio{cfg: c, grace: c.StopGrace, procs: map[string]*process{}}
+	if s.grace <= 0 {
+		s.grace = stdioGrace
+	}
+	s.cred, s.credErr = stdioCredential(c, os.Geteuid(), os.Getegid())
+	return s
 }
+
+// CanRun reports why the processes cannot be started as configured: a
+// user or group that does not resolve, or that a gateway not running as
+// root cannot switch to (ErrCannotSwitchUser). The error names the field.
+func (s *Stdio) CanRun() error { return s.credErr }
 
 // Running is the number of processes running now.
 func (s *Stdio) Running() int {
@@ -294,6 +310,9 @@ func (s *Stdio) start() (*process, string, error) {
 	if len(s.procs) >= s.cfg.MaxProcesses {
 		return nil, "", ErrProcessesFull
 	}
+	if s.credErr != nil {
+		return nil, "", fmt.Errorf("stdio upstream %s: %w", s.cfg.Name, s.credErr)
+	}
 	if wait := s.notBefore.Sub(s.now()); wait > 0 {
 		return nil, "", &RestartBackoff{Wait: wait, Crashes: s.crashes}
 	}
@@ -318,7 +337,9 @@ func (s *Stdio) spawn(session string) (*process, error) {
 	cmd.Dir = c.Dir
 	// Its own group, so SIGTERM and SIGKILL reach whatever it spawned (npx
 	// runs node as a child); ExtraFiles stays nil: no inherited fds.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Credential (when set) drops to the configured account with no
+	// supplementary groups.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: s.cred}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, fmt.Errorf("stdio upstream: %w", err)

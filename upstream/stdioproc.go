@@ -196,6 +196,7 @@ func (p *process) stop(grace time.Duration) {
 		return
 	case <-t.C:
 	}
+	p.log.Warn("stdio upstream process did not exit within the grace after SIGTERM; killing its group", "grace", grace.String())
 	_ = syscall.Kill(-pid, syscall.SIGKILL)
 	<-p.exited
 }

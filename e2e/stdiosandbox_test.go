@@ -465,3 +465,39 @@ func TestStdioSandboxCrashMidCall(t *testing.T) {
 	again.end(t)
 	assertNoLeaks(t, gw, baseline)
 }
+
+// TestStdioSandboxUser: with user: nobody the process runs as nobody,
+// with nobody's group and no supplementary groups (the gateway's root
+// groups are not kept), its limits still in force. Needs a gateway
+// running as root.
+func TestStdioSandboxUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("TestStdioSandboxUser must run as root in CI: only root can start a process as another user")
+		}
+		t.Skip("needs root: only root can start a process as another user (run the e2e tests as root, as CI does)")
+	}
+	// The gateway's binary starts the process as nobody (it applies the
+	// limits), so nobody must be able to run it: TestMain's directory is
+	// 0700.
+	if err := os.Chmod(filepath.Dir(bins.ctxgate), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	gw := startSandboxGateway(t, "    user: nobody\n    limits: {open_files: 40}\n")
+	baseline := goroutineBaseline(t, gw)
+	s := openSandboxSession(t, gw)
+	var id struct {
+		UID    int    `json:"uid"`
+		GID    int    `json:"gid"`
+		Groups []int  `json:"groups"`
+		Files  uint64 `json:"open_files"`
+	}
+	if err := json.Unmarshal([]byte(s.text(t, "whoami", nil)), &id); err != nil {
+		t.Fatal(err)
+	}
+	if id.UID != 65534 || id.GID != 65534 || len(id.Groups) != 0 || id.Files != 40 {
+		t.Errorf("user: nobody runs as %+v, want uid 65534, gid 65534, no supplementary groups, 40 open files", id)
+	}
+	s.end(t)
+	assertNoLeaks(t, gw, baseline)
+}

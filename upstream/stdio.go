@@ -104,6 +104,9 @@ type Stdio struct {
 	// then returns (NewPool refuses such an upstream first).
 	cred    *syscall.Credential
 	credErr error
+	// launcher is the gateway's binary, which starts a process run as
+	// another account (stdiolaunch.go); set with cred.
+	launcher string
 	// Log receives the processes' stderr and protocol errors; set it
 	// before the first Send. Nil: slog.Default().
 	Log *slog.Logger
@@ -135,6 +138,12 @@ func NewStdio(c config.Upstream) *Stdio {
 		s.grace = stdioGrace
 	}
 	s.cred, s.credErr = stdioCredential(c, os.Geteuid(), os.Getegid())
+	if s.cred != nil {
+		var err error
+		if s.launcher, err = os.Executable(); err != nil {
+			s.credErr = fmt.Errorf("user: the gateway's binary, to start the process as %q: %w", c.User+c.Group, err)
+		}
+	}
 	return s
 }
 
@@ -340,6 +349,14 @@ func (s *Stdio) spawn(session string) (*process, error) {
 	// Credential (when set) drops to the configured account with no
 	// supplementary groups.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: s.cred}
+	if s.cred != nil {
+		// Another account: the launcher applies the limits (stdiolaunch.go).
+		if cmd.Err != nil {
+			return nil, fmt.Errorf("stdio upstream: %w", cmd.Err)
+		}
+		cmd.Args = launchArgs(s.launcher, cmd.Path, c.Command, c.Limits)
+		cmd.Path = s.launcher
+	}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, fmt.Errorf("stdio upstream: %w", err)
@@ -355,10 +372,12 @@ func (s *Stdio) spawn(session string) (*process, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("stdio upstream: start %s: %w", c.Command[0], err)
 	}
-	if err := setLimits(cmd.Process.Pid, c.Limits); err != nil {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		_ = cmd.Wait()
-		return nil, err
+	if s.cred == nil { // else the launcher set them
+		if err := setLimits(cmd.Process.Pid, c.Limits); err != nil {
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			_ = cmd.Wait()
+			return nil, err
+		}
 	}
 	p := &process{
 		owner: s, session: session, cmd: cmd, stdin: stdin, started: s.now(),

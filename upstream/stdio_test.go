@@ -33,6 +33,9 @@ import (
 //
 // With CTXGATE_STDIO_TEST_IGNORE_TERM it ignores SIGTERM.
 func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == StdioLaunchArg {
+		RunStdioLauncher(os.Args[2:]) // as the gateway's main does
+	}
 	if os.Getenv("CTXGATE_STDIO_TEST_SERVER") != "" {
 		stdioTestServer()
 		return

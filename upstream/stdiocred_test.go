@@ -2,10 +2,16 @@ package upstream
 
 import (
 	"errors"
+	"fmt"
+	"os"
+	"os/exec"
 	"os/user"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -78,4 +84,107 @@ func atoi(t *testing.T, s string) uint32 {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestStdioLauncher: the launcher lowers its own limits, then execs the
+// command with its argv and the environment it was given, nothing more.
+func TestStdioLauncher(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := launchArgs(self, "/bin/sh", []string{"sh", "-c", `ulimit -n; ulimit -t; echo "$0" "$ONLY"; env | wc -l`}, &config.StdioLimits{OpenFiles: 48, CPUSeconds: 7})
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Env = []string{"ONLY=this"}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("launcher: %v: %s", err, out)
+	}
+	// env itself lists PWD, which sh sets, beside ONLY.
+	if diff := cmp.Diff("48\n7\nsh this\n2\n", string(out)); diff != "" {
+		t.Errorf("the launched command saw (-want +got):\n%s", diff)
+	}
+
+	cmd = exec.Command(self, StdioLaunchArg, "x", "0", "0", "/bin/true", "true")
+	out, err = cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 127 || !strings.Contains(string(out), "ctxgate stdio launcher: limit \"x\"") {
+		t.Errorf("a bad launcher command line: %v %s, want exit 127 and the reason", err, out)
+	}
+}
+
+// TestStdioUserRunsAsThatUserWithLimits: with user set (the gateway
+// root), the process runs as that user with no supplementary groups, and
+// its limits still apply (set by the launcher, not prlimit).
+func TestStdioUserRunsAsThatUserWithLimits(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("must run as root in CI: only root starts a process as another user")
+		}
+		t.Skip("needs root: only root starts a process as another user")
+	}
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Skipf("no user nobody: %v", err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The test binary lives in a directory only root may enter.
+	bin := filepath.Join(t.TempDir(), "stdio.test")
+	for _, dir := range []string{filepath.Dir(bin), filepath.Dir(filepath.Dir(bin))} {
+		if err := os.Chmod(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := copyFile(self, bin); err != nil {
+		t.Fatal(err)
+	}
+	c := config.Upstream{Name: "test", Transport: config.TransportStdio, Command: []string{bin}, Dir: "/", User: "nobody",
+		Env:    map[string]string{"CTXGATE_STDIO_TEST_SERVER": "1"},
+		Limits: &config.StdioLimits{MemoryMB: 4096, CPUSeconds: 60, OpenFiles: 64}, MaxProcesses: 1, IdleTimeout: time.Hour}
+	s := NewStdio(c)
+	if err := s.CanRun(); err != nil {
+		t.Fatal(err)
+	}
+	s.launcher = bin // the same test binary, where nobody can run it
+	t.Cleanup(s.Close)
+	_, pid := initialize(t, s)
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		fmt.Sprintf("Uid:\t%s\t%[1]s\t%[1]s\t%[1]s\n", nobody.Uid),
+		fmt.Sprintf("Gid:\t%s\t%[1]s\t%[1]s\t%[1]s\n", nobody.Gid),
+		"Groups:\t \n",
+	} {
+		if !strings.Contains(string(status), want) {
+			t.Errorf("/proc/%d/status lacks %q:\n%s", pid, want, status)
+		}
+	}
+	// Read from /proc: prlimit on another user's process needs
+	// CAP_SYS_RESOURCE, the very reason for the launcher.
+	limits, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`(?m)^Max open files +64 +64 +files`),
+		regexp.MustCompile(`(?m)^Max cpu time +60 +60 +seconds`),
+		regexp.MustCompile(`(?m)^Max address space +4294967296 +4294967296 +bytes`),
+	} {
+		if !want.Match(limits) {
+			t.Errorf("the limits of a process run as nobody lack %s:\n%s", want, limits)
+		}
+	}
+}
+
+func copyFile(from, to string) error {
+	b, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(to, b, 0o755)
 }

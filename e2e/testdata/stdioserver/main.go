@@ -41,6 +41,8 @@ type identity struct {
 	UID    int   `json:"uid"`
 	GID    int   `json:"gid"`
 	Groups []int `json:"groups"`
+	// OpenFiles is its RLIMIT_NOFILE.
+	OpenFiles uint64 `json:"open_files"`
 }
 
 func text(format string, args ...any) *mcp.CallToolResult {
@@ -62,13 +64,17 @@ func main() {
 			b, err := json.Marshal(os.Environ())
 			return text("%s", b), nil, err
 		})
-	mcp.AddTool(s, &mcp.Tool{Name: "whoami", Description: "its pid, uid, gid and supplementary groups, as JSON"},
+	mcp.AddTool(s, &mcp.Tool{Name: "whoami", Description: "its pid, uid, gid, supplementary groups and open files limit, as JSON"},
 		func(context.Context, *mcp.CallToolRequest, none) (*mcp.CallToolResult, any, error) {
 			groups, err := os.Getgroups()
 			if err != nil {
 				return nil, nil, err
 			}
-			b, err := json.Marshal(identity{PID: os.Getpid(), UID: os.Getuid(), GID: os.Getgid(), Groups: groups})
+			var files syscall.Rlimit
+			if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &files); err != nil {
+				return nil, nil, err
+			}
+			b, err := json.Marshal(identity{PID: os.Getpid(), UID: os.Getuid(), GID: os.Getgid(), Groups: groups, OpenFiles: files.Cur})
 			return text("%s", b), nil, err
 		})
 	mcp.AddTool(s, &mcp.Tool{Name: "garbage", Description: "writes a line that is not JSON-RPC to stdout, then waits"},

@@ -221,6 +221,13 @@ func sandboxRecords(gw *gatewayProc, msg string) []map[string]any {
 	return out
 }
 
+// waitForRecord waits for a log record of upstream sb: the gateway's
+// stderr is copied into the buffer a little after it is written.
+func waitForRecord(t *testing.T, gw *gatewayProc, msg string) {
+	t.Helper()
+	waitFor(t, "a log record "+msg, readyDeadline, func() bool { return len(sandboxRecords(gw, msg)) > 0 })
+}
+
 // assertNoLeaks: once every session is over, the gateway has no child
 // process left and its goroutines are back to what they were before.
 func assertNoLeaks(t *testing.T, gw *gatewayProc, baseline float64) {
@@ -231,11 +238,9 @@ func assertNoLeaks(t *testing.T, gw *gatewayProc, baseline float64) {
 	if n := gw.metric(t, `ctxgate_stdio_processes{upstream="sb"}`); n != 0 {
 		t.Errorf("ctxgate_stdio_processes = %v after every session ended", n)
 	}
-	var now float64
-	waitFor(t, "go_goroutines back to its baseline", readyDeadline, func() bool {
+	waitFor(t, fmt.Sprintf("go_goroutines back to its baseline of %v", baseline), readyDeadline, func() bool {
 		http.DefaultClient.CloseIdleConnections()
-		now = gw.metric(t, "go_goroutines")
-		return now <= baseline
+		return gw.metric(t, "go_goroutines") <= baseline
 	})
 }
 
@@ -300,7 +305,9 @@ func TestStdioSandboxGarbageOnStdout(t *testing.T) {
 	if got := good.text(t, "echo", map[string]any{"text": "still here"}); got != "still here" {
 		t.Errorf("the other session's echo: %q", got)
 	}
-	if recs := sandboxRecords(gw, "stdio upstream wrote something that is not a JSON-RPC message; ending the process"); len(recs) != 1 {
+	const protocolError = "stdio upstream wrote something that is not a JSON-RPC message; ending the process"
+	waitForRecord(t, gw, protocolError)
+	if recs := sandboxRecords(gw, protocolError); len(recs) != 1 {
 		t.Errorf("%d protocol error records of upstream sb, want 1", len(recs))
 	}
 	if strings.Contains(gw.stderr.String(), "this is not JSON-RPC") {
@@ -415,6 +422,7 @@ func TestStdioSandboxSIGKILLAfterGrace(t *testing.T) {
 	if !pidGone(pid) {
 		t.Errorf("process %d, ignoring SIGTERM, still exists after DELETE", pid)
 	}
+	waitForRecord(t, gw, killed)
 	if recs := sandboxRecords(gw, killed); len(recs) != 1 || recs[0]["grace"] != "200ms" {
 		t.Errorf("kill records after DELETE: %v, want one with grace 200ms", recs)
 	}

@@ -509,3 +509,53 @@ func TestStdioSandboxUser(t *testing.T) {
 	s.end(t)
 	assertNoLeaks(t, gw, baseline)
 }
+
+// TestStdioSandboxCheckUser: `ctxgate check` names a user or group the
+// host does not have; run by a user other than root, it names the user a
+// gateway not running as root cannot switch to (as serve refuses to start).
+func TestStdioSandboxCheckUser(t *testing.T) {
+	bin := stdioServerBin(t)
+	dir := t.TempDir() // and its parent: 0700, which nobody could not enter
+	for _, d := range []string{dir, filepath.Dir(dir)} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(t *testing.T, account string, cred *syscall.Credential) string {
+		t.Helper()
+		cfg := filepath.Join(dir, "ctxgate.yaml")
+		body := fmt.Sprintf("auth: {anonymous: true}\n%supstreams:\n  - {name: sb, transport: stdio, command: [%q], %s}\n", policyConfig(), bin, account)
+		if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bins.ctxgate, "check", "--config", cfg)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Errorf("check exited 0 with %s:\n%s", account, out)
+		}
+		return string(out)
+	}
+	out := check(t, "user: ctxgate-no-such-user, group: ctxgate-no-such-group", nil)
+	for _, want := range []string{
+		"upstreams[0].user: unknown user ctxgate-no-such-user",
+		"upstreams[0].group: unknown group ctxgate-no-such-group",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("check output lacks %q:\n%s", want, out)
+		}
+	}
+
+	if os.Geteuid() != 0 {
+		t.Skip("the rest runs check as nobody: needs root")
+	}
+	// nobody must be able to run the gateway's binary (TestMain's
+	// directory is 0700).
+	if err := os.Chmod(filepath.Dir(bins.ctxgate), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out = check(t, "user: root", &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}})
+	if want := "upstreams[0].user: the gateway is not root, so it cannot run a process as another user or group"; !strings.Contains(out, want) {
+		t.Errorf("check as nobody with user: root lacks %q:\n%s", want, out)
+	}
+}

@@ -77,7 +77,7 @@ func startSandboxGateway(t *testing.T, extra string) *gatewayProc {
 	// The gateway inherits the test's environment (startProc sets no Env).
 	t.Setenv(gatewaySecretName, gatewaySecretValue)
 	envJSON, _ := json.Marshal(sandboxEnv)
-	gw := startGateway(t, fmt.Sprintf(`
+	gw := startGatewayInheriting(t, fmt.Sprintf(`
 server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0"}
 auth: {anonymous: true}
@@ -89,6 +89,52 @@ auth: {anonymous: true}
     dir: /
 %s`, policyConfig(), bin, envJSON, extra))
 	return gw
+}
+
+// inheritedMarker names the file the sandbox gateway inherits open, as
+// fd 3, without close-on-exec: as from a careless parent, or a service
+// manager passing a socket.
+const inheritedMarker = "gateway-inherited-fd"
+
+// startGatewayInheriting is startGateway (harness_test.go) for a gateway
+// that holds an inherited descriptor, the marker, which no stdio child may
+// hold.
+func startGatewayInheriting(t *testing.T, cfg string) *gatewayProc {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "ctxgate.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	marker, err := os.Create(filepath.Join(dir, inheritedMarker))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer marker.Close() // the gateway has its own copy
+	p := &proc{name: "ctxgate", cmd: exec.Command(bins.ctxgate, "serve", "--config", path), stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.ExtraFiles = []*os.File{marker}
+	startCmd(t, p)
+	g := &gatewayProc{proc: p}
+	waitFor(t, "ctxgate to listen", readyDeadline, func() bool {
+		if p.exited() {
+			t.Fatalf("ctxgate exited: %v\n%s", p.waitErr, p.stderr.String())
+		}
+		rec, ok := findLog(p.stderr.String(), "ctxgate listening")
+		if ok {
+			g.URL = "http://" + rec["public"].(string)
+			g.Admin = "http://" + rec["admin"].(string)
+		}
+		return ok
+	})
+	waitFor(t, "ctxgate /readyz", readyDeadline, func() bool {
+		resp, err := http.Get(g.Admin + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return g
 }
 
 // sandboxSession is a raw session on the sb route: the tests assert the
@@ -253,7 +299,8 @@ func goroutineBaseline(t *testing.T, gw *gatewayProc) float64 {
 }
 
 // TestStdioSandboxEnvironment: the child's environment is exactly the
-// configured env; the secret in the gateway's own is not inherited.
+// configured env (the secret in the gateway's own is not inherited), and
+// it holds none of the gateway's file descriptors.
 func TestStdioSandboxEnvironment(t *testing.T) {
 	gw := startSandboxGateway(t, "")
 	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", gw.cmd.Process.Pid))
@@ -278,6 +325,32 @@ func TestStdioSandboxEnvironment(t *testing.T) {
 	slices.Sort(want)
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("the stdio process's environment (-configured +got):\n%s", diff)
+	}
+
+	// No descriptor of the gateway's (its listeners, connections, files,
+	// what it inherited): stdin, stdout and stderr are pipes, the rest
+	// the Go runtime's own (epoll, its wake-up eventfd, the cgroup CPU
+	// files it reads for GOMAXPROCS) or the /proc listing.
+	if fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", gw.cmd.Process.Pid)); err != nil || len(fds) < 4 {
+		t.Fatalf("the gateway holds %d fds (%v): the marker is not inherited, the test would prove nothing", len(fds), err)
+	}
+	var fds map[string]string
+	if err := json.Unmarshal([]byte(s.text(t, "fds", nil)), &fds); err != nil {
+		t.Fatal(err)
+	}
+	for fd, target := range fds {
+		switch {
+		case fd == "0" || fd == "1" || fd == "2":
+			if !strings.HasPrefix(target, "pipe:") {
+				t.Errorf("fd %s of the stdio process is %s, want a pipe to the gateway", fd, target)
+			}
+		case strings.HasPrefix(target, "anon_inode:"), strings.HasPrefix(target, "/proc/"), strings.HasPrefix(target, "/sys/fs/cgroup/"):
+		default:
+			t.Errorf("the stdio process holds fd %s: %s, not its own", fd, target)
+		}
+	}
+	if len(fds) < 3 {
+		t.Errorf("the stdio process lists fds %v: the listing is broken", fds)
 	}
 	if status := s.end(t); status != http.StatusOK {
 		t.Errorf("DELETE: %d", status)

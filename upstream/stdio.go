@@ -10,10 +10,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/http/httptrace"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -369,6 +371,9 @@ func (s *Stdio) spawn(session string) (*process, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stdio upstream: %w", err)
 	}
+	if err := closeOnExec(); err != nil {
+		return nil, err
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("stdio upstream: start %s: %w", c.Command[0], err)
 	}
@@ -390,6 +395,38 @@ func (s *Stdio) spawn(session string) (*process, error) {
 	go p.readStderr(stderr)
 	go p.readStdout(stdout)
 	return p, nil
+}
+
+// closeOnExec marks every descriptor of the gateway from 3 up
+// close-on-exec, so that a child gets only its stdin, stdout and stderr.
+// Those the gateway opens are already (Go opens every one so), but one it
+// inherited from its parent is not, and would pass to every process
+// (found by the e2e test: a file its parent left open).
+func closeOnExec() error {
+	err := unix.CloseRange(3, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC)
+	if err == nil {
+		return nil
+	}
+	// Before Linux 5.11: one by one.
+	if ferr := closeOnExecEach(); ferr != nil {
+		return fmt.Errorf("stdio upstream: close-on-exec: %w (and %w)", err, ferr)
+	}
+	return nil
+}
+
+// closeOnExecEach is closeOnExec without close_range.
+func closeOnExecEach() error {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			// The listing's own descriptor is closed by now: EBADF.
+			_, _ = unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC)
+		}
+	}
+	return nil
 }
 
 // setLimits applies the configured rlimits to the running child.

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 
 	"github.com/ctxgate/ctxgate/config"
 )
@@ -187,4 +188,34 @@ func copyFile(from, to string) error {
 		return err
 	}
 	return os.WriteFile(to, b, 0o755)
+}
+
+// TestCloseOnExec: a descriptor the gateway inherited (opened without
+// close-on-exec) is marked close-on-exec before a process starts, by
+// close_range and by the one-by-one fallback of older kernels.
+func TestCloseOnExec(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mark func() error
+	}{
+		{"close_range", closeOnExec},
+		{"one by one", closeOnExecEach},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fd, err := syscall.Open(os.DevNull, syscall.O_RDONLY, 0) // no O_CLOEXEC
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer syscall.Close(fd)
+			if flags, _ := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); flags&unix.FD_CLOEXEC != 0 {
+				t.Fatal("the descriptor is close-on-exec already: the test would prove nothing")
+			}
+			if err := tc.mark(); err != nil {
+				t.Fatal(err)
+			}
+			if flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil || flags&unix.FD_CLOEXEC == 0 {
+				t.Errorf("fd %d flags %#x (%v), want FD_CLOEXEC", fd, flags, err)
+			}
+		})
+	}
 }

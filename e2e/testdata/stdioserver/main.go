@@ -12,6 +12,7 @@ import (
 	"math"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"sync/atomic"
@@ -75,6 +76,22 @@ func main() {
 				return nil, nil, err
 			}
 			b, err := json.Marshal(identity{PID: os.Getpid(), UID: os.Getuid(), GID: os.Getgid(), Groups: groups, OpenFiles: files.Cur})
+			return text("%s", b), nil, err
+		})
+	mcp.AddTool(s, &mcp.Tool{Name: "fds", Description: "its open file descriptors and what each is, as a JSON object"},
+		func(context.Context, *mcp.CallToolRequest, none) (*mcp.CallToolResult, any, error) {
+			entries, err := os.ReadDir("/proc/self/fd")
+			if err != nil {
+				return nil, nil, err
+			}
+			fds := map[string]string{}
+			for _, e := range entries {
+				// The directory being read is one of them, gone by now.
+				if target, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name())); err == nil {
+					fds[e.Name()] = target
+				}
+			}
+			b, err := json.Marshal(fds)
 			return text("%s", b), nil, err
 		})
 	mcp.AddTool(s, &mcp.Tool{Name: "garbage", Description: "writes a line that is not JSON-RPC to stdout, then waits"},

@@ -37,12 +37,9 @@ var stdioServer struct {
 func stdioServerBin(t *testing.T) string {
 	t.Helper()
 	stdioServer.once.Do(func() {
-		dir, err := os.MkdirTemp("", "ctxgate-e2e-stdioserver-")
-		if err != nil {
-			stdioServer.err = err
-			return
-		}
-		// MkdirTemp's 0700 would keep another user from exec'ing it.
+		// Beside the gateway's binary, in TestMain's directory (removed at
+		// the end), whose 0700 would keep another user from exec'ing it.
+		dir := filepath.Dir(bins.ctxgate)
 		if err := os.Chmod(dir, 0o755); err != nil {
 			stdioServer.err = err
 			return
@@ -559,11 +556,8 @@ func TestStdioSandboxUser(t *testing.T) {
 		t.Skip("needs root: only root can start a process as another user (run the e2e tests as root, as CI does)")
 	}
 	// The gateway's binary starts the process as nobody (it applies the
-	// limits), so nobody must be able to run it: TestMain's directory is
-	// 0700.
-	if err := os.Chmod(filepath.Dir(bins.ctxgate), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	// limits), so nobody must be able to run it: stdioServerBin opened
+	// TestMain's directory to all.
 	gw := startSandboxGateway(t, "    user: nobody\n    limits: {open_files: 40}\n")
 	baseline := goroutineBaseline(t, gw)
 	s := openSandboxSession(t, gw)
@@ -622,13 +616,62 @@ func TestStdioSandboxCheckUser(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the rest runs check as nobody: needs root")
 	}
-	// nobody must be able to run the gateway's binary (TestMain's
-	// directory is 0700).
-	if err := os.Chmod(filepath.Dir(bins.ctxgate), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	// nobody runs the gateway's binary: stdioServerBin opened TestMain's
+	// directory to all.
 	out = check(t, "user: root", &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}})
 	if want := "upstreams[0].user: the gateway is not root, so it cannot run a process as another user or group"; !strings.Contains(out, want) {
 		t.Errorf("check as nobody with user: root lacks %q:\n%s", want, out)
 	}
+}
+
+// TestStdioSandboxProcessGroup: what a stdio server starts ends with it:
+// on DELETE (SIGTERM to its group) and when it crashes (its group is
+// killed once it has exited).
+func TestStdioSandboxProcessGroup(t *testing.T) {
+	gw := startSandboxGateway(t, "    stop_grace: 200ms\n")
+	baseline := goroutineBaseline(t, gw)
+	for _, end := range []struct {
+		name string
+		end  func(t *testing.T, s *sandboxSession)
+	}{
+		{"DELETE", func(t *testing.T, s *sandboxSession) {
+			if status := s.end(t); status != http.StatusOK {
+				t.Errorf("DELETE: %d", status)
+			}
+		}},
+		{"crash", func(t *testing.T, s *sandboxSession) {
+			status, body := s.call(t, "crash", nil)
+			s.assertEnded(t, status, body, "a crash")
+		}},
+	} {
+		t.Run(end.name, func(t *testing.T) {
+			s := openSandboxSession(t, gw)
+			child, err := strconv.Atoi(s.text(t, "spawn", nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if alive(child) {
+					_ = syscall.Kill(child, syscall.SIGKILL)
+				}
+			})
+			if !alive(child) {
+				t.Fatalf("the server's child %d is not running", child)
+			}
+			end.end(t, s)
+			waitFor(t, fmt.Sprintf("the server's child %d to end with it", child), readyDeadline, func() bool { return !alive(child) })
+		})
+	}
+	assertNoLeaks(t, gw, baseline)
+}
+
+// alive reports that pid runs: it exists and is not a zombie (a child
+// orphaned into a container whose init does not reap stays one).
+func alive(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	return i > 0 && i+2 < len(stat) && stat[i+2] != 'Z' && stat[i+2] != 'X'
 }

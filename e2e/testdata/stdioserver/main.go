@@ -11,6 +11,7 @@ import (
 	"log"
 	"math"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
@@ -50,7 +51,16 @@ func text(format string, args ...any) *mcp.CallToolResult {
 	return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: fmt.Sprintf(format, args...)}}}
 }
 
+// sleeperEnv makes the program the child the spawn tool starts: it
+// sleeps until killed.
+const sleeperEnv = "STDIOSERVER_SLEEPER"
+
 func main() {
+	if os.Getenv(sleeperEnv) != "" {
+		for {
+			time.Sleep(time.Hour)
+		}
+	}
 	// Set by ignore_sigterm: the process then outlives its stdin, as a
 	// server that hangs on shutdown does, so only SIGKILL ends it.
 	var stubborn atomic.Bool
@@ -131,6 +141,20 @@ func main() {
 			signal.Ignore(syscall.SIGTERM)
 			stubborn.Store(true)
 			return text("%d", os.Getpid()), nil, nil
+		})
+	mcp.AddTool(s, &mcp.Tool{Name: "spawn", Description: "starts a child of its own that sleeps (stdio on /dev/null, so it holds none of the gateway's pipes); answers its pid"},
+		func(context.Context, *mcp.CallToolRequest, none) (*mcp.CallToolResult, any, error) {
+			self, err := os.Executable()
+			if err != nil {
+				return nil, nil, err
+			}
+			cmd := exec.Command(self)
+			cmd.Env = append(os.Environ(), sleeperEnv+"=1")
+			if err := cmd.Start(); err != nil {
+				return nil, nil, err
+			}
+			go func() { _ = cmd.Wait() }()
+			return text("%d", cmd.Process.Pid), nil, nil
 		})
 	mcp.AddTool(s, &mcp.Tool{Name: "crash", Description: "exits with status 3 in the middle of the call"},
 		func(context.Context, *mcp.CallToolRequest, none) (*mcp.CallToolResult, any, error) {

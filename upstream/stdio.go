@@ -106,9 +106,6 @@ type Stdio struct {
 	// then returns (NewPool refuses such an upstream first).
 	cred    *syscall.Credential
 	credErr error
-	// launcher is the gateway's binary, which starts a process run as
-	// another account (stdiolaunch.go); set with cred.
-	launcher string
 	// Log receives the processes' stderr and protocol errors; set it
 	// before the first Send. Nil: slog.Default().
 	Log *slog.Logger
@@ -140,12 +137,6 @@ func NewStdio(c config.Upstream) *Stdio {
 		s.grace = stdioGrace
 	}
 	s.cred, s.credErr = stdioCredential(c, os.Geteuid(), os.Getegid())
-	if s.cred != nil {
-		var err error
-		if s.launcher, err = os.Executable(); err != nil {
-			s.credErr = fmt.Errorf("user: the gateway's binary, to start the process as %q: %w", c.User+c.Group, err)
-		}
-	}
 	return s
 }
 
@@ -356,8 +347,8 @@ func (s *Stdio) spawn(session string) (*process, error) {
 		if cmd.Err != nil {
 			return nil, fmt.Errorf("stdio upstream: %w", cmd.Err)
 		}
-		cmd.Args = launchArgs(s.launcher, cmd.Path, c.Command, c.Limits)
-		cmd.Path = s.launcher
+		cmd.Args = launchArgs(stdioLauncher, cmd.Path, c.Command, c.Limits)
+		cmd.Path = stdioLauncher
 	}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {

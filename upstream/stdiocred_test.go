@@ -132,7 +132,8 @@ func TestStdioUserRunsAsThatUserWithLimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The test binary lives in a directory only root may enter.
+	// The test binary, the command, lives in a directory only root may
+	// enter (the launcher, /proc/self/exe, needs no such search).
 	bin := filepath.Join(t.TempDir(), "stdio.test")
 	for _, dir := range []string{filepath.Dir(bin), filepath.Dir(filepath.Dir(bin))} {
 		if err := os.Chmod(dir, 0o755); err != nil {
@@ -149,7 +150,6 @@ func TestStdioUserRunsAsThatUserWithLimits(t *testing.T) {
 	if err := s.CanRun(); err != nil {
 		t.Fatal(err)
 	}
-	s.launcher = bin // the same test binary, where nobody can run it
 	t.Cleanup(s.Close)
 	_, pid := initialize(t, s)
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))

@@ -18,6 +18,12 @@ import (
 // runs already as that user, lowers its own limits (which needs no
 // privilege) and execs the command, which so starts with them in force.
 
+// stdioLauncher is the gateway's own binary as the forked child execs
+// it: the link resolves in the child, still the gateway's image, to the
+// running binary even if it was since replaced or deleted, and it needs
+// no search permission on the binary's directory, only its x bit.
+const stdioLauncher = "/proc/self/exe"
+
 // StdioLaunchArg, as the first argument of the gateway's binary, makes it
 // the stdio launcher (RunStdioLauncher) instead of the gateway.
 const StdioLaunchArg = "__ctxgate-stdio-launch"

@@ -350,6 +350,9 @@ func (s *Stdio) spawn(session string) (*process, error) {
 		cmd.Args = launchArgs(stdioLauncher, cmd.Path, c.Command, c.Limits)
 		cmd.Path = stdioLauncher
 	}
+	if err := closeOnExec(); err != nil {
+		return nil, err
+	}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, fmt.Errorf("stdio upstream: %w", err)
@@ -362,10 +365,10 @@ func (s *Stdio) spawn(session string) (*process, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stdio upstream: %w", err)
 	}
-	if err := closeOnExec(); err != nil {
-		return nil, err
-	}
 	if err := cmd.Start(); err != nil {
+		if s.cred != nil {
+			return nil, fmt.Errorf("stdio upstream: start %s as uid %d gid %d (through the gateway's binary): %w", c.Command[0], s.cred.Uid, s.cred.Gid, err)
+		}
 		return nil, fmt.Errorf("stdio upstream: start %s: %w", c.Command[0], err)
 	}
 	if s.cred == nil { // else the launcher set them

@@ -106,11 +106,18 @@ func TestStdioLauncher(t *testing.T) {
 		t.Errorf("the launched command saw (-want +got):\n%s", diff)
 	}
 
-	cmd = exec.Command(self, StdioLaunchArg, "x", "0", "0", "/bin/true", "true")
-	out, err = cmd.CombinedOutput()
-	var exit *exec.ExitError
-	if !errors.As(err, &exit) || exit.ExitCode() != 127 || !strings.Contains(string(out), "ctxgate stdio launcher: limit \"x\"") {
-		t.Errorf("a bad launcher command line: %v %s, want exit 127 and the reason", err, out)
+	for _, bad := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"x", "0", "0", "/bin/true", "true"}, `ctxgate stdio launcher: limit "x"`},
+		{[]string{"0", "0", "0", "/ctxgate-no-such-command", "x"}, "ctxgate stdio launcher: exec /ctxgate-no-such-command as uid "},
+	} {
+		out, err = exec.Command(self, append([]string{StdioLaunchArg}, bad.args...)...).CombinedOutput()
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 127 || !strings.Contains(string(out), bad.want) {
+			t.Errorf("launcher %q: %v %s, want exit 127 and %q", bad.args, err, out, bad.want)
+		}
 	}
 }
 

@@ -56,7 +56,10 @@ func stdioLaunch(args []string) error {
 	}
 	// The environment is the configured one: the gateway started the
 	// launcher with exactly that.
-	return unix.Exec(args[3], args[4:], os.Environ())
+	if err := unix.Exec(args[3], args[4:], os.Environ()); err != nil {
+		return fmt.Errorf("exec %s as uid %d gid %d: %w", args[3], os.Getuid(), os.Getgid(), err)
+	}
+	return nil
 }
 
 // launchArgs is the launcher's command line for the command at path.

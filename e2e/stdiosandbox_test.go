@@ -295,6 +295,19 @@ func goroutineBaseline(t *testing.T, gw *gatewayProc) float64 {
 	return gw.metric(t, "go_goroutines")
 }
 
+// requireRoot skips a test that starts processes as another user unless
+// it runs as root; in CI, where the tests run as root, it fails instead.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s must run as root in CI: only root can start a process as another user", t.Name())
+	}
+	t.Skip("needs root: only root can start a process as another user (run the e2e tests as root, as CI does)")
+}
+
 // TestStdioSandboxEnvironment: the child's environment is exactly the
 // configured env (the secret in the gateway's own is not inherited), and
 // it holds none of the gateway's file descriptors.
@@ -549,12 +562,7 @@ func TestStdioSandboxCrashMidCall(t *testing.T) {
 // groups are not kept), its limits still in force. Needs a gateway
 // running as root.
 func TestStdioSandboxUser(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("TestStdioSandboxUser must run as root in CI: only root can start a process as another user")
-		}
-		t.Skip("needs root: only root can start a process as another user (run the e2e tests as root, as CI does)")
-	}
+	requireRoot(t)
 	// The gateway's binary starts the process as nobody (it applies the
 	// limits), so nobody must be able to run it: stdioServerBin opened
 	// TestMain's directory to all.
@@ -613,9 +621,7 @@ func TestStdioSandboxCheckUser(t *testing.T) {
 		}
 	}
 
-	if os.Geteuid() != 0 {
-		t.Skip("the rest runs check as nobody: needs root")
-	}
+	requireRoot(t) // the rest runs check as nobody
 	// nobody runs the gateway's binary: stdioServerBin opened TestMain's
 	// directory to all.
 	out = check(t, "user: root", &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}})

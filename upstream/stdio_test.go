@@ -31,8 +31,12 @@ import (
 //   - notify: a notification, then the answer;
 //   - anything else: an echo of the params.
 //
-// With CTXGATE_STDIO_TEST_IGNORE_TERM it ignores SIGTERM.
+// With CTXGATE_STDIO_TEST_IGNORE_TERM it ignores SIGTERM and outlives
+// its stdin.
 func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == StdioLaunchArg {
+		RunStdioLauncher(os.Args[2:]) // as the gateway's main does
+	}
 	if os.Getenv("CTXGATE_STDIO_TEST_SERVER") != "" {
 		stdioTestServer()
 		return
@@ -70,6 +74,11 @@ func stdioTestServer() {
 			_ = out.Encode(map[string]any{"jsonrpc": "2.0", "method": "notifications/message", "params": map[string]any{"data": "hello"}})
 		}
 		_ = out.Encode(map[string]any{"jsonrpc": "2.0", "id": req.ID, "result": result})
+	}
+	for os.Getenv("CTXGATE_STDIO_TEST_IGNORE_TERM") != "" {
+		// Outlive stdin too, as a server hanging on shutdown does: only
+		// SIGKILL ends it.
+		time.Sleep(time.Hour)
 	}
 }
 

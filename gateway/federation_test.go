@@ -27,9 +27,11 @@ func sdkServer(t *testing.T, tools ...string) *httptest.Server {
 
 // memberHooks change and watch an sdkServer: while forget is set it
 // answers 404 to every request on a session, as a restarted server does;
-// mcpName is the last Mcp-Name header it received.
+// while fail is set it answers 503 to everything; mcpName is the last
+// Mcp-Name header it received.
 type memberHooks struct {
 	forget  atomic.Bool
+	fail    atomic.Bool
 	mcpName atomic.Value
 }
 
@@ -45,6 +47,10 @@ func sdkServerHooked(t *testing.T, hooks *memberHooks, tools ...string) *httptes
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if v := r.Header.Get("Mcp-Name"); v != "" {
 			hooks.mcpName.Store(v)
+		}
+		if hooks.fail.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
 		}
 		if hooks.forget.Load() && r.Header.Get("Mcp-Session-Id") != "" {
 			http.Error(w, "session not found", http.StatusNotFound)

@@ -219,13 +219,17 @@ func (fr *fedRequest) post(w http.ResponseWriter) error {
 		w.WriteHeader(http.StatusAccepted)
 		return nil
 	case !req.ID.IsValid():
-		fr.notify(req, fwd.body)
+		if err := fr.notify(req, fwd.body); err != nil {
+			return err
+		}
 		w.WriteHeader(http.StatusAccepted)
 		return nil
 	case req.Method == "ping":
 		return s.answer(w, req.ID, json.RawMessage(`{}`))
 	case req.Method == "logging/setLevel":
-		fr.fanOut(req, fwd.body)
+		if err := fr.fanOut(req, fwd.body); err != nil {
+			return err
+		}
 		return s.answer(w, req.ID, json.RawMessage(`{}`))
 	case listShapes[req.Method].items != "":
 		return fr.list(w, req)
@@ -274,3 +278,11 @@ type errMemberUnavailable struct {
 
 func (e errMemberUnavailable) Error() string { return fmt.Sprintf("member %s: %v", e.member, e.err) }
 func (e errMemberUnavailable) Unwrap() error { return e.err }
+
+// memberSessionEnded is the answer to any request on a federated session
+// one of whose members ended its own session (it restarted, or expired
+// it): 404 -31003, as a single upstream's 404 is, whatever the method, so
+// the client initializes again and gets a new session with every member.
+func memberSessionEnded(cause error) *Error {
+	return newError(http.StatusNotFound, CodeSessionNotFound, "session not found; initialize a new session", cause)
+}

@@ -27,12 +27,15 @@ func sdkServer(t *testing.T, tools ...string) *httptest.Server {
 
 // memberHooks change and watch an sdkServer: while forget is set it
 // answers 404 to every request on a session, as a restarted server does;
-// while fail is set it answers 503 to everything; mcpName is the last
-// Mcp-Name header it received.
+// forget400 answers a request on a session 400 with a JSON-RPC error for
+// no request, as the TypeScript SDK's servers answer a session they do not
+// know; while fail is set it answers 503 to everything; mcpName is the
+// last Mcp-Name header it received.
 type memberHooks struct {
-	forget  atomic.Bool
-	fail    atomic.Bool
-	mcpName atomic.Value
+	forget    atomic.Bool
+	forget400 atomic.Bool
+	fail      atomic.Bool
+	mcpName   atomic.Value
 }
 
 func sdkServerHooked(t *testing.T, hooks *memberHooks, tools ...string) *httptest.Server {
@@ -50,6 +53,12 @@ func sdkServerHooked(t *testing.T, hooks *memberHooks, tools ...string) *httptes
 		}
 		if hooks.fail.Load() {
 			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		if hooks.forget400.Load() && r.Header.Get("Mcp-Session-Id") != "" {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = io.WriteString(w, `{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"Bad Request: No valid session ID provided"}}`)
 			return
 		}
 		if hooks.forget.Load() && r.Header.Get("Mcp-Session-Id") != "" {

@@ -43,9 +43,7 @@ func (fr *fedRequest) list(w http.ResponseWriter, req *jsonrpc.Request) error {
 	pages := fr.pages(req, todo)
 	for _, pg := range pages {
 		if pg.ended {
-			// As a single upstream's 404 does: the client initializes again
-			// and so gets a new session with every member.
-			return newError(http.StatusNotFound, CodeSessionNotFound, "session not found; initialize a new session", errMemberUnavailable{member: pg.member, err: errMemberSessionEnded})
+			return memberSessionEnded(errMemberUnavailable{member: pg.member, err: errMemberSessionEnded})
 		}
 	}
 	shape := listShapes[req.Method]

@@ -79,6 +79,13 @@ func (s *Server) checkAnswer(resp *http.Response, fwd *forward) (answerKind, str
 		_ = resp.Body.Close()
 		return 0, "", errBridgeSessionEnded
 	}
+	if fwd.federation != "" && fwd.upstreamSession != "" && bridgeSessionLost(resp) {
+		// A member of a federated session forgot its own: answered as the
+		// federated list is (memberSessionEnded), never relayed as the
+		// member's own 404 or 400.
+		_ = resp.Body.Close()
+		return 0, "", errMemberUnavailable{member: fwd.route.upstream.Name, err: errMemberSessionEnded}
+	}
 	kind, err := classifyAnswer(resp, fwd)
 	if err == nil && kind != answerEmpty {
 		err = refuseEncoded(encoding)

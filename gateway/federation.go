@@ -51,9 +51,13 @@ import (
 // else left out and named in _meta io.ctxgate/partial (reason: legacy
 // only).
 //
-// Not served on a federated route: the GET stream (405), batches (400),
-// subscriptions/listen (404) and server-to-client requests from members
-// (refused to the member).
+// A member's requests of the client (sampling, elicitation, roots, and so
+// a multi-round-trip tool's input requests on a legacy session) are
+// decided as on its own route and relayed under an id naming the member;
+// the client's answer goes back to that member (fedask.go).
+//
+// Not served on a federated route: the GET stream (405), batches (400)
+// and subscriptions/listen (404).
 
 // federation is one federated route.
 type federation struct {
@@ -214,10 +218,8 @@ func (fr *fedRequest) post(w http.ResponseWriter) error {
 	req := msg.Request()
 	switch {
 	case req == nil:
-		// A client's answer to a server request: members' requests are
-		// never relayed on a federated route, so none is awaited.
-		w.WriteHeader(http.StatusAccepted)
-		return nil
+		// A client's answer to a member's request (fedask.go).
+		return fr.answerMember(w)
 	case !req.ID.IsValid():
 		if err := fr.notify(req, fwd.body); err != nil {
 			return err

@@ -30,12 +30,14 @@ func sdkServer(t *testing.T, tools ...string) *httptest.Server {
 // forget400 answers a request on a session 400 with a JSON-RPC error for
 // no request, as the TypeScript SDK's servers answer a session they do not
 // know; while fail is set it answers 503 to everything; mcpName is the
-// last Mcp-Name header it received.
+// last Mcp-Name header it received; answers counts the JSON-RPC
+// responses (a client's answers) POSTed to it.
 type memberHooks struct {
 	forget    atomic.Bool
 	forget400 atomic.Bool
 	fail      atomic.Bool
 	mcpName   atomic.Value
+	answers   atomic.Int64
 }
 
 func sdkServerHooked(t *testing.T, hooks *memberHooks, tools ...string) *httptest.Server {
@@ -50,6 +52,13 @@ func sdkServerHooked(t *testing.T, hooks *memberHooks, tools ...string) *httptes
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if v := r.Header.Get("Mcp-Name"); v != "" {
 			hooks.mcpName.Store(v)
+		}
+		if r.Method == http.MethodPost {
+			body, _ := io.ReadAll(r.Body)
+			if strings.Contains(string(body), `"result"`) {
+				hooks.answers.Add(1)
+			}
+			r.Body = io.NopCloser(strings.NewReader(string(body)))
 		}
 		if hooks.fail.Load() {
 			http.Error(w, "down", http.StatusServiceUnavailable)

@@ -43,6 +43,7 @@ const (
 	CodeRateLimitUnavailable   = -31019 // 503 + Retry-After: limits shared on Redis, Redis cannot answer, redis.on_error deny; nothing was counted or sent
 	CodeUpstreamSessionsFull   = -31050 // 503 + Retry-After: the upstream transport holds its maximum of sessions (stdio: max_processes processes, one per session; sse: its sessions); nothing was started or sent
 	CodeUpstreamRestartBackoff = -31051 // 503 + Retry-After: a stdio upstream's processes crashed one after another; its next start waits (0.5 s doubling to 30 s); nothing was started or sent
+	CodeMemberRecovering       = -31070 // 503 + Retry-After: a federated session's member was unavailable at initialize and is being retried; nothing was sent
 )
 
 // Error is a failure bound for a client: the HTTP status, the JSON-RPC

@@ -24,8 +24,9 @@ import (
 //   - initialize is sent to every member in parallel, each with the
 //     client's own params and within the route's member_timeout; the
 //     members that answer are the session (their upstream session ids are
-//     sealed in the gateway's session id), the others are left out and
-//     named in the result's _meta io.ctxgate/partial. The result is the
+//     sealed in the gateway's session id), the others are left out,
+//     named in the result's _meta io.ctxgate/partial, and retried for the
+//     session until they join it (fedrecover.go). The result is the
 //     gateway's: the lowest protocol version the members negotiated, the
 //     union of their capabilities (less listChanged and subscribe: a
 //     federated session has no GET stream), their instructions.
@@ -69,6 +70,9 @@ type federation struct {
 	// partial answers of a member that fails.
 	lastGood sync.Map // string -> lastGood
 	partial  *prometheus.CounterVec
+	// late are the sessions whose members failed at initialize, retried
+	// (fedrecover.go).
+	late lateSessions
 }
 
 type lastGood struct {
@@ -215,6 +219,7 @@ func (fr *fedRequest) post(w http.ResponseWriter) error {
 		return err
 	}
 	fr.fo = legacyFan(claims)
+	fr.recoverMembers(r.Header.Get("Mcp-Session-Id"))
 	req := msg.Request()
 	switch {
 	case req == nil:
@@ -246,8 +251,9 @@ func (fr *fedRequest) openSession() (sessionClaims, error) {
 	if err := fr.s.prepareSession(fr.r, fwd); err != nil {
 		return sessionClaims{}, err
 	}
-	claims, _ := fr.s.sessions.Open(fr.r.Header.Get("Mcp-Session-Id"))
-	return claims, nil
+	id := fr.r.Header.Get("Mcp-Session-Id")
+	claims, _ := fr.s.sessions.Open(id)
+	return fr.f.late.joined(id, claims), nil
 }
 
 // answer writes the gateway's own result for id.

@@ -31,13 +31,14 @@ func sdkServer(t *testing.T, tools ...string) *httptest.Server {
 // no request, as the TypeScript SDK's servers answer a session they do not
 // know; while fail is set it answers 503 to everything; mcpName is the
 // last Mcp-Name header it received; answers counts the JSON-RPC
-// responses (a client's answers) POSTed to it.
+// responses (a client's answers) POSTed to it, deletes the DELETEs.
 type memberHooks struct {
 	forget    atomic.Bool
 	forget400 atomic.Bool
 	fail      atomic.Bool
 	mcpName   atomic.Value
 	answers   atomic.Int64
+	deletes   atomic.Int64
 }
 
 func sdkServerHooked(t *testing.T, hooks *memberHooks, tools ...string) *httptest.Server {
@@ -52,6 +53,9 @@ func sdkServerHooked(t *testing.T, hooks *memberHooks, tools ...string) *httptes
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if v := r.Header.Get("Mcp-Name"); v != "" {
 			hooks.mcpName.Store(v)
+		}
+		if r.Method == http.MethodDelete {
+			hooks.deletes.Add(1)
 		}
 		if r.Method == http.MethodPost {
 			body, _ := io.ReadAll(r.Body)
@@ -161,7 +165,8 @@ func TestFederatedRoute(t *testing.T) {
 		wantStatus                  int
 		wantCode                    int64
 	}{
-		{"unknown tool", http.MethodPost, init.session, `{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"b__x","arguments":{}}}`, nil, http.StatusOK, -32602},
+		{"unknown tool", http.MethodPost, init.session, `{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"c__x","arguments":{}}}`, nil, http.StatusOK, -32602},
+		{"a tool of a member down at initialize, being retried", http.MethodPost, init.session, `{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"b__x","arguments":{}}}`, nil, http.StatusServiceUnavailable, -31070},
 		{"tampered cursor", http.MethodPost, init.session, `{"jsonrpc":"2.0","id":5,"method":"tools/list","params":{"cursor":"AAAA"}}`, nil, http.StatusOK, -32602},
 		{"a session id is not a cursor", http.MethodPost, init.session, `{"jsonrpc":"2.0","id":5,"method":"tools/list","params":{"cursor":"` + init.session + `"}}`, nil, http.StatusOK, -32602},
 		{"no session", http.MethodPost, "", `{"jsonrpc":"2.0","id":6,"method":"tools/list"}`, nil, http.StatusBadRequest, -32600},

@@ -101,6 +101,7 @@ func (fr *fedRequest) initialize(w http.ResponseWriter) error {
 	if err != nil {
 		return fmt.Errorf("seal session: %w", err)
 	}
+	fr.rememberLate(id, claims, missing, req.Params)
 	w.Header().Set("Mcp-Session-Id", id)
 	s.metrics.sessionsStarted.WithLabelValues(f.cfg.Name).Inc()
 	return s.answer(w, req.ID, result)
@@ -248,6 +249,7 @@ func (fr *fedRequest) delete(w http.ResponseWriter) error {
 	fr.fo = legacyFan(claims)
 	members, _ := fr.f.sessionMembers(claims)
 	fr.sendAll(members, http.MethodDelete, nil)
+	fr.f.late.remove(fr.r.Header.Get("Mcp-Session-Id"))
 	fr.s.metrics.sessionsEnded.WithLabelValues(fr.f.cfg.Name).Inc()
 	w.WriteHeader(http.StatusNoContent)
 	return nil

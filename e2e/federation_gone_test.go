@@ -217,3 +217,39 @@ routes:
 		t.Errorf("npm__echo after npm restarted: HTTP %d, %s; want 404 -31003", got.status, got.raw)
 	}
 }
+
+// TestFederationMemberRecovers: the Go SDK everything-server is down when
+// a session is initialized on a federated route with the npm
+// everything-server; its tools are 503 -31070 (being retried), and once it
+// is started it joins that same session: listed, callable.
+func TestFederationMemberRecovers(t *testing.T) {
+	goAddr, npmAddr := reservePort(t), reservePort(t)
+	startNPMEverythingAt(t, npmAddr)
+	gw := startGateway(t, fmt.Sprintf(`
+server: {listen: "127.0.0.1:0"}
+admin: {listen: "127.0.0.1:0"}
+auth: {anonymous: true}
+%supstreams:
+  - {name: go, url: "http://%s/", retry: {max_attempts: 1}, circuit_breaker: {failure_threshold: 1000}}
+  - {name: npm, url: "http://%s/mcp", retry: {max_attempts: 1}}
+routes:
+  - {path: /mcp, upstreams: [go, npm], member_timeout: 2s}
+`, policyConfig(), goAddr, npmAddr))
+	c := &rpc{url: gw.URL + "/mcp"}
+	c.initialize(t)
+	const call = `{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"go__test_simple_text","arguments":{}}}`
+	if got := c.call(t, call); got.status != http.StatusServiceUnavailable || got.code != -31070 {
+		t.Errorf("tools/call go__test_simple_text with go down since initialize: HTTP %d, %s; want 503 -31070", got.status, got.raw)
+	}
+	if got := c.call(t, toolsList); hasPrefixed(got.toolNames(), "go__") || !strings.Contains(string(got.result["_meta"]), `"missing":["go"]`) {
+		t.Errorf("tools/list with go down: %s; want go missing", got.raw)
+	}
+	startEverythingAt(t, goAddr)
+	waitFor(t, "go to join the session", readyDeadline, func() bool {
+		got := c.call(t, toolsList) // the session's requests kick its retries
+		return hasPrefixed(got.toolNames(), "go__") && got.result["_meta"] == nil
+	})
+	if got := c.call(t, call); got.status != http.StatusOK || got.code != 0 || !strings.Contains(got.raw, `"content"`) {
+		t.Errorf("tools/call go__test_simple_text after go joined: HTTP %d, %s", got.status, got.raw)
+	}
+}

@@ -23,13 +23,15 @@ import (
 //
 // The client's sealed session id cannot change, so joined members are
 // held by the gateway, per replica, in memory: bounded by maxLateSessions
-// and by the sessions' TTL. Another replica serving the same session sees
-// the member missing, as before.
+// sessions of at most maxLateParams of the client's params each (64 MiB
+// in all, whatever clients send), and by the sessions' TTL. Another
+// replica serving the same session sees the member missing, as before.
 
 const (
 	recoverFirst    = time.Second
 	recoverMax      = time.Minute
-	maxLateSessions = 10000
+	maxLateSessions = 4096
+	maxLateParams   = 16 << 10
 )
 
 // lateSessions are the federated sessions with members that failed at
@@ -168,7 +170,8 @@ func (fr *fedRequest) rememberLate(id string, claims sessionClaims, failed []str
 		return
 	}
 	params, err := withProtocolVersion(params, claims.Version)
-	if err != nil {
+	if err != nil || len(params) > maxLateParams {
+		loggerOf(fr.r.Context(), fr.s.log).Warn("federated initialize: the client's params are too large to keep; missing members are not retried", "route", fr.f.cfg.Path, "members", failed)
 		return
 	}
 	sess := &lateSession{principal: fr.p, params: params, version: claims.Version, started: fr.s.now(), members: map[string]*lateMember{}}

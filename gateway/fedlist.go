@@ -113,9 +113,9 @@ func (fr *fedRequest) pages(req *jsonrpc.Request, todo []memberCursor) []memberP
 // page fetches one page of a member's list within the member
 // timeout, remembering it as the member's last good page; on failure it is
 // the last good page (stale) while it is younger than member_stale_for, or
-// nothing (missing, with the reason when a page was too old). A member the request's era cannot
-// reach at all (a legacy-only member of a modern request) is left out with
-// the reason, never filled in.
+// nothing (missing, with the reason when a page was too old). A member the
+// request's era cannot reach at all (a legacy-only member of a modern
+// request) is left out with the reason, never filled in.
 func (fr *fedRequest) page(ctx context.Context, m *route, method, cursor string) memberPage {
 	s, f := fr.s, fr.f
 	name := m.upstream.Name

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/ctxgate/ctxgate/upstream"
 )
 
 // Member recovery. A member that failed at the federated initialize (not
@@ -202,10 +204,12 @@ func (fr *fedRequest) recoverMembers(id string) {
 	sess, names := fr.f.late.due(id, fr.s.now())
 	for _, name := range names {
 		m := fr.f.member(name)
-		// Without the client's cancellation (the retry outlives its
-		// request), with its values (the caller's identity for the
-		// member's credentials, the request id for the member's log).
-		ctx := context.WithoutCancel(fr.r.Context())
+		// Not the request's context: the retry outlives the request, and
+		// must not touch its state (its admission slot, its message). Only
+		// the caller, for the member's credentials (token_exchange) and
+		// the principal's bulkhead share, as authenticate gave the first
+		// initialize.
+		ctx := upstream.WithCaller(upstream.WithPrincipal(context.Background(), sess.principal.ID), callerOf(sess.principal))
 		go fr.recoverMember(ctx, id, sess, m)
 	}
 }

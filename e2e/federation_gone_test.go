@@ -55,7 +55,7 @@ func startEverythingAt(t *testing.T, addr string) *proc {
 	return p
 }
 
-func kill(t *testing.T, p *proc) {
+func killProc(t *testing.T, p *proc) {
 	t.Helper()
 	p.signal(syscall.SIGKILL)
 	waitFor(t, p.name+" to exit", readyDeadline, p.exited)
@@ -70,7 +70,7 @@ type fedAnswer struct {
 	raw    string
 }
 
-func (c *rpc) call(t *testing.T, body string) fedAnswer {
+func (c *rpc) fedCall(t *testing.T, body string) fedAnswer {
 	t.Helper()
 	resp := c.post(t, body)
 	raw, _ := io.ReadAll(resp.Body)
@@ -106,7 +106,7 @@ func (a fedAnswer) toolNames() []string {
 	return names
 }
 
-func hasPrefixed(names []string, prefix string) bool {
+func anyPrefixed(names []string, prefix string) bool {
 	for _, n := range names {
 		if strings.HasPrefix(n, prefix) {
 			return true
@@ -115,7 +115,7 @@ func hasPrefixed(names []string, prefix string) bool {
 	return false
 }
 
-const toolsList = `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`
+const fedToolsList = `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`
 
 // TestFederationMemberGone: the Go SDK everything-server and the npm
 // everything-server behind two federated routes, one that serves a failing
@@ -162,22 +162,22 @@ routes:
 	long.initialize(t)
 	short.initialize(t)
 	for _, c := range []*rpc{long, short} {
-		if got := c.call(t, toolsList); got.status != http.StatusOK || !hasPrefixed(got.toolNames(), "go__") || got.result["_meta"] != nil {
+		if got := c.fedCall(t, fedToolsList); got.status != http.StatusOK || !anyPrefixed(got.toolNames(), "go__") || got.result["_meta"] != nil {
 			t.Fatalf("%s tools/list with both members up: HTTP %d, %s", c.url, got.status, got.raw)
 		}
 	}
 
-	kill(t, goProc)
-	got := long.call(t, toolsList)
-	if got.status != http.StatusOK || !hasPrefixed(got.toolNames(), "go__") || !strings.Contains(string(got.result["_meta"]), `"staleAgeMs":{"go":`) {
+	killProc(t, goProc)
+	got := long.fedCall(t, fedToolsList)
+	if got.status != http.StatusOK || !anyPrefixed(got.toolNames(), "go__") || !strings.Contains(string(got.result["_meta"]), `"staleAgeMs":{"go":`) {
 		t.Errorf("tools/list within member_stale_for, go down: HTTP %d, %s; want go's last good part, marked stale", got.status, got.raw)
 	}
 	const expired = `{"io.ctxgate/partial":{"missing":["go"],"reasons":{"go":"last good page older than member_stale_for"}}}`
 	waitFor(t, "go's last good page to expire on /short", readyDeadline, func() bool {
-		got = short.call(t, toolsList)
+		got = short.fedCall(t, fedToolsList)
 		return string(got.result["_meta"]) == expired
 	})
-	if hasPrefixed(got.toolNames(), "go__") || !hasPrefixed(got.toolNames(), "npm__") {
+	if anyPrefixed(got.toolNames(), "go__") || !anyPrefixed(got.toolNames(), "npm__") {
 		t.Errorf("tools/list past member_stale_for: %v; want npm's tools only", got.toolNames())
 	}
 
@@ -191,29 +191,29 @@ routes:
 		{"resources/read", `{"jsonrpc":"2.0","id":5,"method":"resources/read","params":{"uri":"go+test://static-text"}}`},
 	}
 	for _, c := range calls {
-		if got := long.call(t, c.body); (shape{got.status, got.code}) != (shape{http.StatusBadGateway, -31010}) {
+		if got := long.fedCall(t, c.body); (shape{got.status, got.code}) != (shape{http.StatusBadGateway, -31010}) {
 			t.Errorf("%s with go down: HTTP %d, %s; want 502 -31010", c.name, got.status, got.raw)
 		}
 	}
 
 	// Back on the same address, without the sessions it had.
 	startEverythingAt(t, goAddr)
-	for _, c := range append(calls, struct{ name, body string }{"tools/list", toolsList}) {
-		if got := long.call(t, c.body); (shape{got.status, got.code}) != (shape{http.StatusNotFound, -31003}) {
+	for _, c := range append(calls, struct{ name, body string }{"tools/list", fedToolsList}) {
+		if got := long.fedCall(t, c.body); (shape{got.status, got.code}) != (shape{http.StatusNotFound, -31003}) {
 			t.Errorf("%s after go restarted: HTTP %d, %s; want 404 -31003", c.name, got.status, got.raw)
 		}
 	}
 	fresh := &rpc{url: gw.URL + "/mcp"}
 	fresh.initialize(t)
-	if got := fresh.call(t, calls[0].body); got.status != http.StatusOK || got.code != 0 {
+	if got := fresh.fedCall(t, calls[0].body); got.status != http.StatusOK || got.code != 0 {
 		t.Errorf("tools/call on a new session: HTTP %d, %s", got.status, got.raw)
 	}
 
 	// The npm member restarted: it answers 400 for a session it does not know.
-	kill(t, npmProc)
+	killProc(t, npmProc)
 	startNPMEverythingAt(t, npmAddr)
 	echo := `{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"npm__echo","arguments":{"message":"hi"}}}`
-	if got := fresh.call(t, echo); (shape{got.status, got.code}) != (shape{http.StatusNotFound, -31003}) {
+	if got := fresh.fedCall(t, echo); (shape{got.status, got.code}) != (shape{http.StatusNotFound, -31003}) {
 		t.Errorf("npm__echo after npm restarted: HTTP %d, %s; want 404 -31003", got.status, got.raw)
 	}
 }
@@ -238,18 +238,18 @@ routes:
 	c := &rpc{url: gw.URL + "/mcp"}
 	c.initialize(t)
 	const call = `{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"go__test_simple_text","arguments":{}}}`
-	if got := c.call(t, call); got.status != http.StatusServiceUnavailable || got.code != -31070 {
+	if got := c.fedCall(t, call); got.status != http.StatusServiceUnavailable || got.code != -31070 {
 		t.Errorf("tools/call go__test_simple_text with go down since initialize: HTTP %d, %s; want 503 -31070", got.status, got.raw)
 	}
-	if got := c.call(t, toolsList); hasPrefixed(got.toolNames(), "go__") || !strings.Contains(string(got.result["_meta"]), `"missing":["go"]`) {
+	if got := c.fedCall(t, fedToolsList); anyPrefixed(got.toolNames(), "go__") || !strings.Contains(string(got.result["_meta"]), `"missing":["go"]`) {
 		t.Errorf("tools/list with go down: %s; want go missing", got.raw)
 	}
 	startEverythingAt(t, goAddr)
 	waitFor(t, "go to join the session", readyDeadline, func() bool {
-		got := c.call(t, toolsList) // the session's requests kick its retries
-		return hasPrefixed(got.toolNames(), "go__") && got.result["_meta"] == nil
+		got := c.fedCall(t, fedToolsList) // the session's requests kick its retries
+		return anyPrefixed(got.toolNames(), "go__") && got.result["_meta"] == nil
 	})
-	if got := c.call(t, call); got.status != http.StatusOK || got.code != 0 || !strings.Contains(got.raw, `"content"`) {
+	if got := c.fedCall(t, call); got.status != http.StatusOK || got.code != 0 || !strings.Contains(got.raw, `"content"`) {
 		t.Errorf("tools/call go__test_simple_text after go joined: HTTP %d, %s", got.status, got.raw)
 	}
 }

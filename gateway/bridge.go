@@ -149,9 +149,13 @@ func bridgeSessionLost(resp *http.Response) bool {
 		io.Reader
 		io.Closer
 	}{io.MultiReader(bytes.NewReader(raw), resp.Body), resp.Body}
-	if err != nil {
-		return false
-	}
+	return err == nil && sessionErrorBody(raw)
+}
+
+// sessionErrorBody reports whether a 400's body is a JSON-RPC error for no
+// request (id null or absent): the TypeScript SDK's answer to a session it
+// does not know.
+func sessionErrorBody(raw []byte) bool {
 	var msg struct {
 		ID    json.RawMessage `json:"id"`
 		Error *struct{}       `json:"error"`

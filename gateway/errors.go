@@ -45,6 +45,7 @@ const (
 	CodeUpstreamRestartBackoff = -31051 // 503 + Retry-After: a stdio upstream's processes crashed one after another; its next start waits (0.5 s doubling to 30 s); nothing was started or sent
 	CodeOldSessionsFull        = -31090 // 503 + Retry-After: the gateway holds its maximum of HTTP+SSE (2024-11-05) client sessions (1,024 per replica); nothing was opened
 	CodeOldSessionBusy         = -31091 // 503 + Retry-After: 64 requests are in progress on this HTTP+SSE session; the message was not accepted
+	CodeMemberRecovering       = -31070 // 503 + Retry-After: a federated session's member was unavailable at initialize and is being retried; nothing was sent
 )
 
 // Error is a failure bound for a client: the HTTP status, the JSON-RPC

@@ -43,9 +43,7 @@ func (fr *fedRequest) list(w http.ResponseWriter, req *jsonrpc.Request) error {
 	pages := fr.pages(req, todo)
 	for _, pg := range pages {
 		if pg.ended {
-			// As a single upstream's 404 does: the client initializes again
-			// and so gets a new session with every member.
-			return newError(http.StatusNotFound, CodeSessionNotFound, "session not found; initialize a new session", errMemberUnavailable{member: pg.member, err: errMemberSessionEnded})
+			return memberSessionEnded(errMemberUnavailable{member: pg.member, err: errMemberSessionEnded})
 		}
 	}
 	shape := listShapes[req.Method]
@@ -114,9 +112,10 @@ func (fr *fedRequest) pages(req *jsonrpc.Request, todo []memberCursor) []memberP
 
 // page fetches one page of a member's list within the member
 // timeout, remembering it as the member's last good page; on failure it is
-// the last good page (stale) or nothing. A member the request's era cannot
-// reach at all (a legacy-only member of a modern request) is left out with
-// the reason, never filled in.
+// the last good page (stale) while it is younger than member_stale_for, or
+// nothing (missing, with the reason when a page was too old). A member the
+// request's era cannot reach at all (a legacy-only member of a modern
+// request) is left out with the reason, never filled in.
 func (fr *fedRequest) page(ctx context.Context, m *route, method, cursor string) memberPage {
 	s, f := fr.s, fr.f
 	name := m.upstream.Name
@@ -151,11 +150,22 @@ func (fr *fedRequest) page(ctx context.Context, m *route, method, cursor string)
 		page.ended = errors.Is(err, errMemberSessionEnded)
 	}
 	if lg, ok := f.lastGood.Load(key); ok {
-		page.result, page.stale, page.ageMs = lg.(lastGood).result, true, s.now().Sub(lg.(lastGood).at).Milliseconds()
+		age := s.now().Sub(lg.(lastGood).at)
+		if age <= f.cfg.MemberStaleFor {
+			page.result, page.stale, page.ageMs = lg.(lastGood).result, true, age.Milliseconds()
+		} else {
+			// Too old to stand in for the member: its items would be
+			// offered while every call to it fails.
+			page.reason = reasonStaleExpired
+		}
 	}
-	loggerOf(ctx, s.log).Warn("federated list: member part not fresh", "member", name, "rpc_method", method, "stale", page.stale, "error", err)
+	loggerOf(ctx, s.log).Warn("federated list: member part not fresh", "member", name, "rpc_method", method, "stale", page.stale, "expired", page.reason != "", "error", err)
 	return page
 }
+
+// reasonStaleExpired is why a failing member's last good page was not
+// served: it is older than the route's member_stale_for.
+const reasonStaleExpired = "last good page older than member_stale_for"
 
 // lastGoodKey names a member's page for its last good copy: raw, before
 // the policy, so shared by principals unless the member is told who asks.

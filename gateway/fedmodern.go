@@ -34,8 +34,10 @@ import (
 // Each member is reached in the era it speaks: modern directly; legacy
 // only through the member's bridge (bridge.go) when it is configured with
 // bridge: true, else not at all: left out of every answer and named in
-// io.ctxgate/partial with the reason "legacy only". subscriptions/listen is
-// not served (404, -32601).
+// io.ctxgate/partial with the reason "legacy only". A route none of whose
+// members is reached so is a legacy route: every modern request is
+// answered 400 -32022 with the revisions the members serve, as a single
+// legacy route answers. subscriptions/listen is not served (404, -32601).
 
 // reasonLegacyOnly is why a modern request leaves a member out.
 const reasonLegacyOnly = "legacy only"
@@ -103,15 +105,20 @@ func (fr *fedRequest) modern(w http.ResponseWriter, fwd *forward) error {
 		w.WriteHeader(http.StatusAccepted)
 		return nil
 	}
-	if req.Method == "subscriptions/listen" {
-		return newError(http.StatusNotFound, CodeMethodNotFound, "subscriptions/listen is not available on a federated route", nil)
-	}
 	var meta json.RawMessage
 	if p := mcpwire.ParamsOf(req); p != nil {
 		meta = json.RawMessage(p.Meta)
 	}
 	fr.fo = &fanout{era: eraModern, version: st.version, meta: meta, caps: "modern\x00" + modernCapabilityDigest(mcpwire.ParamsOf(req)),
 		members: fr.memberEras(st.version)}
+	if served, ok := fr.fo.legacyRoute(); ok {
+		// No member is reached in this era: the route is a legacy route,
+		// answered as a single one is (modernVersion), not as a failure.
+		return unsupportedVersion(st.version, served)
+	}
+	if req.Method == "subscriptions/listen" {
+		return newError(http.StatusNotFound, CodeMethodNotFound, "subscriptions/listen is not available on a federated route", nil)
+	}
 	switch {
 	case req.Method == "server/discover":
 		return fr.discover(w, req)
@@ -119,6 +126,27 @@ func (fr *fedRequest) modern(w http.ResponseWriter, fwd *forward) error {
 		return fr.list(w, req)
 	}
 	return fr.routed(w, req)
+}
+
+// legacyRoute reports whether no member of the route is reached in this
+// request's era (each speaks only the legacy era and is not bridged), and
+// the revisions the members serve, newest first: what a single legacy
+// route's -32022 lists.
+func (fo *fanout) legacyRoute() ([]string, bool) {
+	for _, me := range fo.members {
+		if !me.legacyOnly {
+			return nil, false
+		}
+	}
+	served := slices.DeleteFunc(gatewayVersions(), func(v string) bool {
+		for _, me := range fo.members {
+			if slices.Contains(me.served, v) {
+				return false
+			}
+		}
+		return true
+	})
+	return served, len(fo.members) > 0
 }
 
 // memberEras learns, in parallel, how each member is reached at version.

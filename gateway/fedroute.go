@@ -36,6 +36,9 @@ func (fr *fedRequest) routed(w http.ResponseWriter, req *jsonrpc.Request) error 
 	}
 	m := f.member(member)
 	if in, _ := fo.reach(member); !ok || m == nil || !in {
+		if wait, late := f.late.pending(r.Header.Get("Mcp-Session-Id"), member, s.now()); ok && late && fo.era == eraLegacy {
+			return memberRecovering(member, wait)
+		}
 		return unknownItem(req.Method)
 	}
 	if err := checkOwnName(target.Kind, target.Member, own); err != nil {

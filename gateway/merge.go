@@ -34,7 +34,8 @@ type memberPage struct {
 	// ageMs is its age.
 	stale bool
 	ageMs int64
-	// reason says why a missing member was not asked (legacy only).
+	// reason says why a member is missing when it is not plain failure:
+	// not asked (legacy only), or its last good page too old to serve.
 	reason string
 	// ended marks a member that ended its session: the client must
 	// initialize again to get a new one.
@@ -45,7 +46,8 @@ type memberPage struct {
 type partialNote struct {
 	Missing []string         `json:"missing,omitempty"`
 	Stale   map[string]int64 `json:"staleAgeMs,omitempty"`
-	// Reasons says, for a missing member that was not asked, why.
+	// Reasons says, for a missing member that was not asked or whose last
+	// good page expired, why.
 	Reasons map[string]string `json:"reasons,omitempty"`
 }
 

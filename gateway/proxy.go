@@ -154,7 +154,9 @@ func (s *Server) relayStream(ctx context.Context, resp *http.Response, fwd *forw
 		relay.onClose = func() { open.Dec(); unregister() }
 	}
 	relay.observe = func(data []byte) { s.observeUpstream(fwd.route.upstream.Name, data) }
-	if s.policy != nil {
+	if s.policy != nil || fwd.federation != "" {
+		// A federated member's requests of the client are renamed even
+		// without a policy (fedask.go).
 		relay.transform = func(data []byte) ([]byte, bool) { return s.transformMessage(ctx, fwd, data) }
 	}
 	// A stream that ends abnormally (stalled, an event over the limit,

@@ -248,6 +248,9 @@ func (a *answerRecorder) answer() []byte {
 // upstreamError is what the client is told when the upstream could not
 // answer: each failure its own status and code (README "Resilience").
 func upstreamError(ctx context.Context, err error) *Error {
+	if errors.Is(err, errMemberSessionEnded) {
+		return memberSessionEnded(err)
+	}
 	if errors.Is(err, upstream.ErrCredential) {
 		// Nothing was sent: the caller has no credential for it.
 		return credentialError(err, "")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"strconv"
 	"strings"
@@ -48,13 +49,39 @@ const (
 // it (a dead connection fails) and a read of the generation.
 const fanoutCheckEvery = time.Second
 
+// generationLua reads the generation, first setting a missing one to a
+// random start (the seed the caller passes): a counter lost with Redis's
+// data (a restart without persistence, a flush, an eviction) starts again
+// far from where it was, so neither a message nor a second-level entry of
+// before the loss can pass for one of after it.
+const generationLua = `
+local function generation(key, seed)
+  local g = redis.call('GET', key)
+  if not g then
+    redis.call('SET', key, seed, 'NX')
+    g = redis.call('GET', key)
+  end
+  return g
+end
+`
+
+// generationSeed is a random start for a generation counter: below 2^52,
+// so it and every increment are exact in Lua's numbers.
+func generationSeed() int64 { return 1<<40 + rand.Int64N(1<<51) }
+
 // publish increments the generation and publishes "<generation> <origin>
 // <payload>" in one step, so no two messages share a generation and none
 // is published without one.
-var publish = redis.NewScript(`
+var publish = redis.NewScript(generationLua + `
+generation(KEYS[1], ARGV[4])
 local g = redis.call('INCR', KEYS[1])
 redis.call('PUBLISH', ARGV[1], g .. ' ' .. ARGV[2] .. ' ' .. ARGV[3])
 return g
+`)
+
+// readGeneration reads the generation (initialising a missing one).
+var readGeneration = redis.NewScript(generationLua + `
+return generation(KEYS[1], ARGV[1])
 `)
 
 // Fanout is one process's side of the invalidation fan-out. Its methods
@@ -90,7 +117,7 @@ func (f *Fanout) Publish(ctx context.Context, payload []byte) error {
 	ctx, cancel := context.WithTimeout(ctx, f.c.timeout)
 	defer cancel()
 	start := time.Now()
-	err := publish.Run(ctx, f.c.rdb, []string{f.c.prefix + FanoutGeneration}, f.c.prefix+FanoutChannel, f.origin, payload).Err()
+	err := publish.Run(ctx, f.c.rdb, []string{f.c.prefix + FanoutGeneration}, f.c.prefix+FanoutChannel, f.origin, payload, generationSeed()).Err()
 	if err = f.c.observe(OpInvalidatePublish, start, err); err != nil {
 		return fmt.Errorf("redis invalidation fan-out: %w", err)
 	}
@@ -120,12 +147,17 @@ func (f *Fanout) Run(ctx context.Context, apply func([]byte), resync func()) {
 			}
 			first, wait, behind = false, fanoutRetryMin, 0
 		case *redis.Message:
-			if f.receive(m.Payload, apply) {
+			gap, old := f.receive(m.Payload, apply)
+			switch {
+			case gap:
 				f.fail("an invalidation message was missed", nil)
 				// Back in step: drop everything and count on from this
 				// message's generation.
 				resync()
 				f.synced.Store(true)
+			case old && f.compare(ctx) < 0:
+				f.fail("the invalidation generation went back (Redis lost it)", nil)
+				_ = f.resync(ctx, false, resync)
 			}
 		case *redis.Pong:
 		}
@@ -146,10 +178,18 @@ func (f *Fanout) Run(ctx context.Context, apply func([]byte), resync func()) {
 					first, wait = false, fanoutRetryMin
 				}
 				behind = 0
-			case f.ahead(ctx):
-				behind++
 			default:
-				behind = 0
+				switch f.compare(ctx) {
+				case 1:
+					behind++
+				case -1:
+					// Redis lost the counter: what was missed is unknown.
+					f.fail("the invalidation generation went back (Redis lost it)", nil)
+					_ = f.resync(ctx, first, resync)
+					behind = 0
+				default:
+					behind = 0
+				}
 			}
 			if behind >= 2 {
 				// Twice in a row, not a message in flight: one was lost.
@@ -200,21 +240,22 @@ func (f *Fanout) resync(ctx context.Context, first bool, resync func()) error {
 
 // receive applies one message; it reports whether messages were missed
 // before it (its generation is not the next one).
-func (f *Fanout) receive(payload string, apply func([]byte)) (gap bool) {
+func (f *Fanout) receive(payload string, apply func([]byte)) (gap, old bool) {
 	genText, rest, ok1 := strings.Cut(payload, " ")
 	origin, body, ok2 := strings.Cut(rest, " ")
 	gen, err := strconv.ParseInt(genText, 10, 64)
 	if !ok1 || !ok2 || err != nil {
 		f.log.Warn("cache invalidation fan-out: malformed message ignored", "message", truncate(payload, 200))
-		return false
+		return false, false
 	}
 	f.mu.Lock()
 	switch {
 	case gen <= f.applied:
-		// Published before the generation was read at subscription: the
-		// resync that followed covered it.
+		// Published before the generation was read at subscription (the
+		// resync that followed covered it), or the counter was lost and
+		// started again (the caller checks).
 		f.mu.Unlock()
-		return false
+		return false, true
 	case gen > f.applied+1:
 		gap = true
 	}
@@ -223,29 +264,33 @@ func (f *Fanout) receive(payload string, apply func([]byte)) (gap bool) {
 	if origin != f.origin {
 		apply([]byte(body))
 	}
-	return gap
+	return gap, false
 }
 
-// ahead reports whether Redis's generation is past the last message
-// received.
-func (f *Fanout) ahead(ctx context.Context) bool {
+// compare is Redis's generation against the last one received: 1 ahead
+// (a message missed, or in flight), -1 behind (the counter was lost and
+// started again), 0 the same or unknown.
+func (f *Fanout) compare(ctx context.Context) int {
 	gen, err := f.generation(ctx)
 	if err != nil {
-		return false // the PING just answered; a failure here shows next time
+		return 0 // the PING just answered; a failure here shows next time
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return gen > f.applied
+	switch {
+	case gen > f.applied:
+		return 1
+	case gen < f.applied:
+		return -1
+	}
+	return 0
 }
 
 func (f *Fanout) generation(ctx context.Context) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, f.c.timeout)
 	defer cancel()
 	start := time.Now()
-	gen, err := f.c.rdb.Get(ctx, f.c.prefix+FanoutGeneration).Int64()
-	if errors.Is(err, redis.Nil) {
-		return 0, f.c.observe(OpInvalidateGeneration, start, nil)
-	}
+	gen, err := readGeneration.Run(ctx, f.c.rdb, []string{f.c.prefix + FanoutGeneration}, generationSeed()).Int64()
 	return gen, f.c.observe(OpInvalidateGeneration, start, err)
 }
 

@@ -50,7 +50,7 @@ const (
 const fanoutCheckEvery = time.Second
 
 // generationLua reads the generation, first setting a missing one to a
-// random start (the seed the caller passes): a counter lost with Redis's
+// random start (the seed the caller passes; below 2^52, so it is exact): a counter lost with Redis's
 // data (a restart without persistence, a flush, an eviction) starts again
 // far from where it was, so neither a message nor a second-level entry of
 // before the loss can pass for one of after it.
@@ -65,9 +65,10 @@ local function generation(key, seed)
 end
 `
 
-// generationSeed is a random start for a generation counter: below 2^52,
-// so it and every increment are exact in Lua's numbers.
-func generationSeed() int64 { return 1<<40 + rand.Int64N(1<<51) }
+// generationSeed is a random start for a generation counter, between
+// 2^40 and 2^46: exact in Lua's numbers (doubles), and short enough that
+// Redis's Lua 5.1 never prints it in exponent notation.
+func generationSeed() int64 { return 1<<40 + rand.Int64N(1<<46-1<<40) }
 
 // publish increments the generation and publishes "<generation> <origin>
 // <payload>" in one step, so no two messages share a generation and none
@@ -75,7 +76,7 @@ func generationSeed() int64 { return 1<<40 + rand.Int64N(1<<51) }
 var publish = redis.NewScript(generationLua + `
 generation(KEYS[1], ARGV[4])
 local g = redis.call('INCR', KEYS[1])
-redis.call('PUBLISH', ARGV[1], g .. ' ' .. ARGV[2] .. ' ' .. ARGV[3])
+redis.call('PUBLISH', ARGV[1], string.format('%d', g) .. ' ' .. ARGV[2] .. ' ' .. ARGV[3])
 return g
 `)
 

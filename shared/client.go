@@ -1,13 +1,15 @@
 // Package shared is the state several gateway replicas share, on Redis:
 // the one client of a process, its health (ctxgate_redis_up), and the
 // features built on it. Today that is the rate limits (limit.go: one
-// atomic GCRA script per request); idempotency keys, the second-level
-// cache, pins and invalidation fan-out are still per replica.
+// atomic GCRA script per request) and the idempotency ledger
+// (idempotency.go: a key reserved with SET NX PX, then its answer); the
+// second-level cache, pins and invalidation fan-out are still per replica.
 //
 // Redis is never a single point of failure the operator did not choose:
 // every operation is bounded by redis.timeout, and what a request gets
-// when Redis cannot answer is the caller's decision (redis.on_error),
-// reported through Fallback.
+// when Redis cannot answer is the caller's decision (for rate limits
+// redis.on_error, reported through Fallback; a call with an idempotency
+// key is always refused, since no replica alone can keep its promise).
 package shared
 
 import (
@@ -213,6 +215,15 @@ func (c *Client) Ping(ctx context.Context) error {
 const (
 	OpPing      = "ping"
 	OpRateLimit = "rate_limit"
+	// The idempotency ledger (idempotency.go): a call's first look at its
+	// key, a duplicate's later looks while it waits, the running call's
+	// lease renewals, and the end of the call (its answer recorded, or the
+	// key released).
+	OpIdempotencyClaim   = "idempotency_claim"
+	OpIdempotencyWait    = "idempotency_wait"
+	OpIdempotencyRenew   = "idempotency_renew"
+	OpIdempotencyFinish  = "idempotency_finish"
+	OpIdempotencyRelease = "idempotency_release"
 )
 
 // observe records one round trip of op that began at start: its duration

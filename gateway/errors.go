@@ -43,6 +43,8 @@ const (
 	CodeRateLimitUnavailable   = -31019 // 503 + Retry-After: limits shared on Redis, Redis cannot answer, redis.on_error deny; nothing was counted or sent
 	CodeUpstreamSessionsFull   = -31050 // 503 + Retry-After: the upstream transport holds its maximum of sessions (stdio: max_processes processes, one per session; sse: its sessions); nothing was started or sent
 	CodeUpstreamRestartBackoff = -31051 // 503 + Retry-After: a stdio upstream's processes crashed one after another; its next start waits (0.5 s doubling to 30 s); nothing was started or sent
+	CodeIdempotencyInProgress  = -31060 // 409 + Retry-After: the ledger is on Redis and the first call with this key still runs (on any replica) after the duplicate waited its deadline; nothing was sent
+	CodeIdempotencyUnavailable = -31061 // 503 + Retry-After: the ledger is on Redis and Redis cannot answer; a call with an idempotency key is refused (whatever redis.on_error); nothing was sent
 )
 
 // Error is a failure bound for a client: the HTTP status, the JSON-RPC

@@ -37,13 +37,17 @@ type idempotencyStore struct {
 
 // idemEntry is one key: running until done is closed, then its answer.
 type idemEntry struct {
-	key    string
-	digest [32]byte // of the call (tool and arguments): a key names one call
-	elem   *list.Element
-	done   chan struct{}
-	ended  time.Time
-	// The answer, set before done is closed: a gateway error (replayed
-	// through the error writer), or the final JSON-RPC response.
+	key        string
+	digest     [32]byte // of the call (tool and arguments): a key names one call
+	elem       *list.Element
+	done       chan struct{}
+	ended      time.Time
+	idemAnswer // set before done is closed
+}
+
+// idemAnswer is a first call's answer: a gateway error (replayed through
+// the error writer), or the final JSON-RPC response.
+type idemAnswer struct {
 	gwErr       *Error
 	status      int
 	contentType string

@@ -21,10 +21,11 @@ const maxIdempotencyKeyBytes = 255
 // idempotencyStore makes a tools/call with an idempotency key run at most
 // once per principal and key within the window: the first call runs, a
 // duplicate during it waits for it, a duplicate after it gets the same
-// answer. It is in memory, so the guarantee is per replica (a shared store,
-// Redis, is deferred). It holds at most max keys; when full, the oldest
-// finished key is forgotten, and if every key is still running a new one
-// is refused (503) rather than run without the guarantee.
+// answer. It is in memory, so the guarantee is per replica; with redis
+// configured the shared ledger (idemshared.go) is used instead. It holds
+// at most max keys; when full, the oldest finished key is forgotten, and
+// if every key is still running a new one is refused (503) rather than
+// run without the guarantee.
 type idempotencyStore struct {
 	window time.Duration
 	max    int

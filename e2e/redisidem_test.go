@@ -11,18 +11,37 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
 
 // countingServer is an MCP upstream outside the system that counts the
 // tools/call it executes, by the nonce in their arguments. Its tool "slow"
-// answers once gate is closed; any other tool at once.
+// answers once its nonce's gate is opened; any other tool at once.
 type countingServer struct {
-	gate chan struct{}
-	mu   sync.Mutex
-	runs map[string]int
+	mu    sync.Mutex
+	runs  map[string]int
+	gates map[string]chan struct{}
 }
+
+func newCountingServer() *countingServer {
+	return &countingServer{runs: map[string]int{}, gates: map[string]chan struct{}{}}
+}
+
+func (c *countingServer) gate(nonce string) chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	g, ok := c.gates[nonce]
+	if !ok {
+		g = make(chan struct{})
+		c.gates[nonce] = g
+	}
+	return g
+}
+
+// open lets the slow calls with nonce answer.
+func (c *countingServer) open(nonce string) { close(c.gate(nonce)) }
 
 func (c *countingServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
@@ -54,7 +73,7 @@ func (c *countingServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c.mu.Unlock()
 	if req.Params.Name == "slow" {
 		select {
-		case <-c.gate:
+		case <-c.gate(nonce):
 		case <-r.Context().Done():
 			return
 		}
@@ -151,12 +170,15 @@ func metricOrZero(t *testing.T, gw *gatewayProc, series string) float64 {
 // redis-server share the idempotency ledger. The same key sent to two
 // replicas one after the other, and to three at once while the first
 // call runs, executes once; every duplicate gets the answer under its own
-// id. With Redis killed a call with a key is refused at once (503
-// -31061), nothing runs, and a call without a key is still served; with
-// Redis back the ledger works again.
+// id. Redis killed while a call runs and its duplicate waits: the
+// duplicate is refused (503 -31061), the call still answers; then a call
+// with a key is refused within redis.timeout, nothing runs, and a call
+// without a key is still served. Redis back: the ledger works again. A
+// replica killed mid-call: its lease lapses and the duplicates get 502
+// -31016; the call never runs again.
 func TestSharedIdempotencyAcrossReplicas(t *testing.T) {
 	rds := startRedis(t)
-	up := &countingServer{gate: make(chan struct{}), runs: map[string]int{}}
+	up := newCountingServer()
 	srv := httptest.NewServer(up)
 	t.Cleanup(srv.Close)
 	var replicas []*gatewayProc
@@ -197,13 +219,13 @@ func TestSharedIdempotencyAcrossReplicas(t *testing.T) {
 		}
 		waitFor(t, "both duplicates to wait on Redis", readyDeadline, func() bool {
 			for _, gw := range replicas[1:] {
-				if metricOrZero(t, gw, `ctxgate_redis_round_trips_total{op="idempotency_wait",result="ok"}`) == 0 {
+				if metricOrZero(t, gw, waitSeries) == 0 {
 					return false
 				}
 			}
 			return true
 		})
-		close(up.gate)
+		up.open("n-conc")
 		wg.Wait()
 		for i, a := range answers {
 			if a.err != nil || a.status != http.StatusOK || a.text != "n-conc" || a.id != strconv.Itoa(10+i) || a.replayed != (i > 0) {
@@ -216,7 +238,25 @@ func TestSharedIdempotencyAcrossReplicas(t *testing.T) {
 	})
 
 	t.Run("redis killed", func(t *testing.T) {
+		// A call runs on 0 and its duplicate waits on 1 when Redis dies:
+		// the duplicate is told at its next look, the call still answers.
+		owner, dup := make(chan idemAnswer, 1), make(chan idemAnswer, 1)
+		go func() { owner <- keyedCall(ctx, clients[0], 15, "slow", "n-mid", "mid") }()
+		waitFor(t, "the call to run", readyDeadline, func() bool { return up.executions("n-mid") == 1 })
+		waits := metricOrZero(t, replicas[1], waitSeries)
+		go func() { dup <- keyedCall(ctx, clients[1], 16, "slow", "n-mid", "mid") }()
+		waitFor(t, "the duplicate to wait on Redis", readyDeadline, func() bool { return metricOrZero(t, replicas[1], waitSeries) > waits })
 		rds.stop()
+		if a := <-dup; a.err != nil || a.status != http.StatusServiceUnavailable || a.code != -31061 || a.retry == "" {
+			t.Errorf("a duplicate waiting when Redis died: %+v; want 503 -31061 with a Retry-After", a)
+		}
+		up.open("n-mid")
+		if a := <-owner; a.err != nil || a.status != http.StatusOK || a.text != "n-mid" {
+			t.Errorf("the call running when Redis died: %+v; want its answer", a)
+		}
+		if got := up.executions("n-mid"); got != 1 {
+			t.Errorf("the call running when Redis died executed %d times, want once", got)
+		}
 		for i, c := range clients {
 			a := keyedCall(ctx, c, 20+i, "echo", "n-down", "down")
 			if a.err != nil || a.status != http.StatusServiceUnavailable || a.code != -31061 || a.retry == "" {
@@ -231,8 +271,10 @@ func TestSharedIdempotencyAcrossReplicas(t *testing.T) {
 		}
 	})
 
+	// Started by the test, not a subtest: the process lives until the
+	// test ends.
+	rds.start(t)
 	t.Run("redis back", func(t *testing.T) {
-		rds.start(t)
 		for i, gw := range replicas {
 			waitFor(t, fmt.Sprintf("replica %d to reach Redis again", i), readyDeadline, func() bool {
 				_, ready := readyz(t, gw)
@@ -248,4 +290,36 @@ func TestSharedIdempotencyAcrossReplicas(t *testing.T) {
 			t.Errorf("with Redis back: executed %d times, want once", got)
 		}
 	})
+	t.Run("owner dies", func(t *testing.T) {
+		// Replica 0 is killed while it runs the call: its lease lapses,
+		// and the duplicates learn the outcome is unknown; nothing runs
+		// the call again.
+		owner := make(chan idemAnswer, 1)
+		go func() { owner <- keyedCall(ctx, clients[0], 50, "slow", "n-orphan", "orphan") }()
+		waitFor(t, "the call to run", readyDeadline, func() bool {
+			select {
+			case a := <-owner:
+				t.Fatalf("the call answered before it ran: %+v", a)
+			default:
+			}
+			return up.executions("n-orphan") == 1
+		})
+		waits := metricOrZero(t, replicas[1], waitSeries)
+		dup := make(chan idemAnswer, 1)
+		go func() { dup <- keyedCall(ctx, clients[1], 51, "slow", "n-orphan", "orphan") }()
+		waitFor(t, "the duplicate to wait on Redis", readyDeadline, func() bool { return metricOrZero(t, replicas[1], waitSeries) > waits })
+		replicas[0].signal(syscall.SIGKILL)
+		<-replicas[0].done
+		if a := <-dup; a.err != nil || a.status != http.StatusBadGateway || a.code != -31016 {
+			t.Errorf("the duplicate of a call whose replica died: %+v; want 502 -31016", a)
+		}
+		if a := keyedCall(ctx, clients[2], 52, "slow", "n-orphan", "orphan"); a.err != nil || a.status != http.StatusBadGateway || a.code != -31016 {
+			t.Errorf("a later duplicate: %+v; want 502 -31016", a)
+		}
+		if got := up.executions("n-orphan"); got != 1 {
+			t.Errorf("a call whose replica died executed %d times, want once", got)
+		}
+	})
 }
+
+const waitSeries = `ctxgate_redis_round_trips_total{op="idempotency_wait",result="ok"}`

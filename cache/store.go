@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -86,6 +87,9 @@ type Store struct {
 	seq   uint64
 	gen   map[string]uint64
 	floor uint64
+	// prefixes are the resource-URI prefix invalidations (InvalidatePrefix),
+	// each with the seq it happened at; bounded by maxPrefixInvalidations.
+	prefixes []prefixInvalidation
 
 	hits, misses, stale, bypass, tooLarge atomic.Uint64
 }
@@ -269,6 +273,11 @@ func (s *Store) valid(e *Entry) bool {
 		if s.gen[t] > e.seq {
 			return false
 		}
+		for _, p := range s.prefixes {
+			if p.seq > e.seq && strings.HasPrefix(t, p.tag) {
+				return false
+			}
+		}
 	}
 	return true
 }
@@ -306,6 +315,40 @@ func (s *Store) Invalidate(tags ...string) {
 	}
 }
 
+// maxPrefixInvalidations bounds the prefix invalidations kept: each costs
+// every lookup a comparison per tag, so past it the whole cache is
+// dropped instead (as past maxTagGenerations).
+const maxPrefixInvalidations = 256
+
+// prefixInvalidation drops the reads of every resource whose URI starts
+// with a prefix, as of seq.
+type prefixInvalidation struct {
+	tag string // ResourceTag(upstream, prefix)
+	seq uint64
+}
+
+// InvalidatePrefix drops the cached reads of every resource of upstream
+// whose URI starts with prefix (a webhook says "everything under
+// repo://docs/ changed").
+func (s *Store) InvalidatePrefix(upstream, prefix string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	tag := ResourceTag(upstream, prefix)
+	kept := s.prefixes[:0]
+	for _, p := range s.prefixes {
+		if p.tag != tag { // the new one supersedes an older, equal one
+			kept = append(kept, p)
+		}
+	}
+	s.prefixes = kept
+	if len(s.prefixes) >= maxPrefixInvalidations {
+		s.purgeLocked()
+		return
+	}
+	s.seq++
+	s.prefixes = append(s.prefixes, prefixInvalidation{tag: tag, seq: s.seq})
+}
+
 // Delete drops the entry under key.
 func (s *Store) Delete(key string) {
 	_ = s.bc.Delete(key)
@@ -322,6 +365,7 @@ func (s *Store) purgeLocked() {
 	s.seq++
 	s.floor = s.seq
 	clear(s.gen)
+	s.prefixes = nil
 	_ = s.bc.Reset()
 }
 
@@ -369,11 +413,18 @@ func MethodTag(upstream, method string) string { return "m\x00" + upstream + "\x
 // ResourceTag invalidates the cached reads of one resource.
 func ResourceTag(upstream, uri string) string { return "r\x00" + upstream + "\x00" + uri }
 
-// TagsFor lists the tags of an entry for a request.
-func TagsFor(upstream, method, uri string) []string {
+// ToolTag invalidates the cached results of one tool's calls.
+func ToolTag(upstream, tool string) string { return "t\x00" + upstream + "\x00" + tool }
+
+// TagsFor lists the tags of an entry for a request; target is the URI of a
+// resources/read and the tool of a tools/call.
+func TagsFor(upstream, method, target string) []string {
 	tags := []string{UpstreamTag(upstream), MethodTag(upstream, method)}
-	if method == "resources/read" {
-		tags = append(tags, ResourceTag(upstream, uri))
+	switch method {
+	case "resources/read":
+		tags = append(tags, ResourceTag(upstream, target))
+	case "tools/call":
+		tags = append(tags, ToolTag(upstream, target))
 	}
 	return tags
 }

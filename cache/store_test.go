@@ -92,10 +92,15 @@ func TestInvalidate(t *testing.T) {
 	tests := []struct {
 		name    string
 		tags    []string
+		prefix  []string // upstream, URI prefix: InvalidatePrefix
 		dropped []string
 	}{
 		{name: "method", tags: []string{MethodTag("docs", "tools/list")}, dropped: []string{"tools"}},
-		{name: "upstream", tags: []string{UpstreamTag("docs")}, dropped: []string{"tools", "prompts", "readA", "readB"}},
+		{name: "tool", tags: []string{ToolTag("docs", "search")}, dropped: []string{"callSearch"}},
+		{name: "prefix", prefix: []string{"docs", "file:///a"}, dropped: []string{"readA", "readA2"}},
+		{name: "prefix of another upstream", prefix: []string{"git", "file:///"}},
+		{name: "prefix matching none", prefix: []string{"docs", "file:///c"}},
+		{name: "upstream", tags: []string{UpstreamTag("docs")}, dropped: []string{"tools", "prompts", "readA", "readA2", "readB", "callSearch", "callFetch"}},
 		{name: "resource", tags: []string{ResourceTag("docs", "file:///a")}, dropped: []string{"readA"}},
 		{name: "other upstream", tags: []string{UpstreamTag("git")}},
 	}
@@ -103,15 +108,23 @@ func TestInvalidate(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s, _ := newStore(t, 1)
 			entries := map[string][]string{
-				"tools":   TagsFor("docs", "tools/list", ""),
-				"prompts": TagsFor("docs", "prompts/list", ""),
-				"readA":   TagsFor("docs", "resources/read", "file:///a"),
-				"readB":   TagsFor("docs", "resources/read", "file:///b"),
+				"tools":      TagsFor("docs", "tools/list", ""),
+				"prompts":    TagsFor("docs", "prompts/list", ""),
+				"readA":      TagsFor("docs", "resources/read", "file:///a"),
+				"readA2":     TagsFor("docs", "resources/read", "file:///a/2"),
+				"readB":      TagsFor("docs", "resources/read", "file:///b"),
+				"callSearch": TagsFor("docs", "tools/call", "search"),
+				"callFetch":  TagsFor("docs", "tools/call", "fetch"),
 			}
 			for k, tags := range entries {
 				put(t, s, k, "v", time.Minute, time.Hour, tags...)
 			}
-			s.Invalidate(tt.tags...)
+			if tt.tags != nil {
+				s.Invalidate(tt.tags...)
+			}
+			if tt.prefix != nil {
+				s.InvalidatePrefix(tt.prefix[0], tt.prefix[1])
+			}
 			for k := range entries {
 				_, st, _ := s.Lookup(k)
 				dropped := st == Miss
@@ -291,5 +304,31 @@ func TestMaxEntry(t *testing.T) {
 				t.Errorf("Stats.TooLarge = %d, want 1", got)
 			}
 		})
+	}
+}
+
+// A prefix invalidation drops what was fetched before it, not what is
+// fetched after; past maxPrefixInvalidations distinct prefixes the whole
+// cache is dropped rather than every lookup made slower.
+func TestInvalidatePrefix(t *testing.T) {
+	s, _ := newStore(t, 1)
+	put(t, s, "before", "v", time.Minute, 0, TagsFor("docs", "resources/read", "repo://docs/a")...)
+	s.InvalidatePrefix("docs", "repo://docs/")
+	put(t, s, "after", "v", time.Minute, 0, TagsFor("docs", "resources/read", "repo://docs/b")...)
+	if _, st, _ := s.Lookup("before"); st != Miss {
+		t.Errorf("entry fetched before the invalidation: %v, want a miss", st)
+	}
+	if _, st, _ := s.Lookup("after"); st != Fresh {
+		t.Errorf("entry fetched after the invalidation: %v, want fresh", st)
+	}
+	for i := range maxPrefixInvalidations - 1 {
+		s.InvalidatePrefix("docs", fmt.Sprintf("repo://other/%d/", i))
+	}
+	if _, st, _ := s.Lookup("after"); st != Fresh {
+		t.Fatalf("after %d prefixes: %v, want still fresh", maxPrefixInvalidations, st)
+	}
+	s.InvalidatePrefix("docs", "repo://one-too-many/")
+	if _, st, _ := s.Lookup("after"); st != Miss {
+		t.Errorf("past the bound: %v, want everything dropped", st)
 	}
 }

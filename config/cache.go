@@ -16,6 +16,14 @@ type Cache struct {
 	// cache.Store.MaxEntryBytes): a larger one is served uncached, and
 	// counted. Default: 256.
 	MaxMB int `yaml:"max_mb"`
+	// EncryptionKeys are secrets (at least 32 bytes each) from which the
+	// keys sealing the entries shared on Redis (the second level) are
+	// derived: AES-256-GCM, the first key seals, all of them open, which
+	// is how they rotate (as sessions.keys). With redis configured they
+	// turn the second level on; without them entries stay in each
+	// replica's memory, never in Redis in the clear. Empty entries are
+	// ignored, as in sessions.keys.
+	EncryptionKeys []string `yaml:"encryption_keys"`
 }
 
 // UpstreamCache is what the gateway caches of one upstream. Nil (the
@@ -68,6 +76,19 @@ func (c *Config) applyCacheDefaults() {
 func (v *validator) cache(c *Config) {
 	if c.Cache.MaxMB <= 0 || c.Cache.MaxMB > maxCacheMB {
 		v.add("cache.max_mb", "must be between 1 and %d (megabytes), e.g. 256", maxCacheMB)
+	}
+	set := 0
+	for i, k := range c.Cache.EncryptionKeys {
+		if k == "" {
+			continue
+		}
+		set++
+		if len(k) < MinSessionKeyBytes {
+			v.add(fmt.Sprintf("cache.encryption_keys[%d]", i), "must be at least %d bytes; generate one with: openssl rand -base64 32", MinSessionKeyBytes)
+		}
+	}
+	if set > 0 && c.Redis == nil {
+		v.add("cache.encryption_keys", "seal the cache entries shared on Redis, and there is no redis block: add one, or remove the keys")
 	}
 	for i, up := range c.Upstreams {
 		if up.Cache != nil {

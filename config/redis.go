@@ -9,8 +9,8 @@ import (
 )
 
 // Redis is the state several replicas share. Nil (the default) keeps all
-// of it in memory, per process. Today rate limits and idempotency keys are
-// shared; the response cache, pins and invalidation are still per replica.
+// of it in memory, per process. Shared: rate limits, idempotency keys,
+// cache invalidation and events, the cache's second level and tool pins.
 type Redis struct {
 	// URL is where Redis is, as go-redis parses it: redis://host:6379/0,
 	// rediss://host:6380/0 (TLS) or unix:///path/redis.sock. A password may
@@ -36,14 +36,40 @@ type Redis struct {
 	// or unreachable Redis costs a request at most this long before
 	// OnError applies. Default: 200ms.
 	Timeout time.Duration `yaml:"timeout"`
-	// OnError is what a rate-limited request gets when Redis cannot
-	// answer: "local" (the default) falls back to the replica's own
+	// OnError is what a rate-limited request (or a pin) gets when Redis
+	// cannot answer: "local" (the default) falls back to the replica's own
 	// in-memory state (logged and counted in ctxgate_redis_fallback_total),
 	// "deny" refuses it (503 -31019). It does not apply to idempotency
 	// keys: a call with one is refused (503 -31061) either way, since no
 	// replica alone can keep the at-most-once promise.
 	OnError string `yaml:"on_error"`
+	// Events is the Redis Stream context sources push "this changed"
+	// events to; nil: none is read.
+	Events *RedisEvents `yaml:"events" json:",omitempty"`
 }
+
+// RedisEvents is where invalidation events are read from: the replicas of
+// one deployment share a consumer group, so each event is applied once
+// and fanned out to all.
+type RedisEvents struct {
+	// Stream is the stream's key, exactly as the sources XADD to it (the
+	// key prefix is not added).
+	Stream string `yaml:"stream"`
+	// Group is the consumer group; one per gateway deployment. Default:
+	// "ctxgate".
+	Group string `yaml:"group"`
+}
+
+// EventsConfig is r.Events, nil-safe: nil without a redis block.
+func (r *Redis) EventsConfig() *RedisEvents {
+	if r == nil {
+		return nil
+	}
+	return r.Events
+}
+
+// DefaultRedisEventsGroup is redis.events.group's default.
+const DefaultRedisEventsGroup = "ctxgate"
 
 // Redis defaults.
 const (
@@ -64,11 +90,25 @@ func (r *Redis) applyDefaults() {
 	setDefault(&r.PoolSize, DefaultRedisPoolSize)
 	setDefault(&r.Timeout, DefaultRedisTimeout)
 	setDefault(&r.OnError, DefaultRedisOnError)
+	if r.Events != nil {
+		setDefault(&r.Events.Group, DefaultRedisEventsGroup)
+	}
 }
 
-func (v *validator) redis(r *Redis) {
+func (v *validator) redis(r *Redis, hasCache bool) {
 	if r == nil {
 		return
+	}
+	if e := r.Events; e != nil {
+		switch {
+		case strings.TrimSpace(e.Stream) == "":
+			v.add("redis.events.stream", "is required: the stream key the context sources XADD events to, e.g. ctxgate:events")
+		case !hasCache:
+			v.add("redis.events", "events invalidate the response cache, and no upstream has a cache block: add one, or remove redis.events")
+		}
+		if strings.ContainsAny(e.Group, " \t\n") {
+			v.add("redis.events.group", "must be one word, e.g. ctxgate-prod")
+		}
 	}
 	v.redisURL(r)
 	if strings.ContainsAny(r.KeyPrefix, "{} ") {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -44,7 +45,7 @@ func (c *Config) Validate() []Problem {
 	v.cache(c)
 	v.routes(c.Routes, c.Upstreams)
 	v.grants(c)
-	v.redis(c.Redis)
+	v.redis(c.Redis, slices.ContainsFunc(c.Upstreams, func(u Upstream) bool { return u.Cache != nil }))
 	return v.problems
 }
 

@@ -109,10 +109,18 @@ func startProc(t *testing.T, name, path string, args ...string) *proc {
 // startCmd starts a prepared proc and arranges its cleanup.
 func startCmd(t *testing.T, p *proc) {
 	t.Helper()
+	if err := tryStartCmd(t, p); err != nil {
+		t.Fatalf("start %s: %v", p.name, err)
+	}
+}
+
+// tryStartCmd is startCmd for a caller that handles a failed start.
+func tryStartCmd(t *testing.T, p *proc) error {
+	t.Helper()
 	name := p.name
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
 	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
+		return err
 	}
 	go func() {
 		p.waitErr = p.cmd.Wait()
@@ -126,6 +134,7 @@ func startCmd(t *testing.T, p *proc) {
 			t.Logf("--- %s stderr ---\n%s", name, p.stderr.String())
 		}
 	})
+	return nil
 }
 
 func (p *proc) signal(sig syscall.Signal) {

@@ -41,7 +41,6 @@ func requireRedisServer(t *testing.T) string {
 
 func startRedis(t *testing.T) *redisProc {
 	t.Helper()
-	bin := requireRedisServer(t)
 	// A short directory: a unix socket path is limited to ~100 bytes, and
 	// t.TempDir() names can be longer.
 	dir, err := os.MkdirTemp("", "redis")
@@ -49,6 +48,14 @@ func startRedis(t *testing.T) *redisProc {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
+	return startRedisIn(t, dir)
+}
+
+// startRedisIn runs redis-server on the socket dir/redis.sock: a Redis
+// started again in the same dir is at the same URL (and empty).
+func startRedisIn(t *testing.T, dir string) *redisProc {
+	t.Helper()
+	bin := requireRedisServer(t)
 	sock := filepath.Join(dir, "redis.sock")
 	r := &redisProc{URL: "unix://" + sock, args: []string{bin, "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700",
 		"--save", "", "--appendonly", "no", "--dir", dir}}

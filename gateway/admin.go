@@ -25,6 +25,8 @@ import (
 //	/admin/upstreams   each upstream: url, requests, errors, last error,
 //	                   circuit breaker state, retries, bulkhead rejections
 //	/admin/policy      the policy's revision and reload history
+//	/admin/invalidate  POST: a context source says what changed
+//	                   (invalidate.go); every replica's cache drops it
 //	/admin/pins        tool pins and their status; POST /admin/pins/approve
 //	                   ?upstream=&tool= approves a changed or new tool
 //	/admin/grants/<principal>/<upstream>  DELETE revokes a user's connected
@@ -51,6 +53,7 @@ func (s *Server) AdminHandler() http.Handler {
 		r.Get("/admin/upstreams", s.adminUpstreams)
 		r.Get("/admin/policy", s.adminPolicy)
 		r.Handle("/admin/cache", s.cacheAdmin())
+		r.Post("/admin/invalidate", s.adminInvalidate)
 		r.Get("/admin/pins", s.adminPins)
 		r.Post("/admin/pins/approve", s.adminApprovePin)
 		r.Delete("/admin/grants/{principal}/{upstream}", s.adminDeleteGrant)

@@ -60,7 +60,10 @@ type cacheLookup struct {
 	cfg      *config.UpstreamCache
 	shared   string // "" when identity is forwarded: nothing is shared then
 	private  string
-	uri      string // resources/read
+	target   string // the URI of a resources/read, the tool of a tools/call: a tag
+	// generation is the second level's, read before the fetch (-1: no
+	// second level, or it did not answer: the answer is not stored there).
+	generation int64
 }
 
 // serveCached answers the request from or through the cache and reports
@@ -69,6 +72,9 @@ type cacheLookup struct {
 func (s *Server) serveCached(w http.ResponseWriter, r *http.Request, fwd *forward) bool {
 	lk, ok := s.cacheLookupFor(fwd)
 	if !ok {
+		if fwd.cache == "bypass" {
+			w.Header().Set(cacheHeader, "bypass")
+		}
 		return false
 	}
 	keys := []string{lk.private}
@@ -81,6 +87,15 @@ func (s *Server) serveCached(w http.ResponseWriter, r *http.Request, fwd *forwar
 		fwd.cacheAgeMs = s.cache.Now().Sub(e.StoredAt).Milliseconds()
 		s.writeCached(w, r, fwd, lk, e, "hit")
 		return true
+	}
+	switch e2, state2, key2 := s.lookupSecond(r.Context(), lk, keys); {
+	case state2 == cache.Fresh:
+		fwd.cache, fwd.cacheKey = "hit_l2", key2
+		fwd.cacheAgeMs = s.cache.Now().Sub(e2.StoredAt).Milliseconds()
+		s.writeCached(w, r, fwd, lk, e2, "hit; l2")
+		return true
+	case state2 == cache.Stale && state != cache.Stale:
+		e, state, key = e2, state2, key2
 	}
 	got, ran, err := s.fetchOnce(r, fwd, lk, keys)
 	switch {
@@ -153,11 +168,19 @@ func (s *Server) cacheLookupFor(fwd *forward) (*cacheLookup, bool) {
 	if req == nil || cache.Cacheable(req.Method, req.ID.IsValid(), req.Params, cfg.Tools) != nil {
 		return nil, false
 	}
+	if s.fanout != nil && !s.fanout.Synced() {
+		// This replica may have missed another's invalidation: what it
+		// holds may be out of date, so it serves and stores nothing until
+		// it is back in step (shared/fanout.go).
+		s.cache.CountBypass()
+		fwd.cache = "bypass"
+		return nil, false
+	}
 	cr := cache.Request{
 		Upstream: fwd.route.upstream.Name, Method: req.Method, Params: req.Params,
 		Era: "legacy", Version: fwd.version, Capabilities: fwd.caps,
 	}
-	lk := &cacheLookup{upstream: fwd.route.upstream.Name, req: req, cfg: cfg}
+	lk := &cacheLookup{upstream: fwd.route.upstream.Name, req: req, cfg: cfg, generation: -1}
 	if fwd.era == eraModern {
 		// A modern request carries its client capabilities in _meta (the
 		// key leaves _meta out, so they are keyed here). Its upstream's
@@ -186,8 +209,13 @@ func (s *Server) cacheLookupFor(fwd *forward) (*cacheLookup, bool) {
 	if lk.private, err = cache.Key(cr); err != nil {
 		return nil, false
 	}
-	if p := mcpwire.ParamsOf(req); req.Method == "resources/read" && p != nil {
-		lk.uri = p.URI
+	if p := mcpwire.ParamsOf(req); p != nil {
+		switch req.Method {
+		case "resources/read":
+			lk.target = p.URI
+		case "tools/call":
+			lk.target = p.Name
+		}
 	}
 	return lk, true
 }
@@ -236,7 +264,7 @@ func (s *Server) fetchCacheable(r *http.Request, fwd *forward, lk *cacheLookup, 
 		return nil, err
 	}
 	if result != nil {
-		if f := s.storeAnswer(lk, result, token); f != nil {
+		if f := s.storeAnswer(r.Context(), lk, result, token); f != nil {
 			_ = resp.Body.Close()
 			return f, nil
 		}
@@ -325,7 +353,7 @@ func storableResult(data []byte, id jsonrpc.ID) json.RawMessage {
 // storeAnswer stores a storable result under the key its scope dictates,
 // with its lifetime: the upstream's ttlMs (capped by max_ttl), else the
 // configured ttl. No lifetime means not cached: nil.
-func (s *Server) storeAnswer(lk *cacheLookup, result json.RawMessage, token uint64) *fetched {
+func (s *Server) storeAnswer(ctx context.Context, lk *cacheLookup, result json.RawMessage, token uint64) *fetched {
 	var hints cache.Hints
 	if lk.hints {
 		hints, _ = cache.Storable(result, false)
@@ -348,13 +376,15 @@ func (s *Server) storeAnswer(lk *cacheLookup, result json.RawMessage, token uint
 	now := s.cache.Now()
 	e := &cache.Entry{
 		Value: result, StoredAt: now, FreshUntil: now.Add(ttl), StaleUntil: now.Add(ttl + stale),
-		Tags: cache.TagsFor(lk.upstream, lk.req.Method, lk.uri),
+		Tags: cache.TagsFor(lk.upstream, lk.req.Method, lk.target),
 	}
 	if err := s.cache.Set(key, e, token); err != nil {
 		s.log.Debug("answer not cached", "error", err)
+	} else {
+		s.storeSecond(ctx, lk, key, e)
 	}
-	if l, ok := s.listeners.Load(lk.upstream); ok && lk.uri != "" {
-		go l.(*changeListener).subscribeTo(s.streams, lk.uri)
+	if l, ok := s.listeners.Load(lk.upstream); ok && lk.req.Method == "resources/read" && lk.target != "" {
+		go l.(*changeListener).subscribeTo(s.streams, lk.target)
 	}
 	// Served even when it could not be stored (larger than a shard).
 	return &fetched{entry: e, key: key}
@@ -469,7 +499,7 @@ func (s *Server) observeUpstream(upstreamName string, data []byte) {
 		tags = append(tags, cache.ResourceTag(upstreamName, n.Params.URI))
 	}
 	if len(tags) > 0 {
-		s.cache.Invalidate(tags...)
+		s.invalidateInBackground(invalidation{Tags: tags})
 	}
 }
 

@@ -30,12 +30,20 @@ func (s *Server) cacheAdmin() http.HandlerFunc {
 		case http.MethodGet:
 			writeJSON(w, http.StatusOK, s.cache.Stats())
 		case http.MethodPost, http.MethodDelete:
-			purged, problem := s.purgeCache(r)
+			purged, inv, problem := s.purgeCache(r)
 			if problem != "" {
 				writeJSON(w, http.StatusBadRequest, map[string]string{"error": problem})
 				return
 			}
-			writeJSON(w, http.StatusOK, map[string]any{"purged": purged, "stats": s.cache.Stats()})
+			if err := s.invalidate(r.Context(), inv); err != nil {
+				writeJSON(w, http.StatusServiceUnavailable, map[string]any{
+					"error":    "purged on this replica only; the others were not told: " + err.Error(),
+					"purged":   purged,
+					"replicas": "this",
+				})
+				return
+			}
+			writeJSON(w, http.StatusOK, map[string]any{"purged": purged, "replicas": s.replicasReached(), "stats": s.cache.Stats()})
 		default:
 			w.Header().Set("Allow", "GET, POST, DELETE")
 			writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "use GET for stats, POST or DELETE to purge"})
@@ -43,35 +51,30 @@ func (s *Server) cacheAdmin() http.HandlerFunc {
 	}
 }
 
-// purgeCache purges what the query names and describes it, or returns
-// what is wrong with the query.
-func (s *Server) purgeCache(r *http.Request) (string, string) {
+// purgeCache says what the query names to purge, as an invalidation and
+// in words, or what is wrong with the query.
+func (s *Server) purgeCache(r *http.Request) (string, invalidation, string) {
 	q := r.URL.Query()
 	key, upstreamName, method := q.Get("key"), q.Get("upstream"), q.Get("method")
 	if upstreamName != "" && s.pool.Get(upstreamName) == nil {
-		return "", "unknown upstream " + quote(upstreamName)
+		return "", invalidation{}, "unknown upstream " + quote(upstreamName)
 	}
 	if method != "" && !slices.Contains(config.CacheMethods, method) {
-		return "", "unknown method " + quote(method) + "; cacheable methods are " + strings.Join(config.CacheMethods, ", ")
+		return "", invalidation{}, "unknown method " + quote(method) + "; cacheable methods are " + strings.Join(config.CacheMethods, ", ")
 	}
 	switch {
 	case key != "":
-		s.cache.Delete(key)
-		return "key " + key, ""
+		return "key " + key, invalidation{Keys: []string{key}}, ""
 	case upstreamName != "" && method != "":
-		s.cache.Invalidate(cache.MethodTag(upstreamName, method))
-		return method + " of " + upstreamName, ""
+		return method + " of " + upstreamName, invalidation{Tags: []string{cache.MethodTag(upstreamName, method)}}, ""
 	case upstreamName != "":
-		s.cache.Invalidate(cache.UpstreamTag(upstreamName))
-		return "everything of " + upstreamName, ""
+		return "everything of " + upstreamName, invalidation{Tags: []string{cache.UpstreamTag(upstreamName)}}, ""
 	case method != "":
 		var tags []string
 		for _, up := range s.pool.All() {
 			tags = append(tags, cache.MethodTag(up.Name, method))
 		}
-		s.cache.Invalidate(tags...)
-		return method + " of every upstream", ""
+		return method + " of every upstream", invalidation{Tags: tags}, ""
 	}
-	s.cache.Purge()
-	return "everything", ""
+	return "everything", invalidation{All: true}, ""
 }

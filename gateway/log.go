@@ -58,6 +58,10 @@ type requestState struct {
 	cacheKey   string
 	cacheAgeMs int64
 	redactions int // values redacted in what the client was sent (enforce.go)
+	// relayed: an HTTP+SSE POST whose message the route's handler served
+	// as a request of its own (oldclient.go), which is the one the
+	// metrics count.
+	relayed bool
 }
 
 // Policy verdicts in requestState.decision and the access log.

@@ -58,6 +58,9 @@ type Metrics struct {
 	cache            *cacheMetrics
 	rateLimited      *prometheus.CounterVec
 	redactions       *prometheus.CounterVec
+	events           *prometheus.CounterVec
+	fanoutReceived   prometheus.Counter
+	secondLevel      *prometheus.CounterVec
 }
 
 // NewMetrics creates the gateway's series on a new registry, with the Go
@@ -101,6 +104,12 @@ func NewMetrics() *Metrics {
 			"Requests refused with 429 by a per-principal or per-tool rate limit.", "upstream"),
 		redactions: f.counter("ctxgate_redactions_total",
 			"Values the policy's redactions replaced in upstream messages before they reached a client, by channel: result, error, notification, server_request.", "upstream", "channel"),
+		events: f.counter("ctxgate_invalidation_events_total",
+			"Invalidation events from context sources, by source (admin: POST /admin/invalidate; redis_stream: redis.events) and result (applied; poison: malformed, skipped; failed: applied here but not sent to the other replicas).", "source", "result"),
+		fanoutReceived: f.counter("ctxgate_cache_fanout_received_total",
+			"Cache invalidations other replicas published on Redis and this one applied.").WithLabelValues(),
+		secondLevel: f.counter("ctxgate_cache_second_level_total",
+			"Lookups and stores of the cache's second level on Redis (after a first-level miss): hit, miss, unsealable (sealed under a key not configured), stored, error (Redis did not answer: served as a miss).", "result"),
 	}
 }
 
@@ -178,6 +187,9 @@ func (m *Metrics) initRoutes(routes []string) {
 // counter for every request, the operation histogram for each MCP message
 // posted alone.
 func (m *Metrics) observeRequest(st *requestState, status int, d time.Duration) {
+	if st.relayed {
+		return // counted once, as the request that served its message
+	}
 	route := cmp.Or(st.upstream, labelNone)
 	m.requests.WithLabelValues(route, st.outcome()).Inc()
 	m.observeCache(st)

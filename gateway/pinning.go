@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 
 	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/shared"
 )
 
 // Tool pinning (rug-pull protection, upstreams[].pin_tools). An upstream
@@ -59,6 +61,11 @@ type pinSet struct {
 	pins       map[string]pinEntry
 	seen       map[string]pinEntry
 	loaded     time.Time // the pin file's modification time when last read or written
+	// redis holds the pins every replica shares (pinshared.go); nil: the
+	// pins are this process's and its file's only.
+	redis    *shared.Client
+	upstream string
+	log      *slog.Logger
 }
 
 // pinStore holds the pin sets of the upstreams that pin. A nil store (or
@@ -114,15 +121,15 @@ func (p *pinSet) load() error {
 // reloadLocked reads the pin file again when an operator changed it (an
 // approval by editing the file). A file that cannot be read keeps the
 // pins in force: it fails closed for changed tools either way.
-func (p *pinSet) reloadLocked() error {
+func (p *pinSet) reloadLocked() (reloaded bool, err error) {
 	if p.file == "" {
-		return nil
+		return false, nil
 	}
 	info, err := os.Stat(p.file)
 	if err != nil || info.ModTime().Equal(p.loaded) {
-		return nil
+		return false, nil
 	}
-	return p.load()
+	return true, p.load()
 }
 
 func (st *pinStore) set(upstreamName string) *pinSet {
@@ -220,14 +227,19 @@ type screened struct {
 // screen observes a tools/list page: it remembers each tool's definition,
 // pins new tools in mode record, migrates format 1 pins, and returns the
 // items that are not quarantined.
-func (p *pinSet) screen(items []toolItem) (screened, error) {
+func (p *pinSet) screen(ctx context.Context, items []toolItem) (screened, error) {
 	if p == nil {
 		return screened{kept: items}, nil
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if err := p.reloadLocked(); err != nil {
+	reloaded, err := p.reloadLocked()
+	if err != nil {
 		return screened{}, fmt.Errorf("reload pin file: %w", err)
+	}
+	if reloaded && p.redis != nil {
+		// The file seeds what Redis does not know; Redis's pins stand.
+		p.syncLocked(ctx)
 	}
 	var out screened
 	save := false
@@ -239,12 +251,26 @@ func (p *pinSet) screen(items []toolItem) (screened, error) {
 		p.seen[item.Name] = def
 		pin, ok := p.pins[item.Name]
 		switch {
+		case !ok && p.mode == config.PinRecord && p.redis != nil:
+			recorded, err := p.recordShared(ctx, item.Name, def)
+			if err != nil {
+				// Redis cannot say whether another replica pinned another
+				// version first: redis.on_error decides (fail closed: not
+				// listed; local: pinned here, as one replica would).
+				if p.redis.Deny() {
+					out.hidden = append(out.hidden, item.Name)
+					continue
+				}
+				recorded = def
+			}
+			p.pins[item.Name], save = recorded, true
 		case !ok && p.mode == config.PinRecord:
 			p.pins[item.Name], save = def, true
 		case ok && !strings.HasPrefix(pin.Digest, pinDigestPrefix) && pin.Digest == v1:
 			// A format 1 pin whose reviewed members are unchanged.
 			p.pins[item.Name], save = def, true
 			out.migrated = append(out.migrated, item.Name)
+			p.shareApproval(ctx, item.Name, def)
 		}
 		if p.quarantined(p.statusLocked(item.Name)) {
 			out.hidden = append(out.hidden, item.Name)
@@ -260,13 +286,24 @@ func (p *pinSet) screen(items []toolItem) (screened, error) {
 	return out, nil
 }
 
-// approve pins the definition last seen for a tool.
-func (p *pinSet) approve(name string) (pinEntry, error) {
+// approve pins the definition last seen for a tool. With redis the
+// approval is stored there first: one Redis cannot take is refused
+// (errApprovalNotShared), never applied to this replica alone.
+func (p *pinSet) approve(ctx context.Context, name string) (pinEntry, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	seen, ok := p.seen[name]
 	if !ok {
 		return pinEntry{}, fmt.Errorf("tool %q has not been seen in a tools/list result since the gateway started", name)
+	}
+	if p.redis != nil {
+		b, err := json.Marshal(seen)
+		if err != nil {
+			return pinEntry{}, err
+		}
+		if err := p.redis.SetPin(ctx, p.upstream, name, b); err != nil {
+			return pinEntry{}, fmt.Errorf("%w: %w", errApprovalNotShared, err)
+		}
 	}
 	old := p.pins[name]
 	p.pins[name] = seen
@@ -312,7 +349,7 @@ func (p *pinSet) saveLocked() error {
 // returns the items to relay. A page that cannot be screened is withheld
 // (an error), never relayed with a changed tool in it.
 func (s *Server) screenTools(ctx context.Context, fwd *forward, items []toolItem) ([]toolItem, error) {
-	out, err := s.pins.set(fwd.route.upstream.Name).screen(items)
+	out, err := s.pins.set(fwd.route.upstream.Name).screen(ctx, items)
 	if err != nil {
 		return nil, err
 	}
@@ -378,11 +415,19 @@ func (s *Server) adminApprovePin(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "upstream must name an upstream with pin_tools, and tool a tool"})
 		return
 	}
-	e, err := set.approve(tool)
-	if err != nil {
+	e, err := set.approve(r.Context(), tool)
+	switch {
+	case errors.Is(err, errApprovalNotShared):
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error() + "; nothing was approved: retry when Redis answers"})
+		return
+	case err != nil:
 		writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
 		return
 	}
 	s.log.Info("tool pin approved", "upstream", upstreamName, "tool", tool, "digest", e.Digest)
+	if err := s.invalidate(r.Context(), invalidation{Pins: []string{upstreamName}}); err != nil {
+		// Stored on Redis: the others read it when they are next in step.
+		s.log.Warn("pin approval stored on Redis but not announced to the other replicas; they read it when back in step", "error", err.Error())
+	}
 	writeJSON(w, http.StatusOK, map[string]string{"upstream": upstreamName, "tool": tool, "status": PinPinned, "pinned": e.Digest})
 }

@@ -147,6 +147,12 @@ func (s *Server) relayStream(ctx context.Context, resp *http.Response, fwd *forw
 	open := s.metrics.openStreams.WithLabelValues(fwd.route.upstream.Name, kind)
 	open.Inc()
 	relay.onClose = open.Dec
+	if fwd.stream && fwd.era == eraLegacy && fwd.upstreamSession != "" && fwd.federation == "" {
+		// Context sources' resource events reach the session here.
+		ls, unregister := s.openLiveStream(fwd)
+		relay.inject = ls.inject
+		relay.onClose = func() { open.Dec(); unregister() }
+	}
 	relay.observe = func(data []byte) { s.observeUpstream(fwd.route.upstream.Name, data) }
 	if s.policy != nil {
 		relay.transform = func(data []byte) ([]byte, bool) { return s.transformMessage(ctx, fwd, data) }

@@ -44,6 +44,7 @@ func (s *Server) serveRoute(rt *route) http.HandlerFunc {
 			writeAnswer(w, fwd.answer) // the gateway's own (bridged server/discover)
 			return
 		}
+		s.noteSubscription(r.Context(), fwd) // subscriptions.go
 		s.forwardUpstream(w, r, rt, fwd)
 	}
 }

@@ -10,12 +10,14 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
@@ -129,8 +131,22 @@ type Server struct {
 	stopStreams context.CancelFunc
 	// redis is the shared state's client; nil: everything in memory.
 	redis *shared.Client
+	// fanout sends cache invalidations to the other replicas and follows
+	// theirs; nil without redis or without a cache (invalidate.go).
+	fanout *shared.Fanout
+	// replicaName names this process among the replicas.
+	replicaName string
+	// sealer seals the cache's second level on Redis; nil: no second
+	// level (cachel2.go).
+	sealer *cache.Sealer
+	// subscriptions are the open streams and the sessions' resource
+	// subscriptions (subscriptions.go).
+	subscriptions *subscriptionRegistry
 	// onReady is Options.OnReady.
 	onReady func()
+	// old are the HTTP+SSE (2024-11-05) client sessions open here
+	// (oldclient.go).
+	old *oldClients
 }
 
 // New builds a gateway for a validated configuration.
@@ -159,6 +175,7 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 	s.healthInterval, s.adminRoutes = opts.HealthInterval, opts.AdminRoutes
 	s.redis = opts.Redis
 	s.onReady = opts.OnReady
+	s.old = newOldClients()
 	if s.healthInterval == 0 {
 		s.healthInterval = DefaultHealthInterval
 	}
@@ -201,6 +218,35 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 	}
 	if s.cache, err = newCache(cfg, opts.Cache, now); err != nil {
 		return nil, err
+	}
+	s.replicaName = newReplicaName()
+	s.subscriptions = newSubscriptionRegistry()
+	if s.redis != nil && s.cache != nil {
+		if slices.ContainsFunc(cfg.Cache.EncryptionKeys, func(k string) bool { return k != "" }) {
+			if s.sealer, err = cache.NewSealer(cfg.Cache.EncryptionKeys); err != nil {
+				return nil, fmt.Errorf("cache.encryption_keys: %w", err)
+			}
+		} else {
+			s.log.Info("cache entries stay in each replica's memory: set cache.encryption_keys to share them on Redis (sealed)")
+		}
+	}
+	if s.redis != nil && len(s.pins.sets) > 0 {
+		s.pins.shareWith(context.Background(), s.redis, s.log)
+	}
+	if s.redis != nil && (s.cache != nil || len(s.pins.sets) > 0) {
+		s.fanout = s.redis.NewFanout(s.replicaName, s.log)
+		fanout := s.fanout
+		// Registered once per registry: tests may build several servers
+		// on one Metrics.
+		_ = s.metrics.registry.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ctxgate_cache_fanout_in_step",
+			Help: "1 while this replica follows every invalidation and pin change published on Redis (its cache is used), 0 while it may have missed one (its cache is bypassed; its pins are read again when back in step).",
+		}, func() float64 {
+			if fanout.Synced() {
+				return 1
+			}
+			return 0
+		}))
 	}
 	s.streams, s.stopStreams = context.WithCancel(context.Background())
 	s.admission = newAdmission(cfg.Server)
@@ -271,6 +317,10 @@ func (s *Server) chain() http.Handler {
 		// 6. Authentication, per route so a challenge can name the route's
 		//    metadata: every route handler runs with a verified Principal.
 		r.With(s.authenticate(rt)).Handle(rt.path, handler)
+		// The same route for HTTP+SSE (2024-11-05) clients, behind the
+		// same chain; each message is served by handler (oldclient.go).
+		r.With(s.authenticate(rt)).Handle(rt.path+"/sse", s.serveOld(rt, handler, true))
+		r.With(s.authenticate(rt)).Handle(rt.path+"/messages", s.serveOld(rt, handler, false))
 	}
 	// 7. The connect-your-account pages of user_oauth upstreams
 	//    (connect.go): reached by a browser, not an MCP client.
@@ -396,6 +446,7 @@ func (s *Server) Serve(ctx context.Context, public, admin net.Listener) error {
 		})
 	}
 	s.startChangeListeners(s.streams)
+	s.startFanout(s.streams)
 	if s.healthInterval > 0 {
 		// The start-up probe finishes before the gateway says it is ready
 		// (each probe is bounded by healthTimeout), so a dead upstream is

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"sync"
 	"time"
@@ -112,6 +113,20 @@ func (s *Server) learnToolsBeforeCall(ctx context.Context, fwd *forward, req *js
 // bridged session, or statelessly with the client's _meta (modern), and
 // learns from each page what a client's tools/list would have taught.
 func (s *Server) fetchToolList(ctx context.Context, fwd *forward, version string, meta json.RawMessage) error {
+	bridge := fwd.bridge
+	if bridge == nil && fwd.bridging {
+		// A bridged call is decided before prepareBridge finds its
+		// session, and a legacy-only upstream answers no sessionless
+		// tools/list (400): the list is read on the principal's bridged
+		// session, opened now if it has none (prepareBridge then finds
+		// it). Without this, a bridged call before any list was denied as
+		// an unknown tool.
+		var err error
+		bridge, err = fwd.route.bridge.get(fwd.principal.ID, func() (*bridgeSession, error) { return s.openBridge(ctx, fwd) })
+		if err != nil {
+			return fmt.Errorf("bridged session: %w", err)
+		}
+	}
 	cursor := ""
 	for range maxLearnPages {
 		params := map[string]any{}
@@ -121,8 +136,8 @@ func (s *Server) fetchToolList(ctx context.Context, fwd *forward, version string
 		var extra http.Header
 		session := fwd.upstreamSession
 		switch {
-		case fwd.bridge != nil:
-			session, version = fwd.bridge.id, fwd.bridge.version
+		case bridge != nil:
+			session, version = bridge.id, bridge.version
 		case fwd.era == eraModern:
 			extra = http.Header{"Mcp-Method": {"tools/list"}}
 			if len(meta) > 0 {

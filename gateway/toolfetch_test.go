@@ -117,6 +117,38 @@ func TestCallBeforeList(t *testing.T) {
 	}
 }
 
+// TestCallBeforeListBridged: the same for a modern (2026-07-28) client of
+// a legacy-only upstream with bridge: true. The call is decided before
+// the bridged session is looked up, and the upstream answers no
+// sessionless tools/list: the gateway reads the list on the principal's
+// bridged session (before, the fetch went out sessionless, was refused,
+// and the call was denied as an unknown tool).
+func TestCallBeforeListBridged(t *testing.T) {
+	upstreamURL, lists := countingProject(t)
+	engine, err := policy.New(policy.Options{Dir: filepath.Join("..", "policies"), Timeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { engine.Close() })
+	endpoint := newGatewayOpts(t, upstreamURL, gateway.Options{Policy: engine}, ", bridge: true").URL + "/mcp/up"
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "test", Version: "1"}, nil).Connect(t.Context(),
+		&mcp.StreamableClientTransport{Endpoint: endpoint}, &mcp.ClientSessionOptions{ProtocolVersion: "2026-07-28"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	if v := cs.InitializeResult().ProtocolVersion; v != "2026-07-28" {
+		t.Fatalf("negotiated %q, want 2026-07-28 (bridged)", v)
+	}
+	res, err := cs.CallTool(t.Context(), &mcp.CallToolParams{Name: "read_file", Arguments: map[string]any{"path": "hello.txt"}})
+	if err != nil || res.IsError || len(res.Content) != 1 || res.Content[0].(*mcp.TextContent).Text != "hello\n" {
+		t.Fatalf("bridged tools/call before any tools/list: %v %+v", err, res)
+	}
+	if n := lists.Load(); n != 1 {
+		t.Errorf("upstream received %d tools/list, want the gateway's 1", n)
+	}
+}
+
 // TestCallBeforeListSingleFlight: concurrent first calls on a fresh
 // gateway fetch the upstream's list once, and a name still unknown after
 // the fetch does not fetch again.

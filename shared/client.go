@@ -1,15 +1,17 @@
 // Package shared is the state several gateway replicas share, on Redis:
 // the one client of a process, its health (ctxgate_redis_up), and the
-// features built on it. Today that is the rate limits (limit.go: one
-// atomic GCRA script per request) and the idempotency ledger
-// (idempotency.go: a key reserved with SET NX PX, then its answer); the
-// second-level cache, pins and invalidation fan-out are still per replica.
+// features built on it: the rate limits (limit.go: one atomic GCRA script
+// per request), the idempotency ledger (idempotency.go: a key reserved
+// with SET NX PX, then its answer), the cache invalidation fan-out
+// (fanout.go), the event stream (events.go), the cache's second level
+// (l2.go), the tool pins (pins.go) and resource subscriptions (subs.go).
 //
 // Redis is never a single point of failure the operator did not choose:
 // every operation is bounded by redis.timeout, and what a request gets
-// when Redis cannot answer is the caller's decision (for rate limits
-// redis.on_error, reported through Fallback; a call with an idempotency
-// key is always refused, since no replica alone can keep its promise).
+// when Redis cannot answer is the caller's decision (for rate limits and
+// pins redis.on_error, reported through Fallback; a call with an
+// idempotency key is always refused, since no replica alone can keep its
+// promise).
 package shared
 
 import (
@@ -46,10 +48,14 @@ type Options struct {
 // Features are the labels of ctxgate_redis_fallback_total, each created
 // at zero so dashboards and alerts see the series before the first
 // fallback.
-var Features = []string{FeatureRateLimit}
+var Features = []string{FeatureRateLimit, FeaturePins}
 
-// FeatureRateLimit names the rate limits in Fallback.
-const FeatureRateLimit = "rate_limit"
+// FeatureRateLimit names the rate limits in Fallback, FeaturePins the
+// tool pins.
+const (
+	FeatureRateLimit = "rate_limit"
+	FeaturePins      = "pins"
+)
 
 // fallbackLogEvery bounds the fallback warnings: while Redis is down
 // every request falls back, and one line per request would drown the log.
@@ -224,6 +230,20 @@ const (
 	OpIdempotencyRenew   = "idempotency_renew"
 	OpIdempotencyFinish  = "idempotency_finish"
 	OpIdempotencyRelease = "idempotency_release"
+	// OpInvalidatePublish sends a cache invalidation to the other
+	// replicas; OpInvalidateGeneration reads the fan-out's generation.
+	OpInvalidatePublish    = "invalidate_publish"
+	OpInvalidateGeneration = "invalidate_generation"
+	// OpEvents reads, acknowledges or sets up the event stream.
+	OpEvents = "events"
+	// OpCacheGet and OpCacheSet read and write the cache's second level.
+	OpCacheGet = "cache_get"
+	OpCacheSet = "cache_set"
+	// OpPins reads or writes the shared tool pins.
+	OpPins = "pins"
+	// OpSubscriptions records or reads the sessions' resource
+	// subscriptions.
+	OpSubscriptions = "subscriptions"
 )
 
 // observe records one round trip of op that began at start: its duration

@@ -9,8 +9,8 @@ import (
 )
 
 // Redis is the state several replicas share. Nil (the default) keeps all
-// of it in memory, per process. Today rate limits are shared; idempotency
-// keys, the response cache, pins and invalidation are still per replica.
+// of it in memory, per process. Shared: rate limits, idempotency keys,
+// cache invalidation and events, the cache's second level and tool pins.
 type Redis struct {
 	// URL is where Redis is, as go-redis parses it: redis://host:6379/0,
 	// rediss://host:6380/0 (TLS) or unix:///path/redis.sock. A password may
@@ -36,10 +36,12 @@ type Redis struct {
 	// or unreachable Redis costs a request at most this long before
 	// OnError applies. Default: 200ms.
 	Timeout time.Duration `yaml:"timeout"`
-	// OnError is what a request gets when Redis cannot answer: "local"
-	// (the default) falls back to the replica's own in-memory state
-	// (logged and counted in ctxgate_redis_fallback_total), "deny"
-	// refuses it (503 -31019).
+	// OnError is what a rate-limited request (or a pin) gets when Redis
+	// cannot answer: "local" (the default) falls back to the replica's own
+	// in-memory state (logged and counted in ctxgate_redis_fallback_total),
+	// "deny" refuses it (503 -31019). It does not apply to idempotency
+	// keys: a call with one is refused (503 -31061) either way, since no
+	// replica alone can keep the at-most-once promise.
 	OnError string `yaml:"on_error"`
 	// Events is the Redis Stream context sources push "this changed"
 	// events to; nil: none is read.

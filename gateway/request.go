@@ -208,8 +208,7 @@ func (s *Server) forwardUpstream(w http.ResponseWriter, r *http.Request, rt *rou
 			return
 		}
 		if key != "" {
-			// Per principal: another principal's key is another key.
-			s.forwardOnce(w, r, rt, fwd.principal.ID+"\x00"+key, fwd.requestState)
+			s.forwardOnce(w, r, rt, fwd.principal.ID, key, fwd.requestState)
 			return
 		}
 	}

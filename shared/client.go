@@ -1,13 +1,17 @@
 // Package shared is the state several gateway replicas share, on Redis:
 // the one client of a process, its health (ctxgate_redis_up), and the
-// features built on it. Today that is the rate limits (limit.go: one
-// atomic GCRA script per request); idempotency keys, the second-level
-// cache, pins and invalidation fan-out are still per replica.
+// features built on it: the rate limits (limit.go: one atomic GCRA script
+// per request), the idempotency ledger (idempotency.go: a key reserved
+// with SET NX PX, then its answer), the cache invalidation fan-out
+// (fanout.go), the event stream (events.go), the cache's second level
+// (l2.go), the tool pins (pins.go) and resource subscriptions (subs.go).
 //
 // Redis is never a single point of failure the operator did not choose:
 // every operation is bounded by redis.timeout, and what a request gets
-// when Redis cannot answer is the caller's decision (redis.on_error),
-// reported through Fallback.
+// when Redis cannot answer is the caller's decision (for rate limits and
+// pins redis.on_error, reported through Fallback; a call with an
+// idempotency key is always refused, since no replica alone can keep its
+// promise).
 package shared
 
 import (
@@ -217,6 +221,15 @@ func (c *Client) Ping(ctx context.Context) error {
 const (
 	OpPing      = "ping"
 	OpRateLimit = "rate_limit"
+	// The idempotency ledger (idempotency.go): a call's first look at its
+	// key, a duplicate's later looks while it waits, the running call's
+	// lease renewals, and the end of the call (its answer recorded, or the
+	// key released).
+	OpIdempotencyClaim   = "idempotency_claim"
+	OpIdempotencyWait    = "idempotency_wait"
+	OpIdempotencyRenew   = "idempotency_renew"
+	OpIdempotencyFinish  = "idempotency_finish"
+	OpIdempotencyRelease = "idempotency_release"
 	// OpInvalidatePublish sends a cache invalidation to the other
 	// replicas; OpInvalidateGeneration reads the fan-out's generation.
 	OpInvalidatePublish    = "invalidate_publish"

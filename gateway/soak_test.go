@@ -37,19 +37,29 @@ type soakCall struct {
 // small bulkhead) for a bounded time, then reconciles what every client got
 // with what the upstream executed and what the policy allowed.
 func TestSoak(t *testing.T) {
-	soak(t, 1)
+	soak(t, 1, nil)
 }
 
-// TestSoakSharedIdempotency is the soak over two replicas whose
-// idempotency ledger is on one Redis: the second call of each pair of
-// duplicates goes to the other replica, and still nothing runs twice.
+// TestSoakSharedIdempotency is the soak over three replicas whose
+// idempotency ledger and rate limits are on one Redis, restarted once
+// halfway (its data kept, as with persistence): the second call of each
+// pair of duplicates goes to another replica, every call gets exactly one
+// answer (while Redis is away keyed calls are refused, -31061), and still
+// nothing runs twice.
 func TestSoakSharedIdempotency(t *testing.T) {
 	m := miniredis.RunT(t)
-	soak(t, 2, withRedis(t, m, "local"))
+	restart := func() {
+		t.Log("Redis stopped; back in 300ms")
+		m.Close()
+		// The outage lasts a few of the soak's calls; nothing waits on it.
+		time.AfterFunc(300*time.Millisecond, func() { _ = m.Restart() })
+	}
+	soak(t, 3, restart, withRedis(t, m, "local"))
 }
 
-// soak runs the soak against replicas gateways on one upstream.
-func soak(t *testing.T, replicas int, opts ...func(*gateway.Options)) {
+// soak runs the soak against replicas gateways on one upstream; midway,
+// if set, runs halfway through (a Redis restart).
+func soak(t *testing.T, replicas int, midway func(), opts ...func(*gateway.Options)) {
 	if testing.Short() {
 		t.Skip("soak test")
 	}
@@ -76,6 +86,15 @@ circuit_breaker: {failure_threshold: 5, failure_window: 1s, delay: 150ms, succes
 	defer cancel()
 	var scheduler sync.WaitGroup
 	scheduler.Go(func() { scheduleFaults(ctx, up) })
+	if midway != nil {
+		scheduler.Go(func() {
+			select {
+			case <-time.After(duration / 2):
+				midway()
+			case <-ctx.Done():
+			}
+		})
+	}
 
 	var (
 		mu    sync.Mutex

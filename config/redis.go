@@ -129,17 +129,45 @@ func (v *validator) redis(r *Redis, hasCache bool) {
 	}
 }
 
+// IsSentinelURL reports whether a redis.url names Sentinels (it has a
+// master_name parameter) rather than the primary itself.
+func IsSentinelURL(raw string) bool {
+	u, err := url.Parse(raw)
+	return err == nil && u.Query().Get("master_name") != ""
+}
+
+// redisSentinelURL checks a Sentinel URL: go-redis's failover form, whose
+// credentials are the Sentinels' (the primary's are username and
+// password_file).
+func (v *validator) redisSentinelURL(r *Redis, u *url.URL) {
+	if _, err := redis.ParseFailoverURL(r.URL); err != nil {
+		v.add("redis.url", "must be a Sentinel URL such as redis://sentinel:26379/0?master_name=mymaster&addr=sentinel2:26379: %s", strings.TrimPrefix(err.Error(), "redis: "))
+		return
+	}
+	if r.TLS != nil && u.Scheme != "rediss" {
+		v.add("redis.tls", "needs a rediss:// url; tls settings have no effect on %s://", u.Scheme)
+	}
+}
+
 func (v *validator) redisURL(r *Redis) {
 	if r.URL == "" {
 		v.add("redis.url", "is required: where Redis is, e.g. redis://redis:6379/0 (remove the redis block to keep all state in memory)")
 		return
 	}
-	opt, err := redis.ParseURL(r.URL)
-	if err != nil {
-		v.add("redis.url", "must be a redis://, rediss:// or unix:// URL such as redis://redis:6379/0: %s", strings.TrimPrefix(err.Error(), "redis: "))
+	u, err := url.Parse(r.URL)
+	if err == nil && IsSentinelURL(r.URL) {
+		v.redisSentinelURL(r, u)
 		return
 	}
-	u, _ := url.Parse(r.URL) // ParseURL accepted it
+	if err == nil && u.Query().Has("addr") {
+		v.add("redis.url", "names several Redis nodes (addr=): Redis Cluster is not supported (the gateway's scripts read keys of several hash slots); use one primary, or Sentinels with ?master_name=<name>")
+		return
+	}
+	opt, err := redis.ParseURL(r.URL)
+	if err != nil {
+		v.add("redis.url", "must be a redis://, rediss:// or unix:// URL such as redis://redis:6379/0, or Sentinels: redis://sentinel:26379/0?master_name=mymaster: %s", strings.TrimPrefix(err.Error(), "redis: "))
+		return
+	}
 	if r.PasswordFile != "" && opt.Password != "" {
 		v.add("redis.password_file", "the url has a password too: set it in one place")
 	}

@@ -90,12 +90,12 @@ type Client struct {
 // while Redis restarts would turn a Redis blip into an outage of the
 // gateway).
 func New(ctx context.Context, c *config.Redis, opts Options) (*Client, error) {
-	ro, err := clientOptions(c)
+	rdb, err := newRedis(c)
 	if err != nil {
 		return nil, err
 	}
 	cl := &Client{
-		rdb: redis.NewClient(ro), prefix: c.KeyPrefix, timeout: c.Timeout, deny: c.OnError == "deny",
+		rdb: rdb, prefix: c.KeyPrefix, timeout: c.Timeout, deny: c.OnError == "deny",
 		log: opts.Logger, now: opts.Now,
 		up: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ctxgate_redis_up",
 			Help: "1 when the last round trip to Redis (redis.url) succeeded, 0 when it failed."}),
@@ -138,6 +138,34 @@ func New(ctx context.Context, c *config.Redis, opts Options) (*Client, error) {
 	return cl, nil
 }
 
+// newRedis builds the go-redis client: of one primary (redis://,
+// rediss://, unix://), or of the primary Sentinel names (a URL with
+// master_name=: its host, and any addr=, are Sentinels), which go-redis
+// follows across failovers.
+func newRedis(c *config.Redis) (*redis.Client, error) {
+	if !config.IsSentinelURL(c.URL) {
+		ro, err := clientOptions(c)
+		if err != nil {
+			return nil, err
+		}
+		return redis.NewClient(ro), nil
+	}
+	fo, err := redis.ParseFailoverURL(c.URL)
+	if err != nil {
+		return nil, fmt.Errorf("redis.url: %w", err)
+	}
+	// The URL's credentials are the Sentinels'; the primary's are
+	// username and password_file.
+	ro := &redis.Options{TLSConfig: fo.TLSConfig}
+	if err := applySettings(c, ro); err != nil {
+		return nil, err
+	}
+	fo.Username, fo.Password, fo.TLSConfig = ro.Username, ro.Password, ro.TLSConfig
+	fo.PoolSize, fo.DialTimeout, fo.ReadTimeout, fo.WriteTimeout, fo.PoolTimeout = ro.PoolSize, ro.DialTimeout, ro.ReadTimeout, ro.WriteTimeout, ro.PoolTimeout
+	fo.ContextTimeoutEnabled, fo.MaxRetries, fo.DisableIdentity = ro.ContextTimeoutEnabled, ro.MaxRetries, ro.DisableIdentity
+	return redis.NewFailoverClient(fo), nil
+}
+
 // clientOptions turns the redis block into go-redis options. Validate has
 // already parsed the URL; files are read here, once.
 func clientOptions(c *config.Redis) (*redis.Options, error) {
@@ -145,19 +173,25 @@ func clientOptions(c *config.Redis) (*redis.Options, error) {
 	if err != nil {
 		return nil, fmt.Errorf("redis.url: %w", err)
 	}
+	return ro, applySettings(c, ro)
+}
+
+// applySettings applies the redis block's settings beyond the URL.
+func applySettings(c *config.Redis, ro *redis.Options) error {
+	var err error
 	if c.Username != "" {
 		ro.Username = c.Username
 	}
 	if c.PasswordFile != "" {
 		b, err := os.ReadFile(c.PasswordFile)
 		if err != nil {
-			return nil, fmt.Errorf("redis.password_file: %w", err)
+			return fmt.Errorf("redis.password_file: %w", err)
 		}
 		ro.Password = strings.TrimRight(string(b), "\r\n")
 	}
 	if c.TLS != nil && ro.TLSConfig != nil {
 		if ro.TLSConfig, err = tlsConfig(c.TLS, ro.TLSConfig.ServerName); err != nil {
-			return nil, fmt.Errorf("redis.tls: %w", err)
+			return fmt.Errorf("redis.tls: %w", err)
 		}
 	}
 	ro.PoolSize = c.PoolSize
@@ -170,7 +204,7 @@ func clientOptions(c *config.Redis) (*redis.Options, error) {
 	// servers answer them with errors that would only be noise.
 	ro.DisableIdentity = true
 	ro.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-	return ro, nil
+	return nil
 }
 
 // tlsConfig verifies Redis against ca_file (else the system roots) and

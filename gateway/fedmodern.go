@@ -269,6 +269,7 @@ func (fr *fedRequest) discover(w http.ResponseWriter, req *jsonrpc.Request) erro
 		versions = append(versions, v) // the route serves the legacy era itself
 	}
 	caps, instructions := mergeCapabilities(ok, "tools", "prompts", "resources", "completions")
+	skillsCapability(caps, ok)
 	meta := map[string]any{modernMetaPrefix + "serverInfo": map[string]string{"name": "ctxgate federation " + f.cfg.Name, "version": "1"}}
 	if len(note.Missing) > 0 {
 		meta[partialMetaKey] = note

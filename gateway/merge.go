@@ -17,6 +17,7 @@ var listShapes = map[string]listShape{
 	"prompts/list":             {"prompts", "name", kindPrompt},
 	"resources/list":           {"resources", "uri", kindResource},
 	"resources/templates/list": {"resourceTemplates", "uriTemplate", kindTemplate},
+	"skills/list":              {"skills", "uri", kindSkill}, // SEP-2640 (skills.go)
 }
 
 // partialMetaKey marks a merged result that lacks a member's part
@@ -110,6 +111,12 @@ func mergePages(n *namer, shape listShape, pages []memberPage) (mergedPage, []st
 			return mergedPage{}, nil, fmt.Errorf("member %s: %w", p.member, err)
 		}
 		n.learn(shape.kind, p.member, d.names)
+		if shape.kind == kindSkill {
+			// A skill's files are resources of the member too.
+			for _, it := range d.items {
+				n.learn(kindResource, p.member, skillFileURIs(it))
+			}
+		}
 		parts[i] = d
 		if p.stale {
 			if out.partial.Stale == nil {
@@ -129,6 +136,9 @@ func mergePages(n *namer, shape listShape, pages []memberPage) (mergedPage, []st
 			}
 			seen[name] = true
 			it[shape.field], _ = json.Marshal(name)
+			if shape.kind == kindSkill {
+				renameSkillFiles(n, p.member, it, name != parts[i].names[j])
+			}
 			raw, err := json.Marshal(it)
 			if err != nil {
 				return mergedPage{}, nil, err

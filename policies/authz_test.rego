@@ -484,6 +484,37 @@ test_prompts_get_without_prompt_denied if {
 }
 
 # ---------------------------------------------------------------------------
+# Skills (SEP-2640): decided as their SKILL.md resource is.
+# ---------------------------------------------------------------------------
+
+skill(uri) := {"uri": uri, "name": "pdf-processing"}
+
+test_skills_visible_and_gettable_like_their_files if {
+	every p in everyone {
+		authz.allow with input as request(p, "skills/list")
+		get := object.union(request(p, "skills/get"), {"skill": skill("skill://pdf-processing/SKILL.md")})
+		authz.allow with input as get
+		item := object.union(base(p), {"method": "skills/list", "phase": "list_item", "skill": skill("skill://pdf-processing/SKILL.md")})
+		authz.visible with input as item
+	}
+}
+
+test_restricted_skill_hidden_and_refused_like_unknown if {
+	get := object.union(request(user, "skills/get"), {"skill": skill("secret://ops/SKILL.md")})
+	not authz.allow with input as get
+	authz.reason == "skill not found or not permitted" with input as get
+	item := object.union(base(user), {"method": "skills/list", "phase": "list_item", "skill": skill("SECRET://ops/SKILL.md")})
+	not authz.visible with input as item
+	authz.allow with input as object.union(get, {"principal": secrets_reader})
+	authz.visible with input as object.union(item, {"principal": secrets_reader})
+}
+
+test_skills_get_without_skill_denied if {
+	not authz.allow with input as request(user, "skills/get")
+	authz.reason == "skill not found or not permitted" with input as request(user, "skills/get")
+}
+
+# ---------------------------------------------------------------------------
 # Protocol plumbing and other methods.
 # ---------------------------------------------------------------------------
 

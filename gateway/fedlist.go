@@ -72,6 +72,9 @@ func (fr *fedRequest) list(w http.ResponseWriter, req *jsonrpc.Request) error {
 	if err != nil {
 		return err
 	}
+	if fr.fo.era == eraModern {
+		result = withModernAttributes(result, pages)
+	}
 	return s.answer(w, req.ID, result)
 }
 

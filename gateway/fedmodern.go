@@ -278,6 +278,9 @@ func (fr *fedRequest) discover(w http.ResponseWriter, req *jsonrpc.Request) erro
 	if instructions != "" {
 		result["instructions"] = instructions
 	}
+	// DiscoverResult is cacheable (2026-07-28 schema: ttlMs and cacheScope
+	// required); the union is the gateway's answer, not kept: 0, private.
+	result["ttlMs"], result["cacheScope"] = 0, "private"
 	raw, err := json.Marshal(result)
 	if err != nil {
 		return err

@@ -166,3 +166,35 @@ func mergedResult(shape listShape, page mergedPage, nextCursor string) (json.Raw
 	}
 	return json.Marshal(result)
 }
+
+// withModernAttributes adds to a merged list result what a 2026-07-28
+// result carries: resultType "complete", and the list-caching attributes
+// (SEP-2549) as the merge allows: ttlMs the shortest of the members'
+// fresh parts (0 when a part is stale, missing or has none), cacheScope
+// "private", since the gateway filtered the merge for this principal.
+func withModernAttributes(result json.RawMessage, pages []memberPage) json.RawMessage {
+	var all map[string]json.RawMessage
+	if json.Unmarshal(result, &all) != nil {
+		return result
+	}
+	ttl := int64(-1)
+	for _, p := range pages {
+		var part struct {
+			TTL *int64 `json:"ttlMs"`
+		}
+		if p.result == nil || p.stale || json.Unmarshal(p.result, &part) != nil || part.TTL == nil || *part.TTL < 0 {
+			ttl = 0
+			continue
+		}
+		if ttl < 0 || *part.TTL < ttl {
+			ttl = *part.TTL
+		}
+	}
+	all["resultType"], all["cacheScope"] = json.RawMessage(`"complete"`), json.RawMessage(`"private"`)
+	all["ttlMs"], _ = json.Marshal(max(ttl, 0))
+	out, err := json.Marshal(all)
+	if err != nil {
+		return result
+	}
+	return out
+}

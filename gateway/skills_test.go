@@ -35,7 +35,8 @@ import (
 // resources: [{uri, digest, size}]}.
 type skillsServer struct {
 	*httptest.Server
-	mu sync.Mutex
+	sdk *mcp.Server
+	mu  sync.Mutex
 	// skills are the served skills: name -> file path -> content.
 	skills map[string]map[string]string
 	// lists counts skills/list requests; gets skills/get requests.
@@ -52,9 +53,10 @@ func skillURI(name, path string) string { return "skill://" + name + "/" + path 
 func newSkillsServer(t *testing.T, skills map[string]string) *skillsServer {
 	t.Helper()
 	u := &skillsServer{skills: map[string]map[string]string{}}
-	caps := &mcp.ServerCapabilities{Resources: &mcp.ResourceCapabilities{}}
+	caps := &mcp.ServerCapabilities{Resources: &mcp.ResourceCapabilities{ListChanged: true}}
 	caps.AddExtension("io.modelcontextprotocol/skills", nil)
 	server := mcp.NewServer(&mcp.Implementation{Name: "skills", Version: "1"}, &mcp.ServerOptions{Capabilities: caps})
+	u.sdk = server
 	for name, desc := range skills {
 		u.skills[name] = map[string]string{"SKILL.md": skillMD(name, desc, "Use the "+name+" tools.")}
 		if name == "pdf-processing" {
@@ -395,6 +397,19 @@ func TestSkillsSingleRoute(t *testing.T) {
 		if n := a.lists.Load() - lists; n != 0 {
 			t.Errorf("skills/list reached the upstream %d times within its ttl; want a cache hit", n)
 		}
+	})
+
+	t.Run("resources list_changed drops cached skills", func(t *testing.T) {
+		lists := a.lists.Load()
+		// A new file: the SDK tells its sessions, the gateway's cache
+		// listener among them, notifications/resources/list_changed.
+		a.sdk.AddResource(&mcp.Resource{URI: "skill://pdf-processing/extra.md", Name: "extra"}, func(context.Context, *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
+			return &mcp.ReadResourceResult{}, nil
+		})
+		waitUntil(t, "skills/list to reach the upstream again", func() bool {
+			ask(t, c, listSkills)
+			return a.lists.Load() > lists
+		})
 	})
 
 	t.Run("changed digest quarantined", func(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -26,7 +27,7 @@ import (
 func skillsPeer(t *testing.T, files map[string]map[string]string) string {
 	t.Helper()
 	caps := &mcp.ServerCapabilities{Resources: &mcp.ResourceCapabilities{}}
-	caps.AddExtension("io.modelcontextprotocol/skills", nil)
+	caps.AddExtension("io.modelcontextprotocol/skills", map[string]any{"directoryRead": true})
 	server := mcp.NewServer(&mcp.Implementation{Name: "skills", Version: "1"}, &mcp.ServerOptions{Capabilities: caps})
 	entries := map[string]map[string]any{}
 	for name, skill := range files {
@@ -56,7 +57,7 @@ func skillsPeer(t *testing.T, files map[string]map[string]string) string {
 				Meta map[string]json.RawMessage `json:"_meta"`
 			} `json:"params"`
 		}
-		if r.Method != http.MethodPost || json.Unmarshal(body, &req) != nil || !strings.HasPrefix(req.Method, "skills/") {
+		if r.Method != http.MethodPost || json.Unmarshal(body, &req) != nil || !strings.HasPrefix(req.Method, "skills/") && req.Method != "resources/directory/read" {
 			r.Body = io.NopCloser(bytes.NewReader(body))
 			sdk.ServeHTTP(w, r)
 			return
@@ -76,6 +77,13 @@ func skillsPeer(t *testing.T, files map[string]map[string]string) string {
 				return
 			}
 			result["skill"] = e
+		case "resources/directory/read":
+			children := directory(files, req.Params.URI)
+			if len(children) == 0 {
+				writeRPC(w, req.ID, "error", map[string]any{"code": -32602, "message": "not a directory"})
+				return
+			}
+			result["resources"] = children
 		default:
 			writeRPC(w, req.ID, "error", map[string]any{"code": -32601, "message": "method not found"})
 			return
@@ -88,6 +96,34 @@ func skillsPeer(t *testing.T, files map[string]map[string]string) string {
 	}))
 	t.Cleanup(srv.Close)
 	return srv.URL
+}
+
+// directory is the children of the directory uri among the skills' files:
+// files, and subdirectories as inode/directory; none when uri is no
+// directory.
+func directory(files map[string]map[string]string, uri string) []map[string]any {
+	prefix := strings.TrimSuffix(uri, "/") + "/"
+	seen := map[string]bool{}
+	var out []map[string]any
+	for name, skill := range files {
+		for _, path := range slices.Sorted(mapKeys(skill)) {
+			rest, ok := strings.CutPrefix("skill://"+name+"/"+path, prefix)
+			if !ok {
+				continue
+			}
+			child, _, deeper := strings.Cut(rest, "/")
+			if seen[child] {
+				continue
+			}
+			seen[child] = true
+			c := map[string]any{"uri": prefix + child, "name": child, "mimeType": "text/markdown"}
+			if deeper {
+				c["mimeType"] = "inode/directory"
+			}
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 func mapKeys[V any](m map[string]V) func(func(string) bool) {
@@ -111,7 +147,7 @@ func skillFile(name, description string) string {
 }
 
 // TestSkillsConformance runs the conformance suite's SEP-2640 enumeration
-// scenario against a skills server directly, through its single route and
+// and directory scenarios against a skills server directly, through its single route and
 // through a federated route of two skills servers, under the shipped
 // policy: every check that passes directly passes through the gateway.
 func TestSkillsConformance(t *testing.T) {
@@ -135,12 +171,14 @@ upstreams:
 routes: [{path: /mcp, upstreams: [a, b], prefix: collision}]
 `, policies, a, b))
 	scenario := func(url string) map[string]string {
-		return runSuite(t, "server", "--url", url, "--scenario", "sep-2640-skills-enumeration")
+		out := runSuite(t, "server", "--url", url, "--scenario", "sep-2640-skills-enumeration")
+		maps.Copy(out, runSuite(t, "server", "--url", url, "--scenario", "sep-2640-skills-directory"))
+		return out
 	}
 	direct := scenario(a)
 	for _, route := range []string{"/mcp/a", "/mcp"} {
 		via := scenario(gw.URL + route)
 		requireSamePasses(t, direct, via, func(string) bool { return false })
-		t.Logf("sep-2640-skills-enumeration: %d checks pass directly, %d through %s", countPassed(direct), countPassed(via), route)
+		t.Logf("sep-2640-skills-enumeration and -directory: %d checks pass directly, %d through %s", countPassed(direct), countPassed(via), route)
 	}
 }

@@ -71,7 +71,7 @@ func (s *Server) describeParams(in *policy.Input, upstreamName string, req *json
 		if meta, ok := s.catalog.tool(upstreamName, name); ok {
 			in.Tool.Annotations, in.Tool.Description = meta.Annotations, meta.Description
 		}
-	case "resources/read", "resources/subscribe", "resources/unsubscribe":
+	case "resources/read", "resources/subscribe", "resources/unsubscribe", "resources/directory/read":
 		in.Resource = &policy.Resource{URI: uri}
 	case "prompts/get":
 		in.Prompt = &policy.Prompt{Name: name, Arguments: args}
@@ -136,8 +136,8 @@ func denial(method string, d policy.Decision) *Error {
 		code = codeUnknownTool
 	case method == "resources/read" || method == "resources/subscribe":
 		code = codeUnknownResource
-	case method == "skills/get":
-		code = jsonrpc.CodeInvalidParams // SEP-2640's answer for an unknown skill
+	case method == "skills/get" || method == "resources/directory/read":
+		code = jsonrpc.CodeInvalidParams // SEP-2640's answer for an unknown skill or a non-directory
 	}
 	if message == "" {
 		message = "request denied by policy"

@@ -249,6 +249,8 @@ func (s *Server) filterResult(ctx context.Context, fwd *forward, in *policy.Inpu
 		if denied, err = s.screenSkillResult(ctx, fwd.route.upstream.Name, in.Skill.URI, result); denied != nil {
 			return nil, denied, nil
 		}
+	case method == "resources/directory/read":
+		result, err = s.filterDirectory(ctx, in, result)
 	}
 	if err == nil && isList {
 		result, _, err = s.policy.FilterList(ctx, in, result)

@@ -100,6 +100,9 @@ func unknownItem(method string) *Error {
 	case "skills/get":
 		// SEP-2640: a URI that names no skill the server serves is -32602.
 		return newError(http.StatusOK, jsonrpc.CodeInvalidParams, "unknown skill", nil)
+	case "resources/directory/read":
+		// SEP-2640: a URI that names no directory is -32602.
+		return newError(http.StatusOK, jsonrpc.CodeInvalidParams, "not a directory", nil)
 	}
 	return newError(http.StatusOK, codeUnknownResource, "resource not found", nil)
 }
@@ -159,8 +162,8 @@ func (s *Server) renamed(fwd *forward, data []byte) []byte {
 	switch m := msg.(type) {
 	case *jsonrpc.Response:
 		ex := fwd.exchanges[idKey(m.ID)]
-		if ex != nil && ex.input.Method == "skills/get" && m.Error == nil {
-			raw, ok := renameSkillResult(f.names, member, m.Result)
+		if ex != nil && (ex.input.Method == "skills/get" || ex.input.Method == "resources/directory/read") && m.Error == nil {
+			raw, ok := renameSkillResult(f.names, member, ex.input, m.Result)
 			if !ok {
 				return data
 			}

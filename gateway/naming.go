@@ -118,6 +118,9 @@ func (n *namer) inward(kind, name string) (member, own string, ok bool) {
 		if kind == kindResource && len(owners) == 0 {
 			owners = n.templateOwners(name)
 		}
+		if kind == kindResource && len(owners) == 0 {
+			owners = n.directoryOwners(name)
+		}
 		if len(owners) == 1 || n.mode == config.PrefixNever && len(owners) > 0 {
 			return owners[0], name, true
 		}
@@ -149,6 +152,45 @@ func (n *namer) templateOwners(uri string) []string {
 	for tmpl, owners := range n.owners[kindTemplate] {
 		fixed, _, _ := strings.Cut(tmpl, "{")
 		if fixed != "" && strings.HasPrefix(uri, fixed) {
+			for _, o := range owners {
+				if !slices.Contains(out, o) {
+					out = append(out, o)
+				}
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b string) int { return slices.Index(n.members, a) - slices.Index(n.members, b) })
+	return out
+}
+
+// directoryPrefixed reports whether the client sees the directory uri
+// (and so its children) prefixed: in mode always, and in mode collision
+// when more than one member offers it or resources inside it.
+func (n *namer) directoryPrefixed(uri string) bool {
+	switch n.mode {
+	case config.PrefixAlways:
+		return true
+	case config.PrefixCollision:
+		owners := slices.Clone(n.ownersOf(kindResource, uri))
+		for _, o := range n.directoryOwners(uri) {
+			if !slices.Contains(owners, o) {
+				owners = append(owners, o)
+			}
+		}
+		return len(owners) > 1
+	}
+	return false
+}
+
+// directoryOwners are the members with a resource inside the directory uri
+// (a SEP-2640 skill directory, read with resources/directory/read).
+func (n *namer) directoryOwners(uri string) []string {
+	dir := strings.TrimSuffix(uri, "/") + "/"
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	var out []string
+	for res, owners := range n.owners[kindResource] {
+		if strings.HasPrefix(res, dir) {
 			for _, o := range owners {
 				if !slices.Contains(out, o) {
 					out = append(out, o)

@@ -13,6 +13,7 @@ import (
 	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/policy"
 )
 
 // The Skills extension (SEP-2640, io.modelcontextprotocol/skills). The wire
@@ -34,7 +35,11 @@ import (
 //     description, ...} (SKILL.md's YAML frontmatter as JSON), resources:
 //     [{uri, digest: "sha256:<64 lowercase hex>", size}] | "dynamic"}; the
 //     final <skill-path> segment equals frontmatter.name; resources lists
-//     every file of the skill, SKILL.md included.
+//     every file of the skill, SKILL.md included;
+//   - with directoryRead, resources/directory/read {uri, cursor?} ->
+//     {resources: [{uri, mimeType, ...}], nextCursor?}: a directory's direct
+//     children, a subdirectory with mimeType inode/directory; a URI that is
+//     no directory is -32602.
 //
 // The gateway treats skills as a list family: both methods are relayed
 // (params checked by mcpwire), skills/list items are filtered by the
@@ -44,8 +49,10 @@ import (
 // out of skills/list and refused on skills/get (-31030). On a federated
 // route the entries' URIs are named as resource URIs (naming.go), so that
 // a skill's resources/read goes to the member that serves it.
-// resources/directory/read (directoryRead) is not relayed yet: the
-// setting is left out of the federated capability.
+// resources/directory/read (directoryRead) is relayed as a resource
+// request decided on the directory's URI, its children filtered as
+// resources/list items and, on a federated route, prefixed exactly when
+// the directory is.
 
 // skillsExtension is the Skills extension's identifier.
 const skillsExtension = "io.modelcontextprotocol/skills"
@@ -320,20 +327,36 @@ func (p *pinSet) approveSkill(uri string) (pinEntry, error) {
 }
 
 // skillsCapability adds the Skills extension to a federated route's
-// capabilities when a member declares it. Its settings are {}: the
-// optional directoryRead needs resources/directory/read, which the gateway
-// does not relay.
+// capabilities when a member declares it: {}, with directoryRead only when
+// every member declaring the extension declares it (a directory is read
+// from the member that owns it, which must serve the method).
 func skillsCapability(caps map[string]map[string]any, members []initResult) {
+	declared, directoryRead := false, true
 	for _, m := range members {
 		var ext map[string]json.RawMessage
 		if json.Unmarshal(m.Capabilities["extensions"], &ext) != nil {
 			continue
 		}
-		if _, ok := ext[skillsExtension]; ok {
-			caps["extensions"] = map[string]any{skillsExtension: map[string]any{}}
-			return
+		raw, ok := ext[skillsExtension]
+		if !ok {
+			continue
+		}
+		declared = true
+		var settings struct {
+			DirectoryRead bool `json:"directoryRead"`
+		}
+		if json.Unmarshal(raw, &settings) != nil || !settings.DirectoryRead {
+			directoryRead = false
 		}
 	}
+	if !declared {
+		return
+	}
+	settings := map[string]any{}
+	if directoryRead {
+		settings["directoryRead"] = true
+	}
+	caps["extensions"] = map[string]any{skillsExtension: settings}
 }
 
 // skillFileURIs are the URIs of an entry's resources array (none for
@@ -377,8 +400,12 @@ func renameSkillFiles(n *namer, member string, item map[string]json.RawMessage, 
 }
 
 // renameSkillResult gives a member's skills/get result its federated
-// names: the entry's uri and its files'.
-func renameSkillResult(n *namer, member string, result json.RawMessage) (json.RawMessage, bool) {
+// names (the entry's uri and its files'), or a resources/directory/read
+// result of the directory in.Resource (its children's).
+func renameSkillResult(n *namer, member string, in *policy.Input, result json.RawMessage) (json.RawMessage, bool) {
+	if in.Method == "resources/directory/read" && in.Resource != nil {
+		return renameDirectory(n, member, in.Resource.URI, result)
+	}
 	var all map[string]json.RawMessage
 	var entry map[string]json.RawMessage
 	if json.Unmarshal(result, &all) != nil || json.Unmarshal(all["skill"], &entry) != nil || entry == nil {
@@ -393,6 +420,44 @@ func renameSkillResult(n *namer, member string, result json.RawMessage) (json.Ra
 	entry["uri"], _ = json.Marshal(outward)
 	renameSkillFiles(n, member, entry, outward != uri)
 	all["skill"], _ = json.Marshal(entry)
+	out, err := json.Marshal(all)
+	return out, err == nil
+}
+
+// filterDirectory filters a resources/directory/read result (SEP-2640
+// directoryRead) as a resources/list page: its children are resources, and
+// one the principal may not see is left out, as from a list.
+func (s *Server) filterDirectory(ctx context.Context, in *policy.Input, result []byte) ([]byte, error) {
+	if err := exactListMember(result, "resources"); err != nil {
+		return nil, err
+	}
+	// The items are decided alone: the request's own resource (the
+	// directory) is not part of an item's input.
+	base := *in
+	base.Resource = nil
+	out, _, err := s.policy.FilterList(ctx, &base, result)
+	return out, err
+}
+
+// renameDirectory names a directory's children: prefixed with member
+// exactly when the directory itself is (directoryPrefixed), so they stay
+// inside the directory the client named, as a skill's files do.
+func renameDirectory(n *namer, member, dir string, result json.RawMessage) (json.RawMessage, bool) {
+	if !n.directoryPrefixed(dir) {
+		return result, true
+	}
+	var all map[string]json.RawMessage
+	var children []map[string]json.RawMessage
+	if json.Unmarshal(result, &all) != nil || json.Unmarshal(all["resources"], &children) != nil {
+		return nil, false
+	}
+	for _, c := range children {
+		var uri string
+		if json.Unmarshal(c["uri"], &uri) == nil && uri != "" {
+			c["uri"], _ = json.Marshal(member + n.separator(kindResource) + uri)
+		}
+	}
+	all["resources"], _ = json.Marshal(children)
 	out, err := json.Marshal(all)
 	return out, err == nil
 }

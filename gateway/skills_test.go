@@ -54,13 +54,14 @@ func newSkillsServer(t *testing.T, skills map[string]string) *skillsServer {
 	t.Helper()
 	u := &skillsServer{skills: map[string]map[string]string{}}
 	caps := &mcp.ServerCapabilities{Resources: &mcp.ResourceCapabilities{ListChanged: true}}
-	caps.AddExtension("io.modelcontextprotocol/skills", nil)
+	caps.AddExtension("io.modelcontextprotocol/skills", map[string]any{"directoryRead": true})
 	server := mcp.NewServer(&mcp.Implementation{Name: "skills", Version: "1"}, &mcp.ServerOptions{Capabilities: caps})
 	u.sdk = server
 	for name, desc := range skills {
 		u.skills[name] = map[string]string{"SKILL.md": skillMD(name, desc, "Use the "+name+" tools.")}
 		if name == "pdf-processing" {
 			u.skills[name]["references/FORMS.md"] = "Forms reference.\n"
+			u.skills[name]["hidden.md"] = "Not for everyone.\n"
 		}
 		for path := range u.skills[name] {
 			uri := skillURI(name, path)
@@ -80,7 +81,7 @@ func newSkillsServer(t *testing.T, skills map[string]string) *skillsServer {
 				URI string `json:"uri"`
 			} `json:"params"`
 		}
-		if r.Method == http.MethodPost && json.Unmarshal(body, &req) == nil && strings.HasPrefix(req.Method, "skills/") {
+		if r.Method == http.MethodPost && json.Unmarshal(body, &req) == nil && (strings.HasPrefix(req.Method, "skills/") || req.Method == "resources/directory/read") {
 			u.serveSkills(w, req.ID, req.Method, req.Params.URI)
 			return
 		}
@@ -125,6 +126,36 @@ func (u *skillsServer) entry(name string) map[string]any {
 	return map[string]any{"uri": skillURI(name, "SKILL.md"), "frontmatter": map[string]any{"name": name, "description": desc}, "resources": resources}
 }
 
+// directory is the children of the directory uri: files, and
+// subdirectories as inode/directory.
+func (u *skillsServer) directory(uri string) []map[string]any {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	prefix := strings.TrimSuffix(uri, "/") + "/"
+	seen := map[string]bool{}
+	var out []map[string]any
+	for name, files := range u.skills {
+		for path := range files {
+			rest, ok := strings.CutPrefix(skillURI(name, path), prefix)
+			if !ok {
+				continue
+			}
+			child, _, deeper := strings.Cut(rest, "/")
+			if seen[child] {
+				continue
+			}
+			seen[child] = true
+			mime := "text/markdown"
+			if deeper {
+				mime = "inode/directory"
+			}
+			out = append(out, map[string]any{"uri": prefix + child, "name": child, "mimeType": mime})
+		}
+	}
+	slices.SortFunc(out, func(a, b map[string]any) int { return strings.Compare(a["uri"].(string), b["uri"].(string)) })
+	return out
+}
+
 func (u *skillsServer) serveSkills(w http.ResponseWriter, id json.RawMessage, method, uri string) {
 	var result any
 	switch method {
@@ -151,6 +182,14 @@ func (u *skillsServer) serveSkills(w http.ResponseWriter, id json.RawMessage, me
 			return
 		}
 		result = map[string]any{"skill": u.entry(name)}
+	case "resources/directory/read":
+		children := u.directory(uri)
+		if len(children) == 0 {
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"error":{"code":-32602,"message":"not a directory"}}`, id)
+			return
+		}
+		result = map[string]any{"resources": children}
 	default:
 		w.Header().Set("Content-Type", "application/json")
 		fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"error":{"code":-32601,"message":"method not found"}}`, id)
@@ -162,7 +201,8 @@ func (u *skillsServer) serveSkills(w http.ResponseWriter, id json.RawMessage, me
 }
 
 // skillsPolicy hides the skills under skill://ops- and refuses their
-// skills/get; everything else is allowed.
+// skills/get, and hides the resources named hidden.md from lists
+// (directory listings included); everything else is allowed.
 const skillsPolicy = `package ctxgate.authz
 
 default allow := false
@@ -177,6 +217,8 @@ allow if {
 default visible := true
 
 visible := false if hidden(input.skill)
+
+visible := false if endswith(input.resource.uri, "/hidden.md")
 
 hidden(s) if startswith(s.uri, "skill://ops-")
 `
@@ -274,7 +316,10 @@ type skillsAnswer struct {
 		Skills       []skillEntry               `json:"skills"`
 		Skill        *skillEntry                `json:"skill"`
 		Capabilities map[string]json.RawMessage `json:"capabilities"`
-		Contents     []struct {
+		Resources    []struct {
+			URI string `json:"uri"`
+		} `json:"resources"`
+		Contents []struct {
 			URI  string `json:"uri"`
 			Text string `json:"text"`
 		} `json:"contents"`
@@ -300,6 +345,15 @@ func (a skillsAnswer) code() int64 {
 		return 0
 	}
 	return a.Error.Code
+}
+
+// children are a directory read's children's URIs.
+func (a skillsAnswer) children() []string {
+	out := []string{}
+	for _, r := range a.Result.Resources {
+		out = append(out, r.URI)
+	}
+	return out
 }
 
 // uris are the entries' URIs and, after each, its files' URIs.
@@ -355,7 +409,7 @@ func TestSkillsSingleRoute(t *testing.T) {
 	c := g.client(t, "/mcp/a")
 
 	list := ask(t, c, listSkills)
-	want := []string{"skill://pdf-processing/SKILL.md", "  skill://pdf-processing/SKILL.md", "  skill://pdf-processing/references/FORMS.md"}
+	want := []string{"skill://pdf-processing/SKILL.md", "  skill://pdf-processing/SKILL.md", "  skill://pdf-processing/hidden.md", "  skill://pdf-processing/references/FORMS.md"}
 	if diff := cmp.Diff(want, list.uris()); diff != "" || list.code() != 0 {
 		t.Errorf("skills/list (ops-deploy hidden by the policy), code %d (-want +got):\n%s", list.code(), diff)
 	}
@@ -387,6 +441,16 @@ func TestSkillsSingleRoute(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("directory read, children filtered", func(t *testing.T) {
+		dir := ask(t, c, `{"jsonrpc":"2.0","id":16,"method":"resources/directory/read","params":{"uri":"skill://pdf-processing"}}`)
+		if diff := cmp.Diff([]string{"skill://pdf-processing/SKILL.md", "skill://pdf-processing/references"}, dir.children()); diff != "" || dir.code() != 0 {
+			t.Errorf("directory read (hidden.md hidden by the policy), code %d (-want +got):\n%s", dir.code(), diff)
+		}
+		if got := ask(t, c, `{"jsonrpc":"2.0","id":17,"method":"resources/directory/read","params":{"uri":"skill://pdf-processing/SKILL.md"}}`); got.code() != -32602 {
+			t.Errorf("directory read of a file: code %d, want the upstream's -32602", got.code())
+		}
+	})
 
 	t.Run("cache hit", func(t *testing.T) {
 		lists := a.lists.Load()
@@ -457,15 +521,15 @@ func TestSkillsFederated(t *testing.T) {
 	if err := json.Unmarshal([]byte(sseData(raw)), &init); err != nil || c.session == "" {
 		t.Fatalf("initialize: %s %s", resp.Status, raw)
 	}
-	if got := string(init.Result.Capabilities["extensions"]); got != `{"io.modelcontextprotocol/skills":{}}` {
+	if got := string(init.Result.Capabilities["extensions"]); got != `{"io.modelcontextprotocol/skills":{"directoryRead":true}}` {
 		t.Errorf("capabilities.extensions = %s, want the skills extension", got)
 	}
 
 	list := ask(t, c, listSkills)
 	want := []string{
-		"a+skill://pdf-processing/SKILL.md", "  a+skill://pdf-processing/SKILL.md", "  a+skill://pdf-processing/references/FORMS.md",
+		"a+skill://pdf-processing/SKILL.md", "  a+skill://pdf-processing/SKILL.md", "  a+skill://pdf-processing/hidden.md", "  a+skill://pdf-processing/references/FORMS.md",
 		"skill://csv-tools/SKILL.md", "  skill://csv-tools/SKILL.md",
-		"b+skill://pdf-processing/SKILL.md", "  b+skill://pdf-processing/SKILL.md", "  b+skill://pdf-processing/references/FORMS.md",
+		"b+skill://pdf-processing/SKILL.md", "  b+skill://pdf-processing/SKILL.md", "  b+skill://pdf-processing/hidden.md", "  b+skill://pdf-processing/references/FORMS.md",
 	}
 	slices.Sort(want)
 	got := list.uris()
@@ -485,7 +549,7 @@ func TestSkillsFederated(t *testing.T) {
 
 	getB := ask(t, c, getSkill("b+skill://pdf-processing/SKILL.md"))
 	if getB.code() != 0 || getB.Result.Skill == nil || getB.Result.Skill.URI != "b+skill://pdf-processing/SKILL.md" ||
-		len(getB.Result.Skill.Resources) != 2 || getB.Result.Skill.Resources[1].URI != "b+skill://pdf-processing/references/FORMS.md" {
+		len(getB.Result.Skill.Resources) != 3 || getB.Result.Skill.Resources[2].URI != "b+skill://pdf-processing/references/FORMS.md" {
 		t.Errorf("skills/get routed to b: %+v", getB)
 	}
 	if n := b.gets.Load(); n != 1 || a.gets.Load() != 0 {
@@ -499,6 +563,14 @@ func TestSkillsFederated(t *testing.T) {
 	if read.code() != 0 || len(read.Result.Contents) != 1 || read.Result.Contents[0].Text != "Forms reference.\n" ||
 		read.Result.Contents[0].URI != "a+skill://pdf-processing/references/FORMS.md" {
 		t.Errorf("resources/read of a's skill file: %+v", read)
+	}
+	dir := ask(t, c, `{"jsonrpc":"2.0","id":21,"method":"resources/directory/read","params":{"uri":"b+skill://pdf-processing"}}`)
+	if diff := cmp.Diff([]string{"b+skill://pdf-processing/SKILL.md", "b+skill://pdf-processing/references"}, dir.children()); diff != "" || dir.code() != 0 {
+		t.Errorf("federated directory read of b's skill (hidden.md hidden), code %d (-want +got):\n%s", dir.code(), diff)
+	}
+	csvDir := ask(t, c, `{"jsonrpc":"2.0","id":22,"method":"resources/directory/read","params":{"uri":"skill://csv-tools"}}`)
+	if diff := cmp.Diff([]string{"skill://csv-tools/SKILL.md"}, csvDir.children()); diff != "" || csvDir.code() != 0 {
+		t.Errorf("federated directory read of an unprefixed skill, code %d (-want +got):\n%s", csvDir.code(), diff)
 	}
 	for _, uri := range []string{"a+skill://ops-deploy/SKILL.md", "skill://nope/SKILL.md"} {
 		if got := ask(t, c, getSkill(uri)); got.code() != -32602 {

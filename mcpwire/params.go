@@ -119,13 +119,16 @@ var methodParams = func() map[string]*memberSet {
 		"tasks/list":               {"cursor": cursorMember},
 		// SEP-2640: skills/list pages as the base lists do; skills/get
 		// names one skill by its SKILL.md URI.
-		"skills/list":             {"cursor": cursorMember},
-		"skills/get":              {"uri": uriMember},
-		"tasks/get":               {"taskId": {kinds: `"`, required: true}},
-		"tasks/result":            {"taskId": {kinds: `"`, required: true}},
-		"tasks/cancel":            {"taskId": {kinds: `"`, required: true}},
-		"notifications/cancelled": {"requestId": {kinds: `"0`}, "reason": {kinds: `"`}},
-		"notifications/progress":  {"progressToken": {kinds: `"0`}, "progress": {kinds: `0`}, "total": {kinds: `0`}, "message": {kinds: `"`}},
+		"skills/list": {"cursor": cursorMember},
+		"skills/get":  {"uri": uriMember},
+		// SEP-2640's directoryRead: a directory resource's children,
+		// paginated.
+		"resources/directory/read": {"uri": uriMember, "cursor": cursorMember},
+		"tasks/get":                {"taskId": {kinds: `"`, required: true}},
+		"tasks/result":             {"taskId": {kinds: `"`, required: true}},
+		"tasks/cancel":             {"taskId": {kinds: `"`, required: true}},
+		"notifications/cancelled":  {"requestId": {kinds: `"0`}, "reason": {kinds: `"`}},
+		"notifications/progress":   {"progressToken": {kinds: `"0`}, "progress": {kinds: `0`}, "total": {kinds: `0`}, "message": {kinds: `"`}},
 	}
 	out := make(map[string]*memberSet, len(tables)+1)
 	for method, table := range tables {

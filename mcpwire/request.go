@@ -100,7 +100,8 @@ var targets = map[string]Target{
 	"resources/subscribe":   {Kind: "resource", Member: "uri"},
 	"resources/unsubscribe": {Kind: "resource", Member: "uri"},
 	// SEP-2640 names no header for its methods: the URI stays in the body.
-	"skills/get": {Kind: "skill", Member: "uri"},
+	"skills/get":               {Kind: "skill", Member: "uri"},
+	"resources/directory/read": {Kind: "resource", Member: "uri"},
 }
 
 // TargetOf reports what a method names; false for a method that names

@@ -333,7 +333,10 @@ plumbing_methods := {
 	"subscriptions/listen",
 }
 
-resource_methods := {"resources/read", "resources/subscribe", "resources/unsubscribe"}
+# resources/directory/read (SEP-2640 directoryRead) reads a directory's
+# children: decided on the directory's URI, each child then filtered by
+# `visible` as a resources/list item.
+resource_methods := {"resources/read", "resources/subscribe", "resources/unsubscribe", "resources/directory/read"}
 
 # Requests an upstream server sends to the client through the gateway, decided
 # before they are relayed. The contract puts them in phase "response"; phase

@@ -436,7 +436,7 @@ test_restricted_template_hidden if {
 }
 
 test_subscribe_follows_read if {
-	every m in ["resources/subscribe", "resources/unsubscribe"] {
+	every m in ["resources/subscribe", "resources/unsubscribe", "resources/directory/read"] {
 		inp := object.union(request(user, m), {"resource": {"uri": "secret://x"}})
 		not authz.allow with input as inp
 		authz.allow with input as object.union(inp, {"principal": secrets_reader})

@@ -25,6 +25,8 @@ var listMember = map[string]string{
 	"resources/list":           "resources",
 	"resources/templates/list": "resourceTemplates",
 	"skills/list":              "skills", // SEP-2640
+	// A directory's children (SEP-2640 directoryRead) are resources.
+	"resources/directory/read": "resources",
 }
 
 // listItem holds the fields of a list item the policy sees.

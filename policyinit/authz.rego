@@ -89,7 +89,10 @@ violations contains msg if {
 # by their SKILL.md URI): readable by every authenticated principal here.
 allow if {
 	input.phase == "request"
-	input.method in {"resources/read", "resources/subscribe", "resources/unsubscribe", "prompts/get", "skills/get", "completion/complete"}
+	input.method in {
+		"resources/read", "resources/subscribe", "resources/unsubscribe", "resources/directory/read",
+		"prompts/get", "skills/get", "completion/complete",
+	}
 }
 
 # Responses were decided as requests; this phase only adds redactions.

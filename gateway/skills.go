@@ -172,8 +172,7 @@ func (s *Server) screenSkillPage(ctx context.Context, upstreamName string, resul
 	if err != nil || page.at < 0 {
 		return result, err
 	}
-	set := s.pins.set(upstreamName)
-	var kept []jsontext.Value
+	var items []skillItem
 	var withheld, hidden []string
 	for i, raw := range page.items {
 		item, ok := readSkillItem(raw)
@@ -181,15 +180,19 @@ func (s *Server) screenSkillPage(ctx context.Context, upstreamName string, resul
 			withheld = append(withheld, fmt.Sprintf("skills[%d]", i))
 			continue
 		}
-		quarantined, err := set.screenSkill(item)
-		if err != nil {
-			return nil, err
-		}
-		if quarantined {
+		items = append(items, item)
+	}
+	quarantined, err := s.pins.set(upstreamName).screenSkills(items)
+	if err != nil {
+		return nil, err
+	}
+	var kept []jsontext.Value
+	for i, item := range items {
+		if quarantined[i] {
 			hidden = append(hidden, item.URI)
 			continue
 		}
-		kept = append(kept, raw)
+		kept = append(kept, item.raw)
 	}
 	log := loggerOf(ctx, s.log)
 	if len(withheld) > 0 {
@@ -231,11 +234,11 @@ func (s *Server) screenSkillResult(ctx context.Context, upstreamName, uri string
 		if item.URI != uri {
 			return nil, errSkillMismatch
 		}
-		quarantined, err := s.pins.set(upstreamName).screenSkill(item)
+		quarantined, err := s.pins.set(upstreamName).screenSkills([]skillItem{item})
 		if err != nil {
 			return nil, err
 		}
-		if quarantined {
+		if quarantined[0] {
 			loggerOf(ctx, s.log).Warn("skill quarantined: definition changed since pinned (or not pinned); approve with POST /admin/pins/approve?skill=",
 				"upstream", upstreamName, "skill", uri)
 			return skillQuarantined(), nil
@@ -258,30 +261,41 @@ func (s *Server) checkPinnedSkill(fwd *forward, status string) error {
 	return skillQuarantined()
 }
 
-// screenSkill remembers an entry's definition, pins it when new in mode
-// record, and reports whether it is quarantined. A nil set pins nothing.
-func (p *pinSet) screenSkill(item skillItem) (bool, error) {
+// screenSkills remembers each entry's definition, pins the new ones in
+// mode record (one write of the pin file for the page), and reports which
+// are quarantined. A nil set pins nothing.
+func (p *pinSet) screenSkills(items []skillItem) ([]bool, error) {
+	out := make([]bool, len(items))
 	if p == nil {
-		return false, nil
+		return out, nil
 	}
-	def, err := item.definition()
-	if err != nil {
-		return false, fmt.Errorf("pin skill %q: %w", item.URI, err)
+	defs := make([]pinEntry, len(items))
+	for i, item := range items {
+		var err error
+		if defs[i], err = item.definition(); err != nil {
+			return nil, fmt.Errorf("pin skill %q: %w", item.URI, err)
+		}
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := p.reloadLocked(); err != nil {
-		return false, fmt.Errorf("reload pin file: %w", err)
+		return nil, fmt.Errorf("reload pin file: %w", err)
 	}
 	p.initSkillsLocked()
-	p.skillSeen[item.URI] = def
-	if _, ok := p.skillPins[item.URI]; !ok && p.mode == config.PinRecord {
-		p.skillPins[item.URI] = def
+	save := false
+	for i, item := range items {
+		p.skillSeen[item.URI] = defs[i]
+		if _, ok := p.skillPins[item.URI]; !ok && p.mode == config.PinRecord {
+			p.skillPins[item.URI], save = defs[i], true
+		}
+		out[i] = p.quarantined(pinStatus(p.skillPins, p.skillSeen, item.URI))
+	}
+	if save {
 		if err := p.saveLocked(); err != nil {
-			return false, err
+			return nil, err
 		}
 	}
-	return p.quarantined(pinStatus(p.skillPins, p.skillSeen, item.URI)), nil
+	return out, nil
 }
 
 // initSkillsLocked makes the skill maps of a set built without them.

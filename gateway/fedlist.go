@@ -70,6 +70,9 @@ func (fr *fedRequest) list(w http.ResponseWriter, req *jsonrpc.Request) error {
 	if err != nil {
 		return err
 	}
+	if fr.fo.era == eraModern {
+		result = withModernAttributes(result, pages)
+	}
 	return s.answer(w, req.ID, result)
 }
 
@@ -141,6 +144,13 @@ func (fr *fedRequest) page(ctx context.Context, m *route, method, cursor string)
 				s.catalog.learnTools(name, tp.items)
 				if tp.prefix != nil {
 					result = tp.encode(tp.items)
+				}
+			}
+			if method == "skills/list" {
+				// Screened by the member's pins (skills.go).
+				if result, err = s.screenSkillPage(ctx, name, result); err != nil {
+					loggerOf(ctx, s.log).Warn("federated list: member part withheld", "member", name, "error", err)
+					return memberPage{member: name}
 				}
 			}
 			f.lastGood.Store(key, lastGood{result: result, at: s.now()})
@@ -221,7 +231,8 @@ func (s *Server) filterMemberList(ctx context.Context, in *policy.Input, d polic
 // learnNames reads every page of the members' lists of kind, to learn who
 // owns which name; for a resource URI, templates too.
 func (fr *fedRequest) learnNames(ctx context.Context, kind string) {
-	methods := map[string][]string{kindTool: {"tools/list"}, kindPrompt: {"prompts/list"}, kindResource: {"resources/list", "resources/templates/list"}}[kind]
+	// A skill's files are resources: skills/list names them too.
+	methods := map[string][]string{kindTool: {"tools/list"}, kindPrompt: {"prompts/list"}, kindResource: {"resources/list", "resources/templates/list", "skills/list"}, kindSkill: {"skills/list"}}[kind]
 	var wg sync.WaitGroup
 	for _, m := range fr.f.members {
 		if in, _ := fr.fo.reach(m.upstream.Name); !in {

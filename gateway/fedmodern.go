@@ -297,6 +297,7 @@ func (fr *fedRequest) discover(w http.ResponseWriter, req *jsonrpc.Request) erro
 		versions = append(versions, v) // the route serves the legacy era itself
 	}
 	caps, instructions := mergeCapabilities(ok, "tools", "prompts", "resources", "completions")
+	skillsCapability(caps, ok)
 	meta := map[string]any{modernMetaPrefix + "serverInfo": map[string]string{"name": "ctxgate federation " + f.cfg.Name, "version": "1"}}
 	if len(note.Missing) > 0 {
 		meta[partialMetaKey] = note
@@ -305,6 +306,9 @@ func (fr *fedRequest) discover(w http.ResponseWriter, req *jsonrpc.Request) erro
 	if instructions != "" {
 		result["instructions"] = instructions
 	}
+	// DiscoverResult is cacheable (2026-07-28 schema: ttlMs and cacheScope
+	// required); the union is the gateway's answer, not kept: 0, private.
+	result["ttlMs"], result["cacheScope"] = 0, "private"
 	raw, err := json.Marshal(result)
 	if err != nil {
 		return err

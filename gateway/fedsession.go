@@ -136,6 +136,7 @@ func mergeInit(name string, members []initResult, missing []string) (json.RawMes
 		version = min(version, m.ProtocolVersion) // revisions are dates
 	}
 	caps, instructions := mergeCapabilities(members, "tools", "prompts", "resources", "completions", "logging")
+	skillsCapability(caps, members)
 	result := map[string]any{
 		"protocolVersion": version,
 		"capabilities":    caps,

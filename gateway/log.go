@@ -70,8 +70,8 @@ const (
 	decisionDeny  = "deny"
 )
 
-// target is what one MCP message names: kind "tool", "prompt" or
-// "resource" with its name (or URI); zero for other methods.
+// target is what one MCP message names: kind "tool", "prompt", "resource"
+// or "skill" with its name (or URI); zero for other methods.
 type target struct{ kind, name string }
 
 // targetOf reads the target of a strictly decoded request, as its params

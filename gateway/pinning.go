@@ -49,9 +49,11 @@ type pinEntry struct {
 	Definition json.RawMessage `json:"definition,omitempty"` // canonical JSON, for review
 }
 
-// pinFile is the pin file's content.
+// pinFile is the pin file's content: tools by name, skills (SEP-2640,
+// skills.go) by SKILL.md URI.
 type pinFile struct {
-	Tools map[string]pinEntry `json:"tools"`
+	Tools  map[string]pinEntry `json:"tools"`
+	Skills map[string]pinEntry `json:"skills,omitempty"`
 }
 
 // pinSet is one upstream's pins and what its tools/list last said.
@@ -61,6 +63,9 @@ type pinSet struct {
 	pins       map[string]pinEntry
 	seen       map[string]pinEntry
 	loaded     time.Time // the pin file's modification time when last read or written
+	// skillPins and skillSeen are pins and seen for skills, by URI.
+	skillPins map[string]pinEntry
+	skillSeen map[string]pinEntry
 	// redis holds the pins every replica shares (pinshared.go); nil: the
 	// pins are this process's and its file's only.
 	redis    *shared.Client
@@ -80,7 +85,8 @@ func newPinStore(ups []config.Upstream) (*pinStore, error) {
 		if up.PinTools == nil {
 			continue
 		}
-		set := &pinSet{mode: up.PinTools.Mode, file: up.PinTools.File, pins: map[string]pinEntry{}, seen: map[string]pinEntry{}}
+		set := &pinSet{mode: up.PinTools.Mode, file: up.PinTools.File, pins: map[string]pinEntry{}, seen: map[string]pinEntry{},
+			skillPins: map[string]pinEntry{}, skillSeen: map[string]pinEntry{}}
 		if err := set.load(); err != nil {
 			return nil, fmt.Errorf("upstreams[%d].pin_tools.file: %w", i, err)
 		}
@@ -113,6 +119,10 @@ func (p *pinSet) load() error {
 	p.pins = map[string]pinEntry{}
 	for name, e := range f.Tools {
 		p.pins[name] = e
+	}
+	p.skillPins = map[string]pinEntry{}
+	for uri, e := range f.Skills {
+		p.skillPins[uri] = e
 	}
 	p.loaded = info.ModTime()
 	return nil
@@ -202,11 +212,16 @@ func (p *pinSet) status(name string) string {
 }
 
 func (p *pinSet) statusLocked(name string) string {
-	pin, ok := p.pins[name]
+	return pinStatus(p.pins, p.seen, name)
+}
+
+// pinStatus is the status of key given its pins and what was last seen.
+func pinStatus(pins, seen map[string]pinEntry, key string) string {
+	pin, ok := pins[key]
 	if !ok {
 		return PinNew
 	}
-	if seen, ok := p.seen[name]; ok && seen.Digest != pin.Digest {
+	if s, ok := seen[key]; ok && s.Digest != pin.Digest {
 		return PinChanged
 	}
 	return PinPinned
@@ -320,7 +335,7 @@ func (p *pinSet) saveLocked() error {
 	if p.file == "" {
 		return nil
 	}
-	b, err := json.MarshalIndent(pinFile{Tools: p.pins}, "", "  ")
+	b, err := json.MarshalIndent(pinFile{Tools: p.pins, Skills: p.skillPins}, "", "  ")
 	if err != nil {
 		return err
 	}
@@ -374,19 +389,25 @@ func (s *Server) checkPinnedCall(fwd *forward, req *jsonrpc.Request, status stri
 	return newError(http.StatusOK, CodeToolQuarantined, "tool quarantined: its definition is not the one an operator approved", nil)
 }
 
-// pinReport is one tool in GET /admin/pins.
+// pinReport is one tool (or skill: Skill, without Tool) in GET /admin/pins.
 type pinReport struct {
-	Tool       string          `json:"tool"`
+	Tool       string          `json:"tool,omitempty"`
+	Skill      string          `json:"skill,omitempty"`
 	Status     string          `json:"status"`
 	Pinned     string          `json:"pinned,omitempty"`
 	Seen       string          `json:"seen,omitempty"`
 	Definition json.RawMessage `json:"definition,omitempty"` // as last seen
 }
 
-// adminPins serves GET /admin/pins: every pinning upstream's tools.
+// adminPins serves GET /admin/pins: every pinning upstream's tools, and
+// its skills (SEP-2640) when it serves any.
 func (s *Server) adminPins(w http.ResponseWriter, _ *http.Request) {
 	out := map[string][]pinReport{}
+	skills := map[string][]pinReport{}
 	for name, set := range s.pins.sets {
+		if r := set.skillReports(); len(r) > 0 {
+			skills[name] = r
+		}
 		set.mu.Lock()
 		names := map[string]bool{}
 		for n := range set.pins {
@@ -403,16 +424,50 @@ func (s *Server) adminPins(w http.ResponseWriter, _ *http.Request) {
 		sort.Slice(reports, func(i, j int) bool { return reports[i].Tool < reports[j].Tool })
 		out[name] = reports
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"upstreams": out})
+	body := map[string]any{"upstreams": out}
+	if len(skills) > 0 {
+		body["skills"] = skills
+	}
+	writeJSON(w, http.StatusOK, body)
 }
 
-// adminApprovePin serves POST /admin/pins/approve?upstream=..&tool=..:
-// the definition last seen becomes the pin (written to the pin file).
+// skillReports are the set's skills for GET /admin/pins, by URI.
+func (p *pinSet) skillReports() []pinReport {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	uris := map[string]bool{}
+	for u := range p.skillPins {
+		uris[u] = true
+	}
+	for u := range p.skillSeen {
+		uris[u] = true
+	}
+	reports := []pinReport{}
+	for u := range uris {
+		reports = append(reports, pinReport{Skill: u, Status: pinStatus(p.skillPins, p.skillSeen, u), Pinned: p.skillPins[u].Digest, Seen: p.skillSeen[u].Digest, Definition: p.skillSeen[u].Definition})
+	}
+	sort.Slice(reports, func(i, j int) bool { return reports[i].Skill < reports[j].Skill })
+	return reports
+}
+
+// adminApprovePin serves POST /admin/pins/approve?upstream=..&tool=..
+// (or &skill=<SKILL.md URI>): the definition last seen becomes the pin
+// (written to the pin file).
 func (s *Server) adminApprovePin(w http.ResponseWriter, r *http.Request) {
 	upstreamName, tool := r.URL.Query().Get("upstream"), r.URL.Query().Get("tool")
 	set := s.pins.set(upstreamName)
+	if skill := r.URL.Query().Get("skill"); skill != "" && tool == "" && set != nil {
+		e, err := set.approveSkill(skill)
+		if err != nil {
+			writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
+			return
+		}
+		s.log.Info("skill pin approved", "upstream", upstreamName, "skill", skill, "digest", e.Digest)
+		writeJSON(w, http.StatusOK, map[string]string{"upstream": upstreamName, "skill": skill, "status": PinPinned, "pinned": e.Digest})
+		return
+	}
 	if set == nil || tool == "" {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "upstream must name an upstream with pin_tools, and tool a tool"})
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "upstream must name an upstream with pin_tools, and tool a tool (or skill a skill's URI)"})
 		return
 	}
 	e, err := set.approve(r.Context(), tool)

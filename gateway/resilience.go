@@ -50,6 +50,7 @@ func newRouteResilience(c config.Upstream, now func() time.Time, redis *shared.C
 var safeMethods = map[string]bool{
 	"tools/list": true, "prompts/list": true, "resources/list": true, "resources/templates/list": true,
 	"resources/read": true, "prompts/get": true, "server/discover": true, "ping": true,
+	"skills/list": true, "skills/get": true, "resources/directory/read": true,
 }
 
 // retryClass says how the request may be retried. tools/call is retried

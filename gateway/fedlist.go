@@ -142,8 +142,22 @@ func (fr *fedRequest) page(ctx context.Context, m *route, method, cursor string)
 					return page
 				}
 				s.catalog.learnTools(name, tp.items)
+				kept := tp.items
+				if set := s.pins.set(name); set != nil && tp.prefix != nil {
+					// Screened by the member's pins as on its own route: a
+					// quarantined tool is not offered here either.
+					out, err := set.screen(ctx, tp.items)
+					if err != nil {
+						loggerOf(ctx, s.log).Warn("federated list: member part withheld", "member", name, "error", err)
+						return memberPage{member: name}
+					}
+					if len(out.hidden) > 0 {
+						loggerOf(ctx, s.log).Warn("tools quarantined: definition changed since pinned (or not pinned); approve with POST /admin/pins/approve", "upstream", name, "tools", out.hidden)
+					}
+					kept = out.kept
+				}
 				if tp.prefix != nil {
-					result = tp.encode(tp.items)
+					result = tp.encode(kept)
 				}
 			}
 			if method == "skills/list" {

@@ -1,7 +1,11 @@
 package gateway_test
 
 import (
+	"encoding/json"
+	"fmt"
 	"net/http"
+	"net/http/httptest"
+	"sort"
 	"strings"
 	"testing"
 
@@ -65,5 +69,52 @@ func TestToolPinsShared(t *testing.T) {
 	m.Close()
 	if status, body := g1.adminPost(t, "/admin/pins/approve?upstream=up&tool=echo"); status != http.StatusServiceUnavailable || !strings.Contains(body, "Redis") {
 		t.Errorf("approve with Redis gone: %d %s, want 503 naming Redis", status, body)
+	}
+}
+
+// TestFederatedToolPins: a pinning member's changed tool is left out of a
+// federated route's merged tools/list, as on the member's own route.
+func TestFederatedToolPins(t *testing.T) {
+	up := &obsUpstream{}
+	v1, v2 := echoV1, echoV2
+	up.tools.Store(&v1)
+	upSrv := httptest.NewServer(up)
+	t.Cleanup(upSrv.Close)
+	other := sdkServer(t, "search")
+	srv, err := startGatewayYAML(t, fmt.Sprintf(`
+server: {listen: "127.0.0.1:0"}
+admin: {listen: "127.0.0.1:0"}
+auth: {anonymous: true}
+policy: {dir: unused-the-test-passes-no-engine}
+upstreams:
+  - {name: a, url: %q, pin_tools: {mode: record}}
+  - {name: b, url: %q}
+routes: [{path: /mcp, upstreams: [a, b], prefix: always, member_timeout: 2s}]
+`, upSrv.URL, other.URL), gateway.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	init := rpc(t, http.MethodPost, srv.URL+"/mcp", "", initializeBody, nil)
+	if init.status != http.StatusOK {
+		t.Fatalf("initialize: %d", init.status)
+	}
+	names := func() string {
+		t.Helper()
+		a := rpc(t, http.MethodPost, srv.URL+"/mcp", init.session, `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`, nil)
+		var list struct{ Tools []struct{ Name string } }
+		_ = json.Unmarshal(a.Result["tools"], &list.Tools)
+		var out []string
+		for _, tool := range list.Tools {
+			out = append(out, tool.Name)
+		}
+		sort.Strings(out)
+		return strings.Join(out, ",")
+	}
+	if got := names(); got != "a__echo,b__search" {
+		t.Fatalf("first list: %s, want a__echo,b__search", got)
+	}
+	up.tools.Store(&v2)
+	if got := names(); got != "b__search" {
+		t.Errorf("after the rug pull: %s, want a__echo left out (quarantined)", got)
 	}
 }

@@ -52,9 +52,20 @@ func (s *Server) applyInvalidation(inv invalidation) {
 	for _, up := range inv.Pins {
 		s.pins.set(up).pull(s.streams)
 	}
-	for _, u := range inv.Updated {
-		s.notifySubscribers(s.streams, u)
+	if len(inv.Updated) > 0 {
+		// Off the caller's goroutine (the fan-out's, which must go on
+		// applying invalidations): one Redis round trip per open stream.
+		go func() {
+			for _, u := range inv.Updated {
+				s.notifySubscribers(s.streams, u)
+			}
+		}()
 	}
+	s.applyToCache(inv)
+}
+
+// applyToCache drops what inv names from this replica's cache only.
+func (s *Server) applyToCache(inv invalidation) {
 	if s.cache == nil {
 		return
 	}
@@ -74,7 +85,8 @@ func (s *Server) applyInvalidation(inv invalidation) {
 }
 
 // invalidate applies inv here and publishes it to the other replicas. An
-// error means it was applied here only: the others were not told.
+// error means it was applied here only: the others were not told yet (the
+// fan-out sends it when Redis answers).
 func (s *Server) invalidate(ctx context.Context, inv invalidation) error {
 	s.applyInvalidation(inv)
 	if s.fanout == nil {
@@ -84,7 +96,23 @@ func (s *Server) invalidate(ctx context.Context, inv invalidation) error {
 	if err != nil {
 		return err
 	}
-	return s.fanout.Publish(ctx, b)
+	err = s.fanout.Publish(ctx, b)
+	// Again after the publish moved the generation: a miss here in
+	// between may have copied a second-level entry of before it back
+	// into the first level.
+	s.applyToCache(inv)
+	return err
+}
+
+// everything is the invalidation that drops everything: the whole cache,
+// and every upstream's pins read again.
+func (s *Server) everything() invalidation {
+	inv := invalidation{All: true}
+	for name := range s.pins.sets {
+		inv.Pins = append(inv.Pins, name)
+	}
+	slices.Sort(inv.Pins)
+	return inv
 }
 
 // invalidateInBackground is invalidate for the relays: the notification

@@ -258,16 +258,25 @@ func (p *pinSet) screen(ctx context.Context, items []toolItem) (screened, error)
 	}
 	var out screened
 	save := false
-	for _, item := range items {
-		def, v1, err := item.definition()
-		if err != nil {
+	defs := make([]pinEntry, len(items))
+	v1s := make([]string, len(items))
+	fresh := map[string]pinEntry{} // tools to record, in one round trip
+	for i, item := range items {
+		if defs[i], v1s[i], err = item.definition(); err != nil {
 			return screened{}, fmt.Errorf("pin tool %q: %w", item.Name, err)
 		}
+		if _, ok := p.pins[item.Name]; !ok && p.mode == config.PinRecord && p.redis != nil {
+			fresh[item.Name] = defs[i]
+		}
+	}
+	recorded, recordErr := p.recordSharedAll(ctx, fresh)
+	for i, item := range items {
+		def, v1 := defs[i], v1s[i]
 		p.seen[item.Name] = def
 		pin, ok := p.pins[item.Name]
 		switch {
 		case !ok && p.mode == config.PinRecord && p.redis != nil:
-			recorded, err := p.recordShared(ctx, item.Name, def)
+			inForce, err := recorded[item.Name], recordErr
 			if err != nil {
 				// Redis cannot say whether another replica pinned another
 				// version first: redis.on_error decides (fail closed: not
@@ -276,9 +285,9 @@ func (p *pinSet) screen(ctx context.Context, items []toolItem) (screened, error)
 					out.hidden = append(out.hidden, item.Name)
 					continue
 				}
-				recorded = def
+				inForce = def
 			}
-			p.pins[item.Name], save = recorded, true
+			p.pins[item.Name], save = inForce, true
 		case !ok && p.mode == config.PinRecord:
 			p.pins[item.Name], save = def, true
 		case ok && !strings.HasPrefix(pin.Digest, pinDigestPrefix) && pin.Digest == v1:

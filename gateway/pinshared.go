@@ -116,20 +116,39 @@ func (p *pinSet) pullLocked(ctx context.Context) {
 // recordShared records def as the tool's pin unless another replica has
 // recorded one; it returns the pin in force.
 func (p *pinSet) recordShared(ctx context.Context, tool string, def pinEntry) (pinEntry, error) {
-	b, err := json.Marshal(def)
-	if err != nil {
-		return pinEntry{}, err
+	m, err := p.recordSharedAll(ctx, map[string]pinEntry{tool: def})
+	return m[tool], err
+}
+
+// recordSharedAll records the pins of tools not pinned yet, each unless
+// another replica has recorded one, in one round trip; it returns the
+// pins in force. While Redis is known to be down it does not wait for it.
+func (p *pinSet) recordSharedAll(ctx context.Context, defs map[string]pinEntry) (map[string]pinEntry, error) {
+	if len(defs) == 0 {
+		return nil, nil
 	}
-	raw, _, err := p.redis.RecordPin(ctx, p.upstream, tool, b)
+	raw := make(map[string][]byte, len(defs))
+	for tool, def := range defs {
+		b, err := json.Marshal(def)
+		if err != nil {
+			return nil, err
+		}
+		raw[tool] = b
+	}
+	got, err := p.redis.RecordPins(ctx, p.upstream, raw)
 	if err != nil {
 		p.redis.Fallback(shared.FeaturePins, err)
-		return pinEntry{}, err
+		return nil, err
 	}
-	var inForce pinEntry
-	if err := json.Unmarshal(raw, &inForce); err != nil || inForce.Digest == "" {
-		return pinEntry{}, errors.New("the pin on Redis is unreadable")
+	out := make(map[string]pinEntry, len(got))
+	for tool, b := range got {
+		var inForce pinEntry
+		if err := json.Unmarshal(b, &inForce); err != nil || inForce.Digest == "" {
+			return nil, errors.New("the pin on Redis is unreadable")
+		}
+		out[tool] = inForce
 	}
-	return inForce, nil
+	return out, nil
 }
 
 // shareApproval stores a pin this replica made on its own authority (a

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -234,7 +235,8 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 		s.pins.shareWith(context.Background(), s.redis, s.log)
 	}
 	if s.redis != nil && (s.cache != nil || len(s.pins.sets) > 0) {
-		s.fanout = s.redis.NewFanout(s.replicaName, s.log)
+		everything, _ := json.Marshal(s.everything())
+		s.fanout = s.redis.NewFanout(s.replicaName, everything, s.log)
 		fanout := s.fanout
 		// Registered once per registry: tests may build several servers
 		// on one Metrics.

@@ -24,6 +24,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -79,6 +80,24 @@ type Client struct {
 	mu         sync.Mutex
 	lastLog    time.Time
 	suppressed int
+	// downAt is when a round trip last failed for want of Redis (unix
+	// nanoseconds; 0 after a success): recentlyDown.
+	downAt atomic.Int64
+}
+
+// errRecentlyDown: Redis failed a round trip within downFor, so an
+// operation that would block a hot path is not tried.
+var errRecentlyDown = errors.New("redis did not answer a moment ago; not asked again yet")
+
+// downFor is how long after a failed round trip recentlyDown holds.
+const downFor = time.Second
+
+// recentlyDown reports whether a round trip failed for want of Redis in
+// the last downFor: a caller that would otherwise wait redis.timeout per
+// item (pins of a tools/list) fails at once.
+func (c *Client) recentlyDown() bool {
+	at := c.downAt.Load()
+	return at != 0 && time.Since(time.Unix(0, at)) < downFor
 }
 
 // New connects to the configured Redis and pings it once, bounded by
@@ -293,8 +312,10 @@ func (c *Client) observe(op string, start time.Time, err error) error {
 	var reply redis.Error
 	if err == nil || errors.As(err, &reply) && !refused(err) {
 		c.up.Set(1)
+		c.downAt.Store(0)
 	} else {
 		c.up.Set(0)
+		c.downAt.Store(time.Now().UnixNano())
 	}
 	return err
 }

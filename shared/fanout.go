@@ -23,14 +23,16 @@ import (
 // A replica applies each message it receives, and it trusts its own cache
 // only while it is provably in step:
 //
-//   - from the moment its subscription is confirmed and it has read the
-//     generation (it drops its whole cache then, unless this is the first
-//     subscription of a cache that is still empty: it cannot know what it
-//     missed while it was not listening);
+//   - from the moment its subscription is confirmed, it has read the
+//     generation and published what it could not publish before (it drops
+//     its whole cache then: it cannot know what it missed while it was not
+//     listening);
 //   - until the subscription fails, a message arrives out of sequence (a
-//     gap: a message was lost), or the generation in Redis is found ahead
+//     gap: a message was lost), the generation in Redis is found ahead
 //     of the last one received on two health checks in a row (a silently
-//     dead connection).
+//     dead connection) or behind it (Redis lost it), or one of its own
+//     invalidations cannot be published (it is kept, and published when
+//     Redis answers again).
 //
 // Out of step, Synced is false and the gateway serves nothing from its
 // cache (every request goes upstream) until the next confirmed
@@ -95,15 +97,26 @@ type Fanout struct {
 	synced  atomic.Bool
 	mu      sync.Mutex
 	applied int64 // the generation of the last message applied or read
+	// unsent are this replica's invalidations Publish could not send, in
+	// order, sent before it is back in step; past maxUnsent they are
+	// replaced by everything (one payload that drops it all).
+	unsent      [][]byte
+	unsentEpoch int // counts the times unsent was replaced by everything
+	everything  []byte
 }
 
+// maxUnsent bounds the invalidations kept while Redis cannot take them.
+const maxUnsent = 1000
+
 // NewFanout returns the fan-out of c; origin names this process uniquely
-// among the replicas (its own messages are not applied twice).
-func (c *Client) NewFanout(origin string, log *slog.Logger) *Fanout {
+// among the replicas (its own messages are not applied twice); everything
+// is the payload that drops everything (sent instead of more than
+// maxUnsent invalidations that could not be published).
+func (c *Client) NewFanout(origin string, everything []byte, log *slog.Logger) *Fanout {
 	if log == nil {
 		log = c.log
 	}
-	return &Fanout{c: c, origin: strings.ReplaceAll(origin, " ", "_"), log: log}
+	return &Fanout{c: c, origin: strings.ReplaceAll(origin, " ", "_"), everything: everything, log: log}
 }
 
 // Synced reports whether this replica is in step with every invalidation
@@ -112,9 +125,27 @@ func (f *Fanout) Synced() bool { return f.synced.Load() }
 
 // Publish sends payload (what to invalidate, in the caller's encoding; no
 // newline needed) to every other replica, in one round trip bounded by
-// redis.timeout. The caller has applied it locally already. An error means
-// the other replicas may not have been told.
+// redis.timeout. An error means the other replicas have not been told
+// yet: the payload is kept and sent before this replica is back in step,
+// and until then this replica is out of step (a second-level entry of
+// before it must not be read again here).
 func (f *Fanout) Publish(ctx context.Context, payload []byte) error {
+	if err := f.send(ctx, payload); err != nil {
+		f.mu.Lock()
+		if len(f.unsent) >= maxUnsent {
+			f.unsent = [][]byte{f.everything}
+			f.unsentEpoch++
+		} else {
+			f.unsent = append(f.unsent, payload)
+		}
+		f.mu.Unlock()
+		f.fail("an invalidation could not be published; it is sent when Redis answers", err)
+		return err
+	}
+	return nil
+}
+
+func (f *Fanout) send(ctx context.Context, payload []byte) error {
 	ctx, cancel := context.WithTimeout(ctx, f.c.timeout)
 	defer cancel()
 	start := time.Now()
@@ -123,6 +154,27 @@ func (f *Fanout) Publish(ctx context.Context, payload []byte) error {
 		return fmt.Errorf("redis invalidation fan-out: %w", err)
 	}
 	return nil
+}
+
+// sendUnsent publishes the invalidations Publish could not, in order.
+func (f *Fanout) sendUnsent(ctx context.Context) error {
+	for {
+		f.mu.Lock()
+		if len(f.unsent) == 0 {
+			f.mu.Unlock()
+			return nil
+		}
+		next, epoch := f.unsent[0], f.unsentEpoch
+		f.mu.Unlock()
+		if err := f.send(ctx, next); err != nil {
+			return err
+		}
+		f.mu.Lock()
+		if f.unsentEpoch == epoch { // else everything replaced it: send that
+			f.unsent = f.unsent[1:]
+		}
+		f.mu.Unlock()
+	}
 }
 
 // Run follows the channel until ctx ends: apply is called with each other
@@ -134,7 +186,6 @@ func (f *Fanout) Run(ctx context.Context, apply func([]byte), resync func()) {
 	defer ps.Close()
 	wait := fanoutRetryMin
 	behind := 0 // health checks in a row that found the generation ahead
-	first := true
 	for ctx.Err() == nil {
 		msg, err := ps.ReceiveTimeout(ctx, fanoutCheckEvery)
 		switch m := msg.(type) {
@@ -142,11 +193,11 @@ func (f *Fanout) Run(ctx context.Context, apply func([]byte), resync func()) {
 			if m.Kind != "subscribe" {
 				continue
 			}
-			if err := f.resync(ctx, first, resync); err != nil {
+			if err := f.resync(ctx, resync); err != nil {
 				f.fail("could not read the invalidation generation", err)
 				continue
 			}
-			first, wait, behind = false, fanoutRetryMin, 0
+			wait, behind = fanoutRetryMin, 0
 		case *redis.Message:
 			gap, old := f.receive(m.Payload, apply)
 			switch {
@@ -158,7 +209,7 @@ func (f *Fanout) Run(ctx context.Context, apply func([]byte), resync func()) {
 				f.synced.Store(true)
 			case old && f.compare(ctx) < 0:
 				f.fail("the invalidation generation went back (Redis lost it)", nil)
-				_ = f.resync(ctx, false, resync)
+				_ = f.resync(ctx, resync)
 			}
 		case *redis.Pong:
 		}
@@ -175,8 +226,8 @@ func (f *Fanout) Run(ctx context.Context, apply func([]byte), resync func()) {
 			switch {
 			case !f.synced.Load():
 				// Subscribed, but the generation could not be read then.
-				if f.resync(ctx, first, resync) == nil {
-					first, wait = false, fanoutRetryMin
+				if f.resync(ctx, resync) == nil {
+					wait = fanoutRetryMin
 				}
 				behind = 0
 			default:
@@ -186,7 +237,7 @@ func (f *Fanout) Run(ctx context.Context, apply func([]byte), resync func()) {
 				case -1:
 					// Redis lost the counter: what was missed is unknown.
 					f.fail("the invalidation generation went back (Redis lost it)", nil)
-					_ = f.resync(ctx, first, resync)
+					_ = f.resync(ctx, resync)
 					behind = 0
 				default:
 					behind = 0
@@ -195,7 +246,7 @@ func (f *Fanout) Run(ctx context.Context, apply func([]byte), resync func()) {
 			if behind >= 2 {
 				// Twice in a row, not a message in flight: one was lost.
 				f.fail("the invalidation generation is ahead of the messages received", nil)
-				if f.resync(ctx, first, resync) == nil {
+				if f.resync(ctx, resync) == nil {
 					behind = 0
 				}
 			}
@@ -223,7 +274,10 @@ const (
 
 // resync reads the generation after a (re)subscription: messages from now
 // on are received, so what came before is what may have been missed.
-func (f *Fanout) resync(ctx context.Context, first bool, resync func()) error {
+func (f *Fanout) resync(ctx context.Context, resync func()) error {
+	if err := f.sendUnsent(ctx); err != nil {
+		return err
+	}
 	gen, err := f.generation(ctx)
 	if err != nil {
 		return err
@@ -231,9 +285,7 @@ func (f *Fanout) resync(ctx context.Context, first bool, resync func()) error {
 	f.mu.Lock()
 	f.applied = gen
 	f.mu.Unlock()
-	if !first {
-		resync()
-	}
+	resync()
 	f.synced.Store(true)
 	f.log.Info("cache invalidation fan-out in step", "generation", gen)
 	return nil

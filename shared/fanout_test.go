@@ -25,7 +25,7 @@ func follow(t *testing.T, m *miniredis.Miniredis, name string) *replica {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &replica{fanout: c.NewFanout(name, nil), applied: make(chan string, 16)}
+	r := &replica{fanout: c.NewFanout(name, []byte("everything"), nil), applied: make(chan string, 16)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -71,8 +71,10 @@ func TestFanout(t *testing.T) {
 	m := miniredis.RunT(t)
 	a, b := follow(t, m, "a"), follow(t, m, "b")
 	until(t, "both replicas in step", func() bool { return a.fanout.Synced() && b.fanout.Synced() })
-	if n := a.resyncs.Load() + b.resyncs.Load(); n != 0 {
-		t.Errorf("%d resyncs at the first subscription; an empty cache has nothing to drop", n)
+	// Each replica resyncs at its first subscription too: its pins may
+	// have changed since it read them at start-up.
+	if a.resyncs.Load() != 1 || b.resyncs.Load() != 1 {
+		t.Errorf("resyncs at the first subscription a=%d b=%d, want 1 each", a.resyncs.Load(), b.resyncs.Load())
 	}
 
 	if err := a.fanout.Publish(context.Background(), []byte(`{"all":true}`)); err != nil {
@@ -100,7 +102,7 @@ func TestFanout(t *testing.T) {
 			t.Errorf("applied %q, want the message after the gap", got)
 		}
 	}
-	until(t, "the gap to drop both caches", func() bool { return a.resyncs.Load() == 1 && b.resyncs.Load() == 1 })
+	until(t, "the gap to drop both caches", func() bool { return a.resyncs.Load() == 2 && b.resyncs.Load() == 2 })
 
 	// Redis goes away: both are out of step (their caches unused), and
 	// when it is back each drops its cache before trusting it again.
@@ -110,8 +112,8 @@ func TestFanout(t *testing.T) {
 		t.Fatal(err)
 	}
 	until(t, "both replicas back in step", func() bool { return a.fanout.Synced() && b.fanout.Synced() })
-	if a.resyncs.Load() != 2 || b.resyncs.Load() != 2 {
-		t.Errorf("resyncs a=%d b=%d, want 2 each (one for the gap, one for the reconnection)", a.resyncs.Load(), b.resyncs.Load())
+	if a.resyncs.Load() != 3 || b.resyncs.Load() != 3 {
+		t.Errorf("resyncs a=%d b=%d, want 3 each (the first subscription, the gap, the reconnection)", a.resyncs.Load(), b.resyncs.Load())
 	}
 	// The generation restarted with Redis (no persistence), from a new
 	// random start: messages are followed again from it.
@@ -121,6 +123,29 @@ func TestFanout(t *testing.T) {
 	if got := b.next(t); got != "after restart" {
 		t.Errorf("b applied %q after the restart", got)
 	}
+}
+
+// An invalidation Redis could not take puts its replica out of step and
+// is published when Redis is back, before the replica trusts its cache
+// again: the other replicas get it late, never not at all.
+func TestFanoutUnsentPublishedLater(t *testing.T) {
+	m := miniredis.RunT(t)
+	a, b := follow(t, m, "a"), follow(t, m, "b")
+	until(t, "both replicas in step", func() bool { return a.fanout.Synced() && b.fanout.Synced() })
+	// Redis refuses every command, but b's subscription stays connected:
+	// only the invalidation's late publication can reach it.
+	m.SetError("LOADING the test says no")
+	if err := a.fanout.Publish(context.Background(), []byte("while Redis refused")); err == nil {
+		t.Fatal("Publish with Redis refusing: no error")
+	}
+	if a.fanout.Synced() {
+		t.Error("a replica whose invalidation was not published is still in step")
+	}
+	m.SetError("")
+	if got := b.next(t); got != "while Redis refused" {
+		t.Errorf("b applied %q, want a's invalidation sent after Redis came back", got)
+	}
+	until(t, "a back in step", a.fanout.Synced)
 }
 
 // With Redis down, Publish fails within redis.timeout: the caller knows
@@ -133,7 +158,7 @@ func TestFanoutPublishRedisDown(t *testing.T) {
 	}
 	defer c.Close()
 	m.Close()
-	if err := c.NewFanout("a", nil).Publish(context.Background(), []byte("x")); err == nil {
+	if err := c.NewFanout("a", []byte("everything"), nil).Publish(context.Background(), []byte("x")); err == nil {
 		t.Fatal("Publish with Redis down: no error")
 	}
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
+	"slices"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -17,11 +19,15 @@ import (
 // different versions agree on which one is pinned, and the other is
 // quarantined on both; an approval overwrites the field.
 
-// pinRecord stores a pin unless the tool has one, and returns the pin in
-// force: {1, value} when this one was stored, {0, existing} otherwise.
+// pinRecord stores each pin (ARGV: tool, pin, tool, pin, ...) unless the
+// tool has one, and returns the pins in force, in order.
 var pinRecord = redis.NewScript(`
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then return {1, ARGV[2]} end
-return {0, redis.call('HGET', KEYS[1], ARGV[1])}
+local out = {}
+for i = 1, #ARGV, 2 do
+  redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
+  out[#out + 1] = redis.call('HGET', KEYS[1], ARGV[i])
+end
+return out
 `)
 
 func (c *Client) pinsKey(upstream string) string {
@@ -44,22 +50,34 @@ func (c *Client) Pins(ctx context.Context, upstream string) (map[string][]byte, 
 	return out, nil
 }
 
-// RecordPin stores pin for tool unless the tool is pinned already; it
-// returns the pin in force and whether it is this one.
-func (c *Client) RecordPin(ctx context.Context, upstream, tool string, pin []byte) ([]byte, bool, error) {
+// RecordPins stores each tool's pin unless the tool is pinned already, in
+// one round trip, and returns the pins in force. While Redis is known to
+// be down (a round trip failed in the last second) it fails at once.
+func (c *Client) RecordPins(ctx context.Context, upstream string, pins map[string][]byte) (map[string][]byte, error) {
+	if c.recentlyDown() {
+		return nil, errRecentlyDown
+	}
+	tools := slices.Sorted(maps.Keys(pins))
+	args := make([]any, 0, 2*len(tools))
+	for _, t := range tools {
+		args = append(args, t, pins[t])
+	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	start := time.Now()
-	res, err := pinRecord.Run(ctx, c.rdb, []string{c.pinsKey(upstream)}, tool, pin).Slice()
+	res, err := pinRecord.Run(ctx, c.rdb, []string{c.pinsKey(upstream)}, args...).Slice()
 	if err = c.observe(OpPins, start, err); err != nil {
-		return nil, false, fmt.Errorf("redis pin record: %w", err)
+		return nil, fmt.Errorf("redis pin record: %w", err)
 	}
-	if len(res) != 2 {
-		return nil, false, errors.New("redis pin record: unexpected reply")
+	if len(res) != len(tools) {
+		return nil, errors.New("redis pin record: unexpected reply")
 	}
-	stored, _ := res[0].(int64)
-	v, _ := res[1].(string)
-	return []byte(v), stored == 1, nil
+	out := make(map[string][]byte, len(tools))
+	for i, t := range tools {
+		v, _ := res[i].(string)
+		out[t] = []byte(v)
+	}
+	return out, nil
 }
 
 // SetPin stores pin for tool, replacing any: an operator's approval.

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+
+	"github.com/ctxgate/ctxgate/upstream"
 )
 
 // Bridging serves modern-era (2026-07-28) clients from an upstream that
@@ -24,12 +26,18 @@ import (
 //
 //   - The gateway keeps one legacy session with the upstream per principal
 //     and route, opened with initialize on the principal's first bridged
-//     request (after the policy allowed it), with the highest legacy
+//     request (after the policy allowed it, or to read the upstream's
+//     tools/list before deciding a call: toolfetch.go), with the highest legacy
 //     revision both sides know and empty client capabilities. Sessions live
 //     in the memory of each gateway process (each replica opens its own;
 //     the client never sees one) for at most sessions.ttl; an upstream 404
 //     (or a 400 for no request: bridgeSessionLost) ends one, and the next
-//     request opens a new one.
+//     request opens a new one. A session the upstream's transport knows
+//     has ended (a stdio process reaped idle or crashed) is replaced
+//     before it is used, so the client's request does not fail on it. A
+//     session the gateway stops using (replaced after sessions.ttl, or
+//     evicted) is ended upstream (DELETE) once no request uses it: a stdio
+//     upstream's process per principal lives as long as its session.
 //   - server/discover is answered by the gateway from the session's
 //     initialize result: the route's revisions (2026-07-28 and the legacy
 //     ones), the upstream's capabilities without what cannot be bridged
@@ -58,23 +66,38 @@ const (
 type bridgeSession struct {
 	id      string // the upstream's Mcp-Session-Id; "" if it assigned none
 	version string // the negotiated legacy revision
+	as      *Principal
 	opened  time.Time
 	// From the initialize result, for server/discover.
 	capabilities map[string]any
 	serverInfo   json.RawMessage
 	instructions string
+
+	// Under bridgeSessions.mu: the requests using the session now (from
+	// get to release); retired, no longer handed out; lost, ended by the
+	// upstream (nothing left to end).
+	uses          int
+	retired, lost bool
 }
 
 // bridgeSessions are one route's bridged sessions, by principal id.
 type bridgeSessions struct {
 	ttl time.Duration
-	mu  sync.Mutex
-	m   map[string]*bridgeEntry
+	// gone reports a session the upstream's transport knows has ended
+	// (upstream.SessionGone); nil: it never knows.
+	gone func(id string) bool
+	// end ends a retired session upstream; it must not block (the
+	// gateway's runs in a goroutine of its own). Nil: the upstream
+	// expires it itself.
+	end func(*bridgeSession)
+
+	mu sync.Mutex
+	m  map[string]*bridgeEntry
 }
 
 type bridgeEntry struct {
-	mu   sync.Mutex // held while the session is opened: one initialize per principal
-	sess *bridgeSession
+	mu   sync.Mutex     // held while the session is opened: one initialize per principal
+	sess *bridgeSession // written under both mu and bridgeSessions.mu
 }
 
 func newBridgeSessions(ttl time.Duration) *bridgeSessions {
@@ -82,14 +105,17 @@ func newBridgeSessions(ttl time.Duration) *bridgeSessions {
 }
 
 // get returns the principal's session, opening one with open if there is
-// none or it is too old.
+// none, it is too old, or its transport knows it ended. Every session get
+// returns is in use until release.
 func (b *bridgeSessions) get(principal string, open func() (*bridgeSession, error)) (*bridgeSession, error) {
 	b.mu.Lock()
 	e := b.m[principal]
+	var evicted *bridgeSession
 	if e == nil {
 		if len(b.m) >= maxBridgeSessions {
-			for k := range b.m { // any one: map order is random
+			for k, old := range b.m { // any one: map order is random
 				delete(b.m, k)
+				evicted = b.retire(old.sess)
 				break
 			}
 		}
@@ -97,32 +123,104 @@ func (b *bridgeSessions) get(principal string, open func() (*bridgeSession, erro
 		b.m[principal] = e
 	}
 	b.mu.Unlock()
+	b.ending(evicted)
+
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.sess != nil && time.Since(e.sess.opened) < b.ttl {
-		return e.sess, nil
+	b.mu.Lock()
+	cur := e.sess
+	b.mu.Unlock()
+	// Asked outside b.mu: the transport takes its own lock.
+	gone := cur != nil && b.gone != nil && b.gone(cur.id)
+	b.mu.Lock()
+	if cur != nil && !gone && !cur.retired && time.Since(cur.opened) < b.ttl {
+		cur.uses++
+		b.mu.Unlock()
+		return cur, nil
 	}
+	var stale *bridgeSession
+	if cur != nil {
+		cur.lost = cur.lost || gone
+		stale = b.retire(cur)
+		e.sess = nil
+	}
+	b.mu.Unlock()
+	b.ending(stale)
 	sess, err := open()
 	if err != nil {
 		return nil, err
 	}
+	b.mu.Lock()
+	sess.uses = 1
 	e.sess = sess
+	b.mu.Unlock()
 	return sess, nil
 }
 
-// drop forgets sess, if it is still the principal's session.
+// retire stops handing sess out and returns it if it is to be ended now
+// (no request uses it); b.mu held.
+func (b *bridgeSessions) retire(sess *bridgeSession) *bridgeSession {
+	if sess == nil || sess.retired {
+		return nil
+	}
+	sess.retired = true
+	if sess.uses > 0 || sess.lost {
+		return nil // release ends it, or there is nothing to end
+	}
+	return sess
+}
+
+// release ends one use of sess that get returned; the last use of a
+// retired session ends it upstream.
+func (b *bridgeSessions) release(sess *bridgeSession) {
+	b.mu.Lock()
+	sess.uses--
+	end := sess.retired && !sess.lost && sess.uses == 0
+	b.mu.Unlock()
+	if end {
+		b.ending(sess)
+	}
+}
+
+func (b *bridgeSessions) ending(sess *bridgeSession) {
+	if sess != nil && b.end != nil {
+		b.end(sess)
+	}
+}
+
+// drop forgets sess, if it is still the principal's session: the upstream
+// ended it.
 func (b *bridgeSessions) drop(principal string, sess *bridgeSession) {
 	b.mu.Lock()
+	sess.lost, sess.retired = true, true
 	e := b.m[principal]
 	b.mu.Unlock()
 	if e == nil {
 		return
 	}
 	e.mu.Lock()
+	b.mu.Lock()
 	if e.sess == sess {
 		e.sess = nil
 	}
+	b.mu.Unlock()
 	e.mu.Unlock()
+}
+
+// endBridge ends a bridged session the gateway no longer uses: DELETE, as
+// a client ends its session (for a stdio upstream: its process ends).
+func (s *Server) endBridge(rt *route, sess *bridgeSession) {
+	if sess.id == "" {
+		return // the upstream keeps no session to end
+	}
+	ctx, cancel := context.WithTimeout(s.streams, probeTimeout)
+	defer cancel()
+	resp, err := askUpstream(ctx, rt.direct(), upstreamRequest{method: http.MethodDelete, session: sess.id, version: sess.version, as: sess.as})
+	if err != nil {
+		s.log.Debug("could not end a bridged session", "upstream", rt.upstream.Name, "error", err)
+		return
+	}
+	_ = resp.Body.Close()
 }
 
 // maxLostSessionBody bounds what is read of a bridged request's 400 to
@@ -180,6 +278,9 @@ func (s *Server) prepareBridge(r *http.Request, fwd *forward, req *jsonrpc.Reque
 		return newError(http.StatusNotFound, CodeMethodNotFound, "subscriptions/listen is not available on this route: its upstream speaks only the legacy protocol era", nil)
 	}
 	sess, err := fwd.route.bridge.get(fwd.principal.ID, func() (*bridgeSession, error) { return s.openBridge(r.Context(), fwd) })
+	if errors.Is(err, upstream.ErrProcessesFull) || errors.Is(err, upstream.ErrRestartBackoff) || errors.Is(err, upstream.ErrSessionsFull) {
+		return upstreamError(r.Context(), err) // 503 with Retry-After, as to a legacy client's initialize
+	}
 	if err != nil {
 		return newError(http.StatusBadGateway, CodeUpstreamUnavailable, "could not open a session with the upstream", err)
 	}
@@ -228,7 +329,7 @@ func (s *Server) openBridge(ctx context.Context, fwd *forward) (*bridgeSession, 
 	if err := json.Unmarshal(opened.result, &init); err != nil {
 		return nil, fmt.Errorf("upstream initialize result unusable: %w", err)
 	}
-	return &bridgeSession{id: opened.id, version: opened.version, opened: time.Now(),
+	return &bridgeSession{id: opened.id, version: opened.version, as: fwd.route.identity(fwd.principal), opened: time.Now(),
 		capabilities: init.Capabilities, serverInfo: init.ServerInfo, instructions: neutralise(init.Instructions)}, nil
 }
 

@@ -1,0 +1,119 @@
+package gateway
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// bridgeRecorder is a bridgeSessions whose opens name their sessions in
+// order and whose ended sessions are reported on a channel.
+type bridgeRecorder struct {
+	b      *bridgeSessions
+	opened int
+	ended  chan string
+	gone   map[string]bool
+}
+
+func newBridgeRecorder(ttl time.Duration) *bridgeRecorder {
+	r := &bridgeRecorder{b: newBridgeSessions(ttl), ended: make(chan string, 16), gone: map[string]bool{}}
+	r.b.end = func(s *bridgeSession) { r.ended <- s.id }
+	r.b.gone = func(id string) bool { return r.gone[id] }
+	return r
+}
+
+func (r *bridgeRecorder) get(t *testing.T, principal string) *bridgeSession {
+	t.Helper()
+	s, err := r.b.get(principal, func() (*bridgeSession, error) {
+		r.opened++
+		return &bridgeSession{id: fmt.Sprintf("s%d", r.opened), opened: time.Now()}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// endedNow is every session ended since the last call.
+func (r *bridgeRecorder) endedNow() []string {
+	var got []string
+	for {
+		select {
+		case id := <-r.ended:
+			got = append(got, id)
+		default:
+			return got
+		}
+	}
+}
+
+// TestBridgeSessionLifecycle: one session per principal, shared by its
+// requests; one replaced (sessions.ttl) is ended upstream once the last
+// request using it is done, and never while one is; one the transport
+// knows has ended, or the upstream reported lost, is replaced and not
+// ended again.
+func TestBridgeSessionLifecycle(t *testing.T) {
+	t.Run("shared by a principal, not by another", func(t *testing.T) {
+		r := newBridgeRecorder(time.Hour)
+		a1, a2, b := r.get(t, "alice"), r.get(t, "alice"), r.get(t, "bob")
+		if a1 != a2 || a1 == b || r.opened != 2 {
+			t.Errorf("alice %s %s, bob %s, opened %d: want one session each", a1.id, a2.id, b.id, r.opened)
+		}
+		r.b.release(a1)
+		r.b.release(a2)
+		r.b.release(b)
+		if got := r.endedNow(); len(got) != 0 {
+			t.Errorf("ended %v, sessions still current", got)
+		}
+	})
+	t.Run("replaced after the ttl, ended after its last use", func(t *testing.T) {
+		r := newBridgeRecorder(0) // every get finds the session too old
+		old := r.get(t, "alice")
+		idle := r.get(t, "alice")
+		if old == idle {
+			t.Fatal("a session older than the ttl was handed out again")
+		}
+		if got := r.endedNow(); len(got) != 0 {
+			t.Errorf("ended %v while its request is in flight", got)
+		}
+		r.b.release(old)
+		if diff := cmp.Diff([]string{"s1"}, r.endedNow()); diff != "" {
+			t.Errorf("ended (-want +got):\n%s", diff)
+		}
+		r.b.release(idle)
+		r.get(t, "alice") // idle is not in use: ended at once
+		if diff := cmp.Diff([]string{"s2"}, r.endedNow()); diff != "" {
+			t.Errorf("ended (-want +got):\n%s", diff)
+		}
+	})
+	t.Run("gone or lost: replaced, not ended again", func(t *testing.T) {
+		r := newBridgeRecorder(time.Hour)
+		s1 := r.get(t, "alice")
+		r.b.release(s1)
+		r.gone["s1"] = true // its process was reaped
+		s2 := r.get(t, "alice")
+		if s2 == s1 {
+			t.Fatal("a session its transport knows ended was handed out")
+		}
+		r.b.drop("alice", s2) // the upstream answered 404
+		r.b.release(s2)
+		if s3 := r.get(t, "alice"); s3 == s2 {
+			t.Fatal("a lost session was handed out")
+		}
+		if got := r.endedNow(); len(got) != 0 {
+			t.Errorf("ended %v, which had ended already", got)
+		}
+	})
+	t.Run("evicted: ended", func(t *testing.T) {
+		r := newBridgeRecorder(time.Hour)
+		for i := range maxBridgeSessions {
+			r.b.release(r.get(t, fmt.Sprint("p", i)))
+		}
+		r.b.release(r.get(t, "one more"))
+		if got := r.endedNow(); len(got) != 1 || got[0] == "s10001" {
+			t.Errorf("ended %v, want the evicted session", got)
+		}
+	})
+}

@@ -112,6 +112,19 @@ func (s *Server) learnToolsBeforeCall(ctx context.Context, fwd *forward, req *js
 // bridged session, or statelessly with the client's _meta (modern), and
 // learns from each page what a client's tools/list would have taught.
 func (s *Server) fetchToolList(ctx context.Context, fwd *forward, version string, meta json.RawMessage) error {
+	bridge := fwd.bridge
+	if fwd.bridging && bridge == nil {
+		// The call is decided before prepareBridge gives it its session:
+		// the principal's bridged session carries the fetch, as a legacy
+		// client's own session does (a legacy-only upstream answers no
+		// sessionless list).
+		sess, err := fwd.route.bridge.get(fwd.principal.ID, func() (*bridgeSession, error) { return s.openBridge(ctx, fwd) })
+		if err != nil {
+			return err
+		}
+		defer fwd.route.bridge.release(sess)
+		bridge = sess
+	}
 	cursor := ""
 	for range maxLearnPages {
 		params := map[string]any{}
@@ -121,8 +134,8 @@ func (s *Server) fetchToolList(ctx context.Context, fwd *forward, version string
 		var extra http.Header
 		session := fwd.upstreamSession
 		switch {
-		case fwd.bridge != nil:
-			session, version = fwd.bridge.id, fwd.bridge.version
+		case bridge != nil:
+			session, version = bridge.id, bridge.version
 		case fwd.era == eraModern:
 			extra = http.Header{"Mcp-Method": {"tools/list"}}
 			if len(meta) > 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"path/filepath"
 	"regexp"
@@ -116,11 +117,13 @@ upstreams:
 		t.Errorf("resources/read of a dynamic text resource: %+v, %v", res, err)
 	}
 
-	logs := make(chan *mcp.LoggingMessageParams, 16)
+	logs := make(chan string, 16)
 	admin := connectAs(t, route, "admin-key", &mcp.ClientOptions{
+		//lint:ignore SA1019 the legacy era's log notifications are what a stdio server sends
 		LoggingMessageHandler: func(_ context.Context, req *mcp.LoggingMessageRequest) {
+			data, _ := req.Params.Data.(string)
 			select {
-			case logs <- req.Params:
+			case logs <- data:
 			default:
 			}
 		},
@@ -138,8 +141,7 @@ upstreams:
 	var seen []string
 	for wait := ctx(t); ; {
 		select {
-		case msg := <-logs:
-			data, _ := msg.Data.(string)
+		case data := <-logs:
 			seen = append(seen, data)
 		case <-wait.Done():
 			t.Fatalf("no simulated notifications/message from the stdio server reached the client; got %q", seen)
@@ -163,4 +165,175 @@ func connectAs(t *testing.T, endpoint, key string, opts *mcp.ClientOptions) *mcp
 	}
 	t.Cleanup(func() { cs.Close() })
 	return cs
+}
+
+// modernCall sends one 2026-07-28 request (no session) as the holder of
+// key and returns the answer's status and body.
+func modernCall(t *testing.T, route, key, method, name, params string) (int, string) {
+	t.Helper()
+	body := fmt.Sprintf(`{"jsonrpc":"2.0","id":1,"method":%q,"params":{%s"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}`, method, params)
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, route, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header = http.Header{"Authorization": {"Bearer " + key}, "Content-Type": {"application/json"},
+		"Accept": {"application/json, text/event-stream"}, "Mcp-Protocol-Version": {"2026-07-28"}, "Mcp-Method": {method}}
+	if name != "" {
+		req.Header.Set("Mcp-Name", name)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	got, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(got)
+}
+
+// simpleText calls the everything-server's test_simple_text in the modern
+// era and fails unless it answers.
+func simpleText(t *testing.T, route, key string) {
+	t.Helper()
+	status, body := modernCall(t, route, key, "tools/call", "test_simple_text", `"name":"test_simple_text","arguments":{},`)
+	if status != http.StatusOK || !strings.Contains(body, "This is a simple text response for testing.") {
+		t.Fatalf("modern tools/call as %s: %d %.300s", key, status, body)
+	}
+}
+
+// stdioModernConfig is the everything-server as a stdio upstream with
+// bridge: bridge, for two API key holders; sessions and idle set
+// sessions.ttl and the upstream's idle_timeout when not empty.
+func stdioModernConfig(bridge bool, sessions, idle string) string {
+	cfg := fmt.Sprintf(`
+server: {listen: "127.0.0.1:0"}
+admin: {listen: "127.0.0.1:0"}
+`+policyConfig()+`auth:
+  api_keys:
+    - {name: alice, sha256: %q}
+    - {name: bob, sha256: %q}
+upstreams:
+  - name: everything
+    transport: stdio
+    command: [%q]
+    bridge: %t
+`, hashKey("alice-key"), hashKey("bob-key"), bins.everything, bridge)
+	if idle != "" {
+		cfg += "    idle_timeout: " + idle + "\n"
+	}
+	if sessions != "" {
+		cfg += "sessions: {ttl: " + sessions + "}\n"
+	}
+	return cfg
+}
+
+// stdioProcesses is the everything upstream's process counts.
+func stdioProcesses(t *testing.T, gw *gatewayProc) (running, started float64) {
+	t.Helper()
+	return gw.metric(t, `ctxgate_stdio_processes{upstream="everything"}`),
+		gw.metric(t, `ctxgate_stdio_processes_total{event="started",upstream="everything"}`)
+}
+
+// TestStdioModernEra: a 2026-07-28 client on a stdio route. Without
+// bridge it is told the route is legacy only, and no process is started
+// to find that out. With bridge: true it is served in the modern era over
+// one process per principal: the same principal's requests share its
+// process, another principal gets its own, and a process ends with its
+// bridged session, whether the gateway replaces the session (sessions.ttl)
+// or the process is reaped idle (the next request opens a new one, unseen
+// by the client).
+func TestStdioModernEra(t *testing.T) {
+	t.Run("not bridged: legacy only", func(t *testing.T) {
+		gw := startGateway(t, stdioModernConfig(false, "", ""))
+		route := gw.URL + "/mcp/everything"
+		for range 2 { // the second is answered from what the first learned
+			status, body := modernCall(t, route, "alice-key", "tools/list", "", "")
+			var refusal struct {
+				Error struct {
+					Code int `json:"code"`
+					Data struct {
+						Supported []string `json:"supported"`
+					} `json:"data"`
+				} `json:"error"`
+			}
+			_ = json.Unmarshal([]byte(body), &refusal)
+			if status != http.StatusBadRequest || refusal.Error.Code != -32022 || !slices.Contains(refusal.Error.Data.Supported, "2025-11-25") || slices.Contains(refusal.Error.Data.Supported, "2026-07-28") {
+				t.Errorf("modern tools/list, not bridged: %d %.300s; want -32022 listing the legacy revisions", status, body)
+			}
+		}
+		if running, started := stdioProcesses(t, gw); running != 0 || started != 0 {
+			t.Errorf("%v running, %v started; want none: learning the era (server/discover, refused without a session) starts no process", running, started)
+		}
+	})
+	t.Run("one process per principal", func(t *testing.T) {
+		gw := startGateway(t, stdioModernConfig(true, "", ""))
+		route := gw.URL + "/mcp/everything"
+		if running, started := stdioProcesses(t, gw); running != 0 || started != 0 {
+			t.Errorf("before any request: %v running, %v started; want none", running, started)
+		}
+		status, body := modernCall(t, route, "alice-key", "server/discover", "", "")
+		if status != http.StatusOK || !strings.Contains(body, `"2026-07-28"`) {
+			t.Fatalf("modern server/discover: %d %.300s; want the route to serve 2026-07-28", status, body)
+		}
+		status, body = modernCall(t, route, "alice-key", "tools/list", "", "")
+		if status != http.StatusOK || !strings.Contains(body, `"test_simple_text"`) {
+			t.Fatalf("modern tools/list: %d %.300s", status, body)
+		}
+		simpleText(t, route, "alice-key")
+		if running, started := stdioProcesses(t, gw); running != 1 || started != 1 {
+			t.Errorf("after three requests by alice: %v running, %v started; want 1 (her process)", running, started)
+		}
+		simpleText(t, route, "bob-key")
+		simpleText(t, route, "alice-key")
+		if running, started := stdioProcesses(t, gw); running != 2 || started != 2 {
+			t.Errorf("after requests by alice and bob: %v running, %v started; want 2 (one each)", running, started)
+		}
+		var admin struct {
+			Upstreams []struct {
+				Processes map[string]int `json:"processes"`
+			} `json:"upstreams"`
+		}
+		resp, err := http.Get(gw.Admin + "/admin/upstreams")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if err := json.NewDecoder(resp.Body).Decode(&admin); err != nil || len(admin.Upstreams) != 1 || admin.Upstreams[0].Processes["started"] != 2 {
+			t.Errorf("/admin/upstreams: %+v (%v), want 2 processes started", admin, err)
+		}
+	})
+	t.Run("ends with its session", func(t *testing.T) {
+		gw := startGateway(t, stdioModernConfig(true, "1s", ""))
+		route := gw.URL + "/mcp/everything"
+		simpleText(t, route, "alice-key")
+		// Once the session is older than sessions.ttl, the next request
+		// opens a new one; the old one is ended, and with it its process.
+		waitFor(t, "a request after sessions.ttl to open a new session", readyDeadline, func() bool {
+			simpleText(t, route, "alice-key")
+			_, started := stdioProcesses(t, gw)
+			return started == 2
+		})
+		waitFor(t, "the replaced session's process to end", readyDeadline, func() bool {
+			running, _ := stdioProcesses(t, gw)
+			return running == 1
+		})
+	})
+	t.Run("reaped idle, replaced unseen", func(t *testing.T) {
+		gw := startGateway(t, stdioModernConfig(true, "", "1s"))
+		route := gw.URL + "/mcp/everything"
+		simpleText(t, route, "alice-key")
+		waitFor(t, "the idle process to be reaped", readyDeadline, func() bool {
+			running, _ := stdioProcesses(t, gw)
+			return running == 0
+		})
+		simpleText(t, route, "alice-key") // not the ended session's 404
+		// The first call, before any list, was decided on the tool's
+		// annotations read on alice's bridged session (a stdio server
+		// answers no sessionless list).
+		if rec, ok := findLog(gw.stderr.String(), "could not read the upstream's tools/list before a call; the tool is decided as unknown"); ok {
+			t.Errorf("the gateway could not learn the tool before the first call: %v", rec)
+		}
+		if running, started := stdioProcesses(t, gw); running != 1 || started != 2 {
+			t.Errorf("after the reap and a request: %v running, %v started; want a new process", running, started)
+		}
+	})
 }

@@ -28,7 +28,6 @@ upstreams:
   - name: everything
     transport: stdio
     command: [%q]
-    max_processes: 64
 %s`, auth, bins.everything, extra)
 }
 

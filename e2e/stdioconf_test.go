@@ -281,7 +281,19 @@ func TestStdioModernEra(t *testing.T) {
 		if running, started := stdioProcesses(t, gw); running != 1 || started != 1 {
 			t.Errorf("after three requests by alice: %v running, %v started; want 1 (her process)", running, started)
 		}
-		simpleText(t, route, "bob-key")
+		// Bob with the Go SDK's client, which prefers 2026-07-28.
+		bob, err := mcp.NewClient(&mcp.Implementation{Name: "e2e-modern", Version: "1"}, nil).Connect(ctx(t), &mcp.StreamableClientTransport{
+			Endpoint: route, HTTPClient: &http.Client{Transport: &bearer{token: "bob-key", base: http.DefaultTransport}}}, &mcp.ClientSessionOptions{ProtocolVersion: "2026-07-28"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v := bob.InitializeResult().ProtocolVersion; v != "2026-07-28" {
+			t.Errorf("the Go SDK client negotiated %q, want 2026-07-28 (bridged)", v)
+		}
+		if text, err := stdioCall(t, bob, "test_simple_text", nil); err != nil || !strings.Contains(text, "simple text") {
+			t.Errorf("Go SDK modern tools/call: %q, %v", text, err)
+		}
+		bob.Close()
 		simpleText(t, route, "alice-key")
 		if running, started := stdioProcesses(t, gw); running != 2 || started != 2 {
 			t.Errorf("after requests by alice and bob: %v running, %v started; want 2 (one each)", running, started)

@@ -200,9 +200,9 @@ func simpleText(t *testing.T, route, key string) {
 }
 
 // stdioModernConfig is the everything-server as a stdio upstream with
-// bridge: bridge, for two API key holders; sessions and idle set
-// sessions.ttl and the upstream's idle_timeout when not empty.
-func stdioModernConfig(bridge bool, sessions, idle string) string {
+// bridge: bridge, for two API key holders; sessions sets sessions.ttl when
+// not empty, and key: value pairs in upstream are added to the upstream.
+func stdioModernConfig(bridge bool, sessions string, upstream ...string) string {
 	cfg := fmt.Sprintf(`
 server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0"}
@@ -216,8 +216,8 @@ upstreams:
     command: [%q]
     bridge: %t
 `, hashKey("alice-key"), hashKey("bob-key"), bins.everything, bridge)
-	if idle != "" {
-		cfg += "    idle_timeout: " + idle + "\n"
+	for _, kv := range upstream {
+		cfg += "    " + kv + "\n"
 	}
 	if sessions != "" {
 		cfg += "sessions: {ttl: " + sessions + "}\n"
@@ -242,7 +242,7 @@ func stdioProcesses(t *testing.T, gw *gatewayProc) (running, started float64) {
 // by the client).
 func TestStdioModernEra(t *testing.T) {
 	t.Run("not bridged: legacy only", func(t *testing.T) {
-		gw := startGateway(t, stdioModernConfig(false, "", ""))
+		gw := startGateway(t, stdioModernConfig(false, ""))
 		route := gw.URL + "/mcp/everything"
 		for range 2 { // the second is answered from what the first learned
 			status, body := modernCall(t, route, "alice-key", "tools/list", "", "")
@@ -264,7 +264,7 @@ func TestStdioModernEra(t *testing.T) {
 		}
 	})
 	t.Run("one process per principal", func(t *testing.T) {
-		gw := startGateway(t, stdioModernConfig(true, "", ""))
+		gw := startGateway(t, stdioModernConfig(true, ""))
 		route := gw.URL + "/mcp/everything"
 		if running, started := stdioProcesses(t, gw); running != 0 || started != 0 {
 			t.Errorf("before any request: %v running, %v started; want none", running, started)
@@ -313,7 +313,7 @@ func TestStdioModernEra(t *testing.T) {
 		}
 	})
 	t.Run("ends with its session", func(t *testing.T) {
-		gw := startGateway(t, stdioModernConfig(true, "1s", ""))
+		gw := startGateway(t, stdioModernConfig(true, "1s"))
 		route := gw.URL + "/mcp/everything"
 		simpleText(t, route, "alice-key")
 		// Once the session is older than sessions.ttl, the next request
@@ -329,7 +329,7 @@ func TestStdioModernEra(t *testing.T) {
 		})
 	})
 	t.Run("reaped idle, replaced unseen", func(t *testing.T) {
-		gw := startGateway(t, stdioModernConfig(true, "", "1s"))
+		gw := startGateway(t, stdioModernConfig(true, "", "idle_timeout: 1s"))
 		route := gw.URL + "/mcp/everything"
 		simpleText(t, route, "alice-key")
 		waitFor(t, "the idle process to be reaped", readyDeadline, func() bool {
@@ -346,5 +346,15 @@ func TestStdioModernEra(t *testing.T) {
 		if running, started := stdioProcesses(t, gw); running != 1 || started != 2 {
 			t.Errorf("after the reap and a request: %v running, %v started; want a new process", running, started)
 		}
+	})
+	t.Run("full: 503, as an initialize", func(t *testing.T) {
+		gw := startGateway(t, stdioModernConfig(true, "", "max_processes: 1"))
+		route := gw.URL + "/mcp/everything"
+		simpleText(t, route, "alice-key")
+		status, body := modernCall(t, route, "bob-key", "tools/list", "", "")
+		if status != http.StatusServiceUnavailable || !strings.Contains(body, `"code":-31050`) {
+			t.Errorf("bob's modern request with alice's process the only one allowed: %d %.300s; want 503 -31050", status, body)
+		}
+		simpleText(t, route, "alice-key") // hers still serves
 	})
 }

@@ -194,8 +194,8 @@ func modernCall(t *testing.T, route, key, method, name, params string) (int, str
 func simpleText(t *testing.T, route, key string) {
 	t.Helper()
 	status, body := modernCall(t, route, key, "tools/call", "test_simple_text", `"name":"test_simple_text","arguments":{},`)
-	if status != http.StatusOK || !strings.Contains(body, "This is a simple text response for testing.") {
-		t.Fatalf("modern tools/call as %s: %d %.300s", key, status, body)
+	if status != http.StatusOK || !strings.Contains(body, "This is a simple text response for testing.") || !strings.Contains(body, `"resultType":"complete"`) {
+		t.Fatalf("modern tools/call as %s: %d %.300s; want the result, complete", key, status, body)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 
 	"github.com/ctxgate/ctxgate/upstream"
@@ -46,8 +47,9 @@ import (
 //   - Every other request is forwarded on the session, with the modern
 //     _meta keys (io.modelcontextprotocol/*) removed from params._meta and
 //     the legacy revision in MCP-Protocol-Version; every other byte is the
-//     client's. The answer is relayed as it comes (a legacy result has no
-//     resultType, which reads as complete).
+//     client's. The answer is relayed as it comes, but for the
+//     resultType "complete" each result gets (every 2026-07-28 result
+//     carries one; a legacy result is never input_required).
 //
 // Limits: no server-to-client requests (the session declares no client
 // capabilities; one sent anyway is refused to the upstream and never
@@ -398,4 +400,31 @@ func withoutModernMeta(body []byte) ([]byte, error) {
 		return nil, err // never forward what the gateway itself would refuse
 	}
 	return out, nil
+}
+
+// completeResult is the resultType a bridged result is given.
+var completeResult = jsontext.Value(`"complete"`)
+
+// withResultType gives a bridged response's result the resultType every
+// 2026-07-28 result carries, "complete" (a legacy server's result is
+// never input_required); one that has a resultType, an error, and
+// anything that is not an object are returned as they are. Every other
+// byte is the upstream's.
+func withResultType(data []byte) []byte {
+	top, err := members(data)
+	if err != nil {
+		return data
+	}
+	for i, t := range top {
+		if foldName(t.name) != "result" {
+			continue
+		}
+		result, err := members(t.value)
+		if err != nil || slices.ContainsFunc(result, func(m member) bool { return foldName(m.name) == foldName("resultType") }) {
+			return data
+		}
+		top[i].value = encodeObject(append(result, member{name: "resultType", value: completeResult}))
+		return encodeObject(top)
+	}
+	return data
 }

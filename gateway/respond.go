@@ -168,7 +168,11 @@ func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte
 			s.dropStrayResponse(ctx, fwd, m.ID)
 			return nil, true
 		}
-		return s.renamed(fwd, s.filterResponse(ctx, fwd, m, data)), false
+		out := s.filterResponse(ctx, fwd, m, data)
+		if fwd.bridge != nil {
+			out = withResultType(out) // bridge.go
+		}
+		return s.renamed(fwd, out), false
 	case *jsonrpc.Request:
 		return s.transformRequest(ctx, fwd, m, data)
 	}

@@ -47,9 +47,10 @@ import (
 //   - Every other request is forwarded on the session, with the modern
 //     _meta keys (io.modelcontextprotocol/*) removed from params._meta and
 //     the legacy revision in MCP-Protocol-Version; every other byte is the
-//     client's. The answer is relayed as it comes, but for the
-//     resultType "complete" each result gets (every 2026-07-28 result
-//     carries one; a legacy result is never input_required).
+//     client's. The answer is relayed as it comes, each result given
+//     what a 2026-07-28 result carries and a legacy one lacks
+//     (bridgedResult: resultType, and ttlMs and cacheScope on cacheable
+//     methods).
 //
 // Limits: no server-to-client requests (the session declares no client
 // capabilities; one sent anyway is refused to the upstream and never
@@ -351,7 +352,8 @@ func discoverAnswer(id jsonrpc.ID, sess *bridgeSession, versions []string) ([]by
 		}
 		caps[k] = v
 	}
-	result := map[string]any{"resultType": "complete", "supportedVersions": versions, "capabilities": caps}
+	result := map[string]any{"resultType": "complete", "supportedVersions": versions, "capabilities": caps,
+		"ttlMs": 0, "cacheScope": "private"} // as bridgedResult gives a cacheable result
 	if sess.instructions != "" {
 		result["instructions"] = sess.instructions
 	}
@@ -402,15 +404,27 @@ func withoutModernMeta(body []byte) ([]byte, error) {
 	return out, nil
 }
 
-// completeResult is the resultType a bridged result is given.
-var completeResult = jsontext.Value(`"complete"`)
+// What a bridged result is given when it lacks it (bridgedResult).
+var (
+	completeResult = jsontext.Value(`"complete"`)
+	staleNow       = jsontext.Value(`0`)
+	privateScope   = jsontext.Value(`"private"`)
+)
 
-// withResultType gives a bridged response's result the resultType every
-// 2026-07-28 result carries, "complete" (a legacy server's result is
-// never input_required); one that has a resultType, an error, and
-// anything that is not an object are returned as they are. Every other
-// byte is the upstream's.
-func withResultType(data []byte) []byte {
+// cacheableMethods are those whose 2026-07-28 results carry ttlMs and
+// cacheScope.
+var cacheableMethods = map[string]bool{"tools/list": true, "prompts/list": true, "resources/list": true,
+	"resources/templates/list": true, "resources/read": true, "server/discover": true}
+
+// bridgedResult gives a bridged response's result the members every
+// 2026-07-28 result of its method carries and a legacy one lacks:
+// resultType "complete" (a legacy result is never input_required) and,
+// for a cacheable method, ttlMs 0 and cacheScope "private" (the gateway
+// knows nothing of how long it stays fresh, and the policy filtered it
+// for this principal: no one else may be served it). Members the result
+// has are kept; an error, and anything that is not an object, are
+// returned as they are. Every other byte is the upstream's.
+func bridgedResult(data []byte, method string) []byte {
 	top, err := members(data)
 	if err != nil {
 		return data
@@ -420,10 +434,23 @@ func withResultType(data []byte) []byte {
 			continue
 		}
 		result, err := members(t.value)
-		if err != nil || slices.ContainsFunc(result, func(m member) bool { return foldName(m.name) == foldName("resultType") }) {
+		if err != nil {
 			return data
 		}
-		top[i].value = encodeObject(append(result, member{name: "resultType", value: completeResult}))
+		add := []member{{name: "resultType", value: completeResult}}
+		if cacheableMethods[method] {
+			add = append(add, member{name: "ttlMs", value: staleNow}, member{name: "cacheScope", value: privateScope})
+		}
+		changed := false
+		for _, a := range add {
+			if !slices.ContainsFunc(result, func(m member) bool { return foldName(m.name) == foldName(a.name) }) {
+				result, changed = append(result, a), true
+			}
+		}
+		if !changed {
+			return data
+		}
+		top[i].value = encodeObject(result)
 		return encodeObject(top)
 	}
 	return data

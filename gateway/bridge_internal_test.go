@@ -118,21 +118,23 @@ func TestBridgeSessionLifecycle(t *testing.T) {
 	})
 }
 
-// TestWithResultType: a bridged result gets resultType "complete"; every
-// other byte, and every other message, is the upstream's.
-func TestWithResultType(t *testing.T) {
-	for _, tc := range []struct{ in, want string }{
-		{`{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":false}}`, `{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":false,"resultType":"complete"}}`},
-		{`{"jsonrpc":"2.0","id":1,"result":{}}`, `{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete"}}`},
-		{`{"jsonrpc":"2.0","id":"a","result":{"tools":[{"name":"x"}],"_meta":{"k":1}}}`, `{"jsonrpc":"2.0","id":"a","result":{"tools":[{"name":"x"}],"_meta":{"k":1},"resultType":"complete"}}`},
-		{`{"jsonrpc":"2.0","id":1,"result":{"resultType":"input_required"}}`, `{"jsonrpc":"2.0","id":1,"result":{"resultType":"input_required"}}`},
-		{`{"jsonrpc":"2.0","id":1,"result":{"ResultType":"x"}}`, `{"jsonrpc":"2.0","id":1,"result":{"ResultType":"x"}}`},
-		{`{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"no"}}`, `{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"no"}}`},
-		{`{"jsonrpc":"2.0","id":1,"result":[]}`, `{"jsonrpc":"2.0","id":1,"result":[]}`},
-		{`not json`, `not json`},
+// TestBridgedResult: a bridged result gets resultType "complete", and a
+// cacheable one ttlMs 0 and cacheScope "private", unless it has them;
+// every other byte, and every other message, is the upstream's.
+func TestBridgedResult(t *testing.T) {
+	for _, tc := range []struct{ method, in, want string }{
+		{"tools/call", `{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":false}}`, `{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":false,"resultType":"complete"}}`},
+		{"ping", `{"jsonrpc":"2.0","id":1,"result":{}}`, `{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete"}}`},
+		{"tools/list", `{"jsonrpc":"2.0","id":"a","result":{"tools":[{"name":"x"}],"_meta":{"k":1}}}`, `{"jsonrpc":"2.0","id":"a","result":{"tools":[{"name":"x"}],"_meta":{"k":1},"resultType":"complete","ttlMs":0,"cacheScope":"private"}}`},
+		{"resources/read", `{"jsonrpc":"2.0","id":1,"result":{"contents":[],"ttlMs":5000,"cacheScope":"public"}}`, `{"jsonrpc":"2.0","id":1,"result":{"contents":[],"ttlMs":5000,"cacheScope":"public","resultType":"complete"}}`},
+		{"tools/call", `{"jsonrpc":"2.0","id":1,"result":{"resultType":"input_required"}}`, `{"jsonrpc":"2.0","id":1,"result":{"resultType":"input_required"}}`},
+		{"tools/call", `{"jsonrpc":"2.0","id":1,"result":{"ResultType":"x"}}`, `{"jsonrpc":"2.0","id":1,"result":{"ResultType":"x"}}`},
+		{"tools/list", `{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"no"}}`, `{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"no"}}`},
+		{"tools/call", `{"jsonrpc":"2.0","id":1,"result":[]}`, `{"jsonrpc":"2.0","id":1,"result":[]}`},
+		{"tools/call", `not json`, `not json`},
 	} {
-		if diff := cmp.Diff(tc.want, string(withResultType([]byte(tc.in)))); diff != "" {
-			t.Errorf("withResultType(%s) (-want +got):\n%s", tc.in, diff)
+		if diff := cmp.Diff(tc.want, string(bridgedResult([]byte(tc.in), tc.method))); diff != "" {
+			t.Errorf("bridgedResult(%s, %s) (-want +got):\n%s", tc.in, tc.method, diff)
 		}
 	}
 }

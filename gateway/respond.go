@@ -169,8 +169,8 @@ func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte
 			return nil, true
 		}
 		out := s.filterResponse(ctx, fwd, m, data)
-		if fwd.bridge != nil {
-			out = withResultType(out) // bridge.go
+		if ex := fwd.exchanges[idKey(m.ID)]; fwd.bridge != nil && ex != nil && ex.input != nil {
+			out = bridgedResult(out, ex.input.Method) // bridge.go
 		}
 		return s.renamed(fwd, out), false
 	case *jsonrpc.Request:

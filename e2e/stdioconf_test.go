@@ -89,11 +89,6 @@ const (
 	// subscriptions/listen is 404 -32601 on a bridged route: the suite
 	// skips its listen-stream checks.
 	noListen = "no subscriptions/listen through the bridge"
-	// The legacy server refuses a call that needs sampling with -32021 in
-	// a JSON-RPC answer; the stdio transport answers every response 200,
-	// as a legacy session does, and the bridge does not give it the 400 a
-	// modern server's HTTP transport does.
-	capabilityStatus = "-32021 is answered 200 over stdio, not 400"
 	// Checking Mcp-Param-* headers against the arguments (SEP-2243) is a
 	// modern server's job: the gateway relays them, and a stdio server
 	// has no headers.
@@ -133,7 +128,6 @@ var stdioModernConformanceExceptions = map[string]string{
 	"server-stateless/sep-2575-server-sends-subscription-ack":                           noListen,
 	"server-stateless/sep-2575-server-sends-tools-list-changed-on-subscription":         noListen,
 	"server-stateless/sep-2575-server-tags-subscription-id":                             noListen,
-	"server-stateless/sep-2575-missing-capability-http-400":                             capabilityStatus,
 	"http-custom-header-server-validation/sep-2243-server-reject-invalid-param-chars":   noParamHeaders,
 	"http-custom-header-server-validation/sep-2243-server-reject-param-mismatch":        noParamHeaders,
 	"http-custom-header-server-validation/sep-2243-server-validate-param-match":         noParamHeaders,

@@ -455,3 +455,19 @@ func bridgedResult(data []byte, method string) []byte {
 	}
 	return data
 }
+
+// codeMissingCapability is 2026-07-28's MissingRequiredClientCapability
+// error (SEP-2575), which a legacy server may answer too.
+const codeMissingCapability = -32021
+
+// missingCapability reports whether a bridged JSON answer is that error,
+// which a 2026-07-28 server answers with HTTP 400 and a legacy session
+// (a stdio one always) with 200.
+func missingCapability(body []byte) bool {
+	var msg struct {
+		Error *struct {
+			Code int64 `json:"code"`
+		} `json:"error"`
+	}
+	return json.Unmarshal(body, &msg) == nil && msg.Error != nil && msg.Error.Code == codeMissingCapability
+}

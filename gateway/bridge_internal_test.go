@@ -138,3 +138,26 @@ func TestBridgedResult(t *testing.T) {
 		}
 	}
 }
+
+// TestMissingCapability: only a -32021 error is a missing client
+// capability.
+func TestMissingCapability(t *testing.T) {
+	got := map[string]bool{}
+	for _, body := range []string{
+		`{"jsonrpc":"2.0","id":1,"error":{"code":-32021,"message":"sampling capability required"}}`,
+		`{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"no"}}`,
+		`{"jsonrpc":"2.0","id":1,"result":{"code":-32021}}`,
+		`[{"jsonrpc":"2.0","id":1,"error":{"code":-32021}}]`,
+	} {
+		got[body] = missingCapability([]byte(body))
+	}
+	want := map[string]bool{
+		`{"jsonrpc":"2.0","id":1,"error":{"code":-32021,"message":"sampling capability required"}}`: true,
+		`{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"no"}}`:                           false,
+		`{"jsonrpc":"2.0","id":1,"result":{"code":-32021}}`:                                         false,
+		`[{"jsonrpc":"2.0","id":1,"error":{"code":-32021}}]`:                                        false,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("missingCapability (-want +got):\n%s", diff)
+	}
+}

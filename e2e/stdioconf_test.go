@@ -93,10 +93,6 @@ const (
 	// modern server's job: the gateway relays them, and a stdio server
 	// has no headers.
 	noParamHeaders = "Mcp-Param-* headers are the modern server's to check; a stdio server sees none"
-	// A stdio server's progress notifications go to its session's GET
-	// stream (its answers to POSTs are JSON), which a bridged client does
-	// not have.
-	noProgress = "progress goes to the bridged session's GET stream, which nobody reads"
 )
 
 // stdioModernConformanceExceptions are the checks of the 2026-07-28
@@ -131,7 +127,6 @@ var stdioModernConformanceExceptions = map[string]string{
 	"http-custom-header-server-validation/sep-2243-server-reject-invalid-param-chars":   noParamHeaders,
 	"http-custom-header-server-validation/sep-2243-server-reject-param-mismatch":        noParamHeaders,
 	"http-custom-header-server-validation/sep-2243-server-validate-param-match":         noParamHeaders,
-	"tools-call-with-progress/tools-call-with-progress":                                 noProgress,
 }
 
 // TestConformanceModernStdio runs the suite's 2026-07-28 requirements

@@ -30,6 +30,7 @@ type process struct {
 
 	mu       sync.Mutex
 	pending  map[string]chan []byte // by JSON-RPC id: the waiting calls
+	progress map[string]chan []byte // by progress token: the calls streaming their progress
 	inflight int
 
 	unsolicited chan []byte // the process's own messages, for Open
@@ -121,6 +122,9 @@ func (p *process) readStdout(stdout io.Reader) {
 			}
 			p.log.Warn("stdio upstream answered a request nobody is waiting for; dropped")
 			continue
+		}
+		if env.Method == "notifications/progress" && p.progressFor(msg) {
+			continue // on its request's stream (stdioprogress.go)
 		}
 		select {
 		case p.unsolicited <- msg:

@@ -1,0 +1,100 @@
+package upstream
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// TestStdioProgressOnTheRequestStream: a request with a progress token,
+// from a client that accepts an event stream, is answered with one: its
+// progress, then its response; without either it is answered JSON and
+// its progress goes to the session's stream.
+func TestStdioProgressOnTheRequestStream(t *testing.T) {
+	s := newTestStdio(t, 2, nil)
+	session, _ := initialize(t, s)
+	events := func(r io.Reader) []string {
+		var out []string
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+				out = append(out, data)
+			}
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name, token, accept string
+		want                []string
+	}{
+		{"string token", `"p-1"`, "application/json, text/event-stream", []string{
+			`{"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":1,"progressToken":"p-1"}}`,
+			`{"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":2,"progressToken":"p-1"}}`,
+			`{"id":2,"jsonrpc":"2.0","result":{"_meta":{"progressToken":"p-1"}}}`,
+		}},
+		{"number token", `7`, "text/event-stream;q=0.9, application/json", []string{
+			`{"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":1,"progressToken":7}}`,
+			`{"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":2,"progressToken":7}}`,
+			`{"id":2,"jsonrpc":"2.0","result":{"_meta":{"progressToken":7}}}`,
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := s.Send(context.Background(), Message{
+				Body:   []byte(`{"jsonrpc":"2.0","id":2,"method":"progress","params":{"_meta":{"progressToken":` + tc.token + `}}}`),
+				Header: http.Header{"Mcp-Session-Id": {session}, "Accept": {tc.accept}},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+				t.Errorf("Content-Type %q, want text/event-stream", ct)
+			}
+			if diff := cmp.Diff(tc.want, events(resp.Body)); diff != "" {
+				t.Errorf("events (-want +got):\n%s", diff)
+			}
+		})
+	}
+	t.Run("json only: progress on the session's stream", func(t *testing.T) {
+		stream, err := s.Open(context.Background(), http.Header{"Mcp-Session-Id": {session}})
+		if err != nil || stream.StatusCode != http.StatusOK {
+			t.Fatalf("Open: %v %v", err, stream)
+		}
+		defer stream.Body.Close()
+		resp, err := s.Send(context.Background(), Message{
+			Body:   []byte(`{"jsonrpc":"2.0","id":3,"method":"progress","params":{"_meta":{"progressToken":"p-2"}}}`),
+			Header: http.Header{"Mcp-Session-Id": {session}, "Accept": {"application/json"}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if ct := resp.Header.Get("Content-Type"); ct != "application/json" || !strings.Contains(string(body), `"id":3`) {
+			t.Errorf("answer %q %s, want the JSON response", ct, body)
+		}
+		r := bufio.NewReader(stream.Body)
+		var got []string
+		for len(got) < 2 {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatalf("session stream: %v after %q", err, got)
+			}
+			if data, ok := strings.CutPrefix(strings.TrimSuffix(line, "\n"), "data: "); ok {
+				got = append(got, data)
+			}
+		}
+		want := []string{
+			`{"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":1,"progressToken":"p-2"}}`,
+			`{"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":2,"progressToken":"p-2"}}`,
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("session stream (-want +got):\n%s", diff)
+		}
+	})
+}

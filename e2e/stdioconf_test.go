@@ -35,10 +35,10 @@ upstreams:
 // over stdio, each for a reason of the transport, not of the gateway.
 var stdioConformanceExceptions = map[string]string{
 	// SEP-1699 inspects the SSE stream a server answers a POST with. A stdio
-	// upstream's answers reach the gateway as one JSON message each, and
-	// the gateway relays them as JSON (Streamable HTTP lets the server
-	// choose): the suite records "Server returned JSON for all requests -
-	// SSE streaming is optional" (INFO) ...
+	// upstream answers a request without a progress token with one JSON
+	// message, relayed as JSON (Streamable HTTP lets the server choose):
+	// the suite records "Server returned JSON for all requests - SSE
+	// streaming is optional" (INFO) ...
 	"server-sse-multiple-streams/server-sse-streams-functional": "POST answers are JSON over stdio, not SSE streams",
 	// ... and stops before its retry-field check ("Server returned JSON
 	// instead of SSE stream - priming event tests not applicable").

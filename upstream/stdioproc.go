@@ -100,6 +100,7 @@ func (p *process) call(ctx context.Context, session, id string, body []byte) (*h
 func (p *process) readStdout(stdout io.Reader) {
 	sc := bufio.NewScanner(stdout)
 	sc.Buffer(make([]byte, 0, 64<<10), stdioMaxLine)
+	dropped := 0 // unsolicited messages nobody read
 	for sc.Scan() {
 		line := sc.Bytes()
 		if len(line) == 0 {
@@ -129,7 +130,12 @@ func (p *process) readStdout(stdout io.Reader) {
 		select {
 		case p.unsolicited <- msg:
 		default:
-			p.log.Warn("stdio upstream message dropped: the session's stream is not read", "method", env.Method)
+			// Logged the first time and every 100th: a session whose
+			// stream is never opened (a bridged one) drops every message
+			// of a chatty server.
+			if dropped++; dropped%100 == 1 {
+				p.log.Warn("stdio upstream message dropped: the session's stream is not read", "method", env.Method, "dropped", dropped)
+			}
 		}
 	}
 	if err := sc.Err(); err != nil {

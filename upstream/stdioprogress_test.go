@@ -3,9 +3,13 @@ package upstream
 import (
 	"bufio"
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -97,4 +101,53 @@ func TestStdioProgressOnTheRequestStream(t *testing.T) {
 			t.Errorf("session stream (-want +got):\n%s", diff)
 		}
 	})
+}
+
+// lockedBuffer is a log destination safe for the process's goroutines.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestStdioDroppedMessagesLoggedSparingly: a session whose stream is never
+// opened (a bridged one) drops what the process sends on its own once
+// the buffer is full; the drops are logged the first time and every
+// 100th, not once each.
+func TestStdioDroppedMessagesLoggedSparingly(t *testing.T) {
+	s := newTestStdio(t, 1, nil)
+	logs := &lockedBuffer{}
+	s.Log = slog.New(slog.NewJSONHandler(logs, nil))
+	session, _ := initialize(t, s)
+	const sent = stdioStreamBuffer + 150 // 150 dropped: the 1st and the 101st logged
+	for i := range sent {
+		if resp, _, err := send(t, s, session, fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"notify"}`, i+10)); err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("notify %d: %v %v", i, resp, err)
+		}
+	}
+	// Every notification was read before its answer: all drops are logged by now.
+	var dropped []float64
+	for _, line := range strings.Split(logs.String(), "\n") {
+		var rec struct {
+			Msg     string  `json:"msg"`
+			Dropped float64 `json:"dropped"`
+		}
+		if json.Unmarshal([]byte(line), &rec) == nil && strings.HasPrefix(rec.Msg, "stdio upstream message dropped") {
+			dropped = append(dropped, rec.Dropped)
+		}
+	}
+	if diff := cmp.Diff([]float64{1, 101}, dropped); diff != "" {
+		t.Errorf("drop records (-want +got):\n%s", diff)
+	}
 }

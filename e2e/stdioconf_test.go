@@ -400,7 +400,7 @@ func TestStdioModernEra(t *testing.T) {
 		waitFor(t, "a request after sessions.ttl to open a new session", readyDeadline, func() bool {
 			simpleText(t, route, "alice-key")
 			_, started := stdioProcesses(t, gw)
-			return started == 2
+			return started >= 2 // more, on a machine slower than the ttl
 		})
 		waitFor(t, "the replaced session's process to end", readyDeadline, func() bool {
 			running, _ := stdioProcesses(t, gw)

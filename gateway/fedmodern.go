@@ -179,6 +179,7 @@ func (fr *fedRequest) modernCall(ctx context.Context, m *route, method string, p
 		if err != nil {
 			return nil, err
 		}
+		defer m.bridge.release(sess)
 		body, err := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": fedRequestID, "method": method, "params": params})
 		if err != nil {
 			return nil, err
@@ -211,7 +212,7 @@ func (fr *fedRequest) modernCall(ctx context.Context, m *route, method string, p
 }
 
 // bridged is the principal's bridged legacy session with member m, opened
-// if there is none.
+// if there is none; release it when done.
 func (fr *fedRequest) bridged(ctx context.Context, m *route) (*bridgeSession, error) {
 	fwd := &forward{requestState: fr.st, route: m, principal: fr.p, servedVersions: fr.fo.members[m.upstream.Name].served}
 	return m.bridge.get(fr.p.ID, func() (*bridgeSession, error) { return fr.s.openBridge(ctx, fwd) })
@@ -251,6 +252,7 @@ func (fr *fedRequest) discover(w http.ResponseWriter, req *jsonrpc.Request) erro
 					parts[i].err = err
 					return
 				}
+				m.bridge.release(sess) // only its initialize result is read
 				caps, _ := json.Marshal(sess.capabilities)
 				parts[i].err = json.Unmarshal(caps, &parts[i].result.Capabilities)
 				parts[i].result.Instructions = sess.instructions

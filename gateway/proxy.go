@@ -179,6 +179,9 @@ func (s *Server) transformJSONBody(ctx context.Context, resp *http.Response, fwd
 	if body, err = s.transformJSON(ctx, fwd, body); err != nil {
 		return err
 	}
+	if fwd.bridge != nil && resp.StatusCode == http.StatusOK && missingCapability(body) {
+		resp.StatusCode, resp.Status = http.StatusBadRequest, "400 Bad Request" // as a modern server answers it (bridge.go)
+	}
 	resp.Body = io.NopCloser(bytes.NewReader(body))
 	resp.ContentLength = int64(len(body))
 	resp.Header.Set("Content-Length", strconv.Itoa(len(body)))

@@ -35,6 +35,9 @@ func (s *Server) serveRoute(rt *route) http.HandlerFunc {
 		}
 		if err == nil && fwd.bridging {
 			err = s.prepareBridge(r, fwd, fwd.msg.Request()) // bridge.go
+			if fwd.bridge != nil {
+				defer rt.bridge.release(fwd.bridge) // in use until answered
+			}
 		}
 		if err != nil {
 			writeError(w, r, err)

@@ -175,7 +175,11 @@ func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte
 			s.dropStrayResponse(ctx, fwd, m.ID)
 			return nil, true
 		}
-		return s.renamed(fwd, s.filterResponse(ctx, fwd, m, data)), false
+		out := s.filterResponse(ctx, fwd, m, data)
+		if ex := fwd.exchanges[idKey(m.ID)]; fwd.bridge != nil && ex != nil && ex.input != nil {
+			out = bridgedResult(out, ex.input.Method) // bridge.go
+		}
+		return s.renamed(fwd, out), false
 	case *jsonrpc.Request:
 		return s.transformRequest(ctx, fwd, m, data)
 	}

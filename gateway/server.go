@@ -354,6 +354,10 @@ func (s *Server) routes() []*route {
 		}
 		if c.Bridge {
 			rt.bridge = newBridgeSessions(s.cfg.Sessions.TTL)
+			rt.bridge.gone = up.SessionGone
+			// In the background: the last request using the session is
+			// being answered, and a process may take its grace to end.
+			rt.bridge.end = func(sess *bridgeSession) { go s.endBridge(rt, sess) }
 		}
 		rt.resource = base + rt.path
 		rt.metadataURL = base + wellKnownPRM + rt.path

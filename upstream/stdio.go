@@ -227,6 +227,9 @@ func (s *Stdio) Send(ctx context.Context, m Message) (*http.Response, error) {
 		}
 		return jsonAnswer(http.StatusAccepted, session, nil), nil
 	}
+	if key := requestProgressKey(body); key != "" && acceptsEventStream(m.Header) {
+		return p.callStreaming(ctx, session, string(env.ID), key, body) // stdioprogress.go
+	}
 	return p.call(ctx, session, string(env.ID), body)
 }
 

@@ -29,6 +29,7 @@ import (
 //   - garbage: a line that is not JSON;
 //   - crash: exits without answering;
 //   - notify: a notification, then the answer;
+//   - progress: two notifications/progress with its token, then the answer;
 //   - anything else: an echo of the params.
 //
 // With CTXGATE_STDIO_TEST_IGNORE_TERM it ignores SIGTERM and outlives
@@ -72,6 +73,16 @@ func stdioTestServer() {
 			os.Exit(3)
 		case "notify":
 			_ = out.Encode(map[string]any{"jsonrpc": "2.0", "method": "notifications/message", "params": map[string]any{"data": "hello"}})
+		case "progress": // two notifications/progress with the request's token
+			var p struct {
+				Meta struct {
+					ProgressToken any `json:"progressToken"`
+				} `json:"_meta"`
+			}
+			_ = json.Unmarshal(req.Params, &p)
+			for i := range 2 {
+				_ = out.Encode(map[string]any{"jsonrpc": "2.0", "method": "notifications/progress", "params": map[string]any{"progressToken": p.Meta.ProgressToken, "progress": i + 1}})
+			}
 		}
 		_ = out.Encode(map[string]any{"jsonrpc": "2.0", "id": req.ID, "result": result})
 	}

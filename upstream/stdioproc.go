@@ -32,6 +32,7 @@ type process struct {
 
 	mu       sync.Mutex
 	pending  map[string]chan []byte // by JSON-RPC id: the waiting calls
+	progress map[string]chan []byte // by progress token: the calls streaming their progress
 	inflight int
 
 	unsolicited chan []byte // the process's own messages, for Open
@@ -104,6 +105,7 @@ func (p *process) call(ctx context.Context, session, id string, body []byte) (*h
 func (p *process) readStdout(stdout io.Reader) {
 	sc := bufio.NewScanner(stdout)
 	sc.Buffer(make([]byte, 0, 64<<10), stdioMaxLine)
+	dropped := 0 // unsolicited messages nobody read
 	for sc.Scan() {
 		line := sc.Bytes()
 		if len(line) == 0 {
@@ -127,10 +129,18 @@ func (p *process) readStdout(stdout io.Reader) {
 			p.log.Warn("stdio upstream answered a request nobody is waiting for; dropped")
 			continue
 		}
+		if env.Method == "notifications/progress" && p.progressFor(msg) {
+			continue // on its request's stream (stdioprogress.go)
+		}
 		select {
 		case p.unsolicited <- msg:
 		default:
-			p.log.Warn("stdio upstream message dropped: the session's stream is not read", "method", env.Method)
+			// Logged the first time and every 100th: a session whose
+			// stream is never opened (a bridged one) drops every message
+			// of a chatty server.
+			if dropped++; dropped%100 == 1 {
+				p.log.Warn("stdio upstream message dropped: the session's stream is not read", "method", env.Method, "dropped", dropped)
+			}
 		}
 	}
 	if err := sc.Err(); err != nil {

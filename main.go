@@ -78,6 +78,10 @@ commands:
 `
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == upstream.StdioLaunchArg {
+		// Started by the gateway to run a stdio upstream as another user.
+		upstream.RunStdioLauncher(os.Args[2:])
+	}
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 

@@ -247,7 +247,7 @@ func (s *Store) get(key string) (*Entry, State) {
 		return nil, Miss
 	}
 	e, err := decode(raw)
-	if err != nil || !s.valid(e) {
+	if err != nil || !s.valid(key, e) {
 		_ = s.bc.Delete(key)
 		return nil, Miss
 	}
@@ -263,10 +263,10 @@ func (s *Store) get(key string) (*Entry, State) {
 }
 
 // valid reports whether no invalidation happened since e's fetch began.
-func (s *Store) valid(e *Entry) bool {
+func (s *Store) valid(key string, e *Entry) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e.seq < s.floor {
+	if e.seq < s.floor || s.gen[keyTag(key)] > e.seq {
 		return false
 	}
 	for _, t := range e.Tags {
@@ -349,10 +349,15 @@ func (s *Store) InvalidatePrefix(upstream, prefix string) {
 	s.prefixes = append(s.prefixes, prefixInvalidation{tag: tag, seq: s.seq})
 }
 
-// Delete drops the entry under key.
+// Delete drops the entry under key, and any answer for it whose fetch
+// began before (it is not stored when it arrives).
 func (s *Store) Delete(key string) {
+	s.Invalidate(keyTag(key))
 	_ = s.bc.Delete(key)
 }
+
+// keyTag is the invalidation of one key (Delete).
+func keyTag(key string) string { return "k\x00" + key }
 
 // Purge drops every entry.
 func (s *Store) Purge() {

@@ -332,3 +332,22 @@ func TestInvalidatePrefix(t *testing.T) {
 		t.Errorf("past the bound: %v, want everything dropped", st)
 	}
 }
+
+// A key purged while its answer is being fetched does not come back when
+// the answer arrives.
+func TestDeleteDuringFetch(t *testing.T) {
+	s, c := newStore(t, 1)
+	now := c.Now()
+	token := s.Begin()
+	s.Delete("k")
+	if err := s.Set("k", &Entry{Value: []byte("fetched before the purge"), FreshUntil: now.Add(time.Minute), StaleUntil: now.Add(time.Minute)}, token); err != nil {
+		t.Fatal(err)
+	}
+	if _, st, _ := s.Lookup("k"); st != Miss {
+		t.Errorf("after a purge during its fetch: %v, want a miss", st)
+	}
+	put(t, s, "k", "fetched after", time.Minute, 0)
+	if _, st, _ := s.Lookup("k"); st != Fresh {
+		t.Errorf("fetched after the purge: %v, want fresh", st)
+	}
+}

@@ -53,6 +53,7 @@ type UpstreamCache struct {
 var CacheMethods = []string{
 	"tools/list", "prompts/list", "resources/list", "resources/templates/list",
 	"resources/read", "server/discover", "tools/call",
+	"skills/list", "skills/get", // SEP-2640
 }
 
 // Cache defaults.

@@ -186,6 +186,14 @@ type Upstream struct {
 	MaxProcesses int `yaml:"max_processes" json:",omitempty"`
 	// IdleTimeout ends a process no request has used for this long.
 	IdleTimeout time.Duration `yaml:"idle_timeout" json:",omitempty"`
+	// StopGrace is how long a process has after SIGTERM (DELETE, idle,
+	// shutdown) before its group is killed.
+	StopGrace time.Duration `yaml:"stop_grace" json:",omitempty"`
+	// User and Group are the account the process runs as (names or
+	// numeric ids), its supplementary groups cleared; "" is the
+	// gateway's. A user without a group runs with its primary group.
+	User  string `yaml:"user" json:",omitempty"`
+	Group string `yaml:"group" json:",omitempty"`
 	// MaxIdleConns bounds the idle keep-alive connections kept to this
 	// upstream (Go's default of 2 per host starves a proxy).
 	MaxIdleConns int `yaml:"max_idle_conns"`

@@ -9,8 +9,8 @@ import (
 )
 
 // Redis is the state several replicas share. Nil (the default) keeps all
-// of it in memory, per process. Today rate limits are shared; idempotency
-// keys, the response cache, pins and invalidation are still per replica.
+// of it in memory, per process. Shared: rate limits, idempotency keys,
+// cache invalidation and events, the cache's second level and tool pins.
 type Redis struct {
 	// URL is where Redis is, as go-redis parses it: redis://host:6379/0,
 	// rediss://host:6380/0 (TLS) or unix:///path/redis.sock. A password may
@@ -36,10 +36,12 @@ type Redis struct {
 	// or unreachable Redis costs a request at most this long before
 	// OnError applies. Default: 200ms.
 	Timeout time.Duration `yaml:"timeout"`
-	// OnError is what a request gets when Redis cannot answer: "local"
-	// (the default) falls back to the replica's own in-memory state
-	// (logged and counted in ctxgate_redis_fallback_total), "deny"
-	// refuses it (503 -31019).
+	// OnError is what a rate-limited request (or a pin) gets when Redis
+	// cannot answer: "local" (the default) falls back to the replica's own
+	// in-memory state (logged and counted in ctxgate_redis_fallback_total),
+	// "deny" refuses it (503 -31019). It does not apply to idempotency
+	// keys: a call with one is refused (503 -31061) either way, since no
+	// replica alone can keep the at-most-once promise.
 	OnError string `yaml:"on_error"`
 	// Events is the Redis Stream context sources push "this changed"
 	// events to; nil: none is read.
@@ -127,17 +129,45 @@ func (v *validator) redis(r *Redis, hasCache bool) {
 	}
 }
 
+// IsSentinelURL reports whether a redis.url names Sentinels (it has a
+// master_name parameter) rather than the primary itself.
+func IsSentinelURL(raw string) bool {
+	u, err := url.Parse(raw)
+	return err == nil && u.Query().Get("master_name") != ""
+}
+
+// redisSentinelURL checks a Sentinel URL: go-redis's failover form, whose
+// credentials are the Sentinels' (the primary's are username and
+// password_file).
+func (v *validator) redisSentinelURL(r *Redis, u *url.URL) {
+	if _, err := redis.ParseFailoverURL(r.URL); err != nil {
+		v.add("redis.url", "must be a Sentinel URL such as redis://sentinel:26379/0?master_name=mymaster&addr=sentinel2:26379: %s", strings.TrimPrefix(err.Error(), "redis: "))
+		return
+	}
+	if r.TLS != nil && u.Scheme != "rediss" {
+		v.add("redis.tls", "needs a rediss:// url; tls settings have no effect on %s://", u.Scheme)
+	}
+}
+
 func (v *validator) redisURL(r *Redis) {
 	if r.URL == "" {
 		v.add("redis.url", "is required: where Redis is, e.g. redis://redis:6379/0 (remove the redis block to keep all state in memory)")
 		return
 	}
-	opt, err := redis.ParseURL(r.URL)
-	if err != nil {
-		v.add("redis.url", "must be a redis://, rediss:// or unix:// URL such as redis://redis:6379/0: %s", strings.TrimPrefix(err.Error(), "redis: "))
+	u, err := url.Parse(r.URL)
+	if err == nil && IsSentinelURL(r.URL) {
+		v.redisSentinelURL(r, u)
 		return
 	}
-	u, _ := url.Parse(r.URL) // ParseURL accepted it
+	if err == nil && u.Query().Has("addr") {
+		v.add("redis.url", "names several Redis nodes (addr=): Redis Cluster is not supported (the gateway's scripts read keys of several hash slots); use one primary, or Sentinels with ?master_name=<name>")
+		return
+	}
+	opt, err := redis.ParseURL(r.URL)
+	if err != nil {
+		v.add("redis.url", "must be a redis://, rediss:// or unix:// URL such as redis://redis:6379/0, or Sentinels: redis://sentinel:26379/0?master_name=mymaster: %s", strings.TrimPrefix(err.Error(), "redis: "))
+		return
+	}
 	if r.PasswordFile != "" && opt.Password != "" {
 		v.add("redis.password_file", "the url has a password too: set it in one place")
 	}

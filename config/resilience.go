@@ -98,7 +98,8 @@ type Rate struct {
 }
 
 // Idempotency configures the replay of tools/call that carry an
-// idempotency key. The store is in memory: per replica.
+// idempotency key. The store is in memory, per replica, unless redis is
+// configured: then it is on Redis, shared, and MaxKeys does not apply.
 type Idempotency struct {
 	// Window is how long a key is remembered after its call finished.
 	Window time.Duration `yaml:"window"`

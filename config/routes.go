@@ -31,6 +31,12 @@ type Route struct {
 	// federated initialize; a member slower than this is left out of the
 	// answer (partial) rather than holding up the others.
 	MemberTimeout time.Duration `yaml:"member_timeout"`
+	// MemberStaleFor bounds the age of a member's last good list page that
+	// stands in for a member that fails: within it the page is listed and
+	// marked stale; past it the member's items are not listed and the
+	// answer names it missing. Short by default, so tools of a member that
+	// has been down for long are not offered while every call fails.
+	MemberStaleFor time.Duration `yaml:"member_stale_for"`
 }
 
 // Prefix modes of a federated route.
@@ -42,8 +48,9 @@ const (
 
 // Route defaults.
 const (
-	DefaultRouteSeparator     = "__"
-	DefaultRouteMemberTimeout = 5 * time.Second
+	DefaultRouteSeparator      = "__"
+	DefaultRouteMemberTimeout  = 5 * time.Second
+	DefaultRouteMemberStaleFor = time.Minute
 )
 
 var routeSeparator = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,8}$`)
@@ -55,6 +62,7 @@ func (c *Config) applyRouteDefaults() {
 		setDefault(&r.Prefix, PrefixAlways)
 		setDefault(&r.Separator, DefaultRouteSeparator)
 		setDefault(&r.MemberTimeout, DefaultRouteMemberTimeout)
+		setDefault(&r.MemberStaleFor, DefaultRouteMemberStaleFor)
 	}
 }
 
@@ -100,6 +108,9 @@ func (v *validator) routes(routes []Route, ups []Upstream) {
 		}
 		if r.MemberTimeout <= 0 {
 			v.add(path+".member_timeout", "must be positive, e.g. 5s")
+		}
+		if r.MemberStaleFor <= 0 {
+			v.add(path+".member_stale_for", "must be positive, e.g. 1m")
 		}
 	}
 }

@@ -2,7 +2,9 @@ package config
 
 import (
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -27,6 +29,7 @@ const (
 	DefaultStdioOpenFiles  = 256
 	DefaultMaxProcesses    = 16
 	DefaultStdioIdle       = 10 * time.Minute
+	DefaultStopGrace       = 5 * time.Second
 )
 
 // applyStdioDefaults fills a stdio upstream's unset limits; other
@@ -43,6 +46,7 @@ func (up *Upstream) applyStdioDefaults() {
 	setDefault(&up.Limits.OpenFiles, DefaultStdioOpenFiles)
 	setDefault(&up.MaxProcesses, DefaultMaxProcesses)
 	setDefault(&up.IdleTimeout, DefaultStdioIdle)
+	setDefault(&up.StopGrace, DefaultStopGrace)
 }
 
 // lookPath finds a command as the gateway will run it; a variable so
@@ -81,13 +85,62 @@ func (v *validator) stdio(path string, up Upstream) {
 	if up.IdleTimeout < 0 {
 		v.add(path+".idle_timeout", "must be positive")
 	}
+	if up.StopGrace < 0 {
+		v.add(path+".stop_grace", "must be positive")
+	}
+	if up.User != "" {
+		if _, err := LookupUser(up.User); err != nil {
+			v.add(path+".user", "%s: give a user name or numeric uid this host has", lookupFailure(err))
+		}
+	}
+	if up.Group != "" {
+		if _, err := LookupGroup(up.Group); err != nil {
+			v.add(path+".group", "%s: give a group name or numeric gid this host has", lookupFailure(err))
+		}
+	}
+}
+
+// lookupFailure says why an account did not resolve, without os/user's
+// "user: " prefix (the field path already names it).
+func lookupFailure(err error) string {
+	msg := err.Error()
+	for _, p := range []string{"user: ", "group: "} {
+		msg = strings.TrimPrefix(msg, p)
+	}
+	return msg
+}
+
+// lookupUser and lookupGroup resolve accounts; variables so tests need
+// not depend on the host's /etc/passwd.
+var (
+	lookupUser   = user.Lookup
+	lookupUserID = user.LookupId
+	lookupGroup  = user.LookupGroup
+	lookupGID    = user.LookupGroupId
+)
+
+// LookupUser resolves upstreams[].user, a name or a numeric uid.
+func LookupUser(name string) (*user.User, error) {
+	if _, err := strconv.ParseUint(name, 10, 32); err == nil {
+		return lookupUserID(name)
+	}
+	return lookupUser(name)
+}
+
+// LookupGroup resolves upstreams[].group, a name or a numeric gid.
+func LookupGroup(name string) (*user.Group, error) {
+	if _, err := strconv.ParseUint(name, 10, 32); err == nil {
+		return lookupGID(name)
+	}
+	return lookupGroup(name)
 }
 
 // notStdio refuses the stdio keys on an upstream of another transport,
 // where they would silently do nothing.
 func (v *validator) notStdio(path string, up Upstream) {
 	s := up
-	if len(s.Command) > 0 || s.Env != nil || s.Dir != "" || s.Limits != nil || s.MaxProcesses != 0 || s.IdleTimeout != 0 {
-		v.add(path+".transport", "command, env, dir, limits, max_processes and idle_timeout need transport: stdio")
+	if len(s.Command) > 0 || s.Env != nil || s.Dir != "" || s.Limits != nil || s.MaxProcesses != 0 || s.IdleTimeout != 0 ||
+		s.StopGrace != 0 || s.User != "" || s.Group != "" {
+		v.add(path+".transport", "command, env, dir, limits, max_processes, idle_timeout, stop_grace, user and group need transport: stdio")
 	}
 }

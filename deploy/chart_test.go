@@ -464,7 +464,7 @@ func TestChartNotes(t *testing.T) {
 				}
 			}
 			if vs.redis {
-				want = append(want, "the replicas share their rate limits on Redis")
+				want = append(want, "the replicas share their rate limits and idempotency keys on\nRedis")
 			}
 			if vs.serviceMonitor {
 				want = append(want, "Prometheus sends the admin token itself")

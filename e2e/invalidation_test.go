@@ -11,8 +11,11 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/ctxgate/ctxgate/mcpwire"
 )
 
 // cachingReplicaConfig is one replica caching tools/list for an hour,
@@ -22,6 +25,7 @@ func cachingReplicaConfig(upstreamURL, redisURL string) string {
 server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0"}
 `+policyConfig()+`auth: {anonymous: true}
+sessions: {keys: ["e2e-replicas-share-this-session-key"]}
 redis:
   url: %q
   key_prefix: "e2e:"
@@ -54,8 +58,9 @@ func (g *gatewayProc) metricOrZero(t *testing.T, series string) float64 {
 
 // TestInvalidationAcrossReplicas: three ctxgate processes on one
 // redis-server, each with tools/list cached. A purge on one replica, a
-// POST /admin/invalidate on another and an event a context source XADDs to
-// the stream each make every replica's next tools/list a miss. Redis
+// POST /admin/invalidate on another, an event a context source XADDs to
+// the stream and an upstream's tools/list_changed each make every
+// replica's next tools/list a miss. Redis
 // killed: every replica stops trusting its cache (answers are still
 // served, from the upstream) and an invalidation says it reached this
 // replica only; Redis back: each drops its cache and caches again.
@@ -189,6 +194,15 @@ func TestInvalidationAcrossReplicas(t *testing.T) {
 		t.Errorf("pending events %+v (%v), want none: applied and poison events are both acknowledged", p, err)
 	}
 
+	// An upstream's list_changed: the replica relaying it fans it out.
+	fill()
+	before = received()
+	resp := clients[0].post(t, `{"jsonrpc":"2.0","id":90,"method":"tools/call","params":{"name":"test_trigger_tool_change","arguments":{}}}`)
+	if body, _ := io.ReadAll(resp.Body); resp.StatusCode != http.StatusOK || strings.Contains(string(body), `"error"`) {
+		t.Fatalf("test_trigger_tool_change: %s %s", resp.Status, body)
+	}
+	expectEverywhere("an upstream's tools/list_changed", before, 0)
+
 	// Redis killed: nothing is trusted, everything is still answered.
 	fill()
 	rds.stop()
@@ -321,5 +335,74 @@ upstreams:
 	})
 	if how, _ := list(b); how != "miss" {
 		t.Errorf("replica b after a purge on a: %q, want miss (neither level may answer)", how)
+	}
+}
+
+// TestStreamEventNotifiesSubscribers: a session initialized through one
+// replica subscribes to a resource through it and holds its GET stream on
+// another; an event for that resource XADDed to the stream reaches the
+// session as notifications/resources/updated on that other replica, and
+// an event for a resource it did not subscribe to does not.
+func TestStreamEventNotifiesSubscribers(t *testing.T) {
+	rds := startRedis(t)
+	upstream := startEverything(t)
+	a := startGateway(t, cachingReplicaConfig(upstream, rds.URL))
+	b := startGateway(t, cachingReplicaConfig(upstream, rds.URL))
+	for _, gw := range []*gatewayProc{a, b} {
+		waitFor(t, "the replica in step with Redis", readyDeadline, func() bool {
+			return gw.metricOrZero(t, "ctxgate_cache_fanout_in_step") == 1
+		})
+	}
+	c := &rpc{url: a.URL + "/mcp/everything"}
+	c.initialize(t)
+
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, b.URL+"/mcp/everything", nil)
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Mcp-Session-Id", c.session)
+	req.Header.Set("Mcp-Protocol-Version", "2025-11-25")
+	stream, err := http.DefaultClient.Do(req)
+	if err != nil || stream.StatusCode != http.StatusOK {
+		t.Fatalf("GET stream on replica b: %v %v", stream, err)
+	}
+	defer stream.Body.Close()
+	updates := make(chan string, 16)
+	go func() {
+		events := mcpwire.NewReader(stream.Body)
+		for {
+			ev, err := events.Next()
+			if err != nil {
+				close(updates)
+				return
+			}
+			var n struct {
+				Method string `json:"method"`
+				Params struct {
+					URI string `json:"uri"`
+				} `json:"params"`
+			}
+			if json.Unmarshal(ev.Data, &n) == nil && n.Method == "notifications/resources/updated" {
+				updates <- n.Params.URI
+			}
+		}
+	}()
+
+	if resp := c.post(t, `{"jsonrpc":"2.0","id":2,"method":"resources/subscribe","params":{"uri":"test://static-text"}}`); resp.StatusCode != http.StatusOK {
+		t.Fatalf("resources/subscribe through replica a: %s", resp.Status)
+	}
+	source := redis.NewClient(&redis.Options{Network: "unix", Addr: strings.TrimPrefix(rds.URL, "unix://"), MaxRetries: -1, DisableIdentity: true})
+	defer source.Close()
+	for _, uri := range []string{"test://static-binary", "test://static-text"} {
+		ev := fmt.Sprintf(`{"upstream":"everything","uri":%q}`, uri)
+		if err := source.XAdd(context.Background(), &redis.XAddArgs{Stream: "e2e-events", Values: map[string]any{"event": ev}}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case uri, ok := <-updates:
+		if !ok || uri != "test://static-text" {
+			t.Errorf("first resources/updated on replica b: %q (stream open: %v), want test://static-text (static-binary was never subscribed to)", uri, ok)
+		}
+	case <-time.After(readyDeadline):
+		t.Fatal("no resources/updated reached the subscribed session's stream on replica b")
 	}
 }

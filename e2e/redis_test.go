@@ -20,7 +20,8 @@ import (
 // --port 0), with nothing persisted.
 type redisProc struct {
 	*proc
-	URL string // unix:///.../redis.sock
+	URL  string // unix:///.../redis.sock
+	args []string
 }
 
 // requireRedisServer finds redis-server: skipped locally with the install
@@ -56,10 +57,19 @@ func startRedisIn(t *testing.T, dir string) *redisProc {
 	t.Helper()
 	bin := requireRedisServer(t)
 	sock := filepath.Join(dir, "redis.sock")
-	p := startProc(t, "redis-server", bin, "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700",
-		"--save", "", "--appendonly", "no", "--dir", dir)
-	r := &redisProc{proc: p, URL: "unix://" + sock}
-	client := redis.NewClient(&redis.Options{Network: "unix", Addr: sock, MaxRetries: -1, DisableIdentity: true})
+	r := &redisProc{URL: "unix://" + sock, args: []string{bin, "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700",
+		"--save", "", "--appendonly", "no", "--dir", dir}}
+	r.start(t)
+	return r
+}
+
+// start runs redis-server (again, after stop: on the same socket, empty)
+// and waits until it answers.
+func (r *redisProc) start(t *testing.T) {
+	t.Helper()
+	p := startProc(t, "redis-server", r.args[0], r.args[1:]...)
+	r.proc = p
+	client := redis.NewClient(&redis.Options{Network: "unix", Addr: strings.TrimPrefix(r.URL, "unix://"), MaxRetries: -1, DisableIdentity: true})
 	defer client.Close()
 	waitFor(t, "redis-server to answer PING", readyDeadline, func() bool {
 		if p.exited() {
@@ -67,7 +77,6 @@ func startRedisIn(t *testing.T, dir string) *redisProc {
 		}
 		return client.Ping(context.Background()).Err() == nil
 	})
-	return r
 }
 
 // stop kills redis-server and waits until it is gone.

@@ -71,10 +71,12 @@ func (s *Server) describeParams(in *policy.Input, upstreamName string, req *json
 		if meta, ok := s.catalog.tool(upstreamName, name); ok {
 			in.Tool.Annotations, in.Tool.Description = meta.Annotations, meta.Description
 		}
-	case "resources/read", "resources/subscribe", "resources/unsubscribe":
+	case "resources/read", "resources/subscribe", "resources/unsubscribe", "resources/directory/read":
 		in.Resource = &policy.Resource{URI: uri}
 	case "prompts/get":
 		in.Prompt = &policy.Prompt{Name: name, Arguments: args}
+	case "skills/get":
+		in.Skill = &policy.Skill{URI: uri, Name: policy.SkillName(uri), Pin: s.pins.set(upstreamName).skillStatus(uri)}
 	default:
 		// Decoded once, exactly, at the size of what was sent (params.go).
 		in.Params = mcpwire.DecodeObject(req.Params)
@@ -134,6 +136,8 @@ func denial(method string, d policy.Decision) *Error {
 		code = codeUnknownTool
 	case method == "resources/read" || method == "resources/subscribe":
 		code = codeUnknownResource
+	case method == "skills/get" || method == "resources/directory/read":
+		code = jsonrpc.CodeInvalidParams // SEP-2640's answer for an unknown skill or a non-directory
 	}
 	if message == "" {
 		message = "request denied by policy"

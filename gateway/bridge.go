@@ -15,7 +15,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+
+	"github.com/ctxgate/ctxgate/upstream"
 )
 
 // Bridging serves modern-era (2026-07-28) clients from an upstream that
@@ -24,12 +27,18 @@ import (
 //
 //   - The gateway keeps one legacy session with the upstream per principal
 //     and route, opened with initialize on the principal's first bridged
-//     request (after the policy allowed it), with the highest legacy
+//     request (after the policy allowed it, or to read the upstream's
+//     tools/list before deciding a call: toolfetch.go), with the highest legacy
 //     revision both sides know and empty client capabilities. Sessions live
 //     in the memory of each gateway process (each replica opens its own;
 //     the client never sees one) for at most sessions.ttl; an upstream 404
 //     (or a 400 for no request: bridgeSessionLost) ends one, and the next
-//     request opens a new one.
+//     request opens a new one. A session the upstream's transport knows
+//     has ended (a stdio process reaped idle or crashed) is replaced
+//     before it is used, so the client's request does not fail on it. A
+//     session the gateway stops using (replaced after sessions.ttl, or
+//     evicted) is ended upstream (DELETE) once no request uses it: a stdio
+//     upstream's process per principal lives as long as its session.
 //   - server/discover is answered by the gateway from the session's
 //     initialize result: the route's revisions (2026-07-28 and the legacy
 //     ones), the upstream's capabilities without what cannot be bridged
@@ -38,8 +47,10 @@ import (
 //   - Every other request is forwarded on the session, with the modern
 //     _meta keys (io.modelcontextprotocol/*) removed from params._meta and
 //     the legacy revision in MCP-Protocol-Version; every other byte is the
-//     client's. The answer is relayed as it comes (a legacy result has no
-//     resultType, which reads as complete).
+//     client's. The answer is relayed as it comes, each result given
+//     what a 2026-07-28 result carries and a legacy one lacks
+//     (bridgedResult: resultType, and ttlMs and cacheScope on cacheable
+//     methods).
 //
 // Limits: no server-to-client requests (the session declares no client
 // capabilities; one sent anyway is refused to the upstream and never
@@ -58,23 +69,38 @@ const (
 type bridgeSession struct {
 	id      string // the upstream's Mcp-Session-Id; "" if it assigned none
 	version string // the negotiated legacy revision
+	as      *Principal
 	opened  time.Time
 	// From the initialize result, for server/discover.
 	capabilities map[string]any
 	serverInfo   json.RawMessage
 	instructions string
+
+	// Under bridgeSessions.mu: the requests using the session now (from
+	// get to release); retired, no longer handed out; lost, ended by the
+	// upstream (nothing left to end).
+	uses          int
+	retired, lost bool
 }
 
 // bridgeSessions are one route's bridged sessions, by principal id.
 type bridgeSessions struct {
 	ttl time.Duration
-	mu  sync.Mutex
-	m   map[string]*bridgeEntry
+	// gone reports a session the upstream's transport knows has ended
+	// (upstream.SessionGone); nil: it never knows.
+	gone func(id string) bool
+	// end ends a retired session upstream; it must not block (the
+	// gateway's runs in a goroutine of its own). Nil: the upstream
+	// expires it itself.
+	end func(*bridgeSession)
+
+	mu sync.Mutex
+	m  map[string]*bridgeEntry
 }
 
 type bridgeEntry struct {
-	mu   sync.Mutex // held while the session is opened: one initialize per principal
-	sess *bridgeSession
+	mu   sync.Mutex     // held while the session is opened: one initialize per principal
+	sess *bridgeSession // written under both mu and bridgeSessions.mu
 }
 
 func newBridgeSessions(ttl time.Duration) *bridgeSessions {
@@ -82,14 +108,17 @@ func newBridgeSessions(ttl time.Duration) *bridgeSessions {
 }
 
 // get returns the principal's session, opening one with open if there is
-// none or it is too old.
+// none, it is too old, or its transport knows it ended. Every session get
+// returns is in use until release.
 func (b *bridgeSessions) get(principal string, open func() (*bridgeSession, error)) (*bridgeSession, error) {
 	b.mu.Lock()
 	e := b.m[principal]
+	var evicted *bridgeSession
 	if e == nil {
 		if len(b.m) >= maxBridgeSessions {
-			for k := range b.m { // any one: map order is random
+			for k, old := range b.m { // any one: map order is random
 				delete(b.m, k)
+				evicted = b.retire(old.sess)
 				break
 			}
 		}
@@ -97,32 +126,104 @@ func (b *bridgeSessions) get(principal string, open func() (*bridgeSession, erro
 		b.m[principal] = e
 	}
 	b.mu.Unlock()
+	b.ending(evicted)
+
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.sess != nil && time.Since(e.sess.opened) < b.ttl {
-		return e.sess, nil
+	b.mu.Lock()
+	cur := e.sess
+	b.mu.Unlock()
+	// Asked outside b.mu: the transport takes its own lock.
+	gone := cur != nil && b.gone != nil && b.gone(cur.id)
+	b.mu.Lock()
+	if cur != nil && !gone && !cur.retired && time.Since(cur.opened) < b.ttl {
+		cur.uses++
+		b.mu.Unlock()
+		return cur, nil
 	}
+	var stale *bridgeSession
+	if cur != nil {
+		cur.lost = cur.lost || gone
+		stale = b.retire(cur)
+		e.sess = nil
+	}
+	b.mu.Unlock()
+	b.ending(stale)
 	sess, err := open()
 	if err != nil {
 		return nil, err
 	}
+	b.mu.Lock()
+	sess.uses = 1
 	e.sess = sess
+	b.mu.Unlock()
 	return sess, nil
 }
 
-// drop forgets sess, if it is still the principal's session.
+// retire stops handing sess out and returns it if it is to be ended now
+// (no request uses it); b.mu held.
+func (b *bridgeSessions) retire(sess *bridgeSession) *bridgeSession {
+	if sess == nil || sess.retired {
+		return nil
+	}
+	sess.retired = true
+	if sess.uses > 0 || sess.lost {
+		return nil // release ends it, or there is nothing to end
+	}
+	return sess
+}
+
+// release ends one use of sess that get returned; the last use of a
+// retired session ends it upstream.
+func (b *bridgeSessions) release(sess *bridgeSession) {
+	b.mu.Lock()
+	sess.uses--
+	end := sess.retired && !sess.lost && sess.uses == 0
+	b.mu.Unlock()
+	if end {
+		b.ending(sess)
+	}
+}
+
+func (b *bridgeSessions) ending(sess *bridgeSession) {
+	if sess != nil && b.end != nil {
+		b.end(sess)
+	}
+}
+
+// drop forgets sess, if it is still the principal's session: the upstream
+// ended it.
 func (b *bridgeSessions) drop(principal string, sess *bridgeSession) {
 	b.mu.Lock()
+	sess.lost, sess.retired = true, true
 	e := b.m[principal]
 	b.mu.Unlock()
 	if e == nil {
 		return
 	}
 	e.mu.Lock()
+	b.mu.Lock()
 	if e.sess == sess {
 		e.sess = nil
 	}
+	b.mu.Unlock()
 	e.mu.Unlock()
+}
+
+// endBridge ends a bridged session the gateway no longer uses: DELETE, as
+// a client ends its session (for a stdio upstream: its process ends).
+func (s *Server) endBridge(rt *route, sess *bridgeSession) {
+	if sess.id == "" {
+		return // the upstream keeps no session to end
+	}
+	ctx, cancel := context.WithTimeout(s.streams, probeTimeout)
+	defer cancel()
+	resp, err := askUpstream(ctx, rt.direct(), upstreamRequest{method: http.MethodDelete, session: sess.id, version: sess.version, as: sess.as})
+	if err != nil {
+		s.log.Debug("could not end a bridged session", "upstream", rt.upstream.Name, "error", err)
+		return
+	}
+	_ = resp.Body.Close()
 }
 
 // maxLostSessionBody bounds what is read of a bridged request's 400 to
@@ -149,9 +250,13 @@ func bridgeSessionLost(resp *http.Response) bool {
 		io.Reader
 		io.Closer
 	}{io.MultiReader(bytes.NewReader(raw), resp.Body), resp.Body}
-	if err != nil {
-		return false
-	}
+	return err == nil && sessionErrorBody(raw)
+}
+
+// sessionErrorBody reports whether a 400's body is a JSON-RPC error for no
+// request (id null or absent): the TypeScript SDK's answer to a session it
+// does not know.
+func sessionErrorBody(raw []byte) bool {
 	var msg struct {
 		ID    json.RawMessage `json:"id"`
 		Error *struct{}       `json:"error"`
@@ -180,6 +285,9 @@ func (s *Server) prepareBridge(r *http.Request, fwd *forward, req *jsonrpc.Reque
 		return newError(http.StatusNotFound, CodeMethodNotFound, "subscriptions/listen is not available on this route: its upstream speaks only the legacy protocol era", nil)
 	}
 	sess, err := fwd.route.bridge.get(fwd.principal.ID, func() (*bridgeSession, error) { return s.openBridge(r.Context(), fwd) })
+	if errors.Is(err, upstream.ErrProcessesFull) || errors.Is(err, upstream.ErrRestartBackoff) || errors.Is(err, upstream.ErrSessionsFull) {
+		return upstreamError(r.Context(), err) // 503 with Retry-After, as to a legacy client's initialize
+	}
 	if err != nil {
 		return newError(http.StatusBadGateway, CodeUpstreamUnavailable, "could not open a session with the upstream", err)
 	}
@@ -228,7 +336,7 @@ func (s *Server) openBridge(ctx context.Context, fwd *forward) (*bridgeSession, 
 	if err := json.Unmarshal(opened.result, &init); err != nil {
 		return nil, fmt.Errorf("upstream initialize result unusable: %w", err)
 	}
-	return &bridgeSession{id: opened.id, version: opened.version, opened: time.Now(),
+	return &bridgeSession{id: opened.id, version: opened.version, as: fwd.route.identity(fwd.principal), opened: time.Now(),
 		capabilities: init.Capabilities, serverInfo: init.ServerInfo, instructions: neutralise(init.Instructions)}, nil
 }
 
@@ -248,7 +356,8 @@ func discoverAnswer(id jsonrpc.ID, sess *bridgeSession, versions []string) ([]by
 		}
 		caps[k] = v
 	}
-	result := map[string]any{"resultType": "complete", "supportedVersions": versions, "capabilities": caps}
+	result := map[string]any{"resultType": "complete", "supportedVersions": versions, "capabilities": caps,
+		"ttlMs": 0, "cacheScope": "private"} // as bridgedResult gives a cacheable result
 	if sess.instructions != "" {
 		result["instructions"] = sess.instructions
 	}
@@ -297,4 +406,72 @@ func withoutModernMeta(body []byte) ([]byte, error) {
 		return nil, err // never forward what the gateway itself would refuse
 	}
 	return out, nil
+}
+
+// What a bridged result is given when it lacks it (bridgedResult).
+var (
+	completeResult = jsontext.Value(`"complete"`)
+	staleNow       = jsontext.Value(`0`)
+	privateScope   = jsontext.Value(`"private"`)
+)
+
+// cacheableMethods are those whose 2026-07-28 results carry ttlMs and
+// cacheScope.
+var cacheableMethods = map[string]bool{"tools/list": true, "prompts/list": true, "resources/list": true,
+	"resources/templates/list": true, "resources/read": true, "server/discover": true}
+
+// bridgedResult gives a bridged response's result the members every
+// 2026-07-28 result of its method carries and a legacy one lacks:
+// resultType "complete" (a legacy result is never input_required) and,
+// for a cacheable method, ttlMs 0 and cacheScope "private" (the gateway
+// knows nothing of how long it stays fresh, and the policy filtered it
+// for this principal: no one else may be served it). Members the result
+// has are kept; an error, and anything that is not an object, are
+// returned as they are. Every other byte is the upstream's.
+func bridgedResult(data []byte, method string) []byte {
+	top, err := members(data)
+	if err != nil {
+		return data
+	}
+	for i, t := range top {
+		if foldName(t.name) != "result" {
+			continue
+		}
+		result, err := members(t.value)
+		if err != nil {
+			return data
+		}
+		add := []member{{name: "resultType", value: completeResult}}
+		if cacheableMethods[method] {
+			add = append(add, member{name: "ttlMs", value: staleNow}, member{name: "cacheScope", value: privateScope})
+		}
+		changed := false
+		for _, a := range add {
+			if !slices.ContainsFunc(result, func(m member) bool { return foldName(m.name) == foldName(a.name) }) {
+				result, changed = append(result, a), true
+			}
+		}
+		if !changed {
+			return data
+		}
+		top[i].value = encodeObject(result)
+		return encodeObject(top)
+	}
+	return data
+}
+
+// codeMissingCapability is 2026-07-28's MissingRequiredClientCapability
+// error (SEP-2575), which a legacy server may answer too.
+const codeMissingCapability = -32021
+
+// missingCapability reports whether a bridged JSON answer is that error,
+// which a 2026-07-28 server answers with HTTP 400 and a legacy session
+// (a stdio one always) with 200.
+func missingCapability(body []byte) bool {
+	var msg struct {
+		Error *struct {
+			Code int64 `json:"code"`
+		} `json:"error"`
+	}
+	return json.Unmarshal(body, &msg) == nil && msg.Error != nil && msg.Error.Code == codeMissingCapability
 }

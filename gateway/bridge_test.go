@@ -81,7 +81,7 @@ func TestBridge(t *testing.T) {
 	}
 
 	status, body := post("server/discover", "")
-	wantDiscover := `{"jsonrpc":"2.0","id":7,"result":{"_meta":{"io.modelcontextprotocol/serverInfo":{"name":"old","version":"1"}},"capabilities":{"tools":{}},"instructions":"be kind","resultType":"complete","supportedVersions":["2026-07-28","2025-11-25","2025-06-18"]}}`
+	wantDiscover := `{"jsonrpc":"2.0","id":7,"result":{"_meta":{"io.modelcontextprotocol/serverInfo":{"name":"old","version":"1"}},"cacheScope":"private","capabilities":{"tools":{}},"instructions":"be kind","resultType":"complete","supportedVersions":["2026-07-28","2025-11-25","2025-06-18"],"ttlMs":0}}`
 	if status != http.StatusOK || body != wantDiscover {
 		t.Errorf("server/discover: %d\n got %s\nwant %s", status, body, wantDiscover)
 	}

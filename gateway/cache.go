@@ -468,11 +468,13 @@ func markStale(result json.RawMessage, ageMs int64) json.RawMessage {
 
 // invalidatedBy maps the upstream notifications that change cached answers
 // to the methods whose entries they drop. server/discover describes the
-// lists, so it goes with each of them.
+// lists, so it goes with each of them. SEP-2640 defines no notification of
+// its own: skills are resources, so a change of the resources drops the
+// skills' entries too.
 var invalidatedBy = map[string][]string{
 	"notifications/tools/list_changed":     {"tools/list", "server/discover"},
 	"notifications/prompts/list_changed":   {"prompts/list", "server/discover"},
-	"notifications/resources/list_changed": {"resources/list", "resources/templates/list", "server/discover"},
+	"notifications/resources/list_changed": {"resources/list", "resources/templates/list", "server/discover", "skills/list", "skills/get"},
 }
 
 // observeUpstream drops the cache entries an upstream message announces

@@ -66,6 +66,10 @@
 // or not (direct). A federated route (federation.go) runs its own front
 // (serveFederated) and sends each member's share through the member's
 // route stages (authorize, forwardUpstream), on the fedRequest receiver.
+// HTTP+SSE (2024-11-05) clients reach every route at <route>/sse and
+// <route>/messages (oldclient.go): each message they POST is served by
+// the route's handler above as a Streamable HTTP request the gateway makes
+// in process, so the whole pipeline applies to them unchanged.
 //
 // Observability follows the same request: the first step starts its span
 // (continuing an incoming traceparent) and, when the request ends, writes

@@ -74,6 +74,11 @@ func (s *Server) authorize(r *http.Request, fwd *forward) error {
 				return err
 			}
 		}
+		if in.Skill != nil {
+			if err := s.checkPinnedSkill(fwd, in.Skill.Pin); err != nil {
+				return err
+			}
+		}
 		if req.ID.IsValid() {
 			if fwd.exchanges == nil {
 				fwd.exchanges = map[string]*exchange{}
@@ -234,8 +239,18 @@ func (s *Server) filterResult(ctx context.Context, fwd *forward, in *policy.Inpu
 		// readToolPage refuses a case variant of tools itself, as
 		// exactListMember does for the other lists.
 		result, page, err = s.learnToolPage(ctx, fwd, result)
+	case method == "skills/list":
+		if err = exactListMember(result, shape.items); err == nil {
+			result, err = s.screenSkillPage(ctx, fwd.route.upstream.Name, result)
+		}
 	case isList:
 		err = exactListMember(result, shape.items)
+	case method == "skills/get" && in.Skill != nil:
+		if denied, err = s.screenSkillResult(ctx, fwd.route.upstream.Name, in.Skill.URI, result); denied != nil {
+			return nil, denied, nil
+		}
+	case method == "resources/directory/read":
+		result, err = s.filterDirectory(ctx, in, result)
 	}
 	if err == nil && isList {
 		result, _, err = s.policy.FilterList(ctx, in, result)

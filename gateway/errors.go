@@ -43,6 +43,11 @@ const (
 	CodeRateLimitUnavailable   = -31019 // 503 + Retry-After: limits shared on Redis, Redis cannot answer, redis.on_error deny; nothing was counted or sent
 	CodeUpstreamSessionsFull   = -31050 // 503 + Retry-After: the upstream transport holds its maximum of sessions (stdio: max_processes processes, one per session; sse: its sessions); nothing was started or sent
 	CodeUpstreamRestartBackoff = -31051 // 503 + Retry-After: a stdio upstream's processes crashed one after another; its next start waits (0.5 s doubling to 30 s); nothing was started or sent
+	CodeIdempotencyInProgress  = -31060 // 409 + Retry-After: the ledger is on Redis and the first call with this key still runs (on any replica) after the duplicate waited its deadline; nothing was sent
+	CodeIdempotencyUnavailable = -31061 // 503 + Retry-After: the ledger is on Redis and Redis cannot answer; a call with an idempotency key is refused (whatever redis.on_error); nothing was sent
+	CodeOldSessionsFull        = -31090 // 503 + Retry-After: the gateway holds its maximum of HTTP+SSE (2024-11-05) client sessions (1,024 per replica); nothing was opened
+	CodeOldSessionBusy         = -31091 // 503 + Retry-After: 64 requests are in progress on this HTTP+SSE session; the message was not accepted
+	CodeMemberRecovering       = -31070 // 503 + Retry-After: a federated session's member was unavailable at initialize and is being retried; nothing was sent
 )
 
 // Error is a failure bound for a client: the HTTP status, the JSON-RPC

@@ -24,8 +24,9 @@ import (
 //   - initialize is sent to every member in parallel, each with the
 //     client's own params and within the route's member_timeout; the
 //     members that answer are the session (their upstream session ids are
-//     sealed in the gateway's session id), the others are left out and
-//     named in the result's _meta io.ctxgate/partial. The result is the
+//     sealed in the gateway's session id), the others are left out,
+//     named in the result's _meta io.ctxgate/partial, and retried for the
+//     session until they join it (fedrecover.go). The result is the
 //     gateway's: the lowest protocol version the members negotiated, the
 //     union of their capabilities, their instructions.
 //   - the GET stream merges one stream per member of the session, event by
@@ -53,10 +54,14 @@ import (
 // else left out and named in _meta io.ctxgate/partial (reason: legacy
 // only).
 //
-// subscriptions/listen merges the members' listens the same way
-// (fedlisten.go); members' requests of the client are relayed under the
-// gateway's ids and answered back to them (fedanswer.go). Not served on a
-// federated route: batches (400).
+// A member's requests of the client (sampling, elicitation, roots, and so
+// a multi-round-trip tool's input requests on a legacy session) are
+// decided as on its own route and relayed under an id naming the member;
+// the client's answer goes back to that member (fedask.go).
+// subscriptions/listen merges the members' listens as the GET stream
+// merges their streams (fedlisten.go, fedstream.go).
+//
+// Not served on a federated route: batches (400).
 
 // federation is one federated route.
 type federation struct {
@@ -68,6 +73,9 @@ type federation struct {
 	// partial answers of a member that fails.
 	lastGood sync.Map // string -> lastGood
 	partial  *prometheus.CounterVec
+	// late are the sessions whose members failed at initialize, retried
+	// (fedrecover.go).
+	late lateSessions
 }
 
 type lastGood struct {
@@ -216,20 +224,24 @@ func (fr *fedRequest) post(w http.ResponseWriter) error {
 		return err
 	}
 	fr.fo = legacyFan(claims)
+	fr.recoverMembers(r.Header.Get("Mcp-Session-Id"))
 	req := msg.Request()
 	switch {
 	case req == nil:
-		// A client's answer to a member's request (fedanswer.go).
-		resp, _ := msg.Msg.(*jsonrpc.Response)
-		return fr.answerMember(w, resp, fwd.body)
+		// A client's answer to a member's request (fedask.go).
+		return fr.answerMember(w)
 	case !req.ID.IsValid():
-		fr.notify(req, fwd.body)
+		if err := fr.notify(req, fwd.body); err != nil {
+			return err
+		}
 		w.WriteHeader(http.StatusAccepted)
 		return nil
 	case req.Method == "ping":
 		return s.answer(w, req.ID, json.RawMessage(`{}`))
 	case req.Method == "logging/setLevel":
-		fr.fanOut(req, fwd.body)
+		if err := fr.fanOut(req, fwd.body); err != nil {
+			return err
+		}
 		return s.answer(w, req.ID, json.RawMessage(`{}`))
 	case listShapes[req.Method].items != "":
 		return fr.list(w, req)
@@ -244,8 +256,9 @@ func (fr *fedRequest) openSession() (sessionClaims, error) {
 	if err := fr.s.prepareSession(fr.r, fwd); err != nil {
 		return sessionClaims{}, err
 	}
-	claims, _ := fr.s.sessions.Open(fr.r.Header.Get("Mcp-Session-Id"))
-	return claims, nil
+	id := fr.r.Header.Get("Mcp-Session-Id")
+	claims, _ := fr.s.sessions.Open(id)
+	return fr.f.late.joined(id, claims), nil
 }
 
 // answer writes the gateway's own result for id.
@@ -278,3 +291,11 @@ type errMemberUnavailable struct {
 
 func (e errMemberUnavailable) Error() string { return fmt.Sprintf("member %s: %v", e.member, e.err) }
 func (e errMemberUnavailable) Unwrap() error { return e.err }
+
+// memberSessionEnded is the answer to any request on a federated session
+// one of whose members ended its own session (it restarted, or expired
+// it): 404 -31003, as a single upstream's 404 is, whatever the method, so
+// the client initializes again and gets a new session with every member.
+func memberSessionEnded(cause error) *Error {
+	return newError(http.StatusNotFound, CodeSessionNotFound, "session not found; initialize a new session", cause)
+}

@@ -27,10 +27,18 @@ func sdkServer(t *testing.T, tools ...string) *httptest.Server {
 
 // memberHooks change and watch an sdkServer: while forget is set it
 // answers 404 to every request on a session, as a restarted server does;
-// mcpName is the last Mcp-Name header it received.
+// forget400 answers a request on a session 400 with a JSON-RPC error for
+// no request, as the TypeScript SDK's servers answer a session they do not
+// know; while fail is set it answers 503 to everything; mcpName is the
+// last Mcp-Name header it received; answers counts the JSON-RPC
+// responses (a client's answers) POSTed to it, deletes the DELETEs.
 type memberHooks struct {
-	forget  atomic.Bool
-	mcpName atomic.Value
+	forget    atomic.Bool
+	forget400 atomic.Bool
+	fail      atomic.Bool
+	mcpName   atomic.Value
+	answers   atomic.Int64
+	deletes   atomic.Int64
 }
 
 func sdkServerHooked(t *testing.T, hooks *memberHooks, tools ...string) *httptest.Server {
@@ -45,6 +53,26 @@ func sdkServerHooked(t *testing.T, hooks *memberHooks, tools ...string) *httptes
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if v := r.Header.Get("Mcp-Name"); v != "" {
 			hooks.mcpName.Store(v)
+		}
+		if r.Method == http.MethodDelete {
+			hooks.deletes.Add(1)
+		}
+		if r.Method == http.MethodPost {
+			body, _ := io.ReadAll(r.Body)
+			if strings.Contains(string(body), `"result"`) {
+				hooks.answers.Add(1)
+			}
+			r.Body = io.NopCloser(strings.NewReader(string(body)))
+		}
+		if hooks.fail.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		if hooks.forget400.Load() && r.Header.Get("Mcp-Session-Id") != "" {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = io.WriteString(w, `{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"Bad Request: No valid session ID provided"}}`)
+			return
 		}
 		if hooks.forget.Load() && r.Header.Get("Mcp-Session-Id") != "" {
 			http.Error(w, "session not found", http.StatusNotFound)
@@ -137,7 +165,8 @@ func TestFederatedRoute(t *testing.T) {
 		wantStatus                  int
 		wantCode                    int64
 	}{
-		{"unknown tool", http.MethodPost, init.session, `{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"b__x","arguments":{}}}`, nil, http.StatusOK, -32602},
+		{"unknown tool", http.MethodPost, init.session, `{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"c__x","arguments":{}}}`, nil, http.StatusOK, -32602},
+		{"a tool of a member down at initialize, being retried", http.MethodPost, init.session, `{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"b__x","arguments":{}}}`, nil, http.StatusServiceUnavailable, -31070},
 		{"tampered cursor", http.MethodPost, init.session, `{"jsonrpc":"2.0","id":5,"method":"tools/list","params":{"cursor":"AAAA"}}`, nil, http.StatusOK, -32602},
 		{"a session id is not a cursor", http.MethodPost, init.session, `{"jsonrpc":"2.0","id":5,"method":"tools/list","params":{"cursor":"` + init.session + `"}}`, nil, http.StatusOK, -32602},
 		{"no session", http.MethodPost, "", `{"jsonrpc":"2.0","id":6,"method":"tools/list"}`, nil, http.StatusBadRequest, -32600},

@@ -43,9 +43,7 @@ func (fr *fedRequest) list(w http.ResponseWriter, req *jsonrpc.Request) error {
 	pages := fr.pages(req, todo)
 	for _, pg := range pages {
 		if pg.ended {
-			// As a single upstream's 404 does: the client initializes again
-			// and so gets a new session with every member.
-			return newError(http.StatusNotFound, CodeSessionNotFound, "session not found; initialize a new session", errMemberUnavailable{member: pg.member, err: errMemberSessionEnded})
+			return memberSessionEnded(errMemberUnavailable{member: pg.member, err: errMemberSessionEnded})
 		}
 	}
 	shape := listShapes[req.Method]
@@ -71,6 +69,9 @@ func (fr *fedRequest) list(w http.ResponseWriter, req *jsonrpc.Request) error {
 	result, err := mergedResult(shape, merged, next)
 	if err != nil {
 		return err
+	}
+	if fr.fo.era == eraModern {
+		result = withModernAttributes(result, pages)
 	}
 	return s.answer(w, req.ID, result)
 }
@@ -114,9 +115,10 @@ func (fr *fedRequest) pages(req *jsonrpc.Request, todo []memberCursor) []memberP
 
 // page fetches one page of a member's list within the member
 // timeout, remembering it as the member's last good page; on failure it is
-// the last good page (stale) or nothing. A member the request's era cannot
-// reach at all (a legacy-only member of a modern request) is left out with
-// the reason, never filled in.
+// the last good page (stale) while it is younger than member_stale_for, or
+// nothing (missing, with the reason when a page was too old). A member the
+// request's era cannot reach at all (a legacy-only member of a modern
+// request) is left out with the reason, never filled in.
 func (fr *fedRequest) page(ctx context.Context, m *route, method, cursor string) memberPage {
 	s, f := fr.s, fr.f
 	name := m.upstream.Name
@@ -140,8 +142,29 @@ func (fr *fedRequest) page(ctx context.Context, m *route, method, cursor string)
 					return page
 				}
 				s.catalog.learnTools(name, tp.items)
+				kept := tp.items
+				if set := s.pins.set(name); set != nil && tp.prefix != nil {
+					// Screened by the member's pins as on its own route: a
+					// quarantined tool is not offered here either.
+					out, err := set.screen(ctx, tp.items)
+					if err != nil {
+						loggerOf(ctx, s.log).Warn("federated list: member part withheld", "member", name, "error", err)
+						return memberPage{member: name}
+					}
+					if len(out.hidden) > 0 {
+						loggerOf(ctx, s.log).Warn("tools quarantined: definition changed since pinned (or not pinned); approve with POST /admin/pins/approve", "upstream", name, "tools", out.hidden)
+					}
+					kept = out.kept
+				}
 				if tp.prefix != nil {
-					result = tp.encode(tp.items)
+					result = tp.encode(kept)
+				}
+			}
+			if method == "skills/list" {
+				// Screened by the member's pins (skills.go).
+				if result, err = s.screenSkillPage(ctx, name, result); err != nil {
+					loggerOf(ctx, s.log).Warn("federated list: member part withheld", "member", name, "error", err)
+					return memberPage{member: name}
 				}
 			}
 			f.lastGood.Store(key, lastGood{result: result, at: s.now()})
@@ -151,11 +174,22 @@ func (fr *fedRequest) page(ctx context.Context, m *route, method, cursor string)
 		page.ended = errors.Is(err, errMemberSessionEnded)
 	}
 	if lg, ok := f.lastGood.Load(key); ok {
-		page.result, page.stale, page.ageMs = lg.(lastGood).result, true, s.now().Sub(lg.(lastGood).at).Milliseconds()
+		age := s.now().Sub(lg.(lastGood).at)
+		if age <= f.cfg.MemberStaleFor {
+			page.result, page.stale, page.ageMs = lg.(lastGood).result, true, age.Milliseconds()
+		} else {
+			// Too old to stand in for the member: its items would be
+			// offered while every call to it fails.
+			page.reason = reasonStaleExpired
+		}
 	}
-	loggerOf(ctx, s.log).Warn("federated list: member part not fresh", "member", name, "rpc_method", method, "stale", page.stale, "error", err)
+	loggerOf(ctx, s.log).Warn("federated list: member part not fresh", "member", name, "rpc_method", method, "stale", page.stale, "expired", page.reason != "", "error", err)
 	return page
 }
+
+// reasonStaleExpired is why a failing member's last good page was not
+// served: it is older than the route's member_stale_for.
+const reasonStaleExpired = "last good page older than member_stale_for"
 
 // lastGoodKey names a member's page for its last good copy: raw, before
 // the policy, so shared by principals unless the member is told who asks.
@@ -211,7 +245,8 @@ func (s *Server) filterMemberList(ctx context.Context, in *policy.Input, d polic
 // learnNames reads every page of the members' lists of kind, to learn who
 // owns which name; for a resource URI, templates too.
 func (fr *fedRequest) learnNames(ctx context.Context, kind string) {
-	methods := map[string][]string{kindTool: {"tools/list"}, kindPrompt: {"prompts/list"}, kindResource: {"resources/list", "resources/templates/list"}}[kind]
+	// A skill's files are resources: skills/list names them too.
+	methods := map[string][]string{kindTool: {"tools/list"}, kindPrompt: {"prompts/list"}, kindResource: {"resources/list", "resources/templates/list", "skills/list"}, kindSkill: {"skills/list"}}[kind]
 	var wg sync.WaitGroup
 	for _, m := range fr.f.members {
 		if in, _ := fr.fo.reach(m.upstream.Name); !in {

@@ -34,8 +34,11 @@ import (
 // Each member is reached in the era it speaks: modern directly; legacy
 // only through the member's bridge (bridge.go) when it is configured with
 // bridge: true, else not at all: left out of every answer and named in
-// io.ctxgate/partial with the reason "legacy only". subscriptions/listen
-// merges the members' listen streams (fedlisten.go).
+// io.ctxgate/partial with the reason "legacy only". A route none of whose
+// members is reached so is a legacy route: every modern request is
+// answered 400 -32022 with the revisions the members serve, as a single
+// legacy route answers. subscriptions/listen merges the members' listen
+// streams (fedlisten.go).
 
 // reasonLegacyOnly is why a modern request leaves a member out.
 const reasonLegacyOnly = "legacy only"
@@ -109,6 +112,11 @@ func (fr *fedRequest) modern(w http.ResponseWriter, fwd *forward) error {
 	}
 	fr.fo = &fanout{era: eraModern, version: st.version, meta: meta, caps: "modern\x00" + modernCapabilityDigest(mcpwire.ParamsOf(req)),
 		members: fr.memberEras(st.version)}
+	if served, ok := fr.fo.legacyRoute(); ok {
+		// No member is reached in this era: the route is a legacy route,
+		// answered as a single one is (modernVersion), not as a failure.
+		return unsupportedVersion(st.version, served)
+	}
 	switch {
 	case req.Method == "server/discover":
 		return fr.discover(w, req)
@@ -118,6 +126,27 @@ func (fr *fedRequest) modern(w http.ResponseWriter, fwd *forward) error {
 		return fr.list(w, req)
 	}
 	return fr.routed(w, req)
+}
+
+// legacyRoute reports whether no member of the route is reached in this
+// request's era (each speaks only the legacy era and is not bridged), and
+// the revisions the members serve, newest first: what a single legacy
+// route's -32022 lists.
+func (fo *fanout) legacyRoute() ([]string, bool) {
+	for _, me := range fo.members {
+		if !me.legacyOnly {
+			return nil, false
+		}
+	}
+	served := slices.DeleteFunc(gatewayVersions(), func(v string) bool {
+		for _, me := range fo.members {
+			if slices.Contains(me.served, v) {
+				return false
+			}
+		}
+		return true
+	})
+	return served, len(fo.members) > 0
 }
 
 // memberEras learns, in parallel, how each member is reached at version.
@@ -150,6 +179,7 @@ func (fr *fedRequest) modernCall(ctx context.Context, m *route, method string, p
 		if err != nil {
 			return nil, err
 		}
+		defer m.bridge.release(sess)
 		body, err := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": fedRequestID, "method": method, "params": params})
 		if err != nil {
 			return nil, err
@@ -182,7 +212,7 @@ func (fr *fedRequest) modernCall(ctx context.Context, m *route, method string, p
 }
 
 // bridged is the principal's bridged legacy session with member m, opened
-// if there is none.
+// if there is none; release it when done.
 func (fr *fedRequest) bridged(ctx context.Context, m *route) (*bridgeSession, error) {
 	fwd := &forward{requestState: fr.st, route: m, principal: fr.p, servedVersions: fr.fo.members[m.upstream.Name].served}
 	return m.bridge.get(fr.p.ID, func() (*bridgeSession, error) { return fr.s.openBridge(ctx, fwd) })
@@ -222,6 +252,7 @@ func (fr *fedRequest) discover(w http.ResponseWriter, req *jsonrpc.Request) erro
 					parts[i].err = err
 					return
 				}
+				m.bridge.release(sess) // only its initialize result is read
 				caps, _ := json.Marshal(sess.capabilities)
 				parts[i].err = json.Unmarshal(caps, &parts[i].result.Capabilities)
 				parts[i].result.Instructions = sess.instructions
@@ -271,6 +302,7 @@ func (fr *fedRequest) discover(w http.ResponseWriter, req *jsonrpc.Request) erro
 		versions = append(versions, v) // the route serves the legacy era itself
 	}
 	caps, instructions := mergeCapabilities(ok, "tools", "prompts", "resources", "completions")
+	skillsCapability(caps, ok)
 	streamCapabilities(caps, listened) // subscriptions/listen carries them (fedlisten.go)
 	meta := map[string]any{modernMetaPrefix + "serverInfo": map[string]string{"name": "ctxgate federation " + f.cfg.Name, "version": "1"}}
 	if len(note.Missing) > 0 {
@@ -280,6 +312,9 @@ func (fr *fedRequest) discover(w http.ResponseWriter, req *jsonrpc.Request) erro
 	if instructions != "" {
 		result["instructions"] = instructions
 	}
+	// DiscoverResult is cacheable (2026-07-28 schema: ttlMs and cacheScope
+	// required); the union is the gateway's answer, not kept: 0, private.
+	result["ttlMs"], result["cacheScope"] = 0, "private"
 	raw, err := json.Marshal(result)
 	if err != nil {
 		return err

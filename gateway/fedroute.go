@@ -36,6 +36,9 @@ func (fr *fedRequest) routed(w http.ResponseWriter, req *jsonrpc.Request) error 
 	}
 	m := f.member(member)
 	if in, _ := fo.reach(member); !ok || m == nil || !in {
+		if wait, late := f.late.pending(r.Header.Get("Mcp-Session-Id"), member, s.now()); ok && late && fo.era == eraLegacy {
+			return memberRecovering(member, wait)
+		}
 		return unknownItem(req.Method)
 	}
 	if err := checkOwnName(target.Kind, target.Member, own); err != nil {
@@ -80,7 +83,7 @@ func (fr *fedRequest) routed(w http.ResponseWriter, req *jsonrpc.Request) error 
 // ("git__ x" is a fine name, its " x" is not).
 func checkOwnName(kind, field, own string) error {
 	check := checkName
-	if kind == kindResource {
+	if namedAs(kind) == kindResource {
 		check = checkURI
 	}
 	if err := check(own); err != nil {
@@ -97,6 +100,12 @@ func unknownItem(method string) *Error {
 		return newError(http.StatusOK, codeUnknownTool, "unknown tool", nil)
 	case "prompts/get":
 		return newError(http.StatusOK, jsonrpc.CodeInvalidParams, "unknown prompt", nil)
+	case "skills/get":
+		// SEP-2640: a URI that names no skill the server serves is -32602.
+		return newError(http.StatusOK, jsonrpc.CodeInvalidParams, "unknown skill", nil)
+	case "resources/directory/read":
+		// SEP-2640: a URI that names no directory is -32602.
+		return newError(http.StatusOK, jsonrpc.CodeInvalidParams, "not a directory", nil)
 	}
 	return newError(http.StatusOK, codeUnknownResource, "resource not found", nil)
 }
@@ -156,6 +165,14 @@ func (s *Server) renamed(fwd *forward, data []byte) []byte {
 	switch m := msg.(type) {
 	case *jsonrpc.Response:
 		ex := fwd.exchanges[idKey(m.ID)]
+		if ex != nil && (ex.input.Method == "skills/get" || ex.input.Method == "resources/directory/read") && m.Error == nil {
+			raw, ok := renameSkillResult(f.names, member, ex.input, m.Result)
+			if !ok {
+				return data
+			}
+			out, err = jsonrpc.EncodeMessage(&jsonrpc.Response{ID: m.ID, Result: raw})
+			break
+		}
 		if ex == nil || ex.input.Method != "resources/read" || m.Error != nil {
 			return data
 		}

@@ -101,6 +101,7 @@ func (fr *fedRequest) initialize(w http.ResponseWriter) error {
 	if err != nil {
 		return fmt.Errorf("seal session: %w", err)
 	}
+	fr.rememberLate(id, claims, missing, req.Params)
 	w.Header().Set("Mcp-Session-Id", id)
 	s.metrics.sessionsStarted.WithLabelValues(f.cfg.Name).Inc()
 	return s.answer(w, req.ID, result)
@@ -136,6 +137,7 @@ func mergeInit(name string, members []initResult, missing []string) (json.RawMes
 		version = min(version, m.ProtocolVersion) // revisions are dates
 	}
 	caps, instructions := mergeCapabilities(members, "tools", "prompts", "resources", "completions", "logging")
+	skillsCapability(caps, members)
 	streamCapabilities(caps, members) // the session's GET stream carries them (fedstream.go)
 	result := map[string]any{
 		"protocolVersion": version,
@@ -186,40 +188,56 @@ func mergeCapabilities(members []initResult, kinds ...string) (map[string]map[st
 // notify sends a client notification on to every member the policy lets
 // it reach. notifications/initialized was already sent by the gateway at
 // initialize.
-func (fr *fedRequest) notify(req *jsonrpc.Request, body []byte) {
+func (fr *fedRequest) notify(req *jsonrpc.Request, body []byte) error {
 	if req.Method == "notifications/initialized" {
-		return
+		return nil
 	}
-	fr.fanOut(req, body)
+	return fr.fanOut(req, body)
 }
 
 // fanOut sends the client's message to every member of the session the
-// policy lets it reach: each is decided as on the member's own route.
-func (fr *fedRequest) fanOut(req *jsonrpc.Request, body []byte) {
+// policy lets it reach: each is decided as on the member's own route. A
+// member that ended its session makes the answer memberSessionEnded, as
+// on every other method.
+func (fr *fedRequest) fanOut(req *jsonrpc.Request, body []byte) error {
 	members, _ := fr.f.sessionMembers(fr.fo.claims)
 	members = slices.DeleteFunc(members, func(m *route) bool {
 		_, ok := fr.allowed(fr.input(m, req))
 		return !ok
 	})
-	fr.sendAll(members, http.MethodPost, body)
+	if ended := fr.sendAll(members, http.MethodPost, body); ended != "" {
+		return memberSessionEnded(errMemberUnavailable{member: ended, err: errMemberSessionEnded})
+	}
+	return nil
 }
 
 // sendAll sends one message to members in parallel, each within the
-// member timeout; answers are not read beyond their status (best effort).
-func (fr *fedRequest) sendAll(members []*route, method string, body []byte) {
+// member timeout; answers are not read beyond what says a member ended
+// its session (best effort). ended names such a member, if any.
+func (fr *fedRequest) sendAll(members []*route, method string, body []byte) (ended string) {
 	claims := fr.fo.claims
 	var wg sync.WaitGroup
-	for _, m := range members {
+	lost := make([]bool, len(members))
+	for i, m := range members {
 		wg.Go(func() {
 			ctx, cancel := context.WithTimeout(fr.r.Context(), fr.f.cfg.MemberTimeout)
 			defer cancel()
 			req := upstreamRequest{method: method, body: body, session: claims.Members[m.upstream.Name], version: claims.Version, as: m.identity(fr.p)}
-			if _, _, err := askMember(ctx, m, req); err != nil {
+			resp, raw, err := askMember(ctx, m, req)
+			if err != nil {
 				loggerOf(ctx, fr.s.log).Warn("federated message not delivered to a member", "member", m.upstream.Name, "method", method, "error", err)
+				return
 			}
+			lost[i] = method == http.MethodPost && sessionLost(resp, raw)
 		})
 	}
 	wg.Wait()
+	for i, m := range members {
+		if lost[i] {
+			return m.upstream.Name
+		}
+	}
+	return ""
 }
 
 // delete ends the session with every member.
@@ -234,6 +252,7 @@ func (fr *fedRequest) delete(w http.ResponseWriter) error {
 	fr.fo = legacyFan(claims)
 	members, _ := fr.f.sessionMembers(claims)
 	fr.sendAll(members, http.MethodDelete, nil)
+	fr.f.late.remove(fr.r.Header.Get("Mcp-Session-Id"))
 	fr.s.metrics.sessionsEnded.WithLabelValues(fr.f.cfg.Name).Inc()
 	w.WriteHeader(http.StatusNoContent)
 	return nil

@@ -31,9 +31,9 @@ import (
 //     fedroute.go); list_changed passes through and drops the member's
 //     cache entries (observeUpstream) and its last good pages;
 //   - a member's server-to-client request (sampling, elicitation, roots)
-//     is decided and relayed under the gateway's id, and the client's
-//     answer routed back to the member (fedanswer.go); a response is
-//     dropped (it answers no request of this stream);
+//     is decided and relayed under an id naming the member, and the
+//     client's answer sent back to it (fedask.go); a response is dropped
+//     (it answers no request of this stream);
 //   - every event the gateway sends carries its own event id, sealed
 //     (eventIDFormat) and holding each member's last event id: a client
 //     that reconnects with it as Last-Event-ID has each member's stream
@@ -133,6 +133,7 @@ func (fr *fedRequest) stream(w http.ResponseWriter) error {
 		return err
 	}
 	fr.fo = legacyFan(claims)
+	fr.recoverMembers(r.Header.Get("Mcp-Session-Id")) // a stream is the session's request too
 	fs := &fedStream{fr: fr, session: sessionDigest(r.Header.Get("Mcp-Session-Id")), events: make(chan memberEvent)}
 	fs.handle = fs.event
 	if fs.last, err = fs.resumeFrom(r.Header.Values("Last-Event-Id")); err != nil {
@@ -292,7 +293,9 @@ func (fs *fedStream) open(ctx context.Context, ms *memberStream) (_ *http.Respon
 	}
 	kind, _, err := fr.s.checkAnswer(resp, ms.fwd)
 	if err != nil {
-		return nil, errors.Is(err, errUpstreamUnauthorized), err
+		// The gateway's credential refused, or the member's session gone
+		// (its 404, or a 400 naming the session): neither comes back.
+		return nil, errors.Is(err, errUpstreamUnauthorized) || errors.Is(err, errMemberSessionEnded), err
 	}
 	if kind == answerStream {
 		return resp, false, nil
@@ -507,8 +510,8 @@ func (fs *fedStream) event(ctx context.Context, me memberEvent) []byte {
 // fedStreamMessage is the policy's word on one message of a member's GET
 // stream: a notification or a server-to-client request as the single
 // route's relay decides it (transformRequest); a response is dropped.
-// Without a policy the message is only renamed, and a server request
-// refused to the member as with one.
+// Without a policy the message is only renamed (a server request under
+// its member-naming id, as transformMessage does).
 func (s *Server) fedStreamMessage(ctx context.Context, fwd *forward, data []byte) ([]byte, bool) {
 	msg, err := decodeRPC(data)
 	if err != nil {
@@ -530,7 +533,7 @@ func (s *Server) fedStreamMessage(ctx context.Context, fwd *forward, data []byte
 		return s.transformRequest(ctx, fwd, m, data)
 	}
 	if m.ID.IsValid() {
-		return s.relayMemberRequest(ctx, fwd, m, data)
+		return memberRequestRenamed(fwd, data), false
 	}
 	return s.renamed(fwd, data), false
 }

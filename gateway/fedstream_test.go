@@ -228,7 +228,7 @@ func TestFederatedStream(t *testing.T) {
 		}()
 		m := stream.next(t)
 		var id string
-		if err := json.Unmarshal(m.ID, &id); err != nil || m.Method != "ping" || !strings.HasPrefix(id, "ctxgate-fed/a/") {
+		if err := json.Unmarshal(m.ID, &id); err != nil || m.Method != "ping" || !strings.HasPrefix(id, "ctxgate-member:a:") {
 			t.Fatalf("the member's ping reached the client as %s %s, want a ping under the gateway's id for member a", m.Method, m.ID)
 		}
 		answer := send(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":`+string(m.ID)+`,"result":{}}`, http.Header{"Mcp-Protocol-Version": {"2025-11-25"}})
@@ -242,7 +242,7 @@ func TestFederatedStream(t *testing.T) {
 	if asked != 1 {
 		t.Errorf("member a has %d sessions, want the federated one", asked)
 	}
-	stray := send(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":"ctxgate-fed/c/n:1","result":{}}`, http.Header{"Mcp-Protocol-Version": {"2025-11-25"}})
+	stray := send(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":"ctxgate-member:c:1","result":{}}`, http.Header{"Mcp-Protocol-Version": {"2025-11-25"}})
 	if stray.StatusCode != http.StatusAccepted {
 		t.Errorf("an answer naming no member of the session: %s, want 202 (dropped)", stray.Status)
 	}
@@ -496,7 +496,7 @@ func TestFederatedMemberRequestOnCall(t *testing.T) {
 		}
 	}
 	ping := next()
-	if ping.Method != "ping" || !strings.HasPrefix(string(ping.ID), `"ctxgate-fed/a/`) {
+	if ping.Method != "ping" || !strings.HasPrefix(string(ping.ID), `"ctxgate-member:a:`) {
 		t.Fatalf("first message of the call's answer: %s %s, want the member's ping under the gateway's id", ping.Method, ping.ID)
 	}
 	if answer := send(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":`+string(ping.ID)+`,"result":{}}`, h); answer.StatusCode != http.StatusAccepted {

@@ -21,10 +21,11 @@ const maxIdempotencyKeyBytes = 255
 // idempotencyStore makes a tools/call with an idempotency key run at most
 // once per principal and key within the window: the first call runs, a
 // duplicate during it waits for it, a duplicate after it gets the same
-// answer. It is in memory, so the guarantee is per replica (a shared store,
-// Redis, is deferred). It holds at most max keys; when full, the oldest
-// finished key is forgotten, and if every key is still running a new one
-// is refused (503) rather than run without the guarantee.
+// answer. It is in memory, so the guarantee is per replica; with redis
+// configured the shared ledger (idemshared.go) is used instead. It holds
+// at most max keys; when full, the oldest finished key is forgotten, and
+// if every key is still running a new one is refused (503) rather than
+// run without the guarantee.
 type idempotencyStore struct {
 	window time.Duration
 	max    int
@@ -37,13 +38,17 @@ type idempotencyStore struct {
 
 // idemEntry is one key: running until done is closed, then its answer.
 type idemEntry struct {
-	key    string
-	digest [32]byte // of the call (tool and arguments): a key names one call
-	elem   *list.Element
-	done   chan struct{}
-	ended  time.Time
-	// The answer, set before done is closed: a gateway error (replayed
-	// through the error writer), or the final JSON-RPC response.
+	key        string
+	digest     [32]byte // of the call (tool and arguments): a key names one call
+	elem       *list.Element
+	done       chan struct{}
+	ended      time.Time
+	idemAnswer // set before done is closed
+}
+
+// idemAnswer is a first call's answer: a gateway error (replayed through
+// the error writer), or the final JSON-RPC response.
+type idemAnswer struct {
 	gwErr       *Error
 	status      int
 	contentType string

@@ -33,6 +33,12 @@ type invalidation struct {
 	Keys     []string    `json:"keys,omitempty"`
 	Tags     []string    `json:"tags,omitempty"`
 	Prefixes []uriPrefix `json:"prefixes,omitempty"`
+	// Pins names upstreams whose tool pins changed (an approval): each
+	// replica reads them from Redis again.
+	Pins []string `json:"pins,omitempty"`
+	// Updated are resources a context source said changed: their
+	// subscribers are sent notifications/resources/updated.
+	Updated []resourceUpdate `json:"updated,omitempty"`
 }
 
 // uriPrefix names the resources of an upstream whose URI starts with Prefix.
@@ -43,6 +49,26 @@ type uriPrefix struct {
 
 // applyInvalidation drops what inv names from this replica's cache.
 func (s *Server) applyInvalidation(inv invalidation) {
+	for _, up := range inv.Pins {
+		s.pins.set(up).pull(s.streams)
+	}
+	if len(inv.Updated) > 0 {
+		// Off the caller's goroutine (the fan-out's, which must go on
+		// applying invalidations): one Redis round trip per open stream.
+		go func() {
+			for _, u := range inv.Updated {
+				s.notifySubscribers(s.streams, u)
+			}
+		}()
+	}
+	s.applyToCache(inv)
+}
+
+// applyToCache drops what inv names from this replica's cache only.
+func (s *Server) applyToCache(inv invalidation) {
+	if s.cache == nil {
+		return
+	}
 	if inv.All {
 		s.cache.Purge()
 		return
@@ -59,7 +85,8 @@ func (s *Server) applyInvalidation(inv invalidation) {
 }
 
 // invalidate applies inv here and publishes it to the other replicas. An
-// error means it was applied here only: the others were not told.
+// error means it was applied here only: the others were not told yet (the
+// fan-out sends it when Redis answers).
 func (s *Server) invalidate(ctx context.Context, inv invalidation) error {
 	s.applyInvalidation(inv)
 	if s.fanout == nil {
@@ -69,7 +96,23 @@ func (s *Server) invalidate(ctx context.Context, inv invalidation) error {
 	if err != nil {
 		return err
 	}
-	return s.fanout.Publish(ctx, b)
+	err = s.fanout.Publish(ctx, b)
+	// Again after the publish moved the generation: a miss here in
+	// between may have copied a second-level entry of before it back
+	// into the first level.
+	s.applyToCache(inv)
+	return err
+}
+
+// everything is the invalidation that drops everything: the whole cache,
+// and every upstream's pins read again.
+func (s *Server) everything() invalidation {
+	inv := invalidation{All: true}
+	for name := range s.pins.sets {
+		inv.Pins = append(inv.Pins, name)
+	}
+	slices.Sort(inv.Pins)
+	return inv
 }
 
 // invalidateInBackground is invalidate for the relays: the notification
@@ -97,18 +140,27 @@ func (s *Server) applyPublished(payload []byte) {
 	if err := json.Unmarshal(payload, &inv); err != nil {
 		// A replica of another version, or not ctxgate: dropping
 		// everything is the one safe reading.
-		s.log.Warn("cache invalidation from another replica not understood; dropping the whole cache", "error", err.Error())
-		s.cache.Purge()
+		s.log.Warn("invalidation from another replica not understood; dropping the whole cache and reading the pins again", "error", err.Error())
+		s.resync()
 		return
 	}
 	s.applyInvalidation(inv)
+}
+
+// resync is what a replica does when it may have missed invalidations:
+// drop its whole cache and read every pin again.
+func (s *Server) resync() {
+	if s.cache != nil {
+		s.cache.Purge()
+	}
+	s.pins.pullAll(s.streams)
 }
 
 // startFanout follows the other replicas' invalidations and the event
 // stream, until the server shuts down.
 func (s *Server) startFanout(ctx context.Context) {
 	if s.fanout != nil {
-		go s.fanout.Run(ctx, s.applyPublished, s.cache.Purge)
+		go s.fanout.Run(ctx, s.applyPublished, s.resync)
 	}
 	if ev := s.cfg.Redis.EventsConfig(); ev != nil && s.cache != nil {
 		go s.redis.FollowEvents(ctx, ev.Stream, ev.Group, s.replicaName, s.applyStreamEvent)
@@ -188,8 +240,10 @@ func (s *Server) parseInvalidateRequest(body []byte) (invalidateRequest, invalid
 			inv.Tags = append(inv.Tags, cache.MethodTag(up, req.Method))
 		case req.URI != "":
 			inv.Tags = append(inv.Tags, cache.ResourceTag(up, req.URI))
+			inv.Updated = append(inv.Updated, resourceUpdate{Upstream: up, URI: req.URI})
 		case req.URIPrefix != "":
 			inv.Prefixes = append(inv.Prefixes, uriPrefix{Upstream: up, Prefix: req.URIPrefix})
+			inv.Updated = append(inv.Updated, resourceUpdate{Upstream: up, URI: req.URIPrefix, Prefix: true})
 		case req.Tool != "":
 			inv.Tags = append(inv.Tags, cache.ToolTag(up, req.Tool))
 		default:

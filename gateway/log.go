@@ -58,6 +58,10 @@ type requestState struct {
 	cacheKey   string
 	cacheAgeMs int64
 	redactions int // values redacted in what the client was sent (enforce.go)
+	// relayed: an HTTP+SSE POST whose message the route's handler served
+	// as a request of its own (oldclient.go), which is the one the
+	// metrics count.
+	relayed bool
 }
 
 // Policy verdicts in requestState.decision and the access log.
@@ -66,8 +70,8 @@ const (
 	decisionDeny  = "deny"
 )
 
-// target is what one MCP message names: kind "tool", "prompt" or
-// "resource" with its name (or URI); zero for other methods.
+// target is what one MCP message names: kind "tool", "prompt", "resource"
+// or "skill" with its name (or URI); zero for other methods.
 type target struct{ kind, name string }
 
 // targetOf reads the target of a strictly decoded request, as its params

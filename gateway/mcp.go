@@ -121,6 +121,14 @@ func (s *Server) readPost(r *http.Request, fwd *forward) error {
 	if err := checkAccept(r, "application/json", "text/event-stream"); err != nil {
 		return err
 	}
+	return s.decodePost(r, fwd)
+}
+
+// decodePost reads a POST's (size-limited) body and decodes it strictly
+// into st.msg; a batch is errBatch, left to the caller. The Streamable
+// HTTP endpoint (readPost) and the HTTP+SSE one (oldclient.go) both read
+// a message this way.
+func (s *Server) decodePost(r *http.Request, fwd *forward) error {
 	body, err := readBody(r, s.cfg.Server.MaxBodyBytes)
 	if err != nil {
 		return bodyReadError(err)

@@ -17,6 +17,7 @@ var listShapes = map[string]listShape{
 	"prompts/list":             {"prompts", "name", kindPrompt},
 	"resources/list":           {"resources", "uri", kindResource},
 	"resources/templates/list": {"resourceTemplates", "uriTemplate", kindTemplate},
+	"skills/list":              {"skills", "uri", kindSkill}, // SEP-2640 (skills.go)
 }
 
 // partialMetaKey marks a merged result that lacks a member's part
@@ -34,7 +35,8 @@ type memberPage struct {
 	// ageMs is its age.
 	stale bool
 	ageMs int64
-	// reason says why a missing member was not asked (legacy only).
+	// reason says why a member is missing when it is not plain failure:
+	// not asked (legacy only), or its last good page too old to serve.
 	reason string
 	// ended marks a member that ended its session: the client must
 	// initialize again to get a new one.
@@ -45,7 +47,8 @@ type memberPage struct {
 type partialNote struct {
 	Missing []string         `json:"missing,omitempty"`
 	Stale   map[string]int64 `json:"staleAgeMs,omitempty"`
-	// Reasons says, for a missing member that was not asked, why.
+	// Reasons says, for a missing member that was not asked or whose last
+	// good page expired, why.
 	Reasons map[string]string `json:"reasons,omitempty"`
 }
 
@@ -110,6 +113,12 @@ func mergePages(n *namer, shape listShape, pages []memberPage) (mergedPage, []st
 			return mergedPage{}, nil, fmt.Errorf("member %s: %w", p.member, err)
 		}
 		n.learn(shape.kind, p.member, d.names)
+		if shape.kind == kindSkill {
+			// A skill's files are resources of the member too.
+			for _, it := range d.items {
+				n.learn(kindResource, p.member, skillFileURIs(it))
+			}
+		}
 		parts[i] = d
 		if p.stale {
 			if out.partial.Stale == nil {
@@ -129,6 +138,9 @@ func mergePages(n *namer, shape listShape, pages []memberPage) (mergedPage, []st
 			}
 			seen[name] = true
 			it[shape.field], _ = json.Marshal(name)
+			if shape.kind == kindSkill {
+				renameSkillFiles(n, p.member, it, name != parts[i].names[j])
+			}
 			raw, err := json.Marshal(it)
 			if err != nil {
 				return mergedPage{}, nil, err
@@ -155,4 +167,36 @@ func mergedResult(shape listShape, page mergedPage, nextCursor string) (json.Raw
 		result["_meta"] = map[string]any{partialMetaKey: page.partial}
 	}
 	return json.Marshal(result)
+}
+
+// withModernAttributes adds to a merged list result what a 2026-07-28
+// result carries: resultType "complete", and the list-caching attributes
+// (SEP-2549) as the merge allows: ttlMs the shortest of the members'
+// fresh parts (0 when a part is stale, missing or has none), cacheScope
+// "private", since the gateway filtered the merge for this principal.
+func withModernAttributes(result json.RawMessage, pages []memberPage) json.RawMessage {
+	var all map[string]json.RawMessage
+	if json.Unmarshal(result, &all) != nil {
+		return result
+	}
+	ttl := int64(-1)
+	for _, p := range pages {
+		var part struct {
+			TTL *int64 `json:"ttlMs"`
+		}
+		if p.result == nil || p.stale || json.Unmarshal(p.result, &part) != nil || part.TTL == nil || *part.TTL < 0 {
+			ttl = 0
+			continue
+		}
+		if ttl < 0 || *part.TTL < ttl {
+			ttl = *part.TTL
+		}
+	}
+	all["resultType"], all["cacheScope"] = json.RawMessage(`"complete"`), json.RawMessage(`"private"`)
+	all["ttlMs"], _ = json.Marshal(max(ttl, 0))
+	out, err := json.Marshal(all)
+	if err != nil {
+		return result
+	}
+	return out
 }

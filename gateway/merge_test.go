@@ -104,3 +104,40 @@ func TestMergedResult(t *testing.T) {
 		})
 	}
 }
+
+// TestWithModernAttributes: a modern merged list says resultType complete,
+// cacheScope private (it was filtered for one principal) and the shortest
+// ttlMs of the members' fresh parts; a stale, missing or unmarked part
+// makes it 0.
+func TestWithModernAttributes(t *testing.T) {
+	fresh := func(ttl string) memberPage {
+		return memberPage{member: "m", result: json.RawMessage(`{"tools":[],"ttlMs":` + ttl + `}`)}
+	}
+	tests := []struct {
+		name  string
+		pages []memberPage
+		want  string
+	}{
+		{"shortest of the fresh parts", []memberPage{fresh("60000"), fresh("5000")}, `5000`},
+		{"a stale part", []memberPage{fresh("60000"), {member: "s", result: json.RawMessage(`{"ttlMs":60000}`), stale: true}}, `0`},
+		{"a missing part", []memberPage{fresh("60000"), {member: "x"}}, `0`},
+		{"a part without ttlMs", []memberPage{fresh("60000"), {member: "l", result: json.RawMessage(`{"tools":[]}`)}}, `0`},
+		{"a negative ttlMs", []memberPage{fresh("-1")}, `0`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got map[string]json.RawMessage
+			if err := json.Unmarshal(withModernAttributes(json.RawMessage(`{"tools":[{"name":"a"}]}`), tt.pages), &got); err != nil {
+				t.Fatal(err)
+			}
+			want := map[string]string{"tools": `[{"name":"a"}]`, "resultType": `"complete"`, "cacheScope": `"private"`, "ttlMs": tt.want}
+			gotS := map[string]string{}
+			for k, v := range got {
+				gotS[k] = string(v)
+			}
+			if diff := cmp.Diff(want, gotS); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}

@@ -187,6 +187,9 @@ func (m *Metrics) initRoutes(routes []string) {
 // counter for every request, the operation histogram for each MCP message
 // posted alone.
 func (m *Metrics) observeRequest(st *requestState, status int, d time.Duration) {
+	if st.relayed {
+		return // counted once, as the request that served its message
+	}
 	route := cmp.Or(st.upstream, labelNone)
 	m.requests.WithLabelValues(route, st.outcome()).Inc()
 	m.observeCache(st)

@@ -33,6 +33,16 @@ const (
 	kindTemplate = "template"
 )
 
+// namedAs is the kind a kind is named as: a skill (SEP-2640) is named by
+// its SKILL.md's URI, so as the resource it is, and resources/read of its
+// files finds the same member skills/get does.
+func namedAs(kind string) string {
+	if kind == kindSkill {
+		return kindResource
+	}
+	return kind
+}
+
 // uriSeparator joins a member name and a URI.
 const uriSeparator = "+"
 
@@ -52,7 +62,7 @@ func newNamer(mode, sep string, members []string) *namer {
 }
 
 func (n *namer) separator(kind string) string {
-	if kind == kindResource || kind == kindTemplate {
+	if kind = namedAs(kind); kind == kindResource || kind == kindTemplate {
 		return uriSeparator
 	}
 	return n.sep
@@ -60,6 +70,7 @@ func (n *namer) separator(kind string) string {
 
 // learn records that member offers names of kind.
 func (n *namer) learn(kind, member string, names []string) {
+	kind = namedAs(kind)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	byName := n.owners[kind]
@@ -79,6 +90,7 @@ func (n *namer) learn(kind, member string, names []string) {
 }
 
 func (n *namer) ownersOf(kind, name string) []string {
+	kind = namedAs(kind)
 	n.mu.RLock()
 	defer n.mu.RUnlock()
 	return n.owners[kind][name]
@@ -100,10 +112,14 @@ func (n *namer) outward(kind, member, name string) string {
 // inward finds the member a client's name belongs to and the member's own
 // name for it. ok is false when no member is known to own it.
 func (n *namer) inward(kind, name string) (member, own string, ok bool) {
+	kind = namedAs(kind)
 	if n.mode != config.PrefixAlways {
 		owners := n.ownersOf(kind, name)
 		if kind == kindResource && len(owners) == 0 {
 			owners = n.templateOwners(name)
+		}
+		if kind == kindResource && len(owners) == 0 {
+			owners = n.directoryOwners(name)
 		}
 		if len(owners) == 1 || n.mode == config.PrefixNever && len(owners) > 0 {
 			return owners[0], name, true
@@ -136,6 +152,45 @@ func (n *namer) templateOwners(uri string) []string {
 	for tmpl, owners := range n.owners[kindTemplate] {
 		fixed, _, _ := strings.Cut(tmpl, "{")
 		if fixed != "" && strings.HasPrefix(uri, fixed) {
+			for _, o := range owners {
+				if !slices.Contains(out, o) {
+					out = append(out, o)
+				}
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b string) int { return slices.Index(n.members, a) - slices.Index(n.members, b) })
+	return out
+}
+
+// directoryPrefixed reports whether the client sees the directory uri
+// (and so its children) prefixed: in mode always, and in mode collision
+// when more than one member offers it or resources inside it.
+func (n *namer) directoryPrefixed(uri string) bool {
+	switch n.mode {
+	case config.PrefixAlways:
+		return true
+	case config.PrefixCollision:
+		owners := slices.Clone(n.ownersOf(kindResource, uri))
+		for _, o := range n.directoryOwners(uri) {
+			if !slices.Contains(owners, o) {
+				owners = append(owners, o)
+			}
+		}
+		return len(owners) > 1
+	}
+	return false
+}
+
+// directoryOwners are the members with a resource inside the directory uri
+// (a SEP-2640 skill directory, read with resources/directory/read).
+func (n *namer) directoryOwners(uri string) []string {
+	dir := strings.TrimSuffix(uri, "/") + "/"
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	var out []string
+	for res, owners := range n.owners[kindResource] {
+		if strings.HasPrefix(res, dir) {
 			for _, o := range owners {
 				if !slices.Contains(out, o) {
 					out = append(out, o)

@@ -22,11 +22,13 @@ import (
 	"testing/fstest"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/ctxgate/ctxgate/config"
 	"github.com/ctxgate/ctxgate/gateway"
 	"github.com/ctxgate/ctxgate/policy"
+	"github.com/ctxgate/ctxgate/shared"
 	"github.com/ctxgate/ctxgate/upstream"
 )
 
@@ -163,6 +165,8 @@ type obsOptions struct {
 	policy string
 	// decisions receives the decision log (nil: none).
 	decisions io.Writer
+	// redis is the Redis the gateway shares its state on (nil: none).
+	redis *miniredis.Miniredis
 }
 
 func hexSHA256(s string) string {
@@ -182,13 +186,17 @@ func startObsGatewayWith(t *testing.T, o obsOptions, up *obsUpstream) *obsGatewa
 	t.Cleanup(upSrv.Close)
 	dead := httptest.NewServer(http.NotFoundHandler())
 	dead.Close() // connection refused from now on
+	redisBlock := ""
+	if o.redis != nil {
+		redisBlock = fmt.Sprintf("redis: {url: %q, key_prefix: \"t:\", timeout: 2s}\n", "redis://"+o.redis.Addr()+"/0")
+	}
 	cfg, err := config.Parse(fmt.Appendf(nil, `
 server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0", token_sha256: %q, pprof: %t}
 auth: {api_keys: [{name: ci, sha256: %q}]}
 policy: {dir: unused-the-test-passes-an-engine}
 upstreams: [{name: up, url: %q%s}, {name: down, url: %q}]
-`, hexSHA256(obsAdminToken), o.pprof, hexSHA256(obsAPIKey), upSrv.URL, o.upstreamConfig, dead.URL), func(string) (string, bool) { return "", false })
+%s`, hexSHA256(obsAdminToken), o.pprof, hexSHA256(obsAPIKey), upSrv.URL, o.upstreamConfig, dead.URL, redisBlock), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,7 +221,16 @@ upstreams: [{name: up, url: %q%s}, {name: down, url: %q}]
 	}
 	public, admin := listen(t), listen(t)
 	cfg.Bound(public.Addr().String())
-	gw, err := gateway.New(cfg, pool, gateway.Options{Logger: log, Policy: engine, TracerProvider: o.tracerProvider})
+	opts := gateway.Options{Logger: log, Policy: engine, TracerProvider: o.tracerProvider, Metrics: gateway.NewMetrics()}
+	if o.redis != nil {
+		rc, err := shared.New(context.Background(), cfg.Redis, shared.Options{Logger: log, Registerer: opts.Metrics.Registry()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { rc.Close() })
+		opts.Redis = rc
+	}
+	gw, err := gateway.New(cfg, pool, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 
 	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/shared"
 )
 
 // Tool pinning (rug-pull protection, upstreams[].pin_tools). An upstream
@@ -47,9 +49,11 @@ type pinEntry struct {
 	Definition json.RawMessage `json:"definition,omitempty"` // canonical JSON, for review
 }
 
-// pinFile is the pin file's content.
+// pinFile is the pin file's content: tools by name, skills (SEP-2640,
+// skills.go) by SKILL.md URI.
 type pinFile struct {
-	Tools map[string]pinEntry `json:"tools"`
+	Tools  map[string]pinEntry `json:"tools"`
+	Skills map[string]pinEntry `json:"skills,omitempty"`
 }
 
 // pinSet is one upstream's pins and what its tools/list last said.
@@ -59,6 +63,14 @@ type pinSet struct {
 	pins       map[string]pinEntry
 	seen       map[string]pinEntry
 	loaded     time.Time // the pin file's modification time when last read or written
+	// skillPins and skillSeen are pins and seen for skills, by URI.
+	skillPins map[string]pinEntry
+	skillSeen map[string]pinEntry
+	// redis holds the pins every replica shares (pinshared.go); nil: the
+	// pins are this process's and its file's only.
+	redis    *shared.Client
+	upstream string
+	log      *slog.Logger
 }
 
 // pinStore holds the pin sets of the upstreams that pin. A nil store (or
@@ -73,7 +85,8 @@ func newPinStore(ups []config.Upstream) (*pinStore, error) {
 		if up.PinTools == nil {
 			continue
 		}
-		set := &pinSet{mode: up.PinTools.Mode, file: up.PinTools.File, pins: map[string]pinEntry{}, seen: map[string]pinEntry{}}
+		set := &pinSet{mode: up.PinTools.Mode, file: up.PinTools.File, pins: map[string]pinEntry{}, seen: map[string]pinEntry{},
+			skillPins: map[string]pinEntry{}, skillSeen: map[string]pinEntry{}}
 		if err := set.load(); err != nil {
 			return nil, fmt.Errorf("upstreams[%d].pin_tools.file: %w", i, err)
 		}
@@ -107,6 +120,10 @@ func (p *pinSet) load() error {
 	for name, e := range f.Tools {
 		p.pins[name] = e
 	}
+	p.skillPins = map[string]pinEntry{}
+	for uri, e := range f.Skills {
+		p.skillPins[uri] = e
+	}
 	p.loaded = info.ModTime()
 	return nil
 }
@@ -114,15 +131,15 @@ func (p *pinSet) load() error {
 // reloadLocked reads the pin file again when an operator changed it (an
 // approval by editing the file). A file that cannot be read keeps the
 // pins in force: it fails closed for changed tools either way.
-func (p *pinSet) reloadLocked() error {
+func (p *pinSet) reloadLocked() (reloaded bool, err error) {
 	if p.file == "" {
-		return nil
+		return false, nil
 	}
 	info, err := os.Stat(p.file)
 	if err != nil || info.ModTime().Equal(p.loaded) {
-		return nil
+		return false, nil
 	}
-	return p.load()
+	return true, p.load()
 }
 
 func (st *pinStore) set(upstreamName string) *pinSet {
@@ -195,11 +212,16 @@ func (p *pinSet) status(name string) string {
 }
 
 func (p *pinSet) statusLocked(name string) string {
-	pin, ok := p.pins[name]
+	return pinStatus(p.pins, p.seen, name)
+}
+
+// pinStatus is the status of key given its pins and what was last seen.
+func pinStatus(pins, seen map[string]pinEntry, key string) string {
+	pin, ok := pins[key]
 	if !ok {
 		return PinNew
 	}
-	if seen, ok := p.seen[name]; ok && seen.Digest != pin.Digest {
+	if s, ok := seen[key]; ok && s.Digest != pin.Digest {
 		return PinChanged
 	}
 	return PinPinned
@@ -220,31 +242,59 @@ type screened struct {
 // screen observes a tools/list page: it remembers each tool's definition,
 // pins new tools in mode record, migrates format 1 pins, and returns the
 // items that are not quarantined.
-func (p *pinSet) screen(items []toolItem) (screened, error) {
+func (p *pinSet) screen(ctx context.Context, items []toolItem) (screened, error) {
 	if p == nil {
 		return screened{kept: items}, nil
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if err := p.reloadLocked(); err != nil {
+	reloaded, err := p.reloadLocked()
+	if err != nil {
 		return screened{}, fmt.Errorf("reload pin file: %w", err)
+	}
+	if reloaded && p.redis != nil {
+		// The file seeds what Redis does not know; Redis's pins stand.
+		p.syncLocked(ctx)
 	}
 	var out screened
 	save := false
-	for _, item := range items {
-		def, v1, err := item.definition()
-		if err != nil {
+	defs := make([]pinEntry, len(items))
+	v1s := make([]string, len(items))
+	fresh := map[string]pinEntry{} // tools to record, in one round trip
+	for i, item := range items {
+		if defs[i], v1s[i], err = item.definition(); err != nil {
 			return screened{}, fmt.Errorf("pin tool %q: %w", item.Name, err)
 		}
+		if _, ok := p.pins[item.Name]; !ok && p.mode == config.PinRecord && p.redis != nil {
+			fresh[item.Name] = defs[i]
+		}
+	}
+	recorded, recordErr := p.recordSharedAll(ctx, fresh)
+	for i, item := range items {
+		def, v1 := defs[i], v1s[i]
 		p.seen[item.Name] = def
 		pin, ok := p.pins[item.Name]
 		switch {
+		case !ok && p.mode == config.PinRecord && p.redis != nil:
+			inForce, err := recorded[item.Name], recordErr
+			if err != nil {
+				// Redis cannot say whether another replica pinned another
+				// version first: redis.on_error decides (fail closed: not
+				// listed; local: pinned here, as one replica would).
+				if p.redis.Deny() {
+					out.hidden = append(out.hidden, item.Name)
+					continue
+				}
+				inForce = def
+			}
+			p.pins[item.Name], save = inForce, true
 		case !ok && p.mode == config.PinRecord:
 			p.pins[item.Name], save = def, true
 		case ok && !strings.HasPrefix(pin.Digest, pinDigestPrefix) && pin.Digest == v1:
 			// A format 1 pin whose reviewed members are unchanged.
 			p.pins[item.Name], save = def, true
 			out.migrated = append(out.migrated, item.Name)
+			p.shareApproval(ctx, item.Name, def)
 		}
 		if p.quarantined(p.statusLocked(item.Name)) {
 			out.hidden = append(out.hidden, item.Name)
@@ -260,13 +310,24 @@ func (p *pinSet) screen(items []toolItem) (screened, error) {
 	return out, nil
 }
 
-// approve pins the definition last seen for a tool.
-func (p *pinSet) approve(name string) (pinEntry, error) {
+// approve pins the definition last seen for a tool. With redis the
+// approval is stored there first: one Redis cannot take is refused
+// (errApprovalNotShared), never applied to this replica alone.
+func (p *pinSet) approve(ctx context.Context, name string) (pinEntry, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	seen, ok := p.seen[name]
 	if !ok {
 		return pinEntry{}, fmt.Errorf("tool %q has not been seen in a tools/list result since the gateway started", name)
+	}
+	if p.redis != nil {
+		b, err := json.Marshal(seen)
+		if err != nil {
+			return pinEntry{}, err
+		}
+		if err := p.redis.SetPin(ctx, p.upstream, name, b); err != nil {
+			return pinEntry{}, fmt.Errorf("%w: %w", errApprovalNotShared, err)
+		}
 	}
 	old := p.pins[name]
 	p.pins[name] = seen
@@ -283,7 +344,7 @@ func (p *pinSet) saveLocked() error {
 	if p.file == "" {
 		return nil
 	}
-	b, err := json.MarshalIndent(pinFile{Tools: p.pins}, "", "  ")
+	b, err := json.MarshalIndent(pinFile{Tools: p.pins, Skills: p.skillPins}, "", "  ")
 	if err != nil {
 		return err
 	}
@@ -312,7 +373,7 @@ func (p *pinSet) saveLocked() error {
 // returns the items to relay. A page that cannot be screened is withheld
 // (an error), never relayed with a changed tool in it.
 func (s *Server) screenTools(ctx context.Context, fwd *forward, items []toolItem) ([]toolItem, error) {
-	out, err := s.pins.set(fwd.route.upstream.Name).screen(items)
+	out, err := s.pins.set(fwd.route.upstream.Name).screen(ctx, items)
 	if err != nil {
 		return nil, err
 	}
@@ -337,19 +398,25 @@ func (s *Server) checkPinnedCall(fwd *forward, req *jsonrpc.Request, status stri
 	return newError(http.StatusOK, CodeToolQuarantined, "tool quarantined: its definition is not the one an operator approved", nil)
 }
 
-// pinReport is one tool in GET /admin/pins.
+// pinReport is one tool (or skill: Skill, without Tool) in GET /admin/pins.
 type pinReport struct {
-	Tool       string          `json:"tool"`
+	Tool       string          `json:"tool,omitempty"`
+	Skill      string          `json:"skill,omitempty"`
 	Status     string          `json:"status"`
 	Pinned     string          `json:"pinned,omitempty"`
 	Seen       string          `json:"seen,omitempty"`
 	Definition json.RawMessage `json:"definition,omitempty"` // as last seen
 }
 
-// adminPins serves GET /admin/pins: every pinning upstream's tools.
+// adminPins serves GET /admin/pins: every pinning upstream's tools, and
+// its skills (SEP-2640) when it serves any.
 func (s *Server) adminPins(w http.ResponseWriter, _ *http.Request) {
 	out := map[string][]pinReport{}
+	skills := map[string][]pinReport{}
 	for name, set := range s.pins.sets {
+		if r := set.skillReports(); len(r) > 0 {
+			skills[name] = r
+		}
 		set.mu.Lock()
 		names := map[string]bool{}
 		for n := range set.pins {
@@ -366,23 +433,65 @@ func (s *Server) adminPins(w http.ResponseWriter, _ *http.Request) {
 		sort.Slice(reports, func(i, j int) bool { return reports[i].Tool < reports[j].Tool })
 		out[name] = reports
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"upstreams": out})
+	body := map[string]any{"upstreams": out}
+	if len(skills) > 0 {
+		body["skills"] = skills
+	}
+	writeJSON(w, http.StatusOK, body)
 }
 
-// adminApprovePin serves POST /admin/pins/approve?upstream=..&tool=..:
-// the definition last seen becomes the pin (written to the pin file).
+// skillReports are the set's skills for GET /admin/pins, by URI.
+func (p *pinSet) skillReports() []pinReport {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	uris := map[string]bool{}
+	for u := range p.skillPins {
+		uris[u] = true
+	}
+	for u := range p.skillSeen {
+		uris[u] = true
+	}
+	reports := []pinReport{}
+	for u := range uris {
+		reports = append(reports, pinReport{Skill: u, Status: pinStatus(p.skillPins, p.skillSeen, u), Pinned: p.skillPins[u].Digest, Seen: p.skillSeen[u].Digest, Definition: p.skillSeen[u].Definition})
+	}
+	sort.Slice(reports, func(i, j int) bool { return reports[i].Skill < reports[j].Skill })
+	return reports
+}
+
+// adminApprovePin serves POST /admin/pins/approve?upstream=..&tool=..
+// (or &skill=<SKILL.md URI>): the definition last seen becomes the pin
+// (written to the pin file).
 func (s *Server) adminApprovePin(w http.ResponseWriter, r *http.Request) {
 	upstreamName, tool := r.URL.Query().Get("upstream"), r.URL.Query().Get("tool")
 	set := s.pins.set(upstreamName)
-	if set == nil || tool == "" {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "upstream must name an upstream with pin_tools, and tool a tool"})
+	if skill := r.URL.Query().Get("skill"); skill != "" && tool == "" && set != nil {
+		e, err := set.approveSkill(skill)
+		if err != nil {
+			writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
+			return
+		}
+		s.log.Info("skill pin approved", "upstream", upstreamName, "skill", skill, "digest", e.Digest)
+		writeJSON(w, http.StatusOK, map[string]string{"upstream": upstreamName, "skill": skill, "status": PinPinned, "pinned": e.Digest})
 		return
 	}
-	e, err := set.approve(tool)
-	if err != nil {
+	if set == nil || tool == "" {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "upstream must name an upstream with pin_tools, and tool a tool (or skill a skill's URI)"})
+		return
+	}
+	e, err := set.approve(r.Context(), tool)
+	switch {
+	case errors.Is(err, errApprovalNotShared):
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error() + "; nothing was approved: retry when Redis answers"})
+		return
+	case err != nil:
 		writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
 		return
 	}
 	s.log.Info("tool pin approved", "upstream", upstreamName, "tool", tool, "digest", e.Digest)
+	if err := s.invalidate(r.Context(), invalidation{Pins: []string{upstreamName}}); err != nil {
+		// Stored on Redis: the others read it when they are next in step.
+		s.log.Warn("pin approval stored on Redis but not announced to the other replicas; they read it when back in step", "error", err.Error())
+	}
 	writeJSON(w, http.StatusOK, map[string]string{"upstream": upstreamName, "tool": tool, "status": PinPinned, "pinned": e.Digest})
 }

@@ -166,7 +166,7 @@ func pushedListMethod(result []byte) string {
 		if err != nil {
 			return found
 		}
-		for _, method := range []string{"tools/list", "prompts/list", "resources/list", "resources/templates/list"} {
+		for _, method := range []string{"tools/list", "prompts/list", "resources/list", "resources/templates/list", "skills/list"} {
 			if n := name.String(); found == "" && (n == listShapes[method].items || foldName(n) == foldName(listShapes[method].items)) {
 				found = method
 			}

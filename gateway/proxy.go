@@ -147,8 +147,16 @@ func (s *Server) relayStream(ctx context.Context, resp *http.Response, fwd *forw
 	open := s.metrics.openStreams.WithLabelValues(fwd.route.upstream.Name, kind)
 	open.Inc()
 	relay.onClose = open.Dec
+	if fwd.stream && fwd.era == eraLegacy && fwd.upstreamSession != "" && fwd.federation == "" {
+		// Context sources' resource events reach the session here.
+		ls, unregister := s.openLiveStream(fwd)
+		relay.inject = ls.inject
+		relay.onClose = func() { open.Dec(); unregister() }
+	}
 	relay.observe = func(data []byte) { s.observeUpstream(fwd.route.upstream.Name, data) }
-	if s.policy != nil {
+	if s.policy != nil || fwd.federation != "" {
+		// A federated member's requests of the client are renamed even
+		// without a policy (fedask.go).
 		relay.transform = func(data []byte) ([]byte, bool) { return s.transformMessage(ctx, fwd, data) }
 	}
 	// A stream that ends abnormally (stalled, an event over the limit,
@@ -170,6 +178,9 @@ func (s *Server) transformJSONBody(ctx context.Context, resp *http.Response, fwd
 	}
 	if body, err = s.transformJSON(ctx, fwd, body); err != nil {
 		return err
+	}
+	if fwd.bridge != nil && resp.StatusCode == http.StatusOK && missingCapability(body) {
+		resp.StatusCode, resp.Status = http.StatusBadRequest, "400 Bad Request" // as a modern server answers it (bridge.go)
 	}
 	resp.Body = io.NopCloser(bytes.NewReader(body))
 	resp.ContentLength = int64(len(body))

@@ -191,7 +191,7 @@ func openSession(ctx context.Context, way upstream.Transport, hs handshake) (ope
 // memberResult is the result of the gateway's own request in an answer; a
 // JSON-RPC error or an HTTP failure is an error.
 func memberResult(resp *http.Response, raw []byte) (json.RawMessage, error) {
-	if resp.StatusCode == http.StatusNotFound && resp.Request != nil && resp.Request.Header.Get("Mcp-Session-Id") != "" {
+	if sessionLost(resp, raw) {
 		return nil, errMemberSessionEnded
 	}
 	if resp.StatusCode != http.StatusOK {
@@ -210,6 +210,15 @@ func memberResult(resp *http.Response, raw []byte) (json.RawMessage, error) {
 		}
 	}
 	return nil, errors.New("answer holds no response")
+}
+
+// sessionLost reports whether a member's answer (raw, its whole body) to
+// a request on its session says it no longer has that session: 404 as the
+// spec has it, or 400 for no request as the TypeScript SDK answers a
+// session it does not know (bridgeSessionLost).
+func sessionLost(resp *http.Response, raw []byte) bool {
+	onSession := resp.Request != nil && resp.Request.Header.Get("Mcp-Session-Id") != ""
+	return onSession && (resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusBadRequest && sessionErrorBody(raw))
 }
 
 // errMemberSessionEnded is an upstream's 404 to a request on its session:

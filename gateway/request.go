@@ -35,6 +35,9 @@ func (s *Server) serveRoute(rt *route) http.HandlerFunc {
 		}
 		if err == nil && fwd.bridging {
 			err = s.prepareBridge(r, fwd, fwd.msg.Request()) // bridge.go
+			if fwd.bridge != nil {
+				defer rt.bridge.release(fwd.bridge) // in use until answered
+			}
 		}
 		if err != nil {
 			writeError(w, r, err)
@@ -44,6 +47,7 @@ func (s *Server) serveRoute(rt *route) http.HandlerFunc {
 			writeAnswer(w, fwd.answer) // the gateway's own (bridged server/discover)
 			return
 		}
+		s.noteSubscription(r.Context(), fwd) // subscriptions.go
 		s.forwardUpstream(w, r, rt, fwd)
 	}
 }
@@ -207,8 +211,7 @@ func (s *Server) forwardUpstream(w http.ResponseWriter, r *http.Request, rt *rou
 			return
 		}
 		if key != "" {
-			// Per principal: another principal's key is another key.
-			s.forwardOnce(w, r, rt, fwd.principal.ID+"\x00"+key, fwd.requestState)
+			s.forwardOnce(w, r, rt, fwd.principal.ID, key, fwd.requestState)
 			return
 		}
 	}

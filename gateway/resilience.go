@@ -28,6 +28,7 @@ type routeResilience struct {
 	streams         config.Streams
 	limiter         limiter // nil: no rate limits
 	idem            *idempotencyStore
+	sharedIdem      *sharedIdempotency // nil: the ledger is idem, in memory
 }
 
 func newRouteResilience(c config.Upstream, now func() time.Time, redis *shared.Client) routeResilience {
@@ -40,6 +41,7 @@ func newRouteResilience(c config.Upstream, now func() time.Time, redis *shared.C
 		streams:         c.Streams,
 		limiter:         newLimiter(c.Name, c.RateLimit, redis, now),
 		idem:            newIdempotencyStore(c.Idempotency.Window, c.Idempotency.MaxKeys, now),
+		sharedIdem:      newSharedIdempotency(c, redis),
 	}
 }
 
@@ -48,6 +50,7 @@ func newRouteResilience(c config.Upstream, now func() time.Time, redis *shared.C
 var safeMethods = map[string]bool{
 	"tools/list": true, "prompts/list": true, "resources/list": true, "resources/templates/list": true,
 	"resources/read": true, "prompts/get": true, "server/discover": true, "ping": true,
+	"skills/list": true, "skills/get": true, "resources/directory/read": true,
 }
 
 // retryClass says how the request may be retried. tools/call is retried
@@ -110,10 +113,16 @@ func rateLimitedError(era string, wait time.Duration) *Error {
 	return e
 }
 
-// forwardOnce runs the first call with a key and records its answer, or
-// waits for it and replays it.
-func (s *Server) forwardOnce(w http.ResponseWriter, r *http.Request, rt *route, key string, st *requestState) {
-	e, first, gwErr := rt.res.idem.begin(key, callDigest(st.msg.Request()))
+// forwardOnce runs the first call with a principal's key and records its
+// answer, or waits for it and replays it: on Redis when the ledger is
+// shared (idemshared.go), else in this replica's memory.
+func (s *Server) forwardOnce(w http.ResponseWriter, r *http.Request, rt *route, principal, key string, st *requestState) {
+	if rt.res.sharedIdem != nil {
+		s.forwardOnceShared(w, r, rt, principal, key, st)
+		return
+	}
+	// Per principal: another principal's key is another key.
+	e, first, gwErr := rt.res.idem.begin(principal+"\x00"+key, callDigest(st.msg.Request()))
 	if gwErr != nil {
 		writeError(w, r, gwErr)
 		return
@@ -126,43 +135,57 @@ func (s *Server) forwardOnce(w http.ResponseWriter, r *http.Request, rt *route, 
 		select {
 		case <-e.done:
 			t.resume()
-			s.replay(w, r, e, st)
+			s.replay(w, r, &e.idemAnswer, st)
 		case <-r.Context().Done():
 			writeError(w, r, fmt.Errorf("client went away: %w", context.Canceled))
 		}
 		return
 	}
-	rec := &answerRecorder{ResponseWriter: w}
 	ran := true
 	defer func() {
 		// Deferred, so duplicates are woken even if the proxy panics.
-		if e.gwErr == nil && e.body == nil {
-			e.gwErr = outcomeUnknown(http.StatusBadGateway, errors.New("the first call's answer was not recorded"))
-		}
+		e.idemAnswer = e.idemAnswer.orUnrecorded()
 		rt.res.idem.finish(e, ran)
 	}()
+	e.idemAnswer, ran = s.runFirst(w, r, rt, st)
+}
+
+// runFirst runs the first call with a key through the route's proxy and
+// returns the answer to record, and whether the call may have run (a call
+// that provably did not run is forgotten, so that a retry runs it).
+func (s *Server) runFirst(w http.ResponseWriter, r *http.Request, rt *route, st *requestState) (a idemAnswer, ran bool) {
+	rec := &answerRecorder{ResponseWriter: w}
 	rt.proxy.ServeHTTP(rec, r)
 	switch {
 	case r.Context().Err() != nil:
 		// The client went away mid-call: the call may have run.
-		e.gwErr = outcomeUnknown(http.StatusBadGateway, context.Canceled)
+		return idemAnswer{gwErr: outcomeUnknown(http.StatusBadGateway, context.Canceled)}, true
 	case st.err != nil:
-		e.gwErr, ran = st.err, sent(st.err)
+		return idemAnswer{gwErr: st.err}, sent(st.err)
 	case rec.status >= 400 && rec.status < 500:
 		// Refused by the upstream (an ended session, a bad request): it
 		// did not run, so the client may retry with the same key.
-		e.status, e.contentType, e.body, ran = rec.status, rec.Header().Get("Content-Type"), rec.buf.Bytes(), false
-	default:
-		e.status, e.contentType, e.body = rec.status, "application/json", rec.answer()
-		if e.status == 0 {
-			e.status = http.StatusOK
-		}
+		return idemAnswer{status: rec.status, contentType: rec.Header().Get("Content-Type"), body: rec.buf.Bytes()}, false
 	}
+	a = idemAnswer{status: rec.status, contentType: "application/json", body: rec.answer()}
+	if a.status == 0 {
+		a.status = http.StatusOK
+	}
+	return a.orUnrecorded(), true
+}
+
+// orUnrecorded is a, or when a holds no answer (the proxy panicked, the
+// answer was over the bound or had no response), the error that says so.
+func (a idemAnswer) orUnrecorded() idemAnswer {
+	if a.gwErr == nil && a.body == nil {
+		return idemAnswer{gwErr: outcomeUnknown(http.StatusBadGateway, errors.New("the first call's answer was not recorded"))}
+	}
+	return a
 }
 
 // replay answers a duplicate with the first call's answer, under the
 // duplicate's own id.
-func (s *Server) replay(w http.ResponseWriter, r *http.Request, e *idemEntry, st *requestState) {
+func (s *Server) replay(w http.ResponseWriter, r *http.Request, e *idemAnswer, st *requestState) {
 	if e.gwErr != nil {
 		writeError(w, r, e.gwErr)
 		return
@@ -248,6 +271,9 @@ func (a *answerRecorder) answer() []byte {
 // upstreamError is what the client is told when the upstream could not
 // answer: each failure its own status and code (README "Resilience").
 func upstreamError(ctx context.Context, err error) *Error {
+	if errors.Is(err, errMemberSessionEnded) {
+		return memberSessionEnded(err)
+	}
 	if errors.Is(err, upstream.ErrCredential) {
 		// Nothing was sent: the caller has no credential for it.
 		return credentialError(err, "")

@@ -79,6 +79,13 @@ func (s *Server) checkAnswer(resp *http.Response, fwd *forward) (answerKind, str
 		_ = resp.Body.Close()
 		return 0, "", errBridgeSessionEnded
 	}
+	if fwd.federation != "" && fwd.upstreamSession != "" && bridgeSessionLost(resp) {
+		// A member of a federated session forgot its own: answered as the
+		// federated list is (memberSessionEnded), never relayed as the
+		// member's own 404 or 400.
+		_ = resp.Body.Close()
+		return 0, "", errMemberUnavailable{member: fwd.route.upstream.Name, err: errMemberSessionEnded}
+	}
 	kind, err := classifyAnswer(resp, fwd)
 	if err == nil && kind != answerEmpty {
 		err = refuseEncoded(encoding)
@@ -152,7 +159,7 @@ func (s *Server) transformJSON(ctx context.Context, fwd *forward, body []byte) (
 //   - a server-to-client request and a notification: transformRequest.
 func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte) ([]byte, bool) {
 	if s.policy == nil {
-		return data, false
+		return memberRequestRenamed(fwd, data), false
 	}
 	msg, err := decodeRPC(data)
 	if err != nil {
@@ -168,7 +175,11 @@ func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte
 			s.dropStrayResponse(ctx, fwd, m.ID)
 			return nil, true
 		}
-		return s.renamed(fwd, s.filterResponse(ctx, fwd, m, data)), false
+		out := s.filterResponse(ctx, fwd, m, data)
+		if ex := fwd.exchanges[idKey(m.ID)]; fwd.bridge != nil && ex != nil && ex.input != nil {
+			out = bridgedResult(out, ex.input.Method) // bridge.go
+		}
+		return s.renamed(fwd, out), false
 	case *jsonrpc.Request:
 		return s.transformRequest(ctx, fwd, m, data)
 	}
@@ -178,7 +189,8 @@ func (s *Server) transformMessage(ctx context.Context, fwd *forward, data []byte
 // transformRequest is transformMessage for a message with a method:
 //   - a server-to-client request (sampling, elicitation, roots): decided;
 //     if denied it is dropped and the upstream gets the refusal; if allowed
-//     its params are redacted as that decision says;
+//     its params are redacted as that decision says (and on a federated
+//     route its id names the member: fedask.go);
 //   - notifications/resources/updated for a resource the principal may not
 //     see (or whose uri is ambiguous): dropped;
 //   - every notification: its params redacted (relatedRedactions).
@@ -189,17 +201,18 @@ func (s *Server) transformRequest(ctx context.Context, fwd *forward, m *jsonrpc.
 		go s.answerUpstream(fwd, errorMessage(m.ID, newError(0, CodeMethodNotFound, m.Method+" is not available: the client is bridged from the modern protocol era", nil)))
 		return data, true
 	}
-	if m.ID.IsValid() && fwd.federation != "" {
-		// Relayed under the gateway's id, so the client's answer finds
-		// this member again (fedanswer.go).
-		return s.relayMemberRequest(ctx, fwd, m, data)
-	}
 	if m.ID.IsValid() {
 		d, ok := s.allowServerRequest(ctx, fwd, m)
 		if !ok {
 			return data, true
 		}
-		return s.redactParams(ctx, fwd, m, data, d.Redact, "server_request")
+		out, drop := s.redactParams(ctx, fwd, m, data, d.Redact, "server_request")
+		if !drop {
+			// On a federated route, under an id naming the member, so the
+			// client's answer finds its way back (fedask.go).
+			out = memberRequestRenamed(fwd, out)
+		}
+		return out, drop
 	}
 	if m.Method == "notifications/resources/updated" && !s.updateVisible(ctx, fwd, m) {
 		return nil, true

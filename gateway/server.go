@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -139,8 +140,14 @@ type Server struct {
 	// sealer seals the cache's second level on Redis; nil: no second
 	// level (cachel2.go).
 	sealer *cache.Sealer
+	// subscriptions are the open streams and the sessions' resource
+	// subscriptions (subscriptions.go).
+	subscriptions *subscriptionRegistry
 	// onReady is Options.OnReady.
 	onReady func()
+	// old are the HTTP+SSE (2024-11-05) client sessions open here
+	// (oldclient.go).
+	old *oldClients
 }
 
 // New builds a gateway for a validated configuration.
@@ -169,6 +176,7 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 	s.healthInterval, s.adminRoutes = opts.HealthInterval, opts.AdminRoutes
 	s.redis = opts.Redis
 	s.onReady = opts.OnReady
+	s.old = newOldClients()
 	if s.healthInterval == 0 {
 		s.healthInterval = DefaultHealthInterval
 	}
@@ -213,6 +221,7 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 		return nil, err
 	}
 	s.replicaName = newReplicaName()
+	s.subscriptions = newSubscriptionRegistry()
 	if s.redis != nil && s.cache != nil {
 		if slices.ContainsFunc(cfg.Cache.EncryptionKeys, func(k string) bool { return k != "" }) {
 			if s.sealer, err = cache.NewSealer(cfg.Cache.EncryptionKeys); err != nil {
@@ -221,13 +230,19 @@ func New(cfg *config.Config, pool *upstream.Pool, opts Options) (*Server, error)
 		} else {
 			s.log.Info("cache entries stay in each replica's memory: set cache.encryption_keys to share them on Redis (sealed)")
 		}
-		s.fanout = s.redis.NewFanout(s.replicaName, s.log)
+	}
+	if s.redis != nil && len(s.pins.sets) > 0 {
+		s.pins.shareWith(context.Background(), s.redis, s.log)
+	}
+	if s.redis != nil && (s.cache != nil || len(s.pins.sets) > 0) {
+		everything, _ := json.Marshal(s.everything())
+		s.fanout = s.redis.NewFanout(s.replicaName, everything, s.log)
 		fanout := s.fanout
 		// Registered once per registry: tests may build several servers
 		// on one Metrics.
 		_ = s.metrics.registry.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "ctxgate_cache_fanout_in_step",
-			Help: "1 while this replica follows every cache invalidation published on Redis (its cache is used), 0 while it may have missed one (its cache is bypassed).",
+			Help: "1 while this replica follows every invalidation and pin change published on Redis (its cache is used), 0 while it may have missed one (its cache is bypassed; its pins are read again when back in step).",
 		}, func() float64 {
 			if fanout.Synced() {
 				return 1
@@ -304,6 +319,10 @@ func (s *Server) chain() http.Handler {
 		// 6. Authentication, per route so a challenge can name the route's
 		//    metadata: every route handler runs with a verified Principal.
 		r.With(s.authenticate(rt)).Handle(rt.path, handler)
+		// The same route for HTTP+SSE (2024-11-05) clients, behind the
+		// same chain; each message is served by handler (oldclient.go).
+		r.With(s.authenticate(rt)).Handle(rt.path+"/sse", s.serveOld(rt, handler, true))
+		r.With(s.authenticate(rt)).Handle(rt.path+"/messages", s.serveOld(rt, handler, false))
 	}
 	// 7. The connect-your-account pages of user_oauth upstreams
 	//    (connect.go): reached by a browser, not an MCP client.
@@ -335,6 +354,10 @@ func (s *Server) routes() []*route {
 		}
 		if c.Bridge {
 			rt.bridge = newBridgeSessions(s.cfg.Sessions.TTL)
+			rt.bridge.gone = up.SessionGone
+			// In the background: the last request using the session is
+			// being answered, and a process may take its grace to end.
+			rt.bridge.end = func(sess *bridgeSession) { go s.endBridge(rt, sess) }
 		}
 		rt.resource = base + rt.path
 		rt.metadataURL = base + wellKnownPRM + rt.path

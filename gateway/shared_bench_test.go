@@ -6,12 +6,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/ctxgate/ctxgate/cache"
 	"github.com/ctxgate/ctxgate/config"
@@ -33,7 +30,7 @@ import (
 //
 //	go test ./gateway/ -run '^$' -bench BenchmarkSharedState -benchmem
 func BenchmarkSharedState(b *testing.B) {
-	redisURL := startBenchRedis(b)
+	redisURL := startRedisServer(b, false).URL
 	up := newCountingUpstream()
 	upSrv := httptest.NewServer(up)
 	b.Cleanup(upSrv.Close)
@@ -151,34 +148,4 @@ cache: {max_mb: 16, encryption_keys: [%q]}
 		time.Sleep(time.Millisecond)
 	}
 	return &sharedBenchGateway{handler: gw.Handler(), store: store}
-}
-
-// startBenchRedis runs redis-server on a unix socket, or skips.
-func startBenchRedis(b *testing.B) string {
-	b.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		b.Skip("redis-server is not installed; run: apt-get install -y redis-server")
-	}
-	dir, err := os.MkdirTemp("", "redis")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "redis.sock")
-	cmd := exec.Command(bin, "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700", "--save", "", "--appendonly", "no", "--dir", dir)
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	client := redis.NewClient(&redis.Options{Network: "unix", Addr: sock, MaxRetries: -1, DisableIdentity: true})
-	defer client.Close()
-	deadline := time.Now().Add(20 * time.Second)
-	for client.Ping(context.Background()).Err() != nil {
-		if time.Now().After(deadline) {
-			b.Fatal("redis-server did not answer")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return "unix://" + sock
 }

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ctxgate/ctxgate/gateway"
 )
 
 // soakCall is one tools/call of the soak and what its client got.
@@ -33,21 +35,66 @@ type soakCall struct {
 // small bulkhead) for a bounded time, then reconciles what every client got
 // with what the upstream executed and what the policy allowed.
 func TestSoak(t *testing.T) {
+	soak(t, 1, nil)
+}
+
+// TestSoakSharedIdempotency is the soak over three replicas whose
+// idempotency ledger is on one real redis-server, killed and started
+// again halfway (its data kept in its append-only file, as the README asks
+// of a Redis holding idempotency keys): the second call of each pair of
+// duplicates goes to another replica, every call gets exactly one answer
+// (keyed calls while Redis is away are refused, -31061), and still
+// nothing runs twice.
+func TestSoakSharedIdempotency(t *testing.T) {
+	if testing.Short() {
+		t.Skip("soak test")
+	}
+	r := startRedisServer(t, true)
+	restart := func() {
+		t.Log("Redis killed; started again at once")
+		r.restart()
+	}
+	soak(t, 3, restart, withRedisServer(t, r, "local"))
+}
+
+// soak runs the soak against replicas gateways on one upstream; midway,
+// if set, runs halfway through (a Redis restart).
+func soak(t *testing.T, replicas int, midway func(), opts ...func(*gateway.Options)) {
 	if testing.Short() {
 		t.Skip("soak test")
 	}
 	const duration = 4 * time.Second
 	up := newFaultUpstream(t)
-	g := startResGateway(t, up.srv.URL, `timeout: 150ms
+	var gws []*resGateway
+	var clients [][]*resClient // per worker principal, one client per replica
+	for range replicas {
+		gws = append(gws, startResGateway(t, up.srv.URL, `timeout: 150ms
 max_concurrent: 6
-circuit_breaker: {failure_threshold: 5, failure_window: 1s, delay: 150ms, success_threshold: 1}`)
-	clients := []*resClient{g.open(t, aliceKey), g.open(t, bobKey)}
+circuit_breaker: {failure_threshold: 5, failure_window: 1s, delay: 150ms, success_threshold: 1}`, opts...))
+	}
+	for _, key := range []string{aliceKey, bobKey} {
+		var cs []*resClient
+		for _, g := range gws {
+			cs = append(cs, g.open(t, key))
+		}
+		clients = append(clients, cs)
+	}
+	g := gws[0]
 	baseline := runtime.NumGoroutine()
 
 	ctx, cancel := context.WithTimeout(t.Context(), duration)
 	defer cancel()
 	var scheduler sync.WaitGroup
 	scheduler.Go(func() { scheduleFaults(ctx, up) })
+	if midway != nil {
+		scheduler.Go(func() {
+			select {
+			case <-time.After(duration / 2):
+				midway()
+			case <-ctx.Done():
+			}
+		})
+	}
 
 	var (
 		mu    sync.Mutex
@@ -56,14 +103,15 @@ circuit_breaker: {failure_threshold: 5, failure_window: 1s, delay: 150ms, succes
 	)
 	var workers sync.WaitGroup
 	for w := range 8 {
-		c := clients[w%2]
+		cs := clients[w%2]
 		workers.Go(func() {
 			rng := rand.New(rand.NewPCG(uint64(w), 1))
 			for ctx.Err() == nil {
-				batch := soakBatch(rng, int(next.Add(2)), c.key)
+				batch := soakBatch(rng, int(next.Add(2)), cs[0].key)
 				var wg sync.WaitGroup
-				for _, call := range batch {
-					wg.Go(func() { runSoakCall(c, call) })
+				for i, call := range batch {
+					// A pair's duplicate goes to the next replica.
+					wg.Go(func() { runSoakCall(cs[i%len(cs)], call) })
 				}
 				wg.Wait()
 				mu.Lock()
@@ -75,7 +123,11 @@ circuit_breaker: {failure_threshold: 5, failure_window: 1s, delay: 150ms, succes
 	workers.Wait()
 	scheduler.Wait()
 
-	figures := reconcile(t, calls, up.ledgerCopy(), allowedNonces(t, readFile(t, g.decisions)))
+	var decisions strings.Builder
+	for _, g := range gws {
+		decisions.WriteString(readFile(t, g.decisions))
+	}
+	figures := reconcile(t, calls, up.ledgerCopy(), allowedNonces(t, decisions.String()))
 	s := g.series(t)
 	figures["upstream retries"] = int(s[`ctxgate_upstream_retries_total{upstream="up"}`])
 	figures["bulkhead rejections"] = int(s[`ctxgate_bulkhead_rejections_total{upstream="up"}`])
@@ -92,7 +144,9 @@ circuit_breaker: {failure_threshold: 5, failure_window: 1s, delay: 150ms, succes
 
 	// Idle keep-alive connections are not leaks: close them, then count.
 	http.DefaultClient.CloseIdleConnections()
-	g.pool.CloseIdleConnections()
+	for _, g := range gws {
+		g.pool.CloseIdleConnections()
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for runtime.NumGoroutine() > baseline+4 {
 		if time.Now().After(deadline) {

@@ -67,6 +67,10 @@ type sseRelay struct {
 	onEnd func(cause error) []byte
 	// done: the stream has ended; Read returns io.EOF once pending is out.
 	done bool
+	// inject, if set, carries messages of the gateway's own to add to the
+	// stream between the upstream's events (subscriptions.go), through
+	// transform like the upstream's.
+	inject <-chan []byte
 }
 
 // sseResult is what the parser hands over: an event or the error that
@@ -146,6 +150,8 @@ func (s *sseRelay) Read(p []byte) (int, error) {
 				}
 				s.fail(err) // an event over the limit, a broken upstream
 			}
+		case data := <-s.inject:
+			s.take(sseResult{ev: &mcpwire.Event{Data: data, HasData: true}})
 		case <-timerC(s.quiet):
 			s.pending = append(s.pending[:0], keepaliveEvent...)
 		case <-timerC(s.idle):

@@ -3,7 +3,6 @@ package gateway
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"sync"
 	"time"
@@ -114,18 +113,17 @@ func (s *Server) learnToolsBeforeCall(ctx context.Context, fwd *forward, req *js
 // learns from each page what a client's tools/list would have taught.
 func (s *Server) fetchToolList(ctx context.Context, fwd *forward, version string, meta json.RawMessage) error {
 	bridge := fwd.bridge
-	if bridge == nil && fwd.bridging {
-		// A bridged call is decided before prepareBridge finds its
-		// session, and a legacy-only upstream answers no sessionless
-		// tools/list (400): the list is read on the principal's bridged
-		// session, opened now if it has none (prepareBridge then finds
-		// it). Without this, a bridged call before any list was denied as
-		// an unknown tool.
-		var err error
-		bridge, err = fwd.route.bridge.get(fwd.principal.ID, func() (*bridgeSession, error) { return s.openBridge(ctx, fwd) })
+	if fwd.bridging && bridge == nil {
+		// The call is decided before prepareBridge gives it its session:
+		// the principal's bridged session carries the fetch, as a legacy
+		// client's own session does (a legacy-only upstream answers no
+		// sessionless list).
+		sess, err := fwd.route.bridge.get(fwd.principal.ID, func() (*bridgeSession, error) { return s.openBridge(ctx, fwd) })
 		if err != nil {
-			return fmt.Errorf("bridged session: %w", err)
+			return err
 		}
+		defer fwd.route.bridge.release(sess)
+		bridge = sess
 	}
 	cursor := ""
 	for range maxLearnPages {

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"reflect"
 	"testing"
@@ -146,11 +147,11 @@ func FuzzPinScreen(f *testing.F) {
 		if err != nil {
 			return
 		}
-		first, err := set.screen(page.items)
+		first, err := set.screen(context.Background(), page.items)
 		if err != nil {
 			return
 		}
-		if again, err := set.screen(page.items); err != nil || len(again.hidden) > 0 || len(first.hidden) > 0 {
+		if again, err := set.screen(context.Background(), page.items); err != nil || len(again.hidden) > 0 || len(first.hidden) > 0 {
 			t.Fatalf("record mode, same page again: hidden %v then %v, %v", first.hidden, again.hidden, err)
 		}
 	})

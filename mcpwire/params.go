@@ -117,6 +117,13 @@ var methodParams = func() map[string]*memberSet {
 		"resources/list":           {"cursor": cursorMember},
 		"resources/templates/list": {"cursor": cursorMember},
 		"tasks/list":               {"cursor": cursorMember},
+		// SEP-2640: skills/list pages as the base lists do; skills/get
+		// names one skill by its SKILL.md URI.
+		"skills/list": {"cursor": cursorMember},
+		"skills/get":  {"uri": uriMember},
+		// SEP-2640's directoryRead: a directory resource's children,
+		// paginated.
+		"resources/directory/read": {"uri": uriMember, "cursor": cursorMember},
 		"tasks/get":                {"taskId": {kinds: `"`, required: true}},
 		"tasks/result":             {"taskId": {kinds: `"`, required: true}},
 		"tasks/cancel":             {"taskId": {kinds: `"`, required: true}},

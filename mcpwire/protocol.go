@@ -46,7 +46,10 @@ func AllowsBatch(version string) bool { return version == "2025-03-26" }
 
 // clientMethods are the requests MCP lets a client send a server, in every
 // revision the gateway relays (tasks/* from 2025-11-25, server/discover and
-// subscriptions/listen from 2026-07-28).
+// subscriptions/listen from 2026-07-28), and those of the extensions the
+// gateway relays: skills/list and skills/get of the Skills extension
+// (SEP-2640, io.modelcontextprotocol/skills), and its optional
+// resources/directory/read, in both eras.
 var clientMethods = map[string]bool{
 	"initialize": true, "ping": true,
 	"tools/list": true, "tools/call": true,
@@ -56,6 +59,7 @@ var clientMethods = map[string]bool{
 	"completion/complete": true, "logging/setLevel": true,
 	"tasks/get": true, "tasks/result": true, "tasks/list": true, "tasks/cancel": true,
 	"server/discover": true, "subscriptions/listen": true,
+	"skills/list": true, "skills/get": true, "resources/directory/read": true,
 }
 
 // IsClientMethod reports whether MCP defines method as a request a client

@@ -80,8 +80,8 @@ func (p *Params) set(f field, raw jsontext.Value, s string) {
 	}
 }
 
-// Target is what a request names: its kind ("tool", "prompt" or
-// "resource") and the member that names it ("name" or "uri").
+// Target is what a request names: its kind ("tool", "prompt", "resource"
+// or "skill") and the member that names it ("name" or "uri").
 type Target struct {
 	Kind   string
 	Member string
@@ -99,6 +99,9 @@ var targets = map[string]Target{
 	"resources/read":        {Kind: "resource", Member: "uri", Mirrored: true},
 	"resources/subscribe":   {Kind: "resource", Member: "uri"},
 	"resources/unsubscribe": {Kind: "resource", Member: "uri"},
+	// SEP-2640 names no header for its methods: the URI stays in the body.
+	"skills/get":               {Kind: "skill", Member: "uri"},
+	"resources/directory/read": {Kind: "resource", Member: "uri"},
 }
 
 // TargetOf reports what a method names; false for a method that names

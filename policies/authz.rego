@@ -7,7 +7,8 @@
 #   allow    boolean. Anything but `true` (false, undefined, an evaluation error,
 #            a timeout) is a deny: the gateway fails closed.
 #   visible  boolean, per list item (tools/list, prompts/list, resources/list,
-#            resources/templates/list). Hidden items are dropped from the list.
+#            resources/templates/list, skills/list). Hidden items are dropped
+#            from the list.
 #   reason   string shown to the client when a request is denied.
 #   redact   set of redaction instructions applied to results before they leave.
 #
@@ -299,6 +300,16 @@ resource_permitted(res) if {
 # here (e.g. by prompt.name) and both prompts/list and prompts/get follow.
 prompt_permitted(prompt) if is_object(prompt)
 
+# Skills (SEP-2640) are directories of files served as resources, named by the
+# URI of their SKILL.md: a skill is visible and gettable exactly when its
+# SKILL.md may be read, so the restricted prefixes hide a skill from
+# skills/list and skills/get as they hide its files from resources/read.
+# Restrict further here (e.g. by skill.name) and both methods follow.
+skill_permitted(skill) if {
+	is_string(skill.uri)
+	resource_permitted({"uri": skill.uri})
+}
+
 # ---------------------------------------------------------------------------
 # Methods
 # ---------------------------------------------------------------------------
@@ -312,6 +323,9 @@ plumbing_methods := {
 	"prompts/list",
 	"resources/list",
 	"resources/templates/list",
+	# The Skills extension's list (SEP-2640); its items are decided by
+	# skill_permitted.
+	"skills/list",
 	"logging/setLevel",
 	"server/discover",
 	# 2026-07-28: the notification stream; what it carries is filtered like
@@ -319,7 +333,10 @@ plumbing_methods := {
 	"subscriptions/listen",
 }
 
-resource_methods := {"resources/read", "resources/subscribe", "resources/unsubscribe"}
+# resources/directory/read (SEP-2640 directoryRead) reads a directory's
+# children: decided on the directory's URI, each child then filtered by
+# `visible` as a resources/list item.
+resource_methods := {"resources/read", "resources/subscribe", "resources/unsubscribe", "resources/directory/read"}
 
 # Requests an upstream server sends to the client through the gateway, decided
 # before they are relayed. The contract puts them in phase "response"; phase
@@ -392,6 +409,12 @@ permitted if {
 	prompt_permitted(input.prompt)
 }
 
+permitted if {
+	input.phase == "request"
+	input.method == "skills/get"
+	skill_permitted(input.skill)
+}
+
 # A list item is allowed exactly when it is visible, so an engine that reads
 # `allow` for list items reaches the same answer as one that reads `visible`.
 permitted if {
@@ -435,6 +458,8 @@ item_permitted if resource_permitted(input.resource)
 
 item_permitted if prompt_permitted(input.prompt)
 
+item_permitted if skill_permitted(input.skill)
+
 # ---------------------------------------------------------------------------
 # Decision: reason
 # ---------------------------------------------------------------------------
@@ -455,6 +480,8 @@ deny_reason := "policy configuration error" if {
 	resource_denied
 } else := "prompt not found or not permitted" if {
 	prompt_denied
+} else := "skill not found or not permitted" if {
+	skill_denied
 } else := "server-to-client request not permitted" if {
 	input.method in server_request_methods
 } else := "method not permitted"
@@ -500,6 +527,16 @@ prompt_denied if {
 prompt_denied if {
 	input.method == "completion/complete"
 	completion_hidden_prompt
+}
+
+skill_denied if {
+	input.skill
+	not skill_permitted(input.skill)
+}
+
+skill_denied if {
+	input.method == "skills/get"
+	not input.skill
 }
 
 # ---------------------------------------------------------------------------

@@ -436,7 +436,7 @@ test_restricted_template_hidden if {
 }
 
 test_subscribe_follows_read if {
-	every m in ["resources/subscribe", "resources/unsubscribe"] {
+	every m in ["resources/subscribe", "resources/unsubscribe", "resources/directory/read"] {
 		inp := object.union(request(user, m), {"resource": {"uri": "secret://x"}})
 		not authz.allow with input as inp
 		authz.allow with input as object.union(inp, {"principal": secrets_reader})
@@ -481,6 +481,37 @@ test_prompts_visible_and_gettable if {
 test_prompts_get_without_prompt_denied if {
 	not authz.allow with input as request(user, "prompts/get")
 	authz.reason == "prompt not found or not permitted" with input as request(user, "prompts/get")
+}
+
+# ---------------------------------------------------------------------------
+# Skills (SEP-2640): decided as their SKILL.md resource is.
+# ---------------------------------------------------------------------------
+
+skill(uri) := {"uri": uri, "name": "pdf-processing"}
+
+test_skills_visible_and_gettable_like_their_files if {
+	every p in everyone {
+		authz.allow with input as request(p, "skills/list")
+		get := object.union(request(p, "skills/get"), {"skill": skill("skill://pdf-processing/SKILL.md")})
+		authz.allow with input as get
+		item := object.union(base(p), {"method": "skills/list", "phase": "list_item", "skill": skill("skill://pdf-processing/SKILL.md")})
+		authz.visible with input as item
+	}
+}
+
+test_restricted_skill_hidden_and_refused_like_unknown if {
+	get := object.union(request(user, "skills/get"), {"skill": skill("secret://ops/SKILL.md")})
+	not authz.allow with input as get
+	authz.reason == "skill not found or not permitted" with input as get
+	item := object.union(base(user), {"method": "skills/list", "phase": "list_item", "skill": skill("SECRET://ops/SKILL.md")})
+	not authz.visible with input as item
+	authz.allow with input as object.union(get, {"principal": secrets_reader})
+	authz.visible with input as object.union(item, {"principal": secrets_reader})
+}
+
+test_skills_get_without_skill_denied if {
+	not authz.allow with input as request(user, "skills/get")
+	authz.reason == "skill not found or not permitted" with input as request(user, "skills/get")
 }
 
 # ---------------------------------------------------------------------------

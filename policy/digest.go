@@ -158,6 +158,14 @@ func (e *digester) input(in *Input) {
 	} else {
 		e.tag(tagAbsent)
 	}
+	if sk := in.Skill; sk != nil {
+		e.tag(tagPresent)
+		for _, s := range []string{sk.URI, sk.Name, sk.Description, sk.Pin} {
+			e.str(s)
+		}
+	} else {
+		e.tag(tagAbsent)
+	}
 	e.anyMap(in.Params)
 	e.anyMap(in.Result)
 	for _, s := range []string{in.Protocol.Version, in.Protocol.Era, in.Source.IP, in.Source.UserAgent} {

@@ -24,6 +24,9 @@ var listMember = map[string]string{
 	"prompts/list":             "prompts",
 	"resources/list":           "resources",
 	"resources/templates/list": "resourceTemplates",
+	"skills/list":              "skills", // SEP-2640
+	// A directory's children (SEP-2640 directoryRead) are resources.
+	"resources/directory/read": "resources",
 }
 
 // listItem holds the fields of a list item the policy sees.
@@ -34,16 +37,21 @@ type listItem struct {
 	URI         string         `json:"uri"`
 	URITemplate string         `json:"uriTemplate"`
 	MIMEType    string         `json:"mimeType"`
+	// Frontmatter is a skills/list entry's SKILL.md frontmatter.
+	Frontmatter struct {
+		Description string `json:"description"`
+	} `json:"frontmatter"`
 }
 
 // span is one item of the list array: result[start:end].
 type span struct{ start, end int64 }
 
 // FilterList removes from a list result (the raw JSON of the result of
-// base.Method: tools/list, prompts/list, resources/list or
-// resources/templates/list) the items the policy does not make visible to
-// base's principal, evaluating visible with Phase PhaseListItem and the
-// item as input.tool, input.prompt or input.resource. It returns the new
+// base.Method: tools/list, prompts/list, resources/list,
+// resources/templates/list or skills/list) the items the policy does not
+// make visible to base's principal, evaluating visible with Phase
+// PhaseListItem and the item as input.tool, input.prompt, input.resource
+// or input.skill. It returns the new
 // result and the number of items removed, and writes one decision log
 // record for the list.
 //
@@ -251,6 +259,9 @@ func (e *Engine) visibleItem(ctx context.Context, set *policySet, method string,
 		member = ast.Item(kTool, b.tool(&Tool{Name: it.Name, Annotations: it.Annotations, Description: it.Description}))
 	case "prompts/list":
 		member = ast.Item(kPrompt, b.prompt(&Prompt{Name: it.Name}))
+	case "skills/list":
+		en.name = it.URI
+		member = ast.Item(kSkill, skillTerm(&Skill{URI: it.URI, Name: SkillName(it.URI), Description: it.Frontmatter.Description}))
 	default:
 		en.name = cmpOr(it.URI, it.URITemplate)
 		member = ast.Item(kResource, resourceTerm(&Resource{URI: it.URI, URITemplate: it.URITemplate, Name: it.Name, MIMEType: it.MIMEType}))

@@ -9,6 +9,8 @@
 // policies/README.md.
 package policy
 
+import "strings"
+
 // Phases of a decision.
 const (
 	// PhaseRequest decides a client request before anything is forwarded.
@@ -40,6 +42,9 @@ type Input struct {
 	Resource *Resource `json:"resource,omitempty"`
 	// Prompt is set for prompts/get (with arguments) and prompts/list items.
 	Prompt *Prompt `json:"prompt,omitempty"`
+	// Skill is set for skills/get and skills/list items (the Skills
+	// extension, SEP-2640).
+	Skill *Skill `json:"skill,omitempty"`
 	// Params are the request's params without _meta, for methods that have
 	// no typed field above (completion/complete, logging/setLevel,
 	// sampling/createMessage, elicitation/create, ...).
@@ -101,6 +106,45 @@ type Resource struct {
 type Prompt struct {
 	Name      string         `json:"name"`
 	Arguments map[string]any `json:"arguments,omitempty"`
+}
+
+// Skill is a skill (SEP-2640) being fetched or listed. A skill is a
+// directory of files served as resources; it is named by the URI of its
+// SKILL.md.
+type Skill struct {
+	// URI is the skill's SKILL.md URI (the upstream's own on a federated
+	// route, as tool names are).
+	URI string `json:"uri"`
+	// Name is the final <skill-path> segment of URI, which SEP-2640
+	// requires to equal the frontmatter's name: derived from the URI for
+	// skills/get and list items alike, so both are decided on the same
+	// name. Empty when URI does not end in /SKILL.md.
+	Name string `json:"name,omitempty"`
+	// Description is the frontmatter's description, for list items only
+	// (a skills/get request carries none).
+	Description string `json:"description,omitempty"`
+	// Pin is the skill's pin status when its upstream pins
+	// (upstreams[].pin_tools): "pinned", "changed" (quarantined) or "new"
+	// (quarantined in mode file); absent otherwise.
+	Pin string `json:"pin,omitempty"`
+}
+
+// SkillName is the skill name a SKILL.md URI carries: its final
+// <skill-path> segment ("skill://acme/pdf-processing/SKILL.md" is
+// "pdf-processing"), or "" for a URI that names no SKILL.md.
+func SkillName(uri string) string {
+	_, rest, ok := strings.Cut(uri, "://")
+	if !ok {
+		return ""
+	}
+	dir, ok := strings.CutSuffix(rest, "/SKILL.md")
+	if !ok {
+		return ""
+	}
+	if i := strings.LastIndexByte(dir, '/'); i >= 0 {
+		dir = dir[i+1:]
+	}
+	return dir
 }
 
 // Protocol is the MCP protocol in use.

@@ -143,6 +143,11 @@ func clippedInput(doc *Input) *Input {
 		p.Name, p.Arguments = clipString(p.Name), c.clipMap(p.Arguments)
 		doc.Prompt = &p
 	}
+	if doc.Skill != nil {
+		sk := *doc.Skill
+		sk.URI, sk.Name, sk.Description = clipString(sk.URI), clipString(sk.Name), clipString(sk.Description)
+		doc.Skill = &sk
+	}
 	if doc.Resource != nil {
 		r := *doc.Resource
 		r.URI, r.URITemplate, r.Name = clipString(r.URI), clipString(r.URITemplate), clipString(r.Name)

@@ -227,6 +227,13 @@ func appendLogInput(b []byte, v any) []byte {
 		b = appendJSONString(b, p.Name)
 		b = append(appendMapMember(b, "arguments", p.Arguments), '}')
 	}
+	if sk := in.Skill; sk != nil {
+		b = append(b, `,"skill":{"uri":`...)
+		b = appendJSONString(b, sk.URI)
+		b = appendOptional(b, "name", sk.Name)
+		b = appendOptional(b, "description", sk.Description)
+		b = append(appendOptional(b, "pin", sk.Pin), '}')
+	}
 	b = appendMapMember(b, "params", in.Params)
 	b = appendMapMember(b, "result", in.Result)
 	b = append(b, `,"protocol":{"version":`...)

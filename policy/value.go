@@ -19,6 +19,7 @@ var (
 	kPin         = ast.StringTerm("pin")
 	kResource    = ast.StringTerm("resource")
 	kPrompt      = ast.StringTerm("prompt")
+	kSkill       = ast.StringTerm("skill")
 	kParams      = ast.StringTerm("params")
 	kResult      = ast.StringTerm("result")
 	kProtocol    = ast.StringTerm("protocol")
@@ -86,6 +87,9 @@ func inputItems(in *Input) ([][2]*ast.Term, error) {
 	}
 	if in.Prompt != nil {
 		items = append(items, ast.Item(kPrompt, b.prompt(in.Prompt)))
+	}
+	if in.Skill != nil {
+		items = append(items, ast.Item(kSkill, skillTerm(in.Skill)))
 	}
 	if len(in.Params) > 0 {
 		items = append(items, ast.Item(kParams, b.anyMap(in.Params)))
@@ -178,6 +182,15 @@ func resourceTerm(r *Resource) *ast.Term {
 	items = appendString(items, kURITemplate, r.URITemplate)
 	items = appendString(items, kName, r.Name)
 	items = appendString(items, kMIMEType, r.MIMEType)
+	return ast.ObjectTerm(items...)
+}
+
+func skillTerm(sk *Skill) *ast.Term {
+	items := make([][2]*ast.Term, 0, 4)
+	items = append(items, ast.Item(kURI, ast.StringTerm(sk.URI)))
+	items = appendString(items, kName, sk.Name)
+	items = appendString(items, kDescription, sk.Description)
+	items = appendString(items, kPin, sk.Pin)
 	return ast.ObjectTerm(items...)
 }
 

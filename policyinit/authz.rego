@@ -34,6 +34,7 @@ admin if {
 plumbing := {
 	"initialize", "ping", "tools/list", "prompts/list", "resources/list",
 	"resources/templates/list", "server/discover", "subscriptions/listen",
+	"skills/list",
 }
 
 allow if {
@@ -84,10 +85,14 @@ violations contains msg if {
 	msg := "argument \"path\" must not contain \"..\""
 }
 
-# Resources and prompts: readable by every authenticated principal here.
+# Resources, prompts and skills (SEP-2640: directories of resources, named
+# by their SKILL.md URI): readable by every authenticated principal here.
 allow if {
 	input.phase == "request"
-	input.method in {"resources/read", "resources/subscribe", "resources/unsubscribe", "prompts/get", "completion/complete"}
+	input.method in {
+		"resources/read", "resources/subscribe", "resources/unsubscribe", "resources/directory/read",
+		"prompts/get", "skills/get", "completion/complete",
+	}
 }
 
 # Responses were decided as requests; this phase only adds redactions.
@@ -103,6 +108,8 @@ visible if {
 visible if input.resource
 
 visible if input.prompt
+
+visible if input.skill
 
 allow if {
 	input.phase == "list_item"

@@ -62,3 +62,9 @@ test_redactions if {
 	{"key": "(?i)^(password|api_?key)$"} in r
 	{"path": "..ssn"} in r
 }
+
+test_skills_listed_and_gettable if {
+	authz.allow with input as {"principal": user, "method": "skills/list", "phase": "request"}
+	authz.allow with input as {"principal": user, "method": "skills/get", "phase": "request", "skill": {"uri": "skill://pdf/SKILL.md", "name": "pdf"}}
+	authz.visible with input as {"principal": user, "method": "skills/list", "phase": "list_item", "skill": {"uri": "skill://pdf/SKILL.md", "name": "pdf"}}
+}

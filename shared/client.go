@@ -1,13 +1,17 @@
 // Package shared is the state several gateway replicas share, on Redis:
 // the one client of a process, its health (ctxgate_redis_up), and the
-// features built on it. Today that is the rate limits (limit.go: one
-// atomic GCRA script per request); idempotency keys, the second-level
-// cache, pins and invalidation fan-out are still per replica.
+// features built on it: the rate limits (limit.go: one atomic GCRA script
+// per request), the idempotency ledger (idempotency.go: a key reserved
+// with SET NX PX, then its answer), the cache invalidation fan-out
+// (fanout.go), the event stream (events.go), the cache's second level
+// (l2.go), the tool pins (pins.go) and resource subscriptions (subs.go).
 //
 // Redis is never a single point of failure the operator did not choose:
 // every operation is bounded by redis.timeout, and what a request gets
-// when Redis cannot answer is the caller's decision (redis.on_error),
-// reported through Fallback.
+// when Redis cannot answer is the caller's decision (for rate limits and
+// pins redis.on_error, reported through Fallback; a call with an
+// idempotency key is always refused, since no replica alone can keep its
+// promise).
 package shared
 
 import (
@@ -20,6 +24,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -44,10 +49,14 @@ type Options struct {
 // Features are the labels of ctxgate_redis_fallback_total, each created
 // at zero so dashboards and alerts see the series before the first
 // fallback.
-var Features = []string{FeatureRateLimit}
+var Features = []string{FeatureRateLimit, FeaturePins}
 
-// FeatureRateLimit names the rate limits in Fallback.
-const FeatureRateLimit = "rate_limit"
+// FeatureRateLimit names the rate limits in Fallback, FeaturePins the
+// tool pins.
+const (
+	FeatureRateLimit = "rate_limit"
+	FeaturePins      = "pins"
+)
 
 // fallbackLogEvery bounds the fallback warnings: while Redis is down
 // every request falls back, and one line per request would drown the log.
@@ -71,6 +80,24 @@ type Client struct {
 	mu         sync.Mutex
 	lastLog    time.Time
 	suppressed int
+	// downAt is when a round trip last failed for want of Redis (unix
+	// nanoseconds; 0 after a success): recentlyDown.
+	downAt atomic.Int64
+}
+
+// errRecentlyDown: Redis failed a round trip within downFor, so an
+// operation that would block a hot path is not tried.
+var errRecentlyDown = errors.New("redis did not answer a moment ago; not asked again yet")
+
+// downFor is how long after a failed round trip recentlyDown holds.
+const downFor = time.Second
+
+// recentlyDown reports whether a round trip failed for want of Redis in
+// the last downFor: a caller that would otherwise wait redis.timeout per
+// item (pins of a tools/list) fails at once.
+func (c *Client) recentlyDown() bool {
+	at := c.downAt.Load()
+	return at != 0 && time.Since(time.Unix(0, at)) < downFor
 }
 
 // New connects to the configured Redis and pings it once, bounded by
@@ -82,12 +109,12 @@ type Client struct {
 // while Redis restarts would turn a Redis blip into an outage of the
 // gateway).
 func New(ctx context.Context, c *config.Redis, opts Options) (*Client, error) {
-	ro, err := clientOptions(c)
+	rdb, err := newRedis(c)
 	if err != nil {
 		return nil, err
 	}
 	cl := &Client{
-		rdb: redis.NewClient(ro), prefix: c.KeyPrefix, timeout: c.Timeout, deny: c.OnError == "deny",
+		rdb: rdb, prefix: c.KeyPrefix, timeout: c.Timeout, deny: c.OnError == "deny",
 		log: opts.Logger, now: opts.Now,
 		up: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ctxgate_redis_up",
 			Help: "1 when the last round trip to Redis (redis.url) succeeded, 0 when it failed."}),
@@ -130,6 +157,34 @@ func New(ctx context.Context, c *config.Redis, opts Options) (*Client, error) {
 	return cl, nil
 }
 
+// newRedis builds the go-redis client: of one primary (redis://,
+// rediss://, unix://), or of the primary Sentinel names (a URL with
+// master_name=: its host, and any addr=, are Sentinels), which go-redis
+// follows across failovers.
+func newRedis(c *config.Redis) (*redis.Client, error) {
+	if !config.IsSentinelURL(c.URL) {
+		ro, err := clientOptions(c)
+		if err != nil {
+			return nil, err
+		}
+		return redis.NewClient(ro), nil
+	}
+	fo, err := redis.ParseFailoverURL(c.URL)
+	if err != nil {
+		return nil, fmt.Errorf("redis.url: %w", err)
+	}
+	// The URL's credentials are the Sentinels'; the primary's are
+	// username and password_file.
+	ro := &redis.Options{TLSConfig: fo.TLSConfig}
+	if err := applySettings(c, ro); err != nil {
+		return nil, err
+	}
+	fo.Username, fo.Password, fo.TLSConfig = ro.Username, ro.Password, ro.TLSConfig
+	fo.PoolSize, fo.DialTimeout, fo.ReadTimeout, fo.WriteTimeout, fo.PoolTimeout = ro.PoolSize, ro.DialTimeout, ro.ReadTimeout, ro.WriteTimeout, ro.PoolTimeout
+	fo.ContextTimeoutEnabled, fo.MaxRetries, fo.DisableIdentity = ro.ContextTimeoutEnabled, ro.MaxRetries, ro.DisableIdentity
+	return redis.NewFailoverClient(fo), nil
+}
+
 // clientOptions turns the redis block into go-redis options. Validate has
 // already parsed the URL; files are read here, once.
 func clientOptions(c *config.Redis) (*redis.Options, error) {
@@ -137,19 +192,25 @@ func clientOptions(c *config.Redis) (*redis.Options, error) {
 	if err != nil {
 		return nil, fmt.Errorf("redis.url: %w", err)
 	}
+	return ro, applySettings(c, ro)
+}
+
+// applySettings applies the redis block's settings beyond the URL.
+func applySettings(c *config.Redis, ro *redis.Options) error {
+	var err error
 	if c.Username != "" {
 		ro.Username = c.Username
 	}
 	if c.PasswordFile != "" {
 		b, err := os.ReadFile(c.PasswordFile)
 		if err != nil {
-			return nil, fmt.Errorf("redis.password_file: %w", err)
+			return fmt.Errorf("redis.password_file: %w", err)
 		}
 		ro.Password = strings.TrimRight(string(b), "\r\n")
 	}
 	if c.TLS != nil && ro.TLSConfig != nil {
 		if ro.TLSConfig, err = tlsConfig(c.TLS, ro.TLSConfig.ServerName); err != nil {
-			return nil, fmt.Errorf("redis.tls: %w", err)
+			return fmt.Errorf("redis.tls: %w", err)
 		}
 	}
 	ro.PoolSize = c.PoolSize
@@ -162,7 +223,7 @@ func clientOptions(c *config.Redis) (*redis.Options, error) {
 	// servers answer them with errors that would only be noise.
 	ro.DisableIdentity = true
 	ro.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-	return ro, nil
+	return nil
 }
 
 // tlsConfig verifies Redis against ca_file (else the system roots) and
@@ -213,6 +274,15 @@ func (c *Client) Ping(ctx context.Context) error {
 const (
 	OpPing      = "ping"
 	OpRateLimit = "rate_limit"
+	// The idempotency ledger (idempotency.go): a call's first look at its
+	// key, a duplicate's later looks while it waits, the running call's
+	// lease renewals, and the end of the call (its answer recorded, or the
+	// key released).
+	OpIdempotencyClaim   = "idempotency_claim"
+	OpIdempotencyWait    = "idempotency_wait"
+	OpIdempotencyRenew   = "idempotency_renew"
+	OpIdempotencyFinish  = "idempotency_finish"
+	OpIdempotencyRelease = "idempotency_release"
 	// OpInvalidatePublish sends a cache invalidation to the other
 	// replicas; OpInvalidateGeneration reads the fan-out's generation.
 	OpInvalidatePublish    = "invalidate_publish"
@@ -222,6 +292,11 @@ const (
 	// OpCacheGet and OpCacheSet read and write the cache's second level.
 	OpCacheGet = "cache_get"
 	OpCacheSet = "cache_set"
+	// OpPins reads or writes the shared tool pins.
+	OpPins = "pins"
+	// OpSubscriptions records or reads the sessions' resource
+	// subscriptions.
+	OpSubscriptions = "subscriptions"
 )
 
 // observe records one round trip of op that began at start: its duration
@@ -237,8 +312,10 @@ func (c *Client) observe(op string, start time.Time, err error) error {
 	var reply redis.Error
 	if err == nil || errors.As(err, &reply) && !refused(err) {
 		c.up.Set(1)
+		c.downAt.Store(0)
 	} else {
 		c.up.Set(0)
+		c.downAt.Store(time.Now().UnixNano())
 	}
 	return err
 }

@@ -2,6 +2,7 @@ package shared_test
 
 import (
 	"context"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -24,7 +25,7 @@ func follow(t *testing.T, m *miniredis.Miniredis, name string) *replica {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &replica{fanout: c.NewFanout(name, nil), applied: make(chan string, 16)}
+	r := &replica{fanout: c.NewFanout(name, []byte("everything"), nil), applied: make(chan string, 16)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -70,8 +71,10 @@ func TestFanout(t *testing.T) {
 	m := miniredis.RunT(t)
 	a, b := follow(t, m, "a"), follow(t, m, "b")
 	until(t, "both replicas in step", func() bool { return a.fanout.Synced() && b.fanout.Synced() })
-	if n := a.resyncs.Load() + b.resyncs.Load(); n != 0 {
-		t.Errorf("%d resyncs at the first subscription; an empty cache has nothing to drop", n)
+	// Each replica resyncs at its first subscription too: its pins may
+	// have changed since it read them at start-up.
+	if a.resyncs.Load() != 1 || b.resyncs.Load() != 1 {
+		t.Errorf("resyncs at the first subscription a=%d b=%d, want 1 each", a.resyncs.Load(), b.resyncs.Load())
 	}
 
 	if err := a.fanout.Publish(context.Background(), []byte(`{"all":true}`)); err != nil {
@@ -88,13 +91,18 @@ func TestFanout(t *testing.T) {
 	}
 
 	// A message ten generations ahead: nine were lost.
-	m.Publish("t:"+shared.FanoutChannel, "12 c after-a-gap")
+	current, err := m.Get("t:" + shared.FanoutGeneration)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gen, _ := strconv.ParseInt(current, 10, 64)
+	m.Publish("t:"+shared.FanoutChannel, strconv.FormatInt(gen+10, 10)+" c after-a-gap")
 	for _, r := range []*replica{a, b} {
 		if got := r.next(t); got != "after-a-gap" {
 			t.Errorf("applied %q, want the message after the gap", got)
 		}
 	}
-	until(t, "the gap to drop both caches", func() bool { return a.resyncs.Load() == 1 && b.resyncs.Load() == 1 })
+	until(t, "the gap to drop both caches", func() bool { return a.resyncs.Load() == 2 && b.resyncs.Load() == 2 })
 
 	// Redis goes away: both are out of step (their caches unused), and
 	// when it is back each drops its cache before trusting it again.
@@ -104,17 +112,40 @@ func TestFanout(t *testing.T) {
 		t.Fatal(err)
 	}
 	until(t, "both replicas back in step", func() bool { return a.fanout.Synced() && b.fanout.Synced() })
-	if a.resyncs.Load() != 2 || b.resyncs.Load() != 2 {
-		t.Errorf("resyncs a=%d b=%d, want 2 each (one for the gap, one for the reconnection)", a.resyncs.Load(), b.resyncs.Load())
+	if a.resyncs.Load() != 3 || b.resyncs.Load() != 3 {
+		t.Errorf("resyncs a=%d b=%d, want 3 each (the first subscription, the gap, the reconnection)", a.resyncs.Load(), b.resyncs.Load())
 	}
-	// The generation restarted with Redis (no persistence): messages are
-	// followed again from it.
+	// The generation restarted with Redis (no persistence), from a new
+	// random start: messages are followed again from it.
 	if err := a.fanout.Publish(context.Background(), []byte("after restart")); err != nil {
 		t.Fatal(err)
 	}
 	if got := b.next(t); got != "after restart" {
 		t.Errorf("b applied %q after the restart", got)
 	}
+}
+
+// An invalidation Redis could not take puts its replica out of step and
+// is published when Redis is back, before the replica trusts its cache
+// again: the other replicas get it late, never not at all.
+func TestFanoutUnsentPublishedLater(t *testing.T) {
+	m := miniredis.RunT(t)
+	a, b := follow(t, m, "a"), follow(t, m, "b")
+	until(t, "both replicas in step", func() bool { return a.fanout.Synced() && b.fanout.Synced() })
+	// Redis refuses every command, but b's subscription stays connected:
+	// only the invalidation's late publication can reach it.
+	m.SetError("LOADING the test says no")
+	if err := a.fanout.Publish(context.Background(), []byte("while Redis refused")); err == nil {
+		t.Fatal("Publish with Redis refusing: no error")
+	}
+	if a.fanout.Synced() {
+		t.Error("a replica whose invalidation was not published is still in step")
+	}
+	m.SetError("")
+	if got := b.next(t); got != "while Redis refused" {
+		t.Errorf("b applied %q, want a's invalidation sent after Redis came back", got)
+	}
+	until(t, "a back in step", a.fanout.Synced)
 }
 
 // With Redis down, Publish fails within redis.timeout: the caller knows
@@ -127,7 +158,32 @@ func TestFanoutPublishRedisDown(t *testing.T) {
 	}
 	defer c.Close()
 	m.Close()
-	if err := c.NewFanout("a", nil).Publish(context.Background(), []byte("x")); err == nil {
+	if err := c.NewFanout("a", []byte("everything"), nil).Publish(context.Background(), []byte("x")); err == nil {
 		t.Fatal("Publish with Redis down: no error")
 	}
+}
+
+// A generation counter lost while the replicas stay connected (a flush,
+// an eviction) starts again elsewhere: a replica that sees it go back
+// drops its cache and follows the new counter, never ignoring what is
+// published after.
+func TestFanoutGenerationLost(t *testing.T) {
+	m := miniredis.RunT(t)
+	a, b := follow(t, m, "a"), follow(t, m, "b")
+	until(t, "both replicas in step", func() bool { return a.fanout.Synced() && b.fanout.Synced() })
+	m.Del("t:" + shared.FanoutGeneration)
+	// Until the counter is initialised again from a random start, b may
+	// see a message below what it applied: it must not ignore what
+	// follows.
+	until(t, "b to resync after the counter went back, and apply again", func() bool {
+		if err := a.fanout.Publish(context.Background(), []byte("after the loss")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case got := <-b.applied:
+			return got == "after the loss"
+		case <-time.After(100 * time.Millisecond):
+			return false
+		}
+	})
 }

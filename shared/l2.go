@@ -19,9 +19,9 @@ import (
 // cacheGet reads the generation and, under it, the first of the keys
 // present, in one round trip: {generation, index (1-based, 0: none),
 // value}.
-var cacheGet = redis.NewScript(`
-local g = redis.call('GET', KEYS[1]) or '0'
-for i = 1, #ARGV - 1 do
+var cacheGet = redis.NewScript(generationLua + `
+local g = generation(KEYS[1], ARGV[#ARGV])
+for i = 1, #ARGV - 2 do
   local v = redis.call('GET', ARGV[1] .. g .. ':' .. ARGV[i + 1])
   if v then return {g, i, v} end
 end
@@ -35,11 +35,12 @@ return {g, 0, false}
 func (c *Client) CacheGet(ctx context.Context, keys ...string) (gen int64, key string, value []byte, err error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	args := make([]any, 0, 1+len(keys))
+	args := make([]any, 0, 2+len(keys))
 	args = append(args, c.prefix+"cache:e:")
 	for _, k := range keys {
 		args = append(args, k)
 	}
+	args = append(args, generationSeed())
 	start := time.Now()
 	res, err := cacheGet.Run(ctx, c.rdb, []string{c.prefix + FanoutGeneration}, args...).Slice()
 	if err = c.observe(OpCacheGet, start, err); err != nil {

@@ -32,7 +32,7 @@ func TestCacheGetSet(t *testing.T) {
 	if _, key, _, _ := c.CacheGet(bg, "shared", "private"); key != "shared" {
 		t.Errorf("found %q first, want shared", key)
 	}
-	if err := c.NewFanout("a", nil).Publish(bg, []byte("{}")); err != nil {
+	if err := c.NewFanout("a", []byte("everything"), nil).Publish(bg, []byte("{}")); err != nil {
 		t.Fatal(err)
 	}
 	newGen, key, _, _ := c.CacheGet(bg, "shared", "private")

@@ -85,6 +85,9 @@ func newPool(cfgs []config.Upstream, grants *GrantStore) (*Pool, error) {
 			// A process, not a host: no TLS, no credentials (it holds its
 			// own, in env). The URL only names it in the proxy's request.
 			st := NewStdio(c)
+			if err := st.CanRun(); err != nil {
+				return nil, fmt.Errorf("upstreams[%d].%w", i, err)
+			}
 			up := &Upstream{Name: c.Name, URL: &url.URL{Scheme: "stdio", Host: c.Name, Path: "/"},
 				Transport: RoundTripper(st), Resilience: newResilience(c), Stdio: st}
 			p.list = append(p.list, up)

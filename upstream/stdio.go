@@ -10,9 +10,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/http/httptrace"
+	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -44,8 +47,8 @@ const (
 	// protocol error that ends it.
 	stdioMaxLine = 4 << 20
 	// stdioGrace is how long a process has to exit after SIGTERM before
-	// its group is killed.
-	stdioGrace = 5 * time.Second
+	// its group is killed, when stop_grace is unset.
+	stdioGrace = config.DefaultStopGrace
 	// stdioStreamBuffer is how many unsolicited messages wait for the
 	// session's GET stream; more are dropped (and logged).
 	stdioStreamBuffer = 64
@@ -98,6 +101,11 @@ var errProcessExited = errors.New("stdio upstream: the process ended before answ
 type Stdio struct {
 	cfg   config.Upstream
 	grace time.Duration
+	// cred is the account the processes run as (nil: the gateway's);
+	// credErr why the configured one cannot be used, which every start
+	// then returns (NewPool refuses such an upstream first).
+	cred    *syscall.Credential
+	credErr error
 	// Log receives the processes' stderr and protocol errors; set it
 	// before the first Send. Nil: slog.Default().
 	Log *slog.Logger
@@ -124,8 +132,18 @@ var _ Transport = (*Stdio)(nil)
 // NewStdio returns the transport that runs c.Command; c must be a
 // validated stdio upstream (defaults applied).
 func NewStdio(c config.Upstream) *Stdio {
-	return &Stdio{cfg: c, grace: stdioGrace, procs: map[string]*process{}}
+	s := &Stdio{cfg: c, grace: c.StopGrace, procs: map[string]*process{}}
+	if s.grace <= 0 {
+		s.grace = stdioGrace
+	}
+	s.cred, s.credErr = stdioCredential(c, os.Geteuid(), os.Getegid())
+	return s
 }
+
+// CanRun reports why the processes cannot be started as configured: a
+// user or group that does not resolve, or that a gateway not running as
+// root cannot switch to (ErrCannotSwitchUser). The error names the field.
+func (s *Stdio) CanRun() error { return s.credErr }
 
 // Running is the number of processes running now.
 func (s *Stdio) Running() int {
@@ -208,6 +226,9 @@ func (s *Stdio) Send(ctx context.Context, m Message) (*http.Response, error) {
 			return nil, err
 		}
 		return jsonAnswer(http.StatusAccepted, session, nil), nil
+	}
+	if key := requestProgressKey(body); key != "" && acceptsEventStream(m.Header) {
+		return p.callStreaming(ctx, session, string(env.ID), key, body) // stdioprogress.go
 	}
 	return p.call(ctx, session, string(env.ID), body)
 }
@@ -294,6 +315,9 @@ func (s *Stdio) start() (*process, string, error) {
 	if len(s.procs) >= s.cfg.MaxProcesses {
 		return nil, "", ErrProcessesFull
 	}
+	if s.credErr != nil {
+		return nil, "", fmt.Errorf("stdio upstream %s: %w", s.cfg.Name, s.credErr)
+	}
 	if wait := s.notBefore.Sub(s.now()); wait > 0 {
 		return nil, "", &RestartBackoff{Wait: wait, Crashes: s.crashes}
 	}
@@ -318,7 +342,20 @@ func (s *Stdio) spawn(session string) (*process, error) {
 	cmd.Dir = c.Dir
 	// Its own group, so SIGTERM and SIGKILL reach whatever it spawned (npx
 	// runs node as a child); ExtraFiles stays nil: no inherited fds.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Credential (when set) drops to the configured account with no
+	// supplementary groups.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: s.cred}
+	if s.cred != nil {
+		// Another account: the launcher applies the limits (stdiolaunch.go).
+		if cmd.Err != nil {
+			return nil, fmt.Errorf("stdio upstream: %w", cmd.Err)
+		}
+		cmd.Args = launchArgs(stdioLauncher, cmd.Path, c.Command, c.Limits)
+		cmd.Path = stdioLauncher
+	}
+	if err := closeOnExec(); err != nil {
+		return nil, err
+	}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, fmt.Errorf("stdio upstream: %w", err)
@@ -332,24 +369,62 @@ func (s *Stdio) spawn(session string) (*process, error) {
 		return nil, fmt.Errorf("stdio upstream: %w", err)
 	}
 	if err := cmd.Start(); err != nil {
+		if s.cred != nil {
+			return nil, fmt.Errorf("stdio upstream: start %s as uid %d gid %d (through the gateway's binary): %w", c.Command[0], s.cred.Uid, s.cred.Gid, err)
+		}
 		return nil, fmt.Errorf("stdio upstream: start %s: %w", c.Command[0], err)
 	}
-	if err := setLimits(cmd.Process.Pid, c.Limits); err != nil {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		_ = cmd.Wait()
-		return nil, err
+	if s.cred == nil { // else the launcher set them
+		if err := setLimits(cmd.Process.Pid, c.Limits); err != nil {
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			_ = cmd.Wait()
+			return nil, err
+		}
 	}
 	p := &process{
 		owner: s, session: session, cmd: cmd, stdin: stdin, started: s.now(),
 		pending: map[string]chan []byte{}, unsolicited: make(chan []byte, stdioStreamBuffer),
-		exited: make(chan struct{}), log: s.log().With("upstream", c.Name, "pid", cmd.Process.Pid),
+		exited: make(chan struct{}), groupEnded: make(chan struct{}), log: s.log().With("upstream", c.Name, "pid", cmd.Process.Pid),
 	}
 	if c.IdleTimeout > 0 {
 		p.idle = time.AfterFunc(c.IdleTimeout, p.reapIfIdle)
 	}
+	go p.endGroup()
 	go p.readStderr(stderr)
 	go p.readStdout(stdout)
 	return p, nil
+}
+
+// closeOnExec marks every descriptor of the gateway from 3 up
+// close-on-exec, so that a child gets only its stdin, stdout and stderr.
+// Those the gateway opens are already (Go opens every one so), but one it
+// inherited from its parent is not, and would pass to every process
+// (found by the e2e test: a file its parent left open).
+func closeOnExec() error {
+	err := unix.CloseRange(3, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC)
+	if err == nil {
+		return nil
+	}
+	// Before Linux 5.11: one by one.
+	if ferr := closeOnExecEach(); ferr != nil {
+		return fmt.Errorf("stdio upstream: close-on-exec: %w (and %w)", err, ferr)
+	}
+	return nil
+}
+
+// closeOnExecEach is closeOnExec without close_range.
+func closeOnExecEach() error {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			// The listing's own descriptor is closed by now: EBADF.
+			_, _ = unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC)
+		}
+	}
+	return nil
 }
 
 // setLimits applies the configured rlimits to the running child.

@@ -29,10 +29,15 @@ import (
 //   - garbage: a line that is not JSON;
 //   - crash: exits without answering;
 //   - notify: a notification, then the answer;
+//   - progress: two notifications/progress with its token, then the answer;
 //   - anything else: an echo of the params.
 //
-// With CTXGATE_STDIO_TEST_IGNORE_TERM it ignores SIGTERM.
+// With CTXGATE_STDIO_TEST_IGNORE_TERM it ignores SIGTERM and outlives
+// its stdin.
 func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == StdioLaunchArg {
+		RunStdioLauncher(os.Args[2:]) // as the gateway's main does
+	}
 	if os.Getenv("CTXGATE_STDIO_TEST_SERVER") != "" {
 		stdioTestServer()
 		return
@@ -68,8 +73,23 @@ func stdioTestServer() {
 			os.Exit(3)
 		case "notify":
 			_ = out.Encode(map[string]any{"jsonrpc": "2.0", "method": "notifications/message", "params": map[string]any{"data": "hello"}})
+		case "progress": // two notifications/progress with the request's token
+			var p struct {
+				Meta struct {
+					ProgressToken any `json:"progressToken"`
+				} `json:"_meta"`
+			}
+			_ = json.Unmarshal(req.Params, &p)
+			for i := range 2 {
+				_ = out.Encode(map[string]any{"jsonrpc": "2.0", "method": "notifications/progress", "params": map[string]any{"progressToken": p.Meta.ProgressToken, "progress": i + 1}})
+			}
 		}
 		_ = out.Encode(map[string]any{"jsonrpc": "2.0", "id": req.ID, "result": result})
+	}
+	for os.Getenv("CTXGATE_STDIO_TEST_IGNORE_TERM") != "" {
+		// Outlive stdin too, as a server hanging on shutdown does: only
+		// SIGKILL ends it.
+		time.Sleep(time.Hour)
 	}
 }
 

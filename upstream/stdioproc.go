@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // process is one running stdio server: one client session.
@@ -30,12 +32,16 @@ type process struct {
 
 	mu       sync.Mutex
 	pending  map[string]chan []byte // by JSON-RPC id: the waiting calls
+	progress map[string]chan []byte // by progress token: the calls streaming their progress
 	inflight int
 
 	unsolicited chan []byte // the process's own messages, for Open
 	streaming   atomic.Bool // Open's stream is being served
 	exited      chan struct{}
 	ending      atomic.Bool // the gateway ends it: not a crash
+	// groupEnded closes once the process has exited and what was left of
+	// its group is killed (endGroup); only then is it reaped.
+	groupEnded chan struct{}
 }
 
 // touch restarts the idle clock.
@@ -99,6 +105,7 @@ func (p *process) call(ctx context.Context, session, id string, body []byte) (*h
 func (p *process) readStdout(stdout io.Reader) {
 	sc := bufio.NewScanner(stdout)
 	sc.Buffer(make([]byte, 0, 64<<10), stdioMaxLine)
+	dropped := 0 // unsolicited messages nobody read
 	for sc.Scan() {
 		line := sc.Bytes()
 		if len(line) == 0 {
@@ -122,10 +129,18 @@ func (p *process) readStdout(stdout io.Reader) {
 			p.log.Warn("stdio upstream answered a request nobody is waiting for; dropped")
 			continue
 		}
+		if env.Method == "notifications/progress" && p.progressFor(msg) {
+			continue // on its request's stream (stdioprogress.go)
+		}
 		select {
 		case p.unsolicited <- msg:
 		default:
-			p.log.Warn("stdio upstream message dropped: the session's stream is not read", "method", env.Method)
+			// Logged the first time and every 100th: a session whose
+			// stream is never opened (a bridged one) drops every message
+			// of a chatty server.
+			if dropped++; dropped%100 == 1 {
+				p.log.Warn("stdio upstream message dropped: the session's stream is not read", "method", env.Method, "dropped", dropped)
+			}
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -138,6 +153,7 @@ func (p *process) readStdout(stdout io.Reader) {
 
 // exit records the end of the process: its waiters fail, its session ends.
 func (p *process) exit() {
+	<-p.groupEnded
 	err := p.cmd.Wait()
 	if p.idle != nil {
 		p.idle.Stop()
@@ -156,6 +172,31 @@ func (p *process) exit() {
 		p.log.Warn("stdio upstream process ended; its session is over", "error", err)
 	}
 	close(p.exited)
+}
+
+// endGroup waits for the process to exit, without reaping it, and then
+// kills what is left of its group: what it started (a helper, or the
+// server npx runs) ends with it whether it crashed or was ended, and no
+// longer holds its stdout, and so the session, open. Unreaped, its pid,
+// which is the group's id, cannot be reused before the kill.
+func (p *process) endGroup() {
+	defer close(p.groupEnded)
+	pid := p.cmd.Process.Pid
+	var info unix.Siginfo
+	for {
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			p.log.Warn("stdio upstream: waiting for the process", "error", err)
+			return
+		}
+		break
+	}
+	if err := syscall.Kill(-pid, syscall.SIGKILL); err == nil {
+		p.log.Debug("stdio upstream process exited; killed what was left of its group")
+	}
 }
 
 // readStderr logs what the process writes on stderr, rate limited.
@@ -196,6 +237,7 @@ func (p *process) stop(grace time.Duration) {
 		return
 	case <-t.C:
 	}
+	p.log.Warn("stdio upstream process did not exit within the grace after SIGTERM; killing its group", "grace", grace.String())
 	_ = syscall.Kill(-pid, syscall.SIGKILL)
 	<-p.exited
 }

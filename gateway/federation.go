@@ -76,6 +76,9 @@ type federation struct {
 	// late are the sessions whose members failed at initialize, retried
 	// (fedrecover.go).
 	late lateSessions
+	// joins tells a session's open merged streams of a member that joined
+	// (fedjoin.go).
+	joins joinWatchers
 }
 
 type lastGood struct {

@@ -236,6 +236,7 @@ func (fr *fedRequest) recoverMember(ctx context.Context, id string, sess *lateSe
 	}
 	if joined {
 		loggerOf(ctx, s.log).Info("federated session: a member that was missing joined", "route", f.cfg.Path, "member", name)
+		f.joins.announce(id, memberJoin{member: name, session: in.session, caps: in.result.Capabilities}) // fedjoin.go
 	}
 }
 

@@ -97,6 +97,9 @@ type fedStream struct {
 	// first is written before any member's event (a listen's merged
 	// acknowledgement).
 	first []byte
+	// joins are the members that join the session while the stream is
+	// open (fedjoin.go); nil for a listen.
+	joins <-chan memberJoin
 }
 
 // memberStream is one member's part of a merged stream. last and resp
@@ -128,13 +131,18 @@ func (fr *fedRequest) stream(w http.ResponseWriter) error {
 	if err := checkAccept(r, "text/event-stream"); err != nil {
 		return err
 	}
+	id := r.Header.Get("Mcp-Session-Id")
+	// Watched before the session's members are read: a member that joins
+	// after is announced (one in both is merged once).
+	joins, unwatch := fr.f.joins.watch(id)
+	defer unwatch()
 	claims, err := fr.openSession()
 	if err != nil {
 		return err
 	}
 	fr.fo = legacyFan(claims)
-	fr.recoverMembers(r.Header.Get("Mcp-Session-Id")) // a stream is the session's request too
-	fs := &fedStream{fr: fr, session: sessionDigest(r.Header.Get("Mcp-Session-Id")), events: make(chan memberEvent)}
+	fr.recoverMembers(id) // a stream is the session's request too
+	fs := &fedStream{fr: fr, session: sessionDigest(id), events: make(chan memberEvent), joins: joins}
 	fs.handle = fs.event
 	if fs.last, err = fs.resumeFrom(r.Header.Values("Last-Event-Id")); err != nil {
 		return err
@@ -448,6 +456,16 @@ func (fs *fedStream) run(ctx context.Context, w http.ResponseWriter) {
 			if out = fs.handle(ctx, me); out == nil {
 				continue
 			}
+		case j := <-fs.joins:
+			ms, announced, ok := fs.join(j)
+			if !ok {
+				continue
+			}
+			left++
+			go fs.follow(ctx, ms)
+			if out = announced; out == nil {
+				continue
+			}
 		case <-timerC(quiet):
 			out = keepaliveEvent
 		case <-timerC(deadline):
@@ -498,13 +516,19 @@ func (fs *fedStream) event(ctx context.Context, me memberEvent) []byte {
 	if !out.HasData && !moved {
 		return nil
 	}
+	return fs.sealed(out)
+}
+
+// sealed is ev with the stream's event id: every member's last id so far.
+func (fs *fedStream) sealed(ev sseEvent) []byte {
+	s := fs.fr.s
 	id, err := s.sessions.SealAs(eventIDFormat, fedEventID{Route: fs.fr.f.cfg.Path, Principal: fs.fr.p.ID, Session: fs.session, Last: fs.last, IssuedAt: s.sessions.Now().Unix()})
 	if err != nil {
-		loggerOf(ctx, s.log).Error("federated stream: event id not sealed; the event is sent without one", "error", err)
+		loggerOf(fs.fr.r.Context(), s.log).Error("federated stream: event id not sealed; the event is sent without one", "error", err)
 	} else {
-		out.ID, out.HasID = id, true
+		ev.ID, ev.HasID = id, true
 	}
-	return out.AppendTo(nil)
+	return ev.AppendTo(nil)
 }
 
 // fedStreamMessage is the policy's word on one message of a member's GET

@@ -591,3 +591,91 @@ routes: [{path: /mcp, upstreams: [a, b], member_timeout: 5s}]
 	}
 	waitUntil(t, "the cached read to be dropped", func() bool { return strings.Contains(read(), "version 1") })
 }
+
+// TestFederatedStreamMemberJoins: a member down at initialize that joins
+// the session later (fedrecover.go) joins the open merged stream too: the
+// client is sent tools/list_changed, and the member's own notifications
+// come on the stream from then on.
+func TestFederatedStreamMemberJoins(t *testing.T) {
+	a := newStreamMember(t, "a")
+	server := mcp.NewServer(&mcp.Implementation{Name: "late", Version: "1"}, &mcp.ServerOptions{
+		SubscribeHandler:   func(context.Context, *mcp.SubscribeRequest) error { return nil },
+		UnsubscribeHandler: func(context.Context, *mcp.UnsubscribeRequest) error { return nil },
+	})
+	mcp.AddTool(server, &mcp.Tool{Name: "late"}, func(context.Context, *mcp.CallToolRequest, struct{}) (*mcp.CallToolResult, any, error) {
+		return &mcp.CallToolResult{}, nil, nil
+	})
+	server.AddResource(&mcp.Resource{URI: "res://b/doc", Name: "doc"}, func(context.Context, *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
+		return &mcp.ReadResourceResult{Contents: []*mcp.ResourceContents{{URI: "res://b/doc", Text: "doc"}}}, nil
+	})
+	var down atomic.Bool
+	down.Store(true)
+	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server }, nil)
+	b := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(b.Close)
+	clock := &testClock{start: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	srv, err := startGatewayYAML(t, fmt.Sprintf(`
+server: {listen: "127.0.0.1:0"}
+admin: {listen: "127.0.0.1:0"}
+auth: {anonymous: true}
+policy: {dir: unused-the-test-passes-no-engine}
+upstreams:
+  - {name: a, url: %q, retry: {max_attempts: 1}}
+  - {name: b, url: %q, retry: {max_attempts: 1}, circuit_breaker: {failure_threshold: 1000}}
+routes: [{path: /mcp, upstreams: [a, b], member_timeout: 2s}]
+`, a.srv.URL, b.URL), gateway.Options{Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := srv.URL + "/mcp"
+	init := rpc(t, http.MethodPost, url, "", initializeBody, nil)
+	if got := string(init.Result["_meta"]); got != `{"io.ctxgate/partial":{"missing":["b"]}}` {
+		t.Fatalf("initialize with b down: _meta %s", got)
+	}
+	stream := openFedStream(t, url, init.session, "")
+	messages := make(chan streamMessage, 64)
+	go func() {
+		for {
+			ev, err := stream.events.Next()
+			if err != nil {
+				return
+			}
+			var m streamMessage
+			if ev.HasData && json.Unmarshal(ev.Data, &m) == nil {
+				messages <- m
+			}
+		}
+	}()
+	// seen polls the stream's messages so far for one with method (and
+	// uri, if set), while kick keeps the session busy.
+	seen := func(method, uri string, kick func()) func() bool {
+		return func() bool {
+			kick()
+			for {
+				select {
+				case m := <-messages:
+					if m.Method == method && (uri == "" || m.Params.URI == uri) {
+						return true
+					}
+				default:
+					return false
+				}
+			}
+		}
+	}
+	down.Store(false)
+	clock.Add(time.Second) // b's retry is due
+	ping := func() { rpc(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":2,"method":"ping"}`, nil) }
+	waitUntil(t, "tools/list_changed when b joins", seen("notifications/tools/list_changed", "", ping))
+	subscribe(t, url, init.session, "b+res://b/doc")
+	update := func() {
+		_ = server.ResourceUpdated(t.Context(), &mcp.ResourceUpdatedNotificationParams{URI: "res://b/doc"})
+	}
+	waitUntil(t, "b's own update on the stream it joined", seen("notifications/resources/updated", "b+res://b/doc", update))
+}

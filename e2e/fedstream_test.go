@@ -259,3 +259,57 @@ routes:
 		}
 	}
 }
+
+// TestFederationStreamMemberJoins: the Go SDK everything-server is down
+// when the Go SDK client initializes on a federated route with the npm
+// everything-server; once it is started and joins the session, the
+// client's own GET stream (the SDK opens it after initialize) carries the
+// gateway's tools/list_changed, and its next tools/list has the member's
+// tools.
+func TestFederationStreamMemberJoins(t *testing.T) {
+	goAddr, npmAddr := reservePort(t), reservePort(t)
+	startNPMEverythingAt(t, npmAddr)
+	gw := startGateway(t, fmt.Sprintf(`
+server: {listen: "127.0.0.1:0"}
+admin: {listen: "127.0.0.1:0"}
+auth: {anonymous: true}
+%supstreams:
+  - {name: go, url: "http://%s/", retry: {max_attempts: 1}, circuit_breaker: {failure_threshold: 1000}}
+  - {name: npm, url: "http://%s/mcp", retry: {max_attempts: 1}}
+routes:
+  - {path: /mcp, upstreams: [go, npm], member_timeout: 2s}
+`, policyConfig(), goAddr, npmAddr))
+	listChanged := make(chan struct{}, 16)
+	client := mcp.NewClient(&mcp.Implementation{Name: "e2e-fedjoin", Version: "1"}, &mcp.ClientOptions{
+		ToolListChangedHandler: func(context.Context, *mcp.ToolListChangedRequest) {
+			select {
+			case listChanged <- struct{}{}:
+			default:
+			}
+		},
+	})
+	cs, err := client.Connect(ctx(t), &mcp.StreamableClientTransport{Endpoint: gw.URL + "/mcp"}, nil)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer cs.Close()
+	waitFor(t, "the client's federated GET stream", readyDeadline, func() bool {
+		return strings.Contains(get(t, gw.Admin+"/metrics"), `ctxgate_open_streams{kind="get",route="/mcp"} 1`)
+	})
+	startEverythingAt(t, goAddr)
+	waitFor(t, "tools/list_changed when go joins", readyDeadline, func() bool {
+		_ = cs.Ping(ctx(t), nil) // the session's requests kick its retries
+		return len(listChanged) > 0
+	})
+	tools, err := cs.ListTools(ctx(t), nil)
+	if err != nil {
+		t.Fatalf("tools/list after go joined: %v", err)
+	}
+	joined := false
+	for _, tool := range tools.Tools {
+		joined = joined || strings.HasPrefix(tool.Name, "go__")
+	}
+	if !joined {
+		t.Errorf("tools/list after tools/list_changed has no go__ tool: %d tools", len(tools.Tools))
+	}
+}

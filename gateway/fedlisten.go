@@ -90,32 +90,9 @@ func (fr *fedRequest) listen(w http.ResponseWriter, req *jsonrpc.Request) error 
 		}
 		return err
 	}
-	fs.handle = func(ctx context.Context, me memberEvent) []byte {
-		if !me.ev.HasData || len(me.ev.Data) == 0 {
-			return nil
-		}
-		data, drop := fr.s.fedStreamMessage(ctx, me.ms.fwd, me.ev.Data)
-		if drop {
-			return nil
-		}
-		return (&sseEvent{Event: "message", Data: data, HasData: true}).AppendTo(nil)
-	}
-	fs.ended = func() []byte {
-		result, _ := json.Marshal(map[string]any{"resultType": "complete", "_meta": map[string]any{metaSubscriptionID: req.ID.Raw()}})
-		return (&sseEvent{Event: "message", Data: resultMessage(req.ID, result), HasData: true}).AppendTo(nil)
-	}
+	fs.listening(req.ID)
 	for _, ms := range fs.members {
-		go func() {
-			_, err := fs.read(ctx, ms)
-			_ = ms.resp.Body.Close()
-			if ctx.Err() == nil {
-				fs.logEnd(ms, err)
-			}
-			select {
-			case fs.events <- memberEvent{ms: ms}:
-			case <-ctx.Done():
-			}
-		}()
+		go fs.drain(ctx, ms)
 	}
 	open := fr.s.metrics.openStreams.WithLabelValues(fr.f.cfg.Name, "listen")
 	open.Inc()
@@ -129,6 +106,41 @@ func (fr *fedRequest) listen(w http.ResponseWriter, req *jsonrpc.Request) error 
 	}
 	fs.run(ctx, w)
 	return nil
+}
+
+// listening makes fs a listen's merge: each member message decided and
+// renamed as on the GET stream (no event ids: the modern era does not
+// resume), and the listen's result once every member's listen ended.
+func (fs *fedStream) listening(id jsonrpc.ID) {
+	fs.handle = func(ctx context.Context, me memberEvent) []byte {
+		if !me.ev.HasData || len(me.ev.Data) == 0 {
+			return nil
+		}
+		data, drop := fs.fr.s.fedStreamMessage(ctx, me.ms.fwd, me.ev.Data)
+		if drop {
+			return nil
+		}
+		return (&sseEvent{Event: "message", Data: data, HasData: true}).AppendTo(nil)
+	}
+	fs.ended = func() []byte {
+		result, _ := json.Marshal(map[string]any{"resultType": "complete", "_meta": map[string]any{metaSubscriptionID: id.Raw()}})
+		return (&sseEvent{Event: "message", Data: resultMessage(id, result), HasData: true}).AppendTo(nil)
+	}
+}
+
+// drain reads member ms's listen into the merge until it ends (closed,
+// broken, or silent past the member's streams.idle_timeout, as on its own
+// route); it is not opened again.
+func (fs *fedStream) drain(ctx context.Context, ms *memberStream) {
+	_, err := fs.read(ctx, ms)
+	_ = ms.resp.Body.Close()
+	if ctx.Err() == nil {
+		fs.logEnd(ms, err)
+	}
+	select {
+	case fs.events <- memberEvent{ms: ms}:
+	case <-ctx.Done():
+	}
 }
 
 // listenURIs sorts the client's resource URIs by the member that owns

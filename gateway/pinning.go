@@ -276,8 +276,8 @@ func (p *pinSet) screen(ctx context.Context, items []toolItem) (screened, error)
 		pin, ok := p.pins[item.Name]
 		switch {
 		case !ok && p.mode == config.PinRecord && p.redis != nil:
-			inForce, err := recorded[item.Name], recordErr
-			if err != nil {
+			inForce, known := recorded[item.Name]
+			if err := recordErr; err != nil || !known {
 				// Redis cannot say whether another replica pinned another
 				// version first: redis.on_error decides (fail closed: not
 				// listed; local: pinned here, as one replica would).

@@ -305,8 +305,8 @@ func (p *pinSet) screenSkills(ctx context.Context, items []skillItem) ([]bool, e
 					out[i] = true // fail closed: not offered until Redis answers
 					continue
 				}
-				if recordErr == nil {
-					inForce = recorded[item.URI]
+				if v, ok := recorded[item.URI]; recordErr == nil && ok {
+					inForce = v
 				}
 			}
 			p.skillPins[item.URI], save = inForce, true

@@ -97,11 +97,24 @@ func (ls *lateSessions) expire(now time.Time) {
 	}
 }
 
-// remove forgets a session (it ended).
-func (ls *lateSessions) remove(id string) {
+// remove forgets a session (it ended) and returns its joined members'
+// upstream sessions, by member. A retry that finishes after remove is not
+// kept (done is false): it ends its member session itself.
+func (ls *lateSessions) remove(id string) map[string]string {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
+	sess := ls.byID[id]
 	delete(ls.byID, id)
+	if sess == nil {
+		return nil
+	}
+	joined := map[string]string{}
+	for name, m := range sess.members {
+		if m.joined {
+			joined[name] = m.session
+		}
+	}
+	return joined
 }
 
 // joined adds the session's joined members to claims (a copy).

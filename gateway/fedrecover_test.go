@@ -88,16 +88,18 @@ routes: [{path: /mcp, upstreams: [a, b], member_timeout: 2s}]
 }
 
 // gated is target behind a proxy that calls before with each request
-// (its body readable, then restored) before sending it on.
-func gated(t *testing.T, target *httptest.Server, before func(r *http.Request, body []byte)) *httptest.Server {
+// (its body readable, then restored) before sending it on; a request
+// before answers itself (true) is not sent on.
+func gated(t *testing.T, target *httptest.Server, before func(w http.ResponseWriter, r *http.Request, body []byte) bool) *httptest.Server {
 	t.Helper()
 	u, _ := url.Parse(target.URL)
 	proxy := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(u) }}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		r.Body = io.NopCloser(bytes.NewReader(body))
-		before(r, body)
-		proxy.ServeHTTP(w, r)
+		if !before(w, r, body) {
+			proxy.ServeHTTP(w, r)
+		}
 	}))
 	t.Cleanup(srv.Close)
 	return srv
@@ -134,21 +136,23 @@ func TestFederatedDeleteDuringRecovery(t *testing.T) {
 	const joined = "a member that was missing joined"
 	var armed atomic.Bool
 	arrived, release := make(chan struct{}), make(chan struct{})
-	bGate := gated(t, b, func(r *http.Request, body []byte) {
+	bGate := gated(t, b, func(_ http.ResponseWriter, r *http.Request, body []byte) bool {
 		if armed.Load() && r.Method == http.MethodPost && bytes.Contains(body, []byte(`"method":"initialize"`)) {
 			close(arrived)
 			<-release
 		}
+		return false
 	})
-	a := gated(t, sdkServer(t, "search"), func(r *http.Request, _ []byte) {
+	a := gated(t, sdkServer(t, "search"), func(_ http.ResponseWriter, r *http.Request, _ []byte) bool {
 		if r.Method != http.MethodDelete {
-			return
+			return false
 		}
 		close(release)
 		deadline := time.Now().Add(5 * time.Second)
 		for !logs.has(joined) && hooksB.deletes.Load() == 0 && time.Now().Before(deadline) {
 			time.Sleep(time.Millisecond) // the retry's end, polled with a deadline
 		}
+		return false
 	})
 	clock := &testClock{start: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	srv, err := startGatewayYAML(t, fmt.Sprintf(`

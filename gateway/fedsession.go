@@ -251,6 +251,7 @@ func (fr *fedRequest) delete(w http.ResponseWriter) error {
 	// since openSession is in what remove returns, and one that joins
 	// after it is ended by its own retry (lateSessions.done).
 	joined := fr.f.late.remove(fr.r.Header.Get("Mcp-Session-Id"))
+	fr.f.asks.end(fr.r.Header.Get("Mcp-Session-Id"))
 	all := make(map[string]string, len(claims.Members)+len(joined))
 	maps.Copy(all, claims.Members)
 	maps.Copy(all, joined)

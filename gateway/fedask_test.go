@@ -237,3 +237,63 @@ func TestFederatedClientAnswer(t *testing.T) {
 		t.Errorf("tools/call a__ask after the answer: no \"hello ada\" on its stream; the member was given %v", got.Load())
 	}
 }
+
+// TestFederatedDeniedRequestAnswer: a member request the policy denied is
+// refused to the member by the gateway and never reaches the client; the
+// client's answer under its (predictable) federated id does not reach the
+// member either.
+func TestFederatedDeniedRequestAnswer(t *testing.T) {
+	const policy = "package ctxgate.authz\n\ndefault allow := true\n\ndefault visible := true\n\nallow := false if input.method == \"elicitation/create\"\n"
+	var got atomic.Value
+	var answers atomic.Int64
+	refused := make(chan string, 1)
+	a := gated(t, mrtrMember(t, &got, false), func(_ http.ResponseWriter, r *http.Request, body []byte) bool {
+		var msg struct {
+			ID     json.RawMessage `json:"id"`
+			Method string          `json:"method"`
+			Result json.RawMessage `json:"result"`
+			Error  json.RawMessage `json:"error"`
+		}
+		if r.Method != http.MethodPost || json.Unmarshal(body, &msg) != nil || msg.Method != "" {
+			return false
+		}
+		if msg.Error != nil {
+			select {
+			case refused <- string(msg.ID): // the gateway's refusal names the member's own id
+			default:
+			}
+		}
+		if msg.Result != nil {
+			answers.Add(1)
+		}
+		return false
+	})
+	b := sdkServer(t, "other")
+	srv, err := startGatewayYAML(t, fmt.Sprintf(`
+server: {listen: "127.0.0.1:0"}
+admin: {listen: "127.0.0.1:0"}
+auth: {anonymous: true}
+policy: {dir: unused-the-test-passes-an-engine}
+upstreams:
+  - {name: a, url: %q, retry: {max_attempts: 1}}
+  - {name: b, url: %q, retry: {max_attempts: 1}}
+routes: [{path: /mcp, upstreams: [a, b], member_timeout: 5s}]
+`, a.URL, b.URL), gateway.Options{Policy: newEngine(t, policy, nil, nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := srv.URL + "/mcp"
+	init := rpc(t, http.MethodPost, url, "", strings.Replace(initializeBody, `"capabilities":{}`, `"capabilities":{"elicitation":{}}`, 1), nil)
+	call := rpc(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"a__ask","arguments":{}}}`, nil)
+	var own string
+	select {
+	case own = <-refused:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the member's elicitation was never refused; tools/call: HTTP %d", call.status)
+	}
+	id, _ := json.Marshal("ctxgate-member:a:" + own)
+	answer := rpc(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":`+string(id)+`,"result":{"action":"accept","content":{"name":"mallory"}}}`, nil)
+	if answer.status != http.StatusAccepted || answers.Load() != 0 || got.Load() != nil {
+		t.Errorf("answer to the denied request %s: HTTP %d; %d answers reached the member, which was given %v", id, answer.status, answers.Load(), got.Load())
+	}
+}

@@ -381,14 +381,14 @@ func (s *Stdio) spawn(session string) (*process, error) {
 	p := &process{
 		owner: s, session: session, cmd: cmd, stdin: stdin, started: s.now(),
 		pending: map[string]chan []byte{}, unsolicited: make(chan []byte, stdioStreamBuffer),
-		exited: make(chan struct{}), groupEnded: make(chan struct{}), log: s.log().With("upstream", c.Name, "pid", cmd.Process.Pid),
+		died: make(chan struct{}), exited: make(chan struct{}), stdoutDone: make(chan struct{}), log: s.log().With("upstream", c.Name, "pid", cmd.Process.Pid),
 	}
 	if c.IdleTimeout > 0 {
 		p.idle = time.AfterFunc(c.IdleTimeout, p.reapIfIdle)
 	}
-	go p.endGroup()
 	go p.readStderr(stderr)
 	go p.readStdout(stdout)
+	go p.watch(stdout)
 	return p, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -332,6 +334,43 @@ func TestStdioDescendantOutOfGroup(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestStdioRepeatedResponseDropped: a process that repeats a response id
+// before the call has taken the first does not stall its stdout: the
+// repeat is dropped, and what follows is still routed.
+func TestStdioRepeatedResponseDropped(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ch := make(chan []byte, 1) // as call makes it
+		p := &process{
+			log: slog.New(slog.DiscardHandler), pending: map[string]chan []byte{"7": ch},
+			unsolicited: make(chan []byte, 1), stdoutDone: make(chan struct{}),
+		}
+		resp := `{"jsonrpc":"2.0","id":7,"result":{}}` + "\n"
+		note := `{"jsonrpc":"2.0","method":"notifications/message"}` + "\n"
+		go p.readStdout(strings.NewReader(resp + resp + note))
+		synctest.Wait()
+		select {
+		case <-p.stdoutDone:
+		default:
+			t.Error("readStdout is blocked on the repeated response")
+			<-ch // unblock it, so the bubble can end
+			<-ch
+			<-p.stdoutDone
+			return
+		}
+		if got := string(<-ch); got != strings.TrimSpace(resp) {
+			t.Errorf("the call got %q, want %q", got, strings.TrimSpace(resp))
+		}
+		select {
+		case got := <-p.unsolicited:
+			if string(got) != strings.TrimSpace(note) {
+				t.Errorf("the stream got %q, want %q", got, strings.TrimSpace(note))
+			}
+		default:
+			t.Error("the notification after the repeat was not routed")
+		}
+	})
 }
 
 func TestStdioSIGKILLAfterGrace(t *testing.T) {

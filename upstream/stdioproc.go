@@ -131,7 +131,13 @@ func (p *process) readStdout(stdout io.Reader) {
 			ch := p.pending[string(env.ID)]
 			p.mu.Unlock()
 			if ch != nil {
-				ch <- msg
+				// Never blocks: a process repeating an id before the call
+				// took the first answer must not stall its stdout.
+				select {
+				case ch <- msg:
+				default:
+					p.log.Warn("stdio upstream answered a request twice; the repeat dropped")
+				}
 				continue
 			}
 			p.log.Warn("stdio upstream answered a request nobody is waiting for; dropped")

@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"testing/synctest"
@@ -371,6 +372,39 @@ func TestStdioRepeatedResponseDropped(t *testing.T) {
 			t.Error("the notification after the repeat was not routed")
 		}
 	})
+}
+
+// TestStdioNoSignalAfterReap: once a process is reaped, its pid, which
+// was its group's id, may be another's: stop and kill then signal nothing.
+func TestStdioNoSignalAfterReap(t *testing.T) {
+	s := newTestStdio(t, 1, nil)
+	var mu sync.Mutex
+	var sent []syscall.Signal
+	s.killGroup = func(pgid int, sig syscall.Signal) error {
+		mu.Lock()
+		sent = append(sent, sig)
+		mu.Unlock()
+		return syscall.Kill(-pgid, sig)
+	}
+	signals := func() []syscall.Signal {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(sent)
+	}
+	session, _ := initialize(t, s)
+	p := s.get(session)
+	if _, _, err := send(t, s, session, `{"jsonrpc":"2.0","id":2,"method":"crash"}`); !errors.Is(err, errProcessExited) {
+		t.Fatalf("crash: %v, want errProcessExited", err)
+	}
+	<-p.exited // closed once reaped
+	if got, want := signals(), []syscall.Signal{syscall.SIGKILL}; !slices.Equal(got, want) {
+		t.Errorf("signals to the group up to its reaping: %v, want %v (what was left of it killed)", got, want)
+	}
+	p.stop(s.grace)
+	p.kill()
+	if got := signals(); len(got) != 1 {
+		t.Errorf("signals to the group after its reaping: %v", got[1:])
+	}
 }
 
 func TestStdioSIGKILLAfterGrace(t *testing.T) {

@@ -41,6 +41,11 @@ type process struct {
 	// reaped and its end recorded (watch).
 	died, exited chan struct{}
 	ending       atomic.Bool // the gateway ends it: not a crash
+	// reapMu orders each signal to the group before the reaping: only
+	// while the process is unreaped is its pid, the group's id, surely
+	// not another's.
+	reapMu sync.Mutex
+	reaped bool
 	// stdoutDone closes when readStdout returns: at EOF, or at the end of
 	// the drain after the process exited (watch).
 	stdoutDone chan struct{}
@@ -165,7 +170,10 @@ func (p *process) readStdout(stdout io.Reader) {
 // exit reaps the process and records its end: its waiters fail, its
 // session ends.
 func (p *process) exit() {
+	p.reapMu.Lock()
 	err := p.cmd.Wait() // closes its pipes: stdout is no longer read
+	p.reaped = true
+	p.reapMu.Unlock()
 	if p.idle != nil {
 		p.idle.Stop()
 	}
@@ -196,7 +204,7 @@ func (p *process) watch(stdout io.Reader) {
 	pid := p.cmd.Process.Pid
 	if err := waitExited(pid); err != nil {
 		p.log.Warn("stdio upstream: waiting for the process", "error", err)
-	} else if err := syscall.Kill(-pid, syscall.SIGKILL); err == nil {
+	} else if err := p.signal(syscall.SIGKILL); err == nil {
 		p.log.Debug("stdio upstream process exited; killed what was left of its group")
 	}
 	close(p.died)
@@ -237,16 +245,31 @@ func (p *process) readStderr(stderr io.Reader) {
 
 // kill ends the whole group at once (a protocol error).
 func (p *process) kill() {
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	_ = p.signal(syscall.SIGKILL)
+}
+
+// signal sends sig to the process's group, unless the process is reaped:
+// its pid, which was the group's id, may be another's by then.
+func (p *process) signal(sig syscall.Signal) error {
+	p.reapMu.Lock()
+	defer p.reapMu.Unlock()
+	if p.reaped {
+		return os.ErrProcessDone
+	}
+	return p.owner.signalGroup(p.cmd.Process.Pid, sig)
 }
 
 // stop ends the process: SIGTERM to its group, SIGKILL after grace. It
 // returns when the process has exited and is reaped.
 func (p *process) stop(grace time.Duration) {
 	p.ending.Store(true)
+	select {
+	case <-p.exited:
+		return // reaped already: nothing of it to signal
+	default:
+	}
 	_ = p.stdin.Close()
-	pid := p.cmd.Process.Pid
-	if err := syscall.Kill(-pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+	if err := p.signal(syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) && !errors.Is(err, os.ErrProcessDone) {
 		p.log.Warn("stdio upstream: SIGTERM", "error", err)
 	}
 	t := time.NewTimer(grace)
@@ -255,7 +278,7 @@ func (p *process) stop(grace time.Duration) {
 	case <-p.died:
 	case <-t.C:
 		p.log.Warn("stdio upstream process did not exit within the grace after SIGTERM; killing its group", "grace", grace.String())
-		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		_ = p.signal(syscall.SIGKILL)
 	}
 	<-p.exited // at most stdioDrain after it died
 }

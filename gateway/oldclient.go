@@ -60,7 +60,43 @@ const (
 	// re-openings of a session's GET stream that ends soon after opening.
 	oldListenBackoff    = time.Second
 	oldListenMaxBackoff = 30 * time.Second
+	// maxOldPendingBytes bounds the bytes of answers one HTTP+SSE session
+	// holds for its client: read from the upstream and not yet written to
+	// the client's stream. Without it a client that stops reading holds
+	// every answer it asked for (64 of up to 32 MiB each) after the inner
+	// request's admission slot is free. The largest answer relayed whole
+	// (maxFilteredResponseBytes) fits when nothing else waits.
+	maxOldPendingBytes = maxFilteredResponseBytes
 )
+
+// errOldBudget is an answer's write that would take the session's
+// waiting answers over maxOldPendingBytes.
+var errOldBudget = errors.New("the answers waiting for this HTTP+SSE client exceed its budget")
+
+// oldBudget counts the bytes of answers a session holds for its client.
+type oldBudget struct {
+	used atomic.Int64
+	max  int64
+}
+
+// reserve takes n bytes of the budget, or reports false when they do not
+// fit (nothing is taken).
+func (b *oldBudget) reserve(n int64) bool {
+	for {
+		used := b.used.Load()
+		if used+n > b.max {
+			return false
+		}
+		if b.used.CompareAndSwap(used, used+n) {
+			return true
+		}
+	}
+}
+
+func (b *oldBudget) release(n int64) { b.used.Add(-n) }
+
+// full reports whether no more answers fit.
+func (b *oldBudget) full() bool { return b.used.Load() >= b.max }
 
 // oldClaims is what an HTTP+SSE session id carries: the route and the
 // principal it is bound to, and the session's key in this replica's
@@ -120,6 +156,8 @@ type oldSession struct {
 	ctx      context.Context
 	end      context.CancelFunc
 	inflight chan struct{}
+	// pending is what the session's answers hold for the client.
+	pending oldBudget
 	// initSent: an initialize was accepted; listening: the GET stream was
 	// started. mcpSession and version are what that initialize was
 	// issued, for every later request of the session.
@@ -163,6 +201,7 @@ func (s *Server) openOld(w http.ResponseWriter, r *http.Request, rt *route, hand
 	}
 	sess := &oldSession{key: newRequestID(), route: rt, handler: handler, principal: p, opened: r,
 		outbox: make(chan []byte), inflight: make(chan struct{}, maxOldInflight)}
+	sess.pending.max = maxOldPendingBytes
 	sess.ctx, sess.end = context.WithCancel(r.Context())
 	defer sess.end()
 	if !s.old.add(sess) {
@@ -264,6 +303,7 @@ func (s *Server) endOld(sess *oldSession) {
 	req := sess.innerRequest(ctx, sess.opened, http.MethodDelete, nil)
 	a := &oldAnswer{sess: sess, header: http.Header{}}
 	s.serveInner(a, req, sess, sess.principal)
+	a.finish() // nothing to send to an ended stream; what it held is released
 }
 
 // oldSessionOf is the open session a POST names in its session parameter,
@@ -328,10 +368,12 @@ func (s *Server) postOld(w http.ResponseWriter, r *http.Request, rt *route) {
 	if err == nil && call {
 		select {
 		case sess.inflight <- struct{}{}:
+			if sess.pending.full() {
+				<-sess.inflight
+				err = oldBusy("the answers waiting for this HTTP+SSE client fill its budget; read the stream, then retry")
+			}
 		default:
-			e := newError(http.StatusServiceUnavailable, CodeOldSessionBusy, "too many requests in progress on this HTTP+SSE session; retry after an answer arrives", nil)
-			setRetryAfter(e, 0)
-			err = e
+			err = oldBusy("too many requests in progress on this HTTP+SSE session; retry after an answer arrives")
 		}
 	}
 	if err != nil {
@@ -361,6 +403,13 @@ func (s *Server) postOld(w http.ResponseWriter, r *http.Request, rt *route) {
 	w.WriteHeader(http.StatusAccepted)
 }
 
+// oldBusy is the 503 -31091 of a message the session cannot take now.
+func oldBusy(msg string) *Error {
+	e := newError(http.StatusServiceUnavailable, CodeOldSessionBusy, msg, nil)
+	setRetryAfter(e, 0)
+	return e
+}
+
 // relayOld serves a request of the session and sends its answer to the
 // session's stream. msg is nil for a batch. A request whose answer ended
 // without its response is answered with an error, so the client never
@@ -373,7 +422,10 @@ func (s *Server) relayOld(sess *oldSession, req *http.Request, p *Principal, msg
 	}
 	s.serveInner(a, req, sess, p)
 	a.finish()
-	if a.hasWant && !a.answered {
+	switch {
+	case a.hasWant && !a.answered && a.overBudget:
+		sess.send(errorMessage(a.want, oldBusy("the answer would take the answers waiting for this HTTP+SSE client over its budget; read the stream, then retry")))
+	case a.hasWant && !a.answered:
 		sess.send(errorMessage(a.want, newError(http.StatusBadGateway, CodeUpstreamUnavailable, "the upstream's answer ended before its response", nil)))
 	}
 	if a.keep && !a.opened {
@@ -522,6 +574,11 @@ type oldAnswer struct {
 	buf         bytes.Buffer
 	pw          *io.PipeWriter
 	parsed      chan struct{}
+	// held is what the answer holds of the session's budget: reserved as
+	// it is written, released as its messages reach the client's stream
+	// (or it ends); overBudget that a write did not fit.
+	held       atomic.Int64
+	overBudget bool
 	// want is the id of the request answered, answered whether its
 	// response was sent; keep marks an initialize, opened that its
 	// response opened the session.
@@ -550,6 +607,14 @@ func (a *oldAnswer) Write(p []byte) (int, error) {
 	if a.status == 0 {
 		a.WriteHeader(http.StatusOK)
 	}
+	// Reserved before it is buffered (here or in the parser), so what
+	// waits for a client that does not read is bounded by the budget, not
+	// by what the upstream sends.
+	if !a.sess.pending.reserve(int64(len(p))) {
+		a.overBudget = true
+		return 0, errOldBudget
+	}
+	a.held.Add(int64(len(p)))
 	if a.pw != nil {
 		return a.pw.Write(p) // the parser's pace: backpressure from the client's stream
 	}
@@ -566,7 +631,9 @@ func (a *oldAnswer) Flush() {}
 // and the writer's next write fails (the proxy then aborts the request).
 func (a *oldAnswer) parse(pr *io.PipeReader) {
 	defer close(a.parsed)
-	events := newSSEReader(pr)
+	in := &countingReader{r: pr}
+	events := newSSEReader(in)
+	released := int64(0)
 	for {
 		ev, err := events.Next()
 		if err != nil {
@@ -577,11 +644,36 @@ func (a *oldAnswer) parse(pr *io.PipeReader) {
 			pr.CloseWithError(context.Canceled)
 			return
 		}
+		// What was read up to this event is on the client's stream (or
+		// was a comment): no longer held. (The reader's look-ahead, at
+		// most its 4 KiB buffer, is released early.)
+		a.release(in.n - released)
+		released = in.n
 	}
 }
 
-// finish sends what a JSON answer held, once the handler is done.
+// release gives n bytes the answer held back to the session's budget.
+func (a *oldAnswer) release(n int64) {
+	a.held.Add(-n)
+	a.sess.pending.release(n)
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// finish sends what a JSON answer held, once the handler is done; then
+// nothing of the answer is held.
 func (a *oldAnswer) finish() {
+	defer func() { a.release(a.held.Load()) }()
 	if a.pw != nil {
 		_ = a.pw.Close()
 		<-a.parsed

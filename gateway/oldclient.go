@@ -160,12 +160,15 @@ type oldSession struct {
 	pending oldBudget
 	// initSent: an initialize was accepted; listening: the GET stream was
 	// started. mcpSession and version are what that initialize was
-	// issued, for every later request of the session.
+	// issued, for every later request of the session; ended that endOld
+	// has looked at mcpSession (an upstream session opened after that is
+	// its initialize's to end).
 	initSent  atomic.Bool
 	listening atomic.Bool
 	mu        sync.Mutex
 	mcpSession,
 	version string
+	ended bool
 }
 
 // serveOld serves a route's HTTP+SSE endpoints: GET <route>/sse opens a
@@ -293,10 +296,15 @@ func (s *Server) endOld(sess *oldSession) {
 	sess.end()
 	sess.mu.Lock()
 	opened := sess.mcpSession != ""
+	sess.ended = true
 	sess.mu.Unlock()
-	if !opened {
-		return
+	if opened {
+		s.deleteOld(sess)
 	}
+}
+
+// deleteOld ends the session's upstream session with a DELETE.
+func (s *Server) deleteOld(sess *oldSession) {
 	// The stream's context is over: the DELETE is the session's last
 	// request and must still be sent.
 	ctx := context.WithoutCancel(sess.ctx)
@@ -421,6 +429,12 @@ func (s *Server) relayOld(sess *oldSession, req *http.Request, p *Principal, msg
 		a.keep = msg.Method() == "initialize"
 	}
 	s.serveInner(a, req, sess, p)
+	s.relayedOld(sess, a)
+}
+
+// relayedOld sends on what a, a request's answer, held once its handler
+// is done, and settles what the answer decided of the session.
+func (s *Server) relayedOld(sess *oldSession, a *oldAnswer) {
 	a.finish()
 	switch {
 	case a.hasWant && !a.answered && a.overBudget:
@@ -430,6 +444,11 @@ func (s *Server) relayOld(sess *oldSession, req *http.Request, p *Principal, msg
 	}
 	if a.keep && !a.opened {
 		sess.initSent.Store(false) // a failed initialize may be sent again
+	}
+	if a.keep && a.late {
+		// The client left while its initialize was in progress: endOld
+		// found no upstream session to end, so this one is ended here.
+		s.deleteOld(sess)
 	}
 	if a.status == http.StatusNotFound {
 		// In the legacy era a 404 means the session is gone (the gateway's
@@ -442,17 +461,19 @@ func (s *Server) relayOld(sess *oldSession, req *http.Request, p *Principal, msg
 // (status, headers) and response (data): the Mcp-Session-Id and the
 // negotiated version every later request of the session carries. It runs
 // before the response is sent on, so the client's next message finds the
-// session open. It reports whether the session is open.
-func (sess *oldSession) initialized(status int, h http.Header, data []byte) bool {
+// session open. It reports whether the session is open, and late when
+// the session had already ended (endOld will not end the upstream
+// session: the caller must).
+func (sess *oldSession) initialized(status int, h http.Header, data []byte) (opened, late bool) {
 	id := h.Get("Mcp-Session-Id")
 	version, ok := negotiatedVersion(data, false)
 	if status != http.StatusOK || id == "" || !ok {
-		return false
+		return false, false
 	}
 	sess.mu.Lock()
+	defer sess.mu.Unlock()
 	sess.mcpSession, sess.version = id, version
-	sess.mu.Unlock()
-	return true
+	return true, sess.ended
 }
 
 // listenOld keeps the session's GET stream open and its messages flowing
@@ -581,12 +602,13 @@ type oldAnswer struct {
 	overBudget bool
 	// want is the id of the request answered, answered whether its
 	// response was sent; keep marks an initialize, opened that its
-	// response opened the session.
+	// response opened the session, late after the session ended.
 	want     jsonrpc.ID
 	hasWant  bool
 	answered bool
 	keep     bool
 	opened   bool
+	late     bool
 }
 
 func (a *oldAnswer) Header() http.Header { return a.header }
@@ -704,7 +726,7 @@ func (a *oldAnswer) emit(data []byte) bool {
 		if resp, ok := mustDecodeResponse(data); ok && resp.ID == a.want {
 			a.answered = true
 			if a.keep {
-				a.opened = a.sess.initialized(a.status, a.header, data)
+				a.opened, a.late = a.sess.initialized(a.status, a.header, data)
 			}
 		}
 	}

@@ -1,11 +1,21 @@
 package gateway
 
 import (
+	"bufio"
 	"context"
+	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+
+	"github.com/ctxgate/ctxgate/config"
+	"github.com/ctxgate/ctxgate/upstream"
 )
 
 // TestOldClientsBound: the registry of HTTP+SSE sessions holds at most
@@ -75,5 +85,147 @@ func TestOldClientPendingBound(t *testing.T) {
 				t.Errorf("an answer after the client read the others: %v", err)
 			}
 		})
+	}
+}
+
+// oldFakeUpstream is a Streamable HTTP upstream for the internal HTTP+SSE
+// tests: initialize opens session up-1 (JSON), a GET stream ends as soon
+// as it opens, anything else is accepted; every request is recorded as
+// "METHOD session".
+type oldFakeUpstream struct {
+	mu       sync.Mutex
+	requests []string
+}
+
+func (u *oldFakeUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	u.mu.Lock()
+	u.requests = append(u.requests, r.Method+" "+r.Header.Get("Mcp-Session-Id"))
+	u.mu.Unlock()
+	switch {
+	case r.Method == http.MethodGet:
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+	case strings.Contains(string(body), `"initialize"`):
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Mcp-Session-Id", "up-1")
+		fmt.Fprint(w, `{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"u","version":"1"}}}`)
+	default:
+		w.WriteHeader(http.StatusAccepted)
+	}
+}
+
+func (u *oldFakeUpstream) received(method string) (n int) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, r := range u.requests {
+		if strings.HasPrefix(r, method+" ") {
+			n++
+		}
+	}
+	return n
+}
+
+// startOldGateway is a gateway in front of up, whose API key alice is
+// aliceInternalKey, on clock now (nil: time.Now); with auth, an auth
+// block instead.
+func startOldGateway(t *testing.T, up http.Handler, now func() time.Time, auth string) (*Server, *httptest.Server) {
+	t.Helper()
+	upSrv := httptest.NewServer(up)
+	t.Cleanup(func() { upSrv.CloseClientConnections(); upSrv.Close() })
+	if auth == "" {
+		auth = "{anonymous: true}"
+	}
+	cfg, err := config.Parse(fmt.Appendf(nil, `
+server: {listen: "127.0.0.1:0", public_url: "https://gw.example"}
+auth: %s
+upstreams: [{name: up, url: %q}]
+`, auth, upSrv.URL), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := upstream.NewPool(cfg.Upstreams)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(cfg, pool, Options{Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw := httptest.NewServer(s.Handler())
+	t.Cleanup(func() { gw.CloseClientConnections(); gw.Close() })
+	return s, gw
+}
+
+// openOldSession opens GET /mcp/up/sse on gw with the authorization
+// header (none when empty) and returns the response, once the session is
+// registered, and the session.
+func openOldSession(t *testing.T, s *Server, gw *httptest.Server, authorization string) (*http.Response, *oldSession) {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, gw.URL+"/mcp/up/sse", nil)
+	req.Header.Set("Accept", "text/event-stream")
+	if authorization != "" {
+		req.Header.Set("Authorization", authorization)
+	}
+	resp, err := gw.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /sse: %s", resp.Status)
+	}
+	// The endpoint event is written after the session is registered.
+	if line, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil || line != "event: endpoint\n" {
+		t.Fatalf("first line %q %v, want the endpoint event", line, err)
+	}
+	s.old.mu.Lock()
+	defer s.old.mu.Unlock()
+	for _, sess := range s.old.open {
+		return resp, sess
+	}
+	t.Fatal("no HTTP+SSE session registered")
+	return nil, nil
+}
+
+// waitForOld polls cond for up to 20 s.
+func waitForOld(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestOldClientLeavesMidInitialize: a client that closes its stream while
+// its initialize is answered (the answer read from the upstream, not yet
+// sent on) leaves no upstream session behind: endOld found none to end,
+// so the initialize's answer ends the one it opened with a DELETE.
+func TestOldClientLeavesMidInitialize(t *testing.T) {
+	up := &oldFakeUpstream{}
+	s, gw := startOldGateway(t, up, nil, "")
+	resp, sess := openOldSession(t, s, gw, "")
+	body := []byte(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`)
+	id, err := jsonrpc.MakeID(float64(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &oldAnswer{sess: sess, header: http.Header{}, relayErrors: true, want: id, hasWant: true, keep: true}
+	s.serveInner(a, sess.innerRequest(t.Context(), sess.opened, http.MethodPost, body), sess, sess.principal)
+	if a.status != http.StatusOK || a.buf.Len() == 0 {
+		t.Fatalf("initialize answer: %d %q", a.status, a.buf.String())
+	}
+	// The client leaves before the answer is sent on.
+	resp.Body.Close()
+	waitForOld(t, "the session to end", func() bool { return s.old.get(sess.key) == nil })
+	if n := up.received(http.MethodDelete); n != 0 {
+		t.Fatalf("%d DELETE before the upstream session was known", n)
+	}
+	s.relayedOld(sess, a)
+	if n := up.received(http.MethodDelete); n != 1 {
+		t.Errorf("the upstream received %d DELETE for the session the initialize opened after the client left, want 1", n)
 	}
 }

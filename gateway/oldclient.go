@@ -370,10 +370,7 @@ func (s *Server) postOld(w http.ResponseWriter, r *http.Request, rt *route) {
 		err = nil // the route's handler decides whether the session's revision has batches
 	}
 	call := err == nil && (batch || fwd.msg.IsCall())
-	if call && !batch && fwd.msg.Method() == "initialize" && !sess.initSent.CompareAndSwap(false, true) {
-		err = badRequest("this HTTP+SSE session was already initialized; open a new one with GET "+s.publicPath(rt.path)+"/sse", nil)
-	}
-	if err == nil && call {
+	if call {
 		select {
 		case sess.inflight <- struct{}{}:
 			if sess.pending.full() {
@@ -383,6 +380,12 @@ func (s *Server) postOld(w http.ResponseWriter, r *http.Request, rt *route) {
 		default:
 			err = oldBusy("too many requests in progress on this HTTP+SSE session; retry after an answer arrives")
 		}
+	}
+	// Only an initialize that is accepted counts as sent: one refused
+	// above may be sent again.
+	if err == nil && call && !batch && fwd.msg.Method() == "initialize" && !sess.initSent.CompareAndSwap(false, true) {
+		<-sess.inflight
+		err = badRequest("this HTTP+SSE session was already initialized; open a new one with GET "+s.publicPath(rt.path)+"/sse", nil)
 	}
 	if err != nil {
 		writeError(w, r, err)

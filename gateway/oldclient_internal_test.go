@@ -157,10 +157,18 @@ upstreams: [{name: up, url: %q}]
 	return s, gw
 }
 
+// oldOpened is a session openOldSession opened: the client's stream
+// (events, after the endpoint event), the URL to POST to, the session.
+type oldOpened struct {
+	resp   *http.Response
+	events *bufio.Reader
+	url    string
+	sess   *oldSession
+}
+
 // openOldSession opens GET /mcp/up/sse on gw with the authorization
-// header (none when empty) and returns the response, once the session is
-// registered, and the session.
-func openOldSession(t *testing.T, s *Server, gw *httptest.Server, authorization string) (*http.Response, *oldSession) {
+// header (none when empty), once the session is registered.
+func openOldSession(t *testing.T, s *Server, gw *httptest.Server, authorization string) oldOpened {
 	t.Helper()
 	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, gw.URL+"/mcp/up/sse", nil)
 	req.Header.Set("Accept", "text/event-stream")
@@ -176,16 +184,22 @@ func openOldSession(t *testing.T, s *Server, gw *httptest.Server, authorization 
 		t.Fatalf("GET /sse: %s", resp.Status)
 	}
 	// The endpoint event is written after the session is registered.
-	if line, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil || line != "event: endpoint\n" {
-		t.Fatalf("first line %q %v, want the endpoint event", line, err)
+	o := oldOpened{resp: resp, events: bufio.NewReader(resp.Body)}
+	ev, err := o.events.ReadString('\n')
+	data, _ := o.events.ReadString('\n')
+	path, ok := strings.CutPrefix(data, "data: ")
+	if err != nil || ev != "event: endpoint\n" || !ok {
+		t.Fatalf("first event %q %q %v, want the endpoint", ev, data, err)
 	}
+	o.url = gw.URL + strings.TrimSpace(path)
 	s.old.mu.Lock()
 	defer s.old.mu.Unlock()
 	for _, sess := range s.old.open {
-		return resp, sess
+		o.sess = sess
+		return o
 	}
 	t.Fatal("no HTTP+SSE session registered")
-	return nil, nil
+	return o
 }
 
 // waitForOld polls cond for up to 20 s.
@@ -207,7 +221,8 @@ func waitForOld(t *testing.T, what string, cond func() bool) {
 func TestOldClientLeavesMidInitialize(t *testing.T) {
 	up := &oldFakeUpstream{}
 	s, gw := startOldGateway(t, up, nil, "")
-	resp, sess := openOldSession(t, s, gw, "")
+	o := openOldSession(t, s, gw, "")
+	resp, sess := o.resp, o.sess
 	body := []byte(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`)
 	id, err := jsonrpc.MakeID(float64(1))
 	if err != nil {
@@ -227,5 +242,45 @@ func TestOldClientLeavesMidInitialize(t *testing.T) {
 	s.relayedOld(sess, a)
 	if n := up.received(http.MethodDelete); n != 1 {
 		t.Errorf("the upstream received %d DELETE for the session the initialize opened after the client left, want 1", n)
+	}
+}
+
+// TestOldClientInitializeRefusedBusy: an initialize refused because the
+// session has its 64 requests in progress (503 -31091) may be sent again
+// once they are answered; it is not "already initialized".
+func TestOldClientInitializeRefusedBusy(t *testing.T) {
+	s, gw := startOldGateway(t, &oldFakeUpstream{}, nil, "")
+	o := openOldSession(t, s, gw, "")
+	post := func(body string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, o.url, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := gw.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(raw)
+	}
+	initialize := `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`
+	for range maxOldInflight { // the session's requests in progress
+		o.sess.inflight <- struct{}{}
+	}
+	if status, body := post(initialize); status != http.StatusServiceUnavailable || !strings.Contains(body, "-31091") {
+		t.Fatalf("initialize with 64 requests in progress: %d %s, want 503 -31091", status, body)
+	}
+	for range maxOldInflight {
+		<-o.sess.inflight
+	}
+	if status, body := post(initialize); status != http.StatusAccepted {
+		t.Fatalf("initialize once the requests were answered: %d %s, want 202", status, body)
+	}
+	ev, _ := o.events.ReadString('\n')
+	for ev == "\n" { // the end of the endpoint event
+		ev, _ = o.events.ReadString('\n')
+	}
+	if ev != "event: message\n" {
+		t.Errorf("after the initialize the stream sent %q, want its answer", ev)
 	}
 }

@@ -192,7 +192,8 @@ func (s *Server) serveOld(rt *route, handler http.Handler, stream bool) http.Han
 
 // openOld opens an HTTP+SSE session and streams it until the client
 // leaves, the gateway shuts down, the session's upstream session is lost,
-// or the route's streams.max_duration passes; then the session ends.
+// the route's streams.max_duration passes or the token it was opened with
+// expires; then the session ends.
 func (s *Server) openOld(w http.ResponseWriter, r *http.Request, rt *route, handler http.Handler) {
 	p, err := principalOf(r.Context())
 	if err == nil {
@@ -260,6 +261,12 @@ func (s *Server) streamOld(w http.ResponseWriter, r *http.Request, sess *oldSess
 	limits := sess.route.res.streams
 	if limits.MaxDuration == 0 { // a federated route has no streams of its own
 		limits.MaxDuration, limits.Keepalive = config.DefaultStreamMaxDuration, config.DefaultStreamKeepalive
+	}
+	if exp := sess.principal.Expiry; !exp.IsZero() {
+		// The server's messages on this stream are the principal's: they
+		// stop when its token expires (the client reconnects with a fresh
+		// one), as every POST is refused from then on.
+		limits.MaxDuration = min(limits.MaxDuration, max(exp.Sub(s.now()), time.Nanosecond))
 	}
 	keepalive := newTimer(limits.Keepalive)
 	deadline := newTimer(limits.MaxDuration)
@@ -483,10 +490,18 @@ func (sess *oldSession) initialized(status int, h http.Header, data []byte) (ope
 // to the client's stream: re-opened when it ends (idle timeout, maximum
 // duration), after a growing pause when it ends soon after opening; not
 // at all when the route has none (405, a federated route); a lost upstream
-// session (404) ends the client's session.
+// session (404), or the principal's token expired, ends the client's
+// session.
 func (s *Server) listenOld(sess *oldSession) {
 	backoff := oldListenBackoff
 	for sess.ctx.Err() == nil {
+		if sess.expired(s.now()) {
+			// Opened as the principal the client's stream authenticated:
+			// never once its token has expired. The client reconnects
+			// with a fresh one.
+			sess.end()
+			return
+		}
 		start := time.Now()
 		a := &oldAnswer{sess: sess, header: http.Header{}}
 		s.serveInner(a, sess.innerRequest(sess.ctx, sess.opened, http.MethodGet, nil), sess, sess.principal)
@@ -510,6 +525,13 @@ func (s *Server) listenOld(sess *oldSession) {
 		}
 		backoff = min(2*backoff, oldListenMaxBackoff)
 	}
+}
+
+// expired reports whether the credential the session's stream was opened
+// with (an OIDC token) has expired at now.
+func (sess *oldSession) expired(now time.Time) bool {
+	exp := sess.principal.Expiry
+	return !exp.IsZero() && !now.Before(exp)
 }
 
 // innerRequest is the Streamable HTTP request that carries one message

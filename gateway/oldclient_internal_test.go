@@ -126,9 +126,8 @@ func (u *oldFakeUpstream) received(method string) (n int) {
 	return n
 }
 
-// startOldGateway is a gateway in front of up, whose API key alice is
-// aliceInternalKey, on clock now (nil: time.Now); with auth, an auth
-// block instead.
+// startOldGateway is a gateway in front of up, on clock now (nil:
+// time.Now), for anonymous clients; with auth, that auth block instead.
 func startOldGateway(t *testing.T, up http.Handler, now func() time.Time, auth string) (*Server, *httptest.Server) {
 	t.Helper()
 	upSrv := httptest.NewServer(up)
@@ -283,4 +282,79 @@ func TestOldClientInitializeRefusedBusy(t *testing.T) {
 	if ev != "event: message\n" {
 		t.Errorf("after the initialize the stream sent %q, want its answer", ev)
 	}
+}
+
+// TestOldClientTokenExpiry: the server's messages to an HTTP+SSE client
+// stop when the OIDC token its stream was opened with expires: the GET
+// stream is not opened again as that principal, and the client's stream
+// ends (at the latest when the token expires).
+func TestOldClientTokenExpiry(t *testing.T) {
+	post := func(t *testing.T, gw *httptest.Server, o oldOpened, token, body string) {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, o.url, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := gw.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("POST %s: %s %s", body, resp.Status, raw)
+		}
+	}
+	// ended reports when the client's stream has ended.
+	ended := func(o oldOpened) func() bool {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_, _ = io.Copy(io.Discard, o.events)
+		}()
+		return func() bool {
+			select {
+			case <-done:
+				return true
+			default:
+				return false
+			}
+		}
+	}
+	t.Run("re-opening the GET stream", func(t *testing.T) {
+		f := newOIDCFixture(t, fixtureOptions{})
+		up := &oldFakeUpstream{}
+		s, gw := startOldGateway(t, up, f.clock.now, "{anonymous: false}")
+		s.auth.Tokens = f.v
+		token := f.token(t, nil) // expires in an hour on the fixture's clock
+		o := openOldSession(t, s, gw, "Bearer "+token)
+		post(t, gw, o, token, `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`)
+		for line := ""; line != "event: message\n"; { // the initialize's answer
+			var err error
+			if line, err = o.events.ReadString('\n'); err != nil {
+				t.Fatalf("reading the initialize's answer: %v", err)
+			}
+		}
+		post(t, gw, o, token, `{"jsonrpc":"2.0","method":"notifications/initialized"}`)
+		isEnded := ended(o)
+		// The upstream ends each GET stream at once; the gateway opens it
+		// again after a pause, each time as the stream's principal.
+		waitForOld(t, "the GET stream opened", func() bool { return up.received(http.MethodGet) > 0 })
+		if isEnded() {
+			t.Fatal("the client's stream ended before the token expired")
+		}
+		f.clock.mu.Lock()
+		f.clock.t = f.clock.t.Add(time.Hour + time.Minute)
+		f.clock.mu.Unlock()
+		waitForOld(t, "the client's stream to end once the token expired", isEnded)
+	})
+	t.Run("the client's stream", func(t *testing.T) {
+		f := newOIDCFixture(t, fixtureOptions{})
+		s, gw := startOldGateway(t, &oldFakeUpstream{}, f.clock.now, "{anonymous: false}")
+		s.auth.Tokens = f.v
+		// Valid on the fixture's clock, which stands still, for 2 s of
+		// the stream's timer.
+		token := f.token(t, map[string]any{"exp": f.clock.now().Add(2 * time.Second).Unix()})
+		o := openOldSession(t, s, gw, "Bearer "+token)
+		waitForOld(t, "the client's stream to end when the token expires", ended(o))
+	})
 }

@@ -622,9 +622,11 @@ type oldAnswer struct {
 	parsed      chan struct{}
 	// held is what the answer holds of the session's budget: reserved as
 	// it is written, released as its messages reach the client's stream
-	// (or it ends); overBudget that a write did not fit.
+	// (or it ends); overBudget that a write did not fit, cut that a write
+	// was refused (what was written is no whole answer).
 	held       atomic.Int64
 	overBudget bool
+	cut        bool
 	// want is the id of the request answered, answered whether its
 	// response was sent; keep marks an initialize, opened that its
 	// response opened the session, late after the session ended.
@@ -658,7 +660,7 @@ func (a *oldAnswer) Write(p []byte) (int, error) {
 	// waits for a client that does not read is bounded by the budget, not
 	// by what the upstream sends.
 	if !a.sess.pending.reserve(int64(len(p))) {
-		a.overBudget = true
+		a.overBudget, a.cut = true, true
 		return 0, errOldBudget
 	}
 	a.held.Add(int64(len(p)))
@@ -666,6 +668,7 @@ func (a *oldAnswer) Write(p []byte) (int, error) {
 		return a.pw.Write(p) // the parser's pace: backpressure from the client's stream
 	}
 	if a.buf.Len()+len(p) > maxFilteredResponseBytes {
+		a.cut = true
 		return 0, errors.New("answer larger than the gateway relays")
 	}
 	return a.buf.Write(p)
@@ -727,7 +730,7 @@ func (a *oldAnswer) finish() {
 		return
 	}
 	body := bytes.TrimSpace(a.buf.Bytes())
-	if len(body) == 0 || (a.status/100 != 2 && !a.relayErrors) || (a.status/100 == 2 && a.status != http.StatusOK) {
+	if a.cut || len(body) == 0 || (a.status/100 != 2 && !a.relayErrors) || (a.status/100 == 2 && a.status != http.StatusOK) {
 		return
 	}
 	if body[0] != '[' {

@@ -3,6 +3,7 @@ package gateway
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -90,9 +91,11 @@ func TestOldClientPendingBound(t *testing.T) {
 
 // oldFakeUpstream is a Streamable HTTP upstream for the internal HTTP+SSE
 // tests: initialize opens session up-1 (JSON), a GET stream ends as soon
-// as it opens, anything else is accepted; every request is recorded as
-// "METHOD session".
+// as it opens, a tools/call is answered with a text of big bytes (JSON),
+// anything else is accepted; every request is recorded as "METHOD
+// session".
 type oldFakeUpstream struct {
+	big      int
 	mu       sync.Mutex
 	requests []string
 }
@@ -110,6 +113,13 @@ func (u *oldFakeUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Mcp-Session-Id", "up-1")
 		fmt.Fprint(w, `{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"u","version":"1"}}}`)
+	case strings.Contains(string(body), `"tools/call"`):
+		var call struct {
+			ID json.RawMessage `json:"id"`
+		}
+		_ = json.Unmarshal(body, &call)
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":{"content":[{"type":"text","text":"%s"}]}}`, call.ID, strings.Repeat("x", u.big))
 	default:
 		w.WriteHeader(http.StatusAccepted)
 	}
@@ -357,4 +367,75 @@ func TestOldClientTokenExpiry(t *testing.T) {
 		o := openOldSession(t, s, gw, "Bearer "+token)
 		waitForOld(t, "the client's stream to end when the token expires", ended(o))
 	})
+}
+
+// TestOldClientSlowReader: through the route's whole pipeline, a client
+// that stops reading its stream and asks for 64 answers of 4 MiB (256 MiB)
+// gets what fits the session's budget and -31091 for the rest, once it
+// reads again; none is lost.
+func TestOldClientSlowReader(t *testing.T) {
+	up := &oldFakeUpstream{big: 4 << 20}
+	s, gw := startOldGateway(t, up, nil, "")
+	o := openOldSession(t, s, gw, "")
+	post := func(body string) int {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, o.url, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := gw.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted && (resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(raw), "-31091")) {
+			t.Fatalf("POST %.80s: %s %s, want 202 or 503 -31091", body, resp.Status, raw)
+		}
+		return resp.StatusCode
+	}
+	// next is the data of the stream's next message.
+	next := func() string {
+		t.Helper()
+		for {
+			line, err := o.events.ReadString('\n')
+			if err != nil {
+				t.Fatalf("reading the stream: %v", err)
+			}
+			if data, ok := strings.CutPrefix(line, "data: "); ok {
+				return data
+			}
+		}
+	}
+	post(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`)
+	next()
+	// The client stops reading.
+	accepted := 0
+	for id := 10; id < 10+maxOldInflight; id++ {
+		if post(fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"big","arguments":{}}}`, id)) == http.StatusAccepted {
+			accepted++
+		}
+	}
+	// Every call accepted reached the upstream and its answer was read
+	// (held for the client, or refused).
+	waitForOld(t, "every call answered by the upstream and read", func() bool {
+		return up.received(http.MethodPost) == 1+accepted && s.admission.requests.Load() == 0
+	})
+	if used := o.sess.pending.used.Load(); used > maxOldPendingBytes {
+		t.Fatalf("%d bytes held for the client, over the budget of %d", used, maxOldPendingBytes)
+	}
+	// The client reads again: an answer for every call, whole or -31091.
+	whole, busy := 0, 0
+	for range accepted {
+		switch data := next(); {
+		case strings.Contains(data, `"result"`) && len(data) > up.big:
+			whole++
+		case strings.Contains(data, `"code":-31091`):
+			busy++
+		default:
+			t.Fatalf("answer of %d bytes %.200s ... %s, want the result or -31091", len(data), data, data[max(0, len(data)-200):])
+		}
+	}
+	t.Logf("%d calls accepted: %d answered whole, %d refused -31091", accepted, whole, busy)
+	if whole == 0 || busy == 0 {
+		t.Errorf("%d answered whole and %d refused -31091 of %d answers of 4 MiB to a client that did not read, want some of each (a budget of %d)", whole, busy, accepted, maxOldPendingBytes)
+	}
 }

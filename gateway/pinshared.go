@@ -130,13 +130,6 @@ func (p *pinSet) pullLocked(ctx context.Context) {
 	}
 }
 
-// recordShared records def as the tool's pin unless another replica has
-// recorded one; it returns the pin in force.
-func (p *pinSet) recordShared(ctx context.Context, tool string, def pinEntry) (pinEntry, error) {
-	m, err := p.recordSharedAll(ctx, map[string]pinEntry{tool: def})
-	return m[tool], err
-}
-
 // recordSharedAll is recordSharedIn for tools.
 func (p *pinSet) recordSharedAll(ctx context.Context, defs map[string]pinEntry) (map[string]pinEntry, error) {
 	return p.recordSharedIn(ctx, p.upstream, defs)

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -669,6 +670,100 @@ func TestStdioSandboxProcessGroup(t *testing.T) {
 		})
 	}
 	assertNoLeaks(t, gw, baseline)
+}
+
+// TestStdioSandboxDescendantOutOfGroup: a child the server starts in a
+// session of its own (setsid), holding the server's stdout, does not hold
+// the session once the server has exited: a crash mid-call answers 502
+// and frees the session, DELETE and shutdown return. The child outlives it
+// (it left the group, which is what is killed).
+func TestStdioSandboxDescendantOutOfGroup(t *testing.T) {
+	gw := startSandboxGateway(t, "    stop_grace: 200ms\n    max_processes: 1\n")
+	baseline := goroutineBaseline(t, gw)
+	const holds = "stdio upstream process exited, but something it started outside its process group still holds its stdout; closing it"
+	escape := func(t *testing.T, s *sandboxSession) {
+		t.Helper()
+		child, err := strconv.Atoi(s.text(t, "spawn", map[string]any{"escape": true}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Before the gateway's own cleanup: without the fix, the child's
+		// end is what lets the session, and the gateway, end.
+		t.Cleanup(func() { _ = syscall.Kill(child, syscall.SIGKILL) })
+	}
+	t.Run("crash", func(t *testing.T) {
+		s := openSandboxSession(t, gw)
+		escape(t, s)
+		s.nextID++
+		status, body := answerWithin(t, s.request(t, http.MethodPost, fmt.Sprintf(
+			`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"crash","arguments":{}}}`, s.nextID)))
+		s.assertEnded(t, status, body, "a crash mid-call")
+		waitForRecord(t, gw, holds)
+	})
+	t.Run("DELETE", func(t *testing.T) {
+		s := openSandboxSession(t, gw) // max_processes 1: the crashed one's slot is free
+		escape(t, s)
+		if status, body := answerWithin(t, s.request(t, http.MethodDelete, "")); status != http.StatusOK {
+			t.Errorf("DELETE: %d %s", status, body)
+		}
+	})
+	assertNoLeaks(t, gw, baseline)
+	t.Run("shutdown", func(t *testing.T) {
+		s := openSandboxSession(t, gw)
+		escape(t, s)
+		gw.signal(syscall.SIGTERM)
+		waitFor(t, "the gateway to shut down", readyDeadline, gw.exited)
+		if gw.waitErr != nil {
+			t.Errorf("gateway exit: %v", gw.waitErr)
+		}
+	})
+}
+
+// request is a request on the session, not bound to the test's context
+// (answerWithin may leave it waiting after the test).
+func (s *sandboxSession) request(t *testing.T, method, body string) *http.Request {
+	t.Helper()
+	req, err := http.NewRequestWithContext(context.Background(), method, s.url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	req.Header.Set("Mcp-Session-Id", s.session)
+	req.Header.Set("Mcp-Protocol-Version", "2025-11-25")
+	return req
+}
+
+// answerWithin sends req and returns the answer's status and body,
+// failing the test if none has come within readyDeadline.
+func answerWithin(t *testing.T, req *http.Request) (int, []byte) {
+	t.Helper()
+	type answer struct {
+		status int
+		body   []byte
+		err    error
+	}
+	got := make(chan answer, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			got <- answer{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		got <- answer{resp.StatusCode, b, err}
+	}()
+	select {
+	case a := <-got:
+		if a.err != nil {
+			t.Fatalf("%s %s: %v", req.Method, req.URL, a.err)
+		}
+		return a.status, a.body
+	case <-time.After(readyDeadline):
+		t.Fatalf("%s %s: no answer after %s", req.Method, req.URL, readyDeadline)
+		return 0, nil
+	}
 }
 
 // alive reports that pid runs: it exists and is not a zombie (a child

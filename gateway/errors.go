@@ -46,7 +46,7 @@ const (
 	CodeIdempotencyInProgress  = -31060 // 409 + Retry-After: the ledger is on Redis and the first call with this key still runs (on any replica) after the duplicate waited its deadline; nothing was sent
 	CodeIdempotencyUnavailable = -31061 // 503 + Retry-After: the ledger is on Redis and Redis cannot answer; a call with an idempotency key is refused (whatever redis.on_error); nothing was sent
 	CodeOldSessionsFull        = -31090 // 503 + Retry-After: the gateway holds its maximum of HTTP+SSE (2024-11-05) client sessions (1,024 per replica); nothing was opened
-	CodeOldSessionBusy         = -31091 // 503 + Retry-After: 64 requests are in progress on this HTTP+SSE session; the message was not accepted
+	CodeOldSessionBusy         = -31091 // 503 + Retry-After: 64 requests are in progress on this HTTP+SSE session, or its answers waiting for the client fill maxOldPendingBytes; the message was not accepted
 	CodeMemberRecovering       = -31070 // 503 + Retry-After: a federated session's member was unavailable at initialize and is being retried; nothing was sent
 )
 

@@ -2,11 +2,14 @@ package gateway
 
 import (
 	"bytes"
+	"container/list"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 )
@@ -25,6 +28,101 @@ import (
 
 // memberRequestPrefix starts the id the client sees for a member's request.
 const memberRequestPrefix = "ctxgate-member:"
+
+// The member requests relayed to clients and not yet answered are held
+// per replica, in memory, so that only their answers reach a member, once:
+// the ids are predictable, and an answer to a request the policy denied,
+// or to none, must not reach the member as the client's. At most
+// maxAsksPerSession per session and maxAsks in all (hashes, about 2 MiB);
+// beyond either the oldest is forgotten, and its answer dropped.
+const (
+	maxAsksPerSession = 64
+	maxAsks           = 16384
+)
+
+// memberAsks are the member requests relayed to clients, unanswered, by
+// the client's session. The zero value is ready.
+type memberAsks struct {
+	mu        sync.Mutex
+	all       list.List // askKey, oldest first
+	bySession map[[32]byte]map[[32]byte]*list.Element
+}
+
+// askKey is one relayed request: the hashes of the client's session id
+// and of the federated id the client saw.
+type askKey struct{ session, id [32]byte }
+
+// sessionAsks are one session's relayed requests, as a forward records
+// them.
+type sessionAsks struct {
+	asks    *memberAsks
+	session string
+}
+
+// issued records federated id as relayed to the client of the session.
+func (sa *sessionAsks) issued(id string) {
+	a, k := sa.asks, askKey{sha256.Sum256([]byte(sa.session)), sha256.Sum256([]byte(id))}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.bySession == nil {
+		a.bySession = map[[32]byte]map[[32]byte]*list.Element{}
+	}
+	ids := a.bySession[k.session]
+	if _, ok := ids[k.id]; ok {
+		return // an id the member reuses before its answer: answered once
+	}
+	if len(ids) >= maxAsksPerSession {
+		// The session's oldest; a walk of at most maxAsks, only for a
+		// session with that many requests unanswered.
+		for e := a.all.Front(); e != nil; e = e.Next() {
+			if e.Value.(askKey).session == k.session {
+				a.drop(e)
+				break
+			}
+		}
+	}
+	if a.all.Len() >= maxAsks {
+		a.drop(a.all.Front())
+	}
+	if ids = a.bySession[k.session]; ids == nil {
+		ids = map[[32]byte]*list.Element{}
+		a.bySession[k.session] = ids
+	}
+	ids[k.id] = a.all.PushBack(k)
+}
+
+// answered reports whether federated id was relayed to the client of
+// session and not answered yet, and forgets it: an answer goes once.
+func (a *memberAsks) answered(session, id string) bool {
+	k := askKey{sha256.Sum256([]byte(session)), sha256.Sum256([]byte(id))}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	e := a.bySession[k.session][k.id]
+	if e == nil {
+		return false
+	}
+	a.drop(e)
+	return true
+}
+
+// end forgets a session's requests (it ended).
+func (a *memberAsks) end(session string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, e := range a.bySession[sha256.Sum256([]byte(session))] {
+		a.drop(e)
+	}
+}
+
+// drop forgets one request, under a.mu.
+func (a *memberAsks) drop(e *list.Element) {
+	k := a.all.Remove(e).(askKey)
+	ids := a.bySession[k.session]
+	delete(ids, k.id)
+	if len(ids) == 0 {
+		delete(a.bySession, k.session)
+	}
+}
 
 // memberRequestID is the id the client sees for member's request id.
 func memberRequestID(member string, id jsonrpc.ID) (jsonrpc.ID, error) {
@@ -80,12 +178,17 @@ func memberRequestRenamed(fwd *forward, data []byte) []byte {
 	if err != nil {
 		return data
 	}
+	if fwd.asks != nil {
+		// Relayed: its answer, and only its, may reach the member.
+		fwd.asks.issued(id.Raw().(string))
+	}
 	return out
 }
 
 // answerMember sends the client's answer to a member's request back to
 // that member, on its session, with the member's own id. An answer to no
-// request the gateway relayed is accepted and dropped: nothing awaits it.
+// request the gateway relayed on this session, or one already answered,
+// is accepted and dropped: nothing awaits it.
 func (fr *fedRequest) answerMember(w http.ResponseWriter) error {
 	resp, _ := fr.st.msg.Msg.(*jsonrpc.Response)
 	var member string
@@ -95,7 +198,12 @@ func (fr *fedRequest) answerMember(w http.ResponseWriter) error {
 		member, own, ok = memberOfAnswer(resp.ID)
 	}
 	m := fr.f.member(member)
-	if _, in := fr.fo.claims.Members[member]; !ok || m == nil || !in {
+	_, in := fr.fo.claims.Members[member]
+	// Only an id the gateway relayed (memberRequestRenamed): any other
+	// would let the client answer a request the policy denied, or one
+	// never made.
+	if !ok || m == nil || !in || !fr.f.asks.answered(fr.r.Header.Get("Mcp-Session-Id"), resp.ID.Raw().(string)) {
+		loggerOf(fr.r.Context(), fr.s.log).Warn("federated session: a client's answer to no member request relayed to it; dropped", "route", fr.f.cfg.Path, "member", member)
 		w.WriteHeader(http.StatusAccepted)
 		return nil
 	}

@@ -1,7 +1,10 @@
 package gateway_test
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -115,47 +118,182 @@ routes: [{path: /mcp, upstreams: [a, b], member_timeout: 5s}]
 	}
 }
 
+// memberAsk is a call of a multi-round-trip tool whose member request
+// came to the client: its federated id, and the rest of its stream.
+type memberAsk struct {
+	id     string
+	lines  *bufio.Scanner
+	cancel context.CancelFunc
+}
+
+// askClient calls tool on the session and reads its stream up to the
+// member's request of the client.
+func askClient(t *testing.T, url, session, tool string) *memberAsk {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	t.Cleanup(cancel)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(`{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"`+tool+`","arguments":{}}}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	req.Header.Set("Mcp-Session-Id", session)
+	req.Header.Set("Mcp-Protocol-Version", "2025-11-25")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	lines := bufio.NewScanner(resp.Body)
+	for lines.Scan() {
+		data, ok := strings.CutPrefix(lines.Text(), "data: ")
+		var msg struct {
+			ID     any    `json:"id"`
+			Method string `json:"method"`
+		}
+		if ok && json.Unmarshal([]byte(data), &msg) == nil && msg.Method == "elicitation/create" {
+			id, _ := msg.ID.(string)
+			return &memberAsk{id: id, lines: lines, cancel: cancel}
+		}
+	}
+	t.Fatalf("tools/call %s: HTTP %d, no elicitation on its stream", tool, resp.StatusCode)
+	return nil
+}
+
 // TestFederatedClientAnswer: a client's answer is sent to a member only
-// under an id the gateway gave one of the session's members' requests;
-// any other is accepted and dropped. An answer to a member that ended its
+// under an id the gateway relayed to this session's client for one of
+// its members' requests, and once; any other is accepted and dropped
+// (member ids are predictable: the client must not answer a request the
+// policy denied, or one never made). An answer to a member that ended its
 // session is 404 -31003, as every other message to it.
 func TestFederatedClientAnswer(t *testing.T) {
-	hooks := &memberHooks{}
-	a, b := sdkServerHooked(t, hooks, "search"), sdkServer(t, "other")
+	var got atomic.Value
+	var forget atomic.Bool
+	var answers atomic.Int64
+	a := gated(t, mrtrMember(t, &got, false), func(w http.ResponseWriter, r *http.Request, body []byte) bool {
+		if r.Method == http.MethodPost && bytes.Contains(body, []byte(`"result"`)) && !bytes.Contains(body, []byte(`"method"`)) {
+			answers.Add(1)
+		}
+		if forget.Load() && r.Header.Get("Mcp-Session-Id") != "" {
+			http.Error(w, "session not found", http.StatusNotFound) // as a restarted server
+			return true
+		}
+		return false
+	})
+	b := sdkServer(t, "other")
 	srv, err := newFederatedGateway(t, a.URL, b.URL, config.PrefixAlways)
 	if err != nil {
 		t.Fatal(err)
 	}
 	url := srv.URL + "/mcp"
-	init := rpc(t, http.MethodPost, url, "", initializeBody, nil)
+	init := rpc(t, http.MethodPost, url, "", strings.Replace(initializeBody, `"capabilities":{}`, `"capabilities":{"elicitation":{}}`, 1), nil)
+	other := rpc(t, http.MethodPost, url, "", strings.Replace(initializeBody, `"capabilities":{}`, `"capabilities":{"elicitation":{}}`, 1), nil)
+	first := askClient(t, url, init.session, "a__ask")
+	quoted := func(s string) string { raw, _ := json.Marshal(s); return string(raw) }
+	const decline = `{"action":"decline"}`
 	tests := []struct {
-		name, id   string
-		forget     bool
-		wantStatus int
-		wantCode   int64
-		wantSent   int64
+		name, session, id, result string
+		forget                    bool
+		wantStatus                int
+		wantCode                  int64
+		wantSent                  int64
 	}{
-		{"an id the gateway did not give", `7`, false, http.StatusAccepted, 0, 0},
-		{"a member not on the route", `"ctxgate-member:c:1"`, false, http.StatusAccepted, 0, 0},
-		{"a malformed member id", `"ctxgate-member:a:{"`, false, http.StatusAccepted, 0, 0},
-		{"a member's request", `"ctxgate-member:a:1"`, false, http.StatusAccepted, 0, 1},
-		{"a member that ended its session", `"ctxgate-member:a:1"`, true, http.StatusNotFound, -31003, 1},
+		{"an id the gateway did not give", init.session, `7`, decline, false, http.StatusAccepted, 0, 0},
+		{"a member not on the route", init.session, `"ctxgate-member:c:1"`, decline, false, http.StatusAccepted, 0, 0},
+		{"a malformed member id", init.session, `"ctxgate-member:a:{"`, decline, false, http.StatusAccepted, 0, 0},
+		{"a member's id the gateway did not relay", init.session, `"ctxgate-member:a:99"`, decline, false, http.StatusAccepted, 0, 0},
+		{"a relayed id, on another session", other.session, quoted(first.id), decline, false, http.StatusAccepted, 0, 0},
+		{"a relayed id", init.session, quoted(first.id), `{"action":"accept","content":{"name":"ada"}}`, false, http.StatusAccepted, 0, 1},
+		{"a relayed id answered again", init.session, quoted(first.id), decline, false, http.StatusAccepted, 0, 0},
+		{"a member that ended its session", init.session, "", decline, true, http.StatusNotFound, -31003, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			hooks.forget.Store(tt.forget)
-			before := hooks.answers.Load()
-			got := rpc(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":`+tt.id+`,"result":{"action":"decline"}}`, nil)
+			if tt.id == "" {
+				tt.id = quoted(askClient(t, url, tt.session, "a__ask").id)
+			}
+			forget.Store(tt.forget)
+			before := answers.Load()
+			answer := rpc(t, http.MethodPost, url, tt.session, `{"jsonrpc":"2.0","id":`+tt.id+`,"result":`+tt.result+`}`, nil)
 			code := int64(0)
-			if got.Error != nil {
-				code = got.Error.Code
+			if answer.Error != nil {
+				code = answer.Error.Code
 			}
-			if got.status != tt.wantStatus || code != tt.wantCode {
-				t.Errorf("HTTP %d, code %d; want HTTP %d, code %d", got.status, code, tt.wantStatus, tt.wantCode)
+			if answer.status != tt.wantStatus || code != tt.wantCode {
+				t.Errorf("HTTP %d, code %d; want HTTP %d, code %d", answer.status, code, tt.wantStatus, tt.wantCode)
 			}
-			if sent := hooks.answers.Load() - before; sent != tt.wantSent {
+			if sent := answers.Load() - before; sent != tt.wantSent {
 				t.Errorf("%d answers reached member a, want %d", sent, tt.wantSent)
 			}
 		})
+	}
+	// The relayed answer finished the call, on its stream.
+	var result string
+	for first.lines.Scan() {
+		if strings.Contains(first.lines.Text(), "hello ada") {
+			result = first.lines.Text()
+			break
+		}
+	}
+	if result == "" || got.Load() != "ada" {
+		t.Errorf("tools/call a__ask after the answer: no \"hello ada\" on its stream; the member was given %v", got.Load())
+	}
+}
+
+// TestFederatedDeniedRequestAnswer: a member request the policy denied is
+// refused to the member by the gateway and never reaches the client; the
+// client's answer under its (predictable) federated id does not reach the
+// member either.
+func TestFederatedDeniedRequestAnswer(t *testing.T) {
+	const policy = "package ctxgate.authz\n\ndefault allow := true\n\ndefault visible := true\n\nallow := false if input.method == \"elicitation/create\"\n"
+	var got atomic.Value
+	var answers atomic.Int64
+	refused := make(chan string, 1)
+	a := gated(t, mrtrMember(t, &got, false), func(_ http.ResponseWriter, r *http.Request, body []byte) bool {
+		var msg struct {
+			ID     json.RawMessage `json:"id"`
+			Method string          `json:"method"`
+			Result json.RawMessage `json:"result"`
+			Error  json.RawMessage `json:"error"`
+		}
+		if r.Method != http.MethodPost || json.Unmarshal(body, &msg) != nil || msg.Method != "" {
+			return false
+		}
+		if msg.Error != nil {
+			select {
+			case refused <- string(msg.ID): // the gateway's refusal names the member's own id
+			default:
+			}
+		}
+		if msg.Result != nil {
+			answers.Add(1)
+		}
+		return false
+	})
+	b := sdkServer(t, "other")
+	srv, err := startGatewayYAML(t, fmt.Sprintf(`
+server: {listen: "127.0.0.1:0"}
+admin: {listen: "127.0.0.1:0"}
+auth: {anonymous: true}
+policy: {dir: unused-the-test-passes-an-engine}
+upstreams:
+  - {name: a, url: %q, retry: {max_attempts: 1}}
+  - {name: b, url: %q, retry: {max_attempts: 1}}
+routes: [{path: /mcp, upstreams: [a, b], member_timeout: 5s}]
+`, a.URL, b.URL), gateway.Options{Policy: newEngine(t, policy, nil, nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := srv.URL + "/mcp"
+	init := rpc(t, http.MethodPost, url, "", strings.Replace(initializeBody, `"capabilities":{}`, `"capabilities":{"elicitation":{}}`, 1), nil)
+	call := rpc(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"a__ask","arguments":{}}}`, nil)
+	var own string
+	select {
+	case own = <-refused:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the member's elicitation was never refused; tools/call: HTTP %d", call.status)
+	}
+	id, _ := json.Marshal("ctxgate-member:a:" + own)
+	answer := rpc(t, http.MethodPost, url, init.session, `{"jsonrpc":"2.0","id":`+string(id)+`,"result":{"action":"accept","content":{"name":"mallory"}}}`, nil)
+	if answer.status != http.StatusAccepted || answers.Load() != 0 || got.Load() != nil {
+		t.Errorf("answer to the denied request %s: HTTP %d; %d answers reached the member, which was given %v", id, answer.status, answers.Load(), got.Load())
 	}
 }

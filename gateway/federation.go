@@ -79,6 +79,8 @@ type federation struct {
 	// joins tells a session's open merged streams of a member that joined
 	// (fedjoin.go).
 	joins joinWatchers
+	// asks are the member requests relayed to clients (fedask.go).
+	asks memberAsks
 }
 
 type lastGood struct {
@@ -182,7 +184,22 @@ type fedRequest struct {
 
 // forward is the forward of this request to member m, as the member's own
 // route would see it.
-func (fr *fedRequest) forward(m *route) *forward { return fr.fo.forward(fr.f, m, fr.p, fr.st) }
+func (fr *fedRequest) forward(m *route) *forward {
+	fwd := fr.fo.forward(fr.f, m, fr.p, fr.st)
+	if id := fr.sessionID(); fwd.era == eraLegacy && id != "" {
+		fwd.asks = &sessionAsks{asks: &fr.f.asks, session: id}
+	}
+	return fwd
+}
+
+// sessionID is the client's session id; "" without one, or for the
+// gateway's own requests.
+func (fr *fedRequest) sessionID() string {
+	if fr.r == nil {
+		return ""
+	}
+	return fr.r.Header.Get("Mcp-Session-Id")
+}
 
 // input is the policy input of this request as sent to member m.
 func (fr *fedRequest) input(m *route, req *jsonrpc.Request) *policy.Input {

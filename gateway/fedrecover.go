@@ -28,6 +28,10 @@ import (
 // sessions of at most maxLateParams of the client's params each (64 MiB
 // in all, whatever clients send), and by the sessions' TTL. Another
 // replica serving the same session sees the member missing, as before.
+// No credential is held: a retry runs as the session's request that
+// started it, with that request's freshly verified principal (the
+// session's, by id), so a token that expired since initialize is never
+// used, and an abandoned session's tokens are not kept until its TTL.
 
 const (
 	recoverFirst    = time.Second
@@ -45,10 +49,10 @@ type lateSessions struct {
 
 // lateSession is what a retry needs, and the members retried.
 type lateSession struct {
-	principal *Principal
+	principal string          // the session's principal id, never its credentials
 	params    json.RawMessage // the client's initialize params, at version
 	version   string          // the session's protocol version
-	started   time.Time
+	expires   time.Time       // the session's TTL, set by add
 	members   map[string]*lateMember
 }
 
@@ -61,36 +65,56 @@ type lateMember struct {
 	backoff time.Duration
 }
 
-// add records a new session's failed members; false when the gateway
-// holds maxLateSessions already (after dropping those past ttl).
+// add records a new session's failed members, for ttl; false when the
+// gateway holds maxLateSessions already (after dropping those past their
+// ttl).
 func (ls *lateSessions) add(id string, sess *lateSession, now time.Time, ttl time.Duration) bool {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	if ls.byID == nil {
 		ls.byID = map[string]*lateSession{}
 	}
-	if len(ls.byID) >= maxLateSessions {
-		for k, s := range ls.byID {
-			if now.Sub(s.started) > ttl {
-				delete(ls.byID, k)
-			}
-		}
-	}
+	ls.expire(now)
 	if len(ls.byID) >= maxLateSessions {
 		return false
 	}
 	for _, m := range sess.members {
 		m.next, m.backoff = now.Add(recoverFirst), recoverFirst
 	}
+	sess.expires = now.Add(ttl)
 	ls.byID[id] = sess
 	return true
 }
 
-// remove forgets a session (it ended).
-func (ls *lateSessions) remove(id string) {
+// expire drops the sessions past their TTL, at every add and due: a
+// session nobody ends (no DELETE) is not held beyond the sealed id's own
+// life. At most maxLateSessions entries, under ls.mu.
+func (ls *lateSessions) expire(now time.Time) {
+	for k, s := range ls.byID {
+		if now.After(s.expires) {
+			delete(ls.byID, k)
+		}
+	}
+}
+
+// remove forgets a session (it ended) and returns its joined members'
+// upstream sessions, by member. A retry that finishes after remove is not
+// kept (done is false): it ends its member session itself.
+func (ls *lateSessions) remove(id string) map[string]string {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
+	sess := ls.byID[id]
 	delete(ls.byID, id)
+	if sess == nil {
+		return nil
+	}
+	joined := map[string]string{}
+	for name, m := range sess.members {
+		if m.joined {
+			joined[name] = m.session
+		}
+	}
+	return joined
 }
 
 // joined adds the session's joined members to claims (a copy).
@@ -114,12 +138,16 @@ func (ls *lateSessions) joined(id string, claims sessionClaims) sessionClaims {
 	return claims
 }
 
-// due marks and returns the session's members whose retry is due at now.
-func (ls *lateSessions) due(id string, now time.Time) (*lateSession, []string) {
+// due marks and returns the session's members whose retry is due at now,
+// for a request of principal (the session's, as prepareSession checked).
+func (ls *lateSessions) due(id, principal string, now time.Time) (*lateSession, []string) {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
+	ls.expire(now)
 	sess := ls.byID[id]
-	if sess == nil {
+	if sess == nil || sess.principal != principal {
+		// Another principal's request never runs a session's retry: it
+		// would reach the member with that principal's credentials.
 		return nil, nil
 	}
 	var names []string
@@ -176,7 +204,7 @@ func (fr *fedRequest) rememberLate(id string, claims sessionClaims, failed []str
 		loggerOf(fr.r.Context(), fr.s.log).Warn("federated initialize: the client's params are too large to keep; missing members are not retried", "route", fr.f.cfg.Path, "members", failed)
 		return
 	}
-	sess := &lateSession{principal: fr.p, params: params, version: claims.Version, started: fr.s.now(), members: map[string]*lateMember{}}
+	sess := &lateSession{principal: fr.p.ID, params: params, version: claims.Version, members: map[string]*lateMember{}}
 	for _, name := range failed {
 		sess.members[name] = &lateMember{}
 	}
@@ -199,25 +227,26 @@ func withProtocolVersion(params json.RawMessage, version string) (json.RawMessag
 }
 
 // recoverMembers starts, in the background, the retries of the session's
-// missing members that are due.
+// missing members that are due, as this request's principal.
 func (fr *fedRequest) recoverMembers(id string) {
-	sess, names := fr.f.late.due(id, fr.s.now())
+	sess, names := fr.f.late.due(id, fr.p.ID, fr.s.now())
 	for _, name := range names {
 		m := fr.f.member(name)
 		// Not the request's context: the retry outlives the request, and
 		// must not touch its state (its admission slot, its message). Only
 		// the caller, for the member's credentials (token_exchange) and
-		// the principal's bulkhead share, as authenticate gave the first
-		// initialize.
-		ctx := upstream.WithCaller(upstream.WithPrincipal(context.Background(), sess.principal.ID), callerOf(sess.principal))
-		go fr.recoverMember(ctx, id, sess, m)
+		// the principal's bulkhead share, as authenticate gave this
+		// request: its token was verified now, the initialize's may have
+		// expired since.
+		ctx := upstream.WithCaller(upstream.WithPrincipal(context.Background(), fr.p.ID), callerOf(fr.p))
+		go fr.recoverMember(ctx, id, sess, m, fr.p)
 	}
 }
 
-// recoverMember is one retry of member m for session id.
-func (fr *fedRequest) recoverMember(ctx context.Context, id string, sess *lateSession, m *route) {
+// recoverMember is one retry of member m for session id, as principal p.
+func (fr *fedRequest) recoverMember(ctx context.Context, id string, sess *lateSession, m *route, p *Principal) {
 	s, f, name := fr.s, fr.f, m.upstream.Name
-	retry := &fedRequest{s: s, f: f, p: sess.principal}
+	retry := &fedRequest{s: s, f: f, p: p}
 	in := retry.initMember(ctx, m, sess.version, sess.params)
 	joined := in.err == nil && in.result.ProtocolVersion == sess.version
 	if in.err == nil && !joined {
@@ -231,7 +260,7 @@ func (fr *fedRequest) recoverMember(ctx context.Context, id string, sess *lateSe
 		// client's session ended while the member was asked): ended.
 		dctx, cancel := context.WithTimeout(ctx, f.cfg.MemberTimeout)
 		defer cancel()
-		_, _, _ = askMember(dctx, m, upstreamRequest{method: http.MethodDelete, session: in.session, version: in.result.ProtocolVersion, as: m.identity(sess.principal)})
+		_, _, _ = askMember(dctx, m, upstreamRequest{method: http.MethodDelete, session: in.session, version: in.result.ProtocolVersion, as: m.identity(p)})
 		return
 	}
 	if joined {

@@ -13,9 +13,9 @@ import (
 func TestLateSessionsBackoff(t *testing.T) {
 	var ls lateSessions
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	ls.add("s", &lateSession{members: map[string]*lateMember{"b": {}}}, t0, time.Hour)
+	ls.add("s", &lateSession{members: map[string]*lateMember{"b": {}}}, t0, 24*time.Hour)
 	due := func(at time.Duration) []string {
-		_, names := ls.due("s", t0.Add(at))
+		_, names := ls.due("s", "", t0.Add(at))
 		return names
 	}
 	now := time.Duration(0)
@@ -55,5 +55,29 @@ func TestLateSessionsBackoff(t *testing.T) {
 	ls.remove("s")
 	if ls.done("s", "b", "x", true, t0) {
 		t.Error("done on an ended session reports it kept")
+	}
+}
+
+// TestLateSessionsExpire: a session past its TTL is dropped at the next
+// add or due, however few sessions are held (one nobody ends is not kept
+// for a day); a request of another principal never starts its retries.
+func TestLateSessionsExpire(t *testing.T) {
+	var ls lateSessions
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	member := func() map[string]*lateMember { return map[string]*lateMember{"b": {}} }
+	ls.add("old", &lateSession{principal: "p", members: member()}, t0, time.Hour)
+	ls.add("new", &lateSession{principal: "p", members: member()}, t0.Add(2*time.Hour), time.Hour)
+	if _, names := ls.due("old", "p", t0.Add(2*time.Hour)); names != nil || ls.byID["old"] != nil {
+		t.Errorf("a session past its TTL is kept after add: due %v", names)
+	}
+	if _, names := ls.due("new", "q", t0.Add(2*time.Hour+time.Second)); names != nil {
+		t.Errorf("another principal's request starts the retries: %v", names)
+	}
+	if _, names := ls.due("new", "p", t0.Add(2*time.Hour+time.Second)); !cmp.Equal(names, []string{"b"}) {
+		t.Errorf("due within the TTL: %v, want b", names)
+	}
+	ls.due("other", "p", t0.Add(4*time.Hour))
+	if len(ls.byID) != 0 {
+		t.Errorf("sessions past their TTL kept after due: %d", len(ls.byID))
 	}
 }

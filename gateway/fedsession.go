@@ -249,10 +249,18 @@ func (fr *fedRequest) delete(w http.ResponseWriter) error {
 	if err != nil {
 		return err
 	}
+	// Out of the retried sessions before any DELETE: a member that joined
+	// since openSession is in what remove returns, and one that joins
+	// after it is ended by its own retry (lateSessions.done).
+	joined := fr.f.late.remove(fr.r.Header.Get("Mcp-Session-Id"))
+	fr.f.asks.end(fr.r.Header.Get("Mcp-Session-Id"))
+	all := make(map[string]string, len(claims.Members)+len(joined))
+	maps.Copy(all, claims.Members)
+	maps.Copy(all, joined)
+	claims.Members = all
 	fr.fo = legacyFan(claims)
 	members, _ := fr.f.sessionMembers(claims)
 	fr.sendAll(members, http.MethodDelete, nil)
-	fr.f.late.remove(fr.r.Header.Get("Mcp-Session-Id"))
 	fr.s.metrics.sessionsEnded.WithLabelValues(fr.f.cfg.Name).Inc()
 	w.WriteHeader(http.StatusNoContent)
 	return nil

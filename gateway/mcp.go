@@ -92,6 +92,9 @@ type forward struct {
 	// federation is the federated route's name when the request came
 	// through one (the policy's input.route); route is then the member's.
 	federation string
+	// asks records the member requests relayed to the client of a legacy
+	// federated session (fedask.go); nil elsewhere.
+	asks *sessionAsks
 	// pushed are the response-phase redactions decided for the messages
 	// of a stream no client request asked for, by method (pipeline.go).
 	pushed map[string][]policy.Redaction

@@ -60,7 +60,43 @@ const (
 	// re-openings of a session's GET stream that ends soon after opening.
 	oldListenBackoff    = time.Second
 	oldListenMaxBackoff = 30 * time.Second
+	// maxOldPendingBytes bounds the bytes of answers one HTTP+SSE session
+	// holds for its client: read from the upstream and not yet written to
+	// the client's stream. Without it a client that stops reading holds
+	// every answer it asked for (64 of up to 32 MiB each) after the inner
+	// request's admission slot is free. The largest answer relayed whole
+	// (maxFilteredResponseBytes) fits when nothing else waits.
+	maxOldPendingBytes = maxFilteredResponseBytes
 )
+
+// errOldBudget is an answer's write that would take the session's
+// waiting answers over maxOldPendingBytes.
+var errOldBudget = errors.New("the answers waiting for this HTTP+SSE client exceed its budget")
+
+// oldBudget counts the bytes of answers a session holds for its client.
+type oldBudget struct {
+	used atomic.Int64
+	max  int64
+}
+
+// reserve takes n bytes of the budget, or reports false when they do not
+// fit (nothing is taken).
+func (b *oldBudget) reserve(n int64) bool {
+	for {
+		used := b.used.Load()
+		if used+n > b.max {
+			return false
+		}
+		if b.used.CompareAndSwap(used, used+n) {
+			return true
+		}
+	}
+}
+
+func (b *oldBudget) release(n int64) { b.used.Add(-n) }
+
+// full reports whether no more answers fit.
+func (b *oldBudget) full() bool { return b.used.Load() >= b.max }
 
 // oldClaims is what an HTTP+SSE session id carries: the route and the
 // principal it is bound to, and the session's key in this replica's
@@ -120,14 +156,19 @@ type oldSession struct {
 	ctx      context.Context
 	end      context.CancelFunc
 	inflight chan struct{}
+	// pending is what the session's answers hold for the client.
+	pending oldBudget
 	// initSent: an initialize was accepted; listening: the GET stream was
 	// started. mcpSession and version are what that initialize was
-	// issued, for every later request of the session.
+	// issued, for every later request of the session; ended that endOld
+	// has looked at mcpSession (an upstream session opened after that is
+	// its initialize's to end).
 	initSent  atomic.Bool
 	listening atomic.Bool
 	mu        sync.Mutex
 	mcpSession,
 	version string
+	ended bool
 }
 
 // serveOld serves a route's HTTP+SSE endpoints: GET <route>/sse opens a
@@ -151,7 +192,8 @@ func (s *Server) serveOld(rt *route, handler http.Handler, stream bool) http.Han
 
 // openOld opens an HTTP+SSE session and streams it until the client
 // leaves, the gateway shuts down, the session's upstream session is lost,
-// or the route's streams.max_duration passes; then the session ends.
+// the route's streams.max_duration passes or the token it was opened with
+// expires; then the session ends.
 func (s *Server) openOld(w http.ResponseWriter, r *http.Request, rt *route, handler http.Handler) {
 	p, err := principalOf(r.Context())
 	if err == nil {
@@ -163,6 +205,7 @@ func (s *Server) openOld(w http.ResponseWriter, r *http.Request, rt *route, hand
 	}
 	sess := &oldSession{key: newRequestID(), route: rt, handler: handler, principal: p, opened: r,
 		outbox: make(chan []byte), inflight: make(chan struct{}, maxOldInflight)}
+	sess.pending.max = maxOldPendingBytes
 	sess.ctx, sess.end = context.WithCancel(r.Context())
 	defer sess.end()
 	if !s.old.add(sess) {
@@ -219,6 +262,12 @@ func (s *Server) streamOld(w http.ResponseWriter, r *http.Request, sess *oldSess
 	if limits.MaxDuration == 0 { // a federated route has no streams of its own
 		limits.MaxDuration, limits.Keepalive = config.DefaultStreamMaxDuration, config.DefaultStreamKeepalive
 	}
+	if exp := sess.principal.Expiry; !exp.IsZero() {
+		// The server's messages on this stream are the principal's: they
+		// stop when its token expires (the client reconnects with a fresh
+		// one), as every POST is refused from then on.
+		limits.MaxDuration = min(limits.MaxDuration, max(exp.Sub(s.now()), time.Nanosecond))
+	}
 	keepalive := newTimer(limits.Keepalive)
 	deadline := newTimer(limits.MaxDuration)
 	if deadline != nil {
@@ -254,16 +303,22 @@ func (s *Server) endOld(sess *oldSession) {
 	sess.end()
 	sess.mu.Lock()
 	opened := sess.mcpSession != ""
+	sess.ended = true
 	sess.mu.Unlock()
-	if !opened {
-		return
+	if opened {
+		s.deleteOld(sess)
 	}
+}
+
+// deleteOld ends the session's upstream session with a DELETE.
+func (s *Server) deleteOld(sess *oldSession) {
 	// The stream's context is over: the DELETE is the session's last
 	// request and must still be sent.
 	ctx := context.WithoutCancel(sess.ctx)
 	req := sess.innerRequest(ctx, sess.opened, http.MethodDelete, nil)
 	a := &oldAnswer{sess: sess, header: http.Header{}}
 	s.serveInner(a, req, sess, sess.principal)
+	a.finish() // nothing to send to an ended stream; what it held is released
 }
 
 // oldSessionOf is the open session a POST names in its session parameter,
@@ -322,17 +377,22 @@ func (s *Server) postOld(w http.ResponseWriter, r *http.Request, rt *route) {
 		err = nil // the route's handler decides whether the session's revision has batches
 	}
 	call := err == nil && (batch || fwd.msg.IsCall())
-	if call && !batch && fwd.msg.Method() == "initialize" && !sess.initSent.CompareAndSwap(false, true) {
-		err = badRequest("this HTTP+SSE session was already initialized; open a new one with GET "+s.publicPath(rt.path)+"/sse", nil)
-	}
-	if err == nil && call {
+	if call {
 		select {
 		case sess.inflight <- struct{}{}:
+			if sess.pending.full() {
+				<-sess.inflight
+				err = oldBusy("the answers waiting for this HTTP+SSE client fill its budget; read the stream, then retry")
+			}
 		default:
-			e := newError(http.StatusServiceUnavailable, CodeOldSessionBusy, "too many requests in progress on this HTTP+SSE session; retry after an answer arrives", nil)
-			setRetryAfter(e, 0)
-			err = e
+			err = oldBusy("too many requests in progress on this HTTP+SSE session; retry after an answer arrives")
 		}
+	}
+	// Only an initialize that is accepted counts as sent: one refused
+	// above may be sent again.
+	if err == nil && call && !batch && fwd.msg.Method() == "initialize" && !sess.initSent.CompareAndSwap(false, true) {
+		<-sess.inflight
+		err = badRequest("this HTTP+SSE session was already initialized; open a new one with GET "+s.publicPath(rt.path)+"/sse", nil)
 	}
 	if err != nil {
 		writeError(w, r, err)
@@ -361,6 +421,13 @@ func (s *Server) postOld(w http.ResponseWriter, r *http.Request, rt *route) {
 	w.WriteHeader(http.StatusAccepted)
 }
 
+// oldBusy is the 503 -31091 of a message the session cannot take now.
+func oldBusy(msg string) *Error {
+	e := newError(http.StatusServiceUnavailable, CodeOldSessionBusy, msg, nil)
+	setRetryAfter(e, 0)
+	return e
+}
+
 // relayOld serves a request of the session and sends its answer to the
 // session's stream. msg is nil for a batch. A request whose answer ended
 // without its response is answered with an error, so the client never
@@ -372,12 +439,26 @@ func (s *Server) relayOld(sess *oldSession, req *http.Request, p *Principal, msg
 		a.keep = msg.Method() == "initialize"
 	}
 	s.serveInner(a, req, sess, p)
+	s.relayedOld(sess, a)
+}
+
+// relayedOld sends on what a, a request's answer, held once its handler
+// is done, and settles what the answer decided of the session.
+func (s *Server) relayedOld(sess *oldSession, a *oldAnswer) {
 	a.finish()
-	if a.hasWant && !a.answered {
+	switch {
+	case a.hasWant && !a.answered && a.overBudget:
+		sess.send(errorMessage(a.want, oldBusy("the answer would take the answers waiting for this HTTP+SSE client over its budget; read the stream, then retry")))
+	case a.hasWant && !a.answered:
 		sess.send(errorMessage(a.want, newError(http.StatusBadGateway, CodeUpstreamUnavailable, "the upstream's answer ended before its response", nil)))
 	}
 	if a.keep && !a.opened {
 		sess.initSent.Store(false) // a failed initialize may be sent again
+	}
+	if a.keep && a.late {
+		// The client left while its initialize was in progress: endOld
+		// found no upstream session to end, so this one is ended here.
+		s.deleteOld(sess)
 	}
 	if a.status == http.StatusNotFound {
 		// In the legacy era a 404 means the session is gone (the gateway's
@@ -390,27 +471,37 @@ func (s *Server) relayOld(sess *oldSession, req *http.Request, p *Principal, msg
 // (status, headers) and response (data): the Mcp-Session-Id and the
 // negotiated version every later request of the session carries. It runs
 // before the response is sent on, so the client's next message finds the
-// session open. It reports whether the session is open.
-func (sess *oldSession) initialized(status int, h http.Header, data []byte) bool {
+// session open. It reports whether the session is open, and late when
+// the session had already ended (endOld will not end the upstream
+// session: the caller must).
+func (sess *oldSession) initialized(status int, h http.Header, data []byte) (opened, late bool) {
 	id := h.Get("Mcp-Session-Id")
 	version, ok := negotiatedVersion(data, false)
 	if status != http.StatusOK || id == "" || !ok {
-		return false
+		return false, false
 	}
 	sess.mu.Lock()
+	defer sess.mu.Unlock()
 	sess.mcpSession, sess.version = id, version
-	sess.mu.Unlock()
-	return true
+	return true, sess.ended
 }
 
 // listenOld keeps the session's GET stream open and its messages flowing
 // to the client's stream: re-opened when it ends (idle timeout, maximum
 // duration), after a growing pause when it ends soon after opening; not
 // at all when the route has none (405, a federated route); a lost upstream
-// session (404) ends the client's session.
+// session (404), or the principal's token expired, ends the client's
+// session.
 func (s *Server) listenOld(sess *oldSession) {
 	backoff := oldListenBackoff
 	for sess.ctx.Err() == nil {
+		if sess.expired(s.now()) {
+			// Opened as the principal the client's stream authenticated:
+			// never once its token has expired. The client reconnects
+			// with a fresh one.
+			sess.end()
+			return
+		}
 		start := time.Now()
 		a := &oldAnswer{sess: sess, header: http.Header{}}
 		s.serveInner(a, sess.innerRequest(sess.ctx, sess.opened, http.MethodGet, nil), sess, sess.principal)
@@ -434,6 +525,13 @@ func (s *Server) listenOld(sess *oldSession) {
 		}
 		backoff = min(2*backoff, oldListenMaxBackoff)
 	}
+}
+
+// expired reports whether the credential the session's stream was opened
+// with (an OIDC token) has expired at now.
+func (sess *oldSession) expired(now time.Time) bool {
+	exp := sess.principal.Expiry
+	return !exp.IsZero() && !now.Before(exp)
 }
 
 // innerRequest is the Streamable HTTP request that carries one message
@@ -522,14 +620,22 @@ type oldAnswer struct {
 	buf         bytes.Buffer
 	pw          *io.PipeWriter
 	parsed      chan struct{}
+	// held is what the answer holds of the session's budget: reserved as
+	// it is written, released as its messages reach the client's stream
+	// (or it ends); overBudget that a write did not fit, cut that a write
+	// was refused (what was written is no whole answer).
+	held       atomic.Int64
+	overBudget bool
+	cut        bool
 	// want is the id of the request answered, answered whether its
 	// response was sent; keep marks an initialize, opened that its
-	// response opened the session.
+	// response opened the session, late after the session ended.
 	want     jsonrpc.ID
 	hasWant  bool
 	answered bool
 	keep     bool
 	opened   bool
+	late     bool
 }
 
 func (a *oldAnswer) Header() http.Header { return a.header }
@@ -550,10 +656,19 @@ func (a *oldAnswer) Write(p []byte) (int, error) {
 	if a.status == 0 {
 		a.WriteHeader(http.StatusOK)
 	}
+	// Reserved before it is buffered (here or in the parser), so what
+	// waits for a client that does not read is bounded by the budget, not
+	// by what the upstream sends.
+	if !a.sess.pending.reserve(int64(len(p))) {
+		a.overBudget, a.cut = true, true
+		return 0, errOldBudget
+	}
+	a.held.Add(int64(len(p)))
 	if a.pw != nil {
 		return a.pw.Write(p) // the parser's pace: backpressure from the client's stream
 	}
 	if a.buf.Len()+len(p) > maxFilteredResponseBytes {
+		a.cut = true
 		return 0, errors.New("answer larger than the gateway relays")
 	}
 	return a.buf.Write(p)
@@ -566,7 +681,9 @@ func (a *oldAnswer) Flush() {}
 // and the writer's next write fails (the proxy then aborts the request).
 func (a *oldAnswer) parse(pr *io.PipeReader) {
 	defer close(a.parsed)
-	events := newSSEReader(pr)
+	in := &countingReader{r: pr}
+	events := newSSEReader(in)
+	released := int64(0)
 	for {
 		ev, err := events.Next()
 		if err != nil {
@@ -577,18 +694,43 @@ func (a *oldAnswer) parse(pr *io.PipeReader) {
 			pr.CloseWithError(context.Canceled)
 			return
 		}
+		// What was read up to this event is on the client's stream (or
+		// was a comment): no longer held. (The reader's look-ahead, at
+		// most its 4 KiB buffer, is released early.)
+		a.release(in.n - released)
+		released = in.n
 	}
 }
 
-// finish sends what a JSON answer held, once the handler is done.
+// release gives n bytes the answer held back to the session's budget.
+func (a *oldAnswer) release(n int64) {
+	a.held.Add(-n)
+	a.sess.pending.release(n)
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// finish sends what a JSON answer held, once the handler is done; then
+// nothing of the answer is held.
 func (a *oldAnswer) finish() {
+	defer func() { a.release(a.held.Load()) }()
 	if a.pw != nil {
 		_ = a.pw.Close()
 		<-a.parsed
 		return
 	}
 	body := bytes.TrimSpace(a.buf.Bytes())
-	if len(body) == 0 || (a.status/100 != 2 && !a.relayErrors) || (a.status/100 == 2 && a.status != http.StatusOK) {
+	if a.cut || len(body) == 0 || (a.status/100 != 2 && !a.relayErrors) || (a.status/100 == 2 && a.status != http.StatusOK) {
 		return
 	}
 	if body[0] != '[' {
@@ -612,7 +754,7 @@ func (a *oldAnswer) emit(data []byte) bool {
 		if resp, ok := mustDecodeResponse(data); ok && resp.ID == a.want {
 			a.answered = true
 			if a.keep {
-				a.opened = a.sess.initialized(a.status, a.header, data)
+				a.opened, a.late = a.sess.initialized(a.status, a.header, data)
 			}
 		}
 	}

@@ -276,8 +276,8 @@ func (p *pinSet) screen(ctx context.Context, items []toolItem) (screened, error)
 		pin, ok := p.pins[item.Name]
 		switch {
 		case !ok && p.mode == config.PinRecord && p.redis != nil:
-			inForce, err := recorded[item.Name], recordErr
-			if err != nil {
+			inForce, known := recorded[item.Name]
+			if err := recordErr; err != nil || !known {
 				// Redis cannot say whether another replica pinned another
 				// version first: redis.on_error decides (fail closed: not
 				// listed; local: pinned here, as one replica would).
@@ -466,12 +466,19 @@ func (s *Server) adminApprovePin(w http.ResponseWriter, r *http.Request) {
 	upstreamName, tool := r.URL.Query().Get("upstream"), r.URL.Query().Get("tool")
 	set := s.pins.set(upstreamName)
 	if skill := r.URL.Query().Get("skill"); skill != "" && tool == "" && set != nil {
-		e, err := set.approveSkill(skill)
-		if err != nil {
+		e, err := set.approveSkill(r.Context(), skill)
+		switch {
+		case errors.Is(err, errApprovalNotShared):
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error() + "; nothing was approved: retry when Redis answers"})
+			return
+		case err != nil:
 			writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
 			return
 		}
 		s.log.Info("skill pin approved", "upstream", upstreamName, "skill", skill, "digest", e.Digest)
+		if err := s.invalidate(r.Context(), invalidation{Pins: []string{upstreamName}}); err != nil {
+			s.log.Warn("pin approval stored on Redis but not announced to the other replicas yet", "error", err.Error())
+		}
 		writeJSON(w, http.StatusOK, map[string]string{"upstream": upstreamName, "skill": skill, "status": PinPinned, "pinned": e.Digest})
 		return
 	}

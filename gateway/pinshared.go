@@ -70,19 +70,30 @@ func (p *pinSet) pull(ctx context.Context) {
 	p.pullLocked(ctx)
 }
 
+// skillsHash names the skills' pins on Redis: a hash beside the tools'
+// (upstream names have no NUL).
+const skillsHash = "\x00skills"
+
 // syncLocked records the local pins Redis lacks, then reads Redis's.
 func (p *pinSet) syncLocked(ctx context.Context) {
-	remote, err := p.redis.Pins(ctx, p.upstream)
-	if err != nil {
-		p.log.Warn("tool pins not read from Redis; this replica's own pins are in force until it is back in step", "upstream", p.upstream, "error", err.Error())
-		return
-	}
-	for _, tool := range slices.Sorted(maps.Keys(p.pins)) {
-		if _, ok := remote[tool]; ok {
-			continue
+	p.initSkillsLocked()
+	for _, set := range []struct {
+		hash string
+		pins map[string]pinEntry
+	}{{p.upstream, p.pins}, {p.upstream + skillsHash, p.skillPins}} {
+		remote, err := p.redis.Pins(ctx, set.hash)
+		if err != nil {
+			p.log.Warn("tool pins not read from Redis; this replica's own pins are in force until it is back in step", "upstream", p.upstream, "error", err.Error())
+			return
 		}
-		if _, err := p.recordShared(ctx, tool, p.pins[tool]); err != nil {
-			p.log.Warn("tool pin not recorded on Redis", "upstream", p.upstream, "tool", tool, "error", err.Error())
+		missing := map[string]pinEntry{}
+		for _, name := range slices.Sorted(maps.Keys(set.pins)) {
+			if _, ok := remote[name]; !ok {
+				missing[name] = set.pins[name]
+			}
+		}
+		if _, err := p.recordSharedIn(ctx, set.hash, missing); err != nil {
+			p.log.Warn("pins not recorded on Redis", "upstream", p.upstream, "error", err.Error())
 		}
 	}
 	p.pullLocked(ctx)
@@ -90,20 +101,26 @@ func (p *pinSet) syncLocked(ctx context.Context) {
 
 // pullLocked makes Redis's pins the ones in force (and the file's).
 func (p *pinSet) pullLocked(ctx context.Context) {
-	remote, err := p.redis.Pins(ctx, p.upstream)
-	if err != nil {
-		p.log.Warn("tool pins not read from Redis", "upstream", p.upstream, "error", err.Error())
-		return
-	}
+	p.initSkillsLocked()
 	changed := false
-	for tool, raw := range remote {
-		var e pinEntry
-		if err := json.Unmarshal(raw, &e); err != nil || e.Digest == "" {
-			p.log.Warn("tool pin on Redis unreadable; ignored", "upstream", p.upstream, "tool", tool)
-			continue
+	for _, set := range []struct {
+		hash string
+		pins map[string]pinEntry
+	}{{p.upstream, p.pins}, {p.upstream + skillsHash, p.skillPins}} {
+		remote, err := p.redis.Pins(ctx, set.hash)
+		if err != nil {
+			p.log.Warn("pins not read from Redis", "upstream", p.upstream, "error", err.Error())
+			return
 		}
-		if p.pins[tool].Digest != e.Digest {
-			p.pins[tool], changed = e, true
+		for name, raw := range remote {
+			var e pinEntry
+			if err := json.Unmarshal(raw, &e); err != nil || e.Digest == "" {
+				p.log.Warn("pin on Redis unreadable; ignored", "upstream", p.upstream, "name", name)
+				continue
+			}
+			if set.pins[name].Digest != e.Digest {
+				set.pins[name], changed = e, true
+			}
 		}
 	}
 	if changed {
@@ -113,17 +130,16 @@ func (p *pinSet) pullLocked(ctx context.Context) {
 	}
 }
 
-// recordShared records def as the tool's pin unless another replica has
-// recorded one; it returns the pin in force.
-func (p *pinSet) recordShared(ctx context.Context, tool string, def pinEntry) (pinEntry, error) {
-	m, err := p.recordSharedAll(ctx, map[string]pinEntry{tool: def})
-	return m[tool], err
+// recordSharedAll is recordSharedIn for tools.
+func (p *pinSet) recordSharedAll(ctx context.Context, defs map[string]pinEntry) (map[string]pinEntry, error) {
+	return p.recordSharedIn(ctx, p.upstream, defs)
 }
 
-// recordSharedAll records the pins of tools not pinned yet, each unless
-// another replica has recorded one, in one round trip; it returns the
-// pins in force. While Redis is known to be down it does not wait for it.
-func (p *pinSet) recordSharedAll(ctx context.Context, defs map[string]pinEntry) (map[string]pinEntry, error) {
+// recordSharedIn records the pins of tools (or, in the skills hash,
+// skills) not pinned yet, each unless another replica has recorded one, in
+// one round trip; it returns the pins in force. While Redis is known to be
+// down it does not wait for it.
+func (p *pinSet) recordSharedIn(ctx context.Context, hash string, defs map[string]pinEntry) (map[string]pinEntry, error) {
 	if len(defs) == 0 {
 		return nil, nil
 	}
@@ -135,7 +151,7 @@ func (p *pinSet) recordSharedAll(ctx context.Context, defs map[string]pinEntry) 
 		}
 		raw[tool] = b
 	}
-	got, err := p.redis.RecordPins(ctx, p.upstream, raw)
+	got, err := p.redis.RecordPins(ctx, hash, raw)
 	if err != nil {
 		p.redis.Fallback(shared.FeaturePins, err)
 		return nil, err

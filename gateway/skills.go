@@ -182,7 +182,7 @@ func (s *Server) screenSkillPage(ctx context.Context, upstreamName string, resul
 		}
 		items = append(items, item)
 	}
-	quarantined, err := s.pins.set(upstreamName).screenSkills(items)
+	quarantined, err := s.pins.set(upstreamName).screenSkills(ctx, items)
 	if err != nil {
 		return nil, err
 	}
@@ -234,7 +234,7 @@ func (s *Server) screenSkillResult(ctx context.Context, upstreamName, uri string
 		if item.URI != uri {
 			return nil, errSkillMismatch
 		}
-		quarantined, err := s.pins.set(upstreamName).screenSkills([]skillItem{item})
+		quarantined, err := s.pins.set(upstreamName).screenSkills(ctx, []skillItem{item})
 		if err != nil {
 			return nil, err
 		}
@@ -264,7 +264,7 @@ func (s *Server) checkPinnedSkill(fwd *forward, status string) error {
 // screenSkills remembers each entry's definition, pins the new ones in
 // mode record (one write of the pin file for the page), and reports which
 // are quarantined. A nil set pins nothing.
-func (p *pinSet) screenSkills(items []skillItem) ([]bool, error) {
+func (p *pinSet) screenSkills(ctx context.Context, items []skillItem) ([]bool, error) {
 	out := make([]bool, len(items))
 	if p == nil {
 		return out, nil
@@ -278,15 +278,38 @@ func (p *pinSet) screenSkills(items []skillItem) ([]bool, error) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if _, err := p.reloadLocked(); err != nil {
+	reloaded, err := p.reloadLocked()
+	if err != nil {
 		return nil, fmt.Errorf("reload pin file: %w", err)
 	}
 	p.initSkillsLocked()
+	if reloaded && p.redis != nil {
+		p.syncLocked(ctx)
+	}
+	// With redis, the first replica to see a skill records its pin
+	// (pinshared.go), as for tools.
+	fresh := map[string]pinEntry{}
+	for i, item := range items {
+		if _, ok := p.skillPins[item.URI]; !ok && p.mode == config.PinRecord && p.redis != nil {
+			fresh[item.URI] = defs[i]
+		}
+	}
+	recorded, recordErr := p.recordSharedIn(ctx, p.upstream+skillsHash, fresh)
 	save := false
 	for i, item := range items {
 		p.skillSeen[item.URI] = defs[i]
 		if _, ok := p.skillPins[item.URI]; !ok && p.mode == config.PinRecord {
-			p.skillPins[item.URI], save = defs[i], true
+			inForce := defs[i]
+			if p.redis != nil {
+				if recordErr != nil && p.redis.Deny() {
+					out[i] = true // fail closed: not offered until Redis answers
+					continue
+				}
+				if v, ok := recorded[item.URI]; recordErr == nil && ok {
+					inForce = v
+				}
+			}
+			p.skillPins[item.URI], save = inForce, true
 		}
 		out[i] = p.quarantined(pinStatus(p.skillPins, p.skillSeen, item.URI))
 	}
@@ -318,14 +341,24 @@ func (p *pinSet) skillStatus(uri string) string {
 	return pinStatus(p.skillPins, p.skillSeen, uri)
 }
 
-// approveSkill pins the definition last seen for a skill.
-func (p *pinSet) approveSkill(uri string) (pinEntry, error) {
+// approveSkill pins the definition last seen for a skill; with redis,
+// stored there first, as approve does for a tool.
+func (p *pinSet) approveSkill(ctx context.Context, uri string) (pinEntry, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.initSkillsLocked()
 	seen, ok := p.skillSeen[uri]
 	if !ok {
 		return pinEntry{}, fmt.Errorf("skill %q has not been seen in a skills/list or skills/get result since the gateway started", uri)
+	}
+	if p.redis != nil {
+		b, err := json.Marshal(seen)
+		if err != nil {
+			return pinEntry{}, err
+		}
+		if err := p.redis.SetPin(ctx, p.upstream+skillsHash, uri, b); err != nil {
+			return pinEntry{}, fmt.Errorf("%w: %w", errApprovalNotShared, err)
+		}
 	}
 	old, had := p.skillPins[uri]
 	p.skillPins[uri] = seen

@@ -154,7 +154,7 @@ func TestSkillPins(t *testing.T) {
 		return st.set("up")
 	}
 	set := record()
-	if q, err := set.screenSkills([]skillItem{entry("aa")}); q[0] || err != nil {
+	if q, err := set.screenSkills(context.Background(), []skillItem{entry("aa")}); q[0] || err != nil {
 		t.Fatalf("first sight: quarantined %v, %v", q, err)
 	}
 	b, _ := os.ReadFile(file)
@@ -165,14 +165,14 @@ func TestSkillPins(t *testing.T) {
 	if got := restarted.skillStatus("skill://pdf/SKILL.md"); got != PinPinned {
 		t.Errorf("after a restart: %q, want pinned", got)
 	}
-	if q, _ := restarted.screenSkills([]skillItem{entry("bb")}); !q[0] || restarted.skillStatus("skill://pdf/SKILL.md") != PinChanged {
+	if q, _ := restarted.screenSkills(context.Background(), []skillItem{entry("bb")}); !q[0] || restarted.skillStatus("skill://pdf/SKILL.md") != PinChanged {
 		t.Errorf("changed digest: quarantined %v, status %q", q, restarted.skillStatus("skill://pdf/SKILL.md"))
 	}
-	if _, err := restarted.approveSkill("skill://pdf/SKILL.md"); err != nil || restarted.skillStatus("skill://pdf/SKILL.md") != PinPinned {
+	if _, err := restarted.approveSkill(context.Background(), "skill://pdf/SKILL.md"); err != nil || restarted.skillStatus("skill://pdf/SKILL.md") != PinPinned {
 		t.Errorf("approve: %v, status %q", err, restarted.skillStatus("skill://pdf/SKILL.md"))
 	}
 	strict := &pinSet{mode: config.PinFile}
-	if q, _ := strict.screenSkills([]skillItem{entry("aa")}); !q[0] {
+	if q, _ := strict.screenSkills(context.Background(), []skillItem{entry("aa")}); !q[0] {
 		t.Errorf("mode file, unpinned skill: not quarantined")
 	}
 }

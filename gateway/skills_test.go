@@ -19,11 +19,13 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/google/go-cmp/cmp"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/ctxgate/ctxgate/config"
 	"github.com/ctxgate/ctxgate/gateway"
+	sharedpkg "github.com/ctxgate/ctxgate/shared"
 	"github.com/ctxgate/ctxgate/upstream"
 )
 
@@ -232,9 +234,13 @@ type skillsGateway struct {
 	pinFile string
 }
 
-func startSkillsGateway(t *testing.T, a, b *skillsServer) *skillsGateway {
+func startSkillsGateway(t *testing.T, a, b *skillsServer, shared ...*miniredis.Miniredis) *skillsGateway {
 	t.Helper()
 	pinFile := filepath.Join(t.TempDir(), "pins.json")
+	redisBlock := ""
+	if len(shared) > 0 {
+		redisBlock = fmt.Sprintf("redis: {url: %q, key_prefix: \"t:\", timeout: 2s}\n", "redis://"+shared[0].Addr()+"/0")
+	}
 	cfg, err := config.Parse(fmt.Appendf(nil, `
 server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0", token_sha256: %q}
@@ -244,7 +250,7 @@ upstreams:
   - {name: a, url: %q, retry: {max_attempts: 1}, pin_tools: {mode: record, file: %q}, cache: {ttl: {skills/list: 1m, skills/get: 1m}}}
   - {name: b, url: %q, retry: {max_attempts: 1}}
 routes: [{path: /mcp, upstreams: [a, b], prefix: collision, member_timeout: 5s}]
-`, hexSHA256(obsAdminToken), hexSHA256(obsAPIKey), a.URL, pinFile, b.URL), func(string) (string, bool) { return "", false })
+%s`, hexSHA256(obsAdminToken), hexSHA256(obsAPIKey), a.URL, pinFile, b.URL, redisBlock), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,7 +267,16 @@ routes: [{path: /mcp, upstreams: [a, b], prefix: collision, member_timeout: 5s}]
 	}
 	public, admin := listen(t), listen(t)
 	cfg.Bound(public.Addr().String())
-	gw, err := gateway.New(cfg, pool, gateway.Options{Logger: log, Policy: engine})
+	opts := gateway.Options{Logger: log, Policy: engine, Metrics: gateway.NewMetrics()}
+	if cfg.Redis != nil {
+		rc, err := sharedpkg.New(context.Background(), cfg.Redis, sharedpkg.Options{Registerer: opts.Metrics.Registry()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { rc.Close() })
+		opts.Redis = rc
+	}
+	gw, err := gateway.New(cfg, pool, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -594,5 +609,23 @@ func TestSkillsFederated(t *testing.T) {
 	}
 	if got := ask(t, c, getSkill("a+skill://pdf-processing/SKILL.md")); got.code() != gateway.CodeToolQuarantined {
 		t.Errorf("skills/get of a's changed skill: code %d, want %d", got.code(), gateway.CodeToolQuarantined)
+	}
+}
+
+// TestSkillPinsShared: with redis, a skill is pinned once for every
+// replica: one that first sees a changed skill quarantines it, because
+// another replica pinned the version before the change.
+func TestSkillPinsShared(t *testing.T) {
+	m := miniredis.RunT(t)
+	a := newSkillsServer(t, map[string]string{"pdf-processing": "Extract PDF text"})
+	b := newSkillsServer(t, map[string]string{"csv-tools": "CSV"})
+	g1 := startSkillsGateway(t, a, b, m)
+	if code := ask(t, g1.client(t, "/mcp/a"), getPDF).code(); code != 0 {
+		t.Fatalf("replica 1, first sight: code %d, want the skill", code)
+	}
+	a.setFile("pdf-processing", "references/FORMS.md", "changed after review")
+	g2 := startSkillsGateway(t, a, b, m)
+	if code := ask(t, g2.client(t, "/mcp/a"), getPDF).code(); code != gateway.CodeToolQuarantined {
+		t.Errorf("replica 2 first sees the changed skill: code %d, want %d (replica 1 pinned the reviewed one)", code, gateway.CodeToolQuarantined)
 	}
 }

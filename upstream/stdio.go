@@ -112,6 +112,9 @@ type Stdio struct {
 
 	// Now is the clock of the restart backoff; nil: time.Now.
 	Now func() time.Time
+	// killGroup sends a signal to a process group; nil: kill(-pgid, sig).
+	// Tests record the signals with it.
+	killGroup func(pgid int, sig syscall.Signal) error
 
 	mu    sync.Mutex
 	procs map[string]*process
@@ -182,6 +185,13 @@ func (s *Stdio) ended(crashed bool, ran time.Duration) {
 		s.crashes++
 	}
 	s.notBefore = s.now().Add(restartBackoff(s.crashes))
+}
+
+func (s *Stdio) signalGroup(pgid int, sig syscall.Signal) error {
+	if s.killGroup != nil {
+		return s.killGroup(pgid, sig)
+	}
+	return syscall.Kill(-pgid, sig)
 }
 
 func (s *Stdio) log() *slog.Logger {
@@ -384,14 +394,14 @@ func (s *Stdio) spawn(session string) (*process, error) {
 	p := &process{
 		owner: s, session: session, cmd: cmd, stdin: stdin, started: s.now(),
 		pending: map[string]chan []byte{}, unsolicited: make(chan []byte, stdioStreamBuffer),
-		exited: make(chan struct{}), groupEnded: make(chan struct{}), log: s.log().With("upstream", c.Name, "pid", cmd.Process.Pid),
+		died: make(chan struct{}), exited: make(chan struct{}), stdoutDone: make(chan struct{}), log: s.log().With("upstream", c.Name, "pid", cmd.Process.Pid),
 	}
 	if c.IdleTimeout > 0 {
 		p.idle = time.AfterFunc(c.IdleTimeout, p.reapIfIdle)
 	}
-	go p.endGroup()
 	go p.readStderr(stderr)
 	go p.readStdout(stdout)
+	go p.watch(stdout)
 	return p, nil
 }
 

@@ -7,13 +7,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -30,6 +34,8 @@ import (
 //   - crash: exits without answering;
 //   - notify: a notification, then the answer;
 //   - progress: two notifications/progress with its token, then the answer;
+//   - escape: starts a sleeper in a session of its own (setsid: out of
+//     the process group) holding its stdout and stderr; answers its pid;
 //   - anything else: an echo of the params.
 //
 // With CTXGATE_STDIO_TEST_IGNORE_TERM it ignores SIGTERM and outlives
@@ -37,6 +43,10 @@ import (
 func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == StdioLaunchArg {
 		RunStdioLauncher(os.Args[2:]) // as the gateway's main does
+	}
+	if os.Getenv("CTXGATE_STDIO_TEST_SLEEPER") != "" {
+		time.Sleep(time.Hour) // until killed
+		os.Exit(0)
 	}
 	if os.Getenv("CTXGATE_STDIO_TEST_SERVER") != "" {
 		stdioTestServer()
@@ -83,6 +93,13 @@ func stdioTestServer() {
 			for i := range 2 {
 				_ = out.Encode(map[string]any{"jsonrpc": "2.0", "method": "notifications/progress", "params": map[string]any{"progressToken": p.Meta.ProgressToken, "progress": i + 1}})
 			}
+		case "escape":
+			pid, err := startEscapee()
+			if err != nil {
+				result = err.Error()
+				break
+			}
+			result = pid
 		}
 		_ = out.Encode(map[string]any{"jsonrpc": "2.0", "id": req.ID, "result": result})
 	}
@@ -91,6 +108,24 @@ func stdioTestServer() {
 		// SIGKILL ends it.
 		time.Sleep(time.Hour)
 	}
+}
+
+// startEscapee starts the test binary as a sleeper that leaves the
+// process group (setsid) and inherits stdout and stderr, the gateway's
+// pipes: what a server's daemonizing helper does.
+func startEscapee() (int, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return 0, err
+	}
+	cmd := exec.Command(self)
+	cmd.Env = []string{"CTXGATE_STDIO_TEST_SLEEPER=1"}
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	return cmd.Process.Pid, nil
 }
 
 // newTestStdio is a transport running the test server.
@@ -234,6 +269,152 @@ func TestStdioCrashMidCall(t *testing.T) {
 	}
 	if !gone(pid) || s.Running() != 0 || s.Crashed.Load() != 1 {
 		t.Errorf("after a crash: pid %d gone %v, running %d, crashed %d", pid, gone(pid), s.Running(), s.Crashed.Load())
+	}
+}
+
+// escape has the session's process start a sleeper out of its group that
+// holds its stdout and stderr open, killed at the end of the test.
+func escape(t *testing.T, s *Stdio, session string) int {
+	t.Helper()
+	resp, body, err := send(t, s, session, `{"jsonrpc":"2.0","id":"esc","method":"escape"}`)
+	var msg struct{ Result int }
+	if err != nil || resp.StatusCode != http.StatusOK || json.Unmarshal([]byte(body), &msg) != nil || msg.Result <= 0 {
+		t.Fatalf("escape: %v %v %s", err, resp, body)
+	}
+	pid := msg.Result
+	// Registered after newTestStdio's cleanup, so it runs first: without
+	// the fix, the sleeper's end is what lets Close return.
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	return pid
+}
+
+// TestStdioDescendantOutOfGroup: a process that exits while something it
+// started outside its group (setsid) still holds its stdout is reaped at
+// once: the call in progress gets errProcessExited (not its context's
+// end), the session's max_processes slot is free, and End and Close
+// return. The sleeper outlives it (it left the group), but no longer
+// holds the session.
+func TestStdioDescendantOutOfGroup(t *testing.T) {
+	// Generous: without the fix, the call and End wait for ever.
+	const patience = 30 * time.Second
+	t.Run("crash", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), patience)
+		defer cancel()
+		s := newTestStdio(t, 1, nil)
+		session, pid := initialize(t, s)
+		sleeper := escape(t, s, session)
+		h := http.Header{"Mcp-Session-Id": {session}}
+		_, err := s.Send(ctx, Message{Body: []byte(`{"jsonrpc":"2.0","id":2,"method":"crash"}`), Header: h})
+		if !errors.Is(err, errProcessExited) {
+			t.Fatalf("a call whose process crashed, its escaped child holding stdout: %v, want errProcessExited", err)
+		}
+		if !gone(pid) || s.Running() != 0 {
+			t.Errorf("after the crash: pid %d gone %v, running %d", pid, gone(pid), s.Running())
+		}
+		initialize(t, s) // the slot is free again
+		if gone(sleeper) {
+			t.Errorf("the escaped sleeper %d is gone: the test shows nothing", sleeper)
+		}
+	})
+	for _, end := range []struct {
+		name string
+		end  func(s *Stdio, session string)
+	}{
+		{"End", func(s *Stdio, session string) {
+			_, _ = s.End(context.Background(), http.Header{"Mcp-Session-Id": {session}})
+		}},
+		{"Close", func(s *Stdio, _ string) { s.Close() }},
+	} {
+		t.Run(end.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), patience)
+			defer cancel()
+			s := newTestStdio(t, 1, nil)
+			session, pid := initialize(t, s)
+			escape(t, s, session)
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				end.end(s, session)
+			}()
+			select {
+			case <-done:
+			case <-ctx.Done():
+				t.Fatalf("%s still blocked while the escaped child holds stdout", end.name)
+			}
+			if !gone(pid) || s.Running() != 0 {
+				t.Errorf("after %s: pid %d gone %v, running %d", end.name, pid, gone(pid), s.Running())
+			}
+		})
+	}
+}
+
+// TestStdioRepeatedResponseDropped: a process that repeats a response id
+// before the call has taken the first does not stall its stdout: the
+// repeat is dropped, and what follows is still routed.
+func TestStdioRepeatedResponseDropped(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ch := make(chan []byte, 1) // as call makes it
+		p := &process{
+			log: slog.New(slog.DiscardHandler), pending: map[string]chan []byte{"7": ch},
+			unsolicited: make(chan []byte, 1), stdoutDone: make(chan struct{}),
+		}
+		resp := `{"jsonrpc":"2.0","id":7,"result":{}}` + "\n"
+		note := `{"jsonrpc":"2.0","method":"notifications/message"}` + "\n"
+		go p.readStdout(strings.NewReader(resp + resp + note))
+		synctest.Wait()
+		select {
+		case <-p.stdoutDone:
+		default:
+			t.Error("readStdout is blocked on the repeated response")
+			<-ch // unblock it, so the bubble can end
+			<-ch
+			<-p.stdoutDone
+			return
+		}
+		if got := string(<-ch); got != strings.TrimSpace(resp) {
+			t.Errorf("the call got %q, want %q", got, strings.TrimSpace(resp))
+		}
+		select {
+		case got := <-p.unsolicited:
+			if string(got) != strings.TrimSpace(note) {
+				t.Errorf("the stream got %q, want %q", got, strings.TrimSpace(note))
+			}
+		default:
+			t.Error("the notification after the repeat was not routed")
+		}
+	})
+}
+
+// TestStdioNoSignalAfterReap: once a process is reaped, its pid, which
+// was its group's id, may be another's: stop and kill then signal nothing.
+func TestStdioNoSignalAfterReap(t *testing.T) {
+	s := newTestStdio(t, 1, nil)
+	var mu sync.Mutex
+	var sent []syscall.Signal
+	s.killGroup = func(pgid int, sig syscall.Signal) error {
+		mu.Lock()
+		sent = append(sent, sig)
+		mu.Unlock()
+		return syscall.Kill(-pgid, sig)
+	}
+	signals := func() []syscall.Signal {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(sent)
+	}
+	session, _ := initialize(t, s)
+	p := s.get(session)
+	if _, _, err := send(t, s, session, `{"jsonrpc":"2.0","id":2,"method":"crash"}`); !errors.Is(err, errProcessExited) {
+		t.Fatalf("crash: %v, want errProcessExited", err)
+	}
+	<-p.exited // closed once reaped
+	if got, want := signals(), []syscall.Signal{syscall.SIGKILL}; !slices.Equal(got, want) {
+		t.Errorf("signals to the group up to its reaping: %v, want %v (what was left of it killed)", got, want)
+	}
+	p.stop(s.grace)
+	p.kill()
+	if got := signals(); len(got) != 1 {
+		t.Errorf("signals to the group after its reaping: %v", got[1:])
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"os/exec"
 	"sync"
 	"sync/atomic"
@@ -37,12 +38,25 @@ type process struct {
 
 	unsolicited chan []byte // the process's own messages, for Open
 	streaming   atomic.Bool // Open's stream is being served
-	exited      chan struct{}
-	ending      atomic.Bool // the gateway ends it: not a crash
-	// groupEnded closes once the process has exited and what was left of
-	// its group is killed (endGroup); only then is it reaped.
-	groupEnded chan struct{}
+	// died closes when the process has exited, exited once it is also
+	// reaped and its end recorded (watch).
+	died, exited chan struct{}
+	ending       atomic.Bool // the gateway ends it: not a crash
+	// reapMu orders each signal to the group before the reaping: only
+	// while the process is unreaped is its pid, the group's id, surely
+	// not another's.
+	reapMu sync.Mutex
+	reaped bool
+	// stdoutDone closes when readStdout returns: at EOF, or at the end of
+	// the drain after the process exited (watch).
+	stdoutDone chan struct{}
 }
+
+// stdioDrain is how long stdout is still read once the process has
+// exited and its group is killed: what it wrote before exiting is in the
+// pipe by then, so EOF comes at once unless something it started outside
+// its group (setsid) holds the pipe, which must not hold the session.
+const stdioDrain = 500 * time.Millisecond
 
 // touch restarts the idle clock.
 func (p *process) touch() {
@@ -103,6 +117,7 @@ func (p *process) call(ctx context.Context, session, id string, body []byte) (*h
 // one JSON-RPC message ends the process (MCP stdio framing: nothing else
 // may appear on stdout), and is never relayed.
 func (p *process) readStdout(stdout io.Reader) {
+	defer close(p.stdoutDone)
 	sc := bufio.NewScanner(stdout)
 	sc.Buffer(make([]byte, 0, 64<<10), stdioMaxLine)
 	dropped := 0 // unsolicited messages nobody read
@@ -123,7 +138,13 @@ func (p *process) readStdout(stdout io.Reader) {
 			ch := p.pending[string(env.ID)]
 			p.mu.Unlock()
 			if ch != nil {
-				ch <- msg
+				// Never blocks: a process repeating an id before the call
+				// took the first answer must not stall its stdout.
+				select {
+				case ch <- msg:
+				default:
+					p.log.Warn("stdio upstream answered a request twice; the repeat dropped")
+				}
 				continue
 			}
 			p.log.Warn("stdio upstream answered a request nobody is waiting for; dropped")
@@ -143,18 +164,26 @@ func (p *process) readStdout(stdout io.Reader) {
 			}
 		}
 	}
-	if err := sc.Err(); err != nil {
+	switch err := sc.Err(); {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		p.log.Warn("stdio upstream process exited, but something it started outside its process group still holds its stdout; closing it")
+		return
+	case err != nil:
 		p.log.Warn("stdio upstream framing broken; ending the process", "error", err)
 		p.kill()
 	}
-	_, _ = io.Copy(io.Discard, stdout) // until the pipe closes, so Wait may close it
-	p.exit()
+	// Until EOF or the drain's deadline, so the process never blocks on a
+	// full pipe before it is killed.
+	_, _ = io.Copy(io.Discard, stdout)
 }
 
-// exit records the end of the process: its waiters fail, its session ends.
+// exit reaps the process and records its end: its waiters fail, its
+// session ends.
 func (p *process) exit() {
-	<-p.groupEnded
-	err := p.cmd.Wait()
+	p.reapMu.Lock()
+	err := p.cmd.Wait() // closes its pipes: stdout is no longer read
+	p.reaped = true
+	p.reapMu.Unlock()
 	if p.idle != nil {
 		p.idle.Stop()
 	}
@@ -174,28 +203,36 @@ func (p *process) exit() {
 	close(p.exited)
 }
 
-// endGroup waits for the process to exit, without reaping it, and then
-// kills what is left of its group: what it started (a helper, or the
-// server npx runs) ends with it whether it crashed or was ended, and no
-// longer holds its stdout, and so the session, open. Unreaped, its pid,
-// which is the group's id, cannot be reused before the kill.
-func (p *process) endGroup() {
-	defer close(p.groupEnded)
+// watch waits for the process to exit, and only for that (not for EOF on
+// its stdout, which a descendant outside its group may hold open for
+// ever), then kills what is left of its group, gives stdout a bounded
+// drain, and reaps it. What it started (a helper, or the server npx runs)
+// thus ends with it, whether it crashed or was ended. It waits without
+// reaping, so that its pid, which is the group's id, cannot be reused
+// before the kill.
+func (p *process) watch(stdout io.Reader) {
 	pid := p.cmd.Process.Pid
+	if err := waitExited(pid); err != nil {
+		p.log.Warn("stdio upstream: waiting for the process", "error", err)
+	} else if err := p.signal(syscall.SIGKILL); err == nil {
+		p.log.Debug("stdio upstream process exited; killed what was left of its group")
+	}
+	close(p.died)
+	// What the process wrote is routed before its waiters are failed.
+	if d, ok := stdout.(interface{ SetReadDeadline(time.Time) error }); ok && d.SetReadDeadline(time.Now().Add(stdioDrain)) == nil {
+		<-p.stdoutDone
+	}
+	p.exit()
+}
+
+// waitExited waits for the child pid to exit, leaving it unreaped.
+func waitExited(pid int) error {
 	var info unix.Siginfo
 	for {
 		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
-		if errors.Is(err, unix.EINTR) {
-			continue
+		if !errors.Is(err, unix.EINTR) {
+			return err
 		}
-		if err != nil {
-			p.log.Warn("stdio upstream: waiting for the process", "error", err)
-			return
-		}
-		break
-	}
-	if err := syscall.Kill(-pid, syscall.SIGKILL); err == nil {
-		p.log.Debug("stdio upstream process exited; killed what was left of its group")
 	}
 }
 
@@ -218,28 +255,42 @@ func (p *process) readStderr(stderr io.Reader) {
 
 // kill ends the whole group at once (a protocol error).
 func (p *process) kill() {
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	_ = p.signal(syscall.SIGKILL)
+}
+
+// signal sends sig to the process's group, unless the process is reaped:
+// its pid, which was the group's id, may be another's by then.
+func (p *process) signal(sig syscall.Signal) error {
+	p.reapMu.Lock()
+	defer p.reapMu.Unlock()
+	if p.reaped {
+		return os.ErrProcessDone
+	}
+	return p.owner.signalGroup(p.cmd.Process.Pid, sig)
 }
 
 // stop ends the process: SIGTERM to its group, SIGKILL after grace. It
-// returns when the process has exited.
+// returns when the process has exited and is reaped.
 func (p *process) stop(grace time.Duration) {
 	p.ending.Store(true)
+	select {
+	case <-p.exited:
+		return // reaped already: nothing of it to signal
+	default:
+	}
 	_ = p.stdin.Close()
-	pid := p.cmd.Process.Pid
-	if err := syscall.Kill(-pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+	if err := p.signal(syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) && !errors.Is(err, os.ErrProcessDone) {
 		p.log.Warn("stdio upstream: SIGTERM", "error", err)
 	}
 	t := time.NewTimer(grace)
 	defer t.Stop()
 	select {
-	case <-p.exited:
-		return
+	case <-p.died:
 	case <-t.C:
+		p.log.Warn("stdio upstream process did not exit within the grace after SIGTERM; killing its group", "grace", grace.String())
+		_ = p.signal(syscall.SIGKILL)
 	}
-	p.log.Warn("stdio upstream process did not exit within the grace after SIGTERM; killing its group", "grace", grace.String())
-	_ = syscall.Kill(-pid, syscall.SIGKILL)
-	<-p.exited
+	<-p.exited // at most stdioDrain after it died
 }
 
 // reapIfIdle ends a process idle for idle_timeout; one with a call in

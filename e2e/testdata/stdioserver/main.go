@@ -33,6 +33,12 @@ type floodIn struct {
 	Lines int `json:"lines"`
 }
 
+type spawnIn struct {
+	// Escape: the child leaves the process group (setsid) and inherits
+	// stdout and stderr, the gateway's pipes, as a daemonizing helper does.
+	Escape bool `json:"escape,omitempty"`
+}
+
 type allocateIn struct {
 	MB int `json:"mb"`
 }
@@ -142,14 +148,18 @@ func main() {
 			stubborn.Store(true)
 			return text("%d", os.Getpid()), nil, nil
 		})
-	mcp.AddTool(s, &mcp.Tool{Name: "spawn", Description: "starts a child of its own that sleeps (stdio on /dev/null, so it holds none of the gateway's pipes); answers its pid"},
-		func(context.Context, *mcp.CallToolRequest, none) (*mcp.CallToolResult, any, error) {
+	mcp.AddTool(s, &mcp.Tool{Name: "spawn", Description: "starts a child of its own that sleeps (stdio on /dev/null, so it holds none of the gateway's pipes; with escape, in a session of its own holding stdout and stderr); answers its pid"},
+		func(_ context.Context, _ *mcp.CallToolRequest, in spawnIn) (*mcp.CallToolResult, any, error) {
 			self, err := os.Executable()
 			if err != nil {
 				return nil, nil, err
 			}
 			cmd := exec.Command(self)
 			cmd.Env = append(os.Environ(), sleeperEnv+"=1")
+			if in.Escape {
+				cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+				cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+			}
 			if err := cmd.Start(); err != nil {
 				return nil, nil, err
 			}

@@ -461,32 +461,21 @@ func (p *pinSet) skillReports() []pinReport {
 
 // adminApprovePin serves POST /admin/pins/approve?upstream=..&tool=..
 // (or &skill=<SKILL.md URI>): the definition last seen becomes the pin
-// (written to the pin file).
+// (written to the pin file; with redis, stored there first and announced
+// to the other replicas).
 func (s *Server) adminApprovePin(w http.ResponseWriter, r *http.Request) {
-	upstreamName, tool := r.URL.Query().Get("upstream"), r.URL.Query().Get("tool")
+	q := r.URL.Query()
+	upstreamName, tool, skill := q.Get("upstream"), q.Get("tool"), q.Get("skill")
 	set := s.pins.set(upstreamName)
-	if skill := r.URL.Query().Get("skill"); skill != "" && tool == "" && set != nil {
-		e, err := set.approveSkill(r.Context(), skill)
-		switch {
-		case errors.Is(err, errApprovalNotShared):
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error() + "; nothing was approved: retry when Redis answers"})
-			return
-		case err != nil:
-			writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
-			return
-		}
-		s.log.Info("skill pin approved", "upstream", upstreamName, "skill", skill, "digest", e.Digest)
-		if err := s.invalidate(r.Context(), invalidation{Pins: []string{upstreamName}}); err != nil {
-			s.log.Warn("pin approval stored on Redis but not announced to the other replicas yet", "error", err.Error())
-		}
-		writeJSON(w, http.StatusOK, map[string]string{"upstream": upstreamName, "skill": skill, "status": PinPinned, "pinned": e.Digest})
-		return
+	kind, name, approve := "tool", tool, set.approve
+	if skill != "" && tool == "" {
+		kind, name, approve = "skill", skill, set.approveSkill
 	}
-	if set == nil || tool == "" {
+	if set == nil || name == "" {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "upstream must name an upstream with pin_tools, and tool a tool (or skill a skill's URI)"})
 		return
 	}
-	e, err := set.approve(r.Context(), tool)
+	e, err := approve(r.Context(), name)
 	switch {
 	case errors.Is(err, errApprovalNotShared):
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error() + "; nothing was approved: retry when Redis answers"})
@@ -495,10 +484,10 @@ func (s *Server) adminApprovePin(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
 		return
 	}
-	s.log.Info("tool pin approved", "upstream", upstreamName, "tool", tool, "digest", e.Digest)
+	s.log.Info(kind+" pin approved", "upstream", upstreamName, kind, name, "digest", e.Digest)
 	if err := s.invalidate(r.Context(), invalidation{Pins: []string{upstreamName}}); err != nil {
 		// Stored on Redis: the others read it when they are next in step.
-		s.log.Warn("pin approval stored on Redis but not announced to the other replicas; they read it when back in step", "error", err.Error())
+		s.log.Warn("pin approval stored on Redis but not announced to the other replicas yet; they read it when back in step", "error", err.Error())
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"upstream": upstreamName, "tool": tool, "status": PinPinned, "pinned": e.Digest})
+	writeJSON(w, http.StatusOK, map[string]string{"upstream": upstreamName, kind: name, "status": PinPinned, "pinned": e.Digest})
 }

@@ -67,20 +67,26 @@ const (
 	// request's admission slot is free. The largest answer relayed whole
 	// (maxFilteredResponseBytes) fits when nothing else waits.
 	maxOldPendingBytes = maxFilteredResponseBytes
+	// maxOldPendingTotal bounds the same across every HTTP+SSE session of
+	// the replica: 1,024 sessions of 32 MiB would be 32 GiB.
+	maxOldPendingTotal = 512 << 20
 )
 
 // errOldBudget is an answer's write that would take the session's
 // waiting answers over maxOldPendingBytes.
 var errOldBudget = errors.New("the answers waiting for this HTTP+SSE client exceed its budget")
 
-// oldBudget counts the bytes of answers a session holds for its client.
+// oldBudget counts the bytes of answers a session holds for its client;
+// parent, if set, is the replica's budget for all sessions, taken from
+// as well.
 type oldBudget struct {
-	used atomic.Int64
-	max  int64
+	used   atomic.Int64
+	max    int64
+	parent *oldBudget
 }
 
-// reserve takes n bytes of the budget, or reports false when they do not
-// fit (nothing is taken).
+// reserve takes n bytes of the budget (and its parent's), or reports false
+// when they do not fit (nothing is taken).
 func (b *oldBudget) reserve(n int64) bool {
 	for {
 		used := b.used.Load()
@@ -88,15 +94,27 @@ func (b *oldBudget) reserve(n int64) bool {
 			return false
 		}
 		if b.used.CompareAndSwap(used, used+n) {
-			return true
+			break
 		}
+	}
+	if b.parent != nil && !b.parent.reserve(n) {
+		b.used.Add(-n)
+		return false
+	}
+	return true
+}
+
+func (b *oldBudget) release(n int64) {
+	b.used.Add(-n)
+	if b.parent != nil {
+		b.parent.release(n)
 	}
 }
 
-func (b *oldBudget) release(n int64) { b.used.Add(-n) }
-
 // full reports whether no more answers fit.
-func (b *oldBudget) full() bool { return b.used.Load() >= b.max }
+func (b *oldBudget) full() bool {
+	return b.used.Load() >= b.max || b.parent != nil && b.parent.full()
+}
 
 // oldClaims is what an HTTP+SSE session id carries: the route and the
 // principal it is bound to, and the session's key in this replica's
@@ -112,9 +130,15 @@ type oldClaims struct {
 type oldClients struct {
 	mu   sync.Mutex
 	open map[string]*oldSession
+	// pending is the answers every session holds for its client.
+	pending oldBudget
 }
 
-func newOldClients() *oldClients { return &oldClients{open: map[string]*oldSession{}} }
+func newOldClients() *oldClients {
+	c := &oldClients{open: map[string]*oldSession{}}
+	c.pending.max = maxOldPendingTotal
+	return c
+}
 
 // add registers sess, or reports false when maxOldSessions are open.
 func (c *oldClients) add(sess *oldSession) bool {
@@ -205,7 +229,7 @@ func (s *Server) openOld(w http.ResponseWriter, r *http.Request, rt *route, hand
 	}
 	sess := &oldSession{key: newRequestID(), route: rt, handler: handler, principal: p, opened: r,
 		outbox: make(chan []byte), inflight: make(chan struct{}, maxOldInflight)}
-	sess.pending.max = maxOldPendingBytes
+	sess.pending.max, sess.pending.parent = maxOldPendingBytes, &s.old.pending
 	sess.ctx, sess.end = context.WithCancel(r.Context())
 	defer sess.end()
 	if !s.old.add(sess) {

@@ -439,3 +439,23 @@ func TestOldClientSlowReader(t *testing.T) {
 		t.Errorf("%d answered whole and %d refused -31091 of %d answers of 4 MiB to a client that did not read, want some of each (a budget of %d)", whole, busy, accepted, maxOldPendingBytes)
 	}
 }
+
+// A session's budget also takes from the replica's: what one session may
+// hold is bounded by what all of them hold together.
+func TestOldBudgetParent(t *testing.T) {
+	total := &oldBudget{max: 100}
+	a, b := &oldBudget{max: 80, parent: total}, &oldBudget{max: 80, parent: total}
+	if !a.reserve(60) || !b.reserve(40) {
+		t.Fatal("reservations within both budgets refused")
+	}
+	if b.reserve(1) || !b.full() {
+		t.Error("the replica's budget is spent: another byte was taken, or b is not full")
+	}
+	if b.used.Load() != 40 || total.used.Load() != 100 {
+		t.Errorf("a refused reservation took bytes: session %d, replica %d", b.used.Load(), total.used.Load())
+	}
+	a.release(60)
+	if !b.reserve(30) || total.used.Load() != 70 {
+		t.Errorf("after a's release: replica %d, want 70 and b's 30 taken", total.used.Load())
+	}
+}

@@ -214,7 +214,7 @@ func openOldSession(t *testing.T, s *Server, gw *httptest.Server, authorization 
 // waitForOld polls cond for up to 20 s.
 func waitForOld(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
@@ -457,5 +457,65 @@ func TestOldBudgetParent(t *testing.T) {
 	a.release(60)
 	if !b.reserve(30) || total.used.Load() != 70 {
 		t.Errorf("after a's release: replica %d, want 70 and b's 30 taken", total.used.Load())
+	}
+}
+
+// A Streamable HTTP GET stream opened with an OIDC token ends when the
+// token expires (the client resumes with a fresh one), not at
+// max_duration: what arrives on it is the principal's.
+func TestStreamEndsAtTokenExpiry(t *testing.T) {
+	f := newOIDCFixture(t, fixtureOptions{})
+	held := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.Method {
+		case http.MethodGet: // a quiet stream, open until the gateway leaves
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.WriteHeader(http.StatusOK)
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+		case http.MethodPost:
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Mcp-Session-Id", "upstream-session")
+			fmt.Fprint(w, `{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"held","version":"1"}}}`)
+		default:
+			w.WriteHeader(http.StatusOK)
+		}
+	})
+	s, gw := startOldGateway(t, held, f.clock.now, "{anonymous: false}")
+	s.auth.Tokens = f.v
+	token := f.token(t, nil) // expires in an hour on the fixture's clock
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, gw.URL+"/mcp/up", strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := gw.Client().Do(req)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("initialize: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	session := resp.Header.Get("Mcp-Session-Id")
+	// A second before the token expires, on the gateway's clock.
+	f.clock.mu.Lock()
+	f.clock.t = f.clock.t.Add(time.Hour - time.Second)
+	f.clock.mu.Unlock()
+	get, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, gw.URL+"/mcp/up", nil)
+	get.Header.Set("Accept", "text/event-stream")
+	get.Header.Set("Authorization", "Bearer "+token)
+	get.Header.Set("Mcp-Session-Id", session)
+	get.Header.Set("Mcp-Protocol-Version", "2025-11-25")
+	stream, err := gw.Client().Do(get)
+	if err != nil || stream.StatusCode != http.StatusOK {
+		t.Fatalf("GET stream: %v %v", stream, err)
+	}
+	ended := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(io.Discard, stream.Body)
+		close(ended)
+	}()
+	// The stream's default max_duration is an hour: only the token's
+	// expiry can end it this soon.
+	select {
+	case <-ended:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the GET stream outlived the token it was opened with")
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // maxInitializeResponseBytes bounds the initialize answer the gateway reads
@@ -135,6 +136,16 @@ func (s *Server) relayStream(ctx context.Context, resp *http.Response, fwd *forw
 		// client cancels it: the relay's Close closes the upstream's.
 		stop = s.streams
 		limits.keepalive = fwd.route.res.streams.Keepalive
+		if p := fwd.principal; p != nil && !p.Expiry.IsZero() {
+			// What arrives on the stream is the principal's: it ends when
+			// the token it was opened with expires, at an event boundary,
+			// and the client resumes (Last-Event-ID) with a fresh one, as
+			// every POST with the old token is refused from then on.
+			left := max(p.Expiry.Sub(s.now()), time.Nanosecond)
+			if limits.max == 0 || left < limits.max {
+				limits.max = left
+			}
+		}
 	}
 	relay := newSSERelay(resp.Body, stop, limits)
 	kind := "post"

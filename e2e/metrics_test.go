@@ -72,11 +72,16 @@ upstreams:
 		`ctxgate_policy_reloads_total{result="failed"} 0`,
 	}
 	var body string
-	// The DELETE's record lands just after the client is done.
-	waitFor(t, "the session's end to be counted", readyDeadline, func() bool {
+	// A request's record lands when its handler returns, which can be just
+	// after the client has its answer (a streamed tools/call answer is read
+	// before the handler sees the upstream's stream end, and the DELETE's
+	// record follows the client's Close): wait for the calls and the
+	// session's end.
+	waitFor(t, "the call and the session's end to be counted", readyDeadline, func() bool {
 		var status int
 		status, body = scrape("Bearer " + token)
-		return status == http.StatusOK && strings.Contains(body, "\n"+want[3]+"\n")
+		return status == http.StatusOK && strings.Contains(body, "\n"+want[0]+"\n") &&
+			strings.Contains(body, "\n"+want[1]+"\n") && strings.Contains(body, "\n"+want[3]+"\n")
 	})
 	for _, series := range want {
 		if !strings.Contains(body, "\n"+series+"\n") {

@@ -82,7 +82,7 @@ func (fr *fedRequest) listen(w http.ResponseWriter, req *jsonrpc.Request) error 
 	ctx, cancel := context.WithCancel(fr.r.Context())
 	defer cancel()
 	parts := fr.openListens(ctx, req, params, own)
-	fs := &fedStream{fr: fr, events: make(chan memberEvent)}
+	fs := &fedStream{fr: fr, events: make(chan memberEvent), inject: make(chan memberEvent, injectBuffer)}
 	ack, err := fs.acknowledged(parts, req.ID)
 	if err != nil {
 		for _, ms := range fs.members {
@@ -92,6 +92,7 @@ func (fr *fedRequest) listen(w http.ResponseWriter, req *jsonrpc.Request) error 
 	}
 	fs.listening(req.ID)
 	for _, ms := range fs.members {
+		defer fs.live(ms)()
 		go fs.drain(ctx, ms)
 	}
 	open := fr.s.metrics.openStreams.WithLabelValues(fr.f.cfg.Name, "listen")
@@ -112,6 +113,7 @@ func (fr *fedRequest) listen(w http.ResponseWriter, req *jsonrpc.Request) error 
 // renamed as on the GET stream (no event ids: the modern era does not
 // resume), and the listen's result once every member's listen ended.
 func (fs *fedStream) listening(id jsonrpc.ID) {
+	fs.listenID = id
 	fs.handle = func(ctx context.Context, me memberEvent) []byte {
 		if !me.ev.HasData || len(me.ev.Data) == 0 {
 			return nil
@@ -253,6 +255,7 @@ func (fr *fedRequest) openListen(ctx context.Context, m *route, mf *forward, req
 	}
 	// cancel ends with ctx (the client's stream): it is not leaked.
 	context.AfterFunc(ctx, cancel)
+	ms.subscribed = ack.ResourceSubscriptions
 	return memberListen{ms: ms, ack: ack}
 }
 

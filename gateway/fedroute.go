@@ -74,6 +74,7 @@ func (fr *fedRequest) routed(w http.ResponseWriter, req *jsonrpc.Request) error 
 			return err
 		}
 	}
+	s.noteSubscription(r.Context(), mf) // under the member's own URI and session
 	s.forwardUpstream(w, r, m, mf)
 	return nil
 }

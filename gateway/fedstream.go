@@ -90,6 +90,10 @@ type fedStream struct {
 	members []*memberStream
 	last    map[string]string // each member's last event id sent on
 	events  chan memberEvent
+	// inject carries the gateway's own messages for a member's part
+	// (context sources' resource updates, subscriptions.go), handled as
+	// the member's own.
+	inject chan memberEvent
 	// handle is what the client gets for one member event (nil: nothing);
 	// ended, if set, is the last thing it gets when every member is gone.
 	handle func(context.Context, memberEvent) []byte
@@ -100,6 +104,8 @@ type fedStream struct {
 	// joins are the members that join the session while the stream is
 	// open (fedjoin.go); nil for a listen.
 	joins <-chan memberJoin
+	// listenID is a listen's request id (zero for a GET stream).
+	listenID jsonrpc.ID
 }
 
 // memberStream is one member's part of a merged stream. last and resp
@@ -113,6 +119,9 @@ type memberStream struct {
 	// events reads resp when its first events were read before the merge
 	// (a listen's acknowledgement); nil: read opens its own reader.
 	events *mcpwire.Reader
+	// subscribed are the resources a listen's member agreed to, under
+	// its own names.
+	subscribed []string
 }
 
 // memberEvent is what a member's goroutine hands the merge: one event, or
@@ -142,7 +151,7 @@ func (fr *fedRequest) stream(w http.ResponseWriter) error {
 	}
 	fr.fo = legacyFan(claims)
 	fr.recoverMembers(id) // a stream is the session's request too
-	fs := &fedStream{fr: fr, session: sessionDigest(id), events: make(chan memberEvent), joins: joins}
+	fs := &fedStream{fr: fr, session: sessionDigest(id), events: make(chan memberEvent), inject: make(chan memberEvent, injectBuffer), joins: joins}
 	fs.handle = fs.event
 	if fs.last, err = fs.resumeFrom(r.Header.Values("Last-Event-Id")); err != nil {
 		return err
@@ -158,6 +167,7 @@ func (fr *fedRequest) stream(w http.ResponseWriter) error {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	for _, ms := range fs.members {
+		defer fs.live(ms)()
 		go fs.follow(ctx, ms)
 	}
 	open := s.metrics.openStreams.WithLabelValues(fr.f.cfg.Name, "get")
@@ -456,12 +466,17 @@ func (fs *fedStream) run(ctx context.Context, w http.ResponseWriter) {
 			if out = fs.handle(ctx, me); out == nil {
 				continue
 			}
+		case me := <-fs.inject:
+			if out = fs.handle(ctx, me); out == nil {
+				continue
+			}
 		case j := <-fs.joins:
 			ms, announced, ok := fs.join(j)
 			if !ok {
 				continue
 			}
 			left++
+			defer fs.live(ms)()
 			go fs.follow(ctx, ms)
 			if out = announced; out == nil {
 				continue
@@ -483,6 +498,20 @@ func (fs *fedStream) run(ctx context.Context, w http.ResponseWriter) {
 		}
 		resetTimer(quiet, limits.keepalive)
 	}
+}
+
+// live registers member ms's part of the stream for the gateway's own
+// resource updates (subscriptions.go): a session's, subscribed through the
+// federated route, or a listen's; the returned function unregisters it.
+func (fs *fedStream) live(ms *memberStream) func() {
+	deliver := offer(fs.inject, func(msg []byte) memberEvent {
+		return memberEvent{ms: ms, ev: &mcpwire.Event{Data: msg, HasData: true}}
+	})
+	ls := sessionStream(ms.m.upstream.Name, ms.fwd.upstreamSession, deliver)
+	if ms.fwd.listen {
+		ls = listenStream(ms.subscribed, fs.listenID, deliver)
+	}
+	return fs.fr.s.openLiveStream(ms.m.upstream.Name, ls)
 }
 
 // shortest is the shorter of two bounds, zero being none.

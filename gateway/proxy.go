@@ -158,10 +158,10 @@ func (s *Server) relayStream(ctx context.Context, resp *http.Response, fwd *forw
 	open := s.metrics.openStreams.WithLabelValues(fwd.route.upstream.Name, kind)
 	open.Inc()
 	relay.onClose = open.Dec
-	if fwd.stream && fwd.era == eraLegacy && fwd.upstreamSession != "" && fwd.federation == "" {
-		// Context sources' resource events reach the session here.
-		ls, unregister := s.openLiveStream(fwd)
-		relay.inject = ls.inject
+	if ls := liveStreamOf(fwd, relay); ls != nil {
+		// Context sources' resource events reach the stream here
+		// (subscriptions.go).
+		unregister := s.openLiveStream(fwd.route.upstream.Name, ls)
 		relay.onClose = func() { open.Dec(); unregister() }
 	}
 	relay.observe = func(data []byte) { s.observeUpstream(fwd.route.upstream.Name, data) }

@@ -8,30 +8,92 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+
 	"github.com/ctxgate/ctxgate/mcpwire"
 )
 
 // Context sources' resource events reach subscribers: when a
 // POST /admin/invalidate or stream event names a resource (uri, or
-// uri_prefix), every session subscribed to a matching resource gets
-// notifications/resources/updated on its legacy GET stream, on whichever
-// replica holds that stream, decided by the policy like any message the
-// upstream sends there. The gateway learns subscriptions from the
-// resources/subscribe and resources/unsubscribe requests it forwards
-// (recorded when forwarded: an upstream that then refuses one makes the
-// session get an update it did not ask for, which clients ignore), kept
-// with the session's lifetime in memory, or on Redis with a redis block
-// so that a subscription made through one replica counts on all.
+// uri_prefix), every stream subscribed to a matching resource gets
+// notifications/resources/updated, on whichever replica holds it, decided
+// by the policy like any message the upstream sends there: a session's
+// legacy GET stream, and a modern subscriptions/listen, on single and on
+// federated routes (where the URI is renamed as the member's own updates
+// are). A listen carries its subscriptions; for a session, the gateway
+// learns them from the resources/subscribe and resources/unsubscribe
+// requests it forwards (recorded when forwarded: an upstream that then
+// refuses one makes the session get an update it did not ask for, which
+// clients ignore), kept with the session's lifetime in memory, or on Redis
+// with a redis block so that a subscription made through one replica
+// counts on all.
 
 // injectBuffer bounds the notifications waiting for one stream; more are
 // dropped (logged): a stream whose client does not read must not hold
 // the gateway's memory.
 const injectBuffer = 16
 
-// liveStream is an open legacy GET stream the gateway can add messages to.
+// liveStream is an open stream the gateway can add messages to.
 type liveStream struct {
-	session string // subscriptionKey of its session
-	inject  chan []byte
+	// session is the subscriptionKey of a legacy session's stream; for a
+	// listen it is empty and uris are the listen's subscriptions (under
+	// the upstream's names), listenID its request id, which the
+	// notification carries as its subscriptionId.
+	session  string
+	uris     []string
+	listenID any
+	// deliver hands a message to the stream without waiting; false when
+	// the stream has no room for it.
+	deliver func(msg []byte) bool
+}
+
+// sessionStream is the liveStream of a legacy session's stream, given
+// what the stream takes its messages from.
+func sessionStream(upstreamName, upstreamSession string, deliver func([]byte) bool) *liveStream {
+	return &liveStream{session: subscriptionKey(upstreamName, upstreamSession), deliver: deliver}
+}
+
+// listenStream is the liveStream of a modern listen subscribed to uris.
+func listenStream(uris []string, id jsonrpc.ID, deliver func([]byte) bool) *liveStream {
+	return &liveStream{uris: uris, listenID: id.Raw(), deliver: deliver}
+}
+
+// liveStreamOf is what a single route's relayed stream takes gateway-sent
+// updates as: a legacy session's GET stream, or a modern listen with the
+// resources it subscribes to; nil for other streams, and for a federated
+// member's (its merge registers them, fedstream.go).
+func liveStreamOf(fwd *forward, relay *sseRelay) *liveStream {
+	if fwd.federation != "" || !fwd.stream {
+		return nil
+	}
+	inject := make(chan []byte, injectBuffer)
+	deliver := offer(inject, func(msg []byte) []byte { return msg })
+	switch {
+	case fwd.listen && fwd.msg != nil:
+		req := fwd.msg.Request()
+		var params listenParams
+		if json.Unmarshal(req.Params, &params) != nil || params.Notifications == nil || len(params.Notifications.ResourceSubscriptions) == 0 {
+			return nil
+		}
+		relay.inject = inject
+		return listenStream(params.Notifications.ResourceSubscriptions, req.ID, deliver)
+	case fwd.era == eraLegacy && fwd.upstreamSession != "":
+		relay.inject = inject
+		return sessionStream(fwd.route.upstream.Name, fwd.upstreamSession, deliver)
+	}
+	return nil
+}
+
+// offer is a deliver that sends on ch without waiting.
+func offer[T any](ch chan<- T, wrap func([]byte) T) func([]byte) bool {
+	return func(msg []byte) bool {
+		select {
+		case ch <- wrap(msg):
+			return true
+		default:
+			return false
+		}
+	}
 }
 
 // subscriptionRegistry is the process's open streams and, without Redis,
@@ -61,7 +123,7 @@ func subscriptionKey(upstreamName, upstreamSession string) string {
 // noteSubscription records a resources/subscribe or unsubscribe about to
 // be forwarded.
 func (s *Server) noteSubscription(ctx context.Context, fwd *forward) {
-	if fwd.msg == nil || fwd.upstreamSession == "" || fwd.federation != "" {
+	if fwd.msg == nil || fwd.upstreamSession == "" {
 		return
 	}
 	method := fwd.msg.Method()
@@ -103,21 +165,19 @@ func (s *Server) noteSubscription(ctx context.Context, fwd *forward) {
 	uris[p.URI] = true
 }
 
-// openLiveStream registers a legacy GET stream of a session; the returned
-// function unregisters it.
-func (s *Server) openLiveStream(fwd *forward) (*liveStream, func()) {
-	ls := &liveStream{session: subscriptionKey(fwd.route.upstream.Name, fwd.upstreamSession), inject: make(chan []byte, injectBuffer)}
+// openLiveStream registers ls, a stream of upstream upstreamName's (a
+// member's, on a federated route); the returned function unregisters it.
+func (s *Server) openLiveStream(upstreamName string, ls *liveStream) func() {
 	reg := s.subscriptions
-	name := fwd.route.upstream.Name
 	reg.mu.Lock()
-	if reg.streams[name] == nil {
-		reg.streams[name] = map[*liveStream]bool{}
+	if reg.streams[upstreamName] == nil {
+		reg.streams[upstreamName] = map[*liveStream]bool{}
 	}
-	reg.streams[name][ls] = true
+	reg.streams[upstreamName][ls] = true
 	reg.mu.Unlock()
-	return ls, func() {
+	return func() {
 		reg.mu.Lock()
-		delete(reg.streams[name], ls)
+		delete(reg.streams[upstreamName], ls)
 		reg.mu.Unlock()
 	}
 }
@@ -140,15 +200,21 @@ func (s *Server) notifySubscribers(ctx context.Context, u resourceUpdate) {
 	}
 	reg.mu.Unlock()
 	for _, ls := range streams {
-		for _, uri := range s.subscribedURIs(ctx, ls.session) {
+		uris := ls.uris
+		if ls.session != "" {
+			uris = s.subscribedURIs(ctx, ls.session)
+		}
+		for _, uri := range uris {
 			if uri != u.URI && !(u.Prefix && strings.HasPrefix(uri, u.URI)) {
 				continue
 			}
-			msg, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": map[string]string{"uri": uri}})
-			select {
-			case ls.inject <- msg:
-			default:
-				s.log.Warn("resources/updated not sent: the session's stream is not being read", "upstream", u.Upstream, "uri", uri)
+			params := map[string]any{"uri": uri}
+			if ls.listenID != nil {
+				params["_meta"] = map[string]any{metaSubscriptionID: ls.listenID}
+			}
+			msg, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": params})
+			if !ls.deliver(msg) {
+				s.log.Warn("resources/updated not sent: the stream is not being read", "upstream", u.Upstream, "uri", uri)
 			}
 		}
 	}

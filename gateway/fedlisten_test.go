@@ -70,7 +70,7 @@ func TestFederatedListen(t *testing.T) {
 		t.Fatalf("listen: %s %q", resp.Status, resp.Header.Get("Content-Type"))
 	}
 	events := mcpwire.NewReader(resp.Body)
-	next := func() (msg struct {
+	type listenMessage struct {
 		Method string `json:"method"`
 		Params struct {
 			URI           string `json:"uri"`
@@ -80,20 +80,10 @@ func TestFederatedListen(t *testing.T) {
 			} `json:"notifications"`
 			Meta map[string]any `json:"_meta"`
 		} `json:"params"`
-	}) {
+	}
+	next := func() listenMessage {
 		t.Helper()
-		for {
-			ev, err := events.Next()
-			if err != nil {
-				t.Fatalf("reading the listen stream: %v", err)
-			}
-			if ev.HasData && len(ev.Data) > 0 {
-				if err := json.Unmarshal(ev.Data, &msg); err != nil {
-					t.Fatal(err)
-				}
-				return msg
-			}
-		}
+		return nextMessage[listenMessage](t, events, "the listen stream")
 	}
 	ack := next()
 	got := ack.Params.Notifications.ResourceSubscriptions

@@ -71,7 +71,16 @@ visible := false if endswith(input.resource.uri, "/secret")
 
 func startStreamGateway(t *testing.T, a, b *streamMember, opts gateway.Options) string {
 	t.Helper()
-	srv, err := startGatewayYAML(t, fmt.Sprintf(`
+	srv, err := startGatewayYAML(t, streamGatewayYAML(a, b), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv.URL + "/mcp"
+}
+
+// streamGatewayYAML is a federated route /mcp over members a and b.
+func streamGatewayYAML(a, b *streamMember) string {
+	return fmt.Sprintf(`
 server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0"}
 auth: {anonymous: true}
@@ -80,11 +89,7 @@ upstreams:
   - {name: a, url: %q, retry: {max_attempts: 1}}
   - {name: b, url: %q, retry: {max_attempts: 1}}
 routes: [{path: /mcp, upstreams: [a, b], prefix: always, member_timeout: 5s}]
-`, a.srv.URL, b.srv.URL), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return srv.URL + "/mcp"
+`, a.srv.URL, b.srv.URL)
 }
 
 // fedStreamClient is one client's merged GET stream.
@@ -476,24 +481,14 @@ func TestFederatedMemberRequestOnCall(t *testing.T) {
 		t.Fatalf("tools/call a__asks: %s %q, want an event stream", call.Status, call.Header.Get("Content-Type"))
 	}
 	events := mcpwire.NewReader(call.Body)
-	next := func() (m struct {
+	type answerMessage struct {
 		ID     json.RawMessage `json:"id"`
 		Method string          `json:"method"`
 		Result json.RawMessage `json:"result"`
-	}) {
+	}
+	next := func() answerMessage {
 		t.Helper()
-		for {
-			ev, err := events.Next()
-			if err != nil {
-				t.Fatalf("reading the call's answer: %v", err)
-			}
-			if ev.HasData && len(ev.Data) > 0 {
-				if err := json.Unmarshal(ev.Data, &m); err != nil {
-					t.Fatal(err)
-				}
-				return m
-			}
-		}
+		return nextMessage[answerMessage](t, events, "the call's answer")
 	}
 	ping := next()
 	if ping.Method != "ping" || !strings.HasPrefix(string(ping.ID), `"ctxgate-member:a:`) {

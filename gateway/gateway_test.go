@@ -90,6 +90,20 @@ upstreams: [{name: up, url: %q%s}]
 // error is gateway.New's.
 func startGatewayYAML(t *testing.T, yaml string, opts gateway.Options) (*httptest.Server, error) {
 	t.Helper()
+	gw, err := newGatewayYAML(t, yaml, nil, &opts)
+	if err != nil {
+		return nil, err
+	}
+	srv := httptest.NewServer(gw.Handler())
+	t.Cleanup(srv.Close)
+	return srv, nil
+}
+
+// newGatewayYAML builds a gateway from a valid configuration; with, when
+// set, completes opts from the parsed configuration first. The error is
+// with's or gateway.New's.
+func newGatewayYAML(t *testing.T, yaml string, with func(*config.Config) error, opts *gateway.Options) (*gateway.Server, error) {
+	t.Helper()
 	cfg, err := config.Parse([]byte(yaml), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatal(err)
@@ -101,13 +115,12 @@ func startGatewayYAML(t *testing.T, yaml string, opts gateway.Options) (*httptes
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw, err := gateway.New(cfg, pool, opts)
-	if err != nil {
-		return nil, err
+	if with != nil {
+		if err := with(cfg); err != nil {
+			return nil, err
+		}
 	}
-	srv := httptest.NewServer(gw.Handler())
-	t.Cleanup(srv.Close)
-	return srv, nil
+	return gateway.New(cfg, pool, *opts)
 }
 
 func send(t *testing.T, method, url, session, body string, header http.Header) *http.Response {

@@ -14,7 +14,6 @@ import (
 	"github.com/ctxgate/ctxgate/config"
 	"github.com/ctxgate/ctxgate/gateway"
 	"github.com/ctxgate/ctxgate/mcpwire"
-	"github.com/ctxgate/ctxgate/upstream"
 )
 
 // startSourcedGateway serves a gateway with a response cache (which
@@ -22,22 +21,12 @@ import (
 // its public and admin URLs.
 func startSourcedGateway(t *testing.T, yaml string, opts gateway.Options) (public, admin string) {
 	t.Helper()
-	cfg, err := config.Parse([]byte(yaml+"cache: {max_mb: 4}\n"), func(string) (string, bool) { return "", false })
-	if err != nil {
-		t.Fatal(err)
-	}
-	if problems := cfg.Validate(); len(problems) > 0 {
-		t.Fatal(problems)
-	}
-	pool, err := upstream.NewPool(cfg.Upstreams)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if opts.Cache, err = cache.New(cfg, cache.Options{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { opts.Cache.Close() })
-	gw, err := gateway.New(cfg, pool, opts)
+	gw, err := newGatewayYAML(t, yaml+"cache: {max_mb: 4}\n", func(cfg *config.Config) (err error) {
+		if opts.Cache, err = cache.New(cfg, cache.Options{}); err == nil {
+			t.Cleanup(func() { opts.Cache.Close() })
+		}
+		return err
+	}, &opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,25 +73,32 @@ func openListen(t *testing.T, url string, uris ...string) (next func() updateMes
 		t.Fatalf("listen: %s", resp.Status)
 	}
 	events := mcpwire.NewReader(resp.Body)
-	next = func() (m updateMessage) {
+	next = func() updateMessage {
 		t.Helper()
-		for {
-			ev, err := events.Next()
-			if err != nil {
-				t.Fatalf("reading the listen stream: %v", err)
-			}
-			if ev.HasData && len(ev.Data) > 0 {
-				if err := json.Unmarshal(ev.Data, &m); err != nil {
-					t.Fatal(err)
-				}
-				return m
-			}
-		}
+		return nextMessage[updateMessage](t, events, "the listen stream")
 	}
 	if ack := next(); ack.Method != "notifications/subscriptions/acknowledged" {
 		t.Fatalf("listen's first message %q, want its acknowledgement", ack.Method)
 	}
 	return next
+}
+
+// nextMessage reads the next event with data from events as a T (the
+// keep-alives and id-only events skipped); what names the stream.
+func nextMessage[T any](t *testing.T, events *mcpwire.Reader, what string) (m T) {
+	t.Helper()
+	for {
+		ev, err := events.Next()
+		if err != nil {
+			t.Fatalf("reading %s: %v", what, err)
+		}
+		if ev.HasData && len(ev.Data) > 0 {
+			if err := json.Unmarshal(ev.Data, &m); err != nil {
+				t.Fatalf("%s: event data %q: %v", what, ev.Data, err)
+			}
+			return m
+		}
+	}
 }
 
 // updateMessage is what the tests read of a resources/updated.
@@ -140,21 +136,9 @@ upstreams: [{name: a, url: %q}]
 		}
 	})
 
-	fedConfig := func(a, b *streamMember) string {
-		return fmt.Sprintf(`
-server: {listen: "127.0.0.1:0"}
-admin: {listen: "127.0.0.1:0"}
-auth: {anonymous: true}
-policy: {dir: unused-the-test-passes-the-engine}
-upstreams:
-  - {name: a, url: %q, retry: {max_attempts: 1}}
-  - {name: b, url: %q, retry: {max_attempts: 1}}
-routes: [{path: /mcp, upstreams: [a, b], prefix: always, member_timeout: 5s}]
-`, a.srv.URL, b.srv.URL)
-	}
 	t.Run("legacy session on a federated route", func(t *testing.T) {
 		a, b := newStreamMember(t, "a"), newStreamMember(t, "b")
-		url, admin := startSourcedGateway(t, fedConfig(a, b), gateway.Options{Policy: newEngine(t, streamPolicy, nil, nil)})
+		url, admin := startSourcedGateway(t, streamGatewayYAML(a, b), gateway.Options{Policy: newEngine(t, streamPolicy, nil, nil)})
 		url += "/mcp"
 		init := rpc(t, http.MethodPost, url, "", initializeBody, nil)
 		if init.status != http.StatusOK || init.session == "" {
@@ -171,7 +155,7 @@ routes: [{path: /mcp, upstreams: [a, b], prefix: always, member_timeout: 5s}]
 	})
 	t.Run("federated listen", func(t *testing.T) {
 		a, b := newListenMember(t, "a"), newListenMember(t, "b")
-		url, admin := startSourcedGateway(t, fedConfig(a, b), gateway.Options{Policy: newEngine(t, streamPolicy, nil, nil)})
+		url, admin := startSourcedGateway(t, streamGatewayYAML(a, b), gateway.Options{Policy: newEngine(t, streamPolicy, nil, nil)})
 		next := openListen(t, url+"/mcp", "b+res://b/doc", "b+res://b/secret")
 		sourceEvent(t, admin, `{"upstream":"a","uri":"res://a/doc"}`)
 		sourceEvent(t, admin, `{"upstream":"b","uri":"res://b/secret"}`)

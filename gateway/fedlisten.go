@@ -92,7 +92,6 @@ func (fr *fedRequest) listen(w http.ResponseWriter, req *jsonrpc.Request) error 
 	}
 	fs.listening(req.ID)
 	for _, ms := range fs.members {
-		defer fs.live(ms)()
 		go fs.drain(ctx, ms)
 	}
 	open := fr.s.metrics.openStreams.WithLabelValues(fr.f.cfg.Name, "listen")

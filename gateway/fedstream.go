@@ -122,6 +122,9 @@ type memberStream struct {
 	// subscribed are the resources a listen's member agreed to, under
 	// its own names.
 	subscribed []string
+	// unlive unregisters the part for the gateway's own updates (nil
+	// when it is not registered); the merge's goroutine's.
+	unlive func()
 }
 
 // memberEvent is what a member's goroutine hands the merge: one event, or
@@ -129,6 +132,9 @@ type memberStream struct {
 type memberEvent struct {
 	ms *memberStream
 	ev *mcpwire.Event
+	// injected: the gateway's own message for the member's part
+	// (subscriptions.go), not the member's activity.
+	injected bool
 }
 
 // stream serves the client's GET on a federated route.
@@ -167,7 +173,6 @@ func (fr *fedRequest) stream(w http.ResponseWriter) error {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	for _, ms := range fs.members {
-		defer fs.live(ms)()
 		go fs.follow(ctx, ms)
 	}
 	open := s.metrics.openStreams.WithLabelValues(fr.f.cfg.Name, "get")
@@ -433,6 +438,19 @@ func (fs *fedStream) run(ctx context.Context, w http.ResponseWriter) {
 		limits.keepalive = shortest(limits.keepalive, st.Keepalive)
 		limits.max = shortest(limits.max, st.MaxDuration)
 	}
+	if p := fs.fr.p; p != nil && !p.Expiry.IsZero() {
+		// What arrives is the principal's: the stream ends when the token
+		// it was opened with expires, as a single route's does (proxy.go).
+		limits.max = shortest(limits.max, max(p.Expiry.Sub(s.now()), time.Nanosecond))
+	}
+	for _, ms := range fs.members {
+		fs.live(ms)
+	}
+	defer func() {
+		for _, ms := range fs.members {
+			ms.leave()
+		}
+	}()
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
@@ -457,6 +475,7 @@ func (fs *fedStream) run(ctx context.Context, w http.ResponseWriter) {
 		select {
 		case me := <-fs.events:
 			if me.ev == nil {
+				me.ms.leave()
 				if left--; left == 0 && fs.ended != nil {
 					out = fs.ended()
 					break
@@ -476,7 +495,7 @@ func (fs *fedStream) run(ctx context.Context, w http.ResponseWriter) {
 				continue
 			}
 			left++
-			defer fs.live(ms)()
+			fs.live(ms)
 			go fs.follow(ctx, ms)
 			if out = announced; out == nil {
 				continue
@@ -502,16 +521,27 @@ func (fs *fedStream) run(ctx context.Context, w http.ResponseWriter) {
 
 // live registers member ms's part of the stream for the gateway's own
 // resource updates (subscriptions.go): a session's, subscribed through the
-// federated route, or a listen's; the returned function unregisters it.
-func (fs *fedStream) live(ms *memberStream) func() {
+// federated route, or a listen's; leave unregisters it, when the member
+// leaves the stream or the stream ends.
+func (fs *fedStream) live(ms *memberStream) {
 	deliver := offer(fs.inject, func(msg []byte) memberEvent {
-		return memberEvent{ms: ms, ev: &mcpwire.Event{Data: msg, HasData: true}}
+		return memberEvent{ms: ms, ev: &mcpwire.Event{Data: msg, HasData: true}, injected: true}
 	})
 	ls := sessionStream(ms.m.upstream.Name, ms.fwd.upstreamSession, deliver)
 	if ms.fwd.listen {
+		if len(ms.subscribed) == 0 {
+			return // nothing for the gateway to add
+		}
 		ls = listenStream(ms.subscribed, fs.listenID, deliver)
 	}
-	return fs.fr.s.openLiveStream(ms.m.upstream.Name, ls)
+	ms.unlive = fs.fr.s.openLiveStream(ms.m.upstream.Name, ls)
+}
+
+func (ms *memberStream) leave() {
+	if ms.unlive != nil {
+		ms.unlive()
+		ms.unlive = nil
+	}
 }
 
 // shortest is the shorter of two bounds, zero being none.
@@ -536,8 +566,10 @@ func (fs *fedStream) event(ctx context.Context, me memberEvent) []byte {
 	}
 	out := sseEvent{}
 	if ev.HasData && len(ev.Data) > 0 {
-		s.observeUpstream(name, ev.Data)
-		fs.fr.f.observeMember(name, ev.Data)
+		if !me.injected {
+			s.observeUpstream(name, ev.Data)
+			fs.fr.f.observeMember(name, ev.Data)
+		}
 		if data, drop := s.fedStreamMessage(ctx, me.ms.fwd, ev.Data); !drop {
 			out.Event, out.Data, out.HasData = "message", data, true
 		}

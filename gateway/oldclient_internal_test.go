@@ -142,14 +142,20 @@ func startOldGateway(t *testing.T, up http.Handler, now func() time.Time, auth s
 	t.Helper()
 	upSrv := httptest.NewServer(up)
 	t.Cleanup(func() { upSrv.CloseClientConnections(); upSrv.Close() })
+	return startGatewayOn(t, fmt.Sprintf("upstreams: [{name: up, url: %q}]\n", upSrv.URL), now, auth)
+}
+
+// startGatewayOn serves a gateway of the upstreams (and routes) yaml
+// gives, on the clock now, with auth (anonymous when empty).
+func startGatewayOn(t *testing.T, yaml string, now func() time.Time, auth string) (*Server, *httptest.Server) {
+	t.Helper()
 	if auth == "" {
 		auth = "{anonymous: true}"
 	}
 	cfg, err := config.Parse(fmt.Appendf(nil, `
 server: {listen: "127.0.0.1:0", public_url: "https://gw.example"}
 auth: %s
-upstreams: [{name: up, url: %q}]
-`, auth, upSrv.URL), func(string) (string, bool) { return "", false })
+%s`, auth, yaml), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -464,7 +470,6 @@ func TestOldBudgetParent(t *testing.T) {
 // token expires (the client resumes with a fresh one), not at
 // max_duration: what arrives on it is the principal's.
 func TestStreamEndsAtTokenExpiry(t *testing.T) {
-	f := newOIDCFixture(t, fixtureOptions{})
 	held := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.Method {
 		case http.MethodGet: // a quiet stream, open until the gateway leaves
@@ -475,47 +480,71 @@ func TestStreamEndsAtTokenExpiry(t *testing.T) {
 		case http.MethodPost:
 			w.Header().Set("Content-Type", "application/json")
 			w.Header().Set("Mcp-Session-Id", "upstream-session")
-			fmt.Fprint(w, `{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"held","version":"1"}}}`)
+			if strings.Contains(r.Header.Get("Mcp-Method")+readAll(r), `"initialize"`) {
+				fmt.Fprint(w, `{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"held","version":"1"}}}`)
+				return
+			}
+			w.WriteHeader(http.StatusAccepted)
 		default:
 			w.WriteHeader(http.StatusOK)
 		}
 	})
-	s, gw := startOldGateway(t, held, f.clock.now, "{anonymous: false}")
-	s.auth.Tokens = f.v
-	token := f.token(t, nil) // expires in an hour on the fixture's clock
-	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, gw.URL+"/mcp/up", strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json, text/event-stream")
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := gw.Client().Do(req)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("initialize: %v %v", resp, err)
+	a, b := httptest.NewServer(held), httptest.NewServer(held)
+	for _, srv := range []*httptest.Server{a, b} {
+		t.Cleanup(func() { srv.CloseClientConnections(); srv.Close() })
 	}
-	resp.Body.Close()
-	session := resp.Header.Get("Mcp-Session-Id")
-	// A second before the token expires, on the gateway's clock.
-	f.clock.mu.Lock()
-	f.clock.t = f.clock.t.Add(time.Hour - time.Second)
-	f.clock.mu.Unlock()
-	get, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, gw.URL+"/mcp/up", nil)
-	get.Header.Set("Accept", "text/event-stream")
-	get.Header.Set("Authorization", "Bearer "+token)
-	get.Header.Set("Mcp-Session-Id", session)
-	get.Header.Set("Mcp-Protocol-Version", "2025-11-25")
-	stream, err := gw.Client().Do(get)
-	if err != nil || stream.StatusCode != http.StatusOK {
-		t.Fatalf("GET stream: %v %v", stream, err)
+	for _, tt := range []struct{ name, path string }{
+		{"single route", "/mcp/a"},
+		{"federated route", "/mcp"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newOIDCFixture(t, fixtureOptions{})
+			s, gw := startGatewayOn(t, fmt.Sprintf(`upstreams: [{name: a, url: %q}, {name: b, url: %q}]
+routes: [{path: /mcp, upstreams: [a, b]}]
+`, a.URL, b.URL), f.clock.now, "{anonymous: false}")
+			s.auth.Tokens = f.v
+			token := f.token(t, nil) // expires in an hour on the fixture's clock
+			req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, gw.URL+tt.path, strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Accept", "application/json, text/event-stream")
+			req.Header.Set("Authorization", "Bearer "+token)
+			resp, err := gw.Client().Do(req)
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("initialize: %v %v", resp, err)
+			}
+			resp.Body.Close()
+			session := resp.Header.Get("Mcp-Session-Id")
+			// A second before the token expires, on the gateway's clock.
+			f.clock.mu.Lock()
+			f.clock.t = f.clock.t.Add(time.Hour - time.Second)
+			f.clock.mu.Unlock()
+			get, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, gw.URL+tt.path, nil)
+			get.Header.Set("Accept", "text/event-stream")
+			get.Header.Set("Authorization", "Bearer "+token)
+			get.Header.Set("Mcp-Session-Id", session)
+			get.Header.Set("Mcp-Protocol-Version", "2025-11-25")
+			stream, err := gw.Client().Do(get)
+			if err != nil || stream.StatusCode != http.StatusOK {
+				t.Fatalf("GET stream: %v %v", stream, err)
+			}
+			ended := make(chan struct{})
+			go func() {
+				_, _ = io.Copy(io.Discard, stream.Body)
+				close(ended)
+			}()
+			// The stream's default max_duration is an hour: only the
+			// token's expiry can end it this soon.
+			select {
+			case <-ended:
+			case <-time.After(time.Minute):
+				t.Fatal("the GET stream outlived the token it was opened with")
+			}
+		})
 	}
-	ended := make(chan struct{})
-	go func() {
-		_, _ = io.Copy(io.Discard, stream.Body)
-		close(ended)
-	}()
-	// The stream's default max_duration is an hour: only the token's
-	// expiry can end it this soon.
-	select {
-	case <-ended:
-	case <-time.After(20 * time.Second):
-		t.Fatal("the GET stream outlived the token it was opened with")
-	}
+}
+
+// readAll is r's body, read whole (a test upstream's).
+func readAll(r *http.Request) string {
+	b, _ := io.ReadAll(r.Body)
+	return string(b)
 }

@@ -158,12 +158,10 @@ func (s *Server) relayStream(ctx context.Context, resp *http.Response, fwd *forw
 	open := s.metrics.openStreams.WithLabelValues(fwd.route.upstream.Name, kind)
 	open.Inc()
 	relay.onClose = open.Dec
-	if ls := liveStreamOf(fwd, relay); ls != nil {
-		// Context sources' resource events reach the stream here
-		// (subscriptions.go).
-		unregister := s.openLiveStream(fwd.route.upstream.Name, ls)
-		relay.onClose = func() { open.Dec(); unregister() }
-	}
+	// Context sources' resource events reach the stream here
+	// (subscriptions.go).
+	detach := s.attachLive(fwd, relay)
+	relay.onClose = func() { open.Dec(); detach() }
 	relay.observe = func(data []byte) { s.observeUpstream(fwd.route.upstream.Name, data) }
 	if s.policy != nil || fwd.federation != "" {
 		// A federated member's requests of the client are renamed even

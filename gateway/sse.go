@@ -69,8 +69,12 @@ type sseRelay struct {
 	done bool
 	// inject, if set, carries messages of the gateway's own to add to the
 	// stream between the upstream's events (subscriptions.go), through
-	// transform like the upstream's.
+	// transform like the upstream's (but not observe, and not counted as
+	// the upstream's activity).
 	inject <-chan []byte
+	// watch, if set, sees each of the upstream's messages first, on the
+	// reading goroutine (a listen's subscriptions.go hook).
+	watch func(data []byte)
 }
 
 // sseResult is what the parser hands over: an event or the error that
@@ -151,7 +155,7 @@ func (s *sseRelay) Read(p []byte) (int, error) {
 				s.fail(err) // an event over the limit, a broken upstream
 			}
 		case data := <-s.inject:
-			s.take(sseResult{ev: &mcpwire.Event{Data: data, HasData: true}})
+			s.takeInjected(data)
 		case <-timerC(s.quiet):
 			s.pending = append(s.pending[:0], keepaliveEvent...)
 		case <-timerC(s.idle):
@@ -196,6 +200,9 @@ func (s *sseRelay) take(r sseResult) error {
 	}
 	resetTimer(s.idle, s.limits.idle)
 	ev := r.ev
+	if s.watch != nil && ev.HasData && len(ev.Data) > 0 {
+		s.watch(ev.Data)
+	}
 	if s.observe != nil && ev.HasData {
 		s.observe(ev.Data)
 	}
@@ -212,6 +219,18 @@ func (s *sseRelay) take(r sseResult) error {
 	}
 	s.pending = ev.AppendTo(s.pending[:0])
 	return nil
+}
+
+// takeInjected turns one of the gateway's own messages into pending bytes
+// (none when transform drops it).
+func (s *sseRelay) takeInjected(data []byte) {
+	if s.transform != nil {
+		var drop bool
+		if data, drop = s.transform(data); drop {
+			return
+		}
+	}
+	s.pending = (&mcpwire.Event{Event: "message", Data: data, HasData: true}).AppendTo(s.pending[:0])
 }
 
 func (s *sseRelay) Close() error {

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"slices"
 	"strings"
 	"sync"
 
@@ -58,30 +59,94 @@ func listenStream(uris []string, id jsonrpc.ID, deliver func([]byte) bool) *live
 	return &liveStream{uris: uris, listenID: id.Raw(), deliver: deliver}
 }
 
-// liveStreamOf is what a single route's relayed stream takes gateway-sent
-// updates as: a legacy session's GET stream, or a modern listen with the
-// resources it subscribes to; nil for other streams, and for a federated
-// member's (its merge registers them, fedstream.go).
-func liveStreamOf(fwd *forward, relay *sseRelay) *liveStream {
+// attachLive makes relay, a single route's relayed stream, take the
+// gateway's own resource updates: a legacy session's GET stream from its
+// start, a modern listen once its acknowledgement is relayed, for the
+// resources the upstream agreed to, and until its result (updates before
+// or after would break the listen's order). Other streams take none; a
+// federated member's are registered by its merge (fedstream.go). The
+// returned function, called when the stream closes, unregisters it.
+func (s *Server) attachLive(fwd *forward, relay *sseRelay) func() {
 	if fwd.federation != "" || !fwd.stream {
-		return nil
+		return func() {}
 	}
 	inject := make(chan []byte, injectBuffer)
 	deliver := offer(inject, func(msg []byte) []byte { return msg })
+	name := fwd.route.upstream.Name
 	switch {
 	case fwd.listen && fwd.msg != nil:
 		req := fwd.msg.Request()
-		var params listenParams
-		if json.Unmarshal(req.Params, &params) != nil || params.Notifications == nil || len(params.Notifications.ResourceSubscriptions) == 0 {
-			return nil
+		var asked listenParams
+		if json.Unmarshal(req.Params, &asked) != nil || asked.Notifications == nil || len(asked.Notifications.ResourceSubscriptions) == 0 {
+			return func() {}
 		}
-		relay.inject = inject
-		return listenStream(params.Notifications.ResourceSubscriptions, req.ID, deliver)
+		var mu sync.Mutex // the watch (the relay's reader) and the close
+		var unregister func()
+		leave := func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if unregister != nil {
+				unregister()
+				unregister = func() {}
+			}
+		}
+		first := true
+		relay.watch = func(data []byte) {
+			if !first {
+				if isResponse(data) { // the listen's result: it is over
+					relay.inject = nil
+					leave()
+				}
+				return
+			}
+			first = false
+			uris := agreedSubscriptions(data, asked.Notifications.ResourceSubscriptions)
+			if len(uris) == 0 {
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if unregister == nil {
+				unregister = s.openLiveStream(name, listenStream(uris, req.ID, deliver))
+				relay.inject = inject
+			}
+		}
+		return leave
 	case fwd.era == eraLegacy && fwd.upstreamSession != "":
 		relay.inject = inject
-		return sessionStream(fwd.route.upstream.Name, fwd.upstreamSession, deliver)
+		return s.openLiveStream(name, sessionStream(name, fwd.upstreamSession, deliver))
 	}
-	return nil
+	return func() {}
+}
+
+// agreedSubscriptions are the resources of asked that a listen's
+// acknowledgement (ack, its first message) agreed to; none when ack is
+// not one.
+func agreedSubscriptions(ack []byte, asked []string) []string {
+	var m struct {
+		Method string       `json:"method"`
+		Params listenParams `json:"params"`
+	}
+	if json.Unmarshal(ack, &m) != nil || m.Method != methodAcknowledged || m.Params.Notifications == nil {
+		return nil
+	}
+	var out []string
+	for _, uri := range m.Params.Notifications.ResourceSubscriptions {
+		if slices.Contains(asked, uri) {
+			out = append(out, uri)
+		}
+	}
+	return out
+}
+
+// isResponse reports whether data is a JSON-RPC response (an id, no
+// method).
+func isResponse(data []byte) bool {
+	var m struct {
+		ID     json.RawMessage `json:"id"`
+		Method string          `json:"method"`
+	}
+	return json.Unmarshal(data, &m) == nil && m.Method == "" && len(m.ID) > 0 && string(m.ID) != "null"
 }
 
 // offer is a deliver that sends on ch without waiting.

@@ -396,7 +396,7 @@ func (env *attackEnv) checkLog(t *testing.T, resp *http.Response, want string) {
 		t.Fatalf("no X-Request-Id: the request never reached the gateway's handler")
 	}
 	var rec map[string]any
-	waitFor(t, "the access record of "+id, 5*time.Second, func() bool {
+	waitFor(t, "the access record of "+id, readyDeadline, func() bool {
 		for _, r := range logRecords(env.gw.stderr.String()) {
 			if r["request_id"] == id && r["msg"] == "request" {
 				rec = r

@@ -83,7 +83,7 @@ upstreams:
   - name: fault
     url: %q
     retry: {backoff: 5ms, max_backoff: 10ms}
-    circuit_breaker: {failure_threshold: 2, delay: 300ms, success_threshold: 1}
+    circuit_breaker: {failure_threshold: 2, delay: 2s, success_threshold: 1}
 `, upSrv.URL+"/"))
 	c := &rpc{url: gw.URL + "/mcp/fault"}
 	c.initialize(t)

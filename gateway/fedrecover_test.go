@@ -148,7 +148,7 @@ func TestFederatedDeleteDuringRecovery(t *testing.T) {
 			return false
 		}
 		close(release)
-		deadline := time.Now().Add(5 * time.Second)
+		deadline := time.Now().Add(20 * time.Second)
 		for !logs.has(joined) && hooksB.deletes.Load() == 0 && time.Now().Before(deadline) {
 			time.Sleep(time.Millisecond) // the retry's end, polled with a deadline
 		}

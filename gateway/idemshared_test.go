@@ -107,7 +107,7 @@ func TestSharedIdempotencyInProgress(t *testing.T) {
 	m := miniredis.RunT(t)
 	up := newFaultUpstream(t)
 	g1 := startResGateway(t, up.srv.URL, "", withRedis(t, m, "local"))
-	g2 := startResGateway(t, up.srv.URL, "timeout: 100ms\ndeadline: 100ms", withRedis(t, m, "local"))
+	g2 := startResGateway(t, up.srv.URL, "timeout: 1s\ndeadline: 1s", withRedis(t, m, "local"))
 	a1, a2 := g1.open(t, aliceKey), g2.open(t, aliceKey)
 	h := http.Header{"Idempotency-Key": {"busy"}}
 	done := make(chan *resAnswer, 1)

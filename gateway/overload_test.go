@@ -225,7 +225,7 @@ func TestStreamOpenTimesOut(t *testing.T) {
 		up.ServeHTTP(w, r)
 	}))
 	t.Cleanup(silent.Close)
-	g := startResGateway(t, silent.URL, "timeout: 50ms\nretry: {max_attempts: 1}")
+	g := startResGateway(t, silent.URL, "timeout: 1s\nretry: {max_attempts: 1}")
 	c := g.open(t, aliceKey)
 	resp, err := openGETStream(t, g, c.session)
 	if err != nil {

@@ -30,7 +30,7 @@ func TestFailureAnswers(t *testing.T) {
 			body: callBody(7, "reset", "n-reset"), wantStatus: http.StatusBadGateway, wantCode: -31016, wantReceipts: 1,
 		},
 		{
-			name: "tools/call timed out: outcome unknown, executed once", extra: "timeout: 100ms",
+			name: "tools/call timed out: outcome unknown, executed once", extra: "timeout: 1s",
 			body: callBody(7, "hang", "n-hang"), wantStatus: http.StatusGatewayTimeout, wantCode: -31016, wantReceipts: 1,
 		},
 		{
@@ -38,7 +38,7 @@ func TestFailureAnswers(t *testing.T) {
 			body: callBody(7, "reset", "n-idem"), wantStatus: http.StatusBadGateway, wantCode: -31010, wantReceipts: 3,
 		},
 		{
-			name: "tools/list timed out: retried, then 504", extra: "timeout: 100ms\nretry: {max_attempts: 2}", mode: "hang",
+			name: "tools/list timed out: retried, then 504", extra: "timeout: 1s\nretry: {max_attempts: 2}", mode: "hang",
 			body: `{"jsonrpc":"2.0","id":7,"method":"tools/list"}`, wantStatus: http.StatusGatewayTimeout, wantCode: -31011, wantReceipts: 2,
 		},
 		{
@@ -86,7 +86,7 @@ func TestFailureAnswers(t *testing.T) {
 // an error in a 200 never open it.
 func TestBreakerThroughGateway(t *testing.T) {
 	up := newFaultUpstream(t)
-	g := startResGateway(t, up.srv.URL, "circuit_breaker: {failure_threshold: 3, delay: 200ms, success_threshold: 1}")
+	g := startResGateway(t, up.srv.URL, "circuit_breaker: {failure_threshold: 3, delay: 2s, success_threshold: 1}")
 	alice := g.open(t, aliceKey)
 	ctx := t.Context()
 

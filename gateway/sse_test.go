@@ -179,7 +179,10 @@ func TestSSERelayStop(t *testing.T) {
 				if n, err := relay.Read(buf); n != 0 || err != io.EOF {
 					t.Errorf("next Read = %d, %v; want 0, io.EOF", n, err)
 				}
-				// Stop closed the upstream: its writer sees a closed pipe.
+				// Stop closed the upstream: its writer sees a closed pipe
+				// (once stop's goroutine is done: the Read can end first,
+				// when it has closed the relay's quit but not yet the pipe).
+				synctest.Wait()
 				if _, err := pw.Write([]byte("data: late\n\n")); !errors.Is(err, io.ErrClosedPipe) {
 					t.Errorf("upstream write after stop = %v, want io.ErrClosedPipe", err)
 				}

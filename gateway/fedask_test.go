@@ -126,13 +126,18 @@ type memberAsk struct {
 	cancel context.CancelFunc
 }
 
+// askIDs numbers askClient's calls: an id is not used again while an
+// earlier call under it may still be in progress (the member refuses it).
+var askIDs atomic.Int64
+
 // askClient calls tool on the session and reads its stream up to the
 // member's request of the client.
 func askClient(t *testing.T, url, session, tool string) *memberAsk {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	t.Cleanup(cancel)
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(`{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"`+tool+`","arguments":{}}}`))
+	body := fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":%q,"arguments":{}}}`, 500+askIDs.Add(1), tool)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json, text/event-stream")
 	req.Header.Set("Mcp-Session-Id", session)
